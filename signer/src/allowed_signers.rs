@@ -1,0 +1,595 @@
+//! The `allowed_signers` file of `ssh-keygen(1)` (section ALLOWED SIGNERS): who
+//! may sign releases, for which namespaces, and during which time window. No
+//! crate parses this format, so this module does, following OpenSSH's
+//! `sshsig.c` and refusing (rather than skipping) any line it cannot honour.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Local, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use ssh_key::public::KeyData;
+use ssh_key::{Algorithm, HashAlg, PublicKey};
+
+use crate::pattern;
+
+/// Files larger than this are refused rather than read.
+pub const MAX_ALLOWED_SIGNERS_BYTES: u64 = 1 << 20;
+
+/// A parsed `allowed_signers` file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedSigners {
+    entries: Vec<AllowedSigner>,
+}
+
+/// One line of an `allowed_signers` file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedSigner {
+    /// 1-based line number in the file, for messages.
+    pub line: usize,
+    /// The principals field as written: a pattern list such as `alice@example.com,ci@*`.
+    pub principals: String,
+    /// `namespaces="…"`, a pattern list; `None` allows every namespace.
+    pub namespaces: Option<String>,
+    /// `valid-after="…"`: signatures made before this instant are refused.
+    pub valid_after: Option<DateTime<Utc>>,
+    /// `valid-before="…"`: signatures made after this instant are refused.
+    pub valid_before: Option<DateTime<Utc>>,
+    /// The signer's public key.
+    pub key: PublicKey,
+}
+
+/// Why an `allowed_signers` file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AllowedSignersError {
+    #[error("cannot read allowed_signers file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("allowed_signers file {path} is {size} bytes, more than the {MAX_ALLOWED_SIGNERS_BYTES}-byte limit")]
+    TooLarge { path: PathBuf, size: u64 },
+    #[error("{}line {line}: {problem}", .path.as_ref().map(|p| format!("{}: ", p.display())).unwrap_or_default())]
+    Line {
+        path: Option<PathBuf>,
+        line: usize,
+        problem: LineProblem,
+    },
+}
+
+/// What is wrong with one line of an `allowed_signers` file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineProblem {
+    #[error("expected `principals [options] keytype base64-key [comment]`, but the line ends after the principals")]
+    MissingKey,
+    #[error("unterminated double quote")]
+    UnterminatedQuote,
+    #[error("cannot parse the public key `{0}`: expected an OpenSSH public key such as `ssh-ed25519 AAAAC3…`")]
+    BadKey(String),
+    #[error("`cert-authority` lines are not supported: list each signing key on a line of its own")]
+    CertAuthority,
+    #[error("unknown option `{0}` (allowed: namespaces, valid-after, valid-before)")]
+    UnknownOption(String),
+    #[error("option `{0}` needs a value in double quotes, e.g. {0}=\"…\"")]
+    UnquotedValue(String),
+    #[error("option `{0}` is given twice")]
+    DuplicateOption(String),
+    #[error("`{option}` value `{value}` is not a time: use YYYYMMDD, YYYYMMDDHHMM or YYYYMMDDHHMMSS, optionally ending in Z for UTC")]
+    BadTime { option: String, value: String },
+    #[error("valid-before is not after valid-after: this key can never sign")]
+    EmptyWindow,
+}
+
+/// Why a key was not accepted for a signature.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unauthorized {
+    #[error("key {fingerprint} is not listed in allowed_signers")]
+    KeyNotListed { fingerprint: String },
+    #[error("key {fingerprint} (principal {principals}, line {line}) is not allowed to sign for namespace `{namespace}`: its namespaces are \"{namespaces}\"")]
+    Namespace {
+        fingerprint: String,
+        principals: String,
+        line: usize,
+        namespace: String,
+        namespaces: String,
+    },
+    #[error("key {fingerprint} (principal {principals}, line {line}) is not valid until {valid_after}, but the signature is dated {at}")]
+    NotYetValid {
+        fingerprint: String,
+        principals: String,
+        line: usize,
+        valid_after: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+    #[error("key {fingerprint} (principal {principals}, line {line}) expired at {valid_before}, but the signature is dated {at}")]
+    Expired {
+        fingerprint: String,
+        principals: String,
+        line: usize,
+        valid_before: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+}
+
+impl AllowedSigners {
+    /// Reads and parses the file at `path`.
+    pub fn load(path: &Path) -> Result<Self, AllowedSignersError> {
+        let read_err = |source| AllowedSignersError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let size = std::fs::metadata(path).map_err(read_err)?.len();
+        if size > MAX_ALLOWED_SIGNERS_BYTES {
+            return Err(AllowedSignersError::TooLarge {
+                path: path.to_owned(),
+                size,
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(read_err)?;
+        Self::parse(&text).map_err(|e| match e {
+            AllowedSignersError::Line { line, problem, .. } => AllowedSignersError::Line {
+                path: Some(path.to_owned()),
+                line,
+                problem,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses the text of an `allowed_signers` file. Any line that cannot be
+    /// honoured fails the whole file: a half-understood trust list is worse
+    /// than none.
+    pub fn parse(text: &str) -> Result<Self, AllowedSignersError> {
+        let mut entries = Vec::new();
+        for (index, raw) in text.lines().enumerate() {
+            let line = index + 1;
+            let raw = raw.strip_suffix('\r').unwrap_or(raw);
+            match parse_line(raw, line) {
+                Ok(Some(entry)) => entries.push(entry),
+                Ok(None) => {}
+                Err(problem) => {
+                    return Err(AllowedSignersError::Line {
+                        path: None,
+                        line,
+                        problem,
+                    })
+                }
+            }
+        }
+        Ok(Self { entries })
+    }
+
+    /// The entries, in file order.
+    pub fn entries(&self) -> &[AllowedSigner] {
+        &self.entries
+    }
+
+    /// Finds the first entry that lets `key` sign for `namespace` at time `at`
+    /// (for git, the committer time, as `git verify-commit` does). When no entry
+    /// does, the error explains the most specific reason.
+    pub fn authorize(
+        &self,
+        key: &KeyData,
+        namespace: &str,
+        at: DateTime<Utc>,
+    ) -> Result<&AllowedSigner, Unauthorized> {
+        let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+        let mut refusal = None;
+        for entry in self.entries.iter().filter(|e| e.key.key_data() == key) {
+            let who = || (fingerprint.clone(), entry.principals.clone(), entry.line);
+            match entry.check(namespace, at) {
+                Ok(()) => return Ok(entry),
+                Err(Check::Namespace(namespaces)) => {
+                    let (fingerprint, principals, line) = who();
+                    refusal.get_or_insert(Unauthorized::Namespace {
+                        fingerprint,
+                        principals,
+                        line,
+                        namespace: namespace.to_owned(),
+                        namespaces,
+                    });
+                }
+                Err(Check::NotYetValid(valid_after)) => {
+                    let (fingerprint, principals, line) = who();
+                    refusal.get_or_insert(Unauthorized::NotYetValid {
+                        fingerprint,
+                        principals,
+                        line,
+                        valid_after,
+                        at,
+                    });
+                }
+                Err(Check::Expired(valid_before)) => {
+                    let (fingerprint, principals, line) = who();
+                    refusal.get_or_insert(Unauthorized::Expired {
+                        fingerprint,
+                        principals,
+                        line,
+                        valid_before,
+                        at,
+                    });
+                }
+            }
+        }
+        Err(refusal.unwrap_or(Unauthorized::KeyNotListed { fingerprint }))
+    }
+}
+
+enum Check {
+    Namespace(String),
+    NotYetValid(DateTime<Utc>),
+    Expired(DateTime<Utc>),
+}
+
+impl AllowedSigner {
+    fn check(&self, namespace: &str, at: DateTime<Utc>) -> Result<(), Check> {
+        if let Some(namespaces) = &self.namespaces {
+            if !pattern::list_matches(namespace, namespaces) {
+                return Err(Check::Namespace(namespaces.clone()));
+            }
+        }
+        if let Some(after) = self.valid_after {
+            if at < after {
+                return Err(Check::NotYetValid(after));
+            }
+        }
+        if let Some(before) = self.valid_before {
+            if at > before {
+                return Err(Check::Expired(before));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `principal` is named by this entry's principal patterns.
+    pub fn names_principal(&self, principal: &str) -> bool {
+        pattern::list_matches(principal, &self.principals)
+    }
+}
+
+impl fmt::Display for AllowedSigner {
+    /// Renders the entry as an `allowed_signers` line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.principals)?;
+        let mut options = Vec::new();
+        if let Some(n) = &self.namespaces {
+            options.push(format!("namespaces=\"{n}\""));
+        }
+        if let Some(t) = self.valid_after {
+            options.push(format!("valid-after=\"{}\"", t.format("%Y%m%d%H%M%SZ")));
+        }
+        if let Some(t) = self.valid_before {
+            options.push(format!("valid-before=\"{}\"", t.format("%Y%m%d%H%M%SZ")));
+        }
+        if !options.is_empty() {
+            write!(f, " {}", options.join(","))?;
+        }
+        let key = self.key.to_openssh().map_err(|_| fmt::Error)?;
+        write!(f, " {key}")
+    }
+}
+
+/// Splits off the next whitespace-delimited token, honouring OpenSSH's double
+/// quotes (which are removed). Returns `None` at end of line.
+fn next_token(rest: &mut &str) -> Result<Option<String>, LineProblem> {
+    let s = rest.trim_start_matches([' ', '\t']);
+    if s.is_empty() {
+        *rest = s;
+        return Ok(None);
+    }
+    if let Some(quoted) = s.strip_prefix('"') {
+        let end = quoted.find('"').ok_or(LineProblem::UnterminatedQuote)?;
+        *rest = &quoted[end + 1..];
+        return Ok(Some(quoted[..end].to_owned()));
+    }
+    let end = s.find([' ', '\t']).unwrap_or(s.len());
+    *rest = &s[end..];
+    Ok(Some(s[..end].to_owned()))
+}
+
+/// Splits off the options field, which may contain quoted spaces.
+fn options_token(rest: &mut &str) -> Result<String, LineProblem> {
+    let s = rest.trim_start_matches([' ', '\t']);
+    let mut in_quotes = false;
+    for (i, c) in s.char_indices() {
+        match c {
+            '"' => in_quotes = !in_quotes,
+            ' ' | '\t' if !in_quotes => {
+                *rest = &s[i..];
+                return Ok(s[..i].to_owned());
+            }
+            _ => {}
+        }
+    }
+    if in_quotes {
+        return Err(LineProblem::UnterminatedQuote);
+    }
+    *rest = "";
+    Ok(s.to_owned())
+}
+
+fn is_key_type(token: &str) -> bool {
+    Algorithm::new(token).is_ok()
+}
+
+fn parse_line(raw: &str, line: usize) -> Result<Option<AllowedSigner>, LineProblem> {
+    let mut rest = raw;
+    let trimmed = rest.trim_start_matches([' ', '\t']);
+    if trimmed.is_empty() || trimmed.starts_with('#') {
+        return Ok(None);
+    }
+    let principals = next_token(&mut rest)?.ok_or(LineProblem::MissingKey)?;
+    let peek = {
+        let mut probe = rest;
+        next_token(&mut probe)?.ok_or(LineProblem::MissingKey)?
+    };
+    let options = if is_key_type(&peek) {
+        Options::default()
+    } else {
+        let text = options_token(&mut rest)?;
+        parse_options(&text)?
+    };
+    let key_type = next_token(&mut rest)?.ok_or(LineProblem::MissingKey)?;
+    let key_body = next_token(&mut rest)?.ok_or(LineProblem::MissingKey)?;
+    let key_text = format!("{key_type} {key_body}");
+    let key = PublicKey::from_openssh(&key_text).map_err(|_| LineProblem::BadKey(shorten(&key_text)))?;
+    if let (Some(after), Some(before)) = (options.valid_after, options.valid_before) {
+        if before <= after {
+            return Err(LineProblem::EmptyWindow);
+        }
+    }
+    Ok(Some(AllowedSigner {
+        line,
+        principals,
+        namespaces: options.namespaces,
+        valid_after: options.valid_after,
+        valid_before: options.valid_before,
+        key,
+    }))
+}
+
+fn shorten(s: &str) -> String {
+    if s.chars().count() > 40 {
+        format!("{}…", s.chars().take(40).collect::<String>())
+    } else {
+        s.to_owned()
+    }
+}
+
+#[derive(Default)]
+struct Options {
+    namespaces: Option<String>,
+    valid_after: Option<DateTime<Utc>>,
+    valid_before: Option<DateTime<Utc>>,
+}
+
+/// Parses `opt[,opt…]` where an option is `name` or `name="value"`.
+fn parse_options(text: &str) -> Result<Options, LineProblem> {
+    let mut options = Options::default();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let name_end = rest.find(['=', ',']).unwrap_or(rest.len());
+        let name = rest[..name_end].to_ascii_lowercase();
+        rest = &rest[name_end..];
+        let value = if let Some(after_eq) = rest.strip_prefix('=') {
+            let quoted = after_eq
+                .strip_prefix('"')
+                .ok_or_else(|| LineProblem::UnquotedValue(name.clone()))?;
+            let end = quoted.find('"').ok_or(LineProblem::UnterminatedQuote)?;
+            rest = &quoted[end + 1..];
+            Some(quoted[..end].to_owned())
+        } else {
+            None
+        };
+        rest = match rest.strip_prefix(',') {
+            Some(r) => r,
+            None if rest.is_empty() => rest,
+            None => return Err(LineProblem::UnknownOption(shorten(rest))),
+        };
+        let need_value = |v: Option<String>| v.ok_or_else(|| LineProblem::UnquotedValue(name.clone()));
+        match name.as_str() {
+            "cert-authority" => return Err(LineProblem::CertAuthority),
+            "namespaces" => {
+                let v = need_value(value)?;
+                set_once(&mut options.namespaces, v, &name)?;
+            }
+            "valid-after" | "valid-before" => {
+                let v = need_value(value)?;
+                let t = parse_ssh_time(&v).ok_or_else(|| LineProblem::BadTime {
+                    option: name.clone(),
+                    value: v.clone(),
+                })?;
+                let slot = if name == "valid-after" {
+                    &mut options.valid_after
+                } else {
+                    &mut options.valid_before
+                };
+                set_once(slot, t, &name)?;
+            }
+            _ => return Err(LineProblem::UnknownOption(name)),
+        }
+    }
+    Ok(options)
+}
+
+fn set_once<T>(slot: &mut Option<T>, value: T, name: &str) -> Result<(), LineProblem> {
+    if slot.is_some() {
+        return Err(LineProblem::DuplicateOption(name.to_owned()));
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+/// OpenSSH `parse_absolute_time`: `YYYYMMDD`, `YYYYMMDDHHMM` or `YYYYMMDDHHMMSS`,
+/// in UTC when suffixed with `Z` (or `UTC`), otherwise in local time.
+pub fn parse_ssh_time(s: &str) -> Option<DateTime<Utc>> {
+    let (digits, utc) = if let Some(d) = s.strip_suffix(['Z', 'z']) {
+        (d, true)
+    } else if s.len() > 3 && s[s.len() - 3..].eq_ignore_ascii_case("utc") {
+        (&s[..s.len() - 3], true)
+    } else {
+        (s, false)
+    };
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let naive = match digits.len() {
+        8 => NaiveDate::parse_from_str(digits, "%Y%m%d").ok()?.and_hms_opt(0, 0, 0)?,
+        12 => NaiveDateTime::parse_from_str(digits, "%Y%m%d%H%M").ok()?,
+        14 => NaiveDateTime::parse_from_str(digits, "%Y%m%d%H%M%S").ok()?,
+        _ => return None,
+    };
+    if utc {
+        Some(Utc.from_utc_datetime(&naive))
+    } else {
+        Local
+            .from_local_datetime(&naive)
+            .earliest()
+            .map(|t| t.with_timezone(&Utc))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY_A: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEbJ2z2K2kMA6a+umVyITxuefXhgqiTFPHMg5jzyflzf";
+    const KEY_B: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILEJSRKQVza0LcfwNnv/+g8li9TlEUPi3ugODP0pP1Vj";
+
+    fn key(s: &str) -> KeyData {
+        PublicKey::from_openssh(s).unwrap().key_data().clone()
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn problem(text: &str) -> LineProblem {
+        match AllowedSigners::parse(text).unwrap_err() {
+            AllowedSignersError::Line { problem, .. } => problem,
+            other => panic!("unexpected {other}"),
+        }
+    }
+
+    #[test]
+    fn plain_lines_comments_blank_and_crlf() {
+        let text = format!(
+            "# release managers\r\n\r\n  alice@example.com {KEY_A} alice laptop\r\n\"ci@example.com,bot@*\" {KEY_B}\n"
+        );
+        let signers = AllowedSigners::parse(&text).unwrap();
+        assert_eq!(signers.entries().len(), 2);
+        assert_eq!(signers.entries()[0].principals, "alice@example.com");
+        assert_eq!(signers.entries()[0].line, 3);
+        assert_eq!(signers.entries()[1].principals, "ci@example.com,bot@*");
+        assert!(signers.entries()[1].names_principal("bot@anything"));
+        let now = Utc::now();
+        assert_eq!(signers.authorize(&key(KEY_B), "git", now).unwrap().line, 4);
+    }
+
+    #[test]
+    fn options_are_parsed() {
+        let text = format!(
+            "alice namespaces=\"git,file\",valid-after=\"20260101\",valid-before=\"202612312359Z\" {KEY_A}\n"
+        );
+        let signers = AllowedSigners::parse(&text).unwrap();
+        let e = &signers.entries()[0];
+        assert_eq!(e.namespaces.as_deref(), Some("git,file"));
+        assert_eq!(e.valid_before, Some(at("2026-12-31T23:59:00Z")));
+        assert!(e.valid_after.is_some());
+    }
+
+    #[test]
+    fn namespace_refusal_names_the_principal() {
+        let signers =
+            AllowedSigners::parse(&format!("alice namespaces=\"file\" {KEY_A}\n")).unwrap();
+        let err = signers.authorize(&key(KEY_A), "git", Utc::now()).unwrap_err();
+        assert!(matches!(err, Unauthorized::Namespace { ref principals, .. } if principals == "alice"));
+        assert!(err.to_string().contains("namespace `git`"), "{err}");
+    }
+
+    #[test]
+    fn validity_window_is_checked_at_the_given_time() {
+        let signers = AllowedSigners::parse(&format!(
+            "alice valid-after=\"20260101Z\",valid-before=\"20260201Z\" {KEY_A}\n"
+        ))
+        .unwrap();
+        let k = key(KEY_A);
+        assert!(signers.authorize(&k, "git", at("2026-01-15T00:00:00Z")).is_ok());
+        assert!(matches!(
+            signers.authorize(&k, "git", at("2025-12-31T23:59:59Z")),
+            Err(Unauthorized::NotYetValid { .. })
+        ));
+        assert!(matches!(
+            signers.authorize(&k, "git", at("2026-02-01T00:00:01Z")),
+            Err(Unauthorized::Expired { .. })
+        ));
+    }
+
+    #[test]
+    fn later_line_can_authorize_when_an_earlier_one_refuses() {
+        let signers = AllowedSigners::parse(&format!(
+            "old valid-before=\"20200101Z\" {KEY_A}\nnew {KEY_A}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            signers.authorize(&key(KEY_A), "git", Utc::now()).unwrap().principals,
+            "new"
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_its_fingerprint() {
+        let signers = AllowedSigners::parse(&format!("alice {KEY_A}\n")).unwrap();
+        let err = signers.authorize(&key(KEY_B), "git", Utc::now()).unwrap_err();
+        assert!(err.to_string().starts_with("key SHA256:"), "{err}");
+        assert!(matches!(err, Unauthorized::KeyNotListed { .. }));
+    }
+
+    #[test]
+    fn refusals() {
+        assert_eq!(problem(&format!("alice cert-authority {KEY_A}")), LineProblem::CertAuthority);
+        assert_eq!(problem("alice"), LineProblem::MissingKey);
+        assert_eq!(problem("alice ssh-ed25519"), LineProblem::MissingKey);
+        assert!(matches!(problem("alice ssh-ed25519 AAAAnotbase64!"), LineProblem::BadKey(_)));
+        assert!(matches!(problem(&format!("alice bogus=\"x\" {KEY_A}")), LineProblem::UnknownOption(o) if o == "bogus"));
+        assert_eq!(problem(&format!("alice namespaces=git {KEY_A}")), LineProblem::UnquotedValue("namespaces".into()));
+        assert_eq!(problem(&format!("\"alice {KEY_A}")), LineProblem::UnterminatedQuote);
+        assert!(matches!(problem(&format!("alice valid-after=\"2026\" {KEY_A}")), LineProblem::BadTime { .. }));
+        assert_eq!(
+            problem(&format!("alice valid-after=\"20260201Z\",valid-before=\"20260101Z\" {KEY_A}")),
+            LineProblem::EmptyWindow
+        );
+        assert_eq!(
+            problem(&format!("alice namespaces=\"git\",namespaces=\"file\" {KEY_A}")),
+            LineProblem::DuplicateOption("namespaces".into())
+        );
+    }
+
+    #[test]
+    fn error_names_file_and_line() {
+        let err = AllowedSigners::parse(&format!("# c\nalice cert-authority {KEY_A}\n")).unwrap_err();
+        assert!(err.to_string().starts_with("line 2: `cert-authority`"), "{err}");
+    }
+
+    #[test]
+    fn ssh_times() {
+        assert_eq!(parse_ssh_time("20260102Z"), Some(at("2026-01-02T00:00:00Z")));
+        assert_eq!(parse_ssh_time("202601020304Z"), Some(at("2026-01-02T03:04:00Z")));
+        assert_eq!(parse_ssh_time("20260102030405Z"), Some(at("2026-01-02T03:04:05Z")));
+        assert_eq!(parse_ssh_time("20260102030405UTC"), Some(at("2026-01-02T03:04:05Z")));
+        assert!(parse_ssh_time("20260102").is_some());
+        assert_eq!(parse_ssh_time("20261302Z"), None);
+        assert_eq!(parse_ssh_time("2026010Z"), None);
+        assert_eq!(parse_ssh_time("+0260102Z"), None);
+    }
+
+    #[test]
+    fn display_round_trips() {
+        let text = format!("alice namespaces=\"git\",valid-after=\"20260101000000Z\" {KEY_A}");
+        let signers = AllowedSigners::parse(&text).unwrap();
+        let rendered = signers.entries()[0].to_string();
+        assert_eq!(AllowedSigners::parse(&rendered).unwrap().entries()[0].namespaces, signers.entries()[0].namespaces);
+        assert_eq!(rendered, text);
+    }
+}

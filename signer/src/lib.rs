@@ -1,0 +1,34 @@
+//! `ferry-signer`: Ferry's release format and signature scheme, the one piece
+//! of code that both sides share. CI uses it to make releases; every host's
+//! `ferry-agent` uses it to verify them.
+//!
+//! A release is a commit on the deploy branch whose tree holds `release.toml`,
+//! signed the way `git commit -S` signs with `gpg.format=ssh`: an SSHSIG
+//! signature in namespace `git` in the commit's `gpgsig` header. Releases made
+//! here verify with `git verify-commit`, and commits signed by people with git
+//! verify here.
+//!
+//! # Layout
+//! - [`release`]: the `release.toml` model, strict parsing, canonical rendering.
+//! - [`names`]: validated store paths, host names and commit ids.
+//! - [`sshsig`]: the SSHSIG envelope: parse, verify, sign.
+//! - [`allowed_signers`]: ssh-keygen's `allowed_signers` file (with [`pattern`]).
+//! - [`git`]: libgit2 plumbing: release blob, signature split, signed commits.
+//! - [`verify`]: [`verify_release`], the check the agent runs.
+//! - [`keys`]: the signing key, age-encrypted at rest.
+//! - [`publish`]: computing and writing the next release.
+
+pub mod allowed_signers;
+pub mod git;
+pub mod keys;
+pub mod names;
+pub mod pattern;
+pub mod publish;
+pub mod release;
+pub mod sshsig;
+pub mod verify;
+
+pub use allowed_signers::{AllowedSigners, AllowedSignersError, Unauthorized};
+pub use names::{CommitId, HostName, StorePath};
+pub use release::{Action, HostEntry, Release, ReleaseError};
+pub use verify::{verify_commit_signature, verify_release, Signer, VerifiedRelease, VerifyError};

@@ -1,0 +1,423 @@
+//! The release: what `release.toml` on the deploy branch says each host should
+//! run. Parsing is strict (unknown format, unknown keys, bad store paths or host
+//! names and oversize files are refused with the offending line) and rendering
+//! is canonical, so the file is both the signed contract and readable in review.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::names::{CommitId, HostName, StorePath};
+
+/// The file name of the release in the deploy branch's tree.
+pub const RELEASE_FILE: &str = "release.toml";
+/// The only release format this version understands.
+pub const FORMAT: u32 = 1;
+/// Larger `release.toml` files are refused unread (about 50,000 hosts fit).
+pub const MAX_RELEASE_BYTES: usize = 8 << 20;
+
+/// A release: one signed statement of which system each host runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Release {
+    /// Strictly increasing along the deploy branch; agents refuse anything not
+    /// greater than what they last deployed.
+    pub serial: u64,
+    /// When the release was made.
+    pub created: DateTime<Utc>,
+    /// After this instant agents refuse the release (freeze protection).
+    pub expires: Option<DateTime<Utc>>,
+    /// The main-branch commit the systems were built from, if recorded.
+    pub source: Option<CommitId>,
+    /// Each host's entry.
+    pub hosts: BTreeMap<HostName, HostEntry>,
+}
+
+/// What one host should run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostEntry {
+    /// The system toplevel (`config.system.build.toplevel`).
+    pub toplevel: StorePath,
+    /// How to activate it.
+    pub action: Action,
+}
+
+/// The `switch-to-configuration` action for a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum Action {
+    /// Make it the boot default and activate it now.
+    #[default]
+    Switch,
+    /// Make it the boot default; it takes effect at the next reboot.
+    Boot,
+    /// Activate it now without making it the boot default.
+    Test,
+}
+
+impl Action {
+    /// The argument to `switch-to-configuration`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Switch => "switch",
+            Action::Boot => "boot",
+            Action::Test => "test",
+        }
+    }
+
+    /// Whether the action makes the system the profile's new generation.
+    pub fn sets_profile(self) -> bool {
+        matches!(self, Action::Switch | Action::Boot)
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a string is not an action.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not an action: use switch, boot or test")]
+pub struct ActionError(String);
+
+impl FromStr for Action {
+    type Err = ActionError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "switch" => Ok(Action::Switch),
+            "boot" => Ok(Action::Boot),
+            "test" => Ok(Action::Test),
+            other => Err(ActionError(other.chars().take(40).collect())),
+        }
+    }
+}
+
+/// Why a `release.toml` was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReleaseError {
+    #[error("release.toml is {size} bytes, more than the {MAX_RELEASE_BYTES}-byte limit")]
+    TooLarge { size: u64 },
+    #[error("release.toml is not UTF-8 text")]
+    NotUtf8,
+    #[error("release.toml is not valid TOML: {0}")]
+    Syntax(String),
+    #[error("release.toml has no `format` key: expected `format = {FORMAT}` at the top")]
+    MissingFormat,
+    #[error("release.toml has format {0}, but this Ferry understands only format {FORMAT}: upgrade ferry")]
+    UnknownFormat(i64),
+    #[error("release.toml line {line}: {problem}")]
+    Invalid { line: usize, problem: String },
+}
+
+impl Release {
+    /// Parses and validates the bytes of a `release.toml`.
+    pub fn parse(bytes: &[u8]) -> Result<Self, ReleaseError> {
+        if bytes.len() > MAX_RELEASE_BYTES {
+            return Err(ReleaseError::TooLarge {
+                size: bytes.len() as u64,
+            });
+        }
+        let text = std::str::from_utf8(bytes).map_err(|_| ReleaseError::NotUtf8)?;
+        // Read `format` first, so a file from a newer Ferry says "upgrade"
+        // rather than complaining about keys this version does not know.
+        let table: toml::Table = toml::from_str(text).map_err(|e| syntax(&e))?;
+        match table.get("format") {
+            None => return Err(ReleaseError::MissingFormat),
+            Some(toml::Value::Integer(n)) if *n == i64::from(FORMAT) => {}
+            Some(toml::Value::Integer(n)) => return Err(ReleaseError::UnknownFormat(*n)),
+            Some(_) => {
+                return Err(ReleaseError::Invalid {
+                    line: 1,
+                    problem: "`format` must be an integer".into(),
+                })
+            }
+        }
+        let file: ReleaseFileV1 = toml::from_str(text).map_err(|e| syntax(&e))?;
+        file.validate(text)
+    }
+
+    /// Renders the canonical `release.toml` text (hosts sorted by name).
+    pub fn to_toml(&self) -> String {
+        let file = ReleaseFileOut {
+            format: FORMAT,
+            serial: self.serial,
+            created: toml_time(self.created),
+            expires: self.expires.map(toml_time),
+            source: self.source.as_ref().map(|s| s.as_str().to_owned()),
+            hosts: self
+                .hosts
+                .iter()
+                .map(|(name, entry)| {
+                    let action = (entry.action != Action::Switch).then(|| entry.action.as_str());
+                    (
+                        name.as_str().to_owned(),
+                        HostOut {
+                            toplevel: entry.toplevel.as_str().to_owned(),
+                            action,
+                        },
+                    )
+                })
+                .collect(),
+        };
+        toml::to_string(&file).expect("a release always renders")
+    }
+
+    /// Whether the release is past its `expires` at `now`.
+    pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
+        self.expires.is_some_and(|e| now >= e)
+    }
+}
+
+fn syntax(e: &toml::de::Error) -> ReleaseError {
+    ReleaseError::Syntax(e.to_string().trim_end().to_owned())
+}
+
+fn toml_time(t: DateTime<Utc>) -> toml::value::Datetime {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+        .parse()
+        .expect("RFC 3339 is TOML")
+}
+
+/// `release.toml`, format 1, as read. Kept apart from [`Release`] so the
+/// on-disk shape is an explicit interface.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReleaseFileV1 {
+    #[allow(dead_code)]
+    format: u32,
+    serial: Spanned<i64>,
+    created: Spanned<toml::value::Datetime>,
+    expires: Option<Spanned<toml::value::Datetime>>,
+    source: Option<Spanned<String>>,
+    hosts: BTreeMap<String, HostFileV1>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostFileV1 {
+    toplevel: Spanned<String>,
+    action: Option<Spanned<String>>,
+}
+
+#[derive(Serialize)]
+struct ReleaseFileOut<'a> {
+    format: u32,
+    serial: u64,
+    created: toml::value::Datetime,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires: Option<toml::value::Datetime>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<String>,
+    hosts: BTreeMap<String, HostOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct HostOut<'a> {
+    toplevel: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    action: Option<&'a str>,
+}
+
+impl ReleaseFileV1 {
+    fn validate(self, text: &str) -> Result<Release, ReleaseError> {
+        let invalid = |span: std::ops::Range<usize>, problem: String| ReleaseError::Invalid {
+            line: line_of(text, span.start),
+            problem,
+        };
+        let serial = u64::try_from(*self.serial.get_ref())
+            .ok()
+            .filter(|s| *s >= 1)
+            .ok_or_else(|| invalid(self.serial.span(), "`serial` must be a positive integer".into()))?;
+        let created = timestamp(&self.created, "created").map_err(|p| invalid(self.created.span(), p))?;
+        let expires = match &self.expires {
+            Some(e) => {
+                let t = timestamp(e, "expires").map_err(|p| invalid(e.span(), p))?;
+                if t <= created {
+                    return Err(invalid(e.span(), "`expires` must be later than `created`".into()));
+                }
+                Some(t)
+            }
+            None => None,
+        };
+        let source = match &self.source {
+            Some(s) => Some(
+                s.get_ref()
+                    .parse::<CommitId>()
+                    .map_err(|e| invalid(s.span(), format!("`source`: {e}")))?,
+            ),
+            None => None,
+        };
+        let mut hosts = BTreeMap::new();
+        for (name, entry) in self.hosts {
+            let host: HostName = name
+                .parse()
+                .map_err(|e| invalid(entry.toplevel.span(), format!("hosts: {e}")))?;
+            let toplevel = entry.toplevel.get_ref().parse::<StorePath>().map_err(|e| {
+                invalid(entry.toplevel.span(), format!("hosts.{host}.toplevel: {e}"))
+            })?;
+            let action = match &entry.action {
+                Some(a) => a
+                    .get_ref()
+                    .parse::<Action>()
+                    .map_err(|e| invalid(a.span(), format!("hosts.{host}.action: {e}")))?,
+                None => Action::Switch,
+            };
+            hosts.insert(host, HostEntry { toplevel, action });
+        }
+        if hosts.is_empty() {
+            return Err(invalid(0..0, "`hosts` is empty: a release names at least one host".into()));
+        }
+        Ok(Release {
+            serial,
+            created,
+            expires,
+            source,
+            hosts,
+        })
+    }
+}
+
+fn timestamp(t: &Spanned<toml::value::Datetime>, key: &str) -> Result<DateTime<Utc>, String> {
+    let dt = t.get_ref();
+    if dt.date.is_none() || dt.time.is_none() || dt.offset.is_none() {
+        return Err(format!(
+            "`{key}` must be a date and time with an offset, e.g. 2026-11-21T23:00:00Z"
+        ));
+    }
+    DateTime::parse_from_rfc3339(&dt.to_string())
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("`{key}`: {e}"))
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WEB1: &str = "/nix/store/0c0mb5j1x3dg5bf3wk3jh4xyz6p4s3ld-nixos-system-web1-25.11";
+    const DB1: &str = "/nix/store/9zqmb5j1x3dg5bf3wk3jh4xyz6p4s3ld-nixos-system-db1-25.11";
+
+    fn example() -> String {
+        format!(
+            r#"format = 1
+serial = 42
+created = 2026-11-21T23:00:00Z
+expires = 2026-12-21T23:00:00Z
+source = "9fceb02d0ae598e95dc970b74767f19372d61af8"
+
+[hosts.web1]
+toplevel = "{WEB1}"
+[hosts.db1]
+toplevel = "{DB1}"
+action = "boot"
+"#
+        )
+    }
+
+    fn invalid(text: &str) -> (usize, String) {
+        match Release::parse(text.as_bytes()).unwrap_err() {
+            ReleaseError::Invalid { line, problem } => (line, problem),
+            other => panic!("expected Invalid, got {other}"),
+        }
+    }
+
+    #[test]
+    fn parses_the_design_example() {
+        let r = Release::parse(example().as_bytes()).unwrap();
+        assert_eq!(r.serial, 42);
+        assert_eq!(r.hosts.len(), 2);
+        let db1 = &r.hosts[&"db1".parse().unwrap()];
+        assert_eq!(db1.action, Action::Boot);
+        assert_eq!(db1.toplevel.as_str(), DB1);
+        assert_eq!(r.source.unwrap().as_str(), "9fceb02d0ae598e95dc970b74767f19372d61af8");
+        assert_eq!(r.expires.unwrap().to_rfc3339(), "2026-12-21T23:00:00+00:00");
+    }
+
+    #[test]
+    fn render_round_trips() {
+        let r = Release::parse(example().as_bytes()).unwrap();
+        let text = r.to_toml();
+        assert!(text.starts_with("format = 1\nserial = 42\n"), "{text}");
+        assert_eq!(Release::parse(text.as_bytes()).unwrap(), r);
+        assert!(!text.contains("action = \"switch\""), "default action is not written");
+    }
+
+    #[test]
+    fn expiry() {
+        let r = Release::parse(example().as_bytes()).unwrap();
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        assert!(!r.is_expired(at("2026-12-21T22:59:59Z")));
+        assert!(r.is_expired(at("2026-12-21T23:00:00Z")));
+    }
+
+    #[test]
+    fn unknown_format_says_upgrade() {
+        let text = example().replace("format = 1", "format = 2\nnew_key = true");
+        assert_eq!(Release::parse(text.as_bytes()), Err(ReleaseError::UnknownFormat(2)));
+        assert!(ReleaseError::UnknownFormat(2).to_string().contains("upgrade"));
+        let text = example().replace("format = 1\n", "");
+        assert_eq!(Release::parse(text.as_bytes()), Err(ReleaseError::MissingFormat));
+    }
+
+    #[test]
+    fn bad_store_path_names_host_and_line() {
+        let text = example().replace(DB1, "/nix/store/short-db1");
+        let (line, problem) = invalid(&text);
+        assert_eq!(line, 10);
+        assert!(problem.starts_with("hosts.db1.toplevel: `/nix/store/short-db1` is not a Nix store path"), "{problem}");
+    }
+
+    #[test]
+    fn bad_host_name() {
+        let text = example().replace("[hosts.web1]", "[hosts.\"web 1\"]");
+        let (line, problem) = invalid(&text);
+        assert_eq!(line, 8, "the entry's toplevel line");
+        assert!(problem.contains("not a valid host name"), "{problem}");
+    }
+
+    #[test]
+    fn other_refusals() {
+        let e = |from: &str, to: &str| invalid(&example().replacen(from, to, 1)).1;
+        assert!(e("serial = 42", "serial = 0").contains("positive"));
+        assert!(e("serial = 42", "serial = -3").contains("positive"));
+        assert!(e("action = \"boot\"", "action = \"reboot\"").contains("use switch, boot or test"));
+        assert!(e("expires = 2026-12-21T23:00:00Z", "expires = 2026-11-20T23:00:00Z").contains("later than"));
+        assert!(e("created = 2026-11-21T23:00:00Z", "created = 2026-11-21T23:00:00").contains("offset"));
+        assert!(e("9fceb02d0ae598e95dc970b74767f19372d61af8", "main").contains("commit id"));
+        let no_hosts = "format = 1\nserial = 1\ncreated = 2026-11-21T23:00:00Z\n[hosts]\n";
+        assert!(invalid(no_hosts).1.contains("empty"));
+    }
+
+    #[test]
+    fn unknown_keys_and_syntax_are_refused() {
+        for text in [
+            example().replace("serial = 42", "serial = 42\nsereal = 43"),
+            example().replace("action = \"boot\"", "action = \"boot\"\nactoin = \"x\""),
+            example().replace("serial = 42", "serial = \"42\""),
+            example().replace("[hosts.web1]", "[hosts.web1"),
+            "format = 1\n".to_string(),
+        ] {
+            let err = Release::parse(text.as_bytes()).unwrap_err();
+            assert!(matches!(err, ReleaseError::Syntax(ref m) if m.contains("line")), "{err}");
+        }
+    }
+
+    #[test]
+    fn size_and_encoding() {
+        let big = vec![b'#'; MAX_RELEASE_BYTES + 1];
+        assert!(matches!(Release::parse(&big), Err(ReleaseError::TooLarge { .. })));
+        assert_eq!(Release::parse(b"format = 1\xff"), Err(ReleaseError::NotUtf8));
+    }
+}

@@ -1,0 +1,349 @@
+//! SSHSIG, OpenSSH's detached signature format (`PROTOCOL.sshsig`), as git uses
+//! it for `gpg.format=ssh`: parsing the armored envelope with precise errors,
+//! verifying it over a message, and producing it with a signing key. Key
+//! decoding and the signature maths are RustCrypto `ssh-key`'s.
+
+use base64::Engine as _;
+use ssh_key::public::KeyData;
+use ssh_key::{HashAlg, LineEnding, PublicKey, Signature, SshSig};
+
+const BEGIN: &str = "-----BEGIN SSH SIGNATURE-----";
+const END: &str = "-----END SSH SIGNATURE-----";
+const MAGIC: &[u8] = b"SSHSIG";
+/// Armored signatures longer than this are refused before decoding.
+pub const MAX_ARMOR_BYTES: usize = 64 * 1024;
+
+/// The namespace git signs commits and tags in.
+pub const GIT_NAMESPACE: &str = "git";
+
+/// A parsed SSHSIG signature whose fields are all well formed. It has not been
+/// verified: call [`SshSignature::verify`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshSignature {
+    /// The key that claims to have signed.
+    pub public_key: KeyData,
+    /// The namespace the signature was made for (`git` for commits).
+    pub namespace: String,
+    /// The hash applied to the message before signing.
+    pub hash_alg: HashAlg,
+    signature: Signature,
+}
+
+/// Why bytes are not a usable SSHSIG signature, or why it does not verify.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SigError {
+    #[error("signature armor is malformed: {0}")]
+    Armor(&'static str),
+    #[error("signature is not valid base64")]
+    Base64,
+    #[error("signature blob is malformed: {0}")]
+    Blob(&'static str),
+    #[error("signature version {0} is not supported (only version 1 exists)")]
+    Version(u32),
+    #[error("signature carries a public key that cannot be decoded ({0})")]
+    PublicKey(String),
+    #[error("signature was made for namespace `{0}`, not `git`: it was not made for a git commit")]
+    Namespace(String),
+    #[error("signature uses hash algorithm `{0}`; only sha512 and sha256 are accepted")]
+    HashAlgorithm(String),
+    #[error("signature body cannot be decoded ({0})")]
+    Signature(String),
+    #[error("signature algorithm {signature} does not match the {key} key that claims it")]
+    AlgorithmMismatch { signature: String, key: String },
+    #[error("signature by key {fingerprint} does not match the signed content: the commit was changed after it was signed, or the signature was forged")]
+    Mismatch { fingerprint: String },
+}
+
+impl SshSignature {
+    /// Parses an armored signature (`-----BEGIN SSH SIGNATURE-----` …), as
+    /// found in a commit's `gpgsig` header or written by `ssh-keygen -Y sign`.
+    /// Only namespace `git` and hash algorithms sha256/sha512 are accepted.
+    pub fn from_armor(armor: &[u8]) -> Result<Self, SigError> {
+        let blob = dearmor(armor)?;
+        Self::from_blob(&blob)
+    }
+
+    /// Parses the binary SSHSIG blob (the base64-decoded armor body).
+    pub fn from_blob(blob: &[u8]) -> Result<Self, SigError> {
+        let mut r = Reader(blob);
+        if r.take(MAGIC.len()).ok_or(SigError::Blob("too short"))? != MAGIC {
+            return Err(SigError::Blob("missing the SSHSIG preamble"));
+        }
+        let version = r.u32().ok_or(SigError::Blob("truncated version"))?;
+        if version != 1 {
+            return Err(SigError::Version(version));
+        }
+        let key_blob = r.string().ok_or(SigError::Blob("truncated public key"))?;
+        let namespace = r.string().ok_or(SigError::Blob("truncated namespace"))?;
+        let _reserved = r.string().ok_or(SigError::Blob("truncated reserved field"))?;
+        let hash_alg = r.string().ok_or(SigError::Blob("truncated hash algorithm"))?;
+        let sig_blob = r.string().ok_or(SigError::Blob("truncated signature"))?;
+        if !r.0.is_empty() {
+            return Err(SigError::Blob("trailing bytes after the signature"));
+        }
+
+        let namespace = std::str::from_utf8(namespace)
+            .map_err(|_| SigError::Blob("namespace is not UTF-8"))?;
+        if namespace != GIT_NAMESPACE {
+            return Err(SigError::Namespace(printable(namespace)));
+        }
+        let hash_alg = match hash_alg {
+            b"sha512" => HashAlg::Sha512,
+            b"sha256" => HashAlg::Sha256,
+            other => return Err(SigError::HashAlgorithm(printable(&String::from_utf8_lossy(other)))),
+        };
+        let public_key = PublicKey::from_bytes(key_blob)
+            .map_err(|e| SigError::PublicKey(e.to_string()))?
+            .key_data()
+            .clone();
+        let signature =
+            Signature::try_from(sig_blob).map_err(|e| SigError::Signature(e.to_string()))?;
+        let key_alg = public_key.algorithm();
+        if !signature_fits_key(&signature, &public_key) {
+            return Err(SigError::AlgorithmMismatch {
+                signature: signature.algorithm().to_string(),
+                key: key_alg.to_string(),
+            });
+        }
+        Ok(Self {
+            public_key,
+            namespace: namespace.to_owned(),
+            hash_alg,
+            signature,
+        })
+    }
+
+    /// Checks the signature over `message` (for git: the commit without its
+    /// `gpgsig` header). This proves who signed; whether that key may sign is
+    /// for [`crate::AllowedSigners`] to say.
+    pub fn verify(&self, message: &[u8]) -> Result<(), SigError> {
+        let mismatch = || SigError::Mismatch {
+            fingerprint: self.fingerprint(),
+        };
+        let sig = SshSig::new(
+            self.public_key.clone(),
+            self.namespace.clone(),
+            self.hash_alg,
+            self.signature.clone(),
+        )
+        .map_err(|_| mismatch())?;
+        PublicKey::from(self.public_key.clone())
+            .verify(&self.namespace, message, &sig)
+            .map_err(|_| mismatch())
+    }
+
+    /// `SHA256:…` fingerprint of the signing key, as `ssh-keygen -l` prints it.
+    pub fn fingerprint(&self) -> String {
+        self.public_key.fingerprint(HashAlg::Sha256).to_string()
+    }
+}
+
+/// Signs `message` for namespace `git` with sha512, as `git commit -S` does with
+/// `gpg.format=ssh`, and returns the armored signature (LF line endings).
+pub fn sign_git(key: &ssh_key::PrivateKey, message: &[u8]) -> Result<String, ssh_key::Error> {
+    SshSig::sign(key, GIT_NAMESPACE, HashAlg::Sha512, message)?.to_pem(LineEnding::LF)
+}
+
+fn signature_fits_key(signature: &Signature, key: &KeyData) -> bool {
+    use ssh_key::Algorithm;
+    match (signature.algorithm(), key.algorithm()) {
+        // RSA keys sign with rsa-sha2-256/512; the key itself is named ssh-rsa.
+        (Algorithm::Rsa { .. }, Algorithm::Rsa { .. }) => true,
+        (s, k) => s == k,
+    }
+}
+
+/// Strips the armor lines and decodes the base64 body, as OpenSSH's
+/// `sshsig_dearmor` does (whitespace inside the body is ignored).
+fn dearmor(armor: &[u8]) -> Result<Vec<u8>, SigError> {
+    if armor.len() > MAX_ARMOR_BYTES {
+        return Err(SigError::Armor("longer than 64 KiB"));
+    }
+    let text = std::str::from_utf8(armor).map_err(|_| SigError::Armor("not ASCII text"))?;
+    let text = text.trim_matches(|c: char| c.is_ascii_whitespace());
+    let body = text
+        .strip_prefix(BEGIN)
+        .ok_or(SigError::Armor("does not start with -----BEGIN SSH SIGNATURE-----"))?;
+    let body = body
+        .strip_suffix(END)
+        .ok_or(SigError::Armor("does not end with -----END SSH SIGNATURE-----"))?;
+    if !body.starts_with(['\n', '\r']) {
+        return Err(SigError::Armor("the BEGIN line is not on a line of its own"));
+    }
+    let compact: String = body.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    if compact.is_empty() {
+        return Err(SigError::Armor("no signature between the armor lines"));
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(compact.as_bytes())
+        .map_err(|_| SigError::Base64)
+}
+
+/// Keeps attacker-chosen text short and free of control characters in messages.
+fn printable(s: &str) -> String {
+    s.chars()
+        .take(64)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+/// Reads SSH wire-format values (RFC 4251 §5).
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Some(head)
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
+    }
+
+    fn string(&mut self) -> Option<&'a [u8]> {
+        let n = usize::try_from(self.u32()?).ok()?;
+        self.take(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ssh_key::{Algorithm, PrivateKey};
+
+    fn key() -> PrivateKey {
+        PrivateKey::random(&mut rand_core::OsRng, Algorithm::Ed25519).unwrap()
+    }
+
+    fn put_string(out: &mut Vec<u8>, s: &[u8]) {
+        out.extend((s.len() as u32).to_be_bytes());
+        out.extend(s);
+    }
+
+    /// Builds a blob field by field so each field can be varied.
+    fn blob(key: &PrivateKey, namespace: &str, hash: &str, msg: &[u8]) -> Vec<u8> {
+        let hash_alg = if hash == "sha256" { HashAlg::Sha256 } else { HashAlg::Sha512 };
+        let sig = SshSig::sign(key, "git", hash_alg, msg).unwrap();
+        let mut out = MAGIC.to_vec();
+        out.extend(1u32.to_be_bytes());
+        put_string(&mut out, &key.public_key().to_bytes().unwrap());
+        put_string(&mut out, namespace.as_bytes());
+        put_string(&mut out, b"");
+        put_string(&mut out, hash.as_bytes());
+        let sig_bytes: Vec<u8> = sig.signature().clone().try_into().unwrap();
+        put_string(&mut out, &sig_bytes);
+        out
+    }
+
+    #[test]
+    fn signs_and_verifies_round_trip() {
+        let k = key();
+        let armor = sign_git(&k, b"tree abc\n\nmsg\n").unwrap();
+        assert!(armor.starts_with(BEGIN));
+        let sig = SshSignature::from_armor(armor.as_bytes()).unwrap();
+        assert_eq!(&sig.public_key, k.public_key().key_data());
+        assert_eq!(sig.hash_alg, HashAlg::Sha512);
+        sig.verify(b"tree abc\n\nmsg\n").unwrap();
+        assert!(matches!(sig.verify(b"tree abc\n\nmsG\n"), Err(SigError::Mismatch { .. })));
+    }
+
+    #[test]
+    fn our_blob_builder_matches_ssh_key() {
+        let k = key();
+        let ours = blob(&k, "git", "sha512", b"m");
+        let theirs = SshSig::sign(&k, "git", HashAlg::Sha512, b"m").unwrap();
+        let parsed = SshSignature::from_blob(&ours).unwrap();
+        assert_eq!(parsed.signature, *theirs.signature());
+    }
+
+    #[test]
+    fn sha256_is_accepted() {
+        let k = key();
+        let sig = SshSignature::from_blob(&blob(&k, "git", "sha256", b"m")).unwrap();
+        sig.verify(b"m").unwrap();
+    }
+
+    #[test]
+    fn other_namespace_is_refused() {
+        let k = key();
+        assert_eq!(
+            SshSignature::from_blob(&blob(&k, "file", "sha512", b"m")),
+            Err(SigError::Namespace("file".into()))
+        );
+    }
+
+    #[test]
+    fn other_hash_is_refused() {
+        let k = key();
+        assert_eq!(
+            SshSignature::from_blob(&blob(&k, "git", "sha1", b"m")),
+            Err(SigError::HashAlgorithm("sha1".into()))
+        );
+    }
+
+    #[test]
+    fn malformed_blobs_are_refused() {
+        let k = key();
+        let good = blob(&k, "git", "sha512", b"m");
+        assert!(matches!(SshSignature::from_blob(b"SSHSI"), Err(SigError::Blob(_))));
+        assert!(matches!(SshSignature::from_blob(b"NOTSIG\0\0\0\x01"), Err(SigError::Blob(_))));
+        let mut v2 = good.clone();
+        v2[9] = 2;
+        assert_eq!(SshSignature::from_blob(&v2), Err(SigError::Version(2)));
+        for cut in [7, 12, 40, good.len() - 1] {
+            assert!(matches!(SshSignature::from_blob(&good[..cut]), Err(SigError::Blob(_))), "cut at {cut}");
+        }
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert!(matches!(SshSignature::from_blob(&trailing), Err(SigError::Blob(_))));
+    }
+
+    #[test]
+    fn signature_from_another_algorithm_is_refused() {
+        let k = key();
+        let mut out = MAGIC.to_vec();
+        out.extend(1u32.to_be_bytes());
+        put_string(&mut out, &k.public_key().to_bytes().unwrap());
+        put_string(&mut out, b"git");
+        put_string(&mut out, b"");
+        put_string(&mut out, b"sha512");
+        let mut sig = Vec::new();
+        put_string(&mut sig, b"ecdsa-sha2-nistp256");
+        put_string(&mut sig, &[0u8; 8]);
+        put_string(&mut out, &sig);
+        assert!(SshSignature::from_blob(&out).is_err());
+    }
+
+    #[test]
+    fn malformed_armor_is_refused() {
+        let k = key();
+        let armor = sign_git(&k, b"m").unwrap();
+        let no_begin = armor.replacen(BEGIN, "", 1);
+        assert!(matches!(SshSignature::from_armor(no_begin.as_bytes()), Err(SigError::Armor(_))));
+        let no_end = armor.replacen(END, "", 1);
+        assert!(matches!(SshSignature::from_armor(no_end.as_bytes()), Err(SigError::Armor(_))));
+        let bad_b64 = armor.replacen("U1NIU0lH", "U1NIU0l!", 1);
+        assert_eq!(SshSignature::from_armor(bad_b64.as_bytes()), Err(SigError::Base64));
+        let empty = format!("{BEGIN}\n{END}\n");
+        assert!(matches!(SshSignature::from_armor(empty.as_bytes()), Err(SigError::Armor(_))));
+        let crlf = armor.replace('\n', "\r\n");
+        assert!(SshSignature::from_armor(crlf.as_bytes()).is_ok());
+        let huge = format!("{BEGIN}\n{}\n{END}", "A".repeat(MAX_ARMOR_BYTES));
+        assert!(matches!(SshSignature::from_armor(huge.as_bytes()), Err(SigError::Armor(_))));
+    }
+
+    #[test]
+    fn signature_by_another_key_in_the_envelope_is_refused() {
+        let (k1, k2) = (key(), key());
+        // k2's signature presented under k1's public key.
+        let sig2 = SshSig::sign(&k2, "git", HashAlg::Sha512, b"m").unwrap();
+        let forged = SshSig::new(k1.public_key().key_data().clone(), "git", HashAlg::Sha512, sig2.signature().clone()).unwrap();
+        let armor = forged.to_pem(LineEnding::LF).unwrap();
+        let parsed = SshSignature::from_armor(armor.as_bytes()).unwrap();
+        assert!(matches!(parsed.verify(b"m"), Err(SigError::Mismatch { .. })));
+    }
+}

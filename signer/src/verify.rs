@@ -1,0 +1,171 @@
+//! Verification of releases, the one function both `ferry-signer verify` and
+//! the agent call: the tip commit's SSH signature, its signer's standing in
+//! `allowed_signers`, and the release it carries. Policy that needs history
+//! (serial and ancestry against what was deployed) is the agent's.
+
+use chrono::{DateTime, Utc};
+use git2::{Oid, Repository};
+
+use crate::allowed_signers::{AllowedSigners, Unauthorized};
+use crate::git::{self, GitError};
+use crate::names::CommitId;
+use crate::release::Release;
+use crate::sshsig::{SigError, SshSignature, GIT_NAMESPACE};
+
+/// Who signed a commit, as established by [`verify_commit_signature`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signer {
+    /// The principals field of the matching `allowed_signers` line.
+    pub principal: String,
+    /// `SHA256:…` fingerprint of the signing key.
+    pub fingerprint: String,
+    /// Key algorithm, e.g. `ssh-ed25519`.
+    pub key_type: String,
+}
+
+/// A release whose signature and contents have been checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedRelease {
+    /// The release commit.
+    pub commit: CommitId,
+    /// Who signed it.
+    pub signer: Signer,
+    /// Its committer time.
+    pub committed_at: DateTime<Utc>,
+    /// What it says.
+    pub release: Release,
+}
+
+/// Why a commit or release was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("commit {commit} is not signed: releases must be signed (ferry-signer release, or git commit -S with gpg.format=ssh)")]
+    Unsigned { commit: Oid },
+    #[error("commit {commit}: {source}")]
+    Signature {
+        commit: Oid,
+        #[source]
+        source: SigError,
+    },
+    #[error("commit {commit}: {source}")]
+    Unauthorized {
+        commit: Oid,
+        #[source]
+        source: Unauthorized,
+    },
+    #[error("release {commit} (serial {serial}) expired at {expires}: the deploy branch is stale or being withheld; publish a new release")]
+    Expired {
+        commit: Oid,
+        serial: u64,
+        expires: DateTime<Utc>,
+    },
+    #[error(transparent)]
+    Git(#[from] GitError),
+}
+
+impl VerifyError {
+    /// A short, plain description for a commit status (no internals, ≤ 140 chars).
+    pub fn summary(&self) -> String {
+        let s = match self {
+            VerifyError::Unsigned { .. } => "refused: release commit is not signed".to_owned(),
+            VerifyError::Signature { source, .. } => match source {
+                SigError::Mismatch { .. } => "refused: signature does not match the commit (tampered?)".to_owned(),
+                SigError::Namespace(_) => "refused: signature is not for git (wrong namespace)".to_owned(),
+                SigError::HashAlgorithm(h) => format!("refused: signature hash {h} not accepted"),
+                _ => "refused: malformed signature".to_owned(),
+            },
+            VerifyError::Unauthorized { source, .. } => match source {
+                Unauthorized::KeyNotListed { fingerprint } => {
+                    format!("refused: signed by unknown key {fingerprint}")
+                }
+                Unauthorized::Namespace { principals, .. } => {
+                    format!("refused: {principals} may not sign git commits")
+                }
+                Unauthorized::NotYetValid { principals, .. } => {
+                    format!("refused: key of {principals} not yet valid")
+                }
+                Unauthorized::Expired { principals, .. } => {
+                    format!("refused: key of {principals} has expired")
+                }
+            },
+            VerifyError::Expired { serial, expires, .. } => {
+                format!("stale: release {serial} expired {}", expires.format("%Y-%m-%d %H:%M UTC"))
+            }
+            VerifyError::Git(GitError::Release { source, .. }) => format!("refused: {source}"),
+            VerifyError::Git(GitError::NoReleaseFile { .. }) => "refused: commit has no release.toml".to_owned(),
+            VerifyError::Git(_) => "error: cannot read the release commit".to_owned(),
+        };
+        truncate_chars(&s, 140)
+    }
+}
+
+fn truncate_chars(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_owned()
+    } else {
+        let mut out: String = s.chars().take(max - 1).collect();
+        out.push('…');
+        out
+    }
+}
+
+/// Checks the SSH signature on `commit` and that its key may sign git commits
+/// at the commit's committer time, as `git verify-commit` does with
+/// `gpg.ssh.allowedSignersFile`.
+pub fn verify_commit_signature(
+    repo: &Repository,
+    commit: Oid,
+    signers: &AllowedSigners,
+) -> Result<(Signer, DateTime<Utc>), VerifyError> {
+    let signed = git::signed_commit(repo, commit)?.ok_or(VerifyError::Unsigned { commit })?;
+    let sig_err = |source| VerifyError::Signature { commit, source };
+    let sig = SshSignature::from_armor(&signed.signature).map_err(sig_err)?;
+    sig.verify(&signed.payload).map_err(sig_err)?;
+    let entry = signers
+        .authorize(&sig.public_key, GIT_NAMESPACE, signed.committed_at)
+        .map_err(|source| VerifyError::Unauthorized { commit, source })?;
+    Ok((
+        Signer {
+            principal: entry.principals.clone(),
+            fingerprint: sig.fingerprint(),
+            key_type: sig.public_key.algorithm().to_string(),
+        },
+        signed.committed_at,
+    ))
+}
+
+/// Verifies the release at `rev`: a valid signature by a key `signers` allows
+/// for namespace `git`, a well-formed `release.toml`, and not expired at `now`.
+pub fn verify_release(
+    repo: &Repository,
+    rev: &str,
+    signers: &AllowedSigners,
+    now: DateTime<Utc>,
+) -> Result<VerifiedRelease, VerifyError> {
+    let commit = git::resolve_commit(repo, rev)?;
+    verify_release_commit(repo, commit, signers, now)
+}
+
+/// [`verify_release`] for a commit already resolved.
+pub fn verify_release_commit(
+    repo: &Repository,
+    commit: Oid,
+    signers: &AllowedSigners,
+    now: DateTime<Utc>,
+) -> Result<VerifiedRelease, VerifyError> {
+    let (signer, committed_at) = verify_commit_signature(repo, commit, signers)?;
+    let release = git::read_release(repo, commit)?;
+    if let Some(expires) = release.expires.filter(|_| release.is_expired(now)) {
+        return Err(VerifyError::Expired {
+            commit,
+            serial: release.serial,
+            expires,
+        });
+    }
+    Ok(VerifiedRelease {
+        commit: commit.into(),
+        signer,
+        committed_at,
+        release,
+    })
+}
