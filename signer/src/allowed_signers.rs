@@ -42,11 +42,10 @@ pub struct AllowedSigner {
 #[derive(Debug, thiserror::Error)]
 pub enum AllowedSignersError {
     #[error("cannot read allowed_signers file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("allowed_signers file {path} is {size} bytes, more than the {MAX_ALLOWED_SIGNERS_BYTES}-byte limit")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error(
+        "allowed_signers file {path} is {size} bytes, more than the {MAX_ALLOWED_SIGNERS_BYTES}-byte limit"
+    )]
     TooLarge { path: PathBuf, size: u64 },
     #[error("{}line {line}: {problem}", .path.as_ref().map(|p| format!("{}: ", p.display())).unwrap_or_default())]
     Line {
@@ -63,7 +62,9 @@ pub enum LineProblem {
     MissingKey,
     #[error("unterminated double quote")]
     UnterminatedQuote,
-    #[error("cannot parse the public key `{0}`: expected an OpenSSH public key such as `ssh-ed25519 AAAAC3…`")]
+    #[error(
+        "cannot parse the public key `{0}`: expected an OpenSSH public key such as `ssh-ed25519 AAAAC3…`"
+    )]
     BadKey(String),
     #[error("`cert-authority` lines are not supported: list each signing key on a line of its own")]
     CertAuthority,
@@ -249,7 +250,12 @@ impl AllowedSigner {
 impl fmt::Display for AllowedSigner {
     /// Renders the entry as an `allowed_signers` line.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.principals)?;
+        let p = &self.principals;
+        if p.is_empty() || p.starts_with('#') || p.contains([' ', '\t']) {
+            write!(f, "\"{p}\"")?;
+        } else {
+            write!(f, "{p}")?;
+        }
         let mut options = Vec::new();
         if let Some(n) = &self.namespaces {
             options.push(format!("namespaces=\"{n}\""));
@@ -433,7 +439,9 @@ pub fn parse_ssh_time(s: &str) -> Option<DateTime<Utc>> {
         return None;
     }
     let naive = match digits.len() {
-        8 => NaiveDate::parse_from_str(digits, "%Y%m%d").ok()?.and_hms_opt(0, 0, 0)?,
+        8 => NaiveDate::parse_from_str(digits, "%Y%m%d")
+            .ok()?
+            .and_hms_opt(0, 0, 0)?,
         12 => NaiveDateTime::parse_from_str(digits, "%Y%m%d%H%M").ok()?,
         14 => NaiveDateTime::parse_from_str(digits, "%Y%m%d%H%M%S").ok()?,
         _ => return None,
@@ -452,10 +460,8 @@ pub fn parse_ssh_time(s: &str) -> Option<DateTime<Utc>> {
 mod tests {
     use super::*;
 
-    const KEY_A: &str =
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEbJ2z2K2kMA6a+umVyITxuefXhgqiTFPHMg5jzyflzf";
-    const KEY_B: &str =
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILEJSRKQVza0LcfwNnv/+g8li9TlEUPi3ugODP0pP1Vj";
+    const KEY_A: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEbJ2z2K2kMA6a+umVyITxuefXhgqiTFPHMg5jzyflzf";
+    const KEY_B: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILEJSRKQVza0LcfwNnv/+g8li9TlEUPi3ugODP0pP1Vj";
 
     fn key(s: &str) -> KeyData {
         PublicKey::from_openssh(s).unwrap().key_data().clone()
@@ -501,8 +507,7 @@ mod tests {
 
     #[test]
     fn namespace_refusal_names_the_principal() {
-        let signers =
-            AllowedSigners::parse(&format!("alice namespaces=\"file\" {KEY_A}\n")).unwrap();
+        let signers = AllowedSigners::parse(&format!("alice namespaces=\"file\" {KEY_A}\n")).unwrap();
         let err = signers.authorize(&key(KEY_A), "git", Utc::now()).unwrap_err();
         assert!(matches!(err, Unauthorized::Namespace { ref principals, .. } if principals == "alice"));
         assert!(err.to_string().contains("namespace `git`"), "{err}");
@@ -528,12 +533,13 @@ mod tests {
 
     #[test]
     fn later_line_can_authorize_when_an_earlier_one_refuses() {
-        let signers = AllowedSigners::parse(&format!(
-            "old valid-before=\"20200101Z\" {KEY_A}\nnew {KEY_A}\n"
-        ))
-        .unwrap();
+        let signers =
+            AllowedSigners::parse(&format!("old valid-before=\"20200101Z\" {KEY_A}\nnew {KEY_A}\n")).unwrap();
         assert_eq!(
-            signers.authorize(&key(KEY_A), "git", Utc::now()).unwrap().principals,
+            signers
+                .authorize(&key(KEY_A), "git", Utc::now())
+                .unwrap()
+                .principals,
             "new"
         );
     }
@@ -548,16 +554,35 @@ mod tests {
 
     #[test]
     fn refusals() {
-        assert_eq!(problem(&format!("alice cert-authority {KEY_A}")), LineProblem::CertAuthority);
+        assert_eq!(
+            problem(&format!("alice cert-authority {KEY_A}")),
+            LineProblem::CertAuthority
+        );
         assert_eq!(problem("alice"), LineProblem::MissingKey);
         assert_eq!(problem("alice ssh-ed25519"), LineProblem::MissingKey);
-        assert!(matches!(problem("alice ssh-ed25519 AAAAnotbase64!"), LineProblem::BadKey(_)));
-        assert!(matches!(problem(&format!("alice bogus=\"x\" {KEY_A}")), LineProblem::UnknownOption(o) if o == "bogus"));
-        assert_eq!(problem(&format!("alice namespaces=git {KEY_A}")), LineProblem::UnquotedValue("namespaces".into()));
-        assert_eq!(problem(&format!("\"alice {KEY_A}")), LineProblem::UnterminatedQuote);
-        assert!(matches!(problem(&format!("alice valid-after=\"2026\" {KEY_A}")), LineProblem::BadTime { .. }));
+        assert!(matches!(
+            problem("alice ssh-ed25519 AAAAnotbase64!"),
+            LineProblem::BadKey(_)
+        ));
+        assert!(
+            matches!(problem(&format!("alice bogus=\"x\" {KEY_A}")), LineProblem::UnknownOption(o) if o == "bogus")
+        );
         assert_eq!(
-            problem(&format!("alice valid-after=\"20260201Z\",valid-before=\"20260101Z\" {KEY_A}")),
+            problem(&format!("alice namespaces=git {KEY_A}")),
+            LineProblem::UnquotedValue("namespaces".into())
+        );
+        assert_eq!(
+            problem(&format!("\"alice {KEY_A}")),
+            LineProblem::UnterminatedQuote
+        );
+        assert!(matches!(
+            problem(&format!("alice valid-after=\"2026\" {KEY_A}")),
+            LineProblem::BadTime { .. }
+        ));
+        assert_eq!(
+            problem(&format!(
+                "alice valid-after=\"20260201Z\",valid-before=\"20260101Z\" {KEY_A}"
+            )),
             LineProblem::EmptyWindow
         );
         assert_eq!(
@@ -576,8 +601,14 @@ mod tests {
     fn ssh_times() {
         assert_eq!(parse_ssh_time("20260102Z"), Some(at("2026-01-02T00:00:00Z")));
         assert_eq!(parse_ssh_time("202601020304Z"), Some(at("2026-01-02T03:04:00Z")));
-        assert_eq!(parse_ssh_time("20260102030405Z"), Some(at("2026-01-02T03:04:05Z")));
-        assert_eq!(parse_ssh_time("20260102030405UTC"), Some(at("2026-01-02T03:04:05Z")));
+        assert_eq!(
+            parse_ssh_time("20260102030405Z"),
+            Some(at("2026-01-02T03:04:05Z"))
+        );
+        assert_eq!(
+            parse_ssh_time("20260102030405UTC"),
+            Some(at("2026-01-02T03:04:05Z"))
+        );
         assert!(parse_ssh_time("20260102").is_some());
         assert_eq!(parse_ssh_time("20261302Z"), None);
         assert_eq!(parse_ssh_time("2026010Z"), None);
@@ -589,7 +620,17 @@ mod tests {
         let text = format!("alice namespaces=\"git\",valid-after=\"20260101000000Z\" {KEY_A}");
         let signers = AllowedSigners::parse(&text).unwrap();
         let rendered = signers.entries()[0].to_string();
-        assert_eq!(AllowedSigners::parse(&rendered).unwrap().entries()[0].namespaces, signers.entries()[0].namespaces);
+        assert_eq!(
+            AllowedSigners::parse(&rendered).unwrap().entries()[0].namespaces,
+            signers.entries()[0].namespaces
+        );
         assert_eq!(rendered, text);
+        for principals in ["\"two words\"", "\"#not-a-comment\"", "\"\""] {
+            let line = format!("{principals} {KEY_A}");
+            let parsed = AllowedSigners::parse(&line).unwrap();
+            let entry = &parsed.entries()[0];
+            let again = AllowedSigners::parse(&entry.to_string()).unwrap();
+            assert_eq!(again.entries()[0].principals, entry.principals, "{line}");
+        }
     }
 }

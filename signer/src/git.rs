@@ -133,7 +133,9 @@ pub fn advance_branch(
                 .unwrap_or_else(|_| "no branch".into());
             Err(GitError::Raced {
                 branch: branch.to_owned(),
-                expected: expected.map(|o| o.to_string()).unwrap_or_else(|| "no branch".into()),
+                expected: expected
+                    .map(|o| o.to_string())
+                    .unwrap_or_else(|| "no branch".into()),
                 found,
             })
         }

@@ -55,15 +55,9 @@ pub trait PassphraseSource: fmt::Debug {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("cannot read key file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("cannot write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
     #[error("{path} already exists: refusing to overwrite a key; choose another --out or remove it first")]
     Exists { path: PathBuf },
     #[error("{path} is not a Ferry or OpenSSH private key (expected an age-encrypted key from `ferry-signer keygen` or an OpenSSH key from `ssh-keygen -t ed25519`)")]
@@ -81,10 +75,7 @@ pub enum KeyError {
     #[error("no passphrase available: set FERRY_SIGNER_PASSPHRASE or run on a terminal")]
     NoPassphrase,
     #[error("cannot read age identity file {path}: {source}")]
-    Identity {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Identity { path: PathBuf, source: std::io::Error },
     #[error("{path}: cannot decrypt: {detail}")]
     Decrypt { path: PathBuf, detail: String },
     #[error("{path}: the decrypted content is not an OpenSSH private key")]
@@ -122,7 +113,10 @@ impl SigningKey {
 
     /// The OpenSSH public key line, e.g. `ssh-ed25519 AAAA… comment`.
     pub fn public_line(&self) -> String {
-        self.0.public_key().to_openssh().expect("ed25519 public keys encode")
+        self.0
+            .public_key()
+            .to_openssh()
+            .expect("ed25519 public keys encode")
     }
 
     /// A ready `allowed_signers` line for this key.
@@ -139,10 +133,10 @@ impl SigningKey {
     pub fn to_age(&self, protection: &Protection) -> Result<Vec<u8>, KeyError> {
         let plain = self.0.to_openssh(LineEnding::LF)?;
         let encryptor = match protection {
-            Protection::Recipients(recipients) => age::Encryptor::with_recipients(
-                recipients.iter().map(|r| r as &dyn age::Recipient),
-            )
-            .map_err(|e| KeyError::Encrypt(e.to_string()))?,
+            Protection::Recipients(recipients) => {
+                age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
+                    .map_err(|e| KeyError::Encrypt(e.to_string()))?
+            }
             Protection::Passphrase(p) => age::Encryptor::with_user_passphrase(p.clone()),
         };
         let mut out = Vec::new();
@@ -183,20 +177,37 @@ impl SigningKey {
         };
         let size = std::fs::metadata(path).map_err(read_err)?.len();
         if size > MAX_KEY_FILE_BYTES {
-            return Err(KeyError::UnknownFormat { path: path.to_owned() });
+            return Err(KeyError::UnknownFormat {
+                path: path.to_owned(),
+            });
         }
         let bytes = Zeroizing::new(std::fs::read(path).map_err(read_err)?);
-        let head = String::from_utf8_lossy(&bytes[..bytes.len().min(64)]).trim_start().to_owned();
-        let openssh = if head.starts_with(AGE_ARMOR) || head.starts_with(AGE_BINARY) {
+        let head = String::from_utf8_lossy(&bytes[..bytes.len().min(64)])
+            .trim_start()
+            .to_owned();
+        let encrypted = head.starts_with(AGE_ARMOR) || head.starts_with(AGE_BINARY);
+        let openssh = if encrypted {
             decrypt(path, &bytes, unlock)?
         } else if head.starts_with(OPENSSH) {
             bytes.clone()
         } else {
-            return Err(KeyError::UnknownFormat { path: path.to_owned() });
+            return Err(KeyError::UnknownFormat {
+                path: path.to_owned(),
+            });
         };
-        let key = PrivateKey::from_openssh(&*openssh).map_err(|_| KeyError::NotAKey { path: path.to_owned() })?;
+        let key = PrivateKey::from_openssh(&*openssh).map_err(|e| match encrypted {
+            true => KeyError::NotAKey {
+                path: path.to_owned(),
+            },
+            false => KeyError::Algorithm {
+                path: path.to_owned(),
+                algorithm: format!("non-ed25519 or unreadable ({e})"),
+            },
+        })?;
         if key.is_encrypted() {
-            return Err(KeyError::SshEncrypted { path: path.to_owned() });
+            return Err(KeyError::SshEncrypted {
+                path: path.to_owned(),
+            });
         }
         if key.algorithm() != Algorithm::Ed25519 {
             return Err(KeyError::Algorithm {
@@ -218,8 +229,8 @@ fn decrypt(path: &Path, bytes: &[u8], unlock: &Unlock) -> Result<Zeroizing<Vec<u
         path: path.to_owned(),
         detail: e.to_string(),
     };
-    let decryptor = age::Decryptor::new_buffered(age::armor::ArmoredReader::new(bytes))
-        .map_err(|e| detail(&e))?;
+    let decryptor =
+        age::Decryptor::new_buffered(age::armor::ArmoredReader::new(bytes)).map_err(|e| detail(&e))?;
     let reader = if decryptor.is_scrypt() {
         let source = unlock.passphrase.as_ref().ok_or(KeyError::NoPassphrase)?;
         let identity = age::scrypt::Identity::new(source.passphrase()?);
@@ -227,25 +238,35 @@ fn decrypt(path: &Path, bytes: &[u8], unlock: &Unlock) -> Result<Zeroizing<Vec<u
             .decrypt(std::iter::once(&identity as &dyn age::Identity))
             .map_err(|e| match e {
                 age::DecryptError::DecryptionFailed | age::DecryptError::NoMatchingKeys => {
-                    KeyError::WrongPassphrase { path: path.to_owned() }
+                    KeyError::WrongPassphrase {
+                        path: path.to_owned(),
+                    }
                 }
                 other => detail(&other),
             })?
     } else {
         if unlock.identity_files.is_empty() {
-            return Err(KeyError::NoIdentity { path: path.to_owned() });
+            return Err(KeyError::NoIdentity {
+                path: path.to_owned(),
+            });
         }
         let mut identities = Vec::new();
         for file in &unlock.identity_files {
-            let parsed = age::IdentityFile::from_file(file.display().to_string())
-                .map_err(|source| KeyError::Identity { path: file.clone(), source })?;
+            let parsed = age::IdentityFile::from_file(file.display().to_string()).map_err(|source| {
+                KeyError::Identity {
+                    path: file.clone(),
+                    source,
+                }
+            })?;
             identities.extend(parsed.into_identities().map_err(|e| detail(&e))?);
         }
         decryptor
             .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
             .map_err(|e| match e {
                 age::DecryptError::NoMatchingKeys | age::DecryptError::DecryptionFailed => {
-                    KeyError::WrongIdentity { path: path.to_owned() }
+                    KeyError::WrongIdentity {
+                        path: path.to_owned(),
+                    }
                 }
                 other => detail(&other),
             })?
@@ -313,7 +334,8 @@ mod tests {
         let other = age::x25519::Identity::generate();
         let key = SigningKey::generate("t").unwrap();
         let path = dir.path().join("key");
-        key.write_new(&path, &Protection::Recipients(vec![id.to_public()])).unwrap();
+        key.write_new(&path, &Protection::Recipients(vec![id.to_public()]))
+            .unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.starts_with(AGE_ARMOR));
         use age::secrecy::ExposeSecret;
@@ -328,8 +350,14 @@ mod tests {
         };
         let loaded = SigningKey::load(&path, &unlock(&id_file)).unwrap();
         assert_eq!(loaded.public_key(), key.public_key());
-        assert!(matches!(SigningKey::load(&path, &unlock(&other_file)), Err(KeyError::WrongIdentity { .. })));
-        assert!(matches!(SigningKey::load(&path, &Unlock::default()), Err(KeyError::NoIdentity { .. })));
+        assert!(matches!(
+            SigningKey::load(&path, &unlock(&other_file)),
+            Err(KeyError::WrongIdentity { .. })
+        ));
+        assert!(matches!(
+            SigningKey::load(&path, &Unlock::default()),
+            Err(KeyError::NoIdentity { .. })
+        ));
         assert!(matches!(
             key.write_new(&path, &Protection::Recipients(vec![id.to_public()])),
             Err(KeyError::Exists { .. })
@@ -341,6 +369,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k");
         std::fs::write(&path, "hello").unwrap();
-        assert!(matches!(SigningKey::load(&path, &Unlock::default()), Err(KeyError::UnknownFormat { .. })));
+        assert!(matches!(
+            SigningKey::load(&path, &Unlock::default()),
+            Err(KeyError::UnknownFormat { .. })
+        ));
     }
 }

@@ -61,7 +61,9 @@ impl FromStr for StorePath {
         if !hash.bytes().all(|b| NIX32.contains(&b)) {
             return Err(err("the hash part is not 32 nix32 characters"));
         }
-        let name = name.strip_prefix('-').ok_or_else(|| err("no `-` after the hash"))?;
+        let name = name
+            .strip_prefix('-')
+            .ok_or_else(|| err("no `-` after the hash"))?;
         if name.is_empty() {
             return Err(err("the name is empty"));
         }
@@ -113,7 +115,8 @@ impl FromStr for HostName {
             && b.len() <= 63
             && b[0].is_ascii_alphanumeric()
             && b[b.len() - 1].is_ascii_alphanumeric()
-            && b.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_');
+            && b.iter()
+                .all(|&c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_');
         if ok {
             Ok(Self(s.to_owned()))
         } else {
@@ -149,7 +152,8 @@ impl FromStr for CommitId {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let ok = (s.len() == 40 || s.len() == 64)
-            && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if ok {
             Ok(Self(s.to_owned()))
         } else {
@@ -213,15 +217,28 @@ mod tests {
         for good in ["web1", "a", "db-01", "Office_PC", &"x".repeat(63)] {
             assert!(good.parse::<HostName>().is_ok(), "{good}");
         }
-        for bad in ["", "-web", "web-", "web.example.com", "web 1", "wéb", &"x".repeat(64), "_a"] {
+        for bad in [
+            "",
+            "-web",
+            "web-",
+            "web.example.com",
+            "web 1",
+            "wéb",
+            &"x".repeat(64),
+            "_a",
+        ] {
             assert!(bad.parse::<HostName>().is_err(), "{bad}");
         }
     }
 
     #[test]
     fn commit_ids() {
-        assert!("9fceb02d0ae598e95dc970b74767f19372d61af8".parse::<CommitId>().is_ok());
-        assert!("9FCEB02D0AE598E95DC970B74767F19372D61AF8".parse::<CommitId>().is_err());
+        assert!("9fceb02d0ae598e95dc970b74767f19372d61af8"
+            .parse::<CommitId>()
+            .is_ok());
+        assert!("9FCEB02D0AE598E95DC970B74767F19372D61AF8"
+            .parse::<CommitId>()
+            .is_err());
         assert!("9fceb02".parse::<CommitId>().is_err());
         assert!("a".repeat(64).parse::<CommitId>().is_ok());
     }

@@ -68,7 +68,10 @@ mod tests {
         assert!(!list_matches("git", "file"));
         assert!(!list_matches("git", "*,!git"));
         assert!(list_matches("git", "*,!file"));
-        assert!(!list_matches("git", "!file"), "a list of only negations matches nothing");
+        assert!(
+            !list_matches("git", "!file"),
+            "a list of only negations matches nothing"
+        );
     }
 
     #[test]

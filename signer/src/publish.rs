@@ -33,7 +33,9 @@ pub enum PublishError {
     NoHosts,
     #[error("the previous release has serial {0}, the largest possible: the branch cannot advance")]
     SerialExhausted(u64),
-    #[error("the previous release on branch {branch} cannot be read, so the next serial is unknown: {source}")]
+    #[error(
+        "the previous release on branch {branch} cannot be read, so the next serial is unknown: {source}"
+    )]
     Previous {
         branch: String,
         #[source]
@@ -58,7 +60,10 @@ pub fn next_release(
     now: DateTime<Utc>,
 ) -> Result<Release, PublishError> {
     let serial = match previous {
-        Some(p) => p.serial.checked_add(1).ok_or(PublishError::SerialExhausted(p.serial))?,
+        Some(p) => p
+            .serial
+            .checked_add(1)
+            .ok_or(PublishError::SerialExhausted(p.serial))?,
         None => 1,
     };
     let mut hosts = match previous {
@@ -131,10 +136,12 @@ pub fn publish(
 ) -> Result<Published, PublishError> {
     let tip = git::branch_tip(repo, branch)?;
     let previous = match tip {
-        Some(commit) => Some(git::read_release(repo, commit).map_err(|source| PublishError::Previous {
-            branch: branch.to_owned(),
-            source,
-        })?),
+        Some(commit) => Some(
+            git::read_release(repo, commit).map_err(|source| PublishError::Previous {
+                branch: branch.to_owned(),
+                source,
+            })?,
+        ),
         None => None,
     };
     let release = next_release(previous.as_ref(), changes, now)?;
@@ -183,7 +190,10 @@ mod tests {
 
     fn changes(hosts: &[(&str, HostEntry)]) -> ReleaseChanges {
         ReleaseChanges {
-            hosts: hosts.iter().map(|(n, e)| (n.parse().unwrap(), e.clone())).collect(),
+            hosts: hosts
+                .iter()
+                .map(|(n, e)| (n.parse().unwrap(), e.clone()))
+                .collect(),
             ..Default::default()
         }
     }
@@ -198,7 +208,12 @@ mod tests {
     #[test]
     fn unnamed_hosts_keep_their_entry_unless_replaced() {
         let now = Utc::now();
-        let first = next_release(None, &changes(&[("web1", entry('a', "web1")), ("db1", entry('b', "db1"))]), now).unwrap();
+        let first = next_release(
+            None,
+            &changes(&[("web1", entry('a', "web1")), ("db1", entry('b', "db1"))]),
+            now,
+        )
+        .unwrap();
         let second = next_release(Some(&first), &changes(&[("web1", entry('c', "web1"))]), now).unwrap();
         assert_eq!(second.serial, 2);
         assert_eq!(second.hosts.len(), 2);
@@ -220,7 +235,13 @@ mod tests {
         assert_eq!(r.expires.unwrap() - r.created, Duration::days(30));
         let mut max = r.clone();
         max.serial = u64::MAX;
-        assert!(matches!(next_release(Some(&max), &c, now), Err(PublishError::SerialExhausted(_))));
-        assert!(matches!(next_release(None, &ReleaseChanges::default(), now), Err(PublishError::NoHosts)));
+        assert!(matches!(
+            next_release(Some(&max), &c, now),
+            Err(PublishError::SerialExhausted(_))
+        ));
+        assert!(matches!(
+            next_release(None, &ReleaseChanges::default(), now),
+            Err(PublishError::NoHosts)
+        ));
     }
 }

@@ -257,9 +257,11 @@ impl ReleaseFileV1 {
             let host: HostName = name
                 .parse()
                 .map_err(|e| invalid(entry.toplevel.span(), format!("hosts: {e}")))?;
-            let toplevel = entry.toplevel.get_ref().parse::<StorePath>().map_err(|e| {
-                invalid(entry.toplevel.span(), format!("hosts.{host}.toplevel: {e}"))
-            })?;
+            let toplevel = entry
+                .toplevel
+                .get_ref()
+                .parse::<StorePath>()
+                .map_err(|e| invalid(entry.toplevel.span(), format!("hosts.{host}.toplevel: {e}")))?;
             let action = match &entry.action {
                 Some(a) => a
                     .get_ref()
@@ -270,7 +272,10 @@ impl ReleaseFileV1 {
             hosts.insert(host, HostEntry { toplevel, action });
         }
         if hosts.is_empty() {
-            return Err(invalid(0..0, "`hosts` is empty: a release names at least one host".into()));
+            return Err(invalid(
+                0..0,
+                "`hosts` is empty: a release names at least one host".into(),
+            ));
         }
         Ok(Release {
             serial,
@@ -341,7 +346,10 @@ action = "boot"
         let db1 = &r.hosts[&"db1".parse().unwrap()];
         assert_eq!(db1.action, Action::Boot);
         assert_eq!(db1.toplevel.as_str(), DB1);
-        assert_eq!(r.source.unwrap().as_str(), "9fceb02d0ae598e95dc970b74767f19372d61af8");
+        assert_eq!(
+            r.source.unwrap().as_str(),
+            "9fceb02d0ae598e95dc970b74767f19372d61af8"
+        );
         assert_eq!(r.expires.unwrap().to_rfc3339(), "2026-12-21T23:00:00+00:00");
     }
 
@@ -351,7 +359,10 @@ action = "boot"
         let text = r.to_toml();
         assert!(text.starts_with("format = 1\nserial = 42\n"), "{text}");
         assert_eq!(Release::parse(text.as_bytes()).unwrap(), r);
-        assert!(!text.contains("action = \"switch\""), "default action is not written");
+        assert!(
+            !text.contains("action = \"switch\""),
+            "default action is not written"
+        );
     }
 
     #[test]
@@ -365,7 +376,10 @@ action = "boot"
     #[test]
     fn unknown_format_says_upgrade() {
         let text = example().replace("format = 1", "format = 2\nnew_key = true");
-        assert_eq!(Release::parse(text.as_bytes()), Err(ReleaseError::UnknownFormat(2)));
+        assert_eq!(
+            Release::parse(text.as_bytes()),
+            Err(ReleaseError::UnknownFormat(2))
+        );
         assert!(ReleaseError::UnknownFormat(2).to_string().contains("upgrade"));
         let text = example().replace("format = 1\n", "");
         assert_eq!(Release::parse(text.as_bytes()), Err(ReleaseError::MissingFormat));
@@ -376,7 +390,10 @@ action = "boot"
         let text = example().replace(DB1, "/nix/store/short-db1");
         let (line, problem) = invalid(&text);
         assert_eq!(line, 10);
-        assert!(problem.starts_with("hosts.db1.toplevel: `/nix/store/short-db1` is not a Nix store path"), "{problem}");
+        assert!(
+            problem.starts_with("hosts.db1.toplevel: `/nix/store/short-db1` is not a Nix store path"),
+            "{problem}"
+        );
     }
 
     #[test]
@@ -410,7 +427,10 @@ action = "boot"
             "format = 1\n".to_string(),
         ] {
             let err = Release::parse(text.as_bytes()).unwrap_err();
-            assert!(matches!(err, ReleaseError::Syntax(ref m) if m.contains("line")), "{err}");
+            assert!(
+                matches!(err, ReleaseError::Syntax(ref m) if m.contains("line")),
+                "{err}"
+            );
         }
     }
 

@@ -82,22 +82,25 @@ impl SshSignature {
             return Err(SigError::Blob("trailing bytes after the signature"));
         }
 
-        let namespace = std::str::from_utf8(namespace)
-            .map_err(|_| SigError::Blob("namespace is not UTF-8"))?;
+        let namespace =
+            std::str::from_utf8(namespace).map_err(|_| SigError::Blob("namespace is not UTF-8"))?;
         if namespace != GIT_NAMESPACE {
             return Err(SigError::Namespace(printable(namespace)));
         }
         let hash_alg = match hash_alg {
             b"sha512" => HashAlg::Sha512,
             b"sha256" => HashAlg::Sha256,
-            other => return Err(SigError::HashAlgorithm(printable(&String::from_utf8_lossy(other)))),
+            other => {
+                return Err(SigError::HashAlgorithm(printable(&String::from_utf8_lossy(
+                    other,
+                ))))
+            }
         };
         let public_key = PublicKey::from_bytes(key_blob)
             .map_err(|e| SigError::PublicKey(e.to_string()))?
             .key_data()
             .clone();
-        let signature =
-            Signature::try_from(sig_blob).map_err(|e| SigError::Signature(e.to_string()))?;
+        let signature = Signature::try_from(sig_blob).map_err(|e| SigError::Signature(e.to_string()))?;
         let key_alg = public_key.algorithm();
         if !signature_fits_key(&signature, &public_key) {
             return Err(SigError::AlgorithmMismatch {
@@ -161,9 +164,9 @@ fn dearmor(armor: &[u8]) -> Result<Vec<u8>, SigError> {
     }
     let text = std::str::from_utf8(armor).map_err(|_| SigError::Armor("not ASCII text"))?;
     let text = text.trim_matches(|c: char| c.is_ascii_whitespace());
-    let body = text
-        .strip_prefix(BEGIN)
-        .ok_or(SigError::Armor("does not start with -----BEGIN SSH SIGNATURE-----"))?;
+    let body = text.strip_prefix(BEGIN).ok_or(SigError::Armor(
+        "does not start with -----BEGIN SSH SIGNATURE-----",
+    ))?;
     let body = body
         .strip_suffix(END)
         .ok_or(SigError::Armor("does not end with -----END SSH SIGNATURE-----"))?;
@@ -226,7 +229,11 @@ mod tests {
 
     /// Builds a blob field by field so each field can be varied.
     fn blob(key: &PrivateKey, namespace: &str, hash: &str, msg: &[u8]) -> Vec<u8> {
-        let hash_alg = if hash == "sha256" { HashAlg::Sha256 } else { HashAlg::Sha512 };
+        let hash_alg = if hash == "sha256" {
+            HashAlg::Sha256
+        } else {
+            HashAlg::Sha512
+        };
         let sig = SshSig::sign(key, "git", hash_alg, msg).unwrap();
         let mut out = MAGIC.to_vec();
         out.extend(1u32.to_be_bytes());
@@ -248,7 +255,10 @@ mod tests {
         assert_eq!(&sig.public_key, k.public_key().key_data());
         assert_eq!(sig.hash_alg, HashAlg::Sha512);
         sig.verify(b"tree abc\n\nmsg\n").unwrap();
-        assert!(matches!(sig.verify(b"tree abc\n\nmsG\n"), Err(SigError::Mismatch { .. })));
+        assert!(matches!(
+            sig.verify(b"tree abc\n\nmsG\n"),
+            Err(SigError::Mismatch { .. })
+        ));
     }
 
     #[test]
@@ -289,17 +299,29 @@ mod tests {
     fn malformed_blobs_are_refused() {
         let k = key();
         let good = blob(&k, "git", "sha512", b"m");
-        assert!(matches!(SshSignature::from_blob(b"SSHSI"), Err(SigError::Blob(_))));
-        assert!(matches!(SshSignature::from_blob(b"NOTSIG\0\0\0\x01"), Err(SigError::Blob(_))));
+        assert!(matches!(
+            SshSignature::from_blob(b"SSHSI"),
+            Err(SigError::Blob(_))
+        ));
+        assert!(matches!(
+            SshSignature::from_blob(b"NOTSIG\0\0\0\x01"),
+            Err(SigError::Blob(_))
+        ));
         let mut v2 = good.clone();
         v2[9] = 2;
         assert_eq!(SshSignature::from_blob(&v2), Err(SigError::Version(2)));
         for cut in [7, 12, 40, good.len() - 1] {
-            assert!(matches!(SshSignature::from_blob(&good[..cut]), Err(SigError::Blob(_))), "cut at {cut}");
+            assert!(
+                matches!(SshSignature::from_blob(&good[..cut]), Err(SigError::Blob(_))),
+                "cut at {cut}"
+            );
         }
         let mut trailing = good.clone();
         trailing.push(0);
-        assert!(matches!(SshSignature::from_blob(&trailing), Err(SigError::Blob(_))));
+        assert!(matches!(
+            SshSignature::from_blob(&trailing),
+            Err(SigError::Blob(_))
+        ));
     }
 
     #[test]
@@ -323,17 +345,32 @@ mod tests {
         let k = key();
         let armor = sign_git(&k, b"m").unwrap();
         let no_begin = armor.replacen(BEGIN, "", 1);
-        assert!(matches!(SshSignature::from_armor(no_begin.as_bytes()), Err(SigError::Armor(_))));
+        assert!(matches!(
+            SshSignature::from_armor(no_begin.as_bytes()),
+            Err(SigError::Armor(_))
+        ));
         let no_end = armor.replacen(END, "", 1);
-        assert!(matches!(SshSignature::from_armor(no_end.as_bytes()), Err(SigError::Armor(_))));
+        assert!(matches!(
+            SshSignature::from_armor(no_end.as_bytes()),
+            Err(SigError::Armor(_))
+        ));
         let bad_b64 = armor.replacen("U1NIU0lH", "U1NIU0l!", 1);
-        assert_eq!(SshSignature::from_armor(bad_b64.as_bytes()), Err(SigError::Base64));
+        assert_eq!(
+            SshSignature::from_armor(bad_b64.as_bytes()),
+            Err(SigError::Base64)
+        );
         let empty = format!("{BEGIN}\n{END}\n");
-        assert!(matches!(SshSignature::from_armor(empty.as_bytes()), Err(SigError::Armor(_))));
+        assert!(matches!(
+            SshSignature::from_armor(empty.as_bytes()),
+            Err(SigError::Armor(_))
+        ));
         let crlf = armor.replace('\n', "\r\n");
         assert!(SshSignature::from_armor(crlf.as_bytes()).is_ok());
         let huge = format!("{BEGIN}\n{}\n{END}", "A".repeat(MAX_ARMOR_BYTES));
-        assert!(matches!(SshSignature::from_armor(huge.as_bytes()), Err(SigError::Armor(_))));
+        assert!(matches!(
+            SshSignature::from_armor(huge.as_bytes()),
+            Err(SigError::Armor(_))
+        ));
     }
 
     #[test]
@@ -341,7 +378,13 @@ mod tests {
         let (k1, k2) = (key(), key());
         // k2's signature presented under k1's public key.
         let sig2 = SshSig::sign(&k2, "git", HashAlg::Sha512, b"m").unwrap();
-        let forged = SshSig::new(k1.public_key().key_data().clone(), "git", HashAlg::Sha512, sig2.signature().clone()).unwrap();
+        let forged = SshSig::new(
+            k1.public_key().key_data().clone(),
+            "git",
+            HashAlg::Sha512,
+            sig2.signature().clone(),
+        )
+        .unwrap();
         let armor = forged.to_pem(LineEnding::LF).unwrap();
         let parsed = SshSignature::from_armor(armor.as_bytes()).unwrap();
         assert!(matches!(parsed.verify(b"m"), Err(SigError::Mismatch { .. })));

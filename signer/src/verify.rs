@@ -69,7 +69,9 @@ impl VerifyError {
         let s = match self {
             VerifyError::Unsigned { .. } => "refused: release commit is not signed".to_owned(),
             VerifyError::Signature { source, .. } => match source {
-                SigError::Mismatch { .. } => "refused: signature does not match the commit (tampered?)".to_owned(),
+                SigError::Mismatch { .. } => {
+                    "refused: signature does not match the commit (tampered?)".to_owned()
+                }
                 SigError::Namespace(_) => "refused: signature is not for git (wrong namespace)".to_owned(),
                 SigError::HashAlgorithm(h) => format!("refused: signature hash {h} not accepted"),
                 _ => "refused: malformed signature".to_owned(),
@@ -89,10 +91,15 @@ impl VerifyError {
                 }
             },
             VerifyError::Expired { serial, expires, .. } => {
-                format!("stale: release {serial} expired {}", expires.format("%Y-%m-%d %H:%M UTC"))
+                format!(
+                    "stale: release {serial} expired {}",
+                    expires.format("%Y-%m-%d %H:%M UTC")
+                )
             }
             VerifyError::Git(GitError::Release { source, .. }) => format!("refused: {source}"),
-            VerifyError::Git(GitError::NoReleaseFile { .. }) => "refused: commit has no release.toml".to_owned(),
+            VerifyError::Git(GitError::NoReleaseFile { .. }) => {
+                "refused: commit has no release.toml".to_owned()
+            }
             VerifyError::Git(_) => "error: cannot read the release commit".to_owned(),
         };
         truncate_chars(&s, 140)

@@ -1,1 +1,9 @@
+//! Integration tests for ferry-signer against the reference tools: real git
+//! (`commit -S`, `verify-commit`) and real OpenSSH `ssh-keygen`. Built as one
+//! test binary to keep link time down.
 
+mod common;
+
+mod cli;
+mod interop;
+mod refusals;

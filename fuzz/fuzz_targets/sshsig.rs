@@ -1,0 +1,14 @@
+//! SSHSIG: armored and raw blobs never panic the parser, and a parsed
+//! signature never verifies over a message it was not made for.
+#![no_main]
+use ferry_signer::sshsig::SshSignature;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(sig) = SshSignature::from_blob(data) {
+        let _ = sig.verify(b"fuzz");
+    }
+    if let Ok(sig) = SshSignature::from_armor(data) {
+        let _ = sig.verify(b"fuzz");
+    }
+});
