@@ -1,0 +1,673 @@
+//! The agent's configuration (`/etc/ferry/agent.toml`): parsed strictly, so an
+//! unknown key or a bad value is refused at start with the key's name and what
+//! was expected, and validated into types the rest of the agent trusts.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use ferry_signer::HostName;
+use serde::Deserialize;
+
+use crate::narinfo::CachePublicKey;
+
+/// Default location of the configuration file.
+pub const DEFAULT_PATH: &str = "/etc/ferry/agent.toml";
+/// Configuration files larger than this are refused.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// This host's entry in releases.
+    pub host: HostName,
+    /// Where the agent keeps its repository clone, state and outbox.
+    pub state_dir: PathBuf,
+    pub source: SourceConfig,
+    pub cache: CacheConfig,
+    pub switch: SwitchConfig,
+    pub health: HealthConfig,
+    pub report: ReportConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceConfig {
+    /// The deploy repository: https://, http://, git://, file:// or an absolute path.
+    pub url: String,
+    pub branch: String,
+    pub allowed_signers: PathBuf,
+    pub poll_interval: Duration,
+    pub jitter: Duration,
+    /// Token for private https remotes (read at use, never logged).
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheConfig {
+    /// Binary cache URLs, tried in order.
+    pub substituters: Vec<String>,
+    /// Keys narinfo signatures must verify against.
+    pub trusted_public_keys: Vec<CachePublicKey>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SwitchConfig {
+    /// The system profile (`/nix/var/nix/profiles/system`).
+    pub profile: PathBuf,
+    /// Name of the transient unit running switch-to-configuration (also a lock).
+    pub unit: String,
+    /// How long switch-to-configuration may run before it is stopped.
+    pub timeout: Duration,
+    /// Roll back automatically when the switch or a health check fails.
+    pub rollback: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    /// How long to let units settle after a switch before looking for failures.
+    pub settle: Duration,
+    pub commands: Vec<HealthCommand>,
+}
+
+/// An extra health check: a shell command that must exit 0 within its timeout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCommand {
+    pub command: String,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportConfig {
+    pub forge: Forge,
+    /// API base, e.g. `https://git.example.com/api/v1` (Gitea) or `https://api.github.com`.
+    pub api_url: String,
+    /// `owner/repo` (GitHub, Gitea) or a project id or path (GitLab).
+    pub repository: String,
+    pub token_file: Option<PathBuf>,
+    /// Status context; `{host}` is replaced by the host name.
+    pub context: String,
+}
+
+/// Which forge API statuses are posted to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forge {
+    Github,
+    Gitea,
+    Gitlab,
+    None,
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("configuration {path} is larger than 1 MiB")]
+    TooLarge { path: PathBuf },
+    #[error("configuration {path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("configuration {path}: `{key}`: {problem}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        problem: String,
+    },
+}
+
+impl ReportConfig {
+    /// The status context for `host`.
+    pub fn context_for(&self, host: &HostName) -> String {
+        self.context.replace("{host}", host.as_str())
+    }
+}
+
+impl Config {
+    /// Reads and validates the configuration at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let read_err = |source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        if std::fs::metadata(path).map_err(read_err)?.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge {
+                path: path.to_owned(),
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(read_err)?;
+        Self::parse(&text, path, system_hostname)
+    }
+
+    /// Parses configuration text; `default_host` supplies `host` when absent.
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        default_host: impl FnOnce() -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let invalid = |key, problem: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            problem,
+        };
+
+        let host_text = match file.host {
+            Some(h) => h,
+            None => default_host().ok_or_else(|| {
+                invalid(
+                    "host",
+                    "not set and this machine's hostname cannot be read: set host = \"…\"".into(),
+                )
+            })?,
+        };
+        let host = host_text
+            .parse::<HostName>()
+            .map_err(|e| invalid("host", e.to_string()))?;
+        let state_dir = absolute(file.state_dir, "state_dir").map_err(|p| invalid("state_dir", p))?;
+
+        let source = file.source;
+        check_repo_url(&source.url).map_err(|p| invalid("source.url", p))?;
+        if source.branch.is_empty()
+            || git2::Reference::is_valid_name(&format!("refs/heads/{}", source.branch)) == false
+        {
+            return Err(invalid(
+                "source.branch",
+                format!("`{}` is not a valid branch name", source.branch),
+            ));
+        }
+        let allowed_signers = absolute(source.allowed_signers, "allowed_signers")
+            .map_err(|p| invalid("source.allowed_signers", p))?;
+        if source.poll_interval.0 < Duration::from_secs(1) {
+            return Err(invalid("source.poll_interval", "must be at least 1s".into()));
+        }
+        let token_file = source
+            .token_file
+            .map(|p| absolute(p, "token_file"))
+            .transpose()
+            .map_err(|p| invalid("source.token_file", p))?;
+
+        let cache = file.cache;
+        if cache.substituters.is_empty() {
+            return Err(invalid(
+                "cache.substituters",
+                "list at least one binary cache URL".into(),
+            ));
+        }
+        for s in &cache.substituters {
+            check_cache_url(s).map_err(|p| invalid("cache.substituters", p))?;
+        }
+        if cache.trusted_public_keys.is_empty() {
+            return Err(invalid(
+                "cache.trusted_public_keys",
+                "list at least one key (name:base64, as in nix.conf); unsigned closures are never deployed"
+                    .into(),
+            ));
+        }
+        let trusted_public_keys = cache
+            .trusted_public_keys
+            .iter()
+            .map(|k| k.parse::<CachePublicKey>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid("cache.trusted_public_keys", e.to_string()))?;
+
+        let switch = file.switch;
+        let profile = absolute(switch.profile, "profile").map_err(|p| invalid("switch.profile", p))?;
+        if switch.unit.is_empty()
+            || !switch
+                .unit
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.@:".contains(&b))
+        {
+            return Err(invalid(
+                "switch.unit",
+                format!("`{}` is not a valid unit name (without .service)", switch.unit),
+            ));
+        }
+        let unit = switch.unit.trim_end_matches(".service").to_owned();
+
+        let health = HealthConfig {
+            settle: file.health.settle.0,
+            commands: file
+                .health
+                .commands
+                .into_iter()
+                .map(|c| match c {
+                    HealthCommandFile::Shell(command) => HealthCommand {
+                        command,
+                        timeout: Duration::from_secs(60),
+                    },
+                    HealthCommandFile::Table { command, timeout } => HealthCommand {
+                        command,
+                        timeout: timeout.0,
+                    },
+                })
+                .collect(),
+        };
+
+        let r = file.report;
+        let forge = r.forge;
+        let api_url = match (forge, r.api_url) {
+            (_, Some(url)) => url.trim_end_matches('/').to_owned(),
+            (Forge::Github, None) => "https://api.github.com".into(),
+            (Forge::Gitlab, None) => "https://gitlab.com/api/v4".into(),
+            (Forge::None, None) => String::new(),
+            (Forge::Gitea, None) => {
+                return Err(invalid(
+                    "report.api_url",
+                    "required for gitea, e.g. https://git.example.com/api/v1".into(),
+                ))
+            }
+        };
+        if forge != Forge::None {
+            if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
+                return Err(invalid(
+                    "report.api_url",
+                    format!("`{api_url}` is not an http(s) URL"),
+                ));
+            }
+            if r.repository.is_empty() {
+                return Err(invalid(
+                    "report.repository",
+                    "required: owner/repo (or a GitLab project id)".into(),
+                ));
+            }
+            if r.token_file.is_none() {
+                return Err(invalid(
+                    "report.token_file",
+                    "required to post statuses (a systemd credential, for example)".into(),
+                ));
+            }
+        }
+        let report = ReportConfig {
+            forge,
+            api_url,
+            repository: r.repository,
+            token_file: r
+                .token_file
+                .map(|p| absolute(p, "token_file"))
+                .transpose()
+                .map_err(|p| invalid("report.token_file", p))?,
+            context: r.context,
+        };
+
+        Ok(Config {
+            host,
+            state_dir,
+            source: SourceConfig {
+                url: source.url,
+                branch: source.branch,
+                allowed_signers,
+                poll_interval: source.poll_interval.0,
+                jitter: source.jitter.0,
+                token_file,
+            },
+            cache: CacheConfig {
+                substituters: cache.substituters,
+                trusted_public_keys,
+            },
+            switch: SwitchConfig {
+                profile,
+                unit,
+                timeout: switch.timeout.0,
+                rollback: switch.rollback,
+            },
+            health,
+            report,
+        })
+    }
+}
+
+fn absolute(p: PathBuf, what: &str) -> Result<PathBuf, String> {
+    if p.is_absolute() {
+        Ok(p)
+    } else {
+        Err(format!(
+            "`{}` is not an absolute path ({what} must be absolute)",
+            p.display()
+        ))
+    }
+}
+
+fn check_repo_url(url: &str) -> Result<(), String> {
+    let ok = ["https://", "http://", "git://", "file://"]
+        .iter()
+        .any(|s| url.starts_with(s))
+        || url.starts_with('/');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{url}` is not supported: use https://, http://, git://, file:// or an absolute path"
+        ))
+    }
+}
+
+fn check_cache_url(url: &str) -> Result<(), String> {
+    if ["https://", "http://", "file://"]
+        .iter()
+        .any(|s| url.starts_with(s))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{url}` is not a binary cache URL: use https://, http:// or file://"
+        ))
+    }
+}
+
+/// This machine's host name, as the kernel knows it.
+pub fn system_hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+// ---- the file format -------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    host: Option<String>,
+    #[serde(default = "default_state_dir")]
+    state_dir: PathBuf,
+    source: SourceFile,
+    cache: CacheFile,
+    #[serde(default)]
+    switch: SwitchFile,
+    #[serde(default)]
+    health: HealthFile,
+    #[serde(default)]
+    report: ReportFile,
+}
+
+fn default_state_dir() -> PathBuf {
+    "/var/lib/ferry-agent".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceFile {
+    url: String,
+    #[serde(default = "default_branch")]
+    branch: String,
+    #[serde(default = "default_allowed_signers")]
+    allowed_signers: PathBuf,
+    #[serde(default = "secs::<60>")]
+    poll_interval: HumanDuration,
+    #[serde(default = "secs::<10>")]
+    jitter: HumanDuration,
+    token_file: Option<PathBuf>,
+}
+
+fn default_branch() -> String {
+    "deploy".into()
+}
+
+fn default_allowed_signers() -> PathBuf {
+    "/etc/ferry/allowed_signers".into()
+}
+
+fn secs<const N: u64>() -> HumanDuration {
+    HumanDuration(Duration::from_secs(N))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CacheFile {
+    substituters: Vec<String>,
+    trusted_public_keys: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct SwitchFile {
+    profile: PathBuf,
+    unit: String,
+    timeout: HumanDuration,
+    rollback: bool,
+}
+
+impl Default for SwitchFile {
+    fn default() -> Self {
+        Self {
+            profile: "/nix/var/nix/profiles/system".into(),
+            unit: "ferry-switch".into(),
+            timeout: secs::<900>(),
+            rollback: true,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct HealthFile {
+    settle: HumanDuration,
+    commands: Vec<HealthCommandFile>,
+}
+
+impl Default for HealthFile {
+    fn default() -> Self {
+        Self {
+            settle: secs::<10>(),
+            commands: Vec::new(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum HealthCommandFile {
+    Shell(String),
+    Table { command: String, timeout: HumanDuration },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ReportFile {
+    forge: Forge,
+    api_url: Option<String>,
+    repository: String,
+    token_file: Option<PathBuf>,
+    context: String,
+}
+
+impl Default for ReportFile {
+    fn default() -> Self {
+        Self {
+            forge: Forge::None,
+            api_url: None,
+            repository: String::new(),
+            token_file: None,
+            context: "ferry/{host}".into(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Forge {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl FromStr for Forge {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "github" => Ok(Forge::Github),
+            "gitea" | "forgejo" => Ok(Forge::Gitea),
+            "gitlab" => Ok(Forge::Gitlab),
+            "none" => Ok(Forge::None),
+            other => Err(format!(
+                "`{other}` is not a forge: expected github, gitea, forgejo, gitlab or none"
+            )),
+        }
+    }
+}
+
+/// A duration written as `"60s"`, `"15m"`, `"1h 30m"`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct HumanDuration(Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map(HumanDuration).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "`{s}` is not a duration: expected e.g. \"60s\", \"15m\" or \"1h 30m\""
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "cache.example.com-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
+
+    fn minimal() -> String {
+        format!(
+            "[source]\nurl = \"https://git.example.com/ops/deploy.git\"\n[cache]\nsubstituters = [\"https://cache.example.com\"]\ntrusted_public_keys = [\"{KEY}\"]\n"
+        )
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/ferry/agent.toml"), || Some("web1".into()))
+    }
+
+    fn refusal(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_fill_a_minimal_file() {
+        let c = parse(&minimal()).unwrap();
+        assert_eq!(c.host.as_str(), "web1");
+        assert_eq!(c.state_dir, Path::new("/var/lib/ferry-agent"));
+        assert_eq!(c.source.branch, "deploy");
+        assert_eq!(c.source.poll_interval, Duration::from_secs(60));
+        assert_eq!(c.switch.profile, Path::new("/nix/var/nix/profiles/system"));
+        assert_eq!(c.switch.timeout, Duration::from_secs(900));
+        assert!(c.switch.rollback);
+        assert_eq!(c.report.forge, Forge::None);
+        assert_eq!(c.report.context_for(&c.host), "ferry/web1");
+    }
+
+    #[test]
+    fn the_issue_example_parses() {
+        let text = format!(
+            r#"host = "web1"
+state_dir = "/var/lib/ferry-agent"
+[source]
+url = "https://git.example.com/ops/deploy.git"
+branch = "deploy"
+allowed_signers = "/etc/ferry/allowed_signers"
+poll_interval = "60s"
+jitter = "10s"
+token_file = "/run/credentials/ferry-agent.service/git-token"
+[cache]
+substituters = ["https://cache.example.com"]
+trusted_public_keys = ["{KEY}"]
+[switch]
+profile = "/nix/var/nix/profiles/system"
+unit = "ferry-switch"
+timeout = "15m"
+rollback = true
+[health]
+commands = ["systemctl is-active nginx", {{ command = "curl -fsS http://localhost/", timeout = "5s" }}]
+[report]
+forge = "gitea"
+api_url = "https://git.example.com/api/v1/"
+repository = "ops/deploy"
+token_file = "/run/credentials/ferry-agent.service/forge-token"
+context = "ferry/{{host}}"
+"#
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.switch.timeout, Duration::from_secs(900));
+        assert_eq!(c.health.commands.len(), 2);
+        assert_eq!(c.health.commands[1].timeout, Duration::from_secs(5));
+        assert_eq!(c.report.api_url, "https://git.example.com/api/v1");
+        assert_eq!(c.report.forge, Forge::Gitea);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = refusal(&minimal().replace("[cache]", "pol_interval = \"5s\"\n[cache]"));
+        assert!(err.contains("unknown field `pol_interval`"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+        let err = refusal(&format!("{}[swtich]\nunit = \"x\"\n", minimal()));
+        assert!(err.contains("unknown field `swtich`"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_say_what_is_expected() {
+        let cases = [
+            (
+                minimal().replace("[cache]", "poll_interval = \"soon\"\n[cache]"),
+                "is not a duration: expected e.g. \"60s\"",
+            ),
+            (
+                minimal().replace("https://git.example.com", "ssh://git.example.com"),
+                "`source.url`",
+            ),
+            (
+                minimal().replace("https://cache.example.com", "s3://bucket"),
+                "`cache.substituters`",
+            ),
+            (
+                minimal().replace(KEY, "cache.example.com-1:short"),
+                "`cache.trusted_public_keys`",
+            ),
+            (
+                minimal().replace(&format!("\"{KEY}\""), ""),
+                "unsigned closures are never deployed",
+            ),
+            (format!("host = \"web 1\"\n{}", minimal()), "`host`"),
+            (
+                format!("state_dir = \"var/lib\"\n{}", minimal()),
+                "`state_dir`: `var/lib` is not an absolute path",
+            ),
+            (
+                format!("{}[report]\nforge = \"bitbucket\"\n", minimal()),
+                "expected github, gitea, forgejo, gitlab or none",
+            ),
+            (
+                format!("{}[report]\nforge = \"gitea\"\n", minimal()),
+                "`report.api_url`: required for gitea",
+            ),
+            (
+                format!(
+                    "{}[report]\nforge = \"github\"\nrepository = \"o/r\"\n",
+                    minimal()
+                ),
+                "`report.token_file`",
+            ),
+            (
+                format!("{}[switch]\nunit = \"a b\"\n", minimal()),
+                "`switch.unit`",
+            ),
+            (
+                minimal().replace("[cache]", "branch = \"a..b\"\n[cache]"),
+                "`source.branch`",
+            ),
+        ];
+        for (text, needle) in cases {
+            let err = refusal(&text);
+            assert!(err.contains(needle), "expected `{needle}` in: {err}");
+        }
+    }
+
+    #[test]
+    fn missing_hostname_is_explained() {
+        let err = Config::parse(&minimal(), Path::new("/x"), || None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("set host ="), "{err}");
+    }
+}

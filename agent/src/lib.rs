@@ -1,0 +1,16 @@
+//! `ferry-agent`: the host side of Ferry. It follows a signed deploy branch and
+//! switches this NixOS host to the system its release names. Verification of
+//! releases is `ferry_signer`'s; this crate owns everything host-specific.
+//!
+//! Work in progress (issue 3): the modules below exist and are tested; the
+//! reconcile pipeline that joins them is being built.
+//!
+//! # Layout
+//! - [`config`]: `/etc/ferry/agent.toml`, parsed strictly and validated.
+//! - [`state`]: durable state (anti-rollback anchor, in-flight deploy, last
+//!   outcome) with atomic writes.
+//! - [`narinfo`]: binary cache metadata, signature fingerprints, cache keys.
+
+pub mod config;
+pub mod narinfo;
+pub mod state;

@@ -1,0 +1,419 @@
+//! What the agent remembers across restarts, in `<state_dir>/state.json`: the
+//! anti-rollback anchor (last accepted release), the last deployed system, any
+//! deploy in flight and the last outcome. Every write is atomic (temp file,
+//! fsync, rename, fsync of the directory), so a crash or power loss leaves
+//! either the old or the new state, never a torn one.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use ferry_signer::{Action, CommitId, StorePath};
+use serde::{Deserialize, Serialize};
+
+const STATE_FILE: &str = "state.json";
+const STATE_VERSION: u32 = 1;
+
+/// The agent's durable memory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct State {
+    /// Branch tip at the last completed poll; an unchanged tip means no work.
+    pub last_seen_tip: Option<CommitId>,
+    /// The newest release accepted: later releases must descend from it and
+    /// have a greater serial. Never moves backwards.
+    pub anchor: Option<Anchor>,
+    /// A deploy that was started and has not been recorded as finished.
+    pub in_flight: Option<InFlight>,
+    /// How the last deploy attempt ended.
+    pub last_outcome: Option<Outcome>,
+}
+
+/// The release the anti-rollback checks compare against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anchor {
+    pub commit: CommitId,
+    pub serial: u64,
+}
+
+/// The phase a deploy had reached when last recorded, so a restart resumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Verified and preflighted; the closure is being realised.
+    Realising,
+    /// The transient switch unit was (or was about to be) started.
+    Switching,
+    /// The switch finished; health checks run.
+    Checking,
+    /// A rollback to the previous system was started.
+    RollingBack,
+}
+
+/// A deploy in progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InFlight {
+    pub commit: CommitId,
+    pub serial: u64,
+    pub source: Option<CommitId>,
+    pub toplevel: StorePath,
+    pub action: Action,
+    pub phase: Phase,
+    /// The system that was running before, for rollback.
+    pub previous: Option<StorePath>,
+    pub started: DateTime<Utc>,
+}
+
+/// The end of a deploy attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub commit: CommitId,
+    pub serial: u64,
+    pub toplevel: Option<StorePath>,
+    pub result: OutcomeKind,
+    /// Plain words, as sent to the forge.
+    pub description: String,
+    pub at: DateTime<Utc>,
+}
+
+/// The kinds of ending a deploy can have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutcomeKind {
+    /// Switched (or already running) and healthy.
+    Success,
+    /// Switched; a reboot is needed for the new kernel or initrd.
+    SuccessRebootRequired,
+    /// Refused before anything changed (verification, preflight).
+    Refused,
+    /// Switch or health failed; rolled back (or rollback disabled).
+    Failed,
+    /// Something outside the release went wrong (cache, store, D-Bus).
+    Error,
+}
+
+/// Why state could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("{path} is corrupt ({detail}); move it aside to start afresh (the anti-rollback anchor is lost then: check the deploy branch by hand)")]
+    Corrupt { path: PathBuf, detail: String },
+}
+
+/// Reads and writes [`State`] in a state directory.
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    dir: PathBuf,
+}
+
+impl StateStore {
+    /// Opens (creating with mode 0700) the state directory.
+    pub fn open(dir: &Path) -> Result<Self, StateError> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let write_err = |source| StateError::Write {
+            path: dir.to_owned(),
+            source,
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(write_err)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(write_err)?;
+        Ok(Self { dir: dir.to_owned() })
+    }
+
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The current state; the default when none was ever written.
+    pub fn load(&self) -> Result<State, StateError> {
+        let path = self.dir.join(STATE_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
+            Err(source) => return Err(StateError::Read { path, source }),
+        };
+        let file: StateFile = serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+        file.into_state()
+            .map_err(|detail| StateError::Corrupt { path, detail })
+    }
+
+    /// Replaces the state atomically.
+    pub fn save(&self, state: &State) -> Result<(), StateError> {
+        let bytes = serde_json::to_vec_pretty(&StateFile::from_state(state)).expect("state serialises");
+        atomic_write(&self.dir.join(STATE_FILE), &bytes)
+    }
+}
+
+/// Writes `bytes` to `path` so that readers (and a reboot) see the old content
+/// or the new, never a mix: temp file in the same directory, fsync, rename,
+/// fsync the directory.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    let write_err = |source| StateError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(write_err)?;
+    tmp.write_all(bytes).map_err(write_err)?;
+    tmp.as_file().sync_all().map_err(write_err)?;
+    tmp.persist(path).map_err(|e| write_err(e.error))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(write_err)?;
+    Ok(())
+}
+
+// ---- the file format (an interface: kept apart from the domain types) ------
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateFile {
+    version: u32,
+    last_seen_tip: Option<String>,
+    anchor: Option<AnchorFile>,
+    in_flight: Option<InFlightFile>,
+    last_outcome: Option<OutcomeFile>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnchorFile {
+    commit: String,
+    serial: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InFlightFile {
+    commit: String,
+    serial: u64,
+    source: Option<String>,
+    toplevel: String,
+    action: String,
+    phase: String,
+    previous: Option<String>,
+    started: DateTime<Utc>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutcomeFile {
+    commit: String,
+    serial: u64,
+    toplevel: Option<String>,
+    result: String,
+    description: String,
+    at: DateTime<Utc>,
+}
+
+impl Phase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Phase::Realising => "realising",
+            Phase::Switching => "switching",
+            Phase::Checking => "checking",
+            Phase::RollingBack => "rolling-back",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [
+            Phase::Realising,
+            Phase::Switching,
+            Phase::Checking,
+            Phase::RollingBack,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == s)
+    }
+}
+
+impl OutcomeKind {
+    /// The name used in the state file and `status --json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutcomeKind::Success => "success",
+            OutcomeKind::SuccessRebootRequired => "success-reboot-required",
+            OutcomeKind::Refused => "refused",
+            OutcomeKind::Failed => "failed",
+            OutcomeKind::Error => "error",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        use OutcomeKind::*;
+        [Success, SuccessRebootRequired, Refused, Failed, Error]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+impl StateFile {
+    fn from_state(s: &State) -> Self {
+        StateFile {
+            version: STATE_VERSION,
+            last_seen_tip: s.last_seen_tip.as_ref().map(|c| c.to_string()),
+            anchor: s.anchor.as_ref().map(|a| AnchorFile {
+                commit: a.commit.to_string(),
+                serial: a.serial,
+            }),
+            in_flight: s.in_flight.as_ref().map(|f| InFlightFile {
+                commit: f.commit.to_string(),
+                serial: f.serial,
+                source: f.source.as_ref().map(|c| c.to_string()),
+                toplevel: f.toplevel.to_string(),
+                action: f.action.to_string(),
+                phase: f.phase.as_str().to_owned(),
+                previous: f.previous.as_ref().map(|p| p.to_string()),
+                started: f.started,
+            }),
+            last_outcome: s.last_outcome.as_ref().map(|o| OutcomeFile {
+                commit: o.commit.to_string(),
+                serial: o.serial,
+                toplevel: o.toplevel.as_ref().map(|p| p.to_string()),
+                result: o.result.as_str().to_owned(),
+                description: o.description.clone(),
+                at: o.at,
+            }),
+        }
+    }
+
+    fn into_state(self) -> Result<State, String> {
+        if self.version != STATE_VERSION {
+            return Err(format!("state version {} is not {STATE_VERSION}", self.version));
+        }
+        let commit = |s: &str| s.parse::<CommitId>().map_err(|e| e.to_string());
+        let path = |s: &str| s.parse::<StorePath>().map_err(|e| e.to_string());
+        Ok(State {
+            last_seen_tip: self.last_seen_tip.as_deref().map(commit).transpose()?,
+            anchor: self
+                .anchor
+                .map(|a| {
+                    Ok::<_, String>(Anchor {
+                        commit: commit(&a.commit)?,
+                        serial: a.serial,
+                    })
+                })
+                .transpose()?,
+            in_flight: self
+                .in_flight
+                .map(|f| {
+                    Ok::<_, String>(InFlight {
+                        commit: commit(&f.commit)?,
+                        serial: f.serial,
+                        source: f.source.as_deref().map(commit).transpose()?,
+                        toplevel: path(&f.toplevel)?,
+                        action: f
+                            .action
+                            .parse()
+                            .map_err(|e: ferry_signer::release::ActionError| e.to_string())?,
+                        phase: Phase::parse(&f.phase)
+                            .ok_or_else(|| format!("unknown phase `{}`", f.phase))?,
+                        previous: f.previous.as_deref().map(path).transpose()?,
+                        started: f.started,
+                    })
+                })
+                .transpose()?,
+            last_outcome: self
+                .last_outcome
+                .map(|o| {
+                    Ok::<_, String>(Outcome {
+                        commit: commit(&o.commit)?,
+                        serial: o.serial,
+                        toplevel: o.toplevel.as_deref().map(path).transpose()?,
+                        result: OutcomeKind::parse(&o.result)
+                            .ok_or_else(|| format!("unknown result `{}`", o.result))?,
+                        description: o.description,
+                        at: o.at,
+                    })
+                })
+                .transpose()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> State {
+        let commit: CommitId = "9fceb02d0ae598e95dc970b74767f19372d61af8".parse().unwrap();
+        let toplevel: StorePath = "/nix/store/0c0mb5j1x3dg5bf3wk3jh4xyz6p4s3ld-nixos-system-web1"
+            .parse()
+            .unwrap();
+        State {
+            last_seen_tip: Some(commit.clone()),
+            anchor: Some(Anchor {
+                commit: commit.clone(),
+                serial: 7,
+            }),
+            in_flight: Some(InFlight {
+                commit: commit.clone(),
+                serial: 7,
+                source: None,
+                toplevel: toplevel.clone(),
+                action: Action::Boot,
+                phase: Phase::Switching,
+                previous: Some(toplevel.clone()),
+                started: DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
+            }),
+            last_outcome: Some(Outcome {
+                commit,
+                serial: 6,
+                toplevel: Some(toplevel),
+                result: OutcomeKind::SuccessRebootRequired,
+                description: "deployed; reboot required".into(),
+                at: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+            }),
+        }
+    }
+
+    #[test]
+    fn round_trips_and_starts_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(&dir.path().join("state")).unwrap();
+        assert_eq!(store.load().unwrap(), State::default());
+        store.save(&sample()).unwrap();
+        assert_eq!(store.load().unwrap(), sample());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(store.dir()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+    }
+
+    #[test]
+    fn corrupt_state_is_refused_with_advice() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        std::fs::write(
+            dir.path().join(STATE_FILE),
+            b"{\"version\": 1, \"last_seen_tip\": \"zz\"",
+        )
+        .unwrap();
+        let err = store.load().unwrap_err().to_string();
+        assert!(
+            err.contains("is corrupt") && err.contains("move it aside"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn atomic_write_leaves_no_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        for _ in 0..3 {
+            store.save(&sample()).unwrap();
+        }
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from(STATE_FILE)]);
+    }
+}

@@ -1,0 +1,103 @@
+//! Real Nix fixtures: fake NixOS toplevels built with `nix-build` from plain
+//! `derivation`s (no nixpkgs), and signed `file://` binary caches.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Runs a command and returns its trimmed stdout, panicking with stderr on failure.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (is nix-bin installed? scripts/install-deps)"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Builds a chain of `depth` store paths ending in a toplevel named
+/// `nixos-system-<host>`; `seed` makes the paths unique to the test.
+pub fn build_toplevel(dir: &Path, host: &str, seed: &str, depth: usize) -> String {
+    let expr = format!(
+        r#"
+let
+  mk = name: deps: derivation {{
+    inherit name;
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" "echo {seed} ${{toString deps}} > $out" ];
+  }};
+  chain = n: if n == 0 then [] else [ (mk "dep-{seed}-${{toString n}}" (chain (n - 1))) ];
+in mk "nixos-system-{host}" (chain {depth})
+"#
+    );
+    let file = dir.join(format!("{host}-{seed}.nix"));
+    std::fs::write(&file, expr).unwrap();
+    run(Command::new("nix-build")
+        .arg(&file)
+        .arg("--no-out-link")
+        .arg("--quiet"))
+}
+
+/// A signed file:// binary cache.
+pub struct Cache {
+    pub dir: PathBuf,
+    pub secret_key: PathBuf,
+    pub public_key: String,
+}
+
+impl Cache {
+    pub fn new(dir: &Path, name: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let secret_key = dir.join("secret-key");
+        let public = dir.join("public-key");
+        run(Command::new("nix-store")
+            .arg("--generate-binary-cache-key")
+            .arg(name)
+            .arg(&secret_key)
+            .arg(&public));
+        let public_key = std::fs::read_to_string(&public).unwrap().trim().to_owned();
+        Self {
+            dir: dir.join("store"),
+            secret_key,
+            public_key,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("file://{}", self.dir.display())
+    }
+
+    /// Copies the closure of `path` into the cache, unsigned.
+    pub fn copy(&self, path: &str) {
+        run(Command::new("nix")
+            .args(["--extra-experimental-features", "nix-command", "copy", "--to"])
+            .arg(format!("{}?compression=zstd", self.url()))
+            .arg(path));
+    }
+
+    /// Signs the closure of `path` in the cache.
+    pub fn sign(&self, path: &str) {
+        run(Command::new("nix")
+            .args([
+                "--extra-experimental-features",
+                "nix-command",
+                "store",
+                "sign",
+                "--key-file",
+            ])
+            .arg(&self.secret_key)
+            .arg("--store")
+            .arg(self.url())
+            .arg("-r")
+            .arg(path));
+    }
+
+    /// The narinfo text of a store path.
+    pub fn narinfo(&self, path: &str) -> String {
+        let hash = &path["/nix/store/".len().."/nix/store/".len() + 32];
+        std::fs::read_to_string(self.dir.join(format!("{hash}.narinfo"))).unwrap()
+    }
+}

@@ -1,0 +1,7 @@
+//! Integration tests for ferry-agent against the real things: Nix (store,
+//! binary cache, signatures), git, and later systemd. One binary to keep link
+//! time down.
+
+mod common;
+
+mod nix_cache;
