@@ -170,7 +170,7 @@ impl Config {
         let source = file.source;
         check_repo_url(&source.url).map_err(|p| invalid("source.url", p))?;
         if source.branch.is_empty()
-            || git2::Reference::is_valid_name(&format!("refs/heads/{}", source.branch)) == false
+            || !git2::Reference::is_valid_name(&format!("refs/heads/{}", source.branch))
         {
             return Err(invalid(
                 "source.branch",
