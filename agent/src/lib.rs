@@ -10,7 +10,13 @@
 //! - [`state`]: durable state (anti-rollback anchor, in-flight deploy, last
 //!   outcome) with atomic writes.
 //! - [`narinfo`]: binary cache metadata, signature fingerprints, cache keys.
+//! - [`source`]: the deploy repository: cheap tip check, bounded fetch, ancestry.
+//! - [`decide`]: pure decisions: anti-rollback, host entry, rollback rules.
+//! - [`report`]: commit statuses per forge and the durable outbox.
 
 pub mod config;
+pub mod decide;
 pub mod narinfo;
+pub mod report;
+pub mod source;
 pub mod state;

@@ -5,3 +5,4 @@
 mod common;
 
 mod nix_cache;
+mod source;

@@ -1,3 +1,4 @@
 //! Fixtures shared by the agent's integration tests.
 
+pub mod git;
 pub mod nix;

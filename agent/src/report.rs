@@ -1,0 +1,410 @@
+//! Commit statuses: what a deploy tells the forge, the exact HTTP request each
+//! forge expects (GitHub, Gitea/Forgejo, GitLab), and the durable outbox that
+//! holds statuses until the forge accepts them, in order, across restarts.
+//! Building requests is pure; sending is `forge.rs`'s.
+
+use std::path::{Path, PathBuf};
+
+use ferry_signer::CommitId;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Forge;
+use crate::state::{atomic_write, StateError};
+
+/// GitHub refuses longer descriptions; we hold every forge to it.
+pub const MAX_DESCRIPTION_CHARS: usize = 140;
+/// Oldest statuses are dropped beyond this many waiting (with a log line).
+pub const MAX_OUTBOX_ENTRIES: usize = 1000;
+
+/// A commit status state, in Ferry's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusState {
+    Pending,
+    Success,
+    Failure,
+    Error,
+}
+
+impl StatusState {
+    fn as_str(self) -> &'static str {
+        match self {
+            StatusState::Pending => "pending",
+            StatusState::Success => "success",
+            StatusState::Failure => "failure",
+            StatusState::Error => "error",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        use StatusState::*;
+        [Pending, Success, Failure, Error]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+
+    /// GitLab's names: pending, running, success, failed, canceled.
+    fn gitlab(self) -> &'static str {
+        match self {
+            StatusState::Pending => "running",
+            StatusState::Success => "success",
+            StatusState::Failure | StatusState::Error => "failed",
+        }
+    }
+}
+
+/// One status to post on one commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub commit: CommitId,
+    pub state: StatusState,
+    pub context: String,
+    pub description: String,
+}
+
+impl Status {
+    /// A status whose description is cut to the forge limit.
+    pub fn new(commit: CommitId, state: StatusState, context: &str, description: &str) -> Self {
+        let description = if description.chars().count() > MAX_DESCRIPTION_CHARS {
+            let mut d: String = description.chars().take(MAX_DESCRIPTION_CHARS - 1).collect();
+            d.push('…');
+            d
+        } else {
+            description.to_owned()
+        };
+        Self {
+            commit,
+            state,
+            context: context.to_owned(),
+            description,
+        }
+    }
+}
+
+/// An HTTP request, ready to send: method is always POST.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusRequest {
+    pub url: String,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: serde_json::Value,
+}
+
+/// Builds the request `forge` expects for `status`. `token` is only placed in
+/// a header; callers must never log the headers.
+pub fn request_for(
+    forge: Forge,
+    api_url: &str,
+    repository: &str,
+    token: &str,
+    status: &Status,
+) -> Option<StatusRequest> {
+    let api = api_url.trim_end_matches('/');
+    let sha = status.commit.as_str();
+    let user_agent = ("User-Agent", format!("ferry-agent/{}", env!("CARGO_PKG_VERSION")));
+    Some(match forge {
+        Forge::None => return None,
+        Forge::Github => StatusRequest {
+            url: format!("{api}/repos/{repository}/statuses/{sha}"),
+            headers: vec![
+                ("Authorization", format!("Bearer {token}")),
+                ("Accept", "application/vnd.github+json".into()),
+                ("X-GitHub-Api-Version", "2022-11-28".into()),
+                user_agent,
+            ],
+            body: serde_json::json!({
+                "state": status.state.as_str(),
+                "description": status.description,
+                "context": status.context,
+            }),
+        },
+        Forge::Gitea => StatusRequest {
+            url: format!("{api}/repos/{repository}/statuses/{sha}"),
+            headers: vec![("Authorization", format!("token {token}")), user_agent],
+            body: serde_json::json!({
+                "state": status.state.as_str(),
+                "description": status.description,
+                "context": status.context,
+            }),
+        },
+        Forge::Gitlab => StatusRequest {
+            url: format!("{api}/projects/{}/statuses/{sha}", encode_project(repository)),
+            headers: vec![("PRIVATE-TOKEN", token.to_owned()), user_agent],
+            body: serde_json::json!({
+                "state": status.state.gitlab(),
+                "name": status.context,
+                "description": status.description,
+            }),
+        },
+    })
+}
+
+/// GitLab takes a numeric id or the URL-encoded path (`group%2Fproject`).
+fn encode_project(repository: &str) -> String {
+    repository
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// Statuses waiting for the forge, one file each in `<state_dir>/outbox`,
+/// named by a sequence number so delivery follows creation order.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    dir: PathBuf,
+}
+
+/// A status waiting in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queued {
+    pub seq: u64,
+    pub status: Status,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueuedFile {
+    commit: String,
+    state: String,
+    context: String,
+    description: String,
+}
+
+impl Outbox {
+    /// Opens (creating) the outbox directory.
+    pub fn open(state_dir: &Path) -> Result<Self, StateError> {
+        let dir = state_dir.join("outbox");
+        std::fs::create_dir_all(&dir).map_err(|source| StateError::Write {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(Self { dir })
+    }
+
+    fn entries(&self) -> Result<Vec<(u64, PathBuf)>, StateError> {
+        let read_err = |source| StateError::Read {
+            path: self.dir.clone(),
+            source,
+        };
+        let mut entries = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(read_err)? {
+            let path = entry.map_err(read_err)?.path();
+            let seq = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".json"))
+                .and_then(|n| n.parse().ok());
+            if let Some(seq) = seq {
+                entries.push((seq, path));
+            }
+        }
+        entries.sort();
+        Ok(entries)
+    }
+
+    /// Appends a status durably; returns how many older ones were dropped to
+    /// stay within [`MAX_OUTBOX_ENTRIES`].
+    pub fn push(&self, status: &Status) -> Result<usize, StateError> {
+        let entries = self.entries()?;
+        let seq = entries.last().map_or(1, |(s, _)| s + 1);
+        let file = QueuedFile {
+            commit: status.commit.to_string(),
+            state: status.state.as_str().into(),
+            context: status.context.clone(),
+            description: status.description.clone(),
+        };
+        let bytes = serde_json::to_vec(&file).expect("status serialises");
+        atomic_write(&self.dir.join(format!("{seq:020}.json")), &bytes)?;
+        let excess = (entries.len() + 1).saturating_sub(MAX_OUTBOX_ENTRIES);
+        for (_, path) in entries.iter().take(excess) {
+            let _ = std::fs::remove_file(path);
+        }
+        Ok(excess)
+    }
+
+    /// The oldest waiting status. Unreadable entries are removed (they could
+    /// never be delivered) and reported as the error.
+    pub fn peek(&self) -> Result<Option<Queued>, StateError> {
+        let Some((seq, path)) = self.entries()?.into_iter().next() else {
+            return Ok(None);
+        };
+        let bytes = std::fs::read(&path).map_err(|source| StateError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let parsed: Option<Status> = serde_json::from_slice::<QueuedFile>(&bytes).ok().and_then(|f| {
+            Some(Status {
+                commit: f.commit.parse().ok()?,
+                state: StatusState::parse(&f.state)?,
+                context: f.context,
+                description: f.description,
+            })
+        });
+        match parsed {
+            Some(status) => Ok(Some(Queued { seq, status })),
+            None => {
+                let _ = std::fs::remove_file(&path);
+                Err(StateError::Corrupt {
+                    path,
+                    detail: "not a queued status; removed".into(),
+                })
+            }
+        }
+    }
+
+    /// Removes a delivered status.
+    pub fn remove(&self, seq: u64) -> Result<(), StateError> {
+        let path = self.dir.join(format!("{seq:020}.json"));
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StateError::Write { path, source }),
+        }
+    }
+
+    /// How many statuses wait.
+    pub fn len(&self) -> Result<usize, StateError> {
+        Ok(self.entries()?.len())
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> Result<bool, StateError> {
+        Ok(self.len()? == 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(state: StatusState) -> Status {
+        Status::new(
+            "9fceb02d0ae598e95dc970b74767f19372d61af8".parse().unwrap(),
+            state,
+            "ferry/web1",
+            "deployed",
+        )
+    }
+
+    #[test]
+    fn github_request() {
+        let r = request_for(
+            Forge::Github,
+            "https://api.github.com/",
+            "ops/deploy",
+            "T0K",
+            &status(StatusState::Success),
+        )
+        .unwrap();
+        assert_eq!(
+            r.url,
+            "https://api.github.com/repos/ops/deploy/statuses/9fceb02d0ae598e95dc970b74767f19372d61af8"
+        );
+        assert!(r.headers.contains(&("Authorization", "Bearer T0K".into())));
+        assert_eq!(
+            r.body,
+            serde_json::json!({"state": "success", "description": "deployed", "context": "ferry/web1"})
+        );
+    }
+
+    #[test]
+    fn gitea_request() {
+        let r = request_for(
+            Forge::Gitea,
+            "https://git.example.com/api/v1",
+            "ops/deploy",
+            "T0K",
+            &status(StatusState::Pending),
+        )
+        .unwrap();
+        assert_eq!(r.url, "https://git.example.com/api/v1/repos/ops/deploy/statuses/9fceb02d0ae598e95dc970b74767f19372d61af8");
+        assert!(r.headers.contains(&("Authorization", "token T0K".into())));
+        assert_eq!(r.body["state"], "pending");
+    }
+
+    #[test]
+    fn gitlab_request() {
+        let r = request_for(
+            Forge::Gitlab,
+            "https://gitlab.com/api/v4",
+            "ops/deploy",
+            "T0K",
+            &status(StatusState::Failure),
+        )
+        .unwrap();
+        assert_eq!(r.url, "https://gitlab.com/api/v4/projects/ops%2Fdeploy/statuses/9fceb02d0ae598e95dc970b74767f19372d61af8");
+        assert!(r.headers.contains(&("PRIVATE-TOKEN", "T0K".into())));
+        assert_eq!(
+            r.body,
+            serde_json::json!({"state": "failed", "name": "ferry/web1", "description": "deployed"})
+        );
+        let p = request_for(
+            Forge::Gitlab,
+            "https://gitlab.com/api/v4",
+            "42",
+            "T",
+            &status(StatusState::Pending),
+        )
+        .unwrap();
+        assert!(p.url.contains("/projects/42/statuses/"));
+        assert_eq!(p.body["state"], "running");
+        assert!(request_for(Forge::None, "", "", "", &status(StatusState::Pending)).is_none());
+    }
+
+    #[test]
+    fn descriptions_are_cut_to_140_chars() {
+        let long = "é".repeat(300);
+        let s = Status::new(
+            "9fceb02d0ae598e95dc970b74767f19372d61af8".parse().unwrap(),
+            StatusState::Error,
+            "c",
+            &long,
+        );
+        assert_eq!(s.description.chars().count(), 140);
+        assert!(s.description.ends_with('…'));
+    }
+
+    #[test]
+    fn outbox_is_fifo_and_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(dir.path()).unwrap();
+        assert!(outbox.peek().unwrap().is_none());
+        outbox.push(&status(StatusState::Pending)).unwrap();
+        outbox.push(&status(StatusState::Success)).unwrap();
+        // A new handle (a restart) sees the same queue in the same order.
+        let again = Outbox::open(dir.path()).unwrap();
+        let first = again.peek().unwrap().unwrap();
+        assert_eq!(first.status.state, StatusState::Pending);
+        again.remove(first.seq).unwrap();
+        assert_eq!(again.peek().unwrap().unwrap().status.state, StatusState::Success);
+        assert_eq!(again.len().unwrap(), 1);
+        // Sequence numbers keep increasing after removals.
+        again.push(&status(StatusState::Failure)).unwrap();
+        let seqs: Vec<u64> = again.entries().unwrap().iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, vec![2, 3]);
+    }
+
+    #[test]
+    fn outbox_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(dir.path()).unwrap();
+        let mut dropped = 0;
+        for _ in 0..MAX_OUTBOX_ENTRIES + 2 {
+            dropped += outbox.push(&status(StatusState::Pending)).unwrap();
+        }
+        assert_eq!(dropped, 2);
+        assert_eq!(outbox.len().unwrap(), MAX_OUTBOX_ENTRIES);
+        assert_eq!(outbox.peek().unwrap().unwrap().seq, 3);
+    }
+
+    #[test]
+    fn corrupt_entry_is_removed_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(dir.path()).unwrap();
+        std::fs::write(dir.path().join("outbox").join(format!("{:020}.json", 1)), b"junk").unwrap();
+        outbox.push(&status(StatusState::Success)).unwrap();
+        assert!(outbox.peek().is_err());
+        assert_eq!(outbox.peek().unwrap().unwrap().status.state, StatusState::Success);
+    }
+}

@@ -1,0 +1,194 @@
+//! The deploy repository as seen from this host: a bare clone under the state
+//! directory, the cheap "what is the branch tip?" question (one ref
+//! advertisement, nothing downloaded), a fetch of that one branch with a size
+//! cap, and the ancestry test behind the no-rewind rule. All git goes through
+//! libgit2; calls block, so async callers use `spawn_blocking`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use git2::{Direction, FetchOptions, Oid, RemoteCallbacks, Repository};
+
+/// Fetches that would transfer more than this are aborted (endless-data defence).
+pub const MAX_FETCH_BYTES: usize = 512 << 20;
+const REMOTE_REF: &str = "refs/ferry/tip";
+
+/// Why talking to the deploy repository failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot open the agent's clone at {path}: {source}")]
+    Open { path: PathBuf, source: git2::Error },
+    #[error("cannot reach {url}: {source}")]
+    Unreachable { url: String, source: git2::Error },
+    #[error("{url} has no branch `{branch}`: check source.branch, or publish a first release")]
+    NoBranch { url: String, branch: String },
+    #[error("fetching {url} was aborted: the transfer exceeded {MAX_FETCH_BYTES} bytes")]
+    TooLarge { url: String },
+    #[error("fetched {url} but it did not deliver commit {commit}")]
+    Missing { url: String, commit: Oid },
+    #[error("cannot read token file {path}: {source}")]
+    Token { path: PathBuf, source: std::io::Error },
+    #[error("git: {0}")]
+    Git(#[from] git2::Error),
+}
+
+impl SourceError {
+    /// Whether retrying later may help (network trouble) rather than a
+    /// configuration or content problem.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, SourceError::Unreachable { .. })
+    }
+}
+
+/// The agent's bare clone of the deploy branch.
+pub struct Source {
+    repo: Repository,
+    url: String,
+    branch: String,
+    token_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Source")
+            .field("url", &self.url)
+            .field("branch", &self.branch)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sets libgit2's connect and read timeouts, process-wide. Call once at start.
+pub fn set_network_timeouts(connect: Duration, read: Duration) -> Result<(), git2::Error> {
+    let ms = |d: Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: these set integers in libgit2's global options. They are called
+    // at start-up, before any thread uses libgit2, as git2 requires.
+    #[allow(unsafe_code)]
+    unsafe {
+        git2::opts::set_server_connect_timeout_in_milliseconds(ms(connect))?;
+        git2::opts::set_server_timeout_in_milliseconds(ms(read))?;
+    }
+    Ok(())
+}
+
+impl Source {
+    /// Opens or creates the bare clone at `path` for `url`'s `branch`.
+    pub fn open(
+        path: &Path,
+        url: &str,
+        branch: &str,
+        token_file: Option<&Path>,
+    ) -> Result<Self, SourceError> {
+        let open_err = |source| SourceError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let repo = match Repository::open_bare(path) {
+            Ok(r) => r,
+            Err(_) => Repository::init_bare(path).map_err(open_err)?,
+        };
+        Ok(Self {
+            repo,
+            url: url.to_owned(),
+            branch: branch.to_owned(),
+            token_file: token_file.map(Path::to_owned),
+        })
+    }
+
+    /// The repository, for verification.
+    pub fn repo(&self) -> &Repository {
+        &self.repo
+    }
+
+    fn callbacks(&self) -> Result<RemoteCallbacks<'static>, SourceError> {
+        let mut callbacks = RemoteCallbacks::new();
+        if let Some(path) = &self.token_file {
+            let token = std::fs::read_to_string(path)
+                .map_err(|source| SourceError::Token {
+                    path: path.clone(),
+                    source,
+                })?
+                .trim()
+                .to_owned();
+            let mut tried = false;
+            callbacks.credentials(move |_url, _user, _allowed| {
+                // Offer the token once; libgit2 asks again only if it was refused.
+                if std::mem::replace(&mut tried, true) {
+                    return Err(git2::Error::from_str(
+                        "the token in source.token_file was refused",
+                    ));
+                }
+                git2::Cred::userpass_plaintext("x-access-token", &token)
+            });
+        }
+        Ok(callbacks)
+    }
+
+    /// Asks the remote for the branch tip: one ref advertisement, no objects.
+    pub fn remote_tip(&self) -> Result<Oid, SourceError> {
+        let unreachable = |source| SourceError::Unreachable {
+            url: self.url.clone(),
+            source,
+        };
+        let mut remote = self.repo.remote_anonymous(&self.url)?;
+        let connection = remote
+            .connect_auth(Direction::Fetch, Some(self.callbacks()?), None)
+            .map_err(unreachable)?;
+        let wanted = format!("refs/heads/{}", self.branch);
+        let tip = connection
+            .list()
+            .map_err(unreachable)?
+            .iter()
+            .find(|h| h.name() == wanted)
+            .map(|h| h.oid());
+        tip.ok_or_else(|| SourceError::NoBranch {
+            url: self.url.clone(),
+            branch: self.branch.clone(),
+        })
+    }
+
+    /// Fetches the branch (and only it) so that `expected` is present locally.
+    pub fn fetch(&self, expected: Oid) -> Result<(), SourceError> {
+        if self.repo.find_commit(expected).is_ok() {
+            return Ok(());
+        }
+        let mut callbacks = self.callbacks()?;
+        callbacks.transfer_progress(|p| p.received_bytes() <= MAX_FETCH_BYTES);
+        let mut options = FetchOptions::new();
+        options
+            .remote_callbacks(callbacks)
+            .download_tags(git2::AutotagOption::None);
+        let mut remote = self.repo.remote_anonymous(&self.url)?;
+        let refspec = format!("+refs/heads/{}:{REMOTE_REF}", self.branch);
+        if let Err(source) = remote.fetch(&[&refspec], Some(&mut options), None) {
+            return Err(if source.code() == git2::ErrorCode::User {
+                SourceError::TooLarge {
+                    url: self.url.clone(),
+                }
+            } else {
+                SourceError::Unreachable {
+                    url: self.url.clone(),
+                    source,
+                }
+            });
+        }
+        if self.repo.find_commit(expected).is_err() {
+            return Err(SourceError::Missing {
+                url: self.url.clone(),
+                commit: expected,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether `commit` is `ancestor` or descends from it. False when the
+    /// ancestor is not in the clone at all (history was rewritten).
+    pub fn descends_from(&self, commit: Oid, ancestor: Oid) -> Result<bool, SourceError> {
+        if commit == ancestor {
+            return Ok(true);
+        }
+        if self.repo.find_commit(ancestor).is_err() {
+            return Ok(false);
+        }
+        Ok(self.repo.graph_descendant_of(commit, ancestor)?)
+    }
+}

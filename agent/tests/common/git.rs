@@ -1,0 +1,131 @@
+//! Real git fixtures: a deploy repository with releases made by the
+//! `ferry_signer` library, served by `git daemon` on loopback.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use ferry_signer::keys::SigningKey;
+use ferry_signer::publish::{self, ReleaseChanges};
+use ferry_signer::{Action, HostEntry};
+
+/// Runs git with no user or system configuration; panics on failure.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .output()
+        .expect("git is installed");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A bare deploy repository and the key that signs its releases.
+pub struct DeployRepo {
+    pub path: PathBuf,
+    pub key: SigningKey,
+}
+
+impl DeployRepo {
+    pub fn new(dir: &Path) -> Self {
+        let path = dir.join("deploy.git");
+        git(
+            dir,
+            &["init", "-q", "--bare", "-b", "main", path.to_str().unwrap()],
+        );
+        Self {
+            path,
+            key: SigningKey::generate("test-release-key").unwrap(),
+        }
+    }
+
+    /// An allowed_signers line for the release key.
+    pub fn allowed_signers_line(&self) -> String {
+        self.key.allowed_signers_line("ci@example.com")
+    }
+
+    /// Publishes a release naming `host` → `toplevel`; returns the commit id.
+    pub fn release(&self, host: &str, toplevel: &str) -> String {
+        let repo = git2::Repository::open(&self.path).unwrap();
+        let changes = ReleaseChanges {
+            hosts: [(
+                host.parse().unwrap(),
+                HostEntry {
+                    toplevel: toplevel.parse().unwrap(),
+                    action: Action::Switch,
+                },
+            )]
+            .into(),
+            ..Default::default()
+        };
+        publish::publish(&repo, "deploy", &self.key, &changes, None, chrono::Utc::now())
+            .unwrap()
+            .commit
+            .to_string()
+    }
+}
+
+/// `git daemon` serving a directory on a loopback port; killed on drop.
+pub struct GitDaemon {
+    child: Child,
+    pub port: u16,
+}
+
+impl GitDaemon {
+    pub fn start(base: &Path) -> Self {
+        let port = free_port();
+        // Run git-daemon itself: killing a `git daemon` wrapper would orphan it.
+        let exec_path = git(base, &["--exec-path"]);
+        let child = Command::new(Path::new(&exec_path).join("git-daemon"))
+            .args(["--reuseaddr", "--export-all", "--listen=127.0.0.1"])
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={}", base.display()))
+            .arg(base)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .spawn()
+            .expect("git daemon");
+        wait_for_port(port);
+        Self { child, port }
+    }
+
+    pub fn url(&self, name: &str) -> String {
+        format!("git://127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits (bounded) until something accepts connections on `port`.
+pub fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on port {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
