@@ -430,8 +430,13 @@ fn set_once<T>(slot: &mut Option<T>, value: T, name: &str) -> Result<(), LinePro
 pub fn parse_ssh_time(s: &str) -> Option<DateTime<Utc>> {
     let (digits, utc) = if let Some(d) = s.strip_suffix(['Z', 'z']) {
         (d, true)
-    } else if s.len() > 3 && s[s.len() - 3..].eq_ignore_ascii_case("utc") {
-        (&s[..s.len() - 3], true)
+    } else if let Some(d) = s
+        .len()
+        .checked_sub(3)
+        .filter(|&cut| cut > 0 && s.get(cut..).is_some_and(|tail| tail.eq_ignore_ascii_case("utc")))
+        .map(|cut| &s[..cut])
+    {
+        (d, true)
     } else {
         (s, false)
     };
@@ -613,6 +618,9 @@ mod tests {
         assert_eq!(parse_ssh_time("20261302Z"), None);
         assert_eq!(parse_ssh_time("2026010Z"), None);
         assert_eq!(parse_ssh_time("+0260102Z"), None);
+        // Found by the fuzzer: a multibyte character where "UTC" would be.
+        assert_eq!(parse_ssh_time("2026010aliceeiiiii\u{fb6}\u{3e5}"), None);
+        assert_eq!(parse_ssh_time("é"), None);
     }
 
     #[test]

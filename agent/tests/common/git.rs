@@ -51,11 +51,6 @@ impl DeployRepo {
         }
     }
 
-    /// An allowed_signers line for the release key.
-    pub fn allowed_signers_line(&self) -> String {
-        self.key.allowed_signers_line("ci@example.com")
-    }
-
     /// Publishes a release naming `host` → `toplevel`; returns the commit id.
     pub fn release(&self, host: &str, toplevel: &str) -> String {
         let repo = git2::Repository::open(&self.path).unwrap();
