@@ -10,10 +10,12 @@
 //! - [`state`]: durable state (anti-rollback anchor, in-flight deploy, last
 //!   outcome) with atomic writes.
 //! - [`narinfo`]: binary cache metadata, signature fingerprints, cache keys.
+//! - [`cache`]: the binary cache client and the closure preflight.
 //! - [`source`]: the deploy repository: cheap tip check, bounded fetch, ancestry.
 //! - [`decide`]: pure decisions: anti-rollback, host entry, rollback rules.
 //! - [`report`]: commit statuses per forge and the durable outbox.
 
+pub mod cache;
 pub mod config;
 pub mod decide;
 pub mod narinfo;

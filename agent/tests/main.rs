@@ -5,4 +5,5 @@
 mod common;
 
 mod nix_cache;
+mod preflight;
 mod source;

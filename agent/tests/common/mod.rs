@@ -1,4 +1,5 @@
 //! Fixtures shared by the agent's integration tests.
 
 pub mod git;
+pub mod http;
 pub mod nix;

@@ -101,3 +101,16 @@ impl Cache {
         std::fs::read_to_string(self.dir.join(format!("{hash}.narinfo"))).unwrap()
     }
 }
+
+/// The closure of `path`, toplevel included.
+pub fn closure(path: &str) -> Vec<String> {
+    run(Command::new("nix-store").args(["-qR", path]))
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Deletes `paths` from the local store (they must have no GC roots).
+pub fn delete(paths: &[String]) {
+    run(Command::new("nix-store").arg("--delete").args(paths));
+}

@@ -1,0 +1,142 @@
+//! The closure preflight against a real signed binary cache over HTTP.
+
+use std::path::Path;
+
+use crate::common::http::StaticServer;
+use crate::common::nix::{self, Cache};
+use ferry_agent::cache::{BinaryCaches, CacheError};
+use ferry_agent::narinfo::{CachePublicKey, TrustError};
+
+fn unique() -> String {
+    format!(
+        "pf{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A toplevel with a chain of `depth` dependencies, in a signed cache served
+/// over HTTP, and deleted from the local store.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    cache: Cache,
+    server: StaticServer,
+    toplevel: String,
+    closure: Vec<String>,
+}
+
+impl Fixture {
+    fn new(depth: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let toplevel = nix::build_toplevel(dir.path(), "web1", &unique(), depth);
+        let cache = Cache::new(&dir.path().join("cache"), "test-cache-1");
+        cache.copy(&toplevel);
+        cache.sign(&toplevel);
+        let closure = nix::closure(&toplevel);
+        nix::delete(&closure);
+        let server = StaticServer::start(&cache.dir);
+        Self {
+            _dir: dir,
+            cache,
+            server,
+            toplevel,
+            closure,
+        }
+    }
+
+    fn caches(&self, keys: &[&str]) -> BinaryCaches {
+        let keys: Vec<CachePublicKey> = keys.iter().map(|k| k.parse().unwrap()).collect();
+        BinaryCaches::new(&[self.server.url()], &keys)
+    }
+
+    fn preflight(&self, caches: &BinaryCaches) -> Result<ferry_agent::cache::Preflight, CacheError> {
+        runtime().block_on(caches.preflight(&self.toplevel.parse().unwrap(), Path::new("/nix/store")))
+    }
+
+    fn narinfo_path(&self, path: &str) -> std::path::PathBuf {
+        self.cache.dir.join(format!("{}.narinfo", &path[11..43]))
+    }
+}
+
+#[test]
+fn a_signed_closure_passes_and_is_summed() {
+    let f = Fixture::new(40);
+    let p = f.preflight(&f.caches(&[&f.cache.public_key])).unwrap();
+    assert_eq!(p.paths, 41);
+    assert_eq!(p.missing, 41, "everything was deleted locally");
+    assert!(p.unpacked_bytes > 0 && p.download_bytes > 0);
+    assert_eq!(p.signers.iter().collect::<Vec<_>>(), vec!["test-cache-1"]);
+}
+
+#[test]
+fn a_path_missing_from_the_cache_is_refused() {
+    let f = Fixture::new(5);
+    let victim = f.closure.iter().find(|p| *p != &f.toplevel).unwrap();
+    std::fs::remove_file(f.narinfo_path(victim)).unwrap();
+    let err = f.preflight(&f.caches(&[&f.cache.public_key])).unwrap_err();
+    assert!(
+        matches!(err, CacheError::NotFound { ref path, .. } if path == victim),
+        "{err}"
+    );
+    assert!(
+        err.summary().contains("missing from the binary cache"),
+        "{}",
+        err.summary()
+    );
+}
+
+#[test]
+fn an_unsigned_path_is_refused() {
+    let f = Fixture::new(5);
+    let victim = f.closure.iter().find(|p| *p != &f.toplevel).unwrap();
+    let file = f.narinfo_path(victim);
+    let text = std::fs::read_to_string(&file).unwrap();
+    let unsigned: String = text
+        .lines()
+        .filter(|l| !l.starts_with("Sig: "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&file, unsigned).unwrap();
+    let err = f.preflight(&f.caches(&[&f.cache.public_key])).unwrap_err();
+    assert!(
+        matches!(err, CacheError::Untrusted(TrustError::Unsigned { .. })),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_closure_signed_by_an_unpinned_key_is_refused() {
+    let f = Fixture::new(3);
+    let dir = tempfile::tempdir().unwrap();
+    let other = Cache::new(dir.path(), "someone-else-1");
+    let err = f.preflight(&f.caches(&[&other.public_key])).unwrap_err();
+    assert!(
+        matches!(err, CacheError::Untrusted(TrustError::UntrustedKeys { .. })),
+        "{err}"
+    );
+    assert!(err.summary().contains("unpinned key"));
+}
+
+#[test]
+fn an_unreachable_cache_is_a_transient_error() {
+    let port = crate::common::git::free_port();
+    let caches = BinaryCaches::new(&[format!("http://127.0.0.1:{port}")], &[]);
+    let toplevel = "/nix/store/0c0mb5j1x3dg5bf3wk3jh4xyz6p4s3ld-nixos-system-web1"
+        .parse()
+        .unwrap();
+    let err = runtime()
+        .block_on(caches.preflight(&toplevel, Path::new("/nix/store")))
+        .unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert!(err.to_string().contains(&format!("127.0.0.1:{port}")), "{err}");
+}
