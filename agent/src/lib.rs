@@ -22,3 +22,4 @@ pub mod narinfo;
 pub mod report;
 pub mod source;
 pub mod state;
+pub mod systemd;

@@ -7,3 +7,4 @@ mod common;
 mod nix_cache;
 mod preflight;
 mod source;
+mod systemd;

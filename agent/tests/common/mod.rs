@@ -3,3 +3,4 @@
 pub mod git;
 pub mod http;
 pub mod nix;
+pub mod systemd;

@@ -4,6 +4,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// `nix-build` with no substituters: fixtures are built here, and this
+/// machine cannot reach cache.nixos.org anyway.
+fn nix_build() -> Command {
+    let mut cmd = Command::new("nix-build");
+    cmd.args(["--no-out-link", "--quiet", "--option", "substituters", ""]);
+    cmd
+}
+
 /// Runs a command and returns its trimmed stdout, panicking with stderr on failure.
 pub fn run(cmd: &mut Command) -> String {
     let out = cmd
@@ -113,4 +121,29 @@ pub fn closure(path: &str) -> Vec<String> {
 /// Deletes `paths` from the local store (they must have no GC roots).
 pub fn delete(paths: &[String]) {
     run(Command::new("nix-store").arg("--delete").args(paths));
+}
+
+/// Builds a store path holding an executable `bin/<name>` with the given
+/// shell `body`; returns the path of the executable.
+pub fn build_script(dir: &Path, name: &str, seed: &str, body: &str) -> String {
+    let expr = format!(
+        r#"derivation {{
+  name = "{name}-{seed}";
+  system = builtins.currentSystem;
+  PATH = "/usr/bin:/bin";
+  builder = "/bin/sh";
+  args = [ "-c" ''
+    mkdir -p $out/bin
+    cat > $out/bin/{name} <<'SCRIPT'
+#!/bin/sh
+{body}
+SCRIPT
+    chmod +x $out/bin/{name}
+  '' ];
+}}"#
+    );
+    let file = dir.join(format!("{name}-{seed}.nix"));
+    std::fs::write(&file, expr).unwrap();
+    let out = run(nix_build().arg(&file));
+    format!("{out}/bin/{name}")
 }

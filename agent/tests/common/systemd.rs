@@ -1,0 +1,121 @@
+//! A throwaway systemd as PID 1 of a new PID namespace, booted on a
+//! copy-on-write overlay of `/` (see shared/TESTBED.md) so nothing it writes
+//! reaches this machine. Its system bus is reachable from the test process at
+//! `/proc/<pid>/root/run/dbus/system_bus_socket`; `/nix` and this checkout are
+//! visible inside through the overlay. Killed (SIGKILL) on drop.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BOOT: &str = r#"
+set -e
+mount --make-rprivate /
+S="$1"; mount -t tmpfs tmpfs "$S"
+mkdir -p "$S/upper" "$S/work" "$S/root"
+mount -t overlay overlay -o "lowerdir=/,upperdir=$S/upper,workdir=$S/work" "$S/root"
+R="$S/root"
+mount -t proc proc "$R/proc"; mount --rbind /sys "$R/sys"; mount --rbind /dev "$R/dev"
+mount -t tmpfs tmpfs "$R/run"; mount -t tmpfs tmpfs "$R/tmp"
+mkdir -p "$R/run/systemd/system"
+printf '[Unit]\nRequires=dbus.socket systemd-journald.socket\nAfter=dbus.socket systemd-journald.socket\n' > "$R/run/systemd/system/test.target"
+hostname testhost
+exec chroot "$R" /usr/bin/env container=other /lib/systemd/systemd --unit=test.target
+"#;
+
+pub struct Testbed {
+    unshare: Child,
+    /// PID of the container's systemd, as this machine sees it.
+    pub pid: u32,
+    scratch: PathBuf,
+}
+
+impl Testbed {
+    /// Boots systemd and waits until it reports `running` (bounded).
+    pub fn boot() -> Self {
+        let scratch = tempfile::Builder::new()
+            .prefix("ferry-sd.")
+            .tempdir_in("/dev/shm")
+            .unwrap()
+            .keep();
+        let unshare = Command::new("unshare")
+            .args([
+                "--pid", "--fork", "--mount", "--uts", "--ipc", "bash", "-c", BOOT, "boot",
+            ])
+            .arg(&scratch)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("unshare (util-linux) is installed");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let pid = loop {
+            let children =
+                std::fs::read_to_string(format!("/proc/{}/task/{}/children", unshare.id(), unshare.id()))
+                    .unwrap_or_default();
+            if let Some(pid) = children
+                .split_whitespace()
+                .next()
+                .and_then(|p| p.parse::<u32>().ok())
+            {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                if comm.trim() == "systemd" {
+                    break pid;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "systemd did not start in the namespace (is systemd installed?)"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let bed = Self {
+            unshare,
+            pid,
+            scratch,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = bed.exec(&["systemctl", "is-system-running"]);
+            let state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            if state == "running" || state == "degraded" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "systemd in the testbed is `{state}`, not running"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bed
+    }
+
+    /// The D-Bus address of the testbed's system bus, for this process.
+    pub fn bus_address(&self) -> String {
+        format!("unix:path=/proc/{}/root/run/dbus/system_bus_socket", self.pid)
+    }
+
+    /// A path inside the testbed, as seen from this machine.
+    pub fn host_path(&self, inside: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root{inside}", self.pid))
+    }
+
+    /// Runs a command inside the testbed.
+    pub fn exec(&self, argv: &[&str]) -> Output {
+        Command::new("nsenter")
+            .args(["-t", &self.pid.to_string(), "-a", "-r", "-w"])
+            .args(argv)
+            .output()
+            .expect("nsenter (util-linux) is installed")
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        // SIGTERM only makes systemd re-execute; SIGKILL ends the namespace.
+        let _ = Command::new("kill").args(["-9", &self.pid.to_string()]).status();
+        let _ = self.unshare.kill();
+        let _ = self.unshare.wait();
+        let _ = std::fs::remove_dir(&self.scratch);
+    }
+}
