@@ -1,0 +1,121 @@
+//! The local Nix store and the system profile, through Nix's own commands:
+//! realising a closure from the pinned substituters with signatures required,
+//! holding it with a GC root, setting the system profile, and reading which
+//! system is running and which was booted.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferry_signer::StorePath;
+use tokio::process::Command;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot run {program}: {source} (is Nix installed and on PATH?)")]
+    Spawn { program: &'static str, source: std::io::Error },
+    #[error("{program} failed ({status}): {stderr}")]
+    Failed { program: &'static str, status: String, stderr: String },
+    #[error("{program} did not finish within {}s", .timeout.as_secs())]
+    Timeout { program: &'static str, timeout: Duration },
+}
+
+/// Where the running and booted systems are recorded.
+pub const CURRENT_SYSTEM: &str = "/run/current-system";
+pub const BOOTED_SYSTEM: &str = "/run/booted-system";
+
+/// The store and profile this agent manages.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub profile: PathBuf,
+    /// Directory for the agent's GC roots (under the state directory).
+    pub gc_roots: PathBuf,
+    pub substituters: Vec<String>,
+    pub trusted_public_keys: Vec<String>,
+    pub realise_timeout: Duration,
+}
+
+impl Store {
+    /// Realises `toplevel`'s closure from the pinned substituters only, with
+    /// signatures required, and roots it at `<gc_roots>/<name>`.
+    pub async fn realise(&self, toplevel: &StorePath, root_name: &str) -> Result<(), StoreError> {
+        std::fs::create_dir_all(&self.gc_roots)
+            .map_err(|source| StoreError::Spawn { program: "nix-store", source })?;
+        let root = self.gc_roots.join(root_name);
+        let mut cmd = Command::new("nix-store");
+        cmd.arg("--realise")
+            .arg(toplevel.as_str())
+            .arg("--add-root")
+            .arg(&root)
+            .args(["--option", "substituters", &self.substituters.join(" ")])
+            .args(["--option", "trusted-public-keys", &self.trusted_public_keys.join(" ")])
+            .args(["--option", "require-sigs", "true"])
+            .args(["--option", "extra-substituters", ""])
+            .args(["--option", "builders", ""])
+            // Never build: a closure that cannot be substituted is refused.
+            .args(["--option", "max-jobs", "0"]);
+        run("nix-store", cmd, self.realise_timeout).await.map(drop)
+    }
+
+    /// Points the system profile at `toplevel` (a new generation).
+    pub async fn set_profile(&self, toplevel: &StorePath) -> Result<(), StoreError> {
+        let mut cmd = Command::new("nix-env");
+        cmd.arg("-p").arg(&self.profile).arg("--set").arg(toplevel.as_str());
+        run("nix-env", cmd, Duration::from_secs(120)).await.map(drop)
+    }
+
+    /// The system the profile points at now.
+    pub fn profile_system(&self) -> Option<StorePath> {
+        resolve_system(&self.profile)
+    }
+}
+
+/// The store path a system symlink (profile, /run/current-system) resolves to.
+pub fn resolve_system(link: &Path) -> Option<StorePath> {
+    let target = std::fs::canonicalize(link).ok()?;
+    target.to_str()?.parse().ok()
+}
+
+/// Whether booting `new` would change the kernel, initrd or kernel modules
+/// relative to the booted system (what `nixos-rebuild` checks for a reboot).
+pub fn reboot_required(booted: &Path, new: &StorePath) -> bool {
+    ["kernel", "initrd", "kernel-modules"].iter().any(|part| {
+        let old = std::fs::canonicalize(booted.join(part)).ok();
+        let new = std::fs::canonicalize(Path::new(new.as_str()).join(part)).ok();
+        old != new
+    })
+}
+
+async fn run(program: &'static str, mut cmd: Command, timeout: Duration) -> Result<String, StoreError> {
+    cmd.kill_on_drop(true).stdin(std::process::Stdio::null());
+    let child = cmd.output();
+    let out = match tokio::time::timeout(timeout, child).await {
+        Ok(r) => r.map_err(|source| StoreError::Spawn { program, source })?,
+        Err(_) => return Err(StoreError::Timeout { program, timeout }),
+    };
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // The last lines say what went wrong; keep messages bounded.
+        let tail: Vec<&str> = stderr.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
+        return Err(StoreError::Failed { program, status: out.status.to_string(), stderr: tail.join(" | ") });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reboot_is_required_when_kernel_or_initrd_differ() {
+        let dir = tempfile::tempdir().unwrap();
+        let booted = dir.path().join("booted");
+        std::fs::create_dir(&booted).unwrap();
+        for f in ["kernel", "initrd", "kernel-modules"] {
+            std::fs::write(booted.join(f), f).unwrap();
+        }
+        // A store path that does not exist here has no kernel: a change.
+        let new: StorePath = "/nix/store/0c0mb5j1x3dg5bf3wk3jh4xyz6p4s3ld-nixos-system-web1".parse().unwrap();
+        assert!(reboot_required(&booted, &new));
+    }
+}

@@ -1,0 +1,168 @@
+//! Activating a system: `<toplevel>/bin/switch-to-configuration <action>` run
+//! as a transient systemd service (so it survives the agent's own restart),
+//! awaited with a timeout, its outcome read over D-Bus — and also written by
+//! the unit's `ExecStopPost` to a file in the state directory, so an agent
+//! killed mid-switch finds the outcome when it starts again.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferry_signer::{Action, StorePath};
+
+use crate::decide::SwitchResult;
+use crate::state::{atomic_write, StateError};
+use crate::systemd::{Command, ServiceOutcome, Systemd, SystemdError, TransientService, UnitState};
+
+/// Environment variables passed to switch-to-configuration when set, as
+/// nixos-rebuild does.
+const PASSED_ENV: &[&str] = &["LOCALE_ARCHIVE", "NIXOS_INSTALL_BOOTLOADER"];
+
+/// Runs and observes the switch unit.
+#[derive(Debug, Clone)]
+pub struct Switcher {
+    pub systemd: Systemd,
+    /// Unit name without `.service` (doubles as a lock).
+    pub unit: String,
+    pub timeout: Duration,
+    /// Where `ExecStopPost` records the outcome.
+    pub result_file: PathBuf,
+    /// This agent's executable, which records the outcome.
+    pub agent_exe: PathBuf,
+}
+
+/// What is known about the switch unit after a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observed {
+    /// Still running: wait for it.
+    Running,
+    /// Finished with this result.
+    Finished(SwitchResult),
+    /// No unit and no recorded outcome: it never started (or the machine lost
+    /// power mid-switch); the caller decides from the running system.
+    Unknown,
+}
+
+impl Switcher {
+    /// Starts switch-to-configuration for `toplevel`.
+    pub async fn start(&self, toplevel: &StorePath, action: Action) -> Result<(), SystemdError> {
+        let _ = std::fs::remove_file(&self.result_file);
+        let program = format!("{toplevel}/bin/switch-to-configuration");
+        let record = Command::new(
+            self.agent_exe.display().to_string(),
+            &["record-switch-result", &self.result_file.display().to_string()],
+        );
+        let environment = PASSED_ENV
+            .iter()
+            .filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={v}")))
+            .collect();
+        let service = TransientService {
+            name: self.unit.clone(),
+            description: format!("Ferry: switch-to-configuration {action} {}", toplevel.name()),
+            exec_start: Command::new(program, &[action.as_str()]),
+            exec_stop_post: Some(record),
+            environment,
+            runtime_max: self.timeout,
+        };
+        self.systemd.start(&service).await
+    }
+
+    /// Waits for the switch to end. Past the timeout (plus a margin for
+    /// systemd's own `RuntimeMaxSec` stop) the unit is stopped.
+    pub async fn wait(&self) -> Result<SwitchResult, SystemdError> {
+        let bound = self.timeout + Duration::from_secs(30);
+        let outcome = match self.systemd.wait(&self.unit, bound).await {
+            Ok(outcome) => outcome,
+            Err(SystemdError::Timeout { .. }) => {
+                self.systemd.stop(&self.unit).await?;
+                let _ = self.systemd.wait(&self.unit, Duration::from_secs(90)).await;
+                let _ = self.systemd.release(&self.unit).await;
+                return Ok(SwitchResult::Aborted { timed_out: true });
+            }
+            Err(e) => return Err(e),
+        };
+        let result = match outcome {
+            Some(o) => classify(&o),
+            None => self.recorded().unwrap_or(SwitchResult::Aborted { timed_out: false }),
+        };
+        self.systemd.release(&self.unit).await?;
+        Ok(result)
+    }
+
+    /// After a restart: is the switch unit running, finished, or unknown?
+    pub async fn observe(&self) -> Result<Observed, SystemdError> {
+        match self.systemd.state(&self.unit).await? {
+            UnitState::Running => Ok(Observed::Running),
+            UnitState::Finished(o) => {
+                let _ = self.systemd.release(&self.unit).await;
+                Ok(Observed::Finished(classify(&o)))
+            }
+            UnitState::Absent => Ok(self.recorded().map_or(Observed::Unknown, Observed::Finished)),
+        }
+    }
+
+    /// The outcome `ExecStopPost` wrote, if any.
+    fn recorded(&self) -> Option<SwitchResult> {
+        parse_result_file(&std::fs::read_to_string(&self.result_file).ok()?)
+    }
+}
+
+/// Maps systemd's view of the finished unit to what the decision needs.
+pub fn classify(o: &ServiceOutcome) -> SwitchResult {
+    match o.result.as_str() {
+        "success" => SwitchResult::Ok,
+        "timeout" => SwitchResult::Aborted { timed_out: true },
+        "exit-code" if o.code == 1 && o.status == 100 => SwitchResult::RebootRequired,
+        "exit-code" if o.code == 1 => SwitchResult::Failed { code: o.status },
+        _ => SwitchResult::Aborted { timed_out: false },
+    }
+}
+
+/// Parses `"$SERVICE_RESULT $EXIT_CODE $EXIT_STATUS"` as written by
+/// [`record_switch_result`].
+pub fn parse_result_file(text: &str) -> Option<SwitchResult> {
+    let mut it = text.split_whitespace();
+    let result = it.next()?;
+    let code = match it.next().unwrap_or("") {
+        "exited" => 1,
+        "killed" => 2,
+        "dumped" => 3,
+        _ => 0,
+    };
+    let status = it.next().and_then(|s| s.parse().ok()).unwrap_or(-1);
+    Some(classify(&ServiceOutcome { result: result.to_owned(), code, status }))
+}
+
+/// The body of `ferry-agent record-switch-result FILE`, run by the switch
+/// unit's `ExecStopPost`: records systemd's verdict durably.
+pub fn record_switch_result(file: &Path) -> Result<(), StateError> {
+    let var = |k: &str| std::env::var(k).unwrap_or_default();
+    let line = format!("{} {} {}\n", var("SERVICE_RESULT"), var("EXIT_CODE"), var("EXIT_STATUS"));
+    atomic_write(file, line.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn o(result: &str, code: i32, status: i32) -> ServiceOutcome {
+        ServiceOutcome { result: result.into(), code, status }
+    }
+
+    #[test]
+    fn outcomes() {
+        assert_eq!(classify(&o("success", 1, 0)), SwitchResult::Ok);
+        assert_eq!(classify(&o("exit-code", 1, 100)), SwitchResult::RebootRequired);
+        assert_eq!(classify(&o("exit-code", 1, 4)), SwitchResult::Failed { code: 4 });
+        assert_eq!(classify(&o("timeout", 2, 15)), SwitchResult::Aborted { timed_out: true });
+        assert_eq!(classify(&o("signal", 2, 9)), SwitchResult::Aborted { timed_out: false });
+    }
+
+    #[test]
+    fn result_files() {
+        assert_eq!(parse_result_file("success exited 0\n"), Some(SwitchResult::Ok));
+        assert_eq!(parse_result_file("exit-code exited 100"), Some(SwitchResult::RebootRequired));
+        assert_eq!(parse_result_file("exit-code exited 4"), Some(SwitchResult::Failed { code: 4 }));
+        assert_eq!(parse_result_file("timeout killed TERM"), Some(SwitchResult::Aborted { timed_out: true }));
+        assert_eq!(parse_result_file(""), None);
+    }
+}
