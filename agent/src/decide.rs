@@ -114,6 +114,45 @@ pub enum SwitchResult {
     Aborted { timed_out: bool },
 }
 
+impl SwitchResult {
+    /// Plain words for logs and statuses.
+    pub fn describe(self) -> String {
+        match self {
+            SwitchResult::Ok => "switch succeeded".into(),
+            SwitchResult::RebootRequired => "switch succeeded; reboot required".into(),
+            SwitchResult::Failed { code } => format!("switch-to-configuration failed (exit {code})"),
+            SwitchResult::Aborted { timed_out: true } => {
+                "switch-to-configuration timed out and was stopped".into()
+            }
+            SwitchResult::Aborted { timed_out: false } => "switch-to-configuration was killed".into(),
+        }
+    }
+
+    /// A compact form for the state file.
+    pub fn encode(self) -> String {
+        match self {
+            SwitchResult::Ok => "ok".into(),
+            SwitchResult::RebootRequired => "reboot-required".into(),
+            SwitchResult::Failed { code } => format!("failed:{code}"),
+            SwitchResult::Aborted { timed_out } => format!("aborted:{timed_out}"),
+        }
+    }
+
+    /// Inverse of [`SwitchResult::encode`].
+    pub fn decode(s: &str) -> Option<Self> {
+        match s.split_once(':') {
+            None if s == "ok" => Some(SwitchResult::Ok),
+            None if s == "reboot-required" => Some(SwitchResult::RebootRequired),
+            Some(("failed", code)) => code.parse().ok().map(|code| SwitchResult::Failed { code }),
+            Some(("aborted", t)) => t
+                .parse()
+                .ok()
+                .map(|timed_out| SwitchResult::Aborted { timed_out }),
+            _ => None,
+        }
+    }
+}
+
 /// Whether to roll back after a switch and a health check.
 pub fn needs_rollback(action: Action, switch: SwitchResult, healthy: bool, rollback_enabled: bool) -> bool {
     if !rollback_enabled {
@@ -234,6 +273,21 @@ mod tests {
         if let Verdict::Refuse(refusal) = v {
             assert_eq!(refusal.summary(), "refused: release has no entry for web1");
         }
+    }
+
+    #[test]
+    fn switch_results_encode_round_trip() {
+        use SwitchResult::*;
+        for r in [
+            Ok,
+            RebootRequired,
+            Failed { code: 4 },
+            Aborted { timed_out: true },
+            Aborted { timed_out: false },
+        ] {
+            assert_eq!(SwitchResult::decode(&r.encode()), Some(r));
+        }
+        assert_eq!(SwitchResult::decode("nonsense"), None);
     }
 
     #[test]

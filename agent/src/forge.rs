@@ -63,11 +63,14 @@ impl ForgeClient {
         let token = match &self.token_file {
             Some(path) => match std::fs::read_to_string(path) {
                 Ok(t) => t.trim().to_owned(),
-                Err(e) => return Delivery::Misconfigured(format!("cannot read token file {}: {e}", path.display())),
+                Err(e) => {
+                    return Delivery::Misconfigured(format!("cannot read token file {}: {e}", path.display()))
+                }
             },
             None => String::new(),
         };
-        let Some(request) = report::request_for(self.forge, &self.api_url, &self.repository, &token, status) else {
+        let Some(request) = report::request_for(self.forge, &self.api_url, &self.repository, &token, status)
+        else {
             return Delivery::Delivered;
         };
         let mut builder = self.client.post(&request.url).json(&request.body);
@@ -79,7 +82,10 @@ impl ForgeClient {
             Err(e) => return Delivery::Retry(format!("cannot reach {}: {}", self.api_url, without_url(&e))),
         };
         let code = response.status().as_u16();
-        let token_file = self.token_file.as_ref().map_or("(none)".into(), |p| p.display().to_string());
+        let token_file = self
+            .token_file
+            .as_ref()
+            .map_or("(none)".into(), |p| p.display().to_string());
         match code {
             200..=299 => Delivery::Delivered,
             401 | 403 => Delivery::Misconfigured(format!(
@@ -98,7 +104,11 @@ impl ForgeClient {
     /// Delivers waiting statuses oldest first until the outbox is empty or a
     /// delivery must wait.
     pub async fn drain(&self, outbox: &Outbox) -> Result<Drain, StateError> {
-        let mut drain = Drain { delivered: 0, dropped: 0, stopped: None };
+        let mut drain = Drain {
+            delivered: 0,
+            dropped: 0,
+            stopped: None,
+        };
         loop {
             let queued = match outbox.peek() {
                 Ok(Some(q)) => q,

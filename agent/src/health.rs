@@ -32,33 +32,40 @@ impl Health {
     }
 }
 
-/// Waits `settle`, then lists failed units (ignoring `ignore`, the switch
-/// unit itself) and runs each health command.
+/// Waits `settle`, then lists failed units and runs each health command.
 pub async fn check(
     systemd: &Systemd,
     settle: Duration,
     commands: &[HealthCommand],
-    ignore: &str,
 ) -> Result<Health, SystemdError> {
     tokio::time::sleep(settle).await;
-    let failed_units = systemd.failed_units().await?.into_iter().filter(|u| u != ignore).collect();
+    let failed_units = systemd.failed_units().await?;
     let mut failed_commands = Vec::new();
     for c in commands {
         if let Err(why) = run_check(c).await {
             failed_commands.push((c.command.clone(), why));
         }
     }
-    Ok(Health { failed_units, failed_commands })
+    Ok(Health {
+        failed_units,
+        failed_commands,
+    })
 }
 
 async fn run_check(c: &HealthCommand) -> Result<(), String> {
     let mut cmd = tokio::process::Command::new("/bin/sh");
-    cmd.arg("-c").arg(&c.command).stdin(std::process::Stdio::null()).kill_on_drop(true);
+    cmd.arg("-c")
+        .arg(&c.command)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
     match tokio::time::timeout(c.timeout, cmd.output()).await {
         Err(_) => Err(format!("timed out after {}s", c.timeout.as_secs())),
         Ok(Err(e)) => Err(format!("could not run: {e}")),
         Ok(Ok(out)) if out.status.success() => Ok(()),
-        Ok(Ok(out)) => Err(format!("exited with {}", out.status.code().map_or("a signal".into(), |c| c.to_string()))),
+        Ok(Ok(out)) => Err(format!(
+            "exited with {}",
+            out.status.code().map_or("a signal".into(), |c| c.to_string())
+        )),
     }
 }
 
@@ -67,21 +74,33 @@ mod tests {
     use super::*;
 
     fn cmd(c: &str, secs: u64) -> HealthCommand {
-        HealthCommand { command: c.into(), timeout: Duration::from_secs(secs) }
+        HealthCommand {
+            command: c.into(),
+            timeout: Duration::from_secs(secs),
+        }
     }
 
     #[tokio::test]
     async fn commands_pass_fail_and_time_out() {
         assert!(run_check(&cmd("true", 5)).await.is_ok());
         assert_eq!(run_check(&cmd("exit 3", 5)).await.unwrap_err(), "exited with 3");
-        let slow = HealthCommand { command: "sleep 5".into(), timeout: Duration::from_millis(200) };
+        let slow = HealthCommand {
+            command: "sleep 5".into(),
+            timeout: Duration::from_millis(200),
+        };
         assert!(run_check(&slow).await.unwrap_err().starts_with("timed out"));
     }
 
     #[test]
     fn summary_names_everything() {
-        let h = Health { failed_units: vec!["nginx.service".into()], failed_commands: vec![("curl x".into(), "exited with 7".into())] };
+        let h = Health {
+            failed_units: vec!["nginx.service".into()],
+            failed_commands: vec![("curl x".into(), "exited with 7".into())],
+        };
         assert!(!h.is_healthy());
-        assert_eq!(h.summary(), "failed units: nginx.service; check `curl x` exited with 7");
+        assert_eq!(
+            h.summary(),
+            "failed units: nginx.service; check `curl x` exited with 7"
+        );
     }
 }

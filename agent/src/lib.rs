@@ -17,13 +17,17 @@
 
 pub mod cache;
 pub mod config;
+pub mod daemon;
 pub mod decide;
-pub mod narinfo;
-pub mod report;
-pub mod source;
 pub mod forge;
 pub mod health;
+pub mod logging;
+pub mod narinfo;
+pub mod reconcile;
+pub mod report;
+pub mod source;
 pub mod state;
+pub mod status;
 pub mod store;
 pub mod switch;
 pub mod systemd;

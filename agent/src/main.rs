@@ -1,7 +1,140 @@
-//! `ferry-agent`: not built yet (see the README's status). It exits non-zero
-//! so nothing mistakes it for a working agent.
+//! `ferry-agent`: follow a signed deploy branch and switch this NixOS host to
+//! it. Parses arguments, sets up logging and hands over to the library.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("ferry-agent: not implemented yet; only ferry-signer is usable in this version");
-    std::process::ExitCode::from(2)
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use ferry_agent::config::{Config, DEFAULT_PATH};
+use ferry_agent::reconcile::{Agent, Reconciled};
+use ferry_agent::{daemon, logging, status};
+
+#[derive(Parser)]
+#[command(
+    name = "ferry-agent",
+    version,
+    about = "Follow a signed deploy branch and switch this NixOS host to it"
+)]
+struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, default_value = DEFAULT_PATH)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run as a daemon: poll, deploy, report, forever.
+    Run,
+    /// Reconcile once; exit 0 when deployed or up to date, 1 when refused or failed.
+    Once,
+    /// Show the running system, the last release and outcome, waiting statuses.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the configuration and allowed_signers file, and exit.
+    CheckConfig,
+    /// (internal) Run by the switch unit's ExecStopPost: record its result.
+    #[command(hide = true)]
+    RecordSwitchResult { file: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::RecordSwitchResult { file } = &cli.command {
+        return match ferry_agent::switch::record_switch_result(file) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ferry-agent: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let interactive = matches!(cli.command, Command::Status { .. } | Command::CheckConfig);
+    if !interactive {
+        logging::init(
+            std::env::var_os("JOURNAL_STREAM").is_some()
+                || !std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            eprintln!("ferry-agent: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::CheckConfig => {
+            let config = Config::load(&cli.config)?;
+            let signers = ferry_signer::AllowedSigners::load(&config.source.allowed_signers)?;
+            println!(
+                "{}: ok: host {}, {} branch {}, {} allowed signer(s), {} substituter(s), forge {:?}",
+                cli.config.display(),
+                config.host,
+                config.source.url,
+                config.source.branch,
+                signers.entries().len(),
+                config.cache.substituters.len(),
+                config.report.forge
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json } => {
+            let config = Config::load(&cli.config)?;
+            let report = status::gather(&config)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+            } else {
+                print!("{}", report.to_text());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Once => {
+            let config = Config::load(&cli.config)?;
+            ferry_agent::source::set_network_timeouts(Duration::from_secs(10), Duration::from_secs(60))?;
+            let mut agent = Agent::new(config).context("cannot start")?;
+            let outcome = agent.reconcile().await?;
+            println!("{}", describe(&outcome));
+            Ok(if outcome.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Run => {
+            ferry_agent::source::set_network_timeouts(Duration::from_secs(10), Duration::from_secs(60))?;
+            daemon::run(cli.config, daemon::shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::RecordSwitchResult { .. } => unreachable!("handled before the runtime starts"),
+    }
+}
+
+fn describe(r: &Reconciled) -> String {
+    match r {
+        Reconciled::UpToDate => "up to date".into(),
+        Reconciled::AlreadyRunning => "already running the release".into(),
+        Reconciled::Deployed {
+            reboot_required: false,
+        } => "deployed".into(),
+        Reconciled::Deployed {
+            reboot_required: true,
+        } => "deployed; reboot required".into(),
+        Reconciled::Refused(why) => format!("refused: {why}"),
+        Reconciled::Failed(why) => format!("failed: {why}"),
+        Reconciled::Error(why) => format!("error: {why}"),
+    }
 }

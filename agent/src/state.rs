@@ -26,6 +26,9 @@ pub struct State {
     pub in_flight: Option<InFlight>,
     /// How the last deploy attempt ended.
     pub last_outcome: Option<Outcome>,
+    /// The last deploy that succeeded: what this host should be running
+    /// (drift is measured against it).
+    pub last_success: Option<Outcome>,
 }
 
 /// The release the anti-rollback checks compare against.
@@ -59,6 +62,10 @@ pub struct InFlight {
     pub phase: Phase,
     /// The system that was running before, for rollback.
     pub previous: Option<StorePath>,
+    /// Units already failed before the switch: only new failures count.
+    pub failed_before: Vec<String>,
+    /// What the switch said, once it finished (for the Checking phase).
+    pub switch_result: Option<String>,
     pub started: DateTime<Utc>,
 }
 
@@ -81,6 +88,8 @@ pub enum OutcomeKind {
     Success,
     /// Switched; a reboot is needed for the new kernel or initrd.
     SuccessRebootRequired,
+    /// A `boot` deploy: the new system becomes active at the next reboot.
+    Installed,
     /// Refused before anything changed (verification, preflight).
     Refused,
     /// Switch or health failed; rolled back (or rollback disabled).
@@ -180,6 +189,8 @@ struct StateFile {
     anchor: Option<AnchorFile>,
     in_flight: Option<InFlightFile>,
     last_outcome: Option<OutcomeFile>,
+    #[serde(default)]
+    last_success: Option<OutcomeFile>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -199,6 +210,10 @@ struct InFlightFile {
     action: String,
     phase: String,
     previous: Option<String>,
+    #[serde(default)]
+    failed_before: Vec<String>,
+    #[serde(default)]
+    switch_result: Option<String>,
     started: DateTime<Utc>,
 }
 
@@ -236,11 +251,20 @@ impl Phase {
 }
 
 impl OutcomeKind {
+    /// Whether the deploy reached its goal.
+    pub fn is_success(self) -> bool {
+        matches!(
+            self,
+            OutcomeKind::Success | OutcomeKind::SuccessRebootRequired | OutcomeKind::Installed
+        )
+    }
+
     /// The name used in the state file and `status --json`.
     pub fn as_str(self) -> &'static str {
         match self {
             OutcomeKind::Success => "success",
             OutcomeKind::SuccessRebootRequired => "success-reboot-required",
+            OutcomeKind::Installed => "installed",
             OutcomeKind::Refused => "refused",
             OutcomeKind::Failed => "failed",
             OutcomeKind::Error => "error",
@@ -249,7 +273,7 @@ impl OutcomeKind {
 
     fn parse(s: &str) -> Option<Self> {
         use OutcomeKind::*;
-        [Success, SuccessRebootRequired, Refused, Failed, Error]
+        [Success, SuccessRebootRequired, Installed, Refused, Failed, Error]
             .into_iter()
             .find(|k| k.as_str() == s)
     }
@@ -272,16 +296,12 @@ impl StateFile {
                 action: f.action.to_string(),
                 phase: f.phase.as_str().to_owned(),
                 previous: f.previous.as_ref().map(|p| p.to_string()),
+                failed_before: f.failed_before.clone(),
+                switch_result: f.switch_result.clone(),
                 started: f.started,
             }),
-            last_outcome: s.last_outcome.as_ref().map(|o| OutcomeFile {
-                commit: o.commit.to_string(),
-                serial: o.serial,
-                toplevel: o.toplevel.as_ref().map(|p| p.to_string()),
-                result: o.result.as_str().to_owned(),
-                description: o.description.clone(),
-                at: o.at,
-            }),
+            last_outcome: s.last_outcome.as_ref().map(OutcomeFile::from_outcome),
+            last_success: s.last_success.as_ref().map(OutcomeFile::from_outcome),
         }
     }
 
@@ -317,24 +337,44 @@ impl StateFile {
                         phase: Phase::parse(&f.phase)
                             .ok_or_else(|| format!("unknown phase `{}`", f.phase))?,
                         previous: f.previous.as_deref().map(path).transpose()?,
+                        failed_before: f.failed_before,
+                        switch_result: f.switch_result,
                         started: f.started,
                     })
                 })
                 .transpose()?,
-            last_outcome: self
-                .last_outcome
-                .map(|o| {
-                    Ok::<_, String>(Outcome {
-                        commit: commit(&o.commit)?,
-                        serial: o.serial,
-                        toplevel: o.toplevel.as_deref().map(path).transpose()?,
-                        result: OutcomeKind::parse(&o.result)
-                            .ok_or_else(|| format!("unknown result `{}`", o.result))?,
-                        description: o.description,
-                        at: o.at,
-                    })
-                })
-                .transpose()?,
+            last_outcome: self.last_outcome.map(OutcomeFile::into_outcome).transpose()?,
+            last_success: self.last_success.map(OutcomeFile::into_outcome).transpose()?,
+        })
+    }
+}
+
+impl OutcomeFile {
+    fn from_outcome(o: &Outcome) -> Self {
+        OutcomeFile {
+            commit: o.commit.to_string(),
+            serial: o.serial,
+            toplevel: o.toplevel.as_ref().map(|p| p.to_string()),
+            result: o.result.as_str().to_owned(),
+            description: o.description.clone(),
+            at: o.at,
+        }
+    }
+
+    fn into_outcome(self) -> Result<Outcome, String> {
+        Ok(Outcome {
+            commit: self.commit.parse::<CommitId>().map_err(|e| e.to_string())?,
+            serial: self.serial,
+            toplevel: self
+                .toplevel
+                .as_deref()
+                .map(str::parse::<StorePath>)
+                .transpose()
+                .map_err(|e| e.to_string())?,
+            result: OutcomeKind::parse(&self.result)
+                .ok_or_else(|| format!("unknown result `{}`", self.result))?,
+            description: self.description,
+            at: self.at,
         })
     }
 }
@@ -348,7 +388,7 @@ mod tests {
         let toplevel: StorePath = "/nix/store/0c0mb5j1x3dg5bf3wk3jh4xyz6p4s3ld-nixos-system-web1"
             .parse()
             .unwrap();
-        State {
+        let mut state = State {
             last_seen_tip: Some(commit.clone()),
             anchor: Some(Anchor {
                 commit: commit.clone(),
@@ -362,6 +402,8 @@ mod tests {
                 action: Action::Boot,
                 phase: Phase::Switching,
                 previous: Some(toplevel.clone()),
+                failed_before: vec!["old.service".into()],
+                switch_result: Some("exit-code exited 100".into()),
                 started: DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
             }),
             last_outcome: Some(Outcome {
@@ -372,7 +414,10 @@ mod tests {
                 description: "deployed; reboot required".into(),
                 at: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
             }),
-        }
+            last_success: None,
+        };
+        state.last_success = state.last_outcome.clone();
+        state
     }
 
     #[test]

@@ -13,11 +13,21 @@ use tokio::process::Command;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot run {program}: {source} (is Nix installed and on PATH?)")]
-    Spawn { program: &'static str, source: std::io::Error },
+    Spawn {
+        program: &'static str,
+        source: std::io::Error,
+    },
     #[error("{program} failed ({status}): {stderr}")]
-    Failed { program: &'static str, status: String, stderr: String },
+    Failed {
+        program: &'static str,
+        status: String,
+        stderr: String,
+    },
     #[error("{program} did not finish within {}s", .timeout.as_secs())]
-    Timeout { program: &'static str, timeout: Duration },
+    Timeout {
+        program: &'static str,
+        timeout: Duration,
+    },
 }
 
 /// Where the running and booted systems are recorded.
@@ -39,8 +49,10 @@ impl Store {
     /// Realises `toplevel`'s closure from the pinned substituters only, with
     /// signatures required, and roots it at `<gc_roots>/<name>`.
     pub async fn realise(&self, toplevel: &StorePath, root_name: &str) -> Result<(), StoreError> {
-        std::fs::create_dir_all(&self.gc_roots)
-            .map_err(|source| StoreError::Spawn { program: "nix-store", source })?;
+        std::fs::create_dir_all(&self.gc_roots).map_err(|source| StoreError::Spawn {
+            program: "nix-store",
+            source,
+        })?;
         let root = self.gc_roots.join(root_name);
         let mut cmd = Command::new("nix-store");
         cmd.arg("--realise")
@@ -48,7 +60,11 @@ impl Store {
             .arg("--add-root")
             .arg(&root)
             .args(["--option", "substituters", &self.substituters.join(" ")])
-            .args(["--option", "trusted-public-keys", &self.trusted_public_keys.join(" ")])
+            .args([
+                "--option",
+                "trusted-public-keys",
+                &self.trusted_public_keys.join(" "),
+            ])
             .args(["--option", "require-sigs", "true"])
             .args(["--option", "extra-substituters", ""])
             .args(["--option", "builders", ""])
@@ -60,7 +76,10 @@ impl Store {
     /// Points the system profile at `toplevel` (a new generation).
     pub async fn set_profile(&self, toplevel: &StorePath) -> Result<(), StoreError> {
         let mut cmd = Command::new("nix-env");
-        cmd.arg("-p").arg(&self.profile).arg("--set").arg(toplevel.as_str());
+        cmd.arg("-p")
+            .arg(&self.profile)
+            .arg("--set")
+            .arg(toplevel.as_str());
         run("nix-env", cmd, Duration::from_secs(120)).await.map(drop)
     }
 
@@ -96,8 +115,19 @@ async fn run(program: &'static str, mut cmd: Command, timeout: Duration) -> Resu
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         // The last lines say what went wrong; keep messages bounded.
-        let tail: Vec<&str> = stderr.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
-        return Err(StoreError::Failed { program, status: out.status.to_string(), stderr: tail.join(" | ") });
+        let tail: Vec<&str> = stderr
+            .lines()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        return Err(StoreError::Failed {
+            program,
+            status: out.status.to_string(),
+            stderr: tail.join(" | "),
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
@@ -115,7 +145,9 @@ mod tests {
             std::fs::write(booted.join(f), f).unwrap();
         }
         // A store path that does not exist here has no kernel: a change.
-        let new: StorePath = "/nix/store/0c0mb5j1x3dg5bf3wk3jh4xyz6p4s3ld-nixos-system-web1".parse().unwrap();
+        let new: StorePath = "/nix/store/0c0mb5j1x3dg5bf3wk3jh4xyz6p4s3ld-nixos-system-web1"
+            .parse()
+            .unwrap();
         assert!(reboot_required(&booted, &new));
     }
 }

@@ -17,20 +17,30 @@ use crate::systemd::{Command, ServiceOutcome, Systemd, SystemdError, TransientSe
 /// nixos-rebuild does.
 const PASSED_ENV: &[&str] = &["LOCALE_ARCHIVE", "NIXOS_INSTALL_BOOTLOADER"];
 
-/// Runs and observes the switch unit.
+/// Runs and observes switch units.
 #[derive(Debug, Clone)]
 pub struct Switcher {
     pub systemd: Systemd,
-    /// Unit name without `.service` (doubles as a lock).
-    pub unit: String,
+    /// Unit name prefix (`ferry-switch`); each attempt gets its own unit.
+    pub unit_prefix: String,
     pub timeout: Duration,
-    /// Where `ExecStopPost` records the outcome.
-    pub result_file: PathBuf,
+    /// Where `ExecStopPost` records outcomes (the state directory).
+    pub record_dir: PathBuf,
     /// This agent's executable, which records the outcome.
     pub agent_exe: PathBuf,
 }
 
-/// What is known about the switch unit after a restart.
+/// One activation attempt: its unit and the file its outcome goes to. Names
+/// derive from the release serial, so a restarted agent finds the unit of the
+/// attempt it recorded, and a unit systemd has not collected yet never blocks
+/// the next attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub unit: String,
+    result_file: PathBuf,
+}
+
+/// What is known about an attempt after a restart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Observed {
     /// Still running: wait for it.
@@ -43,20 +53,44 @@ pub enum Observed {
 }
 
 impl Switcher {
-    /// Starts switch-to-configuration for `toplevel`.
-    pub async fn start(&self, toplevel: &StorePath, action: Action) -> Result<(), SystemdError> {
-        let _ = std::fs::remove_file(&self.result_file);
+    /// The attempt that activates release `serial` (or rolls it back).
+    pub fn attempt(&self, serial: u64, rollback: bool) -> Attempt {
+        let unit = match rollback {
+            false => format!("{}-{serial}", self.unit_prefix),
+            true => format!("{}-{serial}-rollback", self.unit_prefix),
+        };
+        let result_file = self.record_dir.join(format!("{unit}.result"));
+        Attempt { unit, result_file }
+    }
+
+    /// Starts switch-to-configuration for `toplevel`. Refuses while any
+    /// switch unit of this agent is active: the prefix is the lock.
+    pub async fn start(
+        &self,
+        attempt: &Attempt,
+        toplevel: &StorePath,
+        action: Action,
+    ) -> Result<(), SystemdError> {
+        if let Some(busy) = self
+            .systemd
+            .active_units(&format!("{}-*.service", self.unit_prefix))
+            .await?
+            .first()
+        {
+            return Err(SystemdError::Busy { unit: busy.clone() });
+        }
+        let _ = std::fs::remove_file(&attempt.result_file);
         let program = format!("{toplevel}/bin/switch-to-configuration");
         let record = Command::new(
             self.agent_exe.display().to_string(),
-            &["record-switch-result", &self.result_file.display().to_string()],
+            &["record-switch-result", &attempt.result_file.display().to_string()],
         );
         let environment = PASSED_ENV
             .iter()
             .filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={v}")))
             .collect();
         let service = TransientService {
-            name: self.unit.clone(),
+            name: attempt.unit.clone(),
             description: format!("Ferry: switch-to-configuration {action} {}", toplevel.name()),
             exec_start: Command::new(program, &[action.as_str()]),
             exec_stop_post: Some(record),
@@ -66,40 +100,44 @@ impl Switcher {
         self.systemd.start(&service).await
     }
 
-    /// Waits for the switch to end. Past the timeout (plus a margin for
+    /// Waits for the attempt to end. Past the timeout (plus a margin for
     /// systemd's own `RuntimeMaxSec` stop) the unit is stopped.
-    pub async fn wait(&self) -> Result<SwitchResult, SystemdError> {
+    pub async fn wait(&self, attempt: &Attempt) -> Result<SwitchResult, SystemdError> {
         let bound = self.timeout + Duration::from_secs(30);
-        let outcome = match self.systemd.wait(&self.unit, bound).await {
+        let outcome = match self.systemd.wait(&attempt.unit, bound).await {
             Ok(outcome) => outcome,
             Err(SystemdError::Timeout { .. }) => {
-                self.systemd.stop(&self.unit).await?;
-                let _ = self.systemd.wait(&self.unit, Duration::from_secs(90)).await;
-                let _ = self.systemd.release(&self.unit).await;
+                self.systemd.stop(&attempt.unit).await?;
+                let _ = self.systemd.wait(&attempt.unit, Duration::from_secs(90)).await;
+                let _ = self.systemd.release(&attempt.unit).await;
                 return Ok(SwitchResult::Aborted { timed_out: true });
             }
             Err(e) => return Err(e),
         };
         let result = match outcome {
             Some(o) => classify(&o),
-            None => self.recorded().unwrap_or(SwitchResult::Aborted { timed_out: false }),
+            None => attempt
+                .recorded()
+                .unwrap_or(SwitchResult::Aborted { timed_out: false }),
         };
-        self.systemd.release(&self.unit).await?;
+        self.systemd.release(&attempt.unit).await?;
         Ok(result)
     }
 
-    /// After a restart: is the switch unit running, finished, or unknown?
-    pub async fn observe(&self) -> Result<Observed, SystemdError> {
-        match self.systemd.state(&self.unit).await? {
+    /// After a restart: is the attempt running, finished, or unknown?
+    pub async fn observe(&self, attempt: &Attempt) -> Result<Observed, SystemdError> {
+        match self.systemd.state(&attempt.unit).await? {
             UnitState::Running => Ok(Observed::Running),
             UnitState::Finished(o) => {
-                let _ = self.systemd.release(&self.unit).await;
+                let _ = self.systemd.release(&attempt.unit).await;
                 Ok(Observed::Finished(classify(&o)))
             }
-            UnitState::Absent => Ok(self.recorded().map_or(Observed::Unknown, Observed::Finished)),
+            UnitState::Absent => Ok(attempt.recorded().map_or(Observed::Unknown, Observed::Finished)),
         }
     }
+}
 
+impl Attempt {
     /// The outcome `ExecStopPost` wrote, if any.
     fn recorded(&self) -> Option<SwitchResult> {
         parse_result_file(&std::fs::read_to_string(&self.result_file).ok()?)
@@ -129,14 +167,23 @@ pub fn parse_result_file(text: &str) -> Option<SwitchResult> {
         _ => 0,
     };
     let status = it.next().and_then(|s| s.parse().ok()).unwrap_or(-1);
-    Some(classify(&ServiceOutcome { result: result.to_owned(), code, status }))
+    Some(classify(&ServiceOutcome {
+        result: result.to_owned(),
+        code,
+        status,
+    }))
 }
 
 /// The body of `ferry-agent record-switch-result FILE`, run by the switch
 /// unit's `ExecStopPost`: records systemd's verdict durably.
 pub fn record_switch_result(file: &Path) -> Result<(), StateError> {
     let var = |k: &str| std::env::var(k).unwrap_or_default();
-    let line = format!("{} {} {}\n", var("SERVICE_RESULT"), var("EXIT_CODE"), var("EXIT_STATUS"));
+    let line = format!(
+        "{} {} {}\n",
+        var("SERVICE_RESULT"),
+        var("EXIT_CODE"),
+        var("EXIT_STATUS")
+    );
     atomic_write(file, line.as_bytes())
 }
 
@@ -145,7 +192,11 @@ mod tests {
     use super::*;
 
     fn o(result: &str, code: i32, status: i32) -> ServiceOutcome {
-        ServiceOutcome { result: result.into(), code, status }
+        ServiceOutcome {
+            result: result.into(),
+            code,
+            status,
+        }
     }
 
     #[test]
@@ -153,16 +204,31 @@ mod tests {
         assert_eq!(classify(&o("success", 1, 0)), SwitchResult::Ok);
         assert_eq!(classify(&o("exit-code", 1, 100)), SwitchResult::RebootRequired);
         assert_eq!(classify(&o("exit-code", 1, 4)), SwitchResult::Failed { code: 4 });
-        assert_eq!(classify(&o("timeout", 2, 15)), SwitchResult::Aborted { timed_out: true });
-        assert_eq!(classify(&o("signal", 2, 9)), SwitchResult::Aborted { timed_out: false });
+        assert_eq!(
+            classify(&o("timeout", 2, 15)),
+            SwitchResult::Aborted { timed_out: true }
+        );
+        assert_eq!(
+            classify(&o("signal", 2, 9)),
+            SwitchResult::Aborted { timed_out: false }
+        );
     }
 
     #[test]
     fn result_files() {
         assert_eq!(parse_result_file("success exited 0\n"), Some(SwitchResult::Ok));
-        assert_eq!(parse_result_file("exit-code exited 100"), Some(SwitchResult::RebootRequired));
-        assert_eq!(parse_result_file("exit-code exited 4"), Some(SwitchResult::Failed { code: 4 }));
-        assert_eq!(parse_result_file("timeout killed TERM"), Some(SwitchResult::Aborted { timed_out: true }));
+        assert_eq!(
+            parse_result_file("exit-code exited 100"),
+            Some(SwitchResult::RebootRequired)
+        );
+        assert_eq!(
+            parse_result_file("exit-code exited 4"),
+            Some(SwitchResult::Failed { code: 4 })
+        );
+        assert_eq!(
+            parse_result_file("timeout killed TERM"),
+            Some(SwitchResult::Aborted { timed_out: true })
+        );
         assert_eq!(parse_result_file(""), None);
     }
 }

@@ -23,7 +23,25 @@ trait Manager {
         properties: &[(&str, Value<'_>)],
         aux: &[(&str, &[(&str, Value<'_>)])],
     ) -> zbus::Result<OwnedObjectPath>;
-    fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+    #[allow(clippy::type_complexity)]
+    fn list_units_by_patterns(
+        &self,
+        states: &[&str],
+        patterns: &[&str],
+    ) -> zbus::Result<
+        Vec<(
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            OwnedObjectPath,
+            u32,
+            String,
+            OwnedObjectPath,
+        )>,
+    >;
     fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
     fn subscribe(&self) -> zbus::Result<()>;
@@ -50,16 +68,6 @@ trait Manager {
 }
 
 #[zbus::proxy(
-    interface = "org.freedesktop.systemd1.Unit",
-    default_service = "org.freedesktop.systemd1"
-)]
-trait Unit {
-    #[zbus(property)]
-    fn active_state(&self) -> zbus::Result<String>;
-    fn unref(&self) -> zbus::Result<()>;
-}
-
-#[zbus::proxy(
     interface = "org.freedesktop.systemd1.Service",
     default_service = "org.freedesktop.systemd1"
 )]
@@ -79,6 +87,8 @@ pub enum SystemdError {
     Connect(zbus::Error),
     #[error("{unit} is already running: another switch is in progress")]
     Busy { unit: String },
+    #[error("systemd already has a unit {unit} ({message}): another switch may be in progress")]
+    Exists { unit: String, message: String },
     #[error("systemd refused to start {unit}: job {result}")]
     JobFailed { unit: String, result: String },
     #[error("{unit} did not finish within {}s", .timeout.as_secs())]
@@ -134,11 +144,11 @@ pub struct ServiceOutcome {
 /// Where a service stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UnitState {
-    /// Not loaded: never started, or finished and garbage-collected.
+    /// Not loaded (never started, or ended well and collected), or inactive.
     Absent,
-    /// Starting, running or stopping.
+    /// Starting, running or stopping (ExecStopPost included).
     Running,
-    /// Finished and still loaded.
+    /// Failed, and kept loaded by systemd until reset.
     Finished(ServiceOutcome),
 }
 
@@ -174,11 +184,6 @@ impl Systemd {
     pub async fn start(&self, service: &TransientService) -> Result<(), SystemdError> {
         let unit = format!("{}.service", service.name);
         let manager = self.manager().await?;
-        if self.state(&service.name).await? == UnitState::Running {
-            return Err(SystemdError::Busy { unit });
-        }
-        // A finished unit left loaded (failed) would block the name.
-        let _ = manager.reset_failed_unit(&unit).await;
         match manager.subscribe().await {
             Ok(()) => {}
             Err(zbus::Error::MethodError(e, _, _)) if e.as_str().ends_with("AlreadySubscribed") => {}
@@ -196,23 +201,41 @@ impl Systemd {
                 "RuntimeMaxUSec",
                 Value::from(u64::try_from(service.runtime_max.as_micros()).unwrap_or(u64::MAX)),
             ),
-            ("AddRef", Value::from(true)),
         ];
         if let Some(post) = &service.exec_stop_post {
             props.push(("ExecStopPost", exec(post)));
         }
-        let job = match manager.start_transient_unit(&unit, "fail", &props, &[]).await {
-            Ok(job) => job,
-            Err(zbus::Error::MethodError(name, _, _)) if name.as_str().ends_with("UnitExists") => {
-                return Err(SystemdError::Busy { unit })
+        // A finished unit of the same name blocks a new transient unit until
+        // systemd collects it: clear it and retry for a while. A running one
+        // is another switch: refuse.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let job = loop {
+            match self.state(&service.name).await? {
+                UnitState::Running => return Err(SystemdError::Busy { unit }),
+                UnitState::Finished(_) => self.release(&service.name).await?,
+                UnitState::Absent => {}
             }
-            Err(e) => return Err(e.into()),
+            match manager.start_transient_unit(&unit, "fail", &props, &[]).await {
+                Ok(job) => break job,
+                Err(zbus::Error::MethodError(name, message, _)) if name.as_str().ends_with("UnitExists") => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(SystemdError::Exists {
+                            unit,
+                            message: message.unwrap_or_default(),
+                        });
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
         };
         while let Some(signal) = removed.next().await {
             let args = signal.args()?;
             if args.job.as_str() == job.as_str() {
                 return match args.result.as_str() {
-                    "done" => Ok(()),
+                    // `failed`: it started and failed at once; its outcome is
+                    // the unit's, for `wait` to read.
+                    "done" | "failed" => Ok(()),
                     other => Err(SystemdError::JobFailed {
                         unit,
                         result: other.to_owned(),
@@ -227,28 +250,30 @@ impl Systemd {
     }
 
     /// The state of service `name` (without `.service`).
+    ///
+    /// Only loaded units are listed (`ListUnitsByPatterns` loads nothing):
+    /// touching the object path of a unit being collected would make systemd
+    /// load it again from its transient file and keep it forever. Properties
+    /// are read only from failed units, which systemd keeps until reset. A
+    /// unit that ended well is collected at once; its outcome is what
+    /// `ExecStopPost` recorded.
     pub async fn state(&self, name: &str) -> Result<UnitState, SystemdError> {
         let unit = format!("{name}.service");
-        let path = match self.manager().await?.get_unit(&unit).await {
-            Ok(p) => p,
-            Err(zbus::Error::MethodError(e, _, _)) if e.as_str().ends_with("NoSuchUnit") => {
-                return Ok(UnitState::Absent)
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let unit_proxy = UnitProxy::builder(&self.conn)
-            .path(path.clone())?
-            .cache_properties(CacheProperties::No)
-            .build()
+        let units = self
+            .manager()
+            .await?
+            .list_units_by_patterns(&[], &[unit.as_str()])
             .await?;
-        let active = match unit_proxy.active_state().await {
-            Ok(a) => a,
-            // Collected between the two calls.
-            Err(zbus::Error::MethodError(..)) | Err(zbus::Error::FDO(_)) => return Ok(UnitState::Absent),
-            Err(e) => return Err(e.into()),
+        let Some(u) = units.into_iter().find(|u| u.0 == unit) else {
+            return Ok(UnitState::Absent);
         };
-        match active.as_str() {
-            "inactive" | "failed" => {
+        let (load_state, active_state, path) = (u.2, u.3, u.6);
+        if load_state != "loaded" {
+            return Ok(UnitState::Absent);
+        }
+        match active_state.as_str() {
+            "inactive" => Ok(UnitState::Absent),
+            "failed" => {
                 let svc = ServiceProxy::builder(&self.conn)
                     .path(path)?
                     .cache_properties(CacheProperties::No)
@@ -264,8 +289,21 @@ impl Systemd {
         }
     }
 
+    /// Names of units matching `pattern` that are starting, running or stopping.
+    pub async fn active_units(&self, pattern: &str) -> Result<Vec<String>, SystemdError> {
+        let states = ["activating", "active", "deactivating", "reloading"];
+        let units = self
+            .manager()
+            .await?
+            .list_units_by_patterns(&states, &[pattern])
+            .await?;
+        Ok(units.into_iter().map(|u| u.0).collect())
+    }
+
     /// Waits (polling, bounded by `timeout`) until service `name` has finished.
-    /// `None` when it finished and was collected before its outcome was read.
+    /// `None` when it finished and was collected before its outcome was read
+    /// (a successful unit is collected at once): callers that need the
+    /// outcome then have it recorded by `ExecStopPost`.
     pub async fn wait(&self, name: &str, timeout: Duration) -> Result<Option<ServiceOutcome>, SystemdError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -284,16 +322,13 @@ impl Systemd {
         }
     }
 
-    /// Drops our reference and any failed state so the unit is collected.
+    /// Clears a failed unit's state so systemd collects it.
     pub async fn release(&self, name: &str) -> Result<(), SystemdError> {
-        let unit = format!("{name}.service");
-        let manager = self.manager().await?;
-        if let Ok(path) = manager.get_unit(&unit).await {
-            if let Ok(proxy) = UnitProxy::builder(&self.conn).path(path)?.build().await {
-                let _ = proxy.unref().await;
-            }
-        }
-        let _ = manager.reset_failed_unit(&unit).await;
+        let _ = self
+            .manager()
+            .await?
+            .reset_failed_unit(&format!("{name}.service"))
+            .await;
         Ok(())
     }
 

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod deploy;
 mod nix_cache;
 mod preflight;
 mod source;

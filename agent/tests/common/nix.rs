@@ -147,3 +147,81 @@ SCRIPT
     let out = run(nix_build().arg(&file));
     format!("{out}/bin/{name}")
 }
+
+/// How a fake system's switch-to-configuration behaves.
+#[derive(Debug, Clone, Copy)]
+pub enum Behaviour {
+    /// Record the call, point /run/current-system here, exit 0.
+    Succeed,
+    /// Record the call and exit with this code without switching.
+    Exit(i32),
+    /// Point /run/current-system here, then exit 100 (reboot required).
+    RebootRequired,
+    /// Sleep this many seconds, then succeed.
+    Slow(u32),
+}
+
+/// Builds a fake NixOS toplevel: `bin/switch-to-configuration` behaving as
+/// asked (every call appends `<action> <toplevel>` to /run/ferry-test/switch.log),
+/// `nixos-version`, `kernel`/`initrd`/`kernel-modules` symlinks into a shared
+/// kernel path (so the kernel is equal unless `kernel_seed` differs), and a
+/// dependency chain of `depth` paths.
+pub fn build_system(
+    dir: &Path,
+    host: &str,
+    seed: &str,
+    behaviour: Behaviour,
+    kernel_seed: &str,
+    depth: usize,
+) -> String {
+    let act = match behaviour {
+        Behaviour::Succeed => "ln -sfn \"\\$top\" /run/current-system; exit 0".to_owned(),
+        Behaviour::Exit(code) => format!("exit {code}"),
+        Behaviour::RebootRequired => "ln -sfn \"\\$top\" /run/current-system; exit 100".to_owned(),
+        Behaviour::Slow(secs) => format!("sleep {secs}; ln -sfn \"\\$top\" /run/current-system; exit 0"),
+    };
+    let expr = format!(
+        r#"
+let
+  mk = name: deps: derivation {{
+    inherit name;
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" "echo {seed} ${{toString deps}} > $out" ];
+  }};
+  chain = n: if n == 0 then [] else [ (mk "dep-{seed}-${{toString n}}" (chain (n - 1))) ];
+  kernel = derivation {{
+    name = "linux-{kernel_seed}";
+    system = builtins.currentSystem;
+    PATH = "/usr/bin:/bin";
+    builder = "/bin/sh";
+    args = [ "-c" "mkdir -p $out/lib/modules; echo {kernel_seed} > $out/bzImage; echo {kernel_seed} > $out/initrd" ];
+  }};
+in derivation {{
+  name = "nixos-system-{host}-{seed}";
+  system = builtins.currentSystem;
+  PATH = "/usr/bin:/bin";
+  deps = chain {depth};
+  builder = "/bin/sh";
+  args = [ "-c" ''
+    mkdir -p $out/bin
+    echo "$deps" > $out/deps
+    ln -s ${{kernel}}/bzImage $out/kernel
+    ln -s ${{kernel}}/initrd $out/initrd
+    ln -s ${{kernel}}/lib/modules $out/kernel-modules
+    echo 25.11-{seed} > $out/nixos-version
+    cat > $out/bin/switch-to-configuration <<SCRIPT
+#!/bin/sh
+top=$out
+mkdir -p /run/ferry-test
+echo "\$1 \$top" >> /run/ferry-test/switch.log
+{act}
+SCRIPT
+    chmod +x $out/bin/switch-to-configuration
+  '' ];
+}}"#
+    );
+    let file = dir.join(format!("system-{host}-{seed}.nix"));
+    std::fs::write(&file, expr).unwrap();
+    run(nix_build().arg(&file))
+}

@@ -1,0 +1,199 @@
+//! `ferry-agent run`: the daemon loop. Reconciles every poll interval (plus
+//! random jitter, so a fleet does not stampede the forge), backs off on
+//! transient failures, reloads the configuration and allowed_signers when
+//! they change (keeping the old ones if the new ones are invalid), and
+//! notices the system profile changing outside Ferry.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Result;
+use chrono::Utc;
+use ferry_signer::AllowedSigners;
+use notify::{RecursiveMode, Watcher};
+use rand_core::RngCore;
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::reconcile::{Agent, Reconciled};
+use crate::state::atomic_write;
+use crate::status::{self, NEXT_POLL_FILE};
+use crate::store;
+
+/// The first retry after a transient failure; doubles up to the poll interval.
+const FIRST_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Resolves when SIGTERM or SIGINT arrives.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// The delay before the next poll: the interval plus up to `jitter`.
+pub fn next_delay(interval: Duration, jitter: Duration) -> Duration {
+    let jitter_ms = u64::try_from(jitter.as_millis()).unwrap_or(u64::MAX);
+    let extra = if jitter_ms == 0 {
+        0
+    } else {
+        rand_core::OsRng.next_u64() % jitter_ms
+    };
+    interval + Duration::from_millis(extra)
+}
+
+/// Runs until `shutdown` resolves.
+pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let config = Config::load(&config_path)?;
+    let mut agent = Agent::new(config)?;
+    let (tx, mut events) = mpsc::channel::<PathBuf>(64);
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(event) = res {
+            for path in event.paths {
+                let _ = tx.try_send(path);
+            }
+        }
+    })?;
+    let mut watched = watch_all(&mut watcher, &config_path, &agent.config);
+    info!(host = %agent.config.host, url = %agent.config.source.url, branch = %agent.config.source.branch, "ferry-agent started");
+
+    tokio::pin!(shutdown);
+    let mut delay = Duration::ZERO;
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+        let _ = atomic_write(
+            &agent.config.state_dir.join(NEXT_POLL_FILE),
+            next.to_rfc3339().as_bytes(),
+        );
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        tokio::select! {
+            _ = &mut shutdown => {
+                info!("ferry-agent stopping");
+                return Ok(());
+            }
+            Some(path) = events.recv() => {
+                // Collect a burst of events (editors write several) into one reload.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let mut paths = vec![path];
+                while let Ok(p) = events.try_recv() {
+                    paths.push(p);
+                }
+                if let Some(new) = on_change(&paths, &config_path, &mut agent) {
+                    agent = new;
+                    watched = watch_all(&mut watcher, &config_path, &agent.config).max(watched);
+                    delay = Duration::ZERO;
+                } else {
+                    // Keep waiting the rest of the interval.
+                    delay = sleep.deadline().saturating_duration_since(tokio::time::Instant::now());
+                }
+                continue;
+            }
+            _ = &mut sleep => {}
+        }
+        let interval = agent.config.source.poll_interval;
+        match agent.reconcile().await {
+            Ok(outcome) => {
+                backoff = FIRST_BACKOFF;
+                if !matches!(outcome, Reconciled::UpToDate) {
+                    info!("reconcile: {outcome:?}");
+                }
+                delay = next_delay(interval, agent.config.source.jitter);
+            }
+            Err(e) => {
+                warn!("reconcile failed, retrying in {}s: {e:#}", backoff.as_secs());
+                delay = backoff;
+                backoff = (backoff * 2).min(interval.max(FIRST_BACKOFF));
+            }
+        }
+    }
+}
+
+/// Watches the directories holding the config, allowed_signers and the
+/// system profile (directories, because editors and Nix replace files by
+/// renaming). Returns how many could be watched.
+fn watch_all(watcher: &mut impl Watcher, config_path: &Path, config: &Config) -> usize {
+    let mut n = 0;
+    for file in [
+        config_path,
+        &config.source.allowed_signers,
+        &config.switch.profile,
+    ] {
+        if let Some(dir) = file.parent() {
+            match watcher.watch(dir, RecursiveMode::NonRecursive) {
+                Ok(()) => n += 1,
+                Err(e) => warn!("cannot watch {} for changes: {e}", dir.display()),
+            }
+        }
+    }
+    n
+}
+
+/// Reacts to changed files. Returns a new agent when the configuration was
+/// replaced by a valid one.
+fn on_change(paths: &[PathBuf], config_path: &Path, agent: &mut Agent) -> Option<Agent> {
+    let touched = |file: &Path| {
+        paths
+            .iter()
+            .any(|p| p == file || p.file_name() == file.file_name() && p.parent() == file.parent())
+    };
+    if touched(config_path) {
+        match Config::load(config_path) {
+            Ok(new) if new == agent.config => {}
+            Ok(new) => match Agent::new(new) {
+                Ok(a) => {
+                    info!("configuration {} reloaded", config_path.display());
+                    return Some(a);
+                }
+                Err(e) => error!(
+                    "new configuration {} rejected, keeping the old one: {e:#}",
+                    config_path.display()
+                ),
+            },
+            Err(e) => error!("new configuration rejected, keeping the old one: {e}"),
+        }
+    }
+    if touched(&agent.config.source.allowed_signers) {
+        match AllowedSigners::load(&agent.config.source.allowed_signers) {
+            Ok(signers) => {
+                info!(signers = signers.entries().len(), "allowed_signers reloaded");
+                agent.set_signers(signers);
+            }
+            Err(e) => error!("new allowed_signers rejected, keeping the old one: {e}"),
+        }
+    }
+    if paths
+        .iter()
+        .any(|p| p.parent() == agent.config.switch.profile.parent())
+    {
+        if let Ok(state) = agent.state.load() {
+            let running = store::resolve_system(&agent.current_system);
+            let profile = agent.store.profile_system();
+            if let Some(drift) = status::drift(&state, running.as_ref(), profile.as_ref()) {
+                warn!(ferry_phase = "drift", ferry_outcome = "drift", "{drift}");
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_in_bounds() {
+        let i = Duration::from_secs(60);
+        for _ in 0..100 {
+            let d = next_delay(i, Duration::from_secs(10));
+            assert!(d >= i && d < i + Duration::from_secs(10));
+        }
+        assert_eq!(next_delay(i, Duration::ZERO), i);
+    }
+}

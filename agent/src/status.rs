@@ -1,0 +1,200 @@
+//! `ferry-agent status`: what this host runs, what Ferry last did, what waits
+//! for the forge, whether someone changed the system outside Ferry (drift),
+//! and when the daemon polls next. Reads state only; changes nothing.
+
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use ferry_signer::StorePath;
+
+use crate::config::Config;
+use crate::report::Outbox;
+use crate::state::{OutcomeKind, State, StateStore};
+use crate::store;
+
+/// Where the daemon records when it polls next.
+pub const NEXT_POLL_FILE: &str = "next-poll";
+
+/// A snapshot for `status`.
+#[derive(Debug, Clone)]
+pub struct StatusReport {
+    pub host: String,
+    pub running: Option<StorePath>,
+    pub profile: Option<StorePath>,
+    pub state: State,
+    pub outbox_pending: usize,
+    pub drift: Option<String>,
+    pub next_poll: Option<DateTime<Utc>>,
+}
+
+/// Reads everything `status` shows.
+pub fn gather(config: &Config) -> anyhow::Result<StatusReport> {
+    let state = StateStore::open(&config.state_dir)?.load()?;
+    let outbox_pending = Outbox::open(&config.state_dir)?.len()?;
+    let running = store::resolve_system(Path::new(store::CURRENT_SYSTEM));
+    let profile = store::resolve_system(&config.switch.profile);
+    let next_poll = std::fs::read_to_string(config.state_dir.join(NEXT_POLL_FILE))
+        .ok()
+        .and_then(|s| DateTime::parse_from_rfc3339(s.trim()).ok())
+        .map(|t| t.with_timezone(&Utc));
+    let drift = drift(&state, running.as_ref(), profile.as_ref());
+    Ok(StatusReport {
+        host: config.host.to_string(),
+        running,
+        profile,
+        state,
+        outbox_pending,
+        drift,
+        next_poll,
+    })
+}
+
+/// Whether the system differs from what Ferry last deployed, and how.
+pub fn drift(state: &State, running: Option<&StorePath>, profile: Option<&StorePath>) -> Option<String> {
+    if state.in_flight.is_some() {
+        return None;
+    }
+    let outcome = state.last_success.as_ref()?;
+    let deployed = outcome.toplevel.as_ref()?;
+    if profile.is_some_and(|p| p != deployed) {
+        return Some(format!(
+            "the system profile points at {}, not {} which Ferry deployed (release {}): changed outside Ferry",
+            profile.map_or("nothing".into(), |p| p.to_string()),
+            deployed,
+            outcome.serial
+        ));
+    }
+    // After a `boot` deploy the running system lags until the reboot.
+    let boot_pending = outcome.result == OutcomeKind::Installed;
+    if !boot_pending && running.is_some_and(|r| r != deployed) {
+        return Some(format!(
+            "the running system is {}, not {} which Ferry deployed (release {}): switched outside Ferry",
+            running.map_or("unknown".into(), |r| r.to_string()),
+            deployed,
+            outcome.serial
+        ));
+    }
+    None
+}
+
+impl StatusReport {
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let line = |out: &mut String, k: &str, v: String| out.push_str(&format!("{k:<16}{v}\n"));
+        let opt = |p: &Option<StorePath>| p.as_ref().map_or("unknown".into(), |p| p.to_string());
+        line(&mut out, "host", self.host.clone());
+        line(&mut out, "running", opt(&self.running));
+        line(&mut out, "profile", opt(&self.profile));
+        if let Some(a) = &self.state.anchor {
+            line(
+                &mut out,
+                "last release",
+                format!("{} (serial {})", a.commit, a.serial),
+            );
+        }
+        if let Some(o) = &self.state.last_outcome {
+            line(
+                &mut out,
+                "last outcome",
+                format!(
+                    "{} at {}: {}",
+                    o.result.as_str(),
+                    o.at.format("%Y-%m-%d %H:%M:%S UTC"),
+                    o.description
+                ),
+            );
+        }
+        if let Some(f) = &self.state.in_flight {
+            line(
+                &mut out,
+                "in progress",
+                format!(
+                    "release {} ({}), {:?} since {}",
+                    f.serial, f.action, f.phase, f.started
+                ),
+            );
+        }
+        line(&mut out, "statuses queued", self.outbox_pending.to_string());
+        line(
+            &mut out,
+            "drift",
+            self.drift.clone().unwrap_or_else(|| "none".into()),
+        );
+        if let Some(t) = self.next_poll {
+            line(
+                &mut out,
+                "next poll",
+                t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+            );
+        }
+        out
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let path = |p: &Option<StorePath>| p.as_ref().map(|p| p.to_string());
+        serde_json::json!({
+            "host": self.host,
+            "running": path(&self.running),
+            "profile": path(&self.profile),
+            "last_release": self.state.anchor.as_ref().map(|a| serde_json::json!({"commit": a.commit.to_string(), "serial": a.serial})),
+            "last_outcome": self.state.last_outcome.as_ref().map(|o| serde_json::json!({
+                "commit": o.commit.to_string(), "serial": o.serial, "result": o.result.as_str(),
+                "description": o.description, "at": o.at.to_rfc3339(),
+                "toplevel": o.toplevel.as_ref().map(|t| t.to_string()),
+            })),
+            "in_progress": self.state.in_flight.as_ref().map(|f| serde_json::json!({
+                "commit": f.commit.to_string(), "serial": f.serial, "toplevel": f.toplevel.to_string(),
+                "action": f.action.as_str(), "phase": format!("{:?}", f.phase).to_lowercase(),
+            })),
+            "statuses_queued": self.outbox_pending,
+            "drift": self.drift,
+            "next_poll": self.next_poll.map(|t| t.to_rfc3339()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Outcome;
+
+    fn p(c: char) -> StorePath {
+        format!("/nix/store/{}-nixos-system-web1", c.to_string().repeat(32))
+            .parse()
+            .unwrap()
+    }
+
+    fn deployed(kind: OutcomeKind) -> State {
+        State {
+            last_success: Some(Outcome {
+                commit: "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".parse().unwrap(),
+                serial: 3,
+                toplevel: Some(p('a')),
+                result: kind,
+                description: String::new(),
+                at: Utc::now(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn drift_rules() {
+        let s = deployed(OutcomeKind::Success);
+        assert_eq!(drift(&s, Some(&p('a')), Some(&p('a'))), None);
+        assert!(drift(&s, Some(&p('b')), Some(&p('a')))
+            .unwrap()
+            .contains("switched outside Ferry"));
+        assert!(drift(&s, Some(&p('a')), Some(&p('b')))
+            .unwrap()
+            .contains("profile points at"));
+        // A boot deploy waits for a reboot: the running system may differ.
+        let boot = deployed(OutcomeKind::Installed);
+        assert_eq!(drift(&boot, Some(&p('z')), Some(&p('a'))), None);
+        // A switch that wants a reboot still switched: the running system counts.
+        let reboot = deployed(OutcomeKind::SuccessRebootRequired);
+        assert!(drift(&reboot, Some(&p('z')), Some(&p('a'))).is_some());
+        // A fresh host has nothing to drift from.
+        assert_eq!(drift(&State::default(), Some(&p('b')), None), None);
+    }
+}

@@ -1,0 +1,454 @@
+//! The reconcile pipeline end to end on real parts: `ferry-agent once` runs
+//! inside a throwaway systemd (PID 1, real D-Bus, real journald), fetches from
+//! a real `git daemon`, realises from a signed HTTP binary cache with real
+//! Nix, switches through a transient unit, and reports to a recording forge.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use crate::common::forge::Recorder;
+use crate::common::git::{git, DeployRepo, GitDaemon};
+use crate::common::http::StaticServer;
+use crate::common::nix::{self, Behaviour, Cache};
+use crate::common::systemd::Testbed;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_ferry-agent");
+const SOURCE: &str = "9fceb02d0ae598e95dc970b74767f19372d61af8";
+
+struct World {
+    dir: tempfile::TempDir,
+    deploy: DeployRepo,
+    _git: GitDaemon,
+    _cache_server: StaticServer,
+    forge: Recorder,
+    systems: BTreeMap<&'static str, String>,
+    bed: Testbed,
+}
+
+impl World {
+    /// Builds the systems, fills and serves the cache, then boots systemd
+    /// with `current` as the running system.
+    fn new(systems: &[(&'static str, Behaviour)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let seed = format!(
+            "{}-{}",
+            std::process::id(),
+            Instant::now().elapsed().as_nanos() ^ rand_seed()
+        );
+        let mut built = BTreeMap::new();
+        for (name, behaviour) in std::iter::once(&("current", Behaviour::Succeed)).chain(systems) {
+            built.insert(
+                *name,
+                nix::build_system(dir.path(), "web1", &format!("{name}-{seed}"), *behaviour, "k1", 3),
+            );
+        }
+        // Keep the current system alive; everything else lives only in the cache.
+        let root = dir.path().join("current-root");
+        nix::run(
+            Command::new("nix-store")
+                .args(["--realise", &built["current"], "--add-root"])
+                .arg(&root),
+        );
+        let cache = Cache::new(&dir.path().join("cache"), "test-cache-1");
+        let keep: Vec<String> = nix::closure(&built["current"]);
+        for (name, path) in &built {
+            if *name != "current" {
+                cache.copy(path);
+                cache.sign(path);
+            }
+        }
+        for (name, path) in &built {
+            if *name != "current" {
+                let only_here: Vec<String> = nix::closure(path)
+                    .into_iter()
+                    .filter(|p| !keep.contains(p))
+                    .collect();
+                nix::delete(&only_here);
+            }
+        }
+        let cache_server = StaticServer::start(&cache.dir);
+        let deploy = DeployRepo::new(dir.path());
+        let git_daemon = GitDaemon::start(dir.path());
+        let forge = Recorder::start();
+
+        let bed = Testbed::boot();
+        let config = format!(
+            r#"host = "web1"
+[source]
+url = "{git}"
+allowed_signers = "/etc/ferry/allowed_signers"
+poll_interval = "1s"
+jitter = "0s"
+[cache]
+substituters = ["{cache}"]
+trusted_public_keys = ["{key}"]
+[switch]
+timeout = "30s"
+[health]
+settle = "0s"
+[report]
+forge = "gitea"
+api_url = "{forge}"
+repository = "ops/deploy"
+token_file = "/etc/ferry/forge-token"
+"#,
+            git = git_daemon.url("deploy.git"),
+            cache = cache_server.url(),
+            key = cache.public_key,
+            forge = forge.url(),
+        );
+        std::fs::create_dir_all(bed.host_path("/etc/ferry")).unwrap();
+        std::fs::write(bed.host_path("/etc/ferry/agent.toml"), config).unwrap();
+        std::fs::write(
+            bed.host_path("/etc/ferry/allowed_signers"),
+            deploy.key.allowed_signers_line("ci@example.com") + "\n",
+        )
+        .unwrap();
+        std::fs::write(bed.host_path("/etc/ferry/forge-token"), "s3cret-token\n").unwrap();
+        let current = &built["current"];
+        for cmd in [
+            vec!["nix-env", "-p", "/nix/var/nix/profiles/system", "--set", current],
+            vec!["ln", "-sfn", current, "/run/current-system"],
+            vec!["ln", "-sfn", current, "/run/booted-system"],
+        ] {
+            let out = bed.exec(&cmd);
+            assert!(
+                out.status.success(),
+                "{cmd:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Self {
+            dir,
+            deploy,
+            _git: git_daemon,
+            _cache_server: cache_server,
+            forge,
+            systems: built,
+            bed,
+        }
+    }
+
+    fn release(&self, system: &str) -> String {
+        let repo = git2::Repository::open(&self.deploy.path).unwrap();
+        let changes = ferry_signer::publish::ReleaseChanges {
+            hosts: [(
+                "web1".parse().unwrap(),
+                ferry_signer::HostEntry {
+                    toplevel: self.systems[system].parse().unwrap(),
+                    action: ferry_signer::Action::Switch,
+                },
+            )]
+            .into(),
+            source: Some(SOURCE.parse().unwrap()),
+            ..Default::default()
+        };
+        ferry_signer::publish::publish(
+            &repo,
+            "deploy",
+            &self.deploy.key,
+            &changes,
+            None,
+            chrono::Utc::now(),
+        )
+        .unwrap()
+        .commit
+        .to_string()
+    }
+
+    fn agent(&self, args: &[&str]) -> Output {
+        let mut argv = vec![AGENT, "--config", "/etc/ferry/agent.toml"];
+        argv.extend(args);
+        self.bed.exec(&argv)
+    }
+
+    fn once(&self) -> (bool, String) {
+        let out = self.agent(&["once"]);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    fn link(&self, inside: &str) -> String {
+        std::fs::read_link(self.bed.host_path(inside))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    }
+
+    fn running(&self) -> String {
+        self.link("/run/current-system")
+    }
+
+    fn profile(&self) -> String {
+        let generation = self.link("/nix/var/nix/profiles/system");
+        self.link(&format!("/nix/var/nix/profiles/{generation}"))
+    }
+
+    fn switch_log(&self) -> Vec<String> {
+        std::fs::read_to_string(self.bed.host_path("/run/ferry-test/switch.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn status_json(&self) -> serde_json::Value {
+        let out = self.agent(&["status", "--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn journal(&self, field: &str) -> String {
+        let out = self.bed.exec(&["journalctl", "--no-pager", "-o", "cat", field]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+fn rand_seed() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+fn name(path: &str) -> &str {
+    &path[44..]
+}
+
+#[test]
+fn deploys_reports_rolls_back_and_refuses() {
+    let w = World::new(&[
+        ("b", Behaviour::Succeed),
+        ("fails", Behaviour::Exit(4)),
+        ("reboot", Behaviour::RebootRequired),
+    ]);
+    let b = w.systems["b"].clone();
+
+    // 1. A new release: realised from the cache, switched in the transient
+    //    unit, statuses pending then success on release and source commits.
+    let r1 = w.release("b");
+    let (ok, out) = w.once();
+    assert!(ok, "{out}");
+    assert!(out.contains("deployed"), "{out}");
+    assert_eq!(w.running(), b);
+    assert_eq!(w.profile(), b);
+    assert_eq!(w.switch_log(), vec![format!("switch {b}")]);
+    assert_eq!(
+        w.forge
+            .statuses()
+            .iter()
+            .map(|(c, s, _)| (c.clone(), s.clone()))
+            .collect::<Vec<_>>(),
+        vec![
+            (r1.clone(), "pending".into()),
+            (SOURCE.into(), "pending".into()),
+            (r1.clone(), "success".into()),
+            (SOURCE.into(), "success".into()),
+        ]
+    );
+    let first = &w.forge.requests()[0];
+    assert_eq!(first.method, "POST");
+    assert_eq!(first.path, format!("/api/v1/repos/ops/deploy/statuses/{r1}"));
+    assert_eq!(first.headers["authorization"], "token s3cret-token");
+    assert_eq!(first.body["context"], "ferry/web1");
+    let journal = w.journal(&format!("FERRY_COMMIT={r1}"));
+    assert!(
+        journal.contains("web1 runs release 1"),
+        "journal for the deploy:\n{journal}"
+    );
+    assert!(!journal.contains("s3cret-token"));
+
+    // 2. Tip unchanged: nothing to do, nothing reported.
+    let (ok, out) = w.once();
+    assert!(ok && out.contains("up to date"), "{out}");
+    assert_eq!(w.forge.statuses().len(), 4);
+
+    // 3. switch-to-configuration exits 4: rolled back to b, failure reported.
+    let r2 = w.release("fails");
+    let (ok, out) = w.once();
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("switch-to-configuration failed (exit 4); rolled back to"),
+        "{out}"
+    );
+    assert_eq!(w.running(), b);
+    assert_eq!(w.profile(), b, "the profile points at the previous system again");
+    assert_eq!(
+        w.switch_log()[1..],
+        [format!("switch {}", w.systems["fails"]), format!("switch {b}")]
+    );
+    let last = w.forge.statuses().last().cloned().unwrap();
+    assert_eq!((last.0.as_str(), last.1.as_str()), (SOURCE, "failure"));
+    assert!(last.2.contains("exit 4"), "{}", last.2);
+    assert!(w
+        .forge
+        .statuses()
+        .iter()
+        .any(|(c, s, _)| c == &r2 && s == "failure"));
+
+    // 4. Exit 100: deployed, reboot required.
+    w.release("reboot");
+    let (ok, out) = w.once();
+    assert!(ok && out.contains("deployed; reboot required"), "{out}");
+    assert_eq!(w.running(), w.systems["reboot"]);
+    let status = w.status_json();
+    assert_eq!(status["last_outcome"]["result"], "success-reboot-required");
+    assert_eq!(status["last_release"]["serial"], 3);
+    assert_eq!(status["drift"], serde_json::Value::Null);
+
+    // 5. An unsigned commit on the branch: refused, nothing changes.
+    let work = w.dir.path().join("work");
+    git(
+        w.dir.path(),
+        &[
+            "clone",
+            "-q",
+            "-b",
+            "deploy",
+            w.deploy.path.to_str().unwrap(),
+            work.to_str().unwrap(),
+        ],
+    );
+    std::fs::write(
+        work.join("release.toml"),
+        std::fs::read_to_string(work.join("release.toml"))
+            .unwrap()
+            .replace("serial = 3", "serial = 4")
+            .replace(name(&w.systems["reboot"]), name(&b)),
+    )
+    .unwrap();
+    git(&work, &["commit", "-qam", "sneaky"]);
+    git(&work, &["push", "-q", "origin", "deploy"]);
+    let sneaky = git(&work, &["rev-parse", "HEAD"]);
+    let (ok, out) = w.once();
+    assert!(!ok && out.contains("is not signed"), "{out}");
+    assert_eq!(w.running(), w.systems["reboot"]);
+    let last = w.forge.statuses().last().cloned().unwrap();
+    assert_eq!(
+        last,
+        (
+            sneaky.clone(),
+            "failure".into(),
+            "refused: release commit is not signed".into()
+        )
+    );
+    assert_eq!(
+        w.status_json()["last_release"]["serial"],
+        3,
+        "the anchor did not move"
+    );
+    let journal = w.journal(&format!("FERRY_COMMIT={sneaky}"));
+    assert!(journal.contains("release refused"), "{journal}");
+
+    // 6. Someone switches outside Ferry: drift shows in status.
+    let out = w.bed.exec(&["ln", "-sfn", &b, "/run/current-system"]);
+    assert!(out.status.success());
+    let drift = w.status_json()["drift"].as_str().unwrap_or_default().to_owned();
+    assert!(drift.contains("switched outside Ferry"), "{drift}");
+
+    // 7. The forge is down (HTTP 500) during a deploy: statuses wait in the
+    //    durable outbox, then arrive in order once it is back.
+    w.forge.answer.store(500, std::sync::atomic::Ordering::SeqCst);
+    let before = w.forge.statuses().len();
+    // (The host runs b after step 6, so deploy the reboot system again.)
+    let r7 = w.release("reboot");
+    let (ok, out) = w.once();
+    assert!(ok && out.contains("deployed"), "{out}");
+    assert_eq!(
+        w.forge.statuses().len(),
+        before,
+        "nothing accepted while the forge is down"
+    );
+    assert_eq!(w.status_json()["statuses_queued"], 4);
+    w.forge.answer.store(201, std::sync::atomic::Ordering::SeqCst);
+    let (ok, out) = w.once();
+    assert!(ok && out.contains("up to date"), "{out}");
+    let delivered: Vec<(String, String)> = w.forge.statuses()[before..]
+        .iter()
+        .map(|(c, s, _)| (c.clone(), s.clone()))
+        .collect();
+    assert_eq!(
+        delivered,
+        vec![
+            (r7.clone(), "pending".into()),
+            (SOURCE.into(), "pending".into()),
+            (r7, "success".into()),
+            (SOURCE.into(), "success".into()),
+        ]
+    );
+    assert_eq!(w.status_json()["statuses_queued"], 0);
+}
+
+#[test]
+fn a_killed_agent_resumes_without_a_second_switch() {
+    let w = World::new(&[("slow", Behaviour::Slow(4))]);
+    let slow = w.systems["slow"].clone();
+    let r = w.release("slow");
+    let mut first = Command::new("nsenter")
+        .args([
+            "-t",
+            &w.bed.pid.to_string(),
+            "-a",
+            "-r",
+            "-w",
+            AGENT,
+            "--config",
+            "/etc/ferry/agent.toml",
+            "once",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the switch is running in its unit, then kill the agent hard.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while w.switch_log().is_empty() {
+        assert!(Instant::now() < deadline, "the switch never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // nsenter forks the agent: kill that child, and only it.
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", first.id())).unwrap();
+    let agent_pid = children
+        .split_whitespace()
+        .next()
+        .expect("the agent runs under nsenter");
+    let killed = Command::new("kill").args(["-9", agent_pid]).status().unwrap();
+    assert!(killed.success());
+    let _ = first.wait();
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(w.bed.host_path("/var/lib/ferry-agent/state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["in_flight"]["phase"], "switching", "killed mid-switch");
+
+    // A new agent finds the running unit, waits for it, reports once.
+    let (ok, out) = w.once();
+    assert!(ok && out.contains("deployed"), "{out}");
+    assert_eq!(
+        w.switch_log(),
+        vec![format!("switch {slow}")],
+        "exactly one switch"
+    );
+    assert_eq!(w.running(), slow);
+    let successes = w
+        .forge
+        .statuses()
+        .iter()
+        .filter(|(c, s, _)| c == &r && s == "success")
+        .count();
+    assert_eq!(successes, 1);
+    let (ok, out) = w.once();
+    assert!(ok && out.contains("up to date"), "{out}");
+    assert_eq!(
+        w.forge
+            .statuses()
+            .iter()
+            .filter(|(_, s, _)| s == "success")
+            .count(),
+        2,
+        "release and source, once each"
+    );
+}
