@@ -1,35 +1,43 @@
-//! Logging: to journald with structured fields when the journal socket exists,
-//! to stderr otherwise. Deploy events carry `ferry_commit`, `ferry_serial`,
+//! Logging: to journald with structured fields whenever the journal socket
+//! exists (plain stderr otherwise), and also to stderr when a person is
+//! watching a terminal. Deploy events carry `ferry_commit`, `ferry_serial`,
 //! `ferry_toplevel`, `ferry_phase` and `ferry_outcome`, which journald shows
-//! as FERRY_COMMIT, FERRY_SERIAL, … so `journalctl FERRY_COMMIT=<sha>` selects
-//! one deploy.
+//! as FERRY_COMMIT, FERRY_SERIAL, … so `journalctl FERRY_COMMIT=<sha>`
+//! selects one deploy.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::EnvFilter;
 
-/// Where logs went.
+/// Where logs go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sink {
-    Journald,
-    Stderr,
+pub struct Sinks {
+    pub journald: bool,
+    pub stderr: bool,
 }
 
 /// Installs the global subscriber. `RUST_LOG` overrides the default `info`.
-pub fn init(prefer_journald: bool) -> Sink {
+pub fn init() -> Sinks {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    if prefer_journald {
-        if let Ok(layer) = tracing_journald::layer() {
-            let layer = layer
-                .with_field_prefix(None)
-                .with_syslog_identifier("ferry-agent".into());
-            tracing_subscriber::registry().with(filter).with(layer).init();
-            return Sink::Journald;
-        }
-    }
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
+    let journald = tracing_journald::layer().ok().map(|l| {
+        l.with_field_prefix(None)
+            .with_syslog_identifier("ferry-agent".into())
+    });
+    let stderr_wanted = journald.is_none() || std::io::stderr().is_terminal();
+    let sinks = Sinks {
+        journald: journald.is_some(),
+        stderr: stderr_wanted,
+    };
+    let fmt = stderr_wanted.then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_target(false)
+    });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(journald)
+        .with(fmt)
         .init();
-    Sink::Stderr
+    sinks
 }

@@ -56,10 +56,7 @@ fn main() -> ExitCode {
     }
     let interactive = matches!(cli.command, Command::Status { .. } | Command::CheckConfig);
     if !interactive {
-        logging::init(
-            std::env::var_os("JOURNAL_STREAM").is_some()
-                || !std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        );
+        logging::init();
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -13,7 +13,8 @@ use crate::common::http::StaticServer;
 use crate::common::nix::{self, Behaviour, Cache};
 use crate::common::systemd::Testbed;
 
-const AGENT: &str = env!("CARGO_BIN_EXE_ferry-agent");
+/// Where the agent binary is installed inside the testbed.
+const AGENT: &str = "/usr/local/bin/ferry-agent";
 const SOURCE: &str = "9fceb02d0ae598e95dc970b74767f19372d61af8";
 
 struct World {
@@ -73,6 +74,7 @@ impl World {
         let forge = Recorder::start();
 
         let bed = Testbed::boot();
+        bed.install(env!("CARGO_BIN_EXE_ferry-agent"), AGENT);
         let config = format!(
             r#"host = "web1"
 [source]

@@ -100,6 +100,14 @@ impl Testbed {
         PathBuf::from(format!("/proc/{}/root{inside}", self.pid))
     }
 
+    /// Copies an executable into the testbed at `inside` (the checkout may
+    /// not be visible there: its /tmp is a fresh tmpfs).
+    pub fn install(&self, executable: &str, inside: &str) {
+        let target = self.host_path(inside);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(executable, &target).unwrap();
+    }
+
     /// Runs a command inside the testbed.
     pub fn exec(&self, argv: &[&str]) -> Output {
         Command::new("nsenter")

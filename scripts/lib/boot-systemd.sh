@@ -1,0 +1,16 @@
+# Boots a throwaway systemd as PID 1 of new PID/mount namespaces, on a
+# copy-on-write overlay of / so nothing it writes reaches this machine
+# (shared/TESTBED.md). Run under `unshare --pid --fork --mount --uts --ipc`.
+# $1: an empty directory for the overlay's scratch space.
+set -e
+mount --make-rprivate /
+S="$1"; mount -t tmpfs tmpfs "$S"
+mkdir -p "$S/upper" "$S/work" "$S/root"
+mount -t overlay overlay -o "lowerdir=/,upperdir=$S/upper,workdir=$S/work" "$S/root"
+R="$S/root"
+mount -t proc proc "$R/proc"; mount --rbind /sys "$R/sys"; mount --rbind /dev "$R/dev"
+mount -t tmpfs tmpfs "$R/run"; mount -t tmpfs tmpfs "$R/tmp"
+mkdir -p "$R/run/systemd/system"
+printf '[Unit]\nRequires=dbus.socket systemd-journald.socket\nAfter=dbus.socket systemd-journald.socket\n' > "$R/run/systemd/system/test.target"
+hostname web1
+exec chroot "$R" /usr/bin/env container=other /lib/systemd/systemd --unit=test.target
