@@ -414,7 +414,7 @@ impl Agent {
         loop {
             match flight.phase {
                 Phase::Realising => {
-                    self.log_phase(&flight, "realise");
+                    self.log_phase(&flight, "realise", "realising the closure from the binary cache");
                     if let Err(e) = self.store.realise(&flight.toplevel, "current").await {
                         return self.finish(
                             state,
@@ -435,7 +435,11 @@ impl Agent {
                     }
                     flight.phase = Phase::Switching;
                     self.save_flight(state, &flight)?;
-                    self.log_phase(&flight, "switch");
+                    self.log_phase(
+                        &flight,
+                        "switch",
+                        &format!("starting switch-to-configuration {}", flight.action),
+                    );
                     switcher.start(&attempt, &flight.toplevel, flight.action).await?;
                 }
                 Phase::Switching => {
@@ -469,7 +473,7 @@ impl Agent {
                         .unwrap_or(SwitchResult::Ok);
                     let switched_ok = matches!(result, SwitchResult::Ok | SwitchResult::RebootRequired);
                     let health = if switched_ok && flight.action != Action::Boot {
-                        self.log_phase(&flight, "health");
+                        self.log_phase(&flight, "health", "checking health");
                         let sd = self.systemd().await?;
                         let mut h =
                             health::check(&sd, self.config.health.settle, &self.config.health.commands)
@@ -573,10 +577,10 @@ impl Agent {
         }
     }
 
-    fn log_phase(&self, flight: &InFlight, phase: &str) {
+    fn log_phase(&self, flight: &InFlight, phase: &str, message: &str) {
         info!(
             ferry_commit = %flight.commit, ferry_serial = flight.serial, ferry_toplevel = %flight.toplevel,
-            ferry_phase = phase, "{phase}"
+            ferry_phase = phase, "{message}"
         );
     }
 
