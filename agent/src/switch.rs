@@ -145,12 +145,17 @@ impl Attempt {
 }
 
 /// Maps systemd's view of the finished unit to what the decision needs.
+/// The main process's exit decides: a unit can end `exit-code` because a
+/// control process (our `ExecStopPost` recorder) failed although
+/// switch-to-configuration itself exited 0.
 pub fn classify(o: &ServiceOutcome) -> SwitchResult {
-    match o.result.as_str() {
-        "success" => SwitchResult::Ok,
-        "timeout" => SwitchResult::Aborted { timed_out: true },
-        "exit-code" if o.code == 1 && o.status == 100 => SwitchResult::RebootRequired,
-        "exit-code" if o.code == 1 => SwitchResult::Failed { code: o.status },
+    const EXITED: i32 = 1;
+    match (o.result.as_str(), o.code, o.status) {
+        ("timeout", _, _) => SwitchResult::Aborted { timed_out: true },
+        (_, EXITED, 0) => SwitchResult::Ok,
+        (_, EXITED, 100) => SwitchResult::RebootRequired,
+        (_, EXITED, code) => SwitchResult::Failed { code },
+        ("success", _, _) => SwitchResult::Ok,
         _ => SwitchResult::Aborted { timed_out: false },
     }
 }
@@ -208,6 +213,8 @@ mod tests {
             classify(&o("timeout", 2, 15)),
             SwitchResult::Aborted { timed_out: true }
         );
+        // The recorder (a control process) failed; the switch did not.
+        assert_eq!(classify(&o("exit-code", 1, 0)), SwitchResult::Ok);
         assert_eq!(
             classify(&o("signal", 2, 9)),
             SwitchResult::Aborted { timed_out: false }

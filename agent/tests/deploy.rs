@@ -21,7 +21,10 @@ struct World {
     dir: tempfile::TempDir,
     deploy: DeployRepo,
     _git: GitDaemon,
-    _cache_server: StaticServer,
+    cache_server: Option<StaticServer>,
+    cache_dir: std::path::PathBuf,
+    cache_port: u16,
+    config: String,
     forge: Recorder,
     systems: BTreeMap<&'static str, String>,
     bed: Testbed,
@@ -75,7 +78,7 @@ impl World {
 
         let bed = Testbed::boot();
         bed.install(env!("CARGO_BIN_EXE_ferry-agent"), AGENT);
-        let config = format!(
+        let config_text = format!(
             r#"host = "web1"
 [source]
 url = "{git}"
@@ -101,7 +104,7 @@ token_file = "/etc/ferry/forge-token"
             forge = forge.url(),
         );
         std::fs::create_dir_all(bed.host_path("/etc/ferry")).unwrap();
-        std::fs::write(bed.host_path("/etc/ferry/agent.toml"), config).unwrap();
+        std::fs::write(bed.host_path("/etc/ferry/agent.toml"), &config_text).unwrap();
         std::fs::write(
             bed.host_path("/etc/ferry/allowed_signers"),
             deploy.key.allowed_signers_line("ci@example.com") + "\n",
@@ -121,15 +124,44 @@ token_file = "/etc/ferry/forge-token"
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        let cache_port = cache_server.port;
         Self {
             dir,
             deploy,
             _git: git_daemon,
-            _cache_server: cache_server,
+            cache_server: Some(cache_server),
+            cache_dir: cache.dir.clone(),
+            cache_port,
+            config: config_text,
             forge,
             systems: built,
             bed,
         }
+    }
+
+    /// Rewrites the agent's configuration with these `[health]` commands.
+    fn set_health_commands(&self, commands: &str) {
+        let text = self
+            .config
+            .replace("[health]\n", &format!("[health]\ncommands = {commands}\n"));
+        std::fs::write(self.bed.host_path("/etc/ferry/agent.toml"), text).unwrap();
+    }
+
+    fn cache_down(&mut self) {
+        self.cache_server = None;
+    }
+
+    fn cache_up(&mut self) {
+        self.cache_server = Some(StaticServer::start_on(&self.cache_dir, self.cache_port));
+    }
+
+    fn status_of(&self, commit: &str) -> Vec<(String, String)> {
+        self.forge
+            .statuses()
+            .into_iter()
+            .filter(|(c, _, _)| c == commit)
+            .map(|(_, s, d)| (s, d))
+            .collect()
     }
 
     fn release(&self, system: &str) -> String {
@@ -428,6 +460,15 @@ fn a_killed_agent_resumes_without_a_second_switch() {
 
     // A new agent finds the running unit, waits for it, reports once.
     let (ok, out) = w.once();
+    if !ok {
+        let j = w
+            .bed
+            .exec(&["journalctl", "--no-pager", "-o", "short-precise", "-n", "60"]);
+        eprintln!(
+            "testbed journal, for diagnosis:\n{}",
+            String::from_utf8_lossy(&j.stdout)
+        );
+    }
     assert!(ok && out.contains("deployed"), "{out}");
     assert_eq!(
         w.switch_log(),
@@ -453,4 +494,75 @@ fn a_killed_agent_resumes_without_a_second_switch() {
         2,
         "release and source, once each"
     );
+}
+
+#[test]
+fn attacks_and_faults_leave_the_system_untouched() {
+    let mut w = World::new(&[
+        ("b", Behaviour::Succeed),
+        ("c", Behaviour::Succeed),
+        ("d", Behaviour::Succeed),
+        ("e", Behaviour::Succeed),
+    ]);
+    let r1 = w.release("b");
+    assert!(w.once().0);
+    let r2 = w.release("c");
+    assert!(w.once().0);
+    let c = w.systems["c"].clone();
+    assert_eq!(w.running(), c);
+
+    // A force push back to the older signed release: refused as a rewind.
+    git(&w.deploy.path, &["update-ref", "refs/heads/deploy", &r1]);
+    let (ok, out) = w.once();
+    assert!(
+        !ok && out.contains("does not descend from the last accepted release"),
+        "{out}"
+    );
+    assert_eq!(w.running(), c);
+    assert!(w.status_of(&r1).contains(&(
+        "failure".into(),
+        "refused: branch was rewound (not a descendant of the last release)".into()
+    )));
+    assert_eq!(
+        w.status_json()["last_release"]["commit"],
+        r2.as_str(),
+        "the anchor stays"
+    );
+    let journal = w.journal(&format!("FERRY_COMMIT={r1}"));
+    assert!(journal.contains("release refused"), "{journal}");
+
+    // Back on track; a release whose health check fails is rolled back.
+    git(&w.deploy.path, &["update-ref", "refs/heads/deploy", &r2]);
+    w.set_health_commands(r#"["test -e /run/ferry-test/healthy"]"#);
+    let r3 = w.release("d");
+    let (ok, out) = w.once();
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("check `test -e /run/ferry-test/healthy` exited with 1; rolled back to"),
+        "{out}"
+    );
+    assert_eq!(w.running(), c);
+    assert_eq!(w.profile(), c);
+    assert!(w
+        .status_of(&r3)
+        .iter()
+        .any(|(s, d)| s == "failure" && d.contains("rolled back")));
+
+    // The binary cache is down: an error, retried later, no state damage.
+    w.set_health_commands("[]");
+    w.cache_down();
+    // (e has never been on this host, so it must come from the cache.)
+    let r4 = w.release("e");
+    let (ok, out) = w.once();
+    assert!(!ok && out.contains("binary cache unreachable"), "{out}");
+    let status = w.status_json();
+    assert_eq!(status["in_progress"], serde_json::Value::Null);
+    assert_eq!(status["last_release"]["commit"], r3.as_str(), "not accepted yet");
+    assert_eq!(w.running(), c);
+    // It comes back: the same release deploys on the next reconcile.
+    w.cache_up();
+    let (ok, out) = w.once();
+    assert!(ok && out.contains("deployed"), "{out}");
+    assert_eq!(w.running(), w.systems["e"]);
+    assert_eq!(w.status_of(&r4).last().unwrap().0, "success");
 }

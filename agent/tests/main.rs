@@ -5,6 +5,7 @@
 mod common;
 
 mod deploy;
+mod forge;
 mod nix_cache;
 mod preflight;
 mod source;
