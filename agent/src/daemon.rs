@@ -53,7 +53,12 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
     let mut agent = Agent::new(config)?;
     let (tx, mut events) = mpsc::channel::<PathBuf>(64);
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        // Only changes matter: reading a file (as a reload does) must not
+        // trigger another reload.
         if let Ok(event) = res {
+            if matches!(event.kind, notify::EventKind::Access(_)) {
+                return;
+            }
             for path in event.paths {
                 let _ = tx.try_send(path);
             }
@@ -74,10 +79,12 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
         let sleep = tokio::time::sleep(delay);
         tokio::pin!(sleep);
         tokio::select! {
+            biased;
             _ = &mut shutdown => {
                 info!("ferry-agent stopping");
                 return Ok(());
             }
+            _ = &mut sleep => {}
             Some(path) = events.recv() => {
                 // Collect a burst of events (editors write several) into one reload.
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -95,7 +102,6 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
                 }
                 continue;
             }
-            _ = &mut sleep => {}
         }
         let interval = agent.config.source.poll_interval;
         match agent.reconcile().await {

@@ -566,3 +566,108 @@ fn attacks_and_faults_leave_the_system_untouched() {
     assert_eq!(w.running(), w.systems["e"]);
     assert_eq!(w.status_of(&r4).last().unwrap().0, "success");
 }
+
+/// Polls `cond` every 100 ms for up to `secs` seconds.
+fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_daemon_follows_the_branch_and_reloads_its_configuration() {
+    let w = World::new(&[
+        ("b", Behaviour::Succeed),
+        ("c", Behaviour::Succeed),
+        ("d", Behaviour::Succeed),
+    ]);
+    // Installed as a service, as the NixOS module does it.
+    std::fs::write(
+        w.bed.host_path("/etc/systemd/system/ferry-agent.service"),
+        format!(
+            "[Unit]\nDescription=Ferry deploy agent\nAfter=network-online.target\n\
+             [Service]\nExecStart={AGENT} --config /etc/ferry/agent.toml run\n\
+             Restart=always\nRestartSec=1\nStateDirectory=ferry-agent\n"
+        ),
+    )
+    .unwrap();
+    for cmd in [
+        vec!["systemctl", "daemon-reload"],
+        vec!["systemctl", "start", "ferry-agent.service"],
+    ] {
+        let out = w.bed.exec(&cmd);
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let journal = || w.journal("_SYSTEMD_UNIT=ferry-agent.service");
+
+    // A release is picked up by polling.
+    w.release("b");
+    wait_until(60, "the daemon to deploy b", || w.running() == w.systems["b"]);
+    wait_until(10, "the next poll to be recorded", || {
+        w.status_json()["next_poll"].is_string()
+    });
+
+    // A broken configuration is rejected and the old one kept.
+    let good = std::fs::read_to_string(w.bed.host_path("/etc/ferry/agent.toml")).unwrap();
+    std::fs::write(
+        w.bed.host_path("/etc/ferry/agent.toml"),
+        good.replace("jitter = \"0s\"", "jitter = \"soon\""),
+    )
+    .unwrap();
+    wait_until(30, "the broken config to be rejected", || {
+        journal().contains("rejected, keeping the old one")
+    });
+    w.release("c");
+    wait_until(60, "the daemon to deploy c with the old config", || {
+        w.running() == w.systems["c"]
+    });
+
+    // A valid edit is taken without a restart.
+    std::fs::write(
+        w.bed.host_path("/etc/ferry/agent.toml"),
+        good.replace("jitter = \"0s\"", "jitter = \"1s\""),
+    )
+    .unwrap();
+    wait_until(30, "the config to be reloaded", || {
+        journal().contains("configuration /etc/ferry/agent.toml reloaded")
+    });
+
+    // Someone runs nixos-rebuild behind Ferry's back: drift in the journal.
+    let out = w.bed.exec(&[
+        "nix-env",
+        "-p",
+        "/nix/var/nix/profiles/system",
+        "--set",
+        &w.systems["b"],
+    ]);
+    assert!(out.status.success());
+    wait_until(30, "drift to be logged", || {
+        journal().contains("changed outside Ferry")
+    });
+
+    // The release key is revoked in allowed_signers: its next release is refused.
+    let other = ferry_signer::keys::SigningKey::generate("other").unwrap();
+    std::fs::write(
+        w.bed.host_path("/etc/ferry/allowed_signers"),
+        other.allowed_signers_line("new@example.com") + "\n",
+    )
+    .unwrap();
+    wait_until(30, "allowed_signers to be reloaded", || {
+        journal().contains("allowed_signers reloaded")
+    });
+    let r = w.release("d");
+    wait_until(60, "the revoked key's release to be refused", || {
+        w.status_of(&r)
+            .iter()
+            .any(|(s, d)| s == "failure" && d.contains("unknown key"))
+    });
+    assert_eq!(w.running(), w.systems["c"]);
+    let out = w.bed.exec(&["systemctl", "is-active", "ferry-agent.service"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "active");
+}
