@@ -42,9 +42,18 @@ impl World {
         );
         let mut built = BTreeMap::new();
         for (name, behaviour) in std::iter::once(&("current", Behaviour::Succeed)).chain(systems) {
+            // Systems whose name starts with `newkernel` boot another kernel.
+            let kernel = if name.starts_with("newkernel") { "k2" } else { "k1" };
             built.insert(
                 *name,
-                nix::build_system(dir.path(), "web1", &format!("{name}-{seed}"), *behaviour, "k1", 3),
+                nix::build_system(
+                    dir.path(),
+                    "web1",
+                    &format!("{name}-{seed}"),
+                    *behaviour,
+                    kernel,
+                    3,
+                ),
             );
         }
         // Keep the current system alive; everything else lives only in the cache.
@@ -141,10 +150,17 @@ token_file = "/etc/ferry/forge-token"
 
     /// Rewrites the agent's configuration with these `[health]` commands.
     fn set_health_commands(&self, commands: &str) {
-        let text = self
-            .config
-            .replace("[health]\n", &format!("[health]\ncommands = {commands}\n"));
-        std::fs::write(self.bed.host_path("/etc/ferry/agent.toml"), text).unwrap();
+        self.set_config("[health]\n", &format!("[health]\ncommands = {commands}\n"));
+    }
+
+    /// Rewrites the agent's configuration with `from` replaced by `to`.
+    fn set_config(&self, from: &str, to: &str) {
+        assert!(self.config.contains(from), "{from} is not in the configuration");
+        std::fs::write(
+            self.bed.host_path("/etc/ferry/agent.toml"),
+            self.config.replace(from, to),
+        )
+        .unwrap();
     }
 
     fn cache_down(&mut self) {
@@ -267,7 +283,10 @@ fn deploys_reports_rolls_back_and_refuses() {
     let r1 = w.release("b");
     let (ok, out) = w.once();
     assert!(ok, "{out}");
-    assert!(out.contains("deployed"), "{out}");
+    assert!(
+        out.contains("deployed") && !out.contains("reboot"),
+        "same kernel, no reboot: {out}"
+    );
     assert_eq!(w.running(), b);
     assert_eq!(w.profile(), b);
     assert_eq!(w.switch_log(), vec![format!("switch {b}")]);
@@ -503,6 +522,8 @@ fn attacks_and_faults_leave_the_system_untouched() {
         ("c", Behaviour::Succeed),
         ("d", Behaviour::Succeed),
         ("e", Behaviour::Succeed),
+        ("hangs", Behaviour::Slow(600)),
+        ("newkernel", Behaviour::Succeed),
     ]);
     let r1 = w.release("b");
     assert!(w.once().0);
@@ -565,6 +586,19 @@ fn attacks_and_faults_leave_the_system_untouched() {
     assert!(ok && out.contains("deployed"), "{out}");
     assert_eq!(w.running(), w.systems["e"]);
     assert_eq!(w.status_of(&r4).last().unwrap().0, "success");
+
+    // A switch that hangs is stopped at the timeout and rolled back.
+    w.set_config("timeout = \"30s\"", "timeout = \"3s\"");
+    let r5 = w.release("hangs");
+    let (ok, out) = w.once();
+    assert!(!ok, "{out}");
+    assert!(out.contains("timed out and was stopped; rolled back to"), "{out}");
+    assert_eq!(w.running(), w.systems["e"]);
+    assert_eq!(w.profile(), w.systems["e"]);
+    assert!(w
+        .status_of(&r5)
+        .iter()
+        .any(|(s, d)| s == "failure" && d.contains("timed out")));
 }
 
 /// Polls `cond` every 100 ms for up to `secs` seconds.
