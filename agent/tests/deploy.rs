@@ -35,11 +35,7 @@ impl World {
     /// with `current` as the running system.
     fn new(systems: &[(&'static str, Behaviour)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let seed = format!(
-            "{}-{}",
-            std::process::id(),
-            Instant::now().elapsed().as_nanos() ^ rand_seed()
-        );
+        let seed = crate::common::unique("w");
         let mut built = BTreeMap::new();
         for (name, behaviour) in std::iter::once(&("current", Behaviour::Succeed)).chain(systems) {
             // Systems whose name starts with `newkernel` boot another kernel.
@@ -256,13 +252,6 @@ token_file = "/etc/ferry/forge-token"
         let out = self.bed.exec(&["journalctl", "--no-pager", "-o", "cat", field]);
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
-}
-
-fn rand_seed() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
 }
 
 fn name(path: &str) -> &str {

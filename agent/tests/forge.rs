@@ -10,13 +10,6 @@ use ferry_agent::report::{Outbox, Status, StatusState};
 
 const SHA: &str = "9fceb02d0ae598e95dc970b74767f19372d61af8";
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn client(forge: Forge, api_url: String, repository: &str, token_file: &std::path::Path) -> ForgeClient {
     ForgeClient::new(&ReportConfig {
         forge,
@@ -38,7 +31,7 @@ fn each_forge_gets_its_own_request() {
     std::fs::write(&token, "T0KEN\n").unwrap();
     let rec = Recorder::start();
     let base = format!("http://127.0.0.1:{}", rec.port);
-    let rt = runtime();
+    let rt = crate::common::runtime();
     let long = "x".repeat(300);
 
     let github = client(Forge::Github, base.clone(), "ops/deploy", &token);
@@ -102,7 +95,7 @@ fn refusals_name_the_repository_and_token_file_and_keep_the_status() {
     let outbox = Outbox::open(dir.path()).unwrap();
     outbox.push(&status(StatusState::Pending, "a")).unwrap();
     outbox.push(&status(StatusState::Success, "b")).unwrap();
-    let rt = runtime();
+    let rt = crate::common::runtime();
 
     for code in [401, 403] {
         rec.answer.store(code, Ordering::SeqCst);
@@ -148,7 +141,7 @@ fn an_unreachable_forge_is_retried() {
     std::fs::write(&token, "t").unwrap();
     let port = crate::common::git::free_port();
     let github = client(Forge::Github, format!("http://127.0.0.1:{port}"), "o/r", &token);
-    let d = runtime().block_on(github.send(&status(StatusState::Pending, "x")));
+    let d = crate::common::runtime().block_on(github.send(&status(StatusState::Pending, "x")));
     assert!(
         matches!(d, Delivery::Retry(ref why) if why.contains(&format!("127.0.0.1:{port}"))),
         "{d:?}"

@@ -6,27 +6,16 @@ use std::process::Command;
 use crate::common::nix::{self, Cache};
 use ferry_agent::narinfo::{CachePublicKey, NarInfo, TrustError};
 
-fn unique() -> String {
-    format!(
-        "{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    )
-}
-
 #[test]
 fn narinfos_signed_by_nix_verify_and_tampering_is_caught() {
     let dir = tempfile::tempdir().unwrap();
-    let top = nix::build_toplevel(dir.path(), "web1", &unique(), 3);
+    let top = nix::build_toplevel(dir.path(), "web1", &crate::common::unique("nc"), 3);
     let cache = Cache::new(&dir.path().join("cache"), "test-cache-1");
     cache.copy(&top);
 
     let closure = nix::run(Command::new("nix-store").args(["-qR", &top]));
     let paths: Vec<&str> = closure.lines().collect();
-    assert_eq!(paths.len(), 4, "toplevel and a chain of three");
+    assert_eq!(paths.len(), 5, "toplevel, its kernel and a chain of three");
 
     let trusted: CachePublicKey = cache.public_key.parse().unwrap();
     let stranger = Cache::new(&dir.path().join("other"), "stranger-1");
@@ -70,8 +59,11 @@ fn narinfos_signed_by_nix_verify_and_tampering_is_caught() {
         ));
     }
 
-    // The toplevel references its first dependency, by base name.
+    // The toplevel references its first dependency, its kernel and itself
+    // (its switch script names its own path), by base name.
     let top_info = NarInfo::parse(cache.narinfo(&top).as_bytes()).unwrap();
-    assert_eq!(top_info.references.len(), 1);
-    assert!(paths.iter().any(|p| p.ends_with(&top_info.references[0])));
+    assert_eq!(top_info.references.len(), 3);
+    for r in &top_info.references {
+        assert!(paths.iter().any(|p| p.ends_with(r.as_str())), "{r}");
+    }
 }

@@ -7,24 +7,6 @@ use crate::common::nix::{self, Cache};
 use ferry_agent::cache::{BinaryCaches, CacheError};
 use ferry_agent::narinfo::{CachePublicKey, TrustError};
 
-fn unique() -> String {
-    format!(
-        "pf{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    )
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// A toplevel with a chain of `depth` dependencies, in a signed cache served
 /// over HTTP, and deleted from the local store.
 struct Fixture {
@@ -38,7 +20,7 @@ struct Fixture {
 impl Fixture {
     fn new(depth: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let toplevel = nix::build_toplevel(dir.path(), "web1", &unique(), depth);
+        let toplevel = nix::build_toplevel(dir.path(), "web1", &crate::common::unique("pf"), depth);
         let cache = Cache::new(&dir.path().join("cache"), "test-cache-1");
         cache.copy(&toplevel);
         cache.sign(&toplevel);
@@ -60,7 +42,8 @@ impl Fixture {
     }
 
     fn preflight(&self, caches: &BinaryCaches) -> Result<ferry_agent::cache::Preflight, CacheError> {
-        runtime().block_on(caches.preflight(&self.toplevel.parse().unwrap(), Path::new("/nix/store")))
+        crate::common::runtime()
+            .block_on(caches.preflight(&self.toplevel.parse().unwrap(), Path::new("/nix/store")))
     }
 
     fn narinfo_path(&self, path: &str) -> std::path::PathBuf {
@@ -72,8 +55,8 @@ impl Fixture {
 fn a_signed_closure_passes_and_is_summed() {
     let f = Fixture::new(40);
     let p = f.preflight(&f.caches(&[&f.cache.public_key])).unwrap();
-    assert_eq!(p.paths, 41);
-    assert_eq!(p.missing, 41, "everything was deleted locally");
+    assert_eq!(p.paths, 42, "toplevel, kernel and 40 dependencies");
+    assert_eq!(p.missing, 42, "everything was deleted locally");
     assert!(p.unpacked_bytes > 0 && p.download_bytes > 0);
     assert_eq!(p.signers.iter().collect::<Vec<_>>(), vec!["test-cache-1"]);
 }
@@ -134,7 +117,7 @@ fn an_unreachable_cache_is_a_transient_error() {
     let toplevel = "/nix/store/0c0mb5j1x3dg5bf3wk3jh4xyz6p4s3ld-nixos-system-web1"
         .parse()
         .unwrap();
-    let err = runtime()
+    let err = crate::common::runtime()
         .block_on(caches.preflight(&toplevel, Path::new("/nix/store")))
         .unwrap_err();
     assert!(err.is_transient(), "{err}");

@@ -6,24 +6,6 @@ use crate::common::nix;
 use crate::common::systemd::Testbed;
 use ferry_agent::systemd::{Command, Systemd, SystemdError, TransientService, UnitState};
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn seed() -> String {
-    format!(
-        "sd{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    )
-}
-
 fn service(name: &str, script: &str, max: Duration) -> TransientService {
     TransientService {
         name: name.into(),
@@ -44,7 +26,7 @@ fn service(name: &str, script: &str, max: Duration) -> TransientService {
 #[test]
 fn transient_units_run_report_and_lock() {
     let dir = tempfile::tempdir().unwrap();
-    let s = seed();
+    let s = crate::common::unique("sd");
     let ok = nix::build_script(
         dir.path(),
         "ok",
@@ -54,7 +36,7 @@ fn transient_units_run_report_and_lock() {
     let fails = nix::build_script(dir.path(), "fails", &s, "exit 4");
     let hangs = nix::build_script(dir.path(), "hangs", &s, "exec sleep 600");
     let bed = Testbed::boot();
-    let rt = runtime();
+    let rt = crate::common::runtime();
     rt.block_on(async {
         let sd = Systemd::connect_to(&bed.bus_address()).await.unwrap();
 

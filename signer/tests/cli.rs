@@ -14,16 +14,10 @@ fn hosts_file_from_nix_eval_json() {
     )
     .unwrap();
     let r = repo.to_str().unwrap();
-    assert_ok(&sb.signer(
-        &[
-            "release",
-            "--repo",
-            r,
-            "--key",
-            key.to_str().unwrap(),
-            "--hosts-file",
-            hosts.to_str().unwrap(),
-        ],
+    assert_ok(&sb.release(
+        r,
+        key.to_str().unwrap(),
+        &["--hosts-file", hosts.to_str().unwrap()],
         &[],
     ));
     let shown = assert_ok(&sb.signer(&["show", "--repo", r], &[]));
@@ -34,17 +28,10 @@ fn hosts_file_from_nix_eval_json() {
     assert!(shown.contains("serial = 1\n"), "{shown}");
 
     // --replace-hosts drops db1.
-    assert_ok(&sb.signer(
-        &[
-            "release",
-            "--repo",
-            r,
-            "--key",
-            key.to_str().unwrap(),
-            "--host",
-            &format!("web1={WEB1_V2}"),
-            "--replace-hosts",
-        ],
+    assert_ok(&sb.release(
+        r,
+        key.to_str().unwrap(),
+        &["--host", &format!("web1={WEB1_V2}"), "--replace-hosts"],
         &[],
     ));
     let shown = assert_ok(&sb.signer(&["show", "--repo", r], &[]));
@@ -85,30 +72,18 @@ fn bad_arguments_are_refused_before_anything_is_written() {
     assert_eq!(sb.git(&repo, &["for-each-ref"]), "", "no branch was created");
 
     let dsa_like = sb.ssh_keygen("ecdsa", "ecdsa");
-    let out = sb.signer(
-        &[
-            "release",
-            "--repo",
-            r,
-            "--key",
-            dsa_like.to_str().unwrap(),
-            "--host",
-            &format!("web1={WEB1}"),
-        ],
+    let out = sb.release(
+        r,
+        dsa_like.to_str().unwrap(),
+        &["--host", &format!("web1={WEB1}")],
         &[],
     );
     assert_refused(&out, "release keys are ed25519");
     let not_repo = sb.path("nothing");
-    let out = sb.signer(
-        &[
-            "release",
-            "--repo",
-            not_repo.to_str().unwrap(),
-            "--key",
-            k,
-            "--host",
-            &format!("web1={WEB1}"),
-        ],
+    let out = sb.release(
+        not_repo.to_str().unwrap(),
+        k,
+        &["--host", &format!("web1={WEB1}")],
         &[],
     );
     assert_refused(&out, "is not a git repository");
@@ -121,18 +96,10 @@ fn push_to_a_remote() {
     let local = sb.repo("local", false);
     sb.git(&local, &["remote", "add", "origin", origin.to_str().unwrap()]);
     let key = sb.ssh_keygen("k", "ed25519");
-    let out = sb.signer(
-        &[
-            "release",
-            "--repo",
-            local.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-            "--host",
-            &format!("web1={WEB1}"),
-            "--push",
-            "origin",
-        ],
+    let out = sb.release(
+        local.to_str().unwrap(),
+        key.to_str().unwrap(),
+        &["--host", &format!("web1={WEB1}"), "--push", "origin"],
         &[],
     );
     let commit = assert_ok(&out).trim().to_owned();
@@ -144,31 +111,17 @@ fn push_to_a_remote() {
         &elsewhere,
         &["fetch", "-q", origin.to_str().unwrap(), "deploy:deploy"],
     );
-    assert_ok(&sb.signer(
-        &[
-            "release",
-            "--repo",
-            elsewhere.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-            "--host",
-            &format!("web1={WEB1_V2}"),
-        ],
+    assert_ok(&sb.release(
+        elsewhere.to_str().unwrap(),
+        key.to_str().unwrap(),
+        &["--host", &format!("web1={WEB1_V2}")],
         &[],
     ));
     sb.git(&elsewhere, &["push", "-q", origin.to_str().unwrap(), "deploy"]);
-    let out = sb.signer(
-        &[
-            "release",
-            "--repo",
-            local.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-            "--host",
-            &format!("db1={DB1}"),
-            "--push",
-            "origin",
-        ],
+    let out = sb.release(
+        local.to_str().unwrap(),
+        key.to_str().unwrap(),
+        &["--host", &format!("db1={DB1}"), "--push", "origin"],
         &[],
     );
     assert_refused(&out, "fetch it and make the release again");

@@ -9,16 +9,10 @@ fn ferry_release_passes_git_verify_commit() {
     let sb = Sandbox::new();
     let repo = sb.repo("deploy.git", true);
     let key = sb.ssh_keygen("release_key", "ed25519");
-    let out = sb.signer(
-        &[
-            "release",
-            "--repo",
-            repo.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-            "--host",
-            &format!("web1={WEB1}"),
-        ],
+    let out = sb.release(
+        repo.to_str().unwrap(),
+        key.to_str().unwrap(),
+        &["--host", &format!("web1={WEB1}")],
         &[],
     );
     let commit = assert_ok(&out).trim().to_owned();
@@ -69,16 +63,10 @@ fn keygen_key_signs_for_git() {
         0o600
     );
 
-    let out = sb.signer(
-        &[
-            "release",
-            "--repo",
-            repo.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-            "--host",
-            &format!("web1={WEB1}"),
-        ],
+    let out = sb.release(
+        repo.to_str().unwrap(),
+        key.to_str().unwrap(),
+        &["--host", &format!("web1={WEB1}")],
         &pass,
     );
     assert_ok(&out);
@@ -165,27 +153,16 @@ fn successive_releases_on_a_work_tree_repo() {
     let key = sb.ssh_keygen("k", "ed25519");
     let r = repo.to_str().unwrap();
     let k = key.to_str().unwrap();
-    assert_ok(&sb.signer(
-        &[
-            "release",
-            "--repo",
-            r,
-            "--key",
-            k,
-            "--host",
-            &format!("web1={WEB1}"),
-            "--host",
-            &format!("db1={DB1}"),
-        ],
+    assert_ok(&sb.release(
+        r,
+        k,
+        &["--host", &format!("web1={WEB1}"), "--host", &format!("db1={DB1}")],
         &[],
     ));
-    let second = assert_ok(&sb.signer(
+    let second = assert_ok(&sb.release(
+        r,
+        k,
         &[
-            "release",
-            "--repo",
-            r,
-            "--key",
-            k,
             "--host",
             &format!("web1={WEB1_V2}"),
             "--source",

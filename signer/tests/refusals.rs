@@ -300,16 +300,10 @@ fn wrong_passphrase_or_identity_writes_nothing() {
         &["keygen", "--out", pass_key.to_str().unwrap()],
         &[("FERRY_SIGNER_PASSPHRASE", "right")],
     ));
-    let out = sb.signer(
-        &[
-            "release",
-            "--repo",
-            r,
-            "--key",
-            pass_key.to_str().unwrap(),
-            "--host",
-            &host,
-        ],
+    let out = sb.release(
+        r,
+        pass_key.to_str().unwrap(),
+        &["--host", &host],
         &[("FERRY_SIGNER_PASSPHRASE", "wrong")],
     );
     assert_refused(&out, "wrong passphrase");
@@ -330,33 +324,14 @@ fn wrong_passphrase_or_identity_writes_nothing() {
         ],
         &[],
     ));
-    let out = sb.signer(
-        &[
-            "release",
-            "--repo",
-            r,
-            "--key",
-            age_key.to_str().unwrap(),
-            "--identity",
-            stranger_file.to_str().unwrap(),
-            "--host",
-            &host,
-        ],
+    let out = sb.release(
+        r,
+        age_key.to_str().unwrap(),
+        &["--identity", stranger_file.to_str().unwrap(), "--host", &host],
         &[],
     );
     assert_refused(&out, "none of the given age identities can decrypt this key");
-    let out = sb.signer(
-        &[
-            "release",
-            "--repo",
-            r,
-            "--key",
-            age_key.to_str().unwrap(),
-            "--host",
-            &host,
-        ],
-        &[],
-    );
+    let out = sb.release(r, age_key.to_str().unwrap(), &["--host", &host], &[]);
     assert_refused(&out, "no --identity was given");
 
     // Nothing was written: no branch, no objects.
@@ -371,18 +346,10 @@ fn wrong_passphrase_or_identity_writes_nothing() {
     // And the right identity works.
     let id_file = sb.path("id.txt");
     std::fs::write(&id_file, id.to_string().expose_secret()).unwrap();
-    assert_ok(&sb.signer(
-        &[
-            "release",
-            "--repo",
-            r,
-            "--key",
-            age_key.to_str().unwrap(),
-            "--identity",
-            id_file.to_str().unwrap(),
-            "--host",
-            &host,
-        ],
+    assert_ok(&sb.release(
+        r,
+        age_key.to_str().unwrap(),
+        &["--identity", id_file.to_str().unwrap(), "--host", &host],
         &[],
     ));
 }

@@ -25,28 +25,11 @@ pub fn run(cmd: &mut Command) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-/// Builds a chain of `depth` store paths ending in a toplevel named
-/// `nixos-system-<host>`; `seed` makes the paths unique to the test.
+/// Builds a plain toplevel named `nixos-system-<host>` over a chain of `depth`
+/// dependencies and a kernel of its own; `seed` makes the paths unique to the
+/// test, so no two tests share (or delete) a path.
 pub fn build_toplevel(dir: &Path, host: &str, seed: &str, depth: usize) -> String {
-    let expr = format!(
-        r#"
-let
-  mk = name: deps: derivation {{
-    inherit name;
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" "echo {seed} ${{toString deps}} > $out" ];
-  }};
-  chain = n: if n == 0 then [] else [ (mk "dep-{seed}-${{toString n}}" (chain (n - 1))) ];
-in mk "nixos-system-{host}" (chain {depth})
-"#
-    );
-    let file = dir.join(format!("{host}-{seed}.nix"));
-    std::fs::write(&file, expr).unwrap();
-    run(Command::new("nix-build")
-        .arg(&file)
-        .arg("--no-out-link")
-        .arg("--quiet"))
+    build_system(dir, host, seed, Behaviour::Succeed, seed, depth)
 }
 
 /// A signed file:// binary cache.

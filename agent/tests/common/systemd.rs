@@ -8,20 +8,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const BOOT: &str = r#"
-set -e
-mount --make-rprivate /
-S="$1"; mount -t tmpfs tmpfs "$S"
-mkdir -p "$S/upper" "$S/work" "$S/root"
-mount -t overlay overlay -o "lowerdir=/,upperdir=$S/upper,workdir=$S/work" "$S/root"
-R="$S/root"
-mount -t proc proc "$R/proc"; mount --rbind /sys "$R/sys"; mount --rbind /dev "$R/dev"
-mount -t tmpfs tmpfs "$R/run"; mount -t tmpfs tmpfs "$R/tmp"
-mkdir -p "$R/run/systemd/system"
-printf '[Unit]\nRequires=dbus.socket systemd-journald.socket\nAfter=dbus.socket systemd-journald.socket\n' > "$R/run/systemd/system/test.target"
-hostname testhost
-exec chroot "$R" /usr/bin/env container=other /lib/systemd/systemd --unit=test.target
-"#;
+/// The same boot script the demo uses.
+const BOOT: &str = include_str!("../../../scripts/lib/boot-systemd.sh");
 
 pub struct Testbed {
     unshare: Child,

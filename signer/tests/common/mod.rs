@@ -105,6 +105,13 @@ impl Sandbox {
         cmd.output().unwrap()
     }
 
+    /// `ferry-signer release --repo REPO --key KEY EXTRA…`.
+    pub fn release(&self, repo: &str, key: &str, extra: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut args = vec!["release", "--repo", repo, "--key", key];
+        args.extend(extra);
+        self.signer(&args, env)
+    }
+
     /// `git verify-commit` with an allowed_signers file: (success, stderr).
     pub fn git_verify(&self, repo: &Path, rev: &str, allowed: &Path) -> (bool, String) {
         let out = self.git_output(
