@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 const BOOT: &str = include_str!("../../../scripts/lib/boot-systemd.sh");
 
 pub struct Testbed {
+    /// Held for the testbed's life: testbeds share this machine's cgroup
+    /// tree (`/sys` is bind-mounted), so two systemds at once would manage
+    /// the same `system.slice/*` cgroups and remove each other's.
+    _lock: std::fs::File,
     unshare: Child,
     /// PID of the container's systemd, as this machine sees it.
     pub pid: u32,
@@ -21,6 +25,13 @@ pub struct Testbed {
 impl Testbed {
     /// Boots systemd and waits until it reports `running` (bounded).
     pub fn boot() -> Self {
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open("/dev/shm/ferry-testbed.lock")
+            .unwrap();
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
         let scratch = tempfile::Builder::new()
             .prefix("ferry-sd.")
             .tempdir_in("/dev/shm")
@@ -58,6 +69,7 @@ impl Testbed {
             std::thread::sleep(Duration::from_millis(50));
         };
         let bed = Self {
+            _lock: lock,
             unshare,
             pid,
             scratch,
