@@ -227,7 +227,15 @@ impl Agent {
             Ok(v) => v,
             Err(e) => {
                 let summary = e.summary();
-                return self.refuse(&mut state, &tip_id, None, None, &summary, &e.to_string());
+                return self.refuse(
+                    "verify",
+                    &mut state,
+                    &tip_id,
+                    None,
+                    None,
+                    &summary,
+                    &e.to_string(),
+                );
             }
         };
         let serial = verified.release.serial;
@@ -261,6 +269,7 @@ impl Agent {
                     None
                 };
                 self.refuse(
+                    "select",
                     &mut state,
                     &tip_id,
                     Some(serial),
@@ -305,8 +314,10 @@ impl Agent {
 
     /// Records a refusal: the tip is remembered (so it is not verified again)
     /// but the anchor does not move and nothing is deployed.
+    #[allow(clippy::too_many_arguments)]
     fn refuse(
         &self,
+        phase: &str,
         state: &mut State,
         tip: &CommitId,
         serial: Option<u64>,
@@ -315,7 +326,7 @@ impl Agent {
         detail: &str,
     ) -> Result<Reconciled> {
         error!(
-            ferry_commit = %tip, ferry_serial = serial.unwrap_or(0), ferry_phase = "verify",
+            ferry_commit = %tip, ferry_serial = serial.unwrap_or(0), ferry_phase = phase,
             ferry_outcome = "refused", "release refused: {detail}"
         );
         state.last_seen_tip = Some(tip.clone());
@@ -368,6 +379,7 @@ impl Agent {
             Err(e) if e.is_transient() => return Err(e.into()),
             Err(e) => {
                 return self.refuse(
+                    "preflight",
                     state,
                     &tip,
                     Some(serial),

@@ -590,11 +590,20 @@ fn attacks_and_faults_leave_the_system_untouched() {
         .any(|(s, d)| s == "failure" && d.contains("timed out")));
 }
 
-/// Polls `cond` every 100 ms for up to `secs` seconds.
-fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+/// Polls `cond` every 100 ms for up to `secs` seconds; on timeout, fails
+/// with the testbed's journal for diagnosis.
+fn wait_until(w: &World, secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        if Instant::now() >= deadline {
+            let journal = w
+                .bed
+                .exec(&["journalctl", "--no-pager", "-o", "short-precise", "-n", "80"]);
+            panic!(
+                "timed out waiting for {what}; testbed journal:\n{}",
+                String::from_utf8_lossy(&journal.stdout)
+            );
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -631,8 +640,8 @@ fn the_daemon_follows_the_branch_and_reloads_its_configuration() {
 
     // A release is picked up by polling.
     w.release("b");
-    wait_until(60, "the daemon to deploy b", || w.running() == w.systems["b"]);
-    wait_until(10, "the next poll to be recorded", || {
+    wait_until(&w, 60, "the daemon to deploy b", || w.running() == w.systems["b"]);
+    wait_until(&w, 10, "the next poll to be recorded", || {
         w.status_json()["next_poll"].is_string()
     });
 
@@ -643,11 +652,11 @@ fn the_daemon_follows_the_branch_and_reloads_its_configuration() {
         good.replace("jitter = \"0s\"", "jitter = \"soon\""),
     )
     .unwrap();
-    wait_until(30, "the broken config to be rejected", || {
+    wait_until(&w, 30, "the broken config to be rejected", || {
         journal().contains("rejected, keeping the old one")
     });
     w.release("c");
-    wait_until(60, "the daemon to deploy c with the old config", || {
+    wait_until(&w, 60, "the daemon to deploy c with the old config", || {
         w.running() == w.systems["c"]
     });
 
@@ -657,7 +666,7 @@ fn the_daemon_follows_the_branch_and_reloads_its_configuration() {
         good.replace("jitter = \"0s\"", "jitter = \"1s\""),
     )
     .unwrap();
-    wait_until(30, "the config to be reloaded", || {
+    wait_until(&w, 30, "the config to be reloaded", || {
         journal().contains("configuration /etc/ferry/agent.toml reloaded")
     });
 
@@ -669,8 +678,8 @@ fn the_daemon_follows_the_branch_and_reloads_its_configuration() {
         "--set",
         &w.systems["b"],
     ]);
-    assert!(out.status.success());
-    wait_until(30, "drift to be logged", || {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_until(&w, 30, "drift to be logged", || {
         journal().contains("changed outside Ferry")
     });
 
@@ -681,11 +690,11 @@ fn the_daemon_follows_the_branch_and_reloads_its_configuration() {
         other.allowed_signers_line("new@example.com") + "\n",
     )
     .unwrap();
-    wait_until(30, "allowed_signers to be reloaded", || {
+    wait_until(&w, 30, "allowed_signers to be reloaded", || {
         journal().contains("allowed_signers reloaded")
     });
     let r = w.release("d");
-    wait_until(60, "the revoked key's release to be refused", || {
+    wait_until(&w, 60, "the revoked key's release to be refused", || {
         w.status_of(&r)
             .iter()
             .any(|(s, d)| s == "failure" && d.contains("unknown key"))

@@ -12,8 +12,24 @@ fn nix_build() -> Command {
     cmd
 }
 
-/// Runs a command and returns its trimmed stdout, panicking with stderr on failure.
+/// Serialises Nix commands of concurrent tests with the moment a testbed
+/// takes its own copy of the Nix database (see `Testbed::boot`): a copy made
+/// while another test writes the database could be torn.
+pub fn lock() -> std::fs::File {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/dev/shm/ferry-nix.lock")
+        .unwrap();
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    file
+}
+
+/// Runs a Nix command (under [`lock`]) and returns its trimmed stdout,
+/// panicking with stderr on failure.
 pub fn run(cmd: &mut Command) -> String {
+    let _nix = lock();
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (is nix-bin installed? scripts/install-deps)"));
