@@ -703,3 +703,166 @@ fn the_daemon_follows_the_branch_and_reloads_its_configuration() {
     let out = w.bed.exec(&["systemctl", "is-active", "ferry-agent.service"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "active");
 }
+
+impl World {
+    /// Writes a commit on top of the deploy branch whose release.toml is
+    /// `text`, signed by `key` (or unsigned), and moves the branch to it.
+    fn custom_release(&self, text: &str, key: Option<&ferry_signer::keys::SigningKey>) -> String {
+        let repo = git2::Repository::open(&self.deploy.path).unwrap();
+        let parent = repo
+            .find_reference("refs/heads/deploy")
+            .unwrap()
+            .peel_to_commit()
+            .unwrap();
+        let blob = repo.blob(text.as_bytes()).unwrap();
+        let mut tree = repo.treebuilder(Some(&parent.tree().unwrap())).unwrap();
+        tree.insert("release.toml", blob, 0o100644).unwrap();
+        let tree = repo.find_tree(tree.write().unwrap()).unwrap();
+        let who = git2::Signature::now("t", "t@example.com").unwrap();
+        let buf = repo
+            .commit_create_buffer(&who, &who, "custom", &tree, &[&parent])
+            .unwrap();
+        let payload = std::str::from_utf8(&buf).unwrap().to_owned();
+        let oid = match key {
+            Some(k) => {
+                let sig = ferry_signer::sshsig::sign_git(k.private_key(), payload.as_bytes()).unwrap();
+                ferry_signer::git::write_signed_commit(&repo, &payload, &sig).unwrap()
+            }
+            None => repo
+                .odb()
+                .unwrap()
+                .write(git2::ObjectType::Commit, payload.as_bytes())
+                .unwrap(),
+        };
+        repo.reference("refs/heads/deploy", oid, true, "test").unwrap();
+        oid.to_string()
+    }
+
+    /// The branch back at `commit` (between attacks).
+    fn reset_branch(&self, commit: &str) {
+        git(&self.deploy.path, &["update-ref", "refs/heads/deploy", commit]);
+    }
+}
+
+#[test]
+fn every_refusal_leaves_the_host_untouched_and_says_why() {
+    let w = World::new(&[
+        ("b", Behaviour::Succeed),
+        ("c", Behaviour::Succeed),
+        ("unsigned", Behaviour::Succeed),
+    ]);
+    let anchor = w.release("b");
+    assert!(w.once().0);
+    let b = w.systems["b"].clone();
+    let release_text = |serial: u64, host: &str, system: &str, extra: &str| {
+        format!(
+            "format = 1\nserial = {serial}\ncreated = 2026-11-21T23:00:00Z\n{extra}\n[hosts.{host}]\ntoplevel = \"{}\"\n",
+            w.systems[system]
+        )
+    };
+    let stranger = ferry_signer::keys::SigningKey::generate("stranger").unwrap();
+    // The cache serves `unsigned` without its signature line.
+    let narinfo = w
+        .cache_dir
+        .join(format!("{}.narinfo", &w.systems["unsigned"][11..43]));
+    let text = std::fs::read_to_string(&narinfo).unwrap();
+    std::fs::write(
+        &narinfo,
+        text.lines()
+            .filter(|l| !l.starts_with("Sig: "))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>(),
+    )
+    .unwrap();
+
+    let tampered = || {
+        let c = w.custom_release(&release_text(2, "web1", "c", ""), Some(&w.deploy.key));
+        let object = git(&w.deploy.path, &["cat-file", "commit", &c]) + "\n";
+        let path = w.dir.path().join("tampered");
+        std::fs::write(&path, object.replace("\n\ncustom\n", "\n\ncustom, edited\n")).unwrap();
+        let t = git(
+            &w.deploy.path,
+            &["hash-object", "-t", "commit", "-w", path.to_str().unwrap()],
+        );
+        w.reset_branch(&t);
+        t
+    };
+    type Attack<'a> = (&'a str, Box<dyn Fn() -> String + 'a>, &'a str);
+    let attacks: Vec<Attack> = vec![
+        (
+            "unsigned",
+            Box::new(|| w.custom_release(&release_text(2, "web1", "c", ""), None)),
+            "release commit is not signed",
+        ),
+        (
+            "foreign key",
+            Box::new(|| w.custom_release(&release_text(2, "web1", "c", ""), Some(&stranger))),
+            "signed by unknown key",
+        ),
+        (
+            "tampered",
+            Box::new(tampered),
+            "signature does not match the commit",
+        ),
+        (
+            "lower serial",
+            Box::new(|| w.custom_release(&release_text(1, "web1", "c", ""), Some(&w.deploy.key))),
+            "serial 1 is not greater than 1",
+        ),
+        (
+            "expired",
+            Box::new(|| {
+                w.custom_release(
+                    &release_text(2, "web1", "c", "expires = 2026-11-22T00:00:00Z")
+                        .replace("2026-11-21T23", "2020-01-01T00"),
+                    Some(&w.deploy.key),
+                )
+            }),
+            "stale: release 2 expired",
+        ),
+        (
+            "another host's entry only",
+            Box::new(|| w.custom_release(&release_text(2, "db1", "c", ""), Some(&w.deploy.key))),
+            "release has no entry for web1",
+        ),
+        (
+            "malformed release",
+            Box::new(|| {
+                w.custom_release(
+                    &release_text(2, "web1", "c", "").replace("format = 1", "format = 2"),
+                    Some(&w.deploy.key),
+                )
+            }),
+            "understands only format 1",
+        ),
+        (
+            "unsigned closure path",
+            Box::new(|| w.custom_release(&release_text(2, "web1", "unsigned", ""), Some(&w.deploy.key))),
+            "is not signed",
+        ),
+    ];
+    for (name, attack, reason) in attacks {
+        let commit = attack();
+        let (ok, out) = w.once();
+        assert!(!ok, "{name}: accepted: {out}");
+        assert_eq!(w.running(), b, "{name}: the system changed");
+        assert_eq!(w.profile(), b, "{name}: the profile changed");
+        let status = w.status_json();
+        assert_eq!(
+            status["last_release"]["commit"],
+            anchor.as_str(),
+            "{name}: the anchor moved"
+        );
+        assert_eq!(status["in_progress"], serde_json::Value::Null);
+        let reported = w.status_of(&commit);
+        assert!(
+            reported.iter().any(|(s, d)| s == "failure" && d.contains(reason)),
+            "{name}: expected a failure status with `{reason}`, got {reported:?}"
+        );
+        let journal = w.journal(&format!("FERRY_COMMIT={commit}"));
+        assert!(journal.contains("release refused"), "{name}: journal: {journal}");
+        w.reset_branch(&anchor);
+    }
+    // Nothing was switched at all after the first deploy.
+    assert_eq!(w.switch_log(), vec![format!("switch {b}")]);
+}

@@ -91,7 +91,11 @@ impl Testbed {
         // copies a file up into the overlay), while no test writes it: until
         // then it would read this machine's live database.
         let _nix = super::nix::lock();
-        let out = bed.exec(&["sh", "-c", "touch /nix/var/nix/db /nix/var/nix/db/* /nix/var/nix/gc.lock"]);
+        let out = bed.exec(&[
+            "sh",
+            "-c",
+            "touch /nix/var/nix/db /nix/var/nix/db/* /nix/var/nix/gc.lock",
+        ]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         bed
     }
