@@ -66,3 +66,47 @@ fn unreachable_remote_is_transient_and_named() {
     assert!(err.is_transient(), "{err}");
     assert!(err.to_string().contains(&url), "{err}");
 }
+
+#[test]
+fn smart_http_with_a_token_file() {
+    use crate::common::git_http::GitHttp;
+    let dir = tempfile::tempdir().unwrap();
+    let deploy = DeployRepo::new(dir.path());
+    let c = deploy.release("web1", WEB1_A);
+    let server = GitHttp::start(dir.path(), "s3cret");
+    let url = server.url("deploy.git");
+
+    // Without a token the forge refuses, and the error names the remote.
+    let anonymous = Source::open(&dir.path().join("anon.git"), &url, "deploy", None).unwrap();
+    let err = anonymous.remote_tip().unwrap_err();
+    assert!(err.to_string().contains(&url), "{err}");
+
+    // A wrong token is refused once, without looping.
+    let wrong = dir.path().join("wrong-token");
+    std::fs::write(&wrong, "nope\n").unwrap();
+    let source = Source::open(&dir.path().join("wrong.git"), &url, "deploy", Some(&wrong)).unwrap();
+    let err = source.remote_tip().unwrap_err();
+    assert!(err.to_string().contains("refused"), "{err}");
+    assert!(!err.to_string().contains("nope"), "the token is never shown");
+
+    // The right token: tip and fetch over smart HTTP.
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let source = Source::open(&dir.path().join("clone.git"), &url, "deploy", Some(&token)).unwrap();
+    let tip = source.remote_tip().unwrap();
+    assert_eq!(tip.to_string(), c);
+    source.fetch(tip).unwrap();
+    assert!(source.repo().find_commit(tip).is_ok());
+
+    // A missing token file is a clear error.
+    let missing = Source::open(
+        &dir.path().join("m.git"),
+        &url,
+        "deploy",
+        Some(&dir.path().join("absent")),
+    )
+    .unwrap();
+    let err = missing.remote_tip().unwrap_err();
+    assert!(err.to_string().contains("cannot read token file"), "{err}");
+    assert!(server.refused.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+}

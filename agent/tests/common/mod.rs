@@ -2,6 +2,7 @@
 
 pub mod forge;
 pub mod git;
+pub mod git_http;
 pub mod http;
 pub mod nix;
 pub mod systemd;

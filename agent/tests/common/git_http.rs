@@ -1,0 +1,132 @@
+//! Smart HTTP git on loopback: real `git http-backend` as a CGI behind a tiny
+//! HTTP/1.1 server that demands Basic authentication with a given password
+//! (the token) and answers 401 otherwise, as a private forge does.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use base64::Engine as _;
+
+pub struct GitHttp {
+    pub port: u16,
+    /// Requests refused for want of the right token.
+    pub refused: Arc<AtomicUsize>,
+}
+
+impl GitHttp {
+    /// Serves the repositories under `root`; `token` is the password required.
+    pub fn start(root: &Path, token: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let refused = Arc::new(AtomicUsize::new(0));
+        let (root, token, counter) = (root.to_owned(), token.to_owned(), refused.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (root, token, counter) = (root.clone(), token.clone(), counter.clone());
+                std::thread::spawn(move || serve(stream, &root, &token, &counter));
+            }
+        });
+        Self { port, refused }
+    }
+
+    pub fn url(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+fn serve(mut stream: std::net::TcpStream, root: &PathBuf, token: &str, refused: &AtomicUsize) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() {
+        return;
+    }
+    let mut parts = line.split_whitespace();
+    let (method, target) = (
+        parts.next().unwrap_or("").to_owned(),
+        parts.next().unwrap_or("").to_owned(),
+    );
+    let mut headers = HashMap::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.trim_end().split_once(": ") {
+            headers.insert(k.to_ascii_lowercase(), v.to_owned());
+        }
+    }
+    let mut body = vec![
+        0;
+        headers
+            .get("content-length")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(0)
+    ];
+    let _ = reader.read_exact(&mut body);
+
+    let authorised = headers
+        .get("authorization")
+        .and_then(|a| a.strip_prefix("Basic "))
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .and_then(|b| String::from_utf8(b).ok())
+        .is_some_and(|userpass| userpass.split_once(':').is_some_and(|(_, pass)| pass == token));
+    if !authorised {
+        refused.fetch_add(1, Ordering::SeqCst);
+        let _ = stream.write_all(
+            b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"git\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+        return;
+    }
+    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    let mut cgi = Command::new("git")
+        .arg("http-backend")
+        .env("GIT_PROJECT_ROOT", root)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("REQUEST_METHOD", &method)
+        .env("PATH_INFO", path)
+        .env("QUERY_STRING", query)
+        .env(
+            "CONTENT_TYPE",
+            headers.get("content-type").cloned().unwrap_or_default(),
+        )
+        .env("CONTENT_LENGTH", body.len().to_string())
+        .env("REMOTE_USER", "ferry")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    cgi.stdin.take().unwrap().write_all(&body).unwrap();
+    let out = cgi.wait_with_output().unwrap();
+    // CGI output: headers, a blank line, the body. `Status:` sets the code.
+    let split = out
+        .stdout
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| (p, 4));
+    let split = split.or_else(|| out.stdout.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2)));
+    let Some((at, sep)) = split else { return };
+    let head = String::from_utf8_lossy(&out.stdout[..at]).into_owned();
+    let content = &out.stdout[at + sep..];
+    let mut status = "200 OK".to_owned();
+    let mut response = String::new();
+    for h in head.lines() {
+        match h.split_once(": ") {
+            Some(("Status", s)) => status = s.to_owned(),
+            Some(_) => response.push_str(&format!("{h}\r\n")),
+            None => {}
+        }
+    }
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status}\r\n{response}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        content.len()
+    );
+    let _ = stream.write_all(content);
+}
