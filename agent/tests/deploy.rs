@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::forge::Recorder;
 use crate::common::git::{git, DeployRepo, GitDaemon};
+use crate::common::git_http::GitHttp;
 use crate::common::http::StaticServer;
 use crate::common::nix::{self, Behaviour, Cache};
 use crate::common::systemd::Testbed;
@@ -20,7 +21,8 @@ const SOURCE: &str = "9fceb02d0ae598e95dc970b74767f19372d61af8";
 struct World {
     dir: tempfile::TempDir,
     deploy: DeployRepo,
-    _git: GitDaemon,
+    _git: Option<GitDaemon>,
+    git_http: Option<GitHttp>,
     cache_server: Option<StaticServer>,
     cache_dir: std::path::PathBuf,
     cache_port: u16,
@@ -34,6 +36,16 @@ impl World {
     /// Builds the systems, fills and serves the cache, then boots systemd
     /// with `current` as the running system.
     fn new(systems: &[(&'static str, Behaviour)]) -> Self {
+        Self::build(systems, false)
+    }
+
+    /// Like `new`, with the deploy repository served over smart HTTP behind a
+    /// token (in /etc/ferry/git-token) instead of git daemon.
+    fn over_http(systems: &[(&'static str, Behaviour)]) -> Self {
+        Self::build(systems, true)
+    }
+
+    fn build(systems: &[(&'static str, Behaviour)], http: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let seed = crate::common::unique("w");
         let mut built = BTreeMap::new();
@@ -78,7 +90,21 @@ impl World {
         }
         let cache_server = StaticServer::start(&cache.dir);
         let deploy = DeployRepo::new(dir.path());
-        let git_daemon = GitDaemon::start(dir.path());
+        let (git_daemon, git_http) = if http {
+            (None, Some(GitHttp::start(dir.path(), "git-s3cret")))
+        } else {
+            (Some(GitDaemon::start(dir.path())), None)
+        };
+        let git_url = match (&git_daemon, &git_http) {
+            (Some(d), _) => d.url("deploy.git"),
+            (_, Some(h)) => h.url("deploy.git"),
+            _ => unreachable!(),
+        };
+        let token_line = if http {
+            "token_file = \"/etc/ferry/git-token\"\n"
+        } else {
+            ""
+        };
         let forge = Recorder::start();
 
         let bed = Testbed::boot();
@@ -90,7 +116,7 @@ url = "{git}"
 allowed_signers = "/etc/ferry/allowed_signers"
 poll_interval = "1s"
 jitter = "0s"
-[cache]
+{token_line}[cache]
 substituters = ["{cache}"]
 trusted_public_keys = ["{key}"]
 [switch]
@@ -103,7 +129,7 @@ api_url = "{forge}"
 repository = "ops/deploy"
 token_file = "/etc/ferry/forge-token"
 "#,
-            git = git_daemon.url("deploy.git"),
+            git = git_url,
             cache = cache_server.url(),
             key = cache.public_key,
             forge = forge.url(),
@@ -116,6 +142,7 @@ token_file = "/etc/ferry/forge-token"
         )
         .unwrap();
         std::fs::write(bed.host_path("/etc/ferry/forge-token"), "s3cret-token\n").unwrap();
+        std::fs::write(bed.host_path("/etc/ferry/git-token"), "git-s3cret\n").unwrap();
         let current = &built["current"];
         for cmd in [
             vec!["nix-env", "-p", "/nix/var/nix/profiles/system", "--set", current],
@@ -134,6 +161,7 @@ token_file = "/etc/ferry/forge-token"
             dir,
             deploy,
             _git: git_daemon,
+            git_http,
             cache_server: Some(cache_server),
             cache_dir: cache.dir.clone(),
             cache_port,
@@ -615,27 +643,7 @@ fn the_daemon_follows_the_branch_and_reloads_its_configuration() {
         ("c", Behaviour::Succeed),
         ("d", Behaviour::Succeed),
     ]);
-    // Installed as a service, as the NixOS module does it.
-    std::fs::write(
-        w.bed.host_path("/etc/systemd/system/ferry-agent.service"),
-        format!(
-            "[Unit]\nDescription=Ferry deploy agent\nAfter=network-online.target\n\
-             [Service]\nExecStart={AGENT} --config /etc/ferry/agent.toml run\n\
-             Restart=always\nRestartSec=1\nStateDirectory=ferry-agent\n"
-        ),
-    )
-    .unwrap();
-    for cmd in [
-        vec!["systemctl", "daemon-reload"],
-        vec!["systemctl", "start", "ferry-agent.service"],
-    ] {
-        let out = w.bed.exec(&cmd);
-        assert!(
-            out.status.success(),
-            "{cmd:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    w.start_service();
     let journal = || w.journal("_SYSTEMD_UNIT=ferry-agent.service");
 
     // A release is picked up by polling.
@@ -705,6 +713,31 @@ fn the_daemon_follows_the_branch_and_reloads_its_configuration() {
 }
 
 impl World {
+    /// Installs and starts `ferry-agent run` as a service, with the settings
+    /// the NixOS module uses (Restart=always, StateDirectory).
+    fn start_service(&self) {
+        std::fs::write(
+            self.bed.host_path("/etc/systemd/system/ferry-agent.service"),
+            format!(
+                "[Unit]\nDescription=Ferry deploy agent\nAfter=network-online.target\n\
+                 [Service]\nExecStart={AGENT} --config /etc/ferry/agent.toml run\n\
+                 Restart=always\nRestartSec=1\nStateDirectory=ferry-agent\n"
+            ),
+        )
+        .unwrap();
+        for cmd in [
+            vec!["systemctl", "daemon-reload"],
+            vec!["systemctl", "start", "ferry-agent.service"],
+        ] {
+            let out = self.bed.exec(&cmd);
+            assert!(
+                out.status.success(),
+                "{cmd:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
     /// Writes a commit on top of the deploy branch whose release.toml is
     /// `text`, signed by `key` (or unsigned), and moves the branch to it.
     fn custom_release(&self, text: &str, key: Option<&ferry_signer::keys::SigningKey>) -> String {
@@ -865,4 +898,78 @@ fn every_refusal_leaves_the_host_untouched_and_says_why() {
     }
     // Nothing was switched at all after the first deploy.
     assert_eq!(w.switch_log(), vec![format!("switch {b}")]);
+}
+
+#[test]
+fn the_service_survives_kill_and_outages_over_smart_http() {
+    let w = World::over_http(&[
+        ("b", Behaviour::Succeed),
+        ("slow", Behaviour::Slow(4)),
+        ("c", Behaviour::Succeed),
+    ]);
+    w.start_service();
+    let journal = || w.journal("_SYSTEMD_UNIT=ferry-agent.service");
+
+    // First release, over smart HTTP with the token.
+    let r1 = w.release("b");
+    wait_until(&w, 60, "the service to deploy b", || {
+        w.running() == w.systems["b"]
+    });
+
+    // Many polls of an unchanged tip: no new fetch, no status spam.
+    wait_until(&w, 10, "the success status", || {
+        w.status_of(&r1).iter().any(|(s, _)| s == "success")
+    });
+    let statuses = w.forge.statuses().len();
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        w.forge.statuses().len(),
+        statuses,
+        "no statuses while nothing changes"
+    );
+    assert_eq!(
+        journal().matches("new tip on the deploy branch").count(),
+        1,
+        "one fetch only"
+    );
+
+    // kill -9 of the service mid-switch: systemd restarts it, it resumes,
+    // exactly one switch, one success.
+    let r2 = w.release("slow");
+    wait_until(&w, 60, "the slow switch to start", || {
+        w.switch_log().iter().any(|l| l.ends_with(&w.systems["slow"]))
+    });
+    let out = w
+        .bed
+        .exec(&["systemctl", "kill", "-s", "KILL", "ferry-agent.service"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_until(&w, 60, "the restarted service to finish the deploy", || {
+        w.status_of(&r2).iter().any(|(s, _)| s == "success")
+    });
+    assert_eq!(w.running(), w.systems["slow"]);
+    let switches = w
+        .switch_log()
+        .iter()
+        .filter(|l| l.ends_with(&w.systems["slow"]))
+        .count();
+    assert_eq!(switches, 1, "exactly one switch for the release");
+    assert_eq!(w.status_of(&r2).iter().filter(|(s, _)| s == "success").count(), 1);
+    assert!(journal().contains("resuming a deploy interrupted by a restart"));
+
+    // The git server goes down: retries with a clear line, no damage; back up: deployed.
+    let git = w.git_http.as_ref().unwrap();
+    git.up.store(false, std::sync::atomic::Ordering::SeqCst);
+    let r3 = w.release("c");
+    wait_until(&w, 30, "a retry line naming the remote", || {
+        journal().contains("reconcile failed, retrying") && journal().contains(&git.url("deploy.git"))
+    });
+    assert_eq!(w.running(), w.systems["slow"]);
+    assert_eq!(w.status_json()["in_progress"], serde_json::Value::Null);
+    git.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    wait_until(&w, 60, "the deploy once the server is back", || {
+        w.running() == w.systems["c"]
+    });
+    wait_until(&w, 10, "its success status", || {
+        w.status_of(&r3).iter().any(|(s, _)| s == "success")
+    });
 }

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -16,6 +16,8 @@ pub struct GitHttp {
     pub port: u16,
     /// Requests refused for want of the right token.
     pub refused: Arc<AtomicUsize>,
+    /// While false, connections are dropped unanswered (the server is "down").
+    pub up: Arc<AtomicBool>,
 }
 
 impl GitHttp {
@@ -24,14 +26,19 @@ impl GitHttp {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let refused = Arc::new(AtomicUsize::new(0));
-        let (root, token, counter) = (root.to_owned(), token.to_owned(), refused.clone());
+        let up = Arc::new(AtomicBool::new(true));
+        let (root, token, counter, is_up) = (root.to_owned(), token.to_owned(), refused.clone(), up.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
+                if !is_up.load(Ordering::SeqCst) {
+                    drop(stream);
+                    continue;
+                }
                 let (root, token, counter) = (root.clone(), token.clone(), counter.clone());
                 std::thread::spawn(move || serve(stream, &root, &token, &counter));
             }
         });
-        Self { port, refused }
+        Self { port, refused, up }
     }
 
     pub fn url(&self, name: &str) -> String {
