@@ -308,6 +308,11 @@ fn deploys_reports_rolls_back_and_refuses() {
     assert_eq!(w.profile(), b);
     assert_eq!(w.switch_log(), vec![format!("switch {b}")]);
     assert_eq!(
+        w.link("/nix/var/nix/profiles/system"),
+        "system-2-link",
+        "a new generation"
+    );
+    assert_eq!(
         w.forge
             .statuses()
             .iter()
@@ -956,14 +961,41 @@ fn the_service_survives_kill_and_outages_over_smart_http() {
     assert_eq!(w.status_of(&r2).iter().filter(|(s, _)| s == "success").count(), 1);
     assert!(journal().contains("resuming a deploy interrupted by a restart"));
 
-    // The git server goes down: retries with a clear line, no damage; back up: deployed.
+    // kill -9 of the service during a fetch: it restarts and fetches again.
     let git = w.git_http.as_ref().unwrap();
+    git.hold_fetches.store(true, std::sync::atomic::Ordering::SeqCst);
+    let r_fetch = w.release("b");
+    wait_until(&w, 30, "the service to be mid-fetch", || {
+        git.held.load(std::sync::atomic::Ordering::SeqCst) > 0
+    });
+    let out = w
+        .bed
+        .exec(&["systemctl", "kill", "-s", "KILL", "ferry-agent.service"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    git.hold_fetches.store(false, std::sync::atomic::Ordering::SeqCst);
+    wait_until(&w, 60, "the deploy after the restart", || {
+        w.running() == w.systems["b"]
+    });
+    wait_until(&w, 10, "its success status", || {
+        w.status_of(&r_fetch).iter().any(|(s, _)| s == "success")
+    });
+    let b_switches = w
+        .switch_log()
+        .iter()
+        .filter(|l| l.ends_with(&w.systems["b"]))
+        .count();
+    assert_eq!(
+        b_switches, 2,
+        "b was switched to once at first and once for this release"
+    );
+
+    // The git server goes down: retries with a clear line, no damage; back up: deployed.
     git.up.store(false, std::sync::atomic::Ordering::SeqCst);
     let r3 = w.release("c");
     wait_until(&w, 30, "a retry line naming the remote", || {
         journal().contains("reconcile failed, retrying") && journal().contains(&git.url("deploy.git"))
     });
-    assert_eq!(w.running(), w.systems["slow"]);
+    assert_eq!(w.running(), w.systems["b"]);
     assert_eq!(w.status_json()["in_progress"], serde_json::Value::Null);
     git.up.store(true, std::sync::atomic::Ordering::SeqCst);
     wait_until(&w, 60, "the deploy once the server is back", || {

@@ -18,6 +18,10 @@ pub struct GitHttp {
     pub refused: Arc<AtomicUsize>,
     /// While false, connections are dropped unanswered (the server is "down").
     pub up: Arc<AtomicBool>,
+    /// While true, fetches (`git-upload-pack` POSTs) are held until it is false.
+    pub hold_fetches: Arc<AtomicBool>,
+    /// Fetches currently held.
+    pub held: Arc<AtomicUsize>,
 }
 
 impl GitHttp {
@@ -27,7 +31,10 @@ impl GitHttp {
         let port = listener.local_addr().unwrap().port();
         let refused = Arc::new(AtomicUsize::new(0));
         let up = Arc::new(AtomicBool::new(true));
+        let hold_fetches = Arc::new(AtomicBool::new(false));
+        let held = Arc::new(AtomicUsize::new(0));
         let (root, token, counter, is_up) = (root.to_owned(), token.to_owned(), refused.clone(), up.clone());
+        let (hold, holding) = (hold_fetches.clone(), held.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 if !is_up.load(Ordering::SeqCst) {
@@ -35,10 +42,17 @@ impl GitHttp {
                     continue;
                 }
                 let (root, token, counter) = (root.clone(), token.clone(), counter.clone());
-                std::thread::spawn(move || serve(stream, &root, &token, &counter));
+                let (hold, holding) = (hold.clone(), holding.clone());
+                std::thread::spawn(move || serve(stream, &root, &token, &counter, &hold, &holding));
             }
         });
-        Self { port, refused, up }
+        Self {
+            port,
+            refused,
+            up,
+            hold_fetches,
+            held,
+        }
     }
 
     pub fn url(&self, name: &str) -> String {
@@ -46,7 +60,14 @@ impl GitHttp {
     }
 }
 
-fn serve(mut stream: std::net::TcpStream, root: &PathBuf, token: &str, refused: &AtomicUsize) {
+fn serve(
+    mut stream: std::net::TcpStream,
+    root: &PathBuf,
+    token: &str,
+    refused: &AtomicUsize,
+    hold: &AtomicBool,
+    held: &AtomicUsize,
+) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut line = String::new();
     if reader.read_line(&mut line).is_err() {
@@ -90,6 +111,13 @@ fn serve(mut stream: std::net::TcpStream, root: &PathBuf, token: &str, refused: 
         return;
     }
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    if method == "POST" && path.ends_with("/git-upload-pack") && hold.load(Ordering::SeqCst) {
+        held.fetch_add(1, Ordering::SeqCst);
+        while hold.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        held.fetch_sub(1, Ordering::SeqCst);
+    }
     let mut cgi = Command::new("git")
         .arg("http-backend")
         .env("GIT_PROJECT_ROOT", root)
