@@ -546,6 +546,7 @@ fn attacks_and_faults_leave_the_system_untouched() {
         ("e", Behaviour::Succeed),
         ("hangs", Behaviour::Slow(600)),
         ("newkernel", Behaviour::Succeed),
+        ("breaks", Behaviour::StartsFailingUnit),
     ]);
     let r1 = w.release("b");
     assert!(w.once().0);
@@ -576,6 +577,20 @@ fn attacks_and_faults_leave_the_system_untouched() {
 
     // Back on track; a release whose health check fails is rolled back.
     git(&w.deploy.path, &["update-ref", "refs/heads/deploy", &r2]);
+    // A release whose activation leaves a unit failed is rolled back.
+    let rb = w.release("breaks");
+    let (ok, out) = w.once();
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("failed units: broken-") && out.contains("rolled back to"),
+        "{out}"
+    );
+    assert_eq!(w.running(), c);
+    assert!(w
+        .status_of(&rb)
+        .iter()
+        .any(|(s, d)| s == "failure" && d.contains("failed units")));
+
     w.set_health_commands(r#"["test -e /run/ferry-test/healthy"]"#);
     let r3 = w.release("d");
     let (ok, out) = w.once();

@@ -158,6 +158,9 @@ pub enum Behaviour {
     RebootRequired,
     /// Sleep this many seconds, then succeed.
     Slow(u32),
+    /// Switch, and start a unit (`broken-<seed>.service`) that fails at once,
+    /// as a bad service in a new configuration would.
+    StartsFailingUnit,
 }
 
 /// Builds a fake NixOS toplevel: `bin/switch-to-configuration` behaving as
@@ -177,6 +180,9 @@ pub fn build_system(
         Behaviour::Succeed => "ln -sfn \"\\$top\" /run/current-system; exit 0".to_owned(),
         Behaviour::Exit(code) => format!("exit {code}"),
         Behaviour::RebootRequired => "ln -sfn \"\\$top\" /run/current-system; exit 100".to_owned(),
+        Behaviour::StartsFailingUnit => format!(
+            "ln -sfn \"\\$top\" /run/current-system; systemd-run --quiet --unit=broken-{seed} /bin/false; sleep 1; exit 0"
+        ),
         Behaviour::Slow(secs) => format!("sleep {secs}; ln -sfn \"\\$top\" /run/current-system; exit 0"),
     };
     let expr = format!(
