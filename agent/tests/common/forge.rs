@@ -3,7 +3,7 @@
 //! (201 by default; 500 or 401 to simulate trouble).
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,37 +32,16 @@ impl Recorder {
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut request_line = String::new();
-                if reader.read_line(&mut request_line).is_err() {
+                let Some(request) = super::http::read_request(&stream) else {
                     continue;
-                }
-                let mut parts = request_line.split_whitespace();
-                let method = parts.next().unwrap_or("").to_owned();
-                let path = parts.next().unwrap_or("").to_owned();
-                let mut headers = HashMap::new();
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
-                        break;
-                    }
-                    if let Some((k, v)) = line.trim_end().split_once(": ") {
-                        headers.insert(k.to_ascii_lowercase(), v.to_owned());
-                    }
-                }
-                let len: usize = headers
-                    .get("content-length")
-                    .and_then(|l| l.parse().ok())
-                    .unwrap_or(0);
-                let mut body = vec![0; len];
-                let _ = reader.read_exact(&mut body);
+                };
                 let code = a.load(Ordering::SeqCst);
                 if code < 300 {
-                    let body = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                    let body = serde_json::from_slice(&request.body).unwrap_or(serde_json::Value::Null);
                     r.lock().unwrap().push(Recorded {
-                        method,
-                        path,
-                        headers,
+                        method: request.method,
+                        path: request.target,
+                        headers: request.headers,
                         body,
                     });
                 }

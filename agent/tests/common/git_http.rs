@@ -2,8 +2,7 @@
 //! HTTP/1.1 server that demands Basic authentication with a given password
 //! (the token) and answers 401 otherwise, as a private forge does.
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -68,35 +67,15 @@ fn serve(
     hold: &AtomicBool,
     held: &AtomicUsize,
 ) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut line = String::new();
-    if reader.read_line(&mut line).is_err() {
+    let Some(super::http::Request {
+        method,
+        target,
+        headers,
+        body,
+    }) = super::http::read_request(&stream)
+    else {
         return;
-    }
-    let mut parts = line.split_whitespace();
-    let (method, target) = (
-        parts.next().unwrap_or("").to_owned(),
-        parts.next().unwrap_or("").to_owned(),
-    );
-    let mut headers = HashMap::new();
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.trim_end().split_once(": ") {
-            headers.insert(k.to_ascii_lowercase(), v.to_owned());
-        }
-    }
-    let mut body = vec![
-        0;
-        headers
-            .get("content-length")
-            .and_then(|l| l.parse().ok())
-            .unwrap_or(0)
-    ];
-    let _ = reader.read_exact(&mut body);
-
+    };
     let authorised = headers
         .get("authorization")
         .and_then(|a| a.strip_prefix("Basic "))

@@ -1,5 +1,6 @@
-//! A static HTTP file server on loopback (Python's `http.server`), serving a
-//! binary cache directory the way any HTTP cache serves it.
+//! HTTP on loopback for tests: a static file server (Python's `http.server`)
+//! serving a binary cache directory the way any HTTP cache serves it, and a
+//! minimal HTTP/1.1 request reader for the fixtures that answer by hand.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -40,4 +41,48 @@ impl Drop for StaticServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One HTTP/1.1 request, as read by [`read_request`].
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: String,
+    /// Path and query, as sent.
+    pub target: String,
+    /// Header names in lower case.
+    pub headers: std::collections::HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+/// Reads one request (line, headers, `Content-Length` body) from `stream`.
+pub fn read_request(stream: &std::net::TcpStream) -> Option<Request> {
+    use std::io::{BufRead, BufReader, Read};
+    let mut reader = BufReader::new(stream.try_clone().ok()?);
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    let mut parts = line.split_whitespace();
+    let method = parts.next()?.to_owned();
+    let target = parts.next()?.to_owned();
+    let mut headers = std::collections::HashMap::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.trim_end().split_once(": ") {
+            headers.insert(k.to_ascii_lowercase(), v.to_owned());
+        }
+    }
+    let len = headers
+        .get("content-length")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body).ok()?;
+    Some(Request {
+        method,
+        target,
+        headers,
+        body,
+    })
 }
