@@ -18,7 +18,6 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::reconcile::{Agent, Reconciled};
-use crate::state::atomic_write;
 use crate::status::{self, NEXT_POLL_FILE};
 use crate::store;
 
@@ -72,10 +71,8 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
     let mut backoff = FIRST_BACKOFF;
     loop {
         let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
-        let _ = atomic_write(
-            &agent.config.state_dir.join(NEXT_POLL_FILE),
-            next.to_rfc3339().as_bytes(),
-        );
+        // Informational only (for `status`): a plain write, no fsync on the idle path.
+        let _ = std::fs::write(agent.config.state_dir.join(NEXT_POLL_FILE), next.to_rfc3339());
         let sleep = tokio::time::sleep(delay);
         tokio::pin!(sleep);
         tokio::select! {
