@@ -1,0 +1,27 @@
+# Ferry's two binaries from this workspace, built against Cargo.lock.
+# `cargoBuildFlags` picks the crate; tests are not run here (they need root,
+# a throwaway systemd and network on loopback: see scripts/test).
+{ lib, rustPlatform, pkg-config, openssl, crate }:
+
+let
+  src = lib.fileset.toSource {
+    root = ../.;
+    fileset = lib.fileset.unions [ ../Cargo.toml ../Cargo.lock ../agent ../signer ];
+  };
+in
+rustPlatform.buildRustPackage {
+  pname = crate;
+  version = (lib.importTOML ../Cargo.toml).workspace.package.version;
+  inherit src;
+  cargoLock.lockFile = ../Cargo.lock;
+  cargoBuildFlags = [ "-p" crate ];
+  nativeBuildInputs = [ pkg-config ];
+  buildInputs = [ openssl ];
+  doCheck = false;
+  meta = {
+    description = "Ferry: GitOps pull deployments for NixOS fleets (${crate})";
+    license = with lib.licenses; [ mit asl20 ];
+    mainProgram = crate;
+    platforms = lib.platforms.linux;
+  };
+}

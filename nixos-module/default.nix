@@ -1,0 +1,229 @@
+# services.ferry-agent: follow a signed deploy branch and switch this host to
+# the system its release names. Options are typed for the common keys and
+# rendered, with anything set under `settings` (RFC 42), into
+# /etc/ferry/agent.toml; see docs/ for every key.
+{ config, lib, pkgs, ... }:
+
+let
+  cfg = config.services.ferry-agent;
+  inherit (lib) mkOption mkEnableOption mkIf mkDefault types optional literalExpression;
+
+  settingsFormat = pkgs.formats.toml { };
+
+  allowedSignersFile =
+    if builtins.isList cfg.allowedSigners
+    then pkgs.writeText "ferry-allowed-signers" (lib.concatStringsSep "\n" cfg.allowedSigners + "\n")
+    else cfg.allowedSigners;
+
+  # Secrets reach the agent as systemd credentials, never through the store.
+  credential = name: "/run/credentials/ferry-agent.service/${name}";
+
+  healthCommand = types.either types.str (types.submodule {
+    options = {
+      command = mkOption { type = types.str; description = "Shell command that must exit 0."; };
+      timeout = mkOption { type = types.str; default = "60s"; description = "How long it may take."; };
+    };
+  });
+in
+{
+  options.services.ferry-agent = {
+    enable = mkEnableOption "the Ferry agent, which deploys signed releases from a git branch to this host";
+
+    package = mkOption {
+      type = types.package;
+      default = pkgs.ferry-agent;
+      defaultText = literalExpression "pkgs.ferry-agent";
+      description = "The ferry-agent package (from Ferry's overlay or flake).";
+    };
+
+    repository = mkOption {
+      type = types.str;
+      example = "https://git.example.com/ops/deploy.git";
+      description = "The deploy repository: https://, http://, git://, file:// or an absolute path.";
+    };
+
+    branch = mkOption {
+      type = types.str;
+      default = "deploy";
+      description = "The branch that carries releases.";
+    };
+
+    allowedSigners = mkOption {
+      type = types.either (types.listOf types.str) types.path;
+      example = literalExpression ''[ "ci@example.com namespaces=\"git\" ssh-ed25519 AAAAC3Nza…" ]'';
+      description = ''
+        Who may sign releases: `allowed_signers` lines (as `ferry-signer keygen`
+        prints them), or a file in that format. Revoke a key by removing its line.
+      '';
+    };
+
+    substituters = mkOption {
+      type = types.listOf types.str;
+      example = [ "https://cache.example.com" ];
+      description = "Binary caches the host's closure is fetched from (only these are used).";
+    };
+
+    trustedPublicKeys = mkOption {
+      type = types.listOf types.str;
+      example = [ "cache.example.com-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=" ];
+      description = "Keys every store path of the closure must be signed with.";
+    };
+
+    pollInterval = mkOption {
+      type = types.str;
+      default = "60s";
+      description = "How often to ask the forge for the branch tip (random jitter is added).";
+    };
+
+    gitTokenFile = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      example = "/run/secrets/ferry-git-token";
+      description = "Token for a private https repository, passed as a systemd credential.";
+    };
+
+    forge = {
+      kind = mkOption {
+        type = types.enum [ "github" "gitea" "forgejo" "gitlab" "none" ];
+        default = "none";
+        description = "Where commit statuses are reported.";
+      };
+      apiUrl = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "https://git.example.com/api/v1";
+        description = "The forge API base URL (defaults to the public API for github and gitlab).";
+      };
+      repository = mkOption {
+        type = types.str;
+        default = "";
+        example = "ops/deploy";
+        description = "owner/repo (or a GitLab project id) that statuses are posted to.";
+      };
+      tokenFile = mkOption {
+        type = types.nullOr types.path;
+        default = null;
+        example = "/run/secrets/ferry-forge-token";
+        description = "Token allowed to write commit statuses, passed as a systemd credential.";
+      };
+    };
+
+    healthCommands = mkOption {
+      type = types.listOf healthCommand;
+      default = [ ];
+      example = literalExpression ''[ "systemctl is-active nginx" { command = "curl -fsS http://localhost/"; timeout = "5s"; } ]'';
+      description = "Extra checks after a switch; a failing one rolls the host back.";
+    };
+
+    settings = mkOption {
+      type = settingsFormat.type;
+      default = { };
+      description = ''
+        Anything else in /etc/ferry/agent.toml (freeform). The typed options
+        above are written here too; values set here win.
+      '';
+    };
+  };
+
+  config = mkIf cfg.enable {
+    assertions = [
+      { assertion = cfg.repository != ""; message = "services.ferry-agent.repository must name the deploy repository."; }
+      { assertion = cfg.substituters != [ ]; message = "services.ferry-agent.substituters must list at least one binary cache."; }
+      {
+        assertion = cfg.trustedPublicKeys != [ ];
+        message = "services.ferry-agent.trustedPublicKeys must list the cache's signing key: Ferry never deploys unsigned closures.";
+      }
+      {
+        assertion = cfg.forge.kind == "none" || (cfg.forge.repository != "" && cfg.forge.tokenFile != null);
+        message = "services.ferry-agent.forge: set repository and tokenFile, or kind = \"none\".";
+      }
+      {
+        assertion = !(lib.elem cfg.forge.kind [ "gitea" "forgejo" ]) || cfg.forge.apiUrl != null;
+        message = "services.ferry-agent.forge.apiUrl is required for gitea/forgejo, e.g. https://git.example.com/api/v1.";
+      }
+    ];
+
+    services.ferry-agent.settings = lib.mapAttrsRecursive (_: mkDefault) ({
+      host = config.networking.hostName;
+      state_dir = "/var/lib/ferry-agent";
+      source = {
+        url = cfg.repository;
+        inherit (cfg) branch;
+        allowed_signers = "/etc/ferry/allowed_signers";
+        poll_interval = cfg.pollInterval;
+      } // lib.optionalAttrs (cfg.gitTokenFile != null) { token_file = credential "git-token"; };
+      cache = {
+        inherit (cfg) substituters;
+        trusted_public_keys = cfg.trustedPublicKeys;
+      };
+      health.commands = cfg.healthCommands;
+      report = {
+        forge = cfg.forge.kind;
+      } // lib.optionalAttrs (cfg.forge.kind != "none") ({
+        inherit (cfg.forge) repository;
+        token_file = credential "forge-token";
+      } // lib.optionalAttrs (cfg.forge.apiUrl != null) { api_url = cfg.forge.apiUrl; });
+    });
+
+    environment.etc."ferry/agent.toml".source = settingsFormat.generate "ferry-agent.toml" cfg.settings;
+    environment.etc."ferry/allowed_signers".source = allowedSignersFile;
+    environment.systemPackages = [ cfg.package ];
+
+    systemd.services.ferry-agent = {
+      description = "Ferry deploy agent";
+      wantedBy = [ "multi-user.target" ];
+      wants = [ "network-online.target" ];
+      after = [ "network-online.target" "nix-daemon.socket" ];
+      # A switch must never stop the agent that is running it; the agent
+      # restarts itself when a deploy changed its own package or unit.
+      restartIfChanged = false;
+      # nix-store and nix-env for realising and setting the profile.
+      path = [ config.nix.package ];
+      environment = {
+        # Talk to nix-daemon instead of writing the store directly: the store
+        # stays read-only to the agent.
+        NIX_REMOTE = "daemon";
+      } // lib.optionalAttrs (config.i18n.glibcLocales != null) {
+        LOCALE_ARCHIVE = "${config.i18n.glibcLocales}/lib/locale/locale-archive";
+      };
+      serviceConfig = {
+        ExecStart = "${cfg.package}/bin/ferry-agent --config /etc/ferry/agent.toml run";
+        Restart = "always";
+        RestartSec = "10s";
+        StateDirectory = "ferry-agent";
+        StateDirectoryMode = "0700";
+        LoadCredential =
+          optional (cfg.gitTokenFile != null) "git-token:${cfg.gitTokenFile}"
+          ++ optional (cfg.forge.tokenFile != null) "forge-token:${cfg.forge.tokenFile}";
+
+        # Sandboxing. The switch itself runs in a transient unit started over
+        # D-Bus, outside this sandbox, so the agent can be confined tightly.
+        ProtectSystem = "strict";
+        # Relaxation: `nix-env -p /nix/var/nix/profiles/system --set` writes
+        # the profile's generation links; the daemon socket must be writable
+        # to connect to it.
+        ReadWritePaths = [ "/nix/var/nix/profiles" "/nix/var/nix/daemon-socket" ];
+        ProtectHome = true;
+        PrivateTmp = true;
+        PrivateDevices = true;
+        ProtectKernelTunables = true;
+        ProtectKernelModules = true;
+        ProtectKernelLogs = true;
+        ProtectControlGroups = true;
+        ProtectClock = true;
+        ProtectHostname = true;
+        RestrictNamespaces = true;
+        RestrictRealtime = true;
+        RestrictSUIDSGID = true;
+        LockPersonality = true;
+        MemoryDenyWriteExecute = true;
+        SystemCallArchitectures = "native";
+        # Relaxation: AF_UNIX for D-Bus, journald and nix-daemon; IP for the
+        # forge, the git remote and the binary caches. No listening sockets
+        # are opened.
+        RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" ];
+        UMask = "0077";
+      };
+    };
+  };
+}
