@@ -21,6 +21,19 @@ use crate::reconcile::{Agent, Reconciled};
 use crate::status::{self, NEXT_POLL_FILE};
 use crate::store;
 
+/// Where this agent's own unit lives on NixOS (a link into the store that
+/// changes whenever the unit or the agent's package changes).
+const OWN_UNIT: &str = "/etc/systemd/system/ferry-agent.service";
+
+/// What identifies the running agent: its executable and its unit file.
+fn own_identity() -> (Option<PathBuf>, Option<Vec<u8>>) {
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|e| std::fs::canonicalize(e).ok());
+    let unit = std::fs::read(OWN_UNIT).ok();
+    (exe, unit)
+}
+
 /// The first retry after a transient failure; doubles up to the poll interval.
 const FIRST_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -50,6 +63,10 @@ pub fn next_delay(interval: Duration, jitter: Duration) -> Duration {
 pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Result<()> {
     let config = Config::load(&config_path)?;
     let mut agent = Agent::new(config)?;
+    // The NixOS module sets restartIfChanged = false, so a switch never kills
+    // a deploy in progress; the agent restarts itself (exiting for systemd's
+    // Restart=always) when a deploy changed its own unit or executable.
+    let identity = own_identity();
     let (tx, mut events) = mpsc::channel::<PathBuf>(64);
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         // Only changes matter: reading a file (as a reload does) must not
@@ -106,6 +123,10 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
                 backoff = FIRST_BACKOFF;
                 if !matches!(outcome, Reconciled::UpToDate) {
                     info!("reconcile: {outcome:?}");
+                }
+                if matches!(outcome, Reconciled::Deployed { .. }) && own_identity() != identity {
+                    info!("the deploy changed ferry-agent's own unit or executable: restarting into the new one");
+                    return Ok(());
                 }
                 delay = next_delay(interval, agent.config.source.jitter);
             }

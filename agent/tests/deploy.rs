@@ -926,6 +926,7 @@ fn the_service_survives_kill_and_outages_over_smart_http() {
         ("b", Behaviour::Succeed),
         ("slow", Behaviour::Slow(4)),
         ("c", Behaviour::Succeed),
+        ("selfupdate", Behaviour::UpdatesAgentUnit),
     ]);
     w.start_service();
     let journal = || w.journal("_SYSTEMD_UNIT=ferry-agent.service");
@@ -1019,4 +1020,17 @@ fn the_service_survives_kill_and_outages_over_smart_http() {
     wait_until(&w, 10, "its success status", || {
         w.status_of(&r3).iter().any(|(s, _)| s == "success")
     });
+
+    // A deploy that changes the agent's own unit: the agent restarts into it.
+    let starts = journal().matches("ferry-agent started").count();
+    let r4 = w.release("selfupdate");
+    wait_until(&w, 60, "the self-updating deploy", || {
+        w.status_of(&r4).iter().any(|(s, _)| s == "success")
+    });
+    wait_until(&w, 30, "the agent to restart into its new unit", || {
+        journal().matches("ferry-agent started").count() > starts
+    });
+    assert!(journal().contains("restarting into the new one"));
+    let out = w.bed.exec(&["systemctl", "is-active", "ferry-agent.service"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "active");
 }

@@ -161,6 +161,9 @@ pub enum Behaviour {
     /// Switch, and start a unit (`broken-<seed>.service`) that fails at once,
     /// as a bad service in a new configuration would.
     StartsFailingUnit,
+    /// Switch, and change ferry-agent's own unit file (as a new agent
+    /// package would), then reload systemd.
+    UpdatesAgentUnit,
 }
 
 /// Builds a fake NixOS toplevel: `bin/switch-to-configuration` behaving as
@@ -182,6 +185,9 @@ pub fn build_system(
         Behaviour::RebootRequired => "ln -sfn \"\\$top\" /run/current-system; exit 100".to_owned(),
         Behaviour::StartsFailingUnit => format!(
             "ln -sfn \"\\$top\" /run/current-system; systemd-run --quiet --unit=broken-{seed} /bin/false; sleep 1; exit 0"
+        ),
+        Behaviour::UpdatesAgentUnit => format!(
+            "ln -sfn \"\\$top\" /run/current-system; echo '# {seed}' >> /etc/systemd/system/ferry-agent.service; systemctl daemon-reload; exit 0"
         ),
         Behaviour::Slow(secs) => format!("sleep {secs}; ln -sfn \"\\$top\" /run/current-system; exit 0"),
     };

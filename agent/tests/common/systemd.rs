@@ -87,14 +87,16 @@ impl Testbed {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        // Give the testbed its own copy of the Nix database now (touching
-        // copies a file up into the overlay), while no test writes it: until
-        // then it would read this machine's live database.
+        // Give the testbed a private copy of the Nix database, taken while no
+        // test writes it. A copy that replaces the directory (rather than
+        // copying files up into it) makes the directory opaque in the
+        // overlay: files this machine's Nix creates later (a new WAL) must not
+        // show through into the testbed's database.
         let _nix = super::nix::lock();
         let out = bed.exec(&[
             "sh",
             "-c",
-            "touch /nix/var/nix/db /nix/var/nix/db/* /nix/var/nix/gc.lock",
+            "set -e; cd /nix/var/nix; cp -a db db.private; rm -rf db; mv db.private db; touch gc.lock",
         ]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         bed
