@@ -35,7 +35,10 @@ fn hosts_file_from_nix_eval_json() {
         &[],
     ));
     let shown = assert_ok(&sb.signer(&["show", "--repo", r], &[]));
-    assert!(!shown.contains("[hosts.db1]") && shown.contains(WEB1_V2), "{shown}");
+    assert!(
+        !shown.contains("[hosts.db1]") && shown.contains(WEB1_V2),
+        "{shown}"
+    );
 }
 
 #[test]
