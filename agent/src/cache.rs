@@ -143,7 +143,7 @@ impl BinaryCaches {
 
     /// Fetches and checks the narinfo of `path` from the first cache that has it.
     pub async fn narinfo(&self, path: &str) -> Result<NarInfo, CacheError> {
-        self.inner.narinfo(path).await
+        Ok(self.inner.narinfo(path).await?.0)
     }
 
     /// Walks the closure of `toplevel` through the caches, skipping paths
@@ -152,7 +152,7 @@ impl BinaryCaches {
     pub async fn preflight(&self, toplevel: &StorePath, store_dir: &Path) -> Result<Preflight, CacheError> {
         let mut seen: HashSet<String> = HashSet::new();
         let mut queue: VecDeque<String> = VecDeque::new();
-        let mut tasks: JoinSet<Result<NarInfo, CacheError>> = JoinSet::new();
+        let mut tasks: JoinSet<Result<(NarInfo, String), CacheError>> = JoinSet::new();
         let mut result = Preflight {
             paths: 0,
             missing: 0,
@@ -187,13 +187,11 @@ impl BinaryCaches {
             let Some(joined) = tasks.join_next().await else {
                 break;
             };
-            let info = joined.expect("narinfo tasks do not panic")?;
+            let (info, signer) = joined.expect("narinfo tasks do not panic")?;
             result.missing += 1;
             result.download_bytes += info.file_size.unwrap_or(info.nar_size);
             result.unpacked_bytes += info.nar_size;
-            if let Ok(key) = info.check_trust(&self.inner.trusted) {
-                result.signers.insert(key.name.clone());
-            }
+            result.signers.insert(signer);
             for r in info.references {
                 enqueue(r, &mut seen, &mut queue, &mut result);
             }
@@ -207,7 +205,8 @@ impl BinaryCaches {
 }
 
 impl Inner {
-    async fn narinfo(&self, path: &str) -> Result<NarInfo, CacheError> {
+    /// The checked narinfo of `path` and the name of the key that vouched for it.
+    async fn narinfo(&self, path: &str) -> Result<(NarInfo, String), CacheError> {
         let hash = path
             .strip_prefix("/nix/store/")
             .and_then(|b| b.get(..32))
@@ -234,8 +233,8 @@ impl Inner {
                     got: info.store_path.to_string(),
                 });
             }
-            info.check_trust(&self.trusted)?;
-            return Ok(info);
+            let signer = info.check_trust(&self.trusted)?.name.clone();
+            return Ok((info, signer));
         }
         Err(unreachable.unwrap_or_else(|| CacheError::NotFound {
             path: path.into(),

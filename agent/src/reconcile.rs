@@ -228,13 +228,15 @@ impl Agent {
             Err(e) => {
                 let summary = e.summary();
                 return self.refuse(
-                    "verify",
                     &mut state,
-                    &tip_id,
-                    None,
-                    None,
-                    &summary,
-                    &e.to_string(),
+                    Refused {
+                        phase: "verify",
+                        tip: &tip_id,
+                        serial: None,
+                        source: None,
+                        summary,
+                        detail: e.to_string(),
+                    },
                 );
             }
         };
@@ -269,13 +271,15 @@ impl Agent {
                     None
                 };
                 self.refuse(
-                    "select",
                     &mut state,
-                    &tip_id,
-                    Some(serial),
-                    source,
-                    &r.summary(),
-                    &r.to_string(),
+                    Refused {
+                        phase: "select",
+                        tip: &tip_id,
+                        serial: Some(serial),
+                        source,
+                        summary: r.summary(),
+                        detail: r.to_string(),
+                    },
                 )
             }
             Verdict::AlreadyRunning(entry) => {
@@ -314,17 +318,15 @@ impl Agent {
 
     /// Records a refusal: the tip is remembered (so it is not verified again)
     /// but the anchor does not move and nothing is deployed.
-    #[allow(clippy::too_many_arguments)]
-    fn refuse(
-        &self,
-        phase: &str,
-        state: &mut State,
-        tip: &CommitId,
-        serial: Option<u64>,
-        source: Option<&CommitId>,
-        summary: &str,
-        detail: &str,
-    ) -> Result<Reconciled> {
+    fn refuse(&self, state: &mut State, refused: Refused<'_>) -> Result<Reconciled> {
+        let Refused {
+            phase,
+            tip,
+            serial,
+            source,
+            summary,
+            detail,
+        } = refused;
         error!(
             ferry_commit = %tip, ferry_serial = serial.unwrap_or(0), ferry_phase = phase,
             ferry_outcome = "refused", "release refused: {detail}"
@@ -335,7 +337,7 @@ impl Agent {
             serial: serial.unwrap_or(0),
             toplevel: None,
             result: OutcomeKind::Refused,
-            description: summary.to_owned(),
+            description: summary.clone(),
             at: Utc::now(),
         });
         self.state.save(state)?;
@@ -344,8 +346,8 @@ impl Agent {
         } else {
             StatusState::Failure
         };
-        self.report(tip, source, status, summary);
-        Ok(Reconciled::Refused(detail.to_owned()))
+        self.report(tip, source, status, &summary);
+        Ok(Reconciled::Refused(detail))
     }
 
     async fn deploy(
@@ -379,13 +381,15 @@ impl Agent {
             Err(e) if e.is_transient() => return Err(e.into()),
             Err(e) => {
                 return self.refuse(
-                    "preflight",
                     state,
-                    &tip,
-                    Some(serial),
-                    source.as_ref(),
-                    &e.summary(),
-                    &e.to_string(),
+                    Refused {
+                        phase: "preflight",
+                        tip: &tip,
+                        serial: Some(serial),
+                        source: source.as_ref(),
+                        summary: e.summary(),
+                        detail: e.to_string(),
+                    },
                 )
             }
         };
@@ -657,6 +661,19 @@ impl Agent {
         self.report(&flight.commit, flight.source.as_ref(), status, description);
         Ok(result)
     }
+}
+
+/// A refusal to record: where it happened, of what, and why.
+struct Refused<'a> {
+    phase: &'static str,
+    tip: &'a CommitId,
+    serial: Option<u64>,
+    /// Where else to report (the release's source commit), when trustworthy.
+    source: Option<&'a CommitId>,
+    /// Plain words for the commit status.
+    summary: String,
+    /// The full reason, for the journal and `once`.
+    detail: String,
 }
 
 /// The action that puts the previous system back.

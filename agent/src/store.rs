@@ -12,6 +12,8 @@ use tokio::process::Command;
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[error("cannot create the GC root directory {path}: {source}")]
+    GcRoots { path: PathBuf, source: std::io::Error },
     #[error("cannot run {program}: {source} (is Nix installed and on PATH?)")]
     Spawn {
         program: &'static str,
@@ -49,8 +51,8 @@ impl Store {
     /// Realises `toplevel`'s closure from the pinned substituters only, with
     /// signatures required, and roots it at `<gc_roots>/<name>`.
     pub async fn realise(&self, toplevel: &StorePath, root_name: &str) -> Result<(), StoreError> {
-        std::fs::create_dir_all(&self.gc_roots).map_err(|source| StoreError::Spawn {
-            program: "nix-store",
+        std::fs::create_dir_all(&self.gc_roots).map_err(|source| StoreError::GcRoots {
+            path: self.gc_roots.clone(),
             source,
         })?;
         let root = self.gc_roots.join(root_name);
