@@ -11,6 +11,7 @@ use ssh_key::public::KeyData;
 use ssh_key::{Algorithm, HashAlg, PublicKey};
 
 use crate::pattern;
+use crate::sshsig::SkDetails;
 
 /// Files larger than this are refused rather than read.
 pub const MAX_ALLOWED_SIGNERS_BYTES: u64 = 1 << 20;
@@ -34,6 +35,12 @@ pub struct AllowedSigner {
     pub valid_after: Option<DateTime<Utc>>,
     /// `valid-before="…"`: signatures made after this instant are refused.
     pub valid_before: Option<DateTime<Utc>>,
+    /// For security keys: a signature must attest a touch (user presence).
+    /// True unless the line says `no-touch-required`.
+    pub touch_required: bool,
+    /// For security keys, `verify-required`: a signature must attest user
+    /// verification (PIN or biometrics).
+    pub verify_required: bool,
     /// The signer's public key.
     pub key: PublicKey,
 }
@@ -68,8 +75,10 @@ pub enum LineProblem {
     BadKey(String),
     #[error("`cert-authority` lines are not supported: list each signing key on a line of its own")]
     CertAuthority,
-    #[error("unknown option `{0}` (allowed: namespaces, valid-after, valid-before)")]
+    #[error("unknown option `{0}` (allowed: namespaces, valid-after, valid-before, no-touch-required, verify-required)")]
     UnknownOption(String),
+    #[error("option `{0}` takes no value")]
+    FlagWithValue(String),
     #[error("option `{0}` needs a value in double quotes, e.g. {0}=\"…\"")]
     UnquotedValue(String),
     #[error("option `{0}` is given twice")]
@@ -100,6 +109,18 @@ pub enum Unauthorized {
         line: usize,
         valid_after: DateTime<Utc>,
         at: DateTime<Utc>,
+    },
+    #[error("security key {fingerprint} (principal {principals}, line {line}) signed without a touch: the signature does not attest user presence; touch the key when signing, or add `no-touch-required` to the line if this key is meant to sign unattended")]
+    NoTouch {
+        fingerprint: String,
+        principals: String,
+        line: usize,
+    },
+    #[error("security key {fingerprint} (principal {principals}, line {line}) signed without user verification, which its line requires (`verify-required`): sign with the key's PIN set and asked for")]
+    NoUserVerification {
+        fingerprint: String,
+        principals: String,
+        line: usize,
     },
     #[error("key {fingerprint} (principal {principals}, line {line}) expired at {valid_before}, but the signature is dated {at}")]
     Expired {
@@ -164,50 +185,86 @@ impl AllowedSigners {
         &self.entries
     }
 
-    /// Finds the first entry that lets `key` sign for `namespace` at time `at`
-    /// (for git, the committer time, as `git verify-commit` does). When no entry
-    /// does, the error explains the most specific reason.
+    /// Decides whether `key` may sign for `namespace` at time `at` (for git,
+    /// the committer time), exactly as `git verify-commit` does through
+    /// `ssh-keygen`: first `find-principals` (the first line listing the key
+    /// that is valid at `at`, whatever its namespaces), then `verify -I P` for
+    /// each principal P of that line in turn, which accepts any line naming P
+    /// with this key, the namespace and a window containing `at`.
+    ///
+    /// On top of git, a FIDO signature (`sk`) must attest a touch unless the
+    /// accepting line says `no-touch-required`, and user verification when it
+    /// says `verify-required` (`sshd`'s rules for `authorized_keys`; OpenSSH
+    /// does not check these flags on SSHSIG signatures at all).
+    ///
+    /// When no line accepts, the error gives the most specific reason.
     pub fn authorize(
         &self,
         key: &KeyData,
         namespace: &str,
         at: DateTime<Utc>,
-    ) -> Result<&AllowedSigner, Unauthorized> {
+        sk: Option<SkDetails>,
+    ) -> Result<Authorized<'_>, Unauthorized> {
         let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+        let listed: Vec<&AllowedSigner> = self.entries.iter().filter(|e| e.key.key_data() == key).collect();
+        let refuse = |entry: &AllowedSigner, check: Check| {
+            let (fingerprint, principals, line) = (fingerprint.clone(), entry.principals.clone(), entry.line);
+            match check {
+                Check::Namespace(namespaces) => Unauthorized::Namespace {
+                    fingerprint,
+                    principals,
+                    line,
+                    namespace: namespace.to_owned(),
+                    namespaces,
+                },
+                Check::NotYetValid(valid_after) => Unauthorized::NotYetValid {
+                    fingerprint,
+                    principals,
+                    line,
+                    valid_after,
+                    at,
+                },
+                Check::Expired(valid_before) => Unauthorized::Expired {
+                    fingerprint,
+                    principals,
+                    line,
+                    valid_before,
+                    at,
+                },
+                Check::NoTouch => Unauthorized::NoTouch {
+                    fingerprint,
+                    principals,
+                    line,
+                },
+                Check::NoUserVerification => Unauthorized::NoUserVerification {
+                    fingerprint,
+                    principals,
+                    line,
+                },
+            }
+        };
+        let Some(&first) = listed.first() else {
+            return Err(Unauthorized::KeyNotListed { fingerprint });
+        };
+        // find-principals: the first line for this key valid at `at`.
+        let found = listed
+            .iter()
+            .find(|e| e.check_window(at).is_ok())
+            .ok_or_else(|| refuse(first, first.check_window(at).expect_err("no line is valid")))?;
         let mut refusal = None;
-        for entry in self.entries.iter().filter(|e| e.key.key_data() == key) {
-            let who = || (fingerprint.clone(), entry.principals.clone(), entry.line);
-            match entry.check(namespace, at) {
-                Ok(()) => return Ok(entry),
-                Err(Check::Namespace(namespaces)) => {
-                    let (fingerprint, principals, line) = who();
-                    refusal.get_or_insert(Unauthorized::Namespace {
-                        fingerprint,
-                        principals,
-                        line,
-                        namespace: namespace.to_owned(),
-                        namespaces,
-                    });
-                }
-                Err(Check::NotYetValid(valid_after)) => {
-                    let (fingerprint, principals, line) = who();
-                    refusal.get_or_insert(Unauthorized::NotYetValid {
-                        fingerprint,
-                        principals,
-                        line,
-                        valid_after,
-                        at,
-                    });
-                }
-                Err(Check::Expired(valid_before)) => {
-                    let (fingerprint, principals, line) = who();
-                    refusal.get_or_insert(Unauthorized::Expired {
-                        fingerprint,
-                        principals,
-                        line,
-                        valid_before,
-                        at,
-                    });
+        // As ssh-keygen prints them: split at commas, stopping at an empty one.
+        for principal in found.principals.split(',').take_while(|p| !p.is_empty()) {
+            for entry in listed.iter().filter(|e| e.names_principal(principal)) {
+                match entry.check(namespace, at).and_then(|()| entry.check_sk(sk)) {
+                    Ok(()) => {
+                        return Ok(Authorized {
+                            entry,
+                            principal: principal.to_owned(),
+                        })
+                    }
+                    Err(check) => {
+                        refusal.get_or_insert_with(|| refuse(entry, check));
+                    }
                 }
             }
         }
@@ -215,10 +272,22 @@ impl AllowedSigners {
     }
 }
 
+/// A line that accepts a signature, and the principal it was accepted for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authorized<'a> {
+    /// The accepting line.
+    pub entry: &'a AllowedSigner,
+    /// The principal, as `git verify-commit` reports it ("Good "git" signature
+    /// for P"): one of the patterns of the first line listing the key.
+    pub principal: String,
+}
+
 enum Check {
     Namespace(String),
     NotYetValid(DateTime<Utc>),
     Expired(DateTime<Utc>),
+    NoTouch,
+    NoUserVerification,
 }
 
 impl AllowedSigner {
@@ -228,6 +297,18 @@ impl AllowedSigner {
                 return Err(Check::Namespace(namespaces.clone()));
             }
         }
+        self.check_window(at)
+    }
+
+    fn check_sk(&self, sk: Option<SkDetails>) -> Result<(), Check> {
+        match sk {
+            Some(sk) if self.touch_required && !sk.user_present() => Err(Check::NoTouch),
+            Some(sk) if self.verify_required && !sk.user_verified() => Err(Check::NoUserVerification),
+            _ => Ok(()),
+        }
+    }
+
+    fn check_window(&self, at: DateTime<Utc>) -> Result<(), Check> {
         if let Some(after) = self.valid_after {
             if at < after {
                 return Err(Check::NotYetValid(after));
@@ -265,6 +346,12 @@ impl fmt::Display for AllowedSigner {
         }
         if let Some(t) = self.valid_before {
             options.push(format!("valid-before=\"{}\"", t.format("%Y%m%d%H%M%SZ")));
+        }
+        if !self.touch_required {
+            options.push("no-touch-required".to_owned());
+        }
+        if self.verify_required {
+            options.push("verify-required".to_owned());
         }
         if !options.is_empty() {
             write!(f, " {}", options.join(","))?;
@@ -349,6 +436,8 @@ fn parse_line(raw: &str, line: usize) -> Result<Option<AllowedSigner>, LineProbl
         namespaces: options.namespaces,
         valid_after: options.valid_after,
         valid_before: options.valid_before,
+        touch_required: !options.no_touch_required,
+        verify_required: options.verify_required,
         key,
     }))
 }
@@ -366,6 +455,8 @@ struct Options {
     namespaces: Option<String>,
     valid_after: Option<DateTime<Utc>>,
     valid_before: Option<DateTime<Utc>>,
+    no_touch_required: bool,
+    verify_required: bool,
 }
 
 /// Parses `opt[,opt…]` where an option is `name` or `name="value"`.
@@ -394,6 +485,19 @@ fn parse_options(text: &str) -> Result<Options, LineProblem> {
         let need_value = |v: Option<String>| v.ok_or_else(|| LineProblem::UnquotedValue(name.clone()));
         match name.as_str() {
             "cert-authority" => return Err(LineProblem::CertAuthority),
+            "no-touch-required" | "verify-required" => {
+                if value.is_some() {
+                    return Err(LineProblem::FlagWithValue(name));
+                }
+                let flag = if name == "no-touch-required" {
+                    &mut options.no_touch_required
+                } else {
+                    &mut options.verify_required
+                };
+                if std::mem::replace(flag, true) {
+                    return Err(LineProblem::DuplicateOption(name));
+                }
+            }
             "namespaces" => {
                 let v = need_value(value)?;
                 set_once(&mut options.namespaces, v, &name)?;
@@ -495,7 +599,14 @@ mod tests {
         assert_eq!(signers.entries()[1].principals, "ci@example.com,bot@*");
         assert!(signers.entries()[1].names_principal("bot@anything"));
         let now = Utc::now();
-        assert_eq!(signers.authorize(&key(KEY_B), "git", now).unwrap().line, 4);
+        assert_eq!(
+            signers
+                .authorize(&key(KEY_B), "git", now, None)
+                .unwrap()
+                .entry
+                .line,
+            4
+        );
     }
 
     #[test]
@@ -513,7 +624,9 @@ mod tests {
     #[test]
     fn namespace_refusal_names_the_principal() {
         let signers = AllowedSigners::parse(&format!("alice namespaces=\"file\" {KEY_A}\n")).unwrap();
-        let err = signers.authorize(&key(KEY_A), "git", Utc::now()).unwrap_err();
+        let err = signers
+            .authorize(&key(KEY_A), "git", Utc::now(), None)
+            .unwrap_err();
         assert!(matches!(err, Unauthorized::Namespace { ref principals, .. } if principals == "alice"));
         assert!(err.to_string().contains("namespace `git`"), "{err}");
     }
@@ -525,13 +638,15 @@ mod tests {
         ))
         .unwrap();
         let k = key(KEY_A);
-        assert!(signers.authorize(&k, "git", at("2026-01-15T00:00:00Z")).is_ok());
+        assert!(signers
+            .authorize(&k, "git", at("2026-01-15T00:00:00Z"), None)
+            .is_ok());
         assert!(matches!(
-            signers.authorize(&k, "git", at("2025-12-31T23:59:59Z")),
+            signers.authorize(&k, "git", at("2025-12-31T23:59:59Z"), None),
             Err(Unauthorized::NotYetValid { .. })
         ));
         assert!(matches!(
-            signers.authorize(&k, "git", at("2026-02-01T00:00:01Z")),
+            signers.authorize(&k, "git", at("2026-02-01T00:00:01Z"), None),
             Err(Unauthorized::Expired { .. })
         ));
     }
@@ -542,17 +657,119 @@ mod tests {
             AllowedSigners::parse(&format!("old valid-before=\"20200101Z\" {KEY_A}\nnew {KEY_A}\n")).unwrap();
         assert_eq!(
             signers
-                .authorize(&key(KEY_A), "git", Utc::now())
+                .authorize(&key(KEY_A), "git", Utc::now(), None)
                 .unwrap()
-                .principals,
+                .principal,
             "new"
+        );
+    }
+
+    #[test]
+    fn principals_are_found_as_git_finds_them() {
+        // git asks ssh-keygen for the first line listing the key (ignoring
+        // namespaces), then verifies for each of that line's principals: a
+        // later line for another principal does not help.
+        let signers = AllowedSigners::parse(&format!(
+            "files-only namespaces=\"file\" {KEY_A}\nreleases namespaces=\"git\" {KEY_A}\n"
+        ))
+        .unwrap();
+        let err = signers
+            .authorize(&key(KEY_A), "git", Utc::now(), None)
+            .unwrap_err();
+        assert!(matches!(err, Unauthorized::Namespace { line: 1, .. }), "{err}");
+
+        // A later line naming the same principal does help.
+        let signers = AllowedSigners::parse(&format!(
+            "alice namespaces=\"file\" {KEY_A}\nalice,bob namespaces=\"git\" {KEY_A}\n"
+        ))
+        .unwrap();
+        let ok = signers.authorize(&key(KEY_A), "git", Utc::now(), None).unwrap();
+        assert_eq!((ok.principal.as_str(), ok.entry.line), ("alice", 2));
+
+        // Each principal of the first line is tried in turn; wildcards match
+        // themselves, as `ssh-keygen -Y verify -I 'ci@*'` does.
+        let signers = AllowedSigners::parse(&format!(
+            "\"ci@*,bob\" {KEY_A}\nbob namespaces=\"file\" {KEY_B}\n"
+        ))
+        .unwrap();
+        let ok = signers.authorize(&key(KEY_A), "git", Utc::now(), None).unwrap();
+        assert_eq!(ok.principal, "ci@*");
+    }
+
+    #[test]
+    fn security_keys_must_attest_a_touch_unless_the_line_waives_it() {
+        let touched = SkDetails {
+            flags: 0x01,
+            counter: 7,
+        };
+        let untouched = SkDetails {
+            flags: 0x00,
+            counter: 8,
+        };
+        let verified = SkDetails {
+            flags: 0x05,
+            counter: 9,
+        };
+        let now = Utc::now();
+        let k = key(KEY_A);
+
+        let strict = AllowedSigners::parse(&format!("alice {KEY_A}\n")).unwrap();
+        assert!(strict.authorize(&k, "git", now, Some(touched)).is_ok());
+        let err = strict.authorize(&k, "git", now, Some(untouched)).unwrap_err();
+        assert!(matches!(err, Unauthorized::NoTouch { line: 1, .. }));
+        assert!(err.to_string().contains("no-touch-required"), "{err}");
+        // Keys that are not security keys carry no flags and are unaffected.
+        assert!(strict.authorize(&k, "git", now, None).is_ok());
+
+        let waived = AllowedSigners::parse(&format!("alice no-touch-required {KEY_A}\n")).unwrap();
+        assert!(waived.authorize(&k, "git", now, Some(untouched)).is_ok());
+
+        let pin = AllowedSigners::parse(&format!("alice verify-required {KEY_A}\n")).unwrap();
+        assert!(matches!(
+            pin.authorize(&k, "git", now, Some(touched)),
+            Err(Unauthorized::NoUserVerification { .. })
+        ));
+        assert!(pin.authorize(&k, "git", now, Some(verified)).is_ok());
+
+        // A second line for the same principal may waive what the first requires.
+        let both = AllowedSigners::parse(&format!(
+            "alice {KEY_A}\nalice no-touch-required,namespaces=\"git\" {KEY_A}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            both.authorize(&k, "git", now, Some(untouched))
+                .unwrap()
+                .entry
+                .line,
+            2
+        );
+    }
+
+    #[test]
+    fn flag_options_parse_render_and_refuse_values() {
+        let signers =
+            AllowedSigners::parse(&format!("alice no-touch-required,verify-required {KEY_A}\n")).unwrap();
+        let e = &signers.entries()[0];
+        assert!(!e.touch_required && e.verify_required);
+        let again = AllowedSigners::parse(&e.to_string()).unwrap();
+        assert_eq!(again.entries()[0].touch_required, e.touch_required);
+        assert_eq!(again.entries()[0].verify_required, e.verify_required);
+        assert_eq!(
+            problem(&format!("alice no-touch-required=\"yes\" {KEY_A}\n")),
+            LineProblem::FlagWithValue("no-touch-required".into())
+        );
+        assert_eq!(
+            problem(&format!("alice verify-required,verify-required {KEY_A}\n")),
+            LineProblem::DuplicateOption("verify-required".into())
         );
     }
 
     #[test]
     fn unknown_key_is_refused_with_its_fingerprint() {
         let signers = AllowedSigners::parse(&format!("alice {KEY_A}\n")).unwrap();
-        let err = signers.authorize(&key(KEY_B), "git", Utc::now()).unwrap_err();
+        let err = signers
+            .authorize(&key(KEY_B), "git", Utc::now(), None)
+            .unwrap_err();
         assert!(err.to_string().starts_with("key SHA256:"), "{err}");
         assert!(matches!(err, Unauthorized::KeyNotListed { .. }));
     }

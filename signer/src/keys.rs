@@ -88,6 +88,16 @@ pub enum KeyError {
     Encrypt(String),
 }
 
+impl crate::sshsig::GitSigner for SigningKey {
+    fn public_key(&self) -> PublicKey {
+        SigningKey::public_key(self)
+    }
+
+    fn sign_git(&self, payload: &[u8]) -> Result<String, crate::sshsig::SignError> {
+        Ok(crate::sshsig::sign_git(&self.0, payload)?)
+    }
+}
+
 impl SigningKey {
     /// Generates a new ed25519 key.
     pub fn generate(comment: &str) -> Result<Self, KeyError> {

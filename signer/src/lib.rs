@@ -11,11 +11,13 @@
 //! # Layout
 //! - [`release`]: the `release.toml` model, strict parsing, canonical rendering.
 //! - [`names`]: validated store paths, host names and commit ids.
-//! - [`sshsig`]: the SSHSIG envelope: parse, verify, sign.
+//! - [`sshsig`]: the SSHSIG envelope: parse, verify, sign, for every key type
+//!   git signs with (ed25519, ECDSA, RSA, FIDO sk-ed25519/sk-ecdsa).
 //! - [`allowed_signers`]: ssh-keygen's `allowed_signers` file (with [`pattern`]).
 //! - [`git`]: libgit2 plumbing: release blob, signature split, signed commits.
 //! - [`verify`]: [`verify_release`], the check the agent runs.
 //! - [`keys`]: the signing key, age-encrypted at rest.
+//! - [`ssh_agent`]: signing with a key held by `ssh-agent` (hardware keys).
 //! - [`publish`]: computing and writing the next release.
 
 pub mod allowed_signers;
@@ -25,6 +27,7 @@ pub mod names;
 pub mod pattern;
 pub mod publish;
 pub mod release;
+pub mod ssh_agent;
 pub mod sshsig;
 pub mod verify;
 

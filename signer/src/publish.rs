@@ -8,10 +8,9 @@ use chrono::{DateTime, Duration, Utc};
 use git2::{Oid, Repository};
 
 use crate::git::{self, GitError};
-use crate::keys::SigningKey;
 use crate::names::{CommitId, HostName};
 use crate::release::{HostEntry, Release, RELEASE_FILE};
-use crate::sshsig;
+use crate::sshsig::{GitSigner, SignError};
 
 /// What a new release changes relative to the previous one.
 #[derive(Debug, Clone, Default)]
@@ -41,8 +40,8 @@ pub enum PublishError {
         #[source]
         source: GitError,
     },
-    #[error("signing failed: {0}")]
-    Sign(#[from] ssh_key::Error),
+    #[error(transparent)]
+    Sign(#[from] SignError),
     #[error(transparent)]
     Git(#[from] GitError),
 }
@@ -129,7 +128,7 @@ pub struct Published {
 pub fn publish(
     repo: &Repository,
     branch: &str,
-    key: &SigningKey,
+    key: &dyn GitSigner,
     changes: &ReleaseChanges,
     message: Option<&str>,
     now: DateTime<Utc>,
@@ -162,7 +161,7 @@ pub fn publish(
     let parents: Vec<&git2::Commit> = parent.iter().collect();
     let payload = repo.commit_create_buffer(&who, &who, &message, &tree, &parents)?;
     let payload = std::str::from_utf8(&payload).expect("git2 writes UTF-8 commit headers");
-    let signature = sshsig::sign_git(key.private_key(), payload.as_bytes())?;
+    let signature = key.sign_git(payload.as_bytes())?;
     let commit = git::write_signed_commit(repo, payload, &signature)?;
     git::advance_branch(
         repo,

@@ -1,7 +1,11 @@
 //! SSHSIG, OpenSSH's detached signature format (`PROTOCOL.sshsig`), as git uses
 //! it for `gpg.format=ssh`: parsing the armored envelope with precise errors,
-//! verifying it over a message, and producing it with a signing key. Key
-//! decoding and the signature maths are RustCrypto `ssh-key`'s.
+//! verifying it over a message, and producing it with a signing key or through
+//! any [`GitSigner`]. Every key type OpenSSH signs commits with is accepted:
+//! ed25519, ECDSA P-256/384/521, RSA (rsa-sha2-256/512 only, as OpenSSH) and
+//! the FIDO types sk-ed25519 and sk-ecdsa (`PROTOCOL.u2f`), whose flags are
+//! kept for the policy in [`crate::AllowedSigners`]. Key decoding and the
+//! signature maths are RustCrypto `ssh-key`'s.
 
 use base64::Engine as _;
 use ssh_key::public::KeyData;
@@ -26,7 +30,62 @@ pub struct SshSignature {
     pub namespace: String,
     /// The hash applied to the message before signing.
     pub hash_alg: HashAlg,
+    /// For security-key (FIDO) signatures: what the authenticator attested.
+    pub sk: Option<SkDetails>,
     signature: Signature,
+}
+
+/// What a FIDO authenticator reports with each signature (`PROTOCOL.u2f`): the
+/// flags byte and the signature counter. Both are covered by the signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SkDetails {
+    /// FIDO flags: bit 0 user presence (a touch), bit 2 user verification (PIN).
+    pub flags: u8,
+    /// The authenticator's signature counter.
+    pub counter: u32,
+}
+
+impl SkDetails {
+    /// Flag bit: the user touched the authenticator.
+    pub const USER_PRESENT: u8 = 0x01;
+    /// Flag bit: the authenticator verified the user (PIN or biometrics).
+    pub const USER_VERIFIED: u8 = 0x04;
+
+    /// Whether the authenticator attests a touch.
+    pub fn user_present(&self) -> bool {
+        self.flags & Self::USER_PRESENT != 0
+    }
+
+    /// Whether the authenticator attests user verification.
+    pub fn user_verified(&self) -> bool {
+        self.flags & Self::USER_VERIFIED != 0
+    }
+}
+
+/// Something that can sign a git commit in SSHSIG format: a private key in
+/// memory ([`crate::keys::SigningKey`]) or a key held by `ssh-agent`
+/// ([`crate::ssh_agent::AgentKey`]).
+pub trait GitSigner {
+    /// The public half of the signing key.
+    fn public_key(&self) -> PublicKey;
+    /// Signs `payload` (a commit without its `gpgsig` header) for namespace
+    /// `git` and returns the armored signature.
+    fn sign_git(&self, payload: &[u8]) -> Result<String, SignError>;
+}
+
+/// Why a commit could not be signed.
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    #[error("cannot sign: {0}")]
+    Key(#[from] ssh_key::Error),
+    #[error("cannot sign with ssh-agent: {0}")]
+    Agent(String),
+    #[error("the signature produced by {signer} does not verify ({source}); nothing was written")]
+    Unverifiable {
+        signer: String,
+        #[source]
+        source: SigError,
+    },
 }
 
 /// Why bytes are not a usable SSHSIG signature, or why it does not verify.
@@ -48,6 +107,12 @@ pub enum SigError {
     HashAlgorithm(String),
     #[error("signature body cannot be decoded ({0})")]
     Signature(String),
+    #[error("signature uses ssh-rsa (RSA with SHA-1), which OpenSSH refuses for signatures: sign with rsa-sha2-512 (any current ssh-keygen or ssh-agent does)")]
+    RsaSha1,
+    #[error("signature is made by a certificate ({0}); certificates and cert-authority lines are not supported: list the signing key itself in allowed_signers")]
+    Certificate(String),
+    #[error("signature algorithm `{0}` is not supported: sign with ssh-ed25519 (recommended), ECDSA, RSA (rsa-sha2-256/512) or a FIDO key (sk-ssh-ed25519, sk-ecdsa-sha2-nistp256)")]
+    UnsupportedAlgorithm(String),
     #[error("signature algorithm {signature} does not match the {key} key that claims it")]
     AlgorithmMismatch { signature: String, key: String },
     #[error("signature by key {fingerprint} does not match the signed content: the commit was changed after it was signed, or the signature was forged")]
@@ -96,10 +161,40 @@ impl SshSignature {
                 ))))
             }
         };
+        let key_name = Reader(key_blob)
+            .string()
+            .ok_or(SigError::Blob("truncated public key type"))?;
+        if key_name.ends_with(b"-cert-v01@openssh.com") {
+            return Err(SigError::Certificate(printable(&String::from_utf8_lossy(
+                key_name,
+            ))));
+        }
         let public_key = PublicKey::from_bytes(key_blob)
             .map_err(|e| SigError::PublicKey(e.to_string()))?
             .key_data()
             .clone();
+        if !supported_key(&public_key) {
+            return Err(SigError::UnsupportedAlgorithm(public_key.algorithm().to_string()));
+        }
+        let sig_name = Reader(sig_blob)
+            .string()
+            .ok_or(SigError::Blob("truncated signature type"))?;
+        match sig_name {
+            b"ssh-rsa" => return Err(SigError::RsaSha1),
+            b"ssh-ed25519"
+            | b"sk-ssh-ed25519@openssh.com"
+            | b"ecdsa-sha2-nistp256"
+            | b"ecdsa-sha2-nistp384"
+            | b"ecdsa-sha2-nistp521"
+            | b"sk-ecdsa-sha2-nistp256@openssh.com"
+            | b"rsa-sha2-256"
+            | b"rsa-sha2-512" => {}
+            other => {
+                return Err(SigError::UnsupportedAlgorithm(printable(
+                    &String::from_utf8_lossy(other),
+                )))
+            }
+        }
         let signature = Signature::try_from(sig_blob).map_err(|e| SigError::Signature(e.to_string()))?;
         let key_alg = public_key.algorithm();
         if !signature_fits_key(&signature, &public_key) {
@@ -108,10 +203,12 @@ impl SshSignature {
                 key: key_alg.to_string(),
             });
         }
+        let sk = sk_details(&signature);
         Ok(Self {
             public_key,
             namespace: namespace.to_owned(),
             hash_alg,
+            sk,
             signature,
         })
     }
@@ -145,6 +242,108 @@ impl SshSignature {
 /// `gpg.format=ssh`, and returns the armored signature (LF line endings).
 pub fn sign_git(key: &ssh_key::PrivateKey, message: &[u8]) -> Result<String, ssh_key::Error> {
     SshSig::sign(key, GIT_NAMESPACE, HashAlg::Sha512, message)?.to_pem(LineEnding::LF)
+}
+
+/// Signs `message` for namespace `git` with a signing function that sees only
+/// the bytes SSHSIG signs (as an ssh-agent does), checks the result verifies
+/// under `public_key`, and returns it armored. A signer that returns garbage
+/// is caught here, before anything is written.
+pub fn sign_git_with(
+    public_key: &PublicKey,
+    signer_name: &str,
+    message: &[u8],
+    sign: impl FnOnce(&[u8]) -> Result<Signature, SignError>,
+) -> Result<String, SignError> {
+    let to_sign = SshSig::signed_data(GIT_NAMESPACE, HashAlg::Sha512, message)?;
+    let signature = sign(&to_sign)?;
+    let armor = armor_blob(&sshsig_blob(public_key, &signature)?);
+    let unverifiable = |source| SignError::Unverifiable {
+        signer: signer_name.to_owned(),
+        source,
+    };
+    let parsed = SshSignature::from_armor(armor.as_bytes()).map_err(unverifiable)?;
+    parsed.verify(message).map_err(unverifiable)?;
+    Ok(armor)
+}
+
+/// The binary SSHSIG blob for a git signature made with sha512 (`PROTOCOL.sshsig`).
+fn sshsig_blob(public_key: &PublicKey, signature: &Signature) -> Result<Vec<u8>, ssh_key::Error> {
+    let mut out = MAGIC.to_vec();
+    out.extend(1u32.to_be_bytes());
+    put_string(&mut out, &public_key.to_bytes()?);
+    put_string(&mut out, GIT_NAMESPACE.as_bytes());
+    put_string(&mut out, b"");
+    put_string(&mut out, b"sha512");
+    put_string(&mut out, &encode_signature(signature));
+    Ok(out)
+}
+
+/// A signature in SSH wire format. For FIDO signatures the flags byte and
+/// counter follow the signature string (`PROTOCOL.u2f`); `ssh-key` 0.6 keeps
+/// them inside its signature data and re-encodes sk-ecdsa ones wrongly, so
+/// this is done here.
+pub fn encode_signature(signature: &Signature) -> Vec<u8> {
+    let name = signature.algorithm().to_string();
+    let data = signature.as_bytes();
+    let mut out = Vec::with_capacity(name.len() + data.len() + 8);
+    put_string(&mut out, name.as_bytes());
+    match sk_details(signature) {
+        Some(_) => {
+            let (body, trailer) = data.split_at(data.len() - 5);
+            put_string(&mut out, body);
+            out.extend(trailer);
+        }
+        None => put_string(&mut out, data),
+    }
+    out
+}
+
+/// Armors an SSHSIG blob as OpenSSH does: 70 base64 characters per line.
+fn armor_blob(blob: &[u8]) -> String {
+    let body = base64::engine::general_purpose::STANDARD.encode(blob);
+    let mut out = format!("{BEGIN}\n");
+    for chunk in body.as_bytes().chunks(70) {
+        out.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out.push_str(END);
+    out.push('\n');
+    out
+}
+
+fn put_string(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend((s.len() as u32).to_be_bytes());
+    out.extend(s);
+}
+
+/// Key types OpenSSH signs git commits with (DSA is gone from OpenSSH).
+fn supported_key(key: &KeyData) -> bool {
+    matches!(
+        key,
+        KeyData::Ed25519(_)
+            | KeyData::SkEd25519(_)
+            | KeyData::Ecdsa(_)
+            | KeyData::SkEcdsaSha2NistP256(_)
+            | KeyData::Rsa(_)
+    )
+}
+
+/// `ssh-key` keeps a FIDO signature's flags byte and counter as the last five
+/// bytes of the signature data.
+fn sk_details(signature: &Signature) -> Option<SkDetails> {
+    use ssh_key::Algorithm;
+    if !matches!(
+        signature.algorithm(),
+        Algorithm::SkEd25519 | Algorithm::SkEcdsaSha2NistP256
+    ) {
+        return None;
+    }
+    let data = signature.as_bytes();
+    let trailer = data.get(data.len().checked_sub(5)?..)?;
+    Some(SkDetails {
+        flags: trailer[0],
+        counter: u32::from_be_bytes(trailer[1..5].try_into().ok()?),
+    })
 }
 
 fn signature_fits_key(signature: &Signature, key: &KeyData) -> bool {
@@ -220,11 +419,6 @@ mod tests {
 
     fn key() -> PrivateKey {
         PrivateKey::random(&mut rand_core::OsRng, Algorithm::Ed25519).unwrap()
-    }
-
-    fn put_string(out: &mut Vec<u8>, s: &[u8]) {
-        out.extend((s.len() as u32).to_be_bytes());
-        out.extend(s);
     }
 
     /// Builds a blob field by field so each field can be varied.

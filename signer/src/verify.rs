@@ -15,7 +15,8 @@ use crate::sshsig::{SigError, SshSignature, GIT_NAMESPACE};
 /// Who signed a commit, as established by [`verify_commit_signature`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Signer {
-    /// The principals field of the matching `allowed_signers` line.
+    /// The principal the signature was accepted for, as `git verify-commit`
+    /// names it: one pattern of the first `allowed_signers` line for the key.
     pub principal: String,
     /// `SHA256:…` fingerprint of the signing key.
     pub fingerprint: String,
@@ -74,6 +75,11 @@ impl VerifyError {
                 }
                 SigError::Namespace(_) => "refused: signature is not for git (wrong namespace)".to_owned(),
                 SigError::HashAlgorithm(h) => format!("refused: signature hash {h} not accepted"),
+                SigError::RsaSha1 => "refused: ssh-rsa (SHA-1) signature".to_owned(),
+                SigError::Certificate(_) => "refused: signed by a certificate (unsupported)".to_owned(),
+                SigError::UnsupportedAlgorithm(a) => {
+                    format!("refused: signature algorithm {a} not supported")
+                }
                 _ => "refused: malformed signature".to_owned(),
             },
             VerifyError::Unauthorized { source, .. } => match source {
@@ -88,6 +94,12 @@ impl VerifyError {
                 }
                 Unauthorized::Expired { principals, .. } => {
                     format!("refused: key of {principals} has expired")
+                }
+                Unauthorized::NoTouch { principals, .. } => {
+                    format!("refused: security key of {principals} signed without a touch")
+                }
+                Unauthorized::NoUserVerification { principals, .. } => {
+                    format!("refused: security key of {principals} signed without user verification")
                 }
             },
             VerifyError::Expired { serial, expires, .. } => {
@@ -129,11 +141,11 @@ pub fn verify_commit_signature(
     let sig = SshSignature::from_armor(&signed.signature).map_err(sig_err)?;
     sig.verify(&signed.payload).map_err(sig_err)?;
     let entry = signers
-        .authorize(&sig.public_key, GIT_NAMESPACE, signed.committed_at)
+        .authorize(&sig.public_key, GIT_NAMESPACE, signed.committed_at, sig.sk)
         .map_err(|source| VerifyError::Unauthorized { commit, source })?;
     Ok((
         Signer {
-            principal: entry.principals.clone(),
+            principal: entry.principal,
             fingerprint: sig.fingerprint(),
             key_type: sig.public_key.algorithm().to_string(),
         },
