@@ -64,7 +64,7 @@ pub enum KeyError {
     UnknownFormat { path: PathBuf },
     #[error("{path} is an OpenSSH key protected by an ssh passphrase, which ferry-signer does not read: remove it with `ssh-keygen -p -N '' -f {path}` and protect the file with age instead")]
     SshEncrypted { path: PathBuf },
-    #[error("{path} is a {algorithm} key; release keys are ed25519 (ssh-keygen -t ed25519 or ferry-signer keygen)")]
+    #[error("{path} is a {algorithm} key; key files are read only for ed25519 (ferry-signer keygen, ssh-keygen -t ed25519); to sign with an ECDSA, RSA or hardware key, add it to ssh-agent and pass --ssh-agent")]
     Algorithm { path: PathBuf, algorithm: String },
     #[error("{path}: the key is encrypted to age recipients, but no --identity was given")]
     NoIdentity { path: PathBuf },

@@ -11,6 +11,8 @@ use chrono::Utc;
 use clap::{Parser, Subcommand};
 use ferry_signer::keys::{self, FixedPassphrase, KeyError, PassphraseSource, Protection, SigningKey, Unlock};
 use ferry_signer::publish::{self, ReleaseChanges};
+use ferry_signer::ssh_agent::AgentKey;
+use ferry_signer::sshsig::GitSigner;
 use ferry_signer::{git, AllowedSigners, HostEntry, HostName, Release, StorePath};
 
 const PASSPHRASE_ENV: &str = "FERRY_SIGNER_PASSPHRASE";
@@ -52,8 +54,13 @@ enum Command {
         #[arg(long, default_value = "deploy")]
         branch: String,
         /// Signing key: from `ferry-signer keygen`, or a plain `ssh-keygen -t ed25519` key.
-        #[arg(long, value_name = "KEY")]
-        key: PathBuf,
+        /// With --ssh-agent: the public key (KEY.pub) of the agent key to sign with.
+        #[arg(long, value_name = "KEY", required_unless_present = "ssh_agent")]
+        key: Option<PathBuf>,
+        /// Sign with a key held by ssh-agent (SSH_AUTH_SOCK), e.g. a hardware key:
+        /// the one named by --key, or the agent's only key.
+        #[arg(long)]
+        ssh_agent: bool,
         /// age identity file that decrypts KEY; repeatable.
         #[arg(long = "identity", value_name = "AGE_IDENTITY_FILE")]
         identities: Vec<PathBuf>,
@@ -89,6 +96,10 @@ enum Command {
         rev: String,
         #[arg(long, value_name = "FILE")]
         allowed_signers: PathBuf,
+        /// Check only the commit signature, with the outcome of
+        /// `git -c gpg.ssh.allowedSignersFile=FILE verify-commit REV`; prints the principal.
+        #[arg(long)]
+        signature_only: bool,
     },
     /// Print a release (without verifying it).
     Show {
@@ -135,6 +146,7 @@ fn run(cli: Cli) -> Result<()> {
             repo,
             branch,
             key,
+            ssh_agent,
             identities,
             hosts,
             hosts_file,
@@ -161,12 +173,16 @@ fn run(cli: Cli) -> Result<()> {
                 changes.hosts.insert(name, entry);
             }
             let repository = open_repo(&repo)?;
-            // Unlock the key before anything is written.
-            let key = SigningKey::load(&key, &unlock(identities))?;
+            // Unlock (or find) the key before anything is written.
+            let signer: Box<dyn GitSigner> = match (ssh_agent, key) {
+                (true, key) => Box::new(AgentKey::from_env(key.as_deref())?),
+                (false, Some(key)) => Box::new(SigningKey::load(&key, &unlock(identities))?),
+                (false, None) => bail!("name the signing key with --key KEY, or use --ssh-agent"),
+            };
             let published = publish::publish(
                 &repository,
                 &branch,
-                &key,
+                signer.as_ref(),
                 &changes,
                 message.as_deref(),
                 Utc::now(),
@@ -181,9 +197,21 @@ fn run(cli: Cli) -> Result<()> {
             repo,
             rev,
             allowed_signers,
+            signature_only,
         } => {
             let signers = AllowedSigners::load(&allowed_signers)?;
             let repository = open_repo(&repo)?;
+            if signature_only {
+                let commit = git::resolve_commit(&repository, &rev)?;
+                let (signer, _) = ferry_signer::verify_commit_signature(&repository, commit, &signers)?;
+                // The principal alone on stdout, for scripts; the rest as git words it.
+                println!("{}", signer.principal);
+                eprintln!(
+                    "Good \"git\" signature for {} with {} key {} on commit {commit}",
+                    signer.principal, signer.key_type, signer.fingerprint
+                );
+                return Ok(());
+            }
             let v = ferry_signer::verify_release(&repository, &rev, &signers, Utc::now())?;
             let names: Vec<&str> = v.release.hosts.keys().map(HostName::as_str).collect();
             let shown = if names.len() > 10 {

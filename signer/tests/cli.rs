@@ -81,7 +81,7 @@ fn bad_arguments_are_refused_before_anything_is_written() {
         &["--host", &format!("web1={WEB1}")],
         &[],
     );
-    assert_refused(&out, "release keys are ed25519");
+    assert_refused(&out, "pass --ssh-agent");
     let not_repo = sb.path("nothing");
     let out = sb.release(
         not_repo.to_str().unwrap(),

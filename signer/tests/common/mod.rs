@@ -1,6 +1,8 @@
 //! Shared test fixtures: an isolated directory with git configured, keys from
 //! `ssh-keygen`, and helpers to run git and the `ferry-signer` binary.
 
+pub mod sk;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -74,6 +76,21 @@ impl Sandbox {
         let path = self.path(name);
         let status = Command::new("ssh-keygen")
             .args(["-q", "-t", key_type, "-N", "", "-C", name, "-f"])
+            .arg(&path)
+            .status()
+            .expect("ssh-keygen is installed (scripts/install-deps)");
+        assert!(status.success());
+        path
+    }
+
+    /// An unencrypted key of `key_type` with `bits` ("" for the default).
+    pub fn ssh_keygen_bits(&self, name: &str, key_type: &str, bits: &str) -> PathBuf {
+        if bits.is_empty() {
+            return self.ssh_keygen(name, key_type);
+        }
+        let path = self.path(name);
+        let status = Command::new("ssh-keygen")
+            .args(["-q", "-t", key_type, "-b", bits, "-N", "", "-C", name, "-f"])
             .arg(&path)
             .status()
             .expect("ssh-keygen is installed (scripts/install-deps)");
