@@ -5,6 +5,7 @@
 mod common;
 
 mod cli;
+mod differential;
 mod interop;
 mod key_types;
 mod refusals;
