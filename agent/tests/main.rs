@@ -6,6 +6,7 @@ mod common;
 
 mod deploy;
 mod forge;
+mod key_types;
 mod nix_cache;
 mod preflight;
 mod source;

@@ -1,0 +1,200 @@
+//! The agent accepts a release signed by any key type git signs with, once the
+//! key is pinned in allowed_signers, and refuses it otherwise: the whole
+//! poll → fetch → verify → select path of `Agent::reconcile`, against a real
+//! repository and a real store path standing for the running system.
+
+use std::path::{Path, PathBuf};
+
+use ferry_agent::config::Config;
+use ferry_agent::reconcile::{Agent, Reconciled};
+use ferry_signer::publish::{self, ReleaseChanges};
+use ferry_signer::sshsig::GitSigner;
+use ferry_signer::{Action, HostEntry};
+use ssh_key::PublicKey;
+
+use crate::common::git::git;
+use crate::common::{nix, runtime, unique};
+
+// Shared with the signer's tests; not every helper is used here.
+#[allow(dead_code)]
+#[path = "../../signer/tests/common/sk.rs"]
+mod sk;
+
+/// A key made by `ssh-keygen`; returns its private key path.
+fn ssh_keygen(dir: &Path, name: &str, key_type: &str, bits: &str) -> PathBuf {
+    let path = dir.join(name);
+    let mut cmd = std::process::Command::new("ssh-keygen");
+    cmd.args(["-q", "-t", key_type, "-N", "", "-C", name]);
+    if !bits.is_empty() {
+        cmd.args(["-b", bits]);
+    }
+    assert!(cmd.arg("-f").arg(&path).status().unwrap().success());
+    path
+}
+
+fn line(principal: &str, public: &str, options: &str) -> String {
+    format!("{principal} {options}{public}\n")
+}
+
+fn public_of(key: &Path) -> String {
+    let text = std::fs::read_to_string(format!("{}.pub", key.display())).unwrap();
+    text.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+}
+
+fn public_of_signer(signer: &dyn GitSigner) -> String {
+    PublicKey::new(signer.public_key().key_data().clone(), "")
+        .to_openssh()
+        .unwrap()
+}
+
+/// Commits a release naming `web1 → toplevel` with `git commit -S` (ssh
+/// format) in the work tree `work` and pushes it to the deploy branch.
+fn release_by_git(work: &Path, key: &Path, serial: u64, toplevel: &str) {
+    let toml = format!(
+        "format = 1\nserial = {serial}\ncreated = 2026-11-21T23:00:00Z\n\n[hosts.web1]\ntoplevel = \"{toplevel}\"\n"
+    );
+    std::fs::write(work.join("release.toml"), toml).unwrap();
+    git(work, &["add", "release.toml"]);
+    let signing = format!("user.signingkey={}", key.display());
+    git(
+        work,
+        &[
+            "-c",
+            "gpg.format=ssh",
+            "-c",
+            &signing,
+            "commit",
+            "-q",
+            "-S",
+            "--allow-empty",
+            "-m",
+            "release",
+        ],
+    );
+    git(work, &["push", "-q", "-f", "origin", "HEAD:refs/heads/deploy"]);
+}
+
+/// Publishes a release naming `web1 → toplevel`, signed by `signer`.
+fn release(repo: &Path, signer: &dyn GitSigner, toplevel: &str) {
+    let repository = git2::Repository::open(repo).unwrap();
+    let changes = ReleaseChanges {
+        hosts: [(
+            "web1".parse().unwrap(),
+            HostEntry {
+                toplevel: toplevel.parse().unwrap(),
+                action: Action::Switch,
+            },
+        )]
+        .into(),
+        ..Default::default()
+    };
+    publish::publish(&repository, "deploy", signer, &changes, None, chrono::Utc::now()).unwrap();
+}
+
+/// Runs one reconcile with a fresh agent (fresh state) pinning `allowed`.
+fn reconcile(dir: &Path, repo: &Path, allowed: &str, current: &Path) -> Reconciled {
+    let state = tempfile::tempdir_in(dir).unwrap();
+    let signers = state.path().join("allowed_signers");
+    std::fs::write(&signers, allowed).unwrap();
+    let text = format!(
+        r#"host = "web1"
+state_dir = "{state}"
+[source]
+url = "{url}"
+allowed_signers = "{signers}"
+[cache]
+substituters = ["file:///nonexistent"]
+trusted_public_keys = ["cache:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="]
+"#,
+        state = state.path().display(),
+        url = repo.display(),
+        signers = signers.display(),
+    );
+    let config = Config::parse(&text, Path::new("agent.toml"), || None).unwrap();
+    let mut agent = Agent::new(config).unwrap();
+    agent.current_system = current.to_owned();
+    runtime().block_on(agent.reconcile()).unwrap()
+}
+
+#[test]
+fn releases_signed_by_every_key_type_are_accepted_when_pinned() {
+    let dir = tempfile::tempdir().unwrap();
+    let toplevel = nix::build_toplevel(dir.path(), "web1", &unique("keytypes"), 0);
+    let current = dir.path().join("current-system");
+    std::os::unix::fs::symlink(&toplevel, &current).unwrap();
+    let repo = dir.path().join("deploy.git");
+    git(
+        dir.path(),
+        &["init", "-q", "--bare", "-b", "main", repo.to_str().unwrap()],
+    );
+
+    let work = dir.path().join("work");
+    git(
+        dir.path(),
+        &["clone", "-q", repo.to_str().unwrap(), work.to_str().unwrap()],
+    );
+    let stranger = public_of(&ssh_keygen(dir.path(), "stranger", "ed25519", ""));
+    let expect_refused_by_stranger = |kind: &str| match reconcile(
+        dir.path(),
+        &repo,
+        &line("rm@example.com", &stranger, ""),
+        &current,
+    ) {
+        Reconciled::Refused(why) => assert!(why.contains("not listed in allowed_signers"), "{kind}: {why}"),
+        r => panic!("{kind}: a release by an unpinned key must be refused, got {r:?}"),
+    };
+
+    // Keys made by ssh-keygen, releases committed by `git commit -S`.
+    let mut serial = 0;
+    for (name, key_type, bits) in [
+        ("ed25519", "ed25519", ""),
+        ("ecdsa-p256", "ecdsa", "256"),
+        ("ecdsa-p384", "ecdsa", "384"),
+        ("ecdsa-p521", "ecdsa", "521"),
+        ("rsa", "rsa", "3072"),
+    ] {
+        let key = ssh_keygen(dir.path(), name, key_type, bits);
+        serial += 1;
+        release_by_git(&work, &key, serial, &toplevel);
+        let pinned = line("rm@example.com", &public_of(&key), "namespaces=\"git\" ");
+        assert_eq!(
+            reconcile(dir.path(), &repo, &pinned, &current),
+            Reconciled::AlreadyRunning,
+            "{name}: a release signed by a pinned key is accepted"
+        );
+        expect_refused_by_stranger(name);
+    }
+
+    // Security keys (software stand-ins), releases made by ferry-signer.
+    for (name, signer) in [
+        ("sk-ed25519", sk::SoftSecurityKey::ed25519(0x01)),
+        ("sk-ecdsa", sk::SoftSecurityKey::p256(0x01)),
+    ] {
+        release(&repo, &signer, &toplevel);
+        let pinned = line("yubi@example.com", &public_of_signer(&signer), "");
+        assert_eq!(
+            reconcile(dir.path(), &repo, &pinned, &current),
+            Reconciled::AlreadyRunning,
+            "{name}"
+        );
+        expect_refused_by_stranger(name);
+    }
+
+    // A security key that was not touched is refused unless its line waives it.
+    let untouched = sk::SoftSecurityKey::ed25519(0x00);
+    release(&repo, &untouched, &toplevel);
+    let public = public_of_signer(&untouched);
+    match reconcile(dir.path(), &repo, &line("yubi", &public, ""), &current) {
+        Reconciled::Refused(why) => assert!(why.contains("without a touch"), "{why}"),
+        r => panic!("untouched security key signature must be refused, got {r:?}"),
+    }
+    assert_eq!(
+        reconcile(
+            dir.path(),
+            &repo,
+            &line("yubi", &public, "no-touch-required "),
+            &current
+        ),
+        Reconciled::AlreadyRunning
+    );
+}
