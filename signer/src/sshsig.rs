@@ -534,6 +534,75 @@ mod tests {
         assert!(SshSignature::from_blob(&out).is_err());
     }
 
+    /// A blob whose key and signature fields are given as raw wire strings.
+    fn blob_with(key_blob: &[u8], sig_field: &[u8]) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        out.extend(1u32.to_be_bytes());
+        put_string(&mut out, key_blob);
+        put_string(&mut out, b"git");
+        put_string(&mut out, b"");
+        put_string(&mut out, b"sha512");
+        put_string(&mut out, sig_field);
+        out
+    }
+
+    #[test]
+    fn certificates_dsa_and_unknown_algorithms_are_refused_by_name() {
+        let k = key();
+        let good_key = k.public_key().to_bytes().unwrap();
+        let sig = SshSig::sign(&k, "git", HashAlg::Sha512, b"m").unwrap();
+        let sig_bytes: Vec<u8> = sig.signature().clone().try_into().unwrap();
+
+        let mut cert = Vec::new();
+        put_string(&mut cert, b"ssh-ed25519-cert-v01@openssh.com");
+        put_string(&mut cert, &[0; 32]);
+        assert!(matches!(
+            SshSignature::from_blob(&blob_with(&cert, &sig_bytes)),
+            Err(SigError::Certificate(name)) if name == "ssh-ed25519-cert-v01@openssh.com"
+        ));
+
+        let mut webauthn = Vec::new();
+        put_string(&mut webauthn, b"webauthn-sk-ecdsa-sha2-nistp256@openssh.com");
+        put_string(&mut webauthn, &[0; 8]);
+        let err = SshSignature::from_blob(&blob_with(&good_key, &webauthn)).unwrap_err();
+        assert!(matches!(err, SigError::UnsupportedAlgorithm(_)), "{err}");
+        assert!(err.to_string().contains("ssh-ed25519 (recommended)"), "{err}");
+
+        let mut rsa_sha1 = Vec::new();
+        put_string(&mut rsa_sha1, b"ssh-rsa");
+        put_string(&mut rsa_sha1, &[0; 8]);
+        assert_eq!(
+            SshSignature::from_blob(&blob_with(&good_key, &rsa_sha1)),
+            Err(SigError::RsaSha1)
+        );
+    }
+
+    #[test]
+    fn security_key_signatures_keep_flags_and_counter_and_encode_back() {
+        // An sk-ssh-ed25519 signature field: signature string, flags, counter.
+        let mut field = Vec::new();
+        put_string(&mut field, b"sk-ssh-ed25519@openssh.com");
+        put_string(&mut field, &[7; 64]);
+        field.push(0x05);
+        field.extend(42u32.to_be_bytes());
+        let signature = Signature::try_from(field.as_slice()).unwrap();
+        assert_eq!(
+            sk_details(&signature),
+            Some(SkDetails {
+                flags: 0x05,
+                counter: 42
+            })
+        );
+        assert_eq!(encode_signature(&signature), field);
+        let details = sk_details(&signature).unwrap();
+        assert!(details.user_present() && details.user_verified());
+
+        let plain = SshSig::sign(&key(), "git", HashAlg::Sha512, b"m").unwrap();
+        assert_eq!(sk_details(plain.signature()), None);
+        let theirs: Vec<u8> = plain.signature().clone().try_into().unwrap();
+        assert_eq!(encode_signature(plain.signature()), theirs);
+    }
+
     #[test]
     fn malformed_armor_is_refused() {
         let k = key();
