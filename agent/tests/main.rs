@@ -8,5 +8,6 @@ mod deploy;
 mod forge;
 mod nix_cache;
 mod preflight;
+mod reference;
 mod source;
 mod systemd;
