@@ -79,6 +79,7 @@ let
     ferry-signer = fakePath "ferry-signer";
     age = fakePath "age";
     git = fakePath "git";
+    systemd = fakePath "systemd";
     python3.interpreter = fakePath "python3/bin/python3";
     testers.runNixOSTest = spec: spec;
   };
@@ -100,6 +101,9 @@ let
   vmScript = vmTest.testScript {
     nodes.host.system.build = { toplevel = fakePath "nixos-system-host"; ferryNext = nextSystem; };
   };
+
+  withGitToken = eval (lib.recursiveUpdate base { services.ferry-agent.gitTokenFile = "/run/secrets/git"; });
+  gitTokenSettings = withGitToken.config.services.ferry-agent.settings;
 
   noTrust = eval (lib.recursiveUpdate base { services.ferry-agent.trustedPublicKeys = [ ]; });
   noForgeUrl = eval (lib.recursiveUpdate base { services.ferry-agent.forge.apiUrl = null; });
@@ -125,6 +129,10 @@ builtins.all (x: x) [
   (check (lib.hasSuffix "/bin/ferry-agent --config /etc/ferry/agent.toml run" unit.serviceConfig.ExecStart) "ExecStart")
   (check (builtins.length documentedKeys >= 20) "docs/configuration.md's key table is found")
   (check (undocumented settings == [ ]) "the module writes only documented keys: ${toString (undocumented settings)}")
+  (check (undocumented gitTokenSettings == [ ]) "with a git token, the module writes only documented keys")
+  (check (gitTokenSettings.source.token_file == "/run/credentials/ferry-agent.service/git-token") "git token as credential")
+  (check (withGitToken.config.systemd.services.ferry-agent.serviceConfig.LoadCredential
+    == [ "git-token:/run/secrets/git" "forge-token:/run/secrets/forge" ]) "both credentials loaded")
   (check (failing vmHost == [ ]) "the VM test's host configuration passes the module's assertions")
   (check (undocumented vmSettings == [ ]) "the VM test writes only documented keys: ${toString (undocumented vmSettings)}")
   (check (vmSettings.source.url == "git://server/deploy.git") "VM test: source.url")

@@ -104,7 +104,7 @@ pkgs.testers.runNixOSTest {
           tokenFile = pkgs.writeText "forge-token" forgeToken;
         };
         healthCommands = [
-          { command = "systemctl is-active --quiet nix-daemon.socket"; timeout = "10s"; }
+          { command = "${pkgs.systemd}/bin/systemctl is-active --quiet nix-daemon.socket"; timeout = "10s"; }
         ];
         settings = {
           source.jitter = "1s";
