@@ -22,9 +22,14 @@
         default = pkgs.ferry-agent;
       });
 
-      nixosModules.default = { ... }: {
+      # The module, with its package built from the host's own nixpkgs. It
+      # sets no overlay, so it also works where nixpkgs is read-only (NixOS
+      # tests, `nixpkgs.pkgs`); the overlay above is there for those who want
+      # pkgs.ferry-agent and pkgs.ferry-signer elsewhere.
+      nixosModules.default = { lib, pkgs, ... }: {
         imports = [ ./nixos-module ];
-        nixpkgs.overlays = [ self.overlays.default ];
+        services.ferry-agent.package =
+          lib.mkDefault (pkgs.callPackage ./nix/package.nix { crate = "ferry-agent"; });
       };
 
       devShells = forAllSystems (pkgs: {
@@ -51,6 +56,12 @@
           } ''
           test "$result" = 1 && touch $out
         '';
+        # End to end on NixOS VMs: a host follows signed releases from a git
+        # daemon and a signed nix-serve cache, and reports to a recording forge.
+        vm-deploy = import ./nixos-module/tests/deploy.nix {
+          inherit pkgs;
+          ferryModule = self.nixosModules.default;
+        };
       });
     };
 }

@@ -1,7 +1,7 @@
 # services.ferry-agent: follow a signed deploy branch and switch this host to
 # the system its release names. Options are typed for the common keys and
 # rendered, with anything set under `settings` (RFC 42), into
-# /etc/ferry/agent.toml; see docs/ for every key.
+# /etc/ferry/agent.toml; docs/configuration.md lists every key.
 { config, lib, pkgs, ... }:
 
 let

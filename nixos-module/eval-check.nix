@@ -1,9 +1,16 @@
 # A local check of the module without nixpkgs: evaluates it with nixpkgs'
 # `lib` and stub declarations for the NixOS options it sets, then asserts on
-# the generated unit and agent.toml. CI cannot run it (no nixpkgs lib on a
-# fresh machine); run it by hand with a checkout of nixpkgs' lib:
+# the generated unit and agent.toml. It also checks that every agent.toml key
+# the module writes is one docs/configuration.md documents (that page is in
+# turn checked against the agent's parser by agent/tests/reference.rs), and
+# evaluates the VM test's nodes (tests/deploy.nix) as far as stubs allow.
+# CI cannot run it (no nixpkgs lib on a fresh machine); run it by hand with a
+# checkout of nixpkgs' lib:
 #   nix-instantiate --eval --strict nixos-module/eval-check.nix --arg lib 'import /path/to/nixpkgs/lib'
-{ lib }:
+# and, to check that the VM test's Python parses:
+#   nix-instantiate --eval --strict --json nixos-module/eval-check.nix --arg lib 'import /path/to/nixpkgs/lib' \
+#     --argstr what vm-test-script | python3 -c 'import ast, json, sys; ast.parse(json.load(sys.stdin))'
+{ lib, what ? "check" }:
 
 let
   inherit (lib) mkOption types;
@@ -46,9 +53,62 @@ let
   settings = cfg.services.ferry-agent.settings;
   failing = c: builtins.filter (a: !a.assertion) c.config.assertions;
   check = cond: msg: if cond then true else throw "eval-check: ${msg}";
+  # The keys of the `## Keys` table of the configuration reference.
+  documentedKeys =
+    let
+      lines = lib.splitString "\n" (builtins.readFile ../docs/configuration.md);
+      start = lib.lists.findFirstIndex (l: l == "## Keys") null lines;
+      rest = lib.drop (start + 1) lines;
+      stop = lib.lists.findFirstIndex (lib.hasPrefix "## ") (builtins.length rest) rest;
+      keyOf = l: builtins.match "[|] `([a-z_.]+)` [|].*" l;
+    in
+    map builtins.head (builtins.filter (m: m != null) (map keyOf (lib.take stop rest)));
+  # The dotted keys of a rendered agent.toml (tables are one level deep).
+  keysOf = s: lib.concatLists (lib.mapAttrsToList
+    (k: v: if builtins.isAttrs v then map (i: "${k}.${i}") (builtins.attrNames v) else [ k ])
+    s);
+  undocumented = s: builtins.filter (k: !(builtins.elem k documentedKeys)) (keysOf s);
+
+  # The VM test with stub packages: its host's ferry-agent options go through
+  # the real module, and its test script is rendered.
+  fakePath = name: "/nix/store/22222222222222222222222222222222-${name}";
+  nextSystem = fakePath "nixos-system-host-next";
+  vmPkgs = pkgs // {
+    inherit lib;
+    runCommand = name: _: _: fakePath name;
+    ferry-signer = fakePath "ferry-signer";
+    age = fakePath "age";
+    git = fakePath "git";
+    systemd = fakePath "systemd";
+    python3.interpreter = fakePath "python3/bin/python3";
+    testers.runNixOSTest = spec: spec;
+  };
+  vmTest = import ./tests/deploy.nix { pkgs = vmPkgs; ferryModule = ./default.nix; };
+  vmHostNode = vmTest.nodes.host {
+    inherit lib;
+    config = { };
+    pkgs = vmPkgs;
+    extendModules = _: { config.system.build.toplevel = nextSystem; };
+  };
+  vmServerNode = vmTest.nodes.server {
+    inherit lib;
+    config = { };
+    pkgs = vmPkgs;
+    nodes.host.system.build.ferryNext = nextSystem;
+  };
+  vmHost = eval { services.ferry-agent = vmHostNode.services.ferry-agent; };
+  vmSettings = vmHost.config.services.ferry-agent.settings;
+  vmScript = vmTest.testScript {
+    nodes.host.system.build = { toplevel = fakePath "nixos-system-host"; ferryNext = nextSystem; };
+  };
+
+  withGitToken = eval (lib.recursiveUpdate base { services.ferry-agent.gitTokenFile = "/run/secrets/git"; });
+  gitTokenSettings = withGitToken.config.services.ferry-agent.settings;
+
   noTrust = eval (lib.recursiveUpdate base { services.ferry-agent.trustedPublicKeys = [ ]; });
   noForgeUrl = eval (lib.recursiveUpdate base { services.ferry-agent.forge.apiUrl = null; });
 in
+if what == "vm-test-script" then vmScript else
 builtins.all (x: x) [
   (check (failing good == [ ]) "a complete configuration has no failing assertion")
   (check (builtins.length (failing noTrust) == 1) "missing trustedPublicKeys is caught")
@@ -67,4 +127,20 @@ builtins.all (x: x) [
   (check (builtins.elem "network-online.target" unit.after) "After=network-online.target")
   (check (unit.environment.NIX_REMOTE == "daemon") "the store is written by nix-daemon")
   (check (lib.hasSuffix "/bin/ferry-agent --config /etc/ferry/agent.toml run" unit.serviceConfig.ExecStart) "ExecStart")
+  (check (builtins.length documentedKeys >= 20) "docs/configuration.md's key table is found")
+  (check (undocumented settings == [ ]) "the module writes only documented keys: ${toString (undocumented settings)}")
+  (check (undocumented gitTokenSettings == [ ]) "with a git token, the module writes only documented keys")
+  (check (gitTokenSettings.source.token_file == "/run/credentials/ferry-agent.service/git-token") "git token as credential")
+  (check (withGitToken.config.systemd.services.ferry-agent.serviceConfig.LoadCredential
+    == [ "git-token:/run/secrets/git" "forge-token:/run/secrets/forge" ]) "both credentials loaded")
+  (check (failing vmHost == [ ]) "the VM test's host configuration passes the module's assertions")
+  (check (undocumented vmSettings == [ ]) "the VM test writes only documented keys: ${toString (undocumented vmSettings)}")
+  (check (vmSettings.source.url == "git://server/deploy.git") "VM test: source.url")
+  (check (vmSettings.source.jitter == "1s" && vmSettings.source.poll_interval == "5s") "VM test: polling")
+  (check (vmSettings.cache.trusted_public_keys == [ (lib.fileContents ./tests/cache-snakeoil.pk) ]) "VM test: cache key")
+  (check (vmSettings.report.api_url == "http://server:3000/api/v1") "VM test: forge")
+  (check (builtins.length vmSettings.health.commands == 1) "VM test: health command")
+  (check (vmHostNode.system.build.ferryNext == nextSystem) "VM test: the next system comes from extendModules")
+  (check (vmServerNode.virtualisation.additionalPaths == [ nextSystem ]) "VM test: the server's store holds the next system")
+  (check (lib.hasInfix nextSystem vmScript) "VM test: the script names the next system")
 ]

@@ -33,6 +33,7 @@ enum Command {
     Once,
     /// Show the running system, the last release and outcome, waiting statuses.
     Status {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },

@@ -9,5 +9,6 @@ mod forge;
 mod key_types;
 mod nix_cache;
 mod preflight;
+mod reference;
 mod source;
 mod systemd;

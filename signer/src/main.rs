@@ -51,6 +51,7 @@ enum Command {
         /// The deploy repository (bare or not); its work tree is never touched.
         #[arg(long, value_name = "DIR")]
         repo: PathBuf,
+        /// The deploy branch to record the release on.
         #[arg(long, default_value = "deploy")]
         branch: String,
         /// Signing key: from `ferry-signer keygen`, or a plain `ssh-keygen -t ed25519` key.
@@ -89,11 +90,13 @@ enum Command {
     },
     /// Verify a release: signature, signer in allowed_signers, release.toml, expiry.
     Verify {
+        /// The deploy repository (bare or not).
         #[arg(long, value_name = "DIR")]
         repo: PathBuf,
         /// Commit, branch or tag to verify.
         #[arg(long, default_value = "deploy")]
         rev: String,
+        /// Who may sign, in ssh-keygen's allowed_signers format (as hosts pin it).
         #[arg(long, value_name = "FILE")]
         allowed_signers: PathBuf,
         /// Check only the commit signature, with the outcome of
@@ -103,8 +106,10 @@ enum Command {
     },
     /// Print a release (without verifying it).
     Show {
+        /// The deploy repository (bare or not).
         #[arg(long, value_name = "DIR")]
         repo: PathBuf,
+        /// Commit, branch or tag to show.
         #[arg(long, default_value = "deploy")]
         rev: String,
         /// Print JSON instead of text.

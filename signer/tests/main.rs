@@ -8,4 +8,5 @@ mod cli;
 mod differential;
 mod interop;
 mod key_types;
+mod reference;
 mod refusals;

@@ -1,6 +1,7 @@
 //! Shared test fixtures: an isolated directory with git configured, keys from
 //! `ssh-keygen`, and helpers to run git and the `ferry-signer` binary.
 
+pub mod cli_reference;
 pub mod sk;
 
 use std::path::{Path, PathBuf};
