@@ -18,7 +18,7 @@ use ferry_agent::store::Store;
 use ferry_signer::publish::ReleaseChanges;
 use ferry_signer::{Action, HostEntry, HostName};
 
-use crate::fixtures::{self, nix, ReleaseKey, Server, BRANCH};
+use crate::fixtures::{self, nix, HttpServer, ReleaseKey, BRANCH};
 use crate::report::{fmt_duration, median, Row};
 
 /// The closure, pushed to a signed cache served over HTTP.
@@ -26,7 +26,7 @@ pub struct ClosureFixture {
     pub toplevel: String,
     pub paths: Vec<String>,
     pub cache: nix::Cache,
-    pub server: Server,
+    pub server: HttpServer,
 }
 
 impl ClosureFixture {

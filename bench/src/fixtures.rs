@@ -95,21 +95,78 @@ pub fn git_daemon(base: &Path) -> Result<Server> {
     Ok(server)
 }
 
-/// A static HTTP server for a binary cache directory (Python's, as the
-/// agent's integration tests use).
-pub fn http_server(dir: &Path) -> Result<Server> {
-    let port = free_port()?;
-    let child = Command::new("python3")
-        .args(["-m", "http.server", "--bind", "127.0.0.1", "--directory"])
-        .arg(dir)
-        .arg(port.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("python3 is needed for the binary cache server (scripts/install-deps)")?;
-    let server = Server { child, port };
-    wait_for_port(port)?;
-    Ok(server)
+/// A static HTTP/1.1 file server for a binary cache directory, on threads
+/// of this process. Python's `http.server` (what the agent's tests use) is
+/// not fit for timing: its listen backlog of 5 drops the connections of a
+/// client with 32 requests in flight, which then wait a second for the SYN
+/// to be resent; real caches (nginx, S3) keep connections alive and queue.
+pub struct HttpServer {
+    pub port: u16,
+}
+
+pub fn http_server(dir: &Path) -> Result<HttpServer> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    let root = dir.to_owned();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let root = root.clone();
+            std::thread::spawn(move || serve(stream, &root));
+        }
+    });
+    Ok(HttpServer { port })
+}
+
+/// Answers GET and HEAD requests on one connection until the client closes it.
+fn serve(stream: std::net::TcpStream, root: &Path) {
+    use std::io::{BufRead, BufReader, Write};
+    let _ = stream.set_nodelay(true);
+    let Ok(write_half) = stream.try_clone() else {
+        return;
+    };
+    let mut out = std::io::BufWriter::new(write_half);
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut close = line.ends_with("HTTP/1.0\r\n");
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                return;
+            }
+            if header.trim().is_empty() {
+                break;
+            }
+            if header.to_ascii_lowercase().starts_with("connection: close") {
+                close = true;
+            }
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or("");
+        let target = parts.next().unwrap_or("/");
+        let rel = target.split('?').next().unwrap_or("").trim_start_matches('/');
+        let body = if rel.split('/').any(|c| c == "..") {
+            None
+        } else {
+            std::fs::read(root.join(rel)).ok().filter(|_| !rel.is_empty())
+        };
+        let written = match &body {
+            Some(b) => write!(out, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", b.len()).and_then(|()| {
+                if method == "HEAD" {
+                    Ok(())
+                } else {
+                    out.write_all(b)
+                }
+            }),
+            None => write!(out, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
+        };
+        if written.and_then(|()| out.flush()).is_err() || close {
+            return;
+        }
+    }
 }
 
 /// The release key (an unencrypted OpenSSH ed25519 key made by ssh-keygen,

@@ -118,8 +118,11 @@ fn reconcile(
     let source = Source::open(clone, url, BRANCH, None)?;
     let start = Instant::now();
     let tip = source.remote_tip()?;
+    let polled = start.elapsed();
     source.fetch(tip)?;
+    let fetched = start.elapsed();
     let verified = ferry_signer::verify::verify_release_commit(source.repo(), tip, &key.signers, Utc::now())?;
+    let checked = start.elapsed();
     let descends = match anchor {
         Some(a) => source.descends_from(tip, git2::Oid::from_str(a.commit.as_str())?)?,
         None => false,
@@ -128,6 +131,15 @@ fn reconcile(
     let elapsed = start.elapsed();
     if !matches!(verdict, Verdict::Deploy(_)) {
         bail!("expected a deploy, got {verdict:?}");
+    }
+    if std::env::var_os("FERRY_BENCH_DETAIL").is_some() {
+        eprintln!(
+            "    poll {} fetch {} verify {} select {}",
+            fmt_duration(polled),
+            fmt_duration(fetched - polled),
+            fmt_duration(checked - fetched),
+            fmt_duration(elapsed - checked)
+        );
     }
     Ok(elapsed)
 }
