@@ -106,6 +106,19 @@ forge = "none"
             "`git ls-remote`, protocol v0",
             0.5,
         ),
+        {
+            let mut r = Row::ratio(
+                "B1′",
+                "the same, against the server's answer alone (reference)",
+                median(&m.poll_wall),
+                median(&m.floor),
+                "raw git:// request, advertisement read",
+                0.5,
+            );
+            r.target = "(reference)".into();
+            r.met = None;
+            r
+        },
         Row::absolute(
             "B2",
             &format!(
@@ -133,6 +146,8 @@ forge = "none"
 struct Measured {
     poll_wall: Vec<Duration>,
     ls_remote: Vec<Duration>,
+    /// The least any client can spend: one request, the advertisement read.
+    floor: Vec<Duration>,
     cpu: Duration,
     tick_ms: u64,
     rss_kib: u64,
@@ -153,9 +168,15 @@ fn measure(pid: u32, polls: &mpsc::Receiver<Duration>, url: &str, n: usize) -> R
     let cpu0 = cpu_ticks(pid)?;
     let mut poll_wall = Vec::with_capacity(n);
     let mut ls_remote = Vec::with_capacity(n);
+    let mut floor = Vec::with_capacity(n);
     for i in 0..n {
         poll_wall.push(wait(&format!("no-change #{i}"))?);
-        // The baseline, while the daemon sleeps until its next poll.
+        // The baselines, half-way through the daemon's sleep, so they too
+        // meet a server (and CPU) that has been idle for a while.
+        std::thread::sleep(Duration::from_millis(400));
+        let start = Instant::now();
+        raw_advertisement(url)?;
+        floor.push(start.elapsed());
         let start = Instant::now();
         // Protocol v0, the one libgit2 speaks: git's default v2 adds a round
         // trip that costs 40 ms on loopback (Nagle and delayed ACKs), which
@@ -185,11 +206,35 @@ fn measure(pid: u32, polls: &mpsc::Receiver<Duration>, url: &str, n: usize) -> R
     Ok(Measured {
         poll_wall,
         ls_remote,
+        floor,
         cpu: Duration::from_millis((cpu1 - cpu0) * tick_ms),
         tick_ms,
         rss_kib,
         hwm_kib,
     })
+}
+
+/// What any client must wait for: connect, send the git:// upload-pack
+/// request, read the ref advertisement to its flush packet, hang up.
+fn raw_advertisement(url: &str) -> Result<()> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("git://").context("a git:// url")?;
+    let (host, path) = rest.split_once('/').context("a path")?;
+    let mut stream = std::net::TcpStream::connect(host)?;
+    let request = format!("git-upload-pack /{path}\0host={host}\0");
+    write!(stream, "{:04x}{request}", request.len() + 4)?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    // The advertisement ends with a flush packet.
+    while !buf.ends_with(b"0000") {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            bail!("{url} closed before the end of its advertisement");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    stream.write_all(b"0000")?;
+    Ok(())
 }
 
 /// `elapsed_us=N` of a `poll finished` log line.
