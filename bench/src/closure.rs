@@ -165,7 +165,7 @@ async fn agent_run(
 ) -> Result<Duration> {
     let source = Source::open(&dir.join("deploy.git"), url, BRANCH, None)?;
     let trusted: CachePublicKey = fx.cache.public_key.parse()?;
-    let caches = BinaryCaches::new(&[fx.url()], &[trusted.clone()]);
+    let caches = BinaryCaches::new(&[fx.url()], std::slice::from_ref(&trusted));
     let store = Store {
         profile: dir.join("profile"),
         gc_roots: dir.join("gcroots"),
