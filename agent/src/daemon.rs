@@ -14,7 +14,7 @@ use ferry_signer::AllowedSigners;
 use notify::{RecursiveMode, Watcher};
 use rand_core::RngCore;
 use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::reconcile::{Agent, Reconciled};
@@ -118,7 +118,11 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
             }
         }
         let interval = agent.config.source.poll_interval;
-        match agent.reconcile().await {
+        let started = std::time::Instant::now();
+        let reconciled = agent.reconcile().await;
+        // What one poll costs (bench/ reads this at RUST_LOG=ferry_agent::daemon=debug).
+        debug!(elapsed_us = started.elapsed().as_micros() as u64, "poll finished");
+        match reconciled {
             Ok(outcome) => {
                 backoff = FIRST_BACKOFF;
                 if !matches!(outcome, Reconciled::UpToDate) {

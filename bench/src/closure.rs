@@ -1,0 +1,205 @@
+//! B4: from "a new release is on the branch" to "its closure is in the
+//! store", through the agent's own code (fetch → verify → select → preflight
+//! → realise), against `nix-store -r` of the same closure from the same
+//! signed cache. The closure is deleted from the store before every run, and
+//! Nix's narinfo disk cache is emptied, so every run substitutes all of it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use chrono::Utc;
+use ferry_agent::cache::BinaryCaches;
+use ferry_agent::decide::{self, Verdict};
+use ferry_agent::narinfo::CachePublicKey;
+use ferry_agent::source::Source;
+use ferry_agent::store::Store;
+use ferry_signer::publish::ReleaseChanges;
+use ferry_signer::{Action, HostEntry, HostName};
+
+use crate::fixtures::{self, nix, HttpServer, ReleaseKey, BRANCH};
+use crate::report::{fmt_duration, median, Row};
+
+/// The closure, pushed to a signed cache served over HTTP.
+pub struct ClosureFixture {
+    pub toplevel: String,
+    pub paths: Vec<String>,
+    pub cache: nix::Cache,
+    pub server: HttpServer,
+}
+
+impl ClosureFixture {
+    /// Builds a `layers × width + 1`-path closure unique to this run, pushes
+    /// it to a signed cache and serves it.
+    pub fn build(work: &Path, layers: usize, width: usize) -> Result<Self> {
+        let dir = work.join("closure");
+        std::fs::create_dir_all(&dir)?;
+        let seed = format!("bench{}", std::process::id());
+        let t = Instant::now();
+        let toplevel = nix::build(&dir, "closure", &nix::closure_expr(&seed, layers, width))?;
+        let paths = nix::closure(&toplevel)?;
+        eprintln!(
+            "  built a {}-path closure in {}",
+            paths.len(),
+            fmt_duration(t.elapsed())
+        );
+        let cache = nix::Cache::new(&dir, "bench-cache-1")?;
+        cache.push(&toplevel)?;
+        let server = fixtures::http_server(&cache.dir)?;
+        Ok(Self {
+            toplevel,
+            paths,
+            cache,
+            server,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.server.port)
+    }
+
+    /// Removes the closure from the local store (and Nix's memory of what
+    /// the cache holds), so the next realise substitutes all of it.
+    pub fn evict(&self) -> Result<()> {
+        let present: Vec<String> = self
+            .paths
+            .iter()
+            .filter(|p| Path::new(p).exists())
+            .cloned()
+            .collect();
+        if !present.is_empty() {
+            nix::delete(&present)?;
+        }
+        if let Some(cache) = std::env::var_os("XDG_CACHE_HOME") {
+            let _ = std::fs::remove_dir_all(PathBuf::from(cache).join("nix"));
+        }
+        if nix::is_valid(&self.toplevel) {
+            bail!("{} is still in the store after deletion", self.toplevel);
+        }
+        Ok(())
+    }
+}
+
+pub struct Params {
+    pub runs: usize,
+}
+
+pub fn run(
+    work: &Path,
+    key: &ReleaseKey,
+    repos: &Path,
+    git_port: u16,
+    fx: &ClosureFixture,
+    p: &Params,
+) -> Result<Vec<Row>> {
+    let repo = repos.join("closure.git");
+    fixtures::bare_repo(&repo)?;
+    let host: HostName = "bench".parse()?;
+    let mut changes = ReleaseChanges::default();
+    changes.hosts.insert(
+        host.clone(),
+        HostEntry {
+            toplevel: fx.toplevel.parse()?,
+            action: Action::Switch,
+        },
+    );
+    key.publish(&repo, &changes)?;
+    let url = format!("git://127.0.0.1:{git_port}/closure.git");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+
+    let mut agent = Vec::new();
+    let mut baseline = Vec::new();
+    for i in 0..p.runs {
+        // Alternate the order, so a drift in the machine's speed hits both.
+        for agent_first in [i % 2 == 0, i % 2 == 1] {
+            fx.evict()?;
+            if agent_first {
+                let dir = work.join(format!("closure/agent-{i}"));
+                let t = runtime.block_on(agent_run(&dir, &url, key, &host, fx))?;
+                agent.push(t);
+                // Its GC root goes with the state directory.
+                std::fs::remove_dir_all(&dir)?;
+            } else {
+                let start = Instant::now();
+                fixtures::run(
+                    Command::new("nix-store")
+                        .args(["-r", &fx.toplevel])
+                        .args(["--option", "substituters", &fx.url()])
+                        .args(["--option", "trusted-public-keys", &fx.cache.public_key]),
+                )?;
+                let t = start.elapsed();
+                eprintln!("  nix-store -r: {}", fmt_duration(t));
+                baseline.push(t);
+            }
+            if !nix::is_valid(&fx.toplevel) {
+                bail!("{} is not in the store after the run", fx.toplevel);
+            }
+        }
+    }
+    fx.evict()?;
+    Ok(vec![Row::ratio(
+        "B4",
+        &format!(
+            "new release detected → closure present, {}-path closure (median of {})",
+            fx.paths.len(),
+            p.runs
+        ),
+        median(&agent),
+        median(&baseline),
+        "`nix-store -r` alone",
+        1.10,
+    )])
+}
+
+/// One deploy's worth of the agent's pipeline up to a realised closure, timed
+/// from the moment the new tip is known.
+async fn agent_run(
+    dir: &Path,
+    url: &str,
+    key: &ReleaseKey,
+    host: &HostName,
+    fx: &ClosureFixture,
+) -> Result<Duration> {
+    let source = Source::open(&dir.join("deploy.git"), url, BRANCH, None)?;
+    let trusted: CachePublicKey = fx.cache.public_key.parse()?;
+    let caches = BinaryCaches::new(&[fx.url()], std::slice::from_ref(&trusted));
+    let store = Store {
+        profile: dir.join("profile"),
+        gc_roots: dir.join("gcroots"),
+        substituters: vec![fx.url()],
+        trusted_public_keys: vec![trusted.to_string()],
+        realise_timeout: Duration::from_secs(3600),
+    };
+    let tip = source.remote_tip()?;
+
+    let start = Instant::now();
+    source.fetch(tip)?;
+    let verified = ferry_signer::verify::verify_release_commit(source.repo(), tip, &key.signers, Utc::now())?;
+    let entry = match decide::judge(&verified, host, None, false, None) {
+        Verdict::Deploy(entry) => entry,
+        other => bail!("expected a deploy, got {other:?}"),
+    };
+    let selected = start.elapsed();
+    let preflight = caches
+        .preflight(&entry.toplevel, Path::new(ferry_signer::names::STORE_DIR))
+        .await
+        .context("preflight")?;
+    let preflighted = start.elapsed();
+    store
+        .realise(&entry.toplevel, "current")
+        .await
+        .context("realise")?;
+    let total = start.elapsed();
+    eprintln!(
+        "  agent: {} (fetch+verify+select {}, preflight of {} paths {}, realise {})",
+        fmt_duration(total),
+        fmt_duration(selected),
+        preflight.missing,
+        fmt_duration(preflighted - selected),
+        fmt_duration(total - preflighted)
+    );
+    Ok(total)
+}

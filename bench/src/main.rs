@@ -1,0 +1,151 @@
+//! `ferry-bench`: Ferry's benchmarks (issue 6). Sets up real fixtures on
+//! loopback, measures each figure and its baseline in the same run, and
+//! prints a markdown table. It reports; it never fails on a missed target.
+//! Run it through `bench/run`, which builds everything in release mode.
+//!
+//! # Layout
+//! - [`fixtures`]: git daemon, HTTP binary cache, Nix closures, release key.
+//! - [`idle`]: B1–B3, the running daemon's no-change polls.
+//! - [`closure`]: B4, new release → closure present vs `nix-store -r`.
+//! - [`history`]: B5, long branch and large fleet vs one commit, one host.
+//! - [`signing`]: B6, `ferry-signer release` vs `git commit -S`.
+//! - [`throughput`]: B7, signature checks per second.
+//! - [`report`]: the table, statistics, the machine line.
+
+mod closure;
+mod fixtures;
+mod history;
+mod idle;
+mod report;
+mod signing;
+mod throughput;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+
+struct Args {
+    agent: PathBuf,
+    signer: PathBuf,
+    work: PathBuf,
+    only: Vec<String>,
+    polls: usize,
+    runs: usize,
+}
+
+const USAGE: &str =
+    "usage: ferry-bench --agent PATH --signer PATH --work DIR [--only B1,B4,…] [--polls N] [--runs N]";
+
+fn parse_args() -> Result<Args> {
+    let mut agent = None;
+    let mut signer = None;
+    let mut work = None;
+    let mut only = Vec::new();
+    let mut polls = 100;
+    let mut runs = 0;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = || args.next().with_context(|| format!("{a} needs a value\n{USAGE}"));
+        match a.as_str() {
+            "--agent" => agent = Some(PathBuf::from(value()?)),
+            "--signer" => signer = Some(PathBuf::from(value()?)),
+            "--work" => work = Some(PathBuf::from(value()?)),
+            "--only" => only = value()?.split(',').map(|s| s.trim().to_uppercase()).collect(),
+            "--polls" => polls = value()?.parse()?,
+            "--runs" => runs = value()?.parse()?,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other}\n{USAGE}"),
+        }
+    }
+    Ok(Args {
+        agent: agent.context(USAGE)?,
+        signer: signer.context(USAGE)?,
+        work: work.context(USAGE)?,
+        only,
+        polls,
+        runs,
+    })
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    let args = parse_args()?;
+    let wanted = |id: &str| args.only.is_empty() || args.only.iter().any(|o| o == id);
+    let runs = |default: usize| if args.runs > 0 { args.runs } else { default };
+    let work = &args.work;
+    // Nix's narinfo disk cache lives here, so runs start without it and the
+    // user's own cache is left alone.
+    std::env::set_var("XDG_CACHE_HOME", work.join("xdg-cache"));
+
+    let repos = work.join("repos");
+    std::fs::create_dir_all(&repos)?;
+    let key = fixtures::ReleaseKey::new(work)?;
+    let git = fixtures::git_daemon(&repos)?;
+    let mut rows = Vec::new();
+
+    if wanted("B1") || wanted("B2") || wanted("B3") {
+        eprintln!(
+            "B1–B3: the daemon's no-change polls ({} polls, 1 s apart)",
+            args.polls
+        );
+        let p = idle::Params {
+            agent: &args.agent,
+            polls: args.polls,
+        };
+        rows.extend(idle::run(work, &key, &repos, git.port, &p)?);
+    }
+    let closure = if wanted("B4") || wanted("B7") {
+        eprintln!("B4/B7: building a 2,001-path closure and its signed cache");
+        Some(closure::ClosureFixture::build(work, 20, 100)?)
+    } else {
+        None
+    };
+    if let (true, Some(fx)) = (wanted("B4"), &closure) {
+        eprintln!("B4: new release → closure present");
+        let p = closure::Params { runs: runs(3) };
+        rows.extend(closure::run(work, &key, &repos, git.port, fx, &p)?);
+    }
+    if wanted("B5") {
+        eprintln!("B5: 10,000 commits and 10,000 hosts vs 1 and 1");
+        let p = history::Params {
+            commits: 10_000,
+            hosts: 10_000,
+            runs: runs(15),
+        };
+        rows.extend(history::run(work, &key, &repos, git.port, &p)?);
+    }
+    if wanted("B6") {
+        eprintln!("B6: ferry-signer release of 10,000 hosts vs git commit -S");
+        let p = signing::Params {
+            signer: &args.signer,
+            hosts: 10_000,
+            runs: runs(15),
+        };
+        rows.extend(signing::run(work, &key, &p)?);
+    }
+    if let (true, Some(fx)) = (wanted("B7"), &closure) {
+        eprintln!("B7: signature checks per second");
+        rows.extend(throughput::run(&key, &repos, fx)?);
+    }
+    if let Some(fx) = &closure {
+        // Leave no fixture paths behind in the store.
+        fx.evict()?;
+    }
+
+    println!("{}", report::table(&rows));
+    println!("Machine: {}", report::machine());
+    Ok(())
+}
