@@ -1,7 +1,7 @@
 # Ferry's two binaries from this workspace, built against Cargo.lock.
 # `cargoBuildFlags` picks the crate; tests are not run here (they need root,
 # a throwaway systemd and network on loopback: see scripts/test).
-{ lib, rustPlatform, pkg-config, openssl, crate }:
+{ lib, rustPlatform, pkg-config, zlib, crate }:
 
 let
   src = lib.fileset.toSource {
@@ -16,7 +16,8 @@ rustPlatform.buildRustPackage {
   cargoLock.lockFile = ../Cargo.lock;
   cargoBuildFlags = [ "-p" crate ];
   nativeBuildInputs = [ pkg-config ];
-  buildInputs = [ openssl ];
+  # No OpenSSL: HTTPS (forge and git) is rustls; libgit2 needs only zlib.
+  buildInputs = [ zlib ];
   doCheck = false;
   meta = {
     description = "Ferry: GitOps pull deployments for NixOS fleets (${crate})";

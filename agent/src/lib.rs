@@ -2,9 +2,6 @@
 //! switches this NixOS host to the system its release names. Verification of
 //! releases is `ferry_signer`'s; this crate owns everything host-specific.
 //!
-//! Work in progress (issue 3): the modules below exist and are tested; the
-//! reconcile pipeline that joins them is being built.
-//!
 //! # Layout
 //! - [`config`]: `/etc/ferry/agent.toml`, parsed strictly and validated.
 //! - [`state`]: durable state (anti-rollback anchor, in-flight deploy, last
@@ -12,6 +9,7 @@
 //! - [`narinfo`]: binary cache metadata, signature fingerprints, cache keys.
 //! - [`cache`]: the binary cache client and the closure preflight.
 //! - [`source`]: the deploy repository: cheap tip check, bounded fetch, ancestry.
+//! - [`git_http`]: smart HTTP(S) for libgit2 over reqwest and rustls (no OpenSSL).
 //! - [`decide`]: pure decisions: anti-rollback, host entry, rollback rules.
 //! - [`report`]: commit statuses per forge and the durable outbox.
 
@@ -20,6 +18,7 @@ pub mod config;
 pub mod daemon;
 pub mod decide;
 pub mod forge;
+pub mod git_http;
 pub mod health;
 pub mod logging;
 pub mod narinfo;

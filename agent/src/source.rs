@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use git2::{Direction, FetchOptions, Oid, RemoteCallbacks, Repository};
+use zeroize::Zeroizing;
+
+use crate::git_http;
 
 /// Fetches that would transfer more than this are aborted (endless-data defence).
 pub const MAX_FETCH_BYTES: usize = 512 << 20;
@@ -67,6 +70,7 @@ pub fn set_network_timeouts(connect: Duration, read: Duration) -> Result<(), git
         git2::opts::set_server_connect_timeout_in_milliseconds(ms(connect))?;
         git2::opts::set_server_timeout_in_milliseconds(ms(read))?;
     }
+    git_http::set_connect_timeout(connect);
     Ok(())
 }
 
@@ -82,6 +86,7 @@ impl Source {
             path: path.to_owned(),
             source,
         };
+        git_http::install().map_err(open_err)?;
         let repo = match Repository::open_bare(path) {
             Ok(r) => r,
             Err(_) => Repository::init_bare(path).map_err(open_err)?,
@@ -99,28 +104,19 @@ impl Source {
         &self.repo
     }
 
-    fn callbacks(&self) -> Result<RemoteCallbacks<'static>, SourceError> {
-        let mut callbacks = RemoteCallbacks::new();
-        if let Some(path) = &self.token_file {
-            let token = std::fs::read_to_string(path)
-                .map_err(|source| SourceError::Token {
-                    path: path.clone(),
-                    source,
-                })?
-                .trim()
-                .to_owned();
-            let mut tried = false;
-            callbacks.credentials(move |_url, _user, _allowed| {
-                // Offer the token once; libgit2 asks again only if it was refused.
-                if std::mem::replace(&mut tried, true) {
-                    return Err(git2::Error::from_str(
-                        "the token in source.token_file was refused",
-                    ));
-                }
-                git2::Cred::userpass_plaintext("x-access-token", &token)
-            });
-        }
-        Ok(callbacks)
+    /// The token from `source.token_file`, read afresh for each call (so a
+    /// rotated credential is picked up), for [`git_http::with_token`].
+    fn token(&self) -> Result<Option<Zeroizing<String>>, SourceError> {
+        let Some(path) = &self.token_file else {
+            return Ok(None);
+        };
+        let text = Zeroizing::new(
+            std::fs::read_to_string(path).map_err(|source| SourceError::Token {
+                path: path.clone(),
+                source,
+            })?,
+        );
+        Ok(Some(Zeroizing::new(text.trim().to_owned())))
     }
 
     /// Asks the remote for the branch tip: one ref advertisement, no objects.
@@ -129,17 +125,18 @@ impl Source {
             url: self.url.clone(),
             source,
         };
+        let token = self.token()?;
         let mut remote = self.repo.remote_anonymous(&self.url)?;
-        let connection = remote
-            .connect_auth(Direction::Fetch, Some(self.callbacks()?), None)
-            .map_err(unreachable)?;
         let wanted = format!("refs/heads/{}", self.branch);
-        let tip = connection
-            .list()
-            .map_err(unreachable)?
-            .iter()
-            .find(|h| h.name() == wanted)
-            .map(|h| h.oid());
+        let tip = git_http::with_token(token, || -> Result<Option<Oid>, git2::Error> {
+            let connection = remote.connect_auth(Direction::Fetch, None, None)?;
+            Ok(connection
+                .list()?
+                .iter()
+                .find(|h| h.name() == wanted)
+                .map(|h| h.oid()))
+        })
+        .map_err(unreachable)?;
         tip.ok_or_else(|| SourceError::NoBranch {
             url: self.url.clone(),
             branch: self.branch.clone(),
@@ -151,7 +148,8 @@ impl Source {
         if self.repo.find_commit(expected).is_ok() {
             return Ok(());
         }
-        let mut callbacks = self.callbacks()?;
+        let token = self.token()?;
+        let mut callbacks = RemoteCallbacks::new();
         callbacks.transfer_progress(|p| p.received_bytes() <= MAX_FETCH_BYTES);
         let mut options = FetchOptions::new();
         options
@@ -159,7 +157,9 @@ impl Source {
             .download_tags(git2::AutotagOption::None);
         let mut remote = self.repo.remote_anonymous(&self.url)?;
         let refspec = format!("+refs/heads/{}:{REMOTE_REF}", self.branch);
-        if let Err(source) = remote.fetch(&[&refspec], Some(&mut options), None) {
+        if let Err(source) =
+            git_http::with_token(token, || remote.fetch(&[&refspec], Some(&mut options), None))
+        {
             return Err(if source.code() == git2::ErrorCode::User {
                 SourceError::TooLarge {
                     url: self.url.clone(),

@@ -110,3 +110,137 @@ fn smart_http_with_a_token_file() {
     assert!(err.to_string().contains("cannot read token file"), "{err}");
     assert!(server.refused.load(std::sync::atomic::Ordering::SeqCst) >= 2);
 }
+
+/// HTTP remotes go through the agent's own transport (rustls, no OpenSSL):
+/// what can go wrong is named, with the remote, and never with the token.
+#[test]
+fn http_failures_are_named() {
+    use crate::common::git_http::GitHttp;
+    use crate::common::http::StaticServer;
+    let dir = tempfile::tempdir().unwrap();
+    let deploy = DeployRepo::new(dir.path());
+    deploy.release("web1", WEB1_A);
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+
+    // No repository at that path.
+    let server = GitHttp::start(dir.path(), "s3cret");
+    let url = server.url("absent.git");
+    let source = Source::open(&dir.path().join("a.git"), &url, "deploy", Some(&token)).unwrap();
+    let err = source.remote_tip().unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert!(err.to_string().contains("HTTP 404"), "{err}");
+    assert!(err.to_string().contains("check source.url"), "{err}");
+
+    // No token where one is needed.
+    let anonymous = Source::open(
+        &dir.path().join("b.git"),
+        &server.url("deploy.git"),
+        "deploy",
+        None,
+    )
+    .unwrap();
+    let err = anonymous.remote_tip().unwrap_err();
+    assert!(
+        err.to_string().contains("needs a token: set source.token_file"),
+        "{err}"
+    );
+
+    // A plain web server ("dumb" HTTP) is not a git server.
+    let web = dir.path().join("web");
+    std::fs::create_dir_all(web.join("deploy.git/info")).unwrap();
+    std::fs::write(
+        web.join("deploy.git/info/refs"),
+        "0000000000000000000000000000000000000000\trefs/heads/deploy\n",
+    )
+    .unwrap();
+    let static_server = StaticServer::start(&web);
+    let url = format!("{}/deploy.git", static_server.url());
+    let source = Source::open(&dir.path().join("c.git"), &url, "deploy", Some(&token)).unwrap();
+    let err = source.remote_tip().unwrap_err();
+    assert!(err.to_string().contains("not a smart git HTTP server"), "{err}");
+    assert!(!err.to_string().contains("s3cret"), "{err}");
+
+    // Nothing listening.
+    let port = crate::common::git::free_port();
+    let url = format!("https://127.0.0.1:{port}/deploy.git");
+    let source = Source::open(&dir.path().join("d.git"), &url, "deploy", None).unwrap();
+    let err = source.remote_tip().unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert!(err.to_string().contains("cannot connect"), "{err}");
+}
+
+/// An HTTPS remote whose certificate comes from a private CA: refused until
+/// the host trusts that CA, then fetched and verified, through the real
+/// `ferry-agent once` (rustls with the host's CA store; no OpenSSL).
+#[test]
+fn https_remote_with_a_private_ca() {
+    use crate::common::git_http::GitHttp;
+    use crate::common::tls::{Ca, TlsProxy};
+    let dir = tempfile::tempdir().unwrap();
+    let deploy = DeployRepo::new(dir.path());
+    deploy.release("web1", WEB1_A);
+    let server = GitHttp::start(dir.path(), "s3cret");
+    std::fs::create_dir_all(dir.path().join("ca")).unwrap();
+    let ca = Ca::new(&dir.path().join("ca"));
+    let proxy = TlsProxy::start(&ca, server.port);
+
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let signers = dir.path().join("allowed_signers");
+    std::fs::write(&signers, deploy.key.allowed_signers_line("ci@example.com")).unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"host = "web2"
+state_dir = "{state}"
+[source]
+url = "https://127.0.0.1:{port}/deploy.git"
+token_file = "{token}"
+allowed_signers = "{signers}"
+[cache]
+substituters = ["http://127.0.0.1:9"]
+trusted_public_keys = ["c-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="]
+"#,
+            state = dir.path().join("state").display(),
+            port = proxy.port,
+            token = token.display(),
+            signers = signers.display(),
+        ),
+    )
+    .unwrap();
+    let once = |ca_file: Option<&std::path::Path>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ferry-agent"));
+        cmd.arg("--config")
+            .arg(&config)
+            .arg("once")
+            .env_remove("SSL_CERT_DIR");
+        match ca_file {
+            Some(f) => cmd.env("SSL_CERT_FILE", f),
+            None => cmd.env_remove("SSL_CERT_FILE"),
+        };
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+
+    let (ok, text) = once(None);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("certificate"),
+        "an untrusted certificate is named: {text}"
+    );
+    assert!(!text.contains("s3cret"), "{text}");
+
+    // Trusting the CA: the release is fetched and verified over HTTPS (and
+    // refused only because it has no entry for this host).
+    let (ok, text) = once(Some(&ca.ca_cert));
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("refused") && text.contains("has no entry for host web2"),
+        "{text}"
+    );
+}

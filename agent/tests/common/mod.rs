@@ -6,6 +6,7 @@ pub mod git_http;
 pub mod http;
 pub mod nix;
 pub mod systemd;
+pub mod tls;
 
 /// A string unique to this test run (process and time), for store path names.
 pub fn unique(prefix: &str) -> String {

@@ -1,0 +1,250 @@
+//! git's smart HTTP protocol under libgit2, carried by reqwest over rustls, so
+//! the agent needs no OpenSSL: one TLS stack (the forge client's), trusting
+//! the host's CA store (NixOS `security.pki`) and Mozilla's roots. libgit2 still
+//! speaks the git protocol; this module only moves its bytes: a GET of
+//! `info/refs` for the ref advertisement, one POST to `git-upload-pack` per
+//! negotiation round. Pushing is not supported (the agent never pushes).
+//!
+//! The token for a call is passed down on the calling thread ([`with_token`]),
+//! since libgit2 calls the transport synchronously on that thread; it is sent
+//! as HTTP Basic `x-access-token:TOKEN` (what GitHub, Gitea/Forgejo and GitLab
+//! accept) and never appears in a message.
+
+use std::cell::RefCell;
+use std::io::{self, Read, Write};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use base64::Engine as _;
+use git2::transport::{Service, SmartSubtransport, SmartSubtransportStream, Transport};
+use zeroize::Zeroizing;
+
+/// The ref advertisement must arrive within this.
+const LS_TIMEOUT: Duration = Duration::from_secs(60);
+/// A negotiation round, pack included, must finish within this.
+const PACK_TIMEOUT: Duration = Duration::from_secs(600);
+
+thread_local! {
+    static TOKEN: RefCell<Option<Zeroizing<String>>> = const { RefCell::new(None) };
+}
+
+static CLIENT: OnceLock<Result<reqwest::blocking::Client, String>> = OnceLock::new();
+static CONNECT_TIMEOUT: Mutex<Duration> = Mutex::new(Duration::from_secs(10));
+
+/// Routes libgit2's `http://` and `https://` remotes through this module.
+/// Idempotent; call before the first remote operation.
+pub fn install() -> Result<(), git2::Error> {
+    static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
+    INSTALLED
+        .get_or_init(|| {
+            for scheme in ["http", "https"] {
+                // SAFETY: git2 requires registration to be synchronised with
+                // the creation of transports; the OnceLock runs it exactly
+                // once, before this process makes any remote connection
+                // (Source calls it before connecting).
+                #[allow(unsafe_code)]
+                unsafe {
+                    git2::transport::register(scheme, |remote| {
+                        Transport::smart(remote, true, HttpSubtransport)
+                    })
+                    .map_err(|e| e.message().to_owned())?;
+                }
+            }
+            Ok(())
+        })
+        .clone()
+        .map_err(|m| git2::Error::from_str(&m))
+}
+
+/// Sets the connect timeout for HTTP remotes (before the first connection).
+pub fn set_connect_timeout(timeout: Duration) {
+    *CONNECT_TIMEOUT.lock().unwrap_or_else(|e| e.into_inner()) = timeout;
+}
+
+/// Runs `f` (libgit2 remote calls) with `token` offered to HTTP remotes.
+pub fn with_token<T>(token: Option<Zeroizing<String>>, f: impl FnOnce() -> T) -> T {
+    let previous = TOKEN.with(|t| t.replace(token));
+    let result = f();
+    TOKEN.with(|t| *t.borrow_mut() = previous);
+    result
+}
+
+fn client() -> io::Result<&'static reqwest::blocking::Client> {
+    CLIENT
+        .get_or_init(|| {
+            let connect = *CONNECT_TIMEOUT.lock().unwrap_or_else(|e| e.into_inner());
+            reqwest::blocking::Client::builder()
+                .user_agent(concat!("git/2.0 (ferry-agent/", env!("CARGO_PKG_VERSION"), ")"))
+                .connect_timeout(connect)
+                .build()
+                .map_err(|e| format!("cannot set up HTTPS: {e}"))
+        })
+        .as_ref()
+        .map_err(|m| io::Error::other(m.clone()))
+}
+
+struct HttpSubtransport;
+
+impl SmartSubtransport for HttpSubtransport {
+    fn action(&self, url: &str, action: Service) -> Result<Box<dyn SmartSubtransportStream>, git2::Error> {
+        let url = url.trim_end_matches('/').to_owned();
+        let auth = TOKEN.with(|t| {
+            t.borrow().as_ref().map(|token| {
+                let basic =
+                    base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{}", **token));
+                Zeroizing::new(format!("Basic {basic}"))
+            })
+        });
+        match action {
+            Service::UploadPackLs => {
+                let mut request = client()
+                    .map_err(to_git)?
+                    .get(format!("{url}/info/refs?service=git-upload-pack"))
+                    .timeout(LS_TIMEOUT);
+                if let Some(auth) = &auth {
+                    request = request.header(reqwest::header::AUTHORIZATION, auth.as_str());
+                }
+                let response = request.send().map_err(|e| to_git(request_error(e)))?;
+                let response = check(
+                    response,
+                    "application/x-git-upload-pack-advertisement",
+                    auth.is_some(),
+                )
+                .map_err(to_git)?;
+                Ok(Box::new(Advertisement(response)))
+            }
+            Service::UploadPack => Ok(Box::new(UploadPack {
+                url,
+                auth,
+                request: Vec::new(),
+                response: None,
+            })),
+            Service::ReceivePackLs | Service::ReceivePack => {
+                Err(git2::Error::from_str("ferry-agent only fetches; it never pushes"))
+            }
+        }
+    }
+
+    fn close(&self) -> Result<(), git2::Error> {
+        Ok(())
+    }
+}
+
+/// The ref advertisement, read as it arrives.
+struct Advertisement(reqwest::blocking::Response);
+
+impl Read for Advertisement {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Write for Advertisement {
+    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+        Err(io::Error::other("the ref advertisement takes no request body"))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One negotiation round: libgit2 writes the whole request, then reads; the
+/// POST is sent at the first read.
+struct UploadPack {
+    url: String,
+    auth: Option<Zeroizing<String>>,
+    request: Vec<u8>,
+    response: Option<reqwest::blocking::Response>,
+}
+
+impl Write for UploadPack {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.response.is_some() {
+            return Err(io::Error::other(
+                "git-upload-pack request written after its response",
+            ));
+        }
+        self.request.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Read for UploadPack {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.response.is_none() {
+            let mut request = client()?
+                .post(format!("{}/git-upload-pack", self.url))
+                .header(
+                    reqwest::header::CONTENT_TYPE,
+                    "application/x-git-upload-pack-request",
+                )
+                .header(reqwest::header::ACCEPT, "application/x-git-upload-pack-result")
+                .timeout(PACK_TIMEOUT)
+                .body(std::mem::take(&mut self.request));
+            if let Some(auth) = &self.auth {
+                request = request.header(reqwest::header::AUTHORIZATION, auth.as_str());
+            }
+            let response = request.send().map_err(request_error)?;
+            self.response = Some(check(
+                response,
+                "application/x-git-upload-pack-result",
+                self.auth.is_some(),
+            )?);
+        }
+        self.response.as_mut().expect("sent above").read(buf)
+    }
+}
+
+/// Accepts a 200 with git's content type; names everything else plainly (the
+/// caller names the remote).
+fn check(
+    response: reqwest::blocking::Response,
+    content_type: &str,
+    had_token: bool,
+) -> io::Result<reqwest::blocking::Response> {
+    let status = response.status();
+    let fail = |what: String| Err(io::Error::other(format!("HTTP {}: {what}", status.as_u16())));
+    match status.as_u16() {
+        200 => {}
+        401 | 403 if had_token => return fail("the token in source.token_file was refused".into()),
+        401 | 403 => return fail("the repository needs a token: set source.token_file".into()),
+        404 => return fail("no git repository there (check source.url)".into()),
+        _ => return fail(status.canonical_reason().unwrap_or("unexpected status").into()),
+    }
+    let got = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !got.starts_with(content_type) {
+        return Err(io::Error::other(format!(
+            "not a smart git HTTP server (content type `{got}`, expected `{content_type}`): serve the repository with git http-backend or a forge"
+        )));
+    }
+    Ok(response)
+}
+
+fn request_error(e: reqwest::Error) -> io::Error {
+    let what = if e.is_timeout() {
+        "timed out".to_owned()
+    } else if e.is_connect() {
+        "cannot connect".to_owned()
+    } else {
+        "request failed".to_owned()
+    };
+    // The innermost cause names what happened (DNS, TLS, refused).
+    let mut cause = String::new();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        cause = s.to_string();
+        source = s.source();
+    }
+    io::Error::other(format!("{what} ({cause})"))
+}
+
+fn to_git(e: io::Error) -> git2::Error {
+    git2::Error::from_str(&e.to_string())
+}
