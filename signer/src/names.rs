@@ -9,7 +9,10 @@ use std::str::FromStr;
 pub const STORE_DIR: &str = "/nix/store";
 
 /// Nix's base-32 alphabet (no e, o, u, t).
-const NIX32: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
+/// Nix's base-32 alphabet: digits and lower-case letters without e, o, u, t.
+fn is_nix32(b: u8) -> bool {
+    matches!(b, b'0'..=b'9' | b'a'..=b'd' | b'f'..=b'n' | b'p'..=b's' | b'v'..=b'z')
+}
 
 /// A top-level Nix store path: `/nix/store/<32 nix32 characters>-<name>`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -58,7 +61,7 @@ impl FromStr for StorePath {
             .and_then(|r| r.strip_prefix('/'))
             .ok_or_else(|| err("not under /nix/store"))?;
         let (hash, name) = base.split_at_checked(32).ok_or_else(|| err("too short"))?;
-        if !hash.bytes().all(|b| NIX32.contains(&b)) {
+        if !hash.bytes().all(is_nix32) {
             return Err(err("the hash part is not 32 nix32 characters"));
         }
         let name = name
@@ -75,7 +78,7 @@ impl FromStr for StorePath {
         }
         if !name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"+-._?=".contains(&b))
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.' | b'_' | b'?' | b'='))
         {
             return Err(err("the name has a character Nix does not allow (or a `/`)"));
         }
@@ -176,6 +179,15 @@ impl fmt::Display for CommitId {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn nix32_is_nix_alphabet() {
+        let alphabet = b"0123456789abcdfghijklmnpqrsvwxyz";
+        for b in 0..=255u8 {
+            assert_eq!(is_nix32(b), alphabet.contains(&b), "byte {b}");
+        }
+    }
+
     use super::*;
 
     const GOOD: &str = "/nix/store/0c0mb5j1x3dg5bf3wk3jh4xyz6p4s3ld-nixos-system-web1-25.11";

@@ -123,8 +123,15 @@ impl Release {
             });
         }
         let text = std::str::from_utf8(bytes).map_err(|_| ReleaseError::NotUtf8)?;
-        // Read `format` first, so a file from a newer Ferry says "upgrade"
-        // rather than complaining about keys this version does not know.
+        // One parse in the common case: a well-formed format-1 file.
+        if let Ok(file) = toml::from_str::<ReleaseFileV1>(text) {
+            if file.format == FORMAT {
+                return file.validate(text);
+            }
+        }
+        // Otherwise read `format` first, so a file from a newer Ferry says
+        // "upgrade" rather than complaining about keys this version does not
+        // know, then report what is wrong with a format-1 file.
         let table: toml::Table = toml::from_str(text).map_err(|e| syntax(&e))?;
         match table.get("format") {
             None => return Err(ReleaseError::MissingFormat),
@@ -195,7 +202,6 @@ fn toml_time(t: DateTime<Utc>) -> toml::value::Datetime {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ReleaseFileV1 {
-    #[allow(dead_code)]
     format: u32,
     serial: Spanned<i64>,
     created: Spanned<toml::value::Datetime>,
