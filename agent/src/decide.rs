@@ -154,6 +154,20 @@ impl SwitchResult {
 }
 
 /// Whether to roll back after a switch and a health check.
+/// How long after a release's `created` time a closure path missing from the
+/// cache is taken for CI still uploading (the release may be pushed before the
+/// upload finishes): until then the agent retries instead of refusing.
+pub const CACHE_UPLOAD_GRACE: chrono::Duration = chrono::Duration::hours(1);
+
+/// Whether a closure missing from the binary cache may still be on its way:
+/// the release was created less than [`CACHE_UPLOAD_GRACE`] before `now`.
+pub fn may_still_be_uploading(
+    created: chrono::DateTime<chrono::Utc>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> bool {
+    now < created + CACHE_UPLOAD_GRACE
+}
+
 pub fn needs_rollback(action: Action, switch: SwitchResult, healthy: bool, rollback_enabled: bool) -> bool {
     if !rollback_enabled {
         return false;
@@ -166,6 +180,18 @@ pub fn needs_rollback(action: Action, switch: SwitchResult, healthy: bool, rollb
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_missing_closure_is_waited_for_only_shortly_after_the_release() {
+        let created: chrono::DateTime<chrono::Utc> = "2026-11-22T10:00:00Z".parse().unwrap();
+        let at = |s: &str| s.parse::<chrono::DateTime<chrono::Utc>>().unwrap();
+        assert!(may_still_be_uploading(created, at("2026-11-22T10:00:30Z")));
+        assert!(may_still_be_uploading(created, at("2026-11-22T10:59:59Z")));
+        assert!(!may_still_be_uploading(created, at("2026-11-22T11:00:00Z")));
+        // A release dated in the future (clock skew) is waited for too.
+        assert!(may_still_be_uploading(created, at("2026-11-22T09:00:00Z")));
+    }
+
     use super::*;
     use chrono::Utc;
     use ferry_signer::{Release, Signer};

@@ -15,7 +15,7 @@ use ferry_signer::{Action, AllowedSigners, CommitId, HostEntry, StorePath, Verif
 use git2::Oid;
 use tracing::{error, info, warn};
 
-use crate::cache::BinaryCaches;
+use crate::cache::{BinaryCaches, CacheError};
 use crate::config::Config;
 use crate::decide::{self, SwitchResult, Verdict};
 use crate::forge::{Delivery, ForgeClient};
@@ -65,6 +65,9 @@ pub struct Agent {
     pub store: Store,
     source: Arc<Mutex<Source>>,
     systemd: Option<Systemd>,
+    /// The release whose closure was missing from the cache at the last
+    /// attempt (CI may still be uploading), so its statuses are posted once.
+    awaiting_cache: Option<CommitId>,
     /// `/run/current-system` and `/run/booted-system`.
     pub current_system: PathBuf,
     pub booted_system: PathBuf,
@@ -111,6 +114,7 @@ impl Agent {
             store,
             source: Arc::new(Mutex::new(source)),
             systemd: None,
+            awaiting_cache: None,
             current_system: PathBuf::from(store::CURRENT_SYSTEM),
             booted_system: PathBuf::from(store::BOOTED_SYSTEM),
             config,
@@ -364,13 +368,16 @@ impl Agent {
             ferry_commit = %tip, ferry_serial = serial, ferry_toplevel = %entry.toplevel, ferry_phase = "preflight",
             signer = %verified.signer.principal, "deploying release {serial} ({})", entry.action
         );
-        self.report(
-            &tip,
-            source.as_ref(),
-            StatusState::Pending,
-            &format!("deploying release {serial} to {}", self.config.host),
-        );
-        self.deliver_statuses().await;
+        let retrying = self.awaiting_cache.as_ref() == Some(&tip);
+        if !retrying {
+            self.report(
+                &tip,
+                source.as_ref(),
+                StatusState::Pending,
+                &format!("deploying release {serial} to {}", self.config.host),
+            );
+            self.deliver_statuses().await;
+        }
 
         let preflight = match self
             .caches
@@ -379,6 +386,29 @@ impl Agent {
         {
             Ok(p) => p,
             Err(e) if e.is_transient() => return Err(e.into()),
+            Err(e @ CacheError::NotFound { .. })
+                if decide::may_still_be_uploading(verified.release.created, Utc::now()) =>
+            {
+                // Not refused (and the tip not remembered): the next poll
+                // tries again, until the grace period after `created` ends.
+                let until = verified.release.created + decide::CACHE_UPLOAD_GRACE;
+                warn!(
+                    ferry_commit = %tip, ferry_serial = serial, ferry_toplevel = %entry.toplevel,
+                    ferry_phase = "preflight", "{e}; waiting for CI to finish uploading (until {until})"
+                );
+                if !retrying {
+                    self.report(
+                        &tip,
+                        source.as_ref(),
+                        StatusState::Pending,
+                        &format!("release {serial}: waiting for the closure in the binary cache"),
+                    );
+                    self.awaiting_cache = Some(tip.clone());
+                }
+                return Err(anyhow::Error::new(e).context(format!(
+                    "release {serial}: the closure is not in the binary cache yet; retrying until {until}"
+                )));
+            }
             Err(e) => {
                 return self.refuse(
                     state,
@@ -393,6 +423,7 @@ impl Agent {
                 )
             }
         };
+        self.awaiting_cache = None;
         info!(
             ferry_commit = %tip, ferry_serial = serial, ferry_toplevel = %entry.toplevel, ferry_phase = "preflight",
             paths = preflight.paths, missing = preflight.missing, download_bytes = preflight.download_bytes,

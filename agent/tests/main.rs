@@ -12,3 +12,4 @@ mod preflight;
 mod reference;
 mod source;
 mod systemd;
+mod upload_wait;

@@ -1,0 +1,150 @@
+//! A release pushed before CI finished uploading its closure: the agent waits
+//! (retries, remembers nothing, posts one status) for a grace period after the
+//! release's `created` time, then deploys once the closure is there; after the
+//! grace period a missing closure is refused. Real Nix store and signed cache.
+
+use std::path::Path;
+
+use ferry_agent::config::Config;
+use ferry_agent::reconcile::{Agent, Reconciled};
+use ferry_signer::publish::{self, ReleaseChanges};
+use ferry_signer::{Action, HostEntry};
+
+use crate::common::forge::Recorder;
+use crate::common::git::DeployRepo;
+use crate::common::{nix, runtime, unique};
+
+fn agent(dir: &Path, deploy: &DeployRepo, cache: &nix::Cache, forge: &Recorder) -> Agent {
+    let token = dir.join("forge-token");
+    std::fs::write(&token, "t0ken\n").unwrap();
+    let signers = dir.join("allowed_signers");
+    std::fs::write(&signers, deploy.key.allowed_signers_line("ci@example.com")).unwrap();
+    let text = format!(
+        r#"host = "web1"
+state_dir = "{state}"
+[source]
+url = "{url}"
+allowed_signers = "{signers}"
+[cache]
+substituters = ["{cache}"]
+trusted_public_keys = ["{key}"]
+[report]
+forge = "gitea"
+api_url = "{forge}"
+repository = "ops/deploy"
+token_file = "{token}"
+"#,
+        state = dir.join("state").display(),
+        url = deploy.path.display(),
+        signers = signers.display(),
+        cache = cache.url(),
+        key = cache.public_key,
+        forge = forge.url(),
+        token = token.display(),
+    );
+    Agent::new(Config::parse(&text, Path::new("agent.toml"), || None).unwrap()).unwrap()
+}
+
+fn release(deploy: &DeployRepo, toplevel: &str, created: chrono::DateTime<chrono::Utc>) -> String {
+    let repo = git2::Repository::open(&deploy.path).unwrap();
+    let changes = ReleaseChanges {
+        hosts: [(
+            "web1".parse().unwrap(),
+            HostEntry {
+                toplevel: toplevel.parse().unwrap(),
+                action: Action::Switch,
+            },
+        )]
+        .into(),
+        ..Default::default()
+    };
+    publish::publish(&repo, "deploy", &deploy.key, &changes, None, created)
+        .unwrap()
+        .commit
+        .to_string()
+}
+
+/// Builds a toplevel, puts its signed closure in `cache`, then removes it from
+/// the local store, so only the cache can provide it.
+fn only_in_cache(dir: &Path, cache: &nix::Cache, seed: &str) -> String {
+    let toplevel = nix::build_toplevel(dir, "web1", &unique(seed), 3);
+    cache.copy(&toplevel);
+    cache.sign(&toplevel);
+    nix::delete(&nix::closure(&toplevel));
+    toplevel
+}
+
+#[test]
+fn a_closure_still_uploading_is_waited_for_then_refused_after_the_grace_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let deploy = DeployRepo::new(dir.path());
+    let cache = nix::Cache::new(&dir.path().join("cache"), "upload-wait-1");
+    let toplevel = only_in_cache(dir.path(), &cache, "uploading");
+    // "Not uploaded yet": the cache's files are elsewhere for now.
+    let uploaded = cache.dir.clone();
+    let pending = dir.path().join("cache-upload-in-progress");
+    std::fs::rename(&uploaded, &pending).unwrap();
+    std::fs::create_dir_all(&uploaded).unwrap();
+    std::fs::rename(pending.join("nix-cache-info"), uploaded.join("nix-cache-info")).unwrap();
+
+    let fresh = release(&deploy, &toplevel, chrono::Utc::now());
+    let forge = Recorder::start();
+    let mut agent = agent(dir.path(), &deploy, &cache, &forge);
+    let rt = runtime();
+    for attempt in 0..2 {
+        let err = rt.block_on(agent.reconcile()).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("not in the binary cache yet"),
+            "attempt {attempt}: {err:#}"
+        );
+        let state = agent.state.load().unwrap();
+        assert_eq!(
+            state.last_seen_tip, None,
+            "the tip is not remembered while waiting"
+        );
+        assert_eq!(state.anchor, None);
+    }
+    // One "deploying" and one "waiting" status, not a pair per attempt.
+    let statuses = forge.statuses();
+    let waiting: Vec<_> = statuses
+        .iter()
+        .filter(|(c, _, d)| *c == fresh && d.contains("waiting for the closure"))
+        .collect();
+    assert_eq!(waiting.len(), 1, "{statuses:?}");
+    assert_eq!(waiting[0].1, "pending");
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|(_, _, d)| d.starts_with("deploying release 1"))
+            .count(),
+        1,
+        "{statuses:?}"
+    );
+
+    // The upload finishes: the preflight passes and the deploy goes on (to
+    // systemd, which this test does not have: the deploy tests cover the rest).
+    std::fs::remove_dir_all(&uploaded).unwrap();
+    std::fs::rename(&pending, &uploaded).unwrap();
+    let err = rt.block_on(agent.reconcile()).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("systemd"),
+        "past the preflight: {err:#}"
+    );
+
+    // A release created long ago whose closure is missing: refused.
+    let stale_toplevel = nix::build_toplevel(dir.path(), "web1", &unique("never-uploaded"), 0);
+    nix::delete(&nix::closure(&stale_toplevel));
+    let old = release(
+        &deploy,
+        &stale_toplevel,
+        chrono::Utc::now() - chrono::Duration::hours(2),
+    );
+    match rt.block_on(agent.reconcile()).unwrap() {
+        Reconciled::Refused(why) => assert!(why.contains("in none of the binary caches"), "{why}"),
+        r => panic!("expected a refusal, got {r:?}"),
+    }
+    assert_eq!(
+        agent.state.load().unwrap().last_seen_tip.map(|t| t.to_string()),
+        Some(old)
+    );
+}
