@@ -7,12 +7,10 @@ use std::path::{Path, PathBuf};
 
 use ferry_agent::config::Config;
 use ferry_agent::reconcile::{Agent, Reconciled};
-use ferry_signer::publish::{self, ReleaseChanges};
 use ferry_signer::sshsig::GitSigner;
-use ferry_signer::{Action, HostEntry};
 use ssh_key::PublicKey;
 
-use crate::common::git::git;
+use crate::common::git::{git, DeployRepo};
 use crate::common::{nix, runtime, unique};
 
 // Shared with the signer's tests; not every helper is used here.
@@ -74,23 +72,6 @@ fn release_by_git(work: &Path, key: &Path, serial: u64, toplevel: &str) {
     git(work, &["push", "-q", "-f", "origin", "HEAD:refs/heads/deploy"]);
 }
 
-/// Publishes a release naming `web1 → toplevel`, signed by `signer`.
-fn release(repo: &Path, signer: &dyn GitSigner, toplevel: &str) {
-    let repository = git2::Repository::open(repo).unwrap();
-    let changes = ReleaseChanges {
-        hosts: [(
-            "web1".parse().unwrap(),
-            HostEntry {
-                toplevel: toplevel.parse().unwrap(),
-                action: Action::Switch,
-            },
-        )]
-        .into(),
-        ..Default::default()
-    };
-    publish::publish(&repository, "deploy", signer, &changes, None, chrono::Utc::now()).unwrap();
-}
-
 /// Runs one reconcile with a fresh agent (fresh state) pinning `allowed`.
 fn reconcile(dir: &Path, repo: &Path, allowed: &str, current: &Path) -> Reconciled {
     let state = tempfile::tempdir_in(dir).unwrap();
@@ -122,11 +103,8 @@ fn releases_signed_by_every_key_type_are_accepted_when_pinned() {
     let toplevel = nix::build_toplevel(dir.path(), "web1", &unique("keytypes"), 0);
     let current = dir.path().join("current-system");
     std::os::unix::fs::symlink(&toplevel, &current).unwrap();
-    let repo = dir.path().join("deploy.git");
-    git(
-        dir.path(),
-        &["init", "-q", "--bare", "-b", "main", repo.to_str().unwrap()],
-    );
+    let deploy = DeployRepo::new(dir.path());
+    let repo = deploy.path.clone();
 
     let work = dir.path().join("work");
     git(
@@ -170,7 +148,7 @@ fn releases_signed_by_every_key_type_are_accepted_when_pinned() {
         ("sk-ed25519", sk::SoftSecurityKey::ed25519(0x01)),
         ("sk-ecdsa", sk::SoftSecurityKey::p256(0x01)),
     ] {
-        release(&repo, &signer, &toplevel);
+        deploy.release_by(&signer, "web1", &toplevel, chrono::Utc::now());
         let pinned = line("yubi@example.com", &public_of_signer(&signer), "");
         assert_eq!(
             reconcile(dir.path(), &repo, &pinned, &current),
@@ -182,7 +160,7 @@ fn releases_signed_by_every_key_type_are_accepted_when_pinned() {
 
     // A security key that was not touched is refused unless its line waives it.
     let untouched = sk::SoftSecurityKey::ed25519(0x00);
-    release(&repo, &untouched, &toplevel);
+    deploy.release_by(&untouched, "web1", &toplevel, chrono::Utc::now());
     let public = public_of_signer(&untouched);
     match reconcile(dir.path(), &repo, &line("yubi", &public, ""), &current) {
         Reconciled::Refused(why) => assert!(why.contains("without a touch"), "{why}"),

@@ -7,8 +7,6 @@ use std::path::Path;
 
 use ferry_agent::config::Config;
 use ferry_agent::reconcile::{Agent, Reconciled};
-use ferry_signer::publish::{self, ReleaseChanges};
-use ferry_signer::{Action, HostEntry};
 
 use crate::common::forge::Recorder;
 use crate::common::git::DeployRepo;
@@ -45,25 +43,6 @@ token_file = "{token}"
     Agent::new(Config::parse(&text, Path::new("agent.toml"), || None).unwrap()).unwrap()
 }
 
-fn release(deploy: &DeployRepo, toplevel: &str, created: chrono::DateTime<chrono::Utc>) -> String {
-    let repo = git2::Repository::open(&deploy.path).unwrap();
-    let changes = ReleaseChanges {
-        hosts: [(
-            "web1".parse().unwrap(),
-            HostEntry {
-                toplevel: toplevel.parse().unwrap(),
-                action: Action::Switch,
-            },
-        )]
-        .into(),
-        ..Default::default()
-    };
-    publish::publish(&repo, "deploy", &deploy.key, &changes, None, created)
-        .unwrap()
-        .commit
-        .to_string()
-}
-
 /// Builds a toplevel, puts its signed closure in `cache`, then removes it from
 /// the local store, so only the cache can provide it.
 fn only_in_cache(dir: &Path, cache: &nix::Cache, seed: &str) -> String {
@@ -87,7 +66,7 @@ fn a_closure_still_uploading_is_waited_for_then_refused_after_the_grace_period()
     std::fs::create_dir_all(&uploaded).unwrap();
     std::fs::rename(pending.join("nix-cache-info"), uploaded.join("nix-cache-info")).unwrap();
 
-    let fresh = release(&deploy, &toplevel, chrono::Utc::now());
+    let fresh = deploy.release("web1", &toplevel);
     let forge = Recorder::start();
     let mut agent = agent(dir.path(), &deploy, &cache, &forge);
     let rt = runtime();
@@ -134,11 +113,8 @@ fn a_closure_still_uploading_is_waited_for_then_refused_after_the_grace_period()
     // A release created long ago whose closure is missing: refused.
     let stale_toplevel = nix::build_toplevel(dir.path(), "web1", &unique("never-uploaded"), 0);
     nix::delete(&nix::closure(&stale_toplevel));
-    let old = release(
-        &deploy,
-        &stale_toplevel,
-        chrono::Utc::now() - chrono::Duration::hours(2),
-    );
+    let two_hours_ago = chrono::Utc::now() - chrono::Duration::hours(2);
+    let old = deploy.release_by(&deploy.key, "web1", &stale_toplevel, two_hours_ago);
     match rt.block_on(agent.reconcile()).unwrap() {
         Reconciled::Refused(why) => assert!(why.contains("in none of the binary caches"), "{why}"),
         r => panic!("expected a refusal, got {r:?}"),

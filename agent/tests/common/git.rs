@@ -53,6 +53,17 @@ impl DeployRepo {
 
     /// Publishes a release naming `host` → `toplevel`; returns the commit id.
     pub fn release(&self, host: &str, toplevel: &str) -> String {
+        self.release_by(&self.key, host, toplevel, chrono::Utc::now())
+    }
+
+    /// [`Self::release`] signed by `signer` and dated `created`.
+    pub fn release_by(
+        &self,
+        signer: &dyn ferry_signer::sshsig::GitSigner,
+        host: &str,
+        toplevel: &str,
+        created: chrono::DateTime<chrono::Utc>,
+    ) -> String {
         let repo = git2::Repository::open(&self.path).unwrap();
         let changes = ReleaseChanges {
             hosts: [(
@@ -65,7 +76,7 @@ impl DeployRepo {
             .into(),
             ..Default::default()
         };
-        publish::publish(&repo, "deploy", &self.key, &changes, None, chrono::Utc::now())
+        publish::publish(&repo, "deploy", signer, &changes, None, created)
             .unwrap()
             .commit
             .to_string()
