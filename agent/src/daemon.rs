@@ -135,7 +135,11 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
                 delay = next_delay(interval, agent.config.source.jitter);
             }
             Err(e) => {
-                warn!("reconcile failed, retrying in {}s: {e:#}", backoff.as_secs());
+                warn!(
+                    "reconcile failed, retrying in {}s: {}",
+                    backoff.as_secs(),
+                    crate::logging::error_chain(&e)
+                );
                 delay = backoff;
                 backoff = (backoff * 2).min(interval.max(FIRST_BACKOFF));
             }
@@ -180,8 +184,9 @@ fn on_change(paths: &[PathBuf], config_path: &Path, agent: &mut Agent) -> Option
                     return Some(a);
                 }
                 Err(e) => error!(
-                    "new configuration {} rejected, keeping the old one: {e:#}",
-                    config_path.display()
+                    "new configuration {} rejected, keeping the old one: {}",
+                    config_path.display(),
+                    crate::logging::error_chain(&e)
                 ),
             },
             Err(e) => error!("new configuration rejected, keeping the old one: {e}"),

@@ -41,3 +41,46 @@ pub fn init() -> Sinks {
         .init();
     sinks
 }
+
+/// An error and its causes on one line, `a: b: c`, leaving out a cause whose
+/// text the line already shows (our error messages often name their cause
+/// themselves, so anyhow's `{:#}` would print it twice).
+pub fn error_chain(err: &anyhow::Error) -> String {
+    let mut line = err.to_string();
+    for cause in err.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::error_chain;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot reach {url}: {source}")]
+    struct Unreachable {
+        url: String,
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn causes_already_shown_are_not_repeated() {
+        let inner = std::io::Error::other("cannot connect (invalid peer certificate: UnknownIssuer)");
+        let err = anyhow::Error::new(Unreachable {
+            url: "https://git.example.com/deploy.git".into(),
+            source: inner,
+        })
+        .context("reconcile");
+        assert_eq!(
+            error_chain(&err),
+            "reconcile: cannot reach https://git.example.com/deploy.git: cannot connect (invalid peer certificate: UnknownIssuer)"
+        );
+        let plain = anyhow::anyhow!("outer").context("top");
+        assert_eq!(error_chain(&plain), "top: outer");
+    }
+}

@@ -66,8 +66,8 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(err) => {
-            tracing::error!("{err:#}");
-            eprintln!("ferry-agent: {err:#}");
+            tracing::error!("{}", ferry_agent::logging::error_chain(&err));
+            eprintln!("ferry-agent: {}", ferry_agent::logging::error_chain(&err));
             ExitCode::FAILURE
         }
     }
