@@ -171,7 +171,7 @@ fn run(cli: Cli) -> Result<()> {
                     .context("--expires-in is too long")?,
             };
             if let Some(file) = hosts_file {
-                changes.hosts.extend(read_hosts_file(&file)?);
+                changes.hosts = read_hosts_file(&file)?;
             }
             for spec in &hosts {
                 let (name, entry) = parse_host_arg(spec)?;
@@ -358,25 +358,27 @@ fn read_hosts_file(path: &Path) -> Result<BTreeMap<HostName, HostEntry>> {
             path.display()
         )
     })?;
-    let mut hosts = BTreeMap::new();
-    for (name, value) in raw {
-        let ctx = || format!("--hosts-file {}: host `{name}`", path.display());
-        let host: HostName = name.parse().with_context(ctx)?;
-        let (toplevel, action) = match value {
-            HostJson::Toplevel(t) => (t, None),
-            HostJson::Entry { toplevel, action } => (toplevel, action),
-        };
-        let entry = HostEntry {
-            toplevel: toplevel.parse().with_context(ctx)?,
-            action: action
-                .map(|a| a.parse())
-                .transpose()
-                .with_context(ctx)?
-                .unwrap_or_default(),
-        };
-        hosts.insert(host, entry);
-    }
-    Ok(hosts)
+    // Collected rather than inserted one by one: the names arrive sorted, so
+    // the map is built in one pass.
+    raw.into_iter()
+        .map(|(name, value)| {
+            let ctx = || format!("--hosts-file {}: host `{name}`", path.display());
+            let host: HostName = name.parse().with_context(ctx)?;
+            let (toplevel, action) = match value {
+                HostJson::Toplevel(t) => (t, None),
+                HostJson::Entry { toplevel, action } => (toplevel, action),
+            };
+            let entry = HostEntry {
+                toplevel: toplevel.parse().with_context(ctx)?,
+                action: action
+                    .map(|a| a.parse())
+                    .transpose()
+                    .with_context(ctx)?
+                    .unwrap_or_default(),
+            };
+            Ok((host, entry))
+        })
+        .collect()
 }
 
 fn push_branch(repo: &Path, remote: &str, branch: &str, commit: git2::Oid) -> Result<()> {

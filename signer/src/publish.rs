@@ -65,11 +65,15 @@ pub fn next_release(
             .ok_or(PublishError::SerialExhausted(p.serial))?,
         None => 1,
     };
-    let mut hosts = match previous {
-        Some(p) if !changes.replace_hosts => p.hosts.clone(),
-        _ => BTreeMap::new(),
+    let hosts = match previous {
+        Some(p) if !changes.replace_hosts => {
+            let mut hosts = p.hosts.clone();
+            hosts.extend(changes.hosts.iter().map(|(n, e)| (n.clone(), e.clone())));
+            hosts
+        }
+        // A clone copies the tree without comparing a single key.
+        _ => changes.hosts.clone(),
     };
-    hosts.extend(changes.hosts.clone());
     if hosts.is_empty() {
         return Err(PublishError::NoHosts);
     }
@@ -86,16 +90,26 @@ pub fn next_release(
 
 /// The default commit message for a release.
 pub fn default_message(release: &Release, previous: Option<&Release>) -> String {
+    // Lines are formatted only for the hosts shown; the rest are counted.
+    let updated = release
+        .hosts
+        .iter()
+        .filter(|(name, entry)| previous.and_then(|p| p.hosts.get(*name)) != Some(*entry))
+        .map(|(name, entry)| (name, Some(entry)));
+    let removed = previous
+        .into_iter()
+        .flat_map(|p| p.hosts.keys())
+        .filter(|n| !release.hosts.contains_key(*n))
+        .map(|name| (name, None));
+    let mut changed_count = 0;
     let mut changed = Vec::new();
-    for (name, entry) in &release.hosts {
-        let before = previous.and_then(|p| p.hosts.get(name));
-        if before != Some(entry) {
-            changed.push(format!("  {name}: {}", entry.toplevel.name()));
-        }
-    }
-    if let Some(p) = previous {
-        for name in p.hosts.keys().filter(|n| !release.hosts.contains_key(*n)) {
-            changed.push(format!("  {name}: removed"));
+    for (name, entry) in updated.chain(removed) {
+        changed_count += 1;
+        if changed.len() < MESSAGE_HOSTS {
+            changed.push(match entry {
+                Some(e) => format!("  {name}: {}", e.toplevel.name()),
+                None => format!("  {name}: removed"),
+            });
         }
     }
     let mut msg = format!("release {}: {} host(s)", release.serial, release.hosts.len());
@@ -109,9 +123,20 @@ pub fn default_message(release: &Release, previous: Option<&Release>) -> String 
         msg.push_str("Changed:\n");
         msg.push_str(&changed.join("\n"));
         msg.push('\n');
+        if changed_count > changed.len() {
+            msg.push_str(&format!(
+                "  … and {} more (release.toml has every host)\n",
+                changed_count - changed.len()
+            ));
+        }
     }
     msg
 }
+
+/// The default commit message lists at most this many changed hosts, so a
+/// fleet-wide release stays readable in `git log` and the forge (and the
+/// commit small: 10,000 lines made it half a megabyte).
+const MESSAGE_HOSTS: usize = 50;
 
 /// A release as written.
 #[derive(Debug, Clone)]
@@ -223,6 +248,27 @@ mod tests {
         assert_eq!(third.hosts.len(), 1);
         let msg = default_message(&third, Some(&second));
         assert!(msg.contains("db1: removed"), "{msg}");
+    }
+
+    #[test]
+    fn a_fleet_wide_message_lists_the_first_hosts_and_counts_the_rest() {
+        let hosts: Vec<(String, HostEntry)> = (0..120)
+            .map(|i| {
+                let name = format!("web{i:03}");
+                let e = entry('a', &name);
+                (name, e)
+            })
+            .collect();
+        let named: Vec<(&str, HostEntry)> = hosts.iter().map(|(n, e)| (n.as_str(), e.clone())).collect();
+        let release = next_release(None, &changes(&named), Utc::now()).unwrap();
+        let msg = default_message(&release, None);
+        assert!(msg.starts_with("release 1: 120 host(s)\n"), "{msg}");
+        assert_eq!(
+            msg.lines().filter(|l| l.starts_with("  web")).count(),
+            MESSAGE_HOSTS
+        );
+        assert!(msg.contains("web000") && !msg.contains("web119"), "{msg}");
+        assert!(msg.contains("… and 70 more"), "{msg}");
     }
 
     #[test]
