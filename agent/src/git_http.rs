@@ -45,7 +45,7 @@ pub fn install() -> Result<(), git2::Error> {
                 #[allow(unsafe_code)]
                 unsafe {
                     git2::transport::register(scheme, |remote| {
-                        Transport::smart(remote, true, HttpSubtransport)
+                        Transport::smart(remote, true, HttpSubtransport::default())
                     })
                     .map_err(|e| e.message().to_owned())?;
                 }
@@ -76,6 +76,17 @@ fn client() -> io::Result<&'static reqwest::blocking::Client> {
             reqwest::blocking::Client::builder()
                 .user_agent(concat!("git/2.0 (ferry-agent/", env!("CARGO_PKG_VERSION"), ")"))
                 .connect_timeout(connect)
+                .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                    let from = attempt.previous().last().cloned();
+                    let to = attempt.url().clone();
+                    match from {
+                        _ if attempt.previous().len() > 5 => attempt.error("too many redirects"),
+                        Some(from) if !redirect_allowed(&from, &to) => attempt.error(format!(
+                            "redirected from {from} to {to}, another host or a downgrade to plain HTTP: set source.url to where the repository is"
+                        )),
+                        _ => attempt.follow(),
+                    }
+                }))
                 .build()
                 .map_err(|e| format!("cannot set up HTTPS: {e}"))
         })
@@ -83,11 +94,24 @@ fn client() -> io::Result<&'static reqwest::blocking::Client> {
         .map_err(|m| io::Error::other(m.clone()))
 }
 
-struct HttpSubtransport;
+/// One remote connection. Remembers where the ref advertisement was finally
+/// served from, so the negotiation POSTs follow a (same-host) redirect, as
+/// git does.
+#[derive(Default)]
+struct HttpSubtransport {
+    redirected: Mutex<Option<String>>,
+}
+
+const LS_SUFFIX: &str = "/info/refs?service=git-upload-pack";
 
 impl SmartSubtransport for HttpSubtransport {
     fn action(&self, url: &str, action: Service) -> Result<Box<dyn SmartSubtransportStream>, git2::Error> {
-        let url = url.trim_end_matches('/').to_owned();
+        let mut url = url.trim_end_matches('/').to_owned();
+        if action == Service::UploadPack {
+            if let Some(base) = self.redirected.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+                url = base;
+            }
+        }
         let auth = TOKEN.with(|t| {
             t.borrow().as_ref().map(|token| {
                 let basic =
@@ -99,7 +123,7 @@ impl SmartSubtransport for HttpSubtransport {
             Service::UploadPackLs => {
                 let mut request = client()
                     .map_err(to_git)?
-                    .get(format!("{url}/info/refs?service=git-upload-pack"))
+                    .get(format!("{url}{LS_SUFFIX}"))
                     .timeout(LS_TIMEOUT);
                 if let Some(auth) = &auth {
                     request = request.header(reqwest::header::AUTHORIZATION, auth.as_str());
@@ -111,6 +135,10 @@ impl SmartSubtransport for HttpSubtransport {
                     auth.is_some(),
                 )
                 .map_err(to_git)?;
+                let served_from = response.url().as_str();
+                if let Some(base) = served_from.strip_suffix(LS_SUFFIX).filter(|b| *b != url) {
+                    *self.redirected.lock().unwrap_or_else(|e| e.into_inner()) = Some(base.to_owned());
+                }
                 Ok(Box::new(Advertisement(response)))
             }
             Service::UploadPack => Ok(Box::new(UploadPack {
@@ -245,6 +273,47 @@ fn request_error(e: reqwest::Error) -> io::Error {
     io::Error::other(format!("{what} ({cause})"))
 }
 
+/// Redirects stay on the same host and port and never go from HTTPS to plain
+/// HTTP: the token is sent with every request, so it must not travel to a
+/// server the configuration did not name, nor in clear.
+fn redirect_allowed(from: &reqwest::Url, to: &reqwest::Url) -> bool {
+    let upgrade_or_same = to.scheme() == from.scheme() || (from.scheme() == "http" && to.scheme() == "https");
+    let same_port =
+        to.port_or_known_default() == from.port_or_known_default() || to.scheme() != from.scheme();
+    to.host_str() == from.host_str() && upgrade_or_same && same_port
+}
+
 fn to_git(e: io::Error) -> git2::Error {
     git2::Error::from_str(&e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redirect_allowed;
+
+    #[test]
+    fn redirects_stay_on_the_named_host_and_never_downgrade() {
+        let url = |s: &str| reqwest::Url::parse(s).unwrap();
+        let from = url("https://git.example.com/ops/deploy");
+        assert!(redirect_allowed(
+            &from,
+            &url("https://git.example.com/ops/deploy.git/info/refs")
+        ));
+        assert!(!redirect_allowed(
+            &from,
+            &url("https://evil.example.net/ops/deploy.git/info/refs")
+        ));
+        assert!(!redirect_allowed(
+            &from,
+            &url("http://git.example.com/ops/deploy.git/info/refs")
+        ));
+        assert!(!redirect_allowed(
+            &from,
+            &url("https://git.example.com:8443/ops/deploy.git")
+        ));
+        assert!(redirect_allowed(
+            &url("http://git.example.com/ops/deploy"),
+            &url("https://git.example.com/ops/deploy")
+        ));
+    }
 }

@@ -161,6 +161,26 @@ fn http_failures_are_named() {
     assert!(err.to_string().contains("not a smart git HTTP server"), "{err}");
     assert!(!err.to_string().contains("s3cret"), "{err}");
 
+    // A repository that moved on the same server: followed, POSTs included.
+    let moved = Source::open(
+        &dir.path().join("e.git"),
+        &server.url("moved/deploy.git"),
+        "deploy",
+        Some(&token),
+    )
+    .unwrap();
+    let tip = moved.remote_tip().unwrap();
+    moved.fetch(tip).unwrap();
+
+    // A redirect to another host (here `localhost` for `127.0.0.1`) is not
+    // followed: the token must not travel there.
+    let redirector = Redirector::start(&format!("http://localhost:{}", server.port));
+    let url = format!("http://127.0.0.1:{}/deploy.git", redirector.port);
+    let source = Source::open(&dir.path().join("f.git"), &url, "deploy", Some(&token)).unwrap();
+    let err = source.remote_tip().unwrap_err();
+    assert!(err.to_string().contains("another host"), "{err}");
+    assert!(!err.to_string().contains("s3cret"), "{err}");
+
     // Nothing listening.
     let port = crate::common::git::free_port();
     let url = format!("https://127.0.0.1:{port}/deploy.git");
@@ -243,4 +263,38 @@ trusted_public_keys = ["c-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="]
         text.contains("refused") && text.contains("has no entry for host web2"),
         "{text}"
     );
+}
+
+/// Answers every request with a redirect to the same path on `target`.
+struct Redirector {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Redirector {
+    fn start(target: &str) -> Self {
+        let port = crate::common::git::free_port();
+        let script = format!(
+            "import http.server\n\
+             class H(http.server.BaseHTTPRequestHandler):\n\
+             \x20   def do_GET(self):\n\
+             \x20       self.send_response(302); self.send_header('Location', '{target}' + self.path); self.send_header('Content-Length', '0'); self.end_headers()\n\
+             \x20   do_POST = do_GET\n\
+             \x20   def log_message(self, *a): pass\n\
+             http.server.HTTPServer(('127.0.0.1', {port}), H).serve_forever()\n"
+        );
+        let child = std::process::Command::new("python3")
+            .args(["-c", &script])
+            .spawn()
+            .expect("python3 is installed (scripts/install-deps)");
+        crate::common::git::wait_for_port(port);
+        Self { child, port }
+    }
+}
+
+impl Drop for Redirector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -90,6 +90,17 @@ fn serve(
         return;
     }
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    // A moved repository: `/moved/X` answers with a redirect to `/X`, only
+    // for the ref advertisement (as forges redirect a renamed repository).
+    if let Some(rest) = path.strip_prefix("/moved") {
+        let response = if method == "GET" {
+            format!("HTTP/1.1 301 Moved Permanently\r\nLocation: {rest}?{query}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        } else {
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
+        };
+        let _ = stream.write_all(response.as_bytes());
+        return;
+    }
     if method == "POST" && path.ends_with("/git-upload-pack") && hold.load(Ordering::SeqCst) {
         held.fetch_add(1, Ordering::SeqCst);
         while hold.load(Ordering::SeqCst) {
