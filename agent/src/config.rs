@@ -187,6 +187,15 @@ impl Config {
             .map(|p| absolute(p, "token_file"))
             .transpose()
             .map_err(|p| invalid("source.token_file", p))?;
+        if token_file.is_some() && !token_travels_safely(&source.url) {
+            return Err(invalid(
+                "source.token_file",
+                format!(
+                    "`{}` is plain HTTP, so the token would cross the network in clear: use https://",
+                    source.url
+                ),
+            ));
+        }
 
         let cache = file.cache;
         if cache.substituters.is_empty() {
@@ -328,6 +337,21 @@ fn absolute(p: PathBuf, what: &str) -> Result<PathBuf, String> {
             p.display()
         ))
     }
+}
+
+/// A token is sent with every request: only over HTTPS, or plain HTTP to this
+/// machine itself (a local mirror or proxy).
+fn token_travels_safely(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return true;
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = authority.rsplit('@').next().unwrap_or("");
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.split(':').next().unwrap_or(""),
+    };
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn check_repo_url(url: &str) -> Result<(), String> {
@@ -526,6 +550,24 @@ impl<'de> Deserialize<'de> for HumanDuration {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_token_is_never_sent_over_plain_http_off_this_machine() {
+        assert!(token_travels_safely("https://git.example.com/ops/deploy.git"));
+        assert!(token_travels_safely("http://127.0.0.1:8080/deploy.git"));
+        assert!(token_travels_safely("http://localhost/deploy.git"));
+        assert!(token_travels_safely("http://[::1]:9/deploy.git"));
+        assert!(!token_travels_safely("http://git.example.com/deploy.git"));
+        assert!(!token_travels_safely("http://127.0.0.1.evil.example/deploy.git"));
+        assert!(!token_travels_safely("http://localhost@evil.example/deploy.git"));
+        let text = "host = \"web1\"\n[source]\nurl = \"http://git.example.com/d.git\"\ntoken_file = \"/run/t\"\n[cache]\nsubstituters = [\"https://c\"]\ntrusted_public_keys = []\n";
+        let err = parse(text).unwrap_err().to_string();
+        assert!(
+            err.contains("source.token_file") && err.contains("use https://"),
+            "{err}"
+        );
+    }
+
     use super::*;
 
     const KEY: &str = "cache.example.com-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";

@@ -153,21 +153,25 @@ impl SwitchResult {
     }
 }
 
-/// Whether to roll back after a switch and a health check.
 /// How long after a release's `created` time a closure path missing from the
 /// cache is taken for CI still uploading (the release may be pushed before the
 /// upload finishes): until then the agent retries instead of refusing.
 pub const CACHE_UPLOAD_GRACE: chrono::Duration = chrono::Duration::hours(1);
 
 /// Whether a closure missing from the binary cache may still be on its way:
-/// the release was created less than [`CACHE_UPLOAD_GRACE`] before `now`.
+/// the release was created, and this host first saw it missing, less than
+/// [`CACHE_UPLOAD_GRACE`] before `now`. The host's own first sighting bounds
+/// the wait when `created` is in the future (a signer's clock ahead, or this
+/// host's behind), so a missing closure is never waited for indefinitely.
 pub fn may_still_be_uploading(
     created: chrono::DateTime<chrono::Utc>,
+    first_seen_missing: chrono::DateTime<chrono::Utc>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> bool {
-    now < created + CACHE_UPLOAD_GRACE
+    now < created.min(first_seen_missing) + CACHE_UPLOAD_GRACE
 }
 
+/// Whether to roll back after a switch and a health check.
 pub fn needs_rollback(action: Action, switch: SwitchResult, healthy: bool, rollback_enabled: bool) -> bool {
     if !rollback_enabled {
         return false;
@@ -185,11 +189,15 @@ mod tests {
     fn a_missing_closure_is_waited_for_only_shortly_after_the_release() {
         let created: chrono::DateTime<chrono::Utc> = "2026-11-22T10:00:00Z".parse().unwrap();
         let at = |s: &str| s.parse::<chrono::DateTime<chrono::Utc>>().unwrap();
-        assert!(may_still_be_uploading(created, at("2026-11-22T10:00:30Z")));
-        assert!(may_still_be_uploading(created, at("2026-11-22T10:59:59Z")));
-        assert!(!may_still_be_uploading(created, at("2026-11-22T11:00:00Z")));
-        // A release dated in the future (clock skew) is waited for too.
-        assert!(may_still_be_uploading(created, at("2026-11-22T09:00:00Z")));
+        let seen = at("2026-11-22T10:00:10Z");
+        assert!(may_still_be_uploading(created, seen, at("2026-11-22T10:00:30Z")));
+        assert!(may_still_be_uploading(created, seen, at("2026-11-22T10:59:59Z")));
+        assert!(!may_still_be_uploading(created, seen, at("2026-11-22T11:00:00Z")));
+        // A release dated in the future (clock skew) is waited for an hour
+        // from when this host first saw its closure missing, no longer.
+        let future: chrono::DateTime<chrono::Utc> = "2030-01-01T00:00:00Z".parse().unwrap();
+        assert!(may_still_be_uploading(future, seen, at("2026-11-22T10:30:00Z")));
+        assert!(!may_still_be_uploading(future, seen, at("2026-11-22T11:00:10Z")));
     }
 
     use super::*;

@@ -17,12 +17,17 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use git2::transport::{Service, SmartSubtransport, SmartSubtransportStream, Transport};
+use reqwest::header::HeaderValue;
 use zeroize::Zeroizing;
 
 /// The ref advertisement must arrive within this.
 const LS_TIMEOUT: Duration = Duration::from_secs(60);
-/// A negotiation round, pack included, must finish within this.
-const PACK_TIMEOUT: Duration = Duration::from_secs(600);
+/// A negotiation round, pack included, must finish within this (a pack at the
+/// 512 MiB fetch cap needs only 300 KB/s).
+const PACK_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// A ref advertisement longer than this is refused (endless-data defence; a
+/// deploy repository advertises a handful of refs).
+const MAX_ADVERTISEMENT_BYTES: u64 = 16 << 20;
 
 thread_local! {
     static TOKEN: RefCell<Option<Zeroizing<String>>> = const { RefCell::new(None) };
@@ -63,10 +68,16 @@ pub fn set_connect_timeout(timeout: Duration) {
 
 /// Runs `f` (libgit2 remote calls) with `token` offered to HTTP remotes.
 pub fn with_token<T>(token: Option<Zeroizing<String>>, f: impl FnOnce() -> T) -> T {
-    let previous = TOKEN.with(|t| t.replace(token));
-    let result = f();
-    TOKEN.with(|t| *t.borrow_mut() = previous);
-    result
+    /// Puts the previous token back even if `f` panics.
+    struct Restore(Option<Zeroizing<String>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0.take();
+            TOKEN.with(|t| *t.borrow_mut() = previous);
+        }
+    }
+    let _restore = Restore(TOKEN.with(|t| t.replace(token)));
+    f()
 }
 
 fn client() -> io::Result<&'static reqwest::blocking::Client> {
@@ -82,7 +93,7 @@ fn client() -> io::Result<&'static reqwest::blocking::Client> {
                     match from {
                         _ if attempt.previous().len() > 5 => attempt.error("too many redirects"),
                         Some(from) if !redirect_allowed(&from, &to) => attempt.error(format!(
-                            "redirected from {from} to {to}, another host or a downgrade to plain HTTP: set source.url to where the repository is"
+                            "redirected from {from} to {to}, another host, port or scheme: set source.url to where the repository is"
                         )),
                         _ => attempt.follow(),
                     }
@@ -112,13 +123,9 @@ impl SmartSubtransport for HttpSubtransport {
                 url = base;
             }
         }
-        let auth = TOKEN.with(|t| {
-            t.borrow().as_ref().map(|token| {
-                let basic =
-                    base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{}", **token));
-                Zeroizing::new(format!("Basic {basic}"))
-            })
-        });
+        let auth = TOKEN
+            .with(|t| t.borrow().as_ref().map(|token| basic_auth(token)))
+            .transpose()?;
         match action {
             Service::UploadPackLs => {
                 let mut request = client()
@@ -126,7 +133,7 @@ impl SmartSubtransport for HttpSubtransport {
                     .get(format!("{url}{LS_SUFFIX}"))
                     .timeout(LS_TIMEOUT);
                 if let Some(auth) = &auth {
-                    request = request.header(reqwest::header::AUTHORIZATION, auth.as_str());
+                    request = request.header(reqwest::header::AUTHORIZATION, auth.clone());
                 }
                 let response = request.send().map_err(|e| to_git(request_error(e)))?;
                 let response = check(
@@ -139,7 +146,7 @@ impl SmartSubtransport for HttpSubtransport {
                 if let Some(base) = served_from.strip_suffix(LS_SUFFIX).filter(|b| *b != url) {
                     *self.redirected.lock().unwrap_or_else(|e| e.into_inner()) = Some(base.to_owned());
                 }
-                Ok(Box::new(Advertisement(response)))
+                Ok(Box::new(Advertisement(response.take(MAX_ADVERTISEMENT_BYTES))))
             }
             Service::UploadPack => Ok(Box::new(UploadPack {
                 url,
@@ -158,8 +165,9 @@ impl SmartSubtransport for HttpSubtransport {
     }
 }
 
-/// The ref advertisement, read as it arrives.
-struct Advertisement(reqwest::blocking::Response);
+/// The ref advertisement, read as it arrives (cut off after
+/// [`MAX_ADVERTISEMENT_BYTES`], which libgit2 then reports as malformed).
+struct Advertisement(io::Take<reqwest::blocking::Response>);
 
 impl Read for Advertisement {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -180,7 +188,7 @@ impl Write for Advertisement {
 /// POST is sent at the first read.
 struct UploadPack {
     url: String,
-    auth: Option<Zeroizing<String>>,
+    auth: Option<HeaderValue>,
     request: Vec<u8>,
     response: Option<reqwest::blocking::Response>,
 }
@@ -213,7 +221,7 @@ impl Read for UploadPack {
                 .timeout(PACK_TIMEOUT)
                 .body(std::mem::take(&mut self.request));
             if let Some(auth) = &self.auth {
-                request = request.header(reqwest::header::AUTHORIZATION, auth.as_str());
+                request = request.header(reqwest::header::AUTHORIZATION, auth.clone());
             }
             let response = request.send().map_err(request_error)?;
             self.response = Some(check(
@@ -277,10 +285,25 @@ fn request_error(e: reqwest::Error) -> io::Error {
 /// HTTP: the token is sent with every request, so it must not travel to a
 /// server the configuration did not name, nor in clear.
 fn redirect_allowed(from: &reqwest::Url, to: &reqwest::Url) -> bool {
-    let upgrade_or_same = to.scheme() == from.scheme() || (from.scheme() == "http" && to.scheme() == "https");
-    let same_port =
-        to.port_or_known_default() == from.port_or_known_default() || to.scheme() != from.scheme();
-    to.host_str() == from.host_str() && upgrade_or_same && same_port
+    // Same origin only. Even http→https is refused: reqwest drops the
+    // Authorization header on a port change, so the redirected request would
+    // fail as "token refused" after the token had already gone out in clear.
+    to.scheme() == from.scheme()
+        && to.host_str() == from.host_str()
+        && to.port_or_known_default() == from.port_or_known_default()
+}
+
+/// `Authorization: Basic x-access-token:TOKEN`, marked sensitive so the HTTP
+/// stack never shows it.
+fn basic_auth(token: &str) -> Result<HeaderValue, git2::Error> {
+    let userpass = Zeroizing::new(format!("x-access-token:{token}"));
+    let encoded = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(userpass.as_bytes()));
+    let header = Zeroizing::new(format!("Basic {}", encoded.as_str()));
+    let mut value = HeaderValue::from_str(&header).map_err(|_| {
+        git2::Error::from_str("the token in source.token_file is not valid in an HTTP header")
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 fn to_git(e: io::Error) -> git2::Error {
@@ -311,7 +334,7 @@ mod tests {
             &from,
             &url("https://git.example.com:8443/ops/deploy.git")
         ));
-        assert!(redirect_allowed(
+        assert!(!redirect_allowed(
             &url("http://git.example.com/ops/deploy"),
             &url("https://git.example.com/ops/deploy")
         ));

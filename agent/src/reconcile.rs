@@ -66,8 +66,9 @@ pub struct Agent {
     source: Arc<Mutex<Source>>,
     systemd: Option<Systemd>,
     /// The release whose closure was missing from the cache at the last
-    /// attempt (CI may still be uploading), so its statuses are posted once.
-    awaiting_cache: Option<CommitId>,
+    /// attempt (CI may still be uploading) and when that was first seen: its
+    /// statuses are posted once, and the wait is bounded from then.
+    awaiting_cache: Option<(CommitId, chrono::DateTime<Utc>)>,
     /// `/run/current-system` and `/run/booted-system`.
     pub current_system: PathBuf,
     pub booted_system: PathBuf,
@@ -368,7 +369,12 @@ impl Agent {
             ferry_commit = %tip, ferry_serial = serial, ferry_toplevel = %entry.toplevel, ferry_phase = "preflight",
             signer = %verified.signer.principal, "deploying release {serial} ({})", entry.action
         );
-        let retrying = self.awaiting_cache.as_ref() == Some(&tip);
+        let now = Utc::now();
+        let first_seen_missing = match &self.awaiting_cache {
+            Some((commit, since)) if *commit == tip => Some(*since),
+            _ => None,
+        };
+        let retrying = first_seen_missing.is_some();
         if !retrying {
             self.report(
                 &tip,
@@ -387,11 +393,16 @@ impl Agent {
             Ok(p) => p,
             Err(e) if e.is_transient() => return Err(e.into()),
             Err(e @ CacheError::NotFound { .. })
-                if decide::may_still_be_uploading(verified.release.created, Utc::now()) =>
+                if decide::may_still_be_uploading(
+                    verified.release.created,
+                    first_seen_missing.unwrap_or(now),
+                    now,
+                ) =>
             {
                 // Not refused (and the tip not remembered): the next poll
-                // tries again, until the grace period after `created` ends.
-                let until = verified.release.created + decide::CACHE_UPLOAD_GRACE;
+                // tries again, until the grace period ends.
+                let until = verified.release.created.min(first_seen_missing.unwrap_or(now))
+                    + decide::CACHE_UPLOAD_GRACE;
                 warn!(
                     ferry_commit = %tip, ferry_serial = serial, ferry_toplevel = %entry.toplevel,
                     ferry_phase = "preflight", "{e}; waiting for CI to finish uploading (until {until})"
@@ -403,13 +414,14 @@ impl Agent {
                         StatusState::Pending,
                         &format!("release {serial}: waiting for the closure in the binary cache"),
                     );
-                    self.awaiting_cache = Some(tip.clone());
+                    self.awaiting_cache = Some((tip.clone(), now));
                 }
                 return Err(anyhow::Error::new(e).context(format!(
                     "release {serial}: the closure is not in the binary cache yet; retrying until {until}"
                 )));
             }
             Err(e) => {
+                self.awaiting_cache = None;
                 return self.refuse(
                     state,
                     Refused {
@@ -420,7 +432,7 @@ impl Agent {
                         summary: e.summary(),
                         detail: e.to_string(),
                     },
-                )
+                );
             }
         };
         self.awaiting_cache = None;

@@ -79,6 +79,8 @@ pub enum LineProblem {
     UnknownOption(String),
     #[error("option `{0}` takes no value")]
     FlagWithValue(String),
+    #[error("the options end with a comma: remove it (ssh-keygen refuses such a line too)")]
+    TrailingComma,
     #[error("option `{0}` needs a value in double quotes, e.g. {0}=\"…\"")]
     UnquotedValue(String),
     #[error("option `{0}` is given twice")]
@@ -400,8 +402,10 @@ fn options_token(rest: &mut &str) -> Result<String, LineProblem> {
     Ok(s.to_owned())
 }
 
+/// A key type ssh-key knows by name (not any `name@domain`, which it would
+/// also accept as an "other" algorithm, and which options can look like).
 fn is_key_type(token: &str) -> bool {
-    Algorithm::new(token).is_ok()
+    matches!(Algorithm::new(token), Ok(a) if !matches!(a, Algorithm::Other(_)))
 }
 
 fn parse_line(raw: &str, line: usize) -> Result<Option<AllowedSigner>, LineProblem> {
@@ -478,6 +482,8 @@ fn parse_options(text: &str) -> Result<Options, LineProblem> {
             None
         };
         rest = match rest.strip_prefix(',') {
+            // As OpenSSH: "unexpected end-of-options".
+            Some("") => return Err(LineProblem::TrailingComma),
             Some(r) => r,
             None if rest.is_empty() => rest,
             None => return Err(LineProblem::UnknownOption(shorten(rest))),
@@ -742,6 +748,21 @@ mod tests {
                 .entry
                 .line,
             2
+        );
+    }
+
+    #[test]
+    fn options_that_look_like_key_types_and_trailing_commas() {
+        // `name@domain` is not taken for a key type.
+        let signers =
+            AllowedSigners::parse(&format!("alice namespaces=\"git@example.com\" {KEY_A}\n")).unwrap();
+        assert_eq!(
+            signers.entries()[0].namespaces.as_deref(),
+            Some("git@example.com")
+        );
+        assert_eq!(
+            problem(&format!("alice namespaces=\"git\", {KEY_A}\n")),
+            LineProblem::TrailingComma
         );
     }
 

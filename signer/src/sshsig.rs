@@ -196,6 +196,13 @@ impl SshSignature {
             }
         }
         let signature = Signature::try_from(sig_blob).map_err(|e| SigError::Signature(e.to_string()))?;
+        // `ssh-key` ignores bytes after the signature; OpenSSH refuses them
+        // ("unexpected bytes remain after decoding"), and so does Ferry.
+        if encode_signature(&signature) != sig_blob {
+            return Err(SigError::Blob(
+                "trailing bytes after the signature inside its field",
+            ));
+        }
         let key_alg = public_key.algorithm();
         if !signature_fits_key(&signature, &public_key) {
             return Err(SigError::AlgorithmMismatch {
@@ -574,6 +581,23 @@ mod tests {
         assert_eq!(
             SshSignature::from_blob(&blob_with(&good_key, &rsa_sha1)),
             Err(SigError::RsaSha1)
+        );
+    }
+
+    #[test]
+    fn bytes_after_the_signature_inside_its_field_are_refused() {
+        let k = key();
+        let sig = SshSig::sign(&k, "git", HashAlg::Sha512, b"m").unwrap();
+        let mut field: Vec<u8> = sig.signature().clone().try_into().unwrap();
+        let good = blob_with(&k.public_key().to_bytes().unwrap(), &field);
+        SshSignature::from_blob(&good).unwrap().verify(b"m").unwrap();
+        field.extend(b"GARBAGE");
+        let padded = blob_with(&k.public_key().to_bytes().unwrap(), &field);
+        assert_eq!(
+            SshSignature::from_blob(&padded),
+            Err(SigError::Blob(
+                "trailing bytes after the signature inside its field"
+            ))
         );
     }
 

@@ -92,6 +92,21 @@ fn commits_signed_by_git_with_every_ssh_keygen_key_type_verify() {
             "{line}"
         );
 
+        // Bytes appended inside the signature field: both refuse.
+        let object = sb.git(&repo, &["cat-file", "commit", &commit]);
+        let (payload, armor) = split_gpgsig(&object);
+        let (key_blob, mut sig_field) = sshsig_fields(&dearmor(&armor));
+        sig_field.extend(b"GARBAGE");
+        let padded = write_signed(&repo, &payload, &armor_blob(&sshsig_blob(&key_blob, &sig_field)));
+        assert!(
+            !sb.git_verify(&repo, &padded, &allowed).0,
+            "{name}: git refuses trailing bytes"
+        );
+        assert_refused(
+            &verify_signature_only(&sb, &repo, &padded, &allowed),
+            "trailing bytes after the signature",
+        );
+
         // The same key outside allowed_signers: both refuse.
         let other = sb.allowed_signers(
             &format!("other-{name}"),
@@ -195,6 +210,20 @@ fn sshsig_blob(public_key: &[u8], signature_field: &[u8]) -> Vec<u8> {
     put_string(&mut out, b"sha512");
     put_string(&mut out, signature_field);
     out
+}
+
+/// The public key and signature fields of an SSHSIG blob.
+fn sshsig_fields(blob: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let mut rest = &blob[10..];
+    let mut next = || {
+        let n = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+        let field = rest[4..4 + n].to_vec();
+        rest = &rest[4 + n..];
+        field
+    };
+    let key = next();
+    let (_namespace, _reserved, _hash) = (next(), next(), next());
+    (key, next())
 }
 
 fn armor_blob(blob: &[u8]) -> String {
