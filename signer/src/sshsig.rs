@@ -17,6 +17,10 @@ const MAGIC: &[u8] = b"SSHSIG";
 /// Armored signatures longer than this are refused before decoding.
 pub const MAX_ARMOR_BYTES: usize = 64 * 1024;
 
+/// RSA moduli OpenSSH accepts (`SSH_RSA_MINIMUM_MODULUS_SIZE`, `OPENSSL_RSA_MAX_MODULUS_BITS`).
+const RSA_MIN_BITS: usize = 1024;
+const RSA_MAX_BITS: usize = 16384;
+
 /// The namespace git signs commits and tags in.
 pub const GIT_NAMESPACE: &str = "git";
 
@@ -227,6 +231,9 @@ impl SshSignature {
         let mismatch = || SigError::Mismatch {
             fingerprint: self.fingerprint(),
         };
+        if let KeyData::Rsa(key) = &self.public_key {
+            return self.verify_rsa(key, message);
+        }
         let sig = SshSig::new(
             self.public_key.clone(),
             self.namespace.clone(),
@@ -237,6 +244,48 @@ impl SshSignature {
         PublicKey::from(self.public_key.clone())
             .verify(&self.namespace, message, &sig)
             .map_err(|_| mismatch())
+    }
+
+    /// RSA the way OpenSSH checks it (`ssh-rsa.c`): moduli from 1024 to 16384
+    /// bits (`ssh-key` stops at 4096, which would refuse common 8192-bit keys),
+    /// and a signature shorter than the modulus left-padded with zeros.
+    fn verify_rsa(&self, key: &ssh_key::public::RsaPublicKey, message: &[u8]) -> Result<(), SigError> {
+        use rsa::signature::Verifier;
+        let mismatch = || SigError::Mismatch {
+            fingerprint: self.fingerprint(),
+        };
+        let uint = |m: &ssh_key::Mpint| {
+            m.as_positive_bytes()
+                .map(rsa::BigUint::from_bytes_be)
+                .ok_or_else(|| SigError::PublicKey("RSA key with a negative component".into()))
+        };
+        let public = rsa::RsaPublicKey::new_with_max_size(uint(&key.n)?, uint(&key.e)?, RSA_MAX_BITS)
+            .map_err(|e| SigError::PublicKey(format!("RSA key: {e}")))?;
+        let bits = rsa::traits::PublicKeyParts::n(&public).bits();
+        if bits < RSA_MIN_BITS {
+            return Err(SigError::PublicKey(format!(
+                "RSA key of {bits} bits is too small (OpenSSH refuses under {RSA_MIN_BITS})"
+            )));
+        }
+        let size = rsa::traits::PublicKeyParts::size(&public);
+        let raw = self.signature.as_bytes();
+        if raw.len() > size {
+            return Err(mismatch());
+        }
+        let mut padded = vec![0u8; size - raw.len()];
+        padded.extend_from_slice(raw);
+        let signature = rsa::pkcs1v15::Signature::try_from(padded.as_slice()).map_err(|_| mismatch())?;
+        let signed = SshSig::signed_data(&self.namespace, self.hash_alg, message).map_err(|_| mismatch())?;
+        let verified = match self.signature.algorithm() {
+            ssh_key::Algorithm::Rsa {
+                hash: Some(HashAlg::Sha256),
+            } => rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(public).verify(&signed, &signature),
+            ssh_key::Algorithm::Rsa {
+                hash: Some(HashAlg::Sha512),
+            } => rsa::pkcs1v15::VerifyingKey::<sha2::Sha512>::new(public).verify(&signed, &signature),
+            _ => return Err(SigError::RsaSha1),
+        };
+        verified.map_err(|_| mismatch())
     }
 
     /// `SHA256:…` fingerprint of the signing key, as `ssh-keygen -l` prints it.

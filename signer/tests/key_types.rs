@@ -542,3 +542,70 @@ fn a_signature_that_does_not_verify_is_never_written() {
     assert!(matches!(err, SignError::Unverifiable { .. }), "{err}");
     assert!(err.to_string().contains("nothing was written"), "{err}");
 }
+
+/// RSA moduli outside what the `rsa` crate takes by default: a commit signed
+/// by git with an 8192-bit key (a committed vector: ssh-keygen needs ~15 s to
+/// make such a key) and one signed live with a 1024-bit key. OpenSSH accepts
+/// 1024 to 16384 bits; Ferry agrees with `git verify-commit` on both.
+#[test]
+fn rsa_keys_from_1024_to_8192_bits_verify_like_git() {
+    let sb = Sandbox::new();
+    let repo = sb.repo("work", false);
+    let vectors = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
+    let object = vectors.join("rsa8192.commit");
+    let commit = sb.git(
+        &repo,
+        &["hash-object", "-t", "commit", "-w", object.to_str().unwrap()],
+    );
+    // The commit's tree must exist for git to show it; write the same tree.
+    std::fs::write(
+        repo.join("release.toml"),
+        "format = 1\nserial = 1\ncreated = 2026-11-22T03:30:00Z\n\n[hosts.web1]\ntoplevel = \"/nix/store/0c0mb5j1x3dg5bf3wk3jh4xyz6p4s3ld-nixos-system-web1-25.11\"\n",
+    )
+    .unwrap();
+    sb.git(&repo, &["add", "release.toml"]);
+    sb.git(&repo, &["write-tree"]);
+    let public = std::fs::read_to_string(vectors.join("rsa8192.pub")).unwrap();
+    let allowed = sb.allowed_signers("allowed8k", &[format!("rm@example.com {}", public.trim())]);
+    let (ok, err) = sb.git_verify(&repo, &commit, &allowed);
+    assert!(ok, "git accepts the 8192-bit signature: {err}");
+    assert_eq!(
+        assert_ok(&verify_signature_only(&sb, &repo, &commit, &allowed)).trim(),
+        "rm@example.com"
+    );
+    // Tampered: both refuse.
+    let text = std::fs::read_to_string(&object).unwrap();
+    let tampered_file = sb.path("tampered");
+    std::fs::write(&tampered_file, text.replacen("release 1", "release 2", 1)).unwrap();
+    let tampered = sb.git(
+        &repo,
+        &[
+            "hash-object",
+            "-t",
+            "commit",
+            "-w",
+            tampered_file.to_str().unwrap(),
+        ],
+    );
+    assert!(!sb.git_verify(&repo, &tampered, &allowed).0);
+    assert_refused(
+        &verify_signature_only(&sb, &repo, &tampered, &allowed),
+        "does not match the signed content",
+    );
+
+    let small = sb.ssh_keygen_bits("rsa1024", "rsa", "1024");
+    let allowed = sb.allowed_signers(
+        "allowed1k",
+        &[format!("old@example.com {}", sb.public_key(&small))],
+    );
+    let commit = sb.git_commit_release(&repo, &release_toml(2, WEB1), Some(&small), &[]);
+    let (git_ok, git_err) = sb.git_verify(&repo, &commit, &allowed);
+    let ferry = verify_signature_only(&sb, &repo, &commit, &allowed);
+    assert_eq!(
+        git_ok,
+        ferry.status.success(),
+        "git: {git_err}; ferry: {}",
+        stderr(&ferry)
+    );
+    assert!(git_ok, "OpenSSH accepts 1024-bit RSA: {git_err}");
+}
