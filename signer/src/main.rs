@@ -63,7 +63,11 @@ enum Command {
         #[arg(long)]
         ssh_agent: bool,
         /// age identity file that decrypts KEY; repeatable.
-        #[arg(long = "identity", value_name = "AGE_IDENTITY_FILE")]
+        #[arg(
+            long = "identity",
+            value_name = "AGE_IDENTITY_FILE",
+            conflicts_with = "ssh_agent"
+        )]
         identities: Vec<PathBuf>,
         /// A host and the toplevel it should run; repeatable.
         #[arg(long = "host", value_name = "NAME=TOPLEVEL")]
