@@ -168,7 +168,15 @@ pub fn may_still_be_uploading(
     first_seen_missing: chrono::DateTime<chrono::Utc>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> bool {
-    now < created.min(first_seen_missing) + CACHE_UPLOAD_GRACE
+    now < upload_deadline(created, first_seen_missing)
+}
+
+/// When waiting for a missing closure ends (see [`may_still_be_uploading`]).
+pub fn upload_deadline(
+    created: chrono::DateTime<chrono::Utc>,
+    first_seen_missing: chrono::DateTime<chrono::Utc>,
+) -> chrono::DateTime<chrono::Utc> {
+    created.min(first_seen_missing) + CACHE_UPLOAD_GRACE
 }
 
 /// Whether to roll back after a switch and a health check.

@@ -401,8 +401,8 @@ impl Agent {
             {
                 // Not refused (and the tip not remembered): the next poll
                 // tries again, until the grace period ends.
-                let until = verified.release.created.min(first_seen_missing.unwrap_or(now))
-                    + decide::CACHE_UPLOAD_GRACE;
+                let until =
+                    decide::upload_deadline(verified.release.created, first_seen_missing.unwrap_or(now));
                 warn!(
                     ferry_commit = %tip, ferry_serial = serial, ferry_toplevel = %entry.toplevel,
                     ferry_phase = "preflight", "{e}; waiting for CI to finish uploading (until {until})"

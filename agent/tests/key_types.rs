@@ -11,7 +11,7 @@ use ferry_signer::sshsig::GitSigner;
 use ssh_key::PublicKey;
 
 use crate::common::git::{git, DeployRepo};
-use crate::common::{nix, runtime, unique};
+use crate::common::{agent_toml, nix, runtime, unique, UNUSED_CACHE};
 
 // Shared with the signer's tests; not every helper is used here.
 #[allow(dead_code)]
@@ -77,20 +77,8 @@ fn reconcile(dir: &Path, repo: &Path, allowed: &str, current: &Path) -> Reconcil
     let state = tempfile::tempdir_in(dir).unwrap();
     let signers = state.path().join("allowed_signers");
     std::fs::write(&signers, allowed).unwrap();
-    let text = format!(
-        r#"host = "web1"
-state_dir = "{state}"
-[source]
-url = "{url}"
-allowed_signers = "{signers}"
-[cache]
-substituters = ["file:///nonexistent"]
-trusted_public_keys = ["cache:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="]
-"#,
-        state = state.path().display(),
-        url = repo.display(),
-        signers = signers.display(),
-    );
+    let url = repo.to_str().unwrap();
+    let text = agent_toml("web1", state.path(), url, &signers, UNUSED_CACHE);
     let config = Config::parse(&text, Path::new("agent.toml"), || None).unwrap();
     let mut agent = Agent::new(config).unwrap();
     agent.current_system = current.to_owned();

@@ -1,6 +1,7 @@
 //! The deploy repository client against a real `git daemon` and file remotes.
 
 use crate::common::git::{git, DeployRepo, GitDaemon};
+use crate::common::{agent_toml, UNUSED_CACHE};
 use ferry_agent::source::{Source, SourceError};
 
 const WEB1_A: &str = "/nix/store/0c0mb5j1x3dg5bf3wk3jh4xyz6p4s3ld-nixos-system-web1";
@@ -174,7 +175,7 @@ fn http_failures_are_named() {
 
     // A redirect to another host (here `localhost` for `127.0.0.1`) is not
     // followed: the token must not travel there.
-    let redirector = Redirector::start(&format!("http://localhost:{}", server.port));
+    let redirector = redirector(&format!("http://localhost:{}", server.port));
     let url = format!("http://127.0.0.1:{}/deploy.git", redirector.port);
     let source = Source::open(&dir.path().join("f.git"), &url, "deploy", Some(&token)).unwrap();
     let err = source.remote_tip().unwrap_err();
@@ -212,21 +213,12 @@ fn https_remote_with_a_private_ca() {
     let config = dir.path().join("agent.toml");
     std::fs::write(
         &config,
-        format!(
-            r#"host = "web2"
-state_dir = "{state}"
-[source]
-url = "https://127.0.0.1:{port}/deploy.git"
-token_file = "{token}"
-allowed_signers = "{signers}"
-[cache]
-substituters = ["http://127.0.0.1:9"]
-trusted_public_keys = ["c-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="]
-"#,
-            state = dir.path().join("state").display(),
-            port = proxy.port,
-            token = token.display(),
-            signers = signers.display(),
+        agent_toml(
+            "web2",
+            &dir.path().join("state"),
+            &format!("https://127.0.0.1:{}/deploy.git", proxy.port),
+            &signers,
+            &format!("token_file = \"{}\"\n{UNUSED_CACHE}", token.display()),
         ),
     )
     .unwrap();
@@ -266,35 +258,16 @@ trusted_public_keys = ["c-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="]
 }
 
 /// Answers every request with a redirect to the same path on `target`.
-struct Redirector {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Redirector {
-    fn start(target: &str) -> Self {
-        let port = crate::common::git::free_port();
-        let script = format!(
-            "import http.server\n\
-             class H(http.server.BaseHTTPRequestHandler):\n\
-             \x20   def do_GET(self):\n\
-             \x20       self.send_response(302); self.send_header('Location', '{target}' + self.path); self.send_header('Content-Length', '0'); self.end_headers()\n\
-             \x20   do_POST = do_GET\n\
-             \x20   def log_message(self, *a): pass\n\
-             http.server.HTTPServer(('127.0.0.1', {port}), H).serve_forever()\n"
-        );
-        let child = std::process::Command::new("python3")
-            .args(["-c", &script])
-            .spawn()
-            .expect("python3 is installed (scripts/install-deps)");
-        crate::common::git::wait_for_port(port);
-        Self { child, port }
-    }
-}
-
-impl Drop for Redirector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn redirector(target: &str) -> crate::common::http::PythonServer {
+    let port = crate::common::git::free_port();
+    let script = format!(
+        "import http.server\n\
+         class H(http.server.BaseHTTPRequestHandler):\n\
+         \x20   def do_GET(self):\n\
+         \x20       self.send_response(302); self.send_header('Location', '{target}' + self.path); self.send_header('Content-Length', '0'); self.end_headers()\n\
+         \x20   do_POST = do_GET\n\
+         \x20   def log_message(self, *a): pass\n\
+         http.server.HTTPServer(('127.0.0.1', {port}), H).serve_forever()\n"
+    );
+    crate::common::http::PythonServer::spawn(port, ["-c", &script])
 }

@@ -10,36 +10,23 @@ use ferry_agent::reconcile::{Agent, Reconciled};
 
 use crate::common::forge::Recorder;
 use crate::common::git::DeployRepo;
-use crate::common::{nix, runtime, unique};
+use crate::common::{agent_toml, nix, runtime, unique};
 
 fn agent(dir: &Path, deploy: &DeployRepo, cache: &nix::Cache, forge: &Recorder) -> Agent {
     let token = dir.join("forge-token");
     std::fs::write(&token, "t0ken\n").unwrap();
     let signers = dir.join("allowed_signers");
     std::fs::write(&signers, deploy.key.allowed_signers_line("ci@example.com")).unwrap();
-    let text = format!(
-        r#"host = "web1"
-state_dir = "{state}"
-[source]
-url = "{url}"
-allowed_signers = "{signers}"
-[cache]
-substituters = ["{cache}"]
-trusted_public_keys = ["{key}"]
-[report]
-forge = "gitea"
-api_url = "{forge}"
-repository = "ops/deploy"
-token_file = "{token}"
-"#,
-        state = dir.join("state").display(),
-        url = deploy.path.display(),
-        signers = signers.display(),
-        cache = cache.url(),
-        key = cache.public_key,
-        forge = forge.url(),
-        token = token.display(),
+    let rest = format!(
+        "[cache]\nsubstituters = [\"{}\"]\ntrusted_public_keys = [\"{}\"]\n\
+         [report]\nforge = \"gitea\"\napi_url = \"{}\"\nrepository = \"ops/deploy\"\ntoken_file = \"{}\"\n",
+        cache.url(),
+        cache.public_key,
+        forge.url(),
+        token.display(),
     );
+    let url = deploy.path.to_str().unwrap();
+    let text = agent_toml("web1", &dir.join("state"), url, &signers, &rest);
     Agent::new(Config::parse(&text, Path::new("agent.toml"), || None).unwrap()).unwrap()
 }
 

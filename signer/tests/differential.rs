@@ -159,19 +159,7 @@ fn ferry_and_git_verify_commit_agree_on_a_mixed_history() {
     for (label, id) in &made {
         let (git_ok, git_err) = sb.git_verify(&repo, id, &allowed);
         let git_principal = git_ok.then(|| principal_from_git(&git_err));
-        let out = sb.signer(
-            &[
-                "verify",
-                "--signature-only",
-                "--repo",
-                repo.to_str().unwrap(),
-                "--rev",
-                id,
-                "--allowed-signers",
-                allowed.to_str().unwrap(),
-            ],
-            &[],
-        );
+        let out = sb.verify_signature_only(&repo, id, &allowed);
         let ferry_principal = out.status.success().then(|| stdout(&out).trim().to_owned());
         if git_principal == ferry_principal {
             if git_ok {

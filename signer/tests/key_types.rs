@@ -23,22 +23,6 @@ const SSH_KEYGEN_TYPES: &[(&str, &str, &str, &str)] = &[
     ("rsa", "rsa", "3072", "ssh-rsa"),
 ];
 
-fn verify_signature_only(sb: &Sandbox, repo: &Path, rev: &str, allowed: &Path) -> std::process::Output {
-    sb.signer(
-        &[
-            "verify",
-            "--signature-only",
-            "--repo",
-            repo.to_str().unwrap(),
-            "--rev",
-            rev,
-            "--allowed-signers",
-            allowed.to_str().unwrap(),
-        ],
-        &[],
-    )
-}
-
 /// Makes an unsigned commit with git, then signs its payload with `signer`
 /// and writes the signed commit (not on any branch). Returns its id.
 fn commit_signed_by(sb: &Sandbox, repo: &Path, serial: u64, signer: &dyn GitSigner) -> String {
@@ -70,7 +54,7 @@ fn commits_signed_by_git_with_every_ssh_keygen_key_type_verify() {
 
         let (git_ok, git_err) = sb.git_verify(&repo, &commit, &allowed);
         assert!(git_ok, "{name}: git verify-commit refused: {git_err}");
-        let out = verify_signature_only(&sb, &repo, &commit, &allowed);
+        let out = sb.verify_signature_only(&repo, &commit, &allowed);
         assert_eq!(assert_ok(&out).trim(), principal, "{name}");
         assert!(stderr(&out).contains(reported), "{name}: {}", stderr(&out));
 
@@ -103,7 +87,7 @@ fn commits_signed_by_git_with_every_ssh_keygen_key_type_verify() {
             "{name}: git refuses trailing bytes"
         );
         assert_refused(
-            &verify_signature_only(&sb, &repo, &padded, &allowed),
+            &sb.verify_signature_only(&repo, &padded, &allowed),
             "trailing bytes after the signature",
         );
 
@@ -117,7 +101,7 @@ fn commits_signed_by_git_with_every_ssh_keygen_key_type_verify() {
         );
         assert!(!sb.git_verify(&repo, &commit, &other).0);
         assert_refused(
-            &verify_signature_only(&sb, &repo, &commit, &other),
+            &sb.verify_signature_only(&repo, &commit, &other),
             "is not listed in allowed_signers",
         );
     }
@@ -174,7 +158,7 @@ fn rsa_sha2_256_is_accepted_and_ssh_rsa_is_refused_like_openssh() {
         "git accepts rsa-sha2-256"
     );
     assert_eq!(
-        assert_ok(&verify_signature_only(&sb, &repo, &sha256, &allowed)).trim(),
+        assert_ok(&sb.verify_signature_only(&repo, &sha256, &allowed)).trim(),
         "rsa@example.com"
     );
 
@@ -190,7 +174,7 @@ fn rsa_sha2_256_is_accepted_and_ssh_rsa_is_refused_like_openssh() {
     let sha1 = write_signed(&repo, &payload, &armor_blob(&blob));
     assert!(!sb.git_verify(&repo, &sha1, &allowed).0, "git refuses ssh-rsa");
     assert_refused(
-        &verify_signature_only(&sb, &repo, &sha1, &allowed),
+        &sb.verify_signature_only(&repo, &sha1, &allowed),
         "ssh-rsa (RSA with SHA-1)",
     );
 }
@@ -274,12 +258,12 @@ fn security_key_signatures_agree_with_ssh_keygen_and_require_a_touch() {
         let (ok, err) = sb.git_verify(&repo, &touched, &strict);
         assert!(ok, "{kind}: git refused a touched signature: {err}");
         assert_eq!(
-            assert_ok(&verify_signature_only(&sb, &repo, &touched, &strict)).trim(),
+            assert_ok(&sb.verify_signature_only(&repo, &touched, &strict)).trim(),
             "yubi@example.com"
         );
         // verify-required wants the PIN flag, which a plain touch lacks.
         assert_refused(
-            &verify_signature_only(&sb, &repo, &touched, &pin),
+            &sb.verify_signature_only(&repo, &touched, &pin),
             "without user verification",
         );
 
@@ -296,7 +280,7 @@ fn security_key_signatures_agree_with_ssh_keygen_and_require_a_touch() {
         };
         assert!(!sb.git_verify(&repo, &tampered_counter, &strict).0, "{kind}");
         assert_refused(
-            &verify_signature_only(&sb, &repo, &tampered_counter, &strict),
+            &sb.verify_signature_only(&repo, &tampered_counter, &strict),
             "does not match the signed content",
         );
 
@@ -320,11 +304,11 @@ fn security_key_signatures_agree_with_ssh_keygen_and_require_a_touch() {
             "{kind}: ssh-keygen accepts an untouched signature (it does not check the flag)"
         );
         assert_refused(
-            &verify_signature_only(&sb, &repo, &untouched, &strict_u),
+            &sb.verify_signature_only(&repo, &untouched, &strict_u),
             "signed without a touch",
         );
         assert_eq!(
-            assert_ok(&verify_signature_only(&sb, &repo, &untouched, &waived_u)).trim(),
+            assert_ok(&sb.verify_signature_only(&repo, &untouched, &waived_u)).trim(),
             "yubi@example.com"
         );
         let (ok, err) = sb.git_verify(&repo, &untouched, &waived_u);
@@ -341,7 +325,7 @@ fn security_key_signatures_agree_with_ssh_keygen_and_require_a_touch() {
         );
         serial += 1;
         let verified = commit_signed_by(&sb, &repo, serial, &verified_key);
-        assert_ok(&verify_signature_only(&sb, &repo, &verified, &pin_v));
+        assert_ok(&sb.verify_signature_only(&repo, &verified, &pin_v));
     }
 }
 
@@ -506,7 +490,7 @@ fn releases_signed_through_ssh_agent_verify_with_git_and_ferry() {
     for (commit, principal) in &commits {
         let (ok, err) = sb.git_verify(&repo, commit, &allowed);
         assert!(ok, "git refused the agent-signed release by {principal}: {err}");
-        let out = verify_signature_only(&sb, &repo, commit, &allowed);
+        let out = sb.verify_signature_only(&repo, commit, &allowed);
         assert_eq!(assert_ok(&out).trim(), *principal);
     }
     // They are real releases on the branch: serials 1, 2, 3.
@@ -570,7 +554,7 @@ fn rsa_keys_from_1024_to_8192_bits_verify_like_git() {
     let (ok, err) = sb.git_verify(&repo, &commit, &allowed);
     assert!(ok, "git accepts the 8192-bit signature: {err}");
     assert_eq!(
-        assert_ok(&verify_signature_only(&sb, &repo, &commit, &allowed)).trim(),
+        assert_ok(&sb.verify_signature_only(&repo, &commit, &allowed)).trim(),
         "rm@example.com"
     );
     // Tampered: both refuse.
@@ -589,7 +573,7 @@ fn rsa_keys_from_1024_to_8192_bits_verify_like_git() {
     );
     assert!(!sb.git_verify(&repo, &tampered, &allowed).0);
     assert_refused(
-        &verify_signature_only(&sb, &repo, &tampered, &allowed),
+        &sb.verify_signature_only(&repo, &tampered, &allowed),
         "does not match the signed content",
     );
 
@@ -600,7 +584,7 @@ fn rsa_keys_from_1024_to_8192_bits_verify_like_git() {
     );
     let commit = sb.git_commit_release(&repo, &release_toml(2, WEB1), Some(&small), &[]);
     let (git_ok, git_err) = sb.git_verify(&repo, &commit, &allowed);
-    let ferry = verify_signature_only(&sb, &repo, &commit, &allowed);
+    let ferry = sb.verify_signature_only(&repo, &commit, &allowed);
     assert_eq!(
         git_ok,
         ferry.status.success(),

@@ -2,27 +2,27 @@
 //! serving a binary cache directory the way any HTTP cache serves it, and a
 //! minimal HTTP/1.1 request reader for the fixtures that answer by hand.
 
+use std::ffi::OsStr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use super::git::{free_port, wait_for_port};
 
-pub struct StaticServer {
+/// A Python helper process listening on a loopback port; killed on drop.
+pub struct PythonServer {
     child: Child,
     pub port: u16,
 }
 
-impl StaticServer {
-    pub fn start(dir: &Path) -> Self {
-        Self::start_on(dir, free_port())
-    }
-
-    /// Starts on a given port (to bring a "down" cache back up).
-    pub fn start_on(dir: &Path, port: u16) -> Self {
+impl PythonServer {
+    /// Runs `python3 ARGS…`, which must listen on `port`, and waits for it.
+    pub fn spawn<I, S>(port: u16, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         let child = Command::new("python3")
-            .args(["-m", "http.server", "--bind", "127.0.0.1", "--directory"])
-            .arg(dir)
-            .arg(port.to_string())
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -36,10 +36,42 @@ impl StaticServer {
     }
 }
 
-impl Drop for StaticServer {
+impl Drop for PythonServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Python's `http.server` serving a directory.
+pub struct StaticServer(PythonServer);
+
+impl StaticServer {
+    pub fn start(dir: &Path) -> Self {
+        Self::start_on(dir, free_port())
+    }
+
+    /// Starts on a given port (to bring a "down" cache back up).
+    pub fn start_on(dir: &Path, port: u16) -> Self {
+        Self(PythonServer::spawn::<_, &OsStr>(
+            port,
+            [
+                "-m".as_ref(),
+                "http.server".as_ref(),
+                "--bind".as_ref(),
+                "127.0.0.1".as_ref(),
+                "--directory".as_ref(),
+                dir.as_os_str(),
+                port.to_string().as_ref(),
+            ],
+        ))
+    }
+}
+
+impl std::ops::Deref for StaticServer {
+    type Target = PythonServer;
+    fn deref(&self) -> &PythonServer {
+        &self.0
     }
 }
 

@@ -24,3 +24,23 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .build()
         .unwrap()
 }
+
+/// A `[cache]` section for agents whose test never reaches the cache.
+pub const UNUSED_CACHE: &str = "[cache]\nsubstituters = [\"http://127.0.0.1:9\"]\ntrusted_public_keys = [\"c-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"]\n";
+
+/// The text of an agent.toml for `host` following `url` with the given state
+/// directory and allowed_signers file; `rest` follows the `[source]` keys
+/// (more source keys, then the other sections, e.g. [`UNUSED_CACHE`]).
+pub fn agent_toml(
+    host: &str,
+    state_dir: &std::path::Path,
+    url: &str,
+    allowed_signers: &std::path::Path,
+    rest: &str,
+) -> String {
+    format!(
+        "host = \"{host}\"\nstate_dir = \"{}\"\n[source]\nurl = \"{url}\"\nallowed_signers = \"{}\"\n{rest}",
+        state_dir.display(),
+        allowed_signers.display()
+    )
+}

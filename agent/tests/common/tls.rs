@@ -2,10 +2,12 @@
 //! `openssl` CLI, and a TLS-terminating proxy (Python's `ssl`) in front of a
 //! plain-HTTP fixture, so HTTPS remotes are tested with real certificates.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
-use super::git::{free_port, wait_for_port};
+use super::git::free_port;
+use super::http::PythonServer;
 
 /// A CA and a server certificate for 127.0.0.1 signed by it.
 pub struct Ca {
@@ -139,32 +141,28 @@ while True:
 "#;
 
 /// HTTPS on a loopback port, forwarding to `upstream_port`; killed on drop.
-pub struct TlsProxy {
-    child: Child,
-    pub port: u16,
-}
+pub struct TlsProxy(PythonServer);
 
 impl TlsProxy {
     pub fn start(ca: &Ca, upstream_port: u16) -> Self {
         let port = free_port();
-        let child = Command::new("python3")
-            .args(["-c", PROXY])
-            .arg(&ca.server_cert)
-            .arg(&ca.server_key)
-            .arg(upstream_port.to_string())
-            .arg(port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 is installed (scripts/install-deps)");
-        wait_for_port(port);
-        Self { child, port }
+        Self(PythonServer::spawn::<_, &OsStr>(
+            port,
+            [
+                "-c".as_ref(),
+                PROXY.as_ref(),
+                ca.server_cert.as_os_str(),
+                ca.server_key.as_os_str(),
+                upstream_port.to_string().as_ref(),
+                port.to_string().as_ref(),
+            ],
+        ))
     }
 }
 
-impl Drop for TlsProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::Deref for TlsProxy {
+    type Target = PythonServer;
+    fn deref(&self) -> &PythonServer {
+        &self.0
     }
 }

@@ -130,6 +130,23 @@ impl Sandbox {
         self.signer(&args, env)
     }
 
+    /// `ferry-signer verify --signature-only` of `rev` against `allowed`.
+    pub fn verify_signature_only(&self, repo: &Path, rev: &str, allowed: &Path) -> Output {
+        self.signer(
+            &[
+                "verify",
+                "--signature-only",
+                "--repo",
+                repo.to_str().unwrap(),
+                "--rev",
+                rev,
+                "--allowed-signers",
+                allowed.to_str().unwrap(),
+            ],
+            &[],
+        )
+    }
+
     /// `git verify-commit` with an allowed_signers file: (success, stderr).
     pub fn git_verify(&self, repo: &Path, rev: &str, allowed: &Path) -> (bool, String) {
         let out = self.git_output(
