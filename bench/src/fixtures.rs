@@ -263,6 +263,7 @@ pub mod nix {
         std::fs::write(&file, expr)?;
         run(Command::new("nix-build")
             .args(["--no-out-link", "--quiet", "--option", "substituters", ""])
+            .args(["--option", "sandbox", "false"]) // the builder is the machine's /bin/sh
             .args(["--max-jobs", &cores().to_string()])
             .arg(&file))
     }

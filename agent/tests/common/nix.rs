@@ -4,11 +4,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// `nix-build` with no substituters: fixtures are built here, and this
-/// machine cannot reach cache.nixos.org anyway.
+/// `nix-build` with no substituters (fixtures are built here, and this
+/// machine cannot reach cache.nixos.org anyway) and no build sandbox: the
+/// fixtures' builder is the machine's `/bin/sh`, which a sandbox hides. The
+/// options are given per command, so a user's nix.conf is left as it is.
 fn nix_build() -> Command {
     let mut cmd = Command::new("nix-build");
     cmd.args(["--no-out-link", "--quiet", "--option", "substituters", ""]);
+    cmd.args(["--option", "sandbox", "false"]);
     cmd
 }
 
