@@ -1,4 +1,4 @@
-//! One reconcile: the pipeline of DESIGN.md §3 as explicit phases. Each step
+//! One reconcile: the pipeline of docs/architecture.md as explicit phases. Each step
 //! that changes the machine is preceded by a durable record of the phase
 //! reached, so an agent killed at any instant resumes where it was and never
 //! starts a second switch for the same release.

@@ -491,8 +491,7 @@ fn a_killed_agent_resumes_without_a_second_switch() {
         .split_whitespace()
         .next()
         .expect("the agent runs under nsenter");
-    let killed = Command::new("kill").args(["-9", agent_pid]).status().unwrap();
-    assert!(killed.success());
+    crate::common::systemd::kill9(agent_pid.parse().unwrap()).expect("the agent can be killed");
     let _ = first.wait();
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(w.bed.host_path("/var/lib/ferry-agent/state.json")).unwrap())

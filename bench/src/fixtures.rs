@@ -327,7 +327,7 @@ in derivation {{
         Ok(())
     }
 
-    /// A signed binary cache in `dir/cache`, as TESTBED.md makes one.
+    /// A signed binary cache in `dir/cache`, as docs/testing.md describes.
     pub struct Cache {
         pub dir: PathBuf,
         pub public_key: String,

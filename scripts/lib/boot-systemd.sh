@@ -1,6 +1,6 @@
 # Boots a throwaway systemd as PID 1 of new PID/mount namespaces, on a
 # copy-on-write overlay of / so nothing it writes reaches this machine
-# (shared/TESTBED.md). Run under `unshare --pid --fork --mount --uts --ipc`.
+# (docs/testing.md). Run under `unshare --pid --fork --mount --uts --ipc`.
 # $1: an empty directory for the overlay's scratch space.
 set -e
 mount --make-rprivate /

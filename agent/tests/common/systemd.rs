@@ -1,5 +1,5 @@
 //! A throwaway systemd as PID 1 of a new PID namespace, booted on a
-//! copy-on-write overlay of `/` (see shared/TESTBED.md) so nothing it writes
+//! copy-on-write overlay of `/` (docs/testing.md) so nothing it writes
 //! reaches this machine. Its system bus is reachable from the test process at
 //! `/proc/<pid>/root/run/dbus/system_bus_socket`; `/nix` and this checkout are
 //! visible inside through the overlay. Killed (SIGKILL) on drop.
@@ -132,10 +132,37 @@ impl Testbed {
 
 impl Drop for Testbed {
     fn drop(&mut self) {
-        // SIGTERM only makes systemd re-execute; SIGKILL ends the namespace.
-        let _ = Command::new("kill").args(["-9", &self.pid.to_string()]).status();
+        // SIGTERM only makes systemd re-execute; SIGKILL of the namespace's
+        // PID 1 ends every process in it. Sent with a system call, so the
+        // teardown needs no `kill` command on the machine; a testbed that
+        // outlives it is reported, never left behind silently.
+        if let Err(e) = kill9(self.pid) {
+            eprintln!(
+                "testbed teardown: cannot kill its systemd (PID {}): {e}; kill it by hand",
+                self.pid
+            );
+        }
         let _ = self.unshare.kill();
         let _ = self.unshare.wait();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::path::Path::new(&format!("/proc/{}", self.pid)).exists() {
+            if Instant::now() > deadline {
+                eprintln!(
+                    "testbed teardown: its systemd (PID {}) is still running 10 s after SIGKILL",
+                    self.pid
+                );
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = std::fs::remove_dir(&self.scratch);
     }
+}
+
+/// Sends SIGKILL to a process of this machine (by the PID this machine sees).
+pub fn kill9(pid: u32) -> std::io::Result<()> {
+    let pid = rustix::process::Pid::from_raw(pid as i32)
+        .ok_or_else(|| std::io::Error::other("PID 0 is not a process"))?;
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL)?;
+    Ok(())
 }
