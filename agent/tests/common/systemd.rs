@@ -37,16 +37,25 @@ impl Testbed {
             .tempdir_in("/dev/shm")
             .unwrap()
             .keep();
+        // What the boot script and systemd print, kept for a failed boot.
+        let boot_log = scratch.with_extension("log");
+        let log = std::fs::File::create(&boot_log).unwrap();
         let unshare = Command::new("unshare")
             .args([
                 "--pid", "--fork", "--mount", "--uts", "--ipc", "bash", "-c", BOOT, "boot",
             ])
             .arg(&scratch)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
             .spawn()
             .expect("unshare (util-linux) is installed");
+        let boot_failed = |what: &str| -> ! {
+            panic!(
+                "{what}; the boot script and systemd said:\n{}",
+                std::fs::read_to_string(&boot_log).unwrap_or_default()
+            )
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         let pid = loop {
             let children =
@@ -62,10 +71,9 @@ impl Testbed {
                     break pid;
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "systemd did not start in the namespace (is systemd installed?)"
-            );
+            if Instant::now() > deadline {
+                boot_failed("systemd did not start in the namespace (is systemd installed?)");
+            }
             std::thread::sleep(Duration::from_millis(50));
         };
         let bed = Self {
@@ -81,10 +89,9 @@ impl Testbed {
             if state == "running" || state == "degraded" {
                 break;
             }
-            assert!(
-                Instant::now() < deadline,
-                "systemd in the testbed is `{state}`, not running"
-            );
+            if Instant::now() > deadline {
+                boot_failed(&format!("systemd in the testbed is `{state}`, not running"));
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
         // Give the testbed a private copy of the Nix database, taken while no
@@ -156,6 +163,7 @@ impl Drop for Testbed {
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = std::fs::remove_dir(&self.scratch);
+        let _ = std::fs::remove_file(self.scratch.with_extension("log"));
     }
 }
 
