@@ -733,13 +733,16 @@ fn the_daemon_follows_the_branch_and_reloads_its_configuration() {
 
 impl World {
     /// Installs and starts `ferry-agent run` as a service, with the settings
-    /// the NixOS module uses (Restart=always, StateDirectory).
+    /// the NixOS module uses (Restart=always, StateDirectory, Nix on PATH:
+    /// this machine's, wherever it is installed).
     fn start_service(&self) {
+        let path = std::env::var("PATH").unwrap_or_default();
         std::fs::write(
             self.bed.host_path("/etc/systemd/system/ferry-agent.service"),
             format!(
                 "[Unit]\nDescription=Ferry deploy agent\nAfter=network-online.target\n\
                  [Service]\nExecStart={AGENT} --config /etc/ferry/agent.toml run\n\
+                 Environment=\"PATH={path}\"\n\
                  Restart=always\nRestartSec=1\nStateDirectory=ferry-agent\n"
             ),
         )
