@@ -1033,3 +1033,6 @@ fn the_service_survives_kill_and_outages_over_smart_http() {
     let out = w.bed.exec(&["systemctl", "is-active", "ferry-agent.service"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "active");
 }
+
+// Secrets (sops-nix, agenix) through a deploy, on this file's `World`.
+mod secrets;
