@@ -25,19 +25,6 @@ const EVENTS: &str = "/run/ferry-test/events.log";
 const AGE_KEY: &str = "/var/lib/sops-nix/key.txt";
 const SSH_HOST_KEY: &str = "/etc/ssh/ssh_host_ed25519_key";
 
-/// Runs a command to completion; panics with its stderr on failure.
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (the age CLI comes from scripts/install-deps)"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 /// The host's keys and another host's: an age identity and an SSH host key.
 struct Keys {
     age_identity: PathBuf,
@@ -47,17 +34,24 @@ struct Keys {
 }
 
 impl Keys {
+    /// (`nix::run` serves for any command: it only adds the Nix lock.)
     fn generate(dir: &Path) -> Self {
+        assert!(
+            Command::new("age").arg("--version").output().is_ok(),
+            "the age CLI is missing: scripts/install-deps installs it"
+        );
         let age_identity = dir.join("age-key.txt");
-        run(Command::new("age-keygen").arg("-o").arg(&age_identity));
-        let age_recipient = run(Command::new("age-keygen").arg("-y").arg(&age_identity));
+        nix::run(Command::new("age-keygen").arg("-o").arg(&age_identity));
+        let age_recipient = nix::run(Command::new("age-keygen").arg("-y").arg(&age_identity));
         let ssh_host_key = dir.join("ssh_host_ed25519_key");
-        run(Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", "root@web1", "-f"])
-            .arg(&ssh_host_key));
+        nix::run(
+            Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", "root@web1", "-f"])
+                .arg(&ssh_host_key),
+        );
         let other = dir.join("other-host-age-key.txt");
-        run(Command::new("age-keygen").arg("-o").arg(&other));
-        let other_host_recipient = run(Command::new("age-keygen").arg("-y").arg(&other));
+        nix::run(Command::new("age-keygen").arg("-o").arg(&other));
+        let other_host_recipient = nix::run(Command::new("age-keygen").arg("-y").arg(&other));
         Self {
             age_identity,
             age_recipient,
