@@ -51,7 +51,12 @@ impl World {
         let mut built = BTreeMap::new();
         for (name, behaviour) in std::iter::once(&("current", Behaviour::Succeed)).chain(systems) {
             // Systems whose name starts with `newkernel` boot another kernel.
-            let kernel = if name.starts_with("newkernel") { "k2" } else { "k1" };
+            // Kernels are this world's own: a kernel path shared with a
+            // concurrent test run could not be deleted while that run holds it.
+            let kernel = match name.starts_with("newkernel") {
+                true => format!("k2-{seed}"),
+                false => format!("k1-{seed}"),
+            };
             built.insert(
                 *name,
                 nix::build_system(
@@ -59,7 +64,7 @@ impl World {
                     "web1",
                     &format!("{name}-{seed}"),
                     *behaviour,
-                    kernel,
+                    &kernel,
                     3,
                 ),
             );
