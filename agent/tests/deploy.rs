@@ -51,7 +51,12 @@ impl World {
         let mut built = BTreeMap::new();
         for (name, behaviour) in std::iter::once(&("current", Behaviour::Succeed)).chain(systems) {
             // Systems whose name starts with `newkernel` boot another kernel.
-            let kernel = if name.starts_with("newkernel") { "k2" } else { "k1" };
+            // Kernels are this world's own: a kernel path shared with a
+            // concurrent test run could not be deleted while that run holds it.
+            let kernel = match name.starts_with("newkernel") {
+                true => format!("k2-{seed}"),
+                false => format!("k1-{seed}"),
+            };
             built.insert(
                 *name,
                 nix::build_system(
@@ -59,7 +64,7 @@ impl World {
                     "web1",
                     &format!("{name}-{seed}"),
                     *behaviour,
-                    kernel,
+                    &kernel,
                     3,
                 ),
             );
@@ -1036,3 +1041,6 @@ fn the_service_survives_kill_and_outages_over_smart_http() {
     let out = w.bed.exec(&["systemctl", "is-active", "ferry-agent.service"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "active");
 }
+
+// Secrets (sops-nix, agenix) through a deploy, on this file's `World`.
+mod secrets;

@@ -10,6 +10,7 @@ mod key_types;
 mod nix_cache;
 mod preflight;
 mod reference;
+mod snippets;
 mod source;
 mod systemd;
 mod upload_wait;

@@ -19,7 +19,7 @@ const DOC: &str = "docs/configuration.md";
 const KEY: &str = "cache.example.com-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
 const PROBE: &str = "__ferry_probe";
 
-fn repo_file(path: &str) -> String {
+pub(crate) fn repo_file(path: &str) -> String {
     let full = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
     std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("cannot read {}: {e}", full.display()))
 }
@@ -50,7 +50,7 @@ fn accepted_in(table: Option<&str>) -> Option<Vec<String>> {
 }
 
 /// Every key the parser accepts, dotted (`source.url`).
-fn accepted_keys() -> BTreeSet<String> {
+pub(crate) fn accepted_keys() -> BTreeSet<String> {
     let mut keys = BTreeSet::new();
     for root in accepted_in(None).expect("the root is a table") {
         match accepted_in(Some(&root)) {

@@ -167,6 +167,10 @@ pub enum Behaviour {
     /// Switch, and change ferry-agent's own unit file (as a new agent
     /// package would), then reload systemd.
     UpdatesAgentUnit,
+    /// Run this activation (shell text inside the build's here-document:
+    /// `\$` for run-time variables, `${/path}` to put a file in the
+    /// closure), then switch as `Succeed` does; it may `exit` early instead.
+    Activation(&'static str),
 }
 
 /// Builds a fake NixOS toplevel: `bin/switch-to-configuration` behaving as
@@ -193,6 +197,7 @@ pub fn build_system(
             "ln -sfn \"\\$top\" /run/current-system; echo '# {seed}' >> /etc/systemd/system/ferry-agent.service; systemctl daemon-reload; exit 0"
         ),
         Behaviour::Slow(secs) => format!("sleep {secs}; ln -sfn \"\\$top\" /run/current-system; exit 0"),
+        Behaviour::Activation(script) => format!("{script}\nln -sfn \"\\$top\" /run/current-system; exit 0"),
     };
     let expr = format!(
         r#"
