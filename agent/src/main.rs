@@ -131,6 +131,9 @@ fn describe(r: &Reconciled) -> String {
         Reconciled::Deployed {
             reboot_required: true,
         } => "deployed; reboot required".into(),
+        Reconciled::WaitingForClosure { serial, until } => {
+            format!("waiting: release {serial}: the closure is not in the binary cache yet; retrying until {until}")
+        }
         Reconciled::Refused(why) => format!("refused: {why}"),
         Reconciled::Failed(why) => format!("failed: {why}"),
         Reconciled::Error(why) => format!("error: {why}"),

@@ -9,7 +9,8 @@ use ferry_signer::CommitId;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Forge;
-use crate::state::{atomic_write, StateError};
+use crate::durable::atomic_write;
+use crate::state::StateError;
 
 /// GitHub refuses longer descriptions; we hold every forge to it.
 pub const MAX_DESCRIPTION_CHARS: usize = 140;
@@ -215,7 +216,8 @@ impl Outbox {
             description: status.description.clone(),
         };
         let bytes = serde_json::to_vec(&file).expect("status serialises");
-        atomic_write(&self.dir.join(format!("{seq:020}.json")), &bytes)?;
+        let path = self.dir.join(format!("{seq:020}.json"));
+        atomic_write(&path, &bytes).map_err(|source| StateError::Write { path, source })?;
         let excess = (entries.len() + 1).saturating_sub(MAX_OUTBOX_ENTRIES);
         for (_, path) in entries.iter().take(excess) {
             let _ = std::fs::remove_file(path);

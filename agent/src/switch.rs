@@ -10,7 +10,8 @@ use std::time::Duration;
 use ferry_signer::{Action, StorePath};
 
 use crate::decide::SwitchResult;
-use crate::state::{atomic_write, StateError};
+use crate::durable::atomic_write;
+use crate::state::StateError;
 use crate::systemd::{Command, ServiceOutcome, Systemd, SystemdError, TransientService, UnitState};
 
 /// Environment variables passed to switch-to-configuration when set, as
@@ -189,7 +190,10 @@ pub fn record_switch_result(file: &Path) -> Result<(), StateError> {
         var("EXIT_CODE"),
         var("EXIT_STATUS")
     );
-    atomic_write(file, line.as_bytes())
+    atomic_write(file, line.as_bytes()).map_err(|source| StateError::Write {
+        path: file.to_owned(),
+        source,
+    })
 }
 
 #[cfg(test)]

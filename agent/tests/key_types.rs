@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use ferry_agent::config::Config;
 use ferry_agent::reconcile::{Agent, Reconciled};
+use ferry_agent::seams::LiveStore;
 use ferry_signer::sshsig::GitSigner;
 use ssh_key::PublicKey;
 
@@ -80,8 +81,10 @@ fn reconcile(dir: &Path, repo: &Path, allowed: &str, current: &Path) -> Reconcil
     let url = repo.to_str().unwrap();
     let text = agent_toml("web1", state.path(), url, &signers, UNUSED_CACHE);
     let config = Config::parse(&text, Path::new("agent.toml"), || None).unwrap();
+    let mut store = LiveStore::for_config(&config);
+    store.current_system = current.to_owned();
     let mut agent = Agent::new(config).unwrap();
-    agent.current_system = current.to_owned();
+    agent.seams.store = Box::new(store);
     runtime().block_on(agent.reconcile()).unwrap()
 }
 
