@@ -78,14 +78,21 @@ pub struct HealthCommand {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReportConfig {
+    /// Where commit statuses are posted; absent with `forge = "none"`.
+    pub forge: Option<ForgeTarget>,
+    /// Status context; `{host}` is replaced by the host name.
+    pub context: String,
+}
+
+/// A forge repository that commit statuses are posted to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForgeTarget {
     pub forge: Forge,
     /// API base, e.g. `https://git.example.com/api/v1` (Gitea) or `https://api.github.com`.
     pub api_url: String,
     /// `owner/repo` (GitHub, Gitea) or a project id or path (GitLab).
     pub repository: String,
-    pub token_file: Option<PathBuf>,
-    /// Status context; `{host}` is replaced by the host name.
-    pub context: String,
+    pub token_file: PathBuf,
 }
 
 /// Which forge API statuses are posted to.
@@ -94,7 +101,6 @@ pub enum Forge {
     Github,
     Gitea,
     Gitlab,
-    None,
 }
 
 /// Why a configuration was refused.
@@ -256,48 +262,56 @@ impl Config {
         };
 
         let r = file.report;
-        let forge = r.forge;
-        let api_url = match (forge, r.api_url) {
-            (_, Some(url)) => url.trim_end_matches('/').to_owned(),
-            (Forge::Github, None) => "https://api.github.com".into(),
-            (Forge::Gitlab, None) => "https://gitlab.com/api/v4".into(),
-            (Forge::None, None) => String::new(),
-            (Forge::Gitea, None) => {
-                return Err(invalid(
-                    "report.api_url",
-                    "required for gitea, e.g. https://git.example.com/api/v1".into(),
-                ))
+        let report_token = |file: Option<PathBuf>| {
+            file.map(|p| absolute(p, "token_file"))
+                .transpose()
+                .map_err(|p| invalid("report.token_file", p))
+        };
+        let forge = match r.forge.0 {
+            None => {
+                report_token(r.token_file)?;
+                None
+            }
+            Some(forge) => {
+                let api_url = match (forge, r.api_url) {
+                    (_, Some(url)) => url.trim_end_matches('/').to_owned(),
+                    (Forge::Github, None) => "https://api.github.com".into(),
+                    (Forge::Gitlab, None) => "https://gitlab.com/api/v4".into(),
+                    (Forge::Gitea, None) => {
+                        return Err(invalid(
+                            "report.api_url",
+                            "required for gitea, e.g. https://git.example.com/api/v1".into(),
+                        ))
+                    }
+                };
+                if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
+                    return Err(invalid(
+                        "report.api_url",
+                        format!("`{api_url}` is not an http(s) URL"),
+                    ));
+                }
+                if r.repository.is_empty() {
+                    return Err(invalid(
+                        "report.repository",
+                        "required: owner/repo (or a GitLab project id)".into(),
+                    ));
+                }
+                let Some(token_file) = report_token(r.token_file)? else {
+                    return Err(invalid(
+                        "report.token_file",
+                        "required to post statuses (a systemd credential, for example)".into(),
+                    ));
+                };
+                Some(ForgeTarget {
+                    forge,
+                    api_url,
+                    repository: r.repository,
+                    token_file,
+                })
             }
         };
-        if forge != Forge::None {
-            if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
-                return Err(invalid(
-                    "report.api_url",
-                    format!("`{api_url}` is not an http(s) URL"),
-                ));
-            }
-            if r.repository.is_empty() {
-                return Err(invalid(
-                    "report.repository",
-                    "required: owner/repo (or a GitLab project id)".into(),
-                ));
-            }
-            if r.token_file.is_none() {
-                return Err(invalid(
-                    "report.token_file",
-                    "required to post statuses (a systemd credential, for example)".into(),
-                ));
-            }
-        }
         let report = ReportConfig {
             forge,
-            api_url,
-            repository: r.repository,
-            token_file: r
-                .token_file
-                .map(|p| absolute(p, "token_file"))
-                .transpose()
-                .map_err(|p| invalid("report.token_file", p))?,
             context: r.context,
         };
 
@@ -491,7 +505,7 @@ enum HealthCommandFile {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct ReportFile {
-    forge: Forge,
+    forge: ForgeSetting,
     api_url: Option<String>,
     repository: String,
     token_file: Option<PathBuf>,
@@ -501,7 +515,7 @@ struct ReportFile {
 impl Default for ReportFile {
     fn default() -> Self {
         Self {
-            forge: Forge::None,
+            forge: ForgeSetting(None),
             api_url: None,
             repository: String::new(),
             token_file: None,
@@ -510,10 +524,19 @@ impl Default for ReportFile {
     }
 }
 
-impl<'de> Deserialize<'de> for Forge {
+/// `report.forge` as written: a forge, or `none`.
+struct ForgeSetting(Option<Forge>);
+
+impl<'de> Deserialize<'de> for ForgeSetting {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        match s.as_str() {
+            "none" => Ok(ForgeSetting(None)),
+            other => other
+                .parse()
+                .map(|f| ForgeSetting(Some(f)))
+                .map_err(serde::de::Error::custom),
+        }
     }
 }
 
@@ -525,7 +548,6 @@ impl FromStr for Forge {
             "github" => Ok(Forge::Github),
             "gitea" | "forgejo" => Ok(Forge::Gitea),
             "gitlab" => Ok(Forge::Gitlab),
-            "none" => Ok(Forge::None),
             other => Err(format!(
                 "`{other}` is not a forge: expected github, gitea, forgejo, gitlab or none"
             )),
@@ -596,7 +618,7 @@ mod tests {
         assert_eq!(c.switch.profile, Path::new("/nix/var/nix/profiles/system"));
         assert_eq!(c.switch.timeout, Duration::from_secs(900));
         assert!(c.switch.rollback);
-        assert_eq!(c.report.forge, Forge::None);
+        assert_eq!(c.report.forge, None);
         assert_eq!(c.report.context_for(&c.host), "ferry/web1");
     }
 
@@ -634,8 +656,9 @@ context = "ferry/{{host}}"
         assert_eq!(c.switch.timeout, Duration::from_secs(900));
         assert_eq!(c.health.commands.len(), 2);
         assert_eq!(c.health.commands[1].timeout, Duration::from_secs(5));
-        assert_eq!(c.report.api_url, "https://git.example.com/api/v1");
-        assert_eq!(c.report.forge, Forge::Gitea);
+        let target = c.report.forge.as_ref().expect("a forge");
+        assert_eq!(target.api_url, "https://git.example.com/api/v1");
+        assert_eq!(target.forge, Forge::Gitea);
     }
 
     #[test]

@@ -86,7 +86,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 config.source.branch,
                 signers.entries().len(),
                 config.cache.substituters.len(),
-                config.report.forge
+                config
+                    .report
+                    .forge
+                    .as_ref()
+                    .map_or("None".into(), |t| format!("{:?}", t.forge))
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -97,12 +97,11 @@ pub fn request_for(
     repository: &str,
     token: &str,
     status: &Status,
-) -> Option<StatusRequest> {
+) -> StatusRequest {
     let api = api_url.trim_end_matches('/');
     let sha = status.commit.as_str();
     let user_agent = ("User-Agent", format!("ferry-agent/{}", env!("CARGO_PKG_VERSION")));
-    Some(match forge {
-        Forge::None => return None,
+    match forge {
         Forge::Github => StatusRequest {
             url: format!("{api}/repos/{repository}/statuses/{sha}"),
             headers: vec![
@@ -135,7 +134,7 @@ pub fn request_for(
                 "description": status.description,
             }),
         },
-    })
+    }
 }
 
 /// GitLab takes a numeric id or the URL-encoded path (`group%2Fproject`).
@@ -297,8 +296,7 @@ mod tests {
             "ops/deploy",
             "T0K",
             &status(StatusState::Success),
-        )
-        .unwrap();
+        );
         assert_eq!(
             r.url,
             "https://api.github.com/repos/ops/deploy/statuses/9fceb02d0ae598e95dc970b74767f19372d61af8"
@@ -318,8 +316,7 @@ mod tests {
             "ops/deploy",
             "T0K",
             &status(StatusState::Pending),
-        )
-        .unwrap();
+        );
         assert_eq!(r.url, "https://git.example.com/api/v1/repos/ops/deploy/statuses/9fceb02d0ae598e95dc970b74767f19372d61af8");
         assert!(r.headers.contains(&("Authorization", "token T0K".into())));
         assert_eq!(r.body["state"], "pending");
@@ -333,8 +330,7 @@ mod tests {
             "ops/deploy",
             "T0K",
             &status(StatusState::Failure),
-        )
-        .unwrap();
+        );
         assert_eq!(r.url, "https://gitlab.com/api/v4/projects/ops%2Fdeploy/statuses/9fceb02d0ae598e95dc970b74767f19372d61af8");
         assert!(r.headers.contains(&("PRIVATE-TOKEN", "T0K".into())));
         assert_eq!(
@@ -347,11 +343,9 @@ mod tests {
             "42",
             "T",
             &status(StatusState::Pending),
-        )
-        .unwrap();
+        );
         assert!(p.url.contains("/projects/42/statuses/"));
         assert_eq!(p.body["state"], "running");
-        assert!(request_for(Forge::None, "", "", "", &status(StatusState::Pending)).is_none());
     }
 
     #[test]

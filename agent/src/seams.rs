@@ -157,10 +157,13 @@ impl Seams {
                 record_dir: config.state_dir.clone(),
                 agent_exe: std::env::current_exe().context("cannot find this agent's executable")?,
             }),
-            statuses: Box::new(ForgeSink {
-                outbox,
-                forge: ForgeClient::new(&config.report),
-            }),
+            statuses: match &config.report.forge {
+                Some(target) => Box::new(ForgeSink {
+                    outbox,
+                    forge: ForgeClient::new(target),
+                }),
+                None => Box::new(NoForge(outbox)),
+            },
         })
     }
 }
@@ -373,6 +376,36 @@ impl Units for SystemdUnits {
         commands: &'a [HealthCommand],
     ) -> Pending<'a, Result<Health, SystemdError>> {
         Box::pin(async move { health::check(&self.systemd().await?, settle, commands).await })
+    }
+}
+
+/// No forge configured (`forge = "none"`): statuses go nowhere, and any
+/// still waiting from when a forge was configured are dropped.
+struct NoForge(Outbox);
+
+impl StatusSink for NoForge {
+    fn queue(&mut self, _: Status) {}
+
+    fn deliver(&mut self) -> Pending<'_, ()> {
+        // Bounded: an entry that cannot be removed is not looked at forever.
+        for _ in 0..=crate::report::MAX_OUTBOX_ENTRIES {
+            match self.0.peek() {
+                Ok(Some(queued)) => {
+                    if let Err(e) = self.0.remove(queued.seq) {
+                        error!("cannot empty the status outbox: {e}");
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                // An unreadable entry was removed by `peek` itself.
+                Err(crate::state::StateError::Corrupt { .. }) => {}
+                Err(e) => {
+                    error!("cannot read the status outbox: {e}");
+                    break;
+                }
+            }
+        }
+        Box::pin(std::future::ready(()))
     }
 }
 
