@@ -1,6 +1,9 @@
 //! The agent's configuration (`/etc/ferry/agent.toml`): parsed strictly, so an
 //! unknown key or a bad value is refused at start with the key's name and what
-//! was expected, and validated into types the rest of the agent trusts.
+//! was expected, and validated into types the rest of the agent trusts. The
+//! file's format is here; each section is validated by the module that owns
+//! it (`source::validate`, `cache::validate`, `switch::validate`,
+//! `health::validate`, `report::validate`), which names the key it refuses.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -173,224 +176,50 @@ impl Config {
             .map_err(|e| invalid("host", e.to_string()))?;
         let state_dir = absolute(file.state_dir, "state_dir").map_err(|p| invalid("state_dir", p))?;
 
-        let source = file.source;
-        check_repo_url(&source.url).map_err(|p| invalid("source.url", p))?;
-        if source.branch.is_empty()
-            || !git2::Reference::is_valid_name(&format!("refs/heads/{}", source.branch))
-        {
-            return Err(invalid(
-                "source.branch",
-                format!("`{}` is not a valid branch name", source.branch),
-            ));
-        }
-        let allowed_signers = absolute(source.allowed_signers, "allowed_signers")
-            .map_err(|p| invalid("source.allowed_signers", p))?;
-        if source.poll_interval.0 < Duration::from_secs(1) {
-            return Err(invalid("source.poll_interval", "must be at least 1s".into()));
-        }
-        let token_file = source
-            .token_file
-            .map(|p| absolute(p, "token_file"))
-            .transpose()
-            .map_err(|p| invalid("source.token_file", p))?;
-        if token_file.is_some() && !token_travels_safely(&source.url) {
-            return Err(invalid(
-                "source.token_file",
-                format!(
-                    "`{}` is plain HTTP, so the token would cross the network in clear: use https://",
-                    source.url
-                ),
-            ));
-        }
-
-        let cache = file.cache;
-        if cache.substituters.is_empty() {
-            return Err(invalid(
-                "cache.substituters",
-                "list at least one binary cache URL".into(),
-            ));
-        }
-        for s in &cache.substituters {
-            check_cache_url(s).map_err(|p| invalid("cache.substituters", p))?;
-        }
-        if cache.trusted_public_keys.is_empty() {
-            return Err(invalid(
-                "cache.trusted_public_keys",
-                "list at least one key (name:base64, as in nix.conf); unsigned closures are never deployed"
-                    .into(),
-            ));
-        }
-        let trusted_public_keys = cache
-            .trusted_public_keys
-            .iter()
-            .map(|k| k.parse::<CachePublicKey>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| invalid("cache.trusted_public_keys", e.to_string()))?;
-
-        let switch = file.switch;
-        let profile = absolute(switch.profile, "profile").map_err(|p| invalid("switch.profile", p))?;
-        if switch.unit.is_empty()
-            || !switch
-                .unit
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.@:".contains(&b))
-        {
-            return Err(invalid(
-                "switch.unit",
-                format!("`{}` is not a valid unit name (without .service)", switch.unit),
-            ));
-        }
-        let unit = switch.unit.trim_end_matches(".service").to_owned();
-
-        let health = HealthConfig {
-            settle: file.health.settle.0,
-            commands: file
-                .health
-                .commands
-                .into_iter()
-                .map(|c| match c {
-                    HealthCommandFile::Shell(command) => HealthCommand {
-                        command,
-                        timeout: Duration::from_secs(60),
-                    },
-                    HealthCommandFile::Table { command, timeout } => HealthCommand {
-                        command,
-                        timeout: timeout.0,
-                    },
-                })
-                .collect(),
-        };
-
-        let r = file.report;
-        let report_token = |file: Option<PathBuf>| {
-            file.map(|p| absolute(p, "token_file"))
-                .transpose()
-                .map_err(|p| invalid("report.token_file", p))
-        };
-        let forge = match r.forge.0 {
-            None => {
-                report_token(r.token_file)?;
-                None
-            }
-            Some(forge) => {
-                let api_url = match (forge, r.api_url) {
-                    (_, Some(url)) => url.trim_end_matches('/').to_owned(),
-                    (Forge::Github, None) => "https://api.github.com".into(),
-                    (Forge::Gitlab, None) => "https://gitlab.com/api/v4".into(),
-                    (Forge::Gitea, None) => {
-                        return Err(invalid(
-                            "report.api_url",
-                            "required for gitea, e.g. https://git.example.com/api/v1".into(),
-                        ))
-                    }
-                };
-                if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
-                    return Err(invalid(
-                        "report.api_url",
-                        format!("`{api_url}` is not an http(s) URL"),
-                    ));
-                }
-                if r.repository.is_empty() {
-                    return Err(invalid(
-                        "report.repository",
-                        "required: owner/repo (or a GitLab project id)".into(),
-                    ));
-                }
-                let Some(token_file) = report_token(r.token_file)? else {
-                    return Err(invalid(
-                        "report.token_file",
-                        "required to post statuses (a systemd credential, for example)".into(),
-                    ));
-                };
-                Some(ForgeTarget {
-                    forge,
-                    api_url,
-                    repository: r.repository,
-                    token_file,
-                })
-            }
-        };
-        let report = ReportConfig {
-            forge,
-            context: r.context,
-        };
+        let in_file = |e: Invalid| invalid(e.key, e.problem);
+        let source = crate::source::validate(file.source).map_err(in_file)?;
+        let cache = crate::cache::validate(file.cache).map_err(in_file)?;
+        let switch = crate::switch::validate(file.switch).map_err(in_file)?;
+        let health = crate::health::validate(file.health);
+        let report = crate::report::validate(file.report).map_err(in_file)?;
 
         Ok(Config {
             host,
             state_dir,
-            source: SourceConfig {
-                url: source.url,
-                branch: source.branch,
-                allowed_signers,
-                poll_interval: source.poll_interval.0,
-                jitter: source.jitter.0,
-                token_file,
-            },
-            cache: CacheConfig {
-                substituters: cache.substituters,
-                trusted_public_keys,
-            },
-            switch: SwitchConfig {
-                profile,
-                unit,
-                timeout: switch.timeout.0,
-                rollback: switch.rollback,
-            },
+            source,
+            cache,
+            switch,
             health,
             report,
         })
     }
 }
 
-fn absolute(p: PathBuf, what: &str) -> Result<PathBuf, String> {
+/// A value of a section that cannot be used: the full key and why. The
+/// module owning the section says so; [`Config::parse`] adds the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Invalid {
+    pub key: &'static str,
+    pub problem: String,
+}
+
+impl Invalid {
+    pub(crate) fn new(key: &'static str, problem: impl Into<String>) -> Self {
+        Self {
+            key,
+            problem: problem.into(),
+        }
+    }
+}
+
+/// `p`, if absolute; else why not (`what` names the key).
+pub(crate) fn absolute(p: PathBuf, what: &str) -> Result<PathBuf, String> {
     if p.is_absolute() {
         Ok(p)
     } else {
         Err(format!(
             "`{}` is not an absolute path ({what} must be absolute)",
             p.display()
-        ))
-    }
-}
-
-/// A token is sent with every request: only over HTTPS, or plain HTTP to this
-/// machine itself (a local mirror or proxy).
-fn token_travels_safely(url: &str) -> bool {
-    let Some(rest) = url.strip_prefix("http://") else {
-        return true;
-    };
-    let authority = rest.split('/').next().unwrap_or("");
-    let host = authority.rsplit('@').next().unwrap_or("");
-    let host = match host.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => host.split(':').next().unwrap_or(""),
-    };
-    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
-fn check_repo_url(url: &str) -> Result<(), String> {
-    let ok = ["https://", "http://", "git://", "file://"]
-        .iter()
-        .any(|s| url.starts_with(s))
-        || url.starts_with('/');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{url}` is not supported: use https://, http://, git://, file:// or an absolute path"
-        ))
-    }
-}
-
-fn check_cache_url(url: &str) -> Result<(), String> {
-    if ["https://", "http://", "file://"]
-        .iter()
-        .any(|s| url.starts_with(s))
-    {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{url}` is not a binary cache URL: use https://, http:// or file://"
         ))
     }
 }
@@ -427,17 +256,17 @@ fn default_state_dir() -> PathBuf {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SourceFile {
-    url: String,
+pub(crate) struct SourceFile {
+    pub(crate) url: String,
     #[serde(default = "default_branch")]
-    branch: String,
+    pub(crate) branch: String,
     #[serde(default = "default_allowed_signers")]
-    allowed_signers: PathBuf,
+    pub(crate) allowed_signers: PathBuf,
     #[serde(default = "secs::<60>")]
-    poll_interval: HumanDuration,
+    pub(crate) poll_interval: HumanDuration,
     #[serde(default = "secs::<10>")]
-    jitter: HumanDuration,
-    token_file: Option<PathBuf>,
+    pub(crate) jitter: HumanDuration,
+    pub(crate) token_file: Option<PathBuf>,
 }
 
 fn default_branch() -> String {
@@ -454,18 +283,18 @@ fn secs<const N: u64>() -> HumanDuration {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CacheFile {
-    substituters: Vec<String>,
-    trusted_public_keys: Vec<String>,
+pub(crate) struct CacheFile {
+    pub(crate) substituters: Vec<String>,
+    pub(crate) trusted_public_keys: Vec<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct SwitchFile {
-    profile: PathBuf,
-    unit: String,
-    timeout: HumanDuration,
-    rollback: bool,
+pub(crate) struct SwitchFile {
+    pub(crate) profile: PathBuf,
+    pub(crate) unit: String,
+    pub(crate) timeout: HumanDuration,
+    pub(crate) rollback: bool,
 }
 
 impl Default for SwitchFile {
@@ -481,9 +310,9 @@ impl Default for SwitchFile {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct HealthFile {
-    settle: HumanDuration,
-    commands: Vec<HealthCommandFile>,
+pub(crate) struct HealthFile {
+    pub(crate) settle: HumanDuration,
+    pub(crate) commands: Vec<HealthCommandFile>,
 }
 
 impl Default for HealthFile {
@@ -497,19 +326,19 @@ impl Default for HealthFile {
 
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum HealthCommandFile {
+pub(crate) enum HealthCommandFile {
     Shell(String),
     Table { command: String, timeout: HumanDuration },
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct ReportFile {
-    forge: ForgeSetting,
-    api_url: Option<String>,
-    repository: String,
-    token_file: Option<PathBuf>,
-    context: String,
+pub(crate) struct ReportFile {
+    pub(crate) forge: ForgeSetting,
+    pub(crate) api_url: Option<String>,
+    pub(crate) repository: String,
+    pub(crate) token_file: Option<PathBuf>,
+    pub(crate) context: String,
 }
 
 impl Default for ReportFile {
@@ -525,7 +354,7 @@ impl Default for ReportFile {
 }
 
 /// `report.forge` as written: a forge, or `none`.
-struct ForgeSetting(Option<Forge>);
+pub(crate) struct ForgeSetting(pub(crate) Option<Forge>);
 
 impl<'de> Deserialize<'de> for ForgeSetting {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -557,7 +386,7 @@ impl FromStr for Forge {
 
 /// A duration written as `"60s"`, `"15m"`, `"1h 30m"`.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct HumanDuration(Duration);
+pub(crate) struct HumanDuration(pub(crate) Duration);
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -575,6 +404,7 @@ mod tests {
 
     #[test]
     fn a_token_is_never_sent_over_plain_http_off_this_machine() {
+        use crate::source::token_travels_safely;
         assert!(token_travels_safely("https://git.example.com/ops/deploy.git"));
         assert!(token_travels_safely("http://127.0.0.1:8080/deploy.git"));
         assert!(token_travels_safely("http://localhost/deploy.git"));

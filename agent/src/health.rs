@@ -3,8 +3,30 @@
 
 use std::time::Duration;
 
-use crate::config::HealthCommand;
+use crate::config::{HealthCommand, HealthCommandFile, HealthConfig, HealthFile};
 use crate::systemd::{Systemd, SystemdError};
+
+/// The `[health]` section of the configuration: a command without its own
+/// timeout gets 60 seconds.
+pub(crate) fn validate(health: HealthFile) -> HealthConfig {
+    HealthConfig {
+        settle: health.settle.0,
+        commands: health
+            .commands
+            .into_iter()
+            .map(|c| match c {
+                HealthCommandFile::Shell(command) => HealthCommand {
+                    command,
+                    timeout: Duration::from_secs(60),
+                },
+                HealthCommandFile::Table { command, timeout } => HealthCommand {
+                    command,
+                    timeout: timeout.0,
+                },
+            })
+            .collect(),
+    }
+}
 
 /// What the health check found; healthy when both lists are empty.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

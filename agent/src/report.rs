@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use ferry_signer::CommitId;
 use serde::{Deserialize, Serialize};
 
-use crate::config::Forge;
+use crate::config::{absolute, Forge, ForgeTarget, Invalid, ReportConfig, ReportFile};
 use crate::durable::atomic_write;
 use crate::state::StateError;
 
@@ -16,6 +16,64 @@ use crate::state::StateError;
 pub const MAX_DESCRIPTION_CHARS: usize = 140;
 /// Oldest statuses are dropped beyond this many waiting (with a log line).
 pub const MAX_OUTBOX_ENTRIES: usize = 1000;
+
+/// The `[report]` section of the configuration, validated: with a forge,
+/// where and how to post (API URL defaulted per forge, repository and token
+/// file required); `forge = "none"` is no forge at all.
+pub(crate) fn validate(r: ReportFile) -> Result<ReportConfig, Invalid> {
+    let token_file = |file: Option<PathBuf>| {
+        file.map(|p| absolute(p, "token_file"))
+            .transpose()
+            .map_err(|p| Invalid::new("report.token_file", p))
+    };
+    let forge = match r.forge.0 {
+        None => {
+            token_file(r.token_file)?;
+            None
+        }
+        Some(forge) => {
+            let api_url = match (forge, r.api_url) {
+                (_, Some(url)) => url.trim_end_matches('/').to_owned(),
+                (Forge::Github, None) => "https://api.github.com".into(),
+                (Forge::Gitlab, None) => "https://gitlab.com/api/v4".into(),
+                (Forge::Gitea, None) => {
+                    return Err(Invalid::new(
+                        "report.api_url",
+                        "required for gitea, e.g. https://git.example.com/api/v1",
+                    ))
+                }
+            };
+            if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
+                return Err(Invalid::new(
+                    "report.api_url",
+                    format!("`{api_url}` is not an http(s) URL"),
+                ));
+            }
+            if r.repository.is_empty() {
+                return Err(Invalid::new(
+                    "report.repository",
+                    "required: owner/repo (or a GitLab project id)",
+                ));
+            }
+            let Some(token_file) = token_file(r.token_file)? else {
+                return Err(Invalid::new(
+                    "report.token_file",
+                    "required to post statuses (a systemd credential, for example)",
+                ));
+            };
+            Some(ForgeTarget {
+                forge,
+                api_url,
+                repository: r.repository,
+                token_file,
+            })
+        }
+    };
+    Ok(ReportConfig {
+        forge,
+        context: r.context,
+    })
+}
 
 /// A commit status state, in Ferry's terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
