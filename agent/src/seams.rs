@@ -28,7 +28,7 @@ use crate::health::{self, Health};
 use crate::report::{Outbox, Status};
 use crate::source::{Source, SourceError};
 use crate::store::{self, Store, StoreError};
-use crate::switch::{Observed, Switcher};
+use crate::switch::{Attempt, Observed, Switcher};
 use crate::systemd::{Systemd, SystemdError};
 
 /// A future borrowed from its seam.
@@ -324,6 +324,17 @@ impl SystemdUnits {
             agent_exe: self.agent_exe.clone(),
         })
     }
+
+    /// The switcher and the attempt of release `serial`'s `activation`.
+    async fn attempt(
+        &mut self,
+        serial: u64,
+        activation: Activation,
+    ) -> Result<(Switcher, Attempt), SystemdError> {
+        let switcher = self.switcher().await?;
+        let attempt = switcher.attempt(serial, activation == Activation::Rollback);
+        Ok((switcher, attempt))
+    }
 }
 
 impl Units for SystemdUnits {
@@ -340,8 +351,7 @@ impl Units for SystemdUnits {
     ) -> Pending<'_, Result<(), SystemdError>> {
         let system = system.clone();
         Box::pin(async move {
-            let switcher = self.switcher().await?;
-            let attempt = switcher.attempt(serial, activation == Activation::Rollback);
+            let (switcher, attempt) = self.attempt(serial, activation).await?;
             switcher.start(&attempt, &system, action).await
         })
     }
@@ -352,8 +362,7 @@ impl Units for SystemdUnits {
         activation: Activation,
     ) -> Pending<'_, Result<Observed, SystemdError>> {
         Box::pin(async move {
-            let switcher = self.switcher().await?;
-            let attempt = switcher.attempt(serial, activation == Activation::Rollback);
+            let (switcher, attempt) = self.attempt(serial, activation).await?;
             switcher.observe(&attempt).await
         })
     }
@@ -364,8 +373,7 @@ impl Units for SystemdUnits {
         activation: Activation,
     ) -> Pending<'_, Result<SwitchResult, SystemdError>> {
         Box::pin(async move {
-            let switcher = self.switcher().await?;
-            let attempt = switcher.attempt(serial, activation == Activation::Rollback);
+            let (switcher, attempt) = self.attempt(serial, activation).await?;
             switcher.wait(&attempt).await
         })
     }

@@ -216,6 +216,19 @@ fn label(activation: Activation) -> &'static str {
     }
 }
 
+/// The name of a unit effect, as `crash_at` and the effects list say it.
+fn unit_effect(verb: &'static str, activation: Activation) -> &'static str {
+    match (verb, activation) {
+        ("start", Activation::Switch) => "start switch",
+        ("start", Activation::Rollback) => "start rollback",
+        ("observe", Activation::Switch) => "observe switch",
+        ("observe", Activation::Rollback) => "observe rollback",
+        ("wait", Activation::Switch) => "wait switch",
+        ("wait", Activation::Rollback) => "wait rollback",
+        _ => unreachable!("no unit effect {verb}"),
+    }
+}
+
 impl Units for FakeUnits {
     fn failed_units(&mut self) -> Pending<'_, Result<Vec<String>, SystemdError>> {
         effect(&self.0, "failed-units", |_| Ok(vec!["old.service".into()]))
@@ -228,11 +241,7 @@ impl Units for FakeUnits {
         action: Action,
     ) -> Pending<'_, Result<(), SystemdError>> {
         let system = system.clone();
-        let name = match activation {
-            Activation::Switch => "start switch",
-            Activation::Rollback => "start rollback",
-        };
-        effect(&self.0, name, move |w| {
+        effect(&self.0, unit_effect("start", activation), move |w| {
             let key = (serial, activation == Activation::Rollback);
             w.effects.push(format!(
                 "start {} {serial} {} {action}",
@@ -255,11 +264,7 @@ impl Units for FakeUnits {
         serial: u64,
         activation: Activation,
     ) -> Pending<'_, Result<Observed, SystemdError>> {
-        let name = match activation {
-            Activation::Switch => "observe switch",
-            Activation::Rollback => "observe rollback",
-        };
-        effect(&self.0, name, move |w| {
+        effect(&self.0, unit_effect("observe", activation), move |w| {
             let key = (serial, activation == Activation::Rollback);
             Ok(match w.units.get(&key) {
                 Some(Unit::Running(_)) => Observed::Running,
@@ -273,11 +278,7 @@ impl Units for FakeUnits {
         serial: u64,
         activation: Activation,
     ) -> Pending<'_, Result<SwitchResult, SystemdError>> {
-        let name = match activation {
-            Activation::Switch => "wait switch",
-            Activation::Rollback => "wait rollback",
-        };
-        effect(&self.0, name, move |w| {
+        effect(&self.0, unit_effect("wait", activation), move |w| {
             let key = (serial, activation == Activation::Rollback);
             match w.units.get(&key).copied() {
                 Some(Unit::Running(r) | Unit::Finished(r)) => {
