@@ -262,35 +262,43 @@ impl Agent {
                 };
                 self.refuse(state, refused)
             }
-            Verdict::AlreadyRunning(entry) => {
-                Span::current().record("ferry_toplevel", tracing::field::display(&entry.toplevel));
-                let description = decide::runs_release(&self.config.host, serial);
-                self.record(
-                    state,
-                    Ending {
-                        outcome: Outcome {
-                            commit: tip,
-                            serial,
-                            toplevel: Some(entry.toplevel),
-                            result: OutcomeKind::Success,
-                            description: description.clone(),
-                            at: Utc::now(),
-                        },
-                        source: verified.release.source.clone(),
-                        status: StatusState::Success,
-                        anchor: true,
-                        phase: "select",
-                        label: "already-running",
-                        message: description,
-                        result: Reconciled::AlreadyRunning,
-                    },
-                )
-            }
+            Verdict::AlreadyRunning(entry) => self.already_running(state, &verified, entry),
             Verdict::Deploy(entry) => {
                 Span::current().record("ferry_toplevel", tracing::field::display(&entry.toplevel));
                 self.preflight(state, &verified, entry, running).await
             }
         }
+    }
+
+    /// Records that this host already runs its entry of the release: a
+    /// success, and the anchor moves to it.
+    fn already_running(
+        &mut self,
+        state: &mut State,
+        verified: &VerifiedRelease,
+        entry: HostEntry,
+    ) -> Result<Reconciled> {
+        Span::current().record("ferry_toplevel", tracing::field::display(&entry.toplevel));
+        let serial = verified.release.serial;
+        let description = decide::runs_release(&self.config.host, serial);
+        let ending = Ending {
+            outcome: Outcome {
+                commit: verified.commit.clone(),
+                serial,
+                toplevel: Some(entry.toplevel),
+                result: OutcomeKind::Success,
+                description: description.clone(),
+                at: Utc::now(),
+            },
+            source: verified.release.source.clone(),
+            status: StatusState::Success,
+            anchor: true,
+            phase: "select",
+            label: "already-running",
+            message: description,
+            result: Reconciled::AlreadyRunning,
+        };
+        self.record(state, ending)
     }
 
     /// Records a refusal: the tip is remembered (so it is not verified again)
@@ -322,8 +330,7 @@ impl Agent {
         )
     }
 
-    /// The closure preflight; past it, the release is accepted: the anchor
-    /// moves and the deploy is recorded as realising, before anything changes.
+    /// The closure preflight: the release is refused, waited for, or accepted.
     async fn preflight(
         &mut self,
         state: &mut State,
@@ -358,21 +365,7 @@ impl Agent {
                     now,
                 ) =>
             {
-                // Not refused (and the tip not remembered): the next poll
-                // tries again, until the grace period ends.
-                let until =
-                    decide::upload_deadline(verified.release.created, first_seen_missing.unwrap_or(now));
-                warn!(
-                    ferry_phase = "preflight",
-                    "{e}; waiting for CI to finish uploading (until {until})"
-                );
-                if first_seen_missing.is_none() {
-                    let description =
-                        format!("release {serial}: waiting for the closure in the binary cache");
-                    self.report(&tip, source.as_ref(), StatusState::Pending, &description);
-                    self.awaiting_cache = Some((tip, now));
-                }
-                return Ok(Reconciled::WaitingForClosure { serial, until });
+                return Ok(self.wait_for_upload(verified, &e, first_seen_missing, now));
             }
             Err(e) => {
                 self.awaiting_cache = None;
@@ -397,6 +390,45 @@ impl Agent {
             unpacked_bytes = preflight.unpacked_bytes,
             "closure preflight passed"
         );
+        self.accept(state, verified, entry, running).await
+    }
+
+    /// A closure missing from the cache shortly after its release was made:
+    /// CI may still be uploading it. Nothing is refused or remembered (the
+    /// next poll tries again, until the grace period ends), and the release
+    /// says so on the forge once.
+    fn wait_for_upload(
+        &mut self,
+        verified: &VerifiedRelease,
+        missing: &CacheError,
+        first_seen_missing: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Reconciled {
+        let serial = verified.release.serial;
+        let until = decide::upload_deadline(verified.release.created, first_seen_missing.unwrap_or(now));
+        warn!(
+            ferry_phase = "preflight",
+            "{missing}; waiting for CI to finish uploading (until {until})"
+        );
+        if first_seen_missing.is_none() {
+            let description = format!("release {serial}: waiting for the closure in the binary cache");
+            let source = verified.release.source.as_ref();
+            self.report(&verified.commit, source, StatusState::Pending, &description);
+            self.awaiting_cache = Some((verified.commit.clone(), now));
+        }
+        Reconciled::WaitingForClosure { serial, until }
+    }
+
+    /// Accepts the release: the anchor moves and the deploy is recorded as
+    /// realising, with what was running and which units had already failed,
+    /// before anything on the host changes.
+    async fn accept(
+        &mut self,
+        state: &mut State,
+        verified: &VerifiedRelease,
+        entry: HostEntry,
+        running: Option<StorePath>,
+    ) -> Result<Reconciled> {
         let failed_before = match self.seams.units.failed_units().await {
             Ok(units) => units,
             Err(e @ SystemdError::Connect(_)) => {
@@ -404,13 +436,15 @@ impl Agent {
             }
             Err(_) => Vec::new(),
         };
+        let tip = verified.commit.clone();
+        let serial = verified.release.serial;
         let flight = InFlight {
             target: Target {
                 commit: tip.clone(),
                 serial,
                 toplevel: entry.toplevel,
             },
-            source,
+            source: verified.release.source.clone(),
             action: entry.action,
             phase: Phase::Realising,
             previous: running,
