@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::{Forge, ForgeTarget};
-use crate::report::{self, Outbox, Status};
+use crate::report::{self, CommitStatus, Outbox};
 use crate::state::StateError;
 
 /// The forge's answer to one status, classified.
@@ -59,7 +59,7 @@ impl ForgeClient {
 
     /// Posts one status. The token is read from its file for each send, so a
     /// rotated credential is picked up, and it is never logged.
-    pub async fn send(&self, status: &Status) -> Delivery {
+    pub async fn send(&self, status: &CommitStatus) -> Delivery {
         let path = &self.token_file;
         let token = match std::fs::read_to_string(path) {
             Ok(t) => t.trim().to_owned(),

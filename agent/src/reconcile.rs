@@ -18,9 +18,9 @@ use crate::cache::CacheError;
 use crate::config::Config;
 use crate::decide::{self, AfterCheck, Checked, Conclusion, Severity, SwitchResult, Verdict};
 use crate::health::Health;
-use crate::report::{Status, StatusState};
+use crate::report::{CommitStatus, StatusState};
 use crate::seams::{Activation, Seams};
-use crate::state::{Anchor, InFlight, Outcome, OutcomeKind, Phase, State, StateStore, Target};
+use crate::state::{Anchor, InFlight, Outcome, OutcomeKind, Phase, State, StateDir, Target};
 use crate::switch::Observed;
 use crate::systemd::SystemdError;
 
@@ -59,7 +59,7 @@ impl Reconciled {
 /// the seams to the outside.
 pub struct Agent {
     pub config: Config,
-    pub state: StateStore,
+    pub state: StateDir,
     pub seams: Seams,
     signers: AllowedSigners,
     /// The release whose closure was missing from the cache at the last
@@ -146,7 +146,7 @@ impl Agent {
     /// An agent reaching the outside through `seams` (fakes, in tests).
     pub fn with_seams(config: Config, signers: AllowedSigners, seams: Seams) -> Result<Self> {
         Ok(Self {
-            state: StateStore::open(&config.state_dir)?,
+            state: StateDir::open(&config.state_dir)?,
             config,
             seams,
             signers,
@@ -169,7 +169,7 @@ impl Agent {
     ) {
         let context = self.config.report.context_for(&self.config.host);
         for commit in std::iter::once(release).chain(source) {
-            let status = Status::new(commit.clone(), state, &context, description);
+            let status = CommitStatus::new(commit.clone(), state, &context, description);
             self.seams.statuses.queue(status);
         }
     }

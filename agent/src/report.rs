@@ -113,14 +113,14 @@ impl StatusState {
 
 /// One status to post on one commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Status {
+pub struct CommitStatus {
     pub commit: CommitId,
     pub state: StatusState,
     pub context: String,
     pub description: String,
 }
 
-impl Status {
+impl CommitStatus {
     /// A status whose description is cut to the forge limit.
     pub fn new(commit: CommitId, state: StatusState, context: &str, description: &str) -> Self {
         let description = if description.chars().count() > MAX_DESCRIPTION_CHARS {
@@ -154,7 +154,7 @@ pub fn request_for(
     api_url: &str,
     repository: &str,
     token: &str,
-    status: &Status,
+    status: &CommitStatus,
 ) -> StatusRequest {
     let api = api_url.trim_end_matches('/');
     let sha = status.commit.as_str();
@@ -217,7 +217,7 @@ pub struct Outbox {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Queued {
     pub seq: u64,
-    pub status: Status,
+    pub status: CommitStatus,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -263,7 +263,7 @@ impl Outbox {
 
     /// Appends a status durably; returns how many older ones were dropped to
     /// stay within [`MAX_OUTBOX_ENTRIES`].
-    pub fn push(&self, status: &Status) -> Result<usize, StateError> {
+    pub fn push(&self, status: &CommitStatus) -> Result<usize, StateError> {
         let entries = self.entries()?;
         let seq = entries.last().map_or(1, |(s, _)| s + 1);
         let file = QueuedFile {
@@ -292,8 +292,8 @@ impl Outbox {
             path: path.clone(),
             source,
         })?;
-        let parsed: Option<Status> = serde_json::from_slice::<QueuedFile>(&bytes).ok().and_then(|f| {
-            Some(Status {
+        let parsed: Option<CommitStatus> = serde_json::from_slice::<QueuedFile>(&bytes).ok().and_then(|f| {
+            Some(CommitStatus {
                 commit: f.commit.parse().ok()?,
                 state: StatusState::parse(&f.state)?,
                 context: f.context,
@@ -337,8 +337,8 @@ impl Outbox {
 mod tests {
     use super::*;
 
-    fn status(state: StatusState) -> Status {
-        Status::new(
+    fn status(state: StatusState) -> CommitStatus {
+        CommitStatus::new(
             "9fceb02d0ae598e95dc970b74767f19372d61af8".parse().unwrap(),
             state,
             "ferry/web1",
@@ -409,7 +409,7 @@ mod tests {
     #[test]
     fn descriptions_are_cut_to_140_chars() {
         let long = "é".repeat(300);
-        let s = Status::new(
+        let s = CommitStatus::new(
             "9fceb02d0ae598e95dc970b74767f19372d61af8".parse().unwrap(),
             StatusState::Error,
             "c",

@@ -25,7 +25,7 @@ use crate::config::{Config, HealthCommand};
 use crate::decide::SwitchResult;
 use crate::forge::{Delivery, ForgeClient};
 use crate::health::{self, Health};
-use crate::report::{Outbox, Status};
+use crate::report::{CommitStatus, Outbox};
 use crate::source::{Source, SourceError};
 use crate::store::{self, Store, StoreError};
 use crate::switch::{Attempt, Observed, Switcher};
@@ -116,7 +116,7 @@ pub trait Units {
 pub trait StatusSink {
     /// Queues `status` durably (problems are logged: a status is never worth
     /// stopping a deploy for).
-    fn queue(&mut self, status: Status);
+    fn queue(&mut self, status: CommitStatus);
     /// Delivers what waits (best effort; problems are logged).
     fn deliver(&mut self) -> Pending<'_, ()>;
 }
@@ -392,7 +392,7 @@ impl Units for SystemdUnits {
 struct NoForge(Outbox);
 
 impl StatusSink for NoForge {
-    fn queue(&mut self, _: Status) {}
+    fn queue(&mut self, _: CommitStatus) {}
 
     fn deliver(&mut self) -> Pending<'_, ()> {
         // Bounded: an entry that cannot be removed is not looked at forever.
@@ -424,7 +424,7 @@ struct ForgeSink {
 }
 
 impl StatusSink for ForgeSink {
-    fn queue(&mut self, status: Status) {
+    fn queue(&mut self, status: CommitStatus) {
         match self.outbox.push(&status) {
             Ok(0) => {}
             Ok(n) => warn!(dropped = n, "status outbox full: dropped the oldest statuses"),

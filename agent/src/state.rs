@@ -140,11 +140,11 @@ pub enum StateError {
 
 /// Reads and writes [`State`] in a state directory.
 #[derive(Debug, Clone)]
-pub struct StateStore {
+pub struct StateDir {
     dir: PathBuf,
 }
 
-impl StateStore {
+impl StateDir {
     /// Opens (creating with mode 0700) the state directory.
     pub fn open(dir: &Path) -> Result<Self, StateError> {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -451,7 +451,7 @@ mod tests {
     #[test]
     fn round_trips_and_starts_empty() {
         let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::open(&dir.path().join("state")).unwrap();
+        let store = StateDir::open(&dir.path().join("state")).unwrap();
         assert_eq!(store.load().unwrap(), State::default());
         store.save(&sample()).unwrap();
         assert_eq!(store.load().unwrap(), sample());
@@ -463,7 +463,7 @@ mod tests {
     #[test]
     fn corrupt_state_is_refused_with_advice() {
         let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::open(dir.path()).unwrap();
+        let store = StateDir::open(dir.path()).unwrap();
         std::fs::write(
             dir.path().join(STATE_FILE),
             b"{\"version\": 1, \"last_seen_tip\": \"zz\"",
@@ -480,7 +480,7 @@ mod tests {
     #[test]
     fn every_phase_round_trips() {
         let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::open(dir.path()).unwrap();
+        let store = StateDir::open(dir.path()).unwrap();
         let to: StorePath = "/nix/store/1c0mb5j1x3dg5bf3wk3jh4xyz6p4s3ld-nixos-system-web1"
             .parse()
             .unwrap();
@@ -517,7 +517,7 @@ mod tests {
     #[test]
     fn loads_the_files_hosts_already_have() {
         let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::open(dir.path()).unwrap();
+        let store = StateDir::open(dir.path()).unwrap();
         let file = |phase: &str, switch_result: &str| {
             format!(
                 r#"{{
@@ -598,7 +598,7 @@ mod tests {
     #[test]
     fn saving_leaves_no_temp_files() {
         let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::open(dir.path()).unwrap();
+        let store = StateDir::open(dir.path()).unwrap();
         for _ in 0..3 {
             store.save(&sample()).unwrap();
         }

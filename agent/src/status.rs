@@ -9,7 +9,7 @@ use ferry_signer::StorePath;
 
 use crate::config::Config;
 use crate::report::Outbox;
-use crate::state::{OutcomeKind, State, StateStore};
+use crate::state::{OutcomeKind, State, StateDir};
 use crate::store;
 
 /// Where the daemon records when it polls next.
@@ -29,7 +29,7 @@ pub struct StatusReport {
 
 /// Reads everything `status` shows.
 pub fn gather(config: &Config) -> anyhow::Result<StatusReport> {
-    let state = StateStore::open(&config.state_dir)?.load()?;
+    let state = StateDir::open(&config.state_dir)?.load()?;
     let outbox_pending = Outbox::open(&config.state_dir)?.len()?;
     let running = store::resolve_system(Path::new(store::CURRENT_SYSTEM));
     let profile = store::resolve_system(&config.switch.profile);

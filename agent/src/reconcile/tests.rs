@@ -19,7 +19,7 @@ use super::*;
 use crate::cache::{CacheError, Preflight};
 use crate::config::HealthCommand;
 use crate::health::Health;
-use crate::report::Status;
+use crate::report::CommitStatus;
 use crate::seams::{Activation, ClosureCache, NixStore, Pending, ReleaseSource, Seams, StatusSink, Units};
 use crate::source::SourceError;
 use crate::store::StoreError;
@@ -178,7 +178,7 @@ impl NixStore for FakeStore {
     fn realise(&mut self, toplevel: &StorePath) -> Pending<'_, Result<(), StoreError>> {
         let toplevel = toplevel.clone();
         effect(&self.0, "realise", move |w| {
-            w.state_at_realise = Some(StateStore::open(&w.state_dir).unwrap().load().unwrap());
+            w.state_at_realise = Some(StateDir::open(&w.state_dir).unwrap().load().unwrap());
             w.effects.push(format!("realise {}", toplevel.name()));
             match w.realise_fails {
                 true => Err(StoreError::Failed {
@@ -302,7 +302,7 @@ impl Units for FakeUnits {
 }
 
 impl StatusSink for FakeSink {
-    fn queue(&mut self, status: Status) {
+    fn queue(&mut self, status: CommitStatus) {
         self.0
             .borrow_mut()
             .statuses
@@ -401,7 +401,7 @@ impl Host {
     }
 
     fn state(&self) -> State {
-        StateStore::open(&self.dir.path().join("state"))
+        StateDir::open(&self.dir.path().join("state"))
             .unwrap()
             .load()
             .unwrap()
@@ -624,7 +624,7 @@ fn anti_rollback_refusals_leave_the_anchor_where_it_was() {
         }
         let mut state = host.state();
         state.last_seen_tip = Some(commit(R1));
-        StateStore::open(&host.dir.path().join("state"))
+        StateDir::open(&host.dir.path().join("state"))
             .unwrap()
             .save(&state)
             .unwrap();
@@ -768,7 +768,7 @@ fn resume_never_starts_a_second_unit_for_the_same_release() {
             }),
             ..State::default()
         };
-        StateStore::open(&host.dir.path().join("state"))
+        StateDir::open(&host.dir.path().join("state"))
             .unwrap()
             .save(&state)
             .unwrap();
