@@ -522,9 +522,14 @@ mod tests {
         assert!(!needs_rollback(Action::Switch, Failed { code: 1 }, false, false));
     }
 
-    fn checked<'a>(switch: SwitchResult, health: &'a Health, previous: Option<&'a StorePath>) -> Checked<'a> {
+    fn checked<'a>(
+        host: &'a HostName,
+        switch: SwitchResult,
+        health: &'a Health,
+        previous: Option<&'a StorePath>,
+    ) -> Checked<'a> {
         Checked {
-            host: Box::leak(Box::new(host())),
+            host,
             serial: 4,
             action: Action::Switch,
             switch,
@@ -544,6 +549,8 @@ mod tests {
 
     #[test]
     fn what_a_finished_switch_means() {
+        let web1 = host();
+        let checked = |switch, health, previous| checked(&web1, switch, health, previous);
         let healthy = Health::default();
         let sick = Health {
             failed_units: vec!["nginx.service".into()],

@@ -121,14 +121,19 @@ pub trait StatusSink {
     fn deliver(&mut self) -> Pending<'_, ()>;
 }
 
-/// The live seams of an agent, built from its configuration.
-#[allow(missing_debug_implementations)]
+/// The seams of an agent: live ones built from its configuration, or fakes.
 pub struct Seams {
     pub source: Box<dyn ReleaseSource>,
     pub caches: Box<dyn ClosureCache>,
     pub store: Box<dyn NixStore>,
     pub units: Box<dyn Units>,
     pub statuses: Box<dyn StatusSink>,
+}
+
+impl std::fmt::Debug for Seams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Seams").finish_non_exhaustive()
+    }
 }
 
 impl Seams {
