@@ -6,7 +6,9 @@
 let
   src = lib.fileset.toSource {
     root = ../.;
-    fileset = lib.fileset.unions [ ../Cargo.toml ../Cargo.lock ../agent ../signer ];
+    # test-support is a workspace member (a dev-dependency only): cargo needs
+    # its manifest to load the workspace.
+    fileset = lib.fileset.unions [ ../Cargo.toml ../Cargo.lock ../agent ../signer ../test-support ];
   };
 in
 rustPlatform.buildRustPackage {

@@ -11,12 +11,55 @@ use std::time::Duration;
 use ferry_signer::StorePath;
 use tokio::task::JoinSet;
 
+use crate::config::{CacheConfig, CacheFile, Invalid};
 use crate::narinfo::{CachePublicKey, NarInfo, NarInfoError, TrustError, MAX_NARINFO_BYTES};
 
 /// narinfo requests in flight at once.
 const PARALLEL_FETCHES: usize = 32;
 /// Closures larger than this are refused (endless-data defence).
 pub const MAX_CLOSURE_PATHS: usize = 200_000;
+/// The `[cache]` section of the configuration, validated.
+pub(crate) fn validate(cache: CacheFile) -> Result<CacheConfig, Invalid> {
+    if cache.substituters.is_empty() {
+        return Err(Invalid::new(
+            "cache.substituters",
+            "list at least one binary cache URL",
+        ));
+    }
+    for s in &cache.substituters {
+        check_cache_url(s).map_err(|p| Invalid::new("cache.substituters", p))?;
+    }
+    if cache.trusted_public_keys.is_empty() {
+        return Err(Invalid::new(
+            "cache.trusted_public_keys",
+            "list at least one key (name:base64, as in nix.conf); unsigned closures are never deployed",
+        ));
+    }
+    let trusted_public_keys = cache
+        .trusted_public_keys
+        .iter()
+        .map(|k| k.parse::<CachePublicKey>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Invalid::new("cache.trusted_public_keys", e.to_string()))?;
+    Ok(CacheConfig {
+        substituters: cache.substituters,
+        trusted_public_keys,
+    })
+}
+
+fn check_cache_url(url: &str) -> Result<(), String> {
+    if ["https://", "http://", "file://"]
+        .iter()
+        .any(|s| url.starts_with(s))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{url}` is not a binary cache URL: use https://, http:// or file://"
+        ))
+    }
+}
+
 /// Free space kept in reserve beyond what the closure needs.
 const DISK_RESERVE_BYTES: u64 = 512 << 20;
 

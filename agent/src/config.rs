@@ -1,6 +1,9 @@
 //! The agent's configuration (`/etc/ferry/agent.toml`): parsed strictly, so an
 //! unknown key or a bad value is refused at start with the key's name and what
-//! was expected, and validated into types the rest of the agent trusts.
+//! was expected, and validated into types the rest of the agent trusts. The
+//! file's format is here; each section is validated by the module that owns
+//! it (`source::validate`, `cache::validate`, `switch::validate`,
+//! `health::validate`, `report::validate`), which names the key it refuses.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -78,14 +81,21 @@ pub struct HealthCommand {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReportConfig {
+    /// Where commit statuses are posted; absent with `forge = "none"`.
+    pub forge: Option<ForgeTarget>,
+    /// Status context; `{host}` is replaced by the host name.
+    pub context: String,
+}
+
+/// A forge repository that commit statuses are posted to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForgeTarget {
     pub forge: Forge,
     /// API base, e.g. `https://git.example.com/api/v1` (Gitea) or `https://api.github.com`.
     pub api_url: String,
     /// `owner/repo` (GitHub, Gitea) or a project id or path (GitLab).
     pub repository: String,
-    pub token_file: Option<PathBuf>,
-    /// Status context; `{host}` is replaced by the host name.
-    pub context: String,
+    pub token_file: PathBuf,
 }
 
 /// Which forge API statuses are posted to.
@@ -94,7 +104,6 @@ pub enum Forge {
     Github,
     Gitea,
     Gitlab,
-    None,
 }
 
 /// Why a configuration was refused.
@@ -167,216 +176,50 @@ impl Config {
             .map_err(|e| invalid("host", e.to_string()))?;
         let state_dir = absolute(file.state_dir, "state_dir").map_err(|p| invalid("state_dir", p))?;
 
-        let source = file.source;
-        check_repo_url(&source.url).map_err(|p| invalid("source.url", p))?;
-        if source.branch.is_empty()
-            || !git2::Reference::is_valid_name(&format!("refs/heads/{}", source.branch))
-        {
-            return Err(invalid(
-                "source.branch",
-                format!("`{}` is not a valid branch name", source.branch),
-            ));
-        }
-        let allowed_signers = absolute(source.allowed_signers, "allowed_signers")
-            .map_err(|p| invalid("source.allowed_signers", p))?;
-        if source.poll_interval.0 < Duration::from_secs(1) {
-            return Err(invalid("source.poll_interval", "must be at least 1s".into()));
-        }
-        let token_file = source
-            .token_file
-            .map(|p| absolute(p, "token_file"))
-            .transpose()
-            .map_err(|p| invalid("source.token_file", p))?;
-        if token_file.is_some() && !token_travels_safely(&source.url) {
-            return Err(invalid(
-                "source.token_file",
-                format!(
-                    "`{}` is plain HTTP, so the token would cross the network in clear: use https://",
-                    source.url
-                ),
-            ));
-        }
-
-        let cache = file.cache;
-        if cache.substituters.is_empty() {
-            return Err(invalid(
-                "cache.substituters",
-                "list at least one binary cache URL".into(),
-            ));
-        }
-        for s in &cache.substituters {
-            check_cache_url(s).map_err(|p| invalid("cache.substituters", p))?;
-        }
-        if cache.trusted_public_keys.is_empty() {
-            return Err(invalid(
-                "cache.trusted_public_keys",
-                "list at least one key (name:base64, as in nix.conf); unsigned closures are never deployed"
-                    .into(),
-            ));
-        }
-        let trusted_public_keys = cache
-            .trusted_public_keys
-            .iter()
-            .map(|k| k.parse::<CachePublicKey>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| invalid("cache.trusted_public_keys", e.to_string()))?;
-
-        let switch = file.switch;
-        let profile = absolute(switch.profile, "profile").map_err(|p| invalid("switch.profile", p))?;
-        if switch.unit.is_empty()
-            || !switch
-                .unit
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.@:".contains(&b))
-        {
-            return Err(invalid(
-                "switch.unit",
-                format!("`{}` is not a valid unit name (without .service)", switch.unit),
-            ));
-        }
-        let unit = switch.unit.trim_end_matches(".service").to_owned();
-
-        let health = HealthConfig {
-            settle: file.health.settle.0,
-            commands: file
-                .health
-                .commands
-                .into_iter()
-                .map(|c| match c {
-                    HealthCommandFile::Shell(command) => HealthCommand {
-                        command,
-                        timeout: Duration::from_secs(60),
-                    },
-                    HealthCommandFile::Table { command, timeout } => HealthCommand {
-                        command,
-                        timeout: timeout.0,
-                    },
-                })
-                .collect(),
-        };
-
-        let r = file.report;
-        let forge = r.forge;
-        let api_url = match (forge, r.api_url) {
-            (_, Some(url)) => url.trim_end_matches('/').to_owned(),
-            (Forge::Github, None) => "https://api.github.com".into(),
-            (Forge::Gitlab, None) => "https://gitlab.com/api/v4".into(),
-            (Forge::None, None) => String::new(),
-            (Forge::Gitea, None) => {
-                return Err(invalid(
-                    "report.api_url",
-                    "required for gitea, e.g. https://git.example.com/api/v1".into(),
-                ))
-            }
-        };
-        if forge != Forge::None {
-            if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
-                return Err(invalid(
-                    "report.api_url",
-                    format!("`{api_url}` is not an http(s) URL"),
-                ));
-            }
-            if r.repository.is_empty() {
-                return Err(invalid(
-                    "report.repository",
-                    "required: owner/repo (or a GitLab project id)".into(),
-                ));
-            }
-            if r.token_file.is_none() {
-                return Err(invalid(
-                    "report.token_file",
-                    "required to post statuses (a systemd credential, for example)".into(),
-                ));
-            }
-        }
-        let report = ReportConfig {
-            forge,
-            api_url,
-            repository: r.repository,
-            token_file: r
-                .token_file
-                .map(|p| absolute(p, "token_file"))
-                .transpose()
-                .map_err(|p| invalid("report.token_file", p))?,
-            context: r.context,
-        };
+        let in_file = |e: Invalid| invalid(e.key, e.problem);
+        let source = crate::source::validate(file.source).map_err(in_file)?;
+        let cache = crate::cache::validate(file.cache).map_err(in_file)?;
+        let switch = crate::switch::validate(file.switch).map_err(in_file)?;
+        let health = crate::health::validate(file.health);
+        let report = crate::report::validate(file.report).map_err(in_file)?;
 
         Ok(Config {
             host,
             state_dir,
-            source: SourceConfig {
-                url: source.url,
-                branch: source.branch,
-                allowed_signers,
-                poll_interval: source.poll_interval.0,
-                jitter: source.jitter.0,
-                token_file,
-            },
-            cache: CacheConfig {
-                substituters: cache.substituters,
-                trusted_public_keys,
-            },
-            switch: SwitchConfig {
-                profile,
-                unit,
-                timeout: switch.timeout.0,
-                rollback: switch.rollback,
-            },
+            source,
+            cache,
+            switch,
             health,
             report,
         })
     }
 }
 
-fn absolute(p: PathBuf, what: &str) -> Result<PathBuf, String> {
+/// A value of a section that cannot be used: the full key and why. The
+/// module owning the section says so; [`Config::parse`] adds the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Invalid {
+    pub key: &'static str,
+    pub problem: String,
+}
+
+impl Invalid {
+    pub(crate) fn new(key: &'static str, problem: impl Into<String>) -> Self {
+        Self {
+            key,
+            problem: problem.into(),
+        }
+    }
+}
+
+/// `p`, if absolute; else why not (`what` names the key).
+pub(crate) fn absolute(p: PathBuf, what: &str) -> Result<PathBuf, String> {
     if p.is_absolute() {
         Ok(p)
     } else {
         Err(format!(
             "`{}` is not an absolute path ({what} must be absolute)",
             p.display()
-        ))
-    }
-}
-
-/// A token is sent with every request: only over HTTPS, or plain HTTP to this
-/// machine itself (a local mirror or proxy).
-fn token_travels_safely(url: &str) -> bool {
-    let Some(rest) = url.strip_prefix("http://") else {
-        return true;
-    };
-    let authority = rest.split('/').next().unwrap_or("");
-    let host = authority.rsplit('@').next().unwrap_or("");
-    let host = match host.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => host.split(':').next().unwrap_or(""),
-    };
-    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
-fn check_repo_url(url: &str) -> Result<(), String> {
-    let ok = ["https://", "http://", "git://", "file://"]
-        .iter()
-        .any(|s| url.starts_with(s))
-        || url.starts_with('/');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{url}` is not supported: use https://, http://, git://, file:// or an absolute path"
-        ))
-    }
-}
-
-fn check_cache_url(url: &str) -> Result<(), String> {
-    if ["https://", "http://", "file://"]
-        .iter()
-        .any(|s| url.starts_with(s))
-    {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{url}` is not a binary cache URL: use https://, http:// or file://"
         ))
     }
 }
@@ -413,17 +256,17 @@ fn default_state_dir() -> PathBuf {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SourceFile {
-    url: String,
+pub(crate) struct SourceFile {
+    pub(crate) url: String,
     #[serde(default = "default_branch")]
-    branch: String,
+    pub(crate) branch: String,
     #[serde(default = "default_allowed_signers")]
-    allowed_signers: PathBuf,
+    pub(crate) allowed_signers: PathBuf,
     #[serde(default = "secs::<60>")]
-    poll_interval: HumanDuration,
+    pub(crate) poll_interval: HumanDuration,
     #[serde(default = "secs::<10>")]
-    jitter: HumanDuration,
-    token_file: Option<PathBuf>,
+    pub(crate) jitter: HumanDuration,
+    pub(crate) token_file: Option<PathBuf>,
 }
 
 fn default_branch() -> String {
@@ -440,18 +283,18 @@ fn secs<const N: u64>() -> HumanDuration {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CacheFile {
-    substituters: Vec<String>,
-    trusted_public_keys: Vec<String>,
+pub(crate) struct CacheFile {
+    pub(crate) substituters: Vec<String>,
+    pub(crate) trusted_public_keys: Vec<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct SwitchFile {
-    profile: PathBuf,
-    unit: String,
-    timeout: HumanDuration,
-    rollback: bool,
+pub(crate) struct SwitchFile {
+    pub(crate) profile: PathBuf,
+    pub(crate) unit: String,
+    pub(crate) timeout: HumanDuration,
+    pub(crate) rollback: bool,
 }
 
 impl Default for SwitchFile {
@@ -467,9 +310,9 @@ impl Default for SwitchFile {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct HealthFile {
-    settle: HumanDuration,
-    commands: Vec<HealthCommandFile>,
+pub(crate) struct HealthFile {
+    pub(crate) settle: HumanDuration,
+    pub(crate) commands: Vec<HealthCommandFile>,
 }
 
 impl Default for HealthFile {
@@ -483,25 +326,25 @@ impl Default for HealthFile {
 
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum HealthCommandFile {
+pub(crate) enum HealthCommandFile {
     Shell(String),
     Table { command: String, timeout: HumanDuration },
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct ReportFile {
-    forge: Forge,
-    api_url: Option<String>,
-    repository: String,
-    token_file: Option<PathBuf>,
-    context: String,
+pub(crate) struct ReportFile {
+    pub(crate) forge: ForgeSetting,
+    pub(crate) api_url: Option<String>,
+    pub(crate) repository: String,
+    pub(crate) token_file: Option<PathBuf>,
+    pub(crate) context: String,
 }
 
 impl Default for ReportFile {
     fn default() -> Self {
         Self {
-            forge: Forge::None,
+            forge: ForgeSetting(None),
             api_url: None,
             repository: String::new(),
             token_file: None,
@@ -510,10 +353,19 @@ impl Default for ReportFile {
     }
 }
 
-impl<'de> Deserialize<'de> for Forge {
+/// `report.forge` as written: a forge, or `none`.
+pub(crate) struct ForgeSetting(pub(crate) Option<Forge>);
+
+impl<'de> Deserialize<'de> for ForgeSetting {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        match s.as_str() {
+            "none" => Ok(ForgeSetting(None)),
+            other => other
+                .parse()
+                .map(|f| ForgeSetting(Some(f)))
+                .map_err(serde::de::Error::custom),
+        }
     }
 }
 
@@ -525,7 +377,6 @@ impl FromStr for Forge {
             "github" => Ok(Forge::Github),
             "gitea" | "forgejo" => Ok(Forge::Gitea),
             "gitlab" => Ok(Forge::Gitlab),
-            "none" => Ok(Forge::None),
             other => Err(format!(
                 "`{other}` is not a forge: expected github, gitea, forgejo, gitlab or none"
             )),
@@ -535,7 +386,7 @@ impl FromStr for Forge {
 
 /// A duration written as `"60s"`, `"15m"`, `"1h 30m"`.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct HumanDuration(Duration);
+pub(crate) struct HumanDuration(pub(crate) Duration);
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -553,6 +404,7 @@ mod tests {
 
     #[test]
     fn a_token_is_never_sent_over_plain_http_off_this_machine() {
+        use crate::source::token_travels_safely;
         assert!(token_travels_safely("https://git.example.com/ops/deploy.git"));
         assert!(token_travels_safely("http://127.0.0.1:8080/deploy.git"));
         assert!(token_travels_safely("http://localhost/deploy.git"));
@@ -596,7 +448,7 @@ mod tests {
         assert_eq!(c.switch.profile, Path::new("/nix/var/nix/profiles/system"));
         assert_eq!(c.switch.timeout, Duration::from_secs(900));
         assert!(c.switch.rollback);
-        assert_eq!(c.report.forge, Forge::None);
+        assert_eq!(c.report.forge, None);
         assert_eq!(c.report.context_for(&c.host), "ferry/web1");
     }
 
@@ -634,8 +486,9 @@ context = "ferry/{{host}}"
         assert_eq!(c.switch.timeout, Duration::from_secs(900));
         assert_eq!(c.health.commands.len(), 2);
         assert_eq!(c.health.commands[1].timeout, Duration::from_secs(5));
-        assert_eq!(c.report.api_url, "https://git.example.com/api/v1");
-        assert_eq!(c.report.forge, Forge::Gitea);
+        let target = c.report.forge.as_ref().expect("a forge");
+        assert_eq!(target.api_url, "https://git.example.com/api/v1");
+        assert_eq!(target.forge, Forge::Gitea);
     }
 
     #[test]

@@ -19,7 +19,6 @@ use tracing::{debug, error, info, warn};
 use crate::config::Config;
 use crate::reconcile::{Agent, Reconciled};
 use crate::status::{self, NEXT_POLL_FILE};
-use crate::store;
 
 /// Where this agent's own unit lives on NixOS (a link into the store that
 /// changes whenever the unit or the agent's package changes).
@@ -125,8 +124,12 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
         match reconciled {
             Ok(outcome) => {
                 backoff = FIRST_BACKOFF;
-                if !matches!(outcome, Reconciled::UpToDate) {
-                    info!("reconcile: {outcome:?}");
+                match &outcome {
+                    Reconciled::UpToDate => {}
+                    Reconciled::WaitingForClosure { serial, until } => {
+                        info!("release {serial}: waiting for its closure in the binary cache (until {until})")
+                    }
+                    other => info!("reconcile: {other:?}"),
                 }
                 if matches!(outcome, Reconciled::Deployed { .. }) && own_identity() != identity {
                     info!("the deploy changed ferry-agent's own unit or executable: restarting into the new one");
@@ -206,8 +209,8 @@ fn on_change(paths: &[PathBuf], config_path: &Path, agent: &mut Agent) -> Option
         .any(|p| p.parent() == agent.config.switch.profile.parent())
     {
         if let Ok(state) = agent.state.load() {
-            let running = store::resolve_system(&agent.current_system);
-            let profile = agent.store.profile_system();
+            let running = agent.seams.store.running_system();
+            let profile = agent.seams.store.profile_system();
             if let Some(drift) = status::drift(&state, running.as_ref(), profile.as_ref()) {
                 warn!(ferry_phase = "drift", ferry_outcome = "drift", "{drift}");
             }

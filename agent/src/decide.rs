@@ -1,11 +1,17 @@
 //! The agent's decisions, as pure functions over plain data: whether a
-//! verified release may be deployed here (anti-rollback, host entry) and what
-//! a deploy attempt's outcome means for the forge. No I/O, so every rule is
-//! tested exhaustively without a network.
+//! verified release may be deployed here (anti-rollback, host entry), how
+//! serious a refusal is, what a finished switch and health check mean (roll
+//! back? reboot required? which outcome, in which words) and how each outcome
+//! shows on the forge. No I/O, so every rule is tested exhaustively without a
+//! network, a store or systemd.
 
-use ferry_signer::{Action, CommitId, HostEntry, HostName, StorePath, VerifiedRelease};
+use ferry_signer::git::GitError;
+use ferry_signer::{Action, CommitId, HostEntry, HostName, StorePath, VerifiedRelease, VerifyError};
 
-use crate::state::Anchor;
+use crate::cache::CacheError;
+use crate::health::Health;
+use crate::report::StatusState;
+use crate::state::{Anchor, OutcomeKind};
 
 /// What to do with a verified release.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,10 +190,176 @@ pub fn needs_rollback(action: Action, switch: SwitchResult, healthy: bool, rollb
     if !rollback_enabled {
         return false;
     }
-    let failed = matches!(switch, SwitchResult::Failed { .. } | SwitchResult::Aborted { .. });
     // A `boot` deploy changes nothing running, so health is not its business.
     let unhealthy = !healthy && action != Action::Boot;
-    failed || unhealthy
+    !switch.activated() || unhealthy
+}
+
+impl SwitchResult {
+    /// Whether the new system was activated (possibly wanting a reboot).
+    pub fn activated(self) -> bool {
+        matches!(self, SwitchResult::Ok | SwitchResult::RebootRequired)
+    }
+}
+
+/// Whether health is checked after this switch: only a system that was
+/// activated, and not for `boot` (nothing running changed).
+pub fn checks_health(action: Action, switch: SwitchResult) -> bool {
+    switch.activated() && action != Action::Boot
+}
+
+/// How serious a refusal is for the forge: the release's own fault fails the
+/// commit; a fault outside the release (reading the repository, the cache,
+/// the disk) is an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// The release cannot be deployed as it is (`failure`).
+    Failure,
+    /// Something outside the release went wrong (`error`).
+    Error,
+}
+
+impl Severity {
+    /// The commit status a refusal of this severity is reported with.
+    pub fn status(self) -> StatusState {
+        match self {
+            Severity::Failure => StatusState::Failure,
+            Severity::Error => StatusState::Error,
+        }
+    }
+}
+
+/// The severity of a release that failed verification.
+pub fn verify_severity(e: &VerifyError) -> Severity {
+    match e {
+        VerifyError::Git(GitError::Release { .. } | GitError::NoReleaseFile { .. }) => Severity::Failure,
+        VerifyError::Git(_) => Severity::Error,
+        _ => Severity::Failure,
+    }
+}
+
+/// The severity of a closure the preflight refused.
+pub fn cache_severity(e: &CacheError) -> Severity {
+    match e {
+        CacheError::Unreachable { .. } | CacheError::Disk { .. } => Severity::Error,
+        _ => Severity::Failure,
+    }
+}
+
+/// The commit status an ended deploy is reported with.
+pub fn outcome_status(kind: OutcomeKind) -> StatusState {
+    match kind {
+        OutcomeKind::Success | OutcomeKind::SuccessRebootRequired | OutcomeKind::Installed => {
+            StatusState::Success
+        }
+        OutcomeKind::Refused | OutcomeKind::Failed => StatusState::Failure,
+        OutcomeKind::Error => StatusState::Error,
+    }
+}
+
+/// How a deploy ends: the outcome and its plain words (for the state file,
+/// the journal and the commit status).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conclusion {
+    pub kind: OutcomeKind,
+    pub description: String,
+}
+
+impl Conclusion {
+    fn new(kind: OutcomeKind, description: String) -> Self {
+        Self { kind, description }
+    }
+}
+
+/// The description of a host running a release (deployed or already there).
+pub fn runs_release(host: &HostName, serial: u64) -> String {
+    format!("{host} runs release {serial}")
+}
+
+/// Everything known once the switch ended and health was checked.
+#[derive(Debug, Clone, Copy)]
+pub struct Checked<'a> {
+    pub host: &'a HostName,
+    pub serial: u64,
+    pub action: Action,
+    pub switch: SwitchResult,
+    /// What the health check found (empty when it did not run, see
+    /// [`checks_health`]).
+    pub health: &'a Health,
+    /// Whether the new system's kernel, initrd or modules differ from the
+    /// booted system's (only asked for `switch`).
+    pub kernel_changed: bool,
+    pub rollback_enabled: bool,
+    /// The system running before the deploy.
+    pub previous: Option<&'a StorePath>,
+}
+
+/// What to do once the switch ended and health was checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterCheck {
+    /// Roll back to `to` because of `problem`.
+    RollBack { to: StorePath, problem: String },
+    /// The deploy ends here.
+    Conclude(Conclusion),
+}
+
+/// Decides what a finished switch and its health check mean.
+pub fn after_check(c: &Checked<'_>) -> AfterCheck {
+    let problem = if c.switch.activated() {
+        c.health.summary()
+    } else {
+        c.switch.describe()
+    };
+    if needs_rollback(c.action, c.switch, c.health.is_healthy(), c.rollback_enabled) {
+        return match c.previous {
+            Some(previous) => AfterCheck::RollBack {
+                to: previous.clone(),
+                problem,
+            },
+            None => AfterCheck::Conclude(Conclusion::new(
+                OutcomeKind::Failed,
+                format!("{problem}; no previous system to roll back to"),
+            )),
+        };
+    }
+    if !c.switch.activated() || !c.health.is_healthy() {
+        return AfterCheck::Conclude(Conclusion::new(
+            OutcomeKind::Failed,
+            format!("{problem}; rollback disabled"),
+        ));
+    }
+    let reboot = c.switch == SwitchResult::RebootRequired || (c.action == Action::Switch && c.kernel_changed);
+    AfterCheck::Conclude(match (c.action, reboot) {
+        (Action::Boot, _) => Conclusion::new(
+            OutcomeKind::Installed,
+            format!("release {} installed; active after reboot", c.serial),
+        ),
+        (_, true) => Conclusion::new(
+            OutcomeKind::SuccessRebootRequired,
+            format!("{}; reboot required", runs_release(c.host, c.serial)),
+        ),
+        (_, false) => Conclusion::new(OutcomeKind::Success, runs_release(c.host, c.serial)),
+    })
+}
+
+/// How a deploy ends once the rollback to `to` (because of `problem`) ended
+/// with `result`: failed either way, in words that say whether the previous
+/// system is back.
+pub fn after_rollback(problem: &str, to: &StorePath, result: SwitchResult) -> Conclusion {
+    let description = if result.activated() {
+        format!("{problem}; rolled back to {}", to.name())
+    } else {
+        format!("{problem}; rollback failed too: {}", result.describe())
+    };
+    Conclusion::new(OutcomeKind::Failed, description)
+}
+
+/// The action that puts the previous system back.
+pub fn rollback_action(action: Action) -> Action {
+    match action {
+        Action::Test => Action::Test,
+        _ => Action::Switch,
+    }
 }
 
 #[cfg(test)]
@@ -348,5 +520,196 @@ mod tests {
         assert!(needs_rollback(Action::Test, Ok, false, true));
         assert!(!needs_rollback(Action::Boot, Ok, false, true));
         assert!(!needs_rollback(Action::Switch, Failed { code: 1 }, false, false));
+    }
+
+    fn checked<'a>(
+        host: &'a HostName,
+        switch: SwitchResult,
+        health: &'a Health,
+        previous: Option<&'a StorePath>,
+    ) -> Checked<'a> {
+        Checked {
+            host,
+            serial: 4,
+            action: Action::Switch,
+            switch,
+            health,
+            kernel_changed: false,
+            rollback_enabled: true,
+            previous,
+        }
+    }
+
+    fn concluded(a: AfterCheck) -> (OutcomeKind, String) {
+        match a {
+            AfterCheck::Conclude(c) => (c.kind, c.description),
+            other => panic!("expected an ending, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn what_a_finished_switch_means() {
+        let web1 = host();
+        let checked = |switch, health, previous| checked(&web1, switch, health, previous);
+        let healthy = Health::default();
+        let sick = Health {
+            failed_units: vec!["nginx.service".into()],
+            failed_commands: vec![],
+        };
+        let prev = path('a');
+        let ok = checked(SwitchResult::Ok, &healthy, Some(&prev));
+        assert_eq!(
+            concluded(after_check(&ok)),
+            (OutcomeKind::Success, "web1 runs release 4".into())
+        );
+        let exit100 = checked(SwitchResult::RebootRequired, &healthy, Some(&prev));
+        assert_eq!(
+            concluded(after_check(&exit100)),
+            (
+                OutcomeKind::SuccessRebootRequired,
+                "web1 runs release 4; reboot required".into()
+            )
+        );
+        let new_kernel = Checked {
+            kernel_changed: true,
+            ..ok
+        };
+        assert_eq!(
+            concluded(after_check(&new_kernel)).0,
+            OutcomeKind::SuccessRebootRequired
+        );
+        // `test` never needs a reboot for a kernel: nothing is installed.
+        let test = Checked {
+            action: Action::Test,
+            ..new_kernel
+        };
+        assert_eq!(concluded(after_check(&test)).0, OutcomeKind::Success);
+        let boot = Checked {
+            action: Action::Boot,
+            ..ok
+        };
+        assert_eq!(
+            concluded(after_check(&boot)),
+            (
+                OutcomeKind::Installed,
+                "release 4 installed; active after reboot".into()
+            )
+        );
+        assert_eq!(
+            after_check(&checked(SwitchResult::Ok, &sick, Some(&prev))),
+            AfterCheck::RollBack {
+                to: prev.clone(),
+                problem: "failed units: nginx.service".into()
+            }
+        );
+        assert_eq!(
+            after_check(&checked(SwitchResult::Failed { code: 4 }, &healthy, Some(&prev))),
+            AfterCheck::RollBack {
+                to: prev.clone(),
+                problem: "switch-to-configuration failed (exit 4)".into()
+            }
+        );
+        assert_eq!(
+            concluded(after_check(&checked(SwitchResult::Ok, &sick, None))),
+            (
+                OutcomeKind::Failed,
+                "failed units: nginx.service; no previous system to roll back to".into()
+            )
+        );
+        let no_rollback = Checked {
+            rollback_enabled: false,
+            ..checked(SwitchResult::Aborted { timed_out: true }, &healthy, Some(&prev))
+        };
+        assert_eq!(
+            concluded(after_check(&no_rollback)),
+            (
+                OutcomeKind::Failed,
+                "switch-to-configuration timed out and was stopped; rollback disabled".into()
+            )
+        );
+    }
+
+    #[test]
+    fn what_a_rollback_means() {
+        let to = path('a');
+        let back = after_rollback("failed units: x.service", &to, SwitchResult::Ok);
+        assert_eq!(back.kind, OutcomeKind::Failed);
+        assert_eq!(
+            back.description,
+            format!("failed units: x.service; rolled back to {}", to.name())
+        );
+        let stuck = after_rollback("p", &to, SwitchResult::Failed { code: 1 });
+        assert_eq!(
+            stuck.description,
+            "p; rollback failed too: switch-to-configuration failed (exit 1)"
+        );
+        assert_eq!(rollback_action(Action::Test), Action::Test);
+        assert_eq!(rollback_action(Action::Boot), Action::Switch);
+    }
+
+    /// The severity agrees with the words the forge shows: `error: …` is an
+    /// error, `refused: …` and `stale: …` a failure.
+    #[test]
+    fn severity_matches_the_status_words() {
+        let word = |s: Severity| match s {
+            Severity::Error => "error:",
+            Severity::Failure => "",
+        };
+        let verify_errors = [
+            VerifyError::Unsigned {
+                commit: git2::Oid::ZERO_SHA1,
+            },
+            VerifyError::Expired {
+                commit: git2::Oid::ZERO_SHA1,
+                serial: 3,
+                expires: Utc::now(),
+            },
+            VerifyError::Git(GitError::NoReleaseFile {
+                commit: git2::Oid::ZERO_SHA1,
+            }),
+            VerifyError::Git(GitError::Git(git2::Error::from_str("broken"))),
+        ];
+        for e in &verify_errors {
+            let severity = verify_severity(e);
+            assert_eq!(
+                e.summary().starts_with("error:"),
+                severity == Severity::Error,
+                "{e}"
+            );
+            assert!(e.summary().starts_with(word(severity)), "{e}");
+        }
+        let cache_errors = [
+            CacheError::NotFound {
+                path: "/nix/store/x".into(),
+                caches: "c".into(),
+            },
+            CacheError::TooLarge,
+            CacheError::Unreachable {
+                url: "u".into(),
+                detail: "d".into(),
+            },
+            CacheError::Disk {
+                store: "/nix/store".into(),
+                detail: "d".into(),
+            },
+            CacheError::DiskFull {
+                store: "/nix/store".into(),
+                need: 1,
+                available: 0,
+            },
+        ];
+        for e in &cache_errors {
+            let severity = cache_severity(e);
+            assert_eq!(
+                e.summary().starts_with("error:"),
+                severity == Severity::Error,
+                "{e}"
+            );
+        }
+        assert_eq!(Severity::Error.status(), StatusState::Error);
+        assert_eq!(Severity::Failure.status(), StatusState::Failure);
+        assert_eq!(outcome_status(OutcomeKind::Installed), StatusState::Success);
+        assert_eq!(outcome_status(OutcomeKind::Failed), StatusState::Failure);
+        assert_eq!(outcome_status(OutcomeKind::Error), StatusState::Error);
     }
 }

@@ -6,8 +6,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{Forge, ReportConfig};
-use crate::report::{self, Outbox, Status};
+use crate::config::{Forge, ForgeTarget};
+use crate::report::{self, CommitStatus, Outbox};
 use crate::state::StateError;
 
 /// The forge's answer to one status, classified.
@@ -38,11 +38,11 @@ pub struct ForgeClient {
     forge: Forge,
     api_url: String,
     repository: String,
-    token_file: Option<PathBuf>,
+    token_file: PathBuf,
 }
 
 impl ForgeClient {
-    pub fn new(config: &ReportConfig) -> Self {
+    pub fn new(config: &ForgeTarget) -> Self {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(30))
@@ -59,20 +59,15 @@ impl ForgeClient {
 
     /// Posts one status. The token is read from its file for each send, so a
     /// rotated credential is picked up, and it is never logged.
-    pub async fn send(&self, status: &Status) -> Delivery {
-        let token = match &self.token_file {
-            Some(path) => match std::fs::read_to_string(path) {
-                Ok(t) => t.trim().to_owned(),
-                Err(e) => {
-                    return Delivery::Misconfigured(format!("cannot read token file {}: {e}", path.display()))
-                }
-            },
-            None => String::new(),
+    pub async fn send(&self, status: &CommitStatus) -> Delivery {
+        let path = &self.token_file;
+        let token = match std::fs::read_to_string(path) {
+            Ok(t) => t.trim().to_owned(),
+            Err(e) => {
+                return Delivery::Misconfigured(format!("cannot read token file {}: {e}", path.display()))
+            }
         };
-        let Some(request) = report::request_for(self.forge, &self.api_url, &self.repository, &token, status)
-        else {
-            return Delivery::Delivered;
-        };
+        let request = report::request_for(self.forge, &self.api_url, &self.repository, &token, status);
         let mut builder = self.client.post(&request.url).json(&request.body);
         for (name, value) in &request.headers {
             builder = builder.header(*name, value);
@@ -82,10 +77,7 @@ impl ForgeClient {
             Err(e) => return Delivery::Retry(format!("cannot reach {}: {}", self.api_url, without_url(&e))),
         };
         let code = response.status().as_u16();
-        let token_file = self
-            .token_file
-            .as_ref()
-            .map_or("(none)".into(), |p| p.display().to_string());
+        let token_file = self.token_file.display();
         match code {
             200..=299 => Delivery::Delivered,
             401 | 403 => Delivery::Misconfigured(format!(

@@ -3,8 +3,30 @@
 
 use std::time::Duration;
 
-use crate::config::HealthCommand;
+use crate::config::{HealthCommand, HealthCommandFile, HealthConfig, HealthFile};
 use crate::systemd::{Systemd, SystemdError};
+
+/// The `[health]` section of the configuration: a command without its own
+/// timeout gets 60 seconds.
+pub(crate) fn validate(health: HealthFile) -> HealthConfig {
+    HealthConfig {
+        settle: health.settle.0,
+        commands: health
+            .commands
+            .into_iter()
+            .map(|c| match c {
+                HealthCommandFile::Shell(command) => HealthCommand {
+                    command,
+                    timeout: Duration::from_secs(60),
+                },
+                HealthCommandFile::Table { command, timeout } => HealthCommand {
+                    command,
+                    timeout: timeout.0,
+                },
+            })
+            .collect(),
+    }
+}
 
 /// What the health check found; healthy when both lists are empty.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -17,6 +39,17 @@ pub struct Health {
 impl Health {
     pub fn is_healthy(&self) -> bool {
         self.failed_units.is_empty() && self.failed_commands.is_empty()
+    }
+
+    /// Only the failures the deploy can be blamed for: not the units of
+    /// switch attempts (`<switch_unit>-*`, this one's or earlier ones'),
+    /// which are not the system's health, and not units that had already
+    /// failed before the switch.
+    pub fn new_since(mut self, switch_unit: &str, failed_before: &[String]) -> Self {
+        let prefix = format!("{switch_unit}-");
+        self.failed_units
+            .retain(|u| !u.starts_with(&prefix) && !failed_before.contains(u));
+        self
     }
 
     /// Plain words for a status description.
@@ -89,6 +122,21 @@ mod tests {
             timeout: Duration::from_millis(200),
         };
         assert!(run_check(&slow).await.unwrap_err().starts_with("timed out"));
+    }
+
+    #[test]
+    fn only_new_failures_count() {
+        let h = Health {
+            failed_units: vec![
+                "ferry-switch-7.service".into(),
+                "old.service".into(),
+                "nginx.service".into(),
+                "ferry-switchboard.service".into(),
+            ],
+            failed_commands: vec![],
+        };
+        let h = h.new_since("ferry-switch", &["old.service".into()]);
+        assert_eq!(h.failed_units, ["nginx.service", "ferry-switchboard.service"]);
     }
 
     #[test]

@@ -4,19 +4,32 @@
 //!
 //! # Layout
 //! - [`config`]: `/etc/ferry/agent.toml`, parsed strictly and validated.
-//! - [`state`]: durable state (anti-rollback anchor, in-flight deploy, last
-//!   outcome) with atomic writes.
+//! - [`reconcile`]: one reconcile as a typed state machine; the only module
+//!   that sequences effects.
+//! - [`decide`]: pure decisions: anti-rollback, host entry, severity of a
+//!   refusal, what a finished switch and health check mean, rollback rules.
+//! - [`seams`]: the traits a reconcile reaches the outside through, and their
+//!   live implementations.
+//! - [`state`]: durable state (anti-rollback anchor, the deploy in flight and
+//!   its phase, last outcome) and its file format.
+//! - [`durable`]: atomic file replacement.
 //! - [`narinfo`]: binary cache metadata, signature fingerprints, cache keys.
 //! - [`cache`]: the binary cache client and the closure preflight.
 //! - [`source`]: the deploy repository: cheap tip check, bounded fetch, ancestry.
 //! - [`git_http`]: smart HTTP(S) for libgit2 over reqwest and rustls (no OpenSSL).
-//! - [`decide`]: pure decisions: anti-rollback, host entry, rollback rules.
-//! - [`report`]: commit statuses per forge and the durable outbox.
+//! - [`store`]: Nix commands: realise, profile, running and booted systems.
+//! - [`systemd`]: the only D-Bus code; [`switch`]: switch units;
+//!   [`health`]: failed units and health commands after a switch.
+//! - [`report`]: commit statuses per forge and the durable outbox;
+//!   [`forge`]: delivering them.
+//! - [`status`], [`daemon`], [`logging`]: the `status` and `run` commands,
+//!   the journal.
 
 pub mod cache;
 pub mod config;
 pub mod daemon;
 pub mod decide;
+pub mod durable;
 pub mod forge;
 pub mod git_http;
 pub mod health;
@@ -24,6 +37,7 @@ pub mod logging;
 pub mod narinfo;
 pub mod reconcile;
 pub mod report;
+pub mod seams;
 pub mod source;
 pub mod state;
 pub mod status;

@@ -86,7 +86,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 config.source.branch,
                 signers.entries().len(),
                 config.cache.substituters.len(),
-                config.report.forge
+                config
+                    .report
+                    .forge
+                    .as_ref()
+                    .map_or("None".into(), |t| format!("{:?}", t.forge))
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -131,6 +135,9 @@ fn describe(r: &Reconciled) -> String {
         Reconciled::Deployed {
             reboot_required: true,
         } => "deployed; reboot required".into(),
+        Reconciled::WaitingForClosure { serial, until } => {
+            format!("waiting: release {serial}: the closure is not in the binary cache yet; retrying until {until}")
+        }
         Reconciled::Refused(why) => format!("refused: {why}"),
         Reconciled::Failed(why) => format!("failed: {why}"),
         Reconciled::Error(why) => format!("error: {why}"),

@@ -1,31 +1,28 @@
-//! One reconcile: the pipeline of docs/architecture.md as explicit phases. Each step
-//! that changes the machine is preceded by a durable record of the phase
-//! reached, so an agent killed at any instant resumes where it was and never
-//! starts a second switch for the same release.
-//!
-//! poll → fetch → verify → judge → preflight → realise → switch → health →
-//! (rollback) → record → report
+//! One reconcile: the pipeline of docs/architecture.md as a typed state
+//! machine. A new release goes poll → fetch → verify → judge → preflight;
+//! once accepted it becomes a deploy in flight whose [`Phase`] (realising →
+//! switching → checking → rolling back) is recorded durably before the step
+//! it names, so an agent killed at any instant resumes where it was and never
+//! starts a second switch for the same release. Each phase is one method
+//! returning the next phase or the end; what an ending means is decided in
+//! `decide.rs`, and [`Agent::record`] is the one place an ending is recorded,
+//! saved and reported. The outside world is reached only through the traits
+//! of `seams.rs`.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-
-use anyhow::{Context, Result};
-use chrono::Utc;
+use anyhow::Result;
+use chrono::{DateTime, Utc};
 use ferry_signer::{Action, AllowedSigners, CommitId, HostEntry, StorePath, VerifiedRelease};
-use git2::Oid;
-use tracing::{error, info, warn};
+use tracing::{error, info, warn, Instrument, Span};
 
-use crate::cache::{BinaryCaches, CacheError};
+use crate::cache::CacheError;
 use crate::config::Config;
-use crate::decide::{self, SwitchResult, Verdict};
-use crate::forge::{Delivery, ForgeClient};
-use crate::health;
-use crate::report::{Outbox, Status, StatusState};
-use crate::source::Source;
-use crate::state::{Anchor, InFlight, Outcome, OutcomeKind, Phase, State, StateStore};
-use crate::store::{self, Store};
-use crate::switch::{Observed, Switcher};
-use crate::systemd::Systemd;
+use crate::decide::{self, AfterCheck, Checked, Conclusion, Severity, SwitchResult, Verdict};
+use crate::health::Health;
+use crate::report::{CommitStatus, StatusState};
+use crate::seams::{Activation, Seams};
+use crate::state::{Anchor, InFlight, Outcome, OutcomeKind, Phase, State, StateDir, Target};
+use crate::switch::Observed;
+use crate::systemd::SystemdError;
 
 /// How one reconcile ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +33,10 @@ pub enum Reconciled {
     AlreadyRunning,
     /// Deployed (`reboot_required` when the kernel or initrd changed).
     Deployed { reboot_required: bool },
+    /// The closure of release `serial` is not in the binary cache yet (CI may
+    /// still be uploading it): nothing was recorded, the next poll tries
+    /// again until `until`.
+    WaitingForClosure { serial: u64, until: DateTime<Utc> },
     /// Refused before anything changed; the reason.
     Refused(String),
     /// The switch or health failed; the reason (rolled back if enabled).
@@ -54,24 +55,17 @@ impl Reconciled {
     }
 }
 
-/// Everything one reconcile needs, built from the configuration.
+/// Everything one reconcile needs: the configuration, the durable state and
+/// the seams to the outside.
 pub struct Agent {
     pub config: Config,
-    pub signers: AllowedSigners,
-    pub state: StateStore,
-    pub outbox: Outbox,
-    pub forge: ForgeClient,
-    pub caches: BinaryCaches,
-    pub store: Store,
-    source: Arc<Mutex<Source>>,
-    systemd: Option<Systemd>,
+    pub state: StateDir,
+    pub seams: Seams,
+    signers: AllowedSigners,
     /// The release whose closure was missing from the cache at the last
     /// attempt (CI may still be uploading) and when that was first seen: its
     /// statuses are posted once, and the wait is bounded from then.
-    awaiting_cache: Option<(CommitId, chrono::DateTime<Utc>)>,
-    /// `/run/current-system` and `/run/booted-system`.
-    pub current_system: PathBuf,
-    pub booted_system: PathBuf,
+    awaiting_cache: Option<(CommitId, DateTime<Utc>)>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -82,43 +76,81 @@ impl std::fmt::Debug for Agent {
     }
 }
 
+/// What a phase leads to.
+#[derive(Debug)]
+enum Next {
+    /// Record this phase, take its first step, and go on.
+    Phase(Phase),
+    /// The deploy ends.
+    End(Conclusion),
+}
+
+/// A refusal to record: where it happened, of what, and why.
+#[derive(Debug)]
+struct Refused {
+    phase: &'static str,
+    tip: CommitId,
+    serial: Option<u64>,
+    /// Where else to report (the release's source commit), when trustworthy.
+    source: Option<CommitId>,
+    severity: Severity,
+    /// Plain words for the commit status.
+    summary: String,
+    /// The full reason, for the journal and `once`.
+    detail: String,
+}
+
+/// How a reconcile ends, as [`Agent::record`] records, saves and reports it.
+#[derive(Debug)]
+struct Ending {
+    outcome: Outcome,
+    /// Where else to report (the release's source commit).
+    source: Option<CommitId>,
+    status: StatusState,
+    /// The anchor moves to the outcome's release (already running).
+    anchor: bool,
+    /// `FERRY_PHASE` and `FERRY_OUTCOME` of the journal line, and its text.
+    phase: &'static str,
+    label: &'static str,
+    message: String,
+    result: Reconciled,
+}
+
+/// The span every event of one deploy is logged in: it carries the
+/// `FERRY_COMMIT`, `FERRY_SERIAL` and `FERRY_TOPLEVEL` journal fields (the
+/// latter two once known).
+fn deploy_span(commit: &CommitId) -> Span {
+    tracing::info_span!(
+        "deploy",
+        ferry_commit = %commit,
+        ferry_serial = tracing::field::Empty,
+        ferry_toplevel = tracing::field::Empty,
+    )
+}
+
+fn target_span(target: &Target) -> Span {
+    let span = deploy_span(&target.commit);
+    span.record("ferry_serial", target.serial);
+    span.record("ferry_toplevel", tracing::field::display(&target.toplevel));
+    span
+}
+
 impl Agent {
     /// Opens state, outbox and the deploy repository clone for `config`.
     pub fn new(config: Config) -> Result<Self> {
         let signers = AllowedSigners::load(&config.source.allowed_signers)?;
-        let state = StateStore::open(&config.state_dir)?;
-        let outbox = Outbox::open(&config.state_dir)?;
-        let source = Source::open(
-            &config.state_dir.join("deploy.git"),
-            &config.source.url,
-            &config.source.branch,
-            config.source.token_file.as_deref(),
-        )?;
-        let store = Store {
-            profile: config.switch.profile.clone(),
-            gc_roots: config.state_dir.join("gcroots"),
-            substituters: config.cache.substituters.clone(),
-            trusted_public_keys: config
-                .cache
-                .trusted_public_keys
-                .iter()
-                .map(|k| k.to_string())
-                .collect(),
-            realise_timeout: config.switch.timeout.max(std::time::Duration::from_secs(3600)),
-        };
+        let seams = Seams::live(&config)?;
+        Self::with_seams(config, signers, seams)
+    }
+
+    /// An agent reaching the outside through `seams` (fakes, in tests).
+    pub fn with_seams(config: Config, signers: AllowedSigners, seams: Seams) -> Result<Self> {
         Ok(Self {
-            forge: ForgeClient::new(&config.report),
-            caches: BinaryCaches::new(&config.cache.substituters, &config.cache.trusted_public_keys),
-            signers,
-            state,
-            outbox,
-            store,
-            source: Arc::new(Mutex::new(source)),
-            systemd: None,
-            awaiting_cache: None,
-            current_system: PathBuf::from(store::CURRENT_SYSTEM),
-            booted_system: PathBuf::from(store::BOOTED_SYSTEM),
+            state: StateDir::open(&config.state_dir)?,
             config,
+            seams,
+            signers,
+            awaiting_cache: None,
         })
     }
 
@@ -127,68 +159,18 @@ impl Agent {
         self.signers = signers;
     }
 
-    async fn systemd(&mut self) -> Result<Systemd> {
-        if let Some(s) = &self.systemd {
-            return Ok(s.clone());
-        }
-        let s = Systemd::connect().await?;
-        self.systemd = Some(s.clone());
-        Ok(s)
-    }
-
-    async fn switcher(&mut self) -> Result<Switcher> {
-        Ok(Switcher {
-            systemd: self.systemd().await?,
-            unit_prefix: self.config.switch.unit.clone(),
-            timeout: self.config.switch.timeout,
-            record_dir: self.config.state_dir.clone(),
-            agent_exe: std::env::current_exe().context("cannot find this agent's executable")?,
-        })
-    }
-
-    async fn with_source<T: Send + 'static>(&self, f: impl FnOnce(&Source) -> T + Send + 'static) -> T {
-        let source = self.source.clone();
-        tokio::task::spawn_blocking(move || f(&source.lock().expect("source lock")))
-            .await
-            .expect("git tasks do not panic")
-    }
-
-    /// The system this host runs now, by `/run/current-system`.
-    pub fn running_system(&self) -> Option<StorePath> {
-        store::resolve_system(&self.current_system)
-    }
-
-    /// Delivers waiting statuses (best effort; problems are logged).
-    pub async fn deliver_statuses(&self) {
-        match self.forge.drain(&self.outbox).await {
-            Ok(d) => {
-                if d.delivered > 0 || d.dropped > 0 {
-                    info!(
-                        delivered = d.delivered,
-                        dropped = d.dropped,
-                        "commit statuses delivered"
-                    );
-                }
-                match d.stopped {
-                    Some(Delivery::Retry(why)) => warn!("commit statuses wait in the outbox: {why}"),
-                    Some(Delivery::Misconfigured(why)) => error!("commit statuses wait in the outbox: {why}"),
-                    _ => {}
-                }
-            }
-            Err(e) => error!("cannot read the status outbox: {e}"),
-        }
-    }
-
     /// Queues a status on the release commit and, if given, its source commit.
-    fn report(&self, release: &CommitId, source: Option<&CommitId>, state: StatusState, description: &str) {
+    fn report(
+        &mut self,
+        release: &CommitId,
+        source: Option<&CommitId>,
+        state: StatusState,
+        description: &str,
+    ) {
         let context = self.config.report.context_for(&self.config.host);
         for commit in std::iter::once(release).chain(source) {
-            let status = Status::new(commit.clone(), state, &context, description);
-            match self.outbox.push(&status) {
-                Ok(0) => {}
-                Ok(n) => warn!(dropped = n, "status outbox full: dropped the oldest statuses"),
-                Err(e) => error!("cannot queue a commit status: {e}"),
-            }
+            let status = CommitStatus::new(commit.clone(), state, &context, description);
+            self.seams.statuses.queue(status);
         }
     }
 
@@ -196,69 +178,64 @@ impl Agent {
     /// nothing was recorded and the caller retries later. Waiting statuses
     /// are delivered before and after, whatever happened.
     pub async fn reconcile(&mut self) -> Result<Reconciled> {
-        self.deliver_statuses().await;
+        self.seams.statuses.deliver().await;
         let result = self.reconcile_inner().await;
-        self.deliver_statuses().await;
+        self.seams.statuses.deliver().await;
         result
     }
 
     async fn reconcile_inner(&mut self) -> Result<Reconciled> {
         let mut state = self.state.load()?;
         if let Some(flight) = state.in_flight.clone() {
-            info!(
-                ferry_commit = %flight.commit, ferry_serial = flight.serial, ferry_toplevel = %flight.toplevel,
-                ferry_phase = flight.phase_name(), "resuming a deploy interrupted by a restart"
-            );
-            return self.advance(&mut state, flight).await;
+            let span = target_span(&flight.target);
+            return async {
+                info!(
+                    ferry_phase = flight.phase.name(),
+                    "resuming a deploy interrupted by a restart"
+                );
+                self.advance(&mut state, flight).await
+            }
+            .instrument(span)
+            .await;
         }
-
-        let tip = self.with_source(|s| s.remote_tip()).await?;
-        let tip_id = CommitId::from(tip);
-        if state.last_seen_tip.as_ref() == Some(&tip_id) {
+        let tip = self.seams.source.remote_tip().await?;
+        if state.last_seen_tip.as_ref() == Some(&tip) {
             return Ok(Reconciled::UpToDate);
         }
-        self.with_source(move |s| s.fetch(tip)).await?;
-        info!(ferry_commit = %tip_id, ferry_phase = "fetch", "new tip on the deploy branch");
+        let span = deploy_span(&tip);
+        self.new_tip(&mut state, tip).instrument(span).await
+    }
 
-        let verified = {
-            let signers = self.signers.clone();
-            self.with_source(move |s| {
-                ferry_signer::verify::verify_release_commit(s.repo(), tip, &signers, Utc::now())
-                    .map_err(Box::new)
-            })
-            .await
-        };
-        let verified = match verified {
+    /// fetch → verify → judge: refuse, record that the host already runs the
+    /// release, or go on to deploy it.
+    async fn new_tip(&mut self, state: &mut State, tip: CommitId) -> Result<Reconciled> {
+        self.seams.source.fetch(&tip).await?;
+        info!(ferry_phase = "fetch", "new tip on the deploy branch");
+        let verified = match self.seams.source.verify(&tip, &self.signers, Utc::now()).await {
             Ok(v) => v,
             Err(e) => {
-                let summary = e.summary();
-                return self.refuse(
-                    &mut state,
-                    Refused {
-                        phase: "verify",
-                        tip: &tip_id,
-                        serial: None,
-                        source: None,
-                        summary,
-                        detail: e.to_string(),
-                    },
-                );
+                let refused = Refused {
+                    phase: "verify",
+                    tip,
+                    serial: None,
+                    source: None,
+                    severity: decide::verify_severity(&e),
+                    summary: e.summary(),
+                    detail: e.to_string(),
+                };
+                return self.refuse(state, refused);
             }
         };
         let serial = verified.release.serial;
-        let source_commit = verified.release.source.clone();
+        Span::current().record("ferry_serial", serial);
         let descends = match &state.anchor {
-            Some(anchor) => {
-                let anchor_oid = Oid::from_str(anchor.commit.as_str())?;
-                self.with_source(move |s| s.descends_from(tip, anchor_oid))
-                    .await?
-            }
+            Some(anchor) => self.seams.source.descends_from(&tip, &anchor.commit).await?,
             None => false,
         };
         let entry_action = verified.release.hosts.get(&self.config.host).map(|e| e.action);
         let running = match entry_action {
-            Some(Action::Boot) => self.store.profile_system(),
-            _ => self.running_system(),
+            Some(Action::Boot) => self.seams.store.profile_system(),
+            _ => self.seams.store.running_system(),
         };
         match decide::judge(
             &verified,
@@ -270,92 +247,91 @@ impl Agent {
             Verdict::Refuse(r) => {
                 // Only a release that descends from the anchor may name where
                 // to report: a rewound branch could point anywhere.
-                let source = if matches!(r, decide::Refusal::NoEntry { .. }) {
-                    source_commit.as_ref()
-                } else {
-                    None
+                let source = match r {
+                    decide::Refusal::NoEntry { .. } => verified.release.source.clone(),
+                    _ => None,
                 };
-                self.refuse(
-                    &mut state,
-                    Refused {
-                        phase: "select",
-                        tip: &tip_id,
-                        serial: Some(serial),
-                        source,
-                        summary: r.summary(),
-                        detail: r.to_string(),
-                    },
-                )
-            }
-            Verdict::AlreadyRunning(entry) => {
-                let description = format!("{} runs release {serial}", self.config.host);
-                info!(
-                    ferry_commit = %tip_id, ferry_serial = serial, ferry_toplevel = %entry.toplevel,
-                    ferry_phase = "select", ferry_outcome = "already-running", "{description}"
-                );
-                state.anchor = Some(Anchor {
-                    commit: tip_id.clone(),
-                    serial,
-                });
-                state.last_seen_tip = Some(tip_id.clone());
-                let outcome = Outcome {
-                    commit: tip_id.clone(),
-                    serial,
-                    toplevel: Some(entry.toplevel),
-                    result: OutcomeKind::Success,
-                    description: description.clone(),
-                    at: Utc::now(),
+                let refused = Refused {
+                    phase: "select",
+                    tip,
+                    serial: Some(serial),
+                    source,
+                    severity: Severity::Failure,
+                    summary: r.summary(),
+                    detail: r.to_string(),
                 };
-                state.last_success = Some(outcome.clone());
-                state.last_outcome = Some(outcome);
-                self.state.save(&state)?;
-                self.report(
-                    &tip_id,
-                    source_commit.as_ref(),
-                    StatusState::Success,
-                    &description,
-                );
-                Ok(Reconciled::AlreadyRunning)
+                self.refuse(state, refused)
             }
-            Verdict::Deploy(entry) => self.deploy(&mut state, &verified, entry, running).await,
+            Verdict::AlreadyRunning(entry) => self.already_running(state, &verified, entry),
+            Verdict::Deploy(entry) => {
+                Span::current().record("ferry_toplevel", tracing::field::display(&entry.toplevel));
+                self.preflight(state, &verified, entry, running).await
+            }
         }
+    }
+
+    /// Records that this host already runs its entry of the release: a
+    /// success, and the anchor moves to it.
+    fn already_running(
+        &mut self,
+        state: &mut State,
+        verified: &VerifiedRelease,
+        entry: HostEntry,
+    ) -> Result<Reconciled> {
+        Span::current().record("ferry_toplevel", tracing::field::display(&entry.toplevel));
+        let serial = verified.release.serial;
+        let description = decide::runs_release(&self.config.host, serial);
+        let ending = Ending {
+            outcome: Outcome {
+                commit: verified.commit.clone(),
+                serial,
+                toplevel: Some(entry.toplevel),
+                result: OutcomeKind::Success,
+                description: description.clone(),
+                at: Utc::now(),
+            },
+            source: verified.release.source.clone(),
+            status: StatusState::Success,
+            anchor: true,
+            phase: "select",
+            label: "already-running",
+            message: description,
+            result: Reconciled::AlreadyRunning,
+        };
+        self.record(state, ending)
     }
 
     /// Records a refusal: the tip is remembered (so it is not verified again)
     /// but the anchor does not move and nothing is deployed.
-    fn refuse(&self, state: &mut State, refused: Refused<'_>) -> Result<Reconciled> {
-        let Refused {
-            phase,
-            tip,
-            serial,
-            source,
-            summary,
-            detail,
-        } = refused;
-        error!(
-            ferry_commit = %tip, ferry_serial = serial.unwrap_or(0), ferry_phase = phase,
-            ferry_outcome = "refused", "release refused: {detail}"
-        );
-        state.last_seen_tip = Some(tip.clone());
-        state.last_outcome = Some(Outcome {
-            commit: tip.clone(),
-            serial: serial.unwrap_or(0),
-            toplevel: None,
-            result: OutcomeKind::Refused,
-            description: summary.clone(),
-            at: Utc::now(),
-        });
-        self.state.save(state)?;
-        let status = if summary.starts_with("error") {
-            StatusState::Error
-        } else {
-            StatusState::Failure
-        };
-        self.report(tip, source, status, &summary);
-        Ok(Reconciled::Refused(detail))
+    fn refuse(&mut self, state: &mut State, r: Refused) -> Result<Reconciled> {
+        if r.serial.is_none() {
+            // Not verified, so no serial is known: the journal has said 0.
+            Span::current().record("ferry_serial", 0);
+        }
+        self.record(
+            state,
+            Ending {
+                outcome: Outcome {
+                    commit: r.tip,
+                    serial: r.serial.unwrap_or(0),
+                    toplevel: None,
+                    result: OutcomeKind::Refused,
+                    description: r.summary,
+                    at: Utc::now(),
+                },
+                source: r.source,
+                status: r.severity.status(),
+                anchor: false,
+                phase: r.phase,
+                label: "refused",
+                message: format!("release refused: {}", r.detail),
+                result: Reconciled::Refused(r.detail),
+            },
+        )
     }
 
-    async fn deploy(
+    /// The closure preflight: the release is refused, waited for, or accepted.
+    async fn preflight(
         &mut self,
         state: &mut State,
         verified: &VerifiedRelease,
@@ -366,30 +342,20 @@ impl Agent {
         let serial = verified.release.serial;
         let source = verified.release.source.clone();
         info!(
-            ferry_commit = %tip, ferry_serial = serial, ferry_toplevel = %entry.toplevel, ferry_phase = "preflight",
-            signer = %verified.signer.principal, "deploying release {serial} ({})", entry.action
+            ferry_phase = "preflight", signer = %verified.signer.principal,
+            "deploying release {serial} ({})", entry.action
         );
         let now = Utc::now();
         let first_seen_missing = match &self.awaiting_cache {
             Some((commit, since)) if *commit == tip => Some(*since),
             _ => None,
         };
-        let retrying = first_seen_missing.is_some();
-        if !retrying {
-            self.report(
-                &tip,
-                source.as_ref(),
-                StatusState::Pending,
-                &format!("deploying release {serial} to {}", self.config.host),
-            );
-            self.deliver_statuses().await;
+        if first_seen_missing.is_none() {
+            let description = format!("deploying release {serial} to {}", self.config.host);
+            self.report(&tip, source.as_ref(), StatusState::Pending, &description);
+            self.seams.statuses.deliver().await;
         }
-
-        let preflight = match self
-            .caches
-            .preflight(&entry.toplevel, Path::new(ferry_signer::names::STORE_DIR))
-            .await
-        {
+        let preflight = match self.seams.caches.preflight(&entry.toplevel).await {
             Ok(p) => p,
             Err(e) if e.is_transient() => return Err(e.into()),
             Err(e @ CacheError::NotFound { .. })
@@ -399,62 +365,90 @@ impl Agent {
                     now,
                 ) =>
             {
-                // Not refused (and the tip not remembered): the next poll
-                // tries again, until the grace period ends.
-                let until =
-                    decide::upload_deadline(verified.release.created, first_seen_missing.unwrap_or(now));
-                warn!(
-                    ferry_commit = %tip, ferry_serial = serial, ferry_toplevel = %entry.toplevel,
-                    ferry_phase = "preflight", "{e}; waiting for CI to finish uploading (until {until})"
-                );
-                if !retrying {
-                    self.report(
-                        &tip,
-                        source.as_ref(),
-                        StatusState::Pending,
-                        &format!("release {serial}: waiting for the closure in the binary cache"),
-                    );
-                    self.awaiting_cache = Some((tip.clone(), now));
-                }
-                return Err(anyhow::Error::new(e).context(format!(
-                    "release {serial}: the closure is not in the binary cache yet; retrying until {until}"
-                )));
+                return Ok(self.wait_for_upload(verified, &e, first_seen_missing, now));
             }
             Err(e) => {
                 self.awaiting_cache = None;
-                return self.refuse(
-                    state,
-                    Refused {
-                        phase: "preflight",
-                        tip: &tip,
-                        serial: Some(serial),
-                        source: source.as_ref(),
-                        summary: e.summary(),
-                        detail: e.to_string(),
-                    },
-                );
+                let refused = Refused {
+                    phase: "preflight",
+                    tip,
+                    serial: Some(serial),
+                    source,
+                    severity: decide::cache_severity(&e),
+                    summary: e.summary(),
+                    detail: e.to_string(),
+                };
+                return self.refuse(state, refused);
             }
         };
         self.awaiting_cache = None;
         info!(
-            ferry_commit = %tip, ferry_serial = serial, ferry_toplevel = %entry.toplevel, ferry_phase = "preflight",
-            paths = preflight.paths, missing = preflight.missing, download_bytes = preflight.download_bytes,
-            unpacked_bytes = preflight.unpacked_bytes, "closure preflight passed"
+            ferry_phase = "preflight",
+            paths = preflight.paths,
+            missing = preflight.missing,
+            download_bytes = preflight.download_bytes,
+            unpacked_bytes = preflight.unpacked_bytes,
+            "closure preflight passed"
         );
-        let failed_before = match self.systemd().await {
-            Ok(sd) => sd.failed_units().await.unwrap_or_default(),
-            Err(e) => return Err(e.context("cannot reach systemd")),
+        self.accept(state, verified, entry, running).await
+    }
+
+    /// A closure missing from the cache shortly after its release was made:
+    /// CI may still be uploading it. Nothing is refused or remembered (the
+    /// next poll tries again, until the grace period ends), and the release
+    /// says so on the forge once.
+    fn wait_for_upload(
+        &mut self,
+        verified: &VerifiedRelease,
+        missing: &CacheError,
+        first_seen_missing: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Reconciled {
+        let serial = verified.release.serial;
+        let until = decide::upload_deadline(verified.release.created, first_seen_missing.unwrap_or(now));
+        warn!(
+            ferry_phase = "preflight",
+            "{missing}; waiting for CI to finish uploading (until {until})"
+        );
+        if first_seen_missing.is_none() {
+            let description = format!("release {serial}: waiting for the closure in the binary cache");
+            let source = verified.release.source.as_ref();
+            self.report(&verified.commit, source, StatusState::Pending, &description);
+            self.awaiting_cache = Some((verified.commit.clone(), now));
+        }
+        Reconciled::WaitingForClosure { serial, until }
+    }
+
+    /// Accepts the release: the anchor moves and the deploy is recorded as
+    /// realising, with what was running and which units had already failed,
+    /// before anything on the host changes.
+    async fn accept(
+        &mut self,
+        state: &mut State,
+        verified: &VerifiedRelease,
+        entry: HostEntry,
+        running: Option<StorePath>,
+    ) -> Result<Reconciled> {
+        let failed_before = match self.seams.units.failed_units().await {
+            Ok(units) => units,
+            Err(e @ SystemdError::Connect(_)) => {
+                return Err(anyhow::Error::new(e).context("cannot reach systemd"))
+            }
+            Err(_) => Vec::new(),
         };
+        let tip = verified.commit.clone();
+        let serial = verified.release.serial;
         let flight = InFlight {
-            commit: tip.clone(),
-            serial,
-            source,
-            toplevel: entry.toplevel,
+            target: Target {
+                commit: tip.clone(),
+                serial,
+                toplevel: entry.toplevel,
+            },
+            source: verified.release.source.clone(),
             action: entry.action,
             phase: Phase::Realising,
             previous: running,
             failed_before,
-            switch_result: None,
             started: Utc::now(),
         };
         // From here the release is accepted: the anchor moves even if the
@@ -465,275 +459,237 @@ impl Agent {
         self.advance(state, flight).await
     }
 
-    /// Drives an in-flight deploy from its recorded phase to its end.
+    /// Drives a deploy in flight from its recorded phase to its end: each
+    /// phase is recorded before its first step is taken.
     async fn advance(&mut self, state: &mut State, mut flight: InFlight) -> Result<Reconciled> {
-        let switcher = self.switcher().await?;
-        let attempt = switcher.attempt(flight.serial, false);
-        let rollback = switcher.attempt(flight.serial, true);
         loop {
-            match flight.phase {
-                Phase::Realising => {
-                    self.log_phase(&flight, "realise", "realising the closure from the binary cache");
-                    if let Err(e) = self.store.realise(&flight.toplevel, "current").await {
-                        return self.finish(
-                            state,
-                            &flight,
-                            OutcomeKind::Error,
-                            &format!("error: cannot realise the closure: {e}"),
-                        );
+            let next = match flight.phase.clone() {
+                Phase::Realising => self.realising(&flight).await?,
+                Phase::Switching => self.switching(&flight).await?,
+                Phase::Checking { switch } => self.checking(&flight, switch).await?,
+                Phase::RollingBack { to, problem } => self.rolling_back(&flight, &to, &problem).await?,
+            };
+            match next {
+                Next::Phase(phase) => {
+                    flight.phase = phase;
+                    state.in_flight = Some(flight.clone());
+                    self.state.save(state)?;
+                    if flight.activation().is_some() {
+                        self.activate(&flight).await?;
                     }
-                    if flight.action.sets_profile() {
-                        if let Err(e) = self.store.set_profile(&flight.toplevel).await {
-                            return self.finish(
-                                state,
-                                &flight,
-                                OutcomeKind::Error,
-                                &format!("error: cannot set the system profile: {e}"),
-                            );
-                        }
-                    }
-                    flight.phase = Phase::Switching;
-                    self.save_flight(state, &flight)?;
-                    self.log_phase(
-                        &flight,
-                        "switch",
-                        &format!("starting switch-to-configuration {}", flight.action),
-                    );
-                    switcher.start(&attempt, &flight.toplevel, flight.action).await?;
                 }
-                Phase::Switching => {
-                    let result = match switcher.observe(&attempt).await? {
-                        Observed::Running => switcher.wait(&attempt).await?,
-                        Observed::Finished(r) => r,
-                        Observed::Unknown if self.running_system().as_ref() == Some(&flight.toplevel) => {
-                            SwitchResult::Ok
-                        }
-                        Observed::Unknown => {
-                            // Never started (killed between recording the phase and
-                            // starting the unit), or lost with a power cut: switching
-                            // to the same system again is safe.
-                            switcher.start(&attempt, &flight.toplevel, flight.action).await?;
-                            switcher.wait(&attempt).await?
-                        }
-                    };
-                    info!(
-                        ferry_commit = %flight.commit, ferry_serial = flight.serial, ferry_toplevel = %flight.toplevel,
-                        ferry_phase = "switch", ferry_switch_result = %result.encode(), "{}", result.describe()
-                    );
-                    flight.switch_result = Some(result.encode());
-                    flight.phase = Phase::Checking;
-                    self.save_flight(state, &flight)?;
-                }
-                Phase::Checking => {
-                    let result = flight
-                        .switch_result
-                        .as_deref()
-                        .and_then(SwitchResult::decode)
-                        .unwrap_or(SwitchResult::Ok);
-                    let switched_ok = matches!(result, SwitchResult::Ok | SwitchResult::RebootRequired);
-                    let health = if switched_ok && flight.action != Action::Boot {
-                        self.log_phase(&flight, "health", "checking health");
-                        let sd = self.systemd().await?;
-                        let mut h =
-                            health::check(&sd, self.config.health.settle, &self.config.health.commands)
-                                .await?;
-                        // Switch units of this or earlier attempts are not the system's health.
-                        let prefix = format!("{}-", self.config.switch.unit);
-                        h.failed_units.retain(|u| !u.starts_with(&prefix));
-                        h.failed_units.retain(|u| !flight.failed_before.contains(u));
-                        h
-                    } else {
-                        health::Health::default()
-                    };
-                    let problem = if !switched_ok {
-                        result.describe()
-                    } else {
-                        health.summary()
-                    };
-                    if decide::needs_rollback(
-                        flight.action,
-                        result,
-                        health.is_healthy(),
-                        self.config.switch.rollback,
-                    ) {
-                        match flight.previous.clone() {
-                            Some(previous) => {
-                                warn!(
-                                    ferry_commit = %flight.commit, ferry_serial = flight.serial, ferry_toplevel = %flight.toplevel,
-                                    ferry_phase = "rollback", "{problem}: rolling back to {}", previous.name()
-                                );
-                                flight.switch_result = Some(problem.clone());
-                                flight.phase = Phase::RollingBack;
-                                self.save_flight(state, &flight)?;
-                                if flight.action.sets_profile() {
-                                    self.store.set_profile(&previous).await?;
-                                }
-                                switcher
-                                    .start(&rollback, &previous, rollback_action(flight.action))
-                                    .await?;
-                                continue;
-                            }
-                            None => {
-                                let d = format!("{problem}; no previous system to roll back to");
-                                return self.finish(state, &flight, OutcomeKind::Failed, &d);
-                            }
-                        }
-                    }
-                    if !switched_ok || !health.is_healthy() {
-                        let d = format!("{problem}; rollback disabled");
-                        return self.finish(state, &flight, OutcomeKind::Failed, &d);
-                    }
-                    let reboot = result == SwitchResult::RebootRequired
-                        || (flight.action == Action::Switch
-                            && store::reboot_required(&self.booted_system, &flight.toplevel));
-                    let (kind, d) = match (flight.action, reboot) {
-                        (Action::Boot, _) => (
-                            OutcomeKind::Installed,
-                            format!("release {} installed; active after reboot", flight.serial),
-                        ),
-                        (_, true) => (
-                            OutcomeKind::SuccessRebootRequired,
-                            format!(
-                                "{} runs release {}; reboot required",
-                                self.config.host, flight.serial
-                            ),
-                        ),
-                        (_, false) => (
-                            OutcomeKind::Success,
-                            format!("{} runs release {}", self.config.host, flight.serial),
-                        ),
-                    };
-                    return self.finish(state, &flight, kind, &d);
-                }
-                Phase::RollingBack => {
-                    let previous = flight.previous.clone().expect("a rollback has a previous system");
-                    let result = match switcher.observe(&rollback).await? {
-                        Observed::Running => switcher.wait(&rollback).await?,
-                        Observed::Finished(r) => r,
-                        Observed::Unknown if self.running_system().as_ref() == Some(&previous) => {
-                            SwitchResult::Ok
-                        }
-                        Observed::Unknown => {
-                            switcher
-                                .start(&rollback, &previous, rollback_action(flight.action))
-                                .await?;
-                            switcher.wait(&rollback).await?
-                        }
-                    };
-                    let problem = flight
-                        .switch_result
-                        .clone()
-                        .unwrap_or_else(|| "deploy failed".into());
-                    let d = match result {
-                        SwitchResult::Ok | SwitchResult::RebootRequired => {
-                            format!("{problem}; rolled back to {}", previous.name())
-                        }
-                        other => format!("{problem}; rollback failed too: {}", other.describe()),
-                    };
-                    return self.finish(state, &flight, OutcomeKind::Failed, &d);
-                }
+                Next::End(conclusion) => return self.finish(state, &flight, conclusion),
             }
         }
     }
 
-    fn log_phase(&self, flight: &InFlight, phase: &str, message: &str) {
+    /// Realises the closure and sets the profile; then the switch.
+    async fn realising(&mut self, flight: &InFlight) -> Result<Next> {
+        let toplevel = &flight.target.toplevel;
         info!(
-            ferry_commit = %flight.commit, ferry_serial = flight.serial, ferry_toplevel = %flight.toplevel,
-            ferry_phase = phase, "{message}"
+            ferry_phase = flight.phase.name(),
+            "realising the closure from the binary cache"
         );
+        if let Err(e) = self.seams.store.realise(toplevel).await {
+            return Ok(Next::End(Conclusion {
+                kind: OutcomeKind::Error,
+                description: format!("error: cannot realise the closure: {e}"),
+            }));
+        }
+        if flight.action.sets_profile() {
+            if let Err(e) = self.seams.store.set_profile(toplevel).await {
+                return Ok(Next::End(Conclusion {
+                    kind: OutcomeKind::Error,
+                    description: format!("error: cannot set the system profile: {e}"),
+                }));
+            }
+        }
+        Ok(Next::Phase(Phase::Switching))
     }
 
-    fn save_flight(&self, state: &mut State, flight: &InFlight) -> Result<()> {
-        state.in_flight = Some(flight.clone());
-        Ok(self.state.save(state)?)
+    /// Sees the switch unit to its end; then the check.
+    async fn switching(&mut self, flight: &InFlight) -> Result<Next> {
+        let switch = self.see_through(flight).await?;
+        info!(
+            ferry_phase = flight.phase.name(), ferry_switch_result = %switch.encode(),
+            "{}", switch.describe()
+        );
+        Ok(Next::Phase(Phase::Checking { switch }))
     }
 
-    /// Ends a deploy: records the outcome, clears the in-flight record and
-    /// queues the final status, in that order.
-    fn finish(
-        &self,
-        state: &mut State,
-        flight: &InFlight,
-        kind: OutcomeKind,
-        description: &str,
-    ) -> Result<Reconciled> {
-        let outcome = kind.as_str();
-        if kind.is_success() {
-            info!(
-                ferry_commit = %flight.commit, ferry_serial = flight.serial, ferry_toplevel = %flight.toplevel,
-                ferry_phase = "done", ferry_outcome = outcome, "{description}"
-            );
+    /// Checks health (when the switch activated a running system) and asks
+    /// `decide.rs` what it all means: the end, or a rollback.
+    async fn checking(&mut self, flight: &InFlight, switch: SwitchResult) -> Result<Next> {
+        let health = if decide::checks_health(flight.action, switch) {
+            info!(ferry_phase = flight.phase.name(), "checking health");
+            let health = &self.config.health;
+            self.seams
+                .units
+                .check_health(health.settle, &health.commands)
+                .await?
+                .new_since(&self.config.switch.unit, &flight.failed_before)
         } else {
-            error!(
-                ferry_commit = %flight.commit, ferry_serial = flight.serial, ferry_toplevel = %flight.toplevel,
-                ferry_phase = "done", ferry_outcome = outcome, "{description}"
-            );
+            Health::default()
+        };
+        let kernel_changed =
+            flight.action == Action::Switch && self.seams.store.kernel_changed(&flight.target.toplevel);
+        let checked = Checked {
+            host: &self.config.host,
+            serial: flight.target.serial,
+            action: flight.action,
+            switch,
+            health: &health,
+            kernel_changed,
+            rollback_enabled: self.config.switch.rollback,
+            previous: flight.previous.as_ref(),
+        };
+        Ok(match decide::after_check(&checked) {
+            AfterCheck::RollBack { to, problem } => Next::Phase(Phase::RollingBack { to, problem }),
+            AfterCheck::Conclude(conclusion) => Next::End(conclusion),
+        })
+    }
+
+    /// Sees the rollback unit to its end; the deploy failed either way.
+    async fn rolling_back(&mut self, flight: &InFlight, to: &StorePath, problem: &str) -> Result<Next> {
+        let result = self.see_through(flight).await?;
+        Ok(Next::End(decide::after_rollback(problem, to, result)))
+    }
+
+    /// Starts the activation the flight's phase names (setting the profile
+    /// back first for a rollback).
+    async fn activate(&mut self, flight: &InFlight) -> Result<()> {
+        let Some((activation, system, action)) = flight.activation() else {
+            return Ok(());
+        };
+        let phase = flight.phase.name();
+        match &flight.phase {
+            Phase::RollingBack { problem, .. } => {
+                warn!(
+                    ferry_phase = phase,
+                    "{problem}: rolling back to {}",
+                    system.name()
+                );
+                if flight.action.sets_profile() {
+                    self.seams.store.set_profile(system).await?;
+                }
+            }
+            _ => info!(ferry_phase = phase, "starting switch-to-configuration {action}"),
+        }
+        let serial = flight.target.serial;
+        self.seams.units.start(serial, activation, system, action).await?;
+        Ok(())
+    }
+
+    /// The one way a switch or rollback unit is followed, fresh or after a
+    /// restart: a running unit is waited for, a finished one read; a unit
+    /// never seen is taken as done when its system runs, and started
+    /// otherwise (killed between recording the phase and starting the unit,
+    /// or lost with a power cut: activating the same system again is safe).
+    async fn see_through(&mut self, flight: &InFlight) -> Result<SwitchResult> {
+        let (activation, system, _) = flight
+            .activation()
+            .expect("only switching and rolling back have a unit");
+        let serial = flight.target.serial;
+        let units = &mut self.seams.units;
+        Ok(match units.observe(serial, activation).await? {
+            Observed::Running => units.wait(serial, activation).await?,
+            Observed::Finished(result) => result,
+            Observed::Unknown if self.seams.store.running_system().as_ref() == Some(system) => {
+                SwitchResult::Ok
+            }
+            Observed::Unknown => {
+                self.activate(flight).await?;
+                self.seams.units.wait(serial, activation).await?
+            }
+        })
+    }
+
+    /// Ends a deploy in flight with `conclusion`.
+    fn finish(&mut self, state: &mut State, flight: &InFlight, conclusion: Conclusion) -> Result<Reconciled> {
+        let Conclusion { kind, description } = conclusion;
+        let result = match kind {
+            OutcomeKind::Success => Reconciled::Deployed {
+                reboot_required: false,
+            },
+            OutcomeKind::SuccessRebootRequired | OutcomeKind::Installed => Reconciled::Deployed {
+                reboot_required: true,
+            },
+            OutcomeKind::Failed => Reconciled::Failed(description.clone()),
+            OutcomeKind::Refused => Reconciled::Refused(description.clone()),
+            OutcomeKind::Error => Reconciled::Error(description.clone()),
+        };
+        self.record(
+            state,
+            Ending {
+                outcome: Outcome {
+                    commit: flight.target.commit.clone(),
+                    serial: flight.target.serial,
+                    toplevel: Some(flight.target.toplevel.clone()),
+                    result: kind,
+                    description: description.clone(),
+                    at: Utc::now(),
+                },
+                source: flight.source.clone(),
+                status: decide::outcome_status(kind),
+                anchor: false,
+                phase: "done",
+                label: kind.as_str(),
+                message: description,
+                result,
+            },
+        )
+    }
+
+    /// The one place a reconcile's ending is recorded: logged, written to
+    /// the state (no deploy in flight any more, the tip remembered, the
+    /// outcome kept) and reported to the forge, in that order.
+    fn record(&mut self, state: &mut State, ending: Ending) -> Result<Reconciled> {
+        let Ending {
+            outcome,
+            source,
+            status,
+            anchor,
+            phase,
+            label,
+            message,
+            result,
+        } = ending;
+        if outcome.result.is_success() {
+            info!(ferry_phase = phase, ferry_outcome = label, "{message}");
+        } else {
+            error!(ferry_phase = phase, ferry_outcome = label, "{message}");
         }
         state.in_flight = None;
-        state.last_seen_tip = Some(flight.commit.clone());
-        let outcome = Outcome {
-            commit: flight.commit.clone(),
-            serial: flight.serial,
-            toplevel: Some(flight.toplevel.clone()),
-            result: kind,
-            description: description.to_owned(),
-            at: Utc::now(),
-        };
-        if kind.is_success() {
+        state.last_seen_tip = Some(outcome.commit.clone());
+        if anchor {
+            state.anchor = Some(Anchor {
+                commit: outcome.commit.clone(),
+                serial: outcome.serial,
+            });
+        }
+        if outcome.result.is_success() {
             state.last_success = Some(outcome.clone());
         }
-        state.last_outcome = Some(outcome);
+        state.last_outcome = Some(outcome.clone());
         self.state.save(state)?;
-        let (status, result) = match kind {
-            OutcomeKind::Success => (
-                StatusState::Success,
-                Reconciled::Deployed {
-                    reboot_required: false,
-                },
-            ),
-            OutcomeKind::SuccessRebootRequired | OutcomeKind::Installed => (
-                StatusState::Success,
-                Reconciled::Deployed {
-                    reboot_required: true,
-                },
-            ),
-            OutcomeKind::Failed => (StatusState::Failure, Reconciled::Failed(description.to_owned())),
-            OutcomeKind::Refused => (StatusState::Failure, Reconciled::Refused(description.to_owned())),
-            OutcomeKind::Error => (StatusState::Error, Reconciled::Error(description.to_owned())),
-        };
-        self.report(&flight.commit, flight.source.as_ref(), status, description);
+        self.report(&outcome.commit, source.as_ref(), status, &outcome.description);
         Ok(result)
     }
 }
 
-/// A refusal to record: where it happened, of what, and why.
-struct Refused<'a> {
-    phase: &'static str,
-    tip: &'a CommitId,
-    serial: Option<u64>,
-    /// Where else to report (the release's source commit), when trustworthy.
-    source: Option<&'a CommitId>,
-    /// Plain words for the commit status.
-    summary: String,
-    /// The full reason, for the journal and `once`.
-    detail: String,
-}
-
-/// The action that puts the previous system back.
-fn rollback_action(action: Action) -> Action {
-    match action {
-        Action::Test => Action::Test,
-        _ => Action::Switch,
-    }
-}
-
 impl InFlight {
-    fn phase_name(&self) -> &'static str {
-        match self.phase {
-            Phase::Realising => "realise",
-            Phase::Switching => "switch",
-            Phase::Checking => "health",
-            Phase::RollingBack => "rollback",
+    /// The unit the phase runs, the system it activates and how: the
+    /// release's for switching, the previous system's for rolling back.
+    fn activation(&self) -> Option<(Activation, &StorePath, Action)> {
+        match &self.phase {
+            Phase::Switching => Some((Activation::Switch, &self.target.toplevel, self.action)),
+            Phase::RollingBack { to, .. } => {
+                Some((Activation::Rollback, to, decide::rollback_action(self.action)))
+            }
+            Phase::Realising | Phase::Checking { .. } => None,
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

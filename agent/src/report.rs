@@ -8,13 +8,72 @@ use std::path::{Path, PathBuf};
 use ferry_signer::CommitId;
 use serde::{Deserialize, Serialize};
 
-use crate::config::Forge;
-use crate::state::{atomic_write, StateError};
+use crate::config::{absolute, Forge, ForgeTarget, Invalid, ReportConfig, ReportFile};
+use crate::durable::atomic_write;
+use crate::state::StateError;
 
 /// GitHub refuses longer descriptions; we hold every forge to it.
 pub const MAX_DESCRIPTION_CHARS: usize = 140;
 /// Oldest statuses are dropped beyond this many waiting (with a log line).
 pub const MAX_OUTBOX_ENTRIES: usize = 1000;
+
+/// The `[report]` section of the configuration, validated: with a forge,
+/// where and how to post (API URL defaulted per forge, repository and token
+/// file required); `forge = "none"` is no forge at all.
+pub(crate) fn validate(r: ReportFile) -> Result<ReportConfig, Invalid> {
+    let token_file = |file: Option<PathBuf>| {
+        file.map(|p| absolute(p, "token_file"))
+            .transpose()
+            .map_err(|p| Invalid::new("report.token_file", p))
+    };
+    let forge = match r.forge.0 {
+        None => {
+            token_file(r.token_file)?;
+            None
+        }
+        Some(forge) => {
+            let api_url = match (forge, r.api_url) {
+                (_, Some(url)) => url.trim_end_matches('/').to_owned(),
+                (Forge::Github, None) => "https://api.github.com".into(),
+                (Forge::Gitlab, None) => "https://gitlab.com/api/v4".into(),
+                (Forge::Gitea, None) => {
+                    return Err(Invalid::new(
+                        "report.api_url",
+                        "required for gitea, e.g. https://git.example.com/api/v1",
+                    ))
+                }
+            };
+            if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
+                return Err(Invalid::new(
+                    "report.api_url",
+                    format!("`{api_url}` is not an http(s) URL"),
+                ));
+            }
+            if r.repository.is_empty() {
+                return Err(Invalid::new(
+                    "report.repository",
+                    "required: owner/repo (or a GitLab project id)",
+                ));
+            }
+            let Some(token_file) = token_file(r.token_file)? else {
+                return Err(Invalid::new(
+                    "report.token_file",
+                    "required to post statuses (a systemd credential, for example)",
+                ));
+            };
+            Some(ForgeTarget {
+                forge,
+                api_url,
+                repository: r.repository,
+                token_file,
+            })
+        }
+    };
+    Ok(ReportConfig {
+        forge,
+        context: r.context,
+    })
+}
 
 /// A commit status state, in Ferry's terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,14 +113,14 @@ impl StatusState {
 
 /// One status to post on one commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Status {
+pub struct CommitStatus {
     pub commit: CommitId,
     pub state: StatusState,
     pub context: String,
     pub description: String,
 }
 
-impl Status {
+impl CommitStatus {
     /// A status whose description is cut to the forge limit.
     pub fn new(commit: CommitId, state: StatusState, context: &str, description: &str) -> Self {
         let description = if description.chars().count() > MAX_DESCRIPTION_CHARS {
@@ -95,13 +154,12 @@ pub fn request_for(
     api_url: &str,
     repository: &str,
     token: &str,
-    status: &Status,
-) -> Option<StatusRequest> {
+    status: &CommitStatus,
+) -> StatusRequest {
     let api = api_url.trim_end_matches('/');
     let sha = status.commit.as_str();
     let user_agent = ("User-Agent", format!("ferry-agent/{}", env!("CARGO_PKG_VERSION")));
-    Some(match forge {
-        Forge::None => return None,
+    match forge {
         Forge::Github => StatusRequest {
             url: format!("{api}/repos/{repository}/statuses/{sha}"),
             headers: vec![
@@ -134,7 +192,7 @@ pub fn request_for(
                 "description": status.description,
             }),
         },
-    })
+    }
 }
 
 /// GitLab takes a numeric id or the URL-encoded path (`group%2Fproject`).
@@ -159,7 +217,7 @@ pub struct Outbox {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Queued {
     pub seq: u64,
-    pub status: Status,
+    pub status: CommitStatus,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -205,7 +263,7 @@ impl Outbox {
 
     /// Appends a status durably; returns how many older ones were dropped to
     /// stay within [`MAX_OUTBOX_ENTRIES`].
-    pub fn push(&self, status: &Status) -> Result<usize, StateError> {
+    pub fn push(&self, status: &CommitStatus) -> Result<usize, StateError> {
         let entries = self.entries()?;
         let seq = entries.last().map_or(1, |(s, _)| s + 1);
         let file = QueuedFile {
@@ -215,7 +273,8 @@ impl Outbox {
             description: status.description.clone(),
         };
         let bytes = serde_json::to_vec(&file).expect("status serialises");
-        atomic_write(&self.dir.join(format!("{seq:020}.json")), &bytes)?;
+        let path = self.dir.join(format!("{seq:020}.json"));
+        atomic_write(&path, &bytes).map_err(|source| StateError::Write { path, source })?;
         let excess = (entries.len() + 1).saturating_sub(MAX_OUTBOX_ENTRIES);
         for (_, path) in entries.iter().take(excess) {
             let _ = std::fs::remove_file(path);
@@ -233,8 +292,8 @@ impl Outbox {
             path: path.clone(),
             source,
         })?;
-        let parsed: Option<Status> = serde_json::from_slice::<QueuedFile>(&bytes).ok().and_then(|f| {
-            Some(Status {
+        let parsed: Option<CommitStatus> = serde_json::from_slice::<QueuedFile>(&bytes).ok().and_then(|f| {
+            Some(CommitStatus {
                 commit: f.commit.parse().ok()?,
                 state: StatusState::parse(&f.state)?,
                 context: f.context,
@@ -278,8 +337,8 @@ impl Outbox {
 mod tests {
     use super::*;
 
-    fn status(state: StatusState) -> Status {
-        Status::new(
+    fn status(state: StatusState) -> CommitStatus {
+        CommitStatus::new(
             "9fceb02d0ae598e95dc970b74767f19372d61af8".parse().unwrap(),
             state,
             "ferry/web1",
@@ -295,8 +354,7 @@ mod tests {
             "ops/deploy",
             "T0K",
             &status(StatusState::Success),
-        )
-        .unwrap();
+        );
         assert_eq!(
             r.url,
             "https://api.github.com/repos/ops/deploy/statuses/9fceb02d0ae598e95dc970b74767f19372d61af8"
@@ -316,8 +374,7 @@ mod tests {
             "ops/deploy",
             "T0K",
             &status(StatusState::Pending),
-        )
-        .unwrap();
+        );
         assert_eq!(r.url, "https://git.example.com/api/v1/repos/ops/deploy/statuses/9fceb02d0ae598e95dc970b74767f19372d61af8");
         assert!(r.headers.contains(&("Authorization", "token T0K".into())));
         assert_eq!(r.body["state"], "pending");
@@ -331,8 +388,7 @@ mod tests {
             "ops/deploy",
             "T0K",
             &status(StatusState::Failure),
-        )
-        .unwrap();
+        );
         assert_eq!(r.url, "https://gitlab.com/api/v4/projects/ops%2Fdeploy/statuses/9fceb02d0ae598e95dc970b74767f19372d61af8");
         assert!(r.headers.contains(&("PRIVATE-TOKEN", "T0K".into())));
         assert_eq!(
@@ -345,17 +401,15 @@ mod tests {
             "42",
             "T",
             &status(StatusState::Pending),
-        )
-        .unwrap();
+        );
         assert!(p.url.contains("/projects/42/statuses/"));
         assert_eq!(p.body["state"], "running");
-        assert!(request_for(Forge::None, "", "", "", &status(StatusState::Pending)).is_none());
     }
 
     #[test]
     fn descriptions_are_cut_to_140_chars() {
         let long = "é".repeat(300);
-        let s = Status::new(
+        let s = CommitStatus::new(
             "9fceb02d0ae598e95dc970b74767f19372d61af8".parse().unwrap(),
             StatusState::Error,
             "c",

@@ -10,11 +10,79 @@ use std::time::Duration;
 use git2::{Direction, FetchOptions, Oid, RemoteCallbacks, Repository};
 use zeroize::Zeroizing;
 
+use crate::config::{absolute, Invalid, SourceConfig, SourceFile};
 use crate::git_http;
 
 /// Fetches that would transfer more than this are aborted (endless-data defence).
 pub const MAX_FETCH_BYTES: usize = 512 << 20;
 const REMOTE_REF: &str = "refs/ferry/tip";
+
+/// The `[source]` section of the configuration, validated.
+pub(crate) fn validate(source: SourceFile) -> Result<SourceConfig, Invalid> {
+    check_repo_url(&source.url).map_err(|p| Invalid::new("source.url", p))?;
+    if source.branch.is_empty() || !git2::Reference::is_valid_name(&format!("refs/heads/{}", source.branch)) {
+        return Err(Invalid::new(
+            "source.branch",
+            format!("`{}` is not a valid branch name", source.branch),
+        ));
+    }
+    let allowed_signers = absolute(source.allowed_signers, "allowed_signers")
+        .map_err(|p| Invalid::new("source.allowed_signers", p))?;
+    if source.poll_interval.0 < Duration::from_secs(1) {
+        return Err(Invalid::new("source.poll_interval", "must be at least 1s"));
+    }
+    let token_file = source
+        .token_file
+        .map(|p| absolute(p, "token_file"))
+        .transpose()
+        .map_err(|p| Invalid::new("source.token_file", p))?;
+    if token_file.is_some() && !token_travels_safely(&source.url) {
+        return Err(Invalid::new(
+            "source.token_file",
+            format!(
+                "`{}` is plain HTTP, so the token would cross the network in clear: use https://",
+                source.url
+            ),
+        ));
+    }
+    Ok(SourceConfig {
+        url: source.url,
+        branch: source.branch,
+        allowed_signers,
+        poll_interval: source.poll_interval.0,
+        jitter: source.jitter.0,
+        token_file,
+    })
+}
+
+/// A token is sent with every request: only over HTTPS, or plain HTTP to this
+/// machine itself (a local mirror or proxy).
+pub(crate) fn token_travels_safely(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return true;
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = authority.rsplit('@').next().unwrap_or("");
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.split(':').next().unwrap_or(""),
+    };
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+fn check_repo_url(url: &str) -> Result<(), String> {
+    let ok = ["https://", "http://", "git://", "file://"]
+        .iter()
+        .any(|s| url.starts_with(s))
+        || url.starts_with('/');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{url}` is not supported: use https://, http://, git://, file:// or an absolute path"
+        ))
+    }
+}
 
 /// Why talking to the deploy repository failed.
 #[derive(Debug, thiserror::Error)]

@@ -1,15 +1,19 @@
 //! What the agent remembers across restarts, in `<state_dir>/state.json`: the
-//! anti-rollback anchor (last accepted release), the last deployed system, any
-//! deploy in flight and the last outcome. Every write is atomic (temp file,
-//! fsync, rename, fsync of the directory), so a crash or power loss leaves
-//! either the old or the new state, never a torn one.
+//! anti-rollback anchor (last accepted release), any deploy in flight and the
+//! phase it reached, the last outcome and the last success. The file format is
+//! its own serialised type (below the domain types), kept compatible with the
+//! files hosts already have; every write goes through
+//! [`crate::durable::atomic_write`], so a crash or power loss leaves either the
+//! old or the new state, never a torn one.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use ferry_signer::{Action, CommitId, StorePath};
 use serde::{Deserialize, Serialize};
+
+use crate::decide::SwitchResult;
+use crate::durable::atomic_write;
 
 const STATE_FILE: &str = "state.json";
 const STATE_VERSION: u32 = 1;
@@ -38,34 +42,59 @@ pub struct Anchor {
     pub serial: u64,
 }
 
-/// The phase a deploy had reached when last recorded, so a restart resumes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What one deploy is about: the release commit, its serial and this host's
+/// toplevel. These are the `FERRY_COMMIT`, `FERRY_SERIAL` and
+/// `FERRY_TOPLEVEL` journal fields of every event of the deploy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub commit: CommitId,
+    pub serial: u64,
+    pub toplevel: StorePath,
+}
+
+/// The phase a deploy had reached when last recorded, with exactly the data
+/// that phase needs, so a restart resumes it. Each phase is recorded before
+/// the step it names is taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Phase {
-    /// Verified and preflighted; the closure is being realised.
+    /// Verified and preflighted: the closure is realised and the system
+    /// profile set.
     Realising,
     /// The transient switch unit was (or was about to be) started.
     Switching,
-    /// The switch finished; health checks run.
-    Checking,
-    /// A rollback to the previous system was started.
-    RollingBack,
+    /// The switch finished with this result: health is checked next.
+    Checking { switch: SwitchResult },
+    /// A rollback to the previous system `to` was started because of
+    /// `problem` (plain words, as the final status reports it).
+    RollingBack { to: StorePath, problem: String },
+}
+
+impl Phase {
+    /// The phase's one stable name: in `state.json`, in the journal's
+    /// `FERRY_PHASE` field and in `status --json` (`in_progress.phase`).
+    /// These names are an interface: docs/operations.md lists them.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Phase::Realising => "realising",
+            Phase::Switching => "switching",
+            Phase::Checking { .. } => "checking",
+            Phase::RollingBack { .. } => "rolling-back",
+        }
+    }
 }
 
 /// A deploy in progress.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InFlight {
-    pub commit: CommitId,
-    pub serial: u64,
+    pub target: Target,
+    /// The release's source commit (statuses go there too).
     pub source: Option<CommitId>,
-    pub toplevel: StorePath,
     pub action: Action,
     pub phase: Phase,
     /// The system that was running before, for rollback.
     pub previous: Option<StorePath>,
     /// Units already failed before the switch: only new failures count.
     pub failed_before: Vec<String>,
-    /// What the switch said, once it finished (for the Checking phase).
-    pub switch_result: Option<String>,
     pub started: DateTime<Utc>,
 }
 
@@ -111,11 +140,11 @@ pub enum StateError {
 
 /// Reads and writes [`State`] in a state directory.
 #[derive(Debug, Clone)]
-pub struct StateStore {
+pub struct StateDir {
     dir: PathBuf,
 }
 
-impl StateStore {
+impl StateDir {
     /// Opens (creating with mode 0700) the state directory.
     pub fn open(dir: &Path) -> Result<Self, StateError> {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -156,27 +185,9 @@ impl StateStore {
     /// Replaces the state atomically.
     pub fn save(&self, state: &State) -> Result<(), StateError> {
         let bytes = serde_json::to_vec_pretty(&StateFile::from_state(state)).expect("state serialises");
-        atomic_write(&self.dir.join(STATE_FILE), &bytes)
+        let path = self.dir.join(STATE_FILE);
+        atomic_write(&path, &bytes).map_err(|source| StateError::Write { path, source })
     }
-}
-
-/// Writes `bytes` to `path` so that readers (and a reboot) see the old content
-/// or the new, never a mix: temp file in the same directory, fsync, rename,
-/// fsync the directory.
-pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
-    let write_err = |source| StateError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(write_err)?;
-    tmp.write_all(bytes).map_err(write_err)?;
-    tmp.as_file().sync_all().map_err(write_err)?;
-    tmp.persist(path).map_err(|e| write_err(e.error))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(write_err)?;
-    Ok(())
 }
 
 // ---- the file format (an interface: kept apart from the domain types) ------
@@ -200,6 +211,10 @@ struct AnchorFile {
     serial: u64,
 }
 
+/// A deploy in flight as written. `phase` is [`Phase::name`]; the phase's
+/// data is spread over the fields hosts' files already have: `switch_result`
+/// holds the encoded [`SwitchResult`] while `checking` and the problem being
+/// rolled back while `rolling-back`, whose target is `previous`.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct InFlightFile {
@@ -226,28 +241,6 @@ struct OutcomeFile {
     result: String,
     description: String,
     at: DateTime<Utc>,
-}
-
-impl Phase {
-    fn as_str(self) -> &'static str {
-        match self {
-            Phase::Realising => "realising",
-            Phase::Switching => "switching",
-            Phase::Checking => "checking",
-            Phase::RollingBack => "rolling-back",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Self> {
-        [
-            Phase::Realising,
-            Phase::Switching,
-            Phase::Checking,
-            Phase::RollingBack,
-        ]
-        .into_iter()
-        .find(|p| p.as_str() == s)
-    }
 }
 
 impl OutcomeKind {
@@ -288,18 +281,7 @@ impl StateFile {
                 commit: a.commit.to_string(),
                 serial: a.serial,
             }),
-            in_flight: s.in_flight.as_ref().map(|f| InFlightFile {
-                commit: f.commit.to_string(),
-                serial: f.serial,
-                source: f.source.as_ref().map(|c| c.to_string()),
-                toplevel: f.toplevel.to_string(),
-                action: f.action.to_string(),
-                phase: f.phase.as_str().to_owned(),
-                previous: f.previous.as_ref().map(|p| p.to_string()),
-                failed_before: f.failed_before.clone(),
-                switch_result: f.switch_result.clone(),
-                started: f.started,
-            }),
+            in_flight: s.in_flight.as_ref().map(InFlightFile::from_in_flight),
             last_outcome: s.last_outcome.as_ref().map(OutcomeFile::from_outcome),
             last_success: s.last_success.as_ref().map(OutcomeFile::from_outcome),
         }
@@ -310,7 +292,6 @@ impl StateFile {
             return Err(format!("state version {} is not {STATE_VERSION}", self.version));
         }
         let commit = |s: &str| s.parse::<CommitId>().map_err(|e| e.to_string());
-        let path = |s: &str| s.parse::<StorePath>().map_err(|e| e.to_string());
         Ok(State {
             last_seen_tip: self.last_seen_tip.as_deref().map(commit).transpose()?,
             anchor: self
@@ -322,29 +303,75 @@ impl StateFile {
                     })
                 })
                 .transpose()?,
-            in_flight: self
-                .in_flight
-                .map(|f| {
-                    Ok::<_, String>(InFlight {
-                        commit: commit(&f.commit)?,
-                        serial: f.serial,
-                        source: f.source.as_deref().map(commit).transpose()?,
-                        toplevel: path(&f.toplevel)?,
-                        action: f
-                            .action
-                            .parse()
-                            .map_err(|e: ferry_signer::release::ActionError| e.to_string())?,
-                        phase: Phase::parse(&f.phase)
-                            .ok_or_else(|| format!("unknown phase `{}`", f.phase))?,
-                        previous: f.previous.as_deref().map(path).transpose()?,
-                        failed_before: f.failed_before,
-                        switch_result: f.switch_result,
-                        started: f.started,
-                    })
-                })
-                .transpose()?,
+            in_flight: self.in_flight.map(InFlightFile::into_in_flight).transpose()?,
             last_outcome: self.last_outcome.map(OutcomeFile::into_outcome).transpose()?,
             last_success: self.last_success.map(OutcomeFile::into_outcome).transpose()?,
+        })
+    }
+}
+
+impl InFlightFile {
+    fn from_in_flight(f: &InFlight) -> Self {
+        let switch_result = match &f.phase {
+            Phase::Realising | Phase::Switching => None,
+            Phase::Checking { switch } => Some(switch.encode()),
+            Phase::RollingBack { problem, .. } => Some(problem.clone()),
+        };
+        let previous = match &f.phase {
+            Phase::RollingBack { to, .. } => Some(to),
+            _ => f.previous.as_ref(),
+        };
+        InFlightFile {
+            commit: f.target.commit.to_string(),
+            serial: f.target.serial,
+            source: f.source.as_ref().map(|c| c.to_string()),
+            toplevel: f.target.toplevel.to_string(),
+            action: f.action.to_string(),
+            phase: f.phase.name().to_owned(),
+            previous: previous.map(|p| p.to_string()),
+            failed_before: f.failed_before.clone(),
+            switch_result,
+            started: f.started,
+        }
+    }
+
+    fn into_in_flight(self) -> Result<InFlight, String> {
+        let commit = |s: &str| s.parse::<CommitId>().map_err(|e| e.to_string());
+        let path = |s: &str| s.parse::<StorePath>().map_err(|e| e.to_string());
+        let previous = self.previous.as_deref().map(path).transpose()?;
+        let phase = match self.phase.as_str() {
+            "realising" => Phase::Realising,
+            "switching" => Phase::Switching,
+            // A finished switch whose result cannot be read is observed
+            // again: the unit or the result file its ExecStopPost wrote
+            // says how it ended, and it is never counted as a success.
+            "checking" => match self.switch_result.as_deref().and_then(SwitchResult::decode) {
+                Some(switch) => Phase::Checking { switch },
+                None => Phase::Switching,
+            },
+            "rolling-back" => Phase::RollingBack {
+                to: previous
+                    .clone()
+                    .ok_or("phase `rolling-back` without a previous system")?,
+                problem: self.switch_result.unwrap_or_else(|| "deploy failed".into()),
+            },
+            other => return Err(format!("unknown phase `{other}`")),
+        };
+        Ok(InFlight {
+            target: Target {
+                commit: commit(&self.commit)?,
+                serial: self.serial,
+                toplevel: path(&self.toplevel)?,
+            },
+            source: self.source.as_deref().map(commit).transpose()?,
+            action: self
+                .action
+                .parse()
+                .map_err(|e: ferry_signer::release::ActionError| e.to_string())?,
+            phase,
+            previous,
+            failed_before: self.failed_before,
+            started: self.started,
         })
     }
 }
@@ -395,15 +422,16 @@ mod tests {
                 serial: 7,
             }),
             in_flight: Some(InFlight {
-                commit: commit.clone(),
-                serial: 7,
+                target: Target {
+                    commit: commit.clone(),
+                    serial: 7,
+                    toplevel: toplevel.clone(),
+                },
                 source: None,
-                toplevel: toplevel.clone(),
                 action: Action::Boot,
                 phase: Phase::Switching,
                 previous: Some(toplevel.clone()),
                 failed_before: vec!["old.service".into()],
-                switch_result: Some("exit-code exited 100".into()),
                 started: DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
             }),
             last_outcome: Some(Outcome {
@@ -423,7 +451,7 @@ mod tests {
     #[test]
     fn round_trips_and_starts_empty() {
         let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::open(&dir.path().join("state")).unwrap();
+        let store = StateDir::open(&dir.path().join("state")).unwrap();
         assert_eq!(store.load().unwrap(), State::default());
         store.save(&sample()).unwrap();
         assert_eq!(store.load().unwrap(), sample());
@@ -435,7 +463,7 @@ mod tests {
     #[test]
     fn corrupt_state_is_refused_with_advice() {
         let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::open(dir.path()).unwrap();
+        let store = StateDir::open(dir.path()).unwrap();
         std::fs::write(
             dir.path().join(STATE_FILE),
             b"{\"version\": 1, \"last_seen_tip\": \"zz\"",
@@ -448,10 +476,129 @@ mod tests {
         );
     }
 
+    /// Every phase, with its data, survives a save and a load.
     #[test]
-    fn atomic_write_leaves_no_temp_files() {
+    fn every_phase_round_trips() {
         let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::open(dir.path()).unwrap();
+        let store = StateDir::open(dir.path()).unwrap();
+        let to: StorePath = "/nix/store/1c0mb5j1x3dg5bf3wk3jh4xyz6p4s3ld-nixos-system-web1"
+            .parse()
+            .unwrap();
+        for phase in [
+            Phase::Realising,
+            Phase::Switching,
+            Phase::Checking {
+                switch: SwitchResult::Failed { code: 4 },
+            },
+            Phase::Checking {
+                switch: SwitchResult::RebootRequired,
+            },
+            Phase::RollingBack {
+                to: to.clone(),
+                problem: "failed units: nginx.service".into(),
+            },
+        ] {
+            let mut state = sample();
+            let flight = state.in_flight.as_mut().unwrap();
+            flight.phase = phase.clone();
+            flight.previous = Some(to.clone());
+            store.save(&state).unwrap();
+            let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
+            assert!(
+                text.contains(&format!("\"phase\": \"{}\"", phase.name())),
+                "{text}"
+            );
+            assert_eq!(store.load().unwrap(), state, "{}", phase.name());
+        }
+    }
+
+    /// A state file as agents before the typed phases wrote it, one per
+    /// phase: hosts that upgrade mid-deploy resume where they were.
+    #[test]
+    fn loads_the_files_hosts_already_have() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateDir::open(dir.path()).unwrap();
+        let file = |phase: &str, switch_result: &str| {
+            format!(
+                r#"{{
+  "version": 1,
+  "last_seen_tip": "9fceb02d0ae598e95dc970b74767f19372d61af8",
+  "anchor": {{ "commit": "9fceb02d0ae598e95dc970b74767f19372d61af8", "serial": 7 }},
+  "in_flight": {{
+    "commit": "9fceb02d0ae598e95dc970b74767f19372d61af8",
+    "serial": 7,
+    "source": null,
+    "toplevel": "/nix/store/0c0mb5j1x3dg5bf3wk3jh4xyz6p4s3ld-nixos-system-web1",
+    "action": "switch",
+    "phase": "{phase}",
+    "previous": "/nix/store/1c0mb5j1x3dg5bf3wk3jh4xyz6p4s3ld-nixos-system-web1",
+    "failed_before": [],
+    "switch_result": {switch_result},
+    "started": "2027-01-15T08:00:00Z"
+  }},
+  "last_outcome": null
+}}"#
+            )
+        };
+        let previous: StorePath = "/nix/store/1c0mb5j1x3dg5bf3wk3jh4xyz6p4s3ld-nixos-system-web1"
+            .parse()
+            .unwrap();
+        let cases = [
+            ("realising", "null", Phase::Realising),
+            ("switching", "null", Phase::Switching),
+            (
+                "checking",
+                "\"failed:4\"",
+                Phase::Checking {
+                    switch: SwitchResult::Failed { code: 4 },
+                },
+            ),
+            (
+                "checking",
+                "\"reboot-required\"",
+                Phase::Checking {
+                    switch: SwitchResult::RebootRequired,
+                },
+            ),
+            // Unreadable: observed again, never taken for a success.
+            ("checking", "null", Phase::Switching),
+            ("checking", "\"garbled\"", Phase::Switching),
+            (
+                "rolling-back",
+                "\"switch-to-configuration failed (exit 4)\"",
+                Phase::RollingBack {
+                    to: previous.clone(),
+                    problem: "switch-to-configuration failed (exit 4)".into(),
+                },
+            ),
+        ];
+        for (name, switch_result, phase) in cases {
+            std::fs::write(dir.path().join(STATE_FILE), file(name, switch_result)).unwrap();
+            let state = store.load().unwrap();
+            let flight = state.in_flight.expect("in flight");
+            assert_eq!(flight.phase, phase, "{name} {switch_result}");
+            assert_eq!(flight.target.serial, 7);
+            assert_eq!(flight.action, Action::Switch);
+            assert_eq!(flight.previous.as_ref(), Some(&previous));
+            assert_eq!(state.last_seen_tip, state.anchor.map(|a| a.commit));
+        }
+        // The one thing a rollback cannot do without is the system to go back to.
+        let orphan = file("rolling-back", "\"x\"").replace(
+            "\"/nix/store/1c0mb5j1x3dg5bf3wk3jh4xyz6p4s3ld-nixos-system-web1\"",
+            "null",
+        );
+        std::fs::write(dir.path().join(STATE_FILE), orphan).unwrap();
+        let err = store.load().unwrap_err().to_string();
+        assert!(err.contains("without a previous system"), "{err}");
+        std::fs::write(dir.path().join(STATE_FILE), file("rollingback", "null")).unwrap();
+        let err = store.load().unwrap_err().to_string();
+        assert!(err.contains("unknown phase `rollingback`"), "{err}");
+    }
+
+    #[test]
+    fn saving_leaves_no_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateDir::open(dir.path()).unwrap();
         for _ in 0..3 {
             store.save(&sample()).unwrap();
         }

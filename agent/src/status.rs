@@ -9,7 +9,7 @@ use ferry_signer::StorePath;
 
 use crate::config::Config;
 use crate::report::Outbox;
-use crate::state::{OutcomeKind, State, StateStore};
+use crate::state::{OutcomeKind, State, StateDir};
 use crate::store;
 
 /// Where the daemon records when it polls next.
@@ -29,7 +29,7 @@ pub struct StatusReport {
 
 /// Reads everything `status` shows.
 pub fn gather(config: &Config) -> anyhow::Result<StatusReport> {
-    let state = StateStore::open(&config.state_dir)?.load()?;
+    let state = StateDir::open(&config.state_dir)?.load()?;
     let outbox_pending = Outbox::open(&config.state_dir)?.len()?;
     let running = store::resolve_system(Path::new(store::CURRENT_SYSTEM));
     let profile = store::resolve_system(&config.switch.profile);
@@ -109,8 +109,11 @@ impl StatusReport {
                 &mut out,
                 "in progress",
                 format!(
-                    "release {} ({}), {:?} since {}",
-                    f.serial, f.action, f.phase, f.started
+                    "release {} ({}), {} since {}",
+                    f.target.serial,
+                    f.action,
+                    f.phase.name(),
+                    f.started
                 ),
             );
         }
@@ -143,8 +146,8 @@ impl StatusReport {
                 "toplevel": o.toplevel.as_ref().map(|t| t.to_string()),
             })),
             "in_progress": self.state.in_flight.as_ref().map(|f| serde_json::json!({
-                "commit": f.commit.to_string(), "serial": f.serial, "toplevel": f.toplevel.to_string(),
-                "action": f.action.as_str(), "phase": format!("{:?}", f.phase).to_lowercase(),
+                "commit": f.target.commit.to_string(), "serial": f.target.serial,
+                "toplevel": f.target.toplevel.to_string(), "action": f.action.as_str(), "phase": f.phase.name(),
             })),
             "statuses_queued": self.outbox_pending,
             "drift": self.drift,

@@ -9,13 +9,37 @@ use std::time::Duration;
 
 use ferry_signer::{Action, StorePath};
 
+use crate::config::{absolute, Invalid, SwitchConfig, SwitchFile};
 use crate::decide::SwitchResult;
-use crate::state::{atomic_write, StateError};
+use crate::durable::atomic_write;
+use crate::state::StateError;
 use crate::systemd::{Command, ServiceOutcome, Systemd, SystemdError, TransientService, UnitState};
 
 /// Environment variables passed to switch-to-configuration when set, as
 /// nixos-rebuild does.
 const PASSED_ENV: &[&str] = &["LOCALE_ARCHIVE", "NIXOS_INSTALL_BOOTLOADER"];
+
+/// The `[switch]` section of the configuration, validated.
+pub(crate) fn validate(switch: SwitchFile) -> Result<SwitchConfig, Invalid> {
+    let profile = absolute(switch.profile, "profile").map_err(|p| Invalid::new("switch.profile", p))?;
+    if switch.unit.is_empty()
+        || !switch
+            .unit
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@:".contains(&b))
+    {
+        return Err(Invalid::new(
+            "switch.unit",
+            format!("`{}` is not a valid unit name (without .service)", switch.unit),
+        ));
+    }
+    Ok(SwitchConfig {
+        profile,
+        unit: switch.unit.trim_end_matches(".service").to_owned(),
+        timeout: switch.timeout.0,
+        rollback: switch.rollback,
+    })
+}
 
 /// Runs and observes switch units.
 #[derive(Debug, Clone)]
@@ -189,7 +213,10 @@ pub fn record_switch_result(file: &Path) -> Result<(), StateError> {
         var("EXIT_CODE"),
         var("EXIT_STATUS")
     );
-    atomic_write(file, line.as_bytes())
+    atomic_write(file, line.as_bytes()).map_err(|source| StateError::Write {
+        path: file.to_owned(),
+        source,
+    })
 }
 
 #[cfg(test)]

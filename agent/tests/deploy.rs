@@ -281,6 +281,15 @@ token_file = "/etc/ferry/forge-token"
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// The journal entries matching `field`, as JSON objects.
+    fn journal_json(&self, field: &str) -> Vec<serde_json::Value> {
+        let out = self.bed.exec(&["journalctl", "--no-pager", "-o", "json", field]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("journalctl -o json"))
+            .collect()
+    }
+
     fn journal(&self, field: &str) -> String {
         let out = self.bed.exec(&["journalctl", "--no-pager", "-o", "cat", field]);
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -341,6 +350,17 @@ fn deploys_reports_rolls_back_and_refuses() {
         "journal for the deploy:\n{journal}"
     );
     assert!(!journal.contains("s3cret-token"));
+    // Every event of the deploy carries its release, serial and toplevel
+    // (from the deploy's span) and names its phase.
+    let events = w.journal_json(&format!("FERRY_COMMIT={r1}"));
+    let phases: Vec<&str> = events.iter().filter_map(|e| e["FERRY_PHASE"].as_str()).collect();
+    for phase in ["fetch", "preflight", "realising", "switching", "checking", "done"] {
+        assert!(phases.contains(&phase), "no {phase} event: {phases:?}");
+    }
+    for event in events.iter().filter(|e| e["FERRY_PHASE"] != "fetch") {
+        assert_eq!(event["FERRY_SERIAL"], "1", "{event}");
+        assert_eq!(event["FERRY_TOPLEVEL"], b.as_str(), "{event}");
+    }
 
     // 2. Tip unchanged: nothing to do, nothing reported.
     let (ok, out) = w.once();

@@ -4,24 +4,23 @@
 use std::sync::atomic::Ordering;
 
 use crate::common::forge::Recorder;
-use ferry_agent::config::{Forge, ReportConfig};
+use ferry_agent::config::{Forge, ForgeTarget};
 use ferry_agent::forge::{Delivery, ForgeClient};
-use ferry_agent::report::{Outbox, Status, StatusState};
+use ferry_agent::report::{CommitStatus, Outbox, StatusState};
 
 const SHA: &str = "9fceb02d0ae598e95dc970b74767f19372d61af8";
 
 fn client(forge: Forge, api_url: String, repository: &str, token_file: &std::path::Path) -> ForgeClient {
-    ForgeClient::new(&ReportConfig {
+    ForgeClient::new(&ForgeTarget {
         forge,
         api_url,
         repository: repository.into(),
-        token_file: Some(token_file.to_owned()),
-        context: "ferry/{host}".into(),
+        token_file: token_file.to_owned(),
     })
 }
 
-fn status(state: StatusState, description: &str) -> Status {
-    Status::new(SHA.parse().unwrap(), state, "ferry/web1", description)
+fn status(state: StatusState, description: &str) -> CommitStatus {
+    CommitStatus::new(SHA.parse().unwrap(), state, "ferry/web1", description)
 }
 
 #[test]

@@ -3,40 +3,21 @@
 //! poll → fetch → verify → select path of `Agent::reconcile`, against a real
 //! repository and a real store path standing for the running system.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ferry_agent::config::Config;
 use ferry_agent::reconcile::{Agent, Reconciled};
+use ferry_agent::seams::LiveStore;
 use ferry_signer::sshsig::GitSigner;
 use ssh_key::PublicKey;
 
-use crate::common::git::{git, DeployRepo};
+use ferry_test_support::{git, public_key, sk, ssh_keygen};
+
+use crate::common::git::DeployRepo;
 use crate::common::{agent_toml, nix, runtime, unique, UNUSED_CACHE};
-
-// Shared with the signer's tests; not every helper is used here.
-#[allow(dead_code)]
-#[path = "../../signer/tests/common/sk.rs"]
-mod sk;
-
-/// A key made by `ssh-keygen`; returns its private key path.
-fn ssh_keygen(dir: &Path, name: &str, key_type: &str, bits: &str) -> PathBuf {
-    let path = dir.join(name);
-    let mut cmd = std::process::Command::new("ssh-keygen");
-    cmd.args(["-q", "-t", key_type, "-N", "", "-C", name]);
-    if !bits.is_empty() {
-        cmd.args(["-b", bits]);
-    }
-    assert!(cmd.arg("-f").arg(&path).status().unwrap().success());
-    path
-}
 
 fn line(principal: &str, public: &str, options: &str) -> String {
     format!("{principal} {options}{public}\n")
-}
-
-fn public_of(key: &Path) -> String {
-    let text = std::fs::read_to_string(format!("{}.pub", key.display())).unwrap();
-    text.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
 }
 
 fn public_of_signer(signer: &dyn GitSigner) -> String {
@@ -80,8 +61,10 @@ fn reconcile(dir: &Path, repo: &Path, allowed: &str, current: &Path) -> Reconcil
     let url = repo.to_str().unwrap();
     let text = agent_toml("web1", state.path(), url, &signers, UNUSED_CACHE);
     let config = Config::parse(&text, Path::new("agent.toml"), || None).unwrap();
+    let mut store = LiveStore::for_config(&config);
+    store.current_system = current.to_owned();
     let mut agent = Agent::new(config).unwrap();
-    agent.current_system = current.to_owned();
+    agent.seams.store = Box::new(store);
     runtime().block_on(agent.reconcile()).unwrap()
 }
 
@@ -99,7 +82,7 @@ fn releases_signed_by_every_key_type_are_accepted_when_pinned() {
         dir.path(),
         &["clone", "-q", repo.to_str().unwrap(), work.to_str().unwrap()],
     );
-    let stranger = public_of(&ssh_keygen(dir.path(), "stranger", "ed25519", ""));
+    let stranger = public_key(&ssh_keygen(dir.path(), "stranger", "ed25519", ""));
     let expect_refused_by_stranger = |kind: &str| match reconcile(
         dir.path(),
         &repo,
@@ -122,7 +105,7 @@ fn releases_signed_by_every_key_type_are_accepted_when_pinned() {
         let key = ssh_keygen(dir.path(), name, key_type, bits);
         serial += 1;
         release_by_git(&work, &key, serial, &toplevel);
-        let pinned = line("rm@example.com", &public_of(&key), "namespaces=\"git\" ");
+        let pinned = line("rm@example.com", &public_key(&key), "namespaces=\"git\" ");
         assert_eq!(
             reconcile(dir.path(), &repo, &pinned, &current),
             Reconciled::AlreadyRunning,

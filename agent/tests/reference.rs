@@ -11,9 +11,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use ferry_agent::config::Config;
-
-#[path = "../../signer/tests/common/cli_reference.rs"]
-mod cli_reference;
+use ferry_test_support::cli_reference;
 
 const DOC: &str = "docs/configuration.md";
 const KEY: &str = "cache.example.com-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";

@@ -58,10 +58,10 @@ fn a_closure_still_uploading_is_waited_for_then_refused_after_the_grace_period()
     let mut agent = agent(dir.path(), &deploy, &cache, &forge);
     let rt = runtime();
     for attempt in 0..2 {
-        let err = rt.block_on(agent.reconcile()).unwrap_err();
+        let waiting = rt.block_on(agent.reconcile()).unwrap();
         assert!(
-            format!("{err:#}").contains("not in the binary cache yet"),
-            "attempt {attempt}: {err:#}"
+            matches!(waiting, Reconciled::WaitingForClosure { serial: 1, .. }),
+            "attempt {attempt}: {waiting:?}"
         );
         let state = agent.state.load().unwrap();
         assert_eq!(

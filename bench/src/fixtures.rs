@@ -31,14 +31,7 @@ pub fn run(cmd: &mut Command) -> Result<String> {
 
 /// `git` with no user or system configuration and a fixed identity.
 pub fn git_cmd() -> Command {
-    let mut cmd = Command::new("git");
-    cmd.env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_AUTHOR_NAME", "bench")
-        .env("GIT_AUTHOR_EMAIL", "bench@example.com")
-        .env("GIT_COMMITTER_NAME", "bench")
-        .env("GIT_COMMITTER_EMAIL", "bench@example.com");
-    cmd
+    ferry_test_support::git_command(Path::new("/dev/null"), "bench", "bench@example.com")
 }
 
 pub fn git(dir: &Path, args: &[&str]) -> Result<String> {

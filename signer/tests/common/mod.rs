@@ -1,8 +1,7 @@
 //! Shared test fixtures: an isolated directory with git configured, keys from
 //! `ssh-keygen`, and helpers to run git and the `ferry-signer` binary.
 
-pub mod cli_reference;
-pub mod sk;
+pub use ferry_test_support::{cli_reference, sk};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -72,37 +71,19 @@ impl Sandbox {
         path
     }
 
-    /// An unencrypted ed25519 key made by ssh-keygen; returns the private key path.
+    /// An unencrypted key of `key_type` made by ssh-keygen; returns the private key path.
     pub fn ssh_keygen(&self, name: &str, key_type: &str) -> PathBuf {
-        let path = self.path(name);
-        let status = Command::new("ssh-keygen")
-            .args(["-q", "-t", key_type, "-N", "", "-C", name, "-f"])
-            .arg(&path)
-            .status()
-            .expect("ssh-keygen is installed (scripts/install-deps)");
-        assert!(status.success());
-        path
+        ferry_test_support::ssh_keygen(self.dir.path(), name, key_type, "")
     }
 
     /// An unencrypted key of `key_type` with `bits` ("" for the default).
     pub fn ssh_keygen_bits(&self, name: &str, key_type: &str, bits: &str) -> PathBuf {
-        if bits.is_empty() {
-            return self.ssh_keygen(name, key_type);
-        }
-        let path = self.path(name);
-        let status = Command::new("ssh-keygen")
-            .args(["-q", "-t", key_type, "-b", bits, "-N", "", "-C", name, "-f"])
-            .arg(&path)
-            .status()
-            .expect("ssh-keygen is installed (scripts/install-deps)");
-        assert!(status.success());
-        path
+        ferry_test_support::ssh_keygen(self.dir.path(), name, key_type, bits)
     }
 
     /// The `ssh-ed25519 AAAA…` part of KEY.pub.
     pub fn public_key(&self, key: &Path) -> String {
-        let text = std::fs::read_to_string(format!("{}.pub", key.display())).unwrap();
-        text.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+        ferry_test_support::public_key(key)
     }
 
     /// Writes an allowed_signers file with the given lines.

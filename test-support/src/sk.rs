@@ -4,8 +4,6 @@
 //! SHA-256(message), with the flags and counter it is told to report. Its
 //! signatures are cross-checked with `ssh-keygen -Y verify` and `git
 //! verify-commit`, so they are only as right as OpenSSH says.
-//!
-//! Shared with ferry-agent's tests (`#[path]`), so it uses only crates both have.
 
 use ferry_signer::sshsig::{self, GitSigner, SignError};
 use sha2::{Digest, Sha256};
@@ -26,6 +24,15 @@ pub struct SoftSecurityKey {
     pub flags: u8,
     /// Signature counter reported with the next signature.
     pub counter: std::cell::Cell<u32>,
+}
+
+impl std::fmt::Debug for SoftSecurityKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SoftSecurityKey")
+            .field("public", &self.public_line())
+            .field("flags", &self.flags)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SoftSecurityKey {

@@ -1,8 +1,7 @@
 //! `docs/cli.md` is rendered from the binaries' own `--help` (clap), one
 //! region per binary, so the reference cannot drift from the code. Each
 //! crate's test checks its own binary's region; with `FERRY_UPDATE_REFERENCE=1`
-//! it rewrites the region instead. Shared by ferry-signer's and ferry-agent's
-//! tests (the agent includes this file by path).
+//! it rewrites the region instead.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,0 +1,896 @@
+//! The reconcile rules against fakes of every seam: no network, store,
+//! systemd or runtime. Every fake answers at once, so a reconcile completes in
+//! one poll; a fake told to "crash" at an effect never answers, and dropping
+//! the reconcile there is an agent killed at that instant.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::rc::Rc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ferry_signer::{
+    Action, AllowedSigners, CommitId, HostEntry, Release, Signer, StorePath, VerifiedRelease, VerifyError,
+};
+use futures_util::FutureExt;
+
+use super::*;
+use crate::cache::{CacheError, Preflight};
+use crate::config::HealthCommand;
+use crate::health::Health;
+use crate::report::CommitStatus;
+use crate::seams::{Activation, ClosureCache, NixStore, Pending, ReleaseSource, Seams, StatusSink, Units};
+use crate::source::SourceError;
+use crate::store::StoreError;
+use crate::systemd::SystemdError;
+
+const R1: &str = "1111111111111111111111111111111111111111";
+const R2: &str = "2222222222222222222222222222222222222222";
+const SOURCE: &str = "5555555555555555555555555555555555555555";
+
+fn commit(s: &str) -> CommitId {
+    s.parse().unwrap()
+}
+
+fn system(c: char) -> StorePath {
+    format!("/nix/store/{}-nixos-system-web1", c.to_string().repeat(32))
+        .parse()
+        .unwrap()
+}
+
+/// What a release in the fake repository verifies to.
+#[derive(Debug, Clone)]
+enum Verifies {
+    As(VerifiedRelease),
+    Unsigned,
+    Unreadable,
+}
+
+/// What the fake cache says of a closure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cached {
+    Yes,
+    Missing,
+    Unsigned,
+    DiskUnknown,
+}
+
+/// A switch unit as the fake systemd holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unit {
+    Running(SwitchResult),
+    Finished(SwitchResult),
+}
+
+/// Everything outside the agent, and what the agent did to it.
+#[derive(Debug)]
+struct World {
+    tip: CommitId,
+    releases: BTreeMap<CommitId, Verifies>,
+    descends: bool,
+    cached: Cached,
+    running: Option<StorePath>,
+    profile: Option<StorePath>,
+    realise_fails: bool,
+    /// How the unit of each (serial, activation) ends once started.
+    ends: BTreeMap<(u64, bool), SwitchResult>,
+    units: BTreeMap<(u64, bool), Unit>,
+    health: Health,
+    /// The effect at which the agent is killed (once), after letting
+    /// `crash_skip` calls of it through.
+    crash_at: Option<&'static str>,
+    crash_skip: usize,
+    /// Effects, in order, as `verb argument`.
+    effects: Vec<String>,
+    statuses: Vec<(CommitId, StatusState, String)>,
+    /// The state file as the store's `realise` found it.
+    state_at_realise: Option<State>,
+    state_dir: std::path::PathBuf,
+}
+
+type Shared = Rc<RefCell<World>>;
+
+/// An effect that answers now, or never when the agent is killed at it.
+fn effect<'a, T: 'a>(
+    world: &Shared,
+    name: &'static str,
+    answer: impl FnOnce(&mut World) -> T + 'a,
+) -> Pending<'a, T> {
+    let mut w = world.borrow_mut();
+    if w.crash_at == Some(name) && w.crash_skip > 0 {
+        w.crash_skip -= 1;
+    } else if w.crash_at == Some(name) {
+        w.crash_at = None;
+        w.effects.push(format!("killed at {name}"));
+        return Box::pin(std::future::pending());
+    }
+    let value = answer(&mut w);
+    Box::pin(std::future::ready(value))
+}
+
+struct FakeSource(Shared);
+struct FakeCache(Shared);
+struct FakeStore(Shared);
+struct FakeUnits(Shared);
+struct FakeSink(Shared);
+
+impl ReleaseSource for FakeSource {
+    fn remote_tip(&mut self) -> Pending<'_, Result<CommitId, SourceError>> {
+        effect(&self.0, "tip", |w| Ok(w.tip.clone()))
+    }
+    fn fetch(&mut self, tip: &CommitId) -> Pending<'_, Result<(), SourceError>> {
+        let tip = tip.clone();
+        effect(&self.0, "fetch", move |w| {
+            w.effects.push(format!("fetch {tip}"));
+            Ok(())
+        })
+    }
+    fn verify(
+        &mut self,
+        tip: &CommitId,
+        _: &AllowedSigners,
+        _: DateTime<Utc>,
+    ) -> Pending<'_, Result<VerifiedRelease, Box<VerifyError>>> {
+        let tip = tip.clone();
+        effect(&self.0, "verify", move |w| match w.releases[&tip].clone() {
+            Verifies::As(v) => Ok(v),
+            Verifies::Unsigned => Err(Box::new(VerifyError::Unsigned {
+                commit: git2::Oid::ZERO_SHA1,
+            })),
+            Verifies::Unreadable => Err(Box::new(VerifyError::Git(
+                git2::Error::from_str("object not found").into(),
+            ))),
+        })
+    }
+    fn descends_from(&mut self, _: &CommitId, _: &CommitId) -> Pending<'_, Result<bool, SourceError>> {
+        effect(&self.0, "descends", |w| Ok(w.descends))
+    }
+}
+
+impl ClosureCache for FakeCache {
+    fn preflight(&mut self, toplevel: &StorePath) -> Pending<'_, Result<Preflight, CacheError>> {
+        let path = toplevel.to_string();
+        effect(&self.0, "preflight", move |w| match w.cached {
+            Cached::Yes => Ok(Preflight {
+                paths: 1,
+                missing: 1,
+                download_bytes: 1,
+                unpacked_bytes: 1,
+                signers: Default::default(),
+            }),
+            Cached::Missing => Err(CacheError::NotFound {
+                path,
+                caches: "https://cache.example.com".into(),
+            }),
+            Cached::Unsigned => Err(CacheError::Untrusted(crate::narinfo::TrustError::Unsigned {
+                path,
+            })),
+            Cached::DiskUnknown => Err(CacheError::Disk {
+                store: "/nix/store".into(),
+                detail: "statvfs failed".into(),
+            }),
+        })
+    }
+}
+
+impl NixStore for FakeStore {
+    fn realise(&mut self, toplevel: &StorePath) -> Pending<'_, Result<(), StoreError>> {
+        let toplevel = toplevel.clone();
+        effect(&self.0, "realise", move |w| {
+            w.state_at_realise = Some(StateDir::open(&w.state_dir).unwrap().load().unwrap());
+            w.effects.push(format!("realise {}", toplevel.name()));
+            match w.realise_fails {
+                true => Err(StoreError::Failed {
+                    program: "nix-store",
+                    status: "exit status: 1".into(),
+                    stderr: "path is not valid".into(),
+                }),
+                false => Ok(()),
+            }
+        })
+    }
+    fn set_profile(&mut self, toplevel: &StorePath) -> Pending<'_, Result<(), StoreError>> {
+        let toplevel = toplevel.clone();
+        effect(&self.0, "profile", move |w| {
+            w.effects.push(format!("profile {}", toplevel.name()));
+            w.profile = Some(toplevel);
+            Ok(())
+        })
+    }
+    fn profile_system(&self) -> Option<StorePath> {
+        self.0.borrow().profile.clone()
+    }
+    fn running_system(&self) -> Option<StorePath> {
+        self.0.borrow().running.clone()
+    }
+    fn kernel_changed(&self, _: &StorePath) -> bool {
+        false
+    }
+}
+
+fn label(activation: Activation) -> &'static str {
+    match activation {
+        Activation::Switch => "switch",
+        Activation::Rollback => "rollback",
+    }
+}
+
+/// The name of a unit effect, as `crash_at` and the effects list say it.
+fn unit_effect(verb: &'static str, activation: Activation) -> &'static str {
+    match (verb, activation) {
+        ("start", Activation::Switch) => "start switch",
+        ("start", Activation::Rollback) => "start rollback",
+        ("observe", Activation::Switch) => "observe switch",
+        ("observe", Activation::Rollback) => "observe rollback",
+        ("wait", Activation::Switch) => "wait switch",
+        ("wait", Activation::Rollback) => "wait rollback",
+        _ => unreachable!("no unit effect {verb}"),
+    }
+}
+
+impl Units for FakeUnits {
+    fn failed_units(&mut self) -> Pending<'_, Result<Vec<String>, SystemdError>> {
+        effect(&self.0, "failed-units", |_| Ok(vec!["old.service".into()]))
+    }
+    fn start(
+        &mut self,
+        serial: u64,
+        activation: Activation,
+        system: &StorePath,
+        action: Action,
+    ) -> Pending<'_, Result<(), SystemdError>> {
+        let system = system.clone();
+        effect(&self.0, unit_effect("start", activation), move |w| {
+            let key = (serial, activation == Activation::Rollback);
+            w.effects.push(format!(
+                "start {} {serial} {} {action}",
+                label(activation),
+                system.name()
+            ));
+            let ends = w.ends.get(&key).copied().unwrap_or(SwitchResult::Ok);
+            // switch-to-configuration makes the system current before it
+            // starts units, so a switch whose units failed still ran.
+            let ran = matches!(ends, SwitchResult::Failed { .. }) || ends.activated();
+            if ran && action != Action::Boot {
+                w.running = Some(system);
+            }
+            w.units.insert(key, Unit::Running(ends));
+            Ok(())
+        })
+    }
+    fn observe(
+        &mut self,
+        serial: u64,
+        activation: Activation,
+    ) -> Pending<'_, Result<Observed, SystemdError>> {
+        effect(&self.0, unit_effect("observe", activation), move |w| {
+            let key = (serial, activation == Activation::Rollback);
+            Ok(match w.units.get(&key) {
+                Some(Unit::Running(_)) => Observed::Running,
+                Some(Unit::Finished(r)) => Observed::Finished(*r),
+                None => Observed::Unknown,
+            })
+        })
+    }
+    fn wait(
+        &mut self,
+        serial: u64,
+        activation: Activation,
+    ) -> Pending<'_, Result<SwitchResult, SystemdError>> {
+        effect(&self.0, unit_effect("wait", activation), move |w| {
+            let key = (serial, activation == Activation::Rollback);
+            match w.units.get(&key).copied() {
+                Some(Unit::Running(r) | Unit::Finished(r)) => {
+                    w.units.insert(key, Unit::Finished(r));
+                    Ok(r)
+                }
+                None => panic!("waiting for a unit never started: {key:?}"),
+            }
+        })
+    }
+    fn check_health<'a>(
+        &'a mut self,
+        _: Duration,
+        _: &'a [HealthCommand],
+    ) -> Pending<'a, Result<Health, SystemdError>> {
+        effect(&self.0, "health", |w| {
+            w.effects.push("health".into());
+            Ok(w.health.clone())
+        })
+    }
+}
+
+impl StatusSink for FakeSink {
+    fn queue(&mut self, status: CommitStatus) {
+        self.0
+            .borrow_mut()
+            .statuses
+            .push((status.commit, status.state, status.description));
+    }
+    fn deliver(&mut self) -> Pending<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
+}
+
+fn verified(
+    tip: &str,
+    serial: u64,
+    entry: Option<(StorePath, Action)>,
+    created: DateTime<Utc>,
+) -> VerifiedRelease {
+    VerifiedRelease {
+        commit: commit(tip),
+        signer: Signer {
+            principal: "ci@example.com".into(),
+            fingerprint: "SHA256:x".into(),
+            key_type: "ssh-ed25519".into(),
+        },
+        committed_at: created,
+        release: Release {
+            serial,
+            created,
+            expires: None,
+            source: Some(commit(SOURCE)),
+            hosts: entry
+                .into_iter()
+                .map(|(toplevel, action)| ("web1".parse().unwrap(), HostEntry { toplevel, action }))
+                .collect(),
+        },
+    }
+}
+
+/// A host running system `a`, whose branch tip is release 1 (serial 1,
+/// system `b`, `switch`), fresh from CI.
+struct Host {
+    dir: tempfile::TempDir,
+    world: Shared,
+}
+
+impl Host {
+    fn new() -> Self {
+        Self::with_release(Some((system('b'), Action::Switch)))
+    }
+
+    fn with_release(entry: Option<(StorePath, Action)>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let world = World {
+            tip: commit(R1),
+            releases: BTreeMap::from([(commit(R1), Verifies::As(verified(R1, 1, entry, Utc::now())))]),
+            descends: true,
+            cached: Cached::Yes,
+            running: Some(system('a')),
+            profile: Some(system('a')),
+            realise_fails: false,
+            ends: BTreeMap::new(),
+            units: BTreeMap::new(),
+            health: Health::default(),
+            crash_at: None,
+            crash_skip: 0,
+            effects: Vec::new(),
+            statuses: Vec::new(),
+            state_at_realise: None,
+            state_dir: dir.path().join("state"),
+        };
+        Host {
+            dir,
+            world: Rc::new(RefCell::new(world)),
+        }
+    }
+
+    /// A new agent process on this host (same state directory, same world).
+    fn agent(&self) -> Agent {
+        let text = format!(
+            "host = \"web1\"\nstate_dir = \"{}\"\n[source]\nurl = \"https://git.example.com/deploy.git\"\n\
+             allowed_signers = \"{}\"\n[cache]\nsubstituters = [\"https://cache.example.com\"]\n\
+             trusted_public_keys = [\"c-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"]\n\
+             [health]\nsettle = \"0s\"\n",
+            self.dir.path().join("state").display(),
+            self.dir.path().join("allowed_signers").display(),
+        );
+        let config = Config::parse(&text, Path::new("agent.toml"), || None).unwrap();
+        let w = &self.world;
+        let seams = Seams {
+            source: Box::new(FakeSource(w.clone())),
+            caches: Box::new(FakeCache(w.clone())),
+            store: Box::new(FakeStore(w.clone())),
+            units: Box::new(FakeUnits(w.clone())),
+            statuses: Box::new(FakeSink(w.clone())),
+        };
+        Agent::with_seams(config, AllowedSigners::parse("").unwrap(), seams).unwrap()
+    }
+
+    fn state(&self) -> State {
+        StateDir::open(&self.dir.path().join("state"))
+            .unwrap()
+            .load()
+            .unwrap()
+    }
+
+    fn w(&self) -> std::cell::RefMut<'_, World> {
+        self.world.borrow_mut()
+    }
+
+    fn effects(&self) -> Vec<String> {
+        self.world.borrow().effects.clone()
+    }
+
+    fn statuses(&self) -> Vec<(StatusState, String)> {
+        let w = self.world.borrow();
+        w.statuses.iter().map(|(_, s, d)| (*s, d.clone())).collect()
+    }
+
+    /// The effects that change the host: realising, profile, units.
+    fn changes(&self) -> Vec<String> {
+        self.effects()
+            .into_iter()
+            .filter(|e| !e.starts_with("fetch"))
+            .collect()
+    }
+}
+
+/// Runs a reconcile to its end: the fakes never make it wait.
+fn run(agent: &mut Agent) -> Reconciled {
+    agent
+        .reconcile()
+        .now_or_never()
+        .expect("fakes answer at once")
+        .expect("no transient error")
+}
+
+/// Runs a reconcile that is killed where the world says; true if it was.
+fn killed(agent: &mut Agent) -> bool {
+    agent.reconcile().now_or_never().is_none()
+}
+
+#[test]
+fn a_new_release_is_realised_switched_checked_and_reported() {
+    let host = Host::new();
+    let r = run(&mut host.agent());
+    assert_eq!(
+        r,
+        Reconciled::Deployed {
+            reboot_required: false
+        }
+    );
+    let b = system('b');
+    assert_eq!(
+        host.changes(),
+        [
+            format!("realise {}", b.name()),
+            format!("profile {}", b.name()),
+            format!("start switch 1 {} switch", b.name()),
+            "health".into(),
+        ]
+    );
+    let state = host.state();
+    assert_eq!(state.in_flight, None);
+    assert_eq!(state.anchor.map(|a| (a.commit, a.serial)), Some((commit(R1), 1)));
+    assert_eq!(state.last_seen_tip, Some(commit(R1)));
+    let success = state.last_success.expect("recorded");
+    assert_eq!(success.result, OutcomeKind::Success);
+    assert_eq!(success.toplevel, Some(b));
+    assert_eq!(state.last_outcome, Some(success));
+    // Each status goes to the release commit and its source commit.
+    assert_eq!(
+        host.statuses(),
+        [
+            (StatusState::Pending, "deploying release 1 to web1".into()),
+            (StatusState::Pending, "deploying release 1 to web1".into()),
+            (StatusState::Success, "web1 runs release 1".into()),
+            (StatusState::Success, "web1 runs release 1".into()),
+        ]
+    );
+    // Nothing more to do: the tip is remembered.
+    assert_eq!(run(&mut host.agent()), Reconciled::UpToDate);
+}
+
+#[test]
+fn the_anchor_moves_before_realising() {
+    let host = Host::new();
+    run(&mut host.agent());
+    let seen = host.w().state_at_realise.clone().expect("realised");
+    assert_eq!(seen.anchor.map(|a| (a.commit, a.serial)), Some((commit(R1), 1)));
+    let flight = seen.in_flight.expect("recorded in flight");
+    assert_eq!(flight.phase, Phase::Realising);
+    assert_eq!(flight.previous, Some(system('a')));
+    assert_eq!(flight.failed_before, ["old.service"]);
+    // The tip is remembered only once the deploy ended.
+    assert_eq!(seen.last_seen_tip, None);
+}
+
+#[test]
+fn already_running_records_success_and_changes_nothing() {
+    let host = Host::new();
+    host.w().running = Some(system('b'));
+    assert_eq!(run(&mut host.agent()), Reconciled::AlreadyRunning);
+    assert_eq!(host.changes(), Vec::<String>::new());
+    let state = host.state();
+    assert_eq!(state.anchor.map(|a| a.serial), Some(1));
+    assert_eq!(state.last_success.map(|o| o.result), Some(OutcomeKind::Success));
+    assert_eq!(
+        host.statuses().last(),
+        Some(&(StatusState::Success, "web1 runs release 1".into()))
+    );
+}
+
+/// A refusal case: how the world is set, the status it is reported with,
+/// and words its description contains.
+struct RefusalCase {
+    name: &'static str,
+    set: fn(&mut World),
+    status: StatusState,
+    says: &'static str,
+}
+
+#[test]
+fn every_refusal_records_reports_and_leaves_the_host_untouched() {
+    let cases = [
+        RefusalCase {
+            name: "unsigned",
+            set: |w| {
+                w.releases.insert(commit(R1), Verifies::Unsigned);
+            },
+            status: StatusState::Failure,
+            says: "not signed",
+        },
+        RefusalCase {
+            name: "unreadable commit",
+            set: |w| {
+                w.releases.insert(commit(R1), Verifies::Unreadable);
+            },
+            status: StatusState::Error,
+            says: "cannot read the release commit",
+        },
+        RefusalCase {
+            name: "no entry for this host",
+            set: |w| {
+                w.releases
+                    .insert(commit(R1), Verifies::As(verified(R1, 1, None, Utc::now())));
+            },
+            status: StatusState::Failure,
+            says: "no entry for web1",
+        },
+        RefusalCase {
+            name: "unsigned path in the cache",
+            set: |w| w.cached = Cached::Unsigned,
+            status: StatusState::Failure,
+            says: "is not signed",
+        },
+        RefusalCase {
+            name: "disk space unknown",
+            set: |w| w.cached = Cached::DiskUnknown,
+            status: StatusState::Error,
+            says: "cannot check free disk space",
+        },
+        RefusalCase {
+            name: "missing from the cache long after the release",
+            set: |w| {
+                let old = verified(
+                    R1,
+                    1,
+                    Some((system('b'), Action::Switch)),
+                    Utc::now() - chrono::Duration::hours(2),
+                );
+                w.releases.insert(commit(R1), Verifies::As(old));
+                w.cached = Cached::Missing;
+            },
+            status: StatusState::Failure,
+            says: "missing from the binary cache",
+        },
+    ];
+    for case in cases {
+        let host = Host::new();
+        (case.set)(&mut host.w());
+        let r = run(&mut host.agent());
+        assert!(matches!(r, Reconciled::Refused(_)), "{}: {r:?}", case.name);
+        assert_eq!(host.changes(), Vec::<String>::new(), "{}", case.name);
+        let state = host.state();
+        assert_eq!(state.last_seen_tip, Some(commit(R1)), "{}", case.name);
+        assert_eq!(state.anchor, None, "{}: the anchor does not move", case.name);
+        assert_eq!(state.in_flight, None, "{}", case.name);
+        let outcome = state.last_outcome.expect("recorded");
+        assert_eq!(outcome.result, OutcomeKind::Refused, "{}", case.name);
+        assert!(
+            outcome.description.contains(case.says),
+            "{}: {}",
+            case.name,
+            outcome.description
+        );
+        let (status, description) = host.statuses().pop().expect("reported");
+        assert_eq!(status, case.status, "{}", case.name);
+        assert_eq!(description, outcome.description, "{}", case.name);
+        // Refused once: the same tip is not looked at again.
+        assert_eq!(run(&mut host.agent()), Reconciled::UpToDate, "{}", case.name);
+    }
+}
+
+#[test]
+fn anti_rollback_refusals_leave_the_anchor_where_it_was() {
+    let host = Host::new();
+    run(&mut host.agent());
+    let anchor = host.state().anchor;
+    for (serial, descends, says) in [
+        (2, false, "rewound"),
+        (1, true, "not greater than the last accepted serial 1"),
+    ] {
+        {
+            let mut w = host.w();
+            w.tip = commit(R2);
+            let r = verified(R2, serial, Some((system('c'), Action::Switch)), Utc::now());
+            w.releases.insert(commit(R2), Verifies::As(r));
+            w.descends = descends;
+            w.effects.clear();
+        }
+        let mut state = host.state();
+        state.last_seen_tip = Some(commit(R1));
+        StateDir::open(&host.dir.path().join("state"))
+            .unwrap()
+            .save(&state)
+            .unwrap();
+        let r = run(&mut host.agent());
+        assert!(
+            matches!(&r, Reconciled::Refused(why) if why.contains(says)),
+            "{r:?}"
+        );
+        assert_eq!(host.changes(), Vec::<String>::new());
+        assert_eq!(host.state().anchor, anchor);
+        assert_eq!(host.statuses().last().map(|s| s.0), Some(StatusState::Failure));
+    }
+}
+
+#[test]
+fn waiting_for_the_cache_is_a_wait_reported_once() {
+    let host = Host::new();
+    host.w().cached = Cached::Missing;
+    let mut agent = host.agent();
+    for _ in 0..3 {
+        let r = run(&mut agent);
+        assert!(
+            matches!(r, Reconciled::WaitingForClosure { serial: 1, .. }),
+            "{r:?}"
+        );
+        let state = host.state();
+        assert_eq!(
+            state.last_seen_tip, None,
+            "the tip is not remembered while waiting"
+        );
+        assert_eq!(state.anchor, None);
+        assert_eq!(state.last_outcome, None);
+    }
+    assert_eq!(host.changes(), Vec::<String>::new());
+    let waiting = |host: &Host| {
+        host.statuses()
+            .into_iter()
+            .filter(|(s, d)| *s == StatusState::Pending && d.contains("waiting for the closure"))
+            .count()
+    };
+    // Once, on the release commit and its source commit.
+    assert_eq!(waiting(&host), 2, "{:?}", host.statuses());
+    host.w().cached = Cached::Yes;
+    assert_eq!(
+        run(&mut agent),
+        Reconciled::Deployed {
+            reboot_required: false
+        }
+    );
+    assert_eq!(waiting(&host), 2);
+    let deploying = host
+        .statuses()
+        .into_iter()
+        .filter(|(_, d)| d.starts_with("deploying release 1"))
+        .count();
+    assert_eq!(deploying, 2, "one per commit, not one per attempt");
+}
+
+#[test]
+fn a_realise_failure_is_an_error_and_nothing_is_switched() {
+    let host = Host::new();
+    host.w().realise_fails = true;
+    let r = run(&mut host.agent());
+    assert!(
+        matches!(&r, Reconciled::Error(why) if why.starts_with("error: cannot realise")),
+        "{r:?}"
+    );
+    assert!(!host
+        .effects()
+        .iter()
+        .any(|e| e.starts_with("start") || e.starts_with("profile")));
+    let state = host.state();
+    assert_eq!(state.in_flight, None);
+    assert_eq!(
+        state.anchor.map(|a| a.serial),
+        Some(1),
+        "accepted: the anchor stays"
+    );
+    assert_eq!(host.statuses().last().map(|s| s.0), Some(StatusState::Error));
+}
+
+#[test]
+fn an_unhealthy_switch_is_rolled_back() {
+    let host = Host::new();
+    host.w().health = Health {
+        failed_units: vec![
+            "old.service".into(),
+            "nginx.service".into(),
+            "ferry-switch-1.service".into(),
+        ],
+        failed_commands: vec![],
+    };
+    let r = run(&mut host.agent());
+    let a = system('a');
+    let expected = format!("failed units: nginx.service; rolled back to {}", a.name());
+    assert_eq!(r, Reconciled::Failed(expected.clone()));
+    let changes = host.changes();
+    assert_eq!(
+        changes[changes.len() - 2..],
+        [
+            format!("profile {}", a.name()),
+            format!("start rollback 1 {} switch", a.name())
+        ]
+    );
+    assert_eq!(host.w().running, Some(a.clone()));
+    assert_eq!(host.w().profile, Some(a));
+    assert_eq!(host.statuses().last(), Some(&(StatusState::Failure, expected)));
+    assert_eq!(host.state().last_success, None);
+}
+
+#[test]
+fn resume_never_starts_a_second_unit_for_the_same_release() {
+    // The unit as a restarted agent finds it, and whether it is started.
+    let cases = [
+        (Some(Unit::Running(SwitchResult::Ok)), Some(system('a')), 0),
+        (Some(Unit::Finished(SwitchResult::Ok)), Some(system('b')), 0),
+        // Gone without a trace, but its system runs: it finished.
+        (None, Some(system('b')), 0),
+        // Never started: started now, once.
+        (None, Some(system('a')), 1),
+    ];
+    for (unit, running, starts) in cases {
+        let host = Host::new();
+        let mut state = State {
+            anchor: Some(Anchor {
+                commit: commit(R1),
+                serial: 1,
+            }),
+            in_flight: Some(InFlight {
+                target: Target {
+                    commit: commit(R1),
+                    serial: 1,
+                    toplevel: system('b'),
+                },
+                source: None,
+                action: Action::Switch,
+                phase: Phase::Switching,
+                previous: Some(system('a')),
+                failed_before: vec![],
+                started: Utc::now(),
+            }),
+            ..State::default()
+        };
+        StateDir::open(&host.dir.path().join("state"))
+            .unwrap()
+            .save(&state)
+            .unwrap();
+        {
+            let mut w = host.w();
+            w.running = running;
+            if let Some(unit) = unit {
+                w.units.insert((1, false), unit);
+            }
+        }
+        let r = run(&mut host.agent());
+        assert_eq!(
+            r,
+            Reconciled::Deployed {
+                reboot_required: false
+            },
+            "{unit:?}"
+        );
+        let started = host
+            .effects()
+            .iter()
+            .filter(|e| e.starts_with("start switch"))
+            .count();
+        assert_eq!(started, starts, "{unit:?}: {:?}", host.effects());
+        assert!(
+            !host
+                .effects()
+                .iter()
+                .any(|e| e.starts_with("realise") || e.starts_with("fetch")),
+            "resumed where it was: {:?}",
+            host.effects()
+        );
+        state = host.state();
+        assert_eq!(state.in_flight, None);
+        assert_eq!(state.last_seen_tip, Some(commit(R1)));
+    }
+}
+
+/// Kills the agent at `crash_at`, starts a new one, and returns how the
+/// deploy ended and the effects of both.
+fn killed_then_resumed(host: &Host, crash_at: &'static str) -> (Reconciled, Vec<String>) {
+    host.w().crash_at = Some(crash_at);
+    assert!(killed(&mut host.agent()), "killed at {crash_at}");
+    assert!(
+        host.effects().contains(&format!("killed at {crash_at}")),
+        "{crash_at}: {:?}",
+        host.effects()
+    );
+    let r = run(&mut host.agent());
+    (r, host.effects())
+}
+
+#[test]
+fn a_crash_at_each_phase_boundary_resumes_correctly() {
+    for crash_at in [
+        "failed-units",
+        "realise",
+        "profile",
+        "start switch",
+        "observe switch",
+        "wait switch",
+        "health",
+    ] {
+        let host = Host::new();
+        let (r, effects) = killed_then_resumed(&host, crash_at);
+        assert_eq!(
+            r,
+            Reconciled::Deployed {
+                reboot_required: false
+            },
+            "{crash_at}: {effects:?}"
+        );
+        let starts = effects.iter().filter(|e| e.starts_with("start switch")).count();
+        assert_eq!(starts, 1, "{crash_at}: one switch unit: {effects:?}");
+        let state = host.state();
+        assert_eq!(state.in_flight, None, "{crash_at}");
+        assert_eq!(
+            state.last_success.map(|o| o.toplevel),
+            Some(Some(system('b'))),
+            "{crash_at}"
+        );
+        let successes = host
+            .statuses()
+            .iter()
+            .filter(|(s, _)| *s == StatusState::Success)
+            .count();
+        assert_eq!(successes, 2, "{crash_at}: reported once (two commits)");
+    }
+}
+
+#[test]
+fn a_crash_during_a_rollback_resumes_the_rollback() {
+    // The deploy sets the profile once; the rollback sets it back second.
+    for (crash_at, skip) in [
+        ("profile", 1),
+        ("start rollback", 0),
+        ("observe rollback", 0),
+        ("wait rollback", 0),
+    ] {
+        let host = Host::new();
+        host.w().ends.insert((1, false), SwitchResult::Failed { code: 4 });
+        host.w().crash_skip = skip;
+        let (r, effects) = killed_then_resumed(&host, crash_at);
+        let a = system('a');
+        assert_eq!(
+            r,
+            Reconciled::Failed(format!(
+                "switch-to-configuration failed (exit 4); rolled back to {}",
+                a.name()
+            )),
+            "{crash_at}: {effects:?}"
+        );
+        let rollbacks = effects.iter().filter(|e| e.starts_with("start rollback")).count();
+        assert_eq!(rollbacks, 1, "{crash_at}: {effects:?}");
+        let switches = effects.iter().filter(|e| e.starts_with("start switch")).count();
+        assert_eq!(switches, 1, "{crash_at}: {effects:?}");
+        assert_eq!(host.w().profile, Some(a.clone()), "{crash_at}: profile back");
+        assert_eq!(host.w().running, Some(a), "{crash_at}");
+        assert_eq!(host.state().in_flight, None);
+        assert_eq!(
+            host.state().last_outcome.map(|o| o.result),
+            Some(OutcomeKind::Failed)
+        );
+    }
+}

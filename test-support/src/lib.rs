@@ -1,0 +1,98 @@
+//! Helpers shared by Ferry's tests (ferry-signer's and ferry-agent's) and its
+//! benchmarks, so each exists once: git run in isolation from the user's and
+//! the system's configuration, keys made by `ssh-keygen`, a software stand-in
+//! for a FIDO security key, and the check of `docs/cli.md` against the
+//! binaries' `--help`. Not published; the tools it runs (git, ssh-keygen)
+//! are what `scripts/install-deps` installs.
+
+pub mod cli_reference;
+pub mod sk;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A `git` command that reads no system configuration, takes
+/// `global_config` as its global one (`/dev/null` for none) and commits as
+/// `name <email>`.
+pub fn git_command(global_config: &Path, name: &str, email: &str) -> Command {
+    let mut cmd = Command::new("git");
+    cmd.env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", global_config)
+        .env("GIT_AUTHOR_NAME", name)
+        .env("GIT_AUTHOR_EMAIL", email)
+        .env("GIT_COMMITTER_NAME", name)
+        .env("GIT_COMMITTER_EMAIL", email);
+    cmd
+}
+
+/// Runs `cmd` (a git command) to completion: its trimmed stdout, or a panic
+/// with its stderr.
+pub fn run_git(mut cmd: Command, args: &[&str]) -> String {
+    let out = cmd.output().expect("git is installed (scripts/install-deps)");
+    assert_success(&out, args);
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn assert_success(out: &Output, args: &[&str]) {
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs git in `dir` with no configuration at all, as `t <t@example.com>`;
+/// panics unless it succeeds.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let mut cmd = git_command(Path::new("/dev/null"), "t", "t@example.com");
+    cmd.arg("-C").arg(dir).args(args);
+    run_git(cmd, args)
+}
+
+/// An unencrypted key of `key_type` made by `ssh-keygen` in `dir`, with
+/// `bits` (`""` for the type's default); returns the private key's path
+/// (the public key is next to it, `.pub`).
+pub fn ssh_keygen(dir: &Path, name: &str, key_type: &str, bits: &str) -> PathBuf {
+    let path = dir.join(name);
+    let mut cmd = Command::new("ssh-keygen");
+    cmd.args(["-q", "-t", key_type, "-N", "", "-C", name]);
+    if !bits.is_empty() {
+        cmd.args(["-b", bits]);
+    }
+    let status = cmd
+        .arg("-f")
+        .arg(&path)
+        .status()
+        .expect("ssh-keygen is installed (scripts/install-deps)");
+    assert!(status.success(), "ssh-keygen -t {key_type} failed");
+    path
+}
+
+/// The `<type> AAAA…` part of the public key next to the private key `key`.
+pub fn public_key(key: &Path) -> String {
+    let text = std::fs::read_to_string(format!("{}.pub", key.display())).unwrap();
+    text.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn git_ignores_the_users_configuration_and_commits_as_told() {
+        let dir = tempfile::tempdir().unwrap();
+        git(dir.path(), &["init", "-q", "-b", "main"]);
+        git(dir.path(), &["commit", "-q", "--allow-empty", "-m", "first"]);
+        assert_eq!(
+            git(dir.path(), &["log", "-1", "--format=%an <%ae>"]),
+            "t <t@example.com>"
+        );
+    }
+
+    #[test]
+    fn keys_come_with_their_public_half() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = ssh_keygen(dir.path(), "k", "ecdsa", "384");
+        assert!(public_key(&key).starts_with("ecdsa-sha2-nistp384 AAAA"));
+    }
+}
