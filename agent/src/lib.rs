@@ -13,6 +13,7 @@
 //! - [`state`]: durable state (anti-rollback anchor, the deploy in flight and
 //!   its phase, last outcome) and its file format.
 //! - [`durable`]: atomic file replacement.
+//! - [`lock`]: one agent per state directory.
 //! - [`narinfo`]: binary cache metadata, signature fingerprints, cache keys.
 //! - [`cache`]: the binary cache client and the closure preflight.
 //! - [`source`]: the deploy repository: cheap tip check, bounded fetch, ancestry.
@@ -33,6 +34,7 @@ pub mod durable;
 pub mod forge;
 pub mod git_http;
 pub mod health;
+pub mod lock;
 pub mod logging;
 pub mod narinfo;
 pub mod reconcile;
