@@ -21,13 +21,13 @@ use reqwest::header::HeaderValue;
 use zeroize::Zeroizing;
 
 /// The ref advertisement must arrive within this.
-const LS_TIMEOUT: Duration = Duration::from_secs(60);
+pub const LS_TIMEOUT: Duration = Duration::from_secs(60);
 /// A negotiation round, pack included, must finish within this (a pack at the
 /// 512 MiB fetch cap needs only 300 KB/s).
-const PACK_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+pub const PACK_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// A ref advertisement longer than this is refused (endless-data defence; a
 /// deploy repository advertises a handful of refs).
-const MAX_ADVERTISEMENT_BYTES: u64 = 16 << 20;
+pub const MAX_ADVERTISEMENT_BYTES: u64 = 16 << 20;
 
 thread_local! {
     static TOKEN: RefCell<Option<Zeroizing<String>>> = const { RefCell::new(None) };
@@ -64,6 +64,11 @@ pub fn install() -> Result<(), git2::Error> {
 /// Sets the connect timeout for HTTP remotes (before the first connection).
 pub fn set_connect_timeout(timeout: Duration) {
     *CONNECT_TIMEOUT.lock().unwrap_or_else(|e| e.into_inner()) = timeout;
+}
+
+/// The connect timeout for remotes.
+pub(crate) fn connect_timeout() -> Duration {
+    *CONNECT_TIMEOUT.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Runs `f` (libgit2 remote calls) with `token` offered to HTTP remotes.
