@@ -55,6 +55,7 @@ enum Cached {
     Yes,
     Missing,
     Unsigned,
+    Oversized,
     DiskUnknown,
 }
 
@@ -167,6 +168,10 @@ impl ClosureCache for FakeCache {
             Cached::Unsigned => Err(CacheError::Untrusted(crate::narinfo::TrustError::Unsigned {
                 path,
             })),
+            Cached::Oversized => Err(CacheError::Narinfo {
+                url: format!("https://cache.example.com/{}.narinfo", &path[11..43]),
+                source: crate::narinfo::NarInfoError::TooLarge,
+            }),
             Cached::DiskUnknown => Err(CacheError::Disk {
                 store: "/nix/store".into(),
                 detail: "statvfs failed".into(),
@@ -575,6 +580,12 @@ fn every_refusal_records_reports_and_leaves_the_host_untouched() {
             set: |w| w.cached = Cached::Unsigned,
             status: StatusState::Failure,
             says: "is not signed",
+        },
+        RefusalCase {
+            name: "oversized narinfo",
+            set: |w| w.cached = Cached::Oversized,
+            status: StatusState::Failure,
+            says: "served bad metadata",
         },
         RefusalCase {
             name: "disk space unknown",
