@@ -61,9 +61,9 @@ struct GitSubtransport;
 impl SmartSubtransport for GitSubtransport {
     fn action(&self, url: &str, action: Service) -> Result<Box<dyn SmartSubtransportStream>, git2::Error> {
         match action {
-            Service::UploadPackLs => Ok(Box::new(Connection::open(url).map_err(|e| {
-                git2::Error::from_str(&e.to_string())
-            })?)),
+            Service::UploadPackLs => Ok(Box::new(
+                Connection::open(url).map_err(|e| git2::Error::from_str(&e.to_string()))?,
+            )),
             // Stateful: libgit2 goes on with the stream of the advertisement.
             Service::UploadPack => Err(git2::Error::from_str("git:// negotiates on its first connection")),
             Service::ReceivePackLs | Service::ReceivePack => {
@@ -103,7 +103,8 @@ impl Connection {
         let mut connected = None;
         for addr in (bare_host, port).to_socket_addrs()? {
             let left = deadline.saturating_duration_since(Instant::now());
-            match TcpStream::connect_timeout(&addr, connect_timeout().min(left).max(Duration::from_millis(1))) {
+            match TcpStream::connect_timeout(&addr, connect_timeout().min(left).max(Duration::from_millis(1)))
+            {
                 Ok(s) => {
                     connected = Some(s);
                     break;
@@ -111,7 +112,8 @@ impl Connection {
                 Err(e) => last = e,
             }
         }
-        let stream = connected.ok_or_else(|| io::Error::new(last.kind(), format!("cannot connect ({last})")))?;
+        let stream =
+            connected.ok_or_else(|| io::Error::new(last.kind(), format!("cannot connect ({last})")))?;
         let mut connection = Connection {
             stream,
             deadline,
@@ -173,7 +175,9 @@ impl Read for Connection {
         }
         let left = self.left()?;
         self.stream.set_read_timeout(Some(left))?;
-        let want = buf.len().min(usize::try_from(budget - self.read).unwrap_or(usize::MAX));
+        let want = buf
+            .len()
+            .min(usize::try_from(budget - self.read).unwrap_or(usize::MAX));
         let n = loop {
             match self.stream.read(&mut buf[..want]) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

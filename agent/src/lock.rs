@@ -96,7 +96,8 @@ mod tests {
         );
         let text = err.to_string();
         assert!(
-            text.contains(&format!("another ferry-agent (pid {pid}) is running")) && text.contains("systemctl stop"),
+            text.contains(&format!("another ferry-agent (pid {pid}) is running"))
+                && text.contains("systemctl stop"),
             "{text}"
         );
         drop(first);

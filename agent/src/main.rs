@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use ferry_agent::config::{Config, DEFAULT_PATH};
-use ferry_agent::reconcile::{Agent, Reconciled};
 use ferry_agent::lock::{self, AgentLock, LockError};
+use ferry_agent::reconcile::{Agent, Reconciled};
 use ferry_agent::{daemon, logging, status};
 
 #[derive(Parser)]

@@ -472,7 +472,13 @@ impl Agent {
         if first_seen_missing.is_none() {
             let description = format!("release {serial}: waiting for the closure in the binary cache");
             let source = verified.release.source.as_ref();
-            self.report(state, &verified.commit, source, StatusState::Pending, &description);
+            self.report(
+                state,
+                &verified.commit,
+                source,
+                StatusState::Pending,
+                &description,
+            );
             self.state.save(state)?;
             self.flush(state);
             self.awaiting_cache = Some((verified.commit.clone(), now));
@@ -736,7 +742,13 @@ impl Agent {
             state.last_success = Some(outcome.clone());
         }
         state.last_outcome = Some(outcome.clone());
-        self.report(state, &outcome.commit, source.as_ref(), status, &outcome.description);
+        self.report(
+            state,
+            &outcome.commit,
+            source.as_ref(),
+            status,
+            &outcome.description,
+        );
         self.state.save(state)?;
         self.flush(state);
         Ok(result)

@@ -498,7 +498,12 @@ mod tests {
             last_success: None,
             unsent: vec![Unsent {
                 id: 42,
-                status: CommitStatus::new(commit.clone(), StatusState::Success, "ferry/web1", "web1 runs release 7"),
+                status: CommitStatus::new(
+                    commit.clone(),
+                    StatusState::Success,
+                    "ferry/web1",
+                    "web1 runs release 7",
+                ),
             }],
         };
         state.last_success = state.last_outcome.clone();

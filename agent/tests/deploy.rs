@@ -516,7 +516,11 @@ fn a_second_agent_is_refused_while_one_deploys() {
     let first = first.wait_with_output().unwrap();
     let out = String::from_utf8_lossy(&first.stdout);
     assert!(first.status.success() && out.contains("deployed"), "{out}");
-    assert_eq!(w.switch_log(), vec![format!("switch {slow}")], "exactly one switch");
+    assert_eq!(
+        w.switch_log(),
+        vec![format!("switch {slow}")],
+        "exactly one switch"
+    );
     let finals: Vec<String> = w
         .forge
         .statuses()

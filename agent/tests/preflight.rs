@@ -146,6 +146,10 @@ fn an_oversized_or_malformed_narinfo_is_refused_not_retried() {
             ferry_agent::decide::Severity::Failure,
             "{what}"
         );
-        assert!(err.summary().starts_with("refused: "), "{what}: {}", err.summary());
+        assert!(
+            err.summary().starts_with("refused: "),
+            "{what}: {}",
+            err.summary()
+        );
     }
 }

@@ -353,8 +353,5 @@ fn an_endless_git_advertisement_is_refused_at_the_cap() {
     let err = within("a tip check against an endless advertisement", move || {
         source.remote_tip().unwrap_err().to_string()
     });
-    assert!(
-        err.contains("ref advertisement exceeded 16777216 bytes"),
-        "{err}"
-    );
+    assert!(err.contains("ref advertisement exceeded 16777216 bytes"), "{err}");
 }

@@ -18,12 +18,12 @@ use futures_util::FutureExt;
 use super::*;
 use crate::cache::{CacheError, Preflight};
 use crate::config::HealthCommand;
-use crate::health::Health;
 use crate::durable::faults;
+use crate::health::Health;
 use crate::report::{CommitStatus, Outbox};
-use crate::state::StateError;
 use crate::seams::{Activation, ClosureCache, NixStore, Pending, ReleaseSource, Seams, StatusSink, Units};
 use crate::source::SourceError;
+use crate::state::StateError;
 use crate::store::StoreError;
 use crate::systemd::SystemdError;
 
@@ -981,7 +981,11 @@ fn killed_before_write(agent: &mut Agent) -> bool {
     match run {
         Ok(_) => false,
         Err(payload) => {
-            assert_eq!(payload.downcast_ref::<&str>(), Some(&faults::KILLED), "another panic");
+            assert_eq!(
+                payload.downcast_ref::<&str>(),
+                Some(&faults::KILLED),
+                "another panic"
+            );
             true
         }
     }
@@ -1084,7 +1088,11 @@ fn a_status_that_cannot_be_queued_waits_in_the_state_until_there_is_room() {
             .map(|u| (u.status.commit, u.status.state, u.status.description))
             .collect();
         assert_eq!(unsent, expected, "{name}: kept in state.json");
-        assert_eq!(run(&mut host.agent()), Reconciled::UpToDate, "{name}: recorded once");
+        assert_eq!(
+            run(&mut host.agent()),
+            Reconciled::UpToDate,
+            "{name}: recorded once"
+        );
         assert_eq!(finals(&host), [], "{name}: the disk is still full");
         drop(room);
         until_up_to_date(&host, name);
@@ -1102,7 +1110,11 @@ fn an_ending_that_cannot_be_saved_is_reached_again() {
     let host = Host::new();
     refused(&mut host.w());
     faults::disk_full(Some("state.json"));
-    let err = host.agent().reconcile().now_or_never().expect("fakes answer at once");
+    let err = host
+        .agent()
+        .reconcile()
+        .now_or_never()
+        .expect("fakes answer at once");
     faults::disk_full(None);
     let err = err.expect_err("nothing recorded").to_string();
     assert!(err.contains("No space left on device"), "{err}");
