@@ -925,8 +925,11 @@ fn a_crash_during_a_rollback_resumes_the_rollback() {
     }
 }
 
+/// How a test sets up the world for one ending.
+type SetUp = fn(&mut World);
+
 /// The endings a release can come to, each set up on a fresh host.
-fn endings() -> [(&'static str, fn(&mut World)); 4] {
+fn endings() -> [(&'static str, SetUp); 4] {
     [
         ("deployed", |_| {}),
         ("already running", |w| w.running = Some(system('b'))),
@@ -951,7 +954,7 @@ fn finals(host: &Host) -> Vec<(CommitId, StatusState, String)> {
 
 /// The statuses of an ending reached undisturbed, and how many durable
 /// writes it took.
-fn undisturbed(set: fn(&mut World)) -> (Vec<(CommitId, StatusState, String)>, usize) {
+fn undisturbed(set: SetUp) -> (Vec<(CommitId, StatusState, String)>, usize) {
     let host = Host::new();
     set(&mut host.w());
     faults::kill_before_write(usize::MAX);
