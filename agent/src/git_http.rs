@@ -151,7 +151,7 @@ impl SmartSubtransport for HttpSubtransport {
                 if let Some(base) = served_from.strip_suffix(LS_SUFFIX).filter(|b| *b != url) {
                     *self.redirected.lock().unwrap_or_else(|e| e.into_inner()) = Some(base.to_owned());
                 }
-                Ok(Box::new(Advertisement(response.take(MAX_ADVERTISEMENT_BYTES))))
+                Ok(Box::new(Advertisement { response, read: 0 }))
             }
             Service::UploadPack => Ok(Box::new(UploadPack {
                 url,
@@ -170,13 +170,25 @@ impl SmartSubtransport for HttpSubtransport {
     }
 }
 
-/// The ref advertisement, read as it arrives (cut off after
-/// [`MAX_ADVERTISEMENT_BYTES`], which libgit2 then reports as malformed).
-struct Advertisement(io::Take<reqwest::blocking::Response>);
+/// The ref advertisement, read as it arrives, and refused with the limit's
+/// name past [`MAX_ADVERTISEMENT_BYTES`].
+struct Advertisement {
+    response: reqwest::blocking::Response,
+    read: u64,
+}
 
 impl Read for Advertisement {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
+        let left = MAX_ADVERTISEMENT_BYTES - self.read;
+        if left == 0 {
+            return Err(io::Error::other(format!(
+                "the ref advertisement exceeded {MAX_ADVERTISEMENT_BYTES} bytes: not a deploy repository, or a hostile server"
+            )));
+        }
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = self.response.read(&mut buf[..want])?;
+        self.read += n as u64;
+        Ok(n)
     }
 }
 

@@ -272,9 +272,9 @@ fn redirector(target: &str) -> crate::common::http::PythonServer {
     crate::common::http::PythonServer::spawn(port, ["-c", &script])
 }
 
-/// A loopback `git://` server that reads the client's request and then
-/// sends what `serve` writes, until the client hangs up.
-fn hostile_git_server(serve: fn(&mut std::net::TcpStream) -> std::io::Result<()>) -> String {
+/// A loopback server that reads the client's request and then sends what
+/// `serve` writes, until the client hangs up; its port.
+fn hostile_server(serve: fn(&mut std::net::TcpStream) -> std::io::Result<()>) -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
@@ -287,7 +287,32 @@ fn hostile_git_server(serve: fn(&mut std::net::TcpStream) -> std::io::Result<()>
             });
         }
     });
-    format!("git://127.0.0.1:{port}/deploy.git")
+    port
+}
+
+/// A `git://` URL served by [`hostile_server`].
+fn hostile_git_server(serve: fn(&mut std::net::TcpStream) -> std::io::Result<()>) -> String {
+    format!("git://127.0.0.1:{}/deploy.git", hostile_server(serve))
+}
+
+/// Writes a ref advertisement four times the 16 MiB cap, then stops.
+fn endless_advertisement(s: &mut std::net::TcpStream) -> std::io::Result<()> {
+    let oid = "1".repeat(40);
+    let first = format!("{oid} HEAD\0side-band-64k ofs-delta\n");
+    std::io::Write::write_all(s, format!("{:04x}{first}", first.len() + 4).as_bytes())?;
+    let mut sent = 0usize;
+    let mut n = 0u64;
+    while sent < 4 * (16 << 20) {
+        let mut chunk = String::new();
+        for _ in 0..1000 {
+            let line = format!("{oid} refs/heads/x{n}\n");
+            chunk.push_str(&format!("{:04x}{line}", line.len() + 4));
+            n += 1;
+        }
+        std::io::Write::write_all(s, chunk.as_bytes())?;
+        sent += chunk.len();
+    }
+    Ok(())
 }
 
 /// Runs `f` on its own thread and waits a bounded time for its answer.
@@ -330,27 +355,29 @@ fn a_dripping_git_server_is_cut_off_by_the_operation_deadline() {
 /// then it hangs up) is refused at the advertisement cap, not read whole.
 #[test]
 fn an_endless_git_advertisement_is_refused_at_the_cap() {
-    let url = hostile_git_server(|s| {
-        let oid = "1".repeat(40);
-        let first = format!("{oid} HEAD\0side-band-64k ofs-delta\n");
-        std::io::Write::write_all(s, format!("{:04x}{first}", first.len() + 4).as_bytes())?;
-        let mut sent = 0usize;
-        let mut n = 0u64;
-        while sent < 4 * (16 << 20) {
-            let mut chunk = String::new();
-            for _ in 0..1000 {
-                let line = format!("{oid} refs/heads/x{n}\n");
-                chunk.push_str(&format!("{:04x}{line}", line.len() + 4));
-                n += 1;
-            }
-            std::io::Write::write_all(s, chunk.as_bytes())?;
-            sent += chunk.len();
-        }
-        Ok(())
-    });
+    let url = hostile_git_server(endless_advertisement);
     let dir = tempfile::tempdir().unwrap();
     let source = Source::open(&dir.path().join("clone.git"), &url, "deploy", None).unwrap();
     let err = within("a tip check against an endless advertisement", move || {
+        source.remote_tip().unwrap_err().to_string()
+    });
+    assert!(err.contains("ref advertisement exceeded 16777216 bytes"), "{err}");
+}
+
+/// The same over smart HTTP: refused, naming the limit.
+#[test]
+fn an_endless_http_advertisement_is_refused_naming_the_cap() {
+    let port = hostile_server(|s| {
+        std::io::Write::write_all(
+            s,
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/x-git-upload-pack-advertisement\r\nConnection: close\r\n\r\n001e# service=git-upload-pack\n0000",
+        )?;
+        endless_advertisement(s)
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{port}/deploy.git");
+    let source = Source::open(&dir.path().join("clone.git"), &url, "deploy", None).unwrap();
+    let err = within("a tip check against an endless HTTP advertisement", move || {
         source.remote_tip().unwrap_err().to_string()
     });
     assert!(err.contains("ref advertisement exceeded 16777216 bytes"), "{err}");
