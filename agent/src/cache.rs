@@ -291,9 +291,15 @@ impl Inner {
             url: url.to_owned(),
             detail,
         };
+        // Permanent, not "unreachable": the same cache serves the same bytes
+        // at the next poll, so it is refused once with the reason.
+        let too_large = || CacheError::Narinfo {
+            url: url.to_owned(),
+            source: NarInfoError::TooLarge,
+        };
         if let Some(file) = url.strip_prefix("file://") {
             return match tokio::fs::read(file).await {
-                Ok(b) if b.len() > MAX_NARINFO_BYTES => Err(unreachable("narinfo larger than 1 MiB".into())),
+                Ok(b) if b.len() > MAX_NARINFO_BYTES => Err(too_large()),
                 Ok(b) => Ok(Some(b)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
                 Err(e) => Err(unreachable(e.to_string())),
@@ -314,7 +320,7 @@ impl Inner {
         while let Some(chunk) = response.chunk().await.map_err(|e| unreachable(error_chain(&e)))? {
             body.extend_from_slice(&chunk);
             if body.len() > MAX_NARINFO_BYTES {
-                return Err(unreachable("narinfo larger than 1 MiB".into()));
+                return Err(too_large());
             }
         }
         Ok(Some(body))

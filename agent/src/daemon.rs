@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
+use crate::lock::AgentLock;
 use crate::reconcile::{Agent, Reconciled};
 use crate::status::{self, NEXT_POLL_FILE};
 
@@ -61,6 +62,8 @@ pub fn next_delay(interval: Duration, jitter: Duration) -> Duration {
 /// Runs until `shutdown` resolves.
 pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Result<()> {
     let config = Config::load(&config_path)?;
+    // Held until the process ends: no `once` can run beside the daemon.
+    let _lock = AgentLock::acquire(&config.state_dir)?;
     let mut agent = Agent::new(config)?;
     // The NixOS module sets restartIfChanged = false, so a switch never kills
     // a deploy in progress; the agent restarts itself (exiting for systemd's
@@ -181,6 +184,13 @@ fn on_change(paths: &[PathBuf], config_path: &Path, agent: &mut Agent) -> Option
     if touched(config_path) {
         match Config::load(config_path) {
             Ok(new) if new == agent.config => {}
+            Ok(new) if new.state_dir != agent.config.state_dir => error!(
+                "new configuration {} moves state_dir to {}, keeping the old one: \
+                 the running agent holds the lock on {}; restart ferry-agent to move it",
+                config_path.display(),
+                new.state_dir.display(),
+                agent.config.state_dir.display()
+            ),
             Ok(new) => match Agent::new(new) {
                 Ok(a) => {
                     info!("configuration {} reloaded", config_path.display());

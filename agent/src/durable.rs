@@ -1,6 +1,8 @@
 //! Durable file replacement, shared by everything the agent keeps on disk
 //! (`state.json`, the status outbox, a switch unit's recorded result): a
-//! crash or power loss leaves the old content or the new, never a mix.
+//! crash or power loss leaves the old content or the new, never a mix. In
+//! unit tests, [`faults`] stops the "process" right before the Nth durable
+//! write, or fails writes as a full disk does.
 
 use std::io::Write;
 use std::path::Path;
@@ -8,12 +10,76 @@ use std::path::Path;
 /// Writes `bytes` to `path` atomically: a temp file in the same directory,
 /// fsync, rename over `path`, fsync of the directory.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    #[cfg(test)]
+    faults::before_write(path)?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     std::fs::File::open(dir)?.sync_all()
+}
+
+/// Fault injection for the reconcile tests, per test thread: a kill right
+/// before the Nth durable write (a panic, caught by the test as the process
+/// dying there), and writes failing with `ENOSPC` as on a full disk.
+#[cfg(test)]
+pub(crate) mod faults {
+    use std::cell::RefCell;
+    use std::path::Path;
+
+    /// What the marker panic says: the test's sign that the agent was killed.
+    pub const KILLED: &str = "killed before a durable write";
+
+    #[derive(Debug, Default)]
+    struct Plan {
+        writes: usize,
+        kill_at: Option<usize>,
+        full: Option<&'static str>,
+    }
+
+    thread_local! {
+        static PLAN: RefCell<Plan> = RefCell::new(Plan::default());
+    }
+
+    /// Durable writes so far on this thread.
+    pub fn writes() -> usize {
+        PLAN.with(|p| p.borrow().writes)
+    }
+
+    /// Kills the agent right before durable write number `n` (counting from
+    /// 1 from now on).
+    pub fn kill_before_write(n: usize) {
+        PLAN.with(|p| {
+            let mut p = p.borrow_mut();
+            p.writes = 0;
+            p.kill_at = Some(n);
+        });
+    }
+
+    /// Fails every durable write whose path contains `part` with `ENOSPC`
+    /// (`None`: the disk has room again).
+    pub fn disk_full(part: Option<&'static str>) {
+        PLAN.with(|p| p.borrow_mut().full = part);
+    }
+
+    pub(super) fn before_write(path: &Path) -> std::io::Result<()> {
+        let kill = PLAN.with(|p| {
+            let mut p = p.borrow_mut();
+            p.writes += 1;
+            if p.full.is_some_and(|part| path.to_string_lossy().contains(part)) {
+                return Err(std::io::Error::from_raw_os_error(28));
+            }
+            Ok(p.kill_at == Some(p.writes) && {
+                p.kill_at = None;
+                true
+            })
+        })?;
+        if kill {
+            std::panic::panic_any(KILLED);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -21,13 +21,13 @@ use reqwest::header::HeaderValue;
 use zeroize::Zeroizing;
 
 /// The ref advertisement must arrive within this.
-const LS_TIMEOUT: Duration = Duration::from_secs(60);
+pub const LS_TIMEOUT: Duration = Duration::from_secs(60);
 /// A negotiation round, pack included, must finish within this (a pack at the
 /// 512 MiB fetch cap needs only 300 KB/s).
-const PACK_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+pub const PACK_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// A ref advertisement longer than this is refused (endless-data defence; a
 /// deploy repository advertises a handful of refs).
-const MAX_ADVERTISEMENT_BYTES: u64 = 16 << 20;
+pub const MAX_ADVERTISEMENT_BYTES: u64 = 16 << 20;
 
 thread_local! {
     static TOKEN: RefCell<Option<Zeroizing<String>>> = const { RefCell::new(None) };
@@ -64,6 +64,11 @@ pub fn install() -> Result<(), git2::Error> {
 /// Sets the connect timeout for HTTP remotes (before the first connection).
 pub fn set_connect_timeout(timeout: Duration) {
     *CONNECT_TIMEOUT.lock().unwrap_or_else(|e| e.into_inner()) = timeout;
+}
+
+/// The connect timeout for remotes.
+pub(crate) fn connect_timeout() -> Duration {
+    *CONNECT_TIMEOUT.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Runs `f` (libgit2 remote calls) with `token` offered to HTTP remotes.
@@ -146,7 +151,7 @@ impl SmartSubtransport for HttpSubtransport {
                 if let Some(base) = served_from.strip_suffix(LS_SUFFIX).filter(|b| *b != url) {
                     *self.redirected.lock().unwrap_or_else(|e| e.into_inner()) = Some(base.to_owned());
                 }
-                Ok(Box::new(Advertisement(response.take(MAX_ADVERTISEMENT_BYTES))))
+                Ok(Box::new(Advertisement { response, read: 0 }))
             }
             Service::UploadPack => Ok(Box::new(UploadPack {
                 url,
@@ -165,13 +170,25 @@ impl SmartSubtransport for HttpSubtransport {
     }
 }
 
-/// The ref advertisement, read as it arrives (cut off after
-/// [`MAX_ADVERTISEMENT_BYTES`], which libgit2 then reports as malformed).
-struct Advertisement(io::Take<reqwest::blocking::Response>);
+/// The ref advertisement, read as it arrives, and refused with the limit's
+/// name past [`MAX_ADVERTISEMENT_BYTES`].
+struct Advertisement {
+    response: reqwest::blocking::Response,
+    read: u64,
+}
 
 impl Read for Advertisement {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
+        let left = MAX_ADVERTISEMENT_BYTES - self.read;
+        if left == 0 {
+            return Err(io::Error::other(format!(
+                "the ref advertisement exceeded {MAX_ADVERTISEMENT_BYTES} bytes: not a deploy repository, or a hostile server"
+            )));
+        }
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = self.response.read(&mut buf[..want])?;
+        self.read += n as u64;
+        Ok(n)
     }
 }
 

@@ -13,10 +13,12 @@
 //! - [`state`]: durable state (anti-rollback anchor, the deploy in flight and
 //!   its phase, last outcome) and its file format.
 //! - [`durable`]: atomic file replacement.
+//! - [`lock`]: one agent per state directory.
 //! - [`narinfo`]: binary cache metadata, signature fingerprints, cache keys.
 //! - [`cache`]: the binary cache client and the closure preflight.
 //! - [`source`]: the deploy repository: cheap tip check, bounded fetch, ancestry.
 //! - [`git_http`]: smart HTTP(S) for libgit2 over reqwest and rustls (no OpenSSL).
+//! - [`git_daemon`]: `git://` for libgit2, with a total deadline and size cap.
 //! - [`store`]: Nix commands: realise, profile, running and booted systems.
 //! - [`systemd`]: the only D-Bus code; [`switch`]: switch units;
 //!   [`health`]: failed units and health commands after a switch.
@@ -31,8 +33,10 @@ pub mod daemon;
 pub mod decide;
 pub mod durable;
 pub mod forge;
+pub mod git_daemon;
 pub mod git_http;
 pub mod health;
+pub mod lock;
 pub mod logging;
 pub mod narinfo;
 pub mod reconcile;

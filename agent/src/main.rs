@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use ferry_agent::config::{Config, DEFAULT_PATH};
+use ferry_agent::lock::{self, AgentLock, LockError};
 use ferry_agent::reconcile::{Agent, Reconciled};
 use ferry_agent::{daemon, logging, status};
 
@@ -29,7 +30,8 @@ struct Cli {
 enum Command {
     /// Run as a daemon: poll, deploy, report, forever.
     Run,
-    /// Reconcile once; exit 0 when deployed or up to date, 1 when refused or failed.
+    /// Reconcile once; exit 0 when deployed or up to date, 1 when refused or failed,
+    /// 75 when another ferry-agent runs on the same state directory.
     Once,
     /// Show the running system, the last release and outcome, waiting statuses.
     Status {
@@ -106,6 +108,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Once => {
             let config = Config::load(&cli.config)?;
+            let _lock = match AgentLock::acquire(&config.state_dir) {
+                Ok(lock) => lock,
+                Err(e @ LockError::Held { .. }) => {
+                    eprintln!("ferry-agent: {e}");
+                    return Ok(ExitCode::from(lock::EXIT_LOCKED));
+                }
+                Err(e) => return Err(e.into()),
+            };
             ferry_agent::source::set_network_timeouts(Duration::from_secs(10), Duration::from_secs(60))?;
             let mut agent = Agent::new(config).context("cannot start")?;
             let outcome = agent.reconcile().await?;
@@ -118,8 +128,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Run => {
             ferry_agent::source::set_network_timeouts(Duration::from_secs(10), Duration::from_secs(60))?;
-            daemon::run(cli.config, daemon::shutdown_signal()).await?;
-            Ok(ExitCode::SUCCESS)
+            match daemon::run(cli.config, daemon::shutdown_signal()).await {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) => match e.downcast_ref::<LockError>() {
+                    Some(held @ LockError::Held { .. }) => {
+                        tracing::error!("{held}");
+                        eprintln!("ferry-agent: {held}");
+                        Ok(ExitCode::from(lock::EXIT_LOCKED))
+                    }
+                    _ => Err(e),
+                },
+            }
         }
         Command::RecordSwitchResult { .. } => unreachable!("handled before the runtime starts"),
     }

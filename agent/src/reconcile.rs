@@ -20,7 +20,7 @@ use crate::decide::{self, AfterCheck, Checked, Conclusion, Severity, SwitchResul
 use crate::health::Health;
 use crate::report::{CommitStatus, StatusState};
 use crate::seams::{Activation, Seams};
-use crate::state::{Anchor, InFlight, Outcome, OutcomeKind, Phase, State, StateDir, Target};
+use crate::state::{Anchor, InFlight, Outcome, OutcomeKind, Phase, State, StateDir, Target, Unsent};
 use crate::switch::Observed;
 use crate::systemd::SystemdError;
 
@@ -159,28 +159,83 @@ impl Agent {
         self.signers = signers;
     }
 
-    /// Queues a status on the release commit and, if given, its source commit.
+    /// Records a status on the release commit and, if given, its source
+    /// commit in `state` (not yet saved): the caller saves it with whatever
+    /// it reports, then [`Agent::flush`] moves it to the outbox.
     fn report(
         &mut self,
+        state: &mut State,
         release: &CommitId,
         source: Option<&CommitId>,
-        state: StatusState,
+        status: StatusState,
         description: &str,
     ) {
+        use rand_core::RngCore;
         let context = self.config.report.context_for(&self.config.host);
         for commit in std::iter::once(release).chain(source) {
-            let status = CommitStatus::new(commit.clone(), state, &context, description);
-            self.seams.statuses.queue(status);
+            state.unsent.push(Unsent {
+                id: rand_core::OsRng.next_u64(),
+                status: CommitStatus::new(commit.clone(), status, &context, description),
+            });
         }
     }
 
-    /// Runs one reconcile. `Err` means a transient problem (network, bus):
-    /// nothing was recorded and the caller retries later. Waiting statuses
-    /// are delivered before and after, whatever happened.
+    /// Moves the statuses recorded in `state` (already saved) to the outbox,
+    /// oldest first, then saves the state without them. One that cannot be
+    /// queued (a full disk) stays recorded and is queued at the next
+    /// reconcile: never dropped. Returns whether the outbox may be delivered
+    /// now: not when the state still lists statuses the outbox already holds
+    /// (the state could not be saved), since a delivered entry would then
+    /// be queued a second time.
+    fn flush(&mut self, state: &mut State) -> bool {
+        let mut queued = 0;
+        for unsent in &state.unsent {
+            if let Err(e) = self.seams.statuses.queue(unsent.id, &unsent.status) {
+                error!(
+                    "cannot queue the commit status for {}: {e}; it stays in state.json and is queued at the next poll",
+                    unsent.status.commit
+                );
+                break;
+            }
+            queued += 1;
+        }
+        if queued == 0 {
+            return true;
+        }
+        let mut rest = state.clone();
+        rest.unsent.drain(..queued);
+        match self.state.save(&rest) {
+            Ok(()) => {
+                *state = rest;
+                true
+            }
+            Err(e) => {
+                error!("commit statuses queued, but {e}; they are delivered once state.json can be written");
+                false
+            }
+        }
+    }
+
+    /// Moves recorded statuses to the outbox and delivers what waits.
+    async fn deliver(&mut self) {
+        let deliverable = match self.state.load() {
+            Ok(mut state) => self.flush(&mut state),
+            // Reported by the reconcile; the outbox holds nothing unrecorded.
+            Err(_) => true,
+        };
+        if deliverable {
+            self.seams.statuses.deliver().await;
+        }
+    }
+
+    /// Runs one reconcile. `Err` means a transient problem (network, bus, a
+    /// full disk): nothing was recorded and the caller retries later.
+    /// Waiting statuses are queued and delivered before and after, whatever
+    /// happened.
     pub async fn reconcile(&mut self) -> Result<Reconciled> {
-        self.seams.statuses.deliver().await;
+        self.deliver().await;
         let result = self.reconcile_inner().await;
-        self.seams.statuses.deliver().await;
+        self.deliver().await;
         result
     }
 
@@ -352,8 +407,11 @@ impl Agent {
         };
         if first_seen_missing.is_none() {
             let description = format!("deploying release {serial} to {}", self.config.host);
-            self.report(&tip, source.as_ref(), StatusState::Pending, &description);
-            self.seams.statuses.deliver().await;
+            self.report(state, &tip, source.as_ref(), StatusState::Pending, &description);
+            self.state.save(state)?;
+            if self.flush(state) {
+                self.seams.statuses.deliver().await;
+            }
         }
         let preflight = match self.seams.caches.preflight(&entry.toplevel).await {
             Ok(p) => p,
@@ -365,7 +423,7 @@ impl Agent {
                     now,
                 ) =>
             {
-                return Ok(self.wait_for_upload(verified, &e, first_seen_missing, now));
+                return self.wait_for_upload(state, verified, &e, first_seen_missing, now);
             }
             Err(e) => {
                 self.awaiting_cache = None;
@@ -399,11 +457,12 @@ impl Agent {
     /// says so on the forge once.
     fn wait_for_upload(
         &mut self,
+        state: &mut State,
         verified: &VerifiedRelease,
         missing: &CacheError,
         first_seen_missing: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
-    ) -> Reconciled {
+    ) -> Result<Reconciled> {
         let serial = verified.release.serial;
         let until = decide::upload_deadline(verified.release.created, first_seen_missing.unwrap_or(now));
         warn!(
@@ -413,10 +472,18 @@ impl Agent {
         if first_seen_missing.is_none() {
             let description = format!("release {serial}: waiting for the closure in the binary cache");
             let source = verified.release.source.as_ref();
-            self.report(&verified.commit, source, StatusState::Pending, &description);
+            self.report(
+                state,
+                &verified.commit,
+                source,
+                StatusState::Pending,
+                &description,
+            );
+            self.state.save(state)?;
+            self.flush(state);
             self.awaiting_cache = Some((verified.commit.clone(), now));
         }
-        Reconciled::WaitingForClosure { serial, until }
+        Ok(Reconciled::WaitingForClosure { serial, until })
     }
 
     /// Accepts the release: the anchor moves and the deploy is recorded as
@@ -640,9 +707,13 @@ impl Agent {
         )
     }
 
-    /// The one place a reconcile's ending is recorded: logged, written to
-    /// the state (no deploy in flight any more, the tip remembered, the
-    /// outcome kept) and reported to the forge, in that order.
+    /// The one place a reconcile's ending is recorded: logged, then written
+    /// to the state (no deploy in flight any more, the tip remembered, the
+    /// outcome kept) together with its commit statuses, in one durable
+    /// write, then the statuses moved to the outbox. A crash can never leave
+    /// the ending recorded without its statuses; a write that fails (a full
+    /// disk) records nothing, and the next reconcile comes to the ending
+    /// again.
     fn record(&mut self, state: &mut State, ending: Ending) -> Result<Reconciled> {
         let Ending {
             outcome,
@@ -671,8 +742,15 @@ impl Agent {
             state.last_success = Some(outcome.clone());
         }
         state.last_outcome = Some(outcome.clone());
+        self.report(
+            state,
+            &outcome.commit,
+            source.as_ref(),
+            status,
+            &outcome.description,
+        );
         self.state.save(state)?;
-        self.report(&outcome.commit, source.as_ref(), status, &outcome.description);
+        self.flush(state);
         Ok(result)
     }
 }

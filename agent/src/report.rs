@@ -85,7 +85,7 @@ pub enum StatusState {
 }
 
 impl StatusState {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             StatusState::Pending => "pending",
             StatusState::Success => "success",
@@ -94,7 +94,7 @@ impl StatusState {
         }
     }
 
-    fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         use StatusState::*;
         [Pending, Success, Failure, Error]
             .into_iter()
@@ -227,6 +227,10 @@ struct QueuedFile {
     state: String,
     context: String,
     description: String,
+    /// The id the status was recorded under in `state.json`, so a flush
+    /// repeated after a crash queues it once (absent in older entries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    id: Option<u64>,
 }
 
 impl Outbox {
@@ -264,13 +268,38 @@ impl Outbox {
     /// Appends a status durably; returns how many older ones were dropped to
     /// stay within [`MAX_OUTBOX_ENTRIES`].
     pub fn push(&self, status: &CommitStatus) -> Result<usize, StateError> {
+        self.append(self.entries()?, status, None)
+    }
+
+    /// Appends the status recorded as `id` durably, unless an entry with that
+    /// id already waits (queued before a crash that came before `state.json`
+    /// could say so); returns how many older ones were dropped.
+    pub fn push_once(&self, id: u64, status: &CommitStatus) -> Result<usize, StateError> {
         let entries = self.entries()?;
+        for (_, path) in &entries {
+            let queued = std::fs::read(path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<QueuedFile>(&b).ok());
+            if queued.is_some_and(|q| q.id == Some(id)) {
+                return Ok(0);
+            }
+        }
+        self.append(entries, status, Some(id))
+    }
+
+    fn append(
+        &self,
+        entries: Vec<(u64, PathBuf)>,
+        status: &CommitStatus,
+        id: Option<u64>,
+    ) -> Result<usize, StateError> {
         let seq = entries.last().map_or(1, |(s, _)| s + 1);
         let file = QueuedFile {
             commit: status.commit.to_string(),
             state: status.state.as_str().into(),
             context: status.context.clone(),
             description: status.description.clone(),
+            id,
         };
         let bytes = serde_json::to_vec(&file).expect("status serialises");
         let path = self.dir.join(format!("{seq:020}.json"));
@@ -437,6 +466,23 @@ mod tests {
         again.push(&status(StatusState::Failure)).unwrap();
         let seqs: Vec<u64> = again.entries().unwrap().iter().map(|(s, _)| *s).collect();
         assert_eq!(seqs, vec![2, 3]);
+    }
+
+    #[test]
+    fn a_status_recorded_under_an_id_is_queued_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(dir.path()).unwrap();
+        outbox.push_once(7, &status(StatusState::Pending)).unwrap();
+        outbox.push_once(8, &status(StatusState::Success)).unwrap();
+        // The flush repeated after a crash: both already wait.
+        outbox.push_once(7, &status(StatusState::Pending)).unwrap();
+        outbox.push_once(8, &status(StatusState::Success)).unwrap();
+        assert_eq!(outbox.len().unwrap(), 2);
+        // Unidentified entries never match, and are still read.
+        outbox.push(&status(StatusState::Failure)).unwrap();
+        outbox.push_once(9, &status(StatusState::Failure)).unwrap();
+        assert_eq!(outbox.len().unwrap(), 4);
+        assert_eq!(outbox.peek().unwrap().unwrap().status.state, StatusState::Pending);
     }
 
     #[test]

@@ -27,6 +27,7 @@ use crate::forge::{Delivery, ForgeClient};
 use crate::health::{self, Health};
 use crate::report::{CommitStatus, Outbox};
 use crate::source::{Source, SourceError};
+use crate::state::StateError;
 use crate::store::{self, Store, StoreError};
 use crate::switch::{Attempt, Observed, Switcher};
 use crate::systemd::{Systemd, SystemdError};
@@ -114,9 +115,10 @@ pub trait Units {
 
 /// Where commit statuses go.
 pub trait StatusSink {
-    /// Queues `status` durably (problems are logged: a status is never worth
-    /// stopping a deploy for).
-    fn queue(&mut self, status: CommitStatus);
+    /// Queues `status`, recorded in the state as `id`, durably; a second
+    /// call with the same `id` (after a crash) queues nothing. An error (a
+    /// full disk) leaves the status recorded in the state, to be queued again.
+    fn queue(&mut self, id: u64, status: &CommitStatus) -> Result<(), StateError>;
     /// Delivers what waits (best effort; problems are logged).
     fn deliver(&mut self) -> Pending<'_, ()>;
 }
@@ -397,7 +399,9 @@ impl Units for SystemdUnits {
 struct NoForge(Outbox);
 
 impl StatusSink for NoForge {
-    fn queue(&mut self, _: CommitStatus) {}
+    fn queue(&mut self, _: u64, _: &CommitStatus) -> Result<(), StateError> {
+        Ok(())
+    }
 
     fn deliver(&mut self) -> Pending<'_, ()> {
         // Bounded: an entry that cannot be removed is not looked at forever.
@@ -411,7 +415,7 @@ impl StatusSink for NoForge {
                 }
                 Ok(None) => break,
                 // An unreadable entry was removed by `peek` itself.
-                Err(crate::state::StateError::Corrupt { .. }) => {}
+                Err(StateError::Corrupt { .. }) => {}
                 Err(e) => {
                     error!("cannot read the status outbox: {e}");
                     break;
@@ -429,12 +433,12 @@ struct ForgeSink {
 }
 
 impl StatusSink for ForgeSink {
-    fn queue(&mut self, status: CommitStatus) {
-        match self.outbox.push(&status) {
-            Ok(0) => {}
-            Ok(n) => warn!(dropped = n, "status outbox full: dropped the oldest statuses"),
-            Err(e) => error!("cannot queue a commit status: {e}"),
+    fn queue(&mut self, id: u64, status: &CommitStatus) -> Result<(), StateError> {
+        let dropped = self.outbox.push_once(id, status)?;
+        if dropped > 0 {
+            warn!(dropped, "status outbox full: dropped the oldest statuses");
         }
+        Ok(())
     }
 
     fn deliver(&mut self) -> Pending<'_, ()> {

@@ -11,7 +11,7 @@ use git2::{Direction, FetchOptions, Oid, RemoteCallbacks, Repository};
 use zeroize::Zeroizing;
 
 use crate::config::{absolute, Invalid, SourceConfig, SourceFile};
-use crate::git_http;
+use crate::{git_daemon, git_http};
 
 /// Fetches that would transfer more than this are aborted (endless-data defence).
 pub const MAX_FETCH_BYTES: usize = 512 << 20;
@@ -117,6 +117,8 @@ pub struct Source {
     url: String,
     branch: String,
     token_file: Option<PathBuf>,
+    /// Total time for a tip check and for a fetch (git://).
+    deadlines: (Duration, Duration),
 }
 
 impl std::fmt::Debug for Source {
@@ -155,6 +157,7 @@ impl Source {
             source,
         };
         git_http::install().map_err(open_err)?;
+        git_daemon::install().map_err(open_err)?;
         let repo = match Repository::open_bare(path) {
             Ok(r) => r,
             Err(_) => Repository::init_bare(path).map_err(open_err)?,
@@ -164,7 +167,14 @@ impl Source {
             url: url.to_owned(),
             branch: branch.to_owned(),
             token_file: token_file.map(Path::to_owned),
+            deadlines: (git_http::LS_TIMEOUT, git_http::PACK_TIMEOUT),
         })
+    }
+
+    /// Other total deadlines for a tip check and a fetch (tests use short ones).
+    pub fn with_deadlines(mut self, tip: Duration, fetch: Duration) -> Self {
+        self.deadlines = (tip, fetch);
+        self
     }
 
     /// The repository, for verification.
@@ -196,13 +206,15 @@ impl Source {
         let token = self.token()?;
         let mut remote = self.repo.remote_anonymous(&self.url)?;
         let wanted = format!("refs/heads/{}", self.branch);
-        let tip = git_http::with_token(token, || -> Result<Option<Oid>, git2::Error> {
-            let connection = remote.connect_auth(Direction::Fetch, None, None)?;
-            Ok(connection
-                .list()?
-                .iter()
-                .find(|h| h.name() == wanted)
-                .map(|h| h.oid()))
+        let tip = git_daemon::with_deadline(self.deadlines.0, || {
+            git_http::with_token(token, || -> Result<Option<Oid>, git2::Error> {
+                let connection = remote.connect_auth(Direction::Fetch, None, None)?;
+                Ok(connection
+                    .list()?
+                    .iter()
+                    .find(|h| h.name() == wanted)
+                    .map(|h| h.oid()))
+            })
         })
         .map_err(unreachable)?;
         tip.ok_or_else(|| SourceError::NoBranch {
@@ -225,9 +237,9 @@ impl Source {
             .download_tags(git2::AutotagOption::None);
         let mut remote = self.repo.remote_anonymous(&self.url)?;
         let refspec = format!("+refs/heads/{}:{REMOTE_REF}", self.branch);
-        if let Err(source) =
+        if let Err(source) = git_daemon::with_deadline(self.deadlines.1, || {
             git_http::with_token(token, || remote.fetch(&[&refspec], Some(&mut options), None))
-        {
+        }) {
             return Err(if source.code() == git2::ErrorCode::User {
                 SourceError::TooLarge {
                     url: self.url.clone(),

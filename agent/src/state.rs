@@ -2,7 +2,9 @@
 //! anti-rollback anchor (last accepted release), any deploy in flight and the
 //! phase it reached, the last outcome and the last success. The file format is
 //! its own serialised type (below the domain types), kept compatible with the
-//! files hosts already have; every write goes through
+//! files hosts already have. The commit statuses of an ending are saved in the
+//! same write as the ending ([`State::unsent`]) and only then moved to the
+//! outbox, so no crash can separate the two. Every write goes through
 //! [`crate::durable::atomic_write`], so a crash or power loss leaves either the
 //! old or the new state, never a torn one.
 
@@ -14,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::decide::SwitchResult;
 use crate::durable::atomic_write;
+use crate::report::{CommitStatus, StatusState};
 
 const STATE_FILE: &str = "state.json";
 const STATE_VERSION: u32 = 1;
@@ -33,6 +36,17 @@ pub struct State {
     /// The last deploy that succeeded: what this host should be running
     /// (drift is measured against it).
     pub last_success: Option<Outcome>,
+    /// Commit statuses recorded (with the ending they report, in the same
+    /// write) and not yet in the outbox, oldest first.
+    pub unsent: Vec<Unsent>,
+}
+
+/// A commit status recorded in the state, waiting to be moved to the outbox.
+/// `id` makes that move idempotent across a crash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsent {
+    pub id: u64,
+    pub status: CommitStatus,
 }
 
 /// The release the anti-rollback checks compare against.
@@ -202,6 +216,18 @@ struct StateFile {
     last_outcome: Option<OutcomeFile>,
     #[serde(default)]
     last_success: Option<OutcomeFile>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    unsent: Vec<UnsentFile>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnsentFile {
+    id: u64,
+    commit: String,
+    state: String,
+    context: String,
+    description: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -284,6 +310,17 @@ impl StateFile {
             in_flight: s.in_flight.as_ref().map(InFlightFile::from_in_flight),
             last_outcome: s.last_outcome.as_ref().map(OutcomeFile::from_outcome),
             last_success: s.last_success.as_ref().map(OutcomeFile::from_outcome),
+            unsent: s
+                .unsent
+                .iter()
+                .map(|u| UnsentFile {
+                    id: u.id,
+                    commit: u.status.commit.to_string(),
+                    state: u.status.state.as_str().to_owned(),
+                    context: u.status.context.clone(),
+                    description: u.status.description.clone(),
+                })
+                .collect(),
         }
     }
 
@@ -306,6 +343,22 @@ impl StateFile {
             in_flight: self.in_flight.map(InFlightFile::into_in_flight).transpose()?,
             last_outcome: self.last_outcome.map(OutcomeFile::into_outcome).transpose()?,
             last_success: self.last_success.map(OutcomeFile::into_outcome).transpose()?,
+            unsent: self
+                .unsent
+                .into_iter()
+                .map(|u| {
+                    Ok(Unsent {
+                        id: u.id,
+                        status: CommitStatus {
+                            commit: commit(&u.commit)?,
+                            state: StatusState::parse(&u.state)
+                                .ok_or_else(|| format!("unknown status state `{}`", u.state))?,
+                            context: u.context,
+                            description: u.description,
+                        },
+                    })
+                })
+                .collect::<Result<_, String>>()?,
         })
     }
 }
@@ -435,7 +488,7 @@ mod tests {
                 started: DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
             }),
             last_outcome: Some(Outcome {
-                commit,
+                commit: commit.clone(),
                 serial: 6,
                 toplevel: Some(toplevel),
                 result: OutcomeKind::SuccessRebootRequired,
@@ -443,6 +496,15 @@ mod tests {
                 at: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
             }),
             last_success: None,
+            unsent: vec![Unsent {
+                id: 42,
+                status: CommitStatus::new(
+                    commit.clone(),
+                    StatusState::Success,
+                    "ferry/web1",
+                    "web1 runs release 7",
+                ),
+            }],
         };
         state.last_success = state.last_outcome.clone();
         state

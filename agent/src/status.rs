@@ -30,7 +30,8 @@ pub struct StatusReport {
 /// Reads everything `status` shows.
 pub fn gather(config: &Config) -> anyhow::Result<StatusReport> {
     let state = StateDir::open(&config.state_dir)?.load()?;
-    let outbox_pending = Outbox::open(&config.state_dir)?.len()?;
+    // Statuses still recorded in state.json (the disk was full) wait too.
+    let outbox_pending = Outbox::open(&config.state_dir)?.len()? + state.unsent.len();
     let running = store::resolve_system(Path::new(store::CURRENT_SYSTEM));
     let profile = store::resolve_system(&config.switch.profile);
     let next_poll = std::fs::read_to_string(config.state_dir.join(NEXT_POLL_FILE))

@@ -483,6 +483,57 @@ fn deploys_reports_rolls_back_and_refuses() {
     assert_eq!(w.status_json()["statuses_queued"], 0);
 }
 
+/// Two agents on one host: a `once` started while another agent is
+/// switching is refused (exit 75, naming the other's PID) before it reads any
+/// state, so it never adopts that deploy; the first reports once.
+#[test]
+fn a_second_agent_is_refused_while_one_deploys() {
+    let w = World::new(&[("slow", Behaviour::Slow(4))]);
+    let slow = w.systems["slow"].clone();
+    let r = w.release("slow");
+    let first = Command::new("nsenter")
+        .args(["-t", &w.bed.pid.to_string(), "-a", "-r", "-w"])
+        .args([AGENT, "--config", "/etc/ferry/agent.toml", "once"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while w.switch_log().is_empty() {
+        assert!(Instant::now() < deadline, "the switch never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let second = w.agent(&["once"]);
+    let text = String::from_utf8_lossy(&second.stderr).into_owned();
+    assert_eq!(second.status.code(), Some(75), "{text}");
+    let holder = std::fs::read_to_string(w.bed.host_path("/var/lib/ferry-agent/agent.lock")).unwrap();
+    assert!(
+        text.contains(&format!("another ferry-agent (pid {}) is running", holder.trim())),
+        "{text}"
+    );
+    assert!(second.stdout.is_empty(), "no reconcile ran");
+
+    let first = first.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&first.stdout);
+    assert!(first.status.success() && out.contains("deployed"), "{out}");
+    assert_eq!(
+        w.switch_log(),
+        vec![format!("switch {slow}")],
+        "exactly one switch"
+    );
+    let finals: Vec<String> = w
+        .forge
+        .statuses()
+        .iter()
+        .filter(|(c, s, _)| c == &r && s != "pending")
+        .map(|(_, s, _)| s.clone())
+        .collect();
+    assert_eq!(finals, ["success"], "one final status for the release");
+    // Free again once the first agent has ended.
+    let (ok, out) = w.once();
+    assert!(ok && out.contains("up to date"), "{out}");
+}
+
 #[test]
 fn a_killed_agent_resumes_without_a_second_switch() {
     let w = World::new(&[("slow", Behaviour::Slow(4))]);

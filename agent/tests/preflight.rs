@@ -123,3 +123,33 @@ fn an_unreachable_cache_is_a_transient_error() {
     assert!(err.is_transient(), "{err}");
     assert!(err.to_string().contains(&format!("127.0.0.1:{port}")), "{err}");
 }
+
+/// A narinfo the cache will serve the same way at every poll (larger than
+/// the 1 MiB bound, or not a narinfo) is refused with the reason, not
+/// retried as an unreachable cache.
+#[test]
+fn an_oversized_or_malformed_narinfo_is_refused_not_retried() {
+    let f = Fixture::new(2);
+    let victim = f.closure.iter().find(|p| *p != &f.toplevel).unwrap();
+    let file = f.narinfo_path(victim);
+    let good = std::fs::read(&file).unwrap();
+    for (what, body) in [
+        ("oversized", [good.as_slice(), &vec![b'x'; 2 << 20]].concat()),
+        ("malformed", b"<html>cache maintenance</html>\n".to_vec()),
+    ] {
+        std::fs::write(&file, &body).unwrap();
+        let err = f.preflight(&f.caches(&[&f.cache.public_key])).unwrap_err();
+        assert!(matches!(err, CacheError::Narinfo { .. }), "{what}: {err:?}");
+        assert!(!err.is_transient(), "{what}: {err}");
+        assert_eq!(
+            ferry_agent::decide::cache_severity(&err),
+            ferry_agent::decide::Severity::Failure,
+            "{what}"
+        );
+        assert!(
+            err.summary().starts_with("refused: "),
+            "{what}: {}",
+            err.summary()
+        );
+    }
+}

@@ -271,3 +271,114 @@ fn redirector(target: &str) -> crate::common::http::PythonServer {
     );
     crate::common::http::PythonServer::spawn(port, ["-c", &script])
 }
+
+/// A loopback server that reads the client's request and then sends what
+/// `serve` writes, until the client hangs up; its port.
+fn hostile_server(serve: fn(&mut std::net::TcpStream) -> std::io::Result<()>) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut request = [0u8; 4096];
+                let _ = std::io::Read::read(&mut stream, &mut request);
+                let _ = serve(&mut stream);
+            });
+        }
+    });
+    port
+}
+
+/// A `git://` URL served by [`hostile_server`].
+fn hostile_git_server(serve: fn(&mut std::net::TcpStream) -> std::io::Result<()>) -> String {
+    format!("git://127.0.0.1:{}/deploy.git", hostile_server(serve))
+}
+
+/// Writes a ref advertisement four times the 16 MiB cap, then stops.
+fn endless_advertisement(s: &mut std::net::TcpStream) -> std::io::Result<()> {
+    let oid = "1".repeat(40);
+    let first = format!("{oid} HEAD\0side-band-64k ofs-delta\n");
+    std::io::Write::write_all(s, format!("{:04x}{first}", first.len() + 4).as_bytes())?;
+    let mut sent = 0usize;
+    let mut n = 0u64;
+    while sent < 4 * (16 << 20) {
+        let mut chunk = String::new();
+        for _ in 0..1000 {
+            let line = format!("{oid} refs/heads/x{n}\n");
+            chunk.push_str(&format!("{:04x}{line}", line.len() + 4));
+            n += 1;
+        }
+        std::io::Write::write_all(s, chunk.as_bytes())?;
+        sent += chunk.len();
+    }
+    Ok(())
+}
+
+/// Runs `f` on its own thread and waits a bounded time for its answer.
+fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(120))
+        .unwrap_or_else(|_| panic!("{what} was not bounded: still running after 120 s"))
+}
+
+/// A `git://` server dripping its advertisement one byte at a time (each
+/// read answered, so no per-read timeout fires) is cut off by the total
+/// deadline of the operation.
+#[test]
+fn a_dripping_git_server_is_cut_off_by_the_operation_deadline() {
+    use std::time::Duration;
+    let url = hostile_git_server(|s| {
+        std::io::Write::write_all(s, b"fff0")?;
+        loop {
+            std::io::Write::write_all(s, b"a")?;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let source = Source::open(&dir.path().join("clone.git"), &url, "deploy", None)
+        .unwrap()
+        .with_deadlines(Duration::from_secs(2), Duration::from_secs(2));
+    let err = within("a tip check against a dripping server", move || {
+        source.remote_tip().unwrap_err().to_string()
+    });
+    assert!(
+        err.contains("timed out") && err.contains("total deadline"),
+        "{err}"
+    );
+}
+
+/// A `git://` server advertising refs without end (here: four times the cap,
+/// then it hangs up) is refused at the advertisement cap, not read whole.
+#[test]
+fn an_endless_git_advertisement_is_refused_at_the_cap() {
+    let url = hostile_git_server(endless_advertisement);
+    let dir = tempfile::tempdir().unwrap();
+    let source = Source::open(&dir.path().join("clone.git"), &url, "deploy", None).unwrap();
+    let err = within("a tip check against an endless advertisement", move || {
+        source.remote_tip().unwrap_err().to_string()
+    });
+    assert!(err.contains("ref advertisement exceeded 16777216 bytes"), "{err}");
+}
+
+/// The same over smart HTTP: refused, naming the limit.
+#[test]
+fn an_endless_http_advertisement_is_refused_naming_the_cap() {
+    let port = hostile_server(|s| {
+        std::io::Write::write_all(
+            s,
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/x-git-upload-pack-advertisement\r\nConnection: close\r\n\r\n001e# service=git-upload-pack\n0000",
+        )?;
+        endless_advertisement(s)
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{port}/deploy.git");
+    let source = Source::open(&dir.path().join("clone.git"), &url, "deploy", None).unwrap();
+    let err = within("a tip check against an endless HTTP advertisement", move || {
+        source.remote_tip().unwrap_err().to_string()
+    });
+    assert!(err.contains("ref advertisement exceeded 16777216 bytes"), "{err}");
+}

@@ -18,10 +18,12 @@ use futures_util::FutureExt;
 use super::*;
 use crate::cache::{CacheError, Preflight};
 use crate::config::HealthCommand;
+use crate::durable::faults;
 use crate::health::Health;
-use crate::report::CommitStatus;
+use crate::report::{CommitStatus, Outbox};
 use crate::seams::{Activation, ClosureCache, NixStore, Pending, ReleaseSource, Seams, StatusSink, Units};
 use crate::source::SourceError;
+use crate::state::StateError;
 use crate::store::StoreError;
 use crate::systemd::SystemdError;
 
@@ -53,6 +55,7 @@ enum Cached {
     Yes,
     Missing,
     Unsigned,
+    Oversized,
     DiskUnknown,
 }
 
@@ -113,7 +116,6 @@ struct FakeSource(Shared);
 struct FakeCache(Shared);
 struct FakeStore(Shared);
 struct FakeUnits(Shared);
-struct FakeSink(Shared);
 
 impl ReleaseSource for FakeSource {
     fn remote_tip(&mut self) -> Pending<'_, Result<CommitId, SourceError>> {
@@ -166,6 +168,10 @@ impl ClosureCache for FakeCache {
             Cached::Unsigned => Err(CacheError::Untrusted(crate::narinfo::TrustError::Unsigned {
                 path,
             })),
+            Cached::Oversized => Err(CacheError::Narinfo {
+                url: format!("https://cache.example.com/{}.narinfo", &path[11..43]),
+                source: crate::narinfo::NarInfoError::TooLarge,
+            }),
             Cached::DiskUnknown => Err(CacheError::Disk {
                 store: "/nix/store".into(),
                 detail: "statvfs failed".into(),
@@ -301,15 +307,30 @@ impl Units for FakeUnits {
     }
 }
 
+/// The real durable outbox in the host's state directory, delivered to a
+/// fake forge that records what it was sent (`statuses`). `post` is the
+/// forge call; `delivered` the instant after it, before the entry is removed.
+struct FakeSink {
+    world: Shared,
+    outbox: Outbox,
+}
+
 impl StatusSink for FakeSink {
-    fn queue(&mut self, status: CommitStatus) {
-        self.0
-            .borrow_mut()
-            .statuses
-            .push((status.commit, status.state, status.description));
+    fn queue(&mut self, id: u64, status: &CommitStatus) -> Result<(), StateError> {
+        self.outbox.push_once(id, status).map(|_| ())
     }
     fn deliver(&mut self) -> Pending<'_, ()> {
-        Box::pin(std::future::ready(()))
+        Box::pin(async move {
+            while let Some(queued) = self.outbox.peek().expect("outbox readable") {
+                let status = queued.status;
+                effect(&self.world, "post", move |w| {
+                    w.statuses.push((status.commit, status.state, status.description))
+                })
+                .await;
+                effect(&self.world, "delivered", |_| ()).await;
+                self.outbox.remove(queued.seq).expect("removed");
+            }
+        })
     }
 }
 
@@ -395,7 +416,10 @@ impl Host {
             caches: Box::new(FakeCache(w.clone())),
             store: Box::new(FakeStore(w.clone())),
             units: Box::new(FakeUnits(w.clone())),
-            statuses: Box::new(FakeSink(w.clone())),
+            statuses: Box::new(FakeSink {
+                world: w.clone(),
+                outbox: Outbox::open(&self.dir.path().join("state")).unwrap(),
+            }),
         };
         Agent::with_seams(config, AllowedSigners::parse("").unwrap(), seams).unwrap()
     }
@@ -556,6 +580,12 @@ fn every_refusal_records_reports_and_leaves_the_host_untouched() {
             set: |w| w.cached = Cached::Unsigned,
             status: StatusState::Failure,
             says: "is not signed",
+        },
+        RefusalCase {
+            name: "oversized narinfo",
+            set: |w| w.cached = Cached::Oversized,
+            status: StatusState::Failure,
+            says: "served bad metadata",
         },
         RefusalCase {
             name: "disk space unknown",
@@ -893,4 +923,206 @@ fn a_crash_during_a_rollback_resumes_the_rollback() {
             Some(OutcomeKind::Failed)
         );
     }
+}
+
+/// How a test sets up the world for one ending.
+type SetUp = fn(&mut World);
+
+/// The endings a release can come to, each set up on a fresh host.
+fn endings() -> [(&'static str, SetUp); 4] {
+    [
+        ("deployed", |_| {}),
+        ("already running", |w| w.running = Some(system('b'))),
+        ("refused", |w| {
+            w.releases.insert(commit(R1), Verifies::Unsigned);
+        }),
+        ("rolled back", |w| {
+            w.ends.insert((1, false), SwitchResult::Failed { code: 4 });
+        }),
+    ]
+}
+
+/// The final (not pending) statuses the forge received, in order.
+fn finals(host: &Host) -> Vec<(CommitId, StatusState, String)> {
+    let w = host.world.borrow();
+    w.statuses
+        .iter()
+        .filter(|(_, s, _)| *s != StatusState::Pending)
+        .cloned()
+        .collect()
+}
+
+/// The statuses of an ending reached undisturbed, and how many durable
+/// writes it took.
+fn undisturbed(set: SetUp) -> (Vec<(CommitId, StatusState, String)>, usize) {
+    let host = Host::new();
+    set(&mut host.w());
+    faults::kill_before_write(usize::MAX);
+    run(&mut host.agent());
+    let writes = faults::writes();
+    (finals(&host), writes)
+}
+
+/// Keeps the test output free of the marker panics that stand for kills.
+fn quiet_kills() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info.payload().downcast_ref::<&str>() != Some(&faults::KILLED) {
+                default(info)
+            }
+        }));
+    });
+}
+
+/// Runs a reconcile that is killed before the durable write the fault plan
+/// names; true if it was.
+fn killed_before_write(agent: &mut Agent) -> bool {
+    quiet_kills();
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| agent.reconcile().now_or_never()));
+    match run {
+        Ok(_) => false,
+        Err(payload) => {
+            assert_eq!(
+                payload.downcast_ref::<&str>(),
+                Some(&faults::KILLED),
+                "another panic"
+            );
+            true
+        }
+    }
+}
+
+/// New agents on the host until one finds nothing to do.
+fn until_up_to_date(host: &Host, what: &str) {
+    for _ in 0..5 {
+        if run(&mut host.agent()) == Reconciled::UpToDate {
+            let state = host.state();
+            assert_eq!(state.unsent, [], "{what}: everything queued");
+            let outbox = Outbox::open(&host.dir.path().join("state")).unwrap();
+            assert_eq!(outbox.len().unwrap(), 0, "{what}: everything delivered");
+            return;
+        }
+    }
+    panic!("{what}: still busy after five restarts: {:?}", host.effects());
+}
+
+/// Exactly one final status per commit reaches the forge, whichever durable
+/// write the agent is killed right before: the ending and its statuses are
+/// one write, and moving them to the outbox is idempotent.
+#[test]
+fn a_kill_before_any_durable_write_loses_no_final_status_and_doubles_none() {
+    for (name, set) in endings() {
+        let (expected, writes) = undisturbed(set);
+        assert!(!expected.is_empty(), "{name}: reported");
+        assert!(writes >= 2, "{name}: {writes} durable writes");
+        for n in 1..=writes {
+            let what = format!("{name}, killed before durable write {n} of {writes}");
+            let host = Host::new();
+            set(&mut host.w());
+            faults::kill_before_write(n);
+            assert!(killed_before_write(&mut host.agent()), "{what}: not killed");
+            faults::kill_before_write(usize::MAX);
+            until_up_to_date(&host, &what);
+            assert_eq!(finals(&host), expected, "{what}");
+        }
+    }
+}
+
+/// A kill at a forge call: before the forge answered, the status is sent
+/// again; after it answered but before the outbox entry was removed, it is
+/// sent again too — the one place delivery is at least once. The repeat is
+/// the same status (state, description, context) right after itself, so the
+/// forge's verdict on the commit does not change.
+#[test]
+fn a_kill_at_any_forge_call_repeats_at_most_the_same_status() {
+    for (name, set) in endings() {
+        let (expected, _) = undisturbed(set);
+        let posts = {
+            let host = Host::new();
+            set(&mut host.w());
+            run(&mut host.agent());
+            host.statuses().len()
+        };
+        for (crash_at, skip) in (0..posts).flat_map(|n| [("post", n), ("delivered", n)]) {
+            let what = format!("{name}, killed at forge call {crash_at} {skip}");
+            let host = Host::new();
+            set(&mut host.w());
+            host.w().crash_skip = skip;
+            host.w().crash_at = Some(crash_at);
+            assert!(killed(&mut host.agent()), "{what}: not killed");
+            until_up_to_date(&host, &what);
+            let mut got = finals(&host);
+            if crash_at == "post" {
+                assert_eq!(got, expected, "{what}");
+            } else {
+                got.dedup();
+                assert_eq!(got, expected, "{what}: only an immediate repeat");
+            }
+        }
+    }
+}
+
+/// With the outbox's filesystem full when an ending is recorded, its
+/// statuses stay in state.json and reach the forge once there is room.
+#[test]
+fn a_status_that_cannot_be_queued_waits_in_the_state_until_there_is_room() {
+    struct Room;
+    impl Drop for Room {
+        fn drop(&mut self) {
+            faults::disk_full(None);
+        }
+    }
+    for (name, set) in endings() {
+        let (expected, _) = undisturbed(set);
+        let host = Host::new();
+        set(&mut host.w());
+        let room = Room;
+        faults::disk_full(Some("outbox"));
+        let r = run(&mut host.agent());
+        assert_ne!(r, Reconciled::UpToDate, "{name}");
+        assert_eq!(finals(&host), [], "{name}: nothing could be queued");
+        let unsent: Vec<_> = host
+            .state()
+            .unsent
+            .into_iter()
+            .filter(|u| u.status.state != StatusState::Pending)
+            .map(|u| (u.status.commit, u.status.state, u.status.description))
+            .collect();
+        assert_eq!(unsent, expected, "{name}: kept in state.json");
+        assert_eq!(
+            run(&mut host.agent()),
+            Reconciled::UpToDate,
+            "{name}: recorded once"
+        );
+        assert_eq!(finals(&host), [], "{name}: the disk is still full");
+        drop(room);
+        until_up_to_date(&host, name);
+        assert_eq!(finals(&host), expected, "{name}");
+    }
+}
+
+/// With state.json's filesystem full, an ending cannot be recorded: the
+/// reconcile fails (retried by the daemon), and once there is room the same
+/// ending is reached and reported once.
+#[test]
+fn an_ending_that_cannot_be_saved_is_reached_again() {
+    let refused = endings()[2].1;
+    let (expected, _) = undisturbed(refused);
+    let host = Host::new();
+    refused(&mut host.w());
+    faults::disk_full(Some("state.json"));
+    let err = host
+        .agent()
+        .reconcile()
+        .now_or_never()
+        .expect("fakes answer at once");
+    faults::disk_full(None);
+    let err = err.expect_err("nothing recorded").to_string();
+    assert!(err.contains("No space left on device"), "{err}");
+    assert_eq!(host.state(), State::default());
+    assert_eq!(finals(&host), []);
+    until_up_to_date(&host, "refused after the disk had room again");
+    assert_eq!(finals(&host), expected);
 }

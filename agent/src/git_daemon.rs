@@ -1,0 +1,202 @@
+//! git's own protocol (`git://`, port 9418) under libgit2, replacing its
+//! built-in transport so that it is bounded as HTTP is: each operation
+//! (`remote_tip`'s ref advertisement, a whole fetch) has one total deadline,
+//! not a timeout per read, and the ref advertisement a size cap, so a server
+//! that drips bytes or advertises without end cannot hold or grow the agent.
+//! libgit2 still speaks the protocol; this module connects and moves its
+//! bytes, counting them and the time.
+
+use std::cell::Cell;
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use git2::transport::{Service, SmartSubtransport, SmartSubtransportStream, Transport};
+
+use crate::git_http::{connect_timeout, MAX_ADVERTISEMENT_BYTES};
+use crate::source::MAX_FETCH_BYTES;
+
+/// git's port.
+const DEFAULT_PORT: u16 = 9418;
+
+thread_local! {
+    /// The deadline of the remote operation running on this thread.
+    static DEADLINE: Cell<Option<(Instant, Duration)>> = const { Cell::new(None) };
+}
+
+/// Routes libgit2's `git://` remotes through this module. Idempotent; call
+/// before the first remote operation.
+pub fn install() -> Result<(), git2::Error> {
+    static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
+    INSTALLED
+        .get_or_init(|| {
+            // SAFETY: as in `git_http::install`: registered exactly once,
+            // before this process makes any remote connection.
+            #[allow(unsafe_code)]
+            unsafe {
+                git2::transport::register("git", |remote| Transport::smart(remote, false, GitSubtransport))
+                    .map_err(|e| e.message().to_owned())
+            }
+        })
+        .clone()
+        .map_err(|m| git2::Error::from_str(&m))
+}
+
+/// Runs `f` (one libgit2 remote operation) with `limit` as the total time
+/// its `git://` connection may take.
+pub fn with_deadline<T>(limit: Duration, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<(Instant, Duration)>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            DEADLINE.with(|d| d.set(self.0));
+        }
+    }
+    let _restore = Restore(DEADLINE.with(|d| d.replace(Some((Instant::now() + limit, limit)))));
+    f()
+}
+
+struct GitSubtransport;
+
+impl SmartSubtransport for GitSubtransport {
+    fn action(&self, url: &str, action: Service) -> Result<Box<dyn SmartSubtransportStream>, git2::Error> {
+        match action {
+            Service::UploadPackLs => Ok(Box::new(
+                Connection::open(url).map_err(|e| git2::Error::from_str(&e.to_string()))?,
+            )),
+            // Stateful: libgit2 goes on with the stream of the advertisement.
+            Service::UploadPack => Err(git2::Error::from_str("git:// negotiates on its first connection")),
+            Service::ReceivePackLs | Service::ReceivePack => {
+                Err(git2::Error::from_str("ferry-agent only fetches; it never pushes"))
+            }
+        }
+    }
+
+    fn close(&self) -> Result<(), git2::Error> {
+        Ok(())
+    }
+}
+
+/// One `git-upload-pack` connection with its deadline and byte budgets.
+struct Connection {
+    stream: TcpStream,
+    deadline: Instant,
+    limit: Duration,
+    /// Bytes read so far, and whether the client has spoken (after which the
+    /// advertisement is over and the pack budget applies).
+    read: u64,
+    negotiating: bool,
+}
+
+impl Connection {
+    fn open(url: &str) -> io::Result<Self> {
+        let (deadline, limit) = DEADLINE
+            .with(|d| d.get())
+            .unwrap_or_else(|| (Instant::now() + Duration::from_secs(60), Duration::from_secs(60)));
+        let parsed = reqwest::Url::parse(url).map_err(|e| io::Error::other(format!("{url}: {e}")))?;
+        let host = parsed
+            .host_str()
+            .ok_or_else(|| io::Error::other(format!("{url} names no host")))?;
+        let port = parsed.port().unwrap_or(DEFAULT_PORT);
+        let bare_host = host.trim_start_matches('[').trim_end_matches(']');
+        let mut last = io::Error::other(format!("{host} has no address"));
+        let mut connected = None;
+        for addr in (bare_host, port).to_socket_addrs()? {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match TcpStream::connect_timeout(&addr, connect_timeout().min(left).max(Duration::from_millis(1)))
+            {
+                Ok(s) => {
+                    connected = Some(s);
+                    break;
+                }
+                Err(e) => last = e,
+            }
+        }
+        let stream =
+            connected.ok_or_else(|| io::Error::new(last.kind(), format!("cannot connect ({last})")))?;
+        let mut connection = Connection {
+            stream,
+            deadline,
+            limit,
+            read: 0,
+            negotiating: false,
+        };
+        let authority = match parsed.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_owned(),
+        };
+        let request = format!("git-upload-pack {}\0host={authority}\0", parsed.path());
+        connection.send(format!("{:04x}{request}", request.len() + 4).as_bytes())?;
+        Ok(connection)
+    }
+
+    /// The time left, or the error that says the deadline passed.
+    fn left(&self) -> io::Result<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "timed out: the git:// server did not finish within {}s (a total deadline per operation)",
+                    self.limit.as_secs()
+                ),
+            ));
+        }
+        Ok(left)
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let left = self.left()?;
+        self.stream.set_write_timeout(Some(left))?;
+        self.stream.write_all(bytes).map_err(|e| self.timed_out(e))
+    }
+
+    fn timed_out(&self, e: io::Error) -> io::Error {
+        match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => self.left().err().unwrap_or(e),
+            _ => e,
+        }
+    }
+}
+
+impl Read for Connection {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let budget = if self.negotiating {
+            MAX_FETCH_BYTES as u64 + MAX_ADVERTISEMENT_BYTES
+        } else {
+            MAX_ADVERTISEMENT_BYTES
+        };
+        if self.read >= budget {
+            return Err(io::Error::other(if self.negotiating {
+                format!("the git:// server sent more than {budget} bytes: fetch aborted")
+            } else {
+                format!("the ref advertisement exceeded {MAX_ADVERTISEMENT_BYTES} bytes: not a deploy repository, or a hostile server")
+            }));
+        }
+        let left = self.left()?;
+        self.stream.set_read_timeout(Some(left))?;
+        let want = buf
+            .len()
+            .min(usize::try_from(budget - self.read).unwrap_or(usize::MAX));
+        let n = loop {
+            match self.stream.read(&mut buf[..want]) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other.map_err(|e| self.timed_out(e))?,
+            }
+        };
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+impl Write for Connection {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.negotiating = true;
+        self.send(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
