@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::{Forge, ReportConfig};
-use crate::report::{self, Outbox, Status};
+use crate::report::{self, Outbox, Status, Token};
 use crate::state::StateError;
 
 /// The forge's answer to one status, classified.
@@ -46,6 +46,7 @@ impl ForgeClient {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(30))
+            .user_agent(concat!("ferry-agent/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("the TLS backend initialises");
         Self {
@@ -60,14 +61,13 @@ impl ForgeClient {
     /// Posts one status. The token is read from its file for each send, so a
     /// rotated credential is picked up, and it is never logged.
     pub async fn send(&self, status: &Status) -> Delivery {
-        let token = match &self.token_file {
-            Some(path) => match std::fs::read_to_string(path) {
-                Ok(t) => t.trim().to_owned(),
-                Err(e) => {
-                    return Delivery::Misconfigured(format!("cannot read token file {}: {e}", path.display()))
-                }
-            },
-            None => String::new(),
+        if self.forge == Forge::None {
+            return Delivery::Delivered;
+        }
+        let token = match self.token_file.as_deref().map(Token::from_file) {
+            Some(Ok(t)) => t,
+            Some(Err(e)) => return Delivery::Misconfigured(e.to_string()),
+            None => return Delivery::Misconfigured("no token file configured (report.token_file)".into()),
         };
         let Some(request) = report::request_for(self.forge, &self.api_url, &self.repository, &token, status)
         else {

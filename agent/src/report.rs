@@ -1,151 +1,48 @@
 //! Commit statuses: what a deploy tells the forge, the exact HTTP request each
-//! forge expects (GitHub, Gitea/Forgejo, GitLab), and the durable outbox that
-//! holds statuses until the forge accepts them, in order, across restarts.
-//! Building requests is pure; sending is `forge.rs`'s.
+//! forge expects (GitHub, Gitea/Forgejo, GitLab; built by `ferry_signer::forge`,
+//! the one copy `ferry-signer status` reads back with), and the durable outbox
+//! that holds statuses until the forge accepts them, in order, across
+//! restarts. Building requests is pure; sending is `forge.rs`'s.
 
 use std::path::{Path, PathBuf};
 
-use ferry_signer::CommitId;
+use ferry_signer::forge::{ForgeKind, ForgeSettings};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Forge;
 use crate::state::{atomic_write, StateError};
 
-/// GitHub refuses longer descriptions; we hold every forge to it.
-pub const MAX_DESCRIPTION_CHARS: usize = 140;
+/// One status to post on one commit; `Status::new` cuts the description to
+/// the forge limit. The signer's type: one copy of the forge protocol.
+pub use ferry_signer::forge::NewStatus as Status;
+pub use ferry_signer::forge::{StatusRequest, StatusState, Token, MAX_DESCRIPTION_CHARS};
+
 /// Oldest statuses are dropped beyond this many waiting (with a log line).
 pub const MAX_OUTBOX_ENTRIES: usize = 1000;
 
-/// A commit status state, in Ferry's terms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StatusState {
-    Pending,
-    Success,
-    Failure,
-    Error,
-}
-
-impl StatusState {
-    fn as_str(self) -> &'static str {
-        match self {
-            StatusState::Pending => "pending",
-            StatusState::Success => "success",
-            StatusState::Failure => "failure",
-            StatusState::Error => "error",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Self> {
-        use StatusState::*;
-        [Pending, Success, Failure, Error]
-            .into_iter()
-            .find(|k| k.as_str() == s)
-    }
-
-    /// GitLab's names: pending, running, success, failed, canceled.
-    fn gitlab(self) -> &'static str {
-        match self {
-            StatusState::Pending => "running",
-            StatusState::Success => "success",
-            StatusState::Failure | StatusState::Error => "failed",
-        }
-    }
-}
-
-/// One status to post on one commit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Status {
-    pub commit: CommitId,
-    pub state: StatusState,
-    pub context: String,
-    pub description: String,
-}
-
-impl Status {
-    /// A status whose description is cut to the forge limit.
-    pub fn new(commit: CommitId, state: StatusState, context: &str, description: &str) -> Self {
-        let description = if description.chars().count() > MAX_DESCRIPTION_CHARS {
-            let mut d: String = description.chars().take(MAX_DESCRIPTION_CHARS - 1).collect();
-            d.push('…');
-            d
-        } else {
-            description.to_owned()
-        };
-        Self {
-            commit,
-            state,
-            context: context.to_owned(),
-            description,
-        }
-    }
-}
-
-/// An HTTP request, ready to send: method is always POST.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StatusRequest {
-    pub url: String,
-    pub headers: Vec<(&'static str, String)>,
-    pub body: serde_json::Value,
-}
-
-/// Builds the request `forge` expects for `status`. `token` is only placed in
-/// a header; callers must never log the headers.
+/// Builds the request `forge` expects for `status`, with the signer's
+/// request builder. `token` is only placed in a header; callers must never
+/// log the headers.
 pub fn request_for(
     forge: Forge,
     api_url: &str,
     repository: &str,
-    token: &str,
+    token: &Token,
     status: &Status,
 ) -> Option<StatusRequest> {
-    let api = api_url.trim_end_matches('/');
-    let sha = status.commit.as_str();
-    let user_agent = ("User-Agent", format!("ferry-agent/{}", env!("CARGO_PKG_VERSION")));
-    Some(match forge {
+    let kind = match forge {
         Forge::None => return None,
-        Forge::Github => StatusRequest {
-            url: format!("{api}/repos/{repository}/statuses/{sha}"),
-            headers: vec![
-                ("Authorization", format!("Bearer {token}")),
-                ("Accept", "application/vnd.github+json".into()),
-                ("X-GitHub-Api-Version", "2022-11-28".into()),
-                user_agent,
-            ],
-            body: serde_json::json!({
-                "state": status.state.as_str(),
-                "description": status.description,
-                "context": status.context,
-            }),
-        },
-        Forge::Gitea => StatusRequest {
-            url: format!("{api}/repos/{repository}/statuses/{sha}"),
-            headers: vec![("Authorization", format!("token {token}")), user_agent],
-            body: serde_json::json!({
-                "state": status.state.as_str(),
-                "description": status.description,
-                "context": status.context,
-            }),
-        },
-        Forge::Gitlab => StatusRequest {
-            url: format!("{api}/projects/{}/statuses/{sha}", encode_project(repository)),
-            headers: vec![("PRIVATE-TOKEN", token.to_owned()), user_agent],
-            body: serde_json::json!({
-                "state": status.state.gitlab(),
-                "name": status.context,
-                "description": status.description,
-            }),
-        },
-    })
-}
-
-/// GitLab takes a numeric id or the URL-encoded path (`group%2Fproject`).
-fn encode_project(repository: &str) -> String {
-    repository
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            other => format!("%{other:02X}"),
-        })
-        .collect()
+        Forge::Github => ForgeKind::Github,
+        Forge::Gitea => ForgeKind::Gitea,
+        Forge::Gitlab => ForgeKind::Gitlab,
+    };
+    let settings = ForgeSettings {
+        kind,
+        api_url: api_url.trim_end_matches('/').to_owned(),
+        repository: repository.to_owned(),
+        context: status.context.clone(),
+    };
+    Some(settings.status_request(token, status))
 }
 
 /// Statuses waiting for the forge, one file each in `<state_dir>/outbox`,
@@ -293,7 +190,7 @@ mod tests {
             Forge::Github,
             "https://api.github.com/",
             "ops/deploy",
-            "T0K",
+            &Token::new("T0K").unwrap(),
             &status(StatusState::Success),
         )
         .unwrap();
@@ -314,7 +211,7 @@ mod tests {
             Forge::Gitea,
             "https://git.example.com/api/v1",
             "ops/deploy",
-            "T0K",
+            &Token::new("T0K").unwrap(),
             &status(StatusState::Pending),
         )
         .unwrap();
@@ -329,7 +226,7 @@ mod tests {
             Forge::Gitlab,
             "https://gitlab.com/api/v4",
             "ops/deploy",
-            "T0K",
+            &Token::new("T0K").unwrap(),
             &status(StatusState::Failure),
         )
         .unwrap();
@@ -343,13 +240,20 @@ mod tests {
             Forge::Gitlab,
             "https://gitlab.com/api/v4",
             "42",
-            "T",
+            &Token::new("T").unwrap(),
             &status(StatusState::Pending),
         )
         .unwrap();
         assert!(p.url.contains("/projects/42/statuses/"));
         assert_eq!(p.body["state"], "running");
-        assert!(request_for(Forge::None, "", "", "", &status(StatusState::Pending)).is_none());
+        assert!(request_for(
+            Forge::None,
+            "",
+            "",
+            &Token::new("T").unwrap(),
+            &status(StatusState::Pending)
+        )
+        .is_none());
     }
 
     #[test]

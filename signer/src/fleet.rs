@@ -116,7 +116,9 @@ pub struct Selection {
 /// A selection that does not fit the release.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SelectionError {
-    #[error("host pattern `{0}` matches no host of the release: check the name (`ferry-signer show` lists them)")]
+    #[error(
+        "host pattern `{0}` matches no host of the release: check the name (`ferry-signer show` lists them)"
+    )]
     NoMatch(String),
     #[error("host pattern `{0}` is empty")]
     Empty(String),
@@ -287,10 +289,7 @@ mod tests {
         let names: Vec<&str> = v.iter().map(|h| h.host.as_str()).collect();
         assert_eq!(names, ["web1", "web2"]);
         let typo = Selection::new(vec!["wbe*".into()]).unwrap();
-        assert_eq!(
-            typo.check(&r.hosts),
-            Err(SelectionError::NoMatch("wbe*".into()))
-        );
+        assert_eq!(typo.check(&r.hosts), Err(SelectionError::NoMatch("wbe*".into())));
         assert!(Selection::new(vec![" ".into()]).is_err());
     }
 
@@ -306,8 +305,14 @@ mod tests {
             view(&r, &Selection::all(), ctx, &statuses)
         };
         use StatusState::*;
-        assert!(matches!(judge(&with(&[Success, Success, Success]), 0), Progress::Done(_)));
-        assert!(matches!(judge(&with(&[Success, Pending, Success]), 0), Progress::Waiting(_)));
+        assert!(matches!(
+            judge(&with(&[Success, Success, Success]), 0),
+            Progress::Done(_)
+        ));
+        assert!(matches!(
+            judge(&with(&[Success, Pending, Success]), 0),
+            Progress::Waiting(_)
+        ));
         assert!(matches!(judge(&with(&[Success, Success]), 0), Progress::Waiting(c) if c.not_reported == 1));
         match judge(&with(&[Success, Failure, Pending]), 0) {
             Progress::TooManyFailures { failed, counts } => {
@@ -318,9 +323,15 @@ mod tests {
         }
         // Within the budget, a failure does not stop the wait, and the wait
         // ends when the rest succeeded.
-        assert!(matches!(judge(&with(&[Success, Failure, Pending]), 1), Progress::Waiting(_)));
+        assert!(matches!(
+            judge(&with(&[Success, Failure, Pending]), 1),
+            Progress::Waiting(_)
+        ));
         assert!(matches!(judge(&with(&[Success, Error, Success]), 1), Progress::Done(c) if c.failure == 1));
-        assert!(matches!(judge(&with(&[Error, Error, Success]), 1), Progress::TooManyFailures { .. }));
+        assert!(matches!(
+            judge(&with(&[Error, Error, Success]), 1),
+            Progress::TooManyFailures { .. }
+        ));
         // No host at all is trivially done.
         assert!(matches!(judge(&[], 0), Progress::Done(c) if c.total() == 0));
     }

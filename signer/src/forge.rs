@@ -85,6 +85,13 @@ impl StatusState {
         }
     }
 
+    /// Ferry's own names (`pending`, `success`, `failure`, `error`).
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Pending, Self::Success, Self::Failure, Self::Error]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+
     /// A state as `kind` names it in answers. Unknown names count as errors:
     /// never as success.
     pub fn from_forge(kind: ForgeKind, s: &str) -> Self {
@@ -94,7 +101,12 @@ impl StatusState {
             (ForgeKind::Gitlab, "canceled" | "skipped") => Self::Error,
             (
                 ForgeKind::Gitlab,
-                "created" | "waiting_for_resource" | "preparing" | "pending" | "running" | "scheduled"
+                "created"
+                | "waiting_for_resource"
+                | "preparing"
+                | "pending"
+                | "running"
+                | "scheduled"
                 | "manual",
             ) => Self::Pending,
             (ForgeKind::Gitlab, _) => Self::Error,
@@ -162,7 +174,12 @@ impl ForgeSettings {
 
     /// The URL of one page of `commit`'s latest statuses.
     pub fn statuses_url(&self, commit: &CommitId, page: u32) -> String {
-        let (api, repo, sha, n) = (&self.api_url, &self.repository, commit.as_str(), self.kind.page_size());
+        let (api, repo, sha, n) = (
+            &self.api_url,
+            &self.repository,
+            commit.as_str(),
+            self.kind.page_size(),
+        );
         match self.kind {
             ForgeKind::Github => format!("{api}/repos/{repo}/commits/{sha}/status?per_page={n}&page={page}"),
             ForgeKind::Gitea => format!("{api}/repos/{repo}/commits/{sha}/status?limit={n}&page={page}"),
@@ -199,18 +216,17 @@ impl ForgeSettings {
         }
     }
 
-    /// Authentication and API headers for every request.
+    /// Authentication and API headers for every request (the client sets
+    /// the User-Agent, which GitHub requires).
     pub fn auth_headers(&self, token: &Token) -> Vec<(&'static str, String)> {
-        let user_agent = ("User-Agent", format!("ferry-signer/{}", env!("CARGO_PKG_VERSION")));
         match self.kind {
             ForgeKind::Github => vec![
                 ("Authorization", format!("Bearer {}", token.0)),
                 ("Accept", "application/vnd.github+json".into()),
                 ("X-GitHub-Api-Version", "2022-11-28".into()),
-                user_agent,
             ],
-            ForgeKind::Gitea => vec![("Authorization", format!("token {}", token.0)), user_agent],
-            ForgeKind::Gitlab => vec![("PRIVATE-TOKEN", token.0.clone()), user_agent],
+            ForgeKind::Gitea => vec![("Authorization", format!("token {}", token.0))],
+            ForgeKind::Gitlab => vec![("PRIVATE-TOKEN", token.0.clone())],
         }
     }
 }
@@ -342,7 +358,11 @@ pub fn next_page(kind: ForgeKind, page: u32, items: usize, headers: &PageHeaders
         .is_some_and(|l| l.split(',').any(|part| part.contains("rel=\"next\"")));
     let more = match kind {
         ForgeKind::Github => link_next,
-        ForgeKind::Gitea => match headers.total_count.as_deref().and_then(|t| t.trim().parse::<u64>().ok()) {
+        ForgeKind::Gitea => match headers
+            .total_count
+            .as_deref()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+        {
             Some(total) => u64::from(page) * u64::from(kind.page_size()) < total,
             None => link_next,
         },
@@ -361,21 +381,14 @@ struct CombinedJson<S> {
     statuses: Option<Vec<S>>,
 }
 
+/// One status in a combined answer: GitHub names its state `state`, Gitea
+/// and Forgejo name it `status`; each forge's own name is required.
 #[derive(Deserialize)]
-struct GithubStatusJson {
+struct CombinedStatusJson {
     #[serde(default)]
     id: u64,
-    state: String,
-    description: Option<String>,
-    context: String,
-    updated_at: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct GiteaStatusJson {
-    #[serde(default)]
-    id: u64,
-    status: String,
+    state: Option<String>,
+    status: Option<String>,
     description: Option<String>,
     context: String,
     updated_at: Option<String>,
@@ -403,32 +416,33 @@ pub fn parse_page(kind: ForgeKind, body: &[u8]) -> Result<Vec<ReportedStatus>, F
         detail: e.to_string(),
     };
     Ok(match kind {
-        ForgeKind::Github => serde_json::from_slice::<CombinedJson<GithubStatusJson>>(body)
-            .map_err(bad)?
-            .statuses
-            .unwrap_or_default()
-            .into_iter()
-            .map(|s| ReportedStatus {
-                id: s.id,
-                state: StatusState::from_forge(kind, &s.state),
-                context: s.context,
-                description: s.description.unwrap_or_default(),
-                at: timestamp(s.updated_at.as_deref()),
-            })
-            .collect(),
-        ForgeKind::Gitea => serde_json::from_slice::<CombinedJson<GiteaStatusJson>>(body)
-            .map_err(bad)?
-            .statuses
-            .unwrap_or_default()
-            .into_iter()
-            .map(|s| ReportedStatus {
-                id: s.id,
-                state: StatusState::from_forge(kind, &s.status),
-                context: s.context,
-                description: s.description.unwrap_or_default(),
-                at: timestamp(s.updated_at.as_deref()),
-            })
-            .collect(),
+        ForgeKind::Github | ForgeKind::Gitea => {
+            serde_json::from_slice::<CombinedJson<CombinedStatusJson>>(body)
+                .map_err(bad)?
+                .statuses
+                .unwrap_or_default()
+                .into_iter()
+                .map(|s| {
+                    let state = match kind {
+                        ForgeKind::Github => s.state,
+                        _ => s.status,
+                    };
+                    Ok(ReportedStatus {
+                        id: s.id,
+                        state: StatusState::from_forge(
+                            kind,
+                            &state.ok_or_else(|| ForgeError::BadAnswer {
+                                kind,
+                                detail: format!("status of context `{}` has no state", s.context),
+                            })?,
+                        ),
+                        context: s.context,
+                        description: s.description.unwrap_or_default(),
+                        at: timestamp(s.updated_at.as_deref()),
+                    })
+                })
+                .collect::<Result<_, ForgeError>>()?
+        }
         ForgeKind::Gitlab => serde_json::from_slice::<Vec<GitlabStatusJson>>(body)
             .map_err(bad)?
             .into_iter()
@@ -477,7 +491,9 @@ pub enum ForgeError {
     EmptyToken,
     #[error("cannot read the forge token file {path}: {source}")]
     TokenFile { path: PathBuf, source: std::io::Error },
-    #[error("{0} is plain HTTP and not this machine, so the token would cross the network in clear: use https://")]
+    #[error(
+        "{0} is plain HTTP and not this machine, so the token would cross the network in clear: use https://"
+    )]
     PlainHttp(String),
     #[error("cannot reach the forge at {url}: {detail}")]
     Unreachable { url: String, detail: String },
@@ -533,6 +549,7 @@ impl ForgeClient {
         let http = reqwest::blocking::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(60))
+            .user_agent(concat!("ferry-signer/", env!("CARGO_PKG_VERSION")))
             // Redirects could carry the token elsewhere: none are followed.
             .redirect(reqwest::redirect::Policy::none())
             .build()
@@ -540,7 +557,11 @@ impl ForgeClient {
                 url: settings.api_url.clone(),
                 detail: e.to_string(),
             })?;
-        Ok(Self { http, settings, token })
+        Ok(Self {
+            http,
+            settings,
+            token,
+        })
     }
 
     pub fn settings(&self) -> &ForgeSettings {
@@ -681,7 +702,12 @@ mod tests {
     #[test]
     fn write_requests_match_what_agents_send() {
         let token = Token::new("T0K\n").unwrap();
-        let status = NewStatus::new(SHA.parse().unwrap(), StatusState::Pending, "ferry/rollout", "wave 1");
+        let status = NewStatus::new(
+            SHA.parse().unwrap(),
+            StatusState::Pending,
+            "ferry/rollout",
+            "wave 1",
+        );
         let gh = settings(ForgeKind::Github, "https://api.github.com", "o/r").status_request(&token, &status);
         assert_eq!(gh.url, format!("https://api.github.com/repos/o/r/statuses/{SHA}"));
         assert!(gh.headers.contains(&("Authorization", "Bearer T0K".into())));
@@ -689,8 +715,12 @@ mod tests {
             gh.body,
             serde_json::json!({"state": "pending", "description": "wave 1", "context": "ferry/rollout"})
         );
-        let gl = settings(ForgeKind::Gitlab, "https://gitlab.com/api/v4", "42").status_request(&token, &status);
-        assert_eq!(gl.url, format!("https://gitlab.com/api/v4/projects/42/statuses/{SHA}"));
+        let gl =
+            settings(ForgeKind::Gitlab, "https://gitlab.com/api/v4", "42").status_request(&token, &status);
+        assert_eq!(
+            gl.url,
+            format!("https://gitlab.com/api/v4/projects/42/statuses/{SHA}")
+        );
         assert!(gl.headers.contains(&("PRIVATE-TOKEN", "T0K".into())));
         assert_eq!(gl.body["state"], "running");
         assert_eq!(gl.body["name"], "ferry/rollout");
@@ -715,7 +745,10 @@ mod tests {
         let s = ForgeSettings::new(ForgeKind::Github, None, "o/r", "deploy/{host}").unwrap();
         assert_eq!(s.api_url, "https://api.github.com");
         assert_eq!(s.context_for(&"web1".parse().unwrap()), "deploy/web1");
-        assert!(matches!("bitbucket".parse::<ForgeKind>(), Err(ForgeError::UnknownKind(_))));
+        assert!(matches!(
+            "bitbucket".parse::<ForgeKind>(),
+            Err(ForgeError::UnknownKind(_))
+        ));
         assert_eq!("forgejo".parse::<ForgeKind>().unwrap(), ForgeKind::Gitea);
     }
 
@@ -732,7 +765,10 @@ mod tests {
         assert!(!token_travels_safely("http://127.0.0.1.evil.example/api"));
         assert!(!token_travels_safely("http://localhost@evil.example/api"));
         let plain = settings(ForgeKind::Gitea, "http://git.example.com/api/v1", "o/r");
-        assert!(matches!(ForgeClient::new(plain, t), Err(ForgeError::PlainHttp(_))));
+        assert!(matches!(
+            ForgeClient::new(plain, t),
+            Err(ForgeError::PlainHttp(_))
+        ));
     }
 
     #[test]
@@ -746,8 +782,13 @@ mod tests {
         assert_eq!(s[0].at.unwrap().to_rfc3339(), "2026-01-02T03:04:05+00:00");
         assert_eq!(s[1].description, "");
         let gt = br#"{"state":"failure","statuses":[{"id":1,"status":"warning","context":"ferry/db1","description":"x"}]}"#;
-        assert_eq!(parse_page(ForgeKind::Gitea, gt).unwrap()[0].state, StatusState::Failure);
-        assert!(parse_page(ForgeKind::Gitea, br#"{"statuses":null}"#).unwrap().is_empty());
+        assert_eq!(
+            parse_page(ForgeKind::Gitea, gt).unwrap()[0].state,
+            StatusState::Failure
+        );
+        assert!(parse_page(ForgeKind::Gitea, br#"{"statuses":null}"#)
+            .unwrap()
+            .is_empty());
         let gl = br#"[{"id":3,"status":"running","name":"ferry/web1","description":"deploying","created_at":"2026-01-02T03:04:05.123Z","finished_at":null},
                       {"id":4,"status":"canceled","name":"ferry/web2","description":null}]"#;
         let s = parse_page(ForgeKind::Gitlab, gl).unwrap();
@@ -764,15 +805,37 @@ mod tests {
     }
 
     #[test]
+    fn ferry_state_names_round_trip() {
+        for s in [
+            StatusState::Pending,
+            StatusState::Success,
+            StatusState::Failure,
+            StatusState::Error,
+        ] {
+            assert_eq!(StatusState::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(StatusState::parse("running"), None);
+    }
+
+    #[test]
     fn unknown_states_never_count_as_success() {
         for kind in [ForgeKind::Github, ForgeKind::Gitea, ForgeKind::Gitlab] {
             assert_eq!(StatusState::from_forge(kind, "SUCCESS"), StatusState::Error);
             assert_eq!(StatusState::from_forge(kind, "bogus"), StatusState::Error);
             assert_eq!(StatusState::from_forge(kind, "success"), StatusState::Success);
         }
-        assert_eq!(StatusState::from_forge(ForgeKind::Github, "failure"), StatusState::Failure);
-        assert_eq!(StatusState::from_forge(ForgeKind::Gitlab, "failed"), StatusState::Failure);
-        assert_eq!(StatusState::from_forge(ForgeKind::Gitlab, "failure"), StatusState::Error);
+        assert_eq!(
+            StatusState::from_forge(ForgeKind::Github, "failure"),
+            StatusState::Failure
+        );
+        assert_eq!(
+            StatusState::from_forge(ForgeKind::Gitlab, "failed"),
+            StatusState::Failure
+        );
+        assert_eq!(
+            StatusState::from_forge(ForgeKind::Gitlab, "failure"),
+            StatusState::Error
+        );
     }
 
     #[test]
@@ -801,11 +864,15 @@ mod tests {
             link: Some(l.into()),
             ..Default::default()
         };
-        let next = r#"<https://api.github.com/x?page=2>; rel="next", <https://api.github.com/x?page=5>; rel="last""#;
+        let next =
+            r#"<https://api.github.com/x?page=2>; rel="next", <https://api.github.com/x?page=5>; rel="last""#;
         let last = r#"<https://api.github.com/x?page=1>; rel="first", <https://api.github.com/x?page=4>; rel="prev""#;
         assert_eq!(next_page(ForgeKind::Github, 1, 100, &link(next)), Some(2));
         assert_eq!(next_page(ForgeKind::Github, 5, 100, &link(last)), None);
-        assert_eq!(next_page(ForgeKind::Github, 1, 100, &PageHeaders::default()), None);
+        assert_eq!(
+            next_page(ForgeKind::Github, 1, 100, &PageHeaders::default()),
+            None
+        );
         assert_eq!(next_page(ForgeKind::Github, 1, 0, &link(next)), None);
         let total = |t: &str| PageHeaders {
             total_count: Some(t.into()),

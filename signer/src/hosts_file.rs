@@ -82,7 +82,9 @@ pub fn read(path: &Path) -> Result<BTreeMap<HostName, HostEntry>, HostsFileError
     };
     let len = std::fs::metadata(path).map_err(read_err)?.len();
     if len > MAX_HOSTS_FILE_BYTES {
-        return Err(HostsFileError::TooLarge { path: path.to_owned() });
+        return Err(HostsFileError::TooLarge {
+            path: path.to_owned(),
+        });
     }
     parse(path, &std::fs::read(path).map_err(read_err)?)
 }

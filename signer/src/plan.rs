@@ -116,7 +116,12 @@ struct WaveFile {
     soak: Option<String>,
 }
 
-fn duration(wave: &str, field: &'static str, text: Option<&str>, default: Duration) -> Result<Duration, PlanError> {
+fn duration(
+    wave: &str,
+    field: &'static str,
+    text: Option<&str>,
+    default: Duration,
+) -> Result<Duration, PlanError> {
     match text {
         None => Ok(default),
         Some(t) => humantime::parse_duration(t).map_err(|e| PlanError::Duration {
@@ -153,13 +158,18 @@ impl Plan {
         let mut waves = Vec::with_capacity(file.wave.len());
         for (index, w) in file.wave.into_iter().enumerate() {
             if !name_ok(&w.name) {
-                return Err(PlanError::BadName { index: index + 1, name: w.name });
+                return Err(PlanError::BadName {
+                    index: index + 1,
+                    name: w.name,
+                });
             }
             if !names.insert(w.name.clone()) {
                 return Err(PlanError::DuplicateName(w.name));
             }
             let members = match (w.hosts, w.rest) {
-                (Some(p), false) if !p.is_empty() && p.iter().all(|p| !p.trim().is_empty()) => Members::Patterns(p),
+                (Some(p), false) if !p.is_empty() && p.iter().all(|p| !p.trim().is_empty()) => {
+                    Members::Patterns(p)
+                }
                 (None, true) if index == last => Members::Rest,
                 (None, true) => return Err(PlanError::RestNotLast(w.name)),
                 _ => return Err(PlanError::Members(w.name)),
@@ -290,9 +300,14 @@ rest = true
         assert_eq!(plan.waves[1].soak, Duration::ZERO);
         // web1 is the canary's; `web*` then matches it too: that overlaps.
         let err = plan.resolve(&hosts(&["web1", "web2", "db1"])).unwrap_err();
-        assert!(matches!(err, PlanError::Overlap { ref host, .. } if host.as_str() == "web1"), "{err}");
+        assert!(
+            matches!(err, PlanError::Overlap { ref host, .. } if host.as_str() == "web1"),
+            "{err}"
+        );
         let plan = Plan::parse(PLAN.replace("web*", "web2*").as_bytes()).unwrap();
-        let waves = plan.resolve(&hosts(&["web1", "web2", "web20", "db1", "db2"])).unwrap();
+        let waves = plan
+            .resolve(&hosts(&["web1", "web2", "web20", "db1", "db2"]))
+            .unwrap();
         let names = |i: usize| waves[i].hosts.iter().map(|h| h.as_str()).collect::<Vec<_>>();
         assert_eq!(names(0), ["web1"]);
         assert_eq!(names(1), ["web2", "web20"]);
@@ -302,7 +317,8 @@ rest = true
 
     #[test]
     fn refusals_say_what_is_wrong() {
-        let two = |a: &str, b: &str| format!("[[wave]]\nname = \"one\"\n{a}\n[[wave]]\nname = \"two\"\n{b}\n");
+        let two =
+            |a: &str, b: &str| format!("[[wave]]\nname = \"one\"\n{a}\n[[wave]]\nname = \"two\"\n{b}\n");
         let h = hosts(&["web1", "web2", "db1"]);
         let resolve = |text: String| Plan::parse(text.as_bytes()).and_then(|p| p.resolve(&h));
         assert!(matches!(
@@ -315,9 +331,18 @@ rest = true
         ));
         let left = resolve(two("hosts = [\"web1\"]", "hosts = [\"web2\"]")).unwrap_err();
         assert!(matches!(left, PlanError::LeftOut { count: 1, ref shown } if shown == "db1"));
-        assert!(left.to_string().contains("keep the system they run now"), "{left}");
-        assert!(matches!(resolve(two("rest = true", "hosts = [\"db1\"]")), Err(PlanError::RestNotLast(_))));
-        assert!(matches!(resolve(two("hosts = []", "rest = true")), Err(PlanError::Members(_))));
+        assert!(
+            left.to_string().contains("keep the system they run now"),
+            "{left}"
+        );
+        assert!(matches!(
+            resolve(two("rest = true", "hosts = [\"db1\"]")),
+            Err(PlanError::RestNotLast(_))
+        ));
+        assert!(matches!(
+            resolve(two("hosts = []", "rest = true")),
+            Err(PlanError::Members(_))
+        ));
         assert!(matches!(
             resolve(two("hosts = [\"web1\"]\nrest = true", "rest = true")),
             Err(PlanError::Members(_))
@@ -339,15 +364,24 @@ rest = true
             Err(PlanError::BadName { .. })
         ));
         assert!(matches!(Plan::parse(b""), Err(PlanError::NoWaves)));
-        assert!(matches!(Plan::parse(&[b' '; MAX_PLAN_BYTES + 1]), Err(PlanError::TooLarge)));
+        assert!(matches!(
+            Plan::parse(&[b' '; MAX_PLAN_BYTES + 1]),
+            Err(PlanError::TooLarge)
+        ));
         assert!(matches!(Plan::parse(b"\xff"), Err(PlanError::Syntax(_))));
         let many = "[[wave]]\nname = \"w\"\nrest = true\n".repeat(MAX_WAVES + 1);
-        assert!(matches!(Plan::parse(many.as_bytes()), Err(PlanError::TooManyWaves(_))));
+        assert!(matches!(
+            Plan::parse(many.as_bytes()),
+            Err(PlanError::TooManyWaves(_))
+        ));
     }
 
     #[test]
     fn a_rest_wave_may_be_empty() {
-        let plan = Plan::parse(b"[[wave]]\nname = \"all\"\nhosts = [\"*\"]\n[[wave]]\nname = \"rest\"\nrest = true\n").unwrap();
+        let plan = Plan::parse(
+            b"[[wave]]\nname = \"all\"\nhosts = [\"*\"]\n[[wave]]\nname = \"rest\"\nrest = true\n",
+        )
+        .unwrap();
         let waves = plan.resolve(&hosts(&["a", "b"])).unwrap();
         assert_eq!(waves[0].hosts.len(), 2);
         assert!(waves[1].hosts.is_empty());

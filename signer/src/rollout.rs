@@ -64,7 +64,11 @@ impl Step {
             ),
             Self::Soak { wave, until } => (
                 StatusState::Pending,
-                format!("{}: healthy, soaking until {}", label(*wave), until.format("%H:%M:%S UTC")),
+                format!(
+                    "{}: healthy, soaking until {}",
+                    label(*wave),
+                    until.format("%H:%M:%S UTC")
+                ),
             ),
             Self::Done { counts } => (
                 StatusState::Success,
@@ -137,7 +141,13 @@ pub fn next_step(
             })
             .collect();
         match judge(&views, wave.max_failures) {
-            Progress::TooManyFailures { counts, failed } => return Step::Failed { wave: i, counts, failed },
+            Progress::TooManyFailures { counts, failed } => {
+                return Step::Failed {
+                    wave: i,
+                    counts,
+                    failed,
+                }
+            }
             Progress::Waiting(counts) => {
                 let deadline = tip_release.created
                     + chrono::Duration::from_std(wave.timeout).unwrap_or(chrono::Duration::MAX);
@@ -271,12 +281,22 @@ mod tests {
         let target = fleet('n');
         // Nothing released yet: the canary goes first.
         let r0 = tip('c', &[], t(0));
-        assert_eq!(next_step(&w, &target, Some(&r0), &HashMap::new(), t(1)), Step::Release { wave: 0 });
-        assert_eq!(next_step(&w, &target, None, &HashMap::new(), t(1)), Step::Release { wave: 0 });
+        assert_eq!(
+            next_step(&w, &target, Some(&r0), &HashMap::new(), t(1)),
+            Step::Release { wave: 0 }
+        );
+        assert_eq!(
+            next_step(&w, &target, None, &HashMap::new(), t(1)),
+            Step::Release { wave: 0 }
+        );
         // Canary released, not reported: wait, with the deadline from the release.
         let r1 = tip('c', &["canary"], t(10));
         match next_step(&w, &target, Some(&r1), &HashMap::new(), t(20)) {
-            Step::Wait { wave: 0, counts, deadline } => {
+            Step::Wait {
+                wave: 0,
+                counts,
+                deadline,
+            } => {
                 assert_eq!(counts.not_reported, 1);
                 assert_eq!(deadline, t(610));
             }
@@ -284,7 +304,10 @@ mod tests {
         }
         // Canary healthy: release the next wave (never the canary again).
         let ok = report(&[("canary", Success)], t(30));
-        assert_eq!(next_step(&w, &target, Some(&r1), &ok, t(31)), Step::Release { wave: 1 });
+        assert_eq!(
+            next_step(&w, &target, Some(&r1), &ok, t(31)),
+            Step::Release { wave: 1 }
+        );
         // Web released: the canary must report on the new release too.
         let r2 = tip('c', &["canary", "web1", "web2"], t(40));
         let web = report(&[("web1", Success), ("web2", Success)], t(50));
@@ -294,7 +317,10 @@ mod tests {
         ));
         let mut both = web.clone();
         both.extend(report(&[("canary", Success)], t(45)));
-        assert_eq!(next_step(&w, &target, Some(&r2), &both, t(51)), Step::Release { wave: 2 });
+        assert_eq!(
+            next_step(&w, &target, Some(&r2), &both, t(51)),
+            Step::Release { wave: 2 }
+        );
         // Everything released and healthy: done.
         let r3 = tip('c', &HOSTS, t(60));
         let all = report(&HOSTS.map(|h| (h, Success)), t(70));
@@ -319,7 +345,10 @@ mod tests {
         // A wave's budget: one of two web hosts may fail, not two.
         let r2 = tip('c', &["canary", "web1", "web2"], t(40));
         let mut one = report(&[("canary", Success), ("web1", Error), ("web2", Success)], t(50));
-        assert_eq!(next_step(&w, &target, Some(&r2), &one, t(51)), Step::Release { wave: 2 });
+        assert_eq!(
+            next_step(&w, &target, Some(&r2), &one, t(51)),
+            Step::Release { wave: 2 }
+        );
         one.extend(report(&[("web2", Failure)], t(52)));
         assert!(matches!(
             next_step(&w, &target, Some(&r2), &one, t(53)),
@@ -351,20 +380,35 @@ mod tests {
         let ok = report(&[("canary", Success)], t(100));
         assert_eq!(
             next_step(&w, &target, Some(&r1), &ok, t(200)),
-            Step::Soak { wave: 0, until: t(400) }
+            Step::Soak {
+                wave: 0,
+                until: t(400)
+            }
         );
-        assert_eq!(next_step(&w, &target, Some(&r1), &ok, t(400)), Step::Release { wave: 1 });
+        assert_eq!(
+            next_step(&w, &target, Some(&r1), &ok, t(400)),
+            Step::Release { wave: 1 }
+        );
         // Once the next wave is out, the canary does not soak again.
         let r2 = tip('c', &["canary", "web1", "web2"], t(500));
-        let on_r2 = report(&[("canary", Success), ("web1", Success), ("web2", Success)], t(510));
+        let on_r2 = report(
+            &[("canary", Success), ("web1", Success), ("web2", Success)],
+            t(510),
+        );
         assert_eq!(
             next_step(&w, &target, Some(&r2), &on_r2, t(520)),
-            Step::Soak { wave: 1, until: t(810) }
+            Step::Soak {
+                wave: 1,
+                until: t(810)
+            }
         );
         // The last wave needs no soak.
         let r3 = tip('c', &HOSTS, t(900));
         let all = report(&HOSTS.map(|h| (h, Success)), t(910));
-        assert!(matches!(next_step(&w, &target, Some(&r3), &all, t(911)), Step::Done { .. }));
+        assert!(matches!(
+            next_step(&w, &target, Some(&r3), &all, t(911)),
+            Step::Done { .. }
+        ));
     }
 
     #[test]
@@ -376,7 +420,10 @@ mod tests {
         target.insert("web2".parse().unwrap(), entry('n', "web2"));
         let r0 = tip('c', &[], t(0));
         let ok = report(&[("canary", Success)], t(5));
-        assert_eq!(next_step(&w, &target, Some(&r0), &ok, t(6)), Step::Release { wave: 1 });
+        assert_eq!(
+            next_step(&w, &target, Some(&r0), &ok, t(6)),
+            Step::Release { wave: 1 }
+        );
         assert!(is_released(&w[0], &target, Some(&r0)));
         assert!(!is_released(&w[1], &target, Some(&r0)));
         assert_eq!(wave_entries(&w[1], &target).len(), 2);

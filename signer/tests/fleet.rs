@@ -15,7 +15,10 @@ use crate::common::*;
 const SOURCE: &str = "5e1f0c0ffee5e1f0c0ffee5e1f0c0ffee5e1f0c0";
 
 fn toplevel(host: &str, generation: char) -> String {
-    format!("/nix/store/{}-nixos-system-{host}", generation.to_string().repeat(32))
+    format!(
+        "/nix/store/{}-nixos-system-{host}",
+        generation.to_string().repeat(32)
+    )
 }
 
 /// A deploy repository with a first release, a signing key and a token file.
@@ -49,7 +52,10 @@ impl Deploy {
         let map: BTreeMap<&str, String> = hosts
             .iter()
             .map(|h| {
-                let g = except.iter().find(|(e, _)| e == h).map_or(generation, |(_, g)| *g);
+                let g = except
+                    .iter()
+                    .find(|(e, _)| e == h)
+                    .map_or(generation, |(_, g)| *g);
                 (h.as_str(), toplevel(h, g))
             })
             .collect();
@@ -118,12 +124,22 @@ fn status_reads_every_page_of_every_forge() {
             "{kind:?}"
         );
         assert_eq!(json["commit"], sha);
-        let h010 = json["hosts"].as_array().unwrap().iter().find(|h| h["host"] == "h010").unwrap();
+        let h010 = json["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["host"] == "h010")
+            .unwrap();
         assert_eq!(h010["state"], "failure");
         assert_eq!(h010["description"], "h010: health check failed");
         assert_eq!(h010["toplevel"], toplevel("h010", 'a'));
         assert!(h010["age_seconds"].as_i64().unwrap() < 600);
-        let h012 = json["hosts"].as_array().unwrap().iter().find(|h| h["host"] == "h012").unwrap();
+        let h012 = json["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["host"] == "h012")
+            .unwrap();
         assert_eq!(h012["state"], "not_reported");
         assert_eq!(h012["description"], serde_json::Value::Null);
 
@@ -131,9 +147,19 @@ fn status_reads_every_page_of_every_forge() {
         let reads = forge.requests();
         let (path, size_key, size, pages) = match kind {
             // 231 contexts, newest each: 100 a page.
-            Kind::Github => (format!("/repos/ops/deploy/commits/{sha}/status"), "per_page", "100", 3),
+            Kind::Github => (
+                format!("/repos/ops/deploy/commits/{sha}/status"),
+                "per_page",
+                "100",
+                3,
+            ),
             // 231 contexts: 50 a page (Gitea's cap).
-            Kind::Gitea => (format!("/api/v1/repos/ops/deploy/commits/{sha}/status"), "limit", "50", 5),
+            Kind::Gitea => (
+                format!("/api/v1/repos/ops/deploy/commits/{sha}/status"),
+                "limit",
+                "50",
+                5,
+            ),
             // Every status: 207 pending, 184 final, 1 other = 392, 100 a page.
             Kind::Gitlab => (
                 format!("/api/v4/projects/ops%2Fdeploy/repository/commits/{sha}/statuses"),
@@ -169,13 +195,33 @@ fn status_as_a_table_with_a_custom_context_and_host_patterns() {
     let r = d.repo.to_str().unwrap();
     let out = d.run(&["status", "--repo", r, "--context", "deploy/{host}"], &forge);
     let text = assert_ok(&out);
-    assert!(text.contains("3 hosts: 1 success, 0 pending, 1 failure, 1 not reported"), "{text}");
+    assert!(
+        text.contains("3 hosts: 1 success, 0 pending, 1 failure, 1 not reported"),
+        "{text}"
+    );
     let web2 = text.lines().find(|l| l.starts_with("web2")).unwrap();
-    assert!(web2.contains("failure") && web2.contains("cannot fetch the closure"), "{text}");
-    let out = d.run(&["status", "--repo", r, "--context", "deploy/{host}", "--host", "web*"], &forge);
+    assert!(
+        web2.contains("failure") && web2.contains("cannot fetch the closure"),
+        "{text}"
+    );
+    let out = d.run(
+        &[
+            "status",
+            "--repo",
+            r,
+            "--context",
+            "deploy/{host}",
+            "--host",
+            "web*",
+        ],
+        &forge,
+    );
     assert!(assert_ok(&out).contains("2 hosts: 1 success, 0 pending, 1 failure, 0 not reported"));
     // A pattern that matches nothing is a mistake, not an empty fleet.
-    assert_refused(&d.run(&["status", "--repo", r, "--host", "wbe*"], &forge), "matches no host");
+    assert_refused(
+        &d.run(&["status", "--repo", r, "--host", "wbe*"], &forge),
+        "matches no host",
+    );
 
     // The same settings from an agent's agent.toml.
     let agent_toml = d.sb.path("agent.toml");
@@ -188,7 +234,16 @@ fn status_as_a_table_with_a_custom_context_and_host_patterns() {
         ),
     )
     .unwrap();
-    let out = d.sb.signer(&["status", "--repo", r, "--agent-config", agent_toml.to_str().unwrap()], &[]);
+    let out = d.sb.signer(
+        &[
+            "status",
+            "--repo",
+            r,
+            "--agent-config",
+            agent_toml.to_str().unwrap(),
+        ],
+        &[],
+    );
     assert!(assert_ok(&out).contains("3 hosts: 1 success, 0 pending, 1 failure, 1 not reported"));
 }
 
@@ -230,9 +285,20 @@ fn wait_exit_codes() {
     forge.post(&sha, "ferry/db1", "failure", "switch failed: 2 units failed");
     let out = wait(&forge, &fast);
     assert_eq!(code(&out), 3, "{}", stdout(&out));
-    assert!(stdout(&out).contains("db1 failed: switch failed"), "{}", stdout(&out));
-    assert!(stdout(&out).contains("more than the 0 allowed: db1"), "{}", stdout(&out));
-    assert_eq!(code(&wait(&forge, &[&fast[..], &["--max-failures", "1"]].concat())), 0);
+    assert!(
+        stdout(&out).contains("db1 failed: switch failed"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains("more than the 0 allowed: db1"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(
+        code(&wait(&forge, &[&fast[..], &["--max-failures", "1"]].concat())),
+        0
+    );
     // Only the selected hosts count.
     assert_eq!(code(&wait(&forge, &[&fast[..], &["--host", "web*"]].concat())), 0);
 
@@ -240,13 +306,21 @@ fn wait_exit_codes() {
     let silent = Forge::start(Kind::Gitlab);
     let out = wait(&silent, &["--interval", "100ms", "--timeout", "500ms"]);
     assert_eq!(code(&out), 4);
-    assert!(stdout(&out).contains("still waiting for db1 web1 web2"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("still waiting for db1 web1 web2"),
+        "{}",
+        stdout(&out)
+    );
 
     // The forge refuses the token: exit 1 at once, saying so.
     silent.force(Some(401));
     let out = wait(&silent, &fast);
     assert_eq!(code(&out), 1);
-    assert!(stderr(&out).contains("refused the token (HTTP 401)"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("refused the token (HTTP 401)"),
+        "{}",
+        stderr(&out)
+    );
 
     // The forge fails or is gone for the whole wait: exit 5.
     silent.force(Some(503));
@@ -257,14 +331,24 @@ fn wait_exit_codes() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let mut args = vec!["wait".to_string(), "--repo".into(), r.into(), "--interval".into(), "100ms".into()];
+    let mut args = vec![
+        "wait".to_string(),
+        "--repo".into(),
+        r.into(),
+        "--interval".into(),
+        "100ms".into(),
+    ];
     args.extend(["--timeout", "400ms", "--forge", "github", "--repository", "o/r"].map(String::from));
     args.extend(["--api-url".into(), format!("http://127.0.0.1:{closed}")]);
     args.extend(["--token-file".into(), d.token.display().to_string()]);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = d.sb.signer(&refs, &[]);
     assert_eq!(code(&out), 5);
-    assert!(stdout(&out).contains("cannot reach the forge"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("cannot reach the forge"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]
@@ -276,11 +360,26 @@ fn forge_settings_are_refused_with_what_to_do() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec![], "which forge"),
         (vec!["--forge", "bitbucket"], "not a forge"),
-        (vec!["--forge", "gitea", "--repository", "o/r", "--token-file", t], "required for gitea"),
-        (vec!["--forge", "github", "--token-file", t], "repository is required"),
+        (
+            vec!["--forge", "gitea", "--repository", "o/r", "--token-file", t],
+            "required for gitea",
+        ),
+        (
+            vec!["--forge", "github", "--token-file", t],
+            "repository is required",
+        ),
         (vec!["--forge", "github", "--repository", "o/r"], "no forge token"),
         (
-            vec!["--forge", "gitea", "--api-url", "http://git.example.com/api/v1", "--repository", "o/r", "--token-file", t],
+            vec![
+                "--forge",
+                "gitea",
+                "--api-url",
+                "http://git.example.com/api/v1",
+                "--repository",
+                "o/r",
+                "--token-file",
+                t,
+            ],
             "cross the network in clear",
         ),
     ];
@@ -295,7 +394,17 @@ fn forge_settings_are_refused_with_what_to_do() {
     // The token from the environment.
     let forge = Forge::start(Kind::Github);
     let out = d.sb.signer(
-        &["status", "--repo", r, "--forge", "github", "--api-url", &forge.api_url(), "--repository", "o/r"],
+        &[
+            "status",
+            "--repo",
+            r,
+            "--forge",
+            "github",
+            "--api-url",
+            &forge.api_url(),
+            "--repository",
+            "o/r",
+        ],
         &[("FERRY_FORGE_TOKEN", TOKEN)],
     );
     assert!(assert_ok(&out).contains("1 host: 0 success"));
@@ -324,7 +433,12 @@ impl SimulatedFleet {
                         if bad.contains(&entry.toplevel.to_string()) {
                             forge.post(&tip, &context, "failure", "health check failed");
                         } else {
-                            forge.post(&tip, &context, "success", &format!("{host} runs release {}", release.serial));
+                            forge.post(
+                                &tip,
+                                &context,
+                                "success",
+                                &format!("{host} runs release {}", release.serial),
+                            );
                         }
                     }
                     seen = tip;
@@ -367,7 +481,9 @@ timeout = "30s"
 "#;
 
 fn fleet_hosts() -> Vec<String> {
-    ["canary1", "web1", "web2", "db1", "db2"].map(String::from).to_vec()
+    ["canary1", "web1", "web2", "db1", "db2"]
+        .map(String::from)
+        .to_vec()
 }
 
 fn rollout_args<'a>(repo: &'a str, key: &'a str, plan: &'a str, hosts: &'a str) -> Vec<&'a str> {
@@ -397,8 +513,8 @@ fn rollout_status(forge: &Forge) -> (String, String) {
     let s = forge
         .statuses()
         .into_iter()
-        .filter(|s| s.context == "ferry/rollout" && s.sha == SOURCE)
-        .last()
+        .rev()
+        .find(|s| s.context == "ferry/rollout" && s.sha == SOURCE)
         .expect("a ferry/rollout status");
     (s.state, s.description)
 }
@@ -410,14 +526,22 @@ fn a_failing_canary_stops_the_rollout_and_a_healthy_one_goes_everywhere() {
     let forge = Forge::start(Kind::Github);
     let plan = d.sb.path("rollout.toml");
     std::fs::write(&plan, PLAN).unwrap();
-    let (r, k, p) = (d.repo.to_str().unwrap(), d.key.to_str().unwrap(), plan.to_str().unwrap());
+    let (r, k, p) = (
+        d.repo.to_str().unwrap(),
+        d.key.to_str().unwrap(),
+        plan.to_str().unwrap(),
+    );
     let _fleet = SimulatedFleet::start(&forge, &d.repo, vec![toplevel("canary1", 'b')]);
 
     // Generation b breaks the canary: the rollout stops after wave 1.
     let bad = d.hosts_file("b.json", &hosts, 'b', &[]);
     let out = d.run(&rollout_args(r, k, p, bad.to_str().unwrap()), &forge);
     assert_eq!(code(&out), 3, "{}\n{}", stdout(&out), stderr(&out));
-    assert!(stdout(&out).contains("wave 1 (canary) failed on canary1"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("wave 1 (canary) failed on canary1"),
+        "{}",
+        stdout(&out)
+    );
     let release = d.release();
     assert_eq!(release.serial, 2, "only the canary's wave was released");
     assert_eq!(generation_of(&release, "canary1"), 'b');
@@ -426,7 +550,10 @@ fn a_failing_canary_stops_the_rollout_and_a_healthy_one_goes_everywhere() {
     }
     let (state, description) = rollout_status(&forge);
     assert_eq!(state, "failure");
-    assert!(description.starts_with("wave 1 of 3 (canary) failed"), "{description}");
+    assert!(
+        description.starts_with("wave 1 of 3 (canary) failed"),
+        "{description}"
+    );
     // Re-running does not pass the failed wave.
     let again = d.run(&rollout_args(r, k, p, bad.to_str().unwrap()), &forge);
     assert_eq!(code(&again), 3);
@@ -449,14 +576,23 @@ fn a_failing_canary_stops_the_rollout_and_a_healthy_one_goes_everywhere() {
             "rollout wave 1 of 3 (canary): 1 host(s)",
         ]
     );
-    assert_eq!(rollout_status(&forge), ("success".into(), "all 3 waves: 5 of 5 hosts".into()));
+    assert_eq!(
+        rollout_status(&forge),
+        ("success".into(), "all 3 waves: 5 of 5 hosts".into())
+    );
     // The release now shows every host on it, and waiting for it returns at once.
     let out = d.run(&["status", "--repo", r, "--json"], &forge);
     let json: serde_json::Value = serde_json::from_str(&assert_ok(&out)).unwrap();
     assert_eq!(json["summary"]["success"], 5);
-    assert_eq!(code(&d.run(&["wait", "--repo", r, "--timeout", "10s"], &forge)), 0);
+    assert_eq!(
+        code(&d.run(&["wait", "--repo", r, "--timeout", "10s"], &forge)),
+        0
+    );
     // Re-running a finished rollout releases nothing.
-    assert_eq!(code(&d.run(&rollout_args(r, k, p, good.to_str().unwrap()), &forge)), 0);
+    assert_eq!(
+        code(&d.run(&rollout_args(r, k, p, good.to_str().unwrap()), &forge)),
+        0
+    );
     assert_eq!(d.release().serial, 5);
 }
 
@@ -469,11 +605,24 @@ fn a_rollout_resumes_from_the_branch_and_the_forge_alone() {
     std::fs::write(&plan, PLAN).unwrap();
     let _fleet = SimulatedFleet::start(&forge, &d.repo, vec![]);
     let target = d.hosts_file("d.json", &hosts, 'd', &[]);
-    let (k, p, t) = (d.key.to_str().unwrap(), plan.to_str().unwrap(), target.to_str().unwrap());
+    let (k, p, t) = (
+        d.key.to_str().unwrap(),
+        plan.to_str().unwrap(),
+        target.to_str().unwrap(),
+    );
     // Each run works in a fresh clone, as a CI job does, and pushes to the remote.
     let clone = |name: &str| {
         let dir = d.sb.path(name);
-        d.sb.git(d.sb.dir.path(), &["clone", "-q", "--bare", d.repo.to_str().unwrap(), dir.to_str().unwrap()]);
+        d.sb.git(
+            d.sb.dir.path(),
+            &[
+                "clone",
+                "-q",
+                "--bare",
+                d.repo.to_str().unwrap(),
+                dir.to_str().unwrap(),
+            ],
+        );
         dir
     };
     let with_push = |dir: &Path, once: bool| {
@@ -492,7 +641,8 @@ fn a_rollout_resumes_from_the_branch_and_the_forge_alone() {
     // A scheduled job: at most one wave per run.
     let c1 = clone("ci1");
     let args = with_push(&c1, true);
-    let out = d.sb.signer(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    let out =
+        d.sb.signer(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(d.release().serial, 2);
     assert_eq!(generation_of(&d.release(), "canary1"), 'd');
@@ -509,7 +659,10 @@ fn a_rollout_resumes_from_the_branch_and_the_forge_alone() {
     let mut child = cmd.spawn().unwrap();
     let started = Instant::now();
     while release_at(&d.repo).serial < 3 {
-        assert!(started.elapsed() < Duration::from_secs(60), "wave 2 was never released");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "wave 2 was never released"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     child.kill().unwrap();
@@ -519,7 +672,8 @@ fn a_rollout_resumes_from_the_branch_and_the_forge_alone() {
     // Re-run from a fresh clone: it continues with wave 3 and releases no wave twice.
     let c3 = clone("ci3");
     let args = with_push(&c3, false);
-    let out = d.sb.signer(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    let out =
+        d.sb.signer(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
     assert_eq!(code(&out), 0, "{}\n{}", stdout(&out), stderr(&out));
     let release = d.release();
     assert_eq!(release.serial, 4, "one release per wave, none twice");

@@ -71,6 +71,26 @@ pub fn open_repo(path: &Path) -> Result<git2::Repository> {
     git2::Repository::open(path).with_context(|| format!("{} is not a git repository", path.display()))
 }
 
+/// A release in a deploy repository, as `show`, `verify`, `status` and `wait` name it.
+#[derive(clap::Args, Debug)]
+pub struct RevArgs {
+    /// The deploy repository (bare or not).
+    #[arg(long, value_name = "DIR")]
+    pub repo: PathBuf,
+    /// The release: a commit, branch or tag (default: the deploy branch's tip).
+    #[arg(long, default_value = "deploy")]
+    pub rev: String,
+}
+
+/// The hosts of a release a command looks at.
+#[derive(clap::Args, Debug)]
+pub struct HostArgs {
+    /// Only hosts matching this name or glob pattern (`web*`); repeatable.
+    /// Default: every host of the release.
+    #[arg(long = "host", value_name = "PATTERN")]
+    pub hosts: Vec<String>,
+}
+
 /// The signing key, as `release` and `rollout` take it.
 #[derive(clap::Args, Debug)]
 pub struct KeyArgs {
@@ -83,7 +103,11 @@ pub struct KeyArgs {
     #[arg(long)]
     pub ssh_agent: bool,
     /// age identity file that decrypts KEY; repeatable.
-    #[arg(long = "identity", value_name = "AGE_IDENTITY_FILE", conflicts_with = "ssh_agent")]
+    #[arg(
+        long = "identity",
+        value_name = "AGE_IDENTITY_FILE",
+        conflicts_with = "ssh_agent"
+    )]
     pub identities: Vec<PathBuf>,
 }
 
@@ -130,21 +154,36 @@ pub struct ForgeArgs {
     #[arg(long, value_name = "FILE")]
     pub agent_config: Option<PathBuf>,
     /// The forge: github, gitea, forgejo or gitlab.
-    #[arg(long, value_name = "KIND", env = "FERRY_FORGE")]
+    #[arg(long, value_name = "KIND", env = "FERRY_FORGE", hide_env_values = true)]
     pub forge: Option<String>,
     /// API base URL (default for github: https://api.github.com, gitlab:
     /// https://gitlab.com/api/v4; required for gitea/forgejo, e.g. https://git.example.com/api/v1).
-    #[arg(long, value_name = "URL", env = "FERRY_FORGE_API_URL")]
+    #[arg(long, value_name = "URL", env = "FERRY_FORGE_API_URL", hide_env_values = true)]
     pub api_url: Option<String>,
     /// The deploy repository on the forge: owner/repo, or a GitLab project id or path.
-    #[arg(long, value_name = "REPO", env = "FERRY_FORGE_REPOSITORY")]
+    #[arg(
+        long,
+        value_name = "REPO",
+        env = "FERRY_FORGE_REPOSITORY",
+        hide_env_values = true
+    )]
     pub repository: Option<String>,
     /// File holding the forge token; without it the token is read from FERRY_FORGE_TOKEN.
     /// Never printed; never sent over plain HTTP except to this machine.
-    #[arg(long, value_name = "FILE", env = "FERRY_FORGE_TOKEN_FILE")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "FERRY_FORGE_TOKEN_FILE",
+        hide_env_values = true
+    )]
     pub token_file: Option<PathBuf>,
     /// Status context hosts post; {host} is the host's name [default: ferry/{host}].
-    #[arg(long, value_name = "TEMPLATE", env = "FERRY_STATUS_CONTEXT")]
+    #[arg(
+        long,
+        value_name = "TEMPLATE",
+        env = "FERRY_STATUS_CONTEXT",
+        hide_env_values = true
+    )]
     pub context: Option<String>,
 }
 
@@ -205,7 +244,7 @@ impl ForgeArgs {
         let token = match self.token_file.as_ref().or(file.token_file.as_ref()) {
             Some(path) => Token::from_file(path)?,
             None => match std::env::var(TOKEN_ENV) {
-                Ok(t) => Token::new(&t).with_context(|| format!("{TOKEN_ENV}"))?,
+                Ok(t) => Token::new(&t).context(TOKEN_ENV)?,
                 Err(_) => bail!(
                     "no forge token: give --token-file FILE or set {TOKEN_ENV} (a token that may read commit statuses)"
                 ),

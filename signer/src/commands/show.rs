@@ -1,29 +1,24 @@
 //! `ferry-signer show`: print a release, as text or JSON, without verifying it.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use anyhow::Result;
 use ferry_signer::{git, Release};
 
-use super::open_repo;
+use super::{open_repo, RevArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The deploy repository (bare or not).
-    #[arg(long, value_name = "DIR")]
-    repo: PathBuf,
-    /// Commit, branch or tag to show.
-    #[arg(long, default_value = "deploy")]
-    rev: String,
+    #[command(flatten)]
+    release: RevArgs,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let repository = open_repo(&args.repo)?;
-    let commit = git::resolve_commit(&repository, &args.rev)?;
+    let repository = open_repo(&args.release.repo)?;
+    let commit = git::resolve_commit(&repository, &args.release.rev)?;
     let release = git::read_release(&repository, commit)?;
     if args.json {
         println!(

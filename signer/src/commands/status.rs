@@ -2,27 +2,20 @@
 //! statuses the agents posted on the forge: per host its toplevel, state,
 //! description and age, then a summary line; or all of it as JSON.
 
-use std::path::PathBuf;
-
 use anyhow::Result;
 use chrono::{DateTime, Utc};
 use ferry_signer::fleet::{self, Counts, HostView, Selection};
 use ferry_signer::forge::ForgeClient;
 use ferry_signer::{git, CommitId, Release};
 
-use super::{open_repo, ForgeArgs};
+use super::{open_repo, ForgeArgs, HostArgs, RevArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The deploy repository (bare or not).
-    #[arg(long, value_name = "DIR")]
-    repo: PathBuf,
-    /// The release: a commit, branch or tag (default: the tip of the deploy branch).
-    #[arg(long, default_value = "deploy")]
-    rev: String,
-    /// Only hosts matching this name or glob pattern (`web*`); repeatable.
-    #[arg(long = "host", value_name = "PATTERN")]
-    hosts: Vec<String>,
+    #[command(flatten)]
+    release: RevArgs,
+    #[command(flatten)]
+    hosts: HostArgs,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -39,11 +32,11 @@ pub struct Target {
 
 impl Target {
     /// Resolves `rev` in `repo` once: later polls look at the same commit.
-    pub fn load(repo: &std::path::Path, rev: &str, patterns: Vec<String>) -> Result<Self> {
-        let repository = open_repo(repo)?;
-        let oid = git::resolve_commit(&repository, rev)?;
+    pub fn load(release: &RevArgs, hosts: HostArgs) -> Result<Self> {
+        let repository = open_repo(&release.repo)?;
+        let oid = git::resolve_commit(&repository, &release.rev)?;
         let release = git::read_release(&repository, oid)?;
-        let selection = Selection::new(patterns)?;
+        let selection = Selection::new(hosts.hosts)?;
         selection.check(&release.hosts)?;
         Ok(Self {
             commit: oid.to_string().parse()?,
@@ -53,7 +46,10 @@ impl Target {
     }
 
     /// One read of the forge: every selected host with what it reported.
-    pub fn read(&self, client: &ForgeClient) -> Result<(Vec<HostView>, u32), ferry_signer::forge::ForgeError> {
+    pub fn read(
+        &self,
+        client: &ForgeClient,
+    ) -> Result<(Vec<HostView>, u32), ferry_signer::forge::ForgeError> {
         let statuses = client.statuses(&self.commit)?;
         let settings = client.settings();
         let hosts = fleet::view(
@@ -67,7 +63,7 @@ impl Target {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let target = Target::load(&args.repo, &args.rev, args.hosts)?;
+    let target = Target::load(&args.release, args.hosts)?;
     let client = args.forge.client()?;
     let (hosts, requests) = target.read(&client)?;
     let now = Utc::now();
@@ -83,8 +79,16 @@ pub fn run(args: Args) -> Result<()> {
         target.commit,
         hosts.len()
     );
-    let width = hosts.iter().map(|h| h.host.as_str().len()).max().unwrap_or(4).max(4);
-    println!("{:width$}  {:12}  {:>6}  {:32}  DESCRIPTION", "HOST", "STATE", "AGE", "TOPLEVEL");
+    let width = hosts
+        .iter()
+        .map(|h| h.host.as_str().len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    println!(
+        "{:width$}  {:12}  {:>6}  {:32}  DESCRIPTION",
+        "HOST", "STATE", "AGE", "TOPLEVEL"
+    );
     for h in &hosts {
         let status = h.outcome.status();
         println!(

@@ -6,16 +6,12 @@ use anyhow::Result;
 use chrono::Utc;
 use ferry_signer::{git, AllowedSigners, HostName};
 
-use super::open_repo;
+use super::{open_repo, RevArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The deploy repository (bare or not).
-    #[arg(long, value_name = "DIR")]
-    repo: PathBuf,
-    /// Commit, branch or tag to verify.
-    #[arg(long, default_value = "deploy")]
-    rev: String,
+    #[command(flatten)]
+    release: RevArgs,
     /// Who may sign, in ssh-keygen's allowed_signers format (as hosts pin it).
     #[arg(long, value_name = "FILE")]
     allowed_signers: PathBuf,
@@ -27,9 +23,9 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let signers = AllowedSigners::load(&args.allowed_signers)?;
-    let repository = open_repo(&args.repo)?;
+    let repository = open_repo(&args.release.repo)?;
     if args.signature_only {
-        let commit = git::resolve_commit(&repository, &args.rev)?;
+        let commit = git::resolve_commit(&repository, &args.release.rev)?;
         let (signer, _) = ferry_signer::verify_commit_signature(&repository, commit, &signers)?;
         // The principal alone on stdout, for scripts; the rest as git words it.
         println!("{}", signer.principal);
@@ -39,7 +35,7 @@ pub fn run(args: Args) -> Result<()> {
         );
         return Ok(());
     }
-    let v = ferry_signer::verify_release(&repository, &args.rev, &signers, Utc::now())?;
+    let v = ferry_signer::verify_release(&repository, &args.release.rev, &signers, Utc::now())?;
     let names: Vec<&str> = v.release.hosts.keys().map(HostName::as_str).collect();
     let shown = if names.len() > 10 {
         format!("{} …", names[..10].join(" "))

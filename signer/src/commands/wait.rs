@@ -4,7 +4,6 @@
 
 use std::collections::BTreeSet;
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -13,22 +12,16 @@ use ferry_signer::forge::{ForgeClient, ForgeError};
 use ferry_signer::HostName;
 
 use super::status::Target;
-use super::{ForgeArgs, Outcome};
+use super::{ForgeArgs, HostArgs, Outcome, RevArgs};
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = super::EXIT_CODES)]
 pub struct Args {
-    /// The deploy repository (bare or not).
-    #[arg(long, value_name = "DIR")]
-    repo: PathBuf,
-    /// The release: a commit, branch or tag, resolved once at the start
-    /// (default: the tip of the deploy branch).
-    #[arg(long, default_value = "deploy")]
-    rev: String,
-    /// Only hosts matching this name or glob pattern (`web*`); repeatable.
-    /// Default: every host of the release.
-    #[arg(long = "host", value_name = "PATTERN")]
-    hosts: Vec<String>,
+    // The release, resolved once at the start.
+    #[command(flatten)]
+    release: RevArgs,
+    #[command(flatten)]
+    hosts: HostArgs,
     /// How many hosts may fail before the wait fails (exit 3).
     #[arg(long, default_value_t = 0, value_name = "N")]
     max_failures: usize,
@@ -43,7 +36,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<Outcome> {
-    let target = Target::load(&args.repo, &args.rev, args.hosts)?;
+    let target = Target::load(&args.release, args.hosts)?;
     let client = args.forge.client()?;
     eprintln!(
         "waiting for release {} ({}) on {} host(s), at most {} failure(s), for {}",
@@ -60,7 +53,14 @@ pub fn run(args: Args) -> Result<Outcome> {
     );
     let mut waiter = Waiter::new(std::io::stdout().is_terminal());
     let deadline = Instant::now() + *args.timeout;
-    wait_until(&target, &client, args.max_failures, deadline, *args.interval, &mut waiter)
+    wait_until(
+        &target,
+        &client,
+        args.max_failures,
+        deadline,
+        *args.interval,
+        &mut waiter,
+    )
 }
 
 /// Polls until the hosts are done, fail, or the deadline passes.
@@ -97,7 +97,9 @@ pub fn wait_until(
                         waiter.finish();
                         let waiting: Vec<HostName> = hosts
                             .iter()
-                            .filter(|h| matches!(h.outcome, HostOutcome::Pending(_) | HostOutcome::NotReported))
+                            .filter(|h| {
+                                matches!(h.outcome, HostOutcome::Pending(_) | HostOutcome::NotReported)
+                            })
                             .map(|h| h.host.clone())
                             .collect();
                         println!("timed out: still waiting for {}", names(&waiting));
@@ -209,7 +211,12 @@ impl Waiter {
         let total = c.total().max(1);
         let done = c.success * WIDTH / total;
         let bad = (c.failure * WIDTH / total).min(WIDTH - done);
-        let bar = format!("{}{}{}", "#".repeat(done), "x".repeat(bad), "-".repeat(WIDTH - done - bad));
+        let bar = format!(
+            "{}{}{}",
+            "#".repeat(done),
+            "x".repeat(bad),
+            "-".repeat(WIDTH - done - bad)
+        );
         let mut out = std::io::stdout();
         let _ = write!(
             out,

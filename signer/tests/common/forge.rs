@@ -95,7 +95,7 @@ impl Forge {
             "--forge".into(),
             self.kind.name().into(),
             "--api-url".into(),
-            self.api_url().into(),
+            self.api_url(),
             "--repository".into(),
             "ops/deploy".into(),
             "--token-file".into(),
@@ -160,7 +160,10 @@ fn serve(kind: Kind, stream: TcpStream, state: &Mutex<State>) {
             headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
         }
     }
-    let len: usize = headers.get("content-length").and_then(|l| l.parse().ok()).unwrap_or(0);
+    let len: usize = headers
+        .get("content-length")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0);
     let mut body = vec![0; len];
     let _ = reader.read_exact(&mut body);
     let (path, query) = match target.split_once('?') {
@@ -224,7 +227,13 @@ fn answer(kind: Kind, r: &Request, body: &[u8], state: &Mutex<State>) -> Answer 
         | (Kind::Gitea, "POST", ["api", "v1", "repos", _, _, "statuses", sha]) => {
             let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
             let field = |k: &str| v[k].as_str().unwrap_or("").to_owned();
-            store(state, sha, &field("context"), &field("state"), &field("description"));
+            store(
+                state,
+                sha,
+                &field("context"),
+                &field("state"),
+                &field("description"),
+            );
             (201, vec![], "{}".into())
         }
         (Kind::Gitlab, "POST", ["api", "v4", "projects", _, "statuses", sha]) => {
@@ -244,7 +253,12 @@ fn page_params(r: &Request, size_key: &str, default: usize, max: usize) -> (usiz
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
         .clamp(1, max);
-    let page = r.query.get("page").and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
+    let page = r
+        .query
+        .get("page")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1);
     (page, size)
 }
 
@@ -280,7 +294,7 @@ fn latest(sha: &str, state: &Mutex<State>) -> Vec<Stored> {
         by_context.insert(s.context.clone(), s);
     }
     let mut v: Vec<Stored> = by_context.into_values().collect();
-    v.sort_by(|a, b| b.id.cmp(&a.id));
+    v.sort_by_key(|s| std::cmp::Reverse(s.id));
     v
 }
 
@@ -354,12 +368,12 @@ fn gitlab_list(r: &Request, sha: &str, state: &Mutex<State>) -> Answer {
             .filter(|s| s.sha == sha)
             .cloned()
             .collect();
-        v.sort_by(|a, b| b.id.cmp(&a.id));
+        v.sort_by_key(|s| std::cmp::Reverse(s.id));
         v
     } else {
         latest(sha, state)
     };
-    list.sort_by(|a, b| b.id.cmp(&a.id));
+    list.sort_by_key(|s| std::cmp::Reverse(s.id));
     let (page, size) = page_params(r, "per_page", 20, 100);
     let pages = list.len().div_ceil(size).max(1);
     let items: Vec<serde_json::Value> = list
@@ -392,11 +406,19 @@ fn gitlab_list(r: &Request, sha: &str, state: &Mutex<State>) -> Answer {
         ("X-Total-Pages".to_owned(), pages.to_string()),
         (
             "X-Next-Page".to_owned(),
-            if page < pages { (page + 1).to_string() } else { String::new() },
+            if page < pages {
+                (page + 1).to_string()
+            } else {
+                String::new()
+            },
         ),
         (
             "X-Prev-Page".to_owned(),
-            if page > 1 { (page - 1).to_string() } else { String::new() },
+            if page > 1 {
+                (page - 1).to_string()
+            } else {
+                String::new()
+            },
         ),
     ];
     let link = link_header(r, &base, page, pages);
