@@ -6,6 +6,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ferry_signer::forge::without_url;
+
 use crate::config::{Forge, ReportConfig};
 use crate::report::{self, Outbox, Status, Token};
 use crate::state::StateError;
@@ -135,19 +137,4 @@ impl ForgeClient {
             }
         }
     }
-}
-
-/// reqwest's error chain, without the URL (which the caller names itself).
-fn without_url(e: &reqwest::Error) -> String {
-    let mut s = e.to_string();
-    if let Some(url) = e.url() {
-        s = s.replace(&format!(" ({url})"), "");
-    }
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
 }

@@ -653,23 +653,29 @@ impl ForgeClient {
         }
     }
 
-    /// reqwest's error chain, without the URL (which may carry a query).
     fn unreachable(&self, e: &reqwest::Error) -> ForgeError {
-        let mut detail = e.to_string();
-        if let Some(url) = e.url() {
-            detail = detail.replace(&format!(" ({url})"), "");
-        }
-        let mut cause = std::error::Error::source(e);
-        while let Some(c) = cause {
-            detail.push_str(": ");
-            detail.push_str(&c.to_string());
-            cause = c.source();
-        }
+        let detail = without_url(e);
         ForgeError::Unreachable {
             url: self.settings.api_url.clone(),
             detail,
         }
     }
+}
+
+/// reqwest's error chain, one cause after another, without the URL (the
+/// caller names the forge itself; a URL may carry a query).
+pub fn without_url(e: &reqwest::Error) -> String {
+    let mut detail = e.to_string();
+    if let Some(url) = e.url() {
+        detail = detail.replace(&format!(" ({url})"), "");
+    }
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        detail.push_str(": ");
+        detail.push_str(&c.to_string());
+        cause = c.source();
+    }
+    detail
 }
 
 #[cfg(test)]
