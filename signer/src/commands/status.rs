@@ -79,24 +79,36 @@ pub fn run(args: Args) -> Result<()> {
         target.commit,
         hosts.len()
     );
+    // The toplevel as `<first 12 of the hash>…-<name>`: enough to tell
+    // systems apart on a screen; --json has the full path.
+    let short = |h: &HostView| {
+        let t = &h.entry.toplevel;
+        format!("{}…-{}", &t.hash_part()[..12], t.name())
+    };
     let width = hosts
         .iter()
         .map(|h| h.host.as_str().len())
         .max()
         .unwrap_or(4)
         .max(4);
+    let top_width = hosts
+        .iter()
+        .map(|h| short(h).chars().count())
+        .max()
+        .unwrap_or(8)
+        .max(8);
     println!(
-        "{:width$}  {:12}  {:>6}  {:32}  DESCRIPTION",
+        "{:width$}  {:12}  {:>5}  {:top_width$}  DESCRIPTION",
         "HOST", "STATE", "AGE", "TOPLEVEL"
     );
     for h in &hosts {
         let status = h.outcome.status();
         println!(
-            "{:width$}  {:12}  {:>6}  {:32}  {}",
+            "{:width$}  {:12}  {:>5}  {:top_width$}  {}",
             h.host.as_str(),
             h.outcome.label(),
             status.and_then(|s| s.at).map_or("-".into(), |at| age(at, now)),
-            h.entry.toplevel.base_name(),
+            short(h),
             status.map_or("", |s| s.description.as_str()),
         );
     }
