@@ -360,16 +360,8 @@ fn combined(
 fn gitlab_list(r: &Request, sha: &str, state: &Mutex<State>) -> Answer {
     let all = r.query.get("all").map(String::as_str) == Some("true");
     let mut list: Vec<Stored> = if all {
-        let mut v: Vec<Stored> = state
-            .lock()
-            .unwrap()
-            .statuses
-            .iter()
-            .filter(|s| s.sha == sha)
-            .cloned()
-            .collect();
-        v.sort_by_key(|s| std::cmp::Reverse(s.id));
-        v
+        let statuses = state.lock().unwrap().statuses.clone();
+        statuses.into_iter().filter(|s| s.sha == sha).collect()
     } else {
         latest(sha, state)
     };
