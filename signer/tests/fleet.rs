@@ -647,6 +647,13 @@ fn a_rollout_resumes_from_the_branch_and_the_forge_alone() {
     assert_eq!(d.release().serial, 2);
     assert_eq!(generation_of(&d.release(), "canary1"), 'd');
     assert_eq!(generation_of(&d.release(), "web1"), 'a');
+    // The forge shows the wave just released, not "releasing".
+    let (state, description) = rollout_status(&forge);
+    assert_eq!(state, "running", "GitLab's name for pending");
+    assert!(
+        description.starts_with("wave 1 of 3 (canary): ") && !description.contains("releasing"),
+        "{description}"
+    );
 
     // A full run, killed as soon as it released the second wave.
     let c2 = clone("ci2");

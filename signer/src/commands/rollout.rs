@@ -96,6 +96,7 @@ pub fn run(args: Args) -> Result<Outcome> {
         shown: None,
         unreachable_since: None,
     };
+    let mut released_this_run = false;
     loop {
         let tip_oid = git::branch_tip(&repository, &args.branch)?;
         let tip = tip_oid.map(|o| git::read_release(&repository, o)).transpose()?;
@@ -118,6 +119,8 @@ pub fn run(args: Args) -> Result<Outcome> {
         let step = next_step(&waves, &target, tip.as_ref(), &outcomes, Utc::now());
         rollout.tell(&step)?;
         match step {
+            // --once: one wave released this run is enough.
+            Step::Release { .. } if released_this_run => return Ok(Outcome::Done),
             Step::Release { wave } => {
                 let w = &waves[wave];
                 let changes = ReleaseChanges {
@@ -145,9 +148,8 @@ pub fn run(args: Args) -> Result<Outcome> {
                     push_branch(&args.repo, remote, &args.branch, published.commit)?;
                 }
                 println!("released {message}: {}", published.commit);
-                if args.once {
-                    return Ok(Outcome::Done);
-                }
+                // One more pass tells the forge where the new wave stands.
+                released_this_run = args.once;
             }
             Step::Wait { .. } | Step::Soak { .. } if args.once => return Ok(Outcome::Done),
             Step::Wait { deadline: until, .. } | Step::Soak { until, .. } => {
