@@ -209,11 +209,11 @@ impl ForgeArgs {
     pub fn client(&self) -> Result<ForgeClient> {
         let file = match &self.agent_config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read --agent-config {}", path.display()))?;
-                if text.len() > 1 << 20 {
+                let cannot = || format!("cannot read --agent-config {}", path.display());
+                if std::fs::metadata(path).with_context(cannot)?.len() > 1 << 20 {
                     bail!("--agent-config {} is larger than 1 MiB", path.display());
                 }
+                let text = std::fs::read_to_string(path).with_context(cannot)?;
                 toml::from_str::<AgentToml>(&text)
                     .with_context(|| format!("--agent-config {}: not an agent.toml", path.display()))?
                     .report
