@@ -55,20 +55,9 @@ pub(crate) fn validate(source: SourceFile) -> Result<SourceConfig, Invalid> {
     })
 }
 
-/// A token is sent with every request: only over HTTPS, or plain HTTP to this
-/// machine itself (a local mirror or proxy).
-pub(crate) fn token_travels_safely(url: &str) -> bool {
-    let Some(rest) = url.strip_prefix("http://") else {
-        return true;
-    };
-    let authority = rest.split('/').next().unwrap_or("");
-    let host = authority.rsplit('@').next().unwrap_or("");
-    let host = match host.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => host.split(':').next().unwrap_or(""),
-    };
-    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
+// A token goes only over HTTPS, or plain HTTP to this machine itself (a
+// local mirror or proxy): the signer's rule, one copy for both binaries.
+pub(crate) use ferry_signer::forge::token_travels_safely;
 
 fn check_repo_url(url: &str) -> Result<(), String> {
     let ok = ["https://", "http://", "git://", "file://"]

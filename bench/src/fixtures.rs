@@ -98,20 +98,35 @@ pub struct HttpServer {
 }
 
 pub fn http_server(dir: &Path) -> Result<HttpServer> {
+    let root = dir.to_owned();
+    http_server_with(move |target| {
+        let rel = target.split('?').next().unwrap_or("").trim_start_matches('/');
+        if rel.is_empty() || rel.split('/').any(|c| c == "..") {
+            return None;
+        }
+        std::fs::read(root.join(rel)).ok().map(|body| (Vec::new(), body))
+    })
+}
+
+/// An answer: extra headers and the body; `None` is a 404.
+pub type Answer = Option<(Vec<(String, String)>, Vec<u8>)>;
+
+/// A keep-alive HTTP/1.1 server answering GET and HEAD with `answer(target)`.
+pub fn http_server_with(answer: impl Fn(&str) -> Answer + Send + Sync + 'static) -> Result<HttpServer> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let port = listener.local_addr()?.port();
-    let root = dir.to_owned();
+    let answer = std::sync::Arc::new(answer);
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
-            let root = root.clone();
-            std::thread::spawn(move || serve(stream, &root));
+            let answer = answer.clone();
+            std::thread::spawn(move || serve(stream, &*answer));
         }
     });
     Ok(HttpServer { port })
 }
 
 /// Answers GET and HEAD requests on one connection until the client closes it.
-fn serve(stream: std::net::TcpStream, root: &Path) {
+fn serve(stream: std::net::TcpStream, answer: &dyn Fn(&str) -> Answer) {
     use std::io::{BufRead, BufReader, Write};
     let _ = stream.set_nodelay(true);
     let Ok(write_half) = stream.try_clone() else {
@@ -140,20 +155,17 @@ fn serve(stream: std::net::TcpStream, root: &Path) {
         let mut parts = line.split_whitespace();
         let method = parts.next().unwrap_or("");
         let target = parts.next().unwrap_or("/");
-        let rel = target.split('?').next().unwrap_or("").trim_start_matches('/');
-        let body = if rel.split('/').any(|c| c == "..") {
-            None
-        } else {
-            std::fs::read(root.join(rel)).ok().filter(|_| !rel.is_empty())
-        };
-        let written = match &body {
-            Some(b) => write!(out, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", b.len()).and_then(|()| {
-                if method == "HEAD" {
-                    Ok(())
-                } else {
-                    out.write_all(b)
-                }
-            }),
+        let written = match answer(target) {
+            Some((headers, b)) => {
+                let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+                write!(out, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{extra}\r\n", b.len()).and_then(|()| {
+                    if method == "HEAD" {
+                        Ok(())
+                    } else {
+                        out.write_all(&b)
+                    }
+                })
+            }
             None => write!(out, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
         };
         if written.and_then(|()| out.flush()).is_err() || close {

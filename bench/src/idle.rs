@@ -107,19 +107,13 @@ forge = "none"
             "`git ls-remote`, protocol v0",
             0.5,
         ),
-        {
-            let mut r = Row::ratio(
-                "B1′",
-                "the same, against the server's answer alone (reference)",
-                median(&m.poll_wall),
-                median(&m.floor),
-                "raw git:// request, advertisement read",
-                0.5,
-            );
-            r.target = "(reference)".into();
-            r.met = None;
-            r
-        },
+        Row::reference(
+            "B1′",
+            "the same, against the server's answer alone (reference)",
+            median(&m.poll_wall),
+            median(&m.floor),
+            "raw git:// request, advertisement read",
+        ),
         Row::absolute(
             "B2",
             &format!(

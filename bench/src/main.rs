@@ -10,10 +10,13 @@
 //! - [`history`]: B5, long branch and large fleet vs one commit, one host.
 //! - [`signing`]: B6, `ferry-signer release` vs `git commit -S`.
 //! - [`throughput`]: B7, signature checks per second.
+//! - [`fleet`]: B8–B9, `status` of 10,000 hosts vs `curl`; a rollout's
+//!   releases as the git server packs them, vs one release.
 //! - [`report`]: the table, statistics, the machine line.
 
 mod closure;
 mod fixtures;
+mod fleet;
 mod history;
 mod idle;
 mod report;
@@ -139,6 +142,15 @@ fn run() -> Result<()> {
     if let (true, Some(fx)) = (wanted("B7"), &closure) {
         eprintln!("B7: signature checks per second");
         rows.extend(throughput::run(&key, &repos, fx)?);
+    }
+    if wanted("B8") || wanted("B9") {
+        eprintln!("B8–B9: the fleet at 10,000 hosts: status, and a rollout's releases");
+        let p = fleet::Params {
+            signer: &args.signer,
+            hosts: 10_000,
+            runs: runs(9),
+        };
+        rows.extend(fleet::run(work, &key, &repos, &p)?);
     }
     if let Some(fx) = &closure {
         // Leave no fixture paths behind in the store.

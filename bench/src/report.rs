@@ -41,6 +41,14 @@ impl Row {
         }
     }
 
+    /// A ratio shown for reference only: it explains another figure.
+    pub fn reference(id: &'static str, figure: &str, measured: Duration, baseline: Duration, what: &str) -> Self {
+        let mut r = Self::ratio(id, figure, measured, baseline, what, f64::INFINITY);
+        r.target = "(reference)".into();
+        r.met = None;
+        r
+    }
+
     /// An absolute figure with an upper bound.
     pub fn absolute(id: &'static str, figure: &str, value: f64, unit: &str, max: f64) -> Self {
         Row {

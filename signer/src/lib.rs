@@ -19,14 +19,26 @@
 //! - [`keys`]: the signing key, age-encrypted at rest.
 //! - [`ssh_agent`]: signing with a key held by `ssh-agent` (hardware keys).
 //! - [`publish`]: computing and writing the next release.
+//! - [`hosts_file`]: the hosts file (`nix eval --json` output) releases read.
+//! - [`forge`]: commit statuses on GitHub, Gitea/Forgejo and GitLab: the
+//!   settings, the requests, parsing the answers, a small blocking client.
+//! - [`fleet`]: a release across the fleet: host selection, per-host
+//!   outcomes, counts, and the waiter's decision.
+//! - [`plan`]: the rollout plan (`rollout.toml`): waves of hosts.
+//! - [`rollout`]: the wave decision: what a rollout does next.
 
 pub mod allowed_signers;
+pub mod fleet;
+pub mod forge;
 pub mod git;
+pub mod hosts_file;
 pub mod keys;
 pub mod names;
 pub mod pattern;
+pub mod plan;
 pub mod publish;
 pub mod release;
+pub mod rollout;
 pub mod ssh_agent;
 pub mod sshsig;
 pub mod verify;

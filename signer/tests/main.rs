@@ -6,6 +6,7 @@ mod common;
 
 mod cli;
 mod differential;
+mod fleet;
 mod interop;
 mod key_types;
 mod reference;

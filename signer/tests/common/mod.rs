@@ -3,6 +3,8 @@
 
 pub use ferry_test_support::{cli_reference, sk};
 
+pub mod forge;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -35,7 +37,13 @@ impl Sandbox {
             .env("GIT_COMMITTER_NAME", "Release Manager")
             .env("GIT_COMMITTER_EMAIL", "rm@example.com")
             .env_remove("FERRY_SIGNER_PASSPHRASE")
-            .env_remove("SSH_AUTH_SOCK");
+            .env_remove("SSH_AUTH_SOCK")
+            .env_remove("FERRY_FORGE")
+            .env_remove("FERRY_FORGE_API_URL")
+            .env_remove("FERRY_FORGE_REPOSITORY")
+            .env_remove("FERRY_FORGE_TOKEN")
+            .env_remove("FERRY_FORGE_TOKEN_FILE")
+            .env_remove("FERRY_STATUS_CONTEXT");
     }
 
     /// Runs git in `repo`; panics with its stderr unless it succeeds.

@@ -1,0 +1,255 @@
+//! The commands of `ferry-signer`, one module each, and what they share:
+//! opening the deploy repository, the signing key, the forge settings, and
+//! the exit codes.
+
+pub mod keygen;
+pub mod release;
+pub mod rollout;
+pub mod show;
+pub mod status;
+pub mod verify;
+pub mod wait;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use age::secrecy::SecretString;
+use anyhow::{bail, Context, Result};
+use ferry_signer::forge::{ForgeClient, ForgeKind, ForgeSettings, Token, DEFAULT_CONTEXT};
+use ferry_signer::keys::{FixedPassphrase, KeyError, PassphraseSource, SigningKey, Unlock};
+use ferry_signer::ssh_agent::AgentKey;
+use ferry_signer::sshsig::GitSigner;
+
+pub const PASSPHRASE_ENV: &str = "FERRY_SIGNER_PASSPHRASE";
+/// The forge token, when it is not in a file.
+pub const TOKEN_ENV: &str = "FERRY_FORGE_TOKEN";
+
+/// The exit codes, as `wait` and `rollout` document them.
+pub const EXIT_CODES: &str = "Exit codes:
+  0  done: every selected host reports success (failures within the budget)
+  1  error: bad arguments or files, the forge refused the token, and the like
+  2  command-line usage error
+  3  failed: more hosts failed than --max-failures (or the wave's budget) allows
+  4  timed out: hosts were still pending or silent when the time ran out
+  5  the forge stayed unreachable (network, HTTP 5xx) until the time ran out";
+
+/// How a command ended, beyond plain success or error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    Failed,
+    TimedOut,
+    Unreachable,
+}
+
+impl Outcome {
+    pub fn exit_code(self) -> ExitCode {
+        ExitCode::from(match self {
+            Outcome::Done => 0,
+            Outcome::Failed => 3,
+            Outcome::TimedOut => 4,
+            Outcome::Unreachable => 5,
+        })
+    }
+}
+
+/// Prints an error chain, one cause per line when it adds something.
+pub fn report_error(err: &anyhow::Error) {
+    // Library errors already name their cause in their message.
+    let mut shown = err.to_string();
+    eprintln!("ferry-signer: {shown}");
+    for cause in err.chain().skip(1) {
+        let text = cause.to_string();
+        if !shown.contains(&text) {
+            eprintln!("  caused by: {text}");
+        }
+        shown = text;
+    }
+}
+
+pub fn open_repo(path: &Path) -> Result<git2::Repository> {
+    git2::Repository::open(path).with_context(|| format!("{} is not a git repository", path.display()))
+}
+
+/// A release in a deploy repository, as `show`, `verify`, `status` and `wait` name it.
+#[derive(clap::Args, Debug)]
+pub struct RevArgs {
+    /// The deploy repository (bare or not).
+    #[arg(long, value_name = "DIR")]
+    pub repo: PathBuf,
+    /// The release: a commit, branch or tag (default: the deploy branch's tip).
+    #[arg(long, default_value = "deploy")]
+    pub rev: String,
+}
+
+/// The hosts of a release a command looks at.
+#[derive(clap::Args, Debug)]
+pub struct HostArgs {
+    /// Only hosts matching this name or glob pattern (`web*`); repeatable.
+    /// Default: every host of the release.
+    #[arg(long = "host", value_name = "PATTERN")]
+    pub hosts: Vec<String>,
+}
+
+/// The signing key, as `release` and `rollout` take it.
+#[derive(clap::Args, Debug)]
+pub struct KeyArgs {
+    /// Signing key: from `ferry-signer keygen`, or a plain `ssh-keygen -t ed25519` key.
+    /// With --ssh-agent: the public key (KEY.pub) of the agent key to sign with.
+    #[arg(long, value_name = "KEY", required_unless_present = "ssh_agent")]
+    pub key: Option<PathBuf>,
+    /// Sign with a key held by ssh-agent (SSH_AUTH_SOCK), e.g. a hardware key:
+    /// the one named by --key, or the agent's only key.
+    #[arg(long)]
+    pub ssh_agent: bool,
+    /// age identity file that decrypts KEY; repeatable.
+    #[arg(
+        long = "identity",
+        value_name = "AGE_IDENTITY_FILE",
+        conflicts_with = "ssh_agent"
+    )]
+    pub identities: Vec<PathBuf>,
+}
+
+impl KeyArgs {
+    /// Unlocks (or finds) the key; done before anything is written.
+    pub fn signer(self) -> Result<Box<dyn GitSigner>> {
+        Ok(match (self.ssh_agent, self.key) {
+            (true, key) => Box::new(AgentKey::from_env(key.as_deref())?),
+            (false, Some(key)) => Box::new(SigningKey::load(&key, &unlock(self.identities))?),
+            (false, None) => bail!("name the signing key with --key KEY, or use --ssh-agent"),
+        })
+    }
+}
+
+/// The passphrase comes from FERRY_SIGNER_PASSPHRASE, else from the terminal.
+#[derive(Debug)]
+struct EnvOrTerminal;
+
+impl PassphraseSource for EnvOrTerminal {
+    fn passphrase(&self) -> Result<SecretString, KeyError> {
+        if let Ok(p) = std::env::var(PASSPHRASE_ENV) {
+            return FixedPassphrase(p.into()).passphrase();
+        }
+        rpassword::prompt_password("key passphrase: ")
+            .map(SecretString::from)
+            .map_err(|_| KeyError::NoPassphrase)
+    }
+}
+
+fn unlock(identity_files: Vec<PathBuf>) -> Unlock {
+    Unlock {
+        identity_files,
+        passphrase: Some(Box::new(EnvOrTerminal)),
+    }
+}
+
+/// Where hosts report: the same settings as the `[report]` section of the
+/// agents' agent.toml, given as flags, environment variables, or read from
+/// such a file with --agent-config. Flags win over the file.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ForgeArgs {
+    /// Read forge, api_url, repository, token_file and context from the
+    /// `[report]` section of this agent.toml (the agents' own settings).
+    #[arg(long, value_name = "FILE")]
+    pub agent_config: Option<PathBuf>,
+    /// The forge: github, gitea, forgejo or gitlab.
+    #[arg(long, value_name = "KIND", env = "FERRY_FORGE", hide_env_values = true)]
+    pub forge: Option<String>,
+    /// API base URL (default for github: https://api.github.com, gitlab:
+    /// https://gitlab.com/api/v4; required for gitea/forgejo, e.g. https://git.example.com/api/v1).
+    #[arg(long, value_name = "URL", env = "FERRY_FORGE_API_URL", hide_env_values = true)]
+    pub api_url: Option<String>,
+    /// The deploy repository on the forge: owner/repo, or a GitLab project id or path.
+    #[arg(
+        long,
+        value_name = "REPO",
+        env = "FERRY_FORGE_REPOSITORY",
+        hide_env_values = true
+    )]
+    pub repository: Option<String>,
+    /// File holding the forge token; without it the token is read from FERRY_FORGE_TOKEN.
+    /// Never printed; never sent over plain HTTP except to this machine.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "FERRY_FORGE_TOKEN_FILE",
+        hide_env_values = true
+    )]
+    pub token_file: Option<PathBuf>,
+    /// Status context hosts post; {host} is the host's name [default: ferry/{host}].
+    #[arg(
+        long,
+        value_name = "TEMPLATE",
+        env = "FERRY_STATUS_CONTEXT",
+        hide_env_values = true
+    )]
+    pub context: Option<String>,
+}
+
+/// The `[report]` section of an agent.toml; the rest of the file is ignored.
+#[derive(serde::Deserialize, Default)]
+struct AgentToml {
+    #[serde(default)]
+    report: ReportToml,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReportToml {
+    forge: Option<String>,
+    api_url: Option<String>,
+    repository: Option<String>,
+    token_file: Option<PathBuf>,
+    context: Option<String>,
+}
+
+impl ForgeArgs {
+    /// A forge client from these settings; errors say which setting is missing.
+    pub fn client(&self) -> Result<ForgeClient> {
+        let file = match &self.agent_config {
+            Some(path) => {
+                let cannot = || format!("cannot read --agent-config {}", path.display());
+                if std::fs::metadata(path).with_context(cannot)?.len() > 1 << 20 {
+                    bail!("--agent-config {} is larger than 1 MiB", path.display());
+                }
+                let text = std::fs::read_to_string(path).with_context(cannot)?;
+                toml::from_str::<AgentToml>(&text)
+                    .with_context(|| format!("--agent-config {}: not an agent.toml", path.display()))?
+                    .report
+            }
+            None => ReportToml::default(),
+        };
+        let kind = match self.forge.as_deref().or(file.forge.as_deref()) {
+            None => bail!("which forge do hosts report to? Give --forge github|gitea|forgejo|gitlab (or --agent-config)"),
+            Some("none") => bail!("the agents' forge is `none`: they post no statuses, so there is nothing to read"),
+            Some(kind) => kind.parse::<ForgeKind>()?,
+        };
+        let repository = self
+            .repository
+            .as_deref()
+            .or(file.repository.as_deref())
+            .unwrap_or_default();
+        let context = self
+            .context
+            .as_deref()
+            .or(file.context.as_deref())
+            .unwrap_or(DEFAULT_CONTEXT);
+        let settings = ForgeSettings::new(
+            kind,
+            self.api_url.as_deref().or(file.api_url.as_deref()),
+            repository,
+            context,
+        )?;
+        let token = match self.token_file.as_ref().or(file.token_file.as_ref()) {
+            Some(path) => Token::from_file(path)?,
+            None => match std::env::var(TOKEN_ENV) {
+                Ok(t) => Token::new(&t).context(TOKEN_ENV)?,
+                Err(_) => bail!(
+                    "no forge token: give --token-file FILE or set {TOKEN_ENV} (a token that may read commit statuses)"
+                ),
+            },
+        };
+        Ok(ForgeClient::new(settings, token)?)
+    }
+}
