@@ -58,10 +58,13 @@ pub fn next_release(
     changes: &ReleaseChanges,
     now: DateTime<Utc>,
 ) -> Result<Release, PublishError> {
+    // Refused before anything is signed: a serial past MAX_SERIAL could be
+    // signed and pushed, but no agent (nor `verify`) could parse it.
     let serial = match previous {
         Some(p) => p
             .serial
             .checked_add(1)
+            .filter(|&s| s <= crate::release::MAX_SERIAL)
             .ok_or(PublishError::SerialExhausted(p.serial))?,
         None => 1,
     };
@@ -283,6 +286,19 @@ mod tests {
         assert!(matches!(
             next_release(Some(&max), &c, now),
             Err(PublishError::SerialExhausted(_))
+        ));
+        // The last serial TOML can hold is made, and reads back; the next is refused.
+        let mut last = r.clone();
+        last.serial = crate::release::MAX_SERIAL - 1;
+        let made = next_release(Some(&last), &c, now).unwrap();
+        assert_eq!(made.serial, crate::release::MAX_SERIAL);
+        assert_eq!(
+            Release::parse(made.to_toml().as_bytes()).unwrap().serial,
+            made.serial
+        );
+        assert!(matches!(
+            next_release(Some(&made), &c, now),
+            Err(PublishError::SerialExhausted(s)) if s == crate::release::MAX_SERIAL
         ));
         assert!(matches!(
             next_release(None, &ReleaseChanges::default(), now),

@@ -20,6 +20,10 @@ pub const FORMAT: u32 = 1;
 /// Larger `release.toml` files are refused unread (about 50,000 hosts fit).
 pub const MAX_RELEASE_BYTES: usize = 8 << 20;
 
+/// The largest serial a release can carry: TOML integers are signed 64-bit,
+/// so anything above cannot be written in `release.toml` (nor read back).
+pub const MAX_SERIAL: u64 = i64::MAX as u64;
+
 /// A release: one signed statement of which system each host runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Release {
