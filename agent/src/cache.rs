@@ -12,6 +12,7 @@ use ferry_signer::StorePath;
 use tokio::task::JoinSet;
 
 use crate::config::{CacheConfig, CacheFile, Invalid};
+use crate::credentials::{CacheCredentials, CredentialError, Loaded};
 use crate::narinfo::{CachePublicKey, NarInfo, NarInfoError, TrustError, MAX_NARINFO_BYTES};
 
 /// narinfo requests in flight at once.
@@ -41,9 +42,34 @@ pub(crate) fn validate(cache: CacheFile) -> Result<CacheConfig, Invalid> {
         .map(|k| k.parse::<CachePublicKey>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Invalid::new("cache.trusted_public_keys", e.to_string()))?;
+    if let Some(path) = &cache.netrc_file {
+        if !path.is_absolute() {
+            return Err(Invalid::new("cache.netrc_file", "use an absolute path"));
+        }
+    }
+    for (host, path) in &cache.bearer_token_files {
+        if host.is_empty() || host.contains(['/', ':', ' ', '@']) {
+            return Err(Invalid::new(
+                "cache.bearer_token_files",
+                format!(
+                    "`{host}` is not a host name: name the cache's host alone, e.g. \"cache.example.com\""
+                ),
+            ));
+        }
+        if !path.is_absolute() {
+            return Err(Invalid::new(
+                "cache.bearer_token_files",
+                format!("the token file for `{host}` must be an absolute path"),
+            ));
+        }
+    }
     Ok(CacheConfig {
         substituters: cache.substituters,
         trusted_public_keys,
+        credentials: CacheCredentials {
+            netrc_file: cache.netrc_file,
+            bearer_token_files: cache.bearer_token_files,
+        },
     })
 }
 
@@ -95,6 +121,14 @@ pub enum CacheError {
     },
     #[error("binary cache unreachable: {url}: {detail}")]
     Unreachable { url: String, detail: String },
+    #[error("{url}: HTTP {status}: {advice}")]
+    Denied {
+        url: String,
+        status: u16,
+        advice: String,
+    },
+    #[error("{0}")]
+    Credentials(#[from] CredentialError),
     #[error("the closure has more than {MAX_CLOSURE_PATHS} paths")]
     TooLarge,
     #[error("not enough disk space in {store}: the closure needs {need} bytes unpacked (plus a reserve), {available} available")]
@@ -110,7 +144,11 @@ pub enum CacheError {
 impl CacheError {
     /// Whether retrying later may help.
     pub fn is_transient(&self) -> bool {
-        matches!(self, CacheError::Unreachable { .. })
+        // Credentials are fixed on the host, not by a new release: retried.
+        matches!(
+            self,
+            CacheError::Unreachable { .. } | CacheError::Denied { .. } | CacheError::Credentials(_)
+        )
     }
 
     /// Plain words for a commit status.
@@ -132,6 +170,8 @@ impl CacheError {
                 "refused: the binary cache served bad metadata".into()
             }
             CacheError::Unreachable { .. } => "error: binary cache unreachable".into(),
+            CacheError::Denied { .. } => "error: the binary cache refused access (credentials)".into(),
+            CacheError::Credentials(_) => "error: cache credentials cannot be used".into(),
             CacheError::TooLarge => "refused: closure too large".into(),
             CacheError::DiskFull { need, available, .. } => {
                 format!(
@@ -162,14 +202,48 @@ struct Inner {
     client: reqwest::Client,
     substituters: Vec<String>,
     trusted: Vec<CachePublicKey>,
+    credentials: CacheCredentials,
 }
 
 impl BinaryCaches {
     pub fn new(substituters: &[String], trusted: &[CachePublicKey]) -> Self {
+        Self::with_credentials(substituters, trusted, CacheCredentials::default())
+    }
+
+    /// The caches of `config`, with their credentials.
+    pub fn for_config(config: &CacheConfig) -> Self {
+        Self::with_credentials(
+            &config.substituters,
+            &config.trusted_public_keys,
+            config.credentials.clone(),
+        )
+    }
+
+    /// Caches whose requests carry `credentials` (read at each preflight
+    /// and realise).
+    pub fn with_credentials(
+        substituters: &[String],
+        trusted: &[CachePublicKey],
+        credentials: CacheCredentials,
+    ) -> Self {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(30))
             .user_agent(concat!("ferry-agent/", env!("CARGO_PKG_VERSION")))
+            // Caches redirect NARs to CDNs and object stores: other hosts are
+            // followed, and reqwest drops the Authorization header when the
+            // host or port changes; a downgrade to plain HTTP is never taken.
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                let downgrade = attempt.url().scheme() == "http"
+                    && attempt.previous().iter().any(|u| u.scheme() == "https");
+                if attempt.previous().len() > 5 {
+                    attempt.error("too many redirects")
+                } else if downgrade {
+                    attempt.error("redirected from https to plain http")
+                } else {
+                    attempt.follow()
+                }
+            }))
             .build()
             .expect("the TLS backend initialises");
         Self {
@@ -180,19 +254,61 @@ impl BinaryCaches {
                     .map(|s| s.trim_end_matches('/').to_owned())
                     .collect(),
                 trusted: trusted.to_vec(),
+                credentials,
             }),
         }
     }
 
     /// Fetches and checks the narinfo of `path` from the first cache that has it.
     pub async fn narinfo(&self, path: &str) -> Result<NarInfo, CacheError> {
-        Ok(self.inner.narinfo(path).await?.0)
+        let auth = Arc::new(self.inner.credentials.load()?);
+        Ok(self.inner.narinfo(path, &auth).await?.0)
+    }
+
+    /// The substituter URLs, in order.
+    pub fn substituters(&self) -> &[String] {
+        &self.inner.substituters
+    }
+
+    /// Reads the credential files (once per preflight or realise).
+    pub fn load_credentials(&self) -> Result<Arc<Loaded>, CacheError> {
+        Ok(Arc::new(self.inner.credentials.load()?))
+    }
+
+    /// GETs (or, with `head`, asks for) `rest` under substituter `index` with
+    /// its credentials, for the loopback endpoint: the answer to relay.
+    pub async fn relay(
+        &self,
+        index: usize,
+        rest: &str,
+        head: bool,
+        auth: &Loaded,
+    ) -> Result<Option<reqwest::Response>, CacheError> {
+        let cache = self
+            .inner
+            .substituters
+            .get(index)
+            .ok_or_else(|| CacheError::Unreachable {
+                url: format!("substituter #{index}"),
+                detail: "no such substituter".into(),
+            })?;
+        let url = format!("{cache}/{rest}");
+        let method = if head {
+            reqwest::Method::HEAD
+        } else {
+            reqwest::Method::GET
+        };
+        // A NAR may take long; the realise timeout bounds the whole step.
+        self.inner
+            .send(method, &url, auth, Some(Duration::from_secs(6 * 3600)))
+            .await
     }
 
     /// Walks the closure of `toplevel` through the caches, skipping paths
     /// already in the local store (`store_dir`), verifying each narinfo's
     /// signature, and checks there is room for what will be unpacked.
     pub async fn preflight(&self, toplevel: &StorePath, store_dir: &Path) -> Result<Preflight, CacheError> {
+        let auth = self.load_credentials()?;
         let mut seen: HashSet<String> = HashSet::new();
         let mut queue: VecDeque<String> = VecDeque::new();
         let mut tasks: JoinSet<Result<(NarInfo, String), CacheError>> = JoinSet::new();
@@ -225,7 +341,8 @@ impl BinaryCaches {
             while tasks.len() < PARALLEL_FETCHES {
                 let Some(base) = queue.pop_front() else { break };
                 let inner = self.inner.clone();
-                tasks.spawn(async move { inner.narinfo(&format!("/nix/store/{base}")).await });
+                let auth = auth.clone();
+                tasks.spawn(async move { inner.narinfo(&format!("/nix/store/{base}"), &auth).await });
             }
             let Some(joined) = tasks.join_next().await else {
                 break;
@@ -249,7 +366,7 @@ impl BinaryCaches {
 
 impl Inner {
     /// The checked narinfo of `path` and the name of the key that vouched for it.
-    async fn narinfo(&self, path: &str) -> Result<(NarInfo, String), CacheError> {
+    async fn narinfo(&self, path: &str, auth: &Loaded) -> Result<(NarInfo, String), CacheError> {
         let hash = path
             .strip_prefix("/nix/store/")
             .and_then(|b| b.get(..32))
@@ -257,9 +374,10 @@ impl Inner {
         let mut unreachable = None;
         for cache in &self.substituters {
             let url = format!("{cache}/{hash}.narinfo");
-            let body = match self.get(&url).await {
+            let body = match self.get(&url, auth).await {
                 Ok(Some(body)) => body,
                 Ok(None) => continue,
+                Err(e @ (CacheError::Denied { .. } | CacheError::Credentials(_))) => return Err(e),
                 Err(e) => {
                     unreachable.get_or_insert(e);
                     continue;
@@ -286,7 +404,7 @@ impl Inner {
     }
 
     /// GETs a URL (http(s) or file), `None` for "not there".
-    async fn get(&self, url: &str) -> Result<Option<Vec<u8>>, CacheError> {
+    async fn get(&self, url: &str, auth: &Loaded) -> Result<Option<Vec<u8>>, CacheError> {
         let unreachable = |detail: String| CacheError::Unreachable {
             url: url.to_owned(),
             detail,
@@ -299,17 +417,9 @@ impl Inner {
                 Err(e) => Err(unreachable(e.to_string())),
             };
         }
-        let mut response = self
-            .client
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| unreachable(error_chain(&e)))?;
-        match response.status().as_u16() {
-            200 => {}
-            404 | 403 => return Ok(None),
-            code => return Err(unreachable(format!("HTTP {code}"))),
-        }
+        let Some(mut response) = self.send(reqwest::Method::GET, url, auth, None).await? else {
+            return Ok(None);
+        };
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(|e| unreachable(error_chain(&e)))? {
             body.extend_from_slice(&chunk);
@@ -318,6 +428,54 @@ impl Inner {
             }
         }
         Ok(Some(body))
+    }
+}
+
+impl Inner {
+    /// Sends one request with the credentials for its host: `None` for "not
+    /// there" (404, or 403 without credentials as public S3 buckets answer),
+    /// the response for a 2xx, an error naming the cache and the credential
+    /// file for a refusal.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        auth: &Loaded,
+        timeout: Option<Duration>,
+    ) -> Result<Option<reqwest::Response>, CacheError> {
+        let unreachable = |detail: String| CacheError::Unreachable {
+            url: url.to_owned(),
+            detail,
+        };
+        let parsed = reqwest::Url::parse(url).map_err(|e| unreachable(e.to_string()))?;
+        let authorization = auth.for_url(&parsed)?;
+        let mut request = self.client.request(method, parsed);
+        if let Some(a) = &authorization {
+            request = request.header(reqwest::header::AUTHORIZATION, a.header());
+        }
+        if let Some(t) = timeout {
+            request = request.timeout(t);
+        }
+        let response = request.send().await.map_err(|e| unreachable(error_chain(&e)))?;
+        let status = response.status().as_u16();
+        match (status, &authorization) {
+            (200..=299, _) => Ok(Some(response)),
+            (404, _) | (403, None) => Ok(None),
+            (401 | 403, Some(a)) => Err(CacheError::Denied {
+                url: url.to_owned(),
+                status,
+                advice: format!(
+                    "the cache refused the credentials from {}; check them (and that they allow reading)",
+                    a.source.display()
+                ),
+            }),
+            (401, None) => Err(CacheError::Denied {
+                url: url.to_owned(),
+                status,
+                advice: "the cache needs credentials: add its host to cache.netrc_file or cache.bearer_token_files".into(),
+            }),
+            (code, _) => Err(unreachable(format!("HTTP {code}"))),
+        }
     }
 }
 

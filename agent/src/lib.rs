@@ -14,7 +14,9 @@
 //!   its phase, last outcome) and its file format.
 //! - [`durable`]: atomic file replacement.
 //! - [`narinfo`]: binary cache metadata, signature fingerprints, cache keys.
-//! - [`cache`]: the binary cache client and the closure preflight.
+//! - [`cache`]: the binary cache client and the closure preflight;
+//!   [`credentials`]: netrc and bearer tokens for private caches;
+//!   [`cache_serve`]: the loopback cache the realise step reads through.
 //! - [`source`]: the deploy repository: cheap tip check, bounded fetch, ancestry.
 //! - [`git_http`]: smart HTTP(S) for libgit2 over reqwest and rustls (no OpenSSL).
 //! - [`store`]: Nix commands: realise, profile, running and booted systems.
@@ -26,7 +28,9 @@
 //!   the journal.
 
 pub mod cache;
+pub mod cache_serve;
 pub mod config;
+pub mod credentials;
 pub mod daemon;
 pub mod decide;
 pub mod durable;

@@ -21,6 +21,7 @@ use git2::Oid;
 use tracing::{error, info, warn};
 
 use crate::cache::{BinaryCaches, CacheError, Preflight};
+use crate::cache_serve::LoopbackCache;
 use crate::config::{Config, HealthCommand};
 use crate::decide::SwitchResult;
 use crate::forge::{Delivery, ForgeClient};
@@ -150,10 +151,7 @@ impl Seams {
         let outbox = Outbox::open(&config.state_dir)?;
         Ok(Seams {
             source: Box::new(GitSource(Arc::new(Mutex::new(source)))),
-            caches: Box::new(LiveCaches(BinaryCaches::new(
-                &config.cache.substituters,
-                &config.cache.trusted_public_keys,
-            ))),
+            caches: Box::new(LiveCaches(BinaryCaches::for_config(&config.cache))),
             store: Box::new(LiveStore::for_config(config)),
             units: Box::new(SystemdUnits {
                 systemd: None,
@@ -249,6 +247,8 @@ impl ClosureCache for LiveCaches {
 #[derive(Debug, Clone)]
 pub struct LiveStore {
     pub store: Store,
+    /// The caches the closure is realised from, relayed to Nix on loopback.
+    pub caches: BinaryCaches,
     /// `/run/current-system`.
     pub current_system: PathBuf,
     /// `/run/booted-system`.
@@ -271,6 +271,7 @@ impl LiveStore {
                     .collect(),
                 realise_timeout: config.switch.timeout.max(Duration::from_secs(3600)),
             },
+            caches: BinaryCaches::for_config(&config.cache),
             current_system: PathBuf::from(store::CURRENT_SYSTEM),
             booted_system: PathBuf::from(store::BOOTED_SYSTEM),
         }
@@ -280,7 +281,28 @@ impl LiveStore {
 impl NixStore for LiveStore {
     fn realise(&mut self, toplevel: &StorePath) -> Pending<'_, Result<(), StoreError>> {
         let toplevel = toplevel.clone();
-        Box::pin(async move { self.store.realise(&toplevel, "current").await })
+        Box::pin(async move {
+            // Credentials are read now; a problem with them is Nix's failure
+            // to substitute, named.
+            let credentials = self
+                .caches
+                .load_credentials()
+                .map_err(|e| StoreError::Relay(std::io::Error::other(e.to_string())))?;
+            let relay = LoopbackCache::start(self.caches.clone(), credentials)
+                .await
+                .map_err(StoreError::Relay)?;
+            let result = self
+                .store
+                .realise_from(&toplevel, "current", relay.substituters())
+                .await;
+            match (result, relay.failure()) {
+                (Err(nix), Some(cache)) => Err(StoreError::Cache {
+                    nix: Box::new(nix),
+                    cache,
+                }),
+                (result, _) => result,
+            }
+        })
     }
 
     fn set_profile(&mut self, toplevel: &StorePath) -> Pending<'_, Result<(), StoreError>> {

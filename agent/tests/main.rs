@@ -9,6 +9,7 @@ mod forge;
 mod key_types;
 mod nix_cache;
 mod preflight;
+mod private_cache;
 mod reference;
 mod snippets;
 mod source;
