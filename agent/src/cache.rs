@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 use crate::config::{CacheConfig, CacheFile, Invalid};
 use crate::credentials::{CacheCredentials, CredentialError, Loaded};
 use crate::narinfo::{CachePublicKey, NarInfo, NarInfoError, TrustError, MAX_NARINFO_BYTES};
+use crate::s3::{S3Cache, S3ErrorBody};
 
 /// narinfo requests in flight at once.
 const PARALLEL_FETCHES: usize = 32;
@@ -47,6 +48,11 @@ pub(crate) fn validate(cache: CacheFile) -> Result<CacheConfig, Invalid> {
             return Err(Invalid::new("cache.netrc_file", "use an absolute path"));
         }
     }
+    if let Some(path) = &cache.s3_credentials_file {
+        if !path.is_absolute() {
+            return Err(Invalid::new("cache.s3_credentials_file", "use an absolute path"));
+        }
+    }
     for (host, path) in &cache.bearer_token_files {
         if host.is_empty() || host.contains(['/', ':', ' ', '@']) {
             return Err(Invalid::new(
@@ -69,11 +75,15 @@ pub(crate) fn validate(cache: CacheFile) -> Result<CacheConfig, Invalid> {
         credentials: CacheCredentials {
             netrc_file: cache.netrc_file,
             bearer_token_files: cache.bearer_token_files,
+            s3_credentials_file: cache.s3_credentials_file,
         },
     })
 }
 
 fn check_cache_url(url: &str) -> Result<(), String> {
+    if url.starts_with("s3://") {
+        return S3Cache::parse(url).map(drop).map_err(|e| e.to_string());
+    }
     if ["https://", "http://", "file://"]
         .iter()
         .any(|s| url.starts_with(s))
@@ -81,7 +91,7 @@ fn check_cache_url(url: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "`{url}` is not a binary cache URL: use https://, http:// or file://"
+            "`{url}` is not a binary cache URL: use https://, http://, s3:// or file://"
         ))
     }
 }
@@ -203,6 +213,8 @@ struct Inner {
     substituters: Vec<String>,
     trusted: Vec<CachePublicKey>,
     credentials: CacheCredentials,
+    /// For each substituter, its S3 form if it is an `s3://` one.
+    s3: Vec<Option<S3Cache>>,
 }
 
 impl BinaryCaches {
@@ -253,6 +265,9 @@ impl BinaryCaches {
                     .iter()
                     .map(|s| s.trim_end_matches('/').to_owned())
                     .collect(),
+                // Validated with the configuration; an unparsable one (only
+                // from a caller that skipped validation) is read as HTTP.
+                s3: substituters.iter().map(|s| S3Cache::parse(s).ok()).collect(),
                 trusted: trusted.to_vec(),
                 credentials,
             }),
@@ -272,7 +287,28 @@ impl BinaryCaches {
 
     /// Reads the credential files (once per preflight or realise).
     pub fn load_credentials(&self) -> Result<Arc<Loaded>, CacheError> {
-        Ok(Arc::new(self.inner.credentials.load()?))
+        let mut loaded = self.inner.credentials.load()?;
+        let env = |k: &str| std::env::var(k).ok();
+        for (index, s3) in self.inner.s3.iter().enumerate() {
+            let Some(s3) = s3 else { continue };
+            let file = self.inner.credentials.s3_credentials_file.as_deref();
+            match crate::s3::find_credentials(file, s3.profile.as_deref(), &env) {
+                Ok(c) => loaded.set_s3(index, c),
+                // Nothing configured anywhere: read anonymously (a public bucket).
+                Err(crate::s3::AwsCredentialsError::Read { .. })
+                    if file.is_none()
+                        && s3.profile.is_none()
+                        && env("AWS_SHARED_CREDENTIALS_FILE").is_none() => {}
+                Err(source) => {
+                    return Err(CredentialError::S3 {
+                        cache: self.inner.substituters[index].clone(),
+                        source,
+                    }
+                    .into())
+                }
+            }
+        }
+        Ok(Arc::new(loaded))
     }
 
     /// GETs (or, with `head`, asks for) `rest` under substituter `index` with
@@ -292,7 +328,7 @@ impl BinaryCaches {
                 url: format!("substituter #{index}"),
                 detail: "no such substituter".into(),
             })?;
-        let url = format!("{cache}/{rest}");
+        let url = self.inner.url_of(index, cache, rest);
         let method = if head {
             reqwest::Method::HEAD
         } else {
@@ -300,7 +336,7 @@ impl BinaryCaches {
         };
         // A NAR may take long; the realise timeout bounds the whole step.
         self.inner
-            .send(method, &url, auth, Some(Duration::from_secs(6 * 3600)))
+            .send(index, method, &url, auth, Some(Duration::from_secs(6 * 3600)))
             .await
     }
 
@@ -372,9 +408,9 @@ impl Inner {
             .and_then(|b| b.get(..32))
             .unwrap_or(path);
         let mut unreachable = None;
-        for cache in &self.substituters {
-            let url = format!("{cache}/{hash}.narinfo");
-            let body = match self.get(&url, auth).await {
+        for (index, cache) in self.substituters.iter().enumerate() {
+            let url = self.url_of(index, cache, &format!("{hash}.narinfo"));
+            let body = match self.get(index, &url, auth).await {
                 Ok(Some(body)) => body,
                 Ok(None) => continue,
                 Err(e @ (CacheError::Denied { .. } | CacheError::Credentials(_))) => return Err(e),
@@ -404,7 +440,7 @@ impl Inner {
     }
 
     /// GETs a URL (http(s) or file), `None` for "not there".
-    async fn get(&self, url: &str, auth: &Loaded) -> Result<Option<Vec<u8>>, CacheError> {
+    async fn get(&self, index: usize, url: &str, auth: &Loaded) -> Result<Option<Vec<u8>>, CacheError> {
         let unreachable = |detail: String| CacheError::Unreachable {
             url: url.to_owned(),
             detail,
@@ -417,7 +453,7 @@ impl Inner {
                 Err(e) => Err(unreachable(e.to_string())),
             };
         }
-        let Some(mut response) = self.send(reqwest::Method::GET, url, auth, None).await? else {
+        let Some(mut response) = self.send(index, reqwest::Method::GET, url, auth, None).await? else {
             return Ok(None);
         };
         let mut body = Vec::new();
@@ -432,12 +468,21 @@ impl Inner {
 }
 
 impl Inner {
+    /// The URL of `rest` in substituter `index` (whose URL is `cache`).
+    fn url_of(&self, index: usize, cache: &str, rest: &str) -> String {
+        match self.s3.get(index) {
+            Some(Some(s3)) => s3.object_url(rest),
+            _ => format!("{cache}/{rest}"),
+        }
+    }
+
     /// Sends one request with the credentials for its host: `None` for "not
     /// there" (404, or 403 without credentials as public S3 buckets answer),
     /// the response for a 2xx, an error naming the cache and the credential
     /// file for a refusal.
     async fn send(
         &self,
+        index: usize,
         method: reqwest::Method,
         url: &str,
         auth: &Loaded,
@@ -448,6 +493,9 @@ impl Inner {
             detail,
         };
         let parsed = reqwest::Url::parse(url).map_err(|e| unreachable(e.to_string()))?;
+        if let Some(Some(s3)) = self.s3.get(index) {
+            return self.send_s3(s3, auth.s3(index), method, parsed, timeout).await;
+        }
         let authorization = auth.for_url(&parsed)?;
         let mut request = self.client.request(method, parsed);
         if let Some(a) = &authorization {
@@ -479,6 +527,137 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// [`Inner::send`] for an `s3://` substituter: signed with SigV4 when it
+    /// has credentials, S3's error answers read into what to do.
+    async fn send_s3(
+        &self,
+        s3: &S3Cache,
+        credentials: Option<&crate::s3::AwsCredentials>,
+        method: reqwest::Method,
+        url: reqwest::Url,
+        timeout: Option<Duration>,
+    ) -> Result<Option<reqwest::Response>, CacheError> {
+        let shown = url.to_string();
+        let cache = format!("s3://{}", s3.bucket);
+        let mut request = self.client.request(method.clone(), url.clone());
+        if let Some(c) = credentials {
+            if !crate::credentials::may_carry_credentials(&url) {
+                return Err(CredentialError::PlainHttp {
+                    host: url.host_str().unwrap_or("").to_owned(),
+                    path: c.source.clone().into(),
+                }
+                .into());
+            }
+            let signed = crate::s3::sign(method.as_str(), &url, &s3.region, "s3", c, chrono::Utc::now());
+            for (name, value) in signed {
+                let mut value = reqwest::header::HeaderValue::from_str(&value).map_err(|_| {
+                    CacheError::Credentials(CredentialError::NotAHeader {
+                        path: c.source.clone().into(),
+                    })
+                })?;
+                value.set_sensitive(true);
+                request = request.header(name, value);
+            }
+        }
+        if let Some(t) = timeout {
+            request = request.timeout(t);
+        }
+        let response = request.send().await.map_err(|e| CacheError::Unreachable {
+            url: shown.clone(),
+            detail: error_chain(&e),
+        })?;
+        let status = response.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(Some(response));
+        }
+        let header_region = response
+            .headers()
+            .get("x-amz-bucket-region")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = read_bounded(response, crate::s3::MAX_ERROR_BYTES).await;
+        let mut error = crate::s3::parse_error(&body);
+        error.region = error.region.or(header_region);
+        s3_answer(
+            &cache,
+            &shown,
+            status,
+            &error,
+            credentials.map(|c| c.source.as_str()),
+        )
+    }
+}
+
+/// Reads up to `limit` bytes of a response body (what is there; errors end it).
+async fn read_bounded(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        body.extend_from_slice(&chunk);
+        if body.len() >= limit {
+            body.truncate(limit);
+            break;
+        }
+    }
+    body
+}
+
+/// What an S3 error answer means: `None` for a missing object, else an
+/// error saying what to change. Pure.
+pub fn s3_answer(
+    cache: &str,
+    url: &str,
+    status: u16,
+    error: &S3ErrorBody,
+    credentials: Option<&str>,
+) -> Result<Option<reqwest::Response>, CacheError> {
+    let code = error.code.as_deref().unwrap_or("");
+    let said = match (&error.code, &error.message) {
+        (Some(c), Some(m)) => format!(" ({c}: {m})"),
+        (Some(c), None) => format!(" ({c})"),
+        _ => String::new(),
+    };
+    let denied = |advice: String| {
+        Err(CacheError::Denied {
+            url: url.to_owned(),
+            status,
+            advice,
+        })
+    };
+    let wrong_region = matches!(
+        code,
+        "PermanentRedirect" | "AuthorizationHeaderMalformed" | "IllegalLocationConstraintException"
+    ) || status == 301;
+    match (status, code) {
+        (404, "NoSuchBucket") => denied(format!(
+            "{cache} does not exist at this endpoint{said}: check the bucket name, endpoint= and region="
+        )),
+        (404, _) => Ok(None),
+        _ if wrong_region => denied(match &error.region {
+            Some(r) => format!("the bucket is in region {r}: add region={r} to the substituter URL{said}"),
+            None => format!("the bucket is in another region: set region= in the substituter URL{said}"),
+        }),
+        (401 | 403, "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "InvalidToken" | "ExpiredToken") => {
+            denied(format!(
+                "{cache} refused the key from {}{said}: check the key pair",
+                credentials.unwrap_or("nowhere (no credentials were found)")
+            ))
+        }
+        (401 | 403, _) => match credentials {
+            Some(from) => denied(format!(
+                "access denied to {cache} for the key from {from}{said}: it needs s3:GetObject (and s3:ListBucket, without which a missing object is answered this way too)"
+            )),
+            None => denied(format!(
+                "{cache} needs credentials{said}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile, or cache.s3_credentials_file"
+            )),
+        },
+        _ => Err(CacheError::Unreachable {
+            url: url.to_owned(),
+            detail: format!("HTTP {status}{said}"),
+        }),
+    }
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cause = e.source();
@@ -505,4 +684,52 @@ fn check_disk(store_dir: &Path, need: u64) -> Result<(), CacheError> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, body: &str, creds: Option<&str>) -> String {
+        match s3_answer(
+            "s3://b",
+            "https://b.s3.amazonaws.com/x",
+            status,
+            &crate::s3::parse_error(body.as_bytes()),
+            creds,
+        ) {
+            Ok(None) => "missing".into(),
+            Ok(Some(_)) => unreachable!("errors only"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// The answers AWS gives, as documented in its error-code list.
+    #[test]
+    fn s3_answers_say_what_to_change() {
+        assert_eq!(
+            answer(404, "<Error><Code>NoSuchKey</Code></Error>", Some("f")),
+            "missing"
+        );
+        assert!(answer(404, "<Error><Code>NoSuchBucket</Code></Error>", Some("f")).contains("does not exist"));
+        let region = answer(
+            400,
+            "<Error><Code>AuthorizationHeaderMalformed</Code><Message>the region 'us-east-1' is wrong; expecting 'eu-west-1'</Message><Region>eu-west-1</Region></Error>",
+            Some("f"),
+        );
+        assert!(region.contains("add region=eu-west-1"), "{region}");
+        let moved = answer(301, "<Error><Code>PermanentRedirect</Code></Error>", Some("f"));
+        assert!(moved.contains("another region"), "{moved}");
+        let key = answer(
+            403,
+            "<Error><Code>InvalidAccessKeyId</Code></Error>",
+            Some("/run/aws"),
+        );
+        assert!(key.contains("refused the key from /run/aws"), "{key}");
+        let denied = answer(403, "<Error><Code>AccessDenied</Code></Error>", Some("/run/aws"));
+        assert!(denied.contains("s3:GetObject"), "{denied}");
+        let anonymous = answer(403, "<Error><Code>AccessDenied</Code></Error>", None);
+        assert!(anonymous.contains("needs credentials"), "{anonymous}");
+        assert!(answer(500, "", None).contains("HTTP 500"));
+    }
 }

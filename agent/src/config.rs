@@ -291,6 +291,7 @@ pub(crate) struct CacheFile {
     pub(crate) netrc_file: Option<PathBuf>,
     #[serde(default)]
     pub(crate) bearer_token_files: std::collections::BTreeMap<String, PathBuf>,
+    pub(crate) s3_credentials_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -517,7 +518,7 @@ context = "ferry/{{host}}"
                 "`source.url`",
             ),
             (
-                minimal().replace("https://cache.example.com", "s3://bucket"),
+                minimal().replace("https://cache.example.com", "ftp://cache.example.com"),
                 "`cache.substituters`",
             ),
             (

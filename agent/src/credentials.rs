@@ -22,6 +22,8 @@ pub struct CacheCredentials {
     pub netrc_file: Option<PathBuf>,
     /// `cache.bearer_token_files`: host → file holding a bearer token.
     pub bearer_token_files: BTreeMap<String, PathBuf>,
+    /// `cache.s3_credentials_file`: AWS shared-credentials format, for `s3://` caches.
+    pub s3_credentials_file: Option<PathBuf>,
 }
 
 /// Why credentials cannot be used.
@@ -37,6 +39,11 @@ pub enum CredentialError {
     },
     #[error("the credential in {path} cannot be sent in an HTTP header (control characters?)")]
     NotAHeader { path: PathBuf },
+    #[error("no credentials for {cache}: {source} (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile in the shared credentials file, or cache.s3_credentials_file)")]
+    S3 {
+        cache: String,
+        source: crate::s3::AwsCredentialsError,
+    },
     #[error("refusing to send the credentials for {host} from {path} over plain HTTP: use https:// for this cache")]
     PlainHttp { host: String, path: PathBuf },
 }
@@ -127,13 +134,15 @@ impl Netrc {
                         _ => {}
                     }
                 }
-                other => return Err(err(
-                    line,
-                    &format!(
+                other => {
+                    return Err(err(
+                        line,
+                        &format!(
                         "unknown word `{}` (expected machine, default, login, password, account or macdef)",
                         other.chars().take(40).collect::<String>()
                     ),
-                )),
+                    ))
+                }
             }
         }
         Ok(Netrc { entries })
@@ -177,6 +186,8 @@ impl Authorization {
 pub struct Loaded {
     netrc: Option<(PathBuf, Netrc)>,
     bearer: BTreeMap<String, (PathBuf, Zeroizing<String>)>,
+    /// Substituter index → its S3 key pair.
+    s3: BTreeMap<usize, crate::s3::AwsCredentials>,
 }
 
 impl CacheCredentials {
@@ -199,7 +210,11 @@ impl CacheCredentials {
             let token = Zeroizing::new(read(path)?.trim().to_owned());
             bearer.insert(host.to_ascii_lowercase(), (path.clone(), token));
         }
-        Ok(Loaded { netrc, bearer })
+        Ok(Loaded {
+            netrc,
+            bearer,
+            s3: BTreeMap::new(),
+        })
     }
 }
 
@@ -235,6 +250,16 @@ pub fn may_carry_credentials(url: &reqwest::Url) -> bool {
 }
 
 impl Loaded {
+    /// Adds the key pair of `s3://` substituter `index`.
+    pub fn set_s3(&mut self, index: usize, credentials: crate::s3::AwsCredentials) {
+        self.s3.insert(index, credentials);
+    }
+
+    /// The key pair of `s3://` substituter `index`, if any.
+    pub fn s3(&self, index: usize) -> Option<&crate::s3::AwsCredentials> {
+        self.s3.get(&index)
+    }
+
     /// The authorization for a request to `url`: a bearer token named for its
     /// host, else its netrc entry; `None` when nothing is configured for it.
     /// Refuses when credentials exist for the host but `url` is plain HTTP
@@ -325,6 +350,7 @@ mod tests {
         let loaded = Loaded {
             netrc: Some(("/run/netrc".into(), n)),
             bearer: BTreeMap::from([("b".into(), ("/run/t".into(), Zeroizing::new("tok9".into())))]),
+            s3: BTreeMap::new(),
         };
         assert!(!format!("{loaded:?}").contains("hunter2"));
         assert!(!format!("{loaded:?}").contains("tok9"));
@@ -341,6 +367,7 @@ mod tests {
                 Netrc::parse("machine a login u password p\nmachine 127.0.0.1 login l password q").unwrap(),
             )),
             bearer: BTreeMap::from([("a".into(), ("/run/t".into(), Zeroizing::new("tok".into())))]),
+            s3: BTreeMap::new(),
         };
         let a = loaded.for_url(&url("https://a/nix-cache-info")).unwrap().unwrap();
         assert_eq!(a.header().to_str().unwrap(), "Bearer tok");

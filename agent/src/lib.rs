@@ -16,7 +16,8 @@
 //! - [`narinfo`]: binary cache metadata, signature fingerprints, cache keys.
 //! - [`cache`]: the binary cache client and the closure preflight;
 //!   [`credentials`]: netrc and bearer tokens for private caches;
-//!   [`cache_serve`]: the loopback cache the realise step reads through.
+//!   [`cache_serve`]: the loopback cache the realise step reads through;
+//!   [`s3`]: `s3://` caches: URLs, SigV4, AWS credentials, S3 errors.
 //! - [`source`]: the deploy repository: cheap tip check, bounded fetch, ancestry.
 //! - [`git_http`]: smart HTTP(S) for libgit2 over reqwest and rustls (no OpenSSL).
 //! - [`store`]: Nix commands: realise, profile, running and booted systems.
@@ -41,6 +42,7 @@ pub mod logging;
 pub mod narinfo;
 pub mod reconcile;
 pub mod report;
+pub mod s3;
 pub mod seams;
 pub mod source;
 pub mod state;

@@ -11,6 +11,7 @@ mod nix_cache;
 mod preflight;
 mod private_cache;
 mod reference;
+mod s3_cache;
 mod snippets;
 mod source;
 mod systemd;

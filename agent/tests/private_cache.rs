@@ -94,7 +94,7 @@ impl Fixture {
 fn netrc(path: PathBuf) -> CacheCredentials {
     CacheCredentials {
         netrc_file: Some(path),
-        bearer_token_files: BTreeMap::new(),
+        ..Default::default()
     }
 }
 
@@ -158,6 +158,7 @@ fn a_bearer_token_gets_in_and_a_missing_one_is_named() {
         CacheCredentials {
             netrc_file: None,
             bearer_token_files: BTreeMap::from([("127.0.0.1".into(), token)]),
+            ..Default::default()
         },
     );
     f.preflight(&caches).unwrap();
@@ -175,6 +176,7 @@ fn credentials_refused_at_realise_are_named_and_nothing_is_realised() {
         CacheCredentials {
             netrc_file: None,
             bearer_token_files: BTreeMap::from([("127.0.0.1".into(), token.clone())]),
+            ..Default::default()
         },
     );
     let err = f.realise(&caches).unwrap_err();
