@@ -345,6 +345,19 @@ impl BinaryCaches {
     /// signature, and checks there is room for what will be unpacked.
     pub async fn preflight(&self, toplevel: &StorePath, store_dir: &Path) -> Result<Preflight, CacheError> {
         let auth = self.load_credentials()?;
+        Ok(self.walk(toplevel, store_dir, &auth).await?.0)
+    }
+
+    /// [`BinaryCaches::preflight`] with the given credentials, also naming
+    /// the cache objects (narinfos and NARs, relative to the cache) of the
+    /// missing paths: all that the relay serves for this closure.
+    pub async fn walk(
+        &self,
+        toplevel: &StorePath,
+        store_dir: &Path,
+        auth: &Arc<Loaded>,
+    ) -> Result<(Preflight, BTreeSet<String>), CacheError> {
+        let mut objects = BTreeSet::new();
         let mut seen: HashSet<String> = HashSet::new();
         let mut queue: VecDeque<String> = VecDeque::new();
         let mut tasks: JoinSet<Result<(NarInfo, String), CacheError>> = JoinSet::new();
@@ -388,6 +401,9 @@ impl BinaryCaches {
             result.download_bytes += info.file_size.unwrap_or(info.nar_size);
             result.unpacked_bytes += info.nar_size;
             result.signers.insert(signer);
+            let base = info.store_path.base_name();
+            objects.insert(format!("{}.narinfo", base.get(..32).unwrap_or(base)));
+            objects.insert(info.url.clone());
             for r in info.references {
                 enqueue(r, &mut seen, &mut queue, &mut result);
             }
@@ -396,7 +412,7 @@ impl BinaryCaches {
             }
         }
         check_disk(store_dir, result.unpacked_bytes)?;
-        Ok(result)
+        Ok((result, objects))
     }
 }
 

@@ -4,9 +4,13 @@
 //! same client, the same credentials and the same redirect policy the
 //! preflight used. Nix therefore fetches the closure the preflight checked,
 //! from the same caches, without ever seeing a credential; it still checks
-//! every signature against the pinned keys itself. `file://` substituters are
-//! handed to Nix as they are (there is nothing to authenticate).
+//! every signature against the pinned keys itself. It serves only the
+//! objects of the closure it was started for (its narinfos and NARs, and
+//! `nix-cache-info`): another local process reaching the port gets nothing
+//! the realised store paths will not show it anyway. `file://` substituters
+//! are handed to Nix as they are (there is nothing to authenticate).
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -79,7 +83,12 @@ pub fn route(request_line: &str) -> Result<Route, u16> {
 impl LoopbackCache {
     /// Listens on a random loopback port and serves `caches` with
     /// `credentials` until dropped.
-    pub async fn start(caches: BinaryCaches, credentials: Arc<Loaded>) -> std::io::Result<Self> {
+    pub async fn start(
+        caches: BinaryCaches,
+        credentials: Arc<Loaded>,
+        objects: BTreeSet<String>,
+    ) -> std::io::Result<Self> {
+        let objects = Arc::new(objects);
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let port = listener.local_addr()?.port();
         let substituters = caches
@@ -103,8 +112,9 @@ impl LoopbackCache {
                     accepted = listener.accept() => {
                         let Ok((stream, _)) = accepted else { continue };
                         let (caches, credentials, recorded) = (caches.clone(), credentials.clone(), recorded.clone());
+                        let objects = objects.clone();
                         connections.spawn(async move {
-                            if let Err(e) = serve(stream, &caches, &credentials).await {
+                            if let Err(e) = serve(stream, &caches, &credentials, &objects).await {
                                 warn!("binary cache relay: {e}");
                                 *recorded.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
                             }
@@ -139,7 +149,12 @@ impl Drop for LoopbackCache {
 }
 
 /// Answers one request on `stream`, then closes it.
-async fn serve(mut stream: TcpStream, caches: &BinaryCaches, credentials: &Loaded) -> Result<(), CacheError> {
+async fn serve(
+    mut stream: TcpStream,
+    caches: &BinaryCaches,
+    credentials: &Loaded,
+    objects: &BTreeSet<String>,
+) -> Result<(), CacheError> {
     let mut head = Vec::new();
     let mut buf = [0u8; 2048];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -155,6 +170,9 @@ async fn serve(mut stream: TcpStream, caches: &BinaryCaches, credentials: &Loade
         Ok(r) => r,
         Err(code) => return respond(&mut stream, code, None).await,
     };
+    if route.rest != "nix-cache-info" && !objects.contains(&route.rest) {
+        return respond(&mut stream, 404, None).await;
+    }
     let upstream = caches
         .relay(route.cache, &route.rest, route.head, credentials)
         .await;

@@ -281,28 +281,7 @@ impl LiveStore {
 impl NixStore for LiveStore {
     fn realise(&mut self, toplevel: &StorePath) -> Pending<'_, Result<(), StoreError>> {
         let toplevel = toplevel.clone();
-        Box::pin(async move {
-            // Credentials are read now; a problem with them is Nix's failure
-            // to substitute, named.
-            let credentials = self
-                .caches
-                .load_credentials()
-                .map_err(|e| StoreError::Relay(std::io::Error::other(e.to_string())))?;
-            let relay = LoopbackCache::start(self.caches.clone(), credentials)
-                .await
-                .map_err(StoreError::Relay)?;
-            let result = self
-                .store
-                .realise_from(&toplevel, "current", relay.substituters())
-                .await;
-            match (result, relay.failure()) {
-                (Err(nix), Some(cache)) => Err(StoreError::Cache {
-                    nix: Box::new(nix),
-                    cache,
-                }),
-                (result, _) => result,
-            }
-        })
+        Box::pin(async move { realise_via_relay(&self.store, &self.caches, &toplevel, "current").await })
     }
 
     fn set_profile(&mut self, toplevel: &StorePath) -> Pending<'_, Result<(), StoreError>> {
@@ -320,6 +299,38 @@ impl NixStore for LiveStore {
 
     fn kernel_changed(&self, toplevel: &StorePath) -> bool {
         store::reboot_required(&self.booted_system, toplevel)
+    }
+}
+
+/// Realises `toplevel` from `caches` through the loopback relay: the closure
+/// is walked again with freshly read credentials (every narinfo checked, as
+/// in the preflight), the relay serves just those objects, and Nix realises
+/// from it; a failure says what the cache answered.
+pub async fn realise_via_relay(
+    store: &Store,
+    caches: &BinaryCaches,
+    toplevel: &StorePath,
+    root_name: &str,
+) -> Result<(), StoreError> {
+    let store_dir = Path::new(ferry_signer::names::STORE_DIR);
+    let closure = async {
+        let credentials = caches.load_credentials()?;
+        let (_, objects) = caches.walk(toplevel, store_dir, &credentials).await?;
+        Ok::<_, CacheError>((credentials, objects))
+    };
+    let (credentials, objects) = closure.await.map_err(|e| StoreError::Closure(e.to_string()))?;
+    let relay = LoopbackCache::start(caches.clone(), credentials, objects)
+        .await
+        .map_err(StoreError::Relay)?;
+    let result = store
+        .realise_from(toplevel, root_name, relay.substituters())
+        .await;
+    match (result, relay.failure()) {
+        (Err(nix), Some(cache)) => Err(StoreError::Cache {
+            nix: Box::new(nix),
+            cache,
+        }),
+        (result, _) => result,
     }
 }
 

@@ -29,6 +29,8 @@ pub enum StoreError {
     Cache { nix: Box<StoreError>, cache: String },
     #[error("cannot serve the binary caches to Nix on loopback: {0}")]
     Relay(std::io::Error),
+    #[error("the closure cannot be read from the binary caches: {0}")]
+    Closure(String),
     #[error("{program} did not finish within {}s", .timeout.as_secs())]
     Timeout {
         program: &'static str,

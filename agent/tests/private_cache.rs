@@ -5,7 +5,7 @@
 //! or missing ones are named errors; a redirect to another host never carries
 //! them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use ferry_agent::cache::{BinaryCaches, CacheError};
 use ferry_agent::cache_serve::LoopbackCache;
 use ferry_agent::credentials::CacheCredentials;
 use ferry_agent::narinfo::CachePublicKey;
+use ferry_agent::seams::realise_via_relay;
 use ferry_agent::store::{Store, StoreError};
 
 /// A toplevel in a signed cache, deleted from the local store.
@@ -69,21 +70,7 @@ impl Fixture {
         };
         let toplevel = self.toplevel.parse().unwrap();
         let _nix = nix::lock();
-        crate::common::runtime().block_on(async {
-            let relay = LoopbackCache::start(caches.clone(), caches.load_credentials().unwrap())
-                .await
-                .unwrap();
-            let result = store
-                .realise_from(&toplevel, "current", relay.substituters())
-                .await;
-            match (result, relay.failure()) {
-                (Err(nix), Some(cache)) => Err(StoreError::Cache {
-                    nix: Box::new(nix),
-                    cache,
-                }),
-                (r, _) => r,
-            }
-        })
+        crate::common::runtime().block_on(realise_via_relay(&store, caches, &toplevel, "current"))
     }
 
     fn all_present(&self) -> bool {
@@ -181,7 +168,7 @@ fn credentials_refused_at_realise_are_named_and_nothing_is_realised() {
     );
     let err = f.realise(&caches).unwrap_err();
     let text = err.to_string();
-    assert!(matches!(err, StoreError::Cache { .. }), "{text}");
+    assert!(matches!(err, StoreError::Closure(_)), "{text}");
     assert!(
         text.contains("refused the credentials") && text.contains(&token.display().to_string()),
         "{text}"
@@ -216,4 +203,40 @@ fn credentials_are_never_sent_over_plain_http_off_loopback() {
     let err = f.preflight(&caches).unwrap_err();
     assert!(matches!(err, CacheError::Credentials(_)), "{err}");
     assert!(err.to_string().contains("over plain HTTP"), "{err}");
+}
+
+#[test]
+fn the_relay_serves_only_the_closure_it_was_started_for() {
+    let f = Fixture::new(1);
+    let server = PrivateCache::start(&f.cache.dir, Some("Bearer t".into()), None);
+    let token = f.file("token", "t");
+    let caches = f.caches(
+        &server.url(),
+        CacheCredentials {
+            bearer_token_files: BTreeMap::from([("127.0.0.1".into(), token)]),
+            ..Default::default()
+        },
+    );
+    let hash = &f.toplevel[11..43];
+    let status = |objects: BTreeSet<String>, path: String| {
+        crate::common::runtime().block_on(async {
+            let relay = LoopbackCache::start(caches.clone(), caches.load_credentials().unwrap(), objects)
+                .await
+                .unwrap();
+            let url = format!("{}/{path}", relay.substituters()[0]);
+            // A client of its own, in a thread: the relay runs on this runtime.
+            let got =
+                tokio::task::spawn_blocking(move || reqwest::blocking::get(url).unwrap().status().as_u16());
+            got.await.unwrap()
+        })
+    };
+    assert_eq!(status(BTreeSet::new(), "nix-cache-info".into()), 200);
+    assert_eq!(status(BTreeSet::new(), format!("{hash}.narinfo")), 404);
+    assert_eq!(
+        status(
+            BTreeSet::from([format!("{hash}.narinfo")]),
+            format!("{hash}.narinfo")
+        ),
+        200
+    );
 }

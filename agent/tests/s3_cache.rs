@@ -10,9 +10,9 @@ use std::time::Duration;
 use crate::common::nix::{self, Cache};
 use crate::common::s3::Moto;
 use ferry_agent::cache::{BinaryCaches, CacheError};
-use ferry_agent::cache_serve::LoopbackCache;
 use ferry_agent::credentials::CacheCredentials;
 use ferry_agent::narinfo::CachePublicKey;
+use ferry_agent::seams::realise_via_relay;
 use ferry_agent::store::Store;
 
 struct Fixture {
@@ -97,15 +97,9 @@ fn a_signed_cache_in_s3_passes_the_preflight_and_is_realised() {
     };
     let toplevel = f.toplevel.parse().unwrap();
     let _nix = nix::lock();
-    crate::common::runtime().block_on(async {
-        let relay = LoopbackCache::start(caches.clone(), caches.load_credentials().unwrap())
-            .await
-            .unwrap();
-        let result = store
-            .realise_from(&toplevel, "current", relay.substituters())
-            .await;
-        assert!(result.is_ok(), "{result:?} (relay: {:?})", relay.failure());
-    });
+    crate::common::runtime()
+        .block_on(realise_via_relay(&store, &caches, &toplevel, "current"))
+        .unwrap();
     assert!(f.closure.iter().all(|p| Path::new(p).exists()));
 }
 
