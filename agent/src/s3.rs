@@ -273,7 +273,11 @@ pub fn sign(
     credentials: &AwsCredentials,
     now: DateTime<Utc>,
 ) -> Vec<(&'static str, Zeroizing<String>)> {
-    sign_with(method, url, region, service, credentials, now, &[], EMPTY_SHA256)
+    let payload = Payload {
+        extra: &[],
+        sha256: EMPTY_SHA256,
+    };
+    sign_with(method, url, (region, service), credentials, now, &payload)
 }
 
 /// [`sign`] for a request with a body whose SHA-256 is `payload_sha256`
@@ -287,20 +291,30 @@ pub fn sign_upload(
     body: &[u8],
 ) -> Vec<(&'static str, Zeroizing<String>)> {
     let hash = hex(&Sha256::digest(body));
-    sign_with(method, url, region, "s3", credentials, now, &[], &hash)
+    let payload = Payload {
+        extra: &[],
+        sha256: &hash,
+    };
+    sign_with(method, url, (region, "s3"), credentials, now, &payload)
 }
 
-/// [`sign`], also signing `extra` headers (lower-case names) the caller sends.
+/// What is signed besides the method and URL: headers the caller sends
+/// (lower-case names) and the body's SHA-256 (hex).
+struct Payload<'a> {
+    extra: &'a [(&'static str, &'a str)],
+    sha256: &'a str,
+}
+
+/// [`sign`] with `payload`, in the credential scope `(region, service)`.
 fn sign_with(
     method: &str,
     url: &reqwest::Url,
-    region: &str,
-    service: &str,
+    (region, service): (&str, &str),
     credentials: &AwsCredentials,
     now: DateTime<Utc>,
-    extra: &[(&'static str, &str)],
-    payload_sha256: &str,
+    payload: &Payload<'_>,
 ) -> Vec<(&'static str, Zeroizing<String>)> {
+    let (extra, payload_sha256) = (payload.extra, payload.sha256);
     let amz_date = now.format("%Y%m%dT%H%M%SZ").to_string();
     let day = now.format("%Y%m%d").to_string();
     let host = match url.port() {
@@ -451,12 +465,13 @@ mod tests {
         let h = sign_with(
             "GET",
             &reqwest::Url::parse(url).unwrap(),
-            "us-east-1",
-            "s3",
+            ("us-east-1", "s3"),
             &creds("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"),
             at("2013-05-24T00:00:00Z"),
-            extra,
-            EMPTY_SHA256,
+            &Payload {
+                extra,
+                sha256: EMPTY_SHA256,
+            },
         );
         let auth = h
             .iter()

@@ -6,7 +6,7 @@
 
 use std::io::Write;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
@@ -60,7 +60,7 @@ impl PrivateCache {
 
 fn serve(
     mut stream: std::net::TcpStream,
-    dir: &PathBuf,
+    dir: &Path,
     log: &Mutex<Vec<Seen>>,
     expected: Option<String>,
     redirect: Option<String>,
