@@ -69,6 +69,35 @@ in
       description = "Keys every store path of the closure must be signed with.";
     };
 
+    cacheNetrcFile = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      example = "/run/secrets/nix-netrc";
+      description = ''
+        A netrc file in Nix's format (what nix.conf's `netrc-file` names) with
+        the credentials of private HTTPS caches (Attic, Cachix, nginx basic
+        auth), passed as a systemd credential.
+      '';
+    };
+
+    cacheBearerTokenFiles = mkOption {
+      type = types.attrsOf types.path;
+      default = { };
+      example = { "attic.example.com" = "/run/secrets/attic-token"; };
+      description = "Bearer tokens for private HTTPS caches, by host; each file is passed as a systemd credential.";
+    };
+
+    cacheS3CredentialsFile = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      example = "/run/secrets/ferry-s3-credentials";
+      description = ''
+        Key pairs for `s3://` caches in the AWS shared-credentials format
+        (`[default]`, `aws_access_key_id`, `aws_secret_access_key`), passed
+        as a systemd credential.
+      '';
+    };
+
     pollInterval = mkOption {
       type = types.str;
       default = "60s";
@@ -155,7 +184,11 @@ in
       cache = {
         inherit (cfg) substituters;
         trusted_public_keys = cfg.trustedPublicKeys;
-      };
+      } // lib.optionalAttrs (cfg.cacheNetrcFile != null) { netrc_file = credential "cache-netrc"; }
+        // lib.optionalAttrs (cfg.cacheBearerTokenFiles != { }) {
+          bearer_token_files = lib.mapAttrs (host: _: credential "cache-token-${host}") cfg.cacheBearerTokenFiles;
+        }
+        // lib.optionalAttrs (cfg.cacheS3CredentialsFile != null) { s3_credentials_file = credential "cache-s3"; };
       health.commands = cfg.healthCommands;
       report = {
         forge = cfg.forge.kind;
@@ -194,7 +227,10 @@ in
         StateDirectoryMode = "0700";
         LoadCredential =
           optional (cfg.gitTokenFile != null) "git-token:${cfg.gitTokenFile}"
-          ++ optional (cfg.forge.tokenFile != null) "forge-token:${cfg.forge.tokenFile}";
+          ++ optional (cfg.forge.tokenFile != null) "forge-token:${cfg.forge.tokenFile}"
+          ++ optional (cfg.cacheNetrcFile != null) "cache-netrc:${cfg.cacheNetrcFile}"
+          ++ lib.mapAttrsToList (host: file: "cache-token-${host}:${file}") cfg.cacheBearerTokenFiles
+          ++ optional (cfg.cacheS3CredentialsFile != null) "cache-s3:${cfg.cacheS3CredentialsFile}";
 
         # Sandboxing. The switch itself runs in a transient unit started over
         # D-Bus, outside this sandbox, so the agent can be confined tightly.
@@ -219,8 +255,9 @@ in
         MemoryDenyWriteExecute = true;
         SystemCallArchitectures = "native";
         # Relaxation: AF_UNIX for D-Bus, journald and nix-daemon; IP for the
-        # forge, the git remote and the binary caches. No listening sockets
-        # are opened.
+        # forge, the git remote and the binary caches. The only listening
+        # socket is the loopback relay (127.0.0.1, a random port) that serves
+        # the caches to nix-daemon while a closure is realised.
         RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" ];
         UMask = "0077";
       };

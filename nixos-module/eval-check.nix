@@ -44,6 +44,9 @@ let
       trustedPublicKeys = [ "cache.example.com-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=" ];
       forge = { kind = "gitea"; apiUrl = "https://git.example.com/api/v1"; repository = "ops/deploy"; tokenFile = "/run/secrets/forge"; };
       healthCommands = [ "systemctl is-active nginx" ];
+      cacheNetrcFile = "/run/secrets/nix-netrc";
+      cacheBearerTokenFiles = { "attic.example.com" = "/run/secrets/attic-token"; };
+      cacheS3CredentialsFile = "/run/secrets/s3";
       settings.switch.timeout = "20m";
     };
   };
@@ -118,6 +121,10 @@ builtins.all (x: x) [
   (check (settings.source.allowed_signers == "/etc/ferry/allowed_signers") "allowed_signers path")
   (check (settings.report.token_file == "/run/credentials/ferry-agent.service/forge-token") "forge token as credential")
   (check (settings.report.api_url == "https://git.example.com/api/v1") "api_url")
+  (check (settings.cache.netrc_file == "/run/credentials/ferry-agent.service/cache-netrc") "cache netrc as credential")
+  (check (settings.cache.bearer_token_files."attic.example.com" == "/run/credentials/ferry-agent.service/cache-token-attic.example.com") "bearer token as credential")
+  (check (settings.cache.s3_credentials_file == "/run/credentials/ferry-agent.service/cache-s3") "S3 credentials as credential")
+  (check (lib.elem "cache-netrc:/run/secrets/nix-netrc" unit.serviceConfig.LoadCredential) "netrc loaded as credential")
   (check (settings.switch.timeout == "20m") "freeform settings pass through")
   (check (settings.health.commands == [ "systemctl is-active nginx" ]) "health commands")
   (check (unit.restartIfChanged == false) "a switch never restarts the agent")

@@ -12,7 +12,9 @@ use ferry_signer::StorePath;
 use tokio::task::JoinSet;
 
 use crate::config::{CacheConfig, CacheFile, Invalid};
+use crate::credentials::{CacheCredentials, CredentialError, Loaded};
 use crate::narinfo::{CachePublicKey, NarInfo, NarInfoError, TrustError, MAX_NARINFO_BYTES};
+use crate::s3::{S3Cache, S3ErrorBody};
 
 /// narinfo requests in flight at once.
 const PARALLEL_FETCHES: usize = 32;
@@ -41,13 +43,47 @@ pub(crate) fn validate(cache: CacheFile) -> Result<CacheConfig, Invalid> {
         .map(|k| k.parse::<CachePublicKey>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Invalid::new("cache.trusted_public_keys", e.to_string()))?;
+    if let Some(path) = &cache.netrc_file {
+        if !path.is_absolute() {
+            return Err(Invalid::new("cache.netrc_file", "use an absolute path"));
+        }
+    }
+    if let Some(path) = &cache.s3_credentials_file {
+        if !path.is_absolute() {
+            return Err(Invalid::new("cache.s3_credentials_file", "use an absolute path"));
+        }
+    }
+    for (host, path) in &cache.bearer_token_files {
+        if host.is_empty() || host.contains(['/', ':', ' ', '@']) {
+            return Err(Invalid::new(
+                "cache.bearer_token_files",
+                format!(
+                    "`{host}` is not a host name: name the cache's host alone, e.g. \"cache.example.com\""
+                ),
+            ));
+        }
+        if !path.is_absolute() {
+            return Err(Invalid::new(
+                "cache.bearer_token_files",
+                format!("the token file for `{host}` must be an absolute path"),
+            ));
+        }
+    }
     Ok(CacheConfig {
         substituters: cache.substituters,
         trusted_public_keys,
+        credentials: CacheCredentials {
+            netrc_file: cache.netrc_file,
+            bearer_token_files: cache.bearer_token_files,
+            s3_credentials_file: cache.s3_credentials_file,
+        },
     })
 }
 
 fn check_cache_url(url: &str) -> Result<(), String> {
+    if url.starts_with("s3://") {
+        return S3Cache::parse(url).map(drop).map_err(|e| e.to_string());
+    }
     if ["https://", "http://", "file://"]
         .iter()
         .any(|s| url.starts_with(s))
@@ -55,7 +91,7 @@ fn check_cache_url(url: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "`{url}` is not a binary cache URL: use https://, http:// or file://"
+            "`{url}` is not a binary cache URL: use https://, http://, s3:// or file://"
         ))
     }
 }
@@ -95,6 +131,14 @@ pub enum CacheError {
     },
     #[error("binary cache unreachable: {url}: {detail}")]
     Unreachable { url: String, detail: String },
+    #[error("{url}: HTTP {status}: {advice}")]
+    Denied {
+        url: String,
+        status: u16,
+        advice: String,
+    },
+    #[error("{0}")]
+    Credentials(#[from] CredentialError),
     #[error("the closure has more than {MAX_CLOSURE_PATHS} paths")]
     TooLarge,
     #[error("not enough disk space in {store}: the closure needs {need} bytes unpacked (plus a reserve), {available} available")]
@@ -110,7 +154,11 @@ pub enum CacheError {
 impl CacheError {
     /// Whether retrying later may help.
     pub fn is_transient(&self) -> bool {
-        matches!(self, CacheError::Unreachable { .. })
+        // Credentials are fixed on the host, not by a new release: retried.
+        matches!(
+            self,
+            CacheError::Unreachable { .. } | CacheError::Denied { .. } | CacheError::Credentials(_)
+        )
     }
 
     /// Plain words for a commit status.
@@ -132,6 +180,8 @@ impl CacheError {
                 "refused: the binary cache served bad metadata".into()
             }
             CacheError::Unreachable { .. } => "error: binary cache unreachable".into(),
+            CacheError::Denied { .. } => "error: the binary cache refused access (credentials)".into(),
+            CacheError::Credentials(_) => "error: cache credentials cannot be used".into(),
             CacheError::TooLarge => "refused: closure too large".into(),
             CacheError::DiskFull { need, available, .. } => {
                 format!(
@@ -162,14 +212,50 @@ struct Inner {
     client: reqwest::Client,
     substituters: Vec<String>,
     trusted: Vec<CachePublicKey>,
+    credentials: CacheCredentials,
+    /// For each substituter, its S3 form if it is an `s3://` one.
+    s3: Vec<Option<S3Cache>>,
 }
 
 impl BinaryCaches {
     pub fn new(substituters: &[String], trusted: &[CachePublicKey]) -> Self {
+        Self::with_credentials(substituters, trusted, CacheCredentials::default())
+    }
+
+    /// The caches of `config`, with their credentials.
+    pub fn for_config(config: &CacheConfig) -> Self {
+        Self::with_credentials(
+            &config.substituters,
+            &config.trusted_public_keys,
+            config.credentials.clone(),
+        )
+    }
+
+    /// Caches whose requests carry `credentials` (read at each preflight
+    /// and realise).
+    pub fn with_credentials(
+        substituters: &[String],
+        trusted: &[CachePublicKey],
+        credentials: CacheCredentials,
+    ) -> Self {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(30))
             .user_agent(concat!("ferry-agent/", env!("CARGO_PKG_VERSION")))
+            // Caches redirect NARs to CDNs and object stores: other hosts are
+            // followed, and reqwest drops the Authorization header when the
+            // host or port changes; a downgrade to plain HTTP is never taken.
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                let downgrade = attempt.url().scheme() == "http"
+                    && attempt.previous().iter().any(|u| u.scheme() == "https");
+                if attempt.previous().len() > 5 {
+                    attempt.error("too many redirects")
+                } else if downgrade {
+                    attempt.error("redirected from https to plain http")
+                } else {
+                    attempt.follow()
+                }
+            }))
             .build()
             .expect("the TLS backend initialises");
         Self {
@@ -179,20 +265,99 @@ impl BinaryCaches {
                     .iter()
                     .map(|s| s.trim_end_matches('/').to_owned())
                     .collect(),
+                // Validated with the configuration; an unparsable one (only
+                // from a caller that skipped validation) is read as HTTP.
+                s3: substituters.iter().map(|s| S3Cache::parse(s).ok()).collect(),
                 trusted: trusted.to_vec(),
+                credentials,
             }),
         }
     }
 
     /// Fetches and checks the narinfo of `path` from the first cache that has it.
     pub async fn narinfo(&self, path: &str) -> Result<NarInfo, CacheError> {
-        Ok(self.inner.narinfo(path).await?.0)
+        let auth = Arc::new(self.inner.credentials.load()?);
+        Ok(self.inner.narinfo(path, &auth).await?.0)
+    }
+
+    /// The substituter URLs, in order.
+    pub fn substituters(&self) -> &[String] {
+        &self.inner.substituters
+    }
+
+    /// Reads the credential files (once per preflight or realise).
+    pub fn load_credentials(&self) -> Result<Arc<Loaded>, CacheError> {
+        let mut loaded = self.inner.credentials.load()?;
+        let env = |k: &str| std::env::var(k).ok();
+        for (index, s3) in self.inner.s3.iter().enumerate() {
+            let Some(s3) = s3 else { continue };
+            let file = self.inner.credentials.s3_credentials_file.as_deref();
+            match crate::s3::find_credentials(file, s3.profile.as_deref(), &env) {
+                Ok(c) => loaded.set_s3(index, c),
+                // Nothing configured anywhere: read anonymously (a public bucket).
+                Err(crate::s3::AwsCredentialsError::Read { .. })
+                    if file.is_none()
+                        && s3.profile.is_none()
+                        && env("AWS_SHARED_CREDENTIALS_FILE").is_none() => {}
+                Err(source) => {
+                    return Err(CredentialError::S3 {
+                        cache: self.inner.substituters[index].clone(),
+                        source,
+                    }
+                    .into())
+                }
+            }
+        }
+        Ok(Arc::new(loaded))
+    }
+
+    /// GETs (or, with `head`, asks for) `rest` under substituter `index` with
+    /// its credentials, for the loopback endpoint: the answer to relay.
+    pub async fn relay(
+        &self,
+        index: usize,
+        rest: &str,
+        head: bool,
+        auth: &Loaded,
+    ) -> Result<Option<reqwest::Response>, CacheError> {
+        let cache = self
+            .inner
+            .substituters
+            .get(index)
+            .ok_or_else(|| CacheError::Unreachable {
+                url: format!("substituter #{index}"),
+                detail: "no such substituter".into(),
+            })?;
+        let url = self.inner.url_of(index, cache, rest);
+        let method = if head {
+            reqwest::Method::HEAD
+        } else {
+            reqwest::Method::GET
+        };
+        // A NAR may take long; the realise timeout bounds the whole step.
+        self.inner
+            .send(index, method, &url, auth, Some(Duration::from_secs(6 * 3600)))
+            .await
     }
 
     /// Walks the closure of `toplevel` through the caches, skipping paths
     /// already in the local store (`store_dir`), verifying each narinfo's
     /// signature, and checks there is room for what will be unpacked.
     pub async fn preflight(&self, toplevel: &StorePath, store_dir: &Path) -> Result<Preflight, CacheError> {
+        let auth = self.load_credentials()?;
+        Ok(self.walk(toplevel, store_dir, &auth).await?.0)
+    }
+
+    /// [`BinaryCaches::preflight`] with the given credentials, also naming
+    /// the cache objects (narinfos and NARs, relative to the cache) of the
+    /// missing paths: all that the relay serves for this closure.
+    pub async fn walk(
+        &self,
+        toplevel: &StorePath,
+        store_dir: &Path,
+        auth: &Arc<Loaded>,
+    ) -> Result<(Preflight, BTreeSet<String>), CacheError> {
+        let mut objects = BTreeSet::new();
         let mut seen: HashSet<String> = HashSet::new();
         let mut queue: VecDeque<String> = VecDeque::new();
         let mut tasks: JoinSet<Result<(NarInfo, String), CacheError>> = JoinSet::new();
@@ -225,7 +390,8 @@ impl BinaryCaches {
             while tasks.len() < PARALLEL_FETCHES {
                 let Some(base) = queue.pop_front() else { break };
                 let inner = self.inner.clone();
-                tasks.spawn(async move { inner.narinfo(&format!("/nix/store/{base}")).await });
+                let auth = auth.clone();
+                tasks.spawn(async move { inner.narinfo(&format!("/nix/store/{base}"), &auth).await });
             }
             let Some(joined) = tasks.join_next().await else {
                 break;
@@ -235,6 +401,9 @@ impl BinaryCaches {
             result.download_bytes += info.file_size.unwrap_or(info.nar_size);
             result.unpacked_bytes += info.nar_size;
             result.signers.insert(signer);
+            let base = info.store_path.base_name();
+            objects.insert(format!("{}.narinfo", base.get(..32).unwrap_or(base)));
+            objects.insert(info.url.clone());
             for r in info.references {
                 enqueue(r, &mut seen, &mut queue, &mut result);
             }
@@ -243,23 +412,24 @@ impl BinaryCaches {
             }
         }
         check_disk(store_dir, result.unpacked_bytes)?;
-        Ok(result)
+        Ok((result, objects))
     }
 }
 
 impl Inner {
     /// The checked narinfo of `path` and the name of the key that vouched for it.
-    async fn narinfo(&self, path: &str) -> Result<(NarInfo, String), CacheError> {
+    async fn narinfo(&self, path: &str, auth: &Loaded) -> Result<(NarInfo, String), CacheError> {
         let hash = path
             .strip_prefix("/nix/store/")
             .and_then(|b| b.get(..32))
             .unwrap_or(path);
         let mut unreachable = None;
-        for cache in &self.substituters {
-            let url = format!("{cache}/{hash}.narinfo");
-            let body = match self.get(&url).await {
+        for (index, cache) in self.substituters.iter().enumerate() {
+            let url = self.url_of(index, cache, &format!("{hash}.narinfo"));
+            let body = match self.get(index, &url, auth).await {
                 Ok(Some(body)) => body,
                 Ok(None) => continue,
+                Err(e @ (CacheError::Denied { .. } | CacheError::Credentials(_))) => return Err(e),
                 Err(e) => {
                     unreachable.get_or_insert(e);
                     continue;
@@ -286,7 +456,7 @@ impl Inner {
     }
 
     /// GETs a URL (http(s) or file), `None` for "not there".
-    async fn get(&self, url: &str) -> Result<Option<Vec<u8>>, CacheError> {
+    async fn get(&self, index: usize, url: &str, auth: &Loaded) -> Result<Option<Vec<u8>>, CacheError> {
         let unreachable = |detail: String| CacheError::Unreachable {
             url: url.to_owned(),
             detail,
@@ -305,17 +475,9 @@ impl Inner {
                 Err(e) => Err(unreachable(e.to_string())),
             };
         }
-        let mut response = self
-            .client
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| unreachable(error_chain(&e)))?;
-        match response.status().as_u16() {
-            200 => {}
-            404 | 403 => return Ok(None),
-            code => return Err(unreachable(format!("HTTP {code}"))),
-        }
+        let Some(mut response) = self.send(index, reqwest::Method::GET, url, auth, None).await? else {
+            return Ok(None);
+        };
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(|e| unreachable(error_chain(&e)))? {
             body.extend_from_slice(&chunk);
@@ -324,6 +486,197 @@ impl Inner {
             }
         }
         Ok(Some(body))
+    }
+}
+
+impl Inner {
+    /// The URL of `rest` in substituter `index` (whose URL is `cache`).
+    fn url_of(&self, index: usize, cache: &str, rest: &str) -> String {
+        match self.s3.get(index) {
+            Some(Some(s3)) => s3.object_url(rest),
+            _ => format!("{cache}/{rest}"),
+        }
+    }
+
+    /// Sends one request with the credentials for its host: `None` for "not
+    /// there" (404, or 403 without credentials as public S3 buckets answer),
+    /// the response for a 2xx, an error naming the cache and the credential
+    /// file for a refusal.
+    async fn send(
+        &self,
+        index: usize,
+        method: reqwest::Method,
+        url: &str,
+        auth: &Loaded,
+        timeout: Option<Duration>,
+    ) -> Result<Option<reqwest::Response>, CacheError> {
+        let unreachable = |detail: String| CacheError::Unreachable {
+            url: url.to_owned(),
+            detail,
+        };
+        let parsed = reqwest::Url::parse(url).map_err(|e| unreachable(e.to_string()))?;
+        if let Some(Some(s3)) = self.s3.get(index) {
+            return self.send_s3(s3, auth.s3(index), method, parsed, timeout).await;
+        }
+        let authorization = auth.for_url(&parsed)?;
+        let mut request = self.client.request(method, parsed);
+        if let Some(a) = &authorization {
+            request = request.header(reqwest::header::AUTHORIZATION, a.header());
+        }
+        if let Some(t) = timeout {
+            request = request.timeout(t);
+        }
+        let response = request.send().await.map_err(|e| unreachable(error_chain(&e)))?;
+        let status = response.status().as_u16();
+        match (status, &authorization) {
+            (200..=299, _) => Ok(Some(response)),
+            (404, _) | (403, None) => Ok(None),
+            (401 | 403, Some(a)) => Err(CacheError::Denied {
+                url: url.to_owned(),
+                status,
+                advice: format!(
+                    "the cache refused the credentials from {}; check them (and that they allow reading)",
+                    a.source.display()
+                ),
+            }),
+            (401, None) => Err(CacheError::Denied {
+                url: url.to_owned(),
+                status,
+                advice: "the cache needs credentials: add its host to cache.netrc_file or cache.bearer_token_files".into(),
+            }),
+            (code, _) => Err(unreachable(format!("HTTP {code}"))),
+        }
+    }
+}
+
+impl Inner {
+    /// [`Inner::send`] for an `s3://` substituter: signed with SigV4 when it
+    /// has credentials, S3's error answers read into what to do.
+    async fn send_s3(
+        &self,
+        s3: &S3Cache,
+        credentials: Option<&crate::s3::AwsCredentials>,
+        method: reqwest::Method,
+        url: reqwest::Url,
+        timeout: Option<Duration>,
+    ) -> Result<Option<reqwest::Response>, CacheError> {
+        let shown = url.to_string();
+        let cache = format!("s3://{}", s3.bucket);
+        let mut request = self.client.request(method.clone(), url.clone());
+        if let Some(c) = credentials {
+            if !crate::credentials::may_carry_credentials(&url) {
+                return Err(CredentialError::PlainHttp {
+                    host: url.host_str().unwrap_or("").to_owned(),
+                    path: c.source.clone().into(),
+                }
+                .into());
+            }
+            let signed = crate::s3::sign(method.as_str(), &url, &s3.region, "s3", c, chrono::Utc::now());
+            for (name, value) in signed {
+                let mut value = reqwest::header::HeaderValue::from_str(&value).map_err(|_| {
+                    CacheError::Credentials(CredentialError::NotAHeader {
+                        path: c.source.clone().into(),
+                    })
+                })?;
+                value.set_sensitive(true);
+                request = request.header(name, value);
+            }
+        }
+        if let Some(t) = timeout {
+            request = request.timeout(t);
+        }
+        let response = request.send().await.map_err(|e| CacheError::Unreachable {
+            url: shown.clone(),
+            detail: error_chain(&e),
+        })?;
+        let status = response.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(Some(response));
+        }
+        let header_region = response
+            .headers()
+            .get("x-amz-bucket-region")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = read_bounded(response, crate::s3::MAX_ERROR_BYTES).await;
+        let mut error = crate::s3::parse_error(&body);
+        error.region = error.region.or(header_region);
+        s3_answer(
+            &cache,
+            &shown,
+            status,
+            &error,
+            credentials.map(|c| c.source.as_str()),
+        )
+    }
+}
+
+/// Reads up to `limit` bytes of a response body (what is there; errors end it).
+async fn read_bounded(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        body.extend_from_slice(&chunk);
+        if body.len() >= limit {
+            body.truncate(limit);
+            break;
+        }
+    }
+    body
+}
+
+/// What an S3 error answer means: `None` for a missing object, else an
+/// error saying what to change. Pure.
+pub fn s3_answer(
+    cache: &str,
+    url: &str,
+    status: u16,
+    error: &S3ErrorBody,
+    credentials: Option<&str>,
+) -> Result<Option<reqwest::Response>, CacheError> {
+    let code = error.code.as_deref().unwrap_or("");
+    let said = match (&error.code, &error.message) {
+        (Some(c), Some(m)) => format!(" ({c}: {m})"),
+        (Some(c), None) => format!(" ({c})"),
+        _ => String::new(),
+    };
+    let denied = |advice: String| {
+        Err(CacheError::Denied {
+            url: url.to_owned(),
+            status,
+            advice,
+        })
+    };
+    let wrong_region = matches!(
+        code,
+        "PermanentRedirect" | "AuthorizationHeaderMalformed" | "IllegalLocationConstraintException"
+    ) || status == 301;
+    match (status, code) {
+        (404, "NoSuchBucket") => denied(format!(
+            "{cache} does not exist at this endpoint{said}: check the bucket name, endpoint= and region="
+        )),
+        (404, _) => Ok(None),
+        _ if wrong_region => denied(match &error.region {
+            Some(r) => format!("the bucket is in region {r}: add region={r} to the substituter URL{said}"),
+            None => format!("the bucket is in another region: set region= in the substituter URL{said}"),
+        }),
+        (401 | 403, "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "InvalidToken" | "ExpiredToken") => {
+            denied(format!(
+                "{cache} refused the key from {}{said}: check the key pair",
+                credentials.unwrap_or("nowhere (no credentials were found)")
+            ))
+        }
+        (401 | 403, _) => match credentials {
+            Some(from) => denied(format!(
+                "access denied to {cache} for the key from {from}{said}: it needs s3:GetObject (and s3:ListBucket, without which a missing object is answered this way too)"
+            )),
+            None => denied(format!(
+                "{cache} needs credentials{said}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile, or cache.s3_credentials_file"
+            )),
+        },
+        _ => Err(CacheError::Unreachable {
+            url: url.to_owned(),
+            detail: format!("HTTP {status}{said}"),
+        }),
     }
 }
 
@@ -353,4 +706,52 @@ fn check_disk(store_dir: &Path, need: u64) -> Result<(), CacheError> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, body: &str, creds: Option<&str>) -> String {
+        match s3_answer(
+            "s3://b",
+            "https://b.s3.amazonaws.com/x",
+            status,
+            &crate::s3::parse_error(body.as_bytes()),
+            creds,
+        ) {
+            Ok(None) => "missing".into(),
+            Ok(Some(_)) => unreachable!("errors only"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// The answers AWS gives, as documented in its error-code list.
+    #[test]
+    fn s3_answers_say_what_to_change() {
+        assert_eq!(
+            answer(404, "<Error><Code>NoSuchKey</Code></Error>", Some("f")),
+            "missing"
+        );
+        assert!(answer(404, "<Error><Code>NoSuchBucket</Code></Error>", Some("f")).contains("does not exist"));
+        let region = answer(
+            400,
+            "<Error><Code>AuthorizationHeaderMalformed</Code><Message>the region 'us-east-1' is wrong; expecting 'eu-west-1'</Message><Region>eu-west-1</Region></Error>",
+            Some("f"),
+        );
+        assert!(region.contains("add region=eu-west-1"), "{region}");
+        let moved = answer(301, "<Error><Code>PermanentRedirect</Code></Error>", Some("f"));
+        assert!(moved.contains("another region"), "{moved}");
+        let key = answer(
+            403,
+            "<Error><Code>InvalidAccessKeyId</Code></Error>",
+            Some("/run/aws"),
+        );
+        assert!(key.contains("refused the key from /run/aws"), "{key}");
+        let denied = answer(403, "<Error><Code>AccessDenied</Code></Error>", Some("/run/aws"));
+        assert!(denied.contains("s3:GetObject"), "{denied}");
+        let anonymous = answer(403, "<Error><Code>AccessDenied</Code></Error>", None);
+        assert!(anonymous.contains("needs credentials"), "{anonymous}");
+        assert!(answer(500, "", None).contains("HTTP 500"));
+    }
 }

@@ -51,6 +51,8 @@ pub struct CacheConfig {
     pub substituters: Vec<String>,
     /// Keys narinfo signatures must verify against.
     pub trusted_public_keys: Vec<CachePublicKey>,
+    /// Where the caches' credentials are read from.
+    pub credentials: crate::credentials::CacheCredentials,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -286,6 +288,10 @@ fn secs<const N: u64>() -> HumanDuration {
 pub(crate) struct CacheFile {
     pub(crate) substituters: Vec<String>,
     pub(crate) trusted_public_keys: Vec<String>,
+    pub(crate) netrc_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) bearer_token_files: std::collections::BTreeMap<String, PathBuf>,
+    pub(crate) s3_credentials_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -512,7 +518,7 @@ context = "ferry/{{host}}"
                 "`source.url`",
             ),
             (
-                minimal().replace("https://cache.example.com", "s3://bucket"),
+                minimal().replace("https://cache.example.com", "ftp://cache.example.com"),
                 "`cache.substituters`",
             ),
             (

@@ -241,7 +241,10 @@ pub fn verify_severity(e: &VerifyError) -> Severity {
 /// The severity of a closure the preflight refused.
 pub fn cache_severity(e: &CacheError) -> Severity {
     match e {
-        CacheError::Unreachable { .. } | CacheError::Disk { .. } => Severity::Error,
+        CacheError::Unreachable { .. }
+        | CacheError::Disk { .. }
+        | CacheError::Denied { .. }
+        | CacheError::Credentials(_) => Severity::Error,
         _ => Severity::Failure,
     }
 }

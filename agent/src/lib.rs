@@ -15,7 +15,10 @@
 //! - [`durable`]: atomic file replacement.
 //! - [`lock`]: one agent per state directory.
 //! - [`narinfo`]: binary cache metadata, signature fingerprints, cache keys.
-//! - [`cache`]: the binary cache client and the closure preflight.
+//! - [`cache`]: the binary cache client and the closure preflight;
+//!   [`credentials`]: netrc and bearer tokens for private caches;
+//!   [`cache_serve`]: the loopback cache the realise step reads through;
+//!   [`s3`]: `s3://` caches: URLs, SigV4, AWS credentials, S3 errors.
 //! - [`source`]: the deploy repository: cheap tip check, bounded fetch, ancestry.
 //! - [`git_http`]: smart HTTP(S) for libgit2 over reqwest and rustls (no OpenSSL).
 //! - [`git_daemon`]: `git://` for libgit2, with a total deadline and size cap.
@@ -28,7 +31,9 @@
 //!   the journal.
 
 pub mod cache;
+pub mod cache_serve;
 pub mod config;
+pub mod credentials;
 pub mod daemon;
 pub mod decide;
 pub mod durable;
@@ -41,6 +46,7 @@ pub mod logging;
 pub mod narinfo;
 pub mod reconcile;
 pub mod report;
+pub mod s3;
 pub mod seams;
 pub mod source;
 pub mod state;

@@ -21,6 +21,7 @@ use git2::Oid;
 use tracing::{error, info, warn};
 
 use crate::cache::{BinaryCaches, CacheError, Preflight};
+use crate::cache_serve::LoopbackCache;
 use crate::config::{Config, HealthCommand};
 use crate::decide::SwitchResult;
 use crate::forge::{Delivery, ForgeClient};
@@ -152,10 +153,7 @@ impl Seams {
         let outbox = Outbox::open(&config.state_dir)?;
         Ok(Seams {
             source: Box::new(GitSource(Arc::new(Mutex::new(source)))),
-            caches: Box::new(LiveCaches(BinaryCaches::new(
-                &config.cache.substituters,
-                &config.cache.trusted_public_keys,
-            ))),
+            caches: Box::new(LiveCaches(BinaryCaches::for_config(&config.cache))),
             store: Box::new(LiveStore::for_config(config)),
             units: Box::new(SystemdUnits {
                 systemd: None,
@@ -251,6 +249,8 @@ impl ClosureCache for LiveCaches {
 #[derive(Debug, Clone)]
 pub struct LiveStore {
     pub store: Store,
+    /// The caches the closure is realised from, relayed to Nix on loopback.
+    pub caches: BinaryCaches,
     /// `/run/current-system`.
     pub current_system: PathBuf,
     /// `/run/booted-system`.
@@ -273,6 +273,7 @@ impl LiveStore {
                     .collect(),
                 realise_timeout: config.switch.timeout.max(Duration::from_secs(3600)),
             },
+            caches: BinaryCaches::for_config(&config.cache),
             current_system: PathBuf::from(store::CURRENT_SYSTEM),
             booted_system: PathBuf::from(store::BOOTED_SYSTEM),
         }
@@ -282,7 +283,7 @@ impl LiveStore {
 impl NixStore for LiveStore {
     fn realise(&mut self, toplevel: &StorePath) -> Pending<'_, Result<(), StoreError>> {
         let toplevel = toplevel.clone();
-        Box::pin(async move { self.store.realise(&toplevel, "current").await })
+        Box::pin(async move { realise_via_relay(&self.store, &self.caches, &toplevel, "current").await })
     }
 
     fn set_profile(&mut self, toplevel: &StorePath) -> Pending<'_, Result<(), StoreError>> {
@@ -300,6 +301,38 @@ impl NixStore for LiveStore {
 
     fn kernel_changed(&self, toplevel: &StorePath) -> bool {
         store::reboot_required(&self.booted_system, toplevel)
+    }
+}
+
+/// Realises `toplevel` from `caches` through the loopback relay: the closure
+/// is walked again with freshly read credentials (every narinfo checked, as
+/// in the preflight), the relay serves just those objects, and Nix realises
+/// from it; a failure says what the cache answered.
+pub async fn realise_via_relay(
+    store: &Store,
+    caches: &BinaryCaches,
+    toplevel: &StorePath,
+    root_name: &str,
+) -> Result<(), StoreError> {
+    let store_dir = Path::new(ferry_signer::names::STORE_DIR);
+    let closure = async {
+        let credentials = caches.load_credentials()?;
+        let (_, objects) = caches.walk(toplevel, store_dir, &credentials).await?;
+        Ok::<_, CacheError>((credentials, objects))
+    };
+    let (credentials, objects) = closure.await.map_err(|e| StoreError::Closure(e.to_string()))?;
+    let relay = LoopbackCache::start(caches.clone(), credentials, objects)
+        .await
+        .map_err(StoreError::Relay)?;
+    let result = store
+        .realise_from(toplevel, root_name, relay.substituters())
+        .await;
+    match (result, relay.failure()) {
+        (Err(nix), Some(cache)) => Err(StoreError::Cache {
+            nix: Box::new(nix),
+            cache,
+        }),
+        (result, _) => result,
     }
 }
 

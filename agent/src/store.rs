@@ -25,6 +25,12 @@ pub enum StoreError {
         status: String,
         stderr: String,
     },
+    #[error("{nix}; the binary cache behind it: {cache}")]
+    Cache { nix: Box<StoreError>, cache: String },
+    #[error("cannot serve the binary caches to Nix on loopback: {0}")]
+    Relay(std::io::Error),
+    #[error("the closure cannot be read from the binary caches: {0}")]
+    Closure(String),
     #[error("{program} did not finish within {}s", .timeout.as_secs())]
     Timeout {
         program: &'static str,
@@ -51,6 +57,17 @@ impl Store {
     /// Realises `toplevel`'s closure from the pinned substituters only, with
     /// signatures required, and roots it at `<gc_roots>/<name>`.
     pub async fn realise(&self, toplevel: &StorePath, root_name: &str) -> Result<(), StoreError> {
+        self.realise_from(toplevel, root_name, &self.substituters).await
+    }
+
+    /// [`Store::realise`] from `substituters` (the loopback relay of the
+    /// configured ones, see `cache_serve.rs`).
+    pub async fn realise_from(
+        &self,
+        toplevel: &StorePath,
+        root_name: &str,
+        substituters: &[String],
+    ) -> Result<(), StoreError> {
         std::fs::create_dir_all(&self.gc_roots).map_err(|source| StoreError::GcRoots {
             path: self.gc_roots.clone(),
             source,
@@ -61,7 +78,7 @@ impl Store {
             .arg(toplevel.as_str())
             .arg("--add-root")
             .arg(&root)
-            .args(["--option", "substituters", &self.substituters.join(" ")])
+            .args(["--option", "substituters", &substituters.join(" ")])
             .args([
                 "--option",
                 "trusted-public-keys",
@@ -70,6 +87,10 @@ impl Store {
             .args(["--option", "require-sigs", "true"])
             .args(["--option", "extra-substituters", ""])
             .args(["--option", "builders", ""])
+            // The relay listens on a new port each time: Nix's narinfo cache
+            // (keyed by URL) must not answer for an earlier relay's port.
+            .args(["--option", "narinfo-cache-negative-ttl", "0"])
+            .args(["--option", "narinfo-cache-positive-ttl", "0"])
             // Never build: a closure that cannot be substituted is refused.
             .args(["--option", "max-jobs", "0"]);
         run("nix-store", cmd, self.realise_timeout).await.map(drop)

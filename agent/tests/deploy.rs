@@ -12,6 +12,8 @@ use crate::common::git::{git, DeployRepo, GitDaemon};
 use crate::common::git_http::GitHttp;
 use crate::common::http::StaticServer;
 use crate::common::nix::{self, Behaviour, Cache};
+use crate::common::private_cache::PrivateCache;
+use crate::common::s3::Moto;
 use crate::common::systemd::Testbed;
 
 /// Where the agent binary is installed inside the testbed.
@@ -1115,3 +1117,58 @@ fn the_service_survives_kill_and_outages_over_smart_http() {
 
 // Secrets (sops-nix, agenix) through a deploy, on this file's `World`.
 mod secrets;
+
+/// Full deploys (pending → success) from a private cache that demands a
+/// bearer token, then from an S3 bucket (moto, authentication on), each
+/// realised by the agent through its loopback relay inside the testbed.
+#[test]
+fn deploys_from_a_private_cache_and_from_s3() {
+    let w = World::new(&[("b", Behaviour::Succeed), ("c", Behaviour::Succeed)]);
+    let public = format!("substituters = [\"http://127.0.0.1:{}\"]\n", w.cache_port);
+
+    let private = PrivateCache::start(&w.cache_dir, Some("Bearer cache-tok".into()), None);
+    std::fs::write(w.bed.host_path("/etc/ferry/cache-token"), "cache-tok\n").unwrap();
+    w.set_config(
+        &public,
+        &format!(
+            "substituters = [\"{}\"]\nbearer_token_files = {{ \"127.0.0.1\" = \"/etc/ferry/cache-token\" }}\n",
+            private.url()
+        ),
+    );
+    let r1 = w.release("b");
+    let (ok, out) = w.once();
+    assert!(ok && out.contains("deployed"), "{out}");
+    assert_eq!(w.running(), w.systems["b"]);
+    let states: Vec<String> = w.status_of(&r1).into_iter().map(|(s, _)| s).collect();
+    assert_eq!(states, ["pending", "success"]);
+    assert!(private.seen().iter().any(|s| s.target.starts_with("/nar/")));
+    assert!(private
+        .seen()
+        .iter()
+        .all(|s| s.authorization.as_deref() == Some("Bearer cache-tok")));
+
+    let moto = Moto::start();
+    moto.upload_cache("deploy-cache", "us-east-1", &w.cache_dir);
+    std::fs::write(
+        w.bed.host_path("/etc/ferry/aws-credentials"),
+        format!(
+            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            moto.key.access_key_id,
+            moto.key.secret_access_key.as_str()
+        ),
+    )
+    .unwrap();
+    w.set_config(
+        &public,
+        &format!(
+            "substituters = [\"s3://deploy-cache?endpoint={}\"]\ns3_credentials_file = \"/etc/ferry/aws-credentials\"\n",
+            moto.endpoint()
+        ),
+    );
+    let r2 = w.release("c");
+    let (ok, out) = w.once();
+    assert!(ok && out.contains("deployed"), "{out}");
+    assert_eq!(w.running(), w.systems["c"]);
+    let states: Vec<String> = w.status_of(&r2).into_iter().map(|(s, _)| s).collect();
+    assert_eq!(states, ["pending", "success"]);
+}

@@ -221,10 +221,19 @@ fn check_option(
         [s, key @ ..] if s == "settings" => (keys, key.join("."), "agent.toml key under settings"),
         _ => (options, rest.join("."), "option"),
     };
-    let fine = match is_set {
-        true => dotted.is_empty() || known.iter().any(|k| k.starts_with(&format!("{dotted}."))),
-        false => known.contains(&dotted),
-    };
+    // An option (or key) whose value is itself an attribute set, such as
+    // `cacheBearerTokenFiles = { HOST = …; }`, takes any names inside it.
+    let parts: Vec<&str> = dotted.split('.').collect();
+    let inside_a_set_option = (1..parts.len()).any(|n| known.contains(&parts[..n].join(".")));
+    let fine = inside_a_set_option
+        || match is_set {
+            true => {
+                dotted.is_empty()
+                    || known.contains(&dotted)
+                    || known.iter().any(|k| k.starts_with(&format!("{dotted}.")))
+            }
+            false => known.contains(&dotted),
+        };
     (!fine).then(|| format!("`services.ferry-agent.{}` is not an {what}", rest.join(".")))
 }
 

@@ -1,0 +1,257 @@
+//! The loopback binary cache the realise step reads from: for the length of
+//! one `nix-store --realise`, the agent listens on `127.0.0.1:<random port>`
+//! and relays each GET or HEAD under `/<n>/…` to substituter `n` with the
+//! same client, the same credentials and the same redirect policy the
+//! preflight used. Nix therefore fetches the closure the preflight checked,
+//! from the same caches, without ever seeing a credential; it still checks
+//! every signature against the pinned keys itself. It serves only the
+//! objects of the closure it was started for (its narinfos and NARs, and
+//! `nix-cache-info`): another local process reaching the port gets nothing
+//! the realised store paths will not show it anyway. `file://` substituters
+//! are handed to Nix as they are (there is nothing to authenticate).
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::warn;
+
+use crate::cache::{BinaryCaches, CacheError};
+use crate::credentials::Loaded;
+
+/// A request head longer than this is refused (Nix sends a few hundred bytes).
+const MAX_HEAD_BYTES: usize = 16 << 10;
+
+/// A running loopback endpoint; stops when dropped.
+#[derive(Debug)]
+pub struct LoopbackCache {
+    substituters: Vec<String>,
+    task: tokio::task::JoinHandle<()>,
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+/// What a request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub head: bool,
+    /// The substituter's index.
+    pub cache: usize,
+    /// The path under it (`nix-cache-info`, `<hash>.narinfo`, `nar/…`).
+    pub rest: String,
+}
+
+/// Reads a request line (`GET /0/nar/x.nar.xz HTTP/1.1`) into a route; the
+/// HTTP status to answer otherwise. Pure, so it is tested without sockets.
+pub fn route(request_line: &str) -> Result<Route, u16> {
+    let mut parts = request_line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(400);
+    };
+    if !version.starts_with("HTTP/1.") {
+        return Err(400);
+    }
+    let head = match method {
+        "GET" => false,
+        "HEAD" => true,
+        _ => return Err(405),
+    };
+    let target = target.split('?').next().unwrap_or("");
+    let Some((index, rest)) = target.strip_prefix('/').and_then(|t| t.split_once('/')) else {
+        return Err(404);
+    };
+    let cache: usize = index.parse().map_err(|_| 404u16)?;
+    let safe = |c: char| c.is_ascii_alphanumeric() || "._-+=/".contains(c);
+    if rest.is_empty()
+        || !rest.chars().all(safe)
+        || rest.starts_with('/')
+        || rest
+            .split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
+        return Err(404);
+    }
+    Ok(Route {
+        head,
+        cache,
+        rest: rest.to_owned(),
+    })
+}
+
+impl LoopbackCache {
+    /// Listens on a random loopback port and serves `caches` with
+    /// `credentials` until dropped.
+    pub async fn start(
+        caches: BinaryCaches,
+        credentials: Arc<Loaded>,
+        objects: BTreeSet<String>,
+    ) -> std::io::Result<Self> {
+        let objects = Arc::new(objects);
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let port = listener.local_addr()?.port();
+        let substituters = caches
+            .substituters()
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                if s.starts_with("file://") {
+                    s.clone()
+                } else {
+                    format!("http://127.0.0.1:{port}/{i}")
+                }
+            })
+            .collect();
+        let failure = Arc::new(Mutex::new(None));
+        let recorded = failure.clone();
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((stream, _)) = accepted else { continue };
+                        let (caches, credentials, recorded) = (caches.clone(), credentials.clone(), recorded.clone());
+                        let objects = objects.clone();
+                        connections.spawn(async move {
+                            if let Err(e) = serve(stream, &caches, &credentials, &objects).await {
+                                warn!("binary cache relay: {e}");
+                                *recorded.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                            }
+                        });
+                    }
+                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                }
+            }
+        });
+        Ok(Self {
+            substituters,
+            task,
+            failure,
+        })
+    }
+
+    /// The substituters to hand Nix, in the configured order.
+    pub fn substituters(&self) -> &[String] {
+        &self.substituters
+    }
+
+    /// The last upstream problem, if any (why Nix could not substitute).
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl Drop for LoopbackCache {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Answers one request on `stream`, then closes it.
+async fn serve(
+    mut stream: TcpStream,
+    caches: &BinaryCaches,
+    credentials: &Loaded,
+    objects: &BTreeSet<String>,
+) -> Result<(), CacheError> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 2048];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await.unwrap_or(0);
+        if n == 0 || head.len() + n > MAX_HEAD_BYTES {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    let line = line.lines().next().unwrap_or("");
+    let route = match route(line) {
+        Ok(r) => r,
+        Err(code) => return respond(&mut stream, code, None).await,
+    };
+    if route.rest != "nix-cache-info" && !objects.contains(&route.rest) {
+        return respond(&mut stream, 404, None).await;
+    }
+    let upstream = caches
+        .relay(route.cache, &route.rest, route.head, credentials)
+        .await;
+    let mut response = match upstream {
+        Ok(Some(r)) => r,
+        Ok(None) => return respond(&mut stream, 404, None).await,
+        Err(e) => {
+            let _ = respond(&mut stream, 502, None).await;
+            return Err(e);
+        }
+    };
+    respond(&mut stream, 200, response.content_length()).await?;
+    if route.head {
+        return Ok(());
+    }
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if stream.write_all(&chunk).await.is_err() {
+                    return Ok(()); // Nix hung up.
+                }
+            }
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                return Err(CacheError::Unreachable {
+                    url: format!("substituter #{} /{}", route.cache, route.rest),
+                    detail: e.to_string(),
+                })
+            }
+        }
+    }
+}
+
+async fn respond(stream: &mut TcpStream, code: u16, length: Option<u64>) -> Result<(), CacheError> {
+    let reason = match code {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "Bad Gateway",
+    };
+    let mut head = format!("HTTP/1.1 {code} {reason}\r\nConnection: close\r\n");
+    match length {
+        Some(n) => head.push_str(&format!("Content-Length: {n}\r\n")),
+        None if code != 200 => head.push_str("Content-Length: 0\r\n"),
+        None => {}
+    }
+    head.push_str("\r\n");
+    // A client that went away is not the cache's problem.
+    let _ = stream.write_all(head.as_bytes()).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_name_a_substituter_and_a_safe_path() {
+        assert_eq!(
+            route("GET /1/nar/0abc.nar.xz HTTP/1.1"),
+            Ok(Route {
+                head: false,
+                cache: 1,
+                rest: "nar/0abc.nar.xz".into()
+            })
+        );
+        assert_eq!(route("HEAD /0/nix-cache-info HTTP/1.1").map(|r| r.head), Ok(true));
+        assert_eq!(
+            route("GET /0/abc.narinfo?x=1 HTTP/1.1").map(|r| r.rest),
+            Ok("abc.narinfo".into())
+        );
+        assert_eq!(route("POST /0/x HTTP/1.1"), Err(405));
+        assert_eq!(route("GET /0/../etc/passwd HTTP/1.1"), Err(404));
+        assert_eq!(route("GET /0//x HTTP/1.1"), Err(404));
+        assert_eq!(route("GET /0/a%2f HTTP/1.1"), Err(404));
+        assert_eq!(route("GET /x/a HTTP/1.1"), Err(404));
+        assert_eq!(route("GET /0/ HTTP/1.1"), Err(404));
+        assert_eq!(route("GET / HTTP/1.1"), Err(404));
+        assert_eq!(route("GET /0/a"), Err(400));
+    }
+}
