@@ -6,7 +6,6 @@
 //! `health::validate`, `report::validate`), which names the key it refuses.
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use ferry_signer::HostName;
@@ -100,13 +99,9 @@ pub struct ForgeTarget {
     pub token_file: PathBuf,
 }
 
-/// Which forge API statuses are posted to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Forge {
-    Github,
-    Gitea,
-    Gitlab,
-}
+/// Which forge API statuses are posted to: the signer's, so both sides name
+/// the forges alike.
+pub use ferry_signer::forge::ForgeKind as Forge;
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -367,25 +362,11 @@ impl<'de> Deserialize<'de> for ForgeSetting {
         let s = String::deserialize(d)?;
         match s.as_str() {
             "none" => Ok(ForgeSetting(None)),
-            other => other
-                .parse()
-                .map(|f| ForgeSetting(Some(f)))
-                .map_err(serde::de::Error::custom),
-        }
-    }
-}
-
-impl FromStr for Forge {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "github" => Ok(Forge::Github),
-            "gitea" | "forgejo" => Ok(Forge::Gitea),
-            "gitlab" => Ok(Forge::Gitlab),
-            other => Err(format!(
-                "`{other}` is not a forge: expected github, gitea, forgejo, gitlab or none"
-            )),
+            other => other.parse().map(|f| ForgeSetting(Some(f))).map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "`{other}` is not a forge: expected github, gitea, forgejo, gitlab or none"
+                ))
+            }),
         }
     }
 }

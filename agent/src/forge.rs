@@ -1,10 +1,13 @@
 //! Delivering commit statuses to the forge over HTTPS: the outbox is drained
 //! oldest first; a network failure or 5xx stops the drain (order is kept and
 //! it is retried later); 401/403/404 are configuration problems, reported
-//! with the repository and token file; other 4xx drop the one status.
+//! with the repository and token file; other 4xx drop the one status. The
+//! requests are `ferry_signer::forge`'s (through `report::request_for`).
 
 use std::path::PathBuf;
 use std::time::Duration;
+
+use ferry_signer::forge::{without_url, Token};
 
 use crate::config::{Forge, ForgeTarget};
 use crate::report::{self, CommitStatus, Outbox};
@@ -62,7 +65,15 @@ impl ForgeClient {
     pub async fn send(&self, status: &CommitStatus) -> Delivery {
         let path = &self.token_file;
         let token = match std::fs::read_to_string(path) {
-            Ok(t) => t.trim().to_owned(),
+            Ok(t) => match Token::new(&t) {
+                Ok(token) => token,
+                Err(_) => {
+                    return Delivery::Misconfigured(format!(
+                        "token file {} is empty or holds more than one line",
+                        path.display()
+                    ))
+                }
+            },
             Err(e) => {
                 return Delivery::Misconfigured(format!("cannot read token file {}: {e}", path.display()))
             }
@@ -127,19 +138,4 @@ impl ForgeClient {
             }
         }
     }
-}
-
-/// reqwest's error chain, without the URL (which the caller names itself).
-fn without_url(e: &reqwest::Error) -> String {
-    let mut s = e.to_string();
-    if let Some(url) = e.url() {
-        s = s.replace(&format!(" ({url})"), "");
-    }
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
 }

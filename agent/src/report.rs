@@ -1,19 +1,28 @@
-//! Commit statuses: what a deploy tells the forge, the exact HTTP request each
-//! forge expects (GitHub, Gitea/Forgejo, GitLab), and the durable outbox that
-//! holds statuses until the forge accepts them, in order, across restarts.
-//! Building requests is pure; sending is `forge.rs`'s.
+//! Commit statuses: what a deploy tells the forge, the HTTP request each forge
+//! expects (GitHub, Gitea/Forgejo, GitLab), and the durable outbox that holds
+//! statuses until the forge accepts them, in order, across restarts. The
+//! statuses and their requests are `ferry_signer::forge`'s, the one copy the
+//! signer posts with too; this module adds the agent's User-Agent. Building
+//! requests is pure; sending is `forge.rs`'s.
 
 use std::path::{Path, PathBuf};
 
-use ferry_signer::CommitId;
+use ferry_signer::forge::{status_request, Token};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{absolute, Forge, ForgeTarget, Invalid, ReportConfig, ReportFile};
 use crate::durable::atomic_write;
 use crate::state::StateError;
 
+/// One status to post on one commit; `CommitStatus::new` cuts the
+/// description to [`MAX_DESCRIPTION_CHARS`].
+pub use ferry_signer::forge::NewStatus as CommitStatus;
+/// An HTTP request, ready to send: method is always POST.
+pub use ferry_signer::forge::StatusRequest;
+/// A commit status state, in Ferry's terms.
+pub use ferry_signer::forge::StatusState;
 /// GitHub refuses longer descriptions; we hold every forge to it.
-pub const MAX_DESCRIPTION_CHARS: usize = 140;
+pub use ferry_signer::forge::MAX_DESCRIPTION_CHARS;
 /// Oldest statuses are dropped beyond this many waiting (with a log line).
 pub const MAX_OUTBOX_ENTRIES: usize = 1000;
 
@@ -75,135 +84,21 @@ pub(crate) fn validate(r: ReportFile) -> Result<ReportConfig, Invalid> {
     })
 }
 
-/// A commit status state, in Ferry's terms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StatusState {
-    Pending,
-    Success,
-    Failure,
-    Error,
-}
-
-impl StatusState {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            StatusState::Pending => "pending",
-            StatusState::Success => "success",
-            StatusState::Failure => "failure",
-            StatusState::Error => "error",
-        }
-    }
-
-    pub(crate) fn parse(s: &str) -> Option<Self> {
-        use StatusState::*;
-        [Pending, Success, Failure, Error]
-            .into_iter()
-            .find(|k| k.as_str() == s)
-    }
-
-    /// GitLab's names: pending, running, success, failed, canceled.
-    fn gitlab(self) -> &'static str {
-        match self {
-            StatusState::Pending => "running",
-            StatusState::Success => "success",
-            StatusState::Failure | StatusState::Error => "failed",
-        }
-    }
-}
-
-/// One status to post on one commit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommitStatus {
-    pub commit: CommitId,
-    pub state: StatusState,
-    pub context: String,
-    pub description: String,
-}
-
-impl CommitStatus {
-    /// A status whose description is cut to the forge limit.
-    pub fn new(commit: CommitId, state: StatusState, context: &str, description: &str) -> Self {
-        let description = if description.chars().count() > MAX_DESCRIPTION_CHARS {
-            let mut d: String = description.chars().take(MAX_DESCRIPTION_CHARS - 1).collect();
-            d.push('…');
-            d
-        } else {
-            description.to_owned()
-        };
-        Self {
-            commit,
-            state,
-            context: context.to_owned(),
-            description,
-        }
-    }
-}
-
-/// An HTTP request, ready to send: method is always POST.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StatusRequest {
-    pub url: String,
-    pub headers: Vec<(&'static str, String)>,
-    pub body: serde_json::Value,
-}
-
-/// Builds the request `forge` expects for `status`. `token` is only placed in
-/// a header; callers must never log the headers.
+/// Builds the request `forge` expects for `status`: the signer's, with the
+/// agent's User-Agent last. `token` is only placed in a header; callers must
+/// never log the headers.
 pub fn request_for(
     forge: Forge,
     api_url: &str,
     repository: &str,
-    token: &str,
+    token: &Token,
     status: &CommitStatus,
 ) -> StatusRequest {
-    let api = api_url.trim_end_matches('/');
-    let sha = status.commit.as_str();
-    let user_agent = ("User-Agent", format!("ferry-agent/{}", env!("CARGO_PKG_VERSION")));
-    match forge {
-        Forge::Github => StatusRequest {
-            url: format!("{api}/repos/{repository}/statuses/{sha}"),
-            headers: vec![
-                ("Authorization", format!("Bearer {token}")),
-                ("Accept", "application/vnd.github+json".into()),
-                ("X-GitHub-Api-Version", "2022-11-28".into()),
-                user_agent,
-            ],
-            body: serde_json::json!({
-                "state": status.state.as_str(),
-                "description": status.description,
-                "context": status.context,
-            }),
-        },
-        Forge::Gitea => StatusRequest {
-            url: format!("{api}/repos/{repository}/statuses/{sha}"),
-            headers: vec![("Authorization", format!("token {token}")), user_agent],
-            body: serde_json::json!({
-                "state": status.state.as_str(),
-                "description": status.description,
-                "context": status.context,
-            }),
-        },
-        Forge::Gitlab => StatusRequest {
-            url: format!("{api}/projects/{}/statuses/{sha}", encode_project(repository)),
-            headers: vec![("PRIVATE-TOKEN", token.to_owned()), user_agent],
-            body: serde_json::json!({
-                "state": status.state.gitlab(),
-                "name": status.context,
-                "description": status.description,
-            }),
-        },
-    }
-}
-
-/// GitLab takes a numeric id or the URL-encoded path (`group%2Fproject`).
-fn encode_project(repository: &str) -> String {
-    repository
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            other => format!("%{other:02X}"),
-        })
-        .collect()
+    let mut request = status_request(forge, api_url, repository, token, status);
+    request
+        .headers
+        .push(("User-Agent", format!("ferry-agent/{}", env!("CARGO_PKG_VERSION"))));
+    request
 }
 
 /// Statuses waiting for the forge, one file each in `<state_dir>/outbox`,
@@ -381,7 +276,7 @@ mod tests {
             Forge::Github,
             "https://api.github.com/",
             "ops/deploy",
-            "T0K",
+            &Token::new("T0K").unwrap(),
             &status(StatusState::Success),
         );
         assert_eq!(
@@ -401,7 +296,7 @@ mod tests {
             Forge::Gitea,
             "https://git.example.com/api/v1",
             "ops/deploy",
-            "T0K",
+            &Token::new("T0K").unwrap(),
             &status(StatusState::Pending),
         );
         assert_eq!(r.url, "https://git.example.com/api/v1/repos/ops/deploy/statuses/9fceb02d0ae598e95dc970b74767f19372d61af8");
@@ -415,7 +310,7 @@ mod tests {
             Forge::Gitlab,
             "https://gitlab.com/api/v4",
             "ops/deploy",
-            "T0K",
+            &Token::new("T0K").unwrap(),
             &status(StatusState::Failure),
         );
         assert_eq!(r.url, "https://gitlab.com/api/v4/projects/ops%2Fdeploy/statuses/9fceb02d0ae598e95dc970b74767f19372d61af8");
@@ -428,11 +323,133 @@ mod tests {
             Forge::Gitlab,
             "https://gitlab.com/api/v4",
             "42",
-            "T",
+            &Token::new("T").unwrap(),
             &status(StatusState::Pending),
         );
         assert!(p.url.contains("/projects/42/statuses/"));
         assert_eq!(p.body["state"], "running");
+    }
+
+    #[test]
+    fn headers_are_exactly_what_agents_have_always_sent() {
+        let token = Token::new("T0K").unwrap();
+        let ua = format!("ferry-agent/{}", env!("CARGO_PKG_VERSION"));
+        let headers = |forge| {
+            request_for(
+                forge,
+                "https://f/api",
+                "o/r",
+                &token,
+                &status(StatusState::Success),
+            )
+            .headers
+        };
+        assert_eq!(
+            headers(Forge::Github),
+            vec![
+                ("Authorization", "Bearer T0K".to_owned()),
+                ("Accept", "application/vnd.github+json".to_owned()),
+                ("X-GitHub-Api-Version", "2022-11-28".to_owned()),
+                ("User-Agent", ua.clone()),
+            ]
+        );
+        assert_eq!(
+            headers(Forge::Gitea),
+            vec![
+                ("Authorization", "token T0K".to_owned()),
+                ("User-Agent", ua.clone())
+            ]
+        );
+        assert_eq!(
+            headers(Forge::Gitlab),
+            vec![("PRIVATE-TOKEN", "T0K".to_owned()), ("User-Agent", ua)]
+        );
+        // Every state, every forge: the names posted.
+        for (state, name, gitlab) in [
+            (StatusState::Pending, "pending", "running"),
+            (StatusState::Success, "success", "success"),
+            (StatusState::Failure, "failure", "failed"),
+            (StatusState::Error, "error", "failed"),
+        ] {
+            let body = |forge| request_for(forge, "https://f/api", "o/r", &token, &status(state)).body;
+            assert_eq!(body(Forge::Github)["state"], name);
+            assert_eq!(body(Forge::Gitea)["state"], name);
+            assert_eq!(body(Forge::Gitlab)["state"], gitlab);
+        }
+        // GitLab project paths: everything but unreserved characters encoded.
+        let r = request_for(
+            Forge::Gitlab,
+            "https://f/api",
+            "my group/sub.g~r_p-1",
+            &token,
+            &status(StatusState::Success),
+        );
+        assert_eq!(
+            r.url,
+            "https://f/api/projects/my%20group%2Fsub.g~r_p-1/statuses/9fceb02d0ae598e95dc970b74767f19372d61af8"
+        );
+    }
+
+    #[test]
+    fn descriptions_at_the_limit_are_kept_whole() {
+        let exact = "d".repeat(MAX_DESCRIPTION_CHARS);
+        let s = CommitStatus::new(
+            "9fceb02d0ae598e95dc970b74767f19372d61af8".parse().unwrap(),
+            StatusState::Success,
+            "c",
+            &exact,
+        );
+        assert_eq!(s.description, exact);
+    }
+
+    #[test]
+    fn outbox_files_hosts_already_have_still_load() {
+        // Byte for byte what agents have written to `<state_dir>/outbox`:
+        // without an id (older agents) and with one.
+        let dir = tempfile::tempdir().unwrap();
+        let outbox_dir = dir.path().join("outbox");
+        std::fs::create_dir_all(&outbox_dir).unwrap();
+        std::fs::write(
+            outbox_dir.join("00000000000000000004.json"),
+            br#"{"commit":"9fceb02d0ae598e95dc970b74767f19372d61af8","state":"pending","context":"ferry/web1","description":"deploying release 3 to web1"}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            outbox_dir.join("00000000000000000005.json"),
+            r#"{"commit":"9fceb02d0ae598e95dc970b74767f19372d61af8","state":"error","context":"ferry/web1","description":"café …","id":12}"#,
+        )
+        .unwrap();
+        let outbox = Outbox::open(dir.path()).unwrap();
+        let first = outbox.peek().unwrap().unwrap();
+        assert_eq!(first.seq, 4);
+        assert_eq!(
+            first.status,
+            CommitStatus::new(
+                "9fceb02d0ae598e95dc970b74767f19372d61af8".parse().unwrap(),
+                StatusState::Pending,
+                "ferry/web1",
+                "deploying release 3 to web1",
+            )
+        );
+        // The entry queued under id 12 is recognised: not queued twice.
+        outbox.push_once(12, &first.status).unwrap();
+        assert_eq!(outbox.len().unwrap(), 2);
+        outbox.remove(4).unwrap();
+        let second = outbox.peek().unwrap().unwrap();
+        assert_eq!((second.seq, second.status.state), (5, StatusState::Error));
+        assert_eq!(second.status.description, "café …");
+
+        // And what is written now is the same format, byte for byte.
+        outbox.push_once(13, &first.status).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(outbox_dir.join("00000000000000000006.json")).unwrap(),
+            r#"{"commit":"9fceb02d0ae598e95dc970b74767f19372d61af8","state":"pending","context":"ferry/web1","description":"deploying release 3 to web1","id":13}"#
+        );
+        outbox.push(&first.status).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(outbox_dir.join("00000000000000000007.json")).unwrap(),
+            r#"{"commit":"9fceb02d0ae598e95dc970b74767f19372d61af8","state":"pending","context":"ferry/web1","description":"deploying release 3 to web1"}"#
+        );
     }
 
     #[test]

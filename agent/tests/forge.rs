@@ -82,6 +82,26 @@ fn each_forge_gets_its_own_request() {
         r[2].body,
         serde_json::json!({"state": "failed", "name": "ferry/web1", "description": "switch failed"})
     );
+    let agent = format!("ferry-agent/{}", env!("CARGO_PKG_VERSION"));
+    for request in &r {
+        assert_eq!(request.headers["user-agent"], agent);
+    }
+    assert_eq!(r[0].headers["x-github-api-version"], "2022-11-28");
+}
+
+#[test]
+fn an_empty_token_file_is_a_configuration_problem_and_nothing_is_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("forge-token");
+    std::fs::write(&token, "\n").unwrap();
+    let rec = Recorder::start();
+    let gitea = client(Forge::Gitea, rec.url(), "ops/deploy", &token);
+    let d = crate::common::runtime().block_on(gitea.send(&status(StatusState::Pending, "x")));
+    assert!(
+        matches!(d, Delivery::Misconfigured(ref why) if why.contains(&token.display().to_string())),
+        "{d:?}"
+    );
+    assert!(rec.requests().is_empty());
 }
 
 #[test]

@@ -193,41 +193,60 @@ impl ForgeSettings {
     /// The request that posts a status (URL, headers, JSON body). The token is
     /// only placed in a header; callers must never log the headers.
     pub fn status_request(&self, token: &Token, status: &NewStatus) -> StatusRequest {
-        let (api, repo, sha) = (&self.api_url, &self.repository, status.commit.as_str());
-        match self.kind {
-            ForgeKind::Github | ForgeKind::Gitea => StatusRequest {
-                url: format!("{api}/repos/{repo}/statuses/{sha}"),
-                headers: self.auth_headers(token),
-                body: serde_json::json!({
-                    "state": status.state.as_str(),
-                    "description": status.description,
-                    "context": status.context,
-                }),
-            },
-            ForgeKind::Gitlab => StatusRequest {
-                url: format!("{api}/projects/{}/statuses/{sha}", encode_project(repo)),
-                headers: self.auth_headers(token),
-                body: serde_json::json!({
-                    "state": status.state.gitlab(),
-                    "name": status.context,
-                    "description": status.description,
-                }),
-            },
-        }
+        status_request(self.kind, &self.api_url, &self.repository, token, status)
     }
 
     /// Authentication and API headers for every request (the client sets
     /// the User-Agent, which GitHub requires).
     pub fn auth_headers(&self, token: &Token) -> Vec<(&'static str, String)> {
-        match self.kind {
-            ForgeKind::Github => vec![
-                ("Authorization", format!("Bearer {}", token.0)),
-                ("Accept", "application/vnd.github+json".into()),
-                ("X-GitHub-Api-Version", "2022-11-28".into()),
-            ],
-            ForgeKind::Gitea => vec![("Authorization", format!("token {}", token.0))],
-            ForgeKind::Gitlab => vec![("PRIVATE-TOKEN", token.0.clone())],
-        }
+        auth_headers(self.kind, token)
+    }
+}
+
+/// The request `kind` expects to post `status` on `repository` (URL, headers,
+/// JSON body): the one copy both the agents and the signer send. `api_url`
+/// may end in `/`. The token is only placed in a header; callers must never
+/// log the headers, and add their own User-Agent.
+pub fn status_request(
+    kind: ForgeKind,
+    api_url: &str,
+    repository: &str,
+    token: &Token,
+    status: &NewStatus,
+) -> StatusRequest {
+    let (api, repo, sha) = (api_url.trim_end_matches('/'), repository, status.commit.as_str());
+    match kind {
+        ForgeKind::Github | ForgeKind::Gitea => StatusRequest {
+            url: format!("{api}/repos/{repo}/statuses/{sha}"),
+            headers: auth_headers(kind, token),
+            body: serde_json::json!({
+                "state": status.state.as_str(),
+                "description": status.description,
+                "context": status.context,
+            }),
+        },
+        ForgeKind::Gitlab => StatusRequest {
+            url: format!("{api}/projects/{}/statuses/{sha}", encode_project(repo)),
+            headers: auth_headers(kind, token),
+            body: serde_json::json!({
+                "state": status.state.gitlab(),
+                "name": status.context,
+                "description": status.description,
+            }),
+        },
+    }
+}
+
+/// Authentication and API headers `kind` expects on every request.
+pub fn auth_headers(kind: ForgeKind, token: &Token) -> Vec<(&'static str, String)> {
+    match kind {
+        ForgeKind::Github => vec![
+            ("Authorization", format!("Bearer {}", token.0)),
+            ("Accept", "application/vnd.github+json".into()),
+            ("X-GitHub-Api-Version", "2022-11-28".into()),
+        ],
+        ForgeKind::Gitea => vec![("Authorization", format!("token {}", token.0))],
+        ForgeKind::Gitlab => vec![("PRIVATE-TOKEN", token.0.clone())],
     }
 }
 
