@@ -1,8 +1,9 @@
 //! The agent's decisions, as pure functions over plain data: whether a
 //! verified release may be deployed here (anti-rollback, host entry), how
 //! serious a refusal is, what a finished switch and health check mean (roll
-//! back? reboot required? which outcome, in which words) and how each outcome
-//! shows on the forge. No I/O, so every rule is tested exhaustively without a
+//! back? reboot required? which outcome, in which words), how each outcome
+//! shows on the forge, and which statuses are worth posting (a repeat is
+//! not). No I/O, so every rule is tested exhaustively without a
 //! network, a store or systemd.
 
 use ferry_signer::git::GitError;
@@ -10,7 +11,7 @@ use ferry_signer::{Action, CommitId, HostEntry, HostName, StorePath, VerifiedRel
 
 use crate::cache::CacheError;
 use crate::health::Health;
-use crate::report::StatusState;
+use crate::report::{CommitStatus, StatusState};
 use crate::state::{Anchor, OutcomeKind};
 
 /// What to do with a verified release.
@@ -279,6 +280,35 @@ pub fn runs_release(host: &HostName, serial: u64) -> String {
     format!("{host} runs release {serial}")
 }
 
+/// How many (commit, context) pairs [`remember_status`] keeps: a release
+/// reports on two commits (itself and its source), so this covers the
+/// release being worked on and the one before, whatever the order.
+pub const RECENT_STATUSES: usize = 4;
+
+/// Whether `status` is worth posting: it is not, when the last status
+/// recorded for its commit and context (in `recent`) is identical (same
+/// state and description). A retried release (a cache answering 503 for a
+/// day) then says `pending` once, not once per poll — the forge keeps only
+/// so many statuses per commit and context — while anything new about it
+/// (another description, the final state) is posted.
+pub fn is_news(recent: &[CommitStatus], status: &CommitStatus) -> bool {
+    recent
+        .iter()
+        .rev()
+        .find(|r| r.commit == status.commit && r.context == status.context)
+        != Some(status)
+}
+
+/// `recent` after `status` was recorded: it replaces the last status of its
+/// commit and context, and only the newest [`RECENT_STATUSES`] pairs are
+/// kept, oldest first.
+pub fn remember_status(recent: &mut Vec<CommitStatus>, status: CommitStatus) {
+    recent.retain(|r| !(r.commit == status.commit && r.context == status.context));
+    recent.push(status);
+    let excess = recent.len().saturating_sub(RECENT_STATUSES);
+    recent.drain(..excess);
+}
+
 /// Everything known once the switch ended and health was checked.
 #[derive(Debug, Clone, Copy)]
 pub struct Checked<'a> {
@@ -367,6 +397,80 @@ pub fn rollback_action(action: Action) -> Action {
 
 #[cfg(test)]
 mod tests {
+
+    fn status(commit: char, state: StatusState, context: &str, description: &str) -> CommitStatus {
+        let commit: CommitId = commit.to_string().repeat(40).parse().unwrap();
+        CommitStatus::new(commit, state, context, description)
+    }
+
+    #[test]
+    fn only_a_status_unlike_the_last_of_its_commit_and_context_is_news() {
+        let deploying = status(
+            '1',
+            StatusState::Pending,
+            "ferry/web1",
+            "deploying release 1 to web1",
+        );
+        let mut recent = Vec::new();
+        assert!(is_news(&recent, &deploying), "nothing said yet");
+        remember_status(&mut recent, deploying.clone());
+        assert!(!is_news(&recent, &deploying), "the same again");
+        // Any difference is news: description, state, commit or context.
+        let differs = [
+            status(
+                '1',
+                StatusState::Pending,
+                "ferry/web1",
+                "release 1: waiting for the closure",
+            ),
+            status(
+                '1',
+                StatusState::Success,
+                "ferry/web1",
+                "deploying release 1 to web1",
+            ),
+            status(
+                '2',
+                StatusState::Pending,
+                "ferry/web1",
+                "deploying release 1 to web1",
+            ),
+            status(
+                '1',
+                StatusState::Pending,
+                "ferry/web2",
+                "deploying release 1 to web1",
+            ),
+        ];
+        for other in &differs {
+            assert!(is_news(&recent, other), "{other:?}");
+        }
+        // Only the last status of a commit and context counts: saying the
+        // first thing again after another is news.
+        remember_status(&mut recent, differs[0].clone());
+        assert!(is_news(&recent, &deploying));
+        assert!(!is_news(&recent, &differs[0]));
+        assert_eq!(recent, [differs[0].clone()], "one per commit and context");
+    }
+
+    #[test]
+    fn the_memory_of_statuses_is_bounded_and_keeps_the_newest() {
+        let mut recent = Vec::new();
+        let all: Vec<_> = ['1', '2', '3', '4', '5', '6']
+            .into_iter()
+            .map(|c| status(c, StatusState::Pending, "ferry/web1", "deploying"))
+            .collect();
+        for s in &all {
+            remember_status(&mut recent, s.clone());
+        }
+        assert_eq!(recent, all[all.len() - RECENT_STATUSES..]);
+        assert!(is_news(&recent, &all[0]), "forgotten");
+        assert!(!is_news(&recent, &all[5]));
+        // Recording an old pair again moves it to the newest end.
+        remember_status(&mut recent, all[2].clone());
+        assert_eq!(recent.last(), Some(&all[2]));
+        assert_eq!(recent.len(), RECENT_STATUSES);
+    }
 
     #[test]
     fn a_missing_closure_is_waited_for_only_shortly_after_the_release() {

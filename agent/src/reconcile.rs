@@ -161,7 +161,9 @@ impl Agent {
 
     /// Records a status on the release commit and, if given, its source
     /// commit in `state` (not yet saved): the caller saves it with whatever
-    /// it reports, then [`Agent::flush`] moves it to the outbox.
+    /// it reports, then [`Agent::flush`] moves it to the outbox. A status
+    /// identical to the last one recorded for its commit and context is not
+    /// recorded again (`decide::is_news`). Returns whether anything was.
     fn report(
         &mut self,
         state: &mut State,
@@ -169,15 +171,23 @@ impl Agent {
         source: Option<&CommitId>,
         status: StatusState,
         description: &str,
-    ) {
+    ) -> bool {
         use rand_core::RngCore;
         let context = self.config.report.context_for(&self.config.host);
+        let mut recorded = false;
         for commit in std::iter::once(release).chain(source) {
+            let status = CommitStatus::new(commit.clone(), status, &context, description);
+            if !decide::is_news(&state.recent_statuses, &status) {
+                continue;
+            }
+            decide::remember_status(&mut state.recent_statuses, status.clone());
             state.unsent.push(Unsent {
                 id: rand_core::OsRng.next_u64(),
-                status: CommitStatus::new(commit.clone(), status, &context, description),
+                status,
             });
+            recorded = true;
         }
+        recorded
     }
 
     /// Moves the statuses recorded in `state` (already saved) to the outbox,
@@ -407,10 +417,11 @@ impl Agent {
         };
         if first_seen_missing.is_none() {
             let description = format!("deploying release {serial} to {}", self.config.host);
-            self.report(state, &tip, source.as_ref(), StatusState::Pending, &description);
-            self.state.save(state)?;
-            if self.flush(state) {
-                self.seams.statuses.deliver().await;
+            if self.report(state, &tip, source.as_ref(), StatusState::Pending, &description) {
+                self.state.save(state)?;
+                if self.flush(state) {
+                    self.seams.statuses.deliver().await;
+                }
             }
         }
         let preflight = match self.seams.caches.preflight(&entry.toplevel).await {
@@ -472,15 +483,16 @@ impl Agent {
         if first_seen_missing.is_none() {
             let description = format!("release {serial}: waiting for the closure in the binary cache");
             let source = verified.release.source.as_ref();
-            self.report(
+            if self.report(
                 state,
                 &verified.commit,
                 source,
                 StatusState::Pending,
                 &description,
-            );
-            self.state.save(state)?;
-            self.flush(state);
+            ) {
+                self.state.save(state)?;
+                self.flush(state);
+            }
             self.awaiting_cache = Some((verified.commit.clone(), now));
         }
         Ok(Reconciled::WaitingForClosure { serial, until })
@@ -710,7 +722,8 @@ impl Agent {
     /// The one place a reconcile's ending is recorded: logged, then written
     /// to the state (no deploy in flight any more, the tip remembered, the
     /// outcome kept) together with its commit statuses, in one durable
-    /// write, then the statuses moved to the outbox. A crash can never leave
+    /// write, then the statuses moved to the outbox (the release's recent
+    /// statuses forgotten in the same write). A crash can never leave
     /// the ending recorded without its statuses; a write that fails (a full
     /// disk) records nothing, and the next reconcile comes to the ending
     /// again.
@@ -749,6 +762,8 @@ impl Agent {
             status,
             &outcome.description,
         );
+        // Nothing more is posted for this release: its statuses are forgotten.
+        state.recent_statuses.clear();
         self.state.save(state)?;
         self.flush(state);
         Ok(result)

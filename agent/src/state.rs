@@ -4,7 +4,11 @@
 //! its own serialised type (below the domain types), kept compatible with the
 //! files hosts already have. The commit statuses of an ending are saved in the
 //! same write as the ending ([`State::unsent`]) and only then moved to the
-//! outbox, so no crash can separate the two. Every write goes through
+//! outbox, so no crash can separate the two. The last status recorded per
+//! commit and context of the release being worked on
+//! ([`State::recent_statuses`]) is kept too, so a release retried for hours
+//! is not reported again with the same words after every poll or restart.
+//! Every write goes through
 //! [`crate::durable::atomic_write`], so a crash or power loss leaves either the
 //! old or the new state, never a torn one.
 
@@ -39,6 +43,11 @@ pub struct State {
     /// Commit statuses recorded (with the ending they report, in the same
     /// write) and not yet in the outbox, oldest first.
     pub unsent: Vec<Unsent>,
+    /// The last status recorded for each commit and context of the release
+    /// being worked on, oldest first (see `decide::is_news`): saved with the
+    /// statuses it records, and forgotten when the release's ending is
+    /// recorded (nothing more is posted for it then).
+    pub recent_statuses: Vec<CommitStatus>,
 }
 
 /// A commit status recorded in the state, waiting to be moved to the outbox.
@@ -218,6 +227,40 @@ struct StateFile {
     last_success: Option<OutcomeFile>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     unsent: Vec<UnsentFile>,
+    /// Absent from files written before it, and while empty (the usual case
+    /// between releases).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    recent_statuses: Vec<StatusFile>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusFile {
+    commit: String,
+    state: String,
+    context: String,
+    description: String,
+}
+
+impl StatusFile {
+    fn from_status(s: &CommitStatus) -> Self {
+        StatusFile {
+            commit: s.commit.to_string(),
+            state: s.state.as_str().to_owned(),
+            context: s.context.clone(),
+            description: s.description.clone(),
+        }
+    }
+
+    fn into_status(self) -> Result<CommitStatus, String> {
+        Ok(CommitStatus {
+            commit: self.commit.parse::<CommitId>().map_err(|e| e.to_string())?,
+            state: StatusState::parse(&self.state)
+                .ok_or_else(|| format!("unknown status state `{}`", self.state))?,
+            context: self.context,
+            description: self.description,
+        })
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -313,14 +356,23 @@ impl StateFile {
             unsent: s
                 .unsent
                 .iter()
-                .map(|u| UnsentFile {
-                    id: u.id,
-                    commit: u.status.commit.to_string(),
-                    state: u.status.state.as_str().to_owned(),
-                    context: u.status.context.clone(),
-                    description: u.status.description.clone(),
+                .map(|u| {
+                    let StatusFile {
+                        commit,
+                        state,
+                        context,
+                        description,
+                    } = StatusFile::from_status(&u.status);
+                    UnsentFile {
+                        id: u.id,
+                        commit,
+                        state,
+                        context,
+                        description,
+                    }
                 })
                 .collect(),
+            recent_statuses: s.recent_statuses.iter().map(StatusFile::from_status).collect(),
         }
     }
 
@@ -347,17 +399,22 @@ impl StateFile {
                 .unsent
                 .into_iter()
                 .map(|u| {
+                    let status = StatusFile {
+                        commit: u.commit,
+                        state: u.state,
+                        context: u.context,
+                        description: u.description,
+                    };
                     Ok(Unsent {
                         id: u.id,
-                        status: CommitStatus {
-                            commit: commit(&u.commit)?,
-                            state: StatusState::parse(&u.state)
-                                .ok_or_else(|| format!("unknown status state `{}`", u.state))?,
-                            context: u.context,
-                            description: u.description,
-                        },
+                        status: status.into_status()?,
                     })
                 })
+                .collect::<Result<_, String>>()?,
+            recent_statuses: self
+                .recent_statuses
+                .into_iter()
+                .map(StatusFile::into_status)
                 .collect::<Result<_, String>>()?,
         })
     }
@@ -505,6 +562,12 @@ mod tests {
                     "web1 runs release 7",
                 ),
             }],
+            recent_statuses: vec![CommitStatus::new(
+                commit.clone(),
+                StatusState::Pending,
+                "ferry/web1",
+                "deploying release 7 to web1",
+            )],
         };
         state.last_success = state.last_outcome.clone();
         state

@@ -54,6 +54,8 @@ enum Verifies {
 enum Cached {
     Yes,
     Missing,
+    /// The cache answers 503: a transient fault, retried at the next poll.
+    Unavailable,
     Unsigned,
     Oversized,
     DiskUnknown,
@@ -164,6 +166,10 @@ impl ClosureCache for FakeCache {
             Cached::Missing => Err(CacheError::NotFound {
                 path,
                 caches: "https://cache.example.com".into(),
+            }),
+            Cached::Unavailable => Err(CacheError::Unreachable {
+                url: "https://cache.example.com/nix-cache-info".into(),
+                detail: "HTTP 503".into(),
             }),
             Cached::Unsigned => Err(CacheError::Untrusted(crate::narinfo::TrustError::Unsigned {
                 path,
@@ -711,6 +717,80 @@ fn waiting_for_the_cache_is_a_wait_reported_once() {
         .filter(|(_, d)| d.starts_with("deploying release 1"))
         .count();
     assert_eq!(deploying, 2, "one per commit, not one per attempt");
+}
+
+/// Runs a reconcile that ends in a transient error (nothing recorded).
+fn transient(agent: &mut Agent) -> String {
+    agent
+        .reconcile()
+        .now_or_never()
+        .expect("fakes answer at once")
+        .expect_err("a transient fault")
+        .to_string()
+}
+
+/// Every status the forge received, with its commit, in order.
+fn posted(host: &Host) -> Vec<(CommitId, StatusState, String)> {
+    host.world.borrow().statuses.clone()
+}
+
+/// A cache that answers 503 for many polls, across a restart, posts the
+/// release's pending status once per commit; a different status (waiting
+/// for the closure) is still posted, and so is the final one, once.
+#[test]
+fn a_transient_cache_fault_posts_one_pending_status_across_polls_and_restarts() {
+    let host = Host::new();
+    host.w().cached = Cached::Unavailable;
+    let deploying = "deploying release 1 to web1".to_string();
+    let pending = vec![
+        (commit(R1), StatusState::Pending, deploying.clone()),
+        (commit(SOURCE), StatusState::Pending, deploying.clone()),
+    ];
+    let mut agent = host.agent();
+    for poll in 0..4 {
+        let err = transient(&mut agent);
+        assert!(err.contains("HTTP 503"), "poll {poll}: {err}");
+        assert_eq!(posted(&host), pending, "poll {poll}");
+    }
+    // A restart forgets nothing: the same status is not posted again.
+    let mut agent = host.agent();
+    for poll in 0..3 {
+        transient(&mut agent);
+        assert_eq!(posted(&host), pending, "after the restart, poll {poll}");
+    }
+    // Another status of the same release and context is posted.
+    host.w().cached = Cached::Missing;
+    let r = run(&mut agent);
+    assert!(
+        matches!(r, Reconciled::WaitingForClosure { serial: 1, .. }),
+        "{r:?}"
+    );
+    let waiting = "release 1: waiting for the closure in the binary cache".to_string();
+    let mut expected = pending.clone();
+    expected.extend([
+        (commit(R1), StatusState::Pending, waiting.clone()),
+        (commit(SOURCE), StatusState::Pending, waiting),
+    ]);
+    assert_eq!(posted(&host), expected);
+    host.w().cached = Cached::Unavailable;
+    transient(&mut agent);
+    assert_eq!(posted(&host), expected, "still waiting: nothing new to say");
+    // Recovery: the final status, once per commit.
+    host.w().cached = Cached::Yes;
+    assert_eq!(
+        run(&mut agent),
+        Reconciled::Deployed {
+            reboot_required: false
+        }
+    );
+    let success = "web1 runs release 1".to_string();
+    expected.extend([
+        (commit(R1), StatusState::Success, success.clone()),
+        (commit(SOURCE), StatusState::Success, success),
+    ]);
+    assert_eq!(posted(&host), expected);
+    assert_eq!(run(&mut host.agent()), Reconciled::UpToDate);
+    assert_eq!(posted(&host), expected);
 }
 
 #[test]
