@@ -122,7 +122,11 @@ pub fn closure(path: &str) -> Vec<String> {
 
 /// Deletes `paths` from the local store (they must have no GC roots).
 pub fn delete(paths: &[String]) {
-    run(Command::new("nix-store").arg("--delete").args(paths));
+    // keep-outputs off for this command: a nix.conf with keep-outputs = true
+    // would keep the fixtures' fresh builds alive.
+    run(Command::new("nix-store")
+        .args(["--delete", "--option", "keep-outputs", "false"])
+        .args(paths));
 }
 
 /// Builds a store path holding an executable `bin/<name>` with the given
