@@ -3,7 +3,8 @@
 //! was expected, and validated into types the rest of the agent trusts. The
 //! file's format is here; each section is validated by the module that owns
 //! it (`source::validate`, `cache::validate`, `switch::validate`,
-//! `health::validate`, `report::validate`), which names the key it refuses.
+//! `health::validate`, `report::validate`, `metrics::validate`), which names
+//! the key it refuses.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -30,6 +31,7 @@ pub struct Config {
     pub switch: SwitchConfig,
     pub health: HealthConfig,
     pub report: ReportConfig,
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -179,6 +181,7 @@ impl Config {
         let switch = crate::switch::validate(file.switch).map_err(in_file)?;
         let health = crate::health::validate(file.health);
         let report = crate::report::validate(file.report).map_err(in_file)?;
+        let metrics = crate::metrics::validate(file.metrics).map_err(in_file)?;
 
         Ok(Config {
             host,
@@ -188,6 +191,7 @@ impl Config {
             switch,
             health,
             report,
+            metrics,
         })
     }
 }
@@ -245,6 +249,8 @@ struct ConfigFile {
     health: HealthFile,
     #[serde(default)]
     report: ReportFile,
+    #[serde(default)]
+    metrics: crate::metrics::MetricsFile,
 }
 
 fn default_state_dir() -> PathBuf {
