@@ -186,7 +186,7 @@ impl Counts {
         self.0[index(kind)]
     }
 
-    fn add(&mut self, kind: OutcomeKind) {
+    pub fn add(&mut self, kind: OutcomeKind) {
         self.0[index(kind)] += 1;
     }
 }

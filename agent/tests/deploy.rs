@@ -212,6 +212,11 @@ token_file = "/etc/ferry/forge-token"
     }
 
     fn release(&self, system: &str) -> String {
+        self.release_expiring(system, None)
+    }
+
+    /// A release of `system` that expires `expires_in` after it is made.
+    fn release_expiring(&self, system: &str, expires_in: Option<chrono::Duration>) -> String {
         let repo = git2::Repository::open(&self.deploy.path).unwrap();
         let changes = ferry_signer::publish::ReleaseChanges {
             hosts: [(
@@ -223,6 +228,7 @@ token_file = "/etc/ferry/forge-token"
             )]
             .into(),
             source: Some(SOURCE.parse().unwrap()),
+            expires_in,
             ..Default::default()
         };
         ferry_signer::publish::publish(
@@ -1117,6 +1123,9 @@ fn the_service_survives_kill_and_outages_over_smart_http() {
 
 // Secrets (sops-nix, agenix) through a deploy, on this file's `World`.
 mod secrets;
+
+// Prometheus metrics after deploys, rollbacks and refusals, on this file's `World`.
+mod metrics;
 
 /// Full deploys (pending → success) from a private cache that demands a
 /// bearer token, then from an S3 bucket (moto, authentication on), each

@@ -7,6 +7,7 @@ mod common;
 mod deploy;
 mod forge;
 mod key_types;
+mod metrics;
 mod nix_cache;
 mod preflight;
 mod private_cache;
