@@ -22,6 +22,11 @@ let
       networking.hostName = mkOption { type = types.str; default = "web1"; };
       nix.package = mkOption { type = types.anything; default = "/nix/store/00000000000000000000000000000000-nix"; };
       i18n.glibcLocales = mkOption { type = types.anything; default = null; };
+      services.prometheus.exporters.node = {
+        enable = mkOption { type = types.bool; default = false; };
+        enabledCollectors = mkOption { type = types.listOf types.str; default = [ ]; };
+        extraFlags = mkOption { type = types.listOf types.str; default = [ ]; };
+      };
     };
   };
   pkgs = {
@@ -108,6 +113,13 @@ let
   withGitToken = eval (lib.recursiveUpdate base { services.ferry-agent.gitTokenFile = "/run/secrets/git"; });
   gitTokenSettings = withGitToken.config.services.ferry-agent.settings;
 
+  withMetrics = eval (lib.recursiveUpdate base {
+    services.ferry-agent.metrics = { enable = true; listen = "127.0.0.1:9101"; };
+    services.prometheus.exporters.node.enable = true;
+  });
+  metricsSettings = withMetrics.config.services.ferry-agent.settings;
+  nodeExporter = withMetrics.config.services.prometheus.exporters.node;
+
   noTrust = eval (lib.recursiveUpdate base { services.ferry-agent.trustedPublicKeys = [ ]; });
   noForgeUrl = eval (lib.recursiveUpdate base { services.ferry-agent.forge.apiUrl = null; });
 in
@@ -140,6 +152,13 @@ builtins.all (x: x) [
   (check (gitTokenSettings.source.token_file == "/run/credentials/ferry-agent.service/git-token") "git token as credential")
   (check (withGitToken.config.systemd.services.ferry-agent.serviceConfig.LoadCredential
     == [ "git-token:/run/secrets/git" "forge-token:/run/secrets/forge" ]) "both credentials loaded")
+  (check (!(settings ? metrics) && cfg.services.prometheus.exporters.node.extraFlags == [ ]) "no metrics unless enabled")
+  (check (metricsSettings.metrics == { textfile_dir = "/var/lib/ferry-agent-metrics"; listen = "127.0.0.1:9101"; }) "metrics settings")
+  (check (undocumented metricsSettings == [ ]) "with metrics, the module writes only documented keys")
+  (check (nodeExporter.enabledCollectors == [ "textfile" ]
+    && nodeExporter.extraFlags == [ "--collector.textfile.directory=/var/lib/ferry-agent-metrics" ]) "node_exporter reads the textfile directory")
+  (check (withMetrics.config.systemd.tmpfiles.rules == [ "d /var/lib/ferry-agent-metrics 0755 root root - -" ]) "the textfile directory is created readable")
+  (check (lib.elem "/var/lib/ferry-agent-metrics" withMetrics.config.systemd.services.ferry-agent.serviceConfig.ReadWritePaths) "the agent may write the textfile directory")
   (check (failing vmHost == [ ]) "the VM test's host configuration passes the module's assertions")
   (check (undocumented vmSettings == [ ]) "the VM test writes only documented keys: ${toString (undocumented vmSettings)}")
   (check (vmSettings.source.url == "git://server/deploy.git") "VM test: source.url")

@@ -68,8 +68,16 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
     let mut agent = Agent::new(config)?;
     // Metrics at start, from what the state says, before the first poll.
     agent.update_metrics(false);
+    // An endpoint that cannot listen (the port is taken) is reported, but
+    // deploys go on without it.
     let _endpoint = match agent.config.metrics.listen {
-        Some(addr) => Some(crate::metrics::serve(addr, agent.metrics.page()).await?),
+        Some(addr) => match crate::metrics::serve(addr, agent.metrics.page()).await {
+            Ok(endpoint) => Some(endpoint),
+            Err(e) => {
+                error!("{}; the metrics are not served", crate::logging::error_chain(&e));
+                None
+            }
+        },
         None => None,
     };
     // The NixOS module sets restartIfChanged = false, so a switch never kills
