@@ -87,6 +87,7 @@ let
     ferry-signer = fakePath "ferry-signer";
     age = fakePath "age";
     git = fakePath "git";
+    curl = fakePath "curl";
     systemd = fakePath "systemd";
     python3.interpreter = fakePath "python3/bin/python3";
     testers.runNixOSTest = spec: spec;

@@ -110,7 +110,14 @@ pkgs.testers.runNixOSTest {
           source.jitter = "1s";
           health.settle = "2s";
         };
+        # Metrics through node_exporter's textfile collector, and on loopback.
+        metrics = {
+          enable = true;
+          listen = "127.0.0.1:9101";
+        };
       };
+      services.prometheus.exporters.node.enable = true;
+      environment.systemPackages = [ pkgs.curl ];
 
       # The second system: this configuration plus a marker file. It is not
       # part of this machine's closure; only the server's store has it.
@@ -209,6 +216,12 @@ pkgs.testers.runNixOSTest {
         assert f"{second} (serial 2)" in text, text
         host.succeed(f"journalctl -u ferry-agent.service -o json FERRY_COMMIT={second} | grep -q FERRY_PHASE")
 
+    with subtest("node_exporter collects the agent's metrics"):
+        host.wait_for_unit("prometheus-node-exporter.service")
+        host.wait_until_succeeds("curl -fs http://127.0.0.1:9100/metrics | grep -qx 'ferry_release_serial 2'")
+        host.succeed("curl -fs http://127.0.0.1:9100/metrics | grep -qx 'ferry_deploys_total{outcome=\"success\"} 2'")
+        host.succeed("curl -fs http://127.0.0.1:9101/metrics | grep -qx 'ferry_drift 0'")
+
     with subtest("an unsigned tip is refused and the host stays where it is"):
         unsigned = server.succeed(
             "runuser -u git -- sh -c 'cd /srv/git/deploy.git"
@@ -221,5 +234,6 @@ pkgs.testers.runNixOSTest {
         s = status()
         assert s["last_outcome"]["result"] == "refused", s
         assert s["last_release"]["serial"] == 2, s
+        host.wait_until_succeeds("curl -fs http://127.0.0.1:9101/metrics | grep -qx 'ferry_deploys_total{outcome=\"refused\"} 1'")
   '';
 }
