@@ -191,16 +191,48 @@ impl Counts {
     }
 }
 
-/// One metric family: name, type and help, as the exposition format wants
-/// them before the samples.
+/// A metric family's Prometheus type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricType {
+    Gauge,
+    Counter,
+}
+
+impl MetricType {
+    /// As the `# TYPE` line writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricType::Gauge => "gauge",
+            MetricType::Counter => "counter",
+        }
+    }
+}
+
+/// What the agent says about one metric family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FamilyInfo {
+    pub name: &'static str,
+    pub kind: MetricType,
+    pub help: &'static str,
+}
+
+const fn gauge(name: &'static str, help: &'static str) -> FamilyInfo {
+    FamilyInfo {
+        name,
+        kind: MetricType::Gauge,
+        help,
+    }
+}
+
+/// Writes the samples of one family after its HELP and TYPE lines.
 struct Family<'o> {
     out: &'o mut String,
 }
 
 impl Family<'_> {
-    fn head<'o>(out: &'o mut String, name: &str, kind: &str, help: &str) -> Family<'o> {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
+    fn head<'o>(out: &'o mut String, info: &FamilyInfo) -> Family<'o> {
+        let _ = writeln!(out, "# HELP {} {}", info.name, info.help);
+        let _ = writeln!(out, "# TYPE {} {}", info.name, info.kind.as_str());
         Family { out }
     }
 
@@ -240,29 +272,33 @@ fn flag(b: bool) -> f64 {
 
 /// Every metric family [`render`] writes: name, type and meaning. Families
 /// with nothing to say yet (no release deployed, no expiry) have no sample.
-pub const FAMILIES: &[(&str, &str, &str)] = &[
-    ("ferry_build_info", "gauge", "The agent's version (always 1)."),
-    ("ferry_release_info", "gauge", "The release this host runs per Ferry: the last that deployed successfully (always 1)."),
-    ("ferry_release_serial", "gauge", "Serial of the release this host runs per Ferry."),
-    ("ferry_last_deploy_outcome", "gauge", "How the last deploy attempt ended: 1 for its outcome, 0 for the others."),
-    ("ferry_last_deploy_timestamp_seconds", "gauge", "When the last deploy attempt ended."),
-    ("ferry_last_deploy_serial", "gauge", "Serial of the release the last deploy attempt was for (0 when it was refused before its serial was known)."),
-    ("ferry_deploys_total", "counter", "Deploy attempts by how they ended (kept across restarts)."),
-    ("ferry_reboot_required", "gauge", "1 when the last release deployed needs a reboot to be fully active (new kernel or initrd, or a boot release) and the host has not booted into it."),
-    ("ferry_drift", "gauge", "1 when the running system or the system profile differs from what Ferry deployed."),
-    ("ferry_statuses_queued", "gauge", "Commit statuses waiting to be delivered to the forge."),
-    ("ferry_last_poll_success_timestamp_seconds", "gauge", "When a poll of the deploy branch last completed without a transient failure."),
-    ("ferry_newest_release_serial", "gauge", "Serial of the newest release this agent verified."),
-    ("ferry_newest_release_expiry_timestamp_seconds", "gauge", "When the newest verified release expires (absent when it does not)."),
-    ("ferry_newest_release_expiry_seconds", "gauge", "Seconds left, when the metrics were written, until the newest verified release expires; negative once expired."),
+pub const FAMILIES: &[FamilyInfo] = &[
+    gauge("ferry_build_info", "The agent's version (always 1)."),
+    gauge("ferry_release_info", "The release this host runs per Ferry: the last that deployed successfully (always 1)."),
+    gauge("ferry_release_serial", "Serial of the release this host runs per Ferry."),
+    gauge("ferry_last_deploy_outcome", "How the last deploy attempt ended: 1 for its outcome, 0 for the others."),
+    gauge("ferry_last_deploy_timestamp_seconds", "When the last deploy attempt ended."),
+    gauge("ferry_last_deploy_serial", "Serial of the release the last deploy attempt was for (0 when it was refused before its serial was known)."),
+    FamilyInfo {
+        name: "ferry_deploys_total",
+        kind: MetricType::Counter,
+        help: "Deploy attempts by how they ended (kept across restarts).",
+    },
+    gauge("ferry_reboot_required", "1 when the last release deployed needs a reboot to be fully active (new kernel or initrd, or a boot release) and the host has not booted into it."),
+    gauge("ferry_drift", "1 when the running system or the system profile differs from what Ferry deployed."),
+    gauge("ferry_statuses_queued", "Commit statuses waiting to be delivered to the forge."),
+    gauge("ferry_last_poll_success_timestamp_seconds", "When a poll of the deploy branch last completed without a transient failure."),
+    gauge("ferry_newest_release_serial", "Serial of the newest release this agent verified."),
+    gauge("ferry_newest_release_expiry_timestamp_seconds", "When the newest verified release expires (absent when it does not)."),
+    gauge("ferry_newest_release_expiry_seconds", "Seconds left, when the metrics were written, until the newest verified release expires; negative once expired."),
 ];
 
 fn family<'o>(out: &'o mut String, name: &str) -> Family<'o> {
-    let (_, kind, help) = FAMILIES
+    let info = FAMILIES
         .iter()
-        .find(|(n, _, _)| *n == name)
+        .find(|f| f.name == name)
         .unwrap_or_else(|| panic!("{name} is not in FAMILIES"));
-    Family::head(out, name, kind, help)
+    Family::head(out, info)
 }
 
 /// The snapshot in Prometheus's text exposition format (version 0.0.4).

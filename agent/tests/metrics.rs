@@ -53,8 +53,12 @@ fn snapshot() -> Snapshot {
 #[test]
 fn promtool_accepts_every_family_and_refuses_a_bad_one() {
     let text = metrics::render(&snapshot());
-    for (name, _, _) in FAMILIES {
-        assert!(text.contains(&format!("# TYPE {name} ")), "{name} is rendered");
+    for f in FAMILIES {
+        assert!(
+            text.contains(&format!("# TYPE {} ", f.name)),
+            "{} is rendered",
+            f.name
+        );
     }
     prometheus::check_metrics(&text).unwrap_or_else(|e| panic!("promtool check metrics: {e}\n{text}"));
     // The checker does check: a counter without `_total` is refused.
@@ -92,7 +96,7 @@ fn the_operations_guide_lists_exactly_the_metrics_the_agent_writes() {
         .collect();
     let written: BTreeSet<(String, String)> = FAMILIES
         .iter()
-        .map(|(n, t, _)| (n.to_string(), t.to_string()))
+        .map(|f| (f.name.to_owned(), f.kind.as_str().to_owned()))
         .collect();
     let undocumented: Vec<_> = written.difference(&documented).collect();
     let unknown: Vec<_> = documented.difference(&written).collect();
@@ -150,7 +154,7 @@ fn the_alert_rules_are_valid_and_name_only_real_metrics() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let known: BTreeSet<&str> = FAMILIES.iter().map(|(n, _, _)| *n).collect();
+    let known: BTreeSet<&str> = FAMILIES.iter().map(|f| f.name).collect();
     let named: BTreeSet<String> = rules
         .lines()
         .filter_map(|l| l.trim().strip_prefix("expr: "))

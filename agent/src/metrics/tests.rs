@@ -125,11 +125,16 @@ fn families_in(text: &str) -> Vec<String> {
 
 #[test]
 fn every_family_is_rendered_when_there_is_something_to_say() {
-    let names: Vec<String> = FAMILIES.iter().map(|(n, _, _)| n.to_string()).collect();
+    let names: Vec<String> = FAMILIES.iter().map(|f| f.name.to_owned()).collect();
     assert_eq!(families_in(&render(&full())), names);
-    for (name, kind, _) in FAMILIES {
-        assert!(name.starts_with("ferry_"), "{name}");
-        assert_eq!(name.ends_with("_total"), *kind == "counter", "{name}");
+    for f in FAMILIES {
+        assert!(f.name.starts_with("ferry_"), "{}", f.name);
+        assert_eq!(
+            f.name.ends_with("_total"),
+            f.kind == MetricType::Counter,
+            "{}",
+            f.name
+        );
     }
 }
 
