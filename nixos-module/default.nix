@@ -191,6 +191,13 @@ in
         assertion = !(lib.elem cfg.forge.kind [ "gitea" "forgejo" ]) || cfg.forge.apiUrl != null;
         message = "services.ferry-agent.forge.apiUrl is required for gitea/forgejo, e.g. https://git.example.com/api/v1.";
       }
+      {
+        # The agent's own rule; a host with a port or a URL would also break
+        # the `ID:PATH` syntax of LoadCredential.
+        assertion = lib.all (host: host != "" && builtins.match ".*[/: @].*" host == null)
+          (builtins.attrNames cfg.cacheBearerTokenFiles);
+        message = "services.ferry-agent.cacheBearerTokenFiles: name each cache by its host alone, e.g. \"cache.example.com\" (no scheme, port or path).";
+      }
     ];
 
     services.ferry-agent.settings = lib.mapAttrsRecursive (_: mkDefault) ({

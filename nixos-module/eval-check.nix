@@ -68,7 +68,7 @@ let
       start = lib.lists.findFirstIndex (l: l == "## Keys") null lines;
       rest = lib.drop (start + 1) lines;
       stop = lib.lists.findFirstIndex (lib.hasPrefix "## ") (builtins.length rest) rest;
-      keyOf = l: builtins.match "[|] `([a-z_.]+)` [|].*" l;
+      keyOf = l: builtins.match "[|] `([a-z0-9_.]+)` [|].*" l;
     in
     map builtins.head (builtins.filter (m: m != null) (map keyOf (lib.take stop rest)));
   # The dotted keys of a rendered agent.toml (tables are one level deep).
@@ -121,6 +121,17 @@ let
   metricsSettings = withMetrics.config.services.ferry-agent.settings;
   nodeExporter = withMetrics.config.services.prometheus.exporters.node;
 
+  # No cache credentials: no cache keys beyond the two, nothing loaded for them.
+  publicCache = eval {
+    services.ferry-agent = base.services.ferry-agent // { cacheNetrcFile = null; cacheBearerTokenFiles = { }; cacheS3CredentialsFile = null; };
+  };
+  # An s3:// substituter is written as Nix spells it, untouched.
+  s3Url = "s3://nix-cache?region=eu-central-1&endpoint=https://fsn1.your-objectstorage.com&profile=deploy";
+  s3Cache = eval (lib.recursiveUpdate base { services.ferry-agent.substituters = [ s3Url ]; });
+  badBearerHost = eval {
+    services.ferry-agent = base.services.ferry-agent // { cacheBearerTokenFiles = { "attic.example.com:8443" = "/run/secrets/attic-token"; }; };
+  };
+
   noTrust = eval (lib.recursiveUpdate base { services.ferry-agent.trustedPublicKeys = [ ]; });
   noForgeUrl = eval (lib.recursiveUpdate base { services.ferry-agent.forge.apiUrl = null; });
 in
@@ -143,7 +154,19 @@ builtins.all (x: x) [
   (check (unit.restartIfChanged == false) "a switch never restarts the agent")
   (check (unit.serviceConfig.Restart == "always") "Restart=always")
   (check (unit.serviceConfig.StateDirectory == "ferry-agent") "StateDirectory")
-  (check (unit.serviceConfig.LoadCredential == [ "forge-token:/run/secrets/forge" ]) "LoadCredential")
+  (check (unit.serviceConfig.LoadCredential == [
+    "forge-token:/run/secrets/forge"
+    "cache-netrc:/run/secrets/nix-netrc"
+    "cache-token-attic.example.com:/run/secrets/attic-token"
+    "cache-s3:/run/secrets/s3"
+  ]) "LoadCredential: the forge token and every cache credential")
+  (check (builtins.attrNames publicCache.config.services.ferry-agent.settings.cache == [ "substituters" "trusted_public_keys" ])
+    "a public cache: no credential keys")
+  (check (publicCache.config.systemd.services.ferry-agent.serviceConfig.LoadCredential == [ "forge-token:/run/secrets/forge" ])
+    "a public cache: no cache credentials loaded")
+  (check (s3Cache.config.services.ferry-agent.settings.cache.substituters == [ s3Url ]) "s3:// substituters pass through")
+  (check (failing s3Cache == [ ]) "an s3:// substituter passes the assertions")
+  (check (builtins.length (failing badBearerHost) == 1) "a bearer token host with a port is caught")
   (check (builtins.elem "network-online.target" unit.after) "After=network-online.target")
   (check (unit.environment.NIX_REMOTE == "daemon") "the store is written by nix-daemon")
   (check (lib.hasSuffix "/bin/ferry-agent --config /etc/ferry/agent.toml run" unit.serviceConfig.ExecStart) "ExecStart")
@@ -152,7 +175,8 @@ builtins.all (x: x) [
   (check (undocumented gitTokenSettings == [ ]) "with a git token, the module writes only documented keys")
   (check (gitTokenSettings.source.token_file == "/run/credentials/ferry-agent.service/git-token") "git token as credential")
   (check (withGitToken.config.systemd.services.ferry-agent.serviceConfig.LoadCredential
-    == [ "git-token:/run/secrets/git" "forge-token:/run/secrets/forge" ]) "both credentials loaded")
+    == [ "git-token:/run/secrets/git" "forge-token:/run/secrets/forge" "cache-netrc:/run/secrets/nix-netrc"
+      "cache-token-attic.example.com:/run/secrets/attic-token" "cache-s3:/run/secrets/s3" ]) "every credential loaded")
   (check (!(settings ? metrics) && cfg.services.prometheus.exporters.node.extraFlags == [ ]) "no metrics unless enabled")
   (check (metricsSettings.metrics == { textfile_dir = "/var/lib/ferry-agent-metrics"; listen = "127.0.0.1:9101"; }) "metrics settings")
   (check (undocumented metricsSettings == [ ]) "with metrics, the module writes only documented keys")

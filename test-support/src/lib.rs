@@ -1,11 +1,13 @@
 //! Helpers shared by Ferry's tests (ferry-signer's and ferry-agent's) and its
 //! benchmarks, so each exists once: git run in isolation from the user's and
 //! the system's configuration, keys made by `ssh-keygen`, a software stand-in
-//! for a FIDO security key, and the check of `docs/cli.md` against the
-//! binaries' `--help`. Not published; the tools it runs (git, ssh-keygen)
-//! are what `scripts/install-deps` installs.
+//! for a FIDO security key, the check of `docs/cli.md` against the
+//! binaries' `--help`, and nginx serving a binary cache behind credentials.
+//! Not published; the tools it runs (git, ssh-keygen, nginx, openssl) are
+//! what `scripts/install-deps` installs.
 
 pub mod cli_reference;
+pub mod nginx;
 pub mod sk;
 
 use std::path::{Path, PathBuf};
