@@ -121,7 +121,7 @@ in
         type = types.nullOr types.str;
         default = null;
         example = "https://git.example.com/api/v1";
-        description = "The forge API base URL (defaults to the public API for github and gitlab).";
+        description = "The forge API base URL (defaults to the public API for github and gitlab). https:// only: the agent refuses plain http:// to another machine, which would send the token in clear.";
       };
       repository = mkOption {
         type = types.str;

@@ -541,6 +541,13 @@ context = "ferry/{{host}}"
                 "`switch.unit`",
             ),
             (
+                format!(
+                    "{}[report]\nforge = \"gitea\"\napi_url = \"http://git.example.com/api/v1\"\nrepository = \"o/r\"\ntoken_file = \"/run/t\"\n",
+                    minimal()
+                ),
+                "`report.api_url`: `http://git.example.com/api/v1` is plain HTTP to another machine, so the forge token would cross the network in clear: use https://",
+            ),
+            (
                 minimal().replace("[cache]", "branch = \"a..b\"\n[cache]"),
                 "`source.branch`",
             ),
@@ -548,6 +555,30 @@ context = "ferry/{{host}}"
         for (text, needle) in cases {
             let err = refusal(&text);
             assert!(err.contains(needle), "expected `{needle}` in: {err}");
+        }
+    }
+
+    #[test]
+    fn a_forge_over_plain_http_only_on_this_machine() {
+        let report = |url: &str| {
+            format!(
+                "{}[report]\nforge = \"gitea\"\napi_url = \"{url}\"\nrepository = \"o/r\"\ntoken_file = \"/run/t\"\n",
+                minimal()
+            )
+        };
+        for url in [
+            "http://127.0.0.1:3000/api/v1",
+            "http://localhost/api/v1",
+            "http://[::1]:3000/api/v1",
+        ] {
+            assert!(parse(&report(url)).is_ok(), "{url}");
+        }
+        for url in ["http://10.0.0.1/api/v1", "http://localhost@evil.example/api/v1"] {
+            let err = refusal(&report(url));
+            assert!(
+                err.contains("`report.api_url`") && err.contains("use https://"),
+                "{err}"
+            );
         }
     }
 

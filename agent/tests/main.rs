@@ -5,6 +5,7 @@
 mod common;
 
 mod deploy;
+mod fleet;
 mod forge;
 mod key_types;
 mod metrics;
