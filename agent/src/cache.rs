@@ -152,15 +152,6 @@ pub enum CacheError {
 }
 
 impl CacheError {
-    /// Whether retrying later may help.
-    pub fn is_transient(&self) -> bool {
-        // Credentials are fixed on the host, not by a new release: retried.
-        matches!(
-            self,
-            CacheError::Unreachable { .. } | CacheError::Denied { .. } | CacheError::Credentials(_)
-        )
-    }
-
     /// Plain words for a commit status.
     pub fn summary(&self) -> String {
         match self {

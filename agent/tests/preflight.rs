@@ -120,7 +120,11 @@ fn an_unreachable_cache_is_a_transient_error() {
     let err = crate::common::runtime()
         .block_on(caches.preflight(&toplevel, Path::new("/nix/store")))
         .unwrap_err();
-    assert!(err.is_transient(), "{err}");
+    assert_eq!(
+        ferry_agent::decide::cache_fault(&err),
+        ferry_agent::decide::Fault::Transient,
+        "{err}"
+    );
     assert!(err.to_string().contains(&format!("127.0.0.1:{port}")), "{err}");
 }
 
@@ -140,7 +144,11 @@ fn an_oversized_or_malformed_narinfo_is_refused_not_retried() {
         std::fs::write(&file, &body).unwrap();
         let err = f.preflight(&f.caches(&[&f.cache.public_key])).unwrap_err();
         assert!(matches!(err, CacheError::Narinfo { .. }), "{what}: {err:?}");
-        assert!(!err.is_transient(), "{what}: {err}");
+        assert_ne!(
+            ferry_agent::decide::cache_fault(&err),
+            ferry_agent::decide::Fault::Transient,
+            "{what}: {err}"
+        );
         assert_eq!(
             ferry_agent::decide::cache_severity(&err),
             ferry_agent::decide::Severity::Failure,

@@ -196,7 +196,7 @@ impl NixStore for FakeStore {
                 true => Err(StoreError::Failed {
                     program: "nix-store",
                     status: "exit status: 1".into(),
-                    stderr: "path is not valid".into(),
+                    stderr: "copying 1 paths... | error: path is not valid".into(),
                 }),
                 false => Ok(()),
             }
@@ -813,7 +813,14 @@ fn a_realise_failure_is_an_error_and_nothing_is_switched() {
         Some(1),
         "accepted: the anchor stays"
     );
-    assert_eq!(host.statuses().last().map(|s| s.0), Some(StatusState::Error));
+    assert_eq!(
+        host.statuses().last(),
+        Some(&(
+            StatusState::Error,
+            "error: cannot realise the closure: nix-store: path is not valid".into()
+        )),
+        "the reason first, said once"
+    );
 }
 
 #[test]
@@ -1205,4 +1212,127 @@ fn an_ending_that_cannot_be_saved_is_reached_again() {
     assert_eq!(finals(&host), []);
     until_up_to_date(&host, "refused after the disk had room again");
     assert_eq!(finals(&host), expected);
+}
+
+impl Host {
+    /// Rewrites the state file as `change` says (time passing, in effect).
+    fn edit_state(&self, change: impl FnOnce(&mut State)) {
+        let dir = StateDir::open(&self.dir.path().join("state")).unwrap();
+        let mut state = dir.load().unwrap();
+        change(&mut state);
+        dir.save(&state).unwrap();
+    }
+}
+
+/// A cache unreachable for longer than `report.error_after` turns the
+/// release's status to one `error` (across polls and a restart), and back
+/// to the normal statuses once the cache answers again.
+#[test]
+fn a_persisting_transient_fault_posts_one_error_status_then_normal_ones() {
+    let host = Host::new();
+    host.w().cached = Cached::Unavailable;
+    let deploying = "deploying release 1 to web1".to_string();
+    let mut expected = vec![
+        (commit(R1), StatusState::Pending, deploying.clone()),
+        (commit(SOURCE), StatusState::Pending, deploying.clone()),
+    ];
+    let mut agent = host.agent();
+    transient(&mut agent);
+    assert_eq!(posted(&host), expected, "a fresh fault is only retried");
+    let since = host.state().fault.expect("the first failure is remembered").since;
+    transient(&mut agent);
+    assert_eq!(host.state().fault.unwrap().since, since, "the first one counts");
+    assert_eq!(posted(&host), expected);
+    // 15 minutes (the default `report.error_after`) later, still failing.
+    let began = since - chrono::Duration::minutes(15);
+    host.edit_state(|s| s.fault.as_mut().unwrap().since = began);
+    transient(&mut agent);
+    let error = decide::fault_description("error: binary cache unreachable", began);
+    assert!(error.starts_with("error: binary cache unreachable; retrying since "));
+    expected.extend([
+        (commit(R1), StatusState::Error, error.clone()),
+        (commit(SOURCE), StatusState::Error, error.clone()),
+    ]);
+    assert_eq!(posted(&host), expected);
+    for _ in 0..3 {
+        transient(&mut agent);
+    }
+    transient(&mut host.agent());
+    assert_eq!(posted(&host), expected, "one error status, not one per poll");
+    // The cache is back: "deploying" again, then the ending.
+    host.w().cached = Cached::Yes;
+    let mut agent = host.agent();
+    assert_eq!(
+        run(&mut agent),
+        Reconciled::Deployed {
+            reboot_required: false
+        }
+    );
+    let success = "web1 runs release 1".to_string();
+    expected.extend([
+        (commit(R1), StatusState::Pending, deploying.clone()),
+        (commit(SOURCE), StatusState::Pending, deploying),
+        (commit(R1), StatusState::Success, success.clone()),
+        (commit(SOURCE), StatusState::Success, success),
+    ]);
+    assert_eq!(posted(&host), expected);
+    assert_eq!(host.state().fault, None, "forgotten once it cleared");
+}
+
+/// A fault that clears before `report.error_after` is forgotten: the next
+/// one starts its own clock.
+#[test]
+fn a_fault_that_clears_early_is_never_reported_and_forgotten() {
+    let host = Host::new();
+    host.w().cached = Cached::Unavailable;
+    let mut agent = host.agent();
+    transient(&mut agent);
+    host.edit_state(|s| s.fault.as_mut().unwrap().since -= chrono::Duration::minutes(10));
+    host.w().cached = Cached::Missing;
+    assert!(matches!(run(&mut agent), Reconciled::WaitingForClosure { .. }));
+    assert_eq!(host.state().fault, None);
+    host.w().cached = Cached::Unavailable;
+    transient(&mut agent);
+    let since = host.state().fault.unwrap().since;
+    assert!(Utc::now() - since < chrono::Duration::minutes(1), "a new clock");
+    assert!(
+        posted(&host).iter().all(|(_, s, _)| *s == StatusState::Pending),
+        "{:?}",
+        posted(&host)
+    );
+}
+
+/// The first sighting of a missing closure is saved: a restarted agent
+/// neither says "deploying" and "waiting" again nor waits another hour.
+#[test]
+fn the_wait_for_a_closure_survives_restarts() {
+    let host = Host::new();
+    // The signer's clock is a day ahead: only the host's first sighting
+    // bounds the wait.
+    let ahead = Utc::now() + chrono::Duration::days(1);
+    host.w().releases.insert(
+        commit(R1),
+        Verifies::As(verified(R1, 1, Some((system('b'), Action::Switch)), ahead)),
+    );
+    host.w().cached = Cached::Missing;
+    let Reconciled::WaitingForClosure { until, .. } = run(&mut host.agent()) else {
+        panic!("waiting expected")
+    };
+    let said = posted(&host);
+    assert_eq!(said.len(), 4, "deploying and waiting, on two commits: {said:?}");
+    for _ in 0..3 {
+        let r = run(&mut host.agent());
+        assert_eq!(r, Reconciled::WaitingForClosure { serial: 1, until });
+    }
+    assert_eq!(posted(&host), said, "nothing said again after restarts");
+    // An hour after the first sighting, a restarted agent gives up.
+    host.edit_state(|s| s.closure_missing.as_mut().unwrap().since -= chrono::Duration::minutes(61));
+    let r = run(&mut host.agent());
+    assert!(
+        matches!(&r, Reconciled::Refused(why) if why.contains("in none of the binary caches")),
+        "{r:?}"
+    );
+    assert_eq!(host.state().closure_missing, None);
+    let last = posted(&host).pop().unwrap();
+    assert_eq!(last.1, StatusState::Failure);
 }
