@@ -220,5 +220,17 @@ mod tests {
                 .starts_with("refused: release.toml is not valid TOML at line 4: unknown field `nonsense`"),
             "{summary}"
         );
+        // A short reason: the snippet below it stays out of the description.
+        let broken = Release::parse(b"format = 1\nserial = 1\n[hosts.web1\n").unwrap_err();
+        let summary = VerifyError::Git(GitError::Release {
+            commit: git2::Oid::ZERO_SHA1,
+            source: broken,
+        })
+        .summary();
+        assert!(
+            summary.starts_with("refused: release.toml is not valid TOML at line 3: "),
+            "{summary}"
+        );
+        assert!(!summary.contains('\n') && !summary.contains('^'), "{summary}");
     }
 }
