@@ -112,6 +112,10 @@ pub struct Preflight {
     pub unpacked_bytes: u64,
     /// Names of the cache keys that vouched for the missing paths.
     pub signers: BTreeSet<String>,
+    /// The paths found in the store directory and so not fetched: present
+    /// only if Nix's database holds them valid, which the caller asks
+    /// (`seams::checked_preflight`).
+    pub on_disk: Vec<StorePath>,
 }
 
 /// Why a closure cannot be deployed from the caches.
@@ -335,8 +339,19 @@ impl BinaryCaches {
     /// already in the local store (`store_dir`), verifying each narinfo's
     /// signature, and checks there is room for what will be unpacked.
     pub async fn preflight(&self, toplevel: &StorePath, store_dir: &Path) -> Result<Preflight, CacheError> {
+        self.preflight_except(toplevel, store_dir, &BTreeSet::new()).await
+    }
+
+    /// [`BinaryCaches::preflight`], fetching the paths of `invalid` even
+    /// where they exist in the store directory (Nix holds them invalid).
+    pub async fn preflight_except(
+        &self,
+        toplevel: &StorePath,
+        store_dir: &Path,
+        invalid: &BTreeSet<StorePath>,
+    ) -> Result<Preflight, CacheError> {
         let auth = self.load_credentials()?;
-        Ok(self.walk(toplevel, store_dir, &auth).await?.0)
+        Ok(self.walk(toplevel, store_dir, &auth, invalid).await?.0)
     }
 
     /// [`BinaryCaches::preflight`] with the given credentials, also naming
@@ -347,6 +362,7 @@ impl BinaryCaches {
         toplevel: &StorePath,
         store_dir: &Path,
         auth: &Arc<Loaded>,
+        invalid: &BTreeSet<StorePath>,
     ) -> Result<(Preflight, BTreeSet<String>), CacheError> {
         let mut objects = BTreeSet::new();
         let mut seen: HashSet<String> = HashSet::new();
@@ -358,16 +374,21 @@ impl BinaryCaches {
             download_bytes: 0,
             unpacked_bytes: 0,
             signers: BTreeSet::new(),
+            on_disk: Vec::new(),
         };
+        let invalid: HashSet<&str> = invalid.iter().map(StorePath::base_name).collect();
         let enqueue = |base: String,
                        seen: &mut HashSet<String>,
                        queue: &mut VecDeque<String>,
                        result: &mut Preflight| {
             if seen.insert(base.clone()) {
                 result.paths += 1;
-                // Paths already in the store are trusted: they are this host's.
-                if !store_dir.join(&base).exists() {
-                    queue.push_back(base);
+                // Paths already in the store are trusted (they are this
+                // host's) once Nix confirms them valid.
+                let on_disk = !invalid.contains(base.as_str()) && store_dir.join(&base).exists();
+                match format!("{}/{base}", ferry_signer::names::STORE_DIR).parse::<StorePath>() {
+                    Ok(path) if on_disk => result.on_disk.push(path),
+                    _ => queue.push_back(base),
                 }
             }
         };

@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::decide::{self, AfterCheck, Checked, Conclusion, Severity, SwitchResult, Verdict};
 use crate::health::Health;
 use crate::report::{CommitStatus, StatusState};
-use crate::seams::{Activation, Seams};
+use crate::seams::{Activation, PreflightError, Seams};
 use crate::state::{self, Anchor, InFlight, Outcome, OutcomeKind, Phase, State, StateDir, Target, Unsent};
 use crate::switch::Observed;
 use crate::systemd::SystemdError;
@@ -491,7 +491,16 @@ impl Agent {
         if first_seen_missing.is_none() && !fault_reported {
             self.announce(state, &tip, source.as_ref(), &deploying).await?;
         }
-        let preflight = match self.seams.caches.preflight(&entry.toplevel).await {
+        let checked =
+            crate::seams::checked_preflight(&mut *self.seams.caches, &mut *self.seams.store, &entry.toplevel)
+                .await;
+        let preflight = match checked {
+            Ok(p) => Ok(p),
+            // Nix could not be asked: retried, like any fault outside the release.
+            Err(PreflightError::Store(e)) => return Err(e.into()),
+            Err(PreflightError::Cache(e)) => Err(e),
+        };
+        let preflight = match preflight {
             Ok(p) => p,
             Err(e) if decide::cache_fault(&e) == decide::Fault::Transient => return Err(e.into()),
             Err(e @ CacheError::NotFound { .. })

@@ -123,6 +123,25 @@ impl Store {
         run("nix-store", cmd, self.realise_timeout).await.map(drop)
     }
 
+    /// Which of `paths` Nix's database does not hold valid: absent, or
+    /// present in the store directory but not registered (left by an
+    /// interrupted copy or written by hand). Asked of Nix, never guessed
+    /// from the file system.
+    pub async fn invalid_paths(&self, paths: &[StorePath]) -> Result<Vec<StorePath>, StoreError> {
+        if paths.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = Command::new("nix-store");
+        cmd.args(["--check-validity", "--print-invalid"])
+            .args(paths.iter().map(StorePath::as_str));
+        let out = run("nix-store", cmd, Duration::from_secs(120)).await?;
+        Ok(paths
+            .iter()
+            .filter(|p| out.lines().any(|l| l.trim() == p.as_str()))
+            .cloned()
+            .collect())
+    }
+
     /// Points the system profile at `toplevel` (a new generation).
     pub async fn set_profile(&self, toplevel: &StorePath) -> Result<(), StoreError> {
         let mut cmd = Command::new("nix-env");

@@ -161,3 +161,61 @@ fn an_oversized_or_malformed_narinfo_is_refused_not_retried() {
         );
     }
 }
+
+/// A directory at a store path that Nix's database does not hold (left by
+/// an interrupted copy, or written by hand), removed when dropped.
+struct Stray(std::path::PathBuf);
+
+impl Drop for Stray {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The preflight asks Nix, not the file system, what is present: a closure
+/// path that exists under /nix/store but is invalid to Nix is checked in the
+/// cache like a missing one.
+#[test]
+fn a_path_that_exists_but_nix_holds_invalid_is_not_present() {
+    use ferry_agent::seams::{checked_preflight, LiveCaches, LiveStore};
+    use ferry_agent::store::Store;
+    let f = Fixture::new(3);
+    let leaf = f
+        .closure
+        .iter()
+        .find(|p| **p != f.toplevel)
+        .expect("a dependency")
+        .clone();
+    let _stray = Stray(leaf.clone().into());
+    std::fs::create_dir(&leaf).unwrap();
+    std::fs::write(Path::new(&leaf).join("half-copied"), "x").unwrap();
+    let check = nix::run(std::process::Command::new("nix-store").args([
+        "--check-validity",
+        "--print-invalid",
+        &leaf,
+    ]));
+    assert_eq!(check.trim(), leaf, "Nix holds the stray path invalid");
+    let caches = f.caches(&[&f.cache.public_key]);
+    let on_disk_only = f.preflight(&caches).unwrap();
+    assert_eq!(on_disk_only.on_disk.len(), 1, "{:?}", on_disk_only.on_disk);
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = LiveStore {
+        store: Store {
+            profile: dir.path().join("profile"),
+            gc_roots: dir.path().join("gcroots"),
+            substituters: vec![f.server.url()],
+            trusted_public_keys: vec![f.cache.public_key.clone()],
+            realise_timeout: std::time::Duration::from_secs(600),
+        },
+        caches: caches.clone(),
+        current_system: dir.path().join("current-system"),
+        booted_system: dir.path().join("booted-system"),
+    };
+    let toplevel = f.toplevel.parse().unwrap();
+    let p = crate::common::runtime()
+        .block_on(checked_preflight(&mut LiveCaches(caches), &mut store, &toplevel))
+        .unwrap();
+    assert_eq!(p.paths, f.closure.len());
+    assert_eq!(p.missing, f.closure.len(), "the invalid path is to be fetched");
+    assert!(p.on_disk.is_empty(), "{:?}", p.on_disk);
+}

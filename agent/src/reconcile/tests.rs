@@ -77,6 +77,10 @@ struct World {
     cached: Cached,
     running: Option<StorePath>,
     profile: Option<StorePath>,
+    /// Closure paths found in the store directory, and those of them Nix's
+    /// database holds invalid.
+    on_disk: Vec<StorePath>,
+    invalid: Vec<StorePath>,
     realise_fails: bool,
     /// How the unit of each (serial, activation) ends once started.
     ends: BTreeMap<(u64, bool), SwitchResult>,
@@ -153,16 +157,31 @@ impl ReleaseSource for FakeSource {
 }
 
 impl ClosureCache for FakeCache {
-    fn preflight(&mut self, toplevel: &StorePath) -> Pending<'_, Result<Preflight, CacheError>> {
+    fn preflight<'a>(
+        &'a mut self,
+        toplevel: &StorePath,
+        invalid: &'a std::collections::BTreeSet<StorePath>,
+    ) -> Pending<'a, Result<Preflight, CacheError>> {
         let path = toplevel.to_string();
         effect(&self.0, "preflight", move |w| match w.cached {
-            Cached::Yes => Ok(Preflight {
-                paths: 1,
-                missing: 1,
-                download_bytes: 1,
-                unpacked_bytes: 1,
-                signers: Default::default(),
-            }),
+            Cached::Yes => {
+                // The toplevel is fetched; the paths on disk count as
+                // present unless the caller says Nix holds them invalid.
+                let names: Vec<_> = invalid.iter().map(|p| p.name().to_owned()).collect();
+                if !w.on_disk.is_empty() {
+                    w.effects.push(format!("preflight except [{}]", names.join(" ")));
+                }
+                let (fetched, on_disk): (Vec<_>, Vec<_>) =
+                    w.on_disk.iter().cloned().partition(|p| invalid.contains(p));
+                Ok(Preflight {
+                    paths: 1 + w.on_disk.len(),
+                    missing: 1 + fetched.len(),
+                    download_bytes: 1,
+                    unpacked_bytes: 1,
+                    signers: Default::default(),
+                    on_disk,
+                })
+            }
             Cached::Missing => Err(CacheError::NotFound {
                 path,
                 caches: "https://cache.example.com".into(),
@@ -187,6 +206,16 @@ impl ClosureCache for FakeCache {
 }
 
 impl NixStore for FakeStore {
+    fn invalid_paths(&mut self, paths: &[StorePath]) -> Pending<'_, Result<Vec<StorePath>, StoreError>> {
+        let paths = paths.to_vec();
+        effect(&self.0, "validity", move |w| {
+            if !paths.is_empty() {
+                let names: Vec<_> = paths.iter().map(|p| p.name().to_owned()).collect();
+                w.effects.push(format!("valid? [{}]", names.join(" ")));
+            }
+            Ok(paths.into_iter().filter(|p| w.invalid.contains(p)).collect())
+        })
+    }
     fn realise(&mut self, toplevel: &StorePath) -> Pending<'_, Result<(), StoreError>> {
         let toplevel = toplevel.clone();
         effect(&self.0, "realise", move |w| {
@@ -388,6 +417,8 @@ impl Host {
             cached: Cached::Yes,
             running: Some(system('a')),
             profile: Some(system('a')),
+            on_disk: Vec::new(),
+            invalid: Vec::new(),
             realise_fails: false,
             ends: BTreeMap::new(),
             units: BTreeMap::new(),
@@ -1335,4 +1366,36 @@ fn the_wait_for_a_closure_survives_restarts() {
     assert_eq!(host.state().closure_missing, None);
     let last = posted(&host).pop().unwrap();
     assert_eq!(last.1, StatusState::Failure);
+}
+
+/// A path that exists in the store directory but that Nix holds invalid is
+/// not taken as present: Nix is asked about every path found on disk, and
+/// the preflight checks the invalid one in the cache like a missing one.
+#[test]
+fn the_preflight_asks_nix_which_paths_on_disk_are_valid() {
+    let host = Host::new();
+    host.w().on_disk = vec![system('c'), system('d')];
+    host.w().invalid = vec![system('d')];
+    let r = run(&mut host.agent());
+    assert_eq!(
+        r,
+        Reconciled::Deployed {
+            reboot_required: false
+        }
+    );
+    let asked: Vec<_> = host
+        .effects()
+        .into_iter()
+        .filter(|e| e.starts_with("preflight") || e.starts_with("valid?"))
+        .collect();
+    let (c, d) = (system('c').name().to_owned(), system('d').name().to_owned());
+    assert_eq!(
+        asked,
+        [
+            "preflight except []".to_string(),
+            format!("valid? [{c} {d}]"),
+            format!("preflight except [{d}]"),
+            format!("valid? [{c}]"),
+        ]
+    );
 }
