@@ -18,6 +18,9 @@ use crate::s3::{S3Cache, S3ErrorBody};
 
 /// narinfo requests in flight at once.
 const PARALLEL_FETCHES: usize = 32;
+/// A narinfo request, its body included, must finish within this (a server
+/// dripping the body is cut off, and the cache counted unreachable).
+pub const NARINFO_DEADLINE: Duration = Duration::from_secs(30);
 /// Closures larger than this are refused (endless-data defence).
 pub const MAX_CLOSURE_PATHS: usize = 200_000;
 /// The `[cache]` section of the configuration, validated.
@@ -210,6 +213,8 @@ struct Inner {
     credentials: CacheCredentials,
     /// For each substituter, its S3 form if it is an `s3://` one.
     s3: Vec<Option<S3Cache>>,
+    /// [`NARINFO_DEADLINE`], shorter in tests.
+    narinfo_deadline: Duration,
 }
 
 impl BinaryCaches {
@@ -235,7 +240,7 @@ impl BinaryCaches {
     ) -> Self {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(30))
+            .timeout(NARINFO_DEADLINE)
             .user_agent(concat!("ferry-agent/", env!("CARGO_PKG_VERSION")))
             // Caches redirect NARs to CDNs and object stores: other hosts are
             // followed, and reqwest drops the Authorization header when the
@@ -265,8 +270,18 @@ impl BinaryCaches {
                 s3: substituters.iter().map(|s| S3Cache::parse(s).ok()).collect(),
                 trusted: trusted.to_vec(),
                 credentials,
+                narinfo_deadline: NARINFO_DEADLINE,
             }),
         }
+    }
+
+    /// The same caches with another deadline per narinfo request (tests
+    /// use a short one). Call before cloning.
+    pub fn with_narinfo_deadline(mut self, deadline: Duration) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.narinfo_deadline = deadline;
+        }
+        self
     }
 
     /// Fetches and checks the narinfo of `path` from the first cache that has it.
@@ -487,7 +502,11 @@ impl Inner {
                 Err(e) => Err(unreachable(e.to_string())),
             };
         }
-        let Some(mut response) = self.send(index, reqwest::Method::GET, url, auth, None).await? else {
+        let deadline = Some(self.narinfo_deadline);
+        let Some(mut response) = self
+            .send(index, reqwest::Method::GET, url, auth, deadline)
+            .await?
+        else {
             return Ok(None);
         };
         let mut body = Vec::new();

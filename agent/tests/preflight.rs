@@ -219,3 +219,57 @@ fn a_path_that_exists_but_nix_holds_invalid_is_not_present() {
     assert_eq!(p.missing, f.closure.len(), "the invalid path is to be fetched");
     assert!(p.on_disk.is_empty(), "{:?}", p.on_disk);
 }
+
+/// A cache dripping the body of a narinfo (honest headers, one byte every
+/// 100 ms) is cut off by the deadline of the request, body included: the
+/// cache counts as unreachable (retried), and the preflight ends.
+#[test]
+fn a_cache_dripping_a_narinfo_is_cut_off_by_the_deadline() {
+    use crate::common::hostile::{dripping_cache, within};
+    let f = Fixture::new(1);
+    let server = dripping_cache(&f.cache.dir, ".narinfo");
+    let keys = vec![f.cache.public_key.parse::<CachePublicKey>().unwrap()];
+    let caches =
+        BinaryCaches::new(&[server.url()], &keys).with_narinfo_deadline(std::time::Duration::from_secs(2));
+    let toplevel: ferry_signer::StorePath = f.toplevel.parse().unwrap();
+    let err = within("a preflight against a dripping narinfo", move || {
+        crate::common::runtime()
+            .block_on(caches.preflight(&toplevel, Path::new("/nix/store")))
+            .unwrap_err()
+    });
+    assert!(matches!(err, CacheError::Unreachable { .. }), "{err}");
+    assert!(err.to_string().contains("timed out"), "{err}");
+}
+
+/// A cache dripping a NAR during the realise is cut off by the realise
+/// step's deadline (`switch.timeout`, at least an hour; short here): Nix is
+/// stopped, the relay with it, and the step fails naming the limit.
+#[test]
+fn a_cache_dripping_a_nar_is_cut_off_by_the_realise_deadline() {
+    use crate::common::hostile::{dripping_cache, within};
+    use ferry_agent::seams::realise_via_relay;
+    use ferry_agent::store::{Store, StoreError};
+    let f = Fixture::new(1);
+    let server = dripping_cache(&f.cache.dir, "/nar/");
+    let keys = vec![f.cache.public_key.parse::<CachePublicKey>().unwrap()];
+    let caches = BinaryCaches::new(&[server.url()], &keys);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store {
+        profile: dir.path().join("profile"),
+        gc_roots: dir.path().join("gcroots"),
+        substituters: Vec::new(),
+        trusted_public_keys: vec![f.cache.public_key.clone()],
+        realise_timeout: std::time::Duration::from_secs(3),
+    };
+    let toplevel: ferry_signer::StorePath = f.toplevel.parse().unwrap();
+    let err = within("a realise against a dripping NAR", move || {
+        let _nix = nix::lock();
+        crate::common::runtime()
+            .block_on(realise_via_relay(&store, &caches, &toplevel, "current"))
+            .unwrap_err()
+    });
+    assert!(
+        matches!(err, StoreError::Timeout { .. }) || err.to_string().contains("did not finish within 3s"),
+        "{err}"
+    );
+}
