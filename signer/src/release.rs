@@ -210,7 +210,11 @@ fn syntax(text: &str, e: &toml::de::Error) -> ReleaseError {
             snippet: String::new(),
         };
     };
-    let start = span.start.min(text.len());
+    // Untrusted input: never slice inside a character, whatever the span.
+    let mut start = span.start.min(text.len());
+    while !text.is_char_boundary(start) {
+        start -= 1;
+    }
     let line = line_of(text, start);
     let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
     let line_text = text[line_start..].lines().next().unwrap_or("");
