@@ -88,6 +88,9 @@ pub struct ReportConfig {
     pub forge: Option<ForgeTarget>,
     /// Status context; `{host}` is replaced by the host name.
     pub context: String,
+    /// How long a transient fault may keep a release from progressing
+    /// before it is reported as an `error` status.
+    pub error_after: Duration,
 }
 
 /// A forge repository that commit statuses are posted to.
@@ -346,6 +349,7 @@ pub(crate) struct ReportFile {
     pub(crate) repository: String,
     pub(crate) token_file: Option<PathBuf>,
     pub(crate) context: String,
+    pub(crate) error_after: HumanDuration,
 }
 
 impl Default for ReportFile {
@@ -356,6 +360,7 @@ impl Default for ReportFile {
             repository: String::new(),
             token_file: None,
             context: "ferry/{host}".into(),
+            error_after: HumanDuration(crate::decide::DEFAULT_ERROR_AFTER),
         }
     }
 }

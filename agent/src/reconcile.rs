@@ -20,8 +20,8 @@ use crate::decide::{self, AfterCheck, Checked, Conclusion, Severity, SwitchResul
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::report::{CommitStatus, StatusState};
-use crate::seams::{Activation, Seams};
-use crate::state::{Anchor, InFlight, Outcome, OutcomeKind, Phase, State, StateDir, Target, Unsent};
+use crate::seams::{Activation, PreflightError, Seams};
+use crate::state::{self, Anchor, InFlight, Outcome, OutcomeKind, Phase, State, StateDir, Target, Unsent};
 use crate::switch::Observed;
 use crate::systemd::SystemdError;
 
@@ -63,12 +63,11 @@ pub struct Agent {
     pub state: StateDir,
     pub seams: Seams,
     signers: AllowedSigners,
-    /// The release whose closure was missing from the cache at the last
-    /// attempt (CI may still be uploading) and when that was first seen: its
-    /// statuses are posted once, and the wait is bounded from then.
-    awaiting_cache: Option<(CommitId, DateTime<Utc>)>,
     /// Prometheus metrics, updated after every reconcile.
     pub metrics: Metrics,
+    /// The source commit of the release being worked on, once verified:
+    /// where a persisting fault is reported too.
+    release_source: Option<CommitId>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -154,7 +153,7 @@ impl Agent {
             config,
             seams,
             signers,
-            awaiting_cache: None,
+            release_source: None,
         })
     }
 
@@ -263,24 +262,95 @@ impl Agent {
 
     async fn reconcile_inner(&mut self) -> Result<Reconciled> {
         let mut state = self.state.load()?;
-        if let Some(flight) = state.in_flight.clone() {
+        let (release, span, result) = if let Some(flight) = state.in_flight.clone() {
             let span = target_span(&flight.target);
-            return async {
+            self.release_source = flight.source.clone();
+            let release = flight.target.commit.clone();
+            let result = async {
                 info!(
                     ferry_phase = flight.phase.name(),
                     "resuming a deploy interrupted by a restart"
                 );
                 self.advance(&mut state, flight).await
             }
-            .instrument(span)
+            .instrument(span.clone())
             .await;
+            (release, span, result)
+        } else {
+            // An unreachable repository names no release to report on: the
+            // journal says it, and the poll is retried.
+            let tip = self.seams.source.remote_tip().await?;
+            if state.last_seen_tip.as_ref() == Some(&tip) {
+                return Ok(Reconciled::UpToDate);
+            }
+            let span = deploy_span(&tip);
+            self.release_source = None;
+            let result = self
+                .new_tip(&mut state, tip.clone())
+                .instrument(span.clone())
+                .await;
+            (tip, span, result)
+        };
+        match result {
+            Ok(reconciled) => {
+                self.fault_cleared();
+                Ok(reconciled)
+            }
+            Err(e) => Err(self.fault_persists(&release, e).instrument(span).await),
         }
-        let tip = self.seams.source.remote_tip().await?;
-        if state.last_seen_tip.as_ref() == Some(&tip) {
-            return Ok(Reconciled::UpToDate);
+    }
+
+    /// A reconcile of `release` failed with a transient fault `e` (it is
+    /// retried): remembers when this first happened to the release and,
+    /// once that is `report.error_after` ago, reports it as one `error`
+    /// status (its words and start never change, so `is_news` posts it
+    /// once). Returns `e`.
+    async fn fault_persists(&mut self, release: &CommitId, e: anyhow::Error) -> anyhow::Error {
+        let Ok(mut state) = self.state.load() else {
+            return e;
+        };
+        let now = Utc::now();
+        let since = match state::Sighting::since_for(state.fault.as_ref(), release) {
+            Some(since) => since,
+            None => {
+                state.fault = Some(state::Sighting {
+                    commit: release.clone(),
+                    since: now,
+                });
+                now
+            }
+        };
+        if decide::fault_persists(since, now, self.config.report.error_after) {
+            let description = decide::fault_description(&fault_summary(&e), since);
+            let source = self.release_source.clone();
+            if self.report(
+                &mut state,
+                release,
+                source.as_ref(),
+                StatusState::Error,
+                &description,
+            ) {
+                warn!("{description}: reported as an error status");
+            }
         }
-        let span = deploy_span(&tip);
-        self.new_tip(&mut state, tip).instrument(span).await
+        if let Err(save) = self.state.save(&state) {
+            warn!("cannot remember when the fault began: {save}");
+            return e;
+        }
+        self.flush(&mut state);
+        e
+    }
+
+    /// A reconcile got through: a fault remembered is over.
+    fn fault_cleared(&mut self) {
+        let Ok(mut state) = self.state.load() else {
+            return;
+        };
+        if state.fault.take().is_some() {
+            if let Err(e) = self.state.save(&state) {
+                warn!("cannot forget a fault that cleared: {e}");
+            }
+        }
     }
 
     /// fetch → verify → judge: refuse, record that the host already runs the
@@ -306,6 +376,7 @@ impl Agent {
         let serial = verified.release.serial;
         Span::current().record("ferry_serial", serial);
         self.metrics.saw_release(serial, verified.release.expires);
+        self.release_source = verified.release.source.clone();
         let descends = match &state.anchor {
             Some(anchor) => self.seams.source.descends_from(&tip, &anchor.commit).await?,
             None => false,
@@ -424,22 +495,27 @@ impl Agent {
             "deploying release {serial} ({})", entry.action
         );
         let now = Utc::now();
-        let first_seen_missing = match &self.awaiting_cache {
-            Some((commit, since)) if *commit == tip => Some(*since),
-            _ => None,
-        };
-        if first_seen_missing.is_none() {
-            let description = format!("deploying release {serial} to {}", self.config.host);
-            if self.report(state, &tip, source.as_ref(), StatusState::Pending, &description) {
-                self.state.save(state)?;
-                if self.flush(state) {
-                    self.seams.statuses.deliver().await;
-                }
-            }
+        let first_seen_missing = state::Sighting::since_for(state.closure_missing.as_ref(), &tip);
+        // While a persisting fault is reported, the release keeps its
+        // `error` status until the fault clears (then "deploying" again).
+        let fault_reported = state::Sighting::since_for(state.fault.as_ref(), &tip)
+            .is_some_and(|since| decide::fault_persists(since, now, self.config.report.error_after));
+        let deploying = format!("deploying release {serial} to {}", self.config.host);
+        if first_seen_missing.is_none() && !fault_reported {
+            self.announce(state, &tip, source.as_ref(), &deploying).await?;
         }
-        let preflight = match self.seams.caches.preflight(&entry.toplevel).await {
+        let checked =
+            crate::seams::checked_preflight(&mut *self.seams.caches, &mut *self.seams.store, &entry.toplevel)
+                .await;
+        let preflight = match checked {
+            Ok(p) => Ok(p),
+            // Nix could not be asked: retried, like any fault outside the release.
+            Err(PreflightError::Store(e)) => return Err(e.into()),
+            Err(PreflightError::Cache(e)) => Err(e),
+        };
+        let preflight = match preflight {
             Ok(p) => p,
-            Err(e) if e.is_transient() => return Err(e.into()),
+            Err(e) if decide::cache_fault(&e) == decide::Fault::Transient => return Err(e.into()),
             Err(e @ CacheError::NotFound { .. })
                 if decide::may_still_be_uploading(
                     verified.release.created,
@@ -450,7 +526,6 @@ impl Agent {
                 return self.wait_for_upload(state, verified, &e, first_seen_missing, now);
             }
             Err(e) => {
-                self.awaiting_cache = None;
                 let refused = Refused {
                     phase: "preflight",
                     tip,
@@ -463,7 +538,10 @@ impl Agent {
                 return self.refuse(state, refused);
             }
         };
-        self.awaiting_cache = None;
+        if fault_reported {
+            self.announce(state, &tip, source.as_ref(), &deploying).await?;
+        }
+        state.closure_missing = None;
         info!(
             ferry_phase = "preflight",
             paths = preflight.paths,
@@ -473,6 +551,24 @@ impl Agent {
             "closure preflight passed"
         );
         self.accept(state, verified, entry, running).await
+    }
+
+    /// Posts the pending status `description` on the release and its source,
+    /// unless it is the last thing said there.
+    async fn announce(
+        &mut self,
+        state: &mut State,
+        tip: &CommitId,
+        source: Option<&CommitId>,
+        description: &str,
+    ) -> Result<()> {
+        if self.report(state, tip, source, StatusState::Pending, description) {
+            self.state.save(state)?;
+            if self.flush(state) {
+                self.seams.statuses.deliver().await;
+            }
+        }
+        Ok(())
     }
 
     /// A closure missing from the cache shortly after its release was made:
@@ -494,19 +590,23 @@ impl Agent {
             "{missing}; waiting for CI to finish uploading (until {until})"
         );
         if first_seen_missing.is_none() {
+            // Saved with the status, so a restart neither says it again nor
+            // restarts the wait.
+            state.closure_missing = Some(state::Sighting {
+                commit: verified.commit.clone(),
+                since: now,
+            });
             let description = format!("release {serial}: waiting for the closure in the binary cache");
             let source = verified.release.source.as_ref();
-            if self.report(
+            self.report(
                 state,
                 &verified.commit,
                 source,
                 StatusState::Pending,
                 &description,
-            ) {
-                self.state.save(state)?;
-                self.flush(state);
-            }
-            self.awaiting_cache = Some((verified.commit.clone(), now));
+            );
+            self.state.save(state)?;
+            self.flush(state);
         }
         Ok(Reconciled::WaitingForClosure { serial, until })
     }
@@ -582,17 +682,27 @@ impl Agent {
             ferry_phase = flight.phase.name(),
             "realising the closure from the binary cache"
         );
+        // The status says why first (cut to 140 characters); the journal
+        // gets the whole error.
         if let Err(e) = self.seams.store.realise(toplevel).await {
+            error!(
+                ferry_phase = flight.phase.name(),
+                "cannot realise the closure: {e}"
+            );
             return Ok(Next::End(Conclusion {
                 kind: OutcomeKind::Error,
-                description: format!("error: cannot realise the closure: {e}"),
+                description: format!("error: cannot realise the closure: {}", e.reason()),
             }));
         }
         if flight.action.sets_profile() {
             if let Err(e) = self.seams.store.set_profile(toplevel).await {
+                error!(
+                    ferry_phase = flight.phase.name(),
+                    "cannot set the system profile: {e}"
+                );
                 return Ok(Next::End(Conclusion {
                     kind: OutcomeKind::Error,
-                    description: format!("error: cannot set the system profile: {e}"),
+                    description: format!("error: cannot set the system profile: {}", e.reason()),
                 }));
             }
         }
@@ -775,12 +885,30 @@ impl Agent {
             status,
             &outcome.description,
         );
-        // Nothing more is posted for this release: its statuses are forgotten.
+        // Nothing more is posted for this release: its statuses and first
+        // sightings are forgotten.
         state.recent_statuses.clear();
+        state.closure_missing = None;
+        state.fault = None;
         self.state.save(state)?;
         self.flush(state);
         Ok(result)
     }
+}
+
+/// What a transient fault is, in the words of a status description (which
+/// never change while the fault lasts).
+fn fault_summary(e: &anyhow::Error) -> String {
+    if let Some(e) = e.downcast_ref::<CacheError>() {
+        return e.summary();
+    }
+    if e.downcast_ref::<crate::source::SourceError>().is_some() {
+        return "error: the deploy repository is unreachable".into();
+    }
+    if e.chain().any(|c| c.downcast_ref::<SystemdError>().is_some()) {
+        return "error: systemd cannot be reached".into();
+    }
+    "error: the deploy cannot go on (see the journal)".into()
 }
 
 impl InFlight {

@@ -108,7 +108,12 @@ impl VerifyError {
                     expires.format("%Y-%m-%d %H:%M UTC")
                 )
             }
-            VerifyError::Git(GitError::Release { source, .. }) => format!("refused: {source}"),
+            // The first line: the reason and where (the snippet below it
+            // is for a terminal).
+            VerifyError::Git(GitError::Release { source, .. }) => {
+                let text = source.to_string();
+                format!("refused: {}", text.lines().next().unwrap_or_default())
+            }
             VerifyError::Git(GitError::NoReleaseFile { .. }) => {
                 "refused: commit has no release.toml".to_owned()
             }
@@ -187,4 +192,45 @@ pub fn verify_release_commit(
         committed_at,
         release,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::release::{Release, ReleaseError};
+
+    /// A status description keeps the reason of a bad release.toml, whatever
+    /// the line it is on looks like, on one line within 140 characters.
+    #[test]
+    fn a_release_toml_error_summary_says_why_first() {
+        let text = format!(
+            "format = 1\nserial = 1\ncreated = 2026-11-21T23:00:00Z\nnonsense = \"{}\"\n\n[hosts.web1]\ntoplevel = \"/nix/store/0c0mb5j1x3dg5bf3wk3jh4xyz6p4s3ld-nixos-system-web1\"\n",
+            "x".repeat(300)
+        );
+        let source: ReleaseError = Release::parse(text.as_bytes()).unwrap_err();
+        let e = VerifyError::Git(GitError::Release {
+            commit: git2::Oid::ZERO_SHA1,
+            source,
+        });
+        let summary = e.summary();
+        assert!(summary.chars().count() <= 140, "{summary}");
+        assert!(!summary.contains('\n'), "{summary}");
+        assert!(
+            summary
+                .starts_with("refused: release.toml is not valid TOML at line 4: unknown field `nonsense`"),
+            "{summary}"
+        );
+        // A short reason: the snippet below it stays out of the description.
+        let broken = Release::parse(b"format = 1\nserial = 1\n[hosts.web1\n").unwrap_err();
+        let summary = VerifyError::Git(GitError::Release {
+            commit: git2::Oid::ZERO_SHA1,
+            source: broken,
+        })
+        .summary();
+        assert!(
+            summary.starts_with("refused: release.toml is not valid TOML at line 3: "),
+            "{summary}"
+        );
+        assert!(!summary.contains('\n') && !summary.contains('^'), "{summary}");
+    }
 }

@@ -77,6 +77,10 @@ struct World {
     cached: Cached,
     running: Option<StorePath>,
     profile: Option<StorePath>,
+    /// Closure paths found in the store directory, and those of them Nix's
+    /// database holds invalid.
+    on_disk: Vec<StorePath>,
+    invalid: Vec<StorePath>,
     realise_fails: bool,
     /// How the unit of each (serial, activation) ends once started.
     ends: BTreeMap<(u64, bool), SwitchResult>,
@@ -153,16 +157,31 @@ impl ReleaseSource for FakeSource {
 }
 
 impl ClosureCache for FakeCache {
-    fn preflight(&mut self, toplevel: &StorePath) -> Pending<'_, Result<Preflight, CacheError>> {
+    fn preflight<'a>(
+        &'a mut self,
+        toplevel: &StorePath,
+        invalid: &'a std::collections::BTreeSet<StorePath>,
+    ) -> Pending<'a, Result<Preflight, CacheError>> {
         let path = toplevel.to_string();
         effect(&self.0, "preflight", move |w| match w.cached {
-            Cached::Yes => Ok(Preflight {
-                paths: 1,
-                missing: 1,
-                download_bytes: 1,
-                unpacked_bytes: 1,
-                signers: Default::default(),
-            }),
+            Cached::Yes => {
+                // The toplevel is fetched; the paths on disk count as
+                // present unless the caller says Nix holds them invalid.
+                let names: Vec<_> = invalid.iter().map(|p| p.name().to_owned()).collect();
+                if !w.on_disk.is_empty() {
+                    w.effects.push(format!("preflight except [{}]", names.join(" ")));
+                }
+                let (fetched, on_disk): (Vec<_>, Vec<_>) =
+                    w.on_disk.iter().cloned().partition(|p| invalid.contains(p));
+                Ok(Preflight {
+                    paths: 1 + w.on_disk.len(),
+                    missing: 1 + fetched.len(),
+                    download_bytes: 1,
+                    unpacked_bytes: 1,
+                    signers: Default::default(),
+                    on_disk,
+                })
+            }
             Cached::Missing => Err(CacheError::NotFound {
                 path,
                 caches: "https://cache.example.com".into(),
@@ -187,6 +206,16 @@ impl ClosureCache for FakeCache {
 }
 
 impl NixStore for FakeStore {
+    fn invalid_paths(&mut self, paths: &[StorePath]) -> Pending<'_, Result<Vec<StorePath>, StoreError>> {
+        let paths = paths.to_vec();
+        effect(&self.0, "validity", move |w| {
+            if !paths.is_empty() {
+                let names: Vec<_> = paths.iter().map(|p| p.name().to_owned()).collect();
+                w.effects.push(format!("valid? [{}]", names.join(" ")));
+            }
+            Ok(paths.into_iter().filter(|p| w.invalid.contains(p)).collect())
+        })
+    }
     fn realise(&mut self, toplevel: &StorePath) -> Pending<'_, Result<(), StoreError>> {
         let toplevel = toplevel.clone();
         effect(&self.0, "realise", move |w| {
@@ -196,7 +225,7 @@ impl NixStore for FakeStore {
                 true => Err(StoreError::Failed {
                     program: "nix-store",
                     status: "exit status: 1".into(),
-                    stderr: "path is not valid".into(),
+                    stderr: "copying 1 paths... | error: path is not valid".into(),
                 }),
                 false => Ok(()),
             }
@@ -388,6 +417,8 @@ impl Host {
             cached: Cached::Yes,
             running: Some(system('a')),
             profile: Some(system('a')),
+            on_disk: Vec::new(),
+            invalid: Vec::new(),
             realise_fails: false,
             ends: BTreeMap::new(),
             units: BTreeMap::new(),
@@ -813,7 +844,14 @@ fn a_realise_failure_is_an_error_and_nothing_is_switched() {
         Some(1),
         "accepted: the anchor stays"
     );
-    assert_eq!(host.statuses().last().map(|s| s.0), Some(StatusState::Error));
+    assert_eq!(
+        host.statuses().last(),
+        Some(&(
+            StatusState::Error,
+            "error: cannot realise the closure: nix-store: path is not valid".into()
+        )),
+        "the reason first, said once"
+    );
 }
 
 #[test]
@@ -1261,4 +1299,159 @@ fn a_kill_before_any_durable_write_counts_each_ending_once() {
             assert_eq!(deploys_counted(&host), expected, "{what}");
         }
     }
+}
+
+impl Host {
+    /// Rewrites the state file as `change` says (time passing, in effect).
+    fn edit_state(&self, change: impl FnOnce(&mut State)) {
+        let dir = StateDir::open(&self.dir.path().join("state")).unwrap();
+        let mut state = dir.load().unwrap();
+        change(&mut state);
+        dir.save(&state).unwrap();
+    }
+}
+
+/// A cache unreachable for longer than `report.error_after` turns the
+/// release's status to one `error` (across polls and a restart), and back
+/// to the normal statuses once the cache answers again.
+#[test]
+fn a_persisting_transient_fault_posts_one_error_status_then_normal_ones() {
+    let host = Host::new();
+    host.w().cached = Cached::Unavailable;
+    let deploying = "deploying release 1 to web1".to_string();
+    let mut expected = vec![
+        (commit(R1), StatusState::Pending, deploying.clone()),
+        (commit(SOURCE), StatusState::Pending, deploying.clone()),
+    ];
+    let mut agent = host.agent();
+    transient(&mut agent);
+    assert_eq!(posted(&host), expected, "a fresh fault is only retried");
+    let since = host.state().fault.expect("the first failure is remembered").since;
+    transient(&mut agent);
+    assert_eq!(host.state().fault.unwrap().since, since, "the first one counts");
+    assert_eq!(posted(&host), expected);
+    // 15 minutes (the default `report.error_after`) later, still failing.
+    let began = since - chrono::Duration::minutes(15);
+    host.edit_state(|s| s.fault.as_mut().unwrap().since = began);
+    transient(&mut agent);
+    let error = decide::fault_description("error: binary cache unreachable", began);
+    assert!(error.starts_with("error: binary cache unreachable; retrying since "));
+    expected.extend([
+        (commit(R1), StatusState::Error, error.clone()),
+        (commit(SOURCE), StatusState::Error, error.clone()),
+    ]);
+    assert_eq!(posted(&host), expected);
+    for _ in 0..3 {
+        transient(&mut agent);
+    }
+    transient(&mut host.agent());
+    assert_eq!(posted(&host), expected, "one error status, not one per poll");
+    // The cache is back: "deploying" again, then the ending.
+    host.w().cached = Cached::Yes;
+    let mut agent = host.agent();
+    assert_eq!(
+        run(&mut agent),
+        Reconciled::Deployed {
+            reboot_required: false
+        }
+    );
+    let success = "web1 runs release 1".to_string();
+    expected.extend([
+        (commit(R1), StatusState::Pending, deploying.clone()),
+        (commit(SOURCE), StatusState::Pending, deploying),
+        (commit(R1), StatusState::Success, success.clone()),
+        (commit(SOURCE), StatusState::Success, success),
+    ]);
+    assert_eq!(posted(&host), expected);
+    assert_eq!(host.state().fault, None, "forgotten once it cleared");
+}
+
+/// A fault that clears before `report.error_after` is forgotten: the next
+/// one starts its own clock.
+#[test]
+fn a_fault_that_clears_early_is_never_reported_and_forgotten() {
+    let host = Host::new();
+    host.w().cached = Cached::Unavailable;
+    let mut agent = host.agent();
+    transient(&mut agent);
+    host.edit_state(|s| s.fault.as_mut().unwrap().since -= chrono::Duration::minutes(10));
+    host.w().cached = Cached::Missing;
+    assert!(matches!(run(&mut agent), Reconciled::WaitingForClosure { .. }));
+    assert_eq!(host.state().fault, None);
+    host.w().cached = Cached::Unavailable;
+    transient(&mut agent);
+    let since = host.state().fault.unwrap().since;
+    assert!(Utc::now() - since < chrono::Duration::minutes(1), "a new clock");
+    assert!(
+        posted(&host).iter().all(|(_, s, _)| *s == StatusState::Pending),
+        "{:?}",
+        posted(&host)
+    );
+}
+
+/// The first sighting of a missing closure is saved: a restarted agent
+/// neither says "deploying" and "waiting" again nor waits another hour.
+#[test]
+fn the_wait_for_a_closure_survives_restarts() {
+    let host = Host::new();
+    // The signer's clock is a day ahead: only the host's first sighting
+    // bounds the wait.
+    let ahead = Utc::now() + chrono::Duration::days(1);
+    host.w().releases.insert(
+        commit(R1),
+        Verifies::As(verified(R1, 1, Some((system('b'), Action::Switch)), ahead)),
+    );
+    host.w().cached = Cached::Missing;
+    let Reconciled::WaitingForClosure { until, .. } = run(&mut host.agent()) else {
+        panic!("waiting expected")
+    };
+    let said = posted(&host);
+    assert_eq!(said.len(), 4, "deploying and waiting, on two commits: {said:?}");
+    for _ in 0..3 {
+        let r = run(&mut host.agent());
+        assert_eq!(r, Reconciled::WaitingForClosure { serial: 1, until });
+    }
+    assert_eq!(posted(&host), said, "nothing said again after restarts");
+    // An hour after the first sighting, a restarted agent gives up.
+    host.edit_state(|s| s.closure_missing.as_mut().unwrap().since -= chrono::Duration::minutes(61));
+    let r = run(&mut host.agent());
+    assert!(
+        matches!(&r, Reconciled::Refused(why) if why.contains("in none of the binary caches")),
+        "{r:?}"
+    );
+    assert_eq!(host.state().closure_missing, None);
+    let last = posted(&host).pop().unwrap();
+    assert_eq!(last.1, StatusState::Failure);
+}
+
+/// A path that exists in the store directory but that Nix holds invalid is
+/// not taken as present: Nix is asked about every path found on disk, and
+/// the preflight checks the invalid one in the cache like a missing one.
+#[test]
+fn the_preflight_asks_nix_which_paths_on_disk_are_valid() {
+    let host = Host::new();
+    host.w().on_disk = vec![system('c'), system('d')];
+    host.w().invalid = vec![system('d')];
+    let r = run(&mut host.agent());
+    assert_eq!(
+        r,
+        Reconciled::Deployed {
+            reboot_required: false
+        }
+    );
+    let asked: Vec<_> = host
+        .effects()
+        .into_iter()
+        .filter(|e| e.starts_with("preflight") || e.starts_with("valid?"))
+        .collect();
+    let (c, d) = (system('c').name().to_owned(), system('d').name().to_owned());
+    assert_eq!(
+        asked,
+        [
+            "preflight except []".to_string(),
+            format!("valid? [{c} {d}]"),
+            format!("preflight except [{d}]"),
+            format!("valid? [{c}]"),
+        ]
+    );
 }
