@@ -110,6 +110,9 @@ impl Phase {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InFlight {
     pub target: Target,
+    /// The branch tip the release was accepted at: the release itself, or
+    /// the last approval on top of it (remembered as seen when it ends).
+    pub tip: CommitId,
     /// The release's source commit (statuses go there too).
     pub source: Option<CommitId>,
     pub action: Action,
@@ -288,6 +291,9 @@ struct AnchorFile {
 #[serde(deny_unknown_fields)]
 struct InFlightFile {
     commit: String,
+    /// Absent in files from before approvals: the tip was the release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tip: Option<String>,
     serial: u64,
     source: Option<String>,
     toplevel: String,
@@ -433,6 +439,7 @@ impl InFlightFile {
         };
         InFlightFile {
             commit: f.target.commit.to_string(),
+            tip: (f.tip != f.target.commit).then(|| f.tip.to_string()),
             serial: f.target.serial,
             source: f.source.as_ref().map(|c| c.to_string()),
             toplevel: f.target.toplevel.to_string(),
@@ -468,6 +475,7 @@ impl InFlightFile {
             other => return Err(format!("unknown phase `{other}`")),
         };
         Ok(InFlight {
+            tip: commit(self.tip.as_deref().unwrap_or(&self.commit))?,
             target: Target {
                 commit: commit(&self.commit)?,
                 serial: self.serial,
@@ -532,6 +540,7 @@ mod tests {
                 serial: 7,
             }),
             in_flight: Some(InFlight {
+                tip: commit.clone(),
                 target: Target {
                     commit: commit.clone(),
                     serial: 7,
