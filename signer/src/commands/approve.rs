@@ -157,6 +157,11 @@ pub fn approvals_lines(tally: &ferry_signer::Tally) -> String {
         out.push_str(&format!("  approved by {}\n", tally.counted.join(", ")));
     }
     for (a, why) in &tally.ignored {
+        if tally.required == 0 && *why == approvals::NotCounted::NotAnApprover {
+            // No policy given: nobody is an approver, so just list them.
+            out.push_str(&format!("  approval {} by {}\n", a.commit, a.signer.principal));
+            continue;
+        }
         out.push_str(&format!(
             "  approval {} by {} does not count: {}\n",
             a.commit,
