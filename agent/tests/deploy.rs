@@ -1116,6 +1116,7 @@ fn the_service_survives_kill_and_outages_over_smart_http() {
 }
 
 // Secrets (sops-nix, agenix) through a deploy, on this file's `World`.
+mod approvals;
 mod secrets;
 
 /// Full deploys (pending → success) from a private cache that demands a
