@@ -188,6 +188,11 @@ impl Agent {
         self.signers = signers;
     }
 
+    /// Replaces the approvers' allowed signers (after `approvals.allowed_signers` changed).
+    pub fn set_approver_signers(&mut self, signers: AllowedSigners) {
+        self.approver_signers = Some(signers);
+    }
+
     /// Records a status on the release commit and, if given, its source
     /// commit in `state` (not yet saved): the caller saves it with whatever
     /// it reports, then [`Agent::flush`] moves it to the outbox. A status

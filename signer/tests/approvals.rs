@@ -189,7 +189,9 @@ fn approvals_made_with_git_commit_by_every_key_type_count_and_git_agrees() {
 fn the_threshold_is_met_only_by_distinct_approvers_other_than_the_releaser() {
     let d = Deploy::new();
     // Not met: nobody approved yet.
-    assert_refused(&d.verify(POLICY), "release 1 awaits approval (0 of 2)");
+    let out = d.verify(POLICY);
+    assert_refused(&out, "release 1 awaits approval (0 of 2)");
+    assert!(stdout(&out).starts_with("awaiting-approval "), "{}", stdout(&out));
     // Without a policy the release verifies as it always did.
     assert_ok(&d.verify(&[]));
     d.git_approve(&d.alice);

@@ -51,7 +51,8 @@ pub fn run(args: Args) -> Result<()> {
         names.join(" ")
     };
     println!(
-        "ok {} serial {} signed by {} ({} {}), {} host(s): {}",
+        "{} {} serial {} signed by {} ({} {}), {} host(s): {}",
+        if tally.is_met() { "ok" } else { "awaiting-approval" },
         v.commit,
         v.release.serial,
         v.signer.principal,
