@@ -121,7 +121,7 @@ fn a_host_requiring_two_approvals_waits_for_them_while_a_canary_deploys_at_once(
     );
 
     // Alice approves: counted, still waiting, the host keeps its system.
-    approve(&w, &alice);
+    let first = approve(&w, &alice);
     let (ok, text) = w.once();
     assert!(ok && text.contains("1 of 2 (alice)"), "{text}");
     assert_eq!(
@@ -155,4 +155,19 @@ fn a_host_requiring_two_approvals_waits_for_them_while_a_canary_deploys_at_once(
     assert!(ok && text.contains("up to date"), "{text}");
     let status = w.status_json();
     assert_eq!(status["last_release"]["commit"], release.as_str(), "{status}");
+
+    // The branch is rewound to drop bob's approval after the host deployed:
+    // the release is still the anchor, so nothing changes and nothing fails.
+    crate::common::git::git(&w.deploy.path, &["update-ref", "refs/heads/deploy", &first]);
+    let (ok, text) = w.once();
+    assert!(ok && text.contains("already running the release"), "{text}");
+    assert_eq!(w.running(), w.systems["next"]);
+    assert_eq!(w.switch_log().len(), 2, "{:?}", w.switch_log());
+    assert!(
+        posted(&w, &release, "ferry/web1")
+            .iter()
+            .all(|(state, _)| state != "failure"),
+        "{:?}",
+        posted(&w, &release, "ferry/web1")
+    );
 }
