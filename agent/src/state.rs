@@ -646,6 +646,25 @@ mod tests {
         }
     }
 
+    /// A deploy accepted at an approval above its release keeps both.
+    #[test]
+    fn a_deploy_accepted_at_an_approval_remembers_the_tip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateDir::open(dir.path()).unwrap();
+        let mut state = sample();
+        let approval: CommitId = "a222222222222222222222222222222222222222".parse().unwrap();
+        state.in_flight.as_mut().unwrap().tip = approval.clone();
+        store.save(&state).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
+        assert!(text.contains(&format!("\"tip\": \"{approval}\"")), "{text}");
+        assert_eq!(store.load().unwrap(), state);
+        // A release accepted at its own commit writes no `tip`: the files
+        // earlier agents read stay as they were.
+        store.save(&sample()).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
+        assert!(!text.contains("\"tip\""), "{text}");
+    }
+
     /// A state file as agents before the typed phases wrote it, one per
     /// phase: hosts that upgrade mid-deploy resume where they were.
     #[test]
@@ -715,6 +734,8 @@ mod tests {
             assert_eq!(flight.action, Action::Switch);
             assert_eq!(flight.previous.as_ref(), Some(&previous));
             assert_eq!(state.last_seen_tip, state.anchor.map(|a| a.commit));
+            // Written before approvals: the tip the deploy was accepted at was the release.
+            assert_eq!(flight.tip, flight.target.commit);
         }
         // The one thing a rollback cannot do without is the system to go back to.
         let orphan = file("rolling-back", "\"x\"").replace(

@@ -368,7 +368,11 @@ fn approve_shows_what_it_approves_signs_and_git_verifies_it() {
         &approve(&d.alice2, &["--yes"]),
         "alice has already approved release 2",
     );
-    assert_ok(&approve(&d.bob, &["--yes"]));
+    // Pushing to a remote that is not there: recorded locally, and said so.
+    assert_refused(
+        &approve(&d.bob, &["--yes", "--push", "nowhere"]),
+        "was recorded on main locally, but pushing it to nowhere failed",
+    );
     sb.git(&d.repo, &["reset", "-q", "--hard"]);
     assert_ok(&d.verify(POLICY));
     // show lists the approvals above the release.

@@ -92,7 +92,14 @@ pub fn run(args: Args) -> Result<()> {
     let commit = publish::approve(&repository, &args.branch, tip, key.as_ref(), &message)?;
     println!("{commit}");
     if let Some(remote) = &args.push {
-        push_branch(&args.repo, remote, &args.branch, commit)?;
+        push_branch(&args.repo, remote, &args.branch, commit).map_err(|_| {
+            anyhow::anyhow!(
+                "approval {commit} was recorded on {} locally, but pushing it to {remote} failed: \
+                 if the remote moved on (another approval or a new release), fetch the branch and approve again; \
+                 otherwise push again",
+                args.branch
+            )
+        })?;
     }
     Ok(())
 }
