@@ -18,6 +18,7 @@ use crate::cache::CacheError;
 use crate::config::Config;
 use crate::decide::{self, AfterCheck, Checked, Conclusion, Severity, SwitchResult, Verdict};
 use crate::health::Health;
+use crate::metrics::Metrics;
 use crate::report::{CommitStatus, StatusState};
 use crate::seams::{Activation, PreflightError, Seams};
 use crate::state::{self, Anchor, InFlight, Outcome, OutcomeKind, Phase, State, StateDir, Target, Unsent};
@@ -62,6 +63,8 @@ pub struct Agent {
     pub state: StateDir,
     pub seams: Seams,
     signers: AllowedSigners,
+    /// Prometheus metrics, updated after every reconcile.
+    pub metrics: Metrics,
     /// The source commit of the release being worked on, once verified:
     /// where a persisting fault is reported too.
     release_source: Option<CommitId>,
@@ -146,6 +149,7 @@ impl Agent {
     pub fn with_seams(config: Config, signers: AllowedSigners, seams: Seams) -> Result<Self> {
         Ok(Self {
             state: StateDir::open(&config.state_dir)?,
+            metrics: Metrics::new(config.metrics.clone()),
             config,
             seams,
             signers,
@@ -245,7 +249,15 @@ impl Agent {
         self.deliver().await;
         let result = self.reconcile_inner().await;
         self.deliver().await;
+        self.update_metrics(result.is_ok());
         result
+    }
+
+    /// Brings the metrics (when configured) up to date with the state;
+    /// `polled`: a poll just completed without a transient failure.
+    pub fn update_metrics(&mut self, polled: bool) {
+        self.metrics
+            .update(&self.state, self.seams.store.as_ref(), polled);
     }
 
     async fn reconcile_inner(&mut self) -> Result<Reconciled> {
@@ -363,6 +375,7 @@ impl Agent {
         };
         let serial = verified.release.serial;
         Span::current().record("ferry_serial", serial);
+        self.metrics.saw_release(serial, verified.release.expires);
         self.release_source = verified.release.source.clone();
         let descends = match &state.anchor {
             Some(anchor) => self.seams.source.descends_from(&tip, &anchor.commit).await?,
