@@ -14,7 +14,8 @@
 
 use anyhow::Result;
 use chrono::{DateTime, Utc};
-use ferry_signer::{Action, AllowedSigners, CommitId, HostEntry, StorePath, VerifiedRelease};
+use ferry_signer::approvals::{self, Tally};
+use ferry_signer::{Action, AllowedSigners, CommitId, HostEntry, StorePath, VerifiedRelease, VerifiedTip};
 use tracing::{error, info, warn, Instrument, Span};
 
 use crate::cache::CacheError;
@@ -41,6 +42,14 @@ pub enum Reconciled {
     /// still be uploading it): nothing was recorded, the next poll tries
     /// again until `until`.
     WaitingForClosure { serial: u64, until: DateTime<Utc> },
+    /// Release `serial` needs more approvals before this host deploys it
+    /// (the two-person rule): nothing on the host changed; `approved` are
+    /// the principals that count so far, out of `required`.
+    AwaitingApproval {
+        serial: u64,
+        approved: Vec<String>,
+        required: usize,
+    },
     /// Refused before anything changed; the reason.
     Refused(String),
     /// The switch or health failed; the reason (rolled back if enabled).
@@ -54,7 +63,10 @@ impl Reconciled {
     pub fn is_ok(&self) -> bool {
         matches!(
             self,
-            Reconciled::UpToDate | Reconciled::AlreadyRunning | Reconciled::Deployed { .. }
+            Reconciled::UpToDate
+                | Reconciled::AlreadyRunning
+                | Reconciled::Deployed { .. }
+                | Reconciled::AwaitingApproval { .. }
         )
     }
 }
@@ -71,6 +83,9 @@ pub struct Agent {
     /// The source commit of the release being worked on, once verified:
     /// where a persisting fault is reported too.
     release_source: Option<CommitId>,
+    /// The approvers' keys, when `approvals.allowed_signers` names a file of
+    /// their own (else `signers`).
+    approver_signers: Option<AllowedSigners>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -94,6 +109,9 @@ enum Next {
 #[derive(Debug)]
 struct Refused {
     phase: &'static str,
+    /// The branch tip, remembered as seen.
+    seen: CommitId,
+    /// The commit refused (the release below approvals), reported on.
     tip: CommitId,
     serial: Option<u64>,
     /// Where else to report (the release's source commit), when trustworthy.
@@ -108,6 +126,8 @@ struct Refused {
 /// How a reconcile ends, as [`Agent::record`] records, saves and reports it.
 #[derive(Debug)]
 struct Ending {
+    /// The branch tip, remembered as seen (the release, or an approval of it).
+    seen: CommitId,
     outcome: Outcome,
     /// Where else to report (the release's source commit).
     source: Option<CommitId>,
@@ -144,8 +164,16 @@ impl Agent {
     /// Opens state, outbox and the deploy repository clone for `config`.
     pub fn new(config: Config) -> Result<Self> {
         let signers = AllowedSigners::load(&config.source.allowed_signers)?;
+        let approver_signers = config
+            .approvals
+            .allowed_signers
+            .as_deref()
+            .map(AllowedSigners::load)
+            .transpose()?;
         let seams = Seams::live(&config)?;
-        Self::with_seams(config, signers, seams)
+        let mut agent = Self::with_seams(config, signers, seams)?;
+        agent.approver_signers = approver_signers;
+        Ok(agent)
     }
 
     /// An agent reaching the outside through `seams` (fakes, in tests).
@@ -157,12 +185,18 @@ impl Agent {
             seams,
             signers,
             release_source: None,
+            approver_signers: None,
         })
     }
 
     /// Replaces the allowed signers (after the file changed).
     pub fn set_signers(&mut self, signers: AllowedSigners) {
         self.signers = signers;
+    }
+
+    /// Replaces the approvers' allowed signers (after `approvals.allowed_signers` changed).
+    pub fn set_approver_signers(&mut self, signers: AllowedSigners) {
+        self.approver_signers = Some(signers);
     }
 
     /// Records a status on the release commit and, if given, its source
@@ -368,11 +402,18 @@ impl Agent {
     async fn new_tip(&mut self, state: &mut State, tip: CommitId) -> Result<Reconciled> {
         self.seams.source.fetch(&tip).await?;
         info!(ferry_phase = "fetch", "new tip on the deploy branch");
-        let verified = match self.seams.source.verify(&tip, &self.signers, Utc::now()).await {
+        let approver_signers = self.approver_signers.as_ref().unwrap_or(&self.signers);
+        let verified_tip = match self
+            .seams
+            .source
+            .verify(&tip, &self.signers, approver_signers, Utc::now())
+            .await
+        {
             Ok(v) => v,
             Err(e) => {
                 let refused = Refused {
                     phase: "verify",
+                    seen: tip.clone(),
                     tip,
                     serial: None,
                     source: None,
@@ -383,12 +424,35 @@ impl Agent {
                 return self.refuse(state, refused);
             }
         };
+        let VerifiedTip {
+            release: verified,
+            approvals,
+            ..
+        } = verified_tip;
+        if let Err(e) = self.config.approvals.policy.may_release(&verified.signer) {
+            let refused = Refused {
+                phase: "verify",
+                seen: tip,
+                tip: verified.commit.clone(),
+                serial: Some(verified.release.serial),
+                source: None,
+                severity: Severity::Failure,
+                summary: format!("refused: release signed by {}, who may not release", e.principal),
+                detail: e.to_string(),
+            };
+            return self.refuse(state, refused);
+        }
         let serial = verified.release.serial;
         Span::current().record("ferry_serial", serial);
         self.metrics.saw_release(serial, verified.release.expires);
         self.release_source = verified.release.source.clone();
         let descends = match &state.anchor {
-            Some(anchor) => self.seams.source.descends_from(&tip, &anchor.commit).await?,
+            Some(anchor) => {
+                self.seams
+                    .source
+                    .descends_from(&verified.commit, &anchor.commit)
+                    .await?
+            }
             None => false,
         };
         let entry_action = verified.release.hosts.get(&self.config.host).map(|e| e.action);
@@ -412,7 +476,8 @@ impl Agent {
                 };
                 let refused = Refused {
                     phase: "select",
-                    tip,
+                    seen: tip,
+                    tip: verified.commit.clone(),
                     serial: Some(serial),
                     source,
                     severity: Severity::Failure,
@@ -421,10 +486,14 @@ impl Agent {
                 };
                 self.refuse(state, refused)
             }
-            Verdict::AlreadyRunning(entry) => self.already_running(state, &verified, entry),
+            Verdict::AlreadyRunning(entry) => self.already_running(state, tip, &verified, entry),
             Verdict::Deploy(entry) => {
                 Span::current().record("ferry_toplevel", tracing::field::display(&entry.toplevel));
-                self.preflight(state, &verified, entry, running).await
+                let tally = approvals::tally(&self.config.approvals.policy, &verified.signer, &approvals);
+                if !tally.is_met() {
+                    return self.await_approval(state, tip, &verified, &tally);
+                }
+                self.preflight(state, tip, &verified, entry, running).await
             }
         }
     }
@@ -434,6 +503,7 @@ impl Agent {
     fn already_running(
         &mut self,
         state: &mut State,
+        seen: CommitId,
         verified: &VerifiedRelease,
         entry: HostEntry,
     ) -> Result<Reconciled> {
@@ -441,6 +511,7 @@ impl Agent {
         let serial = verified.release.serial;
         let description = decide::runs_release(&self.config.host, serial);
         let ending = Ending {
+            seen,
             outcome: Outcome {
                 commit: verified.commit.clone(),
                 serial,
@@ -470,6 +541,7 @@ impl Agent {
         self.record(
             state,
             Ending {
+                seen: r.seen,
                 outcome: Outcome {
                     commit: r.tip,
                     serial: r.serial.unwrap_or(0),
@@ -489,10 +561,43 @@ impl Agent {
         )
     }
 
+    /// A release this host would deploy, still short of approvals (the
+    /// two-person rule): nothing on the host changes. The tip is remembered
+    /// with one `pending` status on the release, saved in one write (a
+    /// status already posted is not posted again); the next approval moves
+    /// the tip, and the release is judged again.
+    fn await_approval(
+        &mut self,
+        state: &mut State,
+        seen: CommitId,
+        verified: &VerifiedRelease,
+        tally: &Tally,
+    ) -> Result<Reconciled> {
+        let serial = verified.release.serial;
+        let description = tally.awaiting(serial);
+        info!(ferry_phase = "approval", "{description}");
+        self.report(
+            state,
+            &verified.commit,
+            verified.release.source.as_ref(),
+            StatusState::Pending,
+            &description,
+        );
+        state.last_seen_tip = Some(seen);
+        self.state.save(state)?;
+        self.flush(state);
+        Ok(Reconciled::AwaitingApproval {
+            serial,
+            approved: tally.counted.clone(),
+            required: tally.required,
+        })
+    }
+
     /// The closure preflight: the release is refused, waited for, or accepted.
     async fn preflight(
         &mut self,
         state: &mut State,
+        seen: CommitId,
         verified: &VerifiedRelease,
         entry: HostEntry,
         running: Option<StorePath>,
@@ -538,6 +643,7 @@ impl Agent {
             Err(e) => {
                 let refused = Refused {
                     phase: "preflight",
+                    seen,
                     tip,
                     serial: Some(serial),
                     source,
@@ -560,7 +666,7 @@ impl Agent {
             unpacked_bytes = preflight.unpacked_bytes,
             "closure preflight passed"
         );
-        self.accept(state, verified, entry, running).await
+        self.accept(state, seen, verified, entry, running).await
     }
 
     /// Posts the pending status `description` on the release and its source,
@@ -627,6 +733,7 @@ impl Agent {
     async fn accept(
         &mut self,
         state: &mut State,
+        seen: CommitId,
         verified: &VerifiedRelease,
         entry: HostEntry,
         running: Option<StorePath>,
@@ -641,6 +748,7 @@ impl Agent {
         let tip = verified.commit.clone();
         let serial = verified.release.serial;
         let flight = InFlight {
+            tip: seen,
             target: Target {
                 commit: tip.clone(),
                 serial,
@@ -833,6 +941,7 @@ impl Agent {
         self.record(
             state,
             Ending {
+                seen: flight.tip.clone(),
                 outcome: Outcome {
                     commit: flight.target.commit.clone(),
                     serial: flight.target.serial,
@@ -862,6 +971,7 @@ impl Agent {
     /// again.
     fn record(&mut self, state: &mut State, ending: Ending) -> Result<Reconciled> {
         let Ending {
+            seen,
             outcome,
             source,
             status,
@@ -877,7 +987,7 @@ impl Agent {
             error!(ferry_phase = phase, ferry_outcome = label, "{message}");
         }
         state.in_flight = None;
-        state.last_seen_tip = Some(outcome.commit.clone());
+        state.last_seen_tip = Some(seen);
         if anchor {
             state.anchor = Some(Anchor {
                 commit: outcome.commit.clone(),

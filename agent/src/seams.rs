@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use ferry_signer::{Action, AllowedSigners, CommitId, StorePath, VerifiedRelease, VerifyError};
+use ferry_signer::{Action, AllowedSigners, CommitId, StorePath, VerifiedTip, VerifyError};
 use git2::Oid;
 use tracing::{error, info, warn};
 
@@ -43,13 +43,15 @@ pub trait ReleaseSource {
     fn remote_tip(&mut self) -> Pending<'_, Result<CommitId, SourceError>>;
     /// Fetches the branch up to `tip`.
     fn fetch(&mut self, tip: &CommitId) -> Pending<'_, Result<(), SourceError>>;
-    /// Verifies the release at `tip` against `signers` at `now`.
+    /// Verifies `tip`: the approvals on top (against `approver_signers`) and
+    /// the release below them (against `signers`) at `now`.
     fn verify(
         &mut self,
         tip: &CommitId,
         signers: &AllowedSigners,
+        approver_signers: &AllowedSigners,
         now: DateTime<Utc>,
-    ) -> Pending<'_, Result<VerifiedRelease, Box<VerifyError>>>;
+    ) -> Pending<'_, Result<VerifiedTip, Box<VerifyError>>>;
     /// Whether `tip` is `anchor` or descends from it.
     fn descends_from(&mut self, tip: &CommitId, anchor: &CommitId) -> Pending<'_, Result<bool, SourceError>>;
 }
@@ -250,13 +252,15 @@ impl ReleaseSource for GitSource {
         &mut self,
         tip: &CommitId,
         signers: &AllowedSigners,
+        approver_signers: &AllowedSigners,
         now: DateTime<Utc>,
-    ) -> Pending<'_, Result<VerifiedRelease, Box<VerifyError>>> {
+    ) -> Pending<'_, Result<VerifiedTip, Box<VerifyError>>> {
         let signers = signers.clone();
+        let approver_signers = approver_signers.clone();
         let tip = tip.clone();
         Box::pin(self.run(move |s| {
             let tip = Oid::from_str(tip.as_str()).map_err(|e| Box::new(VerifyError::Git(e.into())))?;
-            ferry_signer::verify::verify_release_commit(s.repo(), tip, &signers, now).map_err(Box::new)
+            ferry_signer::verify_tip(s.repo(), tip, &signers, &approver_signers, now).map_err(Box::new)
         }))
     }
 

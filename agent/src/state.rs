@@ -144,6 +144,9 @@ impl Phase {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InFlight {
     pub target: Target,
+    /// The branch tip the release was accepted at: the release itself, or
+    /// the last approval on top of it (remembered as seen when it ends).
+    pub tip: CommitId,
     /// The release's source commit (statuses go there too).
     pub source: Option<CommitId>,
     pub action: Action,
@@ -366,6 +369,9 @@ struct AnchorFile {
 #[serde(deny_unknown_fields)]
 struct InFlightFile {
     commit: String,
+    /// Absent in files from before approvals: the tip was the release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tip: Option<String>,
     serial: u64,
     source: Option<String>,
     toplevel: String,
@@ -526,6 +532,7 @@ impl InFlightFile {
         };
         InFlightFile {
             commit: f.target.commit.to_string(),
+            tip: (f.tip != f.target.commit).then(|| f.tip.to_string()),
             serial: f.target.serial,
             source: f.source.as_ref().map(|c| c.to_string()),
             toplevel: f.target.toplevel.to_string(),
@@ -561,6 +568,7 @@ impl InFlightFile {
             other => return Err(format!("unknown phase `{other}`")),
         };
         Ok(InFlight {
+            tip: commit(self.tip.as_deref().unwrap_or(&self.commit))?,
             target: Target {
                 commit: commit(&self.commit)?,
                 serial: self.serial,
@@ -625,6 +633,7 @@ mod tests {
                 serial: 7,
             }),
             in_flight: Some(InFlight {
+                tip: commit.clone(),
                 target: Target {
                     commit: commit.clone(),
                     serial: 7,
@@ -779,6 +788,25 @@ mod tests {
         }
     }
 
+    /// A deploy accepted at an approval above its release keeps both.
+    #[test]
+    fn a_deploy_accepted_at_an_approval_remembers_the_tip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateDir::open(dir.path()).unwrap();
+        let mut state = sample();
+        let approval: CommitId = "a222222222222222222222222222222222222222".parse().unwrap();
+        state.in_flight.as_mut().unwrap().tip = approval.clone();
+        store.save(&state).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
+        assert!(text.contains(&format!("\"tip\": \"{approval}\"")), "{text}");
+        assert_eq!(store.load().unwrap(), state);
+        // A release accepted at its own commit writes no `tip`: the files
+        // earlier agents read stay as they were.
+        store.save(&sample()).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
+        assert!(!text.contains("\"tip\""), "{text}");
+    }
+
     /// A state file as agents before the typed phases wrote it, one per
     /// phase: hosts that upgrade mid-deploy resume where they were.
     #[test]
@@ -848,6 +876,8 @@ mod tests {
             assert_eq!(flight.action, Action::Switch);
             assert_eq!(flight.previous.as_ref(), Some(&previous));
             assert_eq!(state.last_seen_tip, state.anchor.map(|a| a.commit));
+            // Written before approvals: the tip the deploy was accepted at was the release.
+            assert_eq!(flight.tip, flight.target.commit);
         }
         // The one thing a rollback cannot do without is the system to go back to.
         let orphan = file("rolling-back", "\"x\"").replace(
