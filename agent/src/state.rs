@@ -801,6 +801,9 @@ mod tests {
         let mut state = sample();
         let approval: CommitId = "a222222222222222222222222222222222222222".parse().unwrap();
         state.in_flight.as_mut().unwrap().tip = approval.clone();
+        // Nothing else that needs format 2.
+        state.closure_missing = None;
+        state.fault = None;
         store.save(&state).unwrap();
         let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
         assert!(text.contains(&format!("\"tip\": \"{approval}\"")), "{text}");
