@@ -1122,6 +1122,7 @@ fn the_service_survives_kill_and_outages_over_smart_http() {
 }
 
 // Secrets (sops-nix, agenix) through a deploy, on this file's `World`.
+mod approvals;
 mod secrets;
 
 // Prometheus metrics after deploys, rollbacks and refusals, on this file's `World`.
