@@ -31,8 +31,9 @@ const STATE_FILE: &str = "state.json";
 /// The format written when nothing needs more: what agents before the
 /// first sightings read.
 const STATE_VERSION: u32 = 1;
-/// The format of a file carrying [`State::closure_missing`] or
-/// [`State::fault`]; the newest this agent reads.
+/// The format of a file carrying [`State::closure_missing`],
+/// [`State::fault`] or a deploy accepted at an approval
+/// ([`InFlight::tip`]); the newest this agent reads.
 const STATE_VERSION_SIGHTINGS: u32 = 2;
 
 /// The agent's durable memory.
@@ -427,9 +428,13 @@ impl OutcomeKind {
 
 impl StateFile {
     fn from_state(s: &State) -> Self {
-        let sightings = s.closure_missing.is_some() || s.fault.is_some();
+        // What agents before format 2 cannot read: the first sightings, and
+        // a deploy accepted at an approval above its release.
+        let newer = s.closure_missing.is_some()
+            || s.fault.is_some()
+            || s.in_flight.as_ref().is_some_and(|f| f.tip != f.target.commit);
         StateFile {
-            version: if sightings {
+            version: if newer {
                 STATE_VERSION_SIGHTINGS
             } else {
                 STATE_VERSION
@@ -796,9 +801,16 @@ mod tests {
         let mut state = sample();
         let approval: CommitId = "a222222222222222222222222222222222222222".parse().unwrap();
         state.in_flight.as_mut().unwrap().tip = approval.clone();
+        // Nothing else that needs format 2.
+        state.closure_missing = None;
+        state.fault = None;
         store.save(&state).unwrap();
         let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
         assert!(text.contains(&format!("\"tip\": \"{approval}\"")), "{text}");
+        assert!(
+            text.contains("\"version\": 2"),
+            "older agents cannot read it: {text}"
+        );
         assert_eq!(store.load().unwrap(), state);
         // A release accepted at its own commit writes no `tip`: the files
         // earlier agents read stay as they were.
