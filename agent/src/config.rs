@@ -30,6 +30,8 @@ pub struct Config {
     pub switch: SwitchConfig,
     pub health: HealthConfig,
     pub report: ReportConfig,
+    /// When the agent reboots into a release that needs it.
+    pub reboot: crate::window::RebootPolicy,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -64,6 +66,9 @@ pub struct SwitchConfig {
     pub timeout: Duration,
     /// Roll back automatically when the switch or a health check fails.
     pub rollback: bool,
+    /// The deploy window: releases are switched to only inside it (`None`:
+    /// any time). `boot` releases and refusals are not held back.
+    pub window: Option<crate::window::Windows>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -179,6 +184,7 @@ impl Config {
         let switch = crate::switch::validate(file.switch).map_err(in_file)?;
         let health = crate::health::validate(file.health);
         let report = crate::report::validate(file.report).map_err(in_file)?;
+        let reboot = crate::window::validate_reboot(file.reboot).map_err(in_file)?;
 
         Ok(Config {
             host,
@@ -188,6 +194,7 @@ impl Config {
             switch,
             health,
             report,
+            reboot,
         })
     }
 }
@@ -245,6 +252,8 @@ struct ConfigFile {
     health: HealthFile,
     #[serde(default)]
     report: ReportFile,
+    #[serde(default)]
+    reboot: crate::window::RebootFile,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -296,6 +305,7 @@ pub(crate) struct SwitchFile {
     pub(crate) unit: String,
     pub(crate) timeout: HumanDuration,
     pub(crate) rollback: bool,
+    pub(crate) window: Vec<String>,
 }
 
 impl Default for SwitchFile {
@@ -305,6 +315,7 @@ impl Default for SwitchFile {
             unit: "ferry-switch".into(),
             timeout: secs::<900>(),
             rollback: true,
+            window: Vec::new(),
         }
     }
 }

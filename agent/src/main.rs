@@ -157,6 +157,13 @@ fn describe(r: &Reconciled) -> String {
         Reconciled::WaitingForClosure { serial, until } => {
             format!("waiting: release {serial}: the closure is not in the binary cache yet; retrying until {until}")
         }
+        Reconciled::WaitingForWindow { serial, until } => {
+            format!("waiting: release {serial} waits for the deploy window, which opens at {until}")
+        }
+        Reconciled::RebootScheduled { serial, at } => {
+            format!("release {serial} installed; rebooting into it at {at} (maintenance window)")
+        }
+        Reconciled::Rebooting { serial } => format!("rebooting into release {serial}"),
         Reconciled::Refused(why) => format!("refused: {why}"),
         Reconciled::Failed(why) => format!("failed: {why}"),
         Reconciled::Error(why) => format!("error: {why}"),

@@ -7,7 +7,10 @@
 //! returning the next phase or the end; what an ending means is decided in
 //! `decide.rs`, and [`Agent::record`] is the one place an ending is recorded,
 //! saved and reported. The outside world is reached only through the traits
-//! of `seams.rs`.
+//! of `seams.rs`. A release that needs a reboot, under a reboot policy,
+//! stays in flight through two more phases (awaiting the reboot, rebooting)
+//! until the next boot confirms what booted; a deploy window holds a new
+//! release back before anything is recorded.
 
 use anyhow::Result;
 use chrono::{DateTime, Utc};
@@ -20,9 +23,10 @@ use crate::decide::{self, AfterCheck, Checked, Conclusion, Severity, SwitchResul
 use crate::health::Health;
 use crate::report::{CommitStatus, StatusState};
 use crate::seams::{Activation, Seams};
-use crate::state::{Anchor, InFlight, Outcome, OutcomeKind, Phase, State, StateDir, Target, Unsent};
+use crate::state::{Anchor, BootId, InFlight, Outcome, OutcomeKind, Phase, State, StateDir, Target, Unsent};
 use crate::switch::Observed;
 use crate::systemd::SystemdError;
+use crate::window::{self, RebootPolicy};
 
 /// How one reconcile ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +41,13 @@ pub enum Reconciled {
     /// still be uploading it): nothing was recorded, the next poll tries
     /// again until `until`.
     WaitingForClosure { serial: u64, until: DateTime<Utc> },
+    /// Release `serial` is held back outside the deploy window, until it
+    /// opens at `until`: nothing was recorded but its pending status.
+    WaitingForWindow { serial: u64, until: DateTime<Utc> },
+    /// Release `serial` is installed and reboots `at` (maintenance window).
+    RebootScheduled { serial: u64, at: DateTime<Utc> },
+    /// A reboot into release `serial` was requested.
+    Rebooting { serial: u64 },
     /// Refused before anything changed; the reason.
     Refused(String),
     /// The switch or health failed; the reason (rolled back if enabled).
@@ -50,7 +61,12 @@ impl Reconciled {
     pub fn is_ok(&self) -> bool {
         matches!(
             self,
-            Reconciled::UpToDate | Reconciled::AlreadyRunning | Reconciled::Deployed { .. }
+            Reconciled::UpToDate
+                | Reconciled::AlreadyRunning
+                | Reconciled::Deployed { .. }
+                | Reconciled::WaitingForWindow { .. }
+                | Reconciled::RebootScheduled { .. }
+                | Reconciled::Rebooting { .. }
         )
     }
 }
@@ -83,6 +99,9 @@ enum Next {
     Phase(Phase),
     /// The deploy ends.
     End(Conclusion),
+    /// The deploy stays in flight at its phase, which the next reconcile
+    /// resumes; this one ends with the given result.
+    Wait(Reconciled),
 }
 
 /// A refusal to record: where it happened, of what, and why.
@@ -254,10 +273,12 @@ impl Agent {
         if let Some(flight) = state.in_flight.clone() {
             let span = target_span(&flight.target);
             return async {
-                info!(
-                    ferry_phase = flight.phase.name(),
-                    "resuming a deploy interrupted by a restart"
-                );
+                if !matches!(flight.phase, Phase::AwaitingReboot { .. }) {
+                    info!(
+                        ferry_phase = flight.phase.name(),
+                        "resuming a deploy interrupted by a restart"
+                    );
+                }
                 self.advance(&mut state, flight).await
             }
             .instrument(span)
@@ -330,6 +351,11 @@ impl Agent {
             Verdict::AlreadyRunning(entry) => self.already_running(state, &verified, entry),
             Verdict::Deploy(entry) => {
                 Span::current().record("ferry_toplevel", tracing::field::display(&entry.toplevel));
+                let now = self.seams.clock.now();
+                let window = self.config.switch.window.as_ref();
+                if let Some(until) = window::deploy_waits_until(window, entry.action, now, &chrono::Local) {
+                    return self.wait_for_window(state, &verified, until);
+                }
                 self.preflight(state, &verified, entry, running).await
             }
         }
@@ -498,6 +524,25 @@ impl Agent {
         Ok(Reconciled::WaitingForClosure { serial, until })
     }
 
+    /// A release outside the deploy window: nothing is recorded (the next
+    /// poll looks again), and the release says until when it waits, once.
+    fn wait_for_window(
+        &mut self,
+        state: &mut State,
+        verified: &VerifiedRelease,
+        until: DateTime<Utc>,
+    ) -> Result<Reconciled> {
+        let serial = verified.release.serial;
+        let description = decide::waits_for_window(serial, &window::wall_clock_text(until, &chrono::Local));
+        let source = verified.release.source.as_ref();
+        if self.report(state, &verified.commit, source, StatusState::Pending, &description) {
+            info!(ferry_phase = "window", "{description}");
+            self.state.save(state)?;
+            self.flush(state);
+        }
+        Ok(Reconciled::WaitingForWindow { serial, until })
+    }
+
     /// Accepts the release: the anchor moves and the deploy is recorded as
     /// realising, with what was running and which units had already failed,
     /// before anything on the host changes.
@@ -547,17 +592,26 @@ impl Agent {
                 Phase::Switching => self.switching(&flight).await?,
                 Phase::Checking { switch } => self.checking(&flight, switch).await?,
                 Phase::RollingBack { to, problem } => self.rolling_back(&flight, &to, &problem).await?,
+                Phase::AwaitingReboot { at } => self.awaiting_reboot(&flight, at).await?,
+                Phase::Rebooting { boot } => self.rebooting(&flight, &boot).await?,
             };
             match next {
                 Next::Phase(phase) => {
                     flight.phase = phase;
                     state.in_flight = Some(flight.clone());
+                    let announced = self.announce(state, &flight);
                     self.state.save(state)?;
+                    // Delivered before the step: "rebooting" reaches the
+                    // forge before the host goes down, if it can.
+                    if announced && self.flush(state) {
+                        self.seams.statuses.deliver().await;
+                    }
                     if flight.activation().is_some() {
                         self.activate(&flight).await?;
                     }
                 }
                 Next::End(conclusion) => return self.finish(state, &flight, conclusion),
+                Next::Wait(result) => return Ok(result),
             }
         }
     }
@@ -624,8 +678,110 @@ impl Agent {
         };
         Ok(match decide::after_check(&checked) {
             AfterCheck::RollBack { to, problem } => Next::Phase(Phase::RollingBack { to, problem }),
-            AfterCheck::Conclude(conclusion) => Next::End(conclusion),
+            AfterCheck::Conclude(conclusion) => match &self.config.reboot {
+                RebootPolicy::InWindow(windows) if decide::needs_reboot(conclusion.kind) => {
+                    let now = self.seams.clock.now();
+                    Next::Phase(Phase::AwaitingReboot {
+                        at: reboot_moment(windows, &self.config.host, now)?,
+                    })
+                }
+                _ => Next::End(conclusion),
+            },
         })
+    }
+
+    /// Waits for the reboot's moment, then records the boot it is requested
+    /// in. Never while a switch or rollback unit runs, and only while the
+    /// window is open (a moment missed, the host being down, moves to the
+    /// next window). The deploy ends as needing a reboot, without one, when
+    /// a newer release arrives first (it is deployed next, and reboots in
+    /// its turn) or the policy became `never`.
+    async fn awaiting_reboot(&mut self, flight: &InFlight, at: DateTime<Utc>) -> Result<Next> {
+        let serial = flight.target.serial;
+        let pending = || decide::reboot_required(&self.config.host, serial, flight.action);
+        let RebootPolicy::InWindow(windows) = &self.config.reboot else {
+            info!(ferry_phase = flight.phase.name(), "reboot policy is `never`: not rebooting");
+            return Ok(Next::End(pending()));
+        };
+        // A tip that cannot be read now changes nothing: the reboot is not
+        // held hostage by the deploy repository.
+        if let Ok(tip) = self.seams.source.remote_tip().await {
+            if tip != flight.target.commit {
+                info!(
+                    ferry_phase = flight.phase.name(),
+                    "a newer tip ({tip}) arrived before the reboot into release {serial}: it is deployed next"
+                );
+                return Ok(Next::End(pending()));
+            }
+        }
+        let now = self.seams.clock.now();
+        if now < at {
+            return Ok(Next::Wait(Reconciled::RebootScheduled { serial, at }));
+        }
+        if !windows.contains(now, &chrono::Local) {
+            let at = reboot_moment(windows, &self.config.host, now)?;
+            warn!(
+                ferry_phase = flight.phase.name(),
+                "the reboot's moment passed outside the maintenance window ({windows}); rescheduled"
+            );
+            return Ok(Next::Phase(Phase::AwaitingReboot { at }));
+        }
+        let running = self.seams.units.activations_running().await?;
+        if !running.is_empty() {
+            info!(
+                ferry_phase = flight.phase.name(),
+                "not rebooting while {} runs; trying again at the next poll",
+                running.join(", ")
+            );
+            return Ok(Next::Wait(Reconciled::RebootScheduled { serial, at }));
+        }
+        let boot = self.seams.reboot.this_boot().await?;
+        Ok(Next::Phase(Phase::Rebooting { boot }))
+    }
+
+    /// In the boot the reboot was recorded in, requests it (again, after a
+    /// restart: a request joins one under way, so the host reboots once).
+    /// In any other boot, the reboot happened: what booted decides the end.
+    async fn rebooting(&mut self, flight: &InFlight, boot: &BootId) -> Result<Next> {
+        let serial = flight.target.serial;
+        if self.seams.reboot.this_boot().await? == *boot {
+            info!(
+                ferry_phase = flight.phase.name(),
+                "rebooting into release {serial} ({})",
+                flight.target.toplevel.name()
+            );
+            self.seams.reboot.request().await?;
+            return Ok(Next::Wait(Reconciled::Rebooting { serial }));
+        }
+        let booted = self.seams.store.booted_system();
+        Ok(Next::End(decide::after_reboot(
+            &self.config.host,
+            serial,
+            &flight.target.toplevel,
+            booted.as_ref(),
+        )))
+    }
+
+    /// Records the status a phase is announced with, in `state` (saved by
+    /// the caller with the phase). Returns whether one was recorded.
+    fn announce(&mut self, state: &mut State, flight: &InFlight) -> bool {
+        let serial = flight.target.serial;
+        let description = match &flight.phase {
+            Phase::AwaitingReboot { at } => {
+                decide::reboot_scheduled(serial, &window::wall_clock_text(*at, &chrono::Local))
+            }
+            Phase::Rebooting { .. } => decide::rebooting_into(serial),
+            _ => return false,
+        };
+        info!(ferry_phase = flight.phase.name(), "{description}");
+        let commit = flight.target.commit.clone();
+        self.report(
+            state,
+            &commit,
+            flight.source.as_ref(),
+            StatusState::Pending,
+            &description,
+        )
     }
 
     /// Sees the rollback unit to its end; the deploy failed either way.
@@ -779,9 +935,19 @@ impl InFlight {
             Phase::RollingBack { to, .. } => {
                 Some((Activation::Rollback, to, decide::rollback_action(self.action)))
             }
-            Phase::Realising | Phase::Checking { .. } => None,
+            Phase::Realising
+            | Phase::Checking { .. }
+            | Phase::AwaitingReboot { .. }
+            | Phase::Rebooting { .. } => None,
         }
     }
+}
+
+/// When this host reboots in `windows`, asked at `now`.
+fn reboot_moment(windows: &window::Windows, host: &ferry_signer::HostName, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
+    windows
+        .reboot_moment(host, now, &chrono::Local)
+        .ok_or_else(|| anyhow::anyhow!("the maintenance window ({windows}) does not open within a week"))
 }
 
 #[cfg(test)]

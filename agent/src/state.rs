@@ -23,7 +23,13 @@ use crate::durable::atomic_write;
 use crate::report::{CommitStatus, StatusState};
 
 const STATE_FILE: &str = "state.json";
+/// The version written for states every agent can read.
 const STATE_VERSION: u32 = 1;
+/// The version written while a deploy waits for or goes through a reboot
+/// (phases `awaiting-reboot` and `rebooting`): an older agent refuses the
+/// file by its version, with advice, rather than misreading it. Every other
+/// state is written as version 1, so an agent can still be downgraded.
+const STATE_VERSION_REBOOTS: u32 = 2;
 
 /// The agent's durable memory.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -90,6 +96,45 @@ pub enum Phase {
     /// A rollback to the previous system `to` was started because of
     /// `problem` (plain words, as the final status reports it).
     RollingBack { to: StorePath, problem: String },
+    /// Installed and healthy, and the release needs a reboot (a new kernel
+    /// or initrd, or a `boot` release), which the reboot policy schedules
+    /// `at` this moment of the maintenance window.
+    AwaitingReboot { at: DateTime<Utc> },
+    /// The reboot was requested (or was about to be) during boot `boot`:
+    /// in that boot it is requested again, in any other it happened, and
+    /// what booted is checked.
+    Rebooting { boot: BootId },
+}
+
+/// Names one boot of this system: different in every boot, containers'
+/// boots included.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootId(String);
+
+impl BootId {
+    /// At most this many characters.
+    pub const MAX_CHARS: usize = 128;
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for BootId {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.is_empty() || s.len() > Self::MAX_CHARS || !s.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!("`{s}` is not a boot id"));
+        }
+        Ok(BootId(s.to_owned()))
+    }
+}
+
+impl std::fmt::Display for BootId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 impl Phase {
@@ -102,6 +147,8 @@ impl Phase {
             Phase::Switching => "switching",
             Phase::Checking { .. } => "checking",
             Phase::RollingBack { .. } => "rolling-back",
+            Phase::AwaitingReboot { .. } => "awaiting-reboot",
+            Phase::Rebooting { .. } => "rebooting",
         }
     }
 }
@@ -298,6 +345,12 @@ struct InFlightFile {
     failed_before: Vec<String>,
     #[serde(default)]
     switch_result: Option<String>,
+    /// `awaiting-reboot`: when the reboot is due (version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reboot_at: Option<DateTime<Utc>>,
+    /// `rebooting`: the boot the reboot was requested in (version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    boot: Option<String>,
     started: DateTime<Utc>,
 }
 
@@ -343,8 +396,11 @@ impl OutcomeKind {
 
 impl StateFile {
     fn from_state(s: &State) -> Self {
+        let reboots = s.in_flight.as_ref().is_some_and(|f| {
+            matches!(f.phase, Phase::AwaitingReboot { .. } | Phase::Rebooting { .. })
+        });
         StateFile {
-            version: STATE_VERSION,
+            version: if reboots { STATE_VERSION_REBOOTS } else { STATE_VERSION },
             last_seen_tip: s.last_seen_tip.as_ref().map(|c| c.to_string()),
             anchor: s.anchor.as_ref().map(|a| AnchorFile {
                 commit: a.commit.to_string(),
@@ -377,8 +433,11 @@ impl StateFile {
     }
 
     fn into_state(self) -> Result<State, String> {
-        if self.version != STATE_VERSION {
-            return Err(format!("state version {} is not {STATE_VERSION}", self.version));
+        if self.version != STATE_VERSION && self.version != STATE_VERSION_REBOOTS {
+            return Err(format!(
+                "state version {} is not {STATE_VERSION} or {STATE_VERSION_REBOOTS} (written by a newer agent?)",
+                self.version
+            ));
         }
         let commit = |s: &str| s.parse::<CommitId>().map_err(|e| e.to_string());
         Ok(State {
@@ -423,7 +482,7 @@ impl StateFile {
 impl InFlightFile {
     fn from_in_flight(f: &InFlight) -> Self {
         let switch_result = match &f.phase {
-            Phase::Realising | Phase::Switching => None,
+            Phase::Realising | Phase::Switching | Phase::AwaitingReboot { .. } | Phase::Rebooting { .. } => None,
             Phase::Checking { switch } => Some(switch.encode()),
             Phase::RollingBack { problem, .. } => Some(problem.clone()),
         };
@@ -441,6 +500,14 @@ impl InFlightFile {
             previous: previous.map(|p| p.to_string()),
             failed_before: f.failed_before.clone(),
             switch_result,
+            reboot_at: match &f.phase {
+                Phase::AwaitingReboot { at } => Some(*at),
+                _ => None,
+            },
+            boot: match &f.phase {
+                Phase::Rebooting { boot } => Some(boot.to_string()),
+                _ => None,
+            },
             started: f.started,
         }
     }
@@ -464,6 +531,12 @@ impl InFlightFile {
                     .clone()
                     .ok_or("phase `rolling-back` without a previous system")?,
                 problem: self.switch_result.unwrap_or_else(|| "deploy failed".into()),
+            },
+            "awaiting-reboot" => Phase::AwaitingReboot {
+                at: self.reboot_at.ok_or("phase `awaiting-reboot` without `reboot_at`")?,
+            },
+            "rebooting" => Phase::Rebooting {
+                boot: self.boot.as_deref().ok_or("phase `rebooting` without `boot`")?.parse()?,
             },
             other => return Err(format!("unknown phase `{other}`")),
         };
@@ -622,6 +695,12 @@ mod tests {
                 to: to.clone(),
                 problem: "failed units: nginx.service".into(),
             },
+            Phase::AwaitingReboot {
+                at: DateTime::from_timestamp(1_800_000_600, 0).unwrap(),
+            },
+            Phase::Rebooting {
+                boot: "4b1c0f6e-8a8e-4c57-a7f3-0d5b1c1d2e3f/1800000000000000".parse().unwrap(),
+            },
         ] {
             let mut state = sample();
             let flight = state.in_flight.as_mut().unwrap();
@@ -634,7 +713,15 @@ mod tests {
                 "{text}"
             );
             assert_eq!(store.load().unwrap(), state, "{}", phase.name());
+            // Version 2 only where version 1 cannot say it: an older agent
+            // refuses such a file instead of misreading it.
+            let reboots = matches!(phase, Phase::AwaitingReboot { .. } | Phase::Rebooting { .. });
+            let version = if reboots { 2 } else { 1 };
+            assert!(text.contains(&format!("\"version\": {version},")), "{text}");
         }
+        std::fs::write(dir.path().join(STATE_FILE), b"{\"version\": 3, \"last_seen_tip\": null, \"anchor\": null, \"in_flight\": null, \"last_outcome\": null}").unwrap();
+        let err = store.load().unwrap_err().to_string();
+        assert!(err.contains("state version 3 is not 1 or 2"), "{err}");
     }
 
     /// A state file as agents before the typed phases wrote it, one per
