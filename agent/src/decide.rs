@@ -409,16 +409,21 @@ pub fn waits_for_window(serial: u64, until: &str) -> String {
 /// system is `toplevel`, and `booted` is what booted: its system is a
 /// success; anything else (the boot loader fell back, someone picked
 /// another generation) a failure naming it.
-pub fn after_reboot(host: &HostName, serial: u64, toplevel: &StorePath, booted: Option<&StorePath>) -> Conclusion {
+pub fn after_reboot(
+    host: &HostName,
+    serial: u64,
+    toplevel: &StorePath,
+    booted: Option<&StorePath>,
+) -> Conclusion {
     match booted {
-        Some(b) if b == toplevel => {
-            Conclusion::new(OutcomeKind::Success, format!("{} (rebooted)", runs_release(host, serial)))
-        }
+        Some(b) if b == toplevel => Conclusion::new(
+            OutcomeKind::Success,
+            format!("{} (rebooted)", runs_release(host, serial)),
+        ),
         Some(b) => Conclusion::new(
             OutcomeKind::Failed,
             format!(
-                "rebooted into {}, not release {serial} ({}): the boot loader fell back or another generation was chosen",
-                b.name(),
+                "booted {b}, not release {serial} ({}): boot loader fallback or another generation",
                 toplevel.name()
             ),
         ),

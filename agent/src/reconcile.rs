@@ -535,7 +535,13 @@ impl Agent {
         let serial = verified.release.serial;
         let description = decide::waits_for_window(serial, &window::wall_clock_text(until, &chrono::Local));
         let source = verified.release.source.as_ref();
-        if self.report(state, &verified.commit, source, StatusState::Pending, &description) {
+        if self.report(
+            state,
+            &verified.commit,
+            source,
+            StatusState::Pending,
+            &description,
+        ) {
             info!(ferry_phase = "window", "{description}");
             self.state.save(state)?;
             self.flush(state);
@@ -700,7 +706,10 @@ impl Agent {
         let serial = flight.target.serial;
         let pending = || decide::reboot_required(&self.config.host, serial, flight.action);
         let RebootPolicy::InWindow(windows) = &self.config.reboot else {
-            info!(ferry_phase = flight.phase.name(), "reboot policy is `never`: not rebooting");
+            info!(
+                ferry_phase = flight.phase.name(),
+                "reboot policy is `never`: not rebooting"
+            );
             return Ok(Next::End(pending()));
         };
         // A tip that cannot be read now changes nothing: the reboot is not
@@ -944,7 +953,11 @@ impl InFlight {
 }
 
 /// When this host reboots in `windows`, asked at `now`.
-fn reboot_moment(windows: &window::Windows, host: &ferry_signer::HostName, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
+fn reboot_moment(
+    windows: &window::Windows,
+    host: &ferry_signer::HostName,
+    now: DateTime<Utc>,
+) -> Result<DateTime<Utc>> {
     windows
         .reboot_moment(host, now, &chrono::Local)
         .ok_or_else(|| anyhow::anyhow!("the maintenance window ({windows}) does not open within a week"))

@@ -396,11 +396,16 @@ impl OutcomeKind {
 
 impl StateFile {
     fn from_state(s: &State) -> Self {
-        let reboots = s.in_flight.as_ref().is_some_and(|f| {
-            matches!(f.phase, Phase::AwaitingReboot { .. } | Phase::Rebooting { .. })
-        });
+        let reboots = s
+            .in_flight
+            .as_ref()
+            .is_some_and(|f| matches!(f.phase, Phase::AwaitingReboot { .. } | Phase::Rebooting { .. }));
         StateFile {
-            version: if reboots { STATE_VERSION_REBOOTS } else { STATE_VERSION },
+            version: if reboots {
+                STATE_VERSION_REBOOTS
+            } else {
+                STATE_VERSION
+            },
             last_seen_tip: s.last_seen_tip.as_ref().map(|c| c.to_string()),
             anchor: s.anchor.as_ref().map(|a| AnchorFile {
                 commit: a.commit.to_string(),
@@ -482,7 +487,9 @@ impl StateFile {
 impl InFlightFile {
     fn from_in_flight(f: &InFlight) -> Self {
         let switch_result = match &f.phase {
-            Phase::Realising | Phase::Switching | Phase::AwaitingReboot { .. } | Phase::Rebooting { .. } => None,
+            Phase::Realising | Phase::Switching | Phase::AwaitingReboot { .. } | Phase::Rebooting { .. } => {
+                None
+            }
             Phase::Checking { switch } => Some(switch.encode()),
             Phase::RollingBack { problem, .. } => Some(problem.clone()),
         };
@@ -533,10 +540,16 @@ impl InFlightFile {
                 problem: self.switch_result.unwrap_or_else(|| "deploy failed".into()),
             },
             "awaiting-reboot" => Phase::AwaitingReboot {
-                at: self.reboot_at.ok_or("phase `awaiting-reboot` without `reboot_at`")?,
+                at: self
+                    .reboot_at
+                    .ok_or("phase `awaiting-reboot` without `reboot_at`")?,
             },
             "rebooting" => Phase::Rebooting {
-                boot: self.boot.as_deref().ok_or("phase `rebooting` without `boot`")?.parse()?,
+                boot: self
+                    .boot
+                    .as_deref()
+                    .ok_or("phase `rebooting` without `boot`")?
+                    .parse()?,
             },
             other => return Err(format!("unknown phase `{other}`")),
         };
@@ -699,7 +712,9 @@ mod tests {
                 at: DateTime::from_timestamp(1_800_000_600, 0).unwrap(),
             },
             Phase::Rebooting {
-                boot: "4b1c0f6e-8a8e-4c57-a7f3-0d5b1c1d2e3f/1800000000000000".parse().unwrap(),
+                boot: "4b1c0f6e-8a8e-4c57-a7f3-0d5b1c1d2e3f/1800000000000000"
+                    .parse()
+                    .unwrap(),
             },
         ] {
             let mut state = sample();
