@@ -422,10 +422,7 @@ pub fn after_reboot(
         ),
         Some(b) => Conclusion::new(
             OutcomeKind::Failed,
-            format!(
-                "booted {b}, not release {serial} ({}): boot loader fallback or another generation",
-                toplevel.name()
-            ),
+            format!("release {serial} did not boot (boot loader fallback, or another generation chosen): booted {b}"),
         ),
         None => Conclusion::new(
             OutcomeKind::Failed,

@@ -1118,6 +1118,9 @@ fn the_service_survives_kill_and_outages_over_smart_http() {
 // Secrets (sops-nix, agenix) through a deploy, on this file's `World`.
 mod secrets;
 
+// Reboots in a maintenance window and deploy windows, on this file's `World`.
+mod reboots;
+
 /// Full deploys (pending → success) from a private cache that demands a
 /// bearer token, then from an S3 bucket (moto, authentication on), each
 /// realised by the agent through its loopback relay inside the testbed.
