@@ -700,12 +700,13 @@ impl Agent {
     /// in. Never while a switch or rollback unit runs, and only while the
     /// window is open (a moment missed, the host being down, moves to the
     /// next window). The deploy ends as needing a reboot, without one, when
-    /// a newer release arrives first (it is deployed next, and reboots in
-    /// its turn) or the policy became `never`.
+    /// a newer verified release arrives first (it is deployed next, and
+    /// reboots in its turn) or the policy became `never`.
     async fn awaiting_reboot(&mut self, flight: &InFlight, at: DateTime<Utc>) -> Result<Next> {
         let serial = flight.target.serial;
-        let pending = || decide::reboot_required(&self.config.host, serial, flight.action);
-        let RebootPolicy::InWindow(windows) = &self.config.reboot else {
+        let (host, action) = (self.config.host.clone(), flight.action);
+        let pending = move || decide::reboot_required(&host, serial, action);
+        let RebootPolicy::InWindow(windows) = self.config.reboot.clone() else {
             info!(
                 ferry_phase = flight.phase.name(),
                 "reboot policy is `never`: not rebooting"
@@ -715,7 +716,7 @@ impl Agent {
         // A tip that cannot be read now changes nothing: the reboot is not
         // held hostage by the deploy repository.
         if let Ok(tip) = self.seams.source.remote_tip().await {
-            if tip != flight.target.commit {
+            if tip != flight.target.commit && self.supersedes(&tip, flight).await {
                 info!(
                     ferry_phase = flight.phase.name(),
                     "a newer tip ({tip}) arrived before the reboot into release {serial}: it is deployed next"
@@ -728,7 +729,7 @@ impl Agent {
             return Ok(Next::Wait(Reconciled::RebootScheduled { serial, at }));
         }
         if !windows.contains(now, &chrono::Local) {
-            let at = reboot_moment(windows, &self.config.host, now)?;
+            let at = reboot_moment(&windows, &self.config.host, now)?;
             warn!(
                 ferry_phase = flight.phase.name(),
                 "the reboot's moment passed outside the maintenance window ({windows}); rescheduled"
@@ -746,6 +747,26 @@ impl Agent {
         }
         let boot = self.seams.reboot.this_boot().await?;
         Ok(Next::Phase(Phase::Rebooting { boot }))
+    }
+
+    /// Whether `tip` is a release that would be deployed after `flight`'s:
+    /// it verifies, descends from it and has a greater serial. Anything else
+    /// (an unsigned or rewound tip — anyone who can push to the branch can
+    /// make one — or a fault reading it) leaves the reboot as planned; it is
+    /// judged as usual once the deploy has ended.
+    async fn supersedes(&mut self, tip: &CommitId, flight: &InFlight) -> bool {
+        if self.seams.source.fetch(tip).await.is_err() {
+            return false;
+        }
+        let now = self.seams.clock.now();
+        let Ok(verified) = self.seams.source.verify(tip, &self.signers, now).await else {
+            return false;
+        };
+        verified.release.serial > flight.target.serial
+            && matches!(
+                self.seams.source.descends_from(tip, &flight.target.commit).await,
+                Ok(true)
+            )
     }
 
     /// In the boot the reboot was recorded in, requests it (again, after a

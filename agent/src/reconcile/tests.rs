@@ -1625,3 +1625,22 @@ fn boot_releases_and_refusals_are_not_held_back_by_the_deploy_window() {
     host.w().releases.insert(commit(R1), Verifies::Unsigned);
     assert!(matches!(run(&mut host.agent()), Reconciled::Refused(_)));
 }
+
+/// A tip that does not verify (anyone who can push to the branch can make
+/// one) does not end the wait: the reboot happens, and the tip is refused
+/// afterwards as any other.
+#[test]
+fn an_unsigned_tip_does_not_cancel_the_reboot() {
+    let host = kernel_host();
+    run(&mut host.agent());
+    {
+        let mut w = host.w();
+        w.tip = commit(R2);
+        w.releases.insert(commit(R2), Verifies::Unsigned);
+        w.now = moment(wednesday());
+    }
+    assert_eq!(run(&mut host.agent()), Reconciled::Rebooting { serial: 1 });
+    assert!(matches!(run(&mut host.agent()), Reconciled::Deployed { .. }));
+    assert_eq!(count(&host, "reboot"), 1);
+    assert!(matches!(run(&mut host.agent()), Reconciled::Refused(_)));
+}
