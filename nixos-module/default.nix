@@ -121,7 +121,7 @@ in
         type = types.nullOr types.str;
         default = null;
         example = "https://git.example.com/api/v1";
-        description = "The forge API base URL (defaults to the public API for github and gitlab).";
+        description = "The forge API base URL (defaults to the public API for github and gitlab). https:// only: the agent refuses plain http:// to another machine, which would send the token in clear.";
       };
       repository = mkOption {
         type = types.str;
@@ -174,6 +174,27 @@ in
       description = "Extra checks after a switch; a failing one rolls the host back.";
     };
 
+    metrics = {
+      enable = mkEnableOption ''
+        Prometheus metrics, written to `metrics.textfileDir` after every
+        deploy (with `services.prometheus.exporters.node.enable`, node_exporter's
+        textfile collector is turned on and reads them from there)'';
+      textfileDir = mkOption {
+        type = types.path;
+        default = "/var/lib/ferry-agent-metrics";
+        description = ''
+          Where the agent writes `ferry_agent.prom` (mode 0644, so
+          node_exporter's user can read it); created world-readable.
+        '';
+      };
+      listen = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "127.0.0.1:9101";
+        description = "A loopback address to also serve the metrics on, at /metrics (unauthenticated, so loopback only).";
+      };
+    };
+
     settings = mkOption {
       type = settingsFormat.type;
       default = { };
@@ -199,6 +220,13 @@ in
       {
         assertion = !(lib.elem cfg.forge.kind [ "gitea" "forgejo" ]) || cfg.forge.apiUrl != null;
         message = "services.ferry-agent.forge.apiUrl is required for gitea/forgejo, e.g. https://git.example.com/api/v1.";
+      }
+      {
+        # The agent's own rule; a host with a port or a URL would also break
+        # the `ID:PATH` syntax of LoadCredential.
+        assertion = lib.all (host: host != "" && builtins.match ".*[/: @].*" host == null)
+          (builtins.attrNames cfg.cacheBearerTokenFiles);
+        message = "services.ferry-agent.cacheBearerTokenFiles: name each cache by its host alone, e.g. \"cache.example.com\" (no scheme, port or path).";
       }
     ];
 
@@ -230,7 +258,19 @@ in
         inherit (cfg.forge) repository;
         token_file = credential "forge-token";
       } // lib.optionalAttrs (cfg.forge.apiUrl != null) { api_url = cfg.forge.apiUrl; });
+    } // lib.optionalAttrs cfg.metrics.enable {
+      metrics = {
+        textfile_dir = cfg.metrics.textfileDir;
+      } // lib.optionalAttrs (cfg.metrics.listen != null) { inherit (cfg.metrics) listen; };
     });
+
+    # The textfile collector's directory: written by the agent (root),
+    # read by node_exporter's own user.
+    systemd.tmpfiles.rules = optional cfg.metrics.enable "d ${cfg.metrics.textfileDir} 0755 root root - -";
+    services.prometheus.exporters.node = mkIf (cfg.metrics.enable && config.services.prometheus.exporters.node.enable) {
+      enabledCollectors = [ "textfile" ];
+      extraFlags = [ "--collector.textfile.directory=${cfg.metrics.textfileDir}" ];
+    };
 
     environment.etc."ferry/agent.toml".source = settingsFormat.generate "ferry-agent.toml" cfg.settings;
     environment.etc."ferry/allowed_signers".source = allowedSignersFile;
@@ -272,7 +312,9 @@ in
         # Relaxation: `nix-env -p /nix/var/nix/profiles/system --set` writes
         # the profile's generation links; the daemon socket must be writable
         # to connect to it.
-        ReadWritePaths = [ "/nix/var/nix/profiles" "/nix/var/nix/daemon-socket" ];
+        ReadWritePaths = [ "/nix/var/nix/profiles" "/nix/var/nix/daemon-socket" ]
+          # and the metrics' textfile directory.
+          ++ optional cfg.metrics.enable cfg.metrics.textfileDir;
         ProtectHome = true;
         PrivateTmp = true;
         PrivateDevices = true;
@@ -290,8 +332,9 @@ in
         SystemCallArchitectures = "native";
         # Relaxation: AF_UNIX for D-Bus, journald and nix-daemon; IP for the
         # forge, the git remote and the binary caches. The only listening
-        # socket is the loopback relay (127.0.0.1, a random port) that serves
-        # the caches to nix-daemon while a closure is realised.
+        # sockets are the loopback relay (127.0.0.1, a random port) that serves
+        # the caches to nix-daemon while a closure is realised, and the
+        # metrics endpoint (`metrics.listen`, loopback only) if set.
         RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" ];
         UMask = "0077";
       };

@@ -22,6 +22,11 @@ let
       networking.hostName = mkOption { type = types.str; default = "web1"; };
       nix.package = mkOption { type = types.anything; default = "/nix/store/00000000000000000000000000000000-nix"; };
       i18n.glibcLocales = mkOption { type = types.anything; default = null; };
+      services.prometheus.exporters.node = {
+        enable = mkOption { type = types.bool; default = false; };
+        enabledCollectors = mkOption { type = types.listOf types.str; default = [ ]; };
+        extraFlags = mkOption { type = types.listOf types.str; default = [ ]; };
+      };
     };
   };
   pkgs = {
@@ -63,7 +68,7 @@ let
       start = lib.lists.findFirstIndex (l: l == "## Keys") null lines;
       rest = lib.drop (start + 1) lines;
       stop = lib.lists.findFirstIndex (lib.hasPrefix "## ") (builtins.length rest) rest;
-      keyOf = l: builtins.match "[|] `([a-z_.]+)` [|].*" l;
+      keyOf = l: builtins.match "[|] `([a-z0-9_.]+)` [|].*" l;
     in
     map builtins.head (builtins.filter (m: m != null) (map keyOf (lib.take stop rest)));
   # The dotted keys of a rendered agent.toml (tables are one level deep).
@@ -82,6 +87,7 @@ let
     ferry-signer = fakePath "ferry-signer";
     age = fakePath "age";
     git = fakePath "git";
+    curl = fakePath "curl";
     systemd = fakePath "systemd";
     python3.interpreter = fakePath "python3/bin/python3";
     testers.runNixOSTest = spec: spec;
@@ -108,6 +114,24 @@ let
   withGitToken = eval (lib.recursiveUpdate base { services.ferry-agent.gitTokenFile = "/run/secrets/git"; });
   gitTokenSettings = withGitToken.config.services.ferry-agent.settings;
 
+  withMetrics = eval (lib.recursiveUpdate base {
+    services.ferry-agent.metrics = { enable = true; listen = "127.0.0.1:9101"; };
+    services.prometheus.exporters.node.enable = true;
+  });
+  metricsSettings = withMetrics.config.services.ferry-agent.settings;
+  nodeExporter = withMetrics.config.services.prometheus.exporters.node;
+
+  # No cache credentials: no cache keys beyond the two, nothing loaded for them.
+  publicCache = eval {
+    services.ferry-agent = base.services.ferry-agent // { cacheNetrcFile = null; cacheBearerTokenFiles = { }; cacheS3CredentialsFile = null; };
+  };
+  # An s3:// substituter is written as Nix spells it, untouched.
+  s3Url = "s3://nix-cache?region=eu-central-1&endpoint=https://fsn1.your-objectstorage.com&profile=deploy";
+  s3Cache = eval (lib.recursiveUpdate base { services.ferry-agent.substituters = [ s3Url ]; });
+  badBearerHost = eval {
+    services.ferry-agent = base.services.ferry-agent // { cacheBearerTokenFiles = { "attic.example.com:8443" = "/run/secrets/attic-token"; }; };
+  };
+
   noTrust = eval (lib.recursiveUpdate base { services.ferry-agent.trustedPublicKeys = [ ]; });
   noForgeUrl = eval (lib.recursiveUpdate base { services.ferry-agent.forge.apiUrl = null; });
 in
@@ -130,7 +154,19 @@ builtins.all (x: x) [
   (check (unit.restartIfChanged == false) "a switch never restarts the agent")
   (check (unit.serviceConfig.Restart == "always") "Restart=always")
   (check (unit.serviceConfig.StateDirectory == "ferry-agent") "StateDirectory")
-  (check (unit.serviceConfig.LoadCredential == [ "forge-token:/run/secrets/forge" ]) "LoadCredential")
+  (check (unit.serviceConfig.LoadCredential == [
+    "forge-token:/run/secrets/forge"
+    "cache-netrc:/run/secrets/nix-netrc"
+    "cache-token-attic.example.com:/run/secrets/attic-token"
+    "cache-s3:/run/secrets/s3"
+  ]) "LoadCredential: the forge token and every cache credential")
+  (check (builtins.attrNames publicCache.config.services.ferry-agent.settings.cache == [ "substituters" "trusted_public_keys" ])
+    "a public cache: no credential keys")
+  (check (publicCache.config.systemd.services.ferry-agent.serviceConfig.LoadCredential == [ "forge-token:/run/secrets/forge" ])
+    "a public cache: no cache credentials loaded")
+  (check (s3Cache.config.services.ferry-agent.settings.cache.substituters == [ s3Url ]) "s3:// substituters pass through")
+  (check (failing s3Cache == [ ]) "an s3:// substituter passes the assertions")
+  (check (builtins.length (failing badBearerHost) == 1) "a bearer token host with a port is caught")
   (check (builtins.elem "network-online.target" unit.after) "After=network-online.target")
   (check (unit.environment.NIX_REMOTE == "daemon") "the store is written by nix-daemon")
   (check (lib.hasSuffix "/bin/ferry-agent --config /etc/ferry/agent.toml run" unit.serviceConfig.ExecStart) "ExecStart")
@@ -139,13 +175,22 @@ builtins.all (x: x) [
   (check (undocumented gitTokenSettings == [ ]) "with a git token, the module writes only documented keys")
   (check (gitTokenSettings.source.token_file == "/run/credentials/ferry-agent.service/git-token") "git token as credential")
   (check (withGitToken.config.systemd.services.ferry-agent.serviceConfig.LoadCredential
-    == [ "git-token:/run/secrets/git" "forge-token:/run/secrets/forge" ]) "both credentials loaded")
+    == [ "git-token:/run/secrets/git" "forge-token:/run/secrets/forge" "cache-netrc:/run/secrets/nix-netrc"
+      "cache-token-attic.example.com:/run/secrets/attic-token" "cache-s3:/run/secrets/s3" ]) "every credential loaded")
+  (check (!(settings ? metrics) && cfg.services.prometheus.exporters.node.extraFlags == [ ]) "no metrics unless enabled")
+  (check (metricsSettings.metrics == { textfile_dir = "/var/lib/ferry-agent-metrics"; listen = "127.0.0.1:9101"; }) "metrics settings")
+  (check (undocumented metricsSettings == [ ]) "with metrics, the module writes only documented keys")
+  (check (nodeExporter.enabledCollectors == [ "textfile" ]
+    && nodeExporter.extraFlags == [ "--collector.textfile.directory=/var/lib/ferry-agent-metrics" ]) "node_exporter reads the textfile directory")
+  (check (withMetrics.config.systemd.tmpfiles.rules == [ "d /var/lib/ferry-agent-metrics 0755 root root - -" ]) "the textfile directory is created readable")
+  (check (lib.elem "/var/lib/ferry-agent-metrics" withMetrics.config.systemd.services.ferry-agent.serviceConfig.ReadWritePaths) "the agent may write the textfile directory")
   (check (failing vmHost == [ ]) "the VM test's host configuration passes the module's assertions")
   (check (undocumented vmSettings == [ ]) "the VM test writes only documented keys: ${toString (undocumented vmSettings)}")
   (check (vmSettings.source.url == "git://server/deploy.git") "VM test: source.url")
   (check (vmSettings.source.jitter == "1s" && vmSettings.source.poll_interval == "5s") "VM test: polling")
   (check (vmSettings.cache.trusted_public_keys == [ (lib.fileContents ./tests/cache-snakeoil.pk) ]) "VM test: cache key")
-  (check (vmSettings.report.api_url == "http://server:3000/api/v1") "VM test: forge")
+  (check (vmSettings.report.api_url == "https://server:3000/api/v1") "VM test: the forge over HTTPS")
+  (check (vmHostNode.security.pki.certificateFiles == [ "${fakePath "ferry-test-forge-ca"}/ca.pem" ]) "VM test: the host trusts the forge's test CA")
   (check (builtins.length vmSettings.health.commands == 1) "VM test: health command")
   (check (vmHostNode.system.build.ferryNext == nextSystem) "VM test: the next system comes from extendModules")
   (check (vmServerNode.virtualisation.additionalPaths == [ nextSystem ]) "VM test: the server's store holds the next system")

@@ -564,7 +564,7 @@ impl Inner {
         let cache = format!("s3://{}", s3.bucket);
         let mut request = self.client.request(method.clone(), url.clone());
         if let Some(c) = credentials {
-            if !crate::credentials::may_carry_credentials(&url) {
+            if !ferry_signer::forge::secret_may_travel_to(&url) {
                 return Err(CredentialError::PlainHttp {
                     host: url.host_str().unwrap_or("").to_owned(),
                     path: c.source.clone().into(),

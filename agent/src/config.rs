@@ -3,7 +3,8 @@
 //! was expected, and validated into types the rest of the agent trusts. The
 //! file's format is here; each section is validated by the module that owns
 //! it (`source::validate`, `cache::validate`, `switch::validate`,
-//! `health::validate`, `report::validate`), which names the key it refuses.
+//! `health::validate`, `report::validate`, `metrics::validate`), which names
+//! the key it refuses.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -32,6 +33,7 @@ pub struct Config {
     pub report: ReportConfig,
     /// When the agent reboots into a release that needs it.
     pub reboot: crate::window::RebootPolicy,
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -185,6 +187,7 @@ impl Config {
         let health = crate::health::validate(file.health);
         let report = crate::report::validate(file.report).map_err(in_file)?;
         let reboot = crate::window::validate_reboot(file.reboot).map_err(in_file)?;
+        let metrics = crate::metrics::validate(file.metrics).map_err(in_file)?;
 
         Ok(Config {
             host,
@@ -195,6 +198,7 @@ impl Config {
             health,
             report,
             reboot,
+            metrics,
         })
     }
 }
@@ -254,6 +258,8 @@ struct ConfigFile {
     report: ReportFile,
     #[serde(default)]
     reboot: crate::window::RebootFile,
+    #[serde(default)]
+    metrics: crate::metrics::MetricsFile,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -546,6 +552,13 @@ context = "ferry/{{host}}"
                 "`switch.unit`",
             ),
             (
+                format!(
+                    "{}[report]\nforge = \"gitea\"\napi_url = \"http://git.example.com/api/v1\"\nrepository = \"o/r\"\ntoken_file = \"/run/t\"\n",
+                    minimal()
+                ),
+                "`report.api_url`: `http://git.example.com/api/v1` is plain HTTP to another machine, so the forge token would cross the network in clear: use https://",
+            ),
+            (
                 minimal().replace("[cache]", "branch = \"a..b\"\n[cache]"),
                 "`source.branch`",
             ),
@@ -553,6 +566,30 @@ context = "ferry/{{host}}"
         for (text, needle) in cases {
             let err = refusal(&text);
             assert!(err.contains(needle), "expected `{needle}` in: {err}");
+        }
+    }
+
+    #[test]
+    fn a_forge_over_plain_http_only_on_this_machine() {
+        let report = |url: &str| {
+            format!(
+                "{}[report]\nforge = \"gitea\"\napi_url = \"{url}\"\nrepository = \"o/r\"\ntoken_file = \"/run/t\"\n",
+                minimal()
+            )
+        };
+        for url in [
+            "http://127.0.0.1:3000/api/v1",
+            "http://localhost/api/v1",
+            "http://[::1]:3000/api/v1",
+        ] {
+            assert!(parse(&report(url)).is_ok(), "{url}");
+        }
+        for url in ["http://10.0.0.1/api/v1", "http://localhost@evil.example/api/v1"] {
+            let err = refusal(&report(url));
+            assert!(
+                err.contains("`report.api_url`") && err.contains("use https://"),
+                "{err}"
+            );
         }
     }
 

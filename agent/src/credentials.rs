@@ -232,22 +232,9 @@ fn read(path: &Path) -> Result<Zeroizing<String>, CredentialError> {
         .map_err(|e| failed(e.to_string()))
 }
 
-/// Whether credentials may travel to `url`: HTTPS, or plain HTTP to a
-/// loopback address (nothing leaves the machine).
-pub fn may_carry_credentials(url: &reqwest::Url) -> bool {
-    match url.scheme() {
-        "https" => true,
-        "http" => match url.host_str() {
-            Some(h) => {
-                let h = h.trim_start_matches('[').trim_end_matches(']');
-                h.eq_ignore_ascii_case("localhost")
-                    || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-            }
-            None => false,
-        },
-        _ => false,
-    }
-}
+// Credentials travel only over HTTPS or to a loopback address: the signer's
+// rule (`secret_may_travel_to`), one copy for both binaries and every secret.
+use ferry_signer::forge::secret_may_travel_to;
 
 impl Loaded {
     /// Adds the key pair of `s3://` substituter `index`.
@@ -293,7 +280,7 @@ impl Loaded {
         let Some((source, value)) = found else {
             return Ok(None);
         };
-        if !may_carry_credentials(url) {
+        if !secret_may_travel_to(url) {
             return Err(CredentialError::PlainHttp { host, path: source });
         }
         let mut header = HeaderValue::from_str(&value)
@@ -382,11 +369,11 @@ mod tests {
 
     #[test]
     fn credentials_travel_over_https_or_loopback_only() {
-        assert!(may_carry_credentials(&url("https://cache.example.com")));
-        assert!(may_carry_credentials(&url("http://127.0.0.1:5000")));
-        assert!(may_carry_credentials(&url("http://[::1]:5000")));
-        assert!(may_carry_credentials(&url("http://localhost:5000")));
-        assert!(!may_carry_credentials(&url("http://cache.example.com")));
-        assert!(!may_carry_credentials(&url("http://10.0.0.1")));
+        assert!(secret_may_travel_to(&url("https://cache.example.com")));
+        assert!(secret_may_travel_to(&url("http://127.0.0.1:5000")));
+        assert!(secret_may_travel_to(&url("http://[::1]:5000")));
+        assert!(secret_may_travel_to(&url("http://localhost:5000")));
+        assert!(!secret_may_travel_to(&url("http://cache.example.com")));
+        assert!(!secret_may_travel_to(&url("http://10.0.0.1")));
     }
 }

@@ -2,7 +2,8 @@
 //! random jitter, so a fleet does not stampede the forge), backs off on
 //! transient failures, reloads the configuration and allowed_signers when
 //! they change (keeping the old ones if the new ones are invalid), and
-//! notices the system profile changing outside Ferry.
+//! notices the system profile changing outside Ferry. It serves the metrics
+//! endpoint (`metrics.listen`) for as long as it runs.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -65,6 +66,20 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
     // Held until the process ends: no `once` can run beside the daemon.
     let _lock = AgentLock::acquire(&config.state_dir)?;
     let mut agent = Agent::new(config)?;
+    // Metrics at start, from what the state says, before the first poll.
+    agent.update_metrics(false);
+    // An endpoint that cannot listen (the port is taken) is reported, but
+    // deploys go on without it.
+    let _endpoint = match agent.config.metrics.listen {
+        Some(addr) => match crate::metrics::serve(addr, agent.metrics.page()).await {
+            Ok(endpoint) => Some(endpoint),
+            Err(e) => {
+                error!("{}; the metrics are not served", crate::logging::error_chain(&e));
+                None
+            }
+        },
+        None => None,
+    };
     // The NixOS module sets restartIfChanged = false, so a switch never kills
     // a deploy in progress; the agent restarts itself (exiting for systemd's
     // Restart=always) when a deploy changed its own unit or executable.
@@ -108,7 +123,11 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
                 while let Ok(p) = events.try_recv() {
                     paths.push(p);
                 }
-                if let Some(new) = on_change(&paths, &config_path, &mut agent) {
+                if let Some(mut new) = on_change(&paths, &config_path, &mut agent) {
+                    if new.config.metrics.listen != agent.config.metrics.listen {
+                        warn!("metrics.listen changed: it takes effect when ferry-agent restarts");
+                    }
+                    new.metrics.share_page(&agent.metrics);
                     agent = new;
                     watched = watch_all(&mut watcher, &config_path, &agent.config).max(watched);
                     delay = Duration::ZERO;

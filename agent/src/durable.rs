@@ -10,10 +10,26 @@ use std::path::Path;
 /// Writes `bytes` to `path` atomically: a temp file in the same directory,
 /// fsync, rename over `path`, fsync of the directory.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write(path, bytes, None)
+}
+
+/// Like [`atomic_write`], the file getting permission bits `mode` (whatever
+/// the umask) before it appears under `path`: for files other users read,
+/// such as the metrics node_exporter collects.
+pub fn atomic_write_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    write(path, bytes, Some(mode))
+}
+
+fn write(path: &Path, bytes: &[u8], mode: Option<u32>) -> std::io::Result<()> {
     #[cfg(test)]
     faults::before_write(path)?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    if let Some(mode) = mode {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(mode))?;
+    }
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
@@ -99,6 +115,24 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("f")]);
+    }
+
+    #[test]
+    fn a_mode_is_set_before_the_file_appears() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.prom");
+        atomic_write(&path, b"private").unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        atomic_write_mode(&path, b"public", 0o644).unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "public");
     }
 
     #[test]

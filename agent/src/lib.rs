@@ -28,6 +28,8 @@
 //!   [`health`]: failed units and health commands after a switch.
 //! - [`report`]: commit statuses per forge and the durable outbox;
 //!   [`forge`]: delivering them.
+//! - [`metrics`]: Prometheus metrics, for node_exporter's textfile collector
+//!   and a loopback endpoint.
 //! - [`status`], [`daemon`], [`logging`]: the `status` and `run` commands,
 //!   the journal.
 
@@ -44,6 +46,7 @@ pub mod git_http;
 pub mod health;
 pub mod lock;
 pub mod logging;
+pub mod metrics;
 pub mod narinfo;
 pub mod reconcile;
 pub mod report;

@@ -21,6 +21,7 @@ use crate::cache::CacheError;
 use crate::config::Config;
 use crate::decide::{self, AfterCheck, Checked, Conclusion, Severity, SwitchResult, Verdict};
 use crate::health::Health;
+use crate::metrics::Metrics;
 use crate::report::{CommitStatus, StatusState};
 use crate::seams::{Activation, Seams};
 use crate::state::{Anchor, BootId, InFlight, Outcome, OutcomeKind, Phase, State, StateDir, Target, Unsent};
@@ -82,6 +83,8 @@ pub struct Agent {
     /// attempt (CI may still be uploading) and when that was first seen: its
     /// statuses are posted once, and the wait is bounded from then.
     awaiting_cache: Option<(CommitId, DateTime<Utc>)>,
+    /// Prometheus metrics, updated after every reconcile.
+    pub metrics: Metrics,
 }
 
 impl std::fmt::Debug for Agent {
@@ -166,6 +169,7 @@ impl Agent {
     pub fn with_seams(config: Config, signers: AllowedSigners, seams: Seams) -> Result<Self> {
         Ok(Self {
             state: StateDir::open(&config.state_dir)?,
+            metrics: Metrics::new(config.metrics.clone()),
             config,
             seams,
             signers,
@@ -265,7 +269,15 @@ impl Agent {
         self.deliver().await;
         let result = self.reconcile_inner().await;
         self.deliver().await;
+        self.update_metrics(result.is_ok());
         result
+    }
+
+    /// Brings the metrics (when configured) up to date with the state;
+    /// `polled`: a poll just completed without a transient failure.
+    pub fn update_metrics(&mut self, polled: bool) {
+        self.metrics
+            .update(&self.state, self.seams.store.as_ref(), polled);
     }
 
     async fn reconcile_inner(&mut self) -> Result<Reconciled> {
@@ -314,6 +326,7 @@ impl Agent {
         };
         let serial = verified.release.serial;
         Span::current().record("ferry_serial", serial);
+        self.metrics.saw_release(serial, verified.release.expires);
         let descends = match &state.anchor {
             Some(anchor) => self.seams.source.descends_from(&tip, &anchor.commit).await?,
             None => false,

@@ -58,6 +58,16 @@ pub(crate) fn validate(r: ReportFile) -> Result<ReportConfig, Invalid> {
                     format!("`{api_url}` is not an http(s) URL"),
                 ));
             }
+            if !ferry_signer::forge::token_travels_safely(&api_url) {
+                return Err(Invalid::new(
+                    "report.api_url",
+                    format!(
+                        "`{api_url}` is plain HTTP to another machine, so the forge token would cross \
+                         the network in clear: use https:// (plain http:// only to this machine: \
+                         localhost or a loopback address)"
+                    ),
+                ));
+            }
             if r.repository.is_empty() {
                 return Err(Invalid::new(
                     "report.repository",

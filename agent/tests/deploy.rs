@@ -12,9 +12,9 @@ use crate::common::git::{git, DeployRepo, GitDaemon};
 use crate::common::git_http::GitHttp;
 use crate::common::http::StaticServer;
 use crate::common::nix::{self, Behaviour, Cache};
-use crate::common::private_cache::PrivateCache;
 use crate::common::s3::Moto;
 use crate::common::systemd::Testbed;
+use ferry_test_support::nginx::{Access, Nginx};
 
 /// Where the agent binary is installed inside the testbed.
 const AGENT: &str = "/usr/local/bin/ferry-agent";
@@ -212,6 +212,11 @@ token_file = "/etc/ferry/forge-token"
     }
 
     fn release(&self, system: &str) -> String {
+        self.release_expiring(system, None)
+    }
+
+    /// A release of `system` that expires `expires_in` after it is made.
+    fn release_expiring(&self, system: &str, expires_in: Option<chrono::Duration>) -> String {
         let repo = git2::Repository::open(&self.deploy.path).unwrap();
         let changes = ferry_signer::publish::ReleaseChanges {
             hosts: [(
@@ -223,6 +228,7 @@ token_file = "/etc/ferry/forge-token"
             )]
             .into(),
             source: Some(SOURCE.parse().unwrap()),
+            expires_in,
             ..Default::default()
         };
         ferry_signer::publish::publish(
@@ -1121,15 +1127,26 @@ mod secrets;
 // Reboots in a maintenance window and deploy windows, on this file's `World`.
 mod reboots;
 
-/// Full deploys (pending → success) from a private cache that demands a
-/// bearer token, then from an S3 bucket (moto, authentication on), each
+// Prometheus metrics after deploys, rollbacks and refusals, on this file's `World`.
+mod metrics;
+
+/// Full deploys (pending → success) from a private cache (nginx) that
+/// demands a bearer token, then from an S3 bucket (moto, authentication on), each
 /// realised by the agent through its loopback relay inside the testbed.
 #[test]
 fn deploys_from_a_private_cache_and_from_s3() {
     let w = World::new(&[("b", Behaviour::Succeed), ("c", Behaviour::Succeed)]);
     let public = format!("substituters = [\"http://127.0.0.1:{}\"]\n", w.cache_port);
 
-    let private = PrivateCache::start(&w.cache_dir, Some("Bearer cache-tok".into()), None);
+    let private = Nginx::serve(
+        &w.cache_dir,
+        &Access::Bearer {
+            token: "cache-tok".into(),
+            forbidden: None,
+        },
+        false,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(w.bed.host_path("/etc/ferry/cache-token"), "cache-tok\n").unwrap();
     w.set_config(
         &public,
@@ -1144,11 +1161,13 @@ fn deploys_from_a_private_cache_and_from_s3() {
     assert_eq!(w.running(), w.systems["b"]);
     let states: Vec<String> = w.status_of(&r1).into_iter().map(|(s, _)| s).collect();
     assert_eq!(states, ["pending", "success"]);
-    assert!(private.seen().iter().any(|s| s.target.starts_with("/nar/")));
-    assert!(private
-        .seen()
+    let seen = private.requests();
+    assert!(seen
         .iter()
-        .all(|s| s.authorization.as_deref() == Some("Bearer cache-tok")));
+        .any(|r| r.target.starts_with("/nar/") && r.status == 200));
+    assert!(seen
+        .iter()
+        .all(|r| r.authorization.as_deref() == Some("Bearer cache-tok")));
 
     let moto = Moto::start();
     moto.upload_cache("deploy-cache", "us-east-1", &w.cache_dir);

@@ -5,8 +5,10 @@
 mod common;
 
 mod deploy;
+mod fleet;
 mod forge;
 mod key_types;
+mod metrics;
 mod nix_cache;
 mod preflight;
 mod private_cache;

@@ -1,22 +1,47 @@
-//! Private binary caches over HTTP: a real signed cache behind a server that
-//! demands HTTP Basic (from a netrc in Nix's format) or a bearer token. The
-//! preflight and the realise step (real `nix-store --realise` reading through
-//! the agent's loopback relay) both get in with the same credentials; wrong
-//! or missing ones are named errors; a redirect to another host never carries
-//! them.
+//! Private binary caches over HTTP: a real signed cache served by nginx
+//! (Debian's, from `scripts/install-deps`) behind HTTP Basic auth (answered
+//! from a netrc in Nix's format) or a bearer token. The preflight and the
+//! realise step (real `nix-store --realise` reading through the agent's
+//! loopback relay) both get in with the same credentials; a 401 or 403 names
+//! the cache and the credential file; a redirect to another host never
+//! carries them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::common::nix::{self, Cache};
-use crate::common::private_cache::{basic, PrivateCache};
+use base64::Engine as _;
 use ferry_agent::cache::{BinaryCaches, CacheError};
 use ferry_agent::cache_serve::LoopbackCache;
 use ferry_agent::credentials::CacheCredentials;
 use ferry_agent::narinfo::CachePublicKey;
 use ferry_agent::seams::realise_via_relay;
 use ferry_agent::store::{Store, StoreError};
+use ferry_test_support::nginx::{Access, Nginx};
+
+use crate::common::nix::{self, Cache};
+
+/// `Authorization: Basic base64(user:password)`, as nginx logs it.
+fn basic(user: &str, password: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+fn basic_access(user: &str, password: &str) -> Access {
+    Access::Basic {
+        user: user.into(),
+        password: password.into(),
+    }
+}
+
+fn bearer_access(token: &str, forbidden: Option<&str>) -> Access {
+    Access::Bearer {
+        token: token.into(),
+        forbidden: forbidden.map(str::to_owned),
+    }
+}
 
 /// A toplevel in a signed cache, deleted from the local store.
 struct Fixture {
@@ -73,8 +98,20 @@ impl Fixture {
         crate::common::runtime().block_on(realise_via_relay(&store, caches, &toplevel, "current"))
     }
 
+    /// nginx serving this cache to those `access` lets in.
+    fn serve(&self, access: &Access, redirect_narinfos: bool) -> Nginx {
+        Nginx::serve(&self.cache.dir, access, redirect_narinfos).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     fn all_present(&self) -> bool {
         self.closure.iter().all(|p| Path::new(p).exists())
+    }
+}
+
+fn bearer(host: &str, file: PathBuf) -> CacheCredentials {
+    CacheCredentials {
+        bearer_token_files: BTreeMap::from([(host.into(), file)]),
+        ..Default::default()
     }
 }
 
@@ -88,25 +125,23 @@ fn netrc(path: PathBuf) -> CacheCredentials {
 #[test]
 fn netrc_credentials_get_the_preflight_and_the_realise_in() {
     let f = Fixture::new(3);
-    let server = PrivateCache::start(&f.cache.dir, Some(basic("deploy", "s3cret pass")), None);
     let netrc_file = f.file(
         "netrc",
         "machine cache.example.com login x password y\nmachine 127.0.0.1\n  login deploy\n  password s3cret\n",
     );
-    // A password with a space cannot be written in netrc: the server wants
-    // "s3cret pass", so this netrc is refused, naming the file.
+    // A password with a space cannot be written in netrc: nginx wants
+    // "s3cret pass", so this netrc is refused, naming the cache and the file.
+    let server = f.serve(&basic_access("deploy", "s3cret pass"), false);
     let err = f
         .preflight(&f.caches(&server.url(), netrc(netrc_file.clone())))
         .unwrap_err();
     assert!(matches!(err, CacheError::Denied { status: 401, .. }), "{err}");
-    assert!(
-        err.to_string().contains(&netrc_file.display().to_string()),
-        "{err}"
-    );
-    assert!(err.to_string().contains(&server.url()), "{err}");
-    assert!(!err.to_string().contains("s3cret"), "{err}");
+    let text = err.to_string();
+    assert!(text.contains(&netrc_file.display().to_string()), "{text}");
+    assert!(text.contains(&server.url()), "{text}");
+    assert!(!text.contains("s3cret"), "{text}");
 
-    let server = PrivateCache::start(&f.cache.dir, Some(basic("deploy", "s3cret")), None);
+    let server = f.serve(&basic_access("deploy", "s3cret"), false);
     let caches = f.caches(&server.url(), netrc(netrc_file));
     let p = f.preflight(&caches).unwrap();
     assert_eq!(p.missing, 5);
@@ -116,56 +151,65 @@ fn netrc_credentials_get_the_preflight_and_the_realise_in() {
         f.all_present(),
         "the realise step fetched the closure through the relay"
     );
-    let seen = server.seen();
-    assert!(
-        seen.iter().any(|s| s.target.starts_with("/nar/")),
-        "NARs came from the private cache"
-    );
+    let seen = server.requests();
     assert!(
         seen.iter()
-            .all(|s| s.authorization.as_deref() == Some(basic("deploy", "s3cret").as_str())),
-        "every request, preflight and realise, carried the credentials"
+            .any(|r| r.target.starts_with("/nar/") && r.status == 200),
+        "NARs came from the private cache: {seen:?}"
+    );
+    assert!(
+        seen.iter().all(
+            |r| r.authorization.as_deref() == Some(basic("deploy", "s3cret").as_str()) && r.status == 200
+        ),
+        "every request, preflight and realise, carried the credentials and got in: {seen:?}"
     );
 }
 
 #[test]
 fn a_bearer_token_gets_in_and_a_missing_one_is_named() {
     let f = Fixture::new(2);
-    let server = PrivateCache::start(&f.cache.dir, Some("Bearer tok-123".into()), None);
+    let server = f.serve(&bearer_access("tok-123", None), false);
     let none = f
         .preflight(&f.caches(&server.url(), CacheCredentials::default()))
         .unwrap_err();
     assert!(matches!(none, CacheError::Denied { status: 401, .. }), "{none}");
     assert!(none.to_string().contains("cache.bearer_token_files"), "{none}");
+    assert!(none.to_string().contains(&server.url()), "{none}");
     assert!(none.summary().contains("refused access"), "{}", none.summary());
 
     let token = f.file("token", "tok-123\n");
-    let caches = f.caches(
-        &server.url(),
-        CacheCredentials {
-            netrc_file: None,
-            bearer_token_files: BTreeMap::from([("127.0.0.1".into(), token)]),
-            ..Default::default()
-        },
-    );
+    let caches = f.caches(&server.url(), bearer("127.0.0.1", token));
     f.preflight(&caches).unwrap();
     f.realise(&caches).unwrap();
     assert!(f.all_present());
+    assert!(server
+        .requests()
+        .iter()
+        .any(|r| r.target.starts_with("/nar/") && r.authorization.as_deref() == Some("Bearer tok-123")));
+}
+
+#[test]
+fn a_token_without_read_access_is_a_403_naming_the_cache_and_the_file() {
+    let f = Fixture::new(1);
+    let server = f.serve(&bearer_access("reader", Some("other-cache")), false);
+    let token = f.file("token", "other-cache");
+    let err = f
+        .preflight(&f.caches(&server.url(), bearer("127.0.0.1", token.clone())))
+        .unwrap_err();
+    assert!(matches!(err, CacheError::Denied { status: 403, .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains(&server.url()), "{text}");
+    assert!(text.contains(&token.display().to_string()), "{text}");
+    assert!(!text.contains("other-cache"), "the token is not shown: {text}");
+    assert!(!f.all_present());
 }
 
 #[test]
 fn credentials_refused_at_realise_are_named_and_nothing_is_realised() {
     let f = Fixture::new(1);
-    let server = PrivateCache::start(&f.cache.dir, Some("Bearer right".into()), None);
+    let server = f.serve(&bearer_access("right", None), false);
     let token = f.file("token", "wrong");
-    let caches = f.caches(
-        &server.url(),
-        CacheCredentials {
-            netrc_file: None,
-            bearer_token_files: BTreeMap::from([("127.0.0.1".into(), token.clone())]),
-            ..Default::default()
-        },
-    );
+    let caches = f.caches(&server.url(), bearer("127.0.0.1", token.clone()));
     let err = f.realise(&caches).unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, StoreError::Closure(_)), "{text}");
@@ -179,17 +223,38 @@ fn credentials_refused_at_realise_are_named_and_nothing_is_realised() {
 #[test]
 fn a_redirect_to_another_host_never_carries_the_credentials() {
     let f = Fixture::new(1);
-    // The public mirror: another port, so another origin.
-    let mirror = PrivateCache::start(&f.cache.dir, None, None);
-    let server = PrivateCache::start(&f.cache.dir, Some(basic("u", "p")), Some(mirror.url()));
+    // nginx answers narinfo requests it let in with a 302 to its open mirror:
+    // another port and host name (localhost), so another origin. The netrc's
+    // `default` entry would match that host too: still nothing is sent.
+    let server = f.serve(&basic_access("u", "p"), true);
     let caches = f.caches(
         &server.url(),
         netrc(f.file("netrc", "default login u password p")),
     );
     f.preflight(&caches).unwrap();
-    let mirrored = mirror.seen();
-    assert!(!mirrored.is_empty(), "the narinfos came from the mirror");
-    assert!(mirrored.iter().all(|s| s.authorization.is_none()), "{mirrored:?}");
+    f.realise(&caches).unwrap();
+    assert!(f.all_present());
+    let seen = server.requests();
+    let (mirrored, direct): (Vec<_>, Vec<_>) = seen.iter().partition(|r| r.port == server.mirror_port);
+    assert!(
+        direct
+            .iter()
+            .any(|r| r.target.ends_with(".narinfo") && r.status == 302),
+        "the cache redirected: {direct:?}"
+    );
+    assert!(
+        mirrored
+            .iter()
+            .any(|r| r.target.ends_with(".narinfo") && r.status == 200),
+        "the narinfos came from the mirror: {mirrored:?}"
+    );
+    assert!(mirrored.iter().all(|r| r.authorization.is_none()), "{mirrored:?}");
+    assert!(
+        direct
+            .iter()
+            .all(|r| r.authorization.as_deref() == Some(basic("u", "p").as_str())),
+        "{direct:?}"
+    );
 }
 
 #[test]
@@ -208,15 +273,8 @@ fn credentials_are_never_sent_over_plain_http_off_loopback() {
 #[test]
 fn the_relay_serves_only_the_closure_it_was_started_for() {
     let f = Fixture::new(1);
-    let server = PrivateCache::start(&f.cache.dir, Some("Bearer t".into()), None);
-    let token = f.file("token", "t");
-    let caches = f.caches(
-        &server.url(),
-        CacheCredentials {
-            bearer_token_files: BTreeMap::from([("127.0.0.1".into(), token)]),
-            ..Default::default()
-        },
-    );
+    let server = f.serve(&bearer_access("t", None), false);
+    let caches = f.caches(&server.url(), bearer("127.0.0.1", f.file("token", "t")));
     let hash = &f.toplevel[11..43];
     let status = |objects: BTreeSet<String>, path: String| {
         crate::common::runtime().block_on(async {

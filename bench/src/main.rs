@@ -12,6 +12,8 @@
 //! - [`throughput`]: B7, signature checks per second.
 //! - [`fleet`]: B8–B9, `status` of 10,000 hosts vs `curl`; a rollout's
 //!   releases as the git server packs them, vs one release.
+//! - [`private_cache`]: B10, B4 from a cache behind HTTP Basic auth (nginx)
+//!   vs `nix-store -r` with a `netrc-file`.
 //! - [`report`]: the table, statistics, the machine line.
 
 mod closure;
@@ -19,6 +21,7 @@ mod fixtures;
 mod fleet;
 mod history;
 mod idle;
+mod private_cache;
 mod report;
 mod signing;
 mod throughput;
@@ -110,8 +113,8 @@ fn run() -> Result<()> {
         };
         rows.extend(idle::run(work, &key, &repos, git.port, &p)?);
     }
-    let closure = if wanted("B4") || wanted("B7") {
-        eprintln!("B4/B7: building a 2,001-path closure and its signed cache");
+    let closure = if wanted("B4") || wanted("B7") || wanted("B10") {
+        eprintln!("B4/B7/B10: building a 2,001-path closure and its signed cache");
         Some(closure::ClosureFixture::build(work, 20, 100)?)
     } else {
         None
@@ -120,6 +123,11 @@ fn run() -> Result<()> {
         eprintln!("B4: new release → closure present");
         let p = closure::Params { runs: runs(3) };
         rows.extend(closure::run(work, &key, &repos, git.port, fx, &p)?);
+    }
+    if let (true, Some(fx)) = (wanted("B10"), &closure) {
+        eprintln!("B10: new release → closure present, from a private cache");
+        let p = private_cache::Params { runs: runs(3) };
+        rows.extend(private_cache::run(work, &key, &repos, git.port, fx, &p)?);
     }
     if wanted("B5") {
         eprintln!("B5: 10,000 commits and 10,000 hosts vs 1 and 1");

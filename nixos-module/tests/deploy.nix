@@ -1,6 +1,7 @@
 # The module on real NixOS, end to end: `host` runs services.ferry-agent;
 # `server` plays CI and the forge — a git daemon with the deploy repository,
-# nix-serve signing the binary cache, and a recording Gitea status endpoint.
+# nix-serve signing the binary cache, and a recording Gitea status endpoint
+# over HTTPS (a test CA the host trusts).
 # The script signs releases with ferry-signer on the server and watches the
 # host follow them: an "already running" release, a real switch to a second
 # system fetched from the cache, and an unsigned tip that must be refused.
@@ -28,6 +29,28 @@ let
       --principal ci@ferry.test > $out/allowed_signers
   '';
   cachePublicKey = pkgs.lib.fileContents ./cache-snakeoil.pk;
+  # The forge is reached over HTTPS, as the agent requires for a forge on
+  # another machine (the token must not cross the network in clear): a
+  # throwaway CA, which the host trusts through security.pki, and a
+  # certificate for `server` signed by it. Long-lived, since the build may
+  # be reused from a cache long after it ran; world-readable in the store,
+  # which only a test may accept.
+  testCa = pkgs.runCommand "ferry-test-forge-ca"
+    {
+      nativeBuildInputs = [ pkgs.openssl ];
+    } ''
+    mkdir -p $out
+    cd $out
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+      -keyout ca.key -out ca.pem -days 36500 -subj "/CN=Ferry VM test CA" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign"
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+      -keyout server.key -out server.csr -subj "/CN=server"
+    printf 'subjectAltName=DNS:server\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > server.ext
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+      -out server.pem -days 36500 -extfile server.ext
+    rm server.csr server.ext
+  '';
   forgeToken = "test-forge-token";
 in
 pkgs.testers.runNixOSTest {
@@ -58,11 +81,11 @@ pkgs.testers.runNixOSTest {
       };
 
       systemd.services.forge-recorder = {
-        description = "Recording Gitea commit-status endpoint";
+        description = "Recording Gitea commit-status endpoint (HTTPS)";
         wantedBy = [ "multi-user.target" ];
         after = [ "network.target" ];
         serviceConfig = {
-          ExecStart = "${pkgs.python3.interpreter} ${./forge-recorder.py} 3000 /var/lib/forge-recorder ${forgeToken}";
+          ExecStart = "${pkgs.python3.interpreter} ${./forge-recorder.py} 3000 /var/lib/forge-recorder ${forgeToken} ${testCa}/server.pem ${testCa}/server.key";
           StateDirectory = "forge-recorder";
         };
       };
@@ -76,6 +99,9 @@ pkgs.testers.runNixOSTest {
       # directly, and `switch` then only warns that nothing is installed.
       system.switch.enable = true;
       boot.loader.grub.enable = false;
+
+      # Trust the test CA that signed the forge's certificate.
+      security.pki.certificateFiles = [ "${testCa}/ca.pem" ];
 
       virtualisation = {
         # A store of its own (an image of this system's closure) instead of
@@ -99,7 +125,7 @@ pkgs.testers.runNixOSTest {
         pollInterval = "5s";
         forge = {
           kind = "gitea";
-          apiUrl = "http://server:3000/api/v1";
+          apiUrl = "https://server:3000/api/v1";
           repository = "ops/deploy";
           tokenFile = pkgs.writeText "forge-token" forgeToken;
         };
@@ -110,7 +136,14 @@ pkgs.testers.runNixOSTest {
           source.jitter = "1s";
           health.settle = "2s";
         };
+        # Metrics through node_exporter's textfile collector, and on loopback.
+        metrics = {
+          enable = true;
+          listen = "127.0.0.1:9101";
+        };
       };
+      services.prometheus.exporters.node.enable = true;
+      environment.systemPackages = [ pkgs.curl ];
 
       # The second system: this configuration plus a marker file. It is not
       # part of this machine's closure; only the server's store has it.
@@ -209,6 +242,12 @@ pkgs.testers.runNixOSTest {
         assert f"{second} (serial 2)" in text, text
         host.succeed(f"journalctl -u ferry-agent.service -o json FERRY_COMMIT={second} | grep -q FERRY_PHASE")
 
+    with subtest("node_exporter collects the agent's metrics"):
+        host.wait_for_unit("prometheus-node-exporter.service")
+        host.wait_until_succeeds("curl -fs http://127.0.0.1:9100/metrics | grep -qx 'ferry_release_serial 2'")
+        host.succeed("curl -fs http://127.0.0.1:9100/metrics | grep -qx 'ferry_deploys_total{outcome=\"success\"} 2'")
+        host.succeed("curl -fs http://127.0.0.1:9101/metrics | grep -qx 'ferry_drift 0'")
+
     with subtest("an unsigned tip is refused and the host stays where it is"):
         unsigned = server.succeed(
             "runuser -u git -- sh -c 'cd /srv/git/deploy.git"
@@ -221,5 +260,6 @@ pkgs.testers.runNixOSTest {
         s = status()
         assert s["last_outcome"]["result"] == "refused", s
         assert s["last_release"]["serial"] == 2, s
+        host.wait_until_succeeds("curl -fs http://127.0.0.1:9101/metrics | grep -qx 'ferry_deploys_total{outcome=\"refused\"} 1'")
   '';
 }

@@ -2,7 +2,9 @@
 (`/api/v1/repos/OWNER/REPO/statuses/SHA`) and records each one, so the test
 script can wait for what the agent reported.
 
-Usage: forge-recorder.py PORT DIR TOKEN
+Usage: forge-recorder.py PORT DIR TOKEN [CERT KEY]
+
+With CERT and KEY (PEM files), it answers over HTTPS.
 
 DIR/statuses.log gets one line per accepted status, easy to grep:
     <sha> <state> <context>
@@ -19,6 +21,7 @@ import sys
 PORT = int(sys.argv[1])
 DIR = sys.argv[2]
 TOKEN = sys.argv[3]
+TLS = sys.argv[4:6]
 PATH = re.compile(r"^/api/v1/repos/[^/]+/[^/]+/statuses/([0-9a-f]{40})$")
 
 
@@ -57,4 +60,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 os.makedirs(DIR, exist_ok=True)
-http.server.HTTPServer(("0.0.0.0", PORT), Handler).serve_forever()
+server = http.server.HTTPServer(("0.0.0.0", PORT), Handler)
+if TLS:
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(TLS[0], TLS[1])
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()

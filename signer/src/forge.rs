@@ -291,19 +291,26 @@ impl Token {
     }
 }
 
-/// A token is sent with every request: only over HTTPS, or plain HTTP to this
-/// machine itself.
+/// Whether a secret (a forge or git token, a cache's credentials) may be sent
+/// to `url`: over HTTPS, or over plain HTTP to this machine itself
+/// (`localhost` or a loopback address), where nothing crosses a network.
+/// Any other URL is refused. The one copy of this rule, for both binaries.
+pub fn secret_may_travel_to(url: &reqwest::Url) -> bool {
+    match url.scheme() {
+        "https" => true,
+        "http" => url.host_str().is_some_and(|h| {
+            let h = h.trim_start_matches('[').trim_end_matches(']');
+            h.eq_ignore_ascii_case("localhost")
+                || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        }),
+        _ => false,
+    }
+}
+
+/// [`secret_may_travel_to`] for a URL as written in a setting; one that
+/// does not parse is refused.
 pub fn token_travels_safely(url: &str) -> bool {
-    let Some(rest) = url.strip_prefix("http://") else {
-        return true;
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = authority.rsplit('@').next().unwrap_or("");
-    let host = match host.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => host.split(':').next().unwrap_or(""),
-    };
-    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    reqwest::Url::parse(url).is_ok_and(|u| secret_may_travel_to(&u))
 }
 
 /// A status to post.
@@ -789,6 +796,19 @@ mod tests {
         assert!(!token_travels_safely("http://git.example.com/api/v1"));
         assert!(!token_travels_safely("http://127.0.0.1.evil.example/api"));
         assert!(!token_travels_safely("http://localhost@evil.example/api"));
+        assert!(token_travels_safely("http://localhost:3000/api"));
+        assert!(
+            token_travels_safely("http://127.0.0.2/api"),
+            "all of 127/8 is loopback"
+        );
+        assert!(
+            !token_travels_safely("HTTP://git.example.com/api"),
+            "the scheme in capitals"
+        );
+        assert!(!token_travels_safely("http://[::ffff:10.0.0.1]/api"));
+        assert!(!token_travels_safely("http://10.0.0.1/api"));
+        assert!(!token_travels_safely("ftp://git.example.com/api"));
+        assert!(!token_travels_safely("not a url"));
         let plain = settings(ForgeKind::Gitea, "http://git.example.com/api/v1", "o/r");
         assert!(matches!(
             ForgeClient::new(plain, t),

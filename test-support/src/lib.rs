@@ -1,11 +1,15 @@
 //! Helpers shared by Ferry's tests (ferry-signer's and ferry-agent's) and its
 //! benchmarks, so each exists once: git run in isolation from the user's and
 //! the system's configuration, keys made by `ssh-keygen`, a software stand-in
-//! for a FIDO security key, and the check of `docs/cli.md` against the
-//! binaries' `--help`. Not published; the tools it runs (git, ssh-keygen)
-//! are what `scripts/install-deps` installs.
+//! for a FIDO security key, the check of `docs/cli.md` against the
+//! binaries' `--help`, the loopback forge that speaks each forge's status
+//! API, and nginx serving a binary cache behind credentials.
+//! Not published; the tools it runs (git, ssh-keygen, nginx, openssl) are
+//! what `scripts/install-deps` installs.
 
 pub mod cli_reference;
+pub mod forge;
+pub mod nginx;
 pub mod sk;
 
 use std::path::{Path, PathBuf};
@@ -72,6 +76,50 @@ pub fn ssh_keygen(dir: &Path, name: &str, key_type: &str, bits: &str) -> PathBuf
 pub fn public_key(key: &Path) -> String {
     let text = std::fs::read_to_string(format!("{}.pub", key.display())).unwrap();
     text.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+}
+
+/// The path of binary `bin` of workspace package `package`, built (once
+/// per test process) by the cargo that runs the tests, in its profile. For
+/// tests of one crate that run another crate's binary (the agent's fleet
+/// test runs `ferry-signer`), which cargo builds only for that crate's own
+/// tests.
+pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, path)) = built.iter().find(|(b, _)| b == bin) {
+        return path.clone();
+    }
+    // The test executable is target/<profile>/deps/<name>; binaries are in
+    // target/<profile>.
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet", "-p", package, "--bin", bin]);
+    if release {
+        cmd.arg("--release");
+    }
+    let out = cmd
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo (the one running these tests) can be run");
+    assert!(
+        out.status.success(),
+        "cargo build -p {package} --bin {bin} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = profile_dir.join(bin);
+    assert!(
+        path.exists(),
+        "cargo built {bin}, but it is not at {}",
+        path.display()
+    );
+    built.push((bin.to_owned(), path.clone()));
+    path
 }
 
 #[cfg(test)]

@@ -1644,3 +1644,59 @@ fn an_unsigned_tip_does_not_cancel_the_reboot() {
     assert_eq!(count(&host, "reboot"), 1);
     assert!(matches!(run(&mut host.agent()), Reconciled::Refused(_)));
 }
+
+/// An agent with metrics written to `<dir>/textfile`.
+fn metered(host: &Host) -> Agent {
+    let textfile = host.dir.path().join("textfile");
+    std::fs::create_dir_all(&textfile).unwrap();
+    let mut agent = host.agent();
+    agent.metrics = crate::metrics::Metrics::new(crate::metrics::MetricsConfig {
+        textfile_dir: Some(textfile),
+        listen: None,
+    })
+    .with_booted_system(&host.dir.path().join("booted-system"));
+    agent
+}
+
+/// The `ferry_deploys_total` samples of the textfile with a count.
+fn deploys_counted(host: &Host) -> Vec<String> {
+    let text = std::fs::read_to_string(host.dir.path().join("textfile/ferry_agent.prom")).unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("ferry_deploys_total{") && !l.ends_with(" 0"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Each ending is counted exactly once in `ferry_deploys_total`, whichever
+/// durable write the agent is killed right before (state, outbox, the
+/// counters, the textfile): the counters remember the ending they last
+/// counted, and the next agent counts one it missed.
+#[test]
+fn a_kill_before_any_durable_write_counts_each_ending_once() {
+    let outcomes = ["success", "success", "refused", "failed"];
+    for ((name, set), outcome) in endings().into_iter().zip(outcomes) {
+        let expected = vec![format!("ferry_deploys_total{{outcome=\"{outcome}\"}} 1")];
+        let host = Host::new();
+        set(&mut host.w());
+        faults::kill_before_write(usize::MAX);
+        run(&mut metered(&host));
+        let writes = faults::writes();
+        assert_eq!(deploys_counted(&host), expected, "{name}, undisturbed");
+        for n in 1..=writes {
+            let what = format!("{name}, killed before durable write {n} of {writes}");
+            let host = Host::new();
+            set(&mut host.w());
+            faults::kill_before_write(n);
+            assert!(killed_before_write(&mut metered(&host)), "{what}: not killed");
+            faults::kill_before_write(usize::MAX);
+            let mut rounds = 0;
+            while run(&mut metered(&host)) != Reconciled::UpToDate {
+                rounds += 1;
+                assert!(rounds < 5, "{what}: still busy after five restarts");
+            }
+            // And once more at a start, as the daemon does.
+            metered(&host).update_metrics(false);
+            assert_eq!(deploys_counted(&host), expected, "{what}");
+        }
+    }
+}

@@ -5,7 +5,7 @@ pub mod git;
 pub mod git_http;
 pub mod http;
 pub mod nix;
-pub mod private_cache;
+pub mod prometheus;
 pub mod s3;
 pub mod systemd;
 pub mod tls;

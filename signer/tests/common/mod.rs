@@ -3,7 +3,7 @@
 
 pub use ferry_test_support::{cli_reference, sk};
 
-pub mod forge;
+pub use ferry_test_support::forge;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

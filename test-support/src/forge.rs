@@ -50,14 +50,14 @@ pub struct Request {
     pub headers: HashMap<String, String>,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct State {
     statuses: Vec<Stored>,
     requests: Vec<Request>,
     forced: Option<u16>,
 }
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Forge {
     pub kind: Kind,
     pub port: u16,
