@@ -18,6 +18,9 @@ use crate::s3::{S3Cache, S3ErrorBody};
 
 /// narinfo requests in flight at once.
 const PARALLEL_FETCHES: usize = 32;
+/// A narinfo request, its body included, must finish within this (a server
+/// dripping the body is cut off, and the cache counted unreachable).
+pub const NARINFO_DEADLINE: Duration = Duration::from_secs(30);
 /// Closures larger than this are refused (endless-data defence).
 pub const MAX_CLOSURE_PATHS: usize = 200_000;
 /// The `[cache]` section of the configuration, validated.
@@ -112,6 +115,10 @@ pub struct Preflight {
     pub unpacked_bytes: u64,
     /// Names of the cache keys that vouched for the missing paths.
     pub signers: BTreeSet<String>,
+    /// The paths found in the store directory and so not fetched: present
+    /// only if Nix's database holds them valid, which the caller asks
+    /// (`seams::checked_preflight`).
+    pub on_disk: Vec<StorePath>,
 }
 
 /// Why a closure cannot be deployed from the caches.
@@ -152,15 +159,6 @@ pub enum CacheError {
 }
 
 impl CacheError {
-    /// Whether retrying later may help.
-    pub fn is_transient(&self) -> bool {
-        // Credentials are fixed on the host, not by a new release: retried.
-        matches!(
-            self,
-            CacheError::Unreachable { .. } | CacheError::Denied { .. } | CacheError::Credentials(_)
-        )
-    }
-
     /// Plain words for a commit status.
     pub fn summary(&self) -> String {
         match self {
@@ -215,6 +213,8 @@ struct Inner {
     credentials: CacheCredentials,
     /// For each substituter, its S3 form if it is an `s3://` one.
     s3: Vec<Option<S3Cache>>,
+    /// [`NARINFO_DEADLINE`], shorter in tests.
+    narinfo_deadline: Duration,
 }
 
 impl BinaryCaches {
@@ -240,7 +240,7 @@ impl BinaryCaches {
     ) -> Self {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(30))
+            .timeout(NARINFO_DEADLINE)
             .user_agent(concat!("ferry-agent/", env!("CARGO_PKG_VERSION")))
             // Caches redirect NARs to CDNs and object stores: other hosts are
             // followed, and reqwest drops the Authorization header when the
@@ -270,8 +270,18 @@ impl BinaryCaches {
                 s3: substituters.iter().map(|s| S3Cache::parse(s).ok()).collect(),
                 trusted: trusted.to_vec(),
                 credentials,
+                narinfo_deadline: NARINFO_DEADLINE,
             }),
         }
+    }
+
+    /// The same caches with another deadline per narinfo request (tests
+    /// use a short one). Call before cloning.
+    pub fn with_narinfo_deadline(mut self, deadline: Duration) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.narinfo_deadline = deadline;
+        }
+        self
     }
 
     /// Fetches and checks the narinfo of `path` from the first cache that has it.
@@ -344,8 +354,19 @@ impl BinaryCaches {
     /// already in the local store (`store_dir`), verifying each narinfo's
     /// signature, and checks there is room for what will be unpacked.
     pub async fn preflight(&self, toplevel: &StorePath, store_dir: &Path) -> Result<Preflight, CacheError> {
+        self.preflight_except(toplevel, store_dir, &BTreeSet::new()).await
+    }
+
+    /// [`BinaryCaches::preflight`], fetching the paths of `invalid` even
+    /// where they exist in the store directory (Nix holds them invalid).
+    pub async fn preflight_except(
+        &self,
+        toplevel: &StorePath,
+        store_dir: &Path,
+        invalid: &BTreeSet<StorePath>,
+    ) -> Result<Preflight, CacheError> {
         let auth = self.load_credentials()?;
-        Ok(self.walk(toplevel, store_dir, &auth).await?.0)
+        Ok(self.walk(toplevel, store_dir, &auth, invalid).await?.0)
     }
 
     /// [`BinaryCaches::preflight`] with the given credentials, also naming
@@ -356,6 +377,7 @@ impl BinaryCaches {
         toplevel: &StorePath,
         store_dir: &Path,
         auth: &Arc<Loaded>,
+        invalid: &BTreeSet<StorePath>,
     ) -> Result<(Preflight, BTreeSet<String>), CacheError> {
         let mut objects = BTreeSet::new();
         let mut seen: HashSet<String> = HashSet::new();
@@ -367,16 +389,21 @@ impl BinaryCaches {
             download_bytes: 0,
             unpacked_bytes: 0,
             signers: BTreeSet::new(),
+            on_disk: Vec::new(),
         };
+        let invalid: HashSet<&str> = invalid.iter().map(StorePath::base_name).collect();
         let enqueue = |base: String,
                        seen: &mut HashSet<String>,
                        queue: &mut VecDeque<String>,
                        result: &mut Preflight| {
             if seen.insert(base.clone()) {
                 result.paths += 1;
-                // Paths already in the store are trusted: they are this host's.
-                if !store_dir.join(&base).exists() {
-                    queue.push_back(base);
+                // Paths already in the store are trusted (they are this
+                // host's) once Nix confirms them valid.
+                let on_disk = !invalid.contains(base.as_str()) && store_dir.join(&base).exists();
+                match format!("{}/{base}", ferry_signer::names::STORE_DIR).parse::<StorePath>() {
+                    Ok(path) if on_disk => result.on_disk.push(path),
+                    _ => queue.push_back(base),
                 }
             }
         };
@@ -475,7 +502,11 @@ impl Inner {
                 Err(e) => Err(unreachable(e.to_string())),
             };
         }
-        let Some(mut response) = self.send(index, reqwest::Method::GET, url, auth, None).await? else {
+        let deadline = Some(self.narinfo_deadline);
+        let Some(mut response) = self
+            .send(index, reqwest::Method::GET, url, auth, deadline)
+            .await?
+        else {
             return Ok(None);
         };
         let mut body = Vec::new();

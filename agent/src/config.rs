@@ -4,7 +4,8 @@
 //! file's format is here; each section is validated by the module that owns
 //! it (`source::validate`, `cache::validate`, `switch::validate`,
 //! `health::validate`, `report::validate`, `metrics::validate`), which names
-//! the key it refuses.
+//! the key it refuses; `[approvals]` is validated here, into `ferry_signer`'s
+//! `ApprovalPolicy`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -34,6 +35,16 @@ pub struct Config {
     /// When the agent reboots into a release that needs it.
     pub reboot: crate::window::RebootPolicy,
     pub metrics: crate::metrics::MetricsConfig,
+    pub approvals: ApprovalsConfig,
+}
+
+/// The two-person rule on this host: how many distinct people must approve
+/// a release before it is deployed here, who they are, and who may release.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ApprovalsConfig {
+    pub policy: ferry_signer::ApprovalPolicy,
+    /// The approvers' keys, when not in `source.allowed_signers`.
+    pub allowed_signers: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -93,6 +104,9 @@ pub struct ReportConfig {
     pub forge: Option<ForgeTarget>,
     /// Status context; `{host}` is replaced by the host name.
     pub context: String,
+    /// How long a transient fault may keep a release from progressing
+    /// before it is reported as an `error` status.
+    pub error_after: Duration,
 }
 
 /// A forge repository that commit statuses are posted to.
@@ -188,6 +202,7 @@ impl Config {
         let report = crate::report::validate(file.report).map_err(in_file)?;
         let reboot = crate::window::validate_reboot(file.reboot).map_err(in_file)?;
         let metrics = crate::metrics::validate(file.metrics).map_err(in_file)?;
+        let approvals = validate_approvals(file.approvals).map_err(in_file)?;
 
         Ok(Config {
             host,
@@ -199,8 +214,34 @@ impl Config {
             report,
             reboot,
             metrics,
+            approvals,
         })
     }
+}
+
+/// The `[approvals]` section, validated: principals are plain names, and a
+/// threshold that no set of approvers could meet is refused.
+fn validate_approvals(file: ApprovalsFile) -> Result<ApprovalsConfig, Invalid> {
+    let principals = |names: Vec<String>, key: &'static str| {
+        names
+            .iter()
+            .map(|n| n.parse::<ferry_signer::Principal>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Invalid::new(key, e.to_string()))
+    };
+    let approvers = principals(file.approvers, "approvals.approvers")?;
+    let releasers = principals(file.releasers, "approvals.releasers")?;
+    let policy = ferry_signer::ApprovalPolicy::new(file.required, approvers, releasers)
+        .map_err(|e| Invalid::new("approvals.required", e.to_string()))?;
+    let allowed_signers = file
+        .allowed_signers
+        .map(|p| absolute(p, "allowed_signers"))
+        .transpose()
+        .map_err(|p| Invalid::new("approvals.allowed_signers", p))?;
+    Ok(ApprovalsConfig {
+        policy,
+        allowed_signers,
+    })
 }
 
 /// A value of a section that cannot be used: the full key and why. The
@@ -260,6 +301,17 @@ struct ConfigFile {
     reboot: crate::window::RebootFile,
     #[serde(default)]
     metrics: crate::metrics::MetricsFile,
+    #[serde(default)]
+    approvals: ApprovalsFile,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct ApprovalsFile {
+    required: usize,
+    approvers: Vec<String>,
+    releasers: Vec<String>,
+    allowed_signers: Option<PathBuf>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -357,6 +409,7 @@ pub(crate) struct ReportFile {
     pub(crate) repository: String,
     pub(crate) token_file: Option<PathBuf>,
     pub(crate) context: String,
+    pub(crate) error_after: HumanDuration,
 }
 
 impl Default for ReportFile {
@@ -367,6 +420,7 @@ impl Default for ReportFile {
             repository: String::new(),
             token_file: None,
             context: "ferry/{host}".into(),
+            error_after: HumanDuration(crate::decide::DEFAULT_ERROR_AFTER),
         }
     }
 }
@@ -561,6 +615,29 @@ context = "ferry/{{host}}"
             (
                 minimal().replace("[cache]", "branch = \"a..b\"\n[cache]"),
                 "`source.branch`",
+            ),
+            (
+                format!("{}[approvals]\nrequired = 2\n", minimal()),
+                "`approvals.required`: 2 approvals are required but no approvers are named",
+            ),
+            (
+                format!(
+                    "{}[approvals]\nrequired = 3\napprovers = [\"alice\", \"bob\"]\n",
+                    minimal()
+                ),
+                "only 2 approver(s) are named: the release could never be approved",
+            ),
+            (
+                format!("{}[approvals]\napprovers = [\"alice smith\"]\n", minimal()),
+                "`approvals.approvers`: `alice smith` is not a principal",
+            ),
+            (
+                format!("{}[approvals]\nreleasers = [\"ci*\"]\n", minimal()),
+                "`approvals.releasers`",
+            ),
+            (
+                format!("{}[approvals]\nallowed_signers = \"approvers\"\n", minimal()),
+                "`approvals.allowed_signers`: `approvers` is not an absolute path",
             ),
         ];
         for (text, needle) in cases {

@@ -3,7 +3,9 @@
 //! serious a refusal is, what a finished switch and health check mean (roll
 //! back? reboot required? which outcome, in which words), how each outcome
 //! shows on the forge, which statuses are worth posting (a repeat is
-//! not), and what a reboot into a release means. No I/O, so every rule is tested exhaustively without a
+//! not), when a fault that keeps a release from progressing has
+//! persisted long enough to be reported, and what a reboot into a release
+//! means. No I/O, so every rule is tested exhaustively without a
 //! network, a store or systemd.
 
 use ferry_signer::git::GitError;
@@ -248,6 +250,56 @@ pub fn cache_severity(e: &CacheError) -> Severity {
         | CacheError::Credentials(_) => Severity::Error,
         _ => Severity::Failure,
     }
+}
+
+/// Whether retrying a fault may help: a transient one (the cache or the
+/// repository unreachable, credentials the host must fix) is retried with
+/// backoff and reported only once it persists ([`fault_persists`]); a
+/// permanent one ends the release at once, with its severity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Transient,
+    Permanent(Severity),
+}
+
+/// How a closure the preflight could not check is handled.
+pub fn cache_fault(e: &CacheError) -> Fault {
+    match e {
+        // Fixed on the host or the cache, never by a new release: retried.
+        CacheError::Unreachable { .. } | CacheError::Denied { .. } | CacheError::Credentials(_) => {
+            Fault::Transient
+        }
+        _ => Fault::Permanent(cache_severity(e)),
+    }
+}
+
+/// The default of `report.error_after`: how long a transient fault may keep
+/// a release from progressing before the release shows an `error` status.
+/// Long enough that a cache or forge restarting, a deploy of the cache
+/// itself or a short network partition (the backoff retries at 5 s, 10 s, …
+/// up to the poll interval) passes unreported; short enough that whoever
+/// watches a rollout learns within a quarter of an hour that it is stuck,
+/// and why, rather than watching `pending` for ever.
+pub const DEFAULT_ERROR_AFTER: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// Whether a transient fault first met at `since` has persisted long enough
+/// (`error_after`) at `now` to be reported as an `error` status. Until then
+/// the release keeps the status it had; after, the one `error` status
+/// ([`fault_description`]) stays until the fault clears.
+pub fn fault_persists(
+    since: chrono::DateTime<chrono::Utc>,
+    now: chrono::DateTime<chrono::Utc>,
+    error_after: std::time::Duration,
+) -> bool {
+    let after = chrono::Duration::from_std(error_after).unwrap_or(chrono::Duration::MAX);
+    since.checked_add_signed(after).is_some_and(|at| now >= at)
+}
+
+/// The description of a persisting fault: what is wrong (the summary, which
+/// starts with `error:`), then since when. Stable across polls, so it is
+/// posted once (`is_news`).
+pub fn fault_description(summary: &str, since: chrono::DateTime<chrono::Utc>) -> String {
+    format!("{summary}; retrying since {}", since.format("%Y-%m-%d %H:%M UTC"))
 }
 
 /// The commit status an ended deploy is reported with.
@@ -526,6 +578,60 @@ mod tests {
         remember_status(&mut recent, all[2].clone());
         assert_eq!(recent.last(), Some(&all[2]));
         assert_eq!(recent.len(), RECENT_STATUSES);
+    }
+
+    #[test]
+    fn a_transient_fault_is_reported_once_it_persists_past_the_threshold() {
+        let at = |s: &str| s.parse::<chrono::DateTime<chrono::Utc>>().unwrap();
+        let since = at("2026-11-22T10:00:00Z");
+        let after = std::time::Duration::from_secs(15 * 60);
+        assert!(!fault_persists(since, since, after));
+        assert!(!fault_persists(since, at("2026-11-22T10:14:59Z"), after));
+        assert!(fault_persists(since, at("2026-11-22T10:15:00Z"), after));
+        assert!(fault_persists(since, at("2026-11-23T10:00:00Z"), after));
+        // A clock set back never reports early; an absurd threshold never.
+        assert!(!fault_persists(since, at("2026-11-22T09:00:00Z"), after));
+        assert!(!fault_persists(
+            since,
+            at("2030-01-01T00:00:00Z"),
+            std::time::Duration::MAX
+        ));
+        assert!(fault_persists(since, since, std::time::Duration::ZERO));
+        let d = fault_description("error: binary cache unreachable", since);
+        assert_eq!(
+            d,
+            "error: binary cache unreachable; retrying since 2026-11-22 10:00 UTC"
+        );
+        assert!(d.chars().count() <= crate::report::MAX_DESCRIPTION_CHARS);
+    }
+
+    #[test]
+    fn cache_faults_are_transient_only_when_a_retry_may_help() {
+        let unreachable = CacheError::Unreachable {
+            url: "u".into(),
+            detail: "HTTP 503".into(),
+        };
+        let denied = CacheError::Denied {
+            url: "u".into(),
+            status: 403,
+            advice: "a".into(),
+        };
+        assert_eq!(cache_fault(&unreachable), Fault::Transient);
+        assert_eq!(cache_fault(&denied), Fault::Transient);
+        let oversized = CacheError::Narinfo {
+            url: "u".into(),
+            source: crate::narinfo::NarInfoError::TooLarge,
+        };
+        assert_eq!(cache_fault(&oversized), Fault::Permanent(Severity::Failure));
+        assert_eq!(
+            cache_fault(&CacheError::TooLarge),
+            Fault::Permanent(Severity::Failure)
+        );
+        let disk = CacheError::Disk {
+            store: "/nix/store".into(),
+            detail: "d".into(),
+        };
+        assert_eq!(cache_fault(&disk), Fault::Permanent(Severity::Error));
     }
 
     #[test]

@@ -44,7 +44,8 @@ pub fn install() -> Result<(), git2::Error> {
 }
 
 /// Runs `f` (one libgit2 remote operation) with `limit` as the total time
-/// its `git://` connection may take.
+/// it may take: its `git://` connection, name resolution included, and its
+/// smart HTTP requests (`git_http.rs`), bodies included.
 pub fn with_deadline<T>(limit: Duration, f: impl FnOnce() -> T) -> T {
     struct Restore(Option<(Instant, Duration)>);
     impl Drop for Restore {
@@ -54,6 +55,52 @@ pub fn with_deadline<T>(limit: Duration, f: impl FnOnce() -> T) -> T {
     }
     let _restore = Restore(DEADLINE.with(|d| d.replace(Some((Instant::now() + limit, limit)))));
     f()
+}
+
+/// The deadline of the remote operation running on this thread and its
+/// length, if one was set with [`with_deadline`].
+pub(crate) fn current_deadline() -> Option<(Instant, Duration)> {
+    DEADLINE.with(|d| d.get())
+}
+
+/// The message of an operation that ran past its deadline of `limit`.
+pub(crate) fn past_deadline(server: &str, limit: Duration) -> String {
+    format!(
+        "timed out: the {server} server did not finish within {}s (a total deadline per operation)",
+        limit.as_secs()
+    )
+}
+
+/// Resolves `host` within `left`. The system resolver cannot be cancelled,
+/// so it runs on a thread of its own that is left to finish by itself when
+/// the deadline passes first.
+fn resolve(host: &str, port: u16, left: Duration, limit: Duration) -> io::Result<Vec<std::net::SocketAddr>> {
+    resolve_with(host, port, left, limit, |host, port| {
+        (host.as_str(), port).to_socket_addrs().map(Iterator::collect)
+    })
+}
+
+fn resolve_with(
+    host: &str,
+    port: u16,
+    left: Duration,
+    limit: Duration,
+    lookup: impl FnOnce(String, u16) -> io::Result<Vec<std::net::SocketAddr>> + Send + 'static,
+) -> io::Result<Vec<std::net::SocketAddr>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let owned = host.to_owned();
+    std::thread::Builder::new()
+        .name("ferry-resolve".into())
+        .spawn(move || {
+            let _ = tx.send(lookup(owned, port));
+        })?;
+    match rx.recv_timeout(left) {
+        Ok(answer) => answer.map_err(|e| io::Error::new(e.kind(), format!("cannot resolve {host}: {e}"))),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("{} (resolving {host})", past_deadline("git://", limit)),
+        )),
+    }
 }
 
 struct GitSubtransport;
@@ -101,7 +148,13 @@ impl Connection {
         let bare_host = host.trim_start_matches('[').trim_end_matches(']');
         let mut last = io::Error::other(format!("{host} has no address"));
         let mut connected = None;
-        for addr in (bare_host, port).to_socket_addrs()? {
+        let addrs = resolve(
+            bare_host,
+            port,
+            deadline.saturating_duration_since(Instant::now()),
+            limit,
+        )?;
+        for addr in addrs {
             let left = deadline.saturating_duration_since(Instant::now());
             match TcpStream::connect_timeout(&addr, connect_timeout().min(left).max(Duration::from_millis(1)))
             {
@@ -136,10 +189,7 @@ impl Connection {
         if left.is_zero() {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!(
-                    "timed out: the git:// server did not finish within {}s (a total deadline per operation)",
-                    self.limit.as_secs()
-                ),
+                past_deadline("git://", self.limit),
             ));
         }
         Ok(left)
@@ -198,5 +248,46 @@ impl Write for Connection {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A resolver that never answers (a DNS server dropping queries) is
+    /// inside the operation's deadline, and the error says so.
+    #[test]
+    fn name_resolution_is_inside_the_deadline() {
+        let (_keep, never) = std::sync::mpsc::channel::<()>();
+        let never = std::sync::Mutex::new(never);
+        let err = resolve_with(
+            "git.example.com",
+            DEFAULT_PORT,
+            Duration::from_millis(50),
+            Duration::from_secs(60),
+            move |_, _| {
+                let _ = never.lock().unwrap().recv();
+                Ok(Vec::new())
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        let err = err.to_string();
+        assert!(
+            err.contains("within 60s") && err.contains("resolving git.example.com"),
+            "{err}"
+        );
+        // A resolver that answers is used.
+        let addr: std::net::SocketAddr = "127.0.0.1:9418".parse().unwrap();
+        let found = resolve_with(
+            "localhost",
+            DEFAULT_PORT,
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            move |_, _| Ok(vec![addr]),
+        )
+        .unwrap();
+        assert_eq!(found, [addr]);
     }
 }

@@ -20,10 +20,11 @@ use git2::transport::{Service, SmartSubtransport, SmartSubtransportStream, Trans
 use reqwest::header::HeaderValue;
 use zeroize::Zeroizing;
 
-/// The ref advertisement must arrive within this.
+/// A tip check (the ref advertisement, its body included) must finish within
+/// this, on every transport.
 pub const LS_TIMEOUT: Duration = Duration::from_secs(60);
-/// A negotiation round, pack included, must finish within this (a pack at the
-/// 512 MiB fetch cap needs only 300 KB/s).
+/// A whole fetch, every negotiation round and the pack included, must finish
+/// within this (a pack at the 512 MiB fetch cap needs only 300 KB/s).
 pub const PACK_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// A ref advertisement longer than this is refused (endless-data defence; a
 /// deploy repository advertises a handful of refs).
@@ -133,14 +134,15 @@ impl SmartSubtransport for HttpSubtransport {
             .transpose()?;
         match action {
             Service::UploadPackLs => {
+                let (timeout, limit) = time_left(LS_TIMEOUT).map_err(to_git)?;
                 let mut request = client()
                     .map_err(to_git)?
                     .get(format!("{url}{LS_SUFFIX}"))
-                    .timeout(LS_TIMEOUT);
+                    .timeout(timeout);
                 if let Some(auth) = &auth {
                     request = request.header(reqwest::header::AUTHORIZATION, auth.clone());
                 }
-                let response = request.send().map_err(|e| to_git(request_error(e)))?;
+                let response = request.send().map_err(|e| to_git(request_error(e, limit)))?;
                 let response = check(
                     response,
                     "application/x-git-upload-pack-advertisement",
@@ -151,13 +153,18 @@ impl SmartSubtransport for HttpSubtransport {
                 if let Some(base) = served_from.strip_suffix(LS_SUFFIX).filter(|b| *b != url) {
                     *self.redirected.lock().unwrap_or_else(|e| e.into_inner()) = Some(base.to_owned());
                 }
-                Ok(Box::new(Advertisement { response, read: 0 }))
+                Ok(Box::new(Advertisement {
+                    response,
+                    read: 0,
+                    limit,
+                }))
             }
             Service::UploadPack => Ok(Box::new(UploadPack {
                 url,
                 auth,
                 request: Vec::new(),
                 response: None,
+                limit: PACK_TIMEOUT,
             })),
             Service::ReceivePackLs | Service::ReceivePack => {
                 Err(git2::Error::from_str("ferry-agent only fetches; it never pushes"))
@@ -175,6 +182,8 @@ impl SmartSubtransport for HttpSubtransport {
 struct Advertisement {
     response: reqwest::blocking::Response,
     read: u64,
+    /// The operation's deadline, for the message when the body runs past it.
+    limit: Duration,
 }
 
 impl Read for Advertisement {
@@ -186,7 +195,10 @@ impl Read for Advertisement {
             )));
         }
         let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        let n = self.response.read(&mut buf[..want])?;
+        let n = self
+            .response
+            .read(&mut buf[..want])
+            .map_err(|e| body_error(e, self.limit))?;
         self.read += n as u64;
         Ok(n)
     }
@@ -208,6 +220,8 @@ struct UploadPack {
     auth: Option<HeaderValue>,
     request: Vec<u8>,
     response: Option<reqwest::blocking::Response>,
+    /// The operation's deadline, once the request is sent.
+    limit: Duration,
 }
 
 impl Write for UploadPack {
@@ -228,6 +242,8 @@ impl Write for UploadPack {
 impl Read for UploadPack {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.response.is_none() {
+            let (timeout, limit) = time_left(PACK_TIMEOUT)?;
+            self.limit = limit;
             let mut request = client()?
                 .post(format!("{}/git-upload-pack", self.url))
                 .header(
@@ -235,19 +251,24 @@ impl Read for UploadPack {
                     "application/x-git-upload-pack-request",
                 )
                 .header(reqwest::header::ACCEPT, "application/x-git-upload-pack-result")
-                .timeout(PACK_TIMEOUT)
+                .timeout(timeout)
                 .body(std::mem::take(&mut self.request));
             if let Some(auth) = &self.auth {
                 request = request.header(reqwest::header::AUTHORIZATION, auth.clone());
             }
-            let response = request.send().map_err(request_error)?;
+            let response = request.send().map_err(|e| request_error(e, limit))?;
             self.response = Some(check(
                 response,
                 "application/x-git-upload-pack-result",
                 self.auth.is_some(),
             )?);
         }
-        self.response.as_mut().expect("sent above").read(buf)
+        let limit = self.limit;
+        self.response
+            .as_mut()
+            .expect("sent above")
+            .read(buf)
+            .map_err(|e| body_error(e, limit))
     }
 }
 
@@ -280,9 +301,43 @@ fn check(
     Ok(response)
 }
 
-fn request_error(e: reqwest::Error) -> io::Error {
+/// What is left of the operation's deadline (`git_daemon::with_deadline`,
+/// or `default` from now when none was set) as a request timeout, which
+/// bounds the body too, and the deadline's length; an error once it passed.
+fn time_left(default: Duration) -> io::Result<(Duration, Duration)> {
+    let Some((deadline, limit)) = crate::git_daemon::current_deadline() else {
+        return Ok((default, default));
+    };
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    if left.is_zero() {
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            crate::git_daemon::past_deadline("HTTP", limit),
+        ));
+    }
+    Ok((left, limit))
+}
+
+/// A body that stopped: past the deadline, said so.
+fn body_error(e: io::Error, limit: Duration) -> io::Error {
+    let timed_out = e.kind() == io::ErrorKind::TimedOut
+        || std::iter::successors(Some(&e as &dyn std::error::Error), |s| s.source()).any(|s| {
+            s.downcast_ref::<reqwest::Error>()
+                .is_some_and(reqwest::Error::is_timeout)
+        });
+    if timed_out {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            crate::git_daemon::past_deadline("HTTP", limit),
+        )
+    } else {
+        e
+    }
+}
+
+fn request_error(e: reqwest::Error, limit: Duration) -> io::Error {
     let what = if e.is_timeout() {
-        "timed out".to_owned()
+        crate::git_daemon::past_deadline("HTTP", limit)
     } else if e.is_connect() {
         "cannot connect".to_owned()
     } else {

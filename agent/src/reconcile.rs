@@ -14,7 +14,8 @@
 
 use anyhow::Result;
 use chrono::{DateTime, Utc};
-use ferry_signer::{Action, AllowedSigners, CommitId, HostEntry, StorePath, VerifiedRelease};
+use ferry_signer::approvals::{self, Tally};
+use ferry_signer::{Action, AllowedSigners, CommitId, HostEntry, StorePath, VerifiedRelease, VerifiedTip};
 use tracing::{error, info, warn, Instrument, Span};
 
 use crate::cache::CacheError;
@@ -23,8 +24,10 @@ use crate::decide::{self, AfterCheck, Checked, Conclusion, Severity, SwitchResul
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::report::{CommitStatus, StatusState};
-use crate::seams::{Activation, Seams};
-use crate::state::{Anchor, BootId, InFlight, Outcome, OutcomeKind, Phase, State, StateDir, Target, Unsent};
+use crate::seams::{Activation, PreflightError, Seams};
+use crate::state::{
+    self, Anchor, BootId, InFlight, Outcome, OutcomeKind, Phase, State, StateDir, Target, Unsent,
+};
 use crate::switch::Observed;
 use crate::systemd::SystemdError;
 use crate::window::{self, RebootPolicy};
@@ -49,6 +52,14 @@ pub enum Reconciled {
     RebootScheduled { serial: u64, at: DateTime<Utc> },
     /// A reboot into release `serial` was requested.
     Rebooting { serial: u64 },
+    /// Release `serial` needs more approvals before this host deploys it
+    /// (the two-person rule): nothing on the host changed; `approved` are
+    /// the principals that count so far, out of `required`.
+    AwaitingApproval {
+        serial: u64,
+        approved: Vec<String>,
+        required: usize,
+    },
     /// Refused before anything changed; the reason.
     Refused(String),
     /// The switch or health failed; the reason (rolled back if enabled).
@@ -68,6 +79,7 @@ impl Reconciled {
                 | Reconciled::WaitingForWindow { .. }
                 | Reconciled::RebootScheduled { .. }
                 | Reconciled::Rebooting { .. }
+                | Reconciled::AwaitingApproval { .. }
         )
     }
 }
@@ -79,12 +91,14 @@ pub struct Agent {
     pub state: StateDir,
     pub seams: Seams,
     signers: AllowedSigners,
-    /// The release whose closure was missing from the cache at the last
-    /// attempt (CI may still be uploading) and when that was first seen: its
-    /// statuses are posted once, and the wait is bounded from then.
-    awaiting_cache: Option<(CommitId, DateTime<Utc>)>,
     /// Prometheus metrics, updated after every reconcile.
     pub metrics: Metrics,
+    /// The source commit of the release being worked on, once verified:
+    /// where a persisting fault is reported too.
+    release_source: Option<CommitId>,
+    /// The approvers' keys, when `approvals.allowed_signers` names a file of
+    /// their own (else `signers`).
+    approver_signers: Option<AllowedSigners>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -111,6 +125,9 @@ enum Next {
 #[derive(Debug)]
 struct Refused {
     phase: &'static str,
+    /// The branch tip, remembered as seen.
+    seen: CommitId,
+    /// The commit refused (the release below approvals), reported on.
     tip: CommitId,
     serial: Option<u64>,
     /// Where else to report (the release's source commit), when trustworthy.
@@ -125,6 +142,8 @@ struct Refused {
 /// How a reconcile ends, as [`Agent::record`] records, saves and reports it.
 #[derive(Debug)]
 struct Ending {
+    /// The branch tip, remembered as seen (the release, or an approval of it).
+    seen: CommitId,
     outcome: Outcome,
     /// Where else to report (the release's source commit).
     source: Option<CommitId>,
@@ -161,8 +180,16 @@ impl Agent {
     /// Opens state, outbox and the deploy repository clone for `config`.
     pub fn new(config: Config) -> Result<Self> {
         let signers = AllowedSigners::load(&config.source.allowed_signers)?;
+        let approver_signers = config
+            .approvals
+            .allowed_signers
+            .as_deref()
+            .map(AllowedSigners::load)
+            .transpose()?;
         let seams = Seams::live(&config)?;
-        Self::with_seams(config, signers, seams)
+        let mut agent = Self::with_seams(config, signers, seams)?;
+        agent.approver_signers = approver_signers;
+        Ok(agent)
     }
 
     /// An agent reaching the outside through `seams` (fakes, in tests).
@@ -173,13 +200,19 @@ impl Agent {
             config,
             seams,
             signers,
-            awaiting_cache: None,
+            release_source: None,
+            approver_signers: None,
         })
     }
 
     /// Replaces the allowed signers (after the file changed).
     pub fn set_signers(&mut self, signers: AllowedSigners) {
         self.signers = signers;
+    }
+
+    /// Replaces the approvers' allowed signers (after `approvals.allowed_signers` changed).
+    pub fn set_approver_signers(&mut self, signers: AllowedSigners) {
+        self.approver_signers = Some(signers);
     }
 
     /// Records a status on the release commit and, if given, its source
@@ -282,9 +315,11 @@ impl Agent {
 
     async fn reconcile_inner(&mut self) -> Result<Reconciled> {
         let mut state = self.state.load()?;
-        if let Some(flight) = state.in_flight.clone() {
+        let (release, span, result) = if let Some(flight) = state.in_flight.clone() {
             let span = target_span(&flight.target);
-            return async {
+            self.release_source = flight.source.clone();
+            let release = flight.target.commit.clone();
+            let result = async {
                 if !matches!(flight.phase, Phase::AwaitingReboot { .. }) {
                     info!(
                         ferry_phase = flight.phase.name(),
@@ -293,15 +328,84 @@ impl Agent {
                 }
                 self.advance(&mut state, flight).await
             }
-            .instrument(span)
+            .instrument(span.clone())
             .await;
+            (release, span, result)
+        } else {
+            // An unreachable repository names no release to report on: the
+            // journal says it, and the poll is retried.
+            let tip = self.seams.source.remote_tip().await?;
+            if state.last_seen_tip.as_ref() == Some(&tip) {
+                return Ok(Reconciled::UpToDate);
+            }
+            let span = deploy_span(&tip);
+            self.release_source = None;
+            let result = self
+                .new_tip(&mut state, tip.clone())
+                .instrument(span.clone())
+                .await;
+            (tip, span, result)
+        };
+        match result {
+            Ok(reconciled) => {
+                self.fault_cleared();
+                Ok(reconciled)
+            }
+            Err(e) => Err(self.fault_persists(&release, e).instrument(span).await),
         }
-        let tip = self.seams.source.remote_tip().await?;
-        if state.last_seen_tip.as_ref() == Some(&tip) {
-            return Ok(Reconciled::UpToDate);
+    }
+
+    /// A reconcile of `release` failed with a transient fault `e` (it is
+    /// retried): remembers when this first happened to the release and,
+    /// once that is `report.error_after` ago, reports it as one `error`
+    /// status (its words and start never change, so `is_news` posts it
+    /// once). Returns `e`.
+    async fn fault_persists(&mut self, release: &CommitId, e: anyhow::Error) -> anyhow::Error {
+        let Ok(mut state) = self.state.load() else {
+            return e;
+        };
+        let now = Utc::now();
+        let since = match state::Sighting::since_for(state.fault.as_ref(), release) {
+            Some(since) => since,
+            None => {
+                state.fault = Some(state::Sighting {
+                    commit: release.clone(),
+                    since: now,
+                });
+                now
+            }
+        };
+        if decide::fault_persists(since, now, self.config.report.error_after) {
+            let description = decide::fault_description(&fault_summary(&e), since);
+            let source = self.release_source.clone();
+            if self.report(
+                &mut state,
+                release,
+                source.as_ref(),
+                StatusState::Error,
+                &description,
+            ) {
+                warn!("{description}: reported as an error status");
+            }
         }
-        let span = deploy_span(&tip);
-        self.new_tip(&mut state, tip).instrument(span).await
+        if let Err(save) = self.state.save(&state) {
+            warn!("cannot remember when the fault began: {save}");
+            return e;
+        }
+        self.flush(&mut state);
+        e
+    }
+
+    /// A reconcile got through: a fault remembered is over.
+    fn fault_cleared(&mut self) {
+        let Ok(mut state) = self.state.load() else {
+            return;
+        };
+        if state.fault.take().is_some() {
+            if let Err(e) = self.state.save(&state) {
+                warn!("cannot forget a fault that cleared: {e}");
+            }
+        }
     }
 
     /// fetch → verify → judge: refuse, record that the host already runs the
@@ -309,11 +413,18 @@ impl Agent {
     async fn new_tip(&mut self, state: &mut State, tip: CommitId) -> Result<Reconciled> {
         self.seams.source.fetch(&tip).await?;
         info!(ferry_phase = "fetch", "new tip on the deploy branch");
-        let verified = match self.seams.source.verify(&tip, &self.signers, Utc::now()).await {
+        let approver_signers = self.approver_signers.as_ref().unwrap_or(&self.signers);
+        let verified_tip = match self
+            .seams
+            .source
+            .verify(&tip, &self.signers, approver_signers, Utc::now())
+            .await
+        {
             Ok(v) => v,
             Err(e) => {
                 let refused = Refused {
                     phase: "verify",
+                    seen: tip.clone(),
                     tip,
                     serial: None,
                     source: None,
@@ -324,11 +435,35 @@ impl Agent {
                 return self.refuse(state, refused);
             }
         };
+        let VerifiedTip {
+            release: verified,
+            approvals,
+            ..
+        } = verified_tip;
+        if let Err(e) = self.config.approvals.policy.may_release(&verified.signer) {
+            let refused = Refused {
+                phase: "verify",
+                seen: tip,
+                tip: verified.commit.clone(),
+                serial: Some(verified.release.serial),
+                source: None,
+                severity: Severity::Failure,
+                summary: format!("refused: release signed by {}, who may not release", e.principal),
+                detail: e.to_string(),
+            };
+            return self.refuse(state, refused);
+        }
         let serial = verified.release.serial;
         Span::current().record("ferry_serial", serial);
         self.metrics.saw_release(serial, verified.release.expires);
+        self.release_source = verified.release.source.clone();
         let descends = match &state.anchor {
-            Some(anchor) => self.seams.source.descends_from(&tip, &anchor.commit).await?,
+            Some(anchor) => {
+                self.seams
+                    .source
+                    .descends_from(&verified.commit, &anchor.commit)
+                    .await?
+            }
             None => false,
         };
         let entry_action = verified.release.hosts.get(&self.config.host).map(|e| e.action);
@@ -352,7 +487,8 @@ impl Agent {
                 };
                 let refused = Refused {
                     phase: "select",
-                    tip,
+                    seen: tip,
+                    tip: verified.commit.clone(),
                     serial: Some(serial),
                     source,
                     severity: Severity::Failure,
@@ -361,15 +497,19 @@ impl Agent {
                 };
                 self.refuse(state, refused)
             }
-            Verdict::AlreadyRunning(entry) => self.already_running(state, &verified, entry),
+            Verdict::AlreadyRunning(entry) => self.already_running(state, tip, &verified, entry),
             Verdict::Deploy(entry) => {
                 Span::current().record("ferry_toplevel", tracing::field::display(&entry.toplevel));
+                let tally = approvals::tally(&self.config.approvals.policy, &verified.signer, &approvals);
+                if !tally.is_met() {
+                    return self.await_approval(state, tip, &verified, &tally);
+                }
                 let now = self.seams.clock.now();
                 let window = self.config.switch.window.as_ref();
                 if let Some(until) = window::deploy_waits_until(window, entry.action, now, &chrono::Local) {
                     return self.wait_for_window(state, &verified, until);
                 }
-                self.preflight(state, &verified, entry, running).await
+                self.preflight(state, tip, &verified, entry, running).await
             }
         }
     }
@@ -379,6 +519,7 @@ impl Agent {
     fn already_running(
         &mut self,
         state: &mut State,
+        seen: CommitId,
         verified: &VerifiedRelease,
         entry: HostEntry,
     ) -> Result<Reconciled> {
@@ -386,6 +527,7 @@ impl Agent {
         let serial = verified.release.serial;
         let description = decide::runs_release(&self.config.host, serial);
         let ending = Ending {
+            seen,
             outcome: Outcome {
                 commit: verified.commit.clone(),
                 serial,
@@ -415,6 +557,7 @@ impl Agent {
         self.record(
             state,
             Ending {
+                seen: r.seen,
                 outcome: Outcome {
                     commit: r.tip,
                     serial: r.serial.unwrap_or(0),
@@ -434,10 +577,43 @@ impl Agent {
         )
     }
 
+    /// A release this host would deploy, still short of approvals (the
+    /// two-person rule): nothing on the host changes. The tip is remembered
+    /// with one `pending` status on the release, saved in one write (a
+    /// status already posted is not posted again); the next approval moves
+    /// the tip, and the release is judged again.
+    fn await_approval(
+        &mut self,
+        state: &mut State,
+        seen: CommitId,
+        verified: &VerifiedRelease,
+        tally: &Tally,
+    ) -> Result<Reconciled> {
+        let serial = verified.release.serial;
+        let description = tally.awaiting(serial);
+        info!(ferry_phase = "approval", "{description}");
+        self.report(
+            state,
+            &verified.commit,
+            verified.release.source.as_ref(),
+            StatusState::Pending,
+            &description,
+        );
+        state.last_seen_tip = Some(seen);
+        self.state.save(state)?;
+        self.flush(state);
+        Ok(Reconciled::AwaitingApproval {
+            serial,
+            approved: tally.counted.clone(),
+            required: tally.required,
+        })
+    }
+
     /// The closure preflight: the release is refused, waited for, or accepted.
     async fn preflight(
         &mut self,
         state: &mut State,
+        seen: CommitId,
         verified: &VerifiedRelease,
         entry: HostEntry,
         running: Option<StorePath>,
@@ -450,22 +626,27 @@ impl Agent {
             "deploying release {serial} ({})", entry.action
         );
         let now = Utc::now();
-        let first_seen_missing = match &self.awaiting_cache {
-            Some((commit, since)) if *commit == tip => Some(*since),
-            _ => None,
-        };
-        if first_seen_missing.is_none() {
-            let description = format!("deploying release {serial} to {}", self.config.host);
-            if self.report(state, &tip, source.as_ref(), StatusState::Pending, &description) {
-                self.state.save(state)?;
-                if self.flush(state) {
-                    self.seams.statuses.deliver().await;
-                }
-            }
+        let first_seen_missing = state::Sighting::since_for(state.closure_missing.as_ref(), &tip);
+        // While a persisting fault is reported, the release keeps its
+        // `error` status until the fault clears (then "deploying" again).
+        let fault_reported = state::Sighting::since_for(state.fault.as_ref(), &tip)
+            .is_some_and(|since| decide::fault_persists(since, now, self.config.report.error_after));
+        let deploying = format!("deploying release {serial} to {}", self.config.host);
+        if first_seen_missing.is_none() && !fault_reported {
+            self.announce(state, &tip, source.as_ref(), &deploying).await?;
         }
-        let preflight = match self.seams.caches.preflight(&entry.toplevel).await {
+        let checked =
+            crate::seams::checked_preflight(&mut *self.seams.caches, &mut *self.seams.store, &entry.toplevel)
+                .await;
+        let preflight = match checked {
+            Ok(p) => Ok(p),
+            // Nix could not be asked: retried, like any fault outside the release.
+            Err(PreflightError::Store(e)) => return Err(e.into()),
+            Err(PreflightError::Cache(e)) => Err(e),
+        };
+        let preflight = match preflight {
             Ok(p) => p,
-            Err(e) if e.is_transient() => return Err(e.into()),
+            Err(e) if decide::cache_fault(&e) == decide::Fault::Transient => return Err(e.into()),
             Err(e @ CacheError::NotFound { .. })
                 if decide::may_still_be_uploading(
                     verified.release.created,
@@ -476,9 +657,9 @@ impl Agent {
                 return self.wait_for_upload(state, verified, &e, first_seen_missing, now);
             }
             Err(e) => {
-                self.awaiting_cache = None;
                 let refused = Refused {
                     phase: "preflight",
+                    seen,
                     tip,
                     serial: Some(serial),
                     source,
@@ -489,7 +670,10 @@ impl Agent {
                 return self.refuse(state, refused);
             }
         };
-        self.awaiting_cache = None;
+        if fault_reported {
+            self.announce(state, &tip, source.as_ref(), &deploying).await?;
+        }
+        state.closure_missing = None;
         info!(
             ferry_phase = "preflight",
             paths = preflight.paths,
@@ -498,7 +682,25 @@ impl Agent {
             unpacked_bytes = preflight.unpacked_bytes,
             "closure preflight passed"
         );
-        self.accept(state, verified, entry, running).await
+        self.accept(state, seen, verified, entry, running).await
+    }
+
+    /// Posts the pending status `description` on the release and its source,
+    /// unless it is the last thing said there.
+    async fn announce(
+        &mut self,
+        state: &mut State,
+        tip: &CommitId,
+        source: Option<&CommitId>,
+        description: &str,
+    ) -> Result<()> {
+        if self.report(state, tip, source, StatusState::Pending, description) {
+            self.state.save(state)?;
+            if self.flush(state) {
+                self.seams.statuses.deliver().await;
+            }
+        }
+        Ok(())
     }
 
     /// A closure missing from the cache shortly after its release was made:
@@ -520,19 +722,23 @@ impl Agent {
             "{missing}; waiting for CI to finish uploading (until {until})"
         );
         if first_seen_missing.is_none() {
+            // Saved with the status, so a restart neither says it again nor
+            // restarts the wait.
+            state.closure_missing = Some(state::Sighting {
+                commit: verified.commit.clone(),
+                since: now,
+            });
             let description = format!("release {serial}: waiting for the closure in the binary cache");
             let source = verified.release.source.as_ref();
-            if self.report(
+            self.report(
                 state,
                 &verified.commit,
                 source,
                 StatusState::Pending,
                 &description,
-            ) {
-                self.state.save(state)?;
-                self.flush(state);
-            }
-            self.awaiting_cache = Some((verified.commit.clone(), now));
+            );
+            self.state.save(state)?;
+            self.flush(state);
         }
         Ok(Reconciled::WaitingForClosure { serial, until })
     }
@@ -568,6 +774,7 @@ impl Agent {
     async fn accept(
         &mut self,
         state: &mut State,
+        seen: CommitId,
         verified: &VerifiedRelease,
         entry: HostEntry,
         running: Option<StorePath>,
@@ -582,6 +789,7 @@ impl Agent {
         let tip = verified.commit.clone();
         let serial = verified.release.serial;
         let flight = InFlight {
+            tip: seen,
             target: Target {
                 commit: tip.clone(),
                 serial,
@@ -618,7 +826,7 @@ impl Agent {
                 Next::Phase(phase) => {
                     flight.phase = phase;
                     state.in_flight = Some(flight.clone());
-                    let announced = self.announce(state, &flight);
+                    let announced = self.announce_phase(state, &flight);
                     self.state.save(state)?;
                     // Delivered before the step: "rebooting" reaches the
                     // forge before the host goes down, if it can.
@@ -642,17 +850,27 @@ impl Agent {
             ferry_phase = flight.phase.name(),
             "realising the closure from the binary cache"
         );
+        // The status says why first (cut to 140 characters); the journal
+        // gets the whole error.
         if let Err(e) = self.seams.store.realise(toplevel).await {
+            error!(
+                ferry_phase = flight.phase.name(),
+                "cannot realise the closure: {e}"
+            );
             return Ok(Next::End(Conclusion {
                 kind: OutcomeKind::Error,
-                description: format!("error: cannot realise the closure: {e}"),
+                description: format!("error: cannot realise the closure: {}", e.reason()),
             }));
         }
         if flight.action.sets_profile() {
             if let Err(e) = self.seams.store.set_profile(toplevel).await {
+                error!(
+                    ferry_phase = flight.phase.name(),
+                    "cannot set the system profile: {e}"
+                );
                 return Ok(Next::End(Conclusion {
                     kind: OutcomeKind::Error,
-                    description: format!("error: cannot set the system profile: {e}"),
+                    description: format!("error: cannot set the system profile: {}", e.reason()),
                 }));
             }
         }
@@ -729,7 +947,7 @@ impl Agent {
         // A tip that cannot be read now changes nothing: the reboot is not
         // held hostage by the deploy repository.
         if let Ok(tip) = self.seams.source.remote_tip().await {
-            if tip != flight.target.commit && self.supersedes(&tip, flight).await {
+            if tip != flight.tip && self.supersedes(&tip, flight).await {
                 info!(
                     ferry_phase = flight.phase.name(),
                     "a newer tip ({tip}) arrived before the reboot into release {serial}: it is deployed next"
@@ -772,12 +990,21 @@ impl Agent {
             return false;
         }
         let now = self.seams.clock.now();
-        let Ok(verified) = self.seams.source.verify(tip, &self.signers, now).await else {
+        let approver_signers = self.approver_signers.as_ref().unwrap_or(&self.signers);
+        let verify = self
+            .seams
+            .source
+            .verify(tip, &self.signers, approver_signers, now);
+        let Ok(verified) = verify.await else {
             return false;
         };
-        verified.release.serial > flight.target.serial
+        let release = verified.release;
+        release.release.serial > flight.target.serial
             && matches!(
-                self.seams.source.descends_from(tip, &flight.target.commit).await,
+                self.seams
+                    .source
+                    .descends_from(&release.commit, &flight.target.commit)
+                    .await,
                 Ok(true)
             )
     }
@@ -807,7 +1034,7 @@ impl Agent {
 
     /// Records the status a phase is announced with, in `state` (saved by
     /// the caller with the phase). Returns whether one was recorded.
-    fn announce(&mut self, state: &mut State, flight: &InFlight) -> bool {
+    fn announce_phase(&mut self, state: &mut State, flight: &InFlight) -> bool {
         let serial = flight.target.serial;
         let description = match &flight.phase {
             Phase::AwaitingReboot { at } => {
@@ -899,6 +1126,7 @@ impl Agent {
         self.record(
             state,
             Ending {
+                seen: flight.tip.clone(),
                 outcome: Outcome {
                     commit: flight.target.commit.clone(),
                     serial: flight.target.serial,
@@ -928,6 +1156,7 @@ impl Agent {
     /// again.
     fn record(&mut self, state: &mut State, ending: Ending) -> Result<Reconciled> {
         let Ending {
+            seen,
             outcome,
             source,
             status,
@@ -943,7 +1172,7 @@ impl Agent {
             error!(ferry_phase = phase, ferry_outcome = label, "{message}");
         }
         state.in_flight = None;
-        state.last_seen_tip = Some(outcome.commit.clone());
+        state.last_seen_tip = Some(seen);
         if anchor {
             state.anchor = Some(Anchor {
                 commit: outcome.commit.clone(),
@@ -961,12 +1190,30 @@ impl Agent {
             status,
             &outcome.description,
         );
-        // Nothing more is posted for this release: its statuses are forgotten.
+        // Nothing more is posted for this release: its statuses and first
+        // sightings are forgotten.
         state.recent_statuses.clear();
+        state.closure_missing = None;
+        state.fault = None;
         self.state.save(state)?;
         self.flush(state);
         Ok(result)
     }
+}
+
+/// What a transient fault is, in the words of a status description (which
+/// never change while the fault lasts).
+fn fault_summary(e: &anyhow::Error) -> String {
+    if let Some(e) = e.downcast_ref::<CacheError>() {
+        return e.summary();
+    }
+    if e.downcast_ref::<crate::source::SourceError>().is_some() {
+        return "error: the deploy repository is unreachable".into();
+    }
+    if e.chain().any(|c| c.downcast_ref::<SystemdError>().is_some()) {
+        return "error: systemd cannot be reached".into();
+    }
+    "error: the deploy cannot go on (see the journal)".into()
 }
 
 impl InFlight {

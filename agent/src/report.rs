@@ -91,6 +91,7 @@ pub(crate) fn validate(r: ReportFile) -> Result<ReportConfig, Invalid> {
     Ok(ReportConfig {
         forge,
         context: r.context,
+        error_after: r.error_after.0,
     })
 }
 

@@ -9,6 +9,7 @@
 //! The agent runs on a single-threaded runtime, so these futures need not be
 //! `Send`.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -16,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use ferry_signer::{Action, AllowedSigners, CommitId, StorePath, VerifiedRelease, VerifyError};
+use ferry_signer::{Action, AllowedSigners, CommitId, StorePath, VerifiedTip, VerifyError};
 use git2::Oid;
 use tracing::{error, info, warn};
 
@@ -42,13 +43,15 @@ pub trait ReleaseSource {
     fn remote_tip(&mut self) -> Pending<'_, Result<CommitId, SourceError>>;
     /// Fetches the branch up to `tip`.
     fn fetch(&mut self, tip: &CommitId) -> Pending<'_, Result<(), SourceError>>;
-    /// Verifies the release at `tip` against `signers` at `now`.
+    /// Verifies `tip`: the approvals on top (against `approver_signers`) and
+    /// the release below them (against `signers`) at `now`.
     fn verify(
         &mut self,
         tip: &CommitId,
         signers: &AllowedSigners,
+        approver_signers: &AllowedSigners,
         now: DateTime<Utc>,
-    ) -> Pending<'_, Result<VerifiedRelease, Box<VerifyError>>>;
+    ) -> Pending<'_, Result<VerifiedTip, Box<VerifyError>>>;
     /// Whether `tip` is `anchor` or descends from it.
     fn descends_from(&mut self, tip: &CommitId, anchor: &CommitId) -> Pending<'_, Result<bool, SourceError>>;
 }
@@ -56,8 +59,43 @@ pub trait ReleaseSource {
 /// The binary caches a closure is substituted from.
 pub trait ClosureCache {
     /// Checks that `toplevel`'s closure can be substituted, is signed by a
-    /// pinned key and fits on the disk.
-    fn preflight(&mut self, toplevel: &StorePath) -> Pending<'_, Result<Preflight, CacheError>>;
+    /// pinned key and fits on the disk; a path in the store directory counts
+    /// as present unless it is in `invalid` (see [`checked_preflight`]).
+    fn preflight<'a>(
+        &'a mut self,
+        toplevel: &StorePath,
+        invalid: &'a BTreeSet<StorePath>,
+    ) -> Pending<'a, Result<Preflight, CacheError>>;
+}
+
+/// Why a closure could not be checked: the caches' answer, or Nix's.
+#[derive(Debug, thiserror::Error)]
+pub enum PreflightError {
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error("cannot ask Nix which store paths are valid: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// The closure preflight, with every path found in the store directory
+/// confirmed by Nix's database: one that exists there but that Nix holds
+/// invalid is checked in the caches like a missing one (and its references
+/// with it), so "present" means what Nix means by it.
+pub async fn checked_preflight(
+    caches: &mut dyn ClosureCache,
+    store: &mut dyn NixStore,
+    toplevel: &StorePath,
+) -> Result<Preflight, PreflightError> {
+    let mut invalid = BTreeSet::new();
+    loop {
+        let preflight = caches.preflight(toplevel, &invalid).await?;
+        let found = store.invalid_paths(&preflight.on_disk).await?;
+        if found.is_empty() {
+            return Ok(preflight);
+        }
+        // Each round adds at least one path, so this ends.
+        invalid.extend(found);
+    }
 }
 
 /// The local Nix store, the system profile, and which system runs.
@@ -66,6 +104,8 @@ pub trait NixStore {
     fn realise(&mut self, toplevel: &StorePath) -> Pending<'_, Result<(), StoreError>>;
     /// Points the system profile at `toplevel` (a new generation).
     fn set_profile(&mut self, toplevel: &StorePath) -> Pending<'_, Result<(), StoreError>>;
+    /// Which of `paths` Nix's database does not hold valid.
+    fn invalid_paths(&mut self, paths: &[StorePath]) -> Pending<'_, Result<Vec<StorePath>, StoreError>>;
     /// The system the profile points at.
     fn profile_system(&self) -> Option<StorePath>;
     /// The running system (`/run/current-system`).
@@ -235,13 +275,15 @@ impl ReleaseSource for GitSource {
         &mut self,
         tip: &CommitId,
         signers: &AllowedSigners,
+        approver_signers: &AllowedSigners,
         now: DateTime<Utc>,
-    ) -> Pending<'_, Result<VerifiedRelease, Box<VerifyError>>> {
+    ) -> Pending<'_, Result<VerifiedTip, Box<VerifyError>>> {
         let signers = signers.clone();
+        let approver_signers = approver_signers.clone();
         let tip = tip.clone();
         Box::pin(self.run(move |s| {
             let tip = Oid::from_str(tip.as_str()).map_err(|e| Box::new(VerifyError::Git(e.into())))?;
-            ferry_signer::verify::verify_release_commit(s.repo(), tip, &signers, now).map_err(Box::new)
+            ferry_signer::verify_tip(s.repo(), tip, &signers, &approver_signers, now).map_err(Box::new)
         }))
     }
 
@@ -254,14 +296,20 @@ impl ReleaseSource for GitSource {
     }
 }
 
-struct LiveCaches(BinaryCaches);
+/// The configured binary caches, checked against this host's store.
+#[derive(Debug, Clone)]
+pub struct LiveCaches(pub BinaryCaches);
 
 impl ClosureCache for LiveCaches {
-    fn preflight(&mut self, toplevel: &StorePath) -> Pending<'_, Result<Preflight, CacheError>> {
+    fn preflight<'a>(
+        &'a mut self,
+        toplevel: &StorePath,
+        invalid: &'a BTreeSet<StorePath>,
+    ) -> Pending<'a, Result<Preflight, CacheError>> {
         let toplevel = toplevel.clone();
         Box::pin(async move {
             self.0
-                .preflight(&toplevel, Path::new(ferry_signer::names::STORE_DIR))
+                .preflight_except(&toplevel, Path::new(ferry_signer::names::STORE_DIR), invalid)
                 .await
         })
     }
@@ -314,6 +362,11 @@ impl NixStore for LiveStore {
         Box::pin(async move { self.store.set_profile(&toplevel).await })
     }
 
+    fn invalid_paths(&mut self, paths: &[StorePath]) -> Pending<'_, Result<Vec<StorePath>, StoreError>> {
+        let paths = paths.to_vec();
+        Box::pin(async move { self.store.invalid_paths(&paths).await })
+    }
+
     fn profile_system(&self) -> Option<StorePath> {
         self.store.profile_system()
     }
@@ -342,12 +395,23 @@ pub async fn realise_via_relay(
     root_name: &str,
 ) -> Result<(), StoreError> {
     let store_dir = Path::new(ferry_signer::names::STORE_DIR);
-    let closure = async {
-        let credentials = caches.load_credentials()?;
-        let (_, objects) = caches.walk(toplevel, store_dir, &credentials).await?;
-        Ok::<_, CacheError>((credentials, objects))
+    let credentials = caches
+        .load_credentials()
+        .map_err(|e| StoreError::Closure(e.to_string()))?;
+    // As in the preflight: what exists in the store but is invalid to Nix
+    // is served too.
+    let mut invalid = BTreeSet::new();
+    let objects = loop {
+        let (preflight, objects) = caches
+            .walk(toplevel, store_dir, &credentials, &invalid)
+            .await
+            .map_err(|e| StoreError::Closure(e.to_string()))?;
+        let found = store.invalid_paths(&preflight.on_disk).await?;
+        if found.is_empty() {
+            break objects;
+        }
+        invalid.extend(found);
     };
-    let (credentials, objects) = closure.await.map_err(|e| StoreError::Closure(e.to_string()))?;
     let relay = LoopbackCache::start(caches.clone(), credentials, objects)
         .await
         .map_err(StoreError::Relay)?;

@@ -8,7 +8,12 @@
 //! commit and context of the release being worked on
 //! ([`State::recent_statuses`]) is kept too, so a release retried for hours
 //! is not reported again with the same words after every poll or restart.
-//! Every write goes through
+//! Two first sightings are kept so their clocks survive a restart: when the
+//! closure of the release being worked on was first seen missing from the
+//! cache ([`State::closure_missing`]), and when a transient fault first kept
+//! it from progressing ([`State::fault`]). A file carrying either says
+//! `"version": 2`; any other is written as version 1, which older agents
+//! read. Every write goes through
 //! [`crate::durable::atomic_write`], so a crash or power loss leaves either the
 //! old or the new state, never a torn one.
 
@@ -23,13 +28,16 @@ use crate::durable::atomic_write;
 use crate::report::{CommitStatus, StatusState};
 
 const STATE_FILE: &str = "state.json";
-/// The version written for states every agent can read.
+/// The format written when nothing needs more: what agents before the
+/// first sightings read.
 const STATE_VERSION: u32 = 1;
-/// The version written while a deploy waits for or goes through a reboot
-/// (phases `awaiting-reboot` and `rebooting`): an older agent refuses the
-/// file by its version, with advice, rather than misreading it. Every other
-/// state is written as version 1, so an agent can still be downgraded.
-const STATE_VERSION_REBOOTS: u32 = 2;
+/// The format of a file carrying [`State::closure_missing`] or
+/// [`State::fault`].
+const STATE_VERSION_SIGHTINGS: u32 = 2;
+/// The format of a file whose deploy waits for or goes through a reboot
+/// (phases `awaiting-reboot` and `rebooting`): an older agent refuses it by
+/// its version rather than misreading it; the newest this agent reads.
+const STATE_VERSION_REBOOTS: u32 = 3;
 
 /// The agent's durable memory.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -54,6 +62,30 @@ pub struct State {
     /// statuses it records, and forgotten when the release's ending is
     /// recorded (nothing more is posted for it then).
     pub recent_statuses: Vec<CommitStatus>,
+    /// The release whose closure was missing from the binary cache (CI may
+    /// still be uploading it) and when this host first saw it missing: the
+    /// wait is bounded from then (`decide::upload_deadline`), and its
+    /// statuses are posted once, whatever restarts in between.
+    pub closure_missing: Option<Sighting>,
+    /// The release a transient fault (an unreachable cache, repository or
+    /// systemd) keeps from progressing, and when it first did: past
+    /// `report.error_after` it is reported as an `error` status
+    /// (`decide::fault_persists`). Forgotten once a reconcile gets through.
+    pub fault: Option<Sighting>,
+}
+
+/// Something first seen about a release, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sighting {
+    pub commit: CommitId,
+    pub since: DateTime<Utc>,
+}
+
+impl Sighting {
+    /// When this was first seen about `commit`, if it is about `commit`.
+    pub fn since_for(sighting: Option<&Sighting>, commit: &CommitId) -> Option<DateTime<Utc>> {
+        sighting.filter(|s| s.commit == *commit).map(|s| s.since)
+    }
 }
 
 /// A commit status recorded in the state, waiting to be moved to the outbox.
@@ -157,6 +189,9 @@ impl Phase {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InFlight {
     pub target: Target,
+    /// The branch tip the release was accepted at: the release itself, or
+    /// the last approval on top of it (remembered as seen when it ends).
+    pub tip: CommitId,
     /// The release's source commit (statuses go there too).
     pub source: Option<CommitId>,
     pub action: Action,
@@ -206,6 +241,8 @@ pub enum StateError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("{path} is corrupt ({detail}); move it aside to start afresh (the anti-rollback anchor is lost then: check the deploy branch by hand)")]
     Corrupt { path: PathBuf, detail: String },
+    #[error("{path} was written by a newer ferry-agent (state format {version}; this one reads formats 1 to {STATE_VERSION_REBOOTS}): run the newer agent again (see docs/operations.md, Downgrading)")]
+    Newer { path: PathBuf, version: u32 },
 }
 
 /// Reads and writes [`State`] in a state directory.
@@ -244,6 +281,13 @@ impl StateDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
             Err(source) => return Err(StateError::Read { path, source }),
         };
+        // The version first: a newer file is not corrupt, and its unknown
+        // fields must not be reported as if it were.
+        if let Ok(VersionFile { version }) = serde_json::from_slice(&bytes) {
+            if version > STATE_VERSION_REBOOTS {
+                return Err(StateError::Newer { path, version });
+            }
+        }
         let file: StateFile = serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
             path: path.clone(),
             detail: e.to_string(),
@@ -262,6 +306,12 @@ impl StateDir {
 
 // ---- the file format (an interface: kept apart from the domain types) ------
 
+/// Only the version, read before the rest.
+#[derive(Deserialize)]
+struct VersionFile {
+    version: u32,
+}
+
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StateFile {
@@ -278,6 +328,35 @@ struct StateFile {
     /// between releases).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     recent_statuses: Vec<StatusFile>,
+    /// Version 2 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    closure_missing: Option<SightingFile>,
+    /// Version 2 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fault: Option<SightingFile>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SightingFile {
+    commit: String,
+    since: DateTime<Utc>,
+}
+
+impl SightingFile {
+    fn from_sighting(s: &Sighting) -> Self {
+        SightingFile {
+            commit: s.commit.to_string(),
+            since: s.since,
+        }
+    }
+
+    fn into_sighting(self) -> Result<Sighting, String> {
+        Ok(Sighting {
+            commit: self.commit.parse::<CommitId>().map_err(|e| e.to_string())?,
+            since: self.since,
+        })
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -335,6 +414,9 @@ struct AnchorFile {
 #[serde(deny_unknown_fields)]
 struct InFlightFile {
     commit: String,
+    /// Absent in files from before approvals: the tip was the release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tip: Option<String>,
     serial: u64,
     source: Option<String>,
     toplevel: String,
@@ -396,6 +478,7 @@ impl OutcomeKind {
 
 impl StateFile {
     fn from_state(s: &State) -> Self {
+        let sightings = s.closure_missing.is_some() || s.fault.is_some();
         let reboots = s
             .in_flight
             .as_ref()
@@ -403,6 +486,8 @@ impl StateFile {
         StateFile {
             version: if reboots {
                 STATE_VERSION_REBOOTS
+            } else if sightings {
+                STATE_VERSION_SIGHTINGS
             } else {
                 STATE_VERSION
             },
@@ -434,13 +519,15 @@ impl StateFile {
                 })
                 .collect(),
             recent_statuses: s.recent_statuses.iter().map(StatusFile::from_status).collect(),
+            closure_missing: s.closure_missing.as_ref().map(SightingFile::from_sighting),
+            fault: s.fault.as_ref().map(SightingFile::from_sighting),
         }
     }
 
     fn into_state(self) -> Result<State, String> {
-        if self.version != STATE_VERSION && self.version != STATE_VERSION_REBOOTS {
+        if !(STATE_VERSION..=STATE_VERSION_REBOOTS).contains(&self.version) {
             return Err(format!(
-                "state version {} is not {STATE_VERSION} or {STATE_VERSION_REBOOTS} (written by a newer agent?)",
+                "state version {} is not one of {STATE_VERSION} to {STATE_VERSION_REBOOTS}",
                 self.version
             ));
         }
@@ -480,6 +567,11 @@ impl StateFile {
                 .into_iter()
                 .map(StatusFile::into_status)
                 .collect::<Result<_, String>>()?,
+            closure_missing: self
+                .closure_missing
+                .map(SightingFile::into_sighting)
+                .transpose()?,
+            fault: self.fault.map(SightingFile::into_sighting).transpose()?,
         })
     }
 }
@@ -499,6 +591,7 @@ impl InFlightFile {
         };
         InFlightFile {
             commit: f.target.commit.to_string(),
+            tip: (f.tip != f.target.commit).then(|| f.tip.to_string()),
             serial: f.target.serial,
             source: f.source.as_ref().map(|c| c.to_string()),
             toplevel: f.target.toplevel.to_string(),
@@ -554,6 +647,7 @@ impl InFlightFile {
             other => return Err(format!("unknown phase `{other}`")),
         };
         Ok(InFlight {
+            tip: commit(self.tip.as_deref().unwrap_or(&self.commit))?,
             target: Target {
                 commit: commit(&self.commit)?,
                 serial: self.serial,
@@ -618,6 +712,7 @@ mod tests {
                 serial: 7,
             }),
             in_flight: Some(InFlight {
+                tip: commit.clone(),
                 target: Target {
                     commit: commit.clone(),
                     serial: 7,
@@ -654,6 +749,14 @@ mod tests {
                 "ferry/web1",
                 "deploying release 7 to web1",
             )],
+            closure_missing: Some(Sighting {
+                commit: commit.clone(),
+                since: DateTime::from_timestamp(1_800_000_100, 0).unwrap(),
+            }),
+            fault: Some(Sighting {
+                commit: commit.clone(),
+                since: DateTime::from_timestamp(1_800_000_200, 0).unwrap(),
+            }),
         };
         state.last_success = state.last_outcome.clone();
         state
@@ -669,6 +772,47 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(store.dir()).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
+    }
+
+    /// Older agents read version 1 and refuse anything else, so a file is
+    /// version 2 only while it carries a first sighting; a file from an
+    /// agent newer than this one is refused as newer, not as corrupt.
+    #[test]
+    fn the_format_version_is_the_oldest_that_holds_the_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateDir::open(dir.path()).unwrap();
+        let version = || {
+            let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
+            serde_json::from_str::<serde_json::Value>(&text).unwrap()["version"].clone()
+        };
+        let mut state = sample();
+        store.save(&state).unwrap();
+        assert_eq!(version(), 2);
+        assert_eq!(store.load().unwrap(), state);
+        state.fault = None;
+        store.save(&state).unwrap();
+        assert_eq!(version(), 2, "the closure wait alone needs version 2");
+        state.closure_missing = None;
+        store.save(&state).unwrap();
+        assert_eq!(version(), 1);
+        let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
+        assert!(
+            !text.contains("closure_missing") && !text.contains("fault"),
+            "{text}"
+        );
+        assert_eq!(store.load().unwrap(), state);
+        std::fs::write(
+            dir.path().join(STATE_FILE),
+            r#"{"version": 4, "last_seen_tip": null, "anchor": null, "in_flight": null, "last_outcome": null, "later": 1}"#,
+        )
+        .unwrap();
+        let err = store.load().unwrap_err();
+        assert!(matches!(err, StateError::Newer { version: 4, .. }), "{err}");
+        let err = err.to_string();
+        assert!(
+            err.contains("newer ferry-agent") && !err.contains("corrupt"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -731,12 +875,39 @@ mod tests {
             // Version 2 only where version 1 cannot say it: an older agent
             // refuses such a file instead of misreading it.
             let reboots = matches!(phase, Phase::AwaitingReboot { .. } | Phase::Rebooting { .. });
-            let version = if reboots { 2 } else { 1 };
+            let sightings = state.closure_missing.is_some() || state.fault.is_some();
+            let version = match (reboots, sightings) {
+                (true, _) => 3,
+                (false, true) => 2,
+                (false, false) => 1,
+            };
             assert!(text.contains(&format!("\"version\": {version},")), "{text}");
         }
-        std::fs::write(dir.path().join(STATE_FILE), b"{\"version\": 3, \"last_seen_tip\": null, \"anchor\": null, \"in_flight\": null, \"last_outcome\": null}").unwrap();
+        std::fs::write(dir.path().join(STATE_FILE), b"{\"version\": 4, \"last_seen_tip\": null, \"anchor\": null, \"in_flight\": null, \"last_outcome\": null}").unwrap();
         let err = store.load().unwrap_err().to_string();
-        assert!(err.contains("state version 3 is not 1 or 2"), "{err}");
+        assert!(
+            err.contains("state format 4; this one reads formats 1 to 3"),
+            "{err}"
+        );
+    }
+
+    /// A deploy accepted at an approval above its release keeps both.
+    #[test]
+    fn a_deploy_accepted_at_an_approval_remembers_the_tip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateDir::open(dir.path()).unwrap();
+        let mut state = sample();
+        let approval: CommitId = "a222222222222222222222222222222222222222".parse().unwrap();
+        state.in_flight.as_mut().unwrap().tip = approval.clone();
+        store.save(&state).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
+        assert!(text.contains(&format!("\"tip\": \"{approval}\"")), "{text}");
+        assert_eq!(store.load().unwrap(), state);
+        // A release accepted at its own commit writes no `tip`: the files
+        // earlier agents read stay as they were.
+        store.save(&sample()).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
+        assert!(!text.contains("\"tip\""), "{text}");
     }
 
     /// A state file as agents before the typed phases wrote it, one per
@@ -808,6 +979,8 @@ mod tests {
             assert_eq!(flight.action, Action::Switch);
             assert_eq!(flight.previous.as_ref(), Some(&previous));
             assert_eq!(state.last_seen_tip, state.anchor.map(|a| a.commit));
+            // Written before approvals: the tip the deploy was accepted at was the release.
+            assert_eq!(flight.tip, flight.target.commit);
         }
         // The one thing a rollback cannot do without is the system to go back to.
         let orphan = file("rolling-back", "\"x\"").replace(

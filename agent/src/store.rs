@@ -38,6 +38,33 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// What went wrong, cause first and without Nix's own `error:` prefix,
+    /// for a status description (the journal gets the whole error): Nix's
+    /// last `error:` line rather than its progress output, and what the
+    /// binary cache answered before what Nix made of it.
+    pub fn reason(&self) -> String {
+        match self {
+            StoreError::Failed { program, stderr, .. } => format!("{program}: {}", nix_reason(stderr)),
+            StoreError::Cache { nix, cache } => format!("{cache} ({})", nix.reason()),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// The part of Nix's output (its last lines, joined with ` | `) that says
+/// what went wrong: the last line Nix starts with `error:`, without it.
+fn nix_reason(stderr: &str) -> &str {
+    let lines: Vec<&str> = stderr.split(" | ").map(str::trim).collect();
+    let reason = lines
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("error:"))
+        .or_else(|| lines.iter().rev().copied().find(|l| !l.is_empty()))
+        .unwrap_or("no output");
+    reason.trim()
+}
+
 /// Where the running and booted systems are recorded.
 pub const CURRENT_SYSTEM: &str = "/run/current-system";
 pub const BOOTED_SYSTEM: &str = "/run/booted-system";
@@ -94,6 +121,25 @@ impl Store {
             // Never build: a closure that cannot be substituted is refused.
             .args(["--option", "max-jobs", "0"]);
         run("nix-store", cmd, self.realise_timeout).await.map(drop)
+    }
+
+    /// Which of `paths` Nix's database does not hold valid: absent, or
+    /// present in the store directory but not registered (left by an
+    /// interrupted copy or written by hand). Asked of Nix, never guessed
+    /// from the file system.
+    pub async fn invalid_paths(&self, paths: &[StorePath]) -> Result<Vec<StorePath>, StoreError> {
+        if paths.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = Command::new("nix-store");
+        cmd.args(["--check-validity", "--print-invalid"])
+            .args(paths.iter().map(StorePath::as_str));
+        let out = run("nix-store", cmd, Duration::from_secs(120)).await?;
+        Ok(paths
+            .iter()
+            .filter(|p| out.lines().any(|l| l.trim() == p.as_str()))
+            .cloned()
+            .collect())
     }
 
     /// Points the system profile at `toplevel` (a new generation).
@@ -158,6 +204,38 @@ async fn run(program: &'static str, mut cmd: Command, timeout: Duration) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Nix's stderr of a realise that could not substitute, as the agent
+    /// keeps it (the last five lines).
+    #[test]
+    fn a_nix_failure_is_told_by_its_error_line_once() {
+        let e = StoreError::Failed {
+            program: "nix-store",
+            status: "exit status: 1".into(),
+            stderr: "don't know how to build these paths: | \
+                     /nix/store/0c0mb5j1x3dg5bf3wk3jh4xyz6p4s3ld-nixos-system-web1-with-a-long-name | \
+                     copying path '/nix/store/1c0mb5j1x3dg5bf3wk3jh4xyz6p4s3ld-a' from 'http://127.0.0.1:1/0'... | \
+                     error: cannot add path '/nix/store/1c0mb5j1x3dg5bf3wk3jh4xyz6p4s3ld-a' because it lacks a signature by a trusted key"
+                .into(),
+        };
+        assert_eq!(
+            e.reason(),
+            "nix-store: cannot add path '/nix/store/1c0mb5j1x3dg5bf3wk3jh4xyz6p4s3ld-a' because it lacks a signature by a trusted key"
+        );
+        let cached = StoreError::Cache {
+            nix: Box::new(e),
+            cache: "http://cache.example.com/nar/x.nar.xz: HTTP 500".into(),
+        };
+        assert!(cached
+            .reason()
+            .starts_with("http://cache.example.com/nar/x.nar.xz: HTTP 500 (nix-store: cannot add path"));
+        let quiet = StoreError::Failed {
+            program: "nix-env",
+            status: "exit status: 1".into(),
+            stderr: "something odd | ".into(),
+        };
+        assert_eq!(quiet.reason(), "nix-env: something odd");
+    }
 
     #[test]
     fn reboot_is_required_when_kernel_or_initrd_differ() {

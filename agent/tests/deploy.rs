@@ -1122,6 +1122,7 @@ fn the_service_survives_kill_and_outages_over_smart_http() {
 }
 
 // Secrets (sops-nix, agenix) through a deploy, on this file's `World`.
+mod approvals;
 mod secrets;
 
 // Reboots in a maintenance window and deploy windows, on this file's `World`.

@@ -120,7 +120,11 @@ fn an_unreachable_cache_is_a_transient_error() {
     let err = crate::common::runtime()
         .block_on(caches.preflight(&toplevel, Path::new("/nix/store")))
         .unwrap_err();
-    assert!(err.is_transient(), "{err}");
+    assert_eq!(
+        ferry_agent::decide::cache_fault(&err),
+        ferry_agent::decide::Fault::Transient,
+        "{err}"
+    );
     assert!(err.to_string().contains(&format!("127.0.0.1:{port}")), "{err}");
 }
 
@@ -140,7 +144,11 @@ fn an_oversized_or_malformed_narinfo_is_refused_not_retried() {
         std::fs::write(&file, &body).unwrap();
         let err = f.preflight(&f.caches(&[&f.cache.public_key])).unwrap_err();
         assert!(matches!(err, CacheError::Narinfo { .. }), "{what}: {err:?}");
-        assert!(!err.is_transient(), "{what}: {err}");
+        assert_ne!(
+            ferry_agent::decide::cache_fault(&err),
+            ferry_agent::decide::Fault::Transient,
+            "{what}: {err}"
+        );
         assert_eq!(
             ferry_agent::decide::cache_severity(&err),
             ferry_agent::decide::Severity::Failure,
@@ -152,4 +160,116 @@ fn an_oversized_or_malformed_narinfo_is_refused_not_retried() {
             err.summary()
         );
     }
+}
+
+/// A directory at a store path that Nix's database does not hold (left by
+/// an interrupted copy, or written by hand), removed when dropped.
+struct Stray(std::path::PathBuf);
+
+impl Drop for Stray {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The preflight asks Nix, not the file system, what is present: a closure
+/// path that exists under /nix/store but is invalid to Nix is checked in the
+/// cache like a missing one.
+#[test]
+fn a_path_that_exists_but_nix_holds_invalid_is_not_present() {
+    use ferry_agent::seams::{checked_preflight, LiveCaches, LiveStore};
+    use ferry_agent::store::Store;
+    let f = Fixture::new(3);
+    let leaf = f
+        .closure
+        .iter()
+        .find(|p| **p != f.toplevel)
+        .expect("a dependency")
+        .clone();
+    let _stray = Stray(leaf.clone().into());
+    std::fs::create_dir(&leaf).unwrap();
+    std::fs::write(Path::new(&leaf).join("half-copied"), "x").unwrap();
+    let check = nix::run(std::process::Command::new("nix-store").args([
+        "--check-validity",
+        "--print-invalid",
+        &leaf,
+    ]));
+    assert_eq!(check.trim(), leaf, "Nix holds the stray path invalid");
+    let caches = f.caches(&[&f.cache.public_key]);
+    let on_disk_only = f.preflight(&caches).unwrap();
+    assert_eq!(on_disk_only.on_disk.len(), 1, "{:?}", on_disk_only.on_disk);
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = LiveStore {
+        store: Store {
+            profile: dir.path().join("profile"),
+            gc_roots: dir.path().join("gcroots"),
+            substituters: vec![f.server.url()],
+            trusted_public_keys: vec![f.cache.public_key.clone()],
+            realise_timeout: std::time::Duration::from_secs(600),
+        },
+        caches: caches.clone(),
+        current_system: dir.path().join("current-system"),
+        booted_system: dir.path().join("booted-system"),
+    };
+    let toplevel = f.toplevel.parse().unwrap();
+    let p = crate::common::runtime()
+        .block_on(checked_preflight(&mut LiveCaches(caches), &mut store, &toplevel))
+        .unwrap();
+    assert_eq!(p.paths, f.closure.len());
+    assert_eq!(p.missing, f.closure.len(), "the invalid path is to be fetched");
+    assert!(p.on_disk.is_empty(), "{:?}", p.on_disk);
+}
+
+/// A cache dripping the body of a narinfo (honest headers, one byte every
+/// 100 ms) is cut off by the deadline of the request, body included: the
+/// cache counts as unreachable (retried), and the preflight ends.
+#[test]
+fn a_cache_dripping_a_narinfo_is_cut_off_by_the_deadline() {
+    use crate::common::hostile::{dripping_cache, within};
+    let f = Fixture::new(1);
+    let server = dripping_cache(&f.cache.dir, ".narinfo");
+    let keys = vec![f.cache.public_key.parse::<CachePublicKey>().unwrap()];
+    let caches =
+        BinaryCaches::new(&[server.url()], &keys).with_narinfo_deadline(std::time::Duration::from_secs(2));
+    let toplevel: ferry_signer::StorePath = f.toplevel.parse().unwrap();
+    let err = within("a preflight against a dripping narinfo", move || {
+        crate::common::runtime()
+            .block_on(caches.preflight(&toplevel, Path::new("/nix/store")))
+            .unwrap_err()
+    });
+    assert!(matches!(err, CacheError::Unreachable { .. }), "{err}");
+    assert!(err.to_string().contains("timed out"), "{err}");
+}
+
+/// A cache dripping a NAR during the realise is cut off by the realise
+/// step's deadline (`switch.timeout`, at least an hour; short here): Nix is
+/// stopped, the relay with it, and the step fails naming the limit.
+#[test]
+fn a_cache_dripping_a_nar_is_cut_off_by_the_realise_deadline() {
+    use crate::common::hostile::{dripping_cache, within};
+    use ferry_agent::seams::realise_via_relay;
+    use ferry_agent::store::{Store, StoreError};
+    let f = Fixture::new(1);
+    let server = dripping_cache(&f.cache.dir, "/nar/");
+    let keys = vec![f.cache.public_key.parse::<CachePublicKey>().unwrap()];
+    let caches = BinaryCaches::new(&[server.url()], &keys);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store {
+        profile: dir.path().join("profile"),
+        gc_roots: dir.path().join("gcroots"),
+        substituters: Vec::new(),
+        trusted_public_keys: vec![f.cache.public_key.clone()],
+        realise_timeout: std::time::Duration::from_secs(3),
+    };
+    let toplevel: ferry_signer::StorePath = f.toplevel.parse().unwrap();
+    let err = within("a realise against a dripping NAR", move || {
+        let _nix = nix::lock();
+        crate::common::runtime()
+            .block_on(realise_via_relay(&store, &caches, &toplevel, "current"))
+            .unwrap_err()
+    });
+    assert!(
+        matches!(err, StoreError::Timeout { .. }) || err.to_string().contains("did not finish within 3s"),
+        "{err}"
+    );
 }

@@ -173,6 +173,10 @@ fn an_endpoint_that_never_answers_is_a_transient_error() {
         .block_on(caches.preflight(&toplevel, Path::new("/nix/store")))
         .unwrap_err();
     drop(listener);
-    assert!(err.is_transient(), "{err}");
+    assert_eq!(
+        ferry_agent::decide::cache_fault(&err),
+        ferry_agent::decide::Fault::Transient,
+        "{err}"
+    );
     assert!(err.to_string().contains(&format!("127.0.0.1:{port}")), "{err}");
 }

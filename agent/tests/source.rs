@@ -1,6 +1,7 @@
 //! The deploy repository client against a real `git daemon` and file remotes.
 
 use crate::common::git::{git, DeployRepo, GitDaemon};
+use crate::common::hostile::{hostile_server, within};
 use crate::common::{agent_toml, UNUSED_CACHE};
 use ferry_agent::source::{Source, SourceError};
 
@@ -272,31 +273,13 @@ fn redirector(target: &str) -> crate::common::http::PythonServer {
     crate::common::http::PythonServer::spawn(port, ["-c", &script])
 }
 
-/// A loopback server that reads the client's request and then sends what
-/// `serve` writes, until the client hangs up; its port.
-fn hostile_server(serve: fn(&mut std::net::TcpStream) -> std::io::Result<()>) -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            std::thread::spawn(move || {
-                let mut request = [0u8; 4096];
-                let _ = std::io::Read::read(&mut stream, &mut request);
-                let _ = serve(&mut stream);
-            });
-        }
-    });
-    port
-}
-
 /// A `git://` URL served by [`hostile_server`].
-fn hostile_git_server(serve: fn(&mut std::net::TcpStream) -> std::io::Result<()>) -> String {
+fn hostile_git_server(serve: fn(&str, &mut std::net::TcpStream) -> std::io::Result<()>) -> String {
     format!("git://127.0.0.1:{}/deploy.git", hostile_server(serve))
 }
 
 /// Writes a ref advertisement four times the 16 MiB cap, then stops.
-fn endless_advertisement(s: &mut std::net::TcpStream) -> std::io::Result<()> {
+fn endless_advertisement(_: &str, s: &mut std::net::TcpStream) -> std::io::Result<()> {
     let oid = "1".repeat(40);
     let first = format!("{oid} HEAD\0side-band-64k ofs-delta\n");
     std::io::Write::write_all(s, format!("{:04x}{first}", first.len() + 4).as_bytes())?;
@@ -315,23 +298,13 @@ fn endless_advertisement(s: &mut std::net::TcpStream) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Runs `f` on its own thread and waits a bounded time for its answer.
-fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(std::time::Duration::from_secs(120))
-        .unwrap_or_else(|_| panic!("{what} was not bounded: still running after 120 s"))
-}
-
 /// A `git://` server dripping its advertisement one byte at a time (each
 /// read answered, so no per-read timeout fires) is cut off by the total
 /// deadline of the operation.
 #[test]
 fn a_dripping_git_server_is_cut_off_by_the_operation_deadline() {
     use std::time::Duration;
-    let url = hostile_git_server(|s| {
+    let url = hostile_git_server(|_, s| {
         std::io::Write::write_all(s, b"fff0")?;
         loop {
             std::io::Write::write_all(s, b"a")?;
@@ -367,12 +340,12 @@ fn an_endless_git_advertisement_is_refused_at_the_cap() {
 /// The same over smart HTTP: refused, naming the limit.
 #[test]
 fn an_endless_http_advertisement_is_refused_naming_the_cap() {
-    let port = hostile_server(|s| {
+    let port = hostile_server(|request, s| {
         std::io::Write::write_all(
             s,
             b"HTTP/1.1 200 OK\r\nContent-Type: application/x-git-upload-pack-advertisement\r\nConnection: close\r\n\r\n001e# service=git-upload-pack\n0000",
         )?;
-        endless_advertisement(s)
+        endless_advertisement(request, s)
     });
     let dir = tempfile::tempdir().unwrap();
     let url = format!("http://127.0.0.1:{port}/deploy.git");
@@ -381,4 +354,79 @@ fn an_endless_http_advertisement_is_refused_naming_the_cap() {
         source.remote_tip().unwrap_err().to_string()
     });
     assert!(err.contains("ref advertisement exceeded 16777216 bytes"), "{err}");
+}
+
+/// The header of a smart HTTP ref advertisement, its body left to the caller.
+const ADVERTISEMENT_HEAD: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/x-git-upload-pack-advertisement\r\nConnection: close\r\n\r\n001e# service=git-upload-pack\n0000";
+
+/// Starts a pkt-line of 65,520 bytes with `start` (a sideband number, or
+/// nothing) and sends its body one byte every 100 ms: each read is answered,
+/// so only a deadline on the whole operation stops it.
+fn drip(s: &mut std::net::TcpStream, start: &[u8]) -> std::io::Result<()> {
+    std::io::Write::write_all(s, b"fff0")?;
+    std::io::Write::write_all(s, start)?;
+    loop {
+        std::io::Write::write_all(s, b"a")?;
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// A smart HTTP server dripping the body of its ref advertisement is cut
+/// off by the tip check's total deadline, named in the error.
+#[test]
+fn a_dripping_http_advertisement_is_cut_off_by_the_operation_deadline() {
+    use std::time::Duration;
+    let port = hostile_server(|_, s| {
+        std::io::Write::write_all(s, ADVERTISEMENT_HEAD)?;
+        drip(s, b"")
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{port}/deploy.git");
+    let source = Source::open(&dir.path().join("clone.git"), &url, "deploy", None)
+        .unwrap()
+        .with_deadlines(Duration::from_secs(2), Duration::from_secs(2));
+    let err = within("a tip check against a dripping HTTP server", move || {
+        source.remote_tip().unwrap_err().to_string()
+    });
+    assert!(
+        err.contains("did not finish within 2s") && err.contains("total deadline"),
+        "{err}"
+    );
+}
+
+/// A smart HTTP server that advertises a branch and then drips the pack is
+/// cut off by the fetch's total deadline (every round together, not per
+/// round).
+#[test]
+fn a_dripping_http_pack_is_cut_off_by_the_fetch_deadline() {
+    use std::time::Duration;
+    let port = hostile_server(|request, s| {
+        if request.starts_with("GET") {
+            let oid = "1".repeat(40);
+            let line = format!("{oid} refs/heads/deploy\0multi_ack_detailed side-band-64k ofs-delta\n");
+            std::io::Write::write_all(s, ADVERTISEMENT_HEAD)?;
+            std::io::Write::write_all(s, format!("{:04x}{line}0000", line.len() + 4).as_bytes())?;
+            return Ok(());
+        }
+        std::io::Write::write_all(
+            s,
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/x-git-upload-pack-result\r\nConnection: close\r\n\r\n0008NAK\n",
+        )?;
+        // Progress messages (sideband 2) that never end.
+        drip(s, b"\x02")
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{port}/deploy.git");
+    let source = Source::open(&dir.path().join("clone.git"), &url, "deploy", None)
+        .unwrap()
+        .with_deadlines(Duration::from_secs(2), Duration::from_secs(2));
+    let err = within("a fetch from a server dripping the pack", move || {
+        let oid = git2::Oid::from_str(&"1".repeat(40)).unwrap();
+        source.fetch(oid).unwrap_err().to_string()
+    });
+    assert!(
+        err.contains("did not finish within 2s") && err.contains("total deadline"),
+        "{err}"
+    );
 }

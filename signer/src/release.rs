@@ -108,8 +108,15 @@ pub enum ReleaseError {
     TooLarge { size: u64 },
     #[error("release.toml is not UTF-8 text")]
     NotUtf8,
-    #[error("release.toml is not valid TOML: {0}")]
-    Syntax(String),
+    /// The reason first, then where (`line`, and the line itself with a
+    /// caret under the place, in `snippet`), so a cut description keeps the
+    /// reason.
+    #[error("release.toml is not valid TOML at line {line}: {reason}{snippet}")]
+    Syntax {
+        line: usize,
+        reason: String,
+        snippet: String,
+    },
     #[error("release.toml has no `format` key: expected `format = {FORMAT}` at the top")]
     MissingFormat,
     #[error("release.toml has format {0}, but this Ferry understands only format {FORMAT}: upgrade ferry")]
@@ -136,7 +143,7 @@ impl Release {
         // Otherwise read `format` first, so a file from a newer Ferry says
         // "upgrade" rather than complaining about keys this version does not
         // know, then report what is wrong with a format-1 file.
-        let table: toml::Table = toml::from_str(text).map_err(|e| syntax(&e))?;
+        let table: toml::Table = toml::from_str(text).map_err(|e| syntax(text, &e))?;
         match table.get("format") {
             None => return Err(ReleaseError::MissingFormat),
             Some(toml::Value::Integer(n)) if *n == i64::from(FORMAT) => {}
@@ -148,7 +155,7 @@ impl Release {
                 })
             }
         }
-        let file: ReleaseFileV1 = toml::from_str(text).map_err(|e| syntax(&e))?;
+        let file: ReleaseFileV1 = toml::from_str(text).map_err(|e| syntax(text, &e))?;
         file.validate(text)
     }
 
@@ -191,8 +198,33 @@ impl Release {
     }
 }
 
-fn syntax(e: &toml::de::Error) -> ReleaseError {
-    ReleaseError::Syntax(e.to_string().trim_end().to_owned())
+/// A TOML error as [`ReleaseError::Syntax`]: the parser's own words (not
+/// its rendering, which starts with the caret snippet), the line, and the
+/// line shown with a caret.
+fn syntax(text: &str, e: &toml::de::Error) -> ReleaseError {
+    let reason = e.message().trim().replace('\n', "; ");
+    let Some(span) = e.span() else {
+        return ReleaseError::Syntax {
+            line: 1,
+            reason,
+            snippet: String::new(),
+        };
+    };
+    // Untrusted input: never slice inside a character, whatever the span.
+    let mut start = span.start.min(text.len());
+    while !text.is_char_boundary(start) {
+        start -= 1;
+    }
+    let line = line_of(text, start);
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_text = text[line_start..].lines().next().unwrap_or("");
+    let column = text[line_start..start].chars().count();
+    let snippet = format!("\n  | {line_text}\n  | {}^", " ".repeat(column));
+    ReleaseError::Syntax {
+        line,
+        reason,
+        snippet,
+    }
 }
 
 fn toml_time(t: DateTime<Utc>) -> toml::value::Datetime {
@@ -499,11 +531,40 @@ action = "boot"
             "format = 1\n".to_string(),
         ] {
             let err = Release::parse(text.as_bytes()).unwrap_err();
+            assert!(matches!(err, ReleaseError::Syntax { .. }), "{err}");
             assert!(
-                matches!(err, ReleaseError::Syntax(ref m) if m.contains("line")),
+                err.to_string()
+                    .starts_with("release.toml is not valid TOML at line "),
                 "{err}"
             );
         }
+    }
+
+    /// The reason comes before the snippet, and the snippet points at the place.
+    #[test]
+    fn a_syntax_error_says_why_before_where() {
+        let text = example().replace("serial = 42", "serial = 42\nsereal = 43");
+        let err = Release::parse(text.as_bytes()).unwrap_err();
+        let ReleaseError::Syntax {
+            line,
+            reason,
+            snippet,
+        } = &err
+        else {
+            panic!("{err:?}")
+        };
+        assert_eq!(*line, 3, "{err}");
+        assert!(reason.contains("unknown field `sereal`"), "{reason}");
+        assert_eq!(snippet, "\n  | sereal = 43\n  | ^");
+        let first = err.to_string().lines().next().unwrap().to_owned();
+        assert!(
+            first.starts_with("release.toml is not valid TOML at line 3: unknown field `sereal`"),
+            "{first}"
+        );
+        let broken = example().replace("[hosts.web1]", "[hosts.web1");
+        let err = Release::parse(broken.as_bytes()).unwrap_err().to_string();
+        let first = err.lines().next().unwrap();
+        assert!(!first.contains('|') && !first.contains('^'), "{err}");
     }
 
     #[test]

@@ -228,6 +228,7 @@ fn reboot_required_until_the_host_boots_the_release() {
                 serial: 1,
                 toplevel: b.clone(),
             },
+            tip: C1.parse().unwrap(),
             source: None,
             action: ferry_signer::Action::Switch,
             phase: crate::state::Phase::AwaitingReboot {

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ferry_signer::{
-    Action, AllowedSigners, CommitId, HostEntry, Release, Signer, StorePath, VerifiedRelease, VerifyError,
+    Action, AllowedSigners, Approval, CommitId, HostEntry, Release, Signer, StorePath, VerifiedRelease,
+    VerifiedTip, VerifyError,
 };
 use futures_util::FutureExt;
 
@@ -47,6 +48,8 @@ fn system(c: char) -> StorePath {
 #[derive(Debug, Clone)]
 enum Verifies {
     As(VerifiedRelease),
+    /// A release with approvals on top (the key is the last approval).
+    Approved(VerifiedRelease, Vec<Approval>),
     Unsigned,
     Unreadable,
 }
@@ -79,6 +82,10 @@ struct World {
     cached: Cached,
     running: Option<StorePath>,
     profile: Option<StorePath>,
+    /// Closure paths found in the store directory, and those of them Nix's
+    /// database holds invalid.
+    on_disk: Vec<StorePath>,
+    invalid: Vec<StorePath>,
     realise_fails: bool,
     /// How the unit of each (serial, activation) ends once started.
     ends: BTreeMap<(u64, bool), SwitchResult>,
@@ -171,11 +178,21 @@ impl ReleaseSource for FakeSource {
         &mut self,
         tip: &CommitId,
         _: &AllowedSigners,
+        _: &AllowedSigners,
         _: DateTime<Utc>,
-    ) -> Pending<'_, Result<VerifiedRelease, Box<VerifyError>>> {
+    ) -> Pending<'_, Result<VerifiedTip, Box<VerifyError>>> {
         let tip = tip.clone();
         effect(&self.0, "verify", move |w| match w.releases[&tip].clone() {
-            Verifies::As(v) => Ok(v),
+            Verifies::As(release) => Ok(VerifiedTip {
+                tip,
+                release,
+                approvals: Vec::new(),
+            }),
+            Verifies::Approved(release, approvals) => Ok(VerifiedTip {
+                tip,
+                release,
+                approvals,
+            }),
             Verifies::Unsigned => Err(Box::new(VerifyError::Unsigned {
                 commit: git2::Oid::ZERO_SHA1,
             })),
@@ -190,16 +207,31 @@ impl ReleaseSource for FakeSource {
 }
 
 impl ClosureCache for FakeCache {
-    fn preflight(&mut self, toplevel: &StorePath) -> Pending<'_, Result<Preflight, CacheError>> {
+    fn preflight<'a>(
+        &'a mut self,
+        toplevel: &StorePath,
+        invalid: &'a std::collections::BTreeSet<StorePath>,
+    ) -> Pending<'a, Result<Preflight, CacheError>> {
         let path = toplevel.to_string();
         effect(&self.0, "preflight", move |w| match w.cached {
-            Cached::Yes => Ok(Preflight {
-                paths: 1,
-                missing: 1,
-                download_bytes: 1,
-                unpacked_bytes: 1,
-                signers: Default::default(),
-            }),
+            Cached::Yes => {
+                // The toplevel is fetched; the paths on disk count as
+                // present unless the caller says Nix holds them invalid.
+                let names: Vec<_> = invalid.iter().map(|p| p.name().to_owned()).collect();
+                if !w.on_disk.is_empty() {
+                    w.effects.push(format!("preflight except [{}]", names.join(" ")));
+                }
+                let (fetched, on_disk): (Vec<_>, Vec<_>) =
+                    w.on_disk.iter().cloned().partition(|p| invalid.contains(p));
+                Ok(Preflight {
+                    paths: 1 + w.on_disk.len(),
+                    missing: 1 + fetched.len(),
+                    download_bytes: 1,
+                    unpacked_bytes: 1,
+                    signers: Default::default(),
+                    on_disk,
+                })
+            }
             Cached::Missing => Err(CacheError::NotFound {
                 path,
                 caches: "https://cache.example.com".into(),
@@ -224,6 +256,16 @@ impl ClosureCache for FakeCache {
 }
 
 impl NixStore for FakeStore {
+    fn invalid_paths(&mut self, paths: &[StorePath]) -> Pending<'_, Result<Vec<StorePath>, StoreError>> {
+        let paths = paths.to_vec();
+        effect(&self.0, "validity", move |w| {
+            if !paths.is_empty() {
+                let names: Vec<_> = paths.iter().map(|p| p.name().to_owned()).collect();
+                w.effects.push(format!("valid? [{}]", names.join(" ")));
+            }
+            Ok(paths.into_iter().filter(|p| w.invalid.contains(p)).collect())
+        })
+    }
     fn realise(&mut self, toplevel: &StorePath) -> Pending<'_, Result<(), StoreError>> {
         let toplevel = toplevel.clone();
         effect(&self.0, "realise", move |w| {
@@ -233,7 +275,7 @@ impl NixStore for FakeStore {
                 true => Err(StoreError::Failed {
                     program: "nix-store",
                     status: "exit status: 1".into(),
-                    stderr: "path is not valid".into(),
+                    stderr: "copying 1 paths... | error: path is not valid".into(),
                 }),
                 false => Ok(()),
             }
@@ -433,6 +475,8 @@ impl Host {
             cached: Cached::Yes,
             running: Some(system('a')),
             profile: Some(system('a')),
+            on_disk: Vec::new(),
+            invalid: Vec::new(),
             realise_fails: false,
             ends: BTreeMap::new(),
             units: BTreeMap::new(),
@@ -458,11 +502,16 @@ impl Host {
 
     /// A new agent process on this host (same state directory, same world).
     fn agent(&self) -> Agent {
+        self.agent_with("")
+    }
+
+    /// [`Host::agent`] with more of agent.toml appended (a section).
+    fn agent_with(&self, extra: &str) -> Agent {
         let text = format!(
             "host = \"web1\"\nstate_dir = \"{}\"\n[source]\nurl = \"https://git.example.com/deploy.git\"\n\
              allowed_signers = \"{}\"\n[cache]\nsubstituters = [\"https://cache.example.com\"]\n\
              trusted_public_keys = [\"c-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"]\n\
-             [health]\nsettle = \"0s\"\n{}",
+             [health]\nsettle = \"0s\"\n{}{extra}",
             self.dir.path().join("state").display(),
             self.dir.path().join("allowed_signers").display(),
             self.config.borrow(),
@@ -867,7 +916,14 @@ fn a_realise_failure_is_an_error_and_nothing_is_switched() {
         Some(1),
         "accepted: the anchor stays"
     );
-    assert_eq!(host.statuses().last().map(|s| s.0), Some(StatusState::Error));
+    assert_eq!(
+        host.statuses().last(),
+        Some(&(
+            StatusState::Error,
+            "error: cannot realise the closure: nix-store: path is not valid".into()
+        )),
+        "the reason first, said once"
+    );
 }
 
 #[test]
@@ -918,6 +974,7 @@ fn resume_never_starts_a_second_unit_for_the_same_release() {
                 serial: 1,
             }),
             in_flight: Some(InFlight {
+                tip: commit(R1),
                 target: Target {
                     commit: commit(R1),
                     serial: 1,
@@ -1699,4 +1756,357 @@ fn a_kill_before_any_durable_write_counts_each_ending_once() {
             assert_eq!(deploys_counted(&host), expected, "{what}");
         }
     }
+}
+
+impl Host {
+    /// Rewrites the state file as `change` says (time passing, in effect).
+    fn edit_state(&self, change: impl FnOnce(&mut State)) {
+        let dir = StateDir::open(&self.dir.path().join("state")).unwrap();
+        let mut state = dir.load().unwrap();
+        change(&mut state);
+        dir.save(&state).unwrap();
+    }
+}
+
+/// A cache unreachable for longer than `report.error_after` turns the
+/// release's status to one `error` (across polls and a restart), and back
+/// to the normal statuses once the cache answers again.
+#[test]
+fn a_persisting_transient_fault_posts_one_error_status_then_normal_ones() {
+    let host = Host::new();
+    host.w().cached = Cached::Unavailable;
+    let deploying = "deploying release 1 to web1".to_string();
+    let mut expected = vec![
+        (commit(R1), StatusState::Pending, deploying.clone()),
+        (commit(SOURCE), StatusState::Pending, deploying.clone()),
+    ];
+    let mut agent = host.agent();
+    transient(&mut agent);
+    assert_eq!(posted(&host), expected, "a fresh fault is only retried");
+    let since = host.state().fault.expect("the first failure is remembered").since;
+    transient(&mut agent);
+    assert_eq!(host.state().fault.unwrap().since, since, "the first one counts");
+    assert_eq!(posted(&host), expected);
+    // 15 minutes (the default `report.error_after`) later, still failing.
+    let began = since - chrono::Duration::minutes(15);
+    host.edit_state(|s| s.fault.as_mut().unwrap().since = began);
+    transient(&mut agent);
+    let error = decide::fault_description("error: binary cache unreachable", began);
+    assert!(error.starts_with("error: binary cache unreachable; retrying since "));
+    expected.extend([
+        (commit(R1), StatusState::Error, error.clone()),
+        (commit(SOURCE), StatusState::Error, error.clone()),
+    ]);
+    assert_eq!(posted(&host), expected);
+    for _ in 0..3 {
+        transient(&mut agent);
+    }
+    transient(&mut host.agent());
+    assert_eq!(posted(&host), expected, "one error status, not one per poll");
+    // The cache is back: "deploying" again, then the ending.
+    host.w().cached = Cached::Yes;
+    let mut agent = host.agent();
+    assert_eq!(
+        run(&mut agent),
+        Reconciled::Deployed {
+            reboot_required: false
+        }
+    );
+    let success = "web1 runs release 1".to_string();
+    expected.extend([
+        (commit(R1), StatusState::Pending, deploying.clone()),
+        (commit(SOURCE), StatusState::Pending, deploying),
+        (commit(R1), StatusState::Success, success.clone()),
+        (commit(SOURCE), StatusState::Success, success),
+    ]);
+    assert_eq!(posted(&host), expected);
+    assert_eq!(host.state().fault, None, "forgotten once it cleared");
+}
+
+/// A fault that clears before `report.error_after` is forgotten: the next
+/// one starts its own clock.
+#[test]
+fn a_fault_that_clears_early_is_never_reported_and_forgotten() {
+    let host = Host::new();
+    host.w().cached = Cached::Unavailable;
+    let mut agent = host.agent();
+    transient(&mut agent);
+    host.edit_state(|s| s.fault.as_mut().unwrap().since -= chrono::Duration::minutes(10));
+    host.w().cached = Cached::Missing;
+    assert!(matches!(run(&mut agent), Reconciled::WaitingForClosure { .. }));
+    assert_eq!(host.state().fault, None);
+    host.w().cached = Cached::Unavailable;
+    transient(&mut agent);
+    let since = host.state().fault.unwrap().since;
+    assert!(Utc::now() - since < chrono::Duration::minutes(1), "a new clock");
+    assert!(
+        posted(&host).iter().all(|(_, s, _)| *s == StatusState::Pending),
+        "{:?}",
+        posted(&host)
+    );
+}
+
+/// The first sighting of a missing closure is saved: a restarted agent
+/// neither says "deploying" and "waiting" again nor waits another hour.
+#[test]
+fn the_wait_for_a_closure_survives_restarts() {
+    let host = Host::new();
+    // The signer's clock is a day ahead: only the host's first sighting
+    // bounds the wait.
+    let ahead = Utc::now() + chrono::Duration::days(1);
+    host.w().releases.insert(
+        commit(R1),
+        Verifies::As(verified(R1, 1, Some((system('b'), Action::Switch)), ahead)),
+    );
+    host.w().cached = Cached::Missing;
+    let Reconciled::WaitingForClosure { until, .. } = run(&mut host.agent()) else {
+        panic!("waiting expected")
+    };
+    let said = posted(&host);
+    assert_eq!(said.len(), 4, "deploying and waiting, on two commits: {said:?}");
+    for _ in 0..3 {
+        let r = run(&mut host.agent());
+        assert_eq!(r, Reconciled::WaitingForClosure { serial: 1, until });
+    }
+    assert_eq!(posted(&host), said, "nothing said again after restarts");
+    // An hour after the first sighting, a restarted agent gives up.
+    host.edit_state(|s| s.closure_missing.as_mut().unwrap().since -= chrono::Duration::minutes(61));
+    let r = run(&mut host.agent());
+    assert!(
+        matches!(&r, Reconciled::Refused(why) if why.contains("in none of the binary caches")),
+        "{r:?}"
+    );
+    assert_eq!(host.state().closure_missing, None);
+    let last = posted(&host).pop().unwrap();
+    assert_eq!(last.1, StatusState::Failure);
+}
+
+/// A path that exists in the store directory but that Nix holds invalid is
+/// not taken as present: Nix is asked about every path found on disk, and
+/// the preflight checks the invalid one in the cache like a missing one.
+#[test]
+fn the_preflight_asks_nix_which_paths_on_disk_are_valid() {
+    let host = Host::new();
+    host.w().on_disk = vec![system('c'), system('d')];
+    host.w().invalid = vec![system('d')];
+    let r = run(&mut host.agent());
+    assert_eq!(
+        r,
+        Reconciled::Deployed {
+            reboot_required: false
+        }
+    );
+    let asked: Vec<_> = host
+        .effects()
+        .into_iter()
+        .filter(|e| e.starts_with("preflight") || e.starts_with("valid?"))
+        .collect();
+    let (c, d) = (system('c').name().to_owned(), system('d').name().to_owned());
+    assert_eq!(
+        asked,
+        [
+            "preflight except []".to_string(),
+            format!("valid? [{c} {d}]"),
+            format!("preflight except [{d}]"),
+            format!("valid? [{c}]"),
+        ]
+    );
+}
+
+// ---- the two-person rule --------------------------------------------------
+
+const A1: &str = "a111111111111111111111111111111111111111";
+const A2: &str = "a222222222222222222222222222222222222222";
+const A3: &str = "a333333333333333333333333333333333333333";
+const TWO_APPROVERS: &str = "[approvals]\nrequired = 2\napprovers = [\"alice\", \"bob\", \"carol\"]\n";
+
+fn approval(id: &str, principal: &str) -> Approval {
+    Approval {
+        commit: commit(id),
+        signer: Signer {
+            principal: principal.into(),
+            fingerprint: format!("SHA256:{principal}"),
+            key_type: "ssh-ed25519".into(),
+        },
+    }
+}
+
+/// Moves the fake branch to `tip`: release 1 with `approvals` on top.
+fn approve(host: &Host, tip: &str, approvals: Vec<Approval>) {
+    let mut w = host.w();
+    let Verifies::As(release) = w.releases[&commit(R1)].clone() else {
+        unreachable!("release 1 verifies")
+    };
+    w.releases
+        .insert(commit(tip), Verifies::Approved(release, approvals));
+    w.tip = commit(tip);
+}
+
+#[test]
+fn a_release_awaiting_approvals_changes_nothing_and_says_so_once() {
+    let host = Host::new();
+    let r = run(&mut host.agent_with(TWO_APPROVERS));
+    assert_eq!(
+        r,
+        Reconciled::AwaitingApproval {
+            serial: 1,
+            approved: vec![],
+            required: 2
+        }
+    );
+    assert!(r.is_ok(), "awaiting approval is not an error");
+    assert_eq!(host.changes(), Vec::<String>::new());
+    let state = host.state();
+    assert_eq!(
+        state.anchor, None,
+        "the anchor moves only for an accepted release"
+    );
+    assert_eq!(state.in_flight, None);
+    // Posted on the release and its source commit, once.
+    assert_eq!(
+        posted(&host),
+        [
+            (
+                commit(R1),
+                StatusState::Pending,
+                "release 1 awaits approval (0 of 2)".into()
+            ),
+            (
+                commit(SOURCE),
+                StatusState::Pending,
+                "release 1 awaits approval (0 of 2)".into()
+            ),
+        ]
+    );
+    assert_eq!(run(&mut host.agent_with(TWO_APPROVERS)), Reconciled::UpToDate);
+
+    // One approval: still waiting, and the forge hears who approved.
+    approve(&host, A1, vec![approval(A1, "alice")]);
+    let r = run(&mut host.agent_with(TWO_APPROVERS));
+    assert!(
+        matches!(r, Reconciled::AwaitingApproval { ref approved, .. } if approved == &["alice"]),
+        "{r:?}"
+    );
+    assert_eq!(host.changes(), Vec::<String>::new());
+    assert_eq!(
+        host.statuses().last().unwrap().1,
+        "release 1 awaits approval (1 of 2: alice)"
+    );
+    assert_eq!(run(&mut host.agent_with(TWO_APPROVERS)), Reconciled::UpToDate);
+    assert_eq!(host.statuses().len(), 4, "nothing is posted again at a poll");
+
+    // The second approval: deployed, pending then success, anchored on the release.
+    approve(&host, A2, vec![approval(A1, "alice"), approval(A2, "bob")]);
+    let r = run(&mut host.agent_with(TWO_APPROVERS));
+    assert_eq!(
+        r,
+        Reconciled::Deployed {
+            reboot_required: false
+        }
+    );
+    let s = host.statuses();
+    assert_eq!(
+        s[4..].iter().map(|(st, d)| (*st, d.as_str())).collect::<Vec<_>>(),
+        [
+            (StatusState::Pending, "deploying release 1 to web1"),
+            (StatusState::Pending, "deploying release 1 to web1"),
+            (StatusState::Success, "web1 runs release 1"),
+            (StatusState::Success, "web1 runs release 1"),
+        ]
+    );
+    let state = host.state();
+    assert_eq!(state.anchor.map(|a| a.commit), Some(commit(R1)));
+    assert_eq!(state.last_seen_tip, Some(commit(A2)));
+    assert_eq!(run(&mut host.agent_with(TWO_APPROVERS)), Reconciled::UpToDate);
+}
+
+#[test]
+fn approvals_that_do_not_count_leave_the_release_waiting() {
+    for (what, approvals) in [
+        (
+            "the same approver twice",
+            vec![approval(A1, "alice"), approval(A2, "alice")],
+        ),
+        (
+            "the releaser",
+            vec![approval(A1, "alice"), approval(A2, "ci@example.com")],
+        ),
+        (
+            "not an approver",
+            vec![approval(A1, "alice"), approval(A2, "mallory")],
+        ),
+    ] {
+        let host = Host::new();
+        approve(&host, A2, approvals);
+        let r = run(&mut host.agent_with(TWO_APPROVERS));
+        assert!(
+            matches!(r, Reconciled::AwaitingApproval { ref approved, .. } if approved == &["alice"]),
+            "{what}: {r:?}"
+        );
+        assert_eq!(host.changes(), Vec::<String>::new(), "{what}");
+    }
+}
+
+#[test]
+fn a_host_without_the_requirement_deploys_at_once() {
+    let host = Host::new();
+    assert_eq!(
+        run(&mut host.agent()),
+        Reconciled::Deployed {
+            reboot_required: false
+        }
+    );
+}
+
+#[test]
+fn a_release_by_someone_who_may_not_release_is_refused() {
+    let host = Host::new();
+    let policy = "[approvals]\nreleasers = [\"release-bot\"]\n";
+    let r = run(&mut host.agent_with(policy));
+    assert!(
+        matches!(&r, Reconciled::Refused(why) if why.contains("signed by ci@example.com, who may not release here")),
+        "{r:?}"
+    );
+    assert_eq!(host.changes(), Vec::<String>::new());
+    assert_eq!(
+        host.statuses()[0],
+        (
+            StatusState::Failure,
+            "refused: release signed by ci@example.com, who may not release".into()
+        )
+    );
+}
+
+#[test]
+fn approvals_dropped_after_the_deploy_change_nothing() {
+    let host = Host::new();
+    approve(&host, A2, vec![approval(A1, "alice"), approval(A2, "bob")]);
+    assert!(matches!(
+        run(&mut host.agent_with(TWO_APPROVERS)),
+        Reconciled::Deployed { .. }
+    ));
+    let before = host.changes();
+    // The branch is rewound to the first approval: the release is still
+    // the anchor, and the host keeps running it.
+    approve(&host, A1, vec![approval(A1, "alice")]);
+    host.w().running = Some(system('b'));
+    let r = run(&mut host.agent_with(TWO_APPROVERS));
+    assert_eq!(r, Reconciled::AlreadyRunning);
+    assert_eq!(host.changes(), before);
+    assert_eq!(host.state().anchor.map(|a| a.commit), Some(commit(R1)));
+}
+
+#[test]
+fn a_deploy_resumed_after_a_crash_remembers_the_approval_it_was_accepted_at() {
+    let host = Host::new();
+    approve(&host, A3, vec![approval(A1, "alice"), approval(A3, "carol")]);
+    host.w().crash_at = Some("realise");
+    assert!(killed(&mut host.agent_with(TWO_APPROVERS)));
+    assert_eq!(host.state().in_flight.map(|f| f.tip), Some(commit(A3)));
+    assert!(matches!(
+        run(&mut host.agent_with(TWO_APPROVERS)),
+        Reconciled::Deployed { .. }
+    ));
+    assert_eq!(host.state().last_seen_tip, Some(commit(A3)));
+    assert_eq!(run(&mut host.agent_with(TWO_APPROVERS)), Reconciled::UpToDate);
 }

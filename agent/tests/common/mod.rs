@@ -3,6 +3,7 @@
 pub mod forge;
 pub mod git;
 pub mod git_http;
+pub mod hostile;
 pub mod http;
 pub mod nix;
 pub mod prometheus;
