@@ -6,11 +6,14 @@
 //! starts a second switch for the same release. Each phase is one method
 //! returning the next phase or the end; what an ending means is decided in
 //! `decide.rs`, and [`Agent::record`] is the one place an ending is recorded,
-//! saved and reported. The outside world is reached only through the traits
-//! of `seams.rs`. A release that needs a reboot, under a reboot policy,
-//! stays in flight through two more phases (awaiting the reboot, rebooting)
-//! until the next boot confirms what booted; a deploy window holds a new
-//! release back before anything is recorded.
+//! saved and reported. A transient fault fails the reconcile (the caller
+//! retries with backoff); its start is remembered per release, and once it
+//! has lasted `report.error_after` the release shows one `error` status
+//! until a reconcile gets through. A release that needs a reboot, under a
+//! reboot policy, stays in flight through two more phases (awaiting the
+//! reboot, rebooting) until the next boot confirms what booted; a deploy
+//! window holds a new release back before anything is recorded. The
+//! outside world is reached only through the traits of `seams.rs`.
 
 use anyhow::Result;
 use chrono::{DateTime, Utc};
@@ -351,7 +354,7 @@ impl Agent {
                 self.fault_cleared();
                 Ok(reconciled)
             }
-            Err(e) => Err(self.fault_persists(&release, e).instrument(span).await),
+            Err(e) => Err(span.in_scope(|| self.fault_persists(&release, e))),
         }
     }
 
@@ -360,11 +363,12 @@ impl Agent {
     /// once that is `report.error_after` ago, reports it as one `error`
     /// status (its words and start never change, so `is_news` posts it
     /// once). Returns `e`.
-    async fn fault_persists(&mut self, release: &CommitId, e: anyhow::Error) -> anyhow::Error {
+    fn fault_persists(&mut self, release: &CommitId, e: anyhow::Error) -> anyhow::Error {
         let Ok(mut state) = self.state.load() else {
             return e;
         };
         let now = Utc::now();
+        let mut changed = false;
         let since = match state::Sighting::since_for(state.fault.as_ref(), release) {
             Some(since) => since,
             None => {
@@ -372,6 +376,7 @@ impl Agent {
                     commit: release.clone(),
                     since: now,
                 });
+                changed = true;
                 now
             }
         };
@@ -386,7 +391,12 @@ impl Agent {
                 &description,
             ) {
                 warn!("{description}: reported as an error status");
+                changed = true;
             }
+        }
+        // The usual retry has nothing new to remember: no write.
+        if !changed {
+            return e;
         }
         if let Err(save) = self.state.save(&state) {
             warn!("cannot remember when the fault began: {save}");

@@ -31,8 +31,9 @@ const STATE_FILE: &str = "state.json";
 /// The format written when nothing needs more: what agents before the
 /// first sightings read.
 const STATE_VERSION: u32 = 1;
-/// The format of a file carrying [`State::closure_missing`] or
-/// [`State::fault`].
+/// The format of a file carrying [`State::closure_missing`],
+/// [`State::fault`] or a deploy accepted at an approval
+/// ([`InFlight::tip`]).
 const STATE_VERSION_SIGHTINGS: u32 = 2;
 /// The format of a file whose deploy waits for or goes through a reboot
 /// (phases `awaiting-reboot` and `rebooting`): an older agent refuses it by
@@ -478,7 +479,12 @@ impl OutcomeKind {
 
 impl StateFile {
     fn from_state(s: &State) -> Self {
-        let sightings = s.closure_missing.is_some() || s.fault.is_some();
+        // What agents before format 2 cannot read: the first sightings, and
+        // a deploy accepted at an approval above its release.
+        let newer = s.closure_missing.is_some()
+            || s.fault.is_some()
+            || s.in_flight.as_ref().is_some_and(|f| f.tip != f.target.commit);
+        // What agents before format 3 cannot read: the reboot phases.
         let reboots = s
             .in_flight
             .as_ref()
@@ -486,7 +492,7 @@ impl StateFile {
         StateFile {
             version: if reboots {
                 STATE_VERSION_REBOOTS
-            } else if sightings {
+            } else if newer {
                 STATE_VERSION_SIGHTINGS
             } else {
                 STATE_VERSION
@@ -875,7 +881,9 @@ mod tests {
             // Version 2 only where version 1 cannot say it: an older agent
             // refuses such a file instead of misreading it.
             let reboots = matches!(phase, Phase::AwaitingReboot { .. } | Phase::Rebooting { .. });
-            let sightings = state.closure_missing.is_some() || state.fault.is_some();
+            let sightings = state.closure_missing.is_some()
+                || state.fault.is_some()
+                || state.in_flight.as_ref().is_some_and(|f| f.tip != f.target.commit);
             let version = match (reboots, sightings) {
                 (true, _) => 3,
                 (false, true) => 2,
@@ -899,9 +907,16 @@ mod tests {
         let mut state = sample();
         let approval: CommitId = "a222222222222222222222222222222222222222".parse().unwrap();
         state.in_flight.as_mut().unwrap().tip = approval.clone();
+        // Nothing else that needs format 2.
+        state.closure_missing = None;
+        state.fault = None;
         store.save(&state).unwrap();
         let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
         assert!(text.contains(&format!("\"tip\": \"{approval}\"")), "{text}");
+        assert!(
+            text.contains("\"version\": 2"),
+            "older agents cannot read it: {text}"
+        );
         assert_eq!(store.load().unwrap(), state);
         // A release accepted at its own commit writes no `tip`: the files
         // earlier agents read stay as they were.
