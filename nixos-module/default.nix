@@ -145,6 +145,36 @@ in
       };
     };
 
+    reboot = {
+      policy = mkOption {
+        type = types.enum [ "never" "in-window" ];
+        default = "never";
+        description = ''
+          When the agent reboots into a release that needs it (a new kernel
+          or initrd, or a `boot` release): `never` (report it and leave the
+          reboot to you), or `in-window`: inside `reboot.window`, at a moment
+          spread across the window by host name.
+        '';
+      };
+      window = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "Sat,Sun 02:00-04:00" ];
+        description = "Maintenance windows for reboots, as days and times in the host's time zone.";
+      };
+    };
+
+    deployWindow = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "Mon-Thu 09:00-16:00" ];
+      description = ''
+        Switch to new releases only inside these windows (days and times in
+        the host's time zone); empty: any time. `boot` releases and refusals
+        are not held back.
+      '';
+    };
+
     approvals = {
       required = mkOption {
         type = types.ints.unsigned;
@@ -264,6 +294,10 @@ in
         }
         // lib.optionalAttrs (cfg.cacheS3CredentialsFile != null) { s3_credentials_file = credential "cache-s3"; };
       health.commands = cfg.healthCommands;
+      reboot = {
+        inherit (cfg.reboot) policy;
+      } // lib.optionalAttrs (cfg.reboot.window != [ ]) { inherit (cfg.reboot) window; };
+      switch = lib.optionalAttrs (cfg.deployWindow != [ ]) { window = cfg.deployWindow; };
       report = {
         forge = cfg.forge.kind;
       } // lib.optionalAttrs (cfg.forge.kind != "none") ({

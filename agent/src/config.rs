@@ -32,6 +32,8 @@ pub struct Config {
     pub switch: SwitchConfig,
     pub health: HealthConfig,
     pub report: ReportConfig,
+    /// When the agent reboots into a release that needs it.
+    pub reboot: crate::window::RebootPolicy,
     pub metrics: crate::metrics::MetricsConfig,
     pub approvals: ApprovalsConfig,
 }
@@ -77,6 +79,9 @@ pub struct SwitchConfig {
     pub timeout: Duration,
     /// Roll back automatically when the switch or a health check fails.
     pub rollback: bool,
+    /// The deploy window: releases are switched to only inside it (`None`:
+    /// any time). `boot` releases and refusals are not held back.
+    pub window: Option<crate::window::Windows>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -195,6 +200,7 @@ impl Config {
         let switch = crate::switch::validate(file.switch).map_err(in_file)?;
         let health = crate::health::validate(file.health);
         let report = crate::report::validate(file.report).map_err(in_file)?;
+        let reboot = crate::window::validate_reboot(file.reboot).map_err(in_file)?;
         let metrics = crate::metrics::validate(file.metrics).map_err(in_file)?;
         let approvals = validate_approvals(file.approvals).map_err(in_file)?;
 
@@ -206,6 +212,7 @@ impl Config {
             switch,
             health,
             report,
+            reboot,
             metrics,
             approvals,
         })
@@ -291,6 +298,8 @@ struct ConfigFile {
     #[serde(default)]
     report: ReportFile,
     #[serde(default)]
+    reboot: crate::window::RebootFile,
+    #[serde(default)]
     metrics: crate::metrics::MetricsFile,
     #[serde(default)]
     approvals: ApprovalsFile,
@@ -354,6 +363,7 @@ pub(crate) struct SwitchFile {
     pub(crate) unit: String,
     pub(crate) timeout: HumanDuration,
     pub(crate) rollback: bool,
+    pub(crate) window: Vec<String>,
 }
 
 impl Default for SwitchFile {
@@ -363,6 +373,7 @@ impl Default for SwitchFile {
             unit: "ferry-switch".into(),
             timeout: secs::<900>(),
             rollback: true,
+            window: Vec::new(),
         }
     }
 }

@@ -147,7 +147,10 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
             Ok(outcome) => {
                 backoff = FIRST_BACKOFF;
                 match &outcome {
-                    Reconciled::UpToDate => {}
+                    // Said once, when they began; not at every poll.
+                    Reconciled::UpToDate
+                    | Reconciled::WaitingForWindow { .. }
+                    | Reconciled::RebootScheduled { .. } => {}
                     Reconciled::WaitingForClosure { serial, until } => {
                         info!("release {serial}: waiting for its closure in the binary cache (until {until})")
                     }

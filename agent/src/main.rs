@@ -160,6 +160,13 @@ fn describe(r: &Reconciled) -> String {
         Reconciled::WaitingForClosure { serial, until } => {
             format!("waiting: release {serial}: the closure is not in the binary cache yet; retrying until {until}")
         }
+        Reconciled::WaitingForWindow { serial, until } => {
+            format!("waiting: release {serial} waits for the deploy window, which opens at {until}")
+        }
+        Reconciled::RebootScheduled { serial, at } => {
+            format!("release {serial} installed; rebooting into it at {at} (maintenance window)")
+        }
+        Reconciled::Rebooting { serial } => format!("rebooting into release {serial}"),
         Reconciled::AwaitingApproval {
             serial,
             approved,

@@ -9,8 +9,11 @@
 //! saved and reported. A transient fault fails the reconcile (the caller
 //! retries with backoff); its start is remembered per release, and once it
 //! has lasted `report.error_after` the release shows one `error` status
-//! until a reconcile gets through. The outside world is reached only
-//! through the traits of `seams.rs`.
+//! until a reconcile gets through. A release that needs a reboot, under a
+//! reboot policy, stays in flight through two more phases (awaiting the
+//! reboot, rebooting) until the next boot confirms what booted; a deploy
+//! window holds a new release back before anything is recorded. The
+//! outside world is reached only through the traits of `seams.rs`.
 
 use anyhow::Result;
 use chrono::{DateTime, Utc};
@@ -25,9 +28,12 @@ use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::report::{CommitStatus, StatusState};
 use crate::seams::{Activation, PreflightError, Seams};
-use crate::state::{self, Anchor, InFlight, Outcome, OutcomeKind, Phase, State, StateDir, Target, Unsent};
+use crate::state::{
+    self, Anchor, BootId, InFlight, Outcome, OutcomeKind, Phase, State, StateDir, Target, Unsent,
+};
 use crate::switch::Observed;
 use crate::systemd::SystemdError;
+use crate::window::{self, RebootPolicy};
 
 /// How one reconcile ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +48,13 @@ pub enum Reconciled {
     /// still be uploading it): nothing was recorded, the next poll tries
     /// again until `until`.
     WaitingForClosure { serial: u64, until: DateTime<Utc> },
+    /// Release `serial` is held back outside the deploy window, until it
+    /// opens at `until`: nothing was recorded but its pending status.
+    WaitingForWindow { serial: u64, until: DateTime<Utc> },
+    /// Release `serial` is installed and reboots `at` (maintenance window).
+    RebootScheduled { serial: u64, at: DateTime<Utc> },
+    /// A reboot into release `serial` was requested.
+    Rebooting { serial: u64 },
     /// Release `serial` needs more approvals before this host deploys it
     /// (the two-person rule): nothing on the host changed; `approved` are
     /// the principals that count so far, out of `required`.
@@ -66,6 +79,9 @@ impl Reconciled {
             Reconciled::UpToDate
                 | Reconciled::AlreadyRunning
                 | Reconciled::Deployed { .. }
+                | Reconciled::WaitingForWindow { .. }
+                | Reconciled::RebootScheduled { .. }
+                | Reconciled::Rebooting { .. }
                 | Reconciled::AwaitingApproval { .. }
         )
     }
@@ -103,6 +119,9 @@ enum Next {
     Phase(Phase),
     /// The deploy ends.
     End(Conclusion),
+    /// The deploy stays in flight at its phase, which the next reconcile
+    /// resumes; this one ends with the given result.
+    Wait(Reconciled),
 }
 
 /// A refusal to record: where it happened, of what, and why.
@@ -304,10 +323,12 @@ impl Agent {
             self.release_source = flight.source.clone();
             let release = flight.target.commit.clone();
             let result = async {
-                info!(
-                    ferry_phase = flight.phase.name(),
-                    "resuming a deploy interrupted by a restart"
-                );
+                if !matches!(flight.phase, Phase::AwaitingReboot { .. }) {
+                    info!(
+                        ferry_phase = flight.phase.name(),
+                        "resuming a deploy interrupted by a restart"
+                    );
+                }
                 self.advance(&mut state, flight).await
             }
             .instrument(span.clone())
@@ -492,6 +513,11 @@ impl Agent {
                 let tally = approvals::tally(&self.config.approvals.policy, &verified.signer, &approvals);
                 if !tally.is_met() {
                     return self.await_approval(state, tip, &verified, &tally);
+                }
+                let now = self.seams.clock.now();
+                let window = self.config.switch.window.as_ref();
+                if let Some(until) = window::deploy_waits_until(window, entry.action, now, &chrono::Local) {
+                    return self.wait_for_window(state, &verified, until);
                 }
                 self.preflight(state, tip, &verified, entry, running).await
             }
@@ -727,6 +753,31 @@ impl Agent {
         Ok(Reconciled::WaitingForClosure { serial, until })
     }
 
+    /// A release outside the deploy window: nothing is recorded (the next
+    /// poll looks again), and the release says until when it waits, once.
+    fn wait_for_window(
+        &mut self,
+        state: &mut State,
+        verified: &VerifiedRelease,
+        until: DateTime<Utc>,
+    ) -> Result<Reconciled> {
+        let serial = verified.release.serial;
+        let description = decide::waits_for_window(serial, &window::wall_clock_text(until, &chrono::Local));
+        let source = verified.release.source.as_ref();
+        if self.report(
+            state,
+            &verified.commit,
+            source,
+            StatusState::Pending,
+            &description,
+        ) {
+            info!(ferry_phase = "window", "{description}");
+            self.state.save(state)?;
+            self.flush(state);
+        }
+        Ok(Reconciled::WaitingForWindow { serial, until })
+    }
+
     /// Accepts the release: the anchor moves and the deploy is recorded as
     /// realising, with what was running and which units had already failed,
     /// before anything on the host changes.
@@ -778,17 +829,26 @@ impl Agent {
                 Phase::Switching => self.switching(&flight).await?,
                 Phase::Checking { switch } => self.checking(&flight, switch).await?,
                 Phase::RollingBack { to, problem } => self.rolling_back(&flight, &to, &problem).await?,
+                Phase::AwaitingReboot { at } => self.awaiting_reboot(&flight, at).await?,
+                Phase::Rebooting { boot } => self.rebooting(&flight, &boot).await?,
             };
             match next {
                 Next::Phase(phase) => {
                     flight.phase = phase;
                     state.in_flight = Some(flight.clone());
+                    let announced = self.announce_phase(state, &flight);
                     self.state.save(state)?;
+                    // Delivered before the step: "rebooting" reaches the
+                    // forge before the host goes down, if it can.
+                    if announced && self.flush(state) {
+                        self.seams.statuses.deliver().await;
+                    }
                     if flight.activation().is_some() {
                         self.activate(&flight).await?;
                     }
                 }
                 Next::End(conclusion) => return self.finish(state, &flight, conclusion),
+                Next::Wait(result) => return Ok(result),
             }
         }
     }
@@ -865,8 +925,143 @@ impl Agent {
         };
         Ok(match decide::after_check(&checked) {
             AfterCheck::RollBack { to, problem } => Next::Phase(Phase::RollingBack { to, problem }),
-            AfterCheck::Conclude(conclusion) => Next::End(conclusion),
+            AfterCheck::Conclude(conclusion) => match &self.config.reboot {
+                RebootPolicy::InWindow(windows) if decide::needs_reboot(conclusion.kind) => {
+                    let now = self.seams.clock.now();
+                    Next::Phase(Phase::AwaitingReboot {
+                        at: reboot_moment(windows, &self.config.host, now)?,
+                    })
+                }
+                _ => Next::End(conclusion),
+            },
         })
+    }
+
+    /// Waits for the reboot's moment, then records the boot it is requested
+    /// in. Never while a switch or rollback unit runs, and only while the
+    /// window is open (a moment missed, the host being down, moves to the
+    /// next window). The deploy ends as needing a reboot, without one, when
+    /// a newer verified release arrives first (it is deployed next, and
+    /// reboots in its turn) or the policy became `never`.
+    async fn awaiting_reboot(&mut self, flight: &InFlight, at: DateTime<Utc>) -> Result<Next> {
+        let serial = flight.target.serial;
+        let (host, action) = (self.config.host.clone(), flight.action);
+        let pending = move || decide::reboot_required(&host, serial, action);
+        let RebootPolicy::InWindow(windows) = self.config.reboot.clone() else {
+            info!(
+                ferry_phase = flight.phase.name(),
+                "reboot policy is `never`: not rebooting"
+            );
+            return Ok(Next::End(pending()));
+        };
+        // A tip that cannot be read now changes nothing: the reboot is not
+        // held hostage by the deploy repository.
+        if let Ok(tip) = self.seams.source.remote_tip().await {
+            if tip != flight.tip && self.supersedes(&tip, flight).await {
+                info!(
+                    ferry_phase = flight.phase.name(),
+                    "a newer tip ({tip}) arrived before the reboot into release {serial}: it is deployed next"
+                );
+                return Ok(Next::End(pending()));
+            }
+        }
+        let now = self.seams.clock.now();
+        if now < at {
+            return Ok(Next::Wait(Reconciled::RebootScheduled { serial, at }));
+        }
+        if !windows.contains(now, &chrono::Local) {
+            let at = reboot_moment(&windows, &self.config.host, now)?;
+            warn!(
+                ferry_phase = flight.phase.name(),
+                "the reboot's moment passed outside the maintenance window ({windows}); rescheduled"
+            );
+            return Ok(Next::Phase(Phase::AwaitingReboot { at }));
+        }
+        let running = self.seams.units.activations_running().await?;
+        if !running.is_empty() {
+            info!(
+                ferry_phase = flight.phase.name(),
+                "not rebooting while {} runs; trying again at the next poll",
+                running.join(", ")
+            );
+            return Ok(Next::Wait(Reconciled::RebootScheduled { serial, at }));
+        }
+        let boot = self.seams.reboot.this_boot().await?;
+        Ok(Next::Phase(Phase::Rebooting { boot }))
+    }
+
+    /// Whether `tip` is a release that would be deployed after `flight`'s:
+    /// it verifies, descends from it and has a greater serial. Anything else
+    /// (an unsigned or rewound tip — anyone who can push to the branch can
+    /// make one — or a fault reading it) leaves the reboot as planned; it is
+    /// judged as usual once the deploy has ended.
+    async fn supersedes(&mut self, tip: &CommitId, flight: &InFlight) -> bool {
+        if self.seams.source.fetch(tip).await.is_err() {
+            return false;
+        }
+        let now = self.seams.clock.now();
+        let approver_signers = self.approver_signers.as_ref().unwrap_or(&self.signers);
+        let verify = self
+            .seams
+            .source
+            .verify(tip, &self.signers, approver_signers, now);
+        let Ok(verified) = verify.await else {
+            return false;
+        };
+        let release = verified.release;
+        release.release.serial > flight.target.serial
+            && matches!(
+                self.seams
+                    .source
+                    .descends_from(&release.commit, &flight.target.commit)
+                    .await,
+                Ok(true)
+            )
+    }
+
+    /// In the boot the reboot was recorded in, requests it (again, after a
+    /// restart: a request joins one under way, so the host reboots once).
+    /// In any other boot, the reboot happened: what booted decides the end.
+    async fn rebooting(&mut self, flight: &InFlight, boot: &BootId) -> Result<Next> {
+        let serial = flight.target.serial;
+        if self.seams.reboot.this_boot().await? == *boot {
+            info!(
+                ferry_phase = flight.phase.name(),
+                "rebooting into release {serial} ({})",
+                flight.target.toplevel.name()
+            );
+            self.seams.reboot.request().await?;
+            return Ok(Next::Wait(Reconciled::Rebooting { serial }));
+        }
+        let booted = self.seams.store.booted_system();
+        Ok(Next::End(decide::after_reboot(
+            &self.config.host,
+            serial,
+            &flight.target.toplevel,
+            booted.as_ref(),
+        )))
+    }
+
+    /// Records the status a phase is announced with, in `state` (saved by
+    /// the caller with the phase). Returns whether one was recorded.
+    fn announce_phase(&mut self, state: &mut State, flight: &InFlight) -> bool {
+        let serial = flight.target.serial;
+        let description = match &flight.phase {
+            Phase::AwaitingReboot { at } => {
+                decide::reboot_scheduled(serial, &window::wall_clock_text(*at, &chrono::Local))
+            }
+            Phase::Rebooting { .. } => decide::rebooting_into(serial),
+            _ => return false,
+        };
+        info!(ferry_phase = flight.phase.name(), "{description}");
+        let commit = flight.target.commit.clone();
+        self.report(
+            state,
+            &commit,
+            flight.source.as_ref(),
+            StatusState::Pending,
+            &description,
+        )
     }
 
     /// Sees the rollback unit to its end; the deploy failed either way.
@@ -1040,9 +1235,23 @@ impl InFlight {
             Phase::RollingBack { to, .. } => {
                 Some((Activation::Rollback, to, decide::rollback_action(self.action)))
             }
-            Phase::Realising | Phase::Checking { .. } => None,
+            Phase::Realising
+            | Phase::Checking { .. }
+            | Phase::AwaitingReboot { .. }
+            | Phase::Rebooting { .. } => None,
         }
     }
+}
+
+/// When this host reboots in `windows`, asked at `now`.
+fn reboot_moment(
+    windows: &window::Windows,
+    host: &ferry_signer::HostName,
+    now: DateTime<Utc>,
+) -> Result<DateTime<Utc>> {
+    windows
+        .reboot_moment(host, now, &chrono::Local)
+        .ok_or_else(|| anyhow::anyhow!("the maintenance window ({windows}) does not open within a week"))
 }
 
 #[cfg(test)]

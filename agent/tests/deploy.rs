@@ -1155,6 +1155,9 @@ fn the_service_survives_kill_and_outages_over_smart_http() {
 mod approvals;
 mod secrets;
 
+// Reboots in a maintenance window and deploy windows, on this file's `World`.
+mod reboots;
+
 // Prometheus metrics after deploys, rollbacks and refusals, on this file's `World`.
 mod metrics;
 
