@@ -15,6 +15,14 @@ let
     then pkgs.writeText "ferry-allowed-signers" (lib.concatStringsSep "\n" cfg.allowedSigners + "\n")
     else cfg.allowedSigners;
 
+  approverSignersFile =
+    if builtins.isList cfg.approvals.allowedSigners
+    then pkgs.writeText "ferry-approvers-allowed-signers" (lib.concatStringsSep "\n" cfg.approvals.allowedSigners + "\n")
+    else cfg.approvals.allowedSigners;
+
+  approvalsSet = cfg.approvals.required > 0 || cfg.approvals.approvers != [ ]
+    || cfg.approvals.releasers != [ ] || cfg.approvals.allowedSigners != null;
+
   # Secrets reach the agent as systemd credentials, never through the store.
   credential = name: "/run/credentials/ferry-agent.service/${name}";
 
@@ -137,6 +145,70 @@ in
       };
     };
 
+    reboot = {
+      policy = mkOption {
+        type = types.enum [ "never" "in-window" ];
+        default = "never";
+        description = ''
+          When the agent reboots into a release that needs it (a new kernel
+          or initrd, or a `boot` release): `never` (report it and leave the
+          reboot to you), or `in-window`: inside `reboot.window`, at a moment
+          spread across the window by host name.
+        '';
+      };
+      window = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "Sat,Sun 02:00-04:00" ];
+        description = "Maintenance windows for reboots, as days and times in the host's time zone.";
+      };
+    };
+
+    deployWindow = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "Mon-Thu 09:00-16:00" ];
+      description = ''
+        Switch to new releases only inside these windows (days and times in
+        the host's time zone); empty: any time. `boot` releases and refusals
+        are not held back.
+      '';
+    };
+
+    approvals = {
+      required = mkOption {
+        type = types.ints.unsigned;
+        default = 0;
+        example = 2;
+        description = ''
+          The two-person rule: how many distinct approvers must approve a
+          release before this host deploys it (0: deploy at once). Canaries
+          keep 0; production hosts wait for people.
+        '';
+      };
+      approvers = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "alice@example.com" "bob@example.com" ];
+        description = "Principals (as allowed_signers names them) whose approvals count on this host.";
+      };
+      releasers = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "ci@example.com" ];
+        description = "Principals who may sign releases for this host (empty: any key in allowedSigners).";
+      };
+      allowedSigners = mkOption {
+        type = types.nullOr (types.either (types.listOf types.str) types.path);
+        default = null;
+        example = literalExpression ''[ "alice@example.com namespaces=\"git\" sk-ssh-ed25519@openssh.com AAAAGnNr…" ]'';
+        description = ''
+          The approvers' keys (allowed_signers lines, or a file), kept apart
+          from the release keys; null checks approvals against allowedSigners.
+        '';
+      };
+    };
+
     healthCommands = mkOption {
       type = types.listOf healthCommand;
       default = [ ];
@@ -198,6 +270,10 @@ in
           (builtins.attrNames cfg.cacheBearerTokenFiles);
         message = "services.ferry-agent.cacheBearerTokenFiles: name each cache by its host alone, e.g. \"cache.example.com\" (no scheme, port or path).";
       }
+      {
+        assertion = cfg.approvals.required <= builtins.length (lib.unique cfg.approvals.approvers);
+        message = "services.ferry-agent.approvals.required is more than the approvers named: the release could never be approved.";
+      }
     ];
 
     services.ferry-agent.settings = lib.mapAttrsRecursive (_: mkDefault) ({
@@ -218,6 +294,10 @@ in
         }
         // lib.optionalAttrs (cfg.cacheS3CredentialsFile != null) { s3_credentials_file = credential "cache-s3"; };
       health.commands = cfg.healthCommands;
+      reboot = {
+        inherit (cfg.reboot) policy;
+      } // lib.optionalAttrs (cfg.reboot.window != [ ]) { inherit (cfg.reboot) window; };
+      switch = lib.optionalAttrs (cfg.deployWindow != [ ]) { window = cfg.deployWindow; };
       report = {
         forge = cfg.forge.kind;
       } // lib.optionalAttrs (cfg.forge.kind != "none") ({
@@ -228,6 +308,12 @@ in
       metrics = {
         textfile_dir = cfg.metrics.textfileDir;
       } // lib.optionalAttrs (cfg.metrics.listen != null) { inherit (cfg.metrics) listen; };
+    } // lib.optionalAttrs approvalsSet {
+      approvals = {
+        inherit (cfg.approvals) required approvers releasers;
+      } // lib.optionalAttrs (cfg.approvals.allowedSigners != null) {
+        allowed_signers = "/etc/ferry/approvers_allowed_signers";
+      };
     });
 
     # The textfile collector's directory: written by the agent (root),
@@ -240,6 +326,9 @@ in
 
     environment.etc."ferry/agent.toml".source = settingsFormat.generate "ferry-agent.toml" cfg.settings;
     environment.etc."ferry/allowed_signers".source = allowedSignersFile;
+    environment.etc."ferry/approvers_allowed_signers" = mkIf (cfg.approvals.allowedSigners != null) {
+      source = approverSignersFile;
+    };
     environment.systemPackages = [ cfg.package ];
 
     systemd.services.ferry-agent = {

@@ -132,6 +132,17 @@ let
     services.ferry-agent = base.services.ferry-agent // { cacheBearerTokenFiles = { "attic.example.com:8443" = "/run/secrets/attic-token"; }; };
   };
 
+  withApprovals = eval (lib.recursiveUpdate base {
+    services.ferry-agent.approvals = {
+      required = 2;
+      approvers = [ "alice@example.com" "bob@example.com" ];
+      releasers = [ "ci@example.com" ];
+      allowedSigners = [ "alice@example.com namespaces=\"git\" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEbJ2z2K2kMA6a+umVyITxuefXhgqiTFPHMg5jzyflzf" ];
+    };
+  });
+  approvalSettings = withApprovals.config.services.ferry-agent.settings;
+  unreachable = eval (lib.recursiveUpdate base { services.ferry-agent.approvals.required = 1; });
+
   noTrust = eval (lib.recursiveUpdate base { services.ferry-agent.trustedPublicKeys = [ ]; });
   noForgeUrl = eval (lib.recursiveUpdate base { services.ferry-agent.forge.apiUrl = null; });
 in
@@ -173,6 +184,14 @@ builtins.all (x: x) [
   (check (builtins.length documentedKeys >= 20) "docs/configuration.md's key table is found")
   (check (undocumented settings == [ ]) "the module writes only documented keys: ${toString (undocumented settings)}")
   (check (undocumented gitTokenSettings == [ ]) "with a git token, the module writes only documented keys")
+  (check (!(settings ? approvals)) "no approvals section unless approvals are configured")
+  (check (undocumented approvalSettings == [ ]) "with approvals, the module writes only documented keys: ${toString (undocumented approvalSettings)}")
+  (check (approvalSettings.approvals.required == 2 && approvalSettings.approvals.releasers == [ "ci@example.com" ]) "approvals policy")
+  (check (approvalSettings.approvals.allowed_signers == "/etc/ferry/approvers_allowed_signers") "approvers' allowed_signers path")
+  (check (withApprovals.config.environment.etc ? "ferry/approvers_allowed_signers") "approvers' file installed")
+  (check (!(cfg.environment.etc ? "ferry/approvers_allowed_signers")) "no approvers' file unless one is given")
+  (check (failing withApprovals == [ ]) "a complete approvals configuration passes the assertions")
+  (check (builtins.length (failing unreachable) == 1) "approvals.required without approvers is caught")
   (check (gitTokenSettings.source.token_file == "/run/credentials/ferry-agent.service/git-token") "git token as credential")
   (check (withGitToken.config.systemd.services.ferry-agent.serviceConfig.LoadCredential
     == [ "git-token:/run/secrets/git" "forge-token:/run/secrets/forge" "cache-netrc:/run/secrets/nix-netrc"

@@ -111,6 +111,10 @@ impl LoopbackCache {
                 tokio::select! {
                     accepted = listener.accept() => {
                         let Ok((stream, _)) = accepted else { continue };
+                        // The head and the body are separate writes: without
+                        // this, Nagle holds the body back until the client's
+                        // delayed ACK of the head, up to 40 ms per request.
+                        let _ = stream.set_nodelay(true);
                         let (caches, credentials, recorded) = (caches.clone(), credentials.clone(), recorded.clone());
                         let objects = objects.clone();
                         connections.spawn(async move {

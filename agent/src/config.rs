@@ -4,7 +4,8 @@
 //! file's format is here; each section is validated by the module that owns
 //! it (`source::validate`, `cache::validate`, `switch::validate`,
 //! `health::validate`, `report::validate`, `metrics::validate`), which names
-//! the key it refuses.
+//! the key it refuses; `[approvals]` is validated here, into `ferry_signer`'s
+//! `ApprovalPolicy`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -31,7 +32,19 @@ pub struct Config {
     pub switch: SwitchConfig,
     pub health: HealthConfig,
     pub report: ReportConfig,
+    /// When the agent reboots into a release that needs it.
+    pub reboot: crate::window::RebootPolicy,
     pub metrics: crate::metrics::MetricsConfig,
+    pub approvals: ApprovalsConfig,
+}
+
+/// The two-person rule on this host: how many distinct people must approve
+/// a release before it is deployed here, who they are, and who may release.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ApprovalsConfig {
+    pub policy: ferry_signer::ApprovalPolicy,
+    /// The approvers' keys, when not in `source.allowed_signers`.
+    pub allowed_signers: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -66,6 +79,9 @@ pub struct SwitchConfig {
     pub timeout: Duration,
     /// Roll back automatically when the switch or a health check fails.
     pub rollback: bool,
+    /// The deploy window: releases are switched to only inside it (`None`:
+    /// any time). `boot` releases and refusals are not held back.
+    pub window: Option<crate::window::Windows>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -184,7 +200,9 @@ impl Config {
         let switch = crate::switch::validate(file.switch).map_err(in_file)?;
         let health = crate::health::validate(file.health);
         let report = crate::report::validate(file.report).map_err(in_file)?;
+        let reboot = crate::window::validate_reboot(file.reboot).map_err(in_file)?;
         let metrics = crate::metrics::validate(file.metrics).map_err(in_file)?;
+        let approvals = validate_approvals(file.approvals).map_err(in_file)?;
 
         Ok(Config {
             host,
@@ -194,9 +212,36 @@ impl Config {
             switch,
             health,
             report,
+            reboot,
             metrics,
+            approvals,
         })
     }
+}
+
+/// The `[approvals]` section, validated: principals are plain names, and a
+/// threshold that no set of approvers could meet is refused.
+fn validate_approvals(file: ApprovalsFile) -> Result<ApprovalsConfig, Invalid> {
+    let principals = |names: Vec<String>, key: &'static str| {
+        names
+            .iter()
+            .map(|n| n.parse::<ferry_signer::Principal>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Invalid::new(key, e.to_string()))
+    };
+    let approvers = principals(file.approvers, "approvals.approvers")?;
+    let releasers = principals(file.releasers, "approvals.releasers")?;
+    let policy = ferry_signer::ApprovalPolicy::new(file.required, approvers, releasers)
+        .map_err(|e| Invalid::new("approvals.required", e.to_string()))?;
+    let allowed_signers = file
+        .allowed_signers
+        .map(|p| absolute(p, "allowed_signers"))
+        .transpose()
+        .map_err(|p| Invalid::new("approvals.allowed_signers", p))?;
+    Ok(ApprovalsConfig {
+        policy,
+        allowed_signers,
+    })
 }
 
 /// A value of a section that cannot be used: the full key and why. The
@@ -253,7 +298,20 @@ struct ConfigFile {
     #[serde(default)]
     report: ReportFile,
     #[serde(default)]
+    reboot: crate::window::RebootFile,
+    #[serde(default)]
     metrics: crate::metrics::MetricsFile,
+    #[serde(default)]
+    approvals: ApprovalsFile,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct ApprovalsFile {
+    required: usize,
+    approvers: Vec<String>,
+    releasers: Vec<String>,
+    allowed_signers: Option<PathBuf>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -305,6 +363,7 @@ pub(crate) struct SwitchFile {
     pub(crate) unit: String,
     pub(crate) timeout: HumanDuration,
     pub(crate) rollback: bool,
+    pub(crate) window: Vec<String>,
 }
 
 impl Default for SwitchFile {
@@ -314,6 +373,7 @@ impl Default for SwitchFile {
             unit: "ferry-switch".into(),
             timeout: secs::<900>(),
             rollback: true,
+            window: Vec::new(),
         }
     }
 }
@@ -555,6 +615,29 @@ context = "ferry/{{host}}"
             (
                 minimal().replace("[cache]", "branch = \"a..b\"\n[cache]"),
                 "`source.branch`",
+            ),
+            (
+                format!("{}[approvals]\nrequired = 2\n", minimal()),
+                "`approvals.required`: 2 approvals are required but no approvers are named",
+            ),
+            (
+                format!(
+                    "{}[approvals]\nrequired = 3\napprovers = [\"alice\", \"bob\"]\n",
+                    minimal()
+                ),
+                "only 2 approver(s) are named: the release could never be approved",
+            ),
+            (
+                format!("{}[approvals]\napprovers = [\"alice smith\"]\n", minimal()),
+                "`approvals.approvers`: `alice smith` is not a principal",
+            ),
+            (
+                format!("{}[approvals]\nreleasers = [\"ci*\"]\n", minimal()),
+                "`approvals.releasers`",
+            ),
+            (
+                format!("{}[approvals]\nallowed_signers = \"approvers\"\n", minimal()),
+                "`approvals.allowed_signers`: `approvers` is not an absolute path",
             ),
         ];
         for (text, needle) in cases {

@@ -147,7 +147,10 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
             Ok(outcome) => {
                 backoff = FIRST_BACKOFF;
                 match &outcome {
-                    Reconciled::UpToDate => {}
+                    // Said once, when they began; not at every poll.
+                    Reconciled::UpToDate
+                    | Reconciled::WaitingForWindow { .. }
+                    | Reconciled::RebootScheduled { .. } => {}
                     Reconciled::WaitingForClosure { serial, until } => {
                         info!("release {serial}: waiting for its closure in the binary cache (until {until})")
                     }
@@ -181,7 +184,10 @@ fn watch_all(watcher: &mut impl Watcher, config_path: &Path, config: &Config) ->
         config_path,
         &config.source.allowed_signers,
         &config.switch.profile,
-    ] {
+    ]
+    .into_iter()
+    .chain(config.approvals.allowed_signers.as_deref())
+    {
         if let Some(dir) = file.parent() {
             match watcher.watch(dir, RecursiveMode::NonRecursive) {
                 Ok(()) => n += 1,
@@ -231,6 +237,20 @@ fn on_change(paths: &[PathBuf], config_path: &Path, agent: &mut Agent) -> Option
                 agent.set_signers(signers);
             }
             Err(e) => error!("new allowed_signers rejected, keeping the old one: {e}"),
+        }
+    }
+    if let Some(approvers) = agent.config.approvals.allowed_signers.clone() {
+        if touched(&approvers) {
+            match AllowedSigners::load(&approvers) {
+                Ok(signers) => {
+                    info!(
+                        signers = signers.entries().len(),
+                        "approvers' allowed_signers reloaded"
+                    );
+                    agent.set_approver_signers(signers);
+                }
+                Err(e) => error!("new approvers' allowed_signers rejected, keeping the old one: {e}"),
+            }
         }
     }
     if paths

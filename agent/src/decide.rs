@@ -3,8 +3,9 @@
 //! serious a refusal is, what a finished switch and health check mean (roll
 //! back? reboot required? which outcome, in which words), how each outcome
 //! shows on the forge, which statuses are worth posting (a repeat is
-//! not), and when a fault that keeps a release from progressing has
-//! persisted long enough to be reported. No I/O, so every rule is tested exhaustively without a
+//! not), when a fault that keeps a release from progressing has
+//! persisted long enough to be reported, and what a reboot into a release
+//! means. No I/O, so every rule is tested exhaustively without a
 //! network, a store or systemd.
 
 use ferry_signer::git::GitError;
@@ -414,16 +415,72 @@ pub fn after_check(c: &Checked<'_>) -> AfterCheck {
     }
     let reboot = c.switch == SwitchResult::RebootRequired || (c.action == Action::Switch && c.kernel_changed);
     AfterCheck::Conclude(match (c.action, reboot) {
-        (Action::Boot, _) => Conclusion::new(
-            OutcomeKind::Installed,
-            format!("release {} installed; active after reboot", c.serial),
-        ),
-        (_, true) => Conclusion::new(
-            OutcomeKind::SuccessRebootRequired,
-            format!("{}; reboot required", runs_release(c.host, c.serial)),
-        ),
+        (Action::Boot, _) | (_, true) => reboot_required(c.host, c.serial, c.action),
         (_, false) => Conclusion::new(OutcomeKind::Success, runs_release(c.host, c.serial)),
     })
+}
+
+/// How a deploy that needs a reboot ends without one: `boot` installed
+/// (active after a reboot), else running and needing a reboot.
+pub fn reboot_required(host: &HostName, serial: u64, action: Action) -> Conclusion {
+    match action {
+        Action::Boot => Conclusion::new(
+            OutcomeKind::Installed,
+            format!("release {serial} installed; active after reboot"),
+        ),
+        _ => Conclusion::new(
+            OutcomeKind::SuccessRebootRequired,
+            format!("{}; reboot required", runs_release(host, serial)),
+        ),
+    }
+}
+
+/// Whether an ending is one a reboot policy reboots for.
+pub fn needs_reboot(kind: OutcomeKind) -> bool {
+    matches!(kind, OutcomeKind::SuccessRebootRequired | OutcomeKind::Installed)
+}
+
+/// The pending status of a release waiting for its reboot at `at` (the
+/// host's wall clock).
+pub fn reboot_scheduled(serial: u64, at: &str) -> String {
+    format!("release {serial} installed; reboot at {at} (maintenance window)")
+}
+
+/// The pending status right before the reboot is requested.
+pub fn rebooting_into(serial: u64) -> String {
+    format!("rebooting into release {serial}")
+}
+
+/// The pending status of a release held back until the deploy window
+/// opens at `until` (the host's wall clock).
+pub fn waits_for_window(serial: u64, until: &str) -> String {
+    format!("release {serial} waits for the deploy window (opens {until})")
+}
+
+/// How a deploy ends once the host rebooted into release `serial`, whose
+/// system is `toplevel`, and `booted` is what booted: its system is a
+/// success; anything else (the boot loader fell back, someone picked
+/// another generation) a failure naming it.
+pub fn after_reboot(
+    host: &HostName,
+    serial: u64,
+    toplevel: &StorePath,
+    booted: Option<&StorePath>,
+) -> Conclusion {
+    match booted {
+        Some(b) if b == toplevel => Conclusion::new(
+            OutcomeKind::Success,
+            format!("{} (rebooted)", runs_release(host, serial)),
+        ),
+        Some(b) => Conclusion::new(
+            OutcomeKind::Failed,
+            format!("release {serial} did not boot (boot loader fallback, or another generation chosen): booted {b}"),
+        ),
+        None => Conclusion::new(
+            OutcomeKind::Failed,
+            format!("rebooted, but /run/booted-system names no system; release {serial} is not confirmed"),
+        ),
+    }
 }
 
 /// How a deploy ends once the rollback to `to` (because of `problem`) ended

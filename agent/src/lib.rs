@@ -8,6 +8,7 @@
 //!   that sequences effects.
 //! - [`decide`]: pure decisions: anti-rollback, host entry, severity of a
 //!   refusal, what a finished switch and health check mean, rollback rules.
+//! - [`window`]: maintenance and deploy windows (pure) and the reboot policy.
 //! - [`seams`]: the traits a reconcile reaches the outside through, and their
 //!   live implementations.
 //! - [`state`]: durable state (anti-rollback anchor, the deploy in flight and
@@ -57,3 +58,4 @@ pub mod status;
 pub mod store;
 pub mod switch;
 pub mod systemd;
+pub mod window;

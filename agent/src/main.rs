@@ -80,6 +80,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::CheckConfig => {
             let config = Config::load(&cli.config)?;
             let signers = ferry_signer::AllowedSigners::load(&config.source.allowed_signers)?;
+            if let Some(approvers) = &config.approvals.allowed_signers {
+                ferry_signer::AllowedSigners::load(approvers).context("approvals.allowed_signers")?;
+            }
             println!(
                 "{}: ok: host {}, {} branch {}, {} allowed signer(s), {} substituter(s), forge {:?}",
                 cli.config.display(),
@@ -156,6 +159,27 @@ fn describe(r: &Reconciled) -> String {
         } => "deployed; reboot required".into(),
         Reconciled::WaitingForClosure { serial, until } => {
             format!("waiting: release {serial}: the closure is not in the binary cache yet; retrying until {until}")
+        }
+        Reconciled::WaitingForWindow { serial, until } => {
+            format!("waiting: release {serial} waits for the deploy window, which opens at {until}")
+        }
+        Reconciled::RebootScheduled { serial, at } => {
+            format!("release {serial} installed; rebooting into it at {at} (maintenance window)")
+        }
+        Reconciled::Rebooting { serial } => format!("rebooting into release {serial}"),
+        Reconciled::AwaitingApproval {
+            serial,
+            approved,
+            required,
+        } => {
+            let mut s = format!(
+                "awaiting approval: release {serial}: {} of {required}",
+                approved.len()
+            );
+            if !approved.is_empty() {
+                s.push_str(&format!(" ({})", approved.join(", ")));
+            }
+            s
         }
         Reconciled::Refused(why) => format!("refused: {why}"),
         Reconciled::Failed(why) => format!("failed: {why}"),

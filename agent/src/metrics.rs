@@ -374,8 +374,19 @@ pub fn render(s: &Snapshot) -> String {
 
 /// Whether the host still has to reboot into the last release it deployed:
 /// a switch that asked for a reboot (new kernel or initrd) or a `boot`
-/// release, as long as the booted system is not that release's.
+/// release, as long as the booted system is not that release's. A deploy
+/// waiting for (or going through) its reboot under a reboot policy counts
+/// too, for its own release.
 pub fn reboot_required(state: &State, booted: Option<&StorePath>) -> bool {
+    if let Some(flight) = &state.in_flight {
+        use crate::state::Phase;
+        if matches!(
+            flight.phase,
+            Phase::AwaitingReboot { .. } | Phase::Rebooting { .. }
+        ) {
+            return booted != Some(&flight.target.toplevel);
+        }
+    }
     let Some(success) = &state.last_success else {
         return false;
     };

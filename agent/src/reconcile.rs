@@ -6,12 +6,19 @@
 //! starts a second switch for the same release. Each phase is one method
 //! returning the next phase or the end; what an ending means is decided in
 //! `decide.rs`, and [`Agent::record`] is the one place an ending is recorded,
-//! saved and reported. The outside world is reached only through the traits
-//! of `seams.rs`.
+//! saved and reported. A transient fault fails the reconcile (the caller
+//! retries with backoff); its start is remembered per release, and once it
+//! has lasted `report.error_after` the release shows one `error` status
+//! until a reconcile gets through. A release that needs a reboot, under a
+//! reboot policy, stays in flight through two more phases (awaiting the
+//! reboot, rebooting) until the next boot confirms what booted; a deploy
+//! window holds a new release back before anything is recorded. The
+//! outside world is reached only through the traits of `seams.rs`.
 
 use anyhow::Result;
 use chrono::{DateTime, Utc};
-use ferry_signer::{Action, AllowedSigners, CommitId, HostEntry, StorePath, VerifiedRelease};
+use ferry_signer::approvals::{self, Tally};
+use ferry_signer::{Action, AllowedSigners, CommitId, HostEntry, StorePath, VerifiedRelease, VerifiedTip};
 use tracing::{error, info, warn, Instrument, Span};
 
 use crate::cache::CacheError;
@@ -21,9 +28,12 @@ use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::report::{CommitStatus, StatusState};
 use crate::seams::{Activation, PreflightError, Seams};
-use crate::state::{self, Anchor, InFlight, Outcome, OutcomeKind, Phase, State, StateDir, Target, Unsent};
+use crate::state::{
+    self, Anchor, BootId, InFlight, Outcome, OutcomeKind, Phase, State, StateDir, Target, Unsent,
+};
 use crate::switch::Observed;
 use crate::systemd::SystemdError;
+use crate::window::{self, RebootPolicy};
 
 /// How one reconcile ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +48,21 @@ pub enum Reconciled {
     /// still be uploading it): nothing was recorded, the next poll tries
     /// again until `until`.
     WaitingForClosure { serial: u64, until: DateTime<Utc> },
+    /// Release `serial` is held back outside the deploy window, until it
+    /// opens at `until`: nothing was recorded but its pending status.
+    WaitingForWindow { serial: u64, until: DateTime<Utc> },
+    /// Release `serial` is installed and reboots `at` (maintenance window).
+    RebootScheduled { serial: u64, at: DateTime<Utc> },
+    /// A reboot into release `serial` was requested.
+    Rebooting { serial: u64 },
+    /// Release `serial` needs more approvals before this host deploys it
+    /// (the two-person rule): nothing on the host changed; `approved` are
+    /// the principals that count so far, out of `required`.
+    AwaitingApproval {
+        serial: u64,
+        approved: Vec<String>,
+        required: usize,
+    },
     /// Refused before anything changed; the reason.
     Refused(String),
     /// The switch or health failed; the reason (rolled back if enabled).
@@ -51,7 +76,13 @@ impl Reconciled {
     pub fn is_ok(&self) -> bool {
         matches!(
             self,
-            Reconciled::UpToDate | Reconciled::AlreadyRunning | Reconciled::Deployed { .. }
+            Reconciled::UpToDate
+                | Reconciled::AlreadyRunning
+                | Reconciled::Deployed { .. }
+                | Reconciled::WaitingForWindow { .. }
+                | Reconciled::RebootScheduled { .. }
+                | Reconciled::Rebooting { .. }
+                | Reconciled::AwaitingApproval { .. }
         )
     }
 }
@@ -68,6 +99,9 @@ pub struct Agent {
     /// The source commit of the release being worked on, once verified:
     /// where a persisting fault is reported too.
     release_source: Option<CommitId>,
+    /// The approvers' keys, when `approvals.allowed_signers` names a file of
+    /// their own (else `signers`).
+    approver_signers: Option<AllowedSigners>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -85,12 +119,18 @@ enum Next {
     Phase(Phase),
     /// The deploy ends.
     End(Conclusion),
+    /// The deploy stays in flight at its phase, which the next reconcile
+    /// resumes; this one ends with the given result.
+    Wait(Reconciled),
 }
 
 /// A refusal to record: where it happened, of what, and why.
 #[derive(Debug)]
 struct Refused {
     phase: &'static str,
+    /// The branch tip, remembered as seen.
+    seen: CommitId,
+    /// The commit refused (the release below approvals), reported on.
     tip: CommitId,
     serial: Option<u64>,
     /// Where else to report (the release's source commit), when trustworthy.
@@ -105,6 +145,8 @@ struct Refused {
 /// How a reconcile ends, as [`Agent::record`] records, saves and reports it.
 #[derive(Debug)]
 struct Ending {
+    /// The branch tip, remembered as seen (the release, or an approval of it).
+    seen: CommitId,
     outcome: Outcome,
     /// Where else to report (the release's source commit).
     source: Option<CommitId>,
@@ -141,8 +183,16 @@ impl Agent {
     /// Opens state, outbox and the deploy repository clone for `config`.
     pub fn new(config: Config) -> Result<Self> {
         let signers = AllowedSigners::load(&config.source.allowed_signers)?;
+        let approver_signers = config
+            .approvals
+            .allowed_signers
+            .as_deref()
+            .map(AllowedSigners::load)
+            .transpose()?;
         let seams = Seams::live(&config)?;
-        Self::with_seams(config, signers, seams)
+        let mut agent = Self::with_seams(config, signers, seams)?;
+        agent.approver_signers = approver_signers;
+        Ok(agent)
     }
 
     /// An agent reaching the outside through `seams` (fakes, in tests).
@@ -154,12 +204,18 @@ impl Agent {
             seams,
             signers,
             release_source: None,
+            approver_signers: None,
         })
     }
 
     /// Replaces the allowed signers (after the file changed).
     pub fn set_signers(&mut self, signers: AllowedSigners) {
         self.signers = signers;
+    }
+
+    /// Replaces the approvers' allowed signers (after `approvals.allowed_signers` changed).
+    pub fn set_approver_signers(&mut self, signers: AllowedSigners) {
+        self.approver_signers = Some(signers);
     }
 
     /// Records a status on the release commit and, if given, its source
@@ -267,10 +323,12 @@ impl Agent {
             self.release_source = flight.source.clone();
             let release = flight.target.commit.clone();
             let result = async {
-                info!(
-                    ferry_phase = flight.phase.name(),
-                    "resuming a deploy interrupted by a restart"
-                );
+                if !matches!(flight.phase, Phase::AwaitingReboot { .. }) {
+                    info!(
+                        ferry_phase = flight.phase.name(),
+                        "resuming a deploy interrupted by a restart"
+                    );
+                }
                 self.advance(&mut state, flight).await
             }
             .instrument(span.clone())
@@ -296,7 +354,7 @@ impl Agent {
                 self.fault_cleared();
                 Ok(reconciled)
             }
-            Err(e) => Err(self.fault_persists(&release, e).instrument(span).await),
+            Err(e) => Err(span.in_scope(|| self.fault_persists(&release, e))),
         }
     }
 
@@ -305,11 +363,12 @@ impl Agent {
     /// once that is `report.error_after` ago, reports it as one `error`
     /// status (its words and start never change, so `is_news` posts it
     /// once). Returns `e`.
-    async fn fault_persists(&mut self, release: &CommitId, e: anyhow::Error) -> anyhow::Error {
+    fn fault_persists(&mut self, release: &CommitId, e: anyhow::Error) -> anyhow::Error {
         let Ok(mut state) = self.state.load() else {
             return e;
         };
         let now = Utc::now();
+        let mut changed = false;
         let since = match state::Sighting::since_for(state.fault.as_ref(), release) {
             Some(since) => since,
             None => {
@@ -317,6 +376,7 @@ impl Agent {
                     commit: release.clone(),
                     since: now,
                 });
+                changed = true;
                 now
             }
         };
@@ -331,7 +391,12 @@ impl Agent {
                 &description,
             ) {
                 warn!("{description}: reported as an error status");
+                changed = true;
             }
+        }
+        // The usual retry has nothing new to remember: no write.
+        if !changed {
+            return e;
         }
         if let Err(save) = self.state.save(&state) {
             warn!("cannot remember when the fault began: {save}");
@@ -358,11 +423,18 @@ impl Agent {
     async fn new_tip(&mut self, state: &mut State, tip: CommitId) -> Result<Reconciled> {
         self.seams.source.fetch(&tip).await?;
         info!(ferry_phase = "fetch", "new tip on the deploy branch");
-        let verified = match self.seams.source.verify(&tip, &self.signers, Utc::now()).await {
+        let approver_signers = self.approver_signers.as_ref().unwrap_or(&self.signers);
+        let verified_tip = match self
+            .seams
+            .source
+            .verify(&tip, &self.signers, approver_signers, Utc::now())
+            .await
+        {
             Ok(v) => v,
             Err(e) => {
                 let refused = Refused {
                     phase: "verify",
+                    seen: tip.clone(),
                     tip,
                     serial: None,
                     source: None,
@@ -373,12 +445,35 @@ impl Agent {
                 return self.refuse(state, refused);
             }
         };
+        let VerifiedTip {
+            release: verified,
+            approvals,
+            ..
+        } = verified_tip;
+        if let Err(e) = self.config.approvals.policy.may_release(&verified.signer) {
+            let refused = Refused {
+                phase: "verify",
+                seen: tip,
+                tip: verified.commit.clone(),
+                serial: Some(verified.release.serial),
+                source: None,
+                severity: Severity::Failure,
+                summary: format!("refused: release signed by {}, who may not release", e.principal),
+                detail: e.to_string(),
+            };
+            return self.refuse(state, refused);
+        }
         let serial = verified.release.serial;
         Span::current().record("ferry_serial", serial);
         self.metrics.saw_release(serial, verified.release.expires);
         self.release_source = verified.release.source.clone();
         let descends = match &state.anchor {
-            Some(anchor) => self.seams.source.descends_from(&tip, &anchor.commit).await?,
+            Some(anchor) => {
+                self.seams
+                    .source
+                    .descends_from(&verified.commit, &anchor.commit)
+                    .await?
+            }
             None => false,
         };
         let entry_action = verified.release.hosts.get(&self.config.host).map(|e| e.action);
@@ -402,7 +497,8 @@ impl Agent {
                 };
                 let refused = Refused {
                     phase: "select",
-                    tip,
+                    seen: tip,
+                    tip: verified.commit.clone(),
                     serial: Some(serial),
                     source,
                     severity: Severity::Failure,
@@ -411,10 +507,19 @@ impl Agent {
                 };
                 self.refuse(state, refused)
             }
-            Verdict::AlreadyRunning(entry) => self.already_running(state, &verified, entry),
+            Verdict::AlreadyRunning(entry) => self.already_running(state, tip, &verified, entry),
             Verdict::Deploy(entry) => {
                 Span::current().record("ferry_toplevel", tracing::field::display(&entry.toplevel));
-                self.preflight(state, &verified, entry, running).await
+                let tally = approvals::tally(&self.config.approvals.policy, &verified.signer, &approvals);
+                if !tally.is_met() {
+                    return self.await_approval(state, tip, &verified, &tally);
+                }
+                let now = self.seams.clock.now();
+                let window = self.config.switch.window.as_ref();
+                if let Some(until) = window::deploy_waits_until(window, entry.action, now, &chrono::Local) {
+                    return self.wait_for_window(state, &verified, until);
+                }
+                self.preflight(state, tip, &verified, entry, running).await
             }
         }
     }
@@ -424,6 +529,7 @@ impl Agent {
     fn already_running(
         &mut self,
         state: &mut State,
+        seen: CommitId,
         verified: &VerifiedRelease,
         entry: HostEntry,
     ) -> Result<Reconciled> {
@@ -431,6 +537,7 @@ impl Agent {
         let serial = verified.release.serial;
         let description = decide::runs_release(&self.config.host, serial);
         let ending = Ending {
+            seen,
             outcome: Outcome {
                 commit: verified.commit.clone(),
                 serial,
@@ -460,6 +567,7 @@ impl Agent {
         self.record(
             state,
             Ending {
+                seen: r.seen,
                 outcome: Outcome {
                     commit: r.tip,
                     serial: r.serial.unwrap_or(0),
@@ -479,10 +587,43 @@ impl Agent {
         )
     }
 
+    /// A release this host would deploy, still short of approvals (the
+    /// two-person rule): nothing on the host changes. The tip is remembered
+    /// with one `pending` status on the release, saved in one write (a
+    /// status already posted is not posted again); the next approval moves
+    /// the tip, and the release is judged again.
+    fn await_approval(
+        &mut self,
+        state: &mut State,
+        seen: CommitId,
+        verified: &VerifiedRelease,
+        tally: &Tally,
+    ) -> Result<Reconciled> {
+        let serial = verified.release.serial;
+        let description = tally.awaiting(serial);
+        info!(ferry_phase = "approval", "{description}");
+        self.report(
+            state,
+            &verified.commit,
+            verified.release.source.as_ref(),
+            StatusState::Pending,
+            &description,
+        );
+        state.last_seen_tip = Some(seen);
+        self.state.save(state)?;
+        self.flush(state);
+        Ok(Reconciled::AwaitingApproval {
+            serial,
+            approved: tally.counted.clone(),
+            required: tally.required,
+        })
+    }
+
     /// The closure preflight: the release is refused, waited for, or accepted.
     async fn preflight(
         &mut self,
         state: &mut State,
+        seen: CommitId,
         verified: &VerifiedRelease,
         entry: HostEntry,
         running: Option<StorePath>,
@@ -528,6 +669,7 @@ impl Agent {
             Err(e) => {
                 let refused = Refused {
                     phase: "preflight",
+                    seen,
                     tip,
                     serial: Some(serial),
                     source,
@@ -550,7 +692,7 @@ impl Agent {
             unpacked_bytes = preflight.unpacked_bytes,
             "closure preflight passed"
         );
-        self.accept(state, verified, entry, running).await
+        self.accept(state, seen, verified, entry, running).await
     }
 
     /// Posts the pending status `description` on the release and its source,
@@ -611,12 +753,38 @@ impl Agent {
         Ok(Reconciled::WaitingForClosure { serial, until })
     }
 
+    /// A release outside the deploy window: nothing is recorded (the next
+    /// poll looks again), and the release says until when it waits, once.
+    fn wait_for_window(
+        &mut self,
+        state: &mut State,
+        verified: &VerifiedRelease,
+        until: DateTime<Utc>,
+    ) -> Result<Reconciled> {
+        let serial = verified.release.serial;
+        let description = decide::waits_for_window(serial, &window::wall_clock_text(until, &chrono::Local));
+        let source = verified.release.source.as_ref();
+        if self.report(
+            state,
+            &verified.commit,
+            source,
+            StatusState::Pending,
+            &description,
+        ) {
+            info!(ferry_phase = "window", "{description}");
+            self.state.save(state)?;
+            self.flush(state);
+        }
+        Ok(Reconciled::WaitingForWindow { serial, until })
+    }
+
     /// Accepts the release: the anchor moves and the deploy is recorded as
     /// realising, with what was running and which units had already failed,
     /// before anything on the host changes.
     async fn accept(
         &mut self,
         state: &mut State,
+        seen: CommitId,
         verified: &VerifiedRelease,
         entry: HostEntry,
         running: Option<StorePath>,
@@ -631,6 +799,7 @@ impl Agent {
         let tip = verified.commit.clone();
         let serial = verified.release.serial;
         let flight = InFlight {
+            tip: seen,
             target: Target {
                 commit: tip.clone(),
                 serial,
@@ -660,17 +829,26 @@ impl Agent {
                 Phase::Switching => self.switching(&flight).await?,
                 Phase::Checking { switch } => self.checking(&flight, switch).await?,
                 Phase::RollingBack { to, problem } => self.rolling_back(&flight, &to, &problem).await?,
+                Phase::AwaitingReboot { at } => self.awaiting_reboot(&flight, at).await?,
+                Phase::Rebooting { boot } => self.rebooting(&flight, &boot).await?,
             };
             match next {
                 Next::Phase(phase) => {
                     flight.phase = phase;
                     state.in_flight = Some(flight.clone());
+                    let announced = self.announce_phase(state, &flight);
                     self.state.save(state)?;
+                    // Delivered before the step: "rebooting" reaches the
+                    // forge before the host goes down, if it can.
+                    if announced && self.flush(state) {
+                        self.seams.statuses.deliver().await;
+                    }
                     if flight.activation().is_some() {
                         self.activate(&flight).await?;
                     }
                 }
                 Next::End(conclusion) => return self.finish(state, &flight, conclusion),
+                Next::Wait(result) => return Ok(result),
             }
         }
     }
@@ -747,8 +925,143 @@ impl Agent {
         };
         Ok(match decide::after_check(&checked) {
             AfterCheck::RollBack { to, problem } => Next::Phase(Phase::RollingBack { to, problem }),
-            AfterCheck::Conclude(conclusion) => Next::End(conclusion),
+            AfterCheck::Conclude(conclusion) => match &self.config.reboot {
+                RebootPolicy::InWindow(windows) if decide::needs_reboot(conclusion.kind) => {
+                    let now = self.seams.clock.now();
+                    Next::Phase(Phase::AwaitingReboot {
+                        at: reboot_moment(windows, &self.config.host, now)?,
+                    })
+                }
+                _ => Next::End(conclusion),
+            },
         })
+    }
+
+    /// Waits for the reboot's moment, then records the boot it is requested
+    /// in. Never while a switch or rollback unit runs, and only while the
+    /// window is open (a moment missed, the host being down, moves to the
+    /// next window). The deploy ends as needing a reboot, without one, when
+    /// a newer verified release arrives first (it is deployed next, and
+    /// reboots in its turn) or the policy became `never`.
+    async fn awaiting_reboot(&mut self, flight: &InFlight, at: DateTime<Utc>) -> Result<Next> {
+        let serial = flight.target.serial;
+        let (host, action) = (self.config.host.clone(), flight.action);
+        let pending = move || decide::reboot_required(&host, serial, action);
+        let RebootPolicy::InWindow(windows) = self.config.reboot.clone() else {
+            info!(
+                ferry_phase = flight.phase.name(),
+                "reboot policy is `never`: not rebooting"
+            );
+            return Ok(Next::End(pending()));
+        };
+        // A tip that cannot be read now changes nothing: the reboot is not
+        // held hostage by the deploy repository.
+        if let Ok(tip) = self.seams.source.remote_tip().await {
+            if tip != flight.tip && self.supersedes(&tip, flight).await {
+                info!(
+                    ferry_phase = flight.phase.name(),
+                    "a newer tip ({tip}) arrived before the reboot into release {serial}: it is deployed next"
+                );
+                return Ok(Next::End(pending()));
+            }
+        }
+        let now = self.seams.clock.now();
+        if now < at {
+            return Ok(Next::Wait(Reconciled::RebootScheduled { serial, at }));
+        }
+        if !windows.contains(now, &chrono::Local) {
+            let at = reboot_moment(&windows, &self.config.host, now)?;
+            warn!(
+                ferry_phase = flight.phase.name(),
+                "the reboot's moment passed outside the maintenance window ({windows}); rescheduled"
+            );
+            return Ok(Next::Phase(Phase::AwaitingReboot { at }));
+        }
+        let running = self.seams.units.activations_running().await?;
+        if !running.is_empty() {
+            info!(
+                ferry_phase = flight.phase.name(),
+                "not rebooting while {} runs; trying again at the next poll",
+                running.join(", ")
+            );
+            return Ok(Next::Wait(Reconciled::RebootScheduled { serial, at }));
+        }
+        let boot = self.seams.reboot.this_boot().await?;
+        Ok(Next::Phase(Phase::Rebooting { boot }))
+    }
+
+    /// Whether `tip` is a release that would be deployed after `flight`'s:
+    /// it verifies, descends from it and has a greater serial. Anything else
+    /// (an unsigned or rewound tip — anyone who can push to the branch can
+    /// make one — or a fault reading it) leaves the reboot as planned; it is
+    /// judged as usual once the deploy has ended.
+    async fn supersedes(&mut self, tip: &CommitId, flight: &InFlight) -> bool {
+        if self.seams.source.fetch(tip).await.is_err() {
+            return false;
+        }
+        let now = self.seams.clock.now();
+        let approver_signers = self.approver_signers.as_ref().unwrap_or(&self.signers);
+        let verify = self
+            .seams
+            .source
+            .verify(tip, &self.signers, approver_signers, now);
+        let Ok(verified) = verify.await else {
+            return false;
+        };
+        let release = verified.release;
+        release.release.serial > flight.target.serial
+            && matches!(
+                self.seams
+                    .source
+                    .descends_from(&release.commit, &flight.target.commit)
+                    .await,
+                Ok(true)
+            )
+    }
+
+    /// In the boot the reboot was recorded in, requests it (again, after a
+    /// restart: a request joins one under way, so the host reboots once).
+    /// In any other boot, the reboot happened: what booted decides the end.
+    async fn rebooting(&mut self, flight: &InFlight, boot: &BootId) -> Result<Next> {
+        let serial = flight.target.serial;
+        if self.seams.reboot.this_boot().await? == *boot {
+            info!(
+                ferry_phase = flight.phase.name(),
+                "rebooting into release {serial} ({})",
+                flight.target.toplevel.name()
+            );
+            self.seams.reboot.request().await?;
+            return Ok(Next::Wait(Reconciled::Rebooting { serial }));
+        }
+        let booted = self.seams.store.booted_system();
+        Ok(Next::End(decide::after_reboot(
+            &self.config.host,
+            serial,
+            &flight.target.toplevel,
+            booted.as_ref(),
+        )))
+    }
+
+    /// Records the status a phase is announced with, in `state` (saved by
+    /// the caller with the phase). Returns whether one was recorded.
+    fn announce_phase(&mut self, state: &mut State, flight: &InFlight) -> bool {
+        let serial = flight.target.serial;
+        let description = match &flight.phase {
+            Phase::AwaitingReboot { at } => {
+                decide::reboot_scheduled(serial, &window::wall_clock_text(*at, &chrono::Local))
+            }
+            Phase::Rebooting { .. } => decide::rebooting_into(serial),
+            _ => return false,
+        };
+        info!(ferry_phase = flight.phase.name(), "{description}");
+        let commit = flight.target.commit.clone();
+        self.report(
+            state,
+            &commit,
+            flight.source.as_ref(),
+            StatusState::Pending,
+            &description,
+        )
     }
 
     /// Sees the rollback unit to its end; the deploy failed either way.
@@ -823,6 +1136,7 @@ impl Agent {
         self.record(
             state,
             Ending {
+                seen: flight.tip.clone(),
                 outcome: Outcome {
                     commit: flight.target.commit.clone(),
                     serial: flight.target.serial,
@@ -852,6 +1166,7 @@ impl Agent {
     /// again.
     fn record(&mut self, state: &mut State, ending: Ending) -> Result<Reconciled> {
         let Ending {
+            seen,
             outcome,
             source,
             status,
@@ -867,7 +1182,7 @@ impl Agent {
             error!(ferry_phase = phase, ferry_outcome = label, "{message}");
         }
         state.in_flight = None;
-        state.last_seen_tip = Some(outcome.commit.clone());
+        state.last_seen_tip = Some(seen);
         if anchor {
             state.anchor = Some(Anchor {
                 commit: outcome.commit.clone(),
@@ -920,9 +1235,23 @@ impl InFlight {
             Phase::RollingBack { to, .. } => {
                 Some((Activation::Rollback, to, decide::rollback_action(self.action)))
             }
-            Phase::Realising | Phase::Checking { .. } => None,
+            Phase::Realising
+            | Phase::Checking { .. }
+            | Phase::AwaitingReboot { .. }
+            | Phase::Rebooting { .. } => None,
         }
     }
+}
+
+/// When this host reboots in `windows`, asked at `now`.
+fn reboot_moment(
+    windows: &window::Windows,
+    host: &ferry_signer::HostName,
+    now: DateTime<Utc>,
+) -> Result<DateTime<Utc>> {
+    windows
+        .reboot_moment(host, now, &chrono::Local)
+        .ok_or_else(|| anyhow::anyhow!("the maintenance window ({windows}) does not open within a week"))
 }
 
 #[cfg(test)]

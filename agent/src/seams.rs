@@ -1,6 +1,6 @@
 //! The seams between a reconcile and the systems it drives: the deploy
-//! repository, the binary caches, the Nix store and profile, systemd units
-//! and the commit status sink. `reconcile.rs` sees only these traits, so its
+//! repository, the binary caches, the Nix store and profile, systemd units,
+//! the commit status sink, rebooting, and the clock. `reconcile.rs` sees only these traits, so its
 //! rules are tested in milliseconds with fakes; the live implementations here
 //! are thin adapters over `source.rs`, `cache.rs`, `store.rs`, `switch.rs`,
 //! `health.rs`, `report.rs` and `forge.rs`, which the end-to-end tests cover
@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use ferry_signer::{Action, AllowedSigners, CommitId, StorePath, VerifiedRelease, VerifyError};
+use ferry_signer::{Action, AllowedSigners, CommitId, StorePath, VerifiedTip, VerifyError};
 use git2::Oid;
 use tracing::{error, info, warn};
 
@@ -29,7 +29,7 @@ use crate::forge::{Delivery, ForgeClient};
 use crate::health::{self, Health};
 use crate::report::{CommitStatus, Outbox};
 use crate::source::{Source, SourceError};
-use crate::state::StateError;
+use crate::state::{BootId, StateError};
 use crate::store::{self, Store, StoreError};
 use crate::switch::{Attempt, Observed, Switcher};
 use crate::systemd::{Systemd, SystemdError};
@@ -43,13 +43,15 @@ pub trait ReleaseSource {
     fn remote_tip(&mut self) -> Pending<'_, Result<CommitId, SourceError>>;
     /// Fetches the branch up to `tip`.
     fn fetch(&mut self, tip: &CommitId) -> Pending<'_, Result<(), SourceError>>;
-    /// Verifies the release at `tip` against `signers` at `now`.
+    /// Verifies `tip`: the approvals on top (against `approver_signers`) and
+    /// the release below them (against `signers`) at `now`.
     fn verify(
         &mut self,
         tip: &CommitId,
         signers: &AllowedSigners,
+        approver_signers: &AllowedSigners,
         now: DateTime<Utc>,
-    ) -> Pending<'_, Result<VerifiedRelease, Box<VerifyError>>>;
+    ) -> Pending<'_, Result<VerifiedTip, Box<VerifyError>>>;
     /// Whether `tip` is `anchor` or descends from it.
     fn descends_from(&mut self, tip: &CommitId, anchor: &CommitId) -> Pending<'_, Result<bool, SourceError>>;
 }
@@ -111,6 +113,8 @@ pub trait NixStore {
     /// Whether `toplevel`'s kernel, initrd or modules differ from the booted
     /// system's.
     fn kernel_changed(&self, toplevel: &StorePath) -> bool;
+    /// The system this boot started (`/run/booted-system`).
+    fn booted_system(&self) -> Option<StorePath>;
 }
 
 /// Which activation of a release a unit runs.
@@ -150,6 +154,23 @@ pub trait Units {
         settle: Duration,
         commands: &'a [HealthCommand],
     ) -> Pending<'a, Result<Health, SystemdError>>;
+    /// The switch and rollback units (of any release) starting, running or
+    /// stopping right now: no reboot while one is.
+    fn activations_running(&mut self) -> Pending<'_, Result<Vec<String>, SystemdError>>;
+}
+
+/// Rebooting the host.
+pub trait Reboot {
+    /// Names the boot this runs in; another boot has another id.
+    fn this_boot(&mut self) -> Pending<'_, Result<BootId, SystemdError>>;
+    /// Asks systemd to reboot now; a repeated request joins the first.
+    fn request(&mut self) -> Pending<'_, Result<(), SystemdError>>;
+}
+
+/// The wall clock, which windows and reboot moments are measured on (in the
+/// host's time zone, `chrono::Local`).
+pub trait Clock {
+    fn now(&self) -> DateTime<Utc>;
 }
 
 /// Where commit statuses go.
@@ -169,6 +190,8 @@ pub struct Seams {
     pub store: Box<dyn NixStore>,
     pub units: Box<dyn Units>,
     pub statuses: Box<dyn StatusSink>,
+    pub reboot: Box<dyn Reboot>,
+    pub clock: Box<dyn Clock>,
 }
 
 impl std::fmt::Debug for Seams {
@@ -207,6 +230,8 @@ impl Seams {
                 }),
                 None => Box::new(NoForge(outbox)),
             },
+            reboot: Box::new(SystemdReboot { systemd: None }),
+            clock: Box::new(SystemClock),
         })
     }
 }
@@ -250,13 +275,15 @@ impl ReleaseSource for GitSource {
         &mut self,
         tip: &CommitId,
         signers: &AllowedSigners,
+        approver_signers: &AllowedSigners,
         now: DateTime<Utc>,
-    ) -> Pending<'_, Result<VerifiedRelease, Box<VerifyError>>> {
+    ) -> Pending<'_, Result<VerifiedTip, Box<VerifyError>>> {
         let signers = signers.clone();
+        let approver_signers = approver_signers.clone();
         let tip = tip.clone();
         Box::pin(self.run(move |s| {
             let tip = Oid::from_str(tip.as_str()).map_err(|e| Box::new(VerifyError::Git(e.into())))?;
-            ferry_signer::verify::verify_release_commit(s.repo(), tip, &signers, now).map_err(Box::new)
+            ferry_signer::verify_tip(s.repo(), tip, &signers, &approver_signers, now).map_err(Box::new)
         }))
     }
 
@@ -350,6 +377,10 @@ impl NixStore for LiveStore {
 
     fn kernel_changed(&self, toplevel: &StorePath) -> bool {
         store::reboot_required(&self.booted_system, toplevel)
+    }
+
+    fn booted_system(&self) -> Option<StorePath> {
+        store::resolve_system(&self.booted_system)
     }
 }
 
@@ -484,6 +515,59 @@ impl Units for SystemdUnits {
         commands: &'a [HealthCommand],
     ) -> Pending<'a, Result<Health, SystemdError>> {
         Box::pin(async move { health::check(&self.systemd().await?, settle, commands).await })
+    }
+
+    fn activations_running(&mut self) -> Pending<'_, Result<Vec<String>, SystemdError>> {
+        Box::pin(async move {
+            let pattern = format!("{}-*.service", self.unit_prefix);
+            self.systemd().await?.active_units(&pattern).await
+        })
+    }
+}
+
+/// The kernel's boot id, which every boot of a machine changes.
+const KERNEL_BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+
+/// Rebooting through systemd over D-Bus, connected on first use.
+struct SystemdReboot {
+    systemd: Option<Systemd>,
+}
+
+impl SystemdReboot {
+    async fn systemd(&mut self) -> Result<Systemd, SystemdError> {
+        if let Some(s) = &self.systemd {
+            return Ok(s.clone());
+        }
+        let s = Systemd::connect().await?;
+        self.systemd = Some(s.clone());
+        Ok(s)
+    }
+}
+
+impl Reboot for SystemdReboot {
+    /// The kernel's boot id and when systemd started: a container shares
+    /// its machine's kernel (and boot id), but its systemd starts anew when
+    /// it reboots.
+    fn this_boot(&mut self) -> Pending<'_, Result<BootId, SystemdError>> {
+        Box::pin(async move {
+            let kernel = std::fs::read_to_string(KERNEL_BOOT_ID).unwrap_or_default();
+            let started = self.systemd().await?.userspace_started().await?;
+            let id = format!("{}/{started}", kernel.trim());
+            Ok(id.parse().expect("a uuid and a number make a boot id"))
+        })
+    }
+
+    fn request(&mut self) -> Pending<'_, Result<(), SystemdError>> {
+        Box::pin(async move { self.systemd().await?.reboot().await })
+    }
+}
+
+/// The system clock.
+struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
     }
 }
 

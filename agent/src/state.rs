@@ -31,9 +31,14 @@ const STATE_FILE: &str = "state.json";
 /// The format written when nothing needs more: what agents before the
 /// first sightings read.
 const STATE_VERSION: u32 = 1;
-/// The format of a file carrying [`State::closure_missing`] or
-/// [`State::fault`]; the newest this agent reads.
+/// The format of a file carrying [`State::closure_missing`],
+/// [`State::fault`] or a deploy accepted at an approval
+/// ([`InFlight::tip`]).
 const STATE_VERSION_SIGHTINGS: u32 = 2;
+/// The format of a file whose deploy waits for or goes through a reboot
+/// (phases `awaiting-reboot` and `rebooting`): an older agent refuses it by
+/// its version rather than misreading it; the newest this agent reads.
+const STATE_VERSION_REBOOTS: u32 = 3;
 
 /// The agent's durable memory.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -124,6 +129,45 @@ pub enum Phase {
     /// A rollback to the previous system `to` was started because of
     /// `problem` (plain words, as the final status reports it).
     RollingBack { to: StorePath, problem: String },
+    /// Installed and healthy, and the release needs a reboot (a new kernel
+    /// or initrd, or a `boot` release), which the reboot policy schedules
+    /// `at` this moment of the maintenance window.
+    AwaitingReboot { at: DateTime<Utc> },
+    /// The reboot was requested (or was about to be) during boot `boot`:
+    /// in that boot it is requested again, in any other it happened, and
+    /// what booted is checked.
+    Rebooting { boot: BootId },
+}
+
+/// Names one boot of this system: different in every boot, containers'
+/// boots included.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootId(String);
+
+impl BootId {
+    /// At most this many characters.
+    pub const MAX_CHARS: usize = 128;
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for BootId {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.is_empty() || s.len() > Self::MAX_CHARS || !s.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!("`{s}` is not a boot id"));
+        }
+        Ok(BootId(s.to_owned()))
+    }
+}
+
+impl std::fmt::Display for BootId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 impl Phase {
@@ -136,6 +180,8 @@ impl Phase {
             Phase::Switching => "switching",
             Phase::Checking { .. } => "checking",
             Phase::RollingBack { .. } => "rolling-back",
+            Phase::AwaitingReboot { .. } => "awaiting-reboot",
+            Phase::Rebooting { .. } => "rebooting",
         }
     }
 }
@@ -144,6 +190,9 @@ impl Phase {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InFlight {
     pub target: Target,
+    /// The branch tip the release was accepted at: the release itself, or
+    /// the last approval on top of it (remembered as seen when it ends).
+    pub tip: CommitId,
     /// The release's source commit (statuses go there too).
     pub source: Option<CommitId>,
     pub action: Action,
@@ -193,7 +242,7 @@ pub enum StateError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("{path} is corrupt ({detail}); move it aside to start afresh (the anti-rollback anchor is lost then: check the deploy branch by hand)")]
     Corrupt { path: PathBuf, detail: String },
-    #[error("{path} was written by a newer ferry-agent (state format {version}; this one reads formats 1 to {STATE_VERSION_SIGHTINGS}): run the newer agent again (see docs/operations.md, Downgrading)")]
+    #[error("{path} was written by a newer ferry-agent (state format {version}; this one reads formats 1 to {STATE_VERSION_REBOOTS}): run the newer agent again (see docs/operations.md, Downgrading)")]
     Newer { path: PathBuf, version: u32 },
 }
 
@@ -236,7 +285,7 @@ impl StateDir {
         // The version first: a newer file is not corrupt, and its unknown
         // fields must not be reported as if it were.
         if let Ok(VersionFile { version }) = serde_json::from_slice(&bytes) {
-            if version > STATE_VERSION_SIGHTINGS {
+            if version > STATE_VERSION_REBOOTS {
                 return Err(StateError::Newer { path, version });
             }
         }
@@ -366,6 +415,9 @@ struct AnchorFile {
 #[serde(deny_unknown_fields)]
 struct InFlightFile {
     commit: String,
+    /// Absent in files from before approvals: the tip was the release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tip: Option<String>,
     serial: u64,
     source: Option<String>,
     toplevel: String,
@@ -376,6 +428,12 @@ struct InFlightFile {
     failed_before: Vec<String>,
     #[serde(default)]
     switch_result: Option<String>,
+    /// `awaiting-reboot`: when the reboot is due (version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reboot_at: Option<DateTime<Utc>>,
+    /// `rebooting`: the boot the reboot was requested in (version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    boot: Option<String>,
     started: DateTime<Utc>,
 }
 
@@ -421,9 +479,20 @@ impl OutcomeKind {
 
 impl StateFile {
     fn from_state(s: &State) -> Self {
-        let sightings = s.closure_missing.is_some() || s.fault.is_some();
+        // What agents before format 2 cannot read: the first sightings, and
+        // a deploy accepted at an approval above its release.
+        let newer = s.closure_missing.is_some()
+            || s.fault.is_some()
+            || s.in_flight.as_ref().is_some_and(|f| f.tip != f.target.commit);
+        // What agents before format 3 cannot read: the reboot phases.
+        let reboots = s
+            .in_flight
+            .as_ref()
+            .is_some_and(|f| matches!(f.phase, Phase::AwaitingReboot { .. } | Phase::Rebooting { .. }));
         StateFile {
-            version: if sightings {
+            version: if reboots {
+                STATE_VERSION_REBOOTS
+            } else if newer {
                 STATE_VERSION_SIGHTINGS
             } else {
                 STATE_VERSION
@@ -462,9 +531,9 @@ impl StateFile {
     }
 
     fn into_state(self) -> Result<State, String> {
-        if !(STATE_VERSION..=STATE_VERSION_SIGHTINGS).contains(&self.version) {
+        if !(STATE_VERSION..=STATE_VERSION_REBOOTS).contains(&self.version) {
             return Err(format!(
-                "state version {} is not one of {STATE_VERSION} to {STATE_VERSION_SIGHTINGS}",
+                "state version {} is not one of {STATE_VERSION} to {STATE_VERSION_REBOOTS}",
                 self.version
             ));
         }
@@ -516,7 +585,9 @@ impl StateFile {
 impl InFlightFile {
     fn from_in_flight(f: &InFlight) -> Self {
         let switch_result = match &f.phase {
-            Phase::Realising | Phase::Switching => None,
+            Phase::Realising | Phase::Switching | Phase::AwaitingReboot { .. } | Phase::Rebooting { .. } => {
+                None
+            }
             Phase::Checking { switch } => Some(switch.encode()),
             Phase::RollingBack { problem, .. } => Some(problem.clone()),
         };
@@ -526,6 +597,7 @@ impl InFlightFile {
         };
         InFlightFile {
             commit: f.target.commit.to_string(),
+            tip: (f.tip != f.target.commit).then(|| f.tip.to_string()),
             serial: f.target.serial,
             source: f.source.as_ref().map(|c| c.to_string()),
             toplevel: f.target.toplevel.to_string(),
@@ -534,6 +606,14 @@ impl InFlightFile {
             previous: previous.map(|p| p.to_string()),
             failed_before: f.failed_before.clone(),
             switch_result,
+            reboot_at: match &f.phase {
+                Phase::AwaitingReboot { at } => Some(*at),
+                _ => None,
+            },
+            boot: match &f.phase {
+                Phase::Rebooting { boot } => Some(boot.to_string()),
+                _ => None,
+            },
             started: f.started,
         }
     }
@@ -558,9 +638,22 @@ impl InFlightFile {
                     .ok_or("phase `rolling-back` without a previous system")?,
                 problem: self.switch_result.unwrap_or_else(|| "deploy failed".into()),
             },
+            "awaiting-reboot" => Phase::AwaitingReboot {
+                at: self
+                    .reboot_at
+                    .ok_or("phase `awaiting-reboot` without `reboot_at`")?,
+            },
+            "rebooting" => Phase::Rebooting {
+                boot: self
+                    .boot
+                    .as_deref()
+                    .ok_or("phase `rebooting` without `boot`")?
+                    .parse()?,
+            },
             other => return Err(format!("unknown phase `{other}`")),
         };
         Ok(InFlight {
+            tip: commit(self.tip.as_deref().unwrap_or(&self.commit))?,
             target: Target {
                 commit: commit(&self.commit)?,
                 serial: self.serial,
@@ -625,6 +718,7 @@ mod tests {
                 serial: 7,
             }),
             in_flight: Some(InFlight {
+                tip: commit.clone(),
                 target: Target {
                     commit: commit.clone(),
                     serial: 7,
@@ -715,11 +809,11 @@ mod tests {
         assert_eq!(store.load().unwrap(), state);
         std::fs::write(
             dir.path().join(STATE_FILE),
-            r#"{"version": 3, "last_seen_tip": null, "anchor": null, "in_flight": null, "last_outcome": null, "later": 1}"#,
+            r#"{"version": 4, "last_seen_tip": null, "anchor": null, "in_flight": null, "last_outcome": null, "later": 1}"#,
         )
         .unwrap();
         let err = store.load().unwrap_err();
-        assert!(matches!(err, StateError::Newer { version: 3, .. }), "{err}");
+        assert!(matches!(err, StateError::Newer { version: 4, .. }), "{err}");
         let err = err.to_string();
         assert!(
             err.contains("newer ferry-agent") && !err.contains("corrupt"),
@@ -764,6 +858,14 @@ mod tests {
                 to: to.clone(),
                 problem: "failed units: nginx.service".into(),
             },
+            Phase::AwaitingReboot {
+                at: DateTime::from_timestamp(1_800_000_600, 0).unwrap(),
+            },
+            Phase::Rebooting {
+                boot: "4b1c0f6e-8a8e-4c57-a7f3-0d5b1c1d2e3f/1800000000000000"
+                    .parse()
+                    .unwrap(),
+            },
         ] {
             let mut state = sample();
             let flight = state.in_flight.as_mut().unwrap();
@@ -776,7 +878,51 @@ mod tests {
                 "{text}"
             );
             assert_eq!(store.load().unwrap(), state, "{}", phase.name());
+            // Version 2 only where version 1 cannot say it: an older agent
+            // refuses such a file instead of misreading it.
+            let reboots = matches!(phase, Phase::AwaitingReboot { .. } | Phase::Rebooting { .. });
+            let sightings = state.closure_missing.is_some()
+                || state.fault.is_some()
+                || state.in_flight.as_ref().is_some_and(|f| f.tip != f.target.commit);
+            let version = match (reboots, sightings) {
+                (true, _) => 3,
+                (false, true) => 2,
+                (false, false) => 1,
+            };
+            assert!(text.contains(&format!("\"version\": {version},")), "{text}");
         }
+        std::fs::write(dir.path().join(STATE_FILE), b"{\"version\": 4, \"last_seen_tip\": null, \"anchor\": null, \"in_flight\": null, \"last_outcome\": null}").unwrap();
+        let err = store.load().unwrap_err().to_string();
+        assert!(
+            err.contains("state format 4; this one reads formats 1 to 3"),
+            "{err}"
+        );
+    }
+
+    /// A deploy accepted at an approval above its release keeps both.
+    #[test]
+    fn a_deploy_accepted_at_an_approval_remembers_the_tip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateDir::open(dir.path()).unwrap();
+        let mut state = sample();
+        let approval: CommitId = "a222222222222222222222222222222222222222".parse().unwrap();
+        state.in_flight.as_mut().unwrap().tip = approval.clone();
+        // Nothing else that needs format 2.
+        state.closure_missing = None;
+        state.fault = None;
+        store.save(&state).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
+        assert!(text.contains(&format!("\"tip\": \"{approval}\"")), "{text}");
+        assert!(
+            text.contains("\"version\": 2"),
+            "older agents cannot read it: {text}"
+        );
+        assert_eq!(store.load().unwrap(), state);
+        // A release accepted at its own commit writes no `tip`: the files
+        // earlier agents read stay as they were.
+        store.save(&sample()).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
+        assert!(!text.contains("\"tip\""), "{text}");
     }
 
     /// A state file as agents before the typed phases wrote it, one per
@@ -848,6 +994,8 @@ mod tests {
             assert_eq!(flight.action, Action::Switch);
             assert_eq!(flight.previous.as_ref(), Some(&previous));
             assert_eq!(state.last_seen_tip, state.anchor.map(|a| a.commit));
+            // Written before approvals: the tip the deploy was accepted at was the release.
+            assert_eq!(flight.tip, flight.target.commit);
         }
         // The one thing a rollback cannot do without is the system to go back to.
         let orphan = file("rolling-back", "\"x\"").replace(

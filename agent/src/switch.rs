@@ -38,6 +38,7 @@ pub(crate) fn validate(switch: SwitchFile) -> Result<SwitchConfig, Invalid> {
         unit: switch.unit.trim_end_matches(".service").to_owned(),
         timeout: switch.timeout.0,
         rollback: switch.rollback,
+        window: crate::window::validate_deploy_window(&switch.window)?,
     })
 }
 

@@ -43,6 +43,9 @@ trait Manager {
     fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
     fn subscribe(&self) -> zbus::Result<()>;
     fn list_units_filtered(&self, states: &[&str]) -> zbus::Result<Vec<UnitListing>>;
+    fn start_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    #[zbus(property)]
+    fn userspace_timestamp(&self) -> zbus::Result<u64>;
     #[zbus(signal)]
     fn job_removed(&self, id: u32, job: OwnedObjectPath, unit: String, result: String) -> zbus::Result<()>;
 }
@@ -267,6 +270,24 @@ impl Systemd {
             }
             _ => Ok(UnitState::Running),
         }
+    }
+
+    /// When systemd (PID 1) started, in microseconds since the epoch: it
+    /// stays through `daemon-reexec` and changes with every boot, a
+    /// container's included (whose kernel boot id does not).
+    pub async fn userspace_started(&self) -> Result<u64, SystemdError> {
+        Ok(self.manager().await?.userspace_timestamp().await?)
+    }
+
+    /// Reboots: starts `reboot.target` as `systemctl reboot` does without
+    /// logind, in mode `replace-irreversibly`, so no later job cancels it.
+    /// A second request while the first is under way joins it.
+    pub async fn reboot(&self) -> Result<(), SystemdError> {
+        self.manager()
+            .await?
+            .start_unit("reboot.target", "replace-irreversibly")
+            .await?;
+        Ok(())
     }
 
     /// Names of units matching `pattern` that are starting, running or stopping.

@@ -700,12 +700,42 @@ fn attacks_and_faults_leave_the_system_untouched() {
     assert_eq!(status["in_progress"], serde_json::Value::Null);
     assert_eq!(status["last_release"]["commit"], r3.as_str(), "not accepted yet");
     assert_eq!(w.running(), c);
-    // It comes back: the same release deploys on the next reconcile.
+    let said = w.status_of(&r4);
+    assert_eq!(said.len(), 1, "a fresh fault is only retried: {said:?}");
+    let deploying = said[0].clone();
+    assert!(
+        deploying.0 == "pending" && deploying.1.starts_with("deploying release "),
+        "{said:?}"
+    );
+    // Still down past `report.error_after` (zero here): one `error` status,
+    // not one per attempt.
+    w.set_config("forge = \"gitea\"", "forge = \"gitea\"\nerror_after = \"0s\"");
+    for _ in 0..2 {
+        let (ok, out) = w.once();
+        assert!(!ok && out.contains("binary cache unreachable"), "{out}");
+    }
+    let said = w.status_of(&r4);
+    assert_eq!(said.len(), 2, "{said:?}");
+    assert_eq!(said[1].0, "error", "{said:?}");
+    assert!(
+        said[1]
+            .1
+            .starts_with("error: binary cache unreachable; retrying since "),
+        "{said:?}"
+    );
+    // It comes back: the same release deploys on the next reconcile, saying
+    // "deploying" again first.
     w.cache_up();
     let (ok, out) = w.once();
     assert!(ok && out.contains("deployed"), "{out}");
     assert_eq!(w.running(), w.systems["e"]);
-    assert_eq!(w.status_of(&r4).last().unwrap().0, "success");
+    let said = w.status_of(&r4);
+    assert_eq!(said.len(), 4, "{said:?}");
+    assert_eq!(said[2], deploying, "{said:?}");
+    assert!(
+        said[3].0 == "success" && said[3].1.contains(" runs release "),
+        "{said:?}"
+    );
 
     // A switch that hangs is stopped at the timeout and rolled back.
     w.set_config("timeout = \"30s\"", "timeout = \"3s\"");
@@ -1122,7 +1152,11 @@ fn the_service_survives_kill_and_outages_over_smart_http() {
 }
 
 // Secrets (sops-nix, agenix) through a deploy, on this file's `World`.
+mod approvals;
 mod secrets;
+
+// Reboots in a maintenance window and deploy windows, on this file's `World`.
+mod reboots;
 
 // Prometheus metrics after deploys, rollbacks and refusals, on this file's `World`.
 mod metrics;

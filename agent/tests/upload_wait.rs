@@ -1,5 +1,5 @@
 //! A release pushed before CI finished uploading its closure: the agent waits
-//! (retries, remembers nothing, posts one status) for a grace period after the
+//! (retries, remembers only when it first saw the closure missing, posts one status) for a grace period after the
 //! release's `created` time, then deploys once the closure is there; after the
 //! grace period a missing closure is refused. Real Nix store and signed cache.
 

@@ -14,8 +14,10 @@
 //!   releases as the git server packs them, vs one release.
 //! - [`private_cache`]: B10, B4 from a cache behind HTTP Basic auth (nginx)
 //!   vs `nix-store -r` with a `netrc-file`.
+//! - [`approvals`]: B11, verifying a tip with two approvals vs the release alone.
 //! - [`report`]: the table, statistics, the machine line.
 
+mod approvals;
 mod closure;
 mod fixtures;
 mod fleet;
@@ -159,6 +161,14 @@ fn run() -> Result<()> {
             runs: runs(9),
         };
         rows.extend(fleet::run(work, &key, &repos, &p)?);
+    }
+    if wanted("B11") {
+        eprintln!("B11: verifying a tip with approvals vs the release alone");
+        let p = approvals::Params {
+            hosts: 10_000,
+            runs: runs(15),
+        };
+        rows.extend(approvals::run(work, &key, &p)?);
     }
     if let Some(fx) = &closure {
         // Leave no fixture paths behind in the store.

@@ -1,10 +1,13 @@
 # Boots a throwaway systemd as PID 1 of new PID/mount namespaces, on a
 # copy-on-write overlay of / so nothing it writes reaches this machine
 # (docs/testing.md). Run under `unshare --pid --fork --mount --uts --ipc`.
-# $1: an empty directory for the overlay's scratch space.
+# $1: an empty directory for the overlay's scratch space. With $2 = keep, the
+# scratch space is $1 itself, not a tmpfs that ends with the namespace: the
+# overlay's upper directory outlives a reboot of the testbed, and booting
+# again on the same $1 is the "next boot" of the same machine.
 set -e
 mount --make-rprivate /
-S="$1"; mount -t tmpfs tmpfs "$S"
+S="$1"; [ "${2:-}" = keep ] || mount -t tmpfs tmpfs "$S"
 mkdir -p "$S/upper" "$S/work" "$S/root"
 mount -t overlay overlay -o "lowerdir=/,upperdir=$S/upper,workdir=$S/work" "$S/root"
 R="$S/root"

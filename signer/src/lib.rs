@@ -13,6 +13,8 @@
 //! - [`names`]: validated store paths, host names and commit ids.
 //! - [`sshsig`]: the SSHSIG envelope: parse, verify, sign, for every key type
 //!   git signs with (ed25519, ECDSA, RSA, FIDO sk-ed25519/sk-ecdsa).
+//! - [`approvals`]: the two-person rule: approvals on top of a release, the
+//!   host's policy and the counting rule.
 //! - [`allowed_signers`]: ssh-keygen's `allowed_signers` file (with [`pattern`]).
 //! - [`git`]: libgit2 plumbing: release blob, signature split, signed commits.
 //! - [`verify`]: [`verify_release`], the check the agent runs.
@@ -28,6 +30,7 @@
 //! - [`rollout`]: the wave decision: what a rollout does next.
 
 pub mod allowed_signers;
+pub mod approvals;
 pub mod fleet;
 pub mod forge;
 pub mod git;
@@ -44,6 +47,9 @@ pub mod sshsig;
 pub mod verify;
 
 pub use allowed_signers::{AllowedSigners, AllowedSignersError, Unauthorized};
+pub use approvals::{Approval, ApprovalPolicy, Principal, Tally};
 pub use names::{CommitId, HostName, StorePath};
 pub use release::{Action, HostEntry, Release, ReleaseError};
-pub use verify::{verify_commit_signature, verify_release, Signer, VerifiedRelease, VerifyError};
+pub use verify::{
+    verify_commit_signature, verify_release, verify_tip, Signer, VerifiedRelease, VerifiedTip, VerifyError,
+};

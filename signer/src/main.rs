@@ -26,7 +26,9 @@ enum Command {
     Keygen(commands::keygen::Args),
     /// Create, sign and record the next release on the deploy branch.
     Release(commands::release::Args),
-    /// Verify a release: signature, signer in allowed_signers, release.toml, expiry.
+    /// Approve the release at the deploy branch's tip (the two-person rule): show it, ask, sign, push.
+    Approve(commands::approve::Args),
+    /// Verify a release: signature, signer in allowed_signers, release.toml, expiry, approvals.
     Verify(commands::verify::Args),
     /// Print a release (without verifying it).
     Show(commands::show::Args),
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Keygen(args) => done(commands::keygen::run(args)),
         Command::Release(args) => done(commands::release::run(args)),
+        Command::Approve(args) => done(commands::approve::run(args)),
         Command::Verify(args) => done(commands::verify::run(args)),
         Command::Show(args) => done(commands::show::run(args)),
         Command::Status(args) => done(commands::status::run(args)),

@@ -1,6 +1,7 @@
 //! Making a release: computing the next `release.toml` from the previous one
 //! (pure, in [`next_release`]), then writing it as a signed commit on the
-//! deploy branch of a repository, bare or not, without touching a work tree.
+//! deploy branch of a repository, bare or not, without touching a work tree;
+//! and writing an approval of the tip ([`approve`]) the same way.
 
 use std::collections::BTreeMap;
 
@@ -199,6 +200,29 @@ pub fn publish(
         &format!("ferry-signer: release {}", release.serial),
     )?;
     Ok(Published { commit, release })
+}
+
+/// Writes an approval on `branch`: a commit on top of `tip` with `tip`'s
+/// tree, signed with `key`; the branch moves only if it still points at `tip`.
+pub fn approve(
+    repo: &Repository,
+    branch: &str,
+    tip: Oid,
+    key: &dyn GitSigner,
+    message: &str,
+) -> Result<Oid, PublishError> {
+    let parent = repo.find_commit(tip)?;
+    let tree = parent.tree()?;
+    let who = repo
+        .signature()
+        .or_else(|_| git2::Signature::now("ferry-signer", "ferry-signer@localhost"))?;
+    let message = format!("{}\n", message.trim_end());
+    let payload = repo.commit_create_buffer(&who, &who, &message, &tree, &[&parent])?;
+    let payload = std::str::from_utf8(&payload).expect("git2 writes UTF-8 commit headers");
+    let signature = key.sign_git(payload.as_bytes())?;
+    let commit = git::write_signed_commit(repo, payload, &signature)?;
+    git::advance_branch(repo, branch, Some(tip), commit, "ferry-signer: approval")?;
+    Ok(commit)
 }
 
 #[cfg(test)]

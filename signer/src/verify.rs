@@ -1,12 +1,15 @@
 //! Verification of releases, the one function both `ferry-signer verify` and
 //! the agent call: the tip commit's SSH signature, its signer's standing in
-//! `allowed_signers`, and the release it carries. Policy that needs history
-//! (serial and ancestry against what was deployed) is the agent's.
+//! `allowed_signers`, and the release it carries; and [`verify_tip`], the
+//! same for a tip that may carry approvals on top of its release. Policy that
+//! needs history (serial and ancestry against what was deployed) is the
+//! agent's; counting approvals is `approvals.rs`'s.
 
 use chrono::{DateTime, Utc};
 use git2::{Oid, Repository};
 
 use crate::allowed_signers::{AllowedSigners, Unauthorized};
+use crate::approvals::{self, Approval, ChainError};
 use crate::git::{self, GitError};
 use crate::names::CommitId;
 use crate::release::Release;
@@ -60,6 +63,14 @@ pub enum VerifyError {
         serial: u64,
         expires: DateTime<Utc>,
     },
+    #[error("approval {commit}: {source}")]
+    Approval {
+        commit: Oid,
+        #[source]
+        source: Box<VerifyError>,
+    },
+    #[error(transparent)]
+    Chain(#[from] ChainError),
     #[error(transparent)]
     Git(#[from] GitError),
 }
@@ -108,6 +119,20 @@ impl VerifyError {
                     expires.format("%Y-%m-%d %H:%M UTC")
                 )
             }
+            VerifyError::Approval { source, .. } => {
+                let inner = source.summary();
+                match inner.strip_prefix("refused: ") {
+                    Some(rest) => format!("refused: approval {rest}"),
+                    None => format!("approval: {inner}"),
+                }
+            }
+            VerifyError::Chain(ChainError::TooMany { .. }) => {
+                format!(
+                    "refused: more than {} approvals on one release",
+                    approvals::MAX_APPROVALS
+                )
+            }
+            VerifyError::Chain(ChainError::Git(_)) => "error: cannot read the approvals".to_owned(),
             // The first line: the reason and where (the snippet below it
             // is for a terminal).
             VerifyError::Git(GitError::Release { source, .. }) => {
@@ -123,7 +148,7 @@ impl VerifyError {
     }
 }
 
-fn truncate_chars(s: &str, max: usize) -> String {
+pub(crate) fn truncate_chars(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         s.to_owned()
     } else {
@@ -191,6 +216,57 @@ pub fn verify_release_commit(
         signer,
         committed_at,
         release,
+    })
+}
+
+/// A branch tip verified down to its release: the release, and the
+/// approvals on top of it (oldest first) with who signed each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedTip {
+    /// The tip commit: the release itself, or its latest approval.
+    pub tip: CommitId,
+    pub release: VerifiedRelease,
+    pub approvals: Vec<Approval>,
+}
+
+/// Verifies the tip `tip`: every approval on top of the release (a commit
+/// with one parent and its parent's tree) must carry a valid signature by a
+/// key `approver_signers` allows, and the release below them is verified as
+/// [`verify_release_commit`] does, against `release_signers`. A commit that
+/// changes the tree is a release, so it needs a release signature. Whether
+/// the approvals suffice is [`approvals::tally`]'s to say.
+pub fn verify_tip(
+    repo: &Repository,
+    tip: Oid,
+    release_signers: &AllowedSigners,
+    approver_signers: &AllowedSigners,
+    now: DateTime<Utc>,
+) -> Result<VerifiedTip, VerifyError> {
+    let chain = approvals::chain(repo, tip)?;
+    let mut verified = Vec::with_capacity(chain.approvals.len());
+    // The tip first: an unsigned or foreign tip is refused for what it is.
+    for &commit in chain.approvals.iter().rev() {
+        let (signer, _) = verify_commit_signature(repo, commit, approver_signers).map_err(|e| {
+            if commit == tip {
+                e
+            } else {
+                VerifyError::Approval {
+                    commit,
+                    source: Box::new(e),
+                }
+            }
+        })?;
+        verified.push(Approval {
+            commit: commit.into(),
+            signer,
+        });
+    }
+    verified.reverse();
+    let release = verify_release_commit(repo, chain.release, release_signers, now)?;
+    Ok(VerifiedTip {
+        tip: tip.into(),
+        release,
+        approvals: verified,
     })
 }
 

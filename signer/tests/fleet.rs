@@ -719,3 +719,37 @@ fn plans_that_do_not_fit_the_hosts_are_refused_before_anything_is_released() {
     assert_eq!(d.release().serial, 1, "nothing was released");
     assert!(forge.requests().is_empty(), "the forge was not even asked");
 }
+
+/// Hosts report on the release; with approvals on top of it, `status` looks
+/// through them and shows hosts that wait for approval as pending.
+#[test]
+fn status_looks_through_approvals_and_shows_hosts_awaiting_them() {
+    let hosts: Vec<String> = ["web1", "db1"].map(String::from).to_vec();
+    let d = Deploy::new(&hosts, 'a');
+    let forge = Forge::start(Kind::Gitea);
+    let release = d.tip();
+    forge.post(&release, "ferry/web1", "success", "web1 runs release 1");
+    forge.post(
+        &release,
+        "ferry/db1",
+        "pending",
+        "release 1 awaits approval (1 of 2: alice)",
+    );
+    let repo = git2::Repository::open(&d.repo).unwrap();
+    let alice = ferry_signer::keys::SigningKey::generate("alice").unwrap();
+    let tip = ferry_signer::git::branch_tip(&repo, "deploy").unwrap().unwrap();
+    let approval = ferry_signer::publish::approve(&repo, "deploy", tip, &alice, "approve").unwrap();
+    assert_eq!(d.tip(), approval.to_string());
+    let out = d.run(&["status", "--repo", d.repo.to_str().unwrap()], &forge);
+    let text = assert_ok(&out);
+    assert!(text.contains(&format!("release 1 ({release})")), "{text}");
+    let db1 = text.lines().find(|l| l.starts_with("db1")).unwrap();
+    assert!(
+        db1.contains("pending") && db1.contains("release 1 awaits approval (1 of 2: alice)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("2 hosts: 1 success, 1 pending, 0 failure, 0 not reported"),
+        "{text}"
+    );
+}

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod approvals;
 mod cli;
 mod differential;
 mod fleet;

@@ -6,7 +6,7 @@
 //! its `Authorization` header, so a test sees what was sent where.
 //!
 //! The executable is an `nginx` on `PATH`, or the one `scripts/install-deps`
-//! unpacks into `/var/lib/ferry-test/nginx` (`FERRY_TEST_NGINX_DIR`). It runs
+//! unpacks into `/var/lib/ferry-test/nginx` (`FERRY_TEST_NGINX`). It runs
 //! in the foreground as one process, with its own prefix, configuration,
 //! logs and temporary files in a temporary directory: nothing of a system
 //! nginx (`/etc/nginx`, port 80, its service) is read or touched.
@@ -76,7 +76,7 @@ pub fn executable() -> Result<PathBuf, NginxError> {
                 .collect::<Vec<_>>()
         })
         .unwrap_or_default();
-    let dir = std::env::var_os("FERRY_TEST_NGINX_DIR")
+    let dir = std::env::var_os("FERRY_TEST_NGINX")
         .map_or_else(|| PathBuf::from("/var/lib/ferry-test/nginx"), PathBuf::from);
     on_path
         .into_iter()

@@ -220,6 +220,28 @@ fn reboot_required_until_the_host_boots_the_release() {
     assert!(!reboot_required(&with(OutcomeKind::Installed), Some(&b)));
     assert!(!reboot_required(&with(OutcomeKind::Success), Some(&a)));
     assert!(!reboot_required(&State::default(), Some(&a)));
+    // A deploy waiting for its reboot (reboot policy `in-window`).
+    let waiting = State {
+        in_flight: Some(crate::state::InFlight {
+            target: crate::state::Target {
+                commit: C1.parse().unwrap(),
+                serial: 1,
+                toplevel: b.clone(),
+            },
+            tip: C1.parse().unwrap(),
+            source: None,
+            action: ferry_signer::Action::Switch,
+            phase: crate::state::Phase::AwaitingReboot {
+                at: "2026-12-05T02:37:00Z".parse().unwrap(),
+            },
+            previous: Some(a.clone()),
+            failed_before: Vec::new(),
+            started: "2026-12-01T10:00:00Z".parse().unwrap(),
+        }),
+        ..Default::default()
+    };
+    assert!(reboot_required(&waiting, Some(&a)));
+    assert!(!reboot_required(&waiting, Some(&b)));
 }
 
 #[test]

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ferry_signer::{
-    Action, AllowedSigners, CommitId, HostEntry, Release, Signer, StorePath, VerifiedRelease, VerifyError,
+    Action, AllowedSigners, Approval, CommitId, HostEntry, Release, Signer, StorePath, VerifiedRelease,
+    VerifiedTip, VerifyError,
 };
 use futures_util::FutureExt;
 
@@ -21,7 +22,9 @@ use crate::config::HealthCommand;
 use crate::durable::faults;
 use crate::health::Health;
 use crate::report::{CommitStatus, Outbox};
-use crate::seams::{Activation, ClosureCache, NixStore, Pending, ReleaseSource, Seams, StatusSink, Units};
+use crate::seams::{
+    Activation, Clock, ClosureCache, NixStore, Pending, Reboot, ReleaseSource, Seams, StatusSink, Units,
+};
 use crate::source::SourceError;
 use crate::state::StateError;
 use crate::store::StoreError;
@@ -45,6 +48,8 @@ fn system(c: char) -> StorePath {
 #[derive(Debug, Clone)]
 enum Verifies {
     As(VerifiedRelease),
+    /// A release with approvals on top (the key is the last approval).
+    Approved(VerifiedRelease, Vec<Approval>),
     Unsigned,
     Unreadable,
 }
@@ -96,6 +101,15 @@ struct World {
     /// The state file as the store's `realise` found it.
     state_at_realise: Option<State>,
     state_dir: std::path::PathBuf,
+    /// The clock.
+    now: DateTime<Utc>,
+    /// Whether the new system's kernel differs from the booted one.
+    kernel_changed: bool,
+    /// Which boot this is (a reboot counts up) and what it booted.
+    boot: u32,
+    booted: Option<StorePath>,
+    /// Switch units running, which hold a reboot back.
+    activations: Vec<String>,
 }
 
 type Shared = Rc<RefCell<World>>;
@@ -122,6 +136,32 @@ struct FakeSource(Shared);
 struct FakeCache(Shared);
 struct FakeStore(Shared);
 struct FakeUnits(Shared);
+struct FakeReboot(Shared);
+struct FakeClock(Shared);
+
+impl Reboot for FakeReboot {
+    fn this_boot(&mut self) -> Pending<'_, Result<BootId, SystemdError>> {
+        effect(&self.0, "this-boot", |w| {
+            Ok(format!("boot-{}", w.boot).parse().unwrap())
+        })
+    }
+    /// The host reboots at once into what its profile names.
+    fn request(&mut self) -> Pending<'_, Result<(), SystemdError>> {
+        effect(&self.0, "reboot", |w| {
+            w.effects.push("reboot".into());
+            w.boot += 1;
+            w.booted = w.profile.clone();
+            w.running = w.profile.clone();
+            Ok(())
+        })
+    }
+}
+
+impl Clock for FakeClock {
+    fn now(&self) -> DateTime<Utc> {
+        self.0.borrow().now
+    }
+}
 
 impl ReleaseSource for FakeSource {
     fn remote_tip(&mut self) -> Pending<'_, Result<CommitId, SourceError>> {
@@ -138,11 +178,21 @@ impl ReleaseSource for FakeSource {
         &mut self,
         tip: &CommitId,
         _: &AllowedSigners,
+        _: &AllowedSigners,
         _: DateTime<Utc>,
-    ) -> Pending<'_, Result<VerifiedRelease, Box<VerifyError>>> {
+    ) -> Pending<'_, Result<VerifiedTip, Box<VerifyError>>> {
         let tip = tip.clone();
         effect(&self.0, "verify", move |w| match w.releases[&tip].clone() {
-            Verifies::As(v) => Ok(v),
+            Verifies::As(release) => Ok(VerifiedTip {
+                tip,
+                release,
+                approvals: Vec::new(),
+            }),
+            Verifies::Approved(release, approvals) => Ok(VerifiedTip {
+                tip,
+                release,
+                approvals,
+            }),
             Verifies::Unsigned => Err(Box::new(VerifyError::Unsigned {
                 commit: git2::Oid::ZERO_SHA1,
             })),
@@ -246,7 +296,10 @@ impl NixStore for FakeStore {
         self.0.borrow().running.clone()
     }
     fn kernel_changed(&self, _: &StorePath) -> bool {
-        false
+        self.0.borrow().kernel_changed
+    }
+    fn booted_system(&self) -> Option<StorePath> {
+        self.0.borrow().booted.clone()
     }
 }
 
@@ -340,6 +393,9 @@ impl Units for FakeUnits {
             Ok(w.health.clone())
         })
     }
+    fn activations_running(&mut self) -> Pending<'_, Result<Vec<String>, SystemdError>> {
+        effect(&self.0, "activations", |w| Ok(w.activations.clone()))
+    }
 }
 
 /// The real durable outbox in the host's state directory, delivered to a
@@ -401,6 +457,8 @@ fn verified(
 struct Host {
     dir: tempfile::TempDir,
     world: Shared,
+    /// More agent.toml, appended to every agent's configuration.
+    config: RefCell<String>,
 }
 
 impl Host {
@@ -429,22 +487,34 @@ impl Host {
             statuses: Vec::new(),
             state_at_realise: None,
             state_dir: dir.path().join("state"),
+            now: Utc::now(),
+            kernel_changed: false,
+            boot: 1,
+            booted: Some(system('a')),
+            activations: Vec::new(),
         };
         Host {
             dir,
             world: Rc::new(RefCell::new(world)),
+            config: RefCell::new(String::new()),
         }
     }
 
     /// A new agent process on this host (same state directory, same world).
     fn agent(&self) -> Agent {
+        self.agent_with("")
+    }
+
+    /// [`Host::agent`] with more of agent.toml appended (a section).
+    fn agent_with(&self, extra: &str) -> Agent {
         let text = format!(
             "host = \"web1\"\nstate_dir = \"{}\"\n[source]\nurl = \"https://git.example.com/deploy.git\"\n\
              allowed_signers = \"{}\"\n[cache]\nsubstituters = [\"https://cache.example.com\"]\n\
              trusted_public_keys = [\"c-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"]\n\
-             [health]\nsettle = \"0s\"\n",
+             [health]\nsettle = \"0s\"\n{}{extra}",
             self.dir.path().join("state").display(),
             self.dir.path().join("allowed_signers").display(),
+            self.config.borrow(),
         );
         let config = Config::parse(&text, Path::new("agent.toml"), || None).unwrap();
         let w = &self.world;
@@ -457,6 +527,8 @@ impl Host {
                 world: w.clone(),
                 outbox: Outbox::open(&self.dir.path().join("state")).unwrap(),
             }),
+            reboot: Box::new(FakeReboot(w.clone())),
+            clock: Box::new(FakeClock(w.clone())),
         };
         Agent::with_seams(config, AllowedSigners::parse("").unwrap(), seams).unwrap()
     }
@@ -902,6 +974,7 @@ fn resume_never_starts_a_second_unit_for_the_same_release() {
                 serial: 1,
             }),
             in_flight: Some(InFlight {
+                tip: commit(R1),
                 target: Target {
                     commit: commit(R1),
                     serial: 1,
@@ -1245,6 +1318,390 @@ fn an_ending_that_cannot_be_saved_is_reached_again() {
     assert_eq!(finals(&host), expected);
 }
 
+// ---- reboots in a maintenance window, deploy windows ---------------------
+
+const REBOOT_WINDOW: &str = "Sat 02:00-04:00";
+
+fn wednesday() -> DateTime<Utc> {
+    "2027-01-06T11:00:00Z".parse().unwrap()
+}
+
+/// A host whose release needs a reboot (a new kernel), with the reboot
+/// policy `in-window`, on a Wednesday before the window.
+fn kernel_host() -> Host {
+    let host = Host::new();
+    {
+        let mut w = host.w();
+        w.kernel_changed = true;
+        w.now = wednesday();
+    }
+    *host.config.borrow_mut() = format!("[reboot]\npolicy = \"in-window\"\nwindow = [\"{REBOOT_WINDOW}\"]\n");
+    host
+}
+
+/// When web1 reboots in the window, asked at `now`.
+fn moment(now: DateTime<Utc>) -> DateTime<Utc> {
+    let windows = window::Windows::parse(&[REBOOT_WINDOW]).unwrap();
+    windows
+        .reboot_moment(&"web1".parse().unwrap(), now, &chrono::Local)
+        .unwrap()
+}
+
+fn release_statuses(host: &Host) -> Vec<(StatusState, String)> {
+    posted(host)
+        .into_iter()
+        .filter(|(c, _, _)| *c == commit(R1))
+        .map(|(_, s, d)| (s, d))
+        .collect()
+}
+
+fn count(host: &Host, effect: &str) -> usize {
+    host.effects().iter().filter(|e| *e == effect).count()
+}
+
+#[test]
+fn a_release_needing_a_reboot_reboots_in_the_window_and_confirms_what_booted() {
+    let host = kernel_host();
+    let at = moment(wednesday());
+    assert_eq!(
+        run(&mut host.agent()),
+        Reconciled::RebootScheduled { serial: 1, at }
+    );
+    let flight = host.state().in_flight.expect("still in flight");
+    assert_eq!(flight.phase, Phase::AwaitingReboot { at });
+    // Polls before the moment change nothing and say nothing new.
+    host.w().now = at - chrono::Duration::seconds(1);
+    assert_eq!(
+        run(&mut host.agent()),
+        Reconciled::RebootScheduled { serial: 1, at }
+    );
+    assert_eq!(count(&host, "reboot"), 0);
+    // At the moment: announced, then requested, once.
+    host.w().now = at;
+    assert_eq!(run(&mut host.agent()), Reconciled::Rebooting { serial: 1 });
+    assert_eq!(count(&host, "reboot"), 1);
+    // The next boot confirms it.
+    assert_eq!(
+        run(&mut host.agent()),
+        Reconciled::Deployed {
+            reboot_required: false
+        }
+    );
+    let when = window::wall_clock_text(at, &chrono::Local);
+    assert_eq!(
+        release_statuses(&host),
+        [
+            (StatusState::Pending, "deploying release 1 to web1".into()),
+            (
+                StatusState::Pending,
+                format!("release 1 installed; reboot at {when} (maintenance window)")
+            ),
+            (StatusState::Pending, "rebooting into release 1".into()),
+            (StatusState::Success, "web1 runs release 1 (rebooted)".into()),
+        ]
+    );
+    let state = host.state();
+    assert_eq!(state.in_flight, None);
+    assert_eq!(state.last_success.map(|o| o.result), Some(OutcomeKind::Success));
+    assert_eq!(run(&mut host.agent()), Reconciled::UpToDate);
+    assert_eq!(count(&host, "reboot"), 1);
+}
+
+#[test]
+fn booting_another_generation_is_a_failure_naming_it() {
+    let host = kernel_host();
+    run(&mut host.agent());
+    host.w().now = moment(wednesday());
+    // The reboot is requested, but the boot loader falls back to the old system.
+    assert_eq!(run(&mut host.agent()), Reconciled::Rebooting { serial: 1 });
+    {
+        let mut w = host.w();
+        w.booted = Some(system('a'));
+        w.running = Some(system('a'));
+    }
+    let r = run(&mut host.agent());
+    let Reconciled::Failed(why) = r else {
+        panic!("{r:?}")
+    };
+    assert!(
+        why.ends_with(&format!(
+            "release 1 did not boot (boot loader fallback, or another generation chosen): booted {}",
+            system('a')
+        )),
+        "{why}"
+    );
+    let last = release_statuses(&host).pop().unwrap();
+    assert_eq!(last.0, StatusState::Failure);
+    assert!(last.1.contains("boot loader fallback"), "{}", last.1);
+    let outcome = host.state().last_outcome.unwrap();
+    assert_eq!(outcome.result, OutcomeKind::Failed);
+    assert_eq!(outcome.description, why);
+}
+
+#[test]
+fn the_default_policy_never_reboots() {
+    let host = kernel_host();
+    *host.config.borrow_mut() = String::new();
+    assert_eq!(
+        run(&mut host.agent()),
+        Reconciled::Deployed {
+            reboot_required: true
+        }
+    );
+    host.w().now = moment(wednesday());
+    assert_eq!(run(&mut host.agent()), Reconciled::UpToDate);
+    assert_eq!(count(&host, "reboot"), 0);
+}
+
+#[test]
+fn a_boot_release_reboots_too() {
+    let host = kernel_host();
+    host.w().releases = BTreeMap::from([(
+        commit(R1),
+        Verifies::As(verified(R1, 1, Some((system('b'), Action::Boot)), Utc::now())),
+    )]);
+    let at = moment(wednesday());
+    assert_eq!(
+        run(&mut host.agent()),
+        Reconciled::RebootScheduled { serial: 1, at }
+    );
+    host.w().now = at;
+    run(&mut host.agent());
+    run(&mut host.agent());
+    assert_eq!(host.w().running, Some(system('b')));
+    assert_eq!(
+        release_statuses(&host).last(),
+        Some(&(StatusState::Success, "web1 runs release 1 (rebooted)".into()))
+    );
+}
+
+#[test]
+fn no_reboot_while_a_switch_unit_runs() {
+    let host = kernel_host();
+    run(&mut host.agent());
+    let at = moment(wednesday());
+    host.w().now = at;
+    host.w().activations = vec!["ferry-switch-7.service".into()];
+    assert_eq!(
+        run(&mut host.agent()),
+        Reconciled::RebootScheduled { serial: 1, at }
+    );
+    assert_eq!(count(&host, "reboot"), 0);
+    host.w().activations.clear();
+    assert_eq!(run(&mut host.agent()), Reconciled::Rebooting { serial: 1 });
+    assert_eq!(count(&host, "reboot"), 1);
+}
+
+#[test]
+fn a_moment_missed_outside_the_window_moves_to_the_next_window() {
+    let host = kernel_host();
+    run(&mut host.agent());
+    // The host was off over the weekend: Monday, the window has closed.
+    let monday: DateTime<Utc> = "2027-01-11T12:00:00Z".parse().unwrap();
+    host.w().now = monday;
+    let next = moment(monday);
+    assert!(next > monday + chrono::Duration::days(3), "{next}");
+    assert_eq!(
+        run(&mut host.agent()),
+        Reconciled::RebootScheduled { serial: 1, at: next }
+    );
+    assert_eq!(count(&host, "reboot"), 0);
+    let when = window::wall_clock_text(next, &chrono::Local);
+    assert_eq!(
+        release_statuses(&host).last(),
+        Some(&(
+            StatusState::Pending,
+            format!("release 1 installed; reboot at {when} (maintenance window)")
+        ))
+    );
+}
+
+#[test]
+fn a_newer_release_before_the_reboot_ends_the_wait_and_is_deployed() {
+    let host = kernel_host();
+    run(&mut host.agent());
+    {
+        let mut w = host.w();
+        w.tip = commit(R2);
+        w.releases.insert(
+            commit(R2),
+            Verifies::As(verified(R2, 2, Some((system('c'), Action::Switch)), Utc::now())),
+        );
+    }
+    assert_eq!(
+        run(&mut host.agent()),
+        Reconciled::Deployed {
+            reboot_required: true
+        }
+    );
+    assert_eq!(
+        release_statuses(&host).last(),
+        Some(&(
+            StatusState::Success,
+            "web1 runs release 1; reboot required".into()
+        ))
+    );
+    // The next poll takes release 2, which waits for the window in its turn.
+    let at = moment(wednesday());
+    assert_eq!(
+        run(&mut host.agent()),
+        Reconciled::RebootScheduled { serial: 2, at }
+    );
+    assert_eq!(count(&host, "reboot"), 0);
+}
+
+/// Whichever durable write the agent is killed right before, from the
+/// release's arrival to the confirmation after the reboot: exactly one
+/// reboot, and exactly one final status on each commit.
+#[test]
+fn a_kill_before_any_durable_write_around_the_reboot_reboots_once() {
+    let drive = |host: &Host| -> usize {
+        for _ in 0..12 {
+            let r = run(&mut host.agent());
+            match r {
+                Reconciled::RebootScheduled { at, .. } => host.w().now = at,
+                Reconciled::UpToDate => return count(host, "reboot"),
+                _ => {}
+            }
+        }
+        panic!("not done: {:?}", host.effects())
+    };
+    let host = kernel_host();
+    faults::kill_before_write(usize::MAX);
+    assert_eq!(drive(&host), 1);
+    let writes = faults::writes();
+    let expected = finals(&host);
+    assert_eq!(expected.len(), 2, "{expected:?}");
+    for n in 1..=writes {
+        let what = format!("killed before durable write {n} of {writes}");
+        let host = kernel_host();
+        faults::kill_before_write(n);
+        let mut was_killed = false;
+        for _ in 0..12 {
+            if killed_before_write(&mut host.agent()) {
+                was_killed = true;
+                break;
+            }
+            if let Some(f) = host.state().in_flight {
+                if let Phase::AwaitingReboot { at } = f.phase {
+                    host.w().now = at;
+                }
+            }
+        }
+        assert!(was_killed, "{what}: not killed");
+        faults::kill_before_write(usize::MAX);
+        assert_eq!(drive(&host), 1, "{what}: {:?}", host.effects());
+        assert_eq!(finals(&host), expected, "{what}");
+    }
+}
+
+/// Killed at the reboot request itself (before it took effect), and right
+/// after it (the host went down before the agent returned): one reboot.
+#[test]
+fn a_kill_at_the_reboot_request_reboots_once() {
+    let host = kernel_host();
+    run(&mut host.agent());
+    host.w().now = moment(wednesday());
+    host.w().crash_at = Some("reboot");
+    assert!(killed(&mut host.agent()));
+    assert_eq!(count(&host, "reboot"), 0);
+    assert_eq!(host.state().in_flight.map(|f| f.phase.name()), Some("rebooting"));
+    // The next start, in the same boot, requests it; the one after confirms.
+    assert_eq!(run(&mut host.agent()), Reconciled::Rebooting { serial: 1 });
+    assert!(matches!(run(&mut host.agent()), Reconciled::Deployed { .. }));
+    assert_eq!(count(&host, "reboot"), 1);
+    let success = "web1 runs release 1 (rebooted)".to_string();
+    assert_eq!(
+        release_statuses(&host)
+            .iter()
+            .filter(|(s, _)| *s != StatusState::Pending)
+            .collect::<Vec<_>>(),
+        [&(StatusState::Success, success)]
+    );
+}
+
+#[test]
+fn outside_the_deploy_window_a_release_waits_with_one_pending_status() {
+    let host = Host::new();
+    // Only Wednesdays 09:00-10:00 (the host's time); it is Wednesday 12:00 UTC.
+    *host.config.borrow_mut() = "[switch]\nwindow = [\"Wed 09:00-10:00\"]\n".into();
+    let now: DateTime<Utc> = "2027-01-06T12:00:00Z".parse().unwrap();
+    let windows = window::Windows::parse(&["Wed 09:00-10:00"]).unwrap();
+    let now = if windows.contains(now, &chrono::Local) {
+        now + chrono::Duration::hours(4)
+    } else {
+        now
+    };
+    host.w().now = now;
+    let until = windows.current_or_next(now, &chrono::Local).unwrap().start;
+    for _ in 0..3 {
+        assert_eq!(
+            run(&mut host.agent()),
+            Reconciled::WaitingForWindow { serial: 1, until }
+        );
+    }
+    assert_eq!(host.changes(), Vec::<String>::new());
+    let when = window::wall_clock_text(until, &chrono::Local);
+    assert_eq!(
+        release_statuses(&host),
+        [(
+            StatusState::Pending,
+            format!("release 1 waits for the deploy window (opens {when})")
+        )]
+    );
+    // The window opens: deployed.
+    host.w().now = until;
+    assert_eq!(
+        run(&mut host.agent()),
+        Reconciled::Deployed {
+            reboot_required: false
+        }
+    );
+    assert_eq!(
+        release_statuses(&host).last(),
+        Some(&(StatusState::Success, "web1 runs release 1".into()))
+    );
+}
+
+#[test]
+fn boot_releases_and_refusals_are_not_held_back_by_the_deploy_window() {
+    let closed = "[switch]\nwindow = [\"Wed 09:00-10:00\"]\n";
+    let now: DateTime<Utc> = "2027-01-09T12:00:00Z".parse().unwrap();
+    let host = Host::with_release(Some((system('b'), Action::Boot)));
+    *host.config.borrow_mut() = closed.into();
+    host.w().now = now;
+    assert_eq!(
+        run(&mut host.agent()),
+        Reconciled::Deployed {
+            reboot_required: true
+        }
+    );
+    let host = Host::new();
+    *host.config.borrow_mut() = closed.into();
+    host.w().now = now;
+    host.w().releases.insert(commit(R1), Verifies::Unsigned);
+    assert!(matches!(run(&mut host.agent()), Reconciled::Refused(_)));
+}
+
+/// A tip that does not verify (anyone who can push to the branch can make
+/// one) does not end the wait: the reboot happens, and the tip is refused
+/// afterwards as any other.
+#[test]
+fn an_unsigned_tip_does_not_cancel_the_reboot() {
+    let host = kernel_host();
+    run(&mut host.agent());
+    {
+        let mut w = host.w();
+        w.tip = commit(R2);
+        w.releases.insert(commit(R2), Verifies::Unsigned);
+        w.now = moment(wednesday());
+    }
+    assert_eq!(run(&mut host.agent()), Reconciled::Rebooting { serial: 1 });
+    assert!(matches!(run(&mut host.agent()), Reconciled::Deployed { .. }));
+    assert_eq!(count(&host, "reboot"), 1);
+    assert!(matches!(run(&mut host.agent()), Reconciled::Refused(_)));
+}
+
 /// An agent with metrics written to `<dir>/textfile`.
 fn metered(host: &Host) -> Agent {
     let textfile = host.dir.path().join("textfile");
@@ -1454,4 +1911,202 @@ fn the_preflight_asks_nix_which_paths_on_disk_are_valid() {
             format!("valid? [{c}]"),
         ]
     );
+}
+
+// ---- the two-person rule --------------------------------------------------
+
+const A1: &str = "a111111111111111111111111111111111111111";
+const A2: &str = "a222222222222222222222222222222222222222";
+const A3: &str = "a333333333333333333333333333333333333333";
+const TWO_APPROVERS: &str = "[approvals]\nrequired = 2\napprovers = [\"alice\", \"bob\", \"carol\"]\n";
+
+fn approval(id: &str, principal: &str) -> Approval {
+    Approval {
+        commit: commit(id),
+        signer: Signer {
+            principal: principal.into(),
+            fingerprint: format!("SHA256:{principal}"),
+            key_type: "ssh-ed25519".into(),
+        },
+    }
+}
+
+/// Moves the fake branch to `tip`: release 1 with `approvals` on top.
+fn approve(host: &Host, tip: &str, approvals: Vec<Approval>) {
+    let mut w = host.w();
+    let Verifies::As(release) = w.releases[&commit(R1)].clone() else {
+        unreachable!("release 1 verifies")
+    };
+    w.releases
+        .insert(commit(tip), Verifies::Approved(release, approvals));
+    w.tip = commit(tip);
+}
+
+#[test]
+fn a_release_awaiting_approvals_changes_nothing_and_says_so_once() {
+    let host = Host::new();
+    let r = run(&mut host.agent_with(TWO_APPROVERS));
+    assert_eq!(
+        r,
+        Reconciled::AwaitingApproval {
+            serial: 1,
+            approved: vec![],
+            required: 2
+        }
+    );
+    assert!(r.is_ok(), "awaiting approval is not an error");
+    assert_eq!(host.changes(), Vec::<String>::new());
+    let state = host.state();
+    assert_eq!(
+        state.anchor, None,
+        "the anchor moves only for an accepted release"
+    );
+    assert_eq!(state.in_flight, None);
+    // Posted on the release and its source commit, once.
+    assert_eq!(
+        posted(&host),
+        [
+            (
+                commit(R1),
+                StatusState::Pending,
+                "release 1 awaits approval (0 of 2)".into()
+            ),
+            (
+                commit(SOURCE),
+                StatusState::Pending,
+                "release 1 awaits approval (0 of 2)".into()
+            ),
+        ]
+    );
+    assert_eq!(run(&mut host.agent_with(TWO_APPROVERS)), Reconciled::UpToDate);
+
+    // One approval: still waiting, and the forge hears who approved.
+    approve(&host, A1, vec![approval(A1, "alice")]);
+    let r = run(&mut host.agent_with(TWO_APPROVERS));
+    assert!(
+        matches!(r, Reconciled::AwaitingApproval { ref approved, .. } if approved == &["alice"]),
+        "{r:?}"
+    );
+    assert_eq!(host.changes(), Vec::<String>::new());
+    assert_eq!(
+        host.statuses().last().unwrap().1,
+        "release 1 awaits approval (1 of 2: alice)"
+    );
+    assert_eq!(run(&mut host.agent_with(TWO_APPROVERS)), Reconciled::UpToDate);
+    assert_eq!(host.statuses().len(), 4, "nothing is posted again at a poll");
+
+    // The second approval: deployed, pending then success, anchored on the release.
+    approve(&host, A2, vec![approval(A1, "alice"), approval(A2, "bob")]);
+    let r = run(&mut host.agent_with(TWO_APPROVERS));
+    assert_eq!(
+        r,
+        Reconciled::Deployed {
+            reboot_required: false
+        }
+    );
+    let s = host.statuses();
+    assert_eq!(
+        s[4..].iter().map(|(st, d)| (*st, d.as_str())).collect::<Vec<_>>(),
+        [
+            (StatusState::Pending, "deploying release 1 to web1"),
+            (StatusState::Pending, "deploying release 1 to web1"),
+            (StatusState::Success, "web1 runs release 1"),
+            (StatusState::Success, "web1 runs release 1"),
+        ]
+    );
+    let state = host.state();
+    assert_eq!(state.anchor.map(|a| a.commit), Some(commit(R1)));
+    assert_eq!(state.last_seen_tip, Some(commit(A2)));
+    assert_eq!(run(&mut host.agent_with(TWO_APPROVERS)), Reconciled::UpToDate);
+}
+
+#[test]
+fn approvals_that_do_not_count_leave_the_release_waiting() {
+    for (what, approvals) in [
+        (
+            "the same approver twice",
+            vec![approval(A1, "alice"), approval(A2, "alice")],
+        ),
+        (
+            "the releaser",
+            vec![approval(A1, "alice"), approval(A2, "ci@example.com")],
+        ),
+        (
+            "not an approver",
+            vec![approval(A1, "alice"), approval(A2, "mallory")],
+        ),
+    ] {
+        let host = Host::new();
+        approve(&host, A2, approvals);
+        let r = run(&mut host.agent_with(TWO_APPROVERS));
+        assert!(
+            matches!(r, Reconciled::AwaitingApproval { ref approved, .. } if approved == &["alice"]),
+            "{what}: {r:?}"
+        );
+        assert_eq!(host.changes(), Vec::<String>::new(), "{what}");
+    }
+}
+
+#[test]
+fn a_host_without_the_requirement_deploys_at_once() {
+    let host = Host::new();
+    assert_eq!(
+        run(&mut host.agent()),
+        Reconciled::Deployed {
+            reboot_required: false
+        }
+    );
+}
+
+#[test]
+fn a_release_by_someone_who_may_not_release_is_refused() {
+    let host = Host::new();
+    let policy = "[approvals]\nreleasers = [\"release-bot\"]\n";
+    let r = run(&mut host.agent_with(policy));
+    assert!(
+        matches!(&r, Reconciled::Refused(why) if why.contains("signed by ci@example.com, who may not release here")),
+        "{r:?}"
+    );
+    assert_eq!(host.changes(), Vec::<String>::new());
+    assert_eq!(
+        host.statuses()[0],
+        (
+            StatusState::Failure,
+            "refused: release signed by ci@example.com, who may not release".into()
+        )
+    );
+}
+
+#[test]
+fn approvals_dropped_after_the_deploy_change_nothing() {
+    let host = Host::new();
+    approve(&host, A2, vec![approval(A1, "alice"), approval(A2, "bob")]);
+    assert!(matches!(
+        run(&mut host.agent_with(TWO_APPROVERS)),
+        Reconciled::Deployed { .. }
+    ));
+    let before = host.changes();
+    // The branch is rewound to the first approval: the release is still
+    // the anchor, and the host keeps running it.
+    approve(&host, A1, vec![approval(A1, "alice")]);
+    host.w().running = Some(system('b'));
+    let r = run(&mut host.agent_with(TWO_APPROVERS));
+    assert_eq!(r, Reconciled::AlreadyRunning);
+    assert_eq!(host.changes(), before);
+    assert_eq!(host.state().anchor.map(|a| a.commit), Some(commit(R1)));
+}
+
+#[test]
+fn a_deploy_resumed_after_a_crash_remembers_the_approval_it_was_accepted_at() {
+    let host = Host::new();
+    approve(&host, A3, vec![approval(A1, "alice"), approval(A3, "carol")]);
+    host.w().crash_at = Some("realise");
+    assert!(killed(&mut host.agent_with(TWO_APPROVERS)));
+    assert_eq!(host.state().in_flight.map(|f| f.tip), Some(commit(A3)));
+    assert!(matches!(
+        run(&mut host.agent_with(TWO_APPROVERS)),
+        Reconciled::Deployed { .. }
+    ));
+    assert_eq!(host.state().last_seen_tip, Some(commit(A3)));
+    assert_eq!(run(&mut host.agent_with(TWO_APPROVERS)), Reconciled::UpToDate);
 }

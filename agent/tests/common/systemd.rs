@@ -37,63 +37,14 @@ impl Testbed {
             .tempdir_in("/dev/shm")
             .unwrap()
             .keep();
-        // What the boot script and systemd print, kept for a failed boot.
-        let boot_log = scratch.with_extension("log");
-        let log = std::fs::File::create(&boot_log).unwrap();
-        let unshare = Command::new("unshare")
-            .args([
-                "--pid", "--fork", "--mount", "--uts", "--ipc", "bash", "-c", BOOT, "boot",
-            ])
-            .arg(&scratch)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("unshare (util-linux) is installed");
-        let boot_failed = |what: &str| -> ! {
-            panic!(
-                "{what}; the boot script and systemd said:\n{}",
-                std::fs::read_to_string(&boot_log).unwrap_or_default()
-            )
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let pid = loop {
-            let children =
-                std::fs::read_to_string(format!("/proc/{}/task/{}/children", unshare.id(), unshare.id()))
-                    .unwrap_or_default();
-            if let Some(pid) = children
-                .split_whitespace()
-                .next()
-                .and_then(|p| p.parse::<u32>().ok())
-            {
-                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-                if comm.trim() == "systemd" {
-                    break pid;
-                }
-            }
-            if Instant::now() > deadline {
-                boot_failed("systemd did not start in the namespace (is systemd installed?)");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let (unshare, pid) = start(&scratch);
         let bed = Self {
             _lock: lock,
             unshare,
             pid,
             scratch,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let out = bed.exec(&["systemctl", "is-system-running"]);
-            let state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-            if state == "running" || state == "degraded" {
-                break;
-            }
-            if Instant::now() > deadline {
-                boot_failed(&format!("systemd in the testbed is `{state}`, not running"));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        bed.wait_running();
         // Give the testbed a private copy of the Nix database, taken while no
         // test writes it. A copy that replaces the directory (rather than
         // copying files up into it) makes the directory opaque in the
@@ -107,6 +58,71 @@ impl Testbed {
         ]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         bed
+    }
+
+    /// Whether the testbed's systemd has gone down for a reboot: PID 1 of a
+    /// PID namespace that reboots is killed with SIGHUP (SIGINT for a halt
+    /// or power-off), which `unshare` passes on.
+    pub fn went_down_for_reboot(&mut self) -> bool {
+        use std::os::unix::process::ExitStatusExt;
+        match self.unshare.try_wait().unwrap() {
+            None => false,
+            // SIGHUP is 1 on every Linux architecture.
+            Some(status) if status.signal() == Some(1) => true,
+            Some(status) => panic!("the testbed's systemd ended ({status}), not for a reboot"),
+        }
+    }
+
+    /// Waits (bounded by `within`) for the testbed's systemd to go down for a
+    /// reboot, then boots the same overlay again — the machine's next boot,
+    /// with everything it wrote to disk and a fresh `/run` — and, as a boot
+    /// loader and NixOS's stage 2 would, points `/run/booted-system` and
+    /// `/run/current-system` at `system` (the profile's newest generation
+    /// when `None`).
+    pub fn next_boot(&mut self, within: Duration, system: Option<&str>) {
+        let deadline = Instant::now() + within;
+        while !self.went_down_for_reboot() {
+            assert!(
+                Instant::now() < deadline,
+                "the testbed did not reboot within {}s",
+                within.as_secs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let (unshare, pid) = start(&self.scratch);
+        self.unshare = unshare;
+        self.pid = pid;
+        self.wait_running();
+        let system = match system {
+            Some(s) => s.to_owned(),
+            None => {
+                let out = self.exec(&["readlink", "-f", "/nix/var/nix/profiles/system"]);
+                String::from_utf8_lossy(&out.stdout).trim().to_owned()
+            }
+        };
+        for link in ["/run/booted-system", "/run/current-system"] {
+            let out = self.exec(&["ln", "-sfn", &system, link]);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+
+    /// Waits (bounded) until systemd reports `running` (or `degraded`).
+    fn wait_running(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = self.exec(&["systemctl", "is-system-running"]);
+            let state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            if state == "running" || state == "degraded" {
+                break;
+            }
+            if Instant::now() > deadline {
+                boot_failed(
+                    &self.scratch,
+                    &format!("systemd in the testbed is `{state}`, not running"),
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// The D-Bus address of the testbed's system bus, for this process.
@@ -162,7 +178,8 @@ impl Drop for Testbed {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = std::fs::remove_dir(&self.scratch);
+        // The overlay's upper directory lives here (kept across reboots).
+        let _ = std::fs::remove_dir_all(&self.scratch);
         let _ = std::fs::remove_file(self.scratch.with_extension("log"));
     }
 }
@@ -173,4 +190,53 @@ pub fn kill9(pid: u32) -> std::io::Result<()> {
         .ok_or_else(|| std::io::Error::other("PID 0 is not a process"))?;
     rustix::process::kill_process(pid, rustix::process::Signal::KILL)?;
     Ok(())
+}
+
+/// Boots systemd on the overlay whose scratch space (kept across reboots) is
+/// `scratch`; returns `unshare` and systemd's PID as this machine sees it.
+fn start(scratch: &std::path::Path) -> (Child, u32) {
+    // What the boot script and systemd print, kept for a failed boot.
+    let log = std::fs::File::create(scratch.with_extension("log")).unwrap();
+    let unshare = Command::new("unshare")
+        .args([
+            "--pid", "--fork", "--mount", "--uts", "--ipc", "bash", "-c", BOOT, "boot",
+        ])
+        .arg(scratch)
+        .arg("keep")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("unshare (util-linux) is installed");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pid = loop {
+        let children =
+            std::fs::read_to_string(format!("/proc/{}/task/{}/children", unshare.id(), unshare.id()))
+                .unwrap_or_default();
+        if let Some(pid) = children
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse::<u32>().ok())
+        {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim() == "systemd" {
+                break pid;
+            }
+        }
+        if Instant::now() > deadline {
+            boot_failed(
+                scratch,
+                "systemd did not start in the namespace (is systemd installed?)",
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (unshare, pid)
+}
+
+fn boot_failed(scratch: &std::path::Path, what: &str) -> ! {
+    panic!(
+        "{what}; the boot script and systemd said:\n{}",
+        std::fs::read_to_string(scratch.with_extension("log")).unwrap_or_default()
+    )
 }

@@ -2,6 +2,7 @@
 //! opening the deploy repository, the signing key, the forge settings, and
 //! the exit codes.
 
+pub mod approve;
 pub mod keygen;
 pub mod release;
 pub mod rollout;
@@ -80,6 +81,51 @@ pub struct RevArgs {
     /// The release: a commit, branch or tag (default: the deploy branch's tip).
     #[arg(long, default_value = "deploy")]
     pub rev: String,
+}
+
+/// A host's approval policy, as its agent.toml `[approvals]` section pins
+/// it, for `verify` and `approve`.
+#[derive(clap::Args, Debug)]
+pub struct PolicyArgs {
+    /// allowed_signers file of the approvers' keys (as hosts pin it in
+    /// approvals.allowed_signers) [default: the --allowed-signers file].
+    #[arg(long, value_name = "FILE")]
+    pub approver_signers: Option<PathBuf>,
+    /// How many distinct approvers the release needs.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub approvals: usize,
+    /// A principal who may approve; repeatable.
+    #[arg(long = "approver", value_name = "PRINCIPAL")]
+    pub approvers: Vec<String>,
+    /// A principal who may release; repeatable [default: anyone allowed_signers accepts].
+    #[arg(long = "releaser", value_name = "PRINCIPAL")]
+    pub releasers: Vec<String>,
+}
+
+impl PolicyArgs {
+    /// The policy, and the approvers' allowed_signers (`signers` unless a file is named).
+    pub fn load(
+        &self,
+        signers: &ferry_signer::AllowedSigners,
+    ) -> Result<(ferry_signer::ApprovalPolicy, ferry_signer::AllowedSigners)> {
+        let principals = |names: &[String], flag: &str| -> Result<Vec<ferry_signer::Principal>> {
+            names
+                .iter()
+                .map(|n| n.parse().with_context(|| flag.to_owned()))
+                .collect()
+        };
+        let policy = ferry_signer::ApprovalPolicy::new(
+            self.approvals,
+            principals(&self.approvers, "--approver")?,
+            principals(&self.releasers, "--releaser")?,
+        )
+        .context("--approvals")?;
+        let approver_signers = match &self.approver_signers {
+            Some(path) => ferry_signer::AllowedSigners::load(path).context("--approver-signers")?,
+            None => signers.clone(),
+        };
+        Ok((policy, approver_signers))
+    }
 }
 
 /// The hosts of a release a command looks at.

@@ -98,7 +98,10 @@ pub fn run(args: Args) -> Result<Outcome> {
     };
     let mut released_this_run = false;
     loop {
-        let tip_oid = git::branch_tip(&repository, &args.branch)?;
+        // Hosts report on the release, not on approvals above it.
+        let tip_oid = git::branch_tip(&repository, &args.branch)?
+            .map(|t| ferry_signer::approvals::chain(&repository, t).map(|c| c.release))
+            .transpose()?;
         let tip = tip_oid.map(|o| git::read_release(&repository, o)).transpose()?;
         let outcomes = match tip_oid {
             None => HashMap::new(),

@@ -1,4 +1,5 @@
-//! `ferry-signer show`: print a release, as text or JSON, without verifying it.
+//! `ferry-signer show`: print a release and the approvals on top of it, as
+//! text or JSON, without verifying either (`verify` does).
 
 use std::collections::BTreeMap;
 
@@ -18,18 +19,55 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let repository = open_repo(&args.release.repo)?;
-    let commit = git::resolve_commit(&repository, &args.release.rev)?;
+    let tip = git::resolve_commit(&repository, &args.release.rev)?;
+    let chain = ferry_signer::approvals::chain(&repository, tip)?;
+    let commit = chain.release;
     let release = git::read_release(&repository, commit)?;
+    let approvals = chain
+        .approvals
+        .iter()
+        .map(|&oid| ApprovalJson::read(&repository, oid))
+        .collect::<Result<Vec<_>>>()?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&ReleaseJson::new(&commit.to_string(), &release))?
-        );
+        let mut json = ReleaseJson::new(&commit.to_string(), &release);
+        json.approvals = approvals;
+        println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
         println!("commit {commit}");
         print!("{}", release.to_toml());
+        for a in &approvals {
+            println!(
+                "# approval {} by {} at {} (unverified: ferry-signer verify checks it)",
+                a.commit, a.committer, a.date
+            );
+        }
     }
     Ok(())
+}
+
+/// An approval commit as `show` lists it: not verified, so no principal.
+#[derive(serde::Serialize)]
+struct ApprovalJson {
+    commit: String,
+    committer: String,
+    date: String,
+}
+
+impl ApprovalJson {
+    fn read(repo: &git2::Repository, oid: git2::Oid) -> Result<Self> {
+        let c = repo.find_commit(oid)?;
+        let who = c.committer();
+        let at = chrono::DateTime::from_timestamp(who.when().seconds(), 0).unwrap_or_default();
+        Ok(Self {
+            commit: oid.to_string(),
+            committer: format!(
+                "{} <{}>",
+                String::from_utf8_lossy(who.name_bytes()),
+                String::from_utf8_lossy(who.email_bytes())
+            ),
+            date: at.to_rfc3339(),
+        })
+    }
 }
 
 /// `show --json` output; a wire format of its own, not the domain type.
@@ -42,6 +80,7 @@ struct ReleaseJson {
     expires: Option<String>,
     source: Option<String>,
     hosts: BTreeMap<String, HostOutJson>,
+    approvals: Vec<ApprovalJson>,
 }
 
 #[derive(serde::Serialize)]
@@ -72,6 +111,7 @@ impl ReleaseJson {
                     )
                 })
                 .collect(),
+            approvals: Vec::new(),
         }
     }
 }

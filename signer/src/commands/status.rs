@@ -34,7 +34,9 @@ impl Target {
     /// Resolves `rev` in `repo` once: later polls look at the same commit.
     pub fn load(release: &RevArgs, hosts: HostArgs) -> Result<Self> {
         let repository = open_repo(&release.repo)?;
-        let oid = git::resolve_commit(&repository, &release.rev)?;
+        // Hosts report on the release, not on the approvals above it.
+        let tip = git::resolve_commit(&repository, &release.rev)?;
+        let oid = ferry_signer::approvals::chain(&repository, tip)?.release;
         let release = git::read_release(&repository, oid)?;
         let selection = Selection::new(hosts.hosts)?;
         selection.check(&release.hosts)?;

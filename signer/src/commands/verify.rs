@@ -6,7 +6,8 @@ use anyhow::Result;
 use chrono::Utc;
 use ferry_signer::{git, AllowedSigners, HostName};
 
-use super::{open_repo, RevArgs};
+use super::approve::approvals_lines;
+use super::{open_repo, PolicyArgs, RevArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -19,6 +20,8 @@ pub struct Args {
     /// `git -c gpg.ssh.allowedSignersFile=FILE verify-commit REV`; prints the principal.
     #[arg(long)]
     signature_only: bool,
+    #[command(flatten)]
+    policy: PolicyArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -35,7 +38,12 @@ pub fn run(args: Args) -> Result<()> {
         );
         return Ok(());
     }
-    let v = ferry_signer::verify_release(&repository, &args.release.rev, &signers, Utc::now())?;
+    let (policy, approver_signers) = args.policy.load(&signers)?;
+    let tip = git::resolve_commit(&repository, &args.release.rev)?;
+    let verified = ferry_signer::verify_tip(&repository, tip, &signers, &approver_signers, Utc::now())?;
+    policy.may_release(&verified.release.signer)?;
+    let tally = ferry_signer::approvals::tally(&policy, &verified.release.signer, &verified.approvals);
+    let v = &verified.release;
     let names: Vec<&str> = v.release.hosts.keys().map(HostName::as_str).collect();
     let shown = if names.len() > 10 {
         format!("{} …", names[..10].join(" "))
@@ -43,7 +51,8 @@ pub fn run(args: Args) -> Result<()> {
         names.join(" ")
     };
     println!(
-        "ok {} serial {} signed by {} ({} {}), {} host(s): {}",
+        "{} {} serial {} signed by {} ({} {}), {} host(s): {}",
+        if tally.is_met() { "ok" } else { "awaiting-approval" },
         v.commit,
         v.release.serial,
         v.signer.principal,
@@ -52,5 +61,12 @@ pub fn run(args: Args) -> Result<()> {
         names.len(),
         shown
     );
+    print!("{}", approvals_lines(&tally));
+    if !tally.is_met() {
+        anyhow::bail!(
+            "{}: hosts with this policy do not deploy it yet",
+            tally.awaiting(v.release.serial)
+        );
+    }
     Ok(())
 }
