@@ -44,21 +44,7 @@ pub struct Route {
 /// Reads a request line (`GET /0/nar/x.nar.xz HTTP/1.1`) into a route; the
 /// HTTP status to answer otherwise. Pure, so it is tested without sockets.
 pub fn route(request_line: &str) -> Result<Route, u16> {
-    let mut parts = request_line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(400);
-    };
-    if !version.starts_with("HTTP/1.") {
-        return Err(400);
-    }
-    let head = match method {
-        "GET" => false,
-        "HEAD" => true,
-        _ => return Err(405),
-    };
-    let target = target.split('?').next().unwrap_or("");
+    let crate::http_line::RequestLine { head, path: target } = crate::http_line::parse(request_line)?;
     let Some((index, rest)) = target.strip_prefix('/').and_then(|t| t.split_once('/')) else {
         return Err(404);
     };

@@ -19,7 +19,8 @@
 //! - [`cache`]: the binary cache client and the closure preflight;
 //!   [`credentials`]: netrc and bearer tokens for private caches;
 //!   [`cache_serve`]: the loopback cache the realise step reads through;
-//!   [`s3`]: `s3://` caches: URLs, SigV4, AWS credentials, S3 errors.
+//!   [`s3`]: `s3://` caches: URLs, SigV4, AWS credentials, S3 errors;
+//!   [`http_line`]: the request line of the relay and the metrics endpoint.
 //! - [`source`]: the deploy repository: cheap tip check, bounded fetch, ancestry.
 //! - [`git_http`]: smart HTTP(S) for libgit2 over reqwest and rustls (no OpenSSL).
 //! - [`git_daemon`]: `git://` for libgit2, with a total deadline and size cap.
@@ -44,6 +45,7 @@ pub mod forge;
 pub mod git_daemon;
 pub mod git_http;
 pub mod health;
+pub mod http_line;
 pub mod lock;
 pub mod logging;
 pub mod metrics;

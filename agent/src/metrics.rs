@@ -691,25 +691,11 @@ pub enum Request {
 /// Reads a request line (`GET /metrics HTTP/1.1`); the HTTP status to
 /// answer otherwise. Pure, so it is tested (and fuzzed) without sockets.
 pub fn request(line: &str) -> Result<Request, u16> {
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(400);
-    };
-    if !version.starts_with("HTTP/1.") {
-        return Err(400);
-    }
-    let method = match method {
-        "GET" => Request::Get,
-        "HEAD" => Request::Head,
-        _ => return Err(405),
-    };
-    let path = target.split('?').next().unwrap_or("");
-    if path != "/metrics" {
+    let line = crate::http_line::parse(line)?;
+    if line.path != "/metrics" {
         return Err(404);
     }
-    Ok(method)
+    Ok(if line.head { Request::Head } else { Request::Get })
 }
 
 /// A listening endpoint; stops when dropped.

@@ -217,7 +217,7 @@ impl Seams {
             caches: Box::new(LiveCaches(BinaryCaches::for_config(&config.cache))),
             store: Box::new(LiveStore::for_config(config)),
             units: Box::new(SystemdUnits {
-                systemd: None,
+                systemd: LazySystemd::default(),
                 unit_prefix: config.switch.unit.clone(),
                 timeout: config.switch.timeout,
                 record_dir: config.state_dir.clone(),
@@ -230,7 +230,9 @@ impl Seams {
                 }),
                 None => Box::new(NoForge(outbox)),
             },
-            reboot: Box::new(SystemdReboot { systemd: None }),
+            reboot: Box::new(SystemdReboot {
+                systemd: LazySystemd::default(),
+            }),
             clock: Box::new(SystemClock),
         })
     }
@@ -429,21 +431,31 @@ pub async fn realise_via_relay(
 
 /// Switch units and health over D-Bus, connected on first use.
 struct SystemdUnits {
-    systemd: Option<Systemd>,
+    systemd: LazySystemd,
     unit_prefix: String,
     timeout: Duration,
     record_dir: PathBuf,
     agent_exe: PathBuf,
 }
 
-impl SystemdUnits {
-    async fn systemd(&mut self) -> Result<Systemd, SystemdError> {
-        if let Some(s) = &self.systemd {
+/// A connection to systemd made on first use and kept.
+#[derive(Default)]
+struct LazySystemd(Option<Systemd>);
+
+impl LazySystemd {
+    async fn get(&mut self) -> Result<Systemd, SystemdError> {
+        if let Some(s) = &self.0 {
             return Ok(s.clone());
         }
         let s = Systemd::connect().await?;
-        self.systemd = Some(s.clone());
+        self.0 = Some(s.clone());
         Ok(s)
+    }
+}
+
+impl SystemdUnits {
+    async fn systemd(&mut self) -> Result<Systemd, SystemdError> {
+        self.systemd.get().await
     }
 
     async fn switcher(&mut self) -> Result<Switcher, SystemdError> {
@@ -530,17 +542,12 @@ const KERNEL_BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 
 /// Rebooting through systemd over D-Bus, connected on first use.
 struct SystemdReboot {
-    systemd: Option<Systemd>,
+    systemd: LazySystemd,
 }
 
 impl SystemdReboot {
     async fn systemd(&mut self) -> Result<Systemd, SystemdError> {
-        if let Some(s) = &self.systemd {
-            return Ok(s.clone());
-        }
-        let s = Systemd::connect().await?;
-        self.systemd = Some(s.clone());
-        Ok(s)
+        self.systemd.get().await
     }
 }
 
