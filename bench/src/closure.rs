@@ -81,6 +81,75 @@ impl ClosureFixture {
     }
 }
 
+/// A deploy repository `<repos>/<name>.git` holding one release that gives
+/// the host `bench` the fixture's toplevel; the host and the repository's
+/// `git://` URL.
+pub fn one_host_release(
+    repos: &Path,
+    name: &str,
+    key: &ReleaseKey,
+    git_port: u16,
+    fx: &ClosureFixture,
+) -> Result<(HostName, String)> {
+    let repo = repos.join(format!("{name}.git"));
+    fixtures::bare_repo(&repo)?;
+    let host: HostName = "bench".parse()?;
+    let mut changes = ReleaseChanges::default();
+    changes.hosts.insert(
+        host.clone(),
+        HostEntry {
+            toplevel: fx.toplevel.parse()?,
+            action: Action::Switch,
+        },
+    );
+    key.publish(&repo, &changes)?;
+    Ok((host, format!("git://127.0.0.1:{git_port}/{name}.git")))
+}
+
+/// Times `runs` pairs of the agent's side and the baseline, each starting
+/// with the closure evicted, in alternating order so that a drift in the
+/// machine's speed hits both; checks the closure is present after each.
+/// `agent` gets the run's number.
+pub fn paired_runs(
+    fx: &ClosureFixture,
+    runs: usize,
+    mut agent: impl FnMut(usize) -> Result<Duration>,
+    mut baseline: impl FnMut() -> Result<Duration>,
+) -> Result<(Vec<Duration>, Vec<Duration>)> {
+    let (mut agent_times, mut baseline_times) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        for agent_first in [i % 2 == 0, i % 2 == 1] {
+            fx.evict()?;
+            if agent_first {
+                agent_times.push(agent(i)?);
+            } else {
+                baseline_times.push(baseline()?);
+            }
+            if !nix::is_valid(&fx.toplevel) {
+                bail!("{} is not in the store after the run", fx.toplevel);
+            }
+        }
+    }
+    fx.evict()?;
+    Ok((agent_times, baseline_times))
+}
+
+/// The agent's pipeline from a known new tip to the host's entry: fetch,
+/// verify, select.
+pub fn fetch_verify_select(
+    source: &Source,
+    tip: git2::Oid,
+    key: &ReleaseKey,
+    host: &HostName,
+) -> Result<HostEntry> {
+    source.fetch(tip)?;
+    let verified = ferry_signer::verify::verify_release_commit(source.repo(), tip, &key.signers, Utc::now())?;
+    match decide::judge(&verified, host, None, false, None) {
+        Verdict::Deploy(entry) => Ok(entry),
+        other => bail!("expected a deploy, got {other:?}"),
+    }
+}
+
 pub struct Params {
     pub runs: usize,
 }
@@ -93,53 +162,33 @@ pub fn run(
     fx: &ClosureFixture,
     p: &Params,
 ) -> Result<Vec<Row>> {
-    let repo = repos.join("closure.git");
-    fixtures::bare_repo(&repo)?;
-    let host: HostName = "bench".parse()?;
-    let mut changes = ReleaseChanges::default();
-    changes.hosts.insert(
-        host.clone(),
-        HostEntry {
-            toplevel: fx.toplevel.parse()?,
-            action: Action::Switch,
-        },
-    );
-    key.publish(&repo, &changes)?;
-    let url = format!("git://127.0.0.1:{git_port}/closure.git");
+    let (host, url) = one_host_release(repos, "closure", key, git_port, fx)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-
-    let mut agent = Vec::new();
-    let mut baseline = Vec::new();
-    for i in 0..p.runs {
-        // Alternate the order, so a drift in the machine's speed hits both.
-        for agent_first in [i % 2 == 0, i % 2 == 1] {
-            fx.evict()?;
-            if agent_first {
-                let dir = work.join(format!("closure/agent-{i}"));
-                let t = runtime.block_on(agent_run(&dir, &url, key, &host, fx))?;
-                agent.push(t);
-                // Its GC root goes with the state directory.
-                std::fs::remove_dir_all(&dir)?;
-            } else {
-                let start = Instant::now();
-                fixtures::run(
-                    Command::new("nix-store")
-                        .args(["-r", &fx.toplevel])
-                        .args(["--option", "substituters", &fx.url()])
-                        .args(["--option", "trusted-public-keys", &fx.cache.public_key]),
-                )?;
-                let t = start.elapsed();
-                eprintln!("  nix-store -r: {}", fmt_duration(t));
-                baseline.push(t);
-            }
-            if !nix::is_valid(&fx.toplevel) {
-                bail!("{} is not in the store after the run", fx.toplevel);
-            }
-        }
-    }
-    fx.evict()?;
+    let (agent, baseline) = paired_runs(
+        fx,
+        p.runs,
+        |i| {
+            let dir = work.join(format!("closure/agent-{i}"));
+            let t = runtime.block_on(agent_run(&dir, &url, key, &host, fx))?;
+            // Its GC root goes with the state directory.
+            std::fs::remove_dir_all(&dir)?;
+            Ok(t)
+        },
+        || {
+            let start = Instant::now();
+            fixtures::run(
+                Command::new("nix-store")
+                    .args(["-r", &fx.toplevel])
+                    .args(["--option", "substituters", &fx.url()])
+                    .args(["--option", "trusted-public-keys", &fx.cache.public_key]),
+            )?;
+            let t = start.elapsed();
+            eprintln!("  nix-store -r: {}", fmt_duration(t));
+            Ok(t)
+        },
+    )?;
     Ok(vec![Row::ratio(
         "B4",
         &format!(
@@ -176,12 +225,7 @@ async fn agent_run(
     let tip = source.remote_tip()?;
 
     let start = Instant::now();
-    source.fetch(tip)?;
-    let verified = ferry_signer::verify::verify_release_commit(source.repo(), tip, &key.signers, Utc::now())?;
-    let entry = match decide::judge(&verified, host, None, false, None) {
-        Verdict::Deploy(entry) => entry,
-        other => bail!("expected a deploy, got {other:?}"),
-    };
+    let entry = fetch_verify_select(&source, tip, key, host)?;
     let selected = start.elapsed();
     let preflight = caches
         .preflight(&entry.toplevel, Path::new(ferry_signer::names::STORE_DIR))

@@ -158,7 +158,12 @@ fn serve(stream: std::net::TcpStream, answer: &dyn Fn(&str) -> Answer) {
         let written = match answer(target) {
             Some((headers, b)) => {
                 let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
-                write!(out, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{extra}\r\n", b.len()).and_then(|()| {
+                write!(
+                    out,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{extra}\r\n",
+                    b.len()
+                )
+                .and_then(|()| {
                     if method == "HEAD" {
                         Ok(())
                     } else {

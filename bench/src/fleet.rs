@@ -94,7 +94,10 @@ fn status(work: &Path, key: &ReleaseKey, repos: &Path, p: &Params) -> Result<Vec
         // The part that is not the forge: open the repository, read and
         // parse the 10,000-host release, print JSON.
         let start = Instant::now();
-        let out = Command::new(p.signer).args(["show", "--json", "--repo"]).arg(&repo).output()?;
+        let out = Command::new(p.signer)
+            .args(["show", "--json", "--repo"])
+            .arg(&repo)
+            .output()?;
         show.push(start.elapsed());
         if !out.status.success() {
             bail!("ferry-signer show: {}", String::from_utf8_lossy(&out.stderr));
@@ -108,7 +111,14 @@ fn status(work: &Path, key: &ReleaseKey, repos: &Path, p: &Params) -> Result<Vec
                 let out = Command::new(p.signer)
                     .args(["status", "--json", "--repo"])
                     .arg(&repo)
-                    .args(["--forge", "github", "--api-url", &api, "--repository", "ops/deploy"])
+                    .args([
+                        "--forge",
+                        "github",
+                        "--api-url",
+                        &api,
+                        "--repository",
+                        "ops/deploy",
+                    ])
                     .arg("--token-file")
                     .arg(&token_file)
                     .output()?;
@@ -118,7 +128,11 @@ fn status(work: &Path, key: &ReleaseKey, repos: &Path, p: &Params) -> Result<Vec
                 }
                 let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
                 if json["summary"]["hosts"] != p.hosts || json["requests"] != n_pages {
-                    bail!("ferry-signer status saw {} hosts in {} requests", json["summary"]["hosts"], json["requests"]);
+                    bail!(
+                        "ferry-signer status saw {} hosts in {} requests",
+                        json["summary"]["hosts"],
+                        json["requests"]
+                    );
                 }
             } else {
                 let start = Instant::now();
@@ -186,7 +200,10 @@ fn paginated_server(pages: Vec<Vec<u8>>) -> Result<u16> {
         let link = |n: usize, rel: &str| format!("<{path}?per_page={PER_PAGE}&page={n}>; rel=\"{rel}\"");
         let mut headers = vec![("Content-Type".to_owned(), "application/json".to_owned())];
         if page < pages.len() {
-            headers.push(("Link".to_owned(), format!("{}, {}", link(page + 1, "next"), link(pages.len(), "last"))));
+            headers.push((
+                "Link".to_owned(),
+                format!("{}, {}", link(page + 1, "next"), link(pages.len(), "last")),
+            ));
         }
         Some((headers, body))
     })?;
@@ -195,9 +212,15 @@ fn paginated_server(pages: Vec<Vec<u8>>) -> Result<u16> {
 
 /// B9: the git server's cost of the releases a rollout makes.
 fn rollout(key: &ReleaseKey, repos: &Path, p: &Params) -> Result<Vec<Row>> {
-    let waves = [p.hosts / 100, p.hosts / 10, p.hosts - p.hosts / 100 - p.hosts / 10];
+    let waves = [
+        p.hosts / 100,
+        p.hosts / 10,
+        p.hosts - p.hosts / 100 - p.hosts / 10,
+    ];
     let subset = |from: usize, n: usize| ReleaseChanges {
-        hosts: (from..from + n).map(|i| (host_name(i), fixtures::fake_entry(i, 2))).collect(),
+        hosts: (from..from + n)
+            .map(|i| (host_name(i), fixtures::fake_entry(i, 2)))
+            .collect(),
         ..Default::default()
     };
     // The rollout: a fleet on salt 1, then each wave moved to salt 2.
@@ -285,7 +308,15 @@ fn pack_median(repo: &Path, new: git2::Oid, old: git2::Oid, runs: usize) -> Resu
         let mut child = git_cmd()
             .arg("-C")
             .arg(repo)
-            .args(["pack-objects", "--revs", "--stdout", "--thin", "--delta-base-offset", "--threads=1", "-q"])
+            .args([
+                "pack-objects",
+                "--revs",
+                "--stdout",
+                "--thin",
+                "--delta-base-offset",
+                "--threads=1",
+                "-q",
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

@@ -11,20 +11,17 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use chrono::Utc;
 use ferry_agent::cache::BinaryCaches;
 use ferry_agent::credentials::CacheCredentials;
-use ferry_agent::decide::{self, Verdict};
 use ferry_agent::narinfo::CachePublicKey;
 use ferry_agent::seams::realise_via_relay;
 use ferry_agent::source::Source;
 use ferry_agent::store::Store;
-use ferry_signer::publish::ReleaseChanges;
-use ferry_signer::{Action, HostEntry, HostName};
+use ferry_signer::HostName;
 use ferry_test_support::nginx::{Access, Nginx};
 
 use crate::closure::ClosureFixture;
-use crate::fixtures::{self, nix, ReleaseKey, BRANCH};
+use crate::fixtures::{self, ReleaseKey, BRANCH};
 use crate::report::{fmt_duration, median, Row};
 
 pub struct Params {
@@ -47,19 +44,7 @@ pub fn run(
     let netrc = work.join("netrc");
     std::fs::write(&netrc, "machine 127.0.0.1 login deploy password bench-secret\n")?;
 
-    let repo = repos.join("private.git");
-    fixtures::bare_repo(&repo)?;
-    let host: HostName = "bench".parse()?;
-    let mut changes = ReleaseChanges::default();
-    changes.hosts.insert(
-        host.clone(),
-        HostEntry {
-            toplevel: fx.toplevel.parse()?,
-            action: Action::Switch,
-        },
-    );
-    key.publish(&repo, &changes)?;
-    let url = format!("git://127.0.0.1:{git_port}/private.git");
+    let (host, url) = crate::closure::one_host_release(repos, "private", key, git_port, fx)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -71,38 +56,31 @@ pub fn run(
         cache: nginx.url(),
         netrc: &netrc,
     };
-
-    let mut agent = Vec::new();
-    let mut baseline = Vec::new();
-    for i in 0..p.runs {
-        // Alternate the order, so a drift in the machine's speed hits both.
-        for agent_first in [i % 2 == 0, i % 2 == 1] {
-            fx.evict()?;
-            if agent_first {
-                let dir = work.join(format!("private/agent-{i}"));
-                agent.push(runtime.block_on(agent_side.run(&dir))?);
-                std::fs::remove_dir_all(&dir)?;
-            } else {
-                let start = Instant::now();
-                fixtures::run(
-                    Command::new("nix-store")
-                        .args(["-r", &fx.toplevel])
-                        .args(["--option", "substituters", &nginx.url()])
-                        .args(["--option", "trusted-public-keys", &fx.cache.public_key])
-                        .arg("--option")
-                        .arg("netrc-file")
-                        .arg(&netrc),
-                )?;
-                let t = start.elapsed();
-                eprintln!("  nix-store -r with the netrc: {}", fmt_duration(t));
-                baseline.push(t);
-            }
-            if !nix::is_valid(&fx.toplevel) {
-                bail!("{} is not in the store after the run", fx.toplevel);
-            }
-        }
-    }
-    fx.evict()?;
+    let (agent, baseline) = crate::closure::paired_runs(
+        fx,
+        p.runs,
+        |i| {
+            let dir = work.join(format!("private/agent-{i}"));
+            let t = runtime.block_on(agent_side.run(&dir))?;
+            std::fs::remove_dir_all(&dir)?;
+            Ok(t)
+        },
+        || {
+            let start = Instant::now();
+            fixtures::run(
+                Command::new("nix-store")
+                    .args(["-r", &fx.toplevel])
+                    .args(["--option", "substituters", &nginx.url()])
+                    .args(["--option", "trusted-public-keys", &fx.cache.public_key])
+                    .arg("--option")
+                    .arg("netrc-file")
+                    .arg(&netrc),
+            )?;
+            let t = start.elapsed();
+            eprintln!("  nix-store -r with the netrc: {}", fmt_duration(t));
+            Ok(t)
+        },
+    )?;
     // Both sides really went through the credentials check.
     let denied = nginx.requests().iter().filter(|r| r.status != 200).count();
     if denied > 0 {
@@ -157,13 +135,7 @@ impl Agent<'_> {
         let tip = source.remote_tip()?;
 
         let start = Instant::now();
-        source.fetch(tip)?;
-        let verified =
-            ferry_signer::verify::verify_release_commit(source.repo(), tip, &self.key.signers, Utc::now())?;
-        let entry = match decide::judge(&verified, self.host, None, false, None) {
-            Verdict::Deploy(entry) => entry,
-            other => bail!("expected a deploy, got {other:?}"),
-        };
+        let entry = crate::closure::fetch_verify_select(&source, tip, self.key, self.host)?;
         let selected = start.elapsed();
         let preflight = caches
             .preflight(&entry.toplevel, Path::new(ferry_signer::names::STORE_DIR))

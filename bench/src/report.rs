@@ -42,7 +42,13 @@ impl Row {
     }
 
     /// A ratio shown for reference only: it explains another figure.
-    pub fn reference(id: &'static str, figure: &str, measured: Duration, baseline: Duration, what: &str) -> Self {
+    pub fn reference(
+        id: &'static str,
+        figure: &str,
+        measured: Duration,
+        baseline: Duration,
+        what: &str,
+    ) -> Self {
         let mut r = Self::ratio(id, figure, measured, baseline, what, f64::INFINITY);
         r.target = "(reference)".into();
         r.met = None;

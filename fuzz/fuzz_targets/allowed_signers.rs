@@ -5,7 +5,9 @@ use ferry_signer::AllowedSigners;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(signers) = AllowedSigners::parse(text) {
         for entry in signers.entries() {
             let line = entry.to_string();

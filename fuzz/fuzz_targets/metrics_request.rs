@@ -6,7 +6,9 @@ use ferry_agent::metrics::request;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(line) = std::str::from_utf8(data) else { return };
+    let Ok(line) = std::str::from_utf8(data) else {
+        return;
+    };
     match request(line) {
         Ok(_) => {
             let target = line.split(' ').nth(1).unwrap_or("");

@@ -6,10 +6,15 @@ use ferry_agent::cache_serve::route;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(line) = std::str::from_utf8(data) else { return };
+    let Ok(line) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(r) = route(line) {
         assert!(!r.rest.is_empty() && !r.rest.starts_with('/'));
         assert!(r.rest.split('/').all(|s| !s.is_empty() && s != "." && s != ".."));
-        assert!(r.rest.chars().all(|c| c.is_ascii_alphanumeric() || "._-+=/".contains(c)));
+        assert!(r
+            .rest
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-+=/".contains(c)));
     }
 });

@@ -14,7 +14,9 @@ fuzz_target!(|data: &[u8]| {
         .iter()
         .map(|h| {
             let entry = HostEntry {
-                toplevel: format!("/nix/store/{}-nixos-system-{h}", "a".repeat(32)).parse().unwrap(),
+                toplevel: format!("/nix/store/{}-nixos-system-{h}", "a".repeat(32))
+                    .parse()
+                    .unwrap(),
                 action: Default::default(),
             };
             (h.parse().unwrap(), entry)
