@@ -224,7 +224,7 @@ fn credentials_refused_at_realise_are_named_and_nothing_is_realised() {
 fn a_redirect_to_another_host_never_carries_the_credentials() {
     let f = Fixture::new(1);
     // nginx answers narinfo requests it let in with a 302 to its open mirror:
-    // another port and host name (localhost), so another origin. The netrc's
+    // another address and port (127.0.0.2), so another host and origin. The netrc's
     // `default` entry would match that host too: still nothing is sent.
     let server = f.serve(&basic_access("u", "p"), true);
     let caches = f.caches(

@@ -63,7 +63,9 @@ pub struct Nginx {
     dir: tempfile::TempDir,
     /// The cache's port, on 127.0.0.1.
     pub port: u16,
-    /// The open mirror's port, reached as `localhost`: another origin.
+    /// The open mirror's port, on 127.0.0.2: another host, so another
+    /// origin (an address rather than a name such as `localhost`, which a
+    /// minimal system without `/etc/hosts` cannot resolve).
     pub mirror_port: u16,
 }
 
@@ -179,7 +181,7 @@ impl Nginx {
             // are sent on.
             format!(
                 "location ~ \\.narinfo$ {{\n      {guard}      try_files /.ferry-never @mirror;\n    }}\n    \
-                 location @mirror {{ return 302 http://localhost:{mirror_port}$request_uri; }}\n    "
+                 location @mirror {{ return 302 http://127.0.0.2:{mirror_port}$request_uri; }}\n    "
             )
         } else {
             String::new()
@@ -210,8 +212,7 @@ http {{
       {guard}    }}
   }}
   server {{
-    listen 127.0.0.1:{mirror_port};
-    server_name localhost;
+    listen 127.0.0.2:{mirror_port};
     root {root};
   }}
 }}
@@ -248,8 +249,8 @@ http {{
 
     fn wait_until_listening(&mut self) -> Result<(), NginxError> {
         let deadline = Instant::now() + Duration::from_secs(20);
-        for port in [self.port, self.mirror_port] {
-            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        for address in self.addresses() {
+            while TcpStream::connect(address).is_err() {
                 let exited = self.child.try_wait().map_err(io("waiting for nginx"))?;
                 if exited.is_some() || Instant::now() > deadline {
                     let log =
@@ -268,6 +269,11 @@ http {{
         Ok(())
     }
 
+    /// Where the cache and the mirror listen.
+    fn addresses(&self) -> [(&'static str, u16); 2] {
+        [("127.0.0.1", self.port), ("127.0.0.2", self.mirror_port)]
+    }
+
     /// The cache's URL.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
@@ -275,7 +281,7 @@ http {{
 
     /// The mirror's URL, as the redirects name it.
     pub fn mirror_url(&self) -> String {
-        format!("http://localhost:{}", self.mirror_port)
+        format!("http://127.0.0.2:{}", self.mirror_port)
     }
 
     /// Every request logged so far, on both servers, oldest first. A marker
@@ -283,8 +289,8 @@ http {{
     /// before this call is in the log.
     pub fn requests(&self) -> Vec<Logged> {
         let marker = format!("/ferry-log-marker-{}", std::process::id());
-        for port in [self.port, self.mirror_port] {
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+        for address in self.addresses() {
+            if let Ok(mut s) = TcpStream::connect(address) {
                 let _ = write!(s, "GET {marker} HTTP/1.0\r\n\r\n");
                 let _ = s.read_to_end(&mut Vec::new());
             }
