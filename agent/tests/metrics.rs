@@ -83,10 +83,7 @@ fn the_operations_guide_lists_exactly_the_metrics_the_agent_writes() {
         .lines()
         .filter(|l| l.starts_with("| `ferry_"))
         .map(|l| {
-            let cells: Vec<&str> = l
-                .split(" | ")
-                .map(|c| c.trim_matches(|c| c == '|' || c == ' '))
-                .collect();
+            let cells = ferry_test_support::table_cells(l);
             assert!(
                 cells.len() >= 4,
                 "{DOC}: a metric row needs name, type, labels and meaning: {l}"

@@ -78,10 +78,7 @@ fn documented_rows() -> Vec<Row> {
         .lines()
         .filter(|l| l.starts_with("| `"))
         .map(|l| {
-            let cells: Vec<&str> = l
-                .split(" | ")
-                .map(|c| c.trim_matches(|c| c == '|' || c == ' '))
-                .collect();
+            let cells = ferry_test_support::table_cells(l);
             assert!(
                 cells.len() >= 4,
                 "{DOC}: a row needs key, type, default and meaning: {l}"

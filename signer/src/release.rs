@@ -482,16 +482,23 @@ mod tests {
         toml::to_string(&file).unwrap()
     }
 
-    #[test]
-    fn to_toml_matches_the_toml_crate() {
+    /// The example release, the same without `expires` and `source`, and
+    /// a copy of the example with hosts with odd names, every
+    /// action and a toplevel of unusual characters (`odd_base_minimal`:
+    /// added to the minimal release instead).
+    fn variants(odd_base_minimal: bool) -> (Release, Release, Release) {
         let full = Release::parse(example().as_bytes()).unwrap();
         let mut minimal = full.clone();
         minimal.expires = None;
         minimal.source = None;
-        let mut odd_names = full.clone();
+        let mut odd = if odd_base_minimal {
+            minimal.clone()
+        } else {
+            full.clone()
+        };
         for (i, name) in ["a", "web-1", "db_2", "X9"].iter().enumerate() {
             let action = [Action::Switch, Action::Boot, Action::Test][i % 3];
-            odd_names.hosts.insert(
+            odd.hosts.insert(
                 name.parse().unwrap(),
                 HostEntry {
                     toplevel: "/nix/store/0c0mb5j1x3dg5bf3wk3jh4xyz6p4s3ld-a+b-c.d_e?f=g"
@@ -501,6 +508,12 @@ mod tests {
                 },
             );
         }
+        (full, minimal, odd)
+    }
+
+    #[test]
+    fn to_toml_matches_the_toml_crate() {
+        let (full, minimal, odd_names) = variants(false);
         let mut empty = minimal.clone();
         empty.hosts.clear();
         for r in [full, minimal, odd_names, empty] {
@@ -510,24 +523,8 @@ mod tests {
 
     #[test]
     fn the_canonical_fast_path_agrees_with_the_strict_one() {
-        let full = Release::parse(example().as_bytes()).unwrap();
-        let mut minimal = full.clone();
-        minimal.expires = None;
-        minimal.source = None;
+        let (full, minimal, actions) = variants(true);
         let mut tested = Vec::new();
-        let mut actions = minimal.clone();
-        for (i, name) in ["a", "web-1", "db_2", "X9"].iter().enumerate() {
-            let action = [Action::Switch, Action::Boot, Action::Test][i % 3];
-            actions.hosts.insert(
-                name.parse().unwrap(),
-                HostEntry {
-                    toplevel: "/nix/store/0c0mb5j1x3dg5bf3wk3jh4xyz6p4s3ld-a+b-c.d_e?f=g"
-                        .parse()
-                        .unwrap(),
-                    action,
-                },
-            );
-        }
         for r in [full, minimal, actions] {
             let text = r.to_toml();
             assert_eq!(Release::parse_canonical(&text).as_ref(), Some(&r), "{text}");

@@ -122,6 +122,14 @@ pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
     path
 }
 
+/// The cells of one row of a Markdown table (`| a | b |`), trimmed, for
+/// the tests that check a table in docs/ against the code.
+pub fn table_cells(row: &str) -> Vec<&str> {
+    row.split(" | ")
+        .map(|c| c.trim_matches(|c| c == '|' || c == ' '))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
