@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use ferry_agent::app::lock::{self, AgentLock, LockError};
+use ferry_agent::app::{daemon, logging, status};
 use ferry_agent::config::{Config, DEFAULT_PATH};
-use ferry_agent::lock::{self, AgentLock, LockError};
-use ferry_agent::reconcile::{Agent, Reconciled};
-use ferry_agent::{daemon, logging, status};
+use ferry_agent::reconcile::Reconciled;
 
 #[derive(Parser)]
 #[command(
@@ -49,7 +49,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::RecordSwitchResult { file } = &cli.command {
-        return match ferry_agent::switch::record_switch_result(file) {
+        return match ferry_agent::io::systemd::switch::record_switch_result(file) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("ferry-agent: {e}");
@@ -68,8 +68,8 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(err) => {
-            tracing::error!("{}", ferry_agent::logging::error_chain(&err));
-            eprintln!("ferry-agent: {}", ferry_agent::logging::error_chain(&err));
+            tracing::error!("{}", ferry_agent::app::logging::error_chain(&err));
+            eprintln!("ferry-agent: {}", ferry_agent::app::logging::error_chain(&err));
             ExitCode::FAILURE
         }
     }
@@ -119,8 +119,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 Err(e) => return Err(e.into()),
             };
-            ferry_agent::source::set_network_timeouts(Duration::from_secs(10), Duration::from_secs(60))?;
-            let mut agent = Agent::new(config).context("cannot start")?;
+            ferry_agent::io::git::source::set_network_timeouts(
+                Duration::from_secs(10),
+                Duration::from_secs(60),
+            )?;
+            let mut agent = ferry_agent::app::live::agent(config).context("cannot start")?;
             let outcome = agent.reconcile().await?;
             println!("{}", describe(&outcome));
             Ok(if outcome.is_ok() {
@@ -130,7 +133,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Run => {
-            ferry_agent::source::set_network_timeouts(Duration::from_secs(10), Duration::from_secs(60))?;
+            ferry_agent::io::git::source::set_network_timeouts(
+                Duration::from_secs(10),
+                Duration::from_secs(60),
+            )?;
             match daemon::run(cli.config, daemon::shutdown_signal()).await {
                 Ok(()) => Ok(ExitCode::SUCCESS),
                 Err(e) => match e.downcast_ref::<LockError>() {

@@ -4,9 +4,10 @@
 use std::sync::atomic::Ordering;
 
 use crate::common::forge::Recorder;
-use ferry_agent::config::{Forge, ForgeTarget};
-use ferry_agent::forge::{Delivery, ForgeClient};
-use ferry_agent::report::{CommitStatus, Outbox, StatusState};
+use ferry_agent::io::forge::{CommitStatus, StatusState};
+use ferry_agent::io::forge::{Delivery, ForgeClient};
+use ferry_agent::io::forge::{Forge, ForgeTarget};
+use ferry_agent::state::outbox::{self, Outbox};
 
 const SHA: &str = "9fceb02d0ae598e95dc970b74767f19372d61af8";
 
@@ -118,7 +119,7 @@ fn refusals_name_the_repository_and_token_file_and_keep_the_status() {
 
     for code in [401, 403] {
         rec.answer.store(code, Ordering::SeqCst);
-        let drain = rt.block_on(gitea.drain(&outbox)).unwrap();
+        let drain = rt.block_on(outbox::drain(&outbox, &gitea)).unwrap();
         let Some(Delivery::Misconfigured(why)) = drain.stopped else {
             panic!("{drain:?}")
         };
@@ -130,7 +131,7 @@ fn refusals_name_the_repository_and_token_file_and_keep_the_status() {
         assert_eq!(outbox.len().unwrap(), 2, "kept for when the token is fixed");
     }
     rec.answer.store(404, Ordering::SeqCst);
-    let drain = rt.block_on(gitea.drain(&outbox)).unwrap();
+    let drain = rt.block_on(outbox::drain(&outbox, &gitea)).unwrap();
     assert!(
         matches!(drain.stopped, Some(Delivery::Misconfigured(ref why)) if why.contains("not found")),
         "{drain:?}"
@@ -138,10 +139,10 @@ fn refusals_name_the_repository_and_token_file_and_keep_the_status() {
 
     // 5xx: retried later, order kept.
     rec.answer.store(503, Ordering::SeqCst);
-    let drain = rt.block_on(gitea.drain(&outbox)).unwrap();
+    let drain = rt.block_on(outbox::drain(&outbox, &gitea)).unwrap();
     assert!(matches!(drain.stopped, Some(Delivery::Retry(_))));
     rec.answer.store(201, Ordering::SeqCst);
-    let drain = rt.block_on(gitea.drain(&outbox)).unwrap();
+    let drain = rt.block_on(outbox::drain(&outbox, &gitea)).unwrap();
     assert_eq!((drain.delivered, drain.stopped), (2, None));
     let states: Vec<String> = rec.statuses().into_iter().map(|(_, s, _)| s).collect();
     assert_eq!(states, vec!["pending", "success"]);
@@ -149,7 +150,7 @@ fn refusals_name_the_repository_and_token_file_and_keep_the_status() {
     // A status the forge can never accept (422) is dropped, not retried forever.
     outbox.push(&status(StatusState::Error, "c")).unwrap();
     rec.answer.store(422, Ordering::SeqCst);
-    let drain = rt.block_on(gitea.drain(&outbox)).unwrap();
+    let drain = rt.block_on(outbox::drain(&outbox, &gitea)).unwrap();
     assert_eq!((drain.dropped, outbox.len().unwrap()), (1, 0));
 }
 

@@ -5,9 +5,9 @@
 
 use std::path::Path;
 
+use ferry_agent::app::live::LiveStore;
 use ferry_agent::config::Config;
-use ferry_agent::reconcile::{Agent, Reconciled};
-use ferry_agent::seams::LiveStore;
+use ferry_agent::reconcile::Reconciled;
 use ferry_signer::sshsig::GitSigner;
 use ssh_key::PublicKey;
 
@@ -63,8 +63,8 @@ fn reconcile(dir: &Path, repo: &Path, allowed: &str, current: &Path) -> Reconcil
     let config = Config::parse(&text, Path::new("agent.toml"), || None).unwrap();
     let mut store = LiveStore::for_config(&config);
     store.current_system = current.to_owned();
-    let mut agent = Agent::new(config).unwrap();
-    agent.seams.store = Box::new(store);
+    let mut agent = ferry_agent::app::live::agent(config).unwrap();
+    agent.ports.store = Box::new(store);
     runtime().block_on(agent.reconcile()).unwrap()
 }
 

@@ -4,7 +4,7 @@
 use std::process::Command;
 
 use crate::common::nix::{self, Cache};
-use ferry_agent::narinfo::{CachePublicKey, NarInfo, TrustError};
+use ferry_agent::io::cache::narinfo::{CachePublicKey, NarInfo, TrustError};
 
 #[test]
 fn narinfos_signed_by_nix_verify_and_tampering_is_caught() {

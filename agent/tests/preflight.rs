@@ -4,8 +4,8 @@ use std::path::Path;
 
 use crate::common::http::StaticServer;
 use crate::common::nix::{self, Cache};
-use ferry_agent::cache::{BinaryCaches, CacheError};
-use ferry_agent::narinfo::{CachePublicKey, TrustError};
+use ferry_agent::io::cache::client::{BinaryCaches, CacheError};
+use ferry_agent::io::cache::narinfo::{CachePublicKey, TrustError};
 
 /// A toplevel with a chain of `depth` dependencies, in a signed cache served
 /// over HTTP, and deleted from the local store.
@@ -41,7 +41,10 @@ impl Fixture {
         BinaryCaches::new(&[self.server.url()], &keys)
     }
 
-    fn preflight(&self, caches: &BinaryCaches) -> Result<ferry_agent::cache::Preflight, CacheError> {
+    fn preflight(
+        &self,
+        caches: &BinaryCaches,
+    ) -> Result<ferry_agent::io::cache::client::Preflight, CacheError> {
         crate::common::runtime()
             .block_on(caches.preflight(&self.toplevel.parse().unwrap(), Path::new("/nix/store")))
     }
@@ -121,8 +124,8 @@ fn an_unreachable_cache_is_a_transient_error() {
         .block_on(caches.preflight(&toplevel, Path::new("/nix/store")))
         .unwrap_err();
     assert_eq!(
-        ferry_agent::decide::cache_fault(&err),
-        ferry_agent::decide::Fault::Transient,
+        ferry_agent::policy::faults::cache_fault(&err),
+        ferry_agent::policy::faults::Fault::Transient,
         "{err}"
     );
     assert!(err.to_string().contains(&format!("127.0.0.1:{port}")), "{err}");
@@ -145,13 +148,13 @@ fn an_oversized_or_malformed_narinfo_is_refused_not_retried() {
         let err = f.preflight(&f.caches(&[&f.cache.public_key])).unwrap_err();
         assert!(matches!(err, CacheError::Narinfo { .. }), "{what}: {err:?}");
         assert_ne!(
-            ferry_agent::decide::cache_fault(&err),
-            ferry_agent::decide::Fault::Transient,
+            ferry_agent::policy::faults::cache_fault(&err),
+            ferry_agent::policy::faults::Fault::Transient,
             "{what}: {err}"
         );
         assert_eq!(
-            ferry_agent::decide::cache_severity(&err),
-            ferry_agent::decide::Severity::Failure,
+            ferry_agent::policy::faults::cache_severity(&err),
+            ferry_agent::policy::faults::Severity::Failure,
             "{what}"
         );
         assert!(
@@ -177,8 +180,9 @@ impl Drop for Stray {
 /// cache like a missing one.
 #[test]
 fn a_path_that_exists_but_nix_holds_invalid_is_not_present() {
-    use ferry_agent::seams::{checked_preflight, LiveCaches, LiveStore};
-    use ferry_agent::store::Store;
+    use ferry_agent::app::live::{LiveCaches, LiveStore};
+    use ferry_agent::io::nix::Store;
+    use ferry_agent::reconcile::ports::checked_preflight;
     let f = Fixture::new(3);
     let leaf = f
         .closure
@@ -247,8 +251,8 @@ fn a_cache_dripping_a_narinfo_is_cut_off_by_the_deadline() {
 #[test]
 fn a_cache_dripping_a_nar_is_cut_off_by_the_realise_deadline() {
     use crate::common::hostile::{dripping_cache, within};
-    use ferry_agent::seams::realise_via_relay;
-    use ferry_agent::store::{Store, StoreError};
+    use ferry_agent::io::cache::relay::realise_via_relay;
+    use ferry_agent::io::nix::{Store, StoreError};
     let f = Fixture::new(1);
     let server = dripping_cache(&f.cache.dir, "/nar/");
     let keys = vec![f.cache.public_key.parse::<CachePublicKey>().unwrap()];

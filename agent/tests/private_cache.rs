@@ -11,12 +11,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine as _;
-use ferry_agent::cache::{BinaryCaches, CacheError};
-use ferry_agent::cache_serve::LoopbackCache;
-use ferry_agent::credentials::CacheCredentials;
-use ferry_agent::narinfo::CachePublicKey;
-use ferry_agent::seams::realise_via_relay;
-use ferry_agent::store::{Store, StoreError};
+use ferry_agent::io::cache::client::{BinaryCaches, CacheError};
+use ferry_agent::io::cache::credentials::CacheCredentials;
+use ferry_agent::io::cache::narinfo::CachePublicKey;
+use ferry_agent::io::cache::relay::realise_via_relay;
+use ferry_agent::io::cache::relay::LoopbackCache;
+use ferry_agent::io::nix::{Store, StoreError};
 use ferry_test_support::nginx::{Access, Nginx};
 
 use crate::common::nix::{self, Cache};
@@ -79,7 +79,10 @@ impl Fixture {
         BinaryCaches::with_credentials(&[url.to_owned()], &[key], credentials)
     }
 
-    fn preflight(&self, caches: &BinaryCaches) -> Result<ferry_agent::cache::Preflight, CacheError> {
+    fn preflight(
+        &self,
+        caches: &BinaryCaches,
+    ) -> Result<ferry_agent::io::cache::client::Preflight, CacheError> {
         crate::common::runtime()
             .block_on(caches.preflight(&self.toplevel.parse().unwrap(), Path::new("/nix/store")))
     }

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use crate::common::nix::{self, Cache};
 use crate::common::s3::Moto;
-use ferry_agent::cache::{BinaryCaches, CacheError};
-use ferry_agent::credentials::CacheCredentials;
-use ferry_agent::narinfo::CachePublicKey;
-use ferry_agent::seams::realise_via_relay;
-use ferry_agent::store::Store;
+use ferry_agent::io::cache::client::{BinaryCaches, CacheError};
+use ferry_agent::io::cache::credentials::CacheCredentials;
+use ferry_agent::io::cache::narinfo::CachePublicKey;
+use ferry_agent::io::cache::relay::realise_via_relay;
+use ferry_agent::io::nix::Store;
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -74,7 +74,10 @@ impl Fixture {
         format!("s3://{bucket}?region={region}&endpoint={}", self.moto.endpoint())
     }
 
-    fn preflight(&self, caches: &BinaryCaches) -> Result<ferry_agent::cache::Preflight, CacheError> {
+    fn preflight(
+        &self,
+        caches: &BinaryCaches,
+    ) -> Result<ferry_agent::io::cache::client::Preflight, CacheError> {
         crate::common::runtime()
             .block_on(caches.preflight(&self.toplevel.parse().unwrap(), Path::new("/nix/store")))
     }
@@ -174,8 +177,8 @@ fn an_endpoint_that_never_answers_is_a_transient_error() {
         .unwrap_err();
     drop(listener);
     assert_eq!(
-        ferry_agent::decide::cache_fault(&err),
-        ferry_agent::decide::Fault::Transient,
+        ferry_agent::policy::faults::cache_fault(&err),
+        ferry_agent::policy::faults::Fault::Transient,
         "{err}"
     );
     assert!(err.to_string().contains(&format!("127.0.0.1:{port}")), "{err}");

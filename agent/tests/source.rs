@@ -3,7 +3,7 @@
 use crate::common::git::{git, DeployRepo, GitDaemon};
 use crate::common::hostile::{hostile_server, within};
 use crate::common::{agent_toml, UNUSED_CACHE};
-use ferry_agent::source::{Source, SourceError};
+use ferry_agent::io::git::source::{Source, SourceError};
 
 const WEB1_A: &str = "/nix/store/0c0mb5j1x3dg5bf3wk3jh4xyz6p4s3ld-nixos-system-web1";
 const WEB1_B: &str = "/nix/store/1c0mb5j1x3dg5bf3wk3jh4xyz6p4s3ld-nixos-system-web1";

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::common::nix;
 use crate::common::systemd::Testbed;
-use ferry_agent::systemd::{Command, Systemd, SystemdError, TransientService, UnitState};
+use ferry_agent::io::systemd::bus::{Command, Systemd, SystemdError, TransientService, UnitState};
 
 fn service(name: &str, script: &str, max: Duration) -> TransientService {
     TransientService {

@@ -27,7 +27,7 @@ fn agent(dir: &Path, deploy: &DeployRepo, cache: &nix::Cache, forge: &Recorder) 
     );
     let url = deploy.path.to_str().unwrap();
     let text = agent_toml("web1", &dir.join("state"), url, &signers, &rest);
-    Agent::new(Config::parse(&text, Path::new("agent.toml"), || None).unwrap()).unwrap()
+    ferry_agent::app::live::agent(Config::parse(&text, Path::new("agent.toml"), || None).unwrap()).unwrap()
 }
 
 /// Builds a toplevel, puts its signed closure in `cache`, then removes it from

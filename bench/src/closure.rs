@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use chrono::Utc;
-use ferry_agent::cache::BinaryCaches;
-use ferry_agent::decide::{self, Verdict};
-use ferry_agent::narinfo::CachePublicKey;
-use ferry_agent::source::Source;
-use ferry_agent::store::Store;
+use ferry_agent::io::cache::client::BinaryCaches;
+use ferry_agent::policy::judge::{self, Verdict};
+use ferry_agent::io::cache::narinfo::CachePublicKey;
+use ferry_agent::io::git::source::Source;
+use ferry_agent::io::nix::Store;
 use ferry_signer::publish::ReleaseChanges;
 use ferry_signer::{Action, HostEntry, HostName};
 
@@ -144,7 +144,7 @@ pub fn fetch_verify_select(
 ) -> Result<HostEntry> {
     source.fetch(tip)?;
     let verified = ferry_signer::verify::verify_release_commit(source.repo(), tip, &key.signers, Utc::now())?;
-    match decide::judge(&verified, host, None, false, None) {
+    match judge::judge(&verified, host, None, false, None) {
         Verdict::Deploy(entry) => Ok(entry),
         other => bail!("expected a deploy, got {other:?}"),
     }

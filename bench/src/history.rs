@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use chrono::Utc;
-use ferry_agent::decide::{self, Verdict};
-use ferry_agent::source::Source;
+use ferry_agent::policy::judge::{self, Verdict};
+use ferry_agent::io::git::source::Source;
 use ferry_agent::state::Anchor;
 use ferry_signer::publish::{self, ReleaseChanges};
 use ferry_signer::CommitId;
@@ -127,7 +127,7 @@ fn reconcile(
         Some(a) => source.descends_from(tip, git2::Oid::from_str(a.commit.as_str())?)?,
         None => false,
     };
-    let verdict = decide::judge(&verified, &host, anchor, descends, None);
+    let verdict = judge::judge(&verified, &host, anchor, descends, None);
     let elapsed = start.elapsed();
     if !matches!(verdict, Verdict::Deploy(_)) {
         bail!("expected a deploy, got {verdict:?}");

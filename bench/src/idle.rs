@@ -65,7 +65,7 @@ forge = "none"
         .arg("--config")
         .arg(&config)
         .arg("run")
-        .env("RUST_LOG", "info,ferry_agent::daemon=debug")
+        .env("RUST_LOG", "info,ferry_agent::app::daemon=debug")
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

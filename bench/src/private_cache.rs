@@ -11,12 +11,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use ferry_agent::cache::BinaryCaches;
-use ferry_agent::credentials::CacheCredentials;
-use ferry_agent::narinfo::CachePublicKey;
-use ferry_agent::seams::realise_via_relay;
-use ferry_agent::source::Source;
-use ferry_agent::store::Store;
+use ferry_agent::io::cache::client::BinaryCaches;
+use ferry_agent::io::cache::credentials::CacheCredentials;
+use ferry_agent::io::cache::narinfo::CachePublicKey;
+use ferry_agent::io::cache::relay::realise_via_relay;
+use ferry_agent::io::git::source::Source;
+use ferry_agent::io::nix::Store;
 use ferry_signer::HostName;
 use ferry_test_support::nginx::{Access, Nginx};
 

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use ferry_agent::narinfo::{CachePublicKey, NarInfo};
+use ferry_agent::io::cache::narinfo::{CachePublicKey, NarInfo};
 
 use crate::closure::ClosureFixture;
 use crate::fixtures::{self, ReleaseKey};

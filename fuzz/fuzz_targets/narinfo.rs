@@ -1,7 +1,7 @@
 //! narinfo: parsing never panics; a parsed narinfo's fingerprint and trust
 //! check never panic, and an unsigned one is never trusted.
 #![no_main]
-use ferry_agent::narinfo::{CachePublicKey, NarInfo};
+use ferry_agent::io::cache::narinfo::{CachePublicKey, NarInfo};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,7 +2,7 @@
 //! route is only ever a GET or HEAD of a plain relative path, never one that
 //! climbs out of the substituter (`..`, empty or absolute segments).
 #![no_main]
-use ferry_agent::cache_serve::route;
+use ferry_agent::io::cache::relay::route;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -17,18 +17,19 @@ use ferry_signer::{
 use futures_util::FutureExt;
 
 use super::*;
-use crate::cache::{CacheError, Preflight};
-use crate::config::HealthCommand;
-use crate::durable::faults;
-use crate::health::Health;
-use crate::report::{CommitStatus, Outbox};
-use crate::seams::{
-    Activation, Clock, ClosureCache, NixStore, Pending, Reboot, ReleaseSource, Seams, StatusSink, Units,
+use crate::io::cache::client::{CacheError, Preflight};
+use crate::io::durable::faults;
+use crate::io::forge::CommitStatus;
+use crate::io::git::source::SourceError;
+use crate::io::nix::StoreError;
+use crate::io::systemd::bus::SystemdError;
+use crate::io::systemd::health::Health;
+use crate::io::systemd::health::HealthCommand;
+use crate::reconcile::ports::{
+    Activation, Clock, ClosureCache, NixStore, Pending, Ports, Reboot, ReleaseSource, StatusSink, Units,
 };
-use crate::source::SourceError;
+use crate::state::outbox::Outbox;
 use crate::state::StateError;
-use crate::store::StoreError;
-use crate::systemd::SystemdError;
 
 const R1: &str = "1111111111111111111111111111111111111111";
 const R2: &str = "2222222222222222222222222222222222222222";
@@ -240,12 +241,12 @@ impl ClosureCache for FakeCache {
                 url: "https://cache.example.com/nix-cache-info".into(),
                 detail: "HTTP 503".into(),
             }),
-            Cached::Unsigned => Err(CacheError::Untrusted(crate::narinfo::TrustError::Unsigned {
-                path,
-            })),
+            Cached::Unsigned => Err(CacheError::Untrusted(
+                crate::io::cache::narinfo::TrustError::Unsigned { path },
+            )),
             Cached::Oversized => Err(CacheError::Narinfo {
                 url: format!("https://cache.example.com/{}.narinfo", &path[11..43]),
-                source: crate::narinfo::NarInfoError::TooLarge,
+                source: crate::io::cache::narinfo::NarInfoError::TooLarge,
             }),
             Cached::DiskUnknown => Err(CacheError::Disk {
                 store: "/nix/store".into(),
@@ -518,7 +519,7 @@ impl Host {
         );
         let config = Config::parse(&text, Path::new("agent.toml"), || None).unwrap();
         let w = &self.world;
-        let seams = Seams {
+        let ports = Ports {
             source: Box::new(FakeSource(w.clone())),
             caches: Box::new(FakeCache(w.clone())),
             store: Box::new(FakeStore(w.clone())),
@@ -530,7 +531,7 @@ impl Host {
             reboot: Box::new(FakeReboot(w.clone())),
             clock: Box::new(FakeClock(w.clone())),
         };
-        Agent::with_seams(config, AllowedSigners::parse("").unwrap(), seams).unwrap()
+        Agent::with_ports(config, AllowedSigners::parse("").unwrap(), ports).unwrap()
     }
 
     fn state(&self) -> State {
@@ -1791,7 +1792,7 @@ fn a_persisting_transient_fault_posts_one_error_status_then_normal_ones() {
     let began = since - chrono::Duration::minutes(15);
     host.edit_state(|s| s.fault.as_mut().unwrap().since = began);
     transient(&mut agent);
-    let error = decide::fault_description("error: binary cache unreachable", began);
+    let error = wording::fault_description("error: binary cache unreachable", began);
     assert!(error.starts_with("error: binary cache unreachable; retrying since "));
     expected.extend([
         (commit(R1), StatusState::Error, error.clone()),

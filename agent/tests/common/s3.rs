@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use ferry_agent::s3::AwsCredentials;
+use ferry_agent::io::cache::s3::AwsCredentials;
 use zeroize::Zeroizing;
 
 use super::git::{free_port, wait_for_port};
@@ -76,7 +76,7 @@ impl Moto {
             r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:*","Resource":"*"}]}"#;
         iam(&format!(
             "Action=PutUserPolicy&UserName=ferry&PolicyName=all&PolicyDocument={}",
-            ferry_agent::s3::uri_encode(policy, true)
+            ferry_agent::io::cache::s3::uri_encode(policy, true)
         ));
         let key = AwsCredentials {
             access_key_id: field(&created, "AccessKeyId"),
@@ -99,7 +99,14 @@ impl Moto {
     /// A signed request with a body; panics unless S3 says yes.
     fn put(&self, path: &str, body: Vec<u8>, region: &str) {
         let url = reqwest::Url::parse(&format!("{}/{path}", self.endpoint())).unwrap();
-        let signed = ferry_agent::s3::sign_upload("PUT", &url, region, &self.key, chrono::Utc::now(), &body);
+        let signed = ferry_agent::io::cache::s3::sign_upload(
+            "PUT",
+            &url,
+            region,
+            &self.key,
+            chrono::Utc::now(),
+            &body,
+        );
         let mut request = self.client.put(url.clone()).body(body);
         for (k, v) in signed {
             request = request.header(k, v.as_str());
@@ -134,7 +141,7 @@ impl Moto {
                 } else {
                     let key = path.strip_prefix(dir).unwrap().to_str().unwrap().to_owned();
                     self.put(
-                        &format!("{bucket}/{}", ferry_agent::s3::uri_encode(&key, false)),
+                        &format!("{bucket}/{}", ferry_agent::io::cache::s3::uri_encode(&key, false)),
                         std::fs::read(&path).unwrap(),
                         region,
                     );
@@ -146,8 +153,14 @@ impl Moto {
     /// Deletes one object with a signed request.
     pub fn delete(&self, bucket: &str, key: &str) {
         let url = reqwest::Url::parse(&format!("{}/{bucket}/{key}", self.endpoint())).unwrap();
-        let signed =
-            ferry_agent::s3::sign_upload("DELETE", &url, "us-east-1", &self.key, chrono::Utc::now(), b"");
+        let signed = ferry_agent::io::cache::s3::sign_upload(
+            "DELETE",
+            &url,
+            "us-east-1",
+            &self.key,
+            chrono::Utc::now(),
+            b"",
+        );
         let mut request = self.client.delete(url);
         for (k, v) in signed {
             request = request.header(k, v.as_str());

@@ -27,12 +27,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::warn;
 
-use crate::config::Invalid;
-use crate::durable::atomic_write;
-use crate::report::Outbox;
-use crate::seams::NixStore;
+use crate::config::value::Invalid;
+use crate::io::durable::atomic_write;
+use crate::io::nix;
+use crate::reconcile::ports::NixStore;
+use crate::state::outbox::Outbox;
 use crate::state::{OutcomeKind, State, StateDir};
-use crate::store;
 
 /// The file written into the textfile-collector directory.
 pub const TEXTFILE: &str = "ferry_agent.prom";
@@ -77,7 +77,7 @@ pub(crate) struct MetricsFile {
 pub(crate) fn validate(f: MetricsFile) -> Result<MetricsConfig, Invalid> {
     let textfile_dir = f
         .textfile_dir
-        .map(|d| crate::config::absolute(d, "metrics.textfile_dir"))
+        .map(|d| crate::config::value::absolute(d, "metrics.textfile_dir"))
         .transpose()
         .map_err(|p| Invalid::new("metrics.textfile_dir", p))?;
     let listen = f
@@ -565,7 +565,7 @@ impl Metrics {
     pub fn new(config: MetricsConfig) -> Self {
         Self {
             config,
-            booted_system: PathBuf::from(store::BOOTED_SYSTEM),
+            booted_system: PathBuf::from(nix::BOOTED_SYSTEM),
             tally: None,
             seen: None,
             page: Page::default(),
@@ -603,7 +603,10 @@ impl Metrics {
             return;
         }
         if let Err(e) = self.try_update(state_dir, store, polled) {
-            warn!("cannot update the metrics: {}", crate::logging::error_chain(&e));
+            warn!(
+                "cannot update the metrics: {}",
+                crate::app::logging::error_chain(&e)
+            );
         }
     }
 
@@ -633,7 +636,7 @@ impl Metrics {
         let queued = Outbox::open(dir)?.len()? + state.unsent.len();
         let running = store.running_system();
         let profile = store.profile_system();
-        let booted = store::resolve_system(&self.booted_system);
+        let booted = nix::resolve_system(&self.booted_system);
         let snapshot = Snapshot {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             running: state.last_success.as_ref().map(|o| RunningRelease {
@@ -648,7 +651,7 @@ impl Metrics {
             }),
             deploys: tally.deploys.clone(),
             reboot_required: reboot_required(&state, booted.as_ref()),
-            drift: crate::status::drift(&state, running.as_ref(), profile.as_ref()).is_some(),
+            drift: crate::policy::drift::drift(&state, running.as_ref(), profile.as_ref()).is_some(),
             statuses_queued: queued,
             last_poll_success: tally.last_poll_success,
             newest_release: tally.newest_release.clone(),
@@ -676,7 +679,7 @@ fn write_textfile(dir: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 fn atomic_write_readable(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    crate::durable::atomic_write_mode(path, bytes, 0o644)
+    crate::io::durable::atomic_write_mode(path, bytes, 0o644)
 }
 
 // ---- the loopback endpoint ---------------------------------------------------
@@ -691,7 +694,7 @@ pub enum Request {
 /// Reads a request line (`GET /metrics HTTP/1.1`); the HTTP status to
 /// answer otherwise. Pure, so it is tested (and fuzzed) without sockets.
 pub fn request(line: &str) -> Result<Request, u16> {
-    let line = crate::http_line::parse(line)?;
+    let line = crate::io::http_line::parse(line)?;
     if line.path != "/metrics" {
         return Err(404);
     }

@@ -1,19 +1,31 @@
 //! The agent's configuration (`/etc/ferry/agent.toml`): parsed strictly, so an
 //! unknown key or a bad value is refused at start with the key's name and what
-//! was expected, and validated into types the rest of the agent trusts. The
-//! file's format is here; each section is validated by the module that owns
-//! it (`source::validate`, `cache::validate`, `switch::validate`,
-//! `health::validate`, `report::validate`, `metrics::validate`), which names
-//! the key it refuses; `[approvals]` is validated here, into `ferry_signer`'s
-//! `ApprovalPolicy`.
+//! was expected, and validated into types the rest of the agent trusts.
+//!
+//! This module only composes. Each section — its raw type as written, its
+//! validated type and its validation — belongs to the module that uses it
+//! (`[source]` to `io::git::source`, `[cache]` to `io::cache::client`,
+//! `[switch]` to `io::systemd::switch`, `[health]` to `io::systemd::health`,
+//! `[report]` to `io::forge`, `[reboot]` to `policy::window`, `[approvals]` to
+//! `policy::approvals`, `[metrics]` to `metrics`), which names the key it
+//! refuses; [`value`] is the leaf they all build on.
+
+pub mod value;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use ferry_signer::HostName;
 use serde::Deserialize;
 
-use crate::narinfo::CachePublicKey;
+use self::value::{absolute, Invalid};
+use crate::io::cache::client::{self as cache, CacheConfig, CacheFile};
+use crate::io::forge::{self, ReportConfig, ReportFile};
+use crate::io::git::source::{self, SourceConfig, SourceFile};
+use crate::io::systemd::health::{self, HealthConfig, HealthFile};
+use crate::io::systemd::switch::{self, SwitchConfig, SwitchFile};
+use crate::metrics::{self, MetricsConfig, MetricsFile};
+use crate::policy::approvals::{self, ApprovalsConfig, ApprovalsFile};
+use crate::policy::window::{self, RebootFile, RebootPolicy};
 
 /// Default location of the configuration file.
 pub const DEFAULT_PATH: &str = "/etc/ferry/agent.toml";
@@ -33,96 +45,10 @@ pub struct Config {
     pub health: HealthConfig,
     pub report: ReportConfig,
     /// When the agent reboots into a release that needs it.
-    pub reboot: crate::window::RebootPolicy,
-    pub metrics: crate::metrics::MetricsConfig,
+    pub reboot: RebootPolicy,
+    pub metrics: MetricsConfig,
     pub approvals: ApprovalsConfig,
 }
-
-/// The two-person rule on this host: how many distinct people must approve
-/// a release before it is deployed here, who they are, and who may release.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ApprovalsConfig {
-    pub policy: ferry_signer::ApprovalPolicy,
-    /// The approvers' keys, when not in `source.allowed_signers`.
-    pub allowed_signers: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct SourceConfig {
-    /// The deploy repository: https://, http://, git://, file:// or an absolute path.
-    pub url: String,
-    pub branch: String,
-    pub allowed_signers: PathBuf,
-    pub poll_interval: Duration,
-    pub jitter: Duration,
-    /// Token for private https remotes (read at use, never logged).
-    pub token_file: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct CacheConfig {
-    /// Binary cache URLs, tried in order.
-    pub substituters: Vec<String>,
-    /// Keys narinfo signatures must verify against.
-    pub trusted_public_keys: Vec<CachePublicKey>,
-    /// Where the caches' credentials are read from.
-    pub credentials: crate::credentials::CacheCredentials,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct SwitchConfig {
-    /// The system profile (`/nix/var/nix/profiles/system`).
-    pub profile: PathBuf,
-    /// Name of the transient unit running switch-to-configuration (also a lock).
-    pub unit: String,
-    /// How long switch-to-configuration may run before it is stopped.
-    pub timeout: Duration,
-    /// Roll back automatically when the switch or a health check fails.
-    pub rollback: bool,
-    /// The deploy window: releases are switched to only inside it (`None`:
-    /// any time). `boot` releases and refusals are not held back.
-    pub window: Option<crate::window::Windows>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct HealthConfig {
-    /// How long to let units settle after a switch before looking for failures.
-    pub settle: Duration,
-    pub commands: Vec<HealthCommand>,
-}
-
-/// An extra health check: a shell command that must exit 0 within its timeout.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HealthCommand {
-    pub command: String,
-    pub timeout: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ReportConfig {
-    /// Where commit statuses are posted; absent with `forge = "none"`.
-    pub forge: Option<ForgeTarget>,
-    /// Status context; `{host}` is replaced by the host name.
-    pub context: String,
-    /// How long a transient fault may keep a release from progressing
-    /// before it is reported as an `error` status.
-    pub error_after: Duration,
-}
-
-/// A forge repository that commit statuses are posted to.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ForgeTarget {
-    pub forge: Forge,
-    /// API base, e.g. `https://git.example.com/api/v1` (Gitea) or `https://api.github.com`.
-    pub api_url: String,
-    /// `owner/repo` (GitHub, Gitea) or a project id or path (GitLab).
-    pub repository: String,
-    pub token_file: PathBuf,
-}
-
-/// Which forge API statuses are posted to: the signer's, so both sides name
-/// the forges alike.
-pub use ferry_signer::forge::ForgeKind as Forge;
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -139,13 +65,6 @@ pub enum ConfigError {
         key: &'static str,
         problem: String,
     },
-}
-
-impl ReportConfig {
-    /// The status context for `host`.
-    pub fn context_for(&self, host: &HostName) -> String {
-        self.context.replace("{host}", host.as_str())
-    }
 }
 
 impl Config {
@@ -195,14 +114,14 @@ impl Config {
         let state_dir = absolute(file.state_dir, "state_dir").map_err(|p| invalid("state_dir", p))?;
 
         let in_file = |e: Invalid| invalid(e.key, e.problem);
-        let source = crate::source::validate(file.source).map_err(in_file)?;
-        let cache = crate::cache::validate(file.cache).map_err(in_file)?;
-        let switch = crate::switch::validate(file.switch).map_err(in_file)?;
-        let health = crate::health::validate(file.health);
-        let report = crate::report::validate(file.report).map_err(in_file)?;
-        let reboot = crate::window::validate_reboot(file.reboot).map_err(in_file)?;
-        let metrics = crate::metrics::validate(file.metrics).map_err(in_file)?;
-        let approvals = validate_approvals(file.approvals).map_err(in_file)?;
+        let source = source::validate(file.source).map_err(in_file)?;
+        let cache = cache::validate(file.cache).map_err(in_file)?;
+        let switch = switch::validate(file.switch).map_err(in_file)?;
+        let health = health::validate(file.health);
+        let report = forge::validate(file.report).map_err(in_file)?;
+        let reboot = window::validate_reboot(file.reboot).map_err(in_file)?;
+        let metrics = metrics::validate(file.metrics).map_err(in_file)?;
+        let approvals = approvals::validate(file.approvals).map_err(in_file)?;
 
         Ok(Config {
             host,
@@ -216,60 +135,6 @@ impl Config {
             metrics,
             approvals,
         })
-    }
-}
-
-/// The `[approvals]` section, validated: principals are plain names, and a
-/// threshold that no set of approvers could meet is refused.
-fn validate_approvals(file: ApprovalsFile) -> Result<ApprovalsConfig, Invalid> {
-    let principals = |names: Vec<String>, key: &'static str| {
-        names
-            .iter()
-            .map(|n| n.parse::<ferry_signer::Principal>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Invalid::new(key, e.to_string()))
-    };
-    let approvers = principals(file.approvers, "approvals.approvers")?;
-    let releasers = principals(file.releasers, "approvals.releasers")?;
-    let policy = ferry_signer::ApprovalPolicy::new(file.required, approvers, releasers)
-        .map_err(|e| Invalid::new("approvals.required", e.to_string()))?;
-    let allowed_signers = file
-        .allowed_signers
-        .map(|p| absolute(p, "allowed_signers"))
-        .transpose()
-        .map_err(|p| Invalid::new("approvals.allowed_signers", p))?;
-    Ok(ApprovalsConfig {
-        policy,
-        allowed_signers,
-    })
-}
-
-/// A value of a section that cannot be used: the full key and why. The
-/// module owning the section says so; [`Config::parse`] adds the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Invalid {
-    pub key: &'static str,
-    pub problem: String,
-}
-
-impl Invalid {
-    pub(crate) fn new(key: &'static str, problem: impl Into<String>) -> Self {
-        Self {
-            key,
-            problem: problem.into(),
-        }
-    }
-}
-
-/// `p`, if absolute; else why not (`what` names the key).
-pub(crate) fn absolute(p: PathBuf, what: &str) -> Result<PathBuf, String> {
-    if p.is_absolute() {
-        Ok(p)
-    } else {
-        Err(format!(
-            "`{}` is not an absolute path ({what} must be absolute)",
-            p.display()
-        ))
     }
 }
 
@@ -298,171 +163,24 @@ struct ConfigFile {
     #[serde(default)]
     report: ReportFile,
     #[serde(default)]
-    reboot: crate::window::RebootFile,
+    reboot: RebootFile,
     #[serde(default)]
-    metrics: crate::metrics::MetricsFile,
+    metrics: MetricsFile,
     #[serde(default)]
     approvals: ApprovalsFile,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-struct ApprovalsFile {
-    required: usize,
-    approvers: Vec<String>,
-    releasers: Vec<String>,
-    allowed_signers: Option<PathBuf>,
 }
 
 fn default_state_dir() -> PathBuf {
     "/var/lib/ferry-agent".into()
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct SourceFile {
-    pub(crate) url: String,
-    #[serde(default = "default_branch")]
-    pub(crate) branch: String,
-    #[serde(default = "default_allowed_signers")]
-    pub(crate) allowed_signers: PathBuf,
-    #[serde(default = "secs::<60>")]
-    pub(crate) poll_interval: HumanDuration,
-    #[serde(default = "secs::<10>")]
-    pub(crate) jitter: HumanDuration,
-    pub(crate) token_file: Option<PathBuf>,
-}
-
-fn default_branch() -> String {
-    "deploy".into()
-}
-
-fn default_allowed_signers() -> PathBuf {
-    "/etc/ferry/allowed_signers".into()
-}
-
-fn secs<const N: u64>() -> HumanDuration {
-    HumanDuration(Duration::from_secs(N))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct CacheFile {
-    pub(crate) substituters: Vec<String>,
-    pub(crate) trusted_public_keys: Vec<String>,
-    pub(crate) netrc_file: Option<PathBuf>,
-    #[serde(default)]
-    pub(crate) bearer_token_files: std::collections::BTreeMap<String, PathBuf>,
-    pub(crate) s3_credentials_file: Option<PathBuf>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub(crate) struct SwitchFile {
-    pub(crate) profile: PathBuf,
-    pub(crate) unit: String,
-    pub(crate) timeout: HumanDuration,
-    pub(crate) rollback: bool,
-    pub(crate) window: Vec<String>,
-}
-
-impl Default for SwitchFile {
-    fn default() -> Self {
-        Self {
-            profile: "/nix/var/nix/profiles/system".into(),
-            unit: "ferry-switch".into(),
-            timeout: secs::<900>(),
-            rollback: true,
-            window: Vec::new(),
-        }
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub(crate) struct HealthFile {
-    pub(crate) settle: HumanDuration,
-    pub(crate) commands: Vec<HealthCommandFile>,
-}
-
-impl Default for HealthFile {
-    fn default() -> Self {
-        Self {
-            settle: secs::<10>(),
-            commands: Vec::new(),
-        }
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-pub(crate) enum HealthCommandFile {
-    Shell(String),
-    Table { command: String, timeout: HumanDuration },
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub(crate) struct ReportFile {
-    pub(crate) forge: ForgeSetting,
-    pub(crate) api_url: Option<String>,
-    pub(crate) repository: String,
-    pub(crate) token_file: Option<PathBuf>,
-    pub(crate) context: String,
-    pub(crate) error_after: HumanDuration,
-}
-
-impl Default for ReportFile {
-    fn default() -> Self {
-        Self {
-            forge: ForgeSetting(None),
-            api_url: None,
-            repository: String::new(),
-            token_file: None,
-            context: "ferry/{host}".into(),
-            error_after: HumanDuration(crate::decide::DEFAULT_ERROR_AFTER),
-        }
-    }
-}
-
-/// `report.forge` as written: a forge, or `none`.
-pub(crate) struct ForgeSetting(pub(crate) Option<Forge>);
-
-impl<'de> Deserialize<'de> for ForgeSetting {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        match s.as_str() {
-            "none" => Ok(ForgeSetting(None)),
-            other => other.parse().map(|f| ForgeSetting(Some(f))).map_err(|_| {
-                serde::de::Error::custom(format!(
-                    "`{other}` is not a forge: expected github, gitea, forgejo, gitlab or none"
-                ))
-            }),
-        }
-    }
-}
-
-/// A duration written as `"60s"`, `"15m"`, `"1h 30m"`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct HumanDuration(pub(crate) Duration);
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map(HumanDuration).map_err(|_| {
-            serde::de::Error::custom(format!(
-                "`{s}` is not a duration: expected e.g. \"60s\", \"15m\" or \"1h 30m\""
-            ))
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
 
     #[test]
     fn a_token_is_never_sent_over_plain_http_off_this_machine() {
-        use crate::source::token_travels_safely;
+        use crate::io::git::source::token_travels_safely;
         assert!(token_travels_safely("https://git.example.com/ops/deploy.git"));
         assert!(token_travels_safely("http://127.0.0.1:8080/deploy.git"));
         assert!(token_travels_safely("http://localhost/deploy.git"));
@@ -546,7 +264,7 @@ context = "ferry/{{host}}"
         assert_eq!(c.health.commands[1].timeout, Duration::from_secs(5));
         let target = c.report.forge.as_ref().expect("a forge");
         assert_eq!(target.api_url, "https://git.example.com/api/v1");
-        assert_eq!(target.forge, Forge::Gitea);
+        assert_eq!(target.forge, crate::io::forge::Forge::Gitea);
     }
 
     #[test]

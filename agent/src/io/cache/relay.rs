@@ -13,12 +13,16 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
+use std::path::Path;
+
+use ferry_signer::StorePath;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::warn;
 
-use crate::cache::{BinaryCaches, CacheError};
-use crate::credentials::Loaded;
+use crate::io::cache::client::{BinaryCaches, CacheError};
+use crate::io::cache::credentials::Loaded;
+use crate::io::nix::{Store, StoreError};
 
 /// A request head longer than this is refused (Nix sends a few hundred bytes).
 const MAX_HEAD_BYTES: usize = 16 << 10;
@@ -44,7 +48,7 @@ pub struct Route {
 /// Reads a request line (`GET /0/nar/x.nar.xz HTTP/1.1`) into a route; the
 /// HTTP status to answer otherwise. Pure, so it is tested without sockets.
 pub fn route(request_line: &str) -> Result<Route, u16> {
-    let crate::http_line::RequestLine { head, path: target } = crate::http_line::parse(request_line)?;
+    let crate::io::http_line::RequestLine { head, path: target } = crate::io::http_line::parse(request_line)?;
     let Some((index, rest)) = target.strip_prefix('/').and_then(|t| t.split_once('/')) else {
         return Err(404);
     };
@@ -214,6 +218,49 @@ async fn respond(stream: &mut TcpStream, code: u16, length: Option<u64>) -> Resu
     // A client that went away is not the cache's problem.
     let _ = stream.write_all(head.as_bytes()).await;
     Ok(())
+}
+
+/// Realises `toplevel` from `caches` through the loopback relay: the closure
+/// is walked again with freshly read credentials (every narinfo checked, as
+/// in the preflight), the relay serves just those objects, and Nix realises
+/// from it; a failure says what the cache answered.
+pub async fn realise_via_relay(
+    store: &Store,
+    caches: &BinaryCaches,
+    toplevel: &StorePath,
+    root_name: &str,
+) -> Result<(), StoreError> {
+    let store_dir = Path::new(ferry_signer::names::STORE_DIR);
+    let credentials = caches
+        .load_credentials()
+        .map_err(|e| StoreError::Closure(e.to_string()))?;
+    // As in the preflight: what exists in the store but is invalid to Nix
+    // is served too.
+    let mut invalid = BTreeSet::new();
+    let objects = loop {
+        let (preflight, objects) = caches
+            .walk(toplevel, store_dir, &credentials, &invalid)
+            .await
+            .map_err(|e| StoreError::Closure(e.to_string()))?;
+        let found = store.invalid_paths(&preflight.on_disk).await?;
+        if found.is_empty() {
+            break objects;
+        }
+        invalid.extend(found);
+    };
+    let relay = LoopbackCache::start(caches.clone(), credentials, objects)
+        .await
+        .map_err(StoreError::Relay)?;
+    let result = store
+        .realise_from(toplevel, root_name, relay.substituters())
+        .await;
+    match (result, relay.failure()) {
+        (Err(nix), Some(cache)) => Err(StoreError::Cache {
+            nix: Box::new(nix),
+            cache,
+        }),
+        (result, _) => result,
+    }
 }
 
 #[cfg(test)]

@@ -1,18 +1,13 @@
-//! The seams between a reconcile and the systems it drives: the deploy
-//! repository, the binary caches, the Nix store and profile, systemd units,
-//! the commit status sink, rebooting, and the clock. `reconcile.rs` sees only these traits, so its
-//! rules are tested in milliseconds with fakes; the live implementations here
-//! are thin adapters over `source.rs`, `cache.rs`, `store.rs`, `switch.rs`,
-//! `health.rs`, `report.rs` and `forge.rs`, which the end-to-end tests cover
-//! on the real things.
-//!
-//! The agent runs on a single-threaded runtime, so these futures need not be
-//! `Send`.
+//! The live wiring: the reconcile's ports implemented over the real
+//! adapters — git through libgit2 off the async thread, the caches, the Nix
+//! store (realised through the relay), systemd over D-Bus connected on first
+//! use, the system clock and the host's time zone, and the outbox drained to
+//! the forge. Each is a thin shim; the end-to-end tests cover them on the
+//! real things.
 
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,221 +16,71 @@ use ferry_signer::{Action, AllowedSigners, CommitId, StorePath, VerifiedTip, Ver
 use git2::Oid;
 use tracing::{error, info, warn};
 
-use crate::cache::{BinaryCaches, CacheError, Preflight};
-use crate::cache_serve::LoopbackCache;
-use crate::config::{Config, HealthCommand};
-use crate::decide::SwitchResult;
-use crate::forge::{Delivery, ForgeClient};
-use crate::health::{self, Health};
-use crate::report::{CommitStatus, Outbox};
-use crate::source::{Source, SourceError};
+use crate::config::Config;
+use crate::io::cache::client::{BinaryCaches, CacheError, Preflight};
+use crate::io::cache::relay::realise_via_relay;
+use crate::io::forge::{CommitStatus, Delivery, ForgeClient};
+use crate::io::git::source::{Source, SourceError};
+use crate::io::nix::{self, Store, StoreError};
+use crate::io::systemd::bus::{Systemd, SystemdError};
+use crate::io::systemd::health::{self, Health, HealthCommand};
+use crate::io::systemd::switch::{Attempt, Observed, SwitchResult, Switcher};
+use crate::reconcile::ports::{
+    Activation, Clock, ClosureCache, NixStore, Pending, Ports, Reboot, ReleaseSource, StatusSink, Units,
+};
+use crate::reconcile::Agent;
+use crate::state::outbox::{self, Outbox};
 use crate::state::{BootId, StateError};
-use crate::store::{self, Store, StoreError};
-use crate::switch::{Attempt, Observed, Switcher};
-use crate::systemd::{Systemd, SystemdError};
 
-/// A future borrowed from its seam.
-pub type Pending<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
-
-/// The deploy repository: where releases come from.
-pub trait ReleaseSource {
-    /// The branch tip, by the cheapest means (no objects fetched).
-    fn remote_tip(&mut self) -> Pending<'_, Result<CommitId, SourceError>>;
-    /// Fetches the branch up to `tip`.
-    fn fetch(&mut self, tip: &CommitId) -> Pending<'_, Result<(), SourceError>>;
-    /// Verifies `tip`: the approvals on top (against `approver_signers`) and
-    /// the release below them (against `signers`) at `now`.
-    fn verify(
-        &mut self,
-        tip: &CommitId,
-        signers: &AllowedSigners,
-        approver_signers: &AllowedSigners,
-        now: DateTime<Utc>,
-    ) -> Pending<'_, Result<VerifiedTip, Box<VerifyError>>>;
-    /// Whether `tip` is `anchor` or descends from it.
-    fn descends_from(&mut self, tip: &CommitId, anchor: &CommitId) -> Pending<'_, Result<bool, SourceError>>;
+/// The agent for `config`, reaching the real world: its allowed signers
+/// (and the approvers', when a file of their own), state, outbox and
+/// deploy repository clone.
+pub fn agent(config: Config) -> anyhow::Result<Agent> {
+    let signers = AllowedSigners::load(&config.source.allowed_signers)?;
+    let approver_signers = config
+        .approvals
+        .allowed_signers
+        .as_deref()
+        .map(AllowedSigners::load)
+        .transpose()?;
+    let ports = ports(&config)?;
+    Ok(Agent::with_ports(config, signers, ports)?.with_approver_signers(approver_signers))
 }
 
-/// The binary caches a closure is substituted from.
-pub trait ClosureCache {
-    /// Checks that `toplevel`'s closure can be substituted, is signed by a
-    /// pinned key and fits on the disk; a path in the store directory counts
-    /// as present unless it is in `invalid` (see [`checked_preflight`]).
-    fn preflight<'a>(
-        &'a mut self,
-        toplevel: &StorePath,
-        invalid: &'a BTreeSet<StorePath>,
-    ) -> Pending<'a, Result<Preflight, CacheError>>;
-}
-
-/// Why a closure could not be checked: the caches' answer, or Nix's.
-#[derive(Debug, thiserror::Error)]
-pub enum PreflightError {
-    #[error(transparent)]
-    Cache(#[from] CacheError),
-    #[error("cannot ask Nix which store paths are valid: {0}")]
-    Store(#[from] StoreError),
-}
-
-/// The closure preflight, with every path found in the store directory
-/// confirmed by Nix's database: one that exists there but that Nix holds
-/// invalid is checked in the caches like a missing one (and its references
-/// with it), so "present" means what Nix means by it.
-pub async fn checked_preflight(
-    caches: &mut dyn ClosureCache,
-    store: &mut dyn NixStore,
-    toplevel: &StorePath,
-) -> Result<Preflight, PreflightError> {
-    let mut invalid = BTreeSet::new();
-    loop {
-        let preflight = caches.preflight(toplevel, &invalid).await?;
-        let found = store.invalid_paths(&preflight.on_disk).await?;
-        if found.is_empty() {
-            return Ok(preflight);
-        }
-        // Each round adds at least one path, so this ends.
-        invalid.extend(found);
-    }
-}
-
-/// The local Nix store, the system profile, and which system runs.
-pub trait NixStore {
-    /// Realises `toplevel`'s closure and holds it with the agent's GC root.
-    fn realise(&mut self, toplevel: &StorePath) -> Pending<'_, Result<(), StoreError>>;
-    /// Points the system profile at `toplevel` (a new generation).
-    fn set_profile(&mut self, toplevel: &StorePath) -> Pending<'_, Result<(), StoreError>>;
-    /// Which of `paths` Nix's database does not hold valid.
-    fn invalid_paths(&mut self, paths: &[StorePath]) -> Pending<'_, Result<Vec<StorePath>, StoreError>>;
-    /// The system the profile points at.
-    fn profile_system(&self) -> Option<StorePath>;
-    /// The running system (`/run/current-system`).
-    fn running_system(&self) -> Option<StorePath>;
-    /// Whether `toplevel`'s kernel, initrd or modules differ from the booted
-    /// system's.
-    fn kernel_changed(&self, toplevel: &StorePath) -> bool;
-    /// The system this boot started (`/run/booted-system`).
-    fn booted_system(&self) -> Option<StorePath>;
-}
-
-/// Which activation of a release a unit runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    /// Activating the release's system.
-    Switch,
-    /// Putting the previous system back.
-    Rollback,
-}
-
-/// systemd: the switch units of a release, failed units, health.
-pub trait Units {
-    /// Units failed right now.
-    fn failed_units(&mut self) -> Pending<'_, Result<Vec<String>, SystemdError>>;
-    /// Starts `switch-to-configuration <action>` of `system` in the unit of
-    /// release `serial`'s `activation`.
-    fn start(
-        &mut self,
-        serial: u64,
-        activation: Activation,
-        system: &StorePath,
-        action: Action,
-    ) -> Pending<'_, Result<(), SystemdError>>;
-    /// Whether that unit runs, has finished (and how), or is unknown.
-    fn observe(&mut self, serial: u64, activation: Activation)
-        -> Pending<'_, Result<Observed, SystemdError>>;
-    /// Waits for that unit to end.
-    fn wait(
-        &mut self,
-        serial: u64,
-        activation: Activation,
-    ) -> Pending<'_, Result<SwitchResult, SystemdError>>;
-    /// Waits `settle`, then lists failed units and runs the health commands.
-    fn check_health<'a>(
-        &'a mut self,
-        settle: Duration,
-        commands: &'a [HealthCommand],
-    ) -> Pending<'a, Result<Health, SystemdError>>;
-    /// The switch and rollback units (of any release) starting, running or
-    /// stopping right now: no reboot while one is.
-    fn activations_running(&mut self) -> Pending<'_, Result<Vec<String>, SystemdError>>;
-}
-
-/// Rebooting the host.
-pub trait Reboot {
-    /// Names the boot this runs in; another boot has another id.
-    fn this_boot(&mut self) -> Pending<'_, Result<BootId, SystemdError>>;
-    /// Asks systemd to reboot now; a repeated request joins the first.
-    fn request(&mut self) -> Pending<'_, Result<(), SystemdError>>;
-}
-
-/// The wall clock, which windows and reboot moments are measured on (in the
-/// host's time zone, `chrono::Local`).
-pub trait Clock {
-    fn now(&self) -> DateTime<Utc>;
-}
-
-/// Where commit statuses go.
-pub trait StatusSink {
-    /// Queues `status`, recorded in the state as `id`, durably; a second
-    /// call with the same `id` (after a crash) queues nothing. An error (a
-    /// full disk) leaves the status recorded in the state, to be queued again.
-    fn queue(&mut self, id: u64, status: &CommitStatus) -> Result<(), StateError>;
-    /// Delivers what waits (best effort; problems are logged).
-    fn deliver(&mut self) -> Pending<'_, ()>;
-}
-
-/// The seams of an agent: live ones built from its configuration, or fakes.
-pub struct Seams {
-    pub source: Box<dyn ReleaseSource>,
-    pub caches: Box<dyn ClosureCache>,
-    pub store: Box<dyn NixStore>,
-    pub units: Box<dyn Units>,
-    pub statuses: Box<dyn StatusSink>,
-    pub reboot: Box<dyn Reboot>,
-    pub clock: Box<dyn Clock>,
-}
-
-impl std::fmt::Debug for Seams {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Seams").finish_non_exhaustive()
-    }
-}
-
-impl Seams {
-    /// Opens the deploy repository clone, the outbox and the caches for
-    /// `config`; systemd is connected to when first needed.
-    pub fn live(config: &Config) -> anyhow::Result<Self> {
-        use anyhow::Context;
-        let source = Source::open(
-            &config.state_dir.join("deploy.git"),
-            &config.source.url,
-            &config.source.branch,
-            config.source.token_file.as_deref(),
-        )?;
-        let outbox = Outbox::open(&config.state_dir)?;
-        Ok(Seams {
-            source: Box::new(GitSource(Arc::new(Mutex::new(source)))),
-            caches: Box::new(LiveCaches(BinaryCaches::for_config(&config.cache))),
-            store: Box::new(LiveStore::for_config(config)),
-            units: Box::new(SystemdUnits {
-                systemd: LazySystemd::default(),
-                unit_prefix: config.switch.unit.clone(),
-                timeout: config.switch.timeout,
-                record_dir: config.state_dir.clone(),
-                agent_exe: std::env::current_exe().context("cannot find this agent's executable")?,
+/// The live ports for `config`: opens the deploy repository clone, the
+/// outbox and the caches; systemd is connected to when first needed.
+pub fn ports(config: &Config) -> anyhow::Result<Ports> {
+    use anyhow::Context;
+    let source = Source::open(
+        &config.state_dir.join("deploy.git"),
+        &config.source.url,
+        &config.source.branch,
+        config.source.token_file.as_deref(),
+    )?;
+    let outbox = Outbox::open(&config.state_dir)?;
+    Ok(Ports {
+        source: Box::new(GitSource(Arc::new(Mutex::new(source)))),
+        caches: Box::new(LiveCaches(BinaryCaches::for_config(&config.cache))),
+        store: Box::new(LiveStore::for_config(config)),
+        units: Box::new(SystemdUnits {
+            systemd: LazySystemd::default(),
+            unit_prefix: config.switch.unit.clone(),
+            timeout: config.switch.timeout,
+            record_dir: config.state_dir.clone(),
+            agent_exe: std::env::current_exe().context("cannot find this agent's executable")?,
+        }),
+        statuses: match &config.report.forge {
+            Some(target) => Box::new(ForgeSink {
+                outbox,
+                forge: ForgeClient::new(target),
             }),
-            statuses: match &config.report.forge {
-                Some(target) => Box::new(ForgeSink {
-                    outbox,
-                    forge: ForgeClient::new(target),
-                }),
-                None => Box::new(NoForge(outbox)),
-            },
-            reboot: Box::new(SystemdReboot {
-                systemd: LazySystemd::default(),
-            }),
-            clock: Box::new(SystemClock),
-        })
-    }
+            None => Box::new(NoForge(outbox)),
+        },
+        reboot: Box::new(SystemdReboot {
+            systemd: LazySystemd::default(),
+        }),
+        clock: Box::new(SystemClock),
+    })
 }
 
 /// The deploy repository through libgit2, off the async thread.
@@ -347,8 +192,8 @@ impl LiveStore {
                 realise_timeout: config.switch.timeout.max(Duration::from_secs(3600)),
             },
             caches: BinaryCaches::for_config(&config.cache),
-            current_system: PathBuf::from(store::CURRENT_SYSTEM),
-            booted_system: PathBuf::from(store::BOOTED_SYSTEM),
+            current_system: PathBuf::from(nix::CURRENT_SYSTEM),
+            booted_system: PathBuf::from(nix::BOOTED_SYSTEM),
         }
     }
 }
@@ -374,58 +219,15 @@ impl NixStore for LiveStore {
     }
 
     fn running_system(&self) -> Option<StorePath> {
-        store::resolve_system(&self.current_system)
+        nix::resolve_system(&self.current_system)
     }
 
     fn kernel_changed(&self, toplevel: &StorePath) -> bool {
-        store::reboot_required(&self.booted_system, toplevel)
+        nix::reboot_required(&self.booted_system, toplevel)
     }
 
     fn booted_system(&self) -> Option<StorePath> {
-        store::resolve_system(&self.booted_system)
-    }
-}
-
-/// Realises `toplevel` from `caches` through the loopback relay: the closure
-/// is walked again with freshly read credentials (every narinfo checked, as
-/// in the preflight), the relay serves just those objects, and Nix realises
-/// from it; a failure says what the cache answered.
-pub async fn realise_via_relay(
-    store: &Store,
-    caches: &BinaryCaches,
-    toplevel: &StorePath,
-    root_name: &str,
-) -> Result<(), StoreError> {
-    let store_dir = Path::new(ferry_signer::names::STORE_DIR);
-    let credentials = caches
-        .load_credentials()
-        .map_err(|e| StoreError::Closure(e.to_string()))?;
-    // As in the preflight: what exists in the store but is invalid to Nix
-    // is served too.
-    let mut invalid = BTreeSet::new();
-    let objects = loop {
-        let (preflight, objects) = caches
-            .walk(toplevel, store_dir, &credentials, &invalid)
-            .await
-            .map_err(|e| StoreError::Closure(e.to_string()))?;
-        let found = store.invalid_paths(&preflight.on_disk).await?;
-        if found.is_empty() {
-            break objects;
-        }
-        invalid.extend(found);
-    };
-    let relay = LoopbackCache::start(caches.clone(), credentials, objects)
-        .await
-        .map_err(StoreError::Relay)?;
-    let result = store
-        .realise_from(toplevel, root_name, relay.substituters())
-        .await;
-    match (result, relay.failure()) {
-        (Err(nix), Some(cache)) => Err(StoreError::Cache {
-            nix: Box::new(nix),
-            cache,
-        }),
-        (result, _) => result,
+        nix::resolve_system(&self.booted_system)
     }
 }
 
@@ -589,7 +391,7 @@ impl StatusSink for NoForge {
 
     fn deliver(&mut self) -> Pending<'_, ()> {
         // Bounded: an entry that cannot be removed is not looked at forever.
-        for _ in 0..=crate::report::MAX_OUTBOX_ENTRIES {
+        for _ in 0..=crate::state::outbox::MAX_OUTBOX_ENTRIES {
             match self.0.peek() {
                 Ok(Some(queued)) => {
                     if let Err(e) = self.0.remove(queued.seq) {
@@ -627,7 +429,7 @@ impl StatusSink for ForgeSink {
 
     fn deliver(&mut self) -> Pending<'_, ()> {
         Box::pin(async move {
-            match self.forge.drain(&self.outbox).await {
+            match outbox::drain(&self.outbox, &self.forge).await {
                 Ok(d) => {
                     if d.delivered > 0 || d.dropped > 0 {
                         info!(

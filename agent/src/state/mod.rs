@@ -14,8 +14,10 @@
 //! it from progressing ([`State::fault`]). A file carrying either says
 //! `"version": 2`; any other is written as version 1, which older agents
 //! read. Every write goes through
-//! [`crate::durable::atomic_write`], so a crash or power loss leaves either the
+//! [`crate::io::durable::atomic_write`], so a crash or power loss leaves either the
 //! old or the new state, never a torn one.
+
+pub mod outbox;
 
 use std::path::{Path, PathBuf};
 
@@ -23,9 +25,9 @@ use chrono::{DateTime, Utc};
 use ferry_signer::{Action, CommitId, StorePath};
 use serde::{Deserialize, Serialize};
 
-use crate::decide::SwitchResult;
-use crate::durable::atomic_write;
-use crate::report::{CommitStatus, StatusState};
+use crate::io::durable::atomic_write;
+use crate::io::forge::{CommitStatus, StatusState};
+use crate::io::systemd::switch::SwitchResult;
 
 const STATE_FILE: &str = "state.json";
 /// The format written when nothing needs more: what agents before the
@@ -59,19 +61,19 @@ pub struct State {
     /// write) and not yet in the outbox, oldest first.
     pub unsent: Vec<Unsent>,
     /// The last status recorded for each commit and context of the release
-    /// being worked on, oldest first (see `decide::is_news`): saved with the
+    /// being worked on, oldest first (see `dedup::is_news`): saved with the
     /// statuses it records, and forgotten when the release's ending is
     /// recorded (nothing more is posted for it then).
     pub recent_statuses: Vec<CommitStatus>,
     /// The release whose closure was missing from the binary cache (CI may
     /// still be uploading it) and when this host first saw it missing: the
-    /// wait is bounded from then (`decide::upload_deadline`), and its
+    /// wait is bounded from then (`faults::upload_deadline`), and its
     /// statuses are posted once, whatever restarts in between.
     pub closure_missing: Option<Sighting>,
     /// The release a transient fault (an unreachable cache, repository or
     /// systemd) keeps from progressing, and when it first did: past
     /// `report.error_after` it is reported as an `error` status
-    /// (`decide::fault_persists`). Forgotten once a reconcile gets through.
+    /// (`faults::fault_persists`). Forgotten once a reconcile gets through.
     pub fault: Option<Sighting>,
 }
 

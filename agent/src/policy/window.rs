@@ -19,7 +19,7 @@ use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveTime, TimeZone, Utc};
 use ferry_signer::HostName;
 use sha2::{Digest, Sha256};
 
-use crate::config::Invalid;
+use crate::config::value::Invalid;
 
 /// Days of the week in the order [`chrono::Weekday::num_days_from_monday`]
 /// counts them, as windows spell them.

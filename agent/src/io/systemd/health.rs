@@ -3,8 +3,10 @@
 
 use std::time::Duration;
 
-use crate::config::{HealthCommand, HealthCommandFile, HealthConfig, HealthFile};
-use crate::systemd::{Systemd, SystemdError};
+use serde::Deserialize;
+
+use crate::config::value::{secs, HumanDuration};
+use crate::io::systemd::bus::{Systemd, SystemdError};
 
 /// The `[health]` section of the configuration: a command without its own
 /// timeout gets 60 seconds.
@@ -100,6 +102,43 @@ async fn run_check(c: &HealthCommand) -> Result<(), String> {
             out.status.code().map_or("a signal".into(), |c| c.to_string())
         )),
     }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    /// How long to let units settle after a switch before looking for failures.
+    pub settle: Duration,
+    pub commands: Vec<HealthCommand>,
+}
+
+/// An extra health check: a shell command that must exit 0 within its timeout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCommand {
+    pub command: String,
+    pub timeout: Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct HealthFile {
+    pub(crate) settle: HumanDuration,
+    pub(crate) commands: Vec<HealthCommandFile>,
+}
+
+impl Default for HealthFile {
+    fn default() -> Self {
+        Self {
+            settle: secs::<10>(),
+            commands: Vec::new(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(crate) enum HealthCommandFile {
+    Shell(String),
+    Table { command: String, timeout: HumanDuration },
 }
 
 #[cfg(test)]

@@ -11,10 +11,13 @@ use std::time::Duration;
 use ferry_signer::StorePath;
 use tokio::task::JoinSet;
 
-use crate::config::{CacheConfig, CacheFile, Invalid};
-use crate::credentials::{CacheCredentials, CredentialError, Loaded};
-use crate::narinfo::{CachePublicKey, NarInfo, NarInfoError, TrustError, MAX_NARINFO_BYTES};
-use crate::s3::{S3Cache, S3ErrorBody};
+use serde::Deserialize;
+use std::path::PathBuf;
+
+use crate::config::value::Invalid;
+use crate::io::cache::credentials::{CacheCredentials, CredentialError, Loaded};
+use crate::io::cache::narinfo::{CachePublicKey, NarInfo, NarInfoError, TrustError, MAX_NARINFO_BYTES};
+use crate::io::cache::s3::{S3Cache, S3ErrorBody};
 
 /// narinfo requests in flight at once.
 const PARALLEL_FETCHES: usize = 32;
@@ -117,7 +120,7 @@ pub struct Preflight {
     pub signers: BTreeSet<String>,
     /// The paths found in the store directory and so not fetched: present
     /// only if Nix's database holds them valid, which the caller asks
-    /// (`seams::checked_preflight`).
+    /// (`ports::checked_preflight`).
     pub on_disk: Vec<StorePath>,
 }
 
@@ -302,10 +305,10 @@ impl BinaryCaches {
         for (index, s3) in self.inner.s3.iter().enumerate() {
             let Some(s3) = s3 else { continue };
             let file = self.inner.credentials.s3_credentials_file.as_deref();
-            match crate::s3::find_credentials(file, s3.profile.as_deref(), &env) {
+            match crate::io::cache::s3::find_credentials(file, s3.profile.as_deref(), &env) {
                 Ok(c) => loaded.set_s3(index, c),
                 // Nothing configured anywhere: read anonymously (a public bucket).
-                Err(crate::s3::AwsCredentialsError::Read { .. })
+                Err(crate::io::cache::s3::AwsCredentialsError::Read { .. })
                     if file.is_none()
                         && s3.profile.is_none()
                         && env("AWS_SHARED_CREDENTIALS_FILE").is_none() => {}
@@ -586,7 +589,7 @@ impl Inner {
     async fn send_s3(
         &self,
         s3: &S3Cache,
-        credentials: Option<&crate::s3::AwsCredentials>,
+        credentials: Option<&crate::io::cache::s3::AwsCredentials>,
         method: reqwest::Method,
         url: reqwest::Url,
         timeout: Option<Duration>,
@@ -602,7 +605,8 @@ impl Inner {
                 }
                 .into());
             }
-            let signed = crate::s3::sign(method.as_str(), &url, &s3.region, "s3", c, chrono::Utc::now());
+            let signed =
+                crate::io::cache::s3::sign(method.as_str(), &url, &s3.region, "s3", c, chrono::Utc::now());
             for (name, value) in signed {
                 let mut value = reqwest::header::HeaderValue::from_str(&value).map_err(|_| {
                     CacheError::Credentials(CredentialError::NotAHeader {
@@ -629,8 +633,8 @@ impl Inner {
             .get("x-amz-bucket-region")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let body = read_bounded(response, crate::s3::MAX_ERROR_BYTES).await;
-        let mut error = crate::s3::parse_error(&body);
+        let body = read_bounded(response, crate::io::cache::s3::MAX_ERROR_BYTES).await;
+        let mut error = crate::io::cache::s3::parse_error(&body);
         error.region = error.region.or(header_region);
         s3_answer(
             &cache,
@@ -739,6 +743,27 @@ fn check_disk(store_dir: &Path, need: u64) -> Result<(), CacheError> {
     Ok(())
 }
 
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheConfig {
+    /// Binary cache URLs, tried in order.
+    pub substituters: Vec<String>,
+    /// Keys narinfo signatures must verify against.
+    pub trusted_public_keys: Vec<CachePublicKey>,
+    /// Where the caches' credentials are read from.
+    pub credentials: crate::io::cache::credentials::CacheCredentials,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CacheFile {
+    pub(crate) substituters: Vec<String>,
+    pub(crate) trusted_public_keys: Vec<String>,
+    pub(crate) netrc_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) bearer_token_files: std::collections::BTreeMap<String, PathBuf>,
+    pub(crate) s3_credentials_file: Option<PathBuf>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -748,7 +773,7 @@ mod tests {
             "s3://b",
             "https://b.s3.amazonaws.com/x",
             status,
-            &crate::s3::parse_error(body.as_bytes()),
+            &crate::io::cache::s3::parse_error(body.as_bytes()),
             creds,
         ) {
             Ok(None) => "missing".into(),

@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use ferry_signer::{Action, StorePath};
 
-use crate::config::{absolute, Invalid, SwitchConfig, SwitchFile};
-use crate::decide::SwitchResult;
-use crate::durable::atomic_write;
-use crate::state::StateError;
-use crate::systemd::{Command, ServiceOutcome, Systemd, SystemdError, TransientService, UnitState};
+use serde::Deserialize;
+
+use crate::config::value::{absolute, secs, HumanDuration, Invalid};
+use crate::io::durable::{atomic_write, FileError};
+use crate::io::systemd::bus::{Command, ServiceOutcome, Systemd, SystemdError, TransientService, UnitState};
+use crate::policy::window::Windows;
 
 /// Environment variables passed to switch-to-configuration when set, as
 /// nixos-rebuild does.
@@ -38,7 +39,7 @@ pub(crate) fn validate(switch: SwitchFile) -> Result<SwitchConfig, Invalid> {
         unit: switch.unit.trim_end_matches(".service").to_owned(),
         timeout: switch.timeout.0,
         rollback: switch.rollback,
-        window: crate::window::validate_deploy_window(&switch.window)?,
+        window: crate::policy::window::validate_deploy_window(&switch.window)?,
     })
 }
 
@@ -206,7 +207,7 @@ pub fn parse_result_file(text: &str) -> Option<SwitchResult> {
 
 /// The body of `ferry-agent record-switch-result FILE`, run by the switch
 /// unit's `ExecStopPost`: records systemd's verdict durably.
-pub fn record_switch_result(file: &Path) -> Result<(), StateError> {
+pub fn record_switch_result(file: &Path) -> Result<(), FileError> {
     let var = |k: &str| std::env::var(k).unwrap_or_default();
     let line = format!(
         "{} {} {}\n",
@@ -214,10 +215,106 @@ pub fn record_switch_result(file: &Path) -> Result<(), StateError> {
         var("EXIT_CODE"),
         var("EXIT_STATUS")
     );
-    atomic_write(file, line.as_bytes()).map_err(|source| StateError::Write {
+    atomic_write(file, line.as_bytes()).map_err(|source| FileError::Write {
         path: file.to_owned(),
         source,
     })
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SwitchConfig {
+    /// The system profile (`/nix/var/nix/profiles/system`).
+    pub profile: PathBuf,
+    /// Name of the transient unit running switch-to-configuration (also a lock).
+    pub unit: String,
+    /// How long switch-to-configuration may run before it is stopped.
+    pub timeout: Duration,
+    /// Roll back automatically when the switch or a health check fails.
+    pub rollback: bool,
+    /// The deploy window: releases are switched to only inside it (`None`:
+    /// any time). `boot` releases and refusals are not held back.
+    pub window: Option<Windows>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct SwitchFile {
+    pub(crate) profile: PathBuf,
+    pub(crate) unit: String,
+    pub(crate) timeout: HumanDuration,
+    pub(crate) rollback: bool,
+    pub(crate) window: Vec<String>,
+}
+
+impl Default for SwitchFile {
+    fn default() -> Self {
+        Self {
+            profile: "/nix/var/nix/profiles/system".into(),
+            unit: "ferry-switch".into(),
+            timeout: secs::<900>(),
+            rollback: true,
+            window: Vec::new(),
+        }
+    }
+}
+
+/// What the switch unit reported, reduced to what matters for the decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwitchResult {
+    /// Exit 0.
+    Ok,
+    /// Exit 100: activated, but the new kernel/initrd needs a reboot.
+    RebootRequired,
+    /// Any other exit status (4: some units failed to start).
+    Failed { code: i32 },
+    /// Killed by a signal or stopped for running too long.
+    Aborted { timed_out: bool },
+}
+
+impl SwitchResult {
+    /// Plain words for logs and statuses.
+    pub fn describe(self) -> String {
+        match self {
+            SwitchResult::Ok => "switch succeeded".into(),
+            SwitchResult::RebootRequired => "switch succeeded; reboot required".into(),
+            SwitchResult::Failed { code } => format!("switch-to-configuration failed (exit {code})"),
+            SwitchResult::Aborted { timed_out: true } => {
+                "switch-to-configuration timed out and was stopped".into()
+            }
+            SwitchResult::Aborted { timed_out: false } => "switch-to-configuration was killed".into(),
+        }
+    }
+
+    /// A compact form for the state file.
+    pub fn encode(self) -> String {
+        match self {
+            SwitchResult::Ok => "ok".into(),
+            SwitchResult::RebootRequired => "reboot-required".into(),
+            SwitchResult::Failed { code } => format!("failed:{code}"),
+            SwitchResult::Aborted { timed_out } => format!("aborted:{timed_out}"),
+        }
+    }
+
+    /// Inverse of [`SwitchResult::encode`].
+    pub fn decode(s: &str) -> Option<Self> {
+        match s.split_once(':') {
+            None if s == "ok" => Some(SwitchResult::Ok),
+            None if s == "reboot-required" => Some(SwitchResult::RebootRequired),
+            Some(("failed", code)) => code.parse().ok().map(|code| SwitchResult::Failed { code }),
+            Some(("aborted", t)) => t
+                .parse()
+                .ok()
+                .map(|timed_out| SwitchResult::Aborted { timed_out }),
+            _ => None,
+        }
+    }
+}
+
+impl SwitchResult {
+    /// Whether the new system was activated (possibly wanting a reboot).
+    pub fn activated(self) -> bool {
+        matches!(self, SwitchResult::Ok | SwitchResult::RebootRequired)
+    }
 }
 
 #[cfg(test)]
@@ -265,5 +362,20 @@ mod tests {
             Some(SwitchResult::Aborted { timed_out: true })
         );
         assert_eq!(parse_result_file(""), None);
+    }
+
+    #[test]
+    fn switch_results_encode_round_trip() {
+        use SwitchResult::*;
+        for r in [
+            Ok,
+            RebootRequired,
+            Failed { code: 4 },
+            Aborted { timed_out: true },
+            Aborted { timed_out: false },
+        ] {
+            assert_eq!(SwitchResult::decode(&r.encode()), Some(r));
+        }
+        assert_eq!(SwitchResult::decode("nonsense"), None);
     }
 }

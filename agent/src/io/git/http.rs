@@ -20,22 +20,15 @@ use git2::transport::{Service, SmartSubtransport, SmartSubtransportStream, Trans
 use reqwest::header::HeaderValue;
 use zeroize::Zeroizing;
 
-/// A tip check (the ref advertisement, its body included) must finish within
-/// this, on every transport.
-pub const LS_TIMEOUT: Duration = Duration::from_secs(60);
-/// A whole fetch, every negotiation round and the pack included, must finish
-/// within this (a pack at the 512 MiB fetch cap needs only 300 KB/s).
-pub const PACK_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-/// A ref advertisement longer than this is refused (endless-data defence; a
-/// deploy repository advertises a handful of refs).
-pub const MAX_ADVERTISEMENT_BYTES: u64 = 16 << 20;
+use crate::io::git::limits::{
+    connect_timeout, current_deadline, past_deadline, LS_TIMEOUT, MAX_ADVERTISEMENT_BYTES, PACK_TIMEOUT,
+};
 
 thread_local! {
     static TOKEN: RefCell<Option<Zeroizing<String>>> = const { RefCell::new(None) };
 }
 
 static CLIENT: OnceLock<Result<reqwest::blocking::Client, String>> = OnceLock::new();
-static CONNECT_TIMEOUT: Mutex<Duration> = Mutex::new(Duration::from_secs(10));
 
 /// Routes libgit2's `http://` and `https://` remotes through this module.
 /// Idempotent; call before the first remote operation.
@@ -62,16 +55,6 @@ pub fn install() -> Result<(), git2::Error> {
         .map_err(|m| git2::Error::from_str(&m))
 }
 
-/// Sets the connect timeout for HTTP remotes (before the first connection).
-pub fn set_connect_timeout(timeout: Duration) {
-    *CONNECT_TIMEOUT.lock().unwrap_or_else(|e| e.into_inner()) = timeout;
-}
-
-/// The connect timeout for remotes.
-pub(crate) fn connect_timeout() -> Duration {
-    *CONNECT_TIMEOUT.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Runs `f` (libgit2 remote calls) with `token` offered to HTTP remotes.
 pub fn with_token<T>(token: Option<Zeroizing<String>>, f: impl FnOnce() -> T) -> T {
     /// Puts the previous token back even if `f` panics.
@@ -89,7 +72,7 @@ pub fn with_token<T>(token: Option<Zeroizing<String>>, f: impl FnOnce() -> T) ->
 fn client() -> io::Result<&'static reqwest::blocking::Client> {
     CLIENT
         .get_or_init(|| {
-            let connect = *CONNECT_TIMEOUT.lock().unwrap_or_else(|e| e.into_inner());
+            let connect = connect_timeout();
             reqwest::blocking::Client::builder()
                 .user_agent(concat!("git/2.0 (ferry-agent/", env!("CARGO_PKG_VERSION"), ")"))
                 .connect_timeout(connect)
@@ -305,14 +288,14 @@ fn check(
 /// or `default` from now when none was set) as a request timeout, which
 /// bounds the body too, and the deadline's length; an error once it passed.
 fn time_left(default: Duration) -> io::Result<(Duration, Duration)> {
-    let Some((deadline, limit)) = crate::git_daemon::current_deadline() else {
+    let Some((deadline, limit)) = current_deadline() else {
         return Ok((default, default));
     };
     let left = deadline.saturating_duration_since(std::time::Instant::now());
     if left.is_zero() {
         return Err(io::Error::new(
             io::ErrorKind::TimedOut,
-            crate::git_daemon::past_deadline("HTTP", limit),
+            past_deadline("HTTP", limit),
         ));
     }
     Ok((left, limit))
@@ -326,10 +309,7 @@ fn body_error(e: io::Error, limit: Duration) -> io::Error {
                 .is_some_and(reqwest::Error::is_timeout)
         });
     if timed_out {
-        io::Error::new(
-            io::ErrorKind::TimedOut,
-            crate::git_daemon::past_deadline("HTTP", limit),
-        )
+        io::Error::new(io::ErrorKind::TimedOut, past_deadline("HTTP", limit))
     } else {
         e
     }
@@ -337,7 +317,7 @@ fn body_error(e: io::Error, limit: Duration) -> io::Error {
 
 fn request_error(e: reqwest::Error, limit: Duration) -> io::Error {
     let what = if e.is_timeout() {
-        crate::git_daemon::past_deadline("HTTP", limit)
+        past_deadline("HTTP", limit)
     } else if e.is_connect() {
         "cannot connect".to_owned()
     } else {

@@ -8,9 +8,10 @@ use chrono::{DateTime, Utc};
 use ferry_signer::StorePath;
 
 use crate::config::Config;
-use crate::report::Outbox;
-use crate::state::{OutcomeKind, State, StateDir};
-use crate::store;
+use crate::io::nix;
+use crate::policy::drift::drift;
+use crate::state::outbox::Outbox;
+use crate::state::{State, StateDir};
 
 /// Where the daemon records when it polls next.
 pub const NEXT_POLL_FILE: &str = "next-poll";
@@ -32,8 +33,8 @@ pub fn gather(config: &Config) -> anyhow::Result<StatusReport> {
     let state = StateDir::open(&config.state_dir)?.load()?;
     // Statuses still recorded in state.json (the disk was full) wait too.
     let outbox_pending = Outbox::open(&config.state_dir)?.len()? + state.unsent.len();
-    let running = store::resolve_system(Path::new(store::CURRENT_SYSTEM));
-    let profile = store::resolve_system(&config.switch.profile);
+    let running = nix::resolve_system(Path::new(nix::CURRENT_SYSTEM));
+    let profile = nix::resolve_system(&config.switch.profile);
     let next_poll = std::fs::read_to_string(config.state_dir.join(NEXT_POLL_FILE))
         .ok()
         .and_then(|s| DateTime::parse_from_rfc3339(s.trim()).ok())
@@ -48,34 +49,6 @@ pub fn gather(config: &Config) -> anyhow::Result<StatusReport> {
         drift,
         next_poll,
     })
-}
-
-/// Whether the system differs from what Ferry last deployed, and how.
-pub fn drift(state: &State, running: Option<&StorePath>, profile: Option<&StorePath>) -> Option<String> {
-    if state.in_flight.is_some() {
-        return None;
-    }
-    let outcome = state.last_success.as_ref()?;
-    let deployed = outcome.toplevel.as_ref()?;
-    if profile.is_some_and(|p| p != deployed) {
-        return Some(format!(
-            "the system profile points at {}, not {} which Ferry deployed (release {}): changed outside Ferry",
-            profile.map_or("nothing".into(), |p| p.to_string()),
-            deployed,
-            outcome.serial
-        ));
-    }
-    // After a `boot` deploy the running system lags until the reboot.
-    let boot_pending = outcome.result == OutcomeKind::Installed;
-    if !boot_pending && running.is_some_and(|r| r != deployed) {
-        return Some(format!(
-            "the running system is {}, not {} which Ferry deployed (release {}): switched outside Ferry",
-            running.map_or("unknown".into(), |r| r.to_string()),
-            deployed,
-            outcome.serial
-        ));
-    }
-    None
 }
 
 impl StatusReport {
@@ -154,51 +127,5 @@ impl StatusReport {
             "drift": self.drift,
             "next_poll": self.next_poll.map(|t| t.to_rfc3339()),
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::state::Outcome;
-
-    fn p(c: char) -> StorePath {
-        format!("/nix/store/{}-nixos-system-web1", c.to_string().repeat(32))
-            .parse()
-            .unwrap()
-    }
-
-    fn deployed(kind: OutcomeKind) -> State {
-        State {
-            last_success: Some(Outcome {
-                commit: "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".parse().unwrap(),
-                serial: 3,
-                toplevel: Some(p('a')),
-                result: kind,
-                description: String::new(),
-                at: Utc::now(),
-            }),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn drift_rules() {
-        let s = deployed(OutcomeKind::Success);
-        assert_eq!(drift(&s, Some(&p('a')), Some(&p('a'))), None);
-        assert!(drift(&s, Some(&p('b')), Some(&p('a')))
-            .unwrap()
-            .contains("switched outside Ferry"));
-        assert!(drift(&s, Some(&p('a')), Some(&p('b')))
-            .unwrap()
-            .contains("profile points at"));
-        // A boot deploy waits for a reboot: the running system may differ.
-        let boot = deployed(OutcomeKind::Installed);
-        assert_eq!(drift(&boot, Some(&p('z')), Some(&p('a'))), None);
-        // A switch that wants a reboot still switched: the running system counts.
-        let reboot = deployed(OutcomeKind::SuccessRebootRequired);
-        assert!(drift(&reboot, Some(&p('z')), Some(&p('a'))).is_some());
-        // A fresh host has nothing to drift from.
-        assert_eq!(drift(&State::default(), Some(&p('b')), None), None);
     }
 }

@@ -10,11 +10,12 @@ use std::time::Duration;
 use git2::{Direction, FetchOptions, Oid, RemoteCallbacks, Repository};
 use zeroize::Zeroizing;
 
-use crate::config::{absolute, Invalid, SourceConfig, SourceFile};
-use crate::{git_daemon, git_http};
+use serde::Deserialize;
 
-/// Fetches that would transfer more than this are aborted (endless-data defence).
-pub const MAX_FETCH_BYTES: usize = 512 << 20;
+use crate::config::value::{absolute, secs, HumanDuration, Invalid};
+use crate::io::git::limits::{self, MAX_FETCH_BYTES, PACK_TIMEOUT};
+use crate::io::git::{daemon as git_daemon, http as git_http};
+
 const REMOTE_REF: &str = "refs/ferry/tip";
 
 /// The `[source]` section of the configuration, validated.
@@ -129,7 +130,7 @@ pub fn set_network_timeouts(connect: Duration, read: Duration) -> Result<(), git
         git2::opts::set_server_connect_timeout_in_milliseconds(ms(connect))?;
         git2::opts::set_server_timeout_in_milliseconds(ms(read))?;
     }
-    git_http::set_connect_timeout(connect);
+    limits::set_connect_timeout(connect);
     Ok(())
 }
 
@@ -156,7 +157,7 @@ impl Source {
             url: url.to_owned(),
             branch: branch.to_owned(),
             token_file: token_file.map(Path::to_owned),
-            deadlines: (git_http::LS_TIMEOUT, git_http::PACK_TIMEOUT),
+            deadlines: (limits::LS_TIMEOUT, PACK_TIMEOUT),
         })
     }
 
@@ -195,7 +196,7 @@ impl Source {
         let token = self.token()?;
         let mut remote = self.repo.remote_anonymous(&self.url)?;
         let wanted = format!("refs/heads/{}", self.branch);
-        let tip = git_daemon::with_deadline(self.deadlines.0, || {
+        let tip = limits::with_deadline(self.deadlines.0, || {
             git_http::with_token(token, || -> Result<Option<Oid>, git2::Error> {
                 let connection = remote.connect_auth(Direction::Fetch, None, None)?;
                 Ok(connection
@@ -226,7 +227,7 @@ impl Source {
             .download_tags(git2::AutotagOption::None);
         let mut remote = self.repo.remote_anonymous(&self.url)?;
         let refspec = format!("+refs/heads/{}:{REMOTE_REF}", self.branch);
-        if let Err(source) = git_daemon::with_deadline(self.deadlines.1, || {
+        if let Err(source) = limits::with_deadline(self.deadlines.1, || {
             git_http::with_token(token, || remote.fetch(&[&refspec], Some(&mut options), None))
         }) {
             return Err(if source.code() == git2::ErrorCode::User {
@@ -260,4 +261,39 @@ impl Source {
         }
         Ok(self.repo.graph_descendant_of(commit, ancestor)?)
     }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceConfig {
+    /// The deploy repository: https://, http://, git://, file:// or an absolute path.
+    pub url: String,
+    pub branch: String,
+    pub allowed_signers: PathBuf,
+    pub poll_interval: Duration,
+    pub jitter: Duration,
+    /// Token for private https remotes (read at use, never logged).
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SourceFile {
+    pub(crate) url: String,
+    #[serde(default = "default_branch")]
+    pub(crate) branch: String,
+    #[serde(default = "default_allowed_signers")]
+    pub(crate) allowed_signers: PathBuf,
+    #[serde(default = "secs::<60>")]
+    pub(crate) poll_interval: HumanDuration,
+    #[serde(default = "secs::<10>")]
+    pub(crate) jitter: HumanDuration,
+    pub(crate) token_file: Option<PathBuf>,
+}
+
+fn default_branch() -> String {
+    "deploy".into()
+}
+
+fn default_allowed_signers() -> PathBuf {
+    "/etc/ferry/allowed_signers".into()
 }

@@ -17,10 +17,10 @@ use rand_core::RngCore;
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
+use crate::app::lock::AgentLock;
+use crate::app::status::NEXT_POLL_FILE;
 use crate::config::Config;
-use crate::lock::AgentLock;
 use crate::reconcile::{Agent, Reconciled};
-use crate::status::{self, NEXT_POLL_FILE};
 
 /// Where this agent's own unit lives on NixOS (a link into the store that
 /// changes whenever the unit or the agent's package changes).
@@ -65,7 +65,7 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
     let config = Config::load(&config_path)?;
     // Held until the process ends: no `once` can run beside the daemon.
     let _lock = AgentLock::acquire(&config.state_dir)?;
-    let mut agent = Agent::new(config)?;
+    let mut agent = crate::app::live::agent(config)?;
     // Metrics at start, from what the state says, before the first poll.
     agent.update_metrics(false);
     // An endpoint that cannot listen (the port is taken) is reported, but
@@ -74,7 +74,10 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
         Some(addr) => match crate::metrics::serve(addr, agent.metrics.page()).await {
             Ok(endpoint) => Some(endpoint),
             Err(e) => {
-                error!("{}; the metrics are not served", crate::logging::error_chain(&e));
+                error!(
+                    "{}; the metrics are not served",
+                    crate::app::logging::error_chain(&e)
+                );
                 None
             }
         },
@@ -166,7 +169,7 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
                 warn!(
                     "reconcile failed, retrying in {}s: {}",
                     backoff.as_secs(),
-                    crate::logging::error_chain(&e)
+                    crate::app::logging::error_chain(&e)
                 );
                 delay = backoff;
                 backoff = (backoff * 2).min(interval.max(FIRST_BACKOFF));
@@ -216,7 +219,7 @@ fn on_change(paths: &[PathBuf], config_path: &Path, agent: &mut Agent) -> Option
                 new.state_dir.display(),
                 agent.config.state_dir.display()
             ),
-            Ok(new) => match Agent::new(new) {
+            Ok(new) => match crate::app::live::agent(new) {
                 Ok(a) => {
                     info!("configuration {} reloaded", config_path.display());
                     return Some(a);
@@ -224,7 +227,7 @@ fn on_change(paths: &[PathBuf], config_path: &Path, agent: &mut Agent) -> Option
                 Err(e) => error!(
                     "new configuration {} rejected, keeping the old one: {}",
                     config_path.display(),
-                    crate::logging::error_chain(&e)
+                    crate::app::logging::error_chain(&e)
                 ),
             },
             Err(e) => error!("new configuration rejected, keeping the old one: {e}"),
@@ -258,9 +261,9 @@ fn on_change(paths: &[PathBuf], config_path: &Path, agent: &mut Agent) -> Option
         .any(|p| p.parent() == agent.config.switch.profile.parent())
     {
         if let Ok(state) = agent.state.load() {
-            let running = agent.seams.store.running_system();
-            let profile = agent.seams.store.profile_system();
-            if let Some(drift) = status::drift(&state, running.as_ref(), profile.as_ref()) {
+            let running = agent.ports.store.running_system();
+            let profile = agent.ports.store.profile_system();
+            if let Some(drift) = crate::policy::drift::drift(&state, running.as_ref(), profile.as_ref()) {
                 warn!(ferry_phase = "drift", ferry_outcome = "drift", "{drift}");
             }
         }

@@ -13,7 +13,9 @@
 //! reboot policy, stays in flight through two more phases (awaiting the
 //! reboot, rebooting) until the next boot confirms what booted; a deploy
 //! window holds a new release back before anything is recorded. The
-//! outside world is reached only through the traits of `seams.rs`.
+//! outside world is reached only through the traits of `ports.rs`.
+
+pub mod ports;
 
 use anyhow::Result;
 use chrono::{DateTime, Utc};
@@ -21,19 +23,22 @@ use ferry_signer::approvals::{self, Tally};
 use ferry_signer::{Action, AllowedSigners, CommitId, HostEntry, StorePath, VerifiedRelease, VerifiedTip};
 use tracing::{error, info, warn, Instrument, Span};
 
-use crate::cache::CacheError;
 use crate::config::Config;
-use crate::decide::{self, AfterCheck, Checked, Conclusion, Severity, SwitchResult, Verdict};
-use crate::health::Health;
+use crate::io::cache::client::CacheError;
+use crate::io::forge::{CommitStatus, StatusState};
+use crate::io::systemd::bus::SystemdError;
+use crate::io::systemd::health::Health;
+use crate::io::systemd::switch::{Observed, SwitchResult};
 use crate::metrics::Metrics;
-use crate::report::{CommitStatus, StatusState};
-use crate::seams::{Activation, PreflightError, Seams};
+use crate::policy::ending::{self, AfterCheck, Checked, Conclusion};
+use crate::policy::faults::{self, Severity};
+use crate::policy::judge::{self, Verdict};
+use crate::policy::window::{self, RebootPolicy};
+use crate::policy::{dedup, wording};
+use crate::reconcile::ports::{Activation, Ports, PreflightError};
 use crate::state::{
     self, Anchor, BootId, InFlight, Outcome, OutcomeKind, Phase, State, StateDir, Target, Unsent,
 };
-use crate::switch::Observed;
-use crate::systemd::SystemdError;
-use crate::window::{self, RebootPolicy};
 
 /// How one reconcile ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,11 +93,11 @@ impl Reconciled {
 }
 
 /// Everything one reconcile needs: the configuration, the durable state and
-/// the seams to the outside.
+/// the ports to the outside.
 pub struct Agent {
     pub config: Config,
     pub state: StateDir,
-    pub seams: Seams,
+    pub ports: Ports,
     signers: AllowedSigners,
     /// Prometheus metrics, updated after every reconcile.
     pub metrics: Metrics,
@@ -180,32 +185,24 @@ fn target_span(target: &Target) -> Span {
 }
 
 impl Agent {
-    /// Opens state, outbox and the deploy repository clone for `config`.
-    pub fn new(config: Config) -> Result<Self> {
-        let signers = AllowedSigners::load(&config.source.allowed_signers)?;
-        let approver_signers = config
-            .approvals
-            .allowed_signers
-            .as_deref()
-            .map(AllowedSigners::load)
-            .transpose()?;
-        let seams = Seams::live(&config)?;
-        let mut agent = Self::with_seams(config, signers, seams)?;
-        agent.approver_signers = approver_signers;
-        Ok(agent)
-    }
-
-    /// An agent reaching the outside through `seams` (fakes, in tests).
-    pub fn with_seams(config: Config, signers: AllowedSigners, seams: Seams) -> Result<Self> {
+    /// An agent reaching the outside through `ports` (fakes, in tests).
+    pub fn with_ports(config: Config, signers: AllowedSigners, ports: Ports) -> Result<Self> {
         Ok(Self {
             state: StateDir::open(&config.state_dir)?,
             metrics: Metrics::new(config.metrics.clone()),
             config,
-            seams,
+            ports,
             signers,
             release_source: None,
             approver_signers: None,
         })
+    }
+
+    /// Sets the approvers' allowed signers, when `approvals.allowed_signers`
+    /// names a file of their own.
+    pub fn with_approver_signers(mut self, signers: Option<AllowedSigners>) -> Self {
+        self.approver_signers = signers;
+        self
     }
 
     /// Replaces the allowed signers (after the file changed).
@@ -222,7 +219,7 @@ impl Agent {
     /// commit in `state` (not yet saved): the caller saves it with whatever
     /// it reports, then [`Agent::flush`] moves it to the outbox. A status
     /// identical to the last one recorded for its commit and context is not
-    /// recorded again (`decide::is_news`). Returns whether anything was.
+    /// recorded again (`dedup::is_news`). Returns whether anything was.
     fn report(
         &mut self,
         state: &mut State,
@@ -236,10 +233,10 @@ impl Agent {
         let mut recorded = false;
         for commit in std::iter::once(release).chain(source) {
             let status = CommitStatus::new(commit.clone(), status, &context, description);
-            if !decide::is_news(&state.recent_statuses, &status) {
+            if !dedup::is_news(&state.recent_statuses, &status) {
                 continue;
             }
-            decide::remember_status(&mut state.recent_statuses, status.clone());
+            dedup::remember_status(&mut state.recent_statuses, status.clone());
             state.unsent.push(Unsent {
                 id: rand_core::OsRng.next_u64(),
                 status,
@@ -259,7 +256,7 @@ impl Agent {
     fn flush(&mut self, state: &mut State) -> bool {
         let mut queued = 0;
         for unsent in &state.unsent {
-            if let Err(e) = self.seams.statuses.queue(unsent.id, &unsent.status) {
+            if let Err(e) = self.ports.statuses.queue(unsent.id, &unsent.status) {
                 error!(
                     "cannot queue the commit status for {}: {e}; it stays in state.json and is queued at the next poll",
                     unsent.status.commit
@@ -293,7 +290,7 @@ impl Agent {
             Err(_) => true,
         };
         if deliverable {
-            self.seams.statuses.deliver().await;
+            self.ports.statuses.deliver().await;
         }
     }
 
@@ -313,7 +310,7 @@ impl Agent {
     /// `polled`: a poll just completed without a transient failure.
     pub fn update_metrics(&mut self, polled: bool) {
         self.metrics
-            .update(&self.state, self.seams.store.as_ref(), polled);
+            .update(&self.state, self.ports.store.as_ref(), polled);
     }
 
     async fn reconcile_inner(&mut self) -> Result<Reconciled> {
@@ -337,7 +334,7 @@ impl Agent {
         } else {
             // An unreachable repository names no release to report on: the
             // journal says it, and the poll is retried.
-            let tip = self.seams.source.remote_tip().await?;
+            let tip = self.ports.source.remote_tip().await?;
             if state.last_seen_tip.as_ref() == Some(&tip) {
                 return Ok(Reconciled::UpToDate);
             }
@@ -380,8 +377,8 @@ impl Agent {
                 now
             }
         };
-        if decide::fault_persists(since, now, self.config.report.error_after) {
-            let description = decide::fault_description(&fault_summary(&e), since);
+        if faults::fault_persists(since, now, self.config.report.error_after) {
+            let description = wording::fault_description(&fault_summary(&e), since);
             let source = self.release_source.clone();
             if self.report(
                 &mut state,
@@ -421,11 +418,11 @@ impl Agent {
     /// fetch → verify → judge: refuse, record that the host already runs the
     /// release, or go on to deploy it.
     async fn new_tip(&mut self, state: &mut State, tip: CommitId) -> Result<Reconciled> {
-        self.seams.source.fetch(&tip).await?;
+        self.ports.source.fetch(&tip).await?;
         info!(ferry_phase = "fetch", "new tip on the deploy branch");
         let approver_signers = self.approver_signers.as_ref().unwrap_or(&self.signers);
         let verified_tip = match self
-            .seams
+            .ports
             .source
             .verify(&tip, &self.signers, approver_signers, Utc::now())
             .await
@@ -438,7 +435,7 @@ impl Agent {
                     tip,
                     serial: None,
                     source: None,
-                    severity: decide::verify_severity(&e),
+                    severity: faults::verify_severity(&e),
                     summary: e.summary(),
                     detail: e.to_string(),
                 };
@@ -469,7 +466,7 @@ impl Agent {
         self.release_source = verified.release.source.clone();
         let descends = match &state.anchor {
             Some(anchor) => {
-                self.seams
+                self.ports
                     .source
                     .descends_from(&verified.commit, &anchor.commit)
                     .await?
@@ -478,10 +475,10 @@ impl Agent {
         };
         let entry_action = verified.release.hosts.get(&self.config.host).map(|e| e.action);
         let running = match entry_action {
-            Some(Action::Boot) => self.seams.store.profile_system(),
-            _ => self.seams.store.running_system(),
+            Some(Action::Boot) => self.ports.store.profile_system(),
+            _ => self.ports.store.running_system(),
         };
-        match decide::judge(
+        match judge::judge(
             &verified,
             &self.config.host,
             state.anchor.as_ref(),
@@ -492,7 +489,7 @@ impl Agent {
                 // Only a release that descends from the anchor may name where
                 // to report: a rewound branch could point anywhere.
                 let source = match r {
-                    decide::Refusal::NoEntry { .. } => verified.release.source.clone(),
+                    judge::Refusal::NoEntry { .. } => verified.release.source.clone(),
                     _ => None,
                 };
                 let refused = Refused {
@@ -514,7 +511,7 @@ impl Agent {
                 if !tally.is_met() {
                     return self.await_approval(state, tip, &verified, &tally);
                 }
-                let now = self.seams.clock.now();
+                let now = self.ports.clock.now();
                 let window = self.config.switch.window.as_ref();
                 if let Some(until) = window::deploy_waits_until(window, entry.action, now, &chrono::Local) {
                     return self.wait_for_window(state, &verified, until);
@@ -535,7 +532,7 @@ impl Agent {
     ) -> Result<Reconciled> {
         Span::current().record("ferry_toplevel", tracing::field::display(&entry.toplevel));
         let serial = verified.release.serial;
-        let description = decide::runs_release(&self.config.host, serial);
+        let description = wording::runs_release(&self.config.host, serial);
         let ending = Ending {
             seen,
             outcome: Outcome {
@@ -640,14 +637,17 @@ impl Agent {
         // While a persisting fault is reported, the release keeps its
         // `error` status until the fault clears (then "deploying" again).
         let fault_reported = state::Sighting::since_for(state.fault.as_ref(), &tip)
-            .is_some_and(|since| decide::fault_persists(since, now, self.config.report.error_after));
+            .is_some_and(|since| faults::fault_persists(since, now, self.config.report.error_after));
         let deploying = format!("deploying release {serial} to {}", self.config.host);
         if first_seen_missing.is_none() && !fault_reported {
             self.announce(state, &tip, source.as_ref(), &deploying).await?;
         }
-        let checked =
-            crate::seams::checked_preflight(&mut *self.seams.caches, &mut *self.seams.store, &entry.toplevel)
-                .await;
+        let checked = crate::reconcile::ports::checked_preflight(
+            &mut *self.ports.caches,
+            &mut *self.ports.store,
+            &entry.toplevel,
+        )
+        .await;
         let preflight = match checked {
             Ok(p) => Ok(p),
             // Nix could not be asked: retried, like any fault outside the release.
@@ -656,9 +656,9 @@ impl Agent {
         };
         let preflight = match preflight {
             Ok(p) => p,
-            Err(e) if decide::cache_fault(&e) == decide::Fault::Transient => return Err(e.into()),
+            Err(e) if faults::cache_fault(&e) == faults::Fault::Transient => return Err(e.into()),
             Err(e @ CacheError::NotFound { .. })
-                if decide::may_still_be_uploading(
+                if faults::may_still_be_uploading(
                     verified.release.created,
                     first_seen_missing.unwrap_or(now),
                     now,
@@ -673,7 +673,7 @@ impl Agent {
                     tip,
                     serial: Some(serial),
                     source,
-                    severity: decide::cache_severity(&e),
+                    severity: faults::cache_severity(&e),
                     summary: e.summary(),
                     detail: e.to_string(),
                 };
@@ -707,7 +707,7 @@ impl Agent {
         if self.report(state, tip, source, StatusState::Pending, description) {
             self.state.save(state)?;
             if self.flush(state) {
-                self.seams.statuses.deliver().await;
+                self.ports.statuses.deliver().await;
             }
         }
         Ok(())
@@ -726,7 +726,7 @@ impl Agent {
         now: DateTime<Utc>,
     ) -> Result<Reconciled> {
         let serial = verified.release.serial;
-        let until = decide::upload_deadline(verified.release.created, first_seen_missing.unwrap_or(now));
+        let until = faults::upload_deadline(verified.release.created, first_seen_missing.unwrap_or(now));
         warn!(
             ferry_phase = "preflight",
             "{missing}; waiting for CI to finish uploading (until {until})"
@@ -762,7 +762,7 @@ impl Agent {
         until: DateTime<Utc>,
     ) -> Result<Reconciled> {
         let serial = verified.release.serial;
-        let description = decide::waits_for_window(serial, &window::wall_clock_text(until, &chrono::Local));
+        let description = wording::waits_for_window(serial, &window::wall_clock_text(until, &chrono::Local));
         let source = verified.release.source.as_ref();
         if self.report(
             state,
@@ -789,7 +789,7 @@ impl Agent {
         entry: HostEntry,
         running: Option<StorePath>,
     ) -> Result<Reconciled> {
-        let failed_before = match self.seams.units.failed_units().await {
+        let failed_before = match self.ports.units.failed_units().await {
             Ok(units) => units,
             Err(e @ SystemdError::Connect(_)) => {
                 return Err(anyhow::Error::new(e).context("cannot reach systemd"))
@@ -841,7 +841,7 @@ impl Agent {
                     // Delivered before the step: "rebooting" reaches the
                     // forge before the host goes down, if it can.
                     if announced && self.flush(state) {
-                        self.seams.statuses.deliver().await;
+                        self.ports.statuses.deliver().await;
                     }
                     if flight.activation().is_some() {
                         self.activate(&flight).await?;
@@ -862,7 +862,7 @@ impl Agent {
         );
         // The status says why first (cut to 140 characters); the journal
         // gets the whole error.
-        if let Err(e) = self.seams.store.realise(toplevel).await {
+        if let Err(e) = self.ports.store.realise(toplevel).await {
             error!(
                 ferry_phase = flight.phase.name(),
                 "cannot realise the closure: {e}"
@@ -873,7 +873,7 @@ impl Agent {
             }));
         }
         if flight.action.sets_profile() {
-            if let Err(e) = self.seams.store.set_profile(toplevel).await {
+            if let Err(e) = self.ports.store.set_profile(toplevel).await {
                 error!(
                     ferry_phase = flight.phase.name(),
                     "cannot set the system profile: {e}"
@@ -900,10 +900,10 @@ impl Agent {
     /// Checks health (when the switch activated a running system) and asks
     /// `decide.rs` what it all means: the end, or a rollback.
     async fn checking(&mut self, flight: &InFlight, switch: SwitchResult) -> Result<Next> {
-        let health = if decide::checks_health(flight.action, switch) {
+        let health = if ending::checks_health(flight.action, switch) {
             info!(ferry_phase = flight.phase.name(), "checking health");
             let health = &self.config.health;
-            self.seams
+            self.ports
                 .units
                 .check_health(health.settle, &health.commands)
                 .await?
@@ -912,7 +912,7 @@ impl Agent {
             Health::default()
         };
         let kernel_changed =
-            flight.action == Action::Switch && self.seams.store.kernel_changed(&flight.target.toplevel);
+            flight.action == Action::Switch && self.ports.store.kernel_changed(&flight.target.toplevel);
         let checked = Checked {
             host: &self.config.host,
             serial: flight.target.serial,
@@ -923,11 +923,11 @@ impl Agent {
             rollback_enabled: self.config.switch.rollback,
             previous: flight.previous.as_ref(),
         };
-        Ok(match decide::after_check(&checked) {
+        Ok(match ending::after_check(&checked) {
             AfterCheck::RollBack { to, problem } => Next::Phase(Phase::RollingBack { to, problem }),
             AfterCheck::Conclude(conclusion) => match &self.config.reboot {
-                RebootPolicy::InWindow(windows) if decide::needs_reboot(conclusion.kind) => {
-                    let now = self.seams.clock.now();
+                RebootPolicy::InWindow(windows) if ending::needs_reboot(conclusion.kind) => {
+                    let now = self.ports.clock.now();
                     Next::Phase(Phase::AwaitingReboot {
                         at: reboot_moment(windows, &self.config.host, now)?,
                     })
@@ -946,7 +946,7 @@ impl Agent {
     async fn awaiting_reboot(&mut self, flight: &InFlight, at: DateTime<Utc>) -> Result<Next> {
         let serial = flight.target.serial;
         let (host, action) = (self.config.host.clone(), flight.action);
-        let pending = move || decide::reboot_required(&host, serial, action);
+        let pending = move || ending::reboot_required(&host, serial, action);
         let RebootPolicy::InWindow(windows) = self.config.reboot.clone() else {
             info!(
                 ferry_phase = flight.phase.name(),
@@ -956,7 +956,7 @@ impl Agent {
         };
         // A tip that cannot be read now changes nothing: the reboot is not
         // held hostage by the deploy repository.
-        if let Ok(tip) = self.seams.source.remote_tip().await {
+        if let Ok(tip) = self.ports.source.remote_tip().await {
             if tip != flight.tip && self.supersedes(&tip, flight).await {
                 info!(
                     ferry_phase = flight.phase.name(),
@@ -965,7 +965,7 @@ impl Agent {
                 return Ok(Next::End(pending()));
             }
         }
-        let now = self.seams.clock.now();
+        let now = self.ports.clock.now();
         if now < at {
             return Ok(Next::Wait(Reconciled::RebootScheduled { serial, at }));
         }
@@ -977,7 +977,7 @@ impl Agent {
             );
             return Ok(Next::Phase(Phase::AwaitingReboot { at }));
         }
-        let running = self.seams.units.activations_running().await?;
+        let running = self.ports.units.activations_running().await?;
         if !running.is_empty() {
             info!(
                 ferry_phase = flight.phase.name(),
@@ -986,7 +986,7 @@ impl Agent {
             );
             return Ok(Next::Wait(Reconciled::RebootScheduled { serial, at }));
         }
-        let boot = self.seams.reboot.this_boot().await?;
+        let boot = self.ports.reboot.this_boot().await?;
         Ok(Next::Phase(Phase::Rebooting { boot }))
     }
 
@@ -996,13 +996,13 @@ impl Agent {
     /// make one — or a fault reading it) leaves the reboot as planned; it is
     /// judged as usual once the deploy has ended.
     async fn supersedes(&mut self, tip: &CommitId, flight: &InFlight) -> bool {
-        if self.seams.source.fetch(tip).await.is_err() {
+        if self.ports.source.fetch(tip).await.is_err() {
             return false;
         }
-        let now = self.seams.clock.now();
+        let now = self.ports.clock.now();
         let approver_signers = self.approver_signers.as_ref().unwrap_or(&self.signers);
         let verify = self
-            .seams
+            .ports
             .source
             .verify(tip, &self.signers, approver_signers, now);
         let Ok(verified) = verify.await else {
@@ -1011,7 +1011,7 @@ impl Agent {
         let release = verified.release;
         release.release.serial > flight.target.serial
             && matches!(
-                self.seams
+                self.ports
                     .source
                     .descends_from(&release.commit, &flight.target.commit)
                     .await,
@@ -1024,17 +1024,17 @@ impl Agent {
     /// In any other boot, the reboot happened: what booted decides the end.
     async fn rebooting(&mut self, flight: &InFlight, boot: &BootId) -> Result<Next> {
         let serial = flight.target.serial;
-        if self.seams.reboot.this_boot().await? == *boot {
+        if self.ports.reboot.this_boot().await? == *boot {
             info!(
                 ferry_phase = flight.phase.name(),
                 "rebooting into release {serial} ({})",
                 flight.target.toplevel.name()
             );
-            self.seams.reboot.request().await?;
+            self.ports.reboot.request().await?;
             return Ok(Next::Wait(Reconciled::Rebooting { serial }));
         }
-        let booted = self.seams.store.booted_system();
-        Ok(Next::End(decide::after_reboot(
+        let booted = self.ports.store.booted_system();
+        Ok(Next::End(ending::after_reboot(
             &self.config.host,
             serial,
             &flight.target.toplevel,
@@ -1048,9 +1048,9 @@ impl Agent {
         let serial = flight.target.serial;
         let description = match &flight.phase {
             Phase::AwaitingReboot { at } => {
-                decide::reboot_scheduled(serial, &window::wall_clock_text(*at, &chrono::Local))
+                wording::reboot_scheduled(serial, &window::wall_clock_text(*at, &chrono::Local))
             }
-            Phase::Rebooting { .. } => decide::rebooting_into(serial),
+            Phase::Rebooting { .. } => wording::rebooting_into(serial),
             _ => return false,
         };
         info!(ferry_phase = flight.phase.name(), "{description}");
@@ -1067,7 +1067,7 @@ impl Agent {
     /// Sees the rollback unit to its end; the deploy failed either way.
     async fn rolling_back(&mut self, flight: &InFlight, to: &StorePath, problem: &str) -> Result<Next> {
         let result = self.see_through(flight).await?;
-        Ok(Next::End(decide::after_rollback(problem, to, result)))
+        Ok(Next::End(ending::after_rollback(problem, to, result)))
     }
 
     /// Starts the activation the flight's phase names (setting the profile
@@ -1085,13 +1085,13 @@ impl Agent {
                     system.name()
                 );
                 if flight.action.sets_profile() {
-                    self.seams.store.set_profile(system).await?;
+                    self.ports.store.set_profile(system).await?;
                 }
             }
             _ => info!(ferry_phase = phase, "starting switch-to-configuration {action}"),
         }
         let serial = flight.target.serial;
-        self.seams.units.start(serial, activation, system, action).await?;
+        self.ports.units.start(serial, activation, system, action).await?;
         Ok(())
     }
 
@@ -1105,16 +1105,16 @@ impl Agent {
             .activation()
             .expect("only switching and rolling back have a unit");
         let serial = flight.target.serial;
-        let units = &mut self.seams.units;
+        let units = &mut self.ports.units;
         Ok(match units.observe(serial, activation).await? {
             Observed::Running => units.wait(serial, activation).await?,
             Observed::Finished(result) => result,
-            Observed::Unknown if self.seams.store.running_system().as_ref() == Some(system) => {
+            Observed::Unknown if self.ports.store.running_system().as_ref() == Some(system) => {
                 SwitchResult::Ok
             }
             Observed::Unknown => {
                 self.activate(flight).await?;
-                self.seams.units.wait(serial, activation).await?
+                self.ports.units.wait(serial, activation).await?
             }
         })
     }
@@ -1146,7 +1146,7 @@ impl Agent {
                     at: Utc::now(),
                 },
                 source: flight.source.clone(),
-                status: decide::outcome_status(kind),
+                status: ending::outcome_status(kind),
                 anchor: false,
                 phase: "done",
                 label: kind.as_str(),
@@ -1217,7 +1217,7 @@ fn fault_summary(e: &anyhow::Error) -> String {
     if let Some(e) = e.downcast_ref::<CacheError>() {
         return e.summary();
     }
-    if e.downcast_ref::<crate::source::SourceError>().is_some() {
+    if e.downcast_ref::<crate::io::git::source::SourceError>().is_some() {
         return "error: the deploy repository is unreachable".into();
     }
     if e.chain().any(|c| c.downcast_ref::<SystemdError>().is_some()) {
@@ -1233,7 +1233,7 @@ impl InFlight {
         match &self.phase {
             Phase::Switching => Some((Activation::Switch, &self.target.toplevel, self.action)),
             Phase::RollingBack { to, .. } => {
-                Some((Activation::Rollback, to, decide::rollback_action(self.action)))
+                Some((Activation::Rollback, to, ending::rollback_action(self.action)))
             }
             Phase::Realising
             | Phase::Checking { .. }

@@ -7,110 +7,14 @@
 
 use std::path::{Path, PathBuf};
 
-use ferry_signer::forge::{status_request, Token};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{absolute, Forge, ForgeTarget, Invalid, ReportConfig, ReportFile};
-use crate::durable::atomic_write;
+use crate::io::durable::atomic_write;
+use crate::io::forge::{CommitStatus, Delivery, ForgeClient, StatusState};
 use crate::state::StateError;
 
-/// One status to post on one commit; `CommitStatus::new` cuts the
-/// description to [`MAX_DESCRIPTION_CHARS`].
-pub use ferry_signer::forge::NewStatus as CommitStatus;
-/// An HTTP request, ready to send: method is always POST.
-pub use ferry_signer::forge::StatusRequest;
-/// A commit status state, in Ferry's terms.
-pub use ferry_signer::forge::StatusState;
-/// GitHub refuses longer descriptions; we hold every forge to it.
-pub use ferry_signer::forge::MAX_DESCRIPTION_CHARS;
 /// Oldest statuses are dropped beyond this many waiting (with a log line).
 pub const MAX_OUTBOX_ENTRIES: usize = 1000;
-
-/// The `[report]` section of the configuration, validated: with a forge,
-/// where and how to post (API URL defaulted per forge, repository and token
-/// file required); `forge = "none"` is no forge at all.
-pub(crate) fn validate(r: ReportFile) -> Result<ReportConfig, Invalid> {
-    let token_file = |file: Option<PathBuf>| {
-        file.map(|p| absolute(p, "token_file"))
-            .transpose()
-            .map_err(|p| Invalid::new("report.token_file", p))
-    };
-    let forge = match r.forge.0 {
-        None => {
-            token_file(r.token_file)?;
-            None
-        }
-        Some(forge) => {
-            let api_url = match (forge, r.api_url) {
-                (_, Some(url)) => url.trim_end_matches('/').to_owned(),
-                (Forge::Github, None) => "https://api.github.com".into(),
-                (Forge::Gitlab, None) => "https://gitlab.com/api/v4".into(),
-                (Forge::Gitea, None) => {
-                    return Err(Invalid::new(
-                        "report.api_url",
-                        "required for gitea, e.g. https://git.example.com/api/v1",
-                    ))
-                }
-            };
-            if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
-                return Err(Invalid::new(
-                    "report.api_url",
-                    format!("`{api_url}` is not an http(s) URL"),
-                ));
-            }
-            if !ferry_signer::forge::token_travels_safely(&api_url) {
-                return Err(Invalid::new(
-                    "report.api_url",
-                    format!(
-                        "`{api_url}` is plain HTTP to another machine, so the forge token would cross \
-                         the network in clear: use https:// (plain http:// only to this machine: \
-                         localhost or a loopback address)"
-                    ),
-                ));
-            }
-            if r.repository.is_empty() {
-                return Err(Invalid::new(
-                    "report.repository",
-                    "required: owner/repo (or a GitLab project id)",
-                ));
-            }
-            let Some(token_file) = token_file(r.token_file)? else {
-                return Err(Invalid::new(
-                    "report.token_file",
-                    "required to post statuses (a systemd credential, for example)",
-                ));
-            };
-            Some(ForgeTarget {
-                forge,
-                api_url,
-                repository: r.repository,
-                token_file,
-            })
-        }
-    };
-    Ok(ReportConfig {
-        forge,
-        context: r.context,
-        error_after: r.error_after.0,
-    })
-}
-
-/// Builds the request `forge` expects for `status`: the signer's, with the
-/// agent's User-Agent last. `token` is only placed in a header; callers must
-/// never log the headers.
-pub fn request_for(
-    forge: Forge,
-    api_url: &str,
-    repository: &str,
-    token: &Token,
-    status: &CommitStatus,
-) -> StatusRequest {
-    let mut request = status_request(forge, api_url, repository, token, status);
-    request
-        .headers
-        .push(("User-Agent", format!("ferry-agent/{}", env!("CARGO_PKG_VERSION"))));
-    request
-}
 
 /// Statuses waiting for the forge, one file each in `<state_dir>/outbox`,
 /// named by a sequence number so delivery follows creation order.
@@ -268,6 +172,50 @@ impl Outbox {
     }
 }
 
+/// What a drain of the outbox achieved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drain {
+    pub delivered: usize,
+    pub dropped: usize,
+    /// Why the drain stopped early, if it did.
+    pub stopped: Option<Delivery>,
+}
+
+/// Delivers the statuses waiting in `outbox` to `forge`, oldest first, until
+/// the outbox is empty or a delivery must wait.
+pub async fn drain(outbox: &Outbox, forge: &ForgeClient) -> Result<Drain, StateError> {
+    let mut drain = Drain {
+        delivered: 0,
+        dropped: 0,
+        stopped: None,
+    };
+    loop {
+        let queued = match outbox.peek() {
+            Ok(Some(q)) => q,
+            Ok(None) => return Ok(drain),
+            Err(StateError::Corrupt { .. }) => {
+                drain.dropped += 1;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        match forge.send(&queued.status).await {
+            Delivery::Delivered => {
+                outbox.remove(queued.seq)?;
+                drain.delivered += 1;
+            }
+            Delivery::Rejected(_) => {
+                outbox.remove(queued.seq)?;
+                drain.dropped += 1;
+            }
+            other => {
+                drain.stopped = Some(other);
+                return Ok(drain);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,138 +227,6 @@ mod tests {
             "ferry/web1",
             "deployed",
         )
-    }
-
-    #[test]
-    fn github_request() {
-        let r = request_for(
-            Forge::Github,
-            "https://api.github.com/",
-            "ops/deploy",
-            &Token::new("T0K").unwrap(),
-            &status(StatusState::Success),
-        );
-        assert_eq!(
-            r.url,
-            "https://api.github.com/repos/ops/deploy/statuses/9fceb02d0ae598e95dc970b74767f19372d61af8"
-        );
-        assert!(r.headers.contains(&("Authorization", "Bearer T0K".into())));
-        assert_eq!(
-            r.body,
-            serde_json::json!({"state": "success", "description": "deployed", "context": "ferry/web1"})
-        );
-    }
-
-    #[test]
-    fn gitea_request() {
-        let r = request_for(
-            Forge::Gitea,
-            "https://git.example.com/api/v1",
-            "ops/deploy",
-            &Token::new("T0K").unwrap(),
-            &status(StatusState::Pending),
-        );
-        assert_eq!(r.url, "https://git.example.com/api/v1/repos/ops/deploy/statuses/9fceb02d0ae598e95dc970b74767f19372d61af8");
-        assert!(r.headers.contains(&("Authorization", "token T0K".into())));
-        assert_eq!(r.body["state"], "pending");
-    }
-
-    #[test]
-    fn gitlab_request() {
-        let r = request_for(
-            Forge::Gitlab,
-            "https://gitlab.com/api/v4",
-            "ops/deploy",
-            &Token::new("T0K").unwrap(),
-            &status(StatusState::Failure),
-        );
-        assert_eq!(r.url, "https://gitlab.com/api/v4/projects/ops%2Fdeploy/statuses/9fceb02d0ae598e95dc970b74767f19372d61af8");
-        assert!(r.headers.contains(&("PRIVATE-TOKEN", "T0K".into())));
-        assert_eq!(
-            r.body,
-            serde_json::json!({"state": "failed", "name": "ferry/web1", "description": "deployed"})
-        );
-        let p = request_for(
-            Forge::Gitlab,
-            "https://gitlab.com/api/v4",
-            "42",
-            &Token::new("T").unwrap(),
-            &status(StatusState::Pending),
-        );
-        assert!(p.url.contains("/projects/42/statuses/"));
-        assert_eq!(p.body["state"], "running");
-    }
-
-    #[test]
-    fn headers_are_exactly_what_agents_have_always_sent() {
-        let token = Token::new("T0K").unwrap();
-        let ua = format!("ferry-agent/{}", env!("CARGO_PKG_VERSION"));
-        let headers = |forge| {
-            request_for(
-                forge,
-                "https://f/api",
-                "o/r",
-                &token,
-                &status(StatusState::Success),
-            )
-            .headers
-        };
-        assert_eq!(
-            headers(Forge::Github),
-            vec![
-                ("Authorization", "Bearer T0K".to_owned()),
-                ("Accept", "application/vnd.github+json".to_owned()),
-                ("X-GitHub-Api-Version", "2022-11-28".to_owned()),
-                ("User-Agent", ua.clone()),
-            ]
-        );
-        assert_eq!(
-            headers(Forge::Gitea),
-            vec![
-                ("Authorization", "token T0K".to_owned()),
-                ("User-Agent", ua.clone())
-            ]
-        );
-        assert_eq!(
-            headers(Forge::Gitlab),
-            vec![("PRIVATE-TOKEN", "T0K".to_owned()), ("User-Agent", ua)]
-        );
-        // Every state, every forge: the names posted.
-        for (state, name, gitlab) in [
-            (StatusState::Pending, "pending", "running"),
-            (StatusState::Success, "success", "success"),
-            (StatusState::Failure, "failure", "failed"),
-            (StatusState::Error, "error", "failed"),
-        ] {
-            let body = |forge| request_for(forge, "https://f/api", "o/r", &token, &status(state)).body;
-            assert_eq!(body(Forge::Github)["state"], name);
-            assert_eq!(body(Forge::Gitea)["state"], name);
-            assert_eq!(body(Forge::Gitlab)["state"], gitlab);
-        }
-        // GitLab project paths: everything but unreserved characters encoded.
-        let r = request_for(
-            Forge::Gitlab,
-            "https://f/api",
-            "my group/sub.g~r_p-1",
-            &token,
-            &status(StatusState::Success),
-        );
-        assert_eq!(
-            r.url,
-            "https://f/api/projects/my%20group%2Fsub.g~r_p-1/statuses/9fceb02d0ae598e95dc970b74767f19372d61af8"
-        );
-    }
-
-    #[test]
-    fn descriptions_at_the_limit_are_kept_whole() {
-        let exact = "d".repeat(MAX_DESCRIPTION_CHARS);
-        let s = CommitStatus::new(
-            "9fceb02d0ae598e95dc970b74767f19372d61af8".parse().unwrap(),
-            StatusState::Success,
-            "c",
-            &exact,
-        );
-        assert_eq!(s.description, exact);
     }
 
     #[test]
@@ -461,19 +277,6 @@ mod tests {
             std::fs::read_to_string(outbox_dir.join("00000000000000000007.json")).unwrap(),
             r#"{"commit":"9fceb02d0ae598e95dc970b74767f19372d61af8","state":"pending","context":"ferry/web1","description":"deploying release 3 to web1"}"#
         );
-    }
-
-    #[test]
-    fn descriptions_are_cut_to_140_chars() {
-        let long = "é".repeat(300);
-        let s = CommitStatus::new(
-            "9fceb02d0ae598e95dc970b74767f19372d61af8".parse().unwrap(),
-            StatusState::Error,
-            "c",
-            &long,
-        );
-        assert_eq!(s.description.chars().count(), 140);
-        assert!(s.description.ends_with('…'));
     }
 
     #[test]

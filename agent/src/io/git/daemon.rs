@@ -6,7 +6,6 @@
 //! libgit2 still speaks the protocol; this module connects and moves its
 //! bytes, counting them and the time.
 
-use std::cell::Cell;
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::OnceLock;
@@ -14,16 +13,12 @@ use std::time::{Duration, Instant};
 
 use git2::transport::{Service, SmartSubtransport, SmartSubtransportStream, Transport};
 
-use crate::git_http::{connect_timeout, MAX_ADVERTISEMENT_BYTES};
-use crate::source::MAX_FETCH_BYTES;
+use crate::io::git::limits::{
+    connect_timeout, current_deadline, past_deadline, MAX_ADVERTISEMENT_BYTES, MAX_FETCH_BYTES,
+};
 
 /// git's port.
 const DEFAULT_PORT: u16 = 9418;
-
-thread_local! {
-    /// The deadline of the remote operation running on this thread.
-    static DEADLINE: Cell<Option<(Instant, Duration)>> = const { Cell::new(None) };
-}
 
 /// Routes libgit2's `git://` remotes through this module. Idempotent; call
 /// before the first remote operation.
@@ -41,34 +36,6 @@ pub fn install() -> Result<(), git2::Error> {
         })
         .clone()
         .map_err(|m| git2::Error::from_str(&m))
-}
-
-/// Runs `f` (one libgit2 remote operation) with `limit` as the total time
-/// it may take: its `git://` connection, name resolution included, and its
-/// smart HTTP requests (`git_http.rs`), bodies included.
-pub fn with_deadline<T>(limit: Duration, f: impl FnOnce() -> T) -> T {
-    struct Restore(Option<(Instant, Duration)>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            DEADLINE.with(|d| d.set(self.0));
-        }
-    }
-    let _restore = Restore(DEADLINE.with(|d| d.replace(Some((Instant::now() + limit, limit)))));
-    f()
-}
-
-/// The deadline of the remote operation running on this thread and its
-/// length, if one was set with [`with_deadline`].
-pub(crate) fn current_deadline() -> Option<(Instant, Duration)> {
-    DEADLINE.with(|d| d.get())
-}
-
-/// The message of an operation that ran past its deadline of `limit`.
-pub(crate) fn past_deadline(server: &str, limit: Duration) -> String {
-    format!(
-        "timed out: the {server} server did not finish within {}s (a total deadline per operation)",
-        limit.as_secs()
-    )
 }
 
 /// Resolves `host` within `left`. The system resolver cannot be cancelled,
@@ -137,8 +104,7 @@ struct Connection {
 
 impl Connection {
     fn open(url: &str) -> io::Result<Self> {
-        let (deadline, limit) = DEADLINE
-            .with(|d| d.get())
+        let (deadline, limit) = current_deadline()
             .unwrap_or_else(|| (Instant::now() + Duration::from_secs(60), Duration::from_secs(60)));
         let parsed = reqwest::Url::parse(url).map_err(|e| io::Error::other(format!("{url}: {e}")))?;
         let host = parsed

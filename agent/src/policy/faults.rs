@@ -1,0 +1,251 @@
+//! What a fault means: how serious a refusal is for the forge ([`Severity`]),
+//! whether retrying may help ([`Fault`]), when a transient fault has lasted
+//! long enough to be reported, and how long a closure missing from the cache
+//! is taken for CI still uploading it. Pure: no I/O.
+
+use chrono::{DateTime, Utc};
+use ferry_signer::git::GitError;
+use ferry_signer::VerifyError;
+
+use crate::io::cache::client::CacheError;
+use crate::io::forge::StatusState;
+
+/// How serious a refusal is for the forge: the release's own fault fails the
+/// commit; a fault outside the release (reading the repository, the cache,
+/// the disk) is an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// The release cannot be deployed as it is (`failure`).
+    Failure,
+    /// Something outside the release went wrong (`error`).
+    Error,
+}
+
+impl Severity {
+    /// The commit status a refusal of this severity is reported with.
+    pub fn status(self) -> StatusState {
+        match self {
+            Severity::Failure => StatusState::Failure,
+            Severity::Error => StatusState::Error,
+        }
+    }
+}
+
+/// The severity of a release that failed verification.
+pub fn verify_severity(e: &VerifyError) -> Severity {
+    match e {
+        VerifyError::Git(GitError::Release { .. } | GitError::NoReleaseFile { .. }) => Severity::Failure,
+        VerifyError::Git(_) => Severity::Error,
+        _ => Severity::Failure,
+    }
+}
+
+/// The severity of a closure the preflight refused.
+pub fn cache_severity(e: &CacheError) -> Severity {
+    match e {
+        CacheError::Unreachable { .. }
+        | CacheError::Disk { .. }
+        | CacheError::Denied { .. }
+        | CacheError::Credentials(_) => Severity::Error,
+        _ => Severity::Failure,
+    }
+}
+
+/// Whether retrying a fault may help: a transient one (the cache or the
+/// repository unreachable, credentials the host must fix) is retried with
+/// backoff and reported only once it persists ([`fault_persists`]); a
+/// permanent one ends the release at once, with its severity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Transient,
+    Permanent(Severity),
+}
+
+/// How a closure the preflight could not check is handled.
+pub fn cache_fault(e: &CacheError) -> Fault {
+    match e {
+        // Fixed on the host or the cache, never by a new release: retried.
+        CacheError::Unreachable { .. } | CacheError::Denied { .. } | CacheError::Credentials(_) => {
+            Fault::Transient
+        }
+        _ => Fault::Permanent(cache_severity(e)),
+    }
+}
+
+/// Whether a transient fault first met at `since` has persisted long enough
+/// (`error_after`) at `now` to be reported as an `error` status. Until then
+/// the release keeps the status it had; after, the one `error` status
+/// ([`fault_description`]) stays until the fault clears.
+pub fn fault_persists(since: DateTime<Utc>, now: DateTime<Utc>, error_after: std::time::Duration) -> bool {
+    let after = chrono::Duration::from_std(error_after).unwrap_or(chrono::Duration::MAX);
+    since.checked_add_signed(after).is_some_and(|at| now >= at)
+}
+
+/// How long after a release's `created` time a closure path missing from the
+/// cache is taken for CI still uploading (the release may be pushed before the
+/// upload finishes): until then the agent retries instead of refusing.
+pub const CACHE_UPLOAD_GRACE: chrono::Duration = chrono::Duration::hours(1);
+
+/// Whether a closure missing from the binary cache may still be on its way:
+/// the release was created, and this host first saw it missing, less than
+/// [`CACHE_UPLOAD_GRACE`] before `now`. The host's own first sighting bounds
+/// the wait when `created` is in the future (a signer's clock ahead, or this
+/// host's behind), so a missing closure is never waited for indefinitely.
+pub fn may_still_be_uploading(
+    created: DateTime<Utc>,
+    first_seen_missing: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> bool {
+    now < upload_deadline(created, first_seen_missing)
+}
+
+/// When waiting for a missing closure ends (see [`may_still_be_uploading`]).
+pub fn upload_deadline(created: DateTime<Utc>, first_seen_missing: DateTime<Utc>) -> DateTime<Utc> {
+    created.min(first_seen_missing) + CACHE_UPLOAD_GRACE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::forge::StatusState;
+    use crate::policy::ending::outcome_status;
+    use crate::policy::wording::fault_description;
+    use crate::state::OutcomeKind;
+
+    use chrono::Utc;
+
+    #[test]
+    fn a_transient_fault_is_reported_once_it_persists_past_the_threshold() {
+        let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let since = at("2026-11-22T10:00:00Z");
+        let after = std::time::Duration::from_secs(15 * 60);
+        assert!(!fault_persists(since, since, after));
+        assert!(!fault_persists(since, at("2026-11-22T10:14:59Z"), after));
+        assert!(fault_persists(since, at("2026-11-22T10:15:00Z"), after));
+        assert!(fault_persists(since, at("2026-11-23T10:00:00Z"), after));
+        // A clock set back never reports early; an absurd threshold never.
+        assert!(!fault_persists(since, at("2026-11-22T09:00:00Z"), after));
+        assert!(!fault_persists(
+            since,
+            at("2030-01-01T00:00:00Z"),
+            std::time::Duration::MAX
+        ));
+        assert!(fault_persists(since, since, std::time::Duration::ZERO));
+        let d = fault_description("error: binary cache unreachable", since);
+        assert_eq!(
+            d,
+            "error: binary cache unreachable; retrying since 2026-11-22 10:00 UTC"
+        );
+        assert!(d.chars().count() <= crate::io::forge::MAX_DESCRIPTION_CHARS);
+    }
+
+    #[test]
+    fn cache_faults_are_transient_only_when_a_retry_may_help() {
+        let unreachable = CacheError::Unreachable {
+            url: "u".into(),
+            detail: "HTTP 503".into(),
+        };
+        let denied = CacheError::Denied {
+            url: "u".into(),
+            status: 403,
+            advice: "a".into(),
+        };
+        assert_eq!(cache_fault(&unreachable), Fault::Transient);
+        assert_eq!(cache_fault(&denied), Fault::Transient);
+        let oversized = CacheError::Narinfo {
+            url: "u".into(),
+            source: crate::io::cache::narinfo::NarInfoError::TooLarge,
+        };
+        assert_eq!(cache_fault(&oversized), Fault::Permanent(Severity::Failure));
+        assert_eq!(
+            cache_fault(&CacheError::TooLarge),
+            Fault::Permanent(Severity::Failure)
+        );
+        let disk = CacheError::Disk {
+            store: "/nix/store".into(),
+            detail: "d".into(),
+        };
+        assert_eq!(cache_fault(&disk), Fault::Permanent(Severity::Error));
+    }
+
+    #[test]
+    fn a_missing_closure_is_waited_for_only_shortly_after_the_release() {
+        let created: DateTime<Utc> = "2026-11-22T10:00:00Z".parse().unwrap();
+        let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let seen = at("2026-11-22T10:00:10Z");
+        assert!(may_still_be_uploading(created, seen, at("2026-11-22T10:00:30Z")));
+        assert!(may_still_be_uploading(created, seen, at("2026-11-22T10:59:59Z")));
+        assert!(!may_still_be_uploading(created, seen, at("2026-11-22T11:00:00Z")));
+        // A release dated in the future (clock skew) is waited for an hour
+        // from when this host first saw its closure missing, no longer.
+        let future: DateTime<Utc> = "2030-01-01T00:00:00Z".parse().unwrap();
+        assert!(may_still_be_uploading(future, seen, at("2026-11-22T10:30:00Z")));
+        assert!(!may_still_be_uploading(future, seen, at("2026-11-22T11:00:10Z")));
+    }
+
+    /// The severity agrees with the words the forge shows: `error: …` is an
+    /// error, `refused: …` and `stale: …` a failure.
+    #[test]
+    fn severity_matches_the_status_words() {
+        let word = |s: Severity| match s {
+            Severity::Error => "error:",
+            Severity::Failure => "",
+        };
+        let verify_errors = [
+            VerifyError::Unsigned {
+                commit: git2::Oid::ZERO_SHA1,
+            },
+            VerifyError::Expired {
+                commit: git2::Oid::ZERO_SHA1,
+                serial: 3,
+                expires: Utc::now(),
+            },
+            VerifyError::Git(GitError::NoReleaseFile {
+                commit: git2::Oid::ZERO_SHA1,
+            }),
+            VerifyError::Git(GitError::Git(git2::Error::from_str("broken"))),
+        ];
+        for e in &verify_errors {
+            let severity = verify_severity(e);
+            assert_eq!(
+                e.summary().starts_with("error:"),
+                severity == Severity::Error,
+                "{e}"
+            );
+            assert!(e.summary().starts_with(word(severity)), "{e}");
+        }
+        let cache_errors = [
+            CacheError::NotFound {
+                path: "/nix/store/x".into(),
+                caches: "c".into(),
+            },
+            CacheError::TooLarge,
+            CacheError::Unreachable {
+                url: "u".into(),
+                detail: "d".into(),
+            },
+            CacheError::Disk {
+                store: "/nix/store".into(),
+                detail: "d".into(),
+            },
+            CacheError::DiskFull {
+                store: "/nix/store".into(),
+                need: 1,
+                available: 0,
+            },
+        ];
+        for e in &cache_errors {
+            let severity = cache_severity(e);
+            assert_eq!(
+                e.summary().starts_with("error:"),
+                severity == Severity::Error,
+                "{e}"
+            );
+        }
+        assert_eq!(Severity::Error.status(), StatusState::Error);
+        assert_eq!(Severity::Failure.status(), StatusState::Failure);
+        assert_eq!(outcome_status(OutcomeKind::Installed), StatusState::Success);
+        assert_eq!(outcome_status(OutcomeKind::Failed), StatusState::Failure);
+        assert_eq!(outcome_status(OutcomeKind::Error), StatusState::Error);
+    }
+}

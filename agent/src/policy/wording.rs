@@ -1,0 +1,36 @@
+//! The words a deploy is reported in: each commit status description the
+//! agent posts (and logs) is made here, so tests assert through these
+//! functions rather than copies of their text. Descriptions are cut to 140
+//! characters when a status is made.
+
+use chrono::{DateTime, Utc};
+use ferry_signer::HostName;
+
+/// The description of a host running a release (deployed or already there).
+pub fn runs_release(host: &HostName, serial: u64) -> String {
+    format!("{host} runs release {serial}")
+}
+
+/// The pending status of a release waiting for its reboot at `at` (the
+/// host's wall clock).
+pub fn reboot_scheduled(serial: u64, at: &str) -> String {
+    format!("release {serial} installed; reboot at {at} (maintenance window)")
+}
+
+/// The pending status right before the reboot is requested.
+pub fn rebooting_into(serial: u64) -> String {
+    format!("rebooting into release {serial}")
+}
+
+/// The pending status of a release held back until the deploy window
+/// opens at `until` (the host's wall clock).
+pub fn waits_for_window(serial: u64, until: &str) -> String {
+    format!("release {serial} waits for the deploy window (opens {until})")
+}
+
+/// The description of a persisting fault: what is wrong (the summary, which
+/// starts with `error:`), then since when. Stable across polls, so it is
+/// posted once (`is_news`).
+pub fn fault_description(summary: &str, since: DateTime<Utc>) -> String {
+    format!("{summary}; retrying since {}", since.format("%Y-%m-%d %H:%M UTC"))
+}
