@@ -8,6 +8,7 @@ mod deploy;
 mod fleet;
 mod forge;
 mod key_types;
+mod layers;
 mod metrics;
 mod nix_cache;
 mod preflight;
