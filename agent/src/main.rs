@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use ferry_agent::app::lock::{self, AgentLock, LockError};
 use ferry_agent::app::{daemon, logging, status};
 use ferry_agent::config::{Config, DEFAULT_PATH};
-use ferry_agent::reconcile::Reconciled;
+use ferry_agent::reconcile::Pass;
 
 #[derive(Parser)]
 #[command(
@@ -68,8 +68,11 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(err) => {
-            tracing::error!("{}", ferry_agent::app::logging::error_chain(&err));
-            eprintln!("ferry-agent: {}", ferry_agent::app::logging::error_chain(&err));
+            tracing::error!("{}", ferry_agent::app::logging::error_chain(err.as_ref()));
+            eprintln!(
+                "ferry-agent: {}",
+                ferry_agent::app::logging::error_chain(err.as_ref())
+            );
             ExitCode::FAILURE
         }
     }
@@ -153,27 +156,27 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn describe(r: &Reconciled) -> String {
+fn describe(r: &Pass) -> String {
     match r {
-        Reconciled::UpToDate => "up to date".into(),
-        Reconciled::AlreadyRunning => "already running the release".into(),
-        Reconciled::Deployed {
+        Pass::UpToDate => "up to date".into(),
+        Pass::AlreadyRunning => "already running the release".into(),
+        Pass::Deployed {
             reboot_required: false,
         } => "deployed".into(),
-        Reconciled::Deployed {
+        Pass::Deployed {
             reboot_required: true,
         } => "deployed; reboot required".into(),
-        Reconciled::WaitingForClosure { serial, until } => {
+        Pass::WaitingForClosure { serial, until } => {
             format!("waiting: release {serial}: the closure is not in the binary cache yet; retrying until {until}")
         }
-        Reconciled::WaitingForWindow { serial, until } => {
+        Pass::WaitingForWindow { serial, until } => {
             format!("waiting: release {serial} waits for the deploy window, which opens at {until}")
         }
-        Reconciled::RebootScheduled { serial, at } => {
+        Pass::RebootScheduled { serial, at } => {
             format!("release {serial} installed; rebooting into it at {at} (maintenance window)")
         }
-        Reconciled::Rebooting { serial } => format!("rebooting into release {serial}"),
-        Reconciled::AwaitingApproval {
+        Pass::Rebooting { serial } => format!("rebooting into release {serial}"),
+        Pass::AwaitingApproval {
             serial,
             approved,
             required,
@@ -187,8 +190,9 @@ fn describe(r: &Reconciled) -> String {
             }
             s
         }
-        Reconciled::Refused(why) => format!("refused: {why}"),
-        Reconciled::Failed(why) => format!("failed: {why}"),
-        Reconciled::Error(why) => format!("error: {why}"),
+        Pass::Held { serial, hold } => format!("waiting: release {serial} is held back: {hold}"),
+        Pass::Refused(why) => format!("refused: {why}"),
+        Pass::Failed(why) => format!("failed: {why}"),
+        Pass::Error(why) => format!("error: {why}"),
     }
 }

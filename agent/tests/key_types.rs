@@ -7,7 +7,7 @@ use std::path::Path;
 
 use ferry_agent::app::live::LiveStore;
 use ferry_agent::config::Config;
-use ferry_agent::reconcile::Reconciled;
+use ferry_agent::reconcile::Pass;
 use ferry_signer::sshsig::GitSigner;
 use ssh_key::PublicKey;
 
@@ -54,7 +54,7 @@ fn release_by_git(work: &Path, key: &Path, serial: u64, toplevel: &str) {
 }
 
 /// Runs one reconcile with a fresh agent (fresh state) pinning `allowed`.
-fn reconcile(dir: &Path, repo: &Path, allowed: &str, current: &Path) -> Reconciled {
+fn reconcile(dir: &Path, repo: &Path, allowed: &str, current: &Path) -> Pass {
     let state = tempfile::tempdir_in(dir).unwrap();
     let signers = state.path().join("allowed_signers");
     std::fs::write(&signers, allowed).unwrap();
@@ -89,7 +89,7 @@ fn releases_signed_by_every_key_type_are_accepted_when_pinned() {
         &line("rm@example.com", &stranger, ""),
         &current,
     ) {
-        Reconciled::Refused(why) => assert!(why.contains("not listed in allowed_signers"), "{kind}: {why}"),
+        Pass::Refused(why) => assert!(why.contains("not listed in allowed_signers"), "{kind}: {why}"),
         r => panic!("{kind}: a release by an unpinned key must be refused, got {r:?}"),
     };
 
@@ -108,7 +108,7 @@ fn releases_signed_by_every_key_type_are_accepted_when_pinned() {
         let pinned = line("rm@example.com", &public_key(&key), "namespaces=\"git\" ");
         assert_eq!(
             reconcile(dir.path(), &repo, &pinned, &current),
-            Reconciled::AlreadyRunning,
+            Pass::AlreadyRunning,
             "{name}: a release signed by a pinned key is accepted"
         );
         expect_refused_by_stranger(name);
@@ -123,7 +123,7 @@ fn releases_signed_by_every_key_type_are_accepted_when_pinned() {
         let pinned = line("yubi@example.com", &public_of_signer(&signer), "");
         assert_eq!(
             reconcile(dir.path(), &repo, &pinned, &current),
-            Reconciled::AlreadyRunning,
+            Pass::AlreadyRunning,
             "{name}"
         );
         expect_refused_by_stranger(name);
@@ -134,7 +134,7 @@ fn releases_signed_by_every_key_type_are_accepted_when_pinned() {
     deploy.release_by(&untouched, "web1", &toplevel, chrono::Utc::now());
     let public = public_of_signer(&untouched);
     match reconcile(dir.path(), &repo, &line("yubi", &public, ""), &current) {
-        Reconciled::Refused(why) => assert!(why.contains("without a touch"), "{why}"),
+        Pass::Refused(why) => assert!(why.contains("without a touch"), "{why}"),
         r => panic!("untouched security key signature must be refused, got {r:?}"),
     }
     assert_eq!(
@@ -144,6 +144,6 @@ fn releases_signed_by_every_key_type_are_accepted_when_pinned() {
             &line("yubi", &public, "no-touch-required "),
             &current
         ),
-        Reconciled::AlreadyRunning
+        Pass::AlreadyRunning
     );
 }

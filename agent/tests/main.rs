@@ -4,11 +4,11 @@
 
 mod common;
 
+mod architecture;
 mod deploy;
 mod fleet;
 mod forge;
 mod key_types;
-mod layers;
 mod metrics;
 mod nix_cache;
 mod preflight;

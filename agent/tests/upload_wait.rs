@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use ferry_agent::config::Config;
-use ferry_agent::reconcile::{Agent, Reconciled};
+use ferry_agent::reconcile::{Agent, Pass};
 
 use crate::common::forge::Recorder;
 use crate::common::git::DeployRepo;
@@ -60,7 +60,7 @@ fn a_closure_still_uploading_is_waited_for_then_refused_after_the_grace_period()
     for attempt in 0..2 {
         let waiting = rt.block_on(agent.reconcile()).unwrap();
         assert!(
-            matches!(waiting, Reconciled::WaitingForClosure { serial: 1, .. }),
+            matches!(waiting, Pass::WaitingForClosure { serial: 1, .. }),
             "attempt {attempt}: {waiting:?}"
         );
         let state = agent.state.load().unwrap();
@@ -103,7 +103,7 @@ fn a_closure_still_uploading_is_waited_for_then_refused_after_the_grace_period()
     let two_hours_ago = chrono::Utc::now() - chrono::Duration::hours(2);
     let old = deploy.release_by(&deploy.key, "web1", &stale_toplevel, two_hours_ago);
     match rt.block_on(agent.reconcile()).unwrap() {
-        Reconciled::Refused(why) => assert!(why.contains("in none of the binary caches"), "{why}"),
+        Pass::Refused(why) => assert!(why.contains("in none of the binary caches"), "{why}"),
         r => panic!("expected a refusal, got {r:?}"),
     }
     assert_eq!(

@@ -20,7 +20,7 @@ use tracing::{debug, error, info, warn};
 use crate::app::lock::AgentLock;
 use crate::app::status::NEXT_POLL_FILE;
 use crate::config::Config;
-use crate::reconcile::{Agent, Reconciled};
+use crate::reconcile::{Agent, Pass};
 
 /// Where this agent's own unit lives on NixOS (a link into the store that
 /// changes whenever the unit or the agent's package changes).
@@ -76,7 +76,7 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
             Err(e) => {
                 error!(
                     "{}; the metrics are not served",
-                    crate::app::logging::error_chain(&e)
+                    crate::app::logging::error_chain(e.as_ref())
                 );
                 None
             }
@@ -151,15 +151,13 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
                 backoff = FIRST_BACKOFF;
                 match &outcome {
                     // Said once, when they began; not at every poll.
-                    Reconciled::UpToDate
-                    | Reconciled::WaitingForWindow { .. }
-                    | Reconciled::RebootScheduled { .. } => {}
-                    Reconciled::WaitingForClosure { serial, until } => {
+                    Pass::UpToDate | Pass::WaitingForWindow { .. } | Pass::RebootScheduled { .. } => {}
+                    Pass::WaitingForClosure { serial, until } => {
                         info!("release {serial}: waiting for its closure in the binary cache (until {until})")
                     }
                     other => info!("reconcile: {other:?}"),
                 }
-                if matches!(outcome, Reconciled::Deployed { .. }) && own_identity() != identity {
+                if matches!(outcome, Pass::Deployed { .. }) && own_identity() != identity {
                     info!("the deploy changed ferry-agent's own unit or executable: restarting into the new one");
                     return Ok(());
                 }
@@ -227,7 +225,7 @@ fn on_change(paths: &[PathBuf], config_path: &Path, agent: &mut Agent) -> Option
                 Err(e) => error!(
                     "new configuration {} rejected, keeping the old one: {}",
                     config_path.display(),
-                    crate::app::logging::error_chain(&e)
+                    crate::app::logging::error_chain(e.as_ref())
                 ),
             },
             Err(e) => error!("new configuration rejected, keeping the old one: {e}"),

@@ -25,6 +25,7 @@ use crate::io::nix::{self, Store, StoreError};
 use crate::io::systemd::bus::{Systemd, SystemdError};
 use crate::io::systemd::health::{self, Health, HealthCommand};
 use crate::io::systemd::switch::{Attempt, Observed, SwitchResult, Switcher};
+use crate::policy::window::HostZone;
 use crate::reconcile::ports::{
     Activation, Clock, ClosureCache, NixStore, Pending, Ports, Reboot, ReleaseSource, StatusSink, Units,
 };
@@ -377,6 +378,10 @@ struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> DateTime<Utc> {
         Utc::now()
+    }
+
+    fn zone(&self) -> HostZone {
+        HostZone::Local
     }
 }
 

@@ -25,7 +25,7 @@ use crate::io::systemd::health::{self, HealthConfig, HealthFile};
 use crate::io::systemd::switch::{self, SwitchConfig, SwitchFile};
 use crate::metrics::{self, MetricsConfig, MetricsFile};
 use crate::policy::approvals::{self, ApprovalsConfig, ApprovalsFile};
-use crate::policy::window::{self, RebootFile, RebootPolicy};
+use crate::policy::window::{self, RebootFile, RebootPolicy, Windows};
 
 /// Default location of the configuration file.
 pub const DEFAULT_PATH: &str = "/etc/ferry/agent.toml";
@@ -42,6 +42,9 @@ pub struct Config {
     pub source: SourceConfig,
     pub cache: CacheConfig,
     pub switch: SwitchConfig,
+    /// The deploy window (`switch.window`): new releases are switched to only
+    /// inside it (`None`: any time); `boot` releases are not held back.
+    pub deploy_window: Option<Windows>,
     pub health: HealthConfig,
     pub report: ReportConfig,
     /// When the agent reboots into a release that needs it.
@@ -116,7 +119,9 @@ impl Config {
         let in_file = |e: Invalid| invalid(e.key, e.problem);
         let source = source::validate(file.source).map_err(in_file)?;
         let cache = cache::validate(file.cache).map_err(in_file)?;
+        let deploy_window = window::validate_deploy_window(&file.switch.window);
         let switch = switch::validate(file.switch).map_err(in_file)?;
+        let deploy_window = deploy_window.map_err(in_file)?;
         let health = health::validate(file.health);
         let report = forge::validate(file.report).map_err(in_file)?;
         let reboot = window::validate_reboot(file.reboot).map_err(in_file)?;
@@ -129,6 +134,7 @@ impl Config {
             source,
             cache,
             switch,
+            deploy_window,
             health,
             report,
             reboot,

@@ -30,7 +30,6 @@ use tracing::warn;
 use crate::config::value::Invalid;
 use crate::io::durable::atomic_write;
 use crate::io::nix;
-use crate::reconcile::ports::NixStore;
 use crate::state::outbox::Outbox;
 use crate::state::{OutcomeKind, State, StateDir};
 
@@ -548,6 +547,15 @@ impl Tally {
 /// The page the loopback endpoint serves: the last rendering.
 pub type Page = Arc<Mutex<String>>;
 
+/// The systems the store names at an update, for the drift gauge.
+#[derive(Debug, Clone, Default)]
+pub struct Systems {
+    /// `/run/current-system`.
+    pub running: Option<StorePath>,
+    /// The system profile.
+    pub profile: Option<StorePath>,
+}
+
 /// The agent's metrics: configuration, the counters as last loaded, and the
 /// page shared with the endpoint.
 #[derive(Debug)]
@@ -598,19 +606,24 @@ impl Metrics {
     /// counts a new ending, notes a completed poll (`polled`), and writes
     /// the textfile and the endpoint's page. Does nothing when metrics are
     /// off. Failures are logged: metrics never stop a deploy.
-    pub fn update(&mut self, state_dir: &StateDir, store: &dyn NixStore, polled: bool) {
+    /// `running` and `profile` are the systems the store names now, `now`
+    /// the reconcile clock's time.
+    pub fn update(&mut self, state_dir: &StateDir, systems: Systems, polled: bool, now: DateTime<Utc>) {
         if !self.config.enabled() {
             return;
         }
-        if let Err(e) = self.try_update(state_dir, store, polled) {
-            warn!(
-                "cannot update the metrics: {}",
-                crate::app::logging::error_chain(&e)
-            );
+        if let Err(e) = self.try_update(state_dir, systems, polled, now) {
+            warn!("cannot update the metrics: {e:#}");
         }
     }
 
-    fn try_update(&mut self, state_dir: &StateDir, store: &dyn NixStore, polled: bool) -> anyhow::Result<()> {
+    fn try_update(
+        &mut self,
+        state_dir: &StateDir,
+        systems: Systems,
+        polled: bool,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<()> {
         let dir = state_dir.dir();
         let state = state_dir.load()?;
         let mut tally = match self.tally.take() {
@@ -624,7 +637,6 @@ impl Metrics {
         if let Some(seen) = self.seen.take() {
             tally.saw_release(seen);
         }
-        let now = Utc::now();
         if polled {
             tally.last_poll_success = Some(now);
         }
@@ -634,8 +646,7 @@ impl Metrics {
         saved.map_err(|e| anyhow::anyhow!("cannot write {}: {e}", Tally::path(dir).display()))?;
 
         let queued = Outbox::open(dir)?.len()? + state.unsent.len();
-        let running = store.running_system();
-        let profile = store.profile_system();
+        let Systems { running, profile } = systems;
         let booted = nix::resolve_system(&self.booted_system);
         let snapshot = Snapshot {
             version: env!("CARGO_PKG_VERSION").to_owned(),

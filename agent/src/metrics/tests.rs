@@ -1,5 +1,4 @@
 use super::*;
-use crate::config::Config;
 use crate::state::Outcome;
 
 const C1: &str = "1111111111111111111111111111111111111111";
@@ -310,15 +309,11 @@ fn the_tally_survives_a_restart_and_a_bad_file_is_named() {
     assert!(err.contains("version 9"), "{err}");
 }
 
+/// The `[metrics]` section `metrics` validated, or the refusal as
+/// `Config::parse` words it (`` `key`: problem ``).
 fn parse(metrics: &str) -> Result<MetricsConfig, String> {
-    let text = format!(
-        "host = \"web1\"\n[source]\nurl = \"https://git.example.com/deploy.git\"\n[cache]\n\
-         substituters = [\"https://cache.example.com\"]\n\
-         trusted_public_keys = [\"c-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"]\n[metrics]\n{metrics}"
-    );
-    Config::parse(&text, Path::new("/etc/ferry/agent.toml"), || None)
-        .map(|c| c.metrics)
-        .map_err(|e| e.to_string())
+    let file: MetricsFile = toml::from_str(metrics).map_err(|e| e.to_string())?;
+    validate(file).map_err(|e| format!("`{}`: {}", e.key, e.problem))
 }
 
 #[test]

@@ -26,12 +26,12 @@ pub fn outcome_status(kind: OutcomeKind) -> StatusState {
 /// How a deploy ends: the outcome and its plain words (for the state file,
 /// the journal and the commit status).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Conclusion {
+pub struct Ending {
     pub kind: OutcomeKind,
     pub description: String,
 }
 
-impl Conclusion {
+impl Ending {
     fn new(kind: OutcomeKind, description: String) -> Self {
         Self { kind, description }
     }
@@ -77,7 +77,7 @@ pub enum AfterCheck {
     /// Roll back to `to` because of `problem`.
     RollBack { to: StorePath, problem: String },
     /// The deploy ends here.
-    Conclude(Conclusion),
+    End(Ending),
 }
 
 /// Decides what a finished switch and its health check mean.
@@ -93,34 +93,34 @@ pub fn after_check(c: &Checked<'_>) -> AfterCheck {
                 to: previous.clone(),
                 problem,
             },
-            None => AfterCheck::Conclude(Conclusion::new(
+            None => AfterCheck::End(Ending::new(
                 OutcomeKind::Failed,
                 format!("{problem}; no previous system to roll back to"),
             )),
         };
     }
     if !c.switch.activated() || !c.health.is_healthy() {
-        return AfterCheck::Conclude(Conclusion::new(
+        return AfterCheck::End(Ending::new(
             OutcomeKind::Failed,
             format!("{problem}; rollback disabled"),
         ));
     }
     let reboot = c.switch == SwitchResult::RebootRequired || (c.action == Action::Switch && c.kernel_changed);
-    AfterCheck::Conclude(match (c.action, reboot) {
+    AfterCheck::End(match (c.action, reboot) {
         (Action::Boot, _) | (_, true) => reboot_required(c.host, c.serial, c.action),
-        (_, false) => Conclusion::new(OutcomeKind::Success, runs_release(c.host, c.serial)),
+        (_, false) => Ending::new(OutcomeKind::Success, runs_release(c.host, c.serial)),
     })
 }
 
 /// How a deploy that needs a reboot ends without one: `boot` installed
 /// (active after a reboot), else running and needing a reboot.
-pub fn reboot_required(host: &HostName, serial: u64, action: Action) -> Conclusion {
+pub fn reboot_required(host: &HostName, serial: u64, action: Action) -> Ending {
     match action {
-        Action::Boot => Conclusion::new(
+        Action::Boot => Ending::new(
             OutcomeKind::Installed,
             format!("release {serial} installed; active after reboot"),
         ),
-        _ => Conclusion::new(
+        _ => Ending::new(
             OutcomeKind::SuccessRebootRequired,
             format!("{}; reboot required", runs_release(host, serial)),
         ),
@@ -141,17 +141,17 @@ pub fn after_reboot(
     serial: u64,
     toplevel: &StorePath,
     booted: Option<&StorePath>,
-) -> Conclusion {
+) -> Ending {
     match booted {
-        Some(b) if b == toplevel => Conclusion::new(
+        Some(b) if b == toplevel => Ending::new(
             OutcomeKind::Success,
             format!("{} (rebooted)", runs_release(host, serial)),
         ),
-        Some(b) => Conclusion::new(
+        Some(b) => Ending::new(
             OutcomeKind::Failed,
             format!("release {serial} did not boot (boot loader fallback, or another generation chosen): booted {b}"),
         ),
-        None => Conclusion::new(
+        None => Ending::new(
             OutcomeKind::Failed,
             format!("rebooted, but /run/booted-system names no system; release {serial} is not confirmed"),
         ),
@@ -161,13 +161,13 @@ pub fn after_reboot(
 /// How a deploy ends once the rollback to `to` (because of `problem`) ended
 /// with `result`: failed either way, in words that say whether the previous
 /// system is back.
-pub fn after_rollback(problem: &str, to: &StorePath, result: SwitchResult) -> Conclusion {
+pub fn after_rollback(problem: &str, to: &StorePath, result: SwitchResult) -> Ending {
     let description = if result.activated() {
         format!("{problem}; rolled back to {}", to.name())
     } else {
         format!("{problem}; rollback failed too: {}", result.describe())
     };
-    Conclusion::new(OutcomeKind::Failed, description)
+    Ending::new(OutcomeKind::Failed, description)
 }
 
 /// The action that puts the previous system back.
@@ -224,7 +224,7 @@ mod tests {
 
     fn concluded(a: AfterCheck) -> (OutcomeKind, String) {
         match a {
-            AfterCheck::Conclude(c) => (c.kind, c.description),
+            AfterCheck::End(c) => (c.kind, c.description),
             other => panic!("expected an ending, got {other:?}"),
         }
     }

@@ -9,6 +9,11 @@ use ferry_signer::VerifyError;
 
 use crate::io::cache::client::CacheError;
 use crate::io::forge::StatusState;
+use crate::io::git::source::SourceError;
+use crate::io::nix::StoreError;
+use crate::io::systemd::bus::SystemdError;
+use crate::policy::window::Windows;
+use crate::state::StateError;
 
 /// How serious a refusal is for the forge: the release's own fault fails the
 /// commit; a fault outside the release (reading the repository, the cache,
@@ -102,6 +107,46 @@ pub fn may_still_be_uploading(
 /// When waiting for a missing closure ends (see [`may_still_be_uploading`]).
 pub fn upload_deadline(created: DateTime<Utc>, first_seen_missing: DateTime<Utc>) -> DateTime<Utc> {
     created.min(first_seen_missing) + CACHE_UPLOAD_GRACE
+}
+
+/// A fault that stops a reconcile before it records anything: the
+/// reconcile is retried with backoff, and the fault is reported once it
+/// persists ([`fault_persists`]). Matched exhaustively ([`ReconcileError::summary`]),
+/// so a new kind of fault cannot go unworded.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Systemd(#[from] SystemdError),
+    /// systemd could not be reached at all before a deploy was accepted.
+    #[error("cannot reach systemd")]
+    SystemdUnreachable(#[source] SystemdError),
+    #[error("the maintenance window ({0}) does not open within a week")]
+    NoWindowOpening(Windows),
+}
+
+impl ReconcileError {
+    /// What the fault is, in the words of a status description (which never
+    /// change while the fault lasts).
+    pub fn summary(&self) -> String {
+        match self {
+            ReconcileError::Cache(e) => e.summary(),
+            ReconcileError::Source(_) => "error: the deploy repository is unreachable".into(),
+            ReconcileError::Systemd(_) | ReconcileError::SystemdUnreachable(_) => {
+                "error: systemd cannot be reached".into()
+            }
+            ReconcileError::State(_) | ReconcileError::Store(_) | ReconcileError::NoWindowOpening(_) => {
+                "error: the deploy cannot go on (see the journal)".into()
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ pub mod dedup;
 pub mod drift;
 pub mod ending;
 pub mod faults;
+pub mod gate;
 
 pub mod judge;
 pub mod window;

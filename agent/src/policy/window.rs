@@ -330,6 +330,60 @@ pub(crate) fn validate_deploy_window(specs: &[String]) -> Result<Option<Windows>
         .map_err(|e| Invalid::new("switch.window", e.to_string()))
 }
 
+/// The host's time zone, as the clock port gives it: the system's own
+/// (`/etc/localtime`, what NixOS's `time.timeZone` sets) on a host, a fixed
+/// offset in tests, so no test depends on the machine's zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostZone {
+    Local,
+    Fixed(chrono::FixedOffset),
+}
+
+impl TimeZone for HostZone {
+    type Offset = chrono::FixedOffset;
+
+    fn from_offset(offset: &chrono::FixedOffset) -> Self {
+        HostZone::Fixed(*offset)
+    }
+
+    fn offset_from_local_date(&self, local: &NaiveDate) -> chrono::LocalResult<chrono::FixedOffset> {
+        match self {
+            HostZone::Local => local.and_hms_opt(0, 0, 0).map_or(chrono::LocalResult::None, |t| {
+                chrono::Local.offset_from_local_datetime(&t)
+            }),
+            HostZone::Fixed(o) => chrono::LocalResult::Single(*o),
+        }
+    }
+
+    fn offset_from_local_datetime(
+        &self,
+        local: &chrono::NaiveDateTime,
+    ) -> chrono::LocalResult<chrono::FixedOffset> {
+        match self {
+            HostZone::Local => chrono::Local.offset_from_local_datetime(local),
+            HostZone::Fixed(o) => chrono::LocalResult::Single(*o),
+        }
+    }
+
+    fn offset_from_utc_date(&self, utc: &NaiveDate) -> chrono::FixedOffset {
+        match self {
+            HostZone::Local => utc
+                .and_hms_opt(0, 0, 0)
+                .map_or(chrono::FixedOffset::east_opt(0).expect("zero offset"), |t| {
+                    chrono::Local.offset_from_utc_datetime(&t)
+                }),
+            HostZone::Fixed(o) => *o,
+        }
+    }
+
+    fn offset_from_utc_datetime(&self, utc: &chrono::NaiveDateTime) -> chrono::FixedOffset {
+        match self {
+            HostZone::Local => chrono::Local.offset_from_utc_datetime(utc),
+            HostZone::Fixed(o) => *o,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,6 +24,7 @@ use crate::io::nix::StoreError;
 use crate::io::systemd::bus::SystemdError;
 use crate::io::systemd::health::{Health, HealthCommand};
 use crate::io::systemd::switch::{Observed, SwitchResult};
+use crate::policy::window::HostZone;
 use crate::state::{BootId, StateError};
 
 /// A future borrowed from its seam.
@@ -159,10 +160,11 @@ pub trait Reboot {
     fn request(&mut self) -> Pending<'_, Result<(), SystemdError>>;
 }
 
-/// The wall clock, which windows and reboot moments are measured on (in the
-/// host's time zone, `chrono::Local`).
+/// The clock: every "now" of a reconcile, and the host's time zone, which
+/// windows and reboot moments are measured in. Tests move it by hand.
 pub trait Clock {
     fn now(&self) -> DateTime<Utc>;
+    fn zone(&self) -> HostZone;
 }
 
 /// Where commit statuses go.

@@ -25,11 +25,18 @@ use crate::io::nix::StoreError;
 use crate::io::systemd::bus::SystemdError;
 use crate::io::systemd::health::Health;
 use crate::io::systemd::health::HealthCommand;
+use crate::policy::window::HostZone;
 use crate::reconcile::ports::{
     Activation, Clock, ClosureCache, NixStore, Pending, Ports, Reboot, ReleaseSource, StatusSink, Units,
 };
 use crate::state::outbox::Outbox;
 use crate::state::StateError;
+
+/// The host's time zone in these tests: +01:00 whatever the machine's.
+const ZONE: chrono::FixedOffset = match chrono::FixedOffset::east_opt(3600) {
+    Some(z) => z,
+    None => panic!("a valid offset"),
+};
 
 const R1: &str = "1111111111111111111111111111111111111111";
 const R2: &str = "2222222222222222222222222222222222222222";
@@ -161,6 +168,9 @@ impl Reboot for FakeReboot {
 impl Clock for FakeClock {
     fn now(&self) -> DateTime<Utc> {
         self.0.borrow().now
+    }
+    fn zone(&self) -> HostZone {
+        HostZone::Fixed(ZONE)
     }
 }
 
@@ -564,7 +574,7 @@ impl Host {
 }
 
 /// Runs a reconcile to its end: the fakes never make it wait.
-fn run(agent: &mut Agent) -> Reconciled {
+fn run(agent: &mut Agent) -> Pass {
     agent
         .reconcile()
         .now_or_never()
@@ -583,7 +593,7 @@ fn a_new_release_is_realised_switched_checked_and_reported() {
     let r = run(&mut host.agent());
     assert_eq!(
         r,
-        Reconciled::Deployed {
+        Pass::Deployed {
             reboot_required: false
         }
     );
@@ -616,7 +626,7 @@ fn a_new_release_is_realised_switched_checked_and_reported() {
         ]
     );
     // Nothing more to do: the tip is remembered.
-    assert_eq!(run(&mut host.agent()), Reconciled::UpToDate);
+    assert_eq!(run(&mut host.agent()), Pass::UpToDate);
 }
 
 #[test]
@@ -637,7 +647,7 @@ fn the_anchor_moves_before_realising() {
 fn already_running_records_success_and_changes_nothing() {
     let host = Host::new();
     host.w().running = Some(system('b'));
-    assert_eq!(run(&mut host.agent()), Reconciled::AlreadyRunning);
+    assert_eq!(run(&mut host.agent()), Pass::AlreadyRunning);
     assert_eq!(host.changes(), Vec::<String>::new());
     let state = host.state();
     assert_eq!(state.anchor.map(|a| a.serial), Some(1));
@@ -723,7 +733,7 @@ fn every_refusal_records_reports_and_leaves_the_host_untouched() {
         let host = Host::new();
         (case.set)(&mut host.w());
         let r = run(&mut host.agent());
-        assert!(matches!(r, Reconciled::Refused(_)), "{}: {r:?}", case.name);
+        assert!(matches!(r, Pass::Refused(_)), "{}: {r:?}", case.name);
         assert_eq!(host.changes(), Vec::<String>::new(), "{}", case.name);
         let state = host.state();
         assert_eq!(state.last_seen_tip, Some(commit(R1)), "{}", case.name);
@@ -741,7 +751,7 @@ fn every_refusal_records_reports_and_leaves_the_host_untouched() {
         assert_eq!(status, case.status, "{}", case.name);
         assert_eq!(description, outcome.description, "{}", case.name);
         // Refused once: the same tip is not looked at again.
-        assert_eq!(run(&mut host.agent()), Reconciled::UpToDate, "{}", case.name);
+        assert_eq!(run(&mut host.agent()), Pass::UpToDate, "{}", case.name);
     }
 }
 
@@ -769,10 +779,7 @@ fn anti_rollback_refusals_leave_the_anchor_where_it_was() {
             .save(&state)
             .unwrap();
         let r = run(&mut host.agent());
-        assert!(
-            matches!(&r, Reconciled::Refused(why) if why.contains(says)),
-            "{r:?}"
-        );
+        assert!(matches!(&r, Pass::Refused(why) if why.contains(says)), "{r:?}");
         assert_eq!(host.changes(), Vec::<String>::new());
         assert_eq!(host.state().anchor, anchor);
         assert_eq!(host.statuses().last().map(|s| s.0), Some(StatusState::Failure));
@@ -786,10 +793,7 @@ fn waiting_for_the_cache_is_a_wait_reported_once() {
     let mut agent = host.agent();
     for _ in 0..3 {
         let r = run(&mut agent);
-        assert!(
-            matches!(r, Reconciled::WaitingForClosure { serial: 1, .. }),
-            "{r:?}"
-        );
+        assert!(matches!(r, Pass::WaitingForClosure { serial: 1, .. }), "{r:?}");
         let state = host.state();
         assert_eq!(
             state.last_seen_tip, None,
@@ -810,7 +814,7 @@ fn waiting_for_the_cache_is_a_wait_reported_once() {
     host.w().cached = Cached::Yes;
     assert_eq!(
         run(&mut agent),
-        Reconciled::Deployed {
+        Pass::Deployed {
             reboot_required: false
         }
     );
@@ -865,10 +869,7 @@ fn a_transient_cache_fault_posts_one_pending_status_across_polls_and_restarts() 
     // Another status of the same release and context is posted.
     host.w().cached = Cached::Missing;
     let r = run(&mut agent);
-    assert!(
-        matches!(r, Reconciled::WaitingForClosure { serial: 1, .. }),
-        "{r:?}"
-    );
+    assert!(matches!(r, Pass::WaitingForClosure { serial: 1, .. }), "{r:?}");
     let waiting = "release 1: waiting for the closure in the binary cache".to_string();
     let mut expected = pending.clone();
     expected.extend([
@@ -883,7 +884,7 @@ fn a_transient_cache_fault_posts_one_pending_status_across_polls_and_restarts() 
     host.w().cached = Cached::Yes;
     assert_eq!(
         run(&mut agent),
-        Reconciled::Deployed {
+        Pass::Deployed {
             reboot_required: false
         }
     );
@@ -893,7 +894,7 @@ fn a_transient_cache_fault_posts_one_pending_status_across_polls_and_restarts() 
         (commit(SOURCE), StatusState::Success, success),
     ]);
     assert_eq!(posted(&host), expected);
-    assert_eq!(run(&mut host.agent()), Reconciled::UpToDate);
+    assert_eq!(run(&mut host.agent()), Pass::UpToDate);
     assert_eq!(posted(&host), expected);
 }
 
@@ -903,7 +904,7 @@ fn a_realise_failure_is_an_error_and_nothing_is_switched() {
     host.w().realise_fails = true;
     let r = run(&mut host.agent());
     assert!(
-        matches!(&r, Reconciled::Error(why) if why.starts_with("error: cannot realise")),
+        matches!(&r, Pass::Error(why) if why.starts_with("error: cannot realise")),
         "{r:?}"
     );
     assert!(!host
@@ -941,7 +942,7 @@ fn an_unhealthy_switch_is_rolled_back() {
     let r = run(&mut host.agent());
     let a = system('a');
     let expected = format!("failed units: nginx.service; rolled back to {}", a.name());
-    assert_eq!(r, Reconciled::Failed(expected.clone()));
+    assert_eq!(r, Pass::Failed(expected.clone()));
     let changes = host.changes();
     assert_eq!(
         changes[changes.len() - 2..],
@@ -1004,7 +1005,7 @@ fn resume_never_starts_a_second_unit_for_the_same_release() {
         let r = run(&mut host.agent());
         assert_eq!(
             r,
-            Reconciled::Deployed {
+            Pass::Deployed {
                 reboot_required: false
             },
             "{unit:?}"
@@ -1031,7 +1032,7 @@ fn resume_never_starts_a_second_unit_for_the_same_release() {
 
 /// Kills the agent at `crash_at`, starts a new one, and returns how the
 /// deploy ended and the effects of both.
-fn killed_then_resumed(host: &Host, crash_at: &'static str) -> (Reconciled, Vec<String>) {
+fn killed_then_resumed(host: &Host, crash_at: &'static str) -> (Pass, Vec<String>) {
     host.w().crash_at = Some(crash_at);
     assert!(killed(&mut host.agent()), "killed at {crash_at}");
     assert!(
@@ -1058,7 +1059,7 @@ fn a_crash_at_each_phase_boundary_resumes_correctly() {
         let (r, effects) = killed_then_resumed(&host, crash_at);
         assert_eq!(
             r,
-            Reconciled::Deployed {
+            Pass::Deployed {
                 reboot_required: false
             },
             "{crash_at}: {effects:?}"
@@ -1097,7 +1098,7 @@ fn a_crash_during_a_rollback_resumes_the_rollback() {
         let a = system('a');
         assert_eq!(
             r,
-            Reconciled::Failed(format!(
+            Pass::Failed(format!(
                 "switch-to-configuration failed (exit 4); rolled back to {}",
                 a.name()
             )),
@@ -1189,7 +1190,7 @@ fn killed_before_write(agent: &mut Agent) -> bool {
 /// New agents on the host until one finds nothing to do.
 fn until_up_to_date(host: &Host, what: &str) {
     for _ in 0..5 {
-        if run(&mut host.agent()) == Reconciled::UpToDate {
+        if run(&mut host.agent()) == Pass::UpToDate {
             let state = host.state();
             assert_eq!(state.unsent, [], "{what}: everything queued");
             let outbox = Outbox::open(&host.dir.path().join("state")).unwrap();
@@ -1273,7 +1274,7 @@ fn a_status_that_cannot_be_queued_waits_in_the_state_until_there_is_room() {
         let room = Room;
         faults::disk_full(Some("outbox"));
         let r = run(&mut host.agent());
-        assert_ne!(r, Reconciled::UpToDate, "{name}");
+        assert_ne!(r, Pass::UpToDate, "{name}");
         assert_eq!(finals(&host), [], "{name}: nothing could be queued");
         let unsent: Vec<_> = host
             .state()
@@ -1283,11 +1284,7 @@ fn a_status_that_cannot_be_queued_waits_in_the_state_until_there_is_room() {
             .map(|u| (u.status.commit, u.status.state, u.status.description))
             .collect();
         assert_eq!(unsent, expected, "{name}: kept in state.json");
-        assert_eq!(
-            run(&mut host.agent()),
-            Reconciled::UpToDate,
-            "{name}: recorded once"
-        );
+        assert_eq!(run(&mut host.agent()), Pass::UpToDate, "{name}: recorded once");
         assert_eq!(finals(&host), [], "{name}: the disk is still full");
         drop(room);
         until_up_to_date(&host, name);
@@ -1344,7 +1341,7 @@ fn kernel_host() -> Host {
 fn moment(now: DateTime<Utc>) -> DateTime<Utc> {
     let windows = window::Windows::parse(&[REBOOT_WINDOW]).unwrap();
     windows
-        .reboot_moment(&"web1".parse().unwrap(), now, &chrono::Local)
+        .reboot_moment(&"web1".parse().unwrap(), now, &HostZone::Fixed(ZONE))
         .unwrap()
 }
 
@@ -1364,31 +1361,25 @@ fn count(host: &Host, effect: &str) -> usize {
 fn a_release_needing_a_reboot_reboots_in_the_window_and_confirms_what_booted() {
     let host = kernel_host();
     let at = moment(wednesday());
-    assert_eq!(
-        run(&mut host.agent()),
-        Reconciled::RebootScheduled { serial: 1, at }
-    );
+    assert_eq!(run(&mut host.agent()), Pass::RebootScheduled { serial: 1, at });
     let flight = host.state().in_flight.expect("still in flight");
     assert_eq!(flight.phase, Phase::AwaitingReboot { at });
     // Polls before the moment change nothing and say nothing new.
     host.w().now = at - chrono::Duration::seconds(1);
-    assert_eq!(
-        run(&mut host.agent()),
-        Reconciled::RebootScheduled { serial: 1, at }
-    );
+    assert_eq!(run(&mut host.agent()), Pass::RebootScheduled { serial: 1, at });
     assert_eq!(count(&host, "reboot"), 0);
     // At the moment: announced, then requested, once.
     host.w().now = at;
-    assert_eq!(run(&mut host.agent()), Reconciled::Rebooting { serial: 1 });
+    assert_eq!(run(&mut host.agent()), Pass::Rebooting { serial: 1 });
     assert_eq!(count(&host, "reboot"), 1);
     // The next boot confirms it.
     assert_eq!(
         run(&mut host.agent()),
-        Reconciled::Deployed {
+        Pass::Deployed {
             reboot_required: false
         }
     );
-    let when = window::wall_clock_text(at, &chrono::Local);
+    let when = window::wall_clock_text(at, &HostZone::Fixed(ZONE));
     assert_eq!(
         release_statuses(&host),
         [
@@ -1404,7 +1395,7 @@ fn a_release_needing_a_reboot_reboots_in_the_window_and_confirms_what_booted() {
     let state = host.state();
     assert_eq!(state.in_flight, None);
     assert_eq!(state.last_success.map(|o| o.result), Some(OutcomeKind::Success));
-    assert_eq!(run(&mut host.agent()), Reconciled::UpToDate);
+    assert_eq!(run(&mut host.agent()), Pass::UpToDate);
     assert_eq!(count(&host, "reboot"), 1);
 }
 
@@ -1414,16 +1405,14 @@ fn booting_another_generation_is_a_failure_naming_it() {
     run(&mut host.agent());
     host.w().now = moment(wednesday());
     // The reboot is requested, but the boot loader falls back to the old system.
-    assert_eq!(run(&mut host.agent()), Reconciled::Rebooting { serial: 1 });
+    assert_eq!(run(&mut host.agent()), Pass::Rebooting { serial: 1 });
     {
         let mut w = host.w();
         w.booted = Some(system('a'));
         w.running = Some(system('a'));
     }
     let r = run(&mut host.agent());
-    let Reconciled::Failed(why) = r else {
-        panic!("{r:?}")
-    };
+    let Pass::Failed(why) = r else { panic!("{r:?}") };
     assert!(
         why.ends_with(&format!(
             "release 1 did not boot (boot loader fallback, or another generation chosen): booted {}",
@@ -1445,12 +1434,12 @@ fn the_default_policy_never_reboots() {
     *host.config.borrow_mut() = String::new();
     assert_eq!(
         run(&mut host.agent()),
-        Reconciled::Deployed {
+        Pass::Deployed {
             reboot_required: true
         }
     );
     host.w().now = moment(wednesday());
-    assert_eq!(run(&mut host.agent()), Reconciled::UpToDate);
+    assert_eq!(run(&mut host.agent()), Pass::UpToDate);
     assert_eq!(count(&host, "reboot"), 0);
 }
 
@@ -1462,10 +1451,7 @@ fn a_boot_release_reboots_too() {
         Verifies::As(verified(R1, 1, Some((system('b'), Action::Boot)), Utc::now())),
     )]);
     let at = moment(wednesday());
-    assert_eq!(
-        run(&mut host.agent()),
-        Reconciled::RebootScheduled { serial: 1, at }
-    );
+    assert_eq!(run(&mut host.agent()), Pass::RebootScheduled { serial: 1, at });
     host.w().now = at;
     run(&mut host.agent());
     run(&mut host.agent());
@@ -1483,13 +1469,10 @@ fn no_reboot_while_a_switch_unit_runs() {
     let at = moment(wednesday());
     host.w().now = at;
     host.w().activations = vec!["ferry-switch-7.service".into()];
-    assert_eq!(
-        run(&mut host.agent()),
-        Reconciled::RebootScheduled { serial: 1, at }
-    );
+    assert_eq!(run(&mut host.agent()), Pass::RebootScheduled { serial: 1, at });
     assert_eq!(count(&host, "reboot"), 0);
     host.w().activations.clear();
-    assert_eq!(run(&mut host.agent()), Reconciled::Rebooting { serial: 1 });
+    assert_eq!(run(&mut host.agent()), Pass::Rebooting { serial: 1 });
     assert_eq!(count(&host, "reboot"), 1);
 }
 
@@ -1504,10 +1487,10 @@ fn a_moment_missed_outside_the_window_moves_to_the_next_window() {
     assert!(next > monday + chrono::Duration::days(3), "{next}");
     assert_eq!(
         run(&mut host.agent()),
-        Reconciled::RebootScheduled { serial: 1, at: next }
+        Pass::RebootScheduled { serial: 1, at: next }
     );
     assert_eq!(count(&host, "reboot"), 0);
-    let when = window::wall_clock_text(next, &chrono::Local);
+    let when = window::wall_clock_text(next, &HostZone::Fixed(ZONE));
     assert_eq!(
         release_statuses(&host).last(),
         Some(&(
@@ -1531,7 +1514,7 @@ fn a_newer_release_before_the_reboot_ends_the_wait_and_is_deployed() {
     }
     assert_eq!(
         run(&mut host.agent()),
-        Reconciled::Deployed {
+        Pass::Deployed {
             reboot_required: true
         }
     );
@@ -1544,10 +1527,7 @@ fn a_newer_release_before_the_reboot_ends_the_wait_and_is_deployed() {
     );
     // The next poll takes release 2, which waits for the window in its turn.
     let at = moment(wednesday());
-    assert_eq!(
-        run(&mut host.agent()),
-        Reconciled::RebootScheduled { serial: 2, at }
-    );
+    assert_eq!(run(&mut host.agent()), Pass::RebootScheduled { serial: 2, at });
     assert_eq!(count(&host, "reboot"), 0);
 }
 
@@ -1560,8 +1540,8 @@ fn a_kill_before_any_durable_write_around_the_reboot_reboots_once() {
         for _ in 0..12 {
             let r = run(&mut host.agent());
             match r {
-                Reconciled::RebootScheduled { at, .. } => host.w().now = at,
-                Reconciled::UpToDate => return count(host, "reboot"),
+                Pass::RebootScheduled { at, .. } => host.w().now = at,
+                Pass::UpToDate => return count(host, "reboot"),
                 _ => {}
             }
         }
@@ -1608,8 +1588,8 @@ fn a_kill_at_the_reboot_request_reboots_once() {
     assert_eq!(count(&host, "reboot"), 0);
     assert_eq!(host.state().in_flight.map(|f| f.phase.name()), Some("rebooting"));
     // The next start, in the same boot, requests it; the one after confirms.
-    assert_eq!(run(&mut host.agent()), Reconciled::Rebooting { serial: 1 });
-    assert!(matches!(run(&mut host.agent()), Reconciled::Deployed { .. }));
+    assert_eq!(run(&mut host.agent()), Pass::Rebooting { serial: 1 });
+    assert!(matches!(run(&mut host.agent()), Pass::Deployed { .. }));
     assert_eq!(count(&host, "reboot"), 1);
     let success = "web1 runs release 1 (rebooted)".to_string();
     assert_eq!(
@@ -1628,21 +1608,24 @@ fn outside_the_deploy_window_a_release_waits_with_one_pending_status() {
     *host.config.borrow_mut() = "[switch]\nwindow = [\"Wed 09:00-10:00\"]\n".into();
     let now: DateTime<Utc> = "2027-01-06T12:00:00Z".parse().unwrap();
     let windows = window::Windows::parse(&["Wed 09:00-10:00"]).unwrap();
-    let now = if windows.contains(now, &chrono::Local) {
+    let now = if windows.contains(now, &HostZone::Fixed(ZONE)) {
         now + chrono::Duration::hours(4)
     } else {
         now
     };
     host.w().now = now;
-    let until = windows.current_or_next(now, &chrono::Local).unwrap().start;
+    let until = windows
+        .current_or_next(now, &HostZone::Fixed(ZONE))
+        .unwrap()
+        .start;
     for _ in 0..3 {
         assert_eq!(
             run(&mut host.agent()),
-            Reconciled::WaitingForWindow { serial: 1, until }
+            Pass::WaitingForWindow { serial: 1, until }
         );
     }
     assert_eq!(host.changes(), Vec::<String>::new());
-    let when = window::wall_clock_text(until, &chrono::Local);
+    let when = window::wall_clock_text(until, &HostZone::Fixed(ZONE));
     assert_eq!(
         release_statuses(&host),
         [(
@@ -1654,7 +1637,7 @@ fn outside_the_deploy_window_a_release_waits_with_one_pending_status() {
     host.w().now = until;
     assert_eq!(
         run(&mut host.agent()),
-        Reconciled::Deployed {
+        Pass::Deployed {
             reboot_required: false
         }
     );
@@ -1673,7 +1656,7 @@ fn boot_releases_and_refusals_are_not_held_back_by_the_deploy_window() {
     host.w().now = now;
     assert_eq!(
         run(&mut host.agent()),
-        Reconciled::Deployed {
+        Pass::Deployed {
             reboot_required: true
         }
     );
@@ -1681,7 +1664,7 @@ fn boot_releases_and_refusals_are_not_held_back_by_the_deploy_window() {
     *host.config.borrow_mut() = closed.into();
     host.w().now = now;
     host.w().releases.insert(commit(R1), Verifies::Unsigned);
-    assert!(matches!(run(&mut host.agent()), Reconciled::Refused(_)));
+    assert!(matches!(run(&mut host.agent()), Pass::Refused(_)));
 }
 
 /// A tip that does not verify (anyone who can push to the branch can make
@@ -1697,10 +1680,10 @@ fn an_unsigned_tip_does_not_cancel_the_reboot() {
         w.releases.insert(commit(R2), Verifies::Unsigned);
         w.now = moment(wednesday());
     }
-    assert_eq!(run(&mut host.agent()), Reconciled::Rebooting { serial: 1 });
-    assert!(matches!(run(&mut host.agent()), Reconciled::Deployed { .. }));
+    assert_eq!(run(&mut host.agent()), Pass::Rebooting { serial: 1 });
+    assert!(matches!(run(&mut host.agent()), Pass::Deployed { .. }));
     assert_eq!(count(&host, "reboot"), 1);
-    assert!(matches!(run(&mut host.agent()), Reconciled::Refused(_)));
+    assert!(matches!(run(&mut host.agent()), Pass::Refused(_)));
 }
 
 /// An agent with metrics written to `<dir>/textfile`.
@@ -1748,7 +1731,7 @@ fn a_kill_before_any_durable_write_counts_each_ending_once() {
             assert!(killed_before_write(&mut metered(&host)), "{what}: not killed");
             faults::kill_before_write(usize::MAX);
             let mut rounds = 0;
-            while run(&mut metered(&host)) != Reconciled::UpToDate {
+            while run(&mut metered(&host)) != Pass::UpToDate {
                 rounds += 1;
                 assert!(rounds < 5, "{what}: still busy after five restarts");
             }
@@ -1809,7 +1792,7 @@ fn a_persisting_transient_fault_posts_one_error_status_then_normal_ones() {
     let mut agent = host.agent();
     assert_eq!(
         run(&mut agent),
-        Reconciled::Deployed {
+        Pass::Deployed {
             reboot_required: false
         }
     );
@@ -1834,7 +1817,7 @@ fn a_fault_that_clears_early_is_never_reported_and_forgotten() {
     transient(&mut agent);
     host.edit_state(|s| s.fault.as_mut().unwrap().since -= chrono::Duration::minutes(10));
     host.w().cached = Cached::Missing;
-    assert!(matches!(run(&mut agent), Reconciled::WaitingForClosure { .. }));
+    assert!(matches!(run(&mut agent), Pass::WaitingForClosure { .. }));
     assert_eq!(host.state().fault, None);
     host.w().cached = Cached::Unavailable;
     transient(&mut agent);
@@ -1860,21 +1843,21 @@ fn the_wait_for_a_closure_survives_restarts() {
         Verifies::As(verified(R1, 1, Some((system('b'), Action::Switch)), ahead)),
     );
     host.w().cached = Cached::Missing;
-    let Reconciled::WaitingForClosure { until, .. } = run(&mut host.agent()) else {
+    let Pass::WaitingForClosure { until, .. } = run(&mut host.agent()) else {
         panic!("waiting expected")
     };
     let said = posted(&host);
     assert_eq!(said.len(), 4, "deploying and waiting, on two commits: {said:?}");
     for _ in 0..3 {
         let r = run(&mut host.agent());
-        assert_eq!(r, Reconciled::WaitingForClosure { serial: 1, until });
+        assert_eq!(r, Pass::WaitingForClosure { serial: 1, until });
     }
     assert_eq!(posted(&host), said, "nothing said again after restarts");
     // An hour after the first sighting, a restarted agent gives up.
     host.edit_state(|s| s.closure_missing.as_mut().unwrap().since -= chrono::Duration::minutes(61));
     let r = run(&mut host.agent());
     assert!(
-        matches!(&r, Reconciled::Refused(why) if why.contains("in none of the binary caches")),
+        matches!(&r, Pass::Refused(why) if why.contains("in none of the binary caches")),
         "{r:?}"
     );
     assert_eq!(host.state().closure_missing, None);
@@ -1893,7 +1876,7 @@ fn the_preflight_asks_nix_which_paths_on_disk_are_valid() {
     let r = run(&mut host.agent());
     assert_eq!(
         r,
-        Reconciled::Deployed {
+        Pass::Deployed {
             reboot_required: false
         }
     );
@@ -1949,7 +1932,7 @@ fn a_release_awaiting_approvals_changes_nothing_and_says_so_once() {
     let r = run(&mut host.agent_with(TWO_APPROVERS));
     assert_eq!(
         r,
-        Reconciled::AwaitingApproval {
+        Pass::AwaitingApproval {
             serial: 1,
             approved: vec![],
             required: 2
@@ -1979,13 +1962,13 @@ fn a_release_awaiting_approvals_changes_nothing_and_says_so_once() {
             ),
         ]
     );
-    assert_eq!(run(&mut host.agent_with(TWO_APPROVERS)), Reconciled::UpToDate);
+    assert_eq!(run(&mut host.agent_with(TWO_APPROVERS)), Pass::UpToDate);
 
     // One approval: still waiting, and the forge hears who approved.
     approve(&host, A1, vec![approval(A1, "alice")]);
     let r = run(&mut host.agent_with(TWO_APPROVERS));
     assert!(
-        matches!(r, Reconciled::AwaitingApproval { ref approved, .. } if approved == &["alice"]),
+        matches!(r, Pass::AwaitingApproval { ref approved, .. } if approved == &["alice"]),
         "{r:?}"
     );
     assert_eq!(host.changes(), Vec::<String>::new());
@@ -1993,7 +1976,7 @@ fn a_release_awaiting_approvals_changes_nothing_and_says_so_once() {
         host.statuses().last().unwrap().1,
         "release 1 awaits approval (1 of 2: alice)"
     );
-    assert_eq!(run(&mut host.agent_with(TWO_APPROVERS)), Reconciled::UpToDate);
+    assert_eq!(run(&mut host.agent_with(TWO_APPROVERS)), Pass::UpToDate);
     assert_eq!(host.statuses().len(), 4, "nothing is posted again at a poll");
 
     // The second approval: deployed, pending then success, anchored on the release.
@@ -2001,7 +1984,7 @@ fn a_release_awaiting_approvals_changes_nothing_and_says_so_once() {
     let r = run(&mut host.agent_with(TWO_APPROVERS));
     assert_eq!(
         r,
-        Reconciled::Deployed {
+        Pass::Deployed {
             reboot_required: false
         }
     );
@@ -2018,7 +2001,7 @@ fn a_release_awaiting_approvals_changes_nothing_and_says_so_once() {
     let state = host.state();
     assert_eq!(state.anchor.map(|a| a.commit), Some(commit(R1)));
     assert_eq!(state.last_seen_tip, Some(commit(A2)));
-    assert_eq!(run(&mut host.agent_with(TWO_APPROVERS)), Reconciled::UpToDate);
+    assert_eq!(run(&mut host.agent_with(TWO_APPROVERS)), Pass::UpToDate);
 }
 
 #[test]
@@ -2041,7 +2024,7 @@ fn approvals_that_do_not_count_leave_the_release_waiting() {
         approve(&host, A2, approvals);
         let r = run(&mut host.agent_with(TWO_APPROVERS));
         assert!(
-            matches!(r, Reconciled::AwaitingApproval { ref approved, .. } if approved == &["alice"]),
+            matches!(r, Pass::AwaitingApproval { ref approved, .. } if approved == &["alice"]),
             "{what}: {r:?}"
         );
         assert_eq!(host.changes(), Vec::<String>::new(), "{what}");
@@ -2053,7 +2036,7 @@ fn a_host_without_the_requirement_deploys_at_once() {
     let host = Host::new();
     assert_eq!(
         run(&mut host.agent()),
-        Reconciled::Deployed {
+        Pass::Deployed {
             reboot_required: false
         }
     );
@@ -2065,7 +2048,7 @@ fn a_release_by_someone_who_may_not_release_is_refused() {
     let policy = "[approvals]\nreleasers = [\"release-bot\"]\n";
     let r = run(&mut host.agent_with(policy));
     assert!(
-        matches!(&r, Reconciled::Refused(why) if why.contains("signed by ci@example.com, who may not release here")),
+        matches!(&r, Pass::Refused(why) if why.contains("signed by ci@example.com, who may not release here")),
         "{r:?}"
     );
     assert_eq!(host.changes(), Vec::<String>::new());
@@ -2084,7 +2067,7 @@ fn approvals_dropped_after_the_deploy_change_nothing() {
     approve(&host, A2, vec![approval(A1, "alice"), approval(A2, "bob")]);
     assert!(matches!(
         run(&mut host.agent_with(TWO_APPROVERS)),
-        Reconciled::Deployed { .. }
+        Pass::Deployed { .. }
     ));
     let before = host.changes();
     // The branch is rewound to the first approval: the release is still
@@ -2092,7 +2075,7 @@ fn approvals_dropped_after_the_deploy_change_nothing() {
     approve(&host, A1, vec![approval(A1, "alice")]);
     host.w().running = Some(system('b'));
     let r = run(&mut host.agent_with(TWO_APPROVERS));
-    assert_eq!(r, Reconciled::AlreadyRunning);
+    assert_eq!(r, Pass::AlreadyRunning);
     assert_eq!(host.changes(), before);
     assert_eq!(host.state().anchor.map(|a| a.commit), Some(commit(R1)));
 }
@@ -2106,8 +2089,8 @@ fn a_deploy_resumed_after_a_crash_remembers_the_approval_it_was_accepted_at() {
     assert_eq!(host.state().in_flight.map(|f| f.tip), Some(commit(A3)));
     assert!(matches!(
         run(&mut host.agent_with(TWO_APPROVERS)),
-        Reconciled::Deployed { .. }
+        Pass::Deployed { .. }
     ));
     assert_eq!(host.state().last_seen_tip, Some(commit(A3)));
-    assert_eq!(run(&mut host.agent_with(TWO_APPROVERS)), Reconciled::UpToDate);
+    assert_eq!(run(&mut host.agent_with(TWO_APPROVERS)), Pass::UpToDate);
 }

@@ -188,6 +188,40 @@ impl Phase {
     }
 }
 
+/// What follows a phase when the deploy ends there instead.
+pub const END: &str = "the end";
+
+/// The legal transitions, by phase name, in pipeline order: what each phase
+/// carries, and what may be recorded after it ([`END`]: the deploy ends).
+/// The reconcile asserts every step it takes against this table, and
+/// docs/architecture.md's phase table is rendered from it by a test.
+pub const TRANSITIONS: &[(&str, &str, &[&str])] = &[
+    ("realising", "—", &["switching", END]),
+    ("switching", "—", &["checking"]),
+    (
+        "checking",
+        "the `SwitchResult`",
+        &["rolling-back", "awaiting-reboot", END],
+    ),
+    ("rolling-back", "the previous system and the problem", &[END]),
+    (
+        "awaiting-reboot",
+        "the moment of the reboot",
+        &["awaiting-reboot", "rebooting", END],
+    ),
+    ("rebooting", "the boot the reboot was requested in", &[END]),
+];
+
+impl Phase {
+    /// What may follow this phase (see [`TRANSITIONS`]).
+    pub fn successors(&self) -> &'static [&'static str] {
+        TRANSITIONS
+            .iter()
+            .find(|(name, _, _)| *name == self.name())
+            .map_or(&[], |(_, _, next)| next)
+    }
+}
+
 /// A deploy in progress.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InFlight {
@@ -840,6 +874,46 @@ mod tests {
     }
 
     /// Every phase, with its data, survives a save and a load.
+    #[test]
+    fn every_phase_has_one_row_of_transitions_that_names_only_phases() {
+        let to: StorePath = "/nix/store/1c0mb5j1x3dg5bf3wk3jh4xyz6p4s3ld-nixos-system-web1"
+            .parse()
+            .unwrap();
+        let phases = [
+            Phase::Realising,
+            Phase::Switching,
+            Phase::Checking {
+                switch: SwitchResult::Ok,
+            },
+            Phase::RollingBack {
+                to,
+                problem: String::new(),
+            },
+            Phase::AwaitingReboot { at: Utc::now() },
+            Phase::Rebooting {
+                boot: "b/1".parse().unwrap(),
+            },
+        ];
+        let names: Vec<&str> = phases.iter().map(Phase::name).collect();
+        assert_eq!(
+            TRANSITIONS.iter().map(|(n, _, _)| *n).collect::<Vec<_>>(),
+            names,
+            "one row per phase, in pipeline order"
+        );
+        for phase in &phases {
+            assert!(!phase.successors().is_empty(), "{} leads nowhere", phase.name());
+            for next in phase.successors() {
+                assert!(*next == END || names.contains(next), "{} → {next}", phase.name());
+            }
+        }
+        // What the pipeline never does.
+        assert!(
+            !Phase::Switching.successors().contains(&END),
+            "a switch is always checked"
+        );
+        assert!(!Phase::Realising.successors().contains(&"checking"));
+    }
+
     #[test]
     fn every_phase_round_trips() {
         let dir = tempfile::tempdir().unwrap();

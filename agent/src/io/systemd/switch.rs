@@ -14,7 +14,6 @@ use serde::Deserialize;
 use crate::config::value::{absolute, secs, HumanDuration, Invalid};
 use crate::io::durable::{atomic_write, FileError};
 use crate::io::systemd::bus::{Command, ServiceOutcome, Systemd, SystemdError, TransientService, UnitState};
-use crate::policy::window::Windows;
 
 /// Environment variables passed to switch-to-configuration when set, as
 /// nixos-rebuild does.
@@ -39,7 +38,6 @@ pub(crate) fn validate(switch: SwitchFile) -> Result<SwitchConfig, Invalid> {
         unit: switch.unit.trim_end_matches(".service").to_owned(),
         timeout: switch.timeout.0,
         rollback: switch.rollback,
-        window: crate::policy::window::validate_deploy_window(&switch.window)?,
     })
 }
 
@@ -231,9 +229,6 @@ pub struct SwitchConfig {
     pub timeout: Duration,
     /// Roll back automatically when the switch or a health check fails.
     pub rollback: bool,
-    /// The deploy window: releases are switched to only inside it (`None`:
-    /// any time). `boot` releases and refusals are not held back.
-    pub window: Option<Windows>,
 }
 
 #[derive(Deserialize)]
@@ -243,6 +238,8 @@ pub(crate) struct SwitchFile {
     pub(crate) unit: String,
     pub(crate) timeout: HumanDuration,
     pub(crate) rollback: bool,
+    /// The deploy window, as written: validated by `policy::window`
+    /// (`Config::deploy_window`), since it is a hold, not a switch setting.
     pub(crate) window: Vec<String>,
 }
 

@@ -1,8 +1,9 @@
-//! The agent's layers, held to the map: `docs/architecture.md` lists them
-//! from the bottom up ("## Layers of `agent/src`"), and every `crate::` path
-//! in `agent/src` must point to its own layer or one below it, and no file
-//! may reach itself through the files it imports (no cycle). The list is the
-//! test's input, so the document and the code cannot drift apart.
+//! `docs/architecture.md` held to the code. Its layer list ("## Layers of
+//! `agent/src`", bottom first) is the input of the layering checks: every
+//! `crate::` path in `agent/src` must point to its own layer or one below it,
+//! and no file may reach itself through the files it imports (no cycle). Its
+//! phase table is rendered from `ferry_agent::state::TRANSITIONS`, the
+//! transitions the reconcile asserts.
 //!
 //! Paths are read as text: each `crate::a::b::…` (in `use` lines and inline,
 //! `{…}` groups expanded) names the deepest module file that exists.
@@ -258,4 +259,45 @@ fn the_checks_see_an_upward_import_and_a_cycle() {
     assert_eq!(cycles(&edges).len(), 1);
     let down: BTreeSet<_> = [edge("policy::judge", "io::nix")].into();
     assert!(upward(&down, &layers).is_empty() && cycles(&down).is_empty());
+}
+
+/// The phase table, as rendered from the code.
+fn phase_table() -> Vec<String> {
+    use ferry_agent::state::{END, TRANSITIONS};
+    let mut rows = vec![
+        "| phase (`Phase::name`) | carries | may be followed by |".to_owned(),
+        "|---|---|---|".to_owned(),
+    ];
+    for (name, carries, next) in TRANSITIONS {
+        let next: Vec<String> = next
+            .iter()
+            .map(|n| {
+                if *n == END {
+                    (*n).to_owned()
+                } else {
+                    format!("`{n}`")
+                }
+            })
+            .collect();
+        rows.push(format!("| `{name}` | {carries} | {} |", next.join(", ")));
+    }
+    rows
+}
+
+#[test]
+fn the_phase_table_is_the_codes() {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(DOC)).unwrap();
+    let documented: Vec<String> = doc
+        .lines()
+        .skip_while(|l| !l.starts_with("| phase (`Phase::name`)"))
+        .take_while(|l| l.starts_with('|'))
+        .map(str::to_owned)
+        .collect();
+    let rendered = phase_table();
+    assert_eq!(
+        documented,
+        rendered,
+        "{DOC}'s phase table differs from state::TRANSITIONS; the table from the code:\n{}",
+        rendered.join("\n")
+    );
 }
