@@ -326,6 +326,21 @@ context = "ferry/{{host}}"
                 "`report.token_file`",
             ),
             (
+                format!(
+                    "{}[report]\nforge = \"github\"\nrepository = \"o/r\"\ncontext = \"\"\ntoken_file = \"/run/t\"\n",
+                    minimal()
+                ),
+                "`report.context`: is empty",
+            ),
+            (
+                format!("{}[report]\nforge = \"gitlab\"\napi_url = \"ftp://gitlab\"\n", minimal()),
+                "`report.api_url`: `ftp://gitlab` is not an http(s) URL",
+            ),
+            (
+                format!("{}[report]\nforge = \"github\"\n", minimal()),
+                "`report.repository`: required",
+            ),
+            (
                 format!("{}[switch]\nunit = \"a b\"\n", minimal()),
                 "`switch.unit`",
             ),

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ferry_signer::forge::{status_request, without_url, Token};
+use ferry_signer::forge::{status_request, without_url, ForgeError, ForgeSettings, Token};
 use ferry_signer::HostName;
 use serde::Deserialize;
 
@@ -207,23 +207,26 @@ pub(crate) fn validate(r: ReportFile) -> Result<ReportConfig, Invalid> {
             None
         }
         Some(forge) => {
-            let api_url = match (forge, r.api_url) {
-                (_, Some(url)) => url.trim_end_matches('/').to_owned(),
-                (Forge::Github, None) => "https://api.github.com".into(),
-                (Forge::Gitlab, None) => "https://gitlab.com/api/v4".into(),
-                (Forge::Gitea, None) => {
-                    return Err(Invalid::new(
+            // The signer's rules, so both sides accept the same settings.
+            let settings = ForgeSettings::new(forge, r.api_url.as_deref(), &r.repository, &r.context)
+                .map_err(|e| match e {
+                    ForgeError::NoApiUrl => Invalid::new(
                         "report.api_url",
                         "required for gitea, e.g. https://git.example.com/api/v1",
-                    ))
-                }
-            };
-            if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
-                return Err(Invalid::new(
-                    "report.api_url",
-                    format!("`{api_url}` is not an http(s) URL"),
-                ));
-            }
+                    ),
+                    ForgeError::BadUrl(url) => {
+                        Invalid::new("report.api_url", format!("`{url}` is not an http(s) URL"))
+                    }
+                    ForgeError::NoRepository => Invalid::new(
+                        "report.repository",
+                        "required: owner/repo (or a GitLab project id)",
+                    ),
+                    ForgeError::NoContext => {
+                        Invalid::new("report.context", "is empty: the default is `ferry/{host}`")
+                    }
+                    other => Invalid::new("report", other.to_string()),
+                })?;
+            let api_url = settings.api_url;
             if !ferry_signer::forge::token_travels_safely(&api_url) {
                 return Err(Invalid::new(
                     "report.api_url",
@@ -232,12 +235,6 @@ pub(crate) fn validate(r: ReportFile) -> Result<ReportConfig, Invalid> {
                          the network in clear: use https:// (plain http:// only to this machine: \
                          localhost or a loopback address)"
                     ),
-                ));
-            }
-            if r.repository.is_empty() {
-                return Err(Invalid::new(
-                    "report.repository",
-                    "required: owner/repo (or a GitLab project id)",
                 ));
             }
             let Some(token_file) = token_file(r.token_file)? else {

@@ -9,7 +9,7 @@ use ferry_signer::{Action, HostName, StorePath};
 use crate::io::forge::StatusState;
 use crate::io::systemd::health::Health;
 use crate::io::systemd::switch::SwitchResult;
-use crate::policy::wording::runs_release;
+use crate::policy::wording::{runs_release, runs_release_reboot_required, runs_release_rebooted};
 use crate::state::OutcomeKind;
 
 /// The commit status an ended deploy is reported with.
@@ -122,7 +122,7 @@ pub fn reboot_required(host: &HostName, serial: u64, action: Action) -> Ending {
         ),
         _ => Ending::new(
             OutcomeKind::SuccessRebootRequired,
-            format!("{}; reboot required", runs_release(host, serial)),
+            runs_release_reboot_required(host, serial),
         ),
     }
 }
@@ -145,7 +145,7 @@ pub fn after_reboot(
     match booted {
         Some(b) if b == toplevel => Ending::new(
             OutcomeKind::Success,
-            format!("{} (rebooted)", runs_release(host, serial)),
+            runs_release_rebooted(host, serial),
         ),
         Some(b) => Ending::new(
             OutcomeKind::Failed,

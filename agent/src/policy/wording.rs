@@ -11,6 +11,45 @@ pub fn runs_release(host: &HostName, serial: u64) -> String {
     format!("{host} runs release {serial}")
 }
 
+/// The description of a host that runs a release and needs a reboot (a new
+/// kernel or initrd) to be complete.
+pub fn runs_release_reboot_required(host: &HostName, serial: u64) -> String {
+    format!("{}; reboot required", runs_release(host, serial))
+}
+
+/// The description of a host that rebooted into the release it runs.
+pub fn runs_release_rebooted(host: &HostName, serial: u64) -> String {
+    format!("{} (rebooted)", runs_release(host, serial))
+}
+
+/// The pending status of a release this host takes up (before the preflight).
+pub fn deploying(host: &HostName, serial: u64) -> String {
+    format!("deploying release {serial} to {host}")
+}
+
+/// The pending status of a release whose closure is not in the binary cache
+/// yet (CI may still be uploading it).
+pub fn waiting_for_closure(serial: u64) -> String {
+    format!("release {serial}: waiting for the closure in the binary cache")
+}
+
+/// The error ending of a closure that could not be realised; `reason` is
+/// Nix's own line.
+pub fn cannot_realise(reason: &str) -> String {
+    format!("error: cannot realise the closure: {reason}")
+}
+
+/// The error ending of a system profile that could not be set.
+pub fn cannot_set_profile(reason: &str) -> String {
+    format!("error: cannot set the system profile: {reason}")
+}
+
+/// The refusal of a release signed by someone the approvals policy does not
+/// let release.
+pub fn may_not_release(principal: &str) -> String {
+    format!("refused: release signed by {principal}, who may not release")
+}
+
 /// The pending status of a release waiting for its reboot at `at` (the
 /// host's wall clock).
 pub fn reboot_scheduled(serial: u64, at: &str) -> String {

@@ -84,7 +84,7 @@ impl Agent {
             );
             return Ok(Next::End(Ending {
                 kind: OutcomeKind::Error,
-                description: format!("error: cannot realise the closure: {}", e.reason()),
+                description: wording::cannot_realise(&e.reason()),
             }));
         }
         if flight.action.sets_profile() {
@@ -95,7 +95,7 @@ impl Agent {
                 );
                 return Ok(Next::End(Ending {
                     kind: OutcomeKind::Error,
-                    description: format!("error: cannot set the system profile: {}", e.reason()),
+                    description: wording::cannot_set_profile(&e.reason()),
                 }));
             }
         }

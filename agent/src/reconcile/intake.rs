@@ -46,7 +46,7 @@ impl Agent {
                 serial: Some(verified.release.serial),
                 source: None,
                 severity: Severity::Failure,
-                summary: format!("refused: release signed by {}, who may not release", e.principal),
+                summary: wording::may_not_release(&e.principal.to_string()),
                 detail: e.to_string(),
             };
             return self.refuse(state, refused);
@@ -204,7 +204,7 @@ impl Agent {
         // `error` status until the fault clears (then "deploying" again).
         let fault_reported = state::Sighting::since_for(state.fault.as_ref(), &tip)
             .is_some_and(|since| faults::fault_persists(since, now, self.config.report.error_after));
-        let deploying = format!("deploying release {serial} to {}", self.config.host);
+        let deploying = wording::deploying(&self.config.host, serial);
         if first_seen_missing.is_none() && !fault_reported {
             self.announce(state, &tip, source.as_ref(), &deploying).await?;
         }
@@ -304,7 +304,7 @@ impl Agent {
                 commit: verified.commit.clone(),
                 since: now,
             });
-            let description = format!("release {serial}: waiting for the closure in the binary cache");
+            let description = wording::waiting_for_closure(serial);
             let source = verified.release.source.as_ref();
             self.report(
                 state,

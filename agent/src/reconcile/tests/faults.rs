@@ -1,0 +1,150 @@
+//! Faults: a transient fault reported once it persists, forgotten once it
+//! clears; the wait for a closure across restarts; the preflight asking Nix
+//! about paths on disk. Time moves by the fake clock, never by rewriting
+//! `state.json`.
+
+use super::*;
+
+/// A cache unreachable for longer than `report.error_after` turns the
+/// release's status to one `error` (across polls and a restart), and back
+/// to the normal statuses once the cache answers again.
+#[test]
+fn a_persisting_transient_fault_posts_one_error_status_then_normal_ones() {
+    let host = Host::new();
+    host.w().cached = Cached::Unavailable;
+    let deploying = wording::deploying(&web1(), 1);
+    let mut expected = vec![
+        (commit(R1), StatusState::Pending, deploying.clone()),
+        (commit(SOURCE), StatusState::Pending, deploying.clone()),
+    ];
+    let mut agent = host.agent();
+    transient(&mut agent);
+    assert_eq!(posted(&host), expected, "a fresh fault is only retried");
+    let since = host.state().fault.expect("the first failure is remembered").since;
+    transient(&mut agent);
+    assert_eq!(host.state().fault.unwrap().since, since, "the first one counts");
+    assert_eq!(posted(&host), expected);
+    // 15 minutes (the default `report.error_after`) later, still failing.
+    host.w().now = since + chrono::Duration::minutes(15);
+    transient(&mut agent);
+    let error = wording::fault_description("error: binary cache unreachable", since);
+    assert!(error.starts_with("error: binary cache unreachable; retrying since "));
+    expected.extend([
+        (commit(R1), StatusState::Error, error.clone()),
+        (commit(SOURCE), StatusState::Error, error.clone()),
+    ]);
+    assert_eq!(posted(&host), expected);
+    for _ in 0..3 {
+        transient(&mut agent);
+    }
+    transient(&mut host.agent());
+    assert_eq!(posted(&host), expected, "one error status, not one per poll");
+    // The cache is back: "deploying" again, then the ending.
+    host.w().cached = Cached::Yes;
+    let mut agent = host.agent();
+    assert_eq!(
+        run(&mut agent),
+        Pass::Deployed {
+            reboot_required: false
+        }
+    );
+    let success = wording::runs_release(&web1(), 1);
+    expected.extend([
+        (commit(R1), StatusState::Pending, deploying.clone()),
+        (commit(SOURCE), StatusState::Pending, deploying),
+        (commit(R1), StatusState::Success, success.clone()),
+        (commit(SOURCE), StatusState::Success, success),
+    ]);
+    assert_eq!(posted(&host), expected);
+    assert_eq!(host.state().fault, None, "forgotten once it cleared");
+}
+
+/// A fault that clears before `report.error_after` is forgotten: the next
+/// one starts its own clock.
+#[test]
+fn a_fault_that_clears_early_is_never_reported_and_forgotten() {
+    let host = Host::new();
+    host.w().cached = Cached::Unavailable;
+    let mut agent = host.agent();
+    transient(&mut agent);
+    host.w().now += chrono::Duration::minutes(10);
+    host.w().cached = Cached::Missing;
+    assert!(matches!(run(&mut agent), Pass::WaitingForClosure { .. }));
+    assert_eq!(host.state().fault, None);
+    host.w().cached = Cached::Unavailable;
+    transient(&mut agent);
+    let since = host.state().fault.unwrap().since;
+    assert_eq!(since, host.w().now, "a new clock");
+    assert!(
+        posted(&host).iter().all(|(_, s, _)| *s == StatusState::Pending),
+        "{:?}",
+        posted(&host)
+    );
+}
+
+/// The first sighting of a missing closure is saved: a restarted agent
+/// neither says "deploying" and "waiting" again nor waits another hour.
+#[test]
+fn the_wait_for_a_closure_survives_restarts() {
+    let host = Host::new();
+    // The signer's clock is a day ahead: only the host's first sighting
+    // bounds the wait.
+    let ahead = t0() + chrono::Duration::days(1);
+    host.w().releases.insert(
+        commit(R1),
+        Verifies::As(verified(R1, 1, Some((system('b'), Action::Switch)), ahead)),
+    );
+    host.w().cached = Cached::Missing;
+    let Pass::WaitingForClosure { until, .. } = run(&mut host.agent()) else {
+        panic!("waiting expected")
+    };
+    let said = posted(&host);
+    assert_eq!(said.len(), 4, "deploying and waiting, on two commits: {said:?}");
+    for _ in 0..3 {
+        let r = run(&mut host.agent());
+        assert_eq!(r, Pass::WaitingForClosure { serial: 1, until });
+    }
+    assert_eq!(posted(&host), said, "nothing said again after restarts");
+    // An hour after the first sighting, a restarted agent gives up.
+    host.w().now += chrono::Duration::minutes(61);
+    let r = run(&mut host.agent());
+    assert!(
+        matches!(&r, Pass::Refused(why) if why.contains("in none of the binary caches")),
+        "{r:?}"
+    );
+    assert_eq!(host.state().closure_missing, None);
+    let last = posted(&host).pop().unwrap();
+    assert_eq!(last.1, StatusState::Failure);
+}
+
+/// A path that exists in the store directory but that Nix holds invalid is
+/// not taken as present: Nix is asked about every path found on disk, and
+/// the preflight checks the invalid one in the cache like a missing one.
+#[test]
+fn the_preflight_asks_nix_which_paths_on_disk_are_valid() {
+    let host = Host::new();
+    host.w().on_disk = vec![system('c'), system('d')];
+    host.w().invalid = vec![system('d')];
+    let r = run(&mut host.agent());
+    assert_eq!(
+        r,
+        Pass::Deployed {
+            reboot_required: false
+        }
+    );
+    let asked: Vec<_> = host
+        .effects()
+        .into_iter()
+        .filter(|e| e.starts_with("preflight") || e.starts_with("valid?"))
+        .collect();
+    let (c, d) = (system('c').name().to_owned(), system('d').name().to_owned());
+    assert_eq!(
+        asked,
+        [
+            "preflight except []".to_string(),
+            format!("valid? [{c} {d}]"),
+            format!("preflight except [{d}]"),
+            format!("valid? [{c}]"),
+        ]
+    );
+}
