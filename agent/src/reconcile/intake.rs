@@ -23,7 +23,7 @@ impl Agent {
                 let refused = Refused {
                     phase: "verify",
                     seen: tip.clone(),
-                    tip,
+                    release: tip,
                     serial: None,
                     source: None,
                     severity: faults::verify_severity(&e),
@@ -42,7 +42,7 @@ impl Agent {
             let refused = Refused {
                 phase: "verify",
                 seen: tip,
-                tip: verified.commit.clone(),
+                release: verified.commit.clone(),
                 serial: Some(verified.release.serial),
                 source: None,
                 severity: Severity::Failure,
@@ -86,7 +86,7 @@ impl Agent {
                 let refused = Refused {
                     phase: "select",
                     seen: tip,
-                    tip: verified.commit.clone(),
+                    release: verified.commit.clone(),
                     serial: Some(serial),
                     source,
                     severity: Severity::Failure,
@@ -191,7 +191,7 @@ impl Agent {
         entry: HostEntry,
         running: Option<StorePath>,
     ) -> Result<Pass> {
-        let tip = verified.commit.clone();
+        let release = verified.commit.clone();
         let serial = verified.release.serial;
         let source = verified.release.source.clone();
         info!(
@@ -199,14 +199,14 @@ impl Agent {
             "deploying release {serial} ({})", entry.action
         );
         let now = self.ports.clock.now();
-        let first_seen_missing = state::Sighting::since_for(state.closure_missing.as_ref(), &tip);
+        let first_seen_missing = state::Sighting::since_for(state.closure_missing.as_ref(), &release);
         // While a persisting fault is reported, the release keeps its
         // `error` status until the fault clears (then "deploying" again).
-        let fault_reported = state::Sighting::since_for(state.fault.as_ref(), &tip)
+        let fault_reported = state::Sighting::since_for(state.fault.as_ref(), &release)
             .is_some_and(|since| faults::fault_persists(since, now, self.config.report.error_after));
         let deploying = wording::deploying(&self.config.host, serial);
         if first_seen_missing.is_none() && !fault_reported {
-            self.announce(state, &tip, source.as_ref(), &deploying).await?;
+            self.announce(state, &release, source.as_ref(), &deploying).await?;
         }
         let checked = crate::reconcile::ports::checked_preflight(
             &mut *self.ports.caches,
@@ -236,7 +236,7 @@ impl Agent {
                 let refused = Refused {
                     phase: "preflight",
                     seen,
-                    tip,
+                    release,
                     serial: Some(serial),
                     source,
                     severity: faults::cache_severity(&e),
@@ -247,7 +247,7 @@ impl Agent {
             }
         };
         if fault_reported {
-            self.announce(state, &tip, source.as_ref(), &deploying).await?;
+            self.announce(state, &release, source.as_ref(), &deploying).await?;
         }
         state.closure_missing = None;
         info!(
@@ -266,11 +266,11 @@ impl Agent {
     pub(super) async fn announce(
         &mut self,
         state: &mut State,
-        tip: &CommitId,
+        release: &CommitId,
         source: Option<&CommitId>,
         description: &str,
     ) -> Result<()> {
-        if self.report(state, tip, source, StatusState::Pending, description) {
+        if self.report(state, release, source, StatusState::Pending, description) {
             self.state.save(state)?;
             if self.flush(state) {
                 self.ports.statuses.deliver().await;
@@ -361,12 +361,12 @@ impl Agent {
             Err(e @ SystemdError::Connect(_)) => return Err(ReconcileError::SystemdUnreachable(e)),
             Err(_) => Vec::new(),
         };
-        let tip = verified.commit.clone();
+        let release = verified.commit.clone();
         let serial = verified.release.serial;
         let flight = InFlight {
             tip: seen,
             target: Target {
-                commit: tip.clone(),
+                commit: release.clone(),
                 serial,
                 toplevel: entry.toplevel,
             },
@@ -379,7 +379,7 @@ impl Agent {
         };
         // From here the release is accepted: the anchor moves even if the
         // deploy fails, so an older release can never be served again.
-        state.anchor = Some(Anchor { commit: tip, serial });
+        state.anchor = Some(Anchor { commit: release, serial });
         state.in_flight = Some(flight.clone());
         self.state.save(state)?;
         self.advance(state, flight, true).await

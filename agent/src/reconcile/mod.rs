@@ -145,8 +145,9 @@ struct Refused {
     phase: &'static str,
     /// The branch tip, remembered as seen.
     seen: CommitId,
-    /// The commit refused (the release below approvals), reported on.
-    tip: CommitId,
+    /// The commit refused (the release below approvals; the tip itself when
+    /// it did not verify), reported on.
+    release: CommitId,
     serial: Option<u64>,
     /// Where else to report (the release's source commit), when trustworthy.
     source: Option<CommitId>,

@@ -157,7 +157,7 @@ impl Agent {
             Record {
                 seen: r.seen,
                 outcome: Outcome {
-                    commit: r.tip,
+                    commit: r.release,
                     serial: r.serial.unwrap_or(0),
                     toplevel: None,
                     result: OutcomeKind::Refused,
