@@ -367,6 +367,21 @@ mod tests {
         assert_eq!(ask(&holds, &now), Answer::Go);
     }
 
+    /// The reconcile handles exactly these two holds of a new release (and
+    /// no other, see `reconcile::intake`): a row added for releases must be
+    /// handled there too.
+    #[test]
+    fn a_release_is_held_only_by_approvals_and_the_deploy_window() {
+        for action in [Action::Switch, Action::Boot, Action::Test] {
+            let names: Vec<&str> = ROWS
+                .iter()
+                .filter(|r| (r.applies)(Step::Release { action }))
+                .map(|r| r.name)
+                .collect();
+            assert_eq!(names, ["approvals", "deploy window"]);
+        }
+    }
+
     #[test]
     fn every_row_names_itself_and_applies_to_some_step() {
         let steps = [

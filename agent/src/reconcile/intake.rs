@@ -3,54 +3,20 @@
 //! (approvals, the deploy window, a closure still uploading), or an accepted
 //! release recorded as a deploy in flight, which `flight` drives on.
 
+use ferry_signer::Approval;
+
 use super::*;
 
 impl Agent {
-    /// fetch → verify → judge: refuse, record that the host already runs the
-    /// release, or go on to deploy it.
+    /// fetch → verify → judge → the gate: refuse, record that the host
+    /// already runs the release, hold it, or go on to deploy it.
     pub(super) async fn new_tip(&mut self, state: &mut State, tip: CommitId) -> Result<Pass> {
         self.ports.source.fetch(&tip).await?;
         info!(ferry_phase = "fetch", "new tip on the deploy branch");
-        let approver_signers = self.approver_signers.as_ref().unwrap_or(&self.signers);
-        let verified_tip = match self
-            .ports
-            .source
-            .verify(&tip, &self.signers, approver_signers, self.ports.clock.now())
-            .await
-        {
+        let (verified, approvals) = match self.verify(&tip).await {
             Ok(v) => v,
-            Err(e) => {
-                let refused = Refused {
-                    phase: "verify",
-                    seen: tip.clone(),
-                    release: tip,
-                    serial: None,
-                    source: None,
-                    severity: faults::verify_severity(&e),
-                    summary: e.summary(),
-                    detail: e.to_string(),
-                };
-                return self.refuse(state, refused);
-            }
+            Err(refused) => return self.refuse(state, *refused),
         };
-        let VerifiedTip {
-            release: verified,
-            approvals,
-            ..
-        } = verified_tip;
-        if let Err(e) = self.config.approvals.policy.may_release(&verified.signer) {
-            let refused = Refused {
-                phase: "verify",
-                seen: tip,
-                release: verified.commit.clone(),
-                serial: Some(verified.release.serial),
-                source: None,
-                severity: Severity::Failure,
-                summary: wording::may_not_release(&e.principal.to_string()),
-                detail: e.to_string(),
-            };
-            return self.refuse(state, refused);
-        }
         let serial = verified.release.serial;
         Span::current().record("ferry_serial", serial);
         self.metrics.saw_release(serial, verified.release.expires);
@@ -69,13 +35,14 @@ impl Agent {
             Some(Action::Boot) => self.ports.store.profile_system(),
             _ => self.ports.store.running_system(),
         };
-        match judge::judge(
+        let verdict = judge::judge(
             &verified,
             &self.config.host,
             state.anchor.as_ref(),
             descends,
             running.as_ref(),
-        ) {
+        );
+        match verdict {
             Verdict::Refuse(r) => {
                 // Only a release that descends from the anchor may name where
                 // to report: a rewound branch could point anywhere.
@@ -97,23 +64,81 @@ impl Agent {
             }
             Verdict::AlreadyRunning(entry) => self.already_running(state, tip, &verified, entry),
             Verdict::Deploy(entry) => {
-                Span::current().record("ferry_toplevel", tracing::field::display(&entry.toplevel));
-                let tally = approvals::tally(&self.config.approvals.policy, &verified.signer, &approvals);
-                let step = Step::Release { action: entry.action };
-                match self.gate(step, Some(&tally), None, None) {
-                    Answer::Go => self.preflight(state, tip, &verified, entry, running).await,
-                    Answer::WaitFor(Hold::Approvals(tally)) => {
-                        self.await_approval(state, tip, &verified, &tally)
-                    }
-                    Answer::WaitUntil {
-                        until,
-                        hold: Hold::DeployWindow,
-                    } => self.wait_for_window(state, &verified, until),
-                    // Only the two rows above apply to a release (a gate test
-                    // holds the table to it).
-                    other => unreachable!("no other hold applies to a release: {other:?}"),
-                }
+                self.take_up(state, tip, &verified, &approvals, entry, running)
+                    .await
             }
+        }
+    }
+
+    /// Verifies `tip` (its approvals' signatures, then the release below)
+    /// and that its releaser may release; else the refusal to record.
+    async fn verify(&mut self, tip: &CommitId) -> Result<(VerifiedRelease, Vec<Approval>), Box<Refused>> {
+        let approver_signers = self.approver_signers.as_ref().unwrap_or(&self.signers);
+        let now = self.ports.clock.now();
+        let verified_tip = match self
+            .ports
+            .source
+            .verify(tip, &self.signers, approver_signers, now)
+            .await
+        {
+            Ok(v) => v,
+            Err(e) => {
+                return Err(Box::new(Refused {
+                    phase: "verify",
+                    seen: tip.clone(),
+                    release: tip.clone(),
+                    serial: None,
+                    source: None,
+                    severity: faults::verify_severity(&e),
+                    summary: e.summary(),
+                    detail: e.to_string(),
+                }))
+            }
+        };
+        let VerifiedTip {
+            release: verified,
+            approvals,
+            ..
+        } = verified_tip;
+        if let Err(e) = self.config.approvals.policy.may_release(&verified.signer) {
+            return Err(Box::new(Refused {
+                phase: "verify",
+                seen: tip.clone(),
+                release: verified.commit.clone(),
+                serial: Some(verified.release.serial),
+                source: None,
+                severity: Severity::Failure,
+                summary: wording::may_not_release(&e.principal.to_string()),
+                detail: e.to_string(),
+            }));
+        }
+        Ok((verified, approvals))
+    }
+
+    /// A release this host would deploy, asked at the gate: held for its
+    /// approvals or the deploy window, or on to the preflight.
+    async fn take_up(
+        &mut self,
+        state: &mut State,
+        tip: CommitId,
+        verified: &VerifiedRelease,
+        approvals: &[Approval],
+        entry: HostEntry,
+        running: Option<StorePath>,
+    ) -> Result<Pass> {
+        Span::current().record("ferry_toplevel", tracing::field::display(&entry.toplevel));
+        let tally = approvals::tally(&self.config.approvals.policy, &verified.signer, approvals);
+        let step = Step::Release { action: entry.action };
+        match self.gate(step, Some(&tally), None, None) {
+            Answer::Go => self.preflight(state, tip, verified, entry, running).await,
+            Answer::WaitFor(Hold::Approvals(tally)) => self.await_approval(state, tip, verified, &tally),
+            Answer::WaitUntil {
+                until,
+                hold: Hold::DeployWindow,
+            } => self.wait_for_window(state, verified, until),
+            // Only the two rows above apply to a release (a gate test holds
+            // the table to it).
+            other => unreachable!("no other hold applies to a release: {other:?}"),
         }
     }
 
@@ -206,7 +231,8 @@ impl Agent {
             .is_some_and(|since| faults::fault_persists(since, now, self.config.report.error_after));
         let deploying = wording::deploying(&self.config.host, serial);
         if first_seen_missing.is_none() && !fault_reported {
-            self.announce(state, &release, source.as_ref(), &deploying).await?;
+            self.announce(state, &release, source.as_ref(), &deploying)
+                .await?;
         }
         let checked = crate::reconcile::ports::checked_preflight(
             &mut *self.ports.caches,
@@ -247,7 +273,8 @@ impl Agent {
             }
         };
         if fault_reported {
-            self.announce(state, &release, source.as_ref(), &deploying).await?;
+            self.announce(state, &release, source.as_ref(), &deploying)
+                .await?;
         }
         state.closure_missing = None;
         info!(
@@ -379,7 +406,10 @@ impl Agent {
         };
         // From here the release is accepted: the anchor moves even if the
         // deploy fails, so an older release can never be served again.
-        state.anchor = Some(Anchor { commit: release, serial });
+        state.anchor = Some(Anchor {
+            commit: release,
+            serial,
+        });
         state.in_flight = Some(flight.clone());
         self.state.save(state)?;
         self.advance(state, flight, true).await
