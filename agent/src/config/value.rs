@@ -1,5 +1,5 @@
 //! The leaf every configuration section builds on: how a refused value is
-//! named ([`Invalid`]), absolute paths and durations as written in
+//! named (`Invalid`), absolute paths and durations as written in
 //! `agent.toml`. It imports nothing else of the crate, so every module that
 //! owns a section can use it.
 

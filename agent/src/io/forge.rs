@@ -1,8 +1,11 @@
-//! Delivering commit statuses to the forge over HTTPS: the outbox is drained
-//! oldest first; a network failure or 5xx stops the drain (order is kept and
-//! it is retried later); 401/403/404 are configuration problems, reported
-//! with the repository and token file; other 4xx drop the one status. The
-//! requests are `ferry_signer::forge`'s (through `report::request_for`).
+//! The forge, as the agent talks to it: the `[report]` section (validated
+//! with the signer's `ForgeSettings`, so both sides accept the same
+//! settings), the request each forge expects (`ferry_signer::forge`'s, with
+//! the agent's User-Agent added), and [`ForgeClient::send`], which posts one
+//! status and classifies the answer: 401/403/404 are configuration problems,
+//! reported with the repository and token file; 408, 429 and 5xx are
+//! retried; other 4xx drop the one status. The token is read from its file
+//! for each send and only ever placed in a header.
 
 use std::path::PathBuf;
 use std::time::Duration;

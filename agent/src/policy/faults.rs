@@ -80,7 +80,7 @@ pub fn cache_fault(e: &CacheError) -> Fault {
 /// Whether a transient fault first met at `since` has persisted long enough
 /// (`error_after`) at `now` to be reported as an `error` status. Until then
 /// the release keeps the status it had; after, the one `error` status
-/// ([`fault_description`]) stays until the fault clears.
+/// ([`crate::policy::wording::fault_description`]) stays until the fault clears.
 pub fn fault_persists(since: DateTime<Utc>, now: DateTime<Utc>, error_after: std::time::Duration) -> bool {
     let after = chrono::Duration::from_std(error_after).unwrap_or(chrono::Duration::MAX);
     since.checked_add_signed(after).is_some_and(|at| now >= at)

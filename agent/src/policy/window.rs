@@ -5,7 +5,8 @@
 //! fleet does not reboot at once. Windows are days and times on the host's
 //! wall clock (its time zone, with daylight saving time): every function
 //! takes the zone as a parameter, so the rules are tested with any zone and
-//! the agent passes `chrono::Local`. Also the `[reboot]` section of
+//! the agent passes its clock's [`HostZone`] (the system's zone on a host, a
+//! fixed offset in tests). Also the `[reboot]` section of
 //! agent.toml (the reboot policy).
 //!
 //! Wall-clock rules: a window whose end is not after its start crosses

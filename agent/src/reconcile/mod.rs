@@ -1,19 +1,23 @@
 //! One reconcile: the pipeline of docs/architecture.md as a typed state
-//! machine. A new release goes poll → fetch → verify → judge → preflight;
-//! once accepted it becomes a deploy in flight whose [`Phase`] (realising →
-//! switching → checking → rolling back) is recorded durably before the step
-//! it names, so an agent killed at any instant resumes where it was and never
-//! starts a second switch for the same release. Each phase is one method
-//! returning the next phase or the end; what an ending means is decided in
-//! `decide.rs`, and [`Agent::record`] is the one place an ending is recorded,
-//! saved and reported. A transient fault fails the reconcile (the caller
-//! retries with backoff); its start is remembered per release, and once it
-//! has lasted `report.error_after` the release shows one `error` status
-//! until a reconcile gets through. A release that needs a reboot, under a
-//! reboot policy, stays in flight through two more phases (awaiting the
-//! reboot, rebooting) until the next boot confirms what booted; a deploy
-//! window holds a new release back before anything is recorded. The
-//! outside world is reached only through the traits of `ports.rs`.
+//! machine, and the only place the order of a deploy's effects is decided.
+//!
+//! A new branch tip goes fetch → verify → judge → the gate → preflight
+//! (`intake`); once accepted it becomes a deploy in flight whose [`Phase`]
+//! (realising → switching → checking → rolling back, or awaiting the reboot
+//! → rebooting) is recorded durably before its step is taken (`flight`), so
+//! an agent killed at any instant resumes where it was and never starts a
+//! second switch for the same release. Each phase has one handler, which
+//! takes that phase's step and names the next phase (checked against
+//! `state::TRANSITIONS`), a wait, or the end; what an ending means is decided
+//! in `policy::ending`, and `record` is the one place an ending is logged,
+//! saved and reported. Before each effectful step the gate
+//! (`policy::gate`) is asked: approvals, the deploy window, the reboot's
+//! moment and window, running units. A transient fault
+//! ([`ReconcileError`]) fails the reconcile (the caller retries with
+//! backoff); its start is remembered per release, and once it has lasted
+//! `report.error_after` the release shows one `error` status until a
+//! reconcile gets through. The world is reached only through [`ports`], and
+//! every "now" and the host's time zone come from its clock.
 
 mod flight;
 mod intake;

@@ -1,10 +1,10 @@
-//! The ports between a reconcile and the systems it drives: the deploy
-//! repository, the binary caches, the Nix store and profile, systemd units,
-//! the commit status sink, rebooting, and the clock. `reconcile.rs` sees only these traits, so its
-//! rules are tested in milliseconds with fakes; the live implementations here
-//! are thin adapters over `source.rs`, `cache.rs`, `store.rs`, `switch.rs`,
-//! `health.rs`, `report.rs` and `forge.rs`, which the end-to-end tests cover
-//! on the real things.
+//! The ports a reconcile reaches the world through: the deploy repository,
+//! the binary caches, the Nix store and profile, systemd units, the commit
+//! status sink, rebooting, and the clock (with the host's time zone). The
+//! reconcile sees only these traits, so its rules are tested in milliseconds
+//! with fakes (`reconcile/tests/`); the live implementations are
+//! `app::live`'s thin adapters over `io`, which the end-to-end tests cover on
+//! the real things.
 //!
 //! The agent runs on a single-threaded runtime, so these futures need not be
 //! `Send`.

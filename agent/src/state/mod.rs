@@ -11,9 +11,10 @@
 //! Two first sightings are kept so their clocks survive a restart: when the
 //! closure of the release being worked on was first seen missing from the
 //! cache ([`State::closure_missing`]), and when a transient fault first kept
-//! it from progressing ([`State::fault`]). A file carrying either says
-//! `"version": 2`; any other is written as version 1, which older agents
-//! read. Every write goes through
+//! it from progressing ([`State::fault`]). The format version written is the
+//! oldest that holds the state, so older agents read what they can: 3 while
+//! a deploy waits for or goes through its reboot, 2 while a sighting or an
+//! approval tip is kept, 1 otherwise. Every write goes through
 //! [`crate::io::durable::atomic_write`], so a crash or power loss leaves either the
 //! old or the new state, never a torn one.
 

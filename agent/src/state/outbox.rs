@@ -1,9 +1,9 @@
-//! Commit statuses: what a deploy tells the forge, the HTTP request each forge
-//! expects (GitHub, Gitea/Forgejo, GitLab), and the durable outbox that holds
-//! statuses until the forge accepts them, in order, across restarts. The
-//! statuses and their requests are `ferry_signer::forge`'s, the one copy the
-//! signer posts with too; this module adds the agent's User-Agent. Building
-//! requests is pure; sending is `forge.rs`'s.
+//! The durable outbox: commit statuses waiting for the forge, one file each
+//! in `<state_dir>/outbox`, named by a sequence number so delivery follows
+//! creation order across restarts, bounded, and a file format pinned by a
+//! test (the files hosts already have keep loading). [`drain`] delivers them
+//! oldest first through the forge client: a network failure or 5xx stops the
+//! drain (order is kept, it is retried later), a refused status is dropped.
 
 use std::path::{Path, PathBuf};
 
