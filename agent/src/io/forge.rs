@@ -279,10 +279,10 @@ pub fn request_for(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn status(state: StatusState) -> CommitStatus {
+    pub(crate) fn status(state: StatusState) -> CommitStatus {
         CommitStatus::new(
             "9fceb02d0ae598e95dc970b74767f19372d61af8".parse().unwrap(),
             state,

@@ -219,15 +219,8 @@ pub async fn drain(outbox: &Outbox, forge: &ForgeClient) -> Result<Drain, StateE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::forge::tests::status;
 
-    fn status(state: StatusState) -> CommitStatus {
-        CommitStatus::new(
-            "9fceb02d0ae598e95dc970b74767f19372d61af8".parse().unwrap(),
-            state,
-            "ferry/web1",
-            "deployed",
-        )
-    }
 
     #[test]
     fn outbox_files_hosts_already_have_still_load() {
