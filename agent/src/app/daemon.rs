@@ -60,6 +60,35 @@ pub fn next_delay(interval: Duration, jitter: Duration) -> Duration {
     interval + Duration::from_millis(extra)
 }
 
+/// The metrics endpoint, when `metrics.listen` is set. One that cannot
+/// listen (the port is taken) is reported, and deploys go on without it.
+async fn metrics_endpoint(agent: &Agent) -> Option<crate::metrics::Endpoint> {
+    let addr = agent.config.metrics.listen?;
+    match crate::metrics::serve(addr, agent.metrics.page()).await {
+        Ok(endpoint) => Some(endpoint),
+        Err(e) => {
+            error!(
+                "{}; the metrics are not served",
+                crate::app::logging::error_chain(e.as_ref())
+            );
+            None
+        }
+    }
+}
+
+/// Logs what a reconcile did; the waits the reconcile itself announced when
+/// they began are not said again at every poll.
+fn log_pass(pass: &Pass) {
+    match pass {
+        Pass::UpToDate | Pass::WaitingForWindow { .. } | Pass::RebootScheduled { .. } | Pass::Held { .. } => {
+        }
+        Pass::WaitingForClosure { serial, until } => {
+            info!("release {serial}: waiting for its closure in the binary cache (until {until})")
+        }
+        other => info!("reconcile: {other:?}"),
+    }
+}
+
 /// Runs until `shutdown` resolves.
 pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Result<()> {
     let config = Config::load(&config_path)?;
@@ -68,21 +97,7 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
     let mut agent = crate::app::live::agent(config)?;
     // Metrics at start, from what the state says, before the first poll.
     agent.update_metrics(false);
-    // An endpoint that cannot listen (the port is taken) is reported, but
-    // deploys go on without it.
-    let _endpoint = match agent.config.metrics.listen {
-        Some(addr) => match crate::metrics::serve(addr, agent.metrics.page()).await {
-            Ok(endpoint) => Some(endpoint),
-            Err(e) => {
-                error!(
-                    "{}; the metrics are not served",
-                    crate::app::logging::error_chain(e.as_ref())
-                );
-                None
-            }
-        },
-        None => None,
-    };
+    let _endpoint = metrics_endpoint(&agent).await;
     // The NixOS module sets restartIfChanged = false, so a switch never kills
     // a deploy in progress; the agent restarts itself (exiting for systemd's
     // Restart=always) when a deploy changed its own unit or executable.
@@ -144,19 +159,12 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
         let interval = agent.config.source.poll_interval;
         let started = std::time::Instant::now();
         let reconciled = agent.reconcile().await;
-        // What one poll costs (bench/ reads this at RUST_LOG=ferry_agent::daemon=debug).
+        // What one poll costs (bench/ reads this at RUST_LOG=ferry_agent::app::daemon=debug).
         debug!(elapsed_us = started.elapsed().as_micros() as u64, "poll finished");
         match reconciled {
             Ok(outcome) => {
                 backoff = FIRST_BACKOFF;
-                match &outcome {
-                    // Said once, when they began; not at every poll.
-                    Pass::UpToDate | Pass::WaitingForWindow { .. } | Pass::RebootScheduled { .. } => {}
-                    Pass::WaitingForClosure { serial, until } => {
-                        info!("release {serial}: waiting for its closure in the binary cache (until {until})")
-                    }
-                    other => info!("reconcile: {other:?}"),
-                }
+                log_pass(&outcome);
                 if matches!(outcome, Pass::Deployed { .. }) && own_identity() != identity {
                     info!("the deploy changed ferry-agent's own unit or executable: restarting into the new one");
                     return Ok(());

@@ -221,7 +221,6 @@ mod tests {
     use super::*;
     use crate::io::forge::tests::status;
 
-
     #[test]
     fn outbox_files_hosts_already_have_still_load() {
         // Byte for byte what agents have written to `<state_dir>/outbox`:
