@@ -10,8 +10,8 @@ use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 
 use super::{wait_until, World};
-use crate::common::nix::Behaviour;
 use crate::common::prometheus::{self, sample};
+use ferry_test_support::nix::Behaviour;
 
 const TEXTFILE_DIR: &str = "/var/lib/prometheus-node-exporter/textfile";
 
