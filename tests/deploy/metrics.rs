@@ -61,11 +61,7 @@ fn metrics_follow_deploys_rollbacks_and_refusals() {
         ("fails", Behaviour::Exit(4)),
         ("reboot", Behaviour::RebootRequired),
     ]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = ferry_test_support::free_port();
     w.set_config(
         "[report]\n",
         &format!("[metrics]\ntextfile_dir = \"{TEXTFILE_DIR}\"\nlisten = \"127.0.0.1:{port}\"\n[report]\n"),
