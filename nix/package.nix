@@ -6,9 +6,10 @@
 let
   src = lib.fileset.toSource {
     root = ../.;
-    # test-support is a workspace member (a dev-dependency only): cargo needs
-    # its manifest to load the workspace.
-    fileset = lib.fileset.unions [ ../Cargo.toml ../Cargo.lock ../agent ../signer ../test-support ];
+    # test-support (a dev-dependency only) and tests (the end-to-end suites)
+    # are workspace members: cargo needs their manifests to load the
+    # workspace.
+    fileset = lib.fileset.unions [ ../Cargo.toml ../Cargo.lock ../agent ../signer ../test-support ../tests ];
   };
 in
 rustPlatform.buildRustPackage {

@@ -2,7 +2,7 @@
 # `lib` and stub declarations for the NixOS options it sets, then asserts on
 # the generated unit and agent.toml. It also checks that every agent.toml key
 # the module writes is one docs/configuration.md documents (that page is in
-# turn checked against the agent's parser by agent/tests/reference.rs), and
+# turn checked against the agent's parser by tests/reference.rs), and
 # evaluates the VM test's nodes (tests/deploy.nix) as far as stubs allow.
 # CI cannot run it (no nixpkgs lib on a fresh machine); run it by hand with a
 # checkout of nixpkgs' lib:

@@ -3,11 +3,11 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::common::forge::Recorder;
 use ferry_agent::io::forge::{CommitStatus, StatusState};
 use ferry_agent::io::forge::{Delivery, ForgeClient};
 use ferry_agent::io::forge::{Forge, ForgeTarget};
 use ferry_agent::state::outbox::{self, Outbox};
+use ferry_test_support::forge_recorder::Recorder;
 
 const SHA: &str = "9fceb02d0ae598e95dc970b74767f19372d61af8";
 
@@ -159,7 +159,7 @@ fn an_unreachable_forge_is_retried() {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("t");
     std::fs::write(&token, "t").unwrap();
-    let port = crate::common::git::free_port();
+    let port = ferry_test_support::free_port();
     let github = client(Forge::Github, format!("http://127.0.0.1:{port}"), "o/r", &token);
     let d = crate::common::runtime().block_on(github.send(&status(StatusState::Pending, "x")));
     assert!(

@@ -11,10 +11,10 @@ use ferry_agent::reconcile::Pass;
 use ferry_signer::sshsig::GitSigner;
 use ssh_key::PublicKey;
 
-use ferry_test_support::{git, public_key, sk, ssh_keygen};
+use ferry_test_support::deploy_repo::DeployRepo;
+use ferry_test_support::{git, nix, public_key, sk, ssh_keygen, unique};
 
-use crate::common::git::DeployRepo;
-use crate::common::{agent_toml, nix, runtime, unique, UNUSED_CACHE};
+use crate::common::{agent_toml, runtime, UNUSED_CACHE};
 
 fn line(principal: &str, public: &str, options: &str) -> String {
     format!("{principal} {options}{public}\n")

@@ -3,13 +3,13 @@
 
 use std::process::Command;
 
-use crate::common::nix::{self, Cache};
 use ferry_agent::io::cache::narinfo::{CachePublicKey, NarInfo, TrustError};
+use ferry_test_support::nix::{self, Cache};
 
 #[test]
 fn narinfos_signed_by_nix_verify_and_tampering_is_caught() {
     let dir = tempfile::tempdir().unwrap();
-    let top = nix::build_toplevel(dir.path(), "web1", &crate::common::unique("nc"), 3);
+    let top = nix::build_toplevel(dir.path(), "web1", &ferry_test_support::unique("nc"), 3);
     let cache = Cache::new(&dir.path().join("cache"), "test-cache-1");
     cache.copy(&top);
 

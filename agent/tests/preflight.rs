@@ -2,10 +2,10 @@
 
 use std::path::Path;
 
-use crate::common::http::StaticServer;
-use crate::common::nix::{self, Cache};
 use ferry_agent::io::cache::client::{BinaryCaches, CacheError};
 use ferry_agent::io::cache::narinfo::{CachePublicKey, TrustError};
+use ferry_test_support::http::StaticServer;
+use ferry_test_support::nix::{self, Cache};
 
 /// A toplevel with a chain of `depth` dependencies, in a signed cache served
 /// over HTTP, and deleted from the local store.
@@ -20,7 +20,7 @@ struct Fixture {
 impl Fixture {
     fn new(depth: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let toplevel = nix::build_toplevel(dir.path(), "web1", &crate::common::unique("pf"), depth);
+        let toplevel = nix::build_toplevel(dir.path(), "web1", &ferry_test_support::unique("pf"), depth);
         let cache = Cache::new(&dir.path().join("cache"), "test-cache-1");
         cache.copy(&toplevel);
         cache.sign(&toplevel);
@@ -115,7 +115,7 @@ fn a_closure_signed_by_an_unpinned_key_is_refused() {
 
 #[test]
 fn an_unreachable_cache_is_a_transient_error() {
-    let port = crate::common::git::free_port();
+    let port = ferry_test_support::free_port();
     let caches = BinaryCaches::new(&[format!("http://127.0.0.1:{port}")], &[]);
     let toplevel = "/nix/store/0c0mb5j1x3dg5bf3wk3jh4xyz6p4s3ld-nixos-system-web1"
         .parse()

@@ -19,7 +19,7 @@ use ferry_agent::io::cache::relay::LoopbackCache;
 use ferry_agent::io::nix::{Store, StoreError};
 use ferry_test_support::nginx::{Access, Nginx};
 
-use crate::common::nix::{self, Cache};
+use ferry_test_support::nix::{self, Cache};
 
 /// `Authorization: Basic base64(user:password)`, as nginx logs it.
 fn basic(user: &str, password: &str) -> String {
@@ -54,7 +54,7 @@ struct Fixture {
 impl Fixture {
     fn new(depth: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let toplevel = nix::build_toplevel(dir.path(), "web1", &crate::common::unique("priv"), depth);
+        let toplevel = nix::build_toplevel(dir.path(), "web1", &ferry_test_support::unique("priv"), depth);
         let cache = Cache::new(&dir.path().join("cache"), "private-cache-1");
         cache.copy(&toplevel);
         cache.sign(&toplevel);

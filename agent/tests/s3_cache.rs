@@ -7,13 +7,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::common::nix::{self, Cache};
-use crate::common::s3::Moto;
 use ferry_agent::io::cache::client::{BinaryCaches, CacheError};
 use ferry_agent::io::cache::credentials::CacheCredentials;
 use ferry_agent::io::cache::narinfo::CachePublicKey;
 use ferry_agent::io::cache::relay::realise_via_relay;
 use ferry_agent::io::nix::Store;
+use ferry_test_support::nix::{self, Cache};
+use ferry_test_support::s3::Moto;
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -26,7 +26,7 @@ struct Fixture {
 impl Fixture {
     fn new(bucket: &str, region: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let toplevel = nix::build_toplevel(dir.path(), "web1", &crate::common::unique("s3"), 2);
+        let toplevel = nix::build_toplevel(dir.path(), "web1", &ferry_test_support::unique("s3"), 2);
         let cache = Cache::new(&dir.path().join("cache"), "s3-cache-1");
         cache.copy(&toplevel);
         cache.sign(&toplevel);

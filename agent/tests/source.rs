@@ -1,9 +1,10 @@
 //! The deploy repository client against a real `git daemon` and file remotes.
 
-use crate::common::git::{git, DeployRepo, GitDaemon};
 use crate::common::hostile::{hostile_server, within};
 use crate::common::{agent_toml, UNUSED_CACHE};
 use ferry_agent::io::git::source::{Source, SourceError};
+use ferry_test_support::deploy_repo::{DeployRepo, GitDaemon};
+use ferry_test_support::git;
 
 const WEB1_A: &str = "/nix/store/0c0mb5j1x3dg5bf3wk3jh4xyz6p4s3ld-nixos-system-web1";
 const WEB1_B: &str = "/nix/store/1c0mb5j1x3dg5bf3wk3jh4xyz6p4s3ld-nixos-system-web1";
@@ -61,7 +62,7 @@ fn file_remote_and_missing_branch() {
 #[test]
 fn unreachable_remote_is_transient_and_named() {
     let dir = tempfile::tempdir().unwrap();
-    let port = crate::common::git::free_port();
+    let port = ferry_test_support::free_port();
     let url = format!("git://127.0.0.1:{port}/deploy.git");
     let source = Source::open(&dir.path().join("clone.git"), &url, "deploy", None).unwrap();
     let err = source.remote_tip().unwrap_err();
@@ -71,7 +72,7 @@ fn unreachable_remote_is_transient_and_named() {
 
 #[test]
 fn smart_http_with_a_token_file() {
-    use crate::common::git_http::GitHttp;
+    use ferry_test_support::git_http::GitHttp;
     let dir = tempfile::tempdir().unwrap();
     let deploy = DeployRepo::new(dir.path());
     let c = deploy.release("web1", WEB1_A);
@@ -117,8 +118,8 @@ fn smart_http_with_a_token_file() {
 /// what can go wrong is named, with the remote, and never with the token.
 #[test]
 fn http_failures_are_named() {
-    use crate::common::git_http::GitHttp;
-    use crate::common::http::StaticServer;
+    use ferry_test_support::git_http::GitHttp;
+    use ferry_test_support::http::StaticServer;
     let dir = tempfile::tempdir().unwrap();
     let deploy = DeployRepo::new(dir.path());
     deploy.release("web1", WEB1_A);
@@ -184,7 +185,7 @@ fn http_failures_are_named() {
     assert!(!err.to_string().contains("s3cret"), "{err}");
 
     // Nothing listening.
-    let port = crate::common::git::free_port();
+    let port = ferry_test_support::free_port();
     let url = format!("https://127.0.0.1:{port}/deploy.git");
     let source = Source::open(&dir.path().join("d.git"), &url, "deploy", None).unwrap();
     let err = source.remote_tip().unwrap_err();
@@ -197,8 +198,8 @@ fn http_failures_are_named() {
 /// `ferry-agent once` (rustls with the host's CA store; no OpenSSL).
 #[test]
 fn https_remote_with_a_private_ca() {
-    use crate::common::git_http::GitHttp;
     use crate::common::tls::{Ca, TlsProxy};
+    use ferry_test_support::git_http::GitHttp;
     let dir = tempfile::tempdir().unwrap();
     let deploy = DeployRepo::new(dir.path());
     deploy.release("web1", WEB1_A);
@@ -259,8 +260,8 @@ fn https_remote_with_a_private_ca() {
 }
 
 /// Answers every request with a redirect to the same path on `target`.
-fn redirector(target: &str) -> crate::common::http::PythonServer {
-    let port = crate::common::git::free_port();
+fn redirector(target: &str) -> ferry_test_support::http::PythonServer {
+    let port = ferry_test_support::free_port();
     let script = format!(
         "import http.server\n\
          class H(http.server.BaseHTTPRequestHandler):\n\
@@ -270,7 +271,7 @@ fn redirector(target: &str) -> crate::common::http::PythonServer {
          \x20   def log_message(self, *a): pass\n\
          http.server.HTTPServer(('127.0.0.1', {port}), H).serve_forever()\n"
     );
-    crate::common::http::PythonServer::spawn(port, ["-c", &script])
+    ferry_test_support::http::PythonServer::spawn(port, ["-c", &script])
 }
 
 /// A `git://` URL served by [`hostile_server`].

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use crate::common::nix;
-use crate::common::systemd::Testbed;
 use ferry_agent::io::systemd::bus::{Command, Systemd, SystemdError, TransientService, UnitState};
+use ferry_test_support::nix;
+use ferry_test_support::systemd::Testbed;
 
 fn service(name: &str, script: &str, max: Duration) -> TransientService {
     TransientService {
@@ -26,7 +26,7 @@ fn service(name: &str, script: &str, max: Duration) -> TransientService {
 #[test]
 fn transient_units_run_report_and_lock() {
     let dir = tempfile::tempdir().unwrap();
-    let s = crate::common::unique("sd");
+    let s = ferry_test_support::unique("sd");
     let ok = nix::build_script(
         dir.path(),
         "ok",

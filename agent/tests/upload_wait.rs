@@ -8,9 +8,11 @@ use std::path::Path;
 use ferry_agent::config::Config;
 use ferry_agent::reconcile::{Agent, Pass};
 
-use crate::common::forge::Recorder;
-use crate::common::git::DeployRepo;
-use crate::common::{agent_toml, nix, runtime, unique};
+use ferry_test_support::deploy_repo::DeployRepo;
+use ferry_test_support::forge_recorder::Recorder;
+use ferry_test_support::{nix, unique};
+
+use crate::common::{agent_toml, runtime};
 
 fn agent(dir: &Path, deploy: &DeployRepo, cache: &nix::Cache, forge: &Recorder) -> Agent {
     let token = dir.join("forge-token");

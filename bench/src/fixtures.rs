@@ -6,12 +6,12 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use ferry_signer::keys::{SigningKey, Unlock};
 use ferry_signer::publish::{self, ReleaseChanges};
 use ferry_signer::{AllowedSigners, HostEntry, HostName};
+use ferry_test_support::{free_port, wait_for_port};
 
 /// Runs `cmd`, failing with its stderr; returns trimmed stdout.
 pub fn run(cmd: &mut Command) -> Result<String> {
@@ -38,23 +38,6 @@ pub fn git(dir: &Path, args: &[&str]) -> Result<String> {
     run(git_cmd().arg("-C").arg(dir).args(args))
 }
 
-/// A loopback port nothing listens on right now.
-pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// Waits (bounded) until something accepts connections on `port`.
-pub fn wait_for_port(port: u16) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("nothing listens on port {port}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
-}
-
 /// A child process killed (and reaped) on drop.
 pub struct Server {
     child: Child,
@@ -70,7 +53,7 @@ impl Drop for Server {
 
 /// `git daemon` exporting every repository under `base` over git://.
 pub fn git_daemon(base: &Path) -> Result<Server> {
-    let port = free_port()?;
+    let port = free_port();
     // git-daemon itself, not the `git daemon` wrapper, so that killing it
     // leaves nothing behind.
     let exec_path = run(git_cmd().arg("--exec-path"))?;

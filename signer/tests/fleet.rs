@@ -327,10 +327,7 @@ fn wait_exit_codes() {
     let out = wait(&silent, &["--interval", "100ms", "--timeout", "500ms"]);
     assert_eq!(code(&out), 5, "{}", stdout(&out));
     assert!(stdout(&out).contains("HTTP 503"), "{}", stdout(&out));
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let closed = ferry_test_support::free_port();
     let mut args = vec![
         "wait".to_string(),
         "--repo".into(),

@@ -1,7 +1,8 @@
 //! `docs/cli.md` is rendered from the binaries' own `--help` (clap), one
-//! region per binary, so the reference cannot drift from the code. Each
-//! crate's test checks its own binary's region; with `FERRY_UPDATE_REFERENCE=1`
-//! it rewrites the region instead.
+//! region per binary, so the reference cannot drift from the code. One test
+//! checks each binary's region (the signer's in its own crate, the agent's
+//! in `tests/`); with `FERRY_UPDATE_REFERENCE=1` it rewrites the region
+//! instead.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,14 +16,18 @@ pub fn cli_md(manifest_dir: &str) -> PathBuf {
 }
 
 /// `bin args… --help`, with trailing spaces removed from every line.
-fn help(bin: &str, args: &[&str]) -> String {
+fn help(bin: &Path, args: &[&str]) -> String {
     let out = Command::new(bin)
         .args(args)
         .arg("--help")
         .env_remove("COLUMNS")
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {bin}: {e}"));
-    assert!(out.status.success(), "{bin} {args:?} --help failed: {out:?}");
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+    assert!(
+        out.status.success(),
+        "{} {args:?} --help failed: {out:?}",
+        bin.display()
+    );
     let text = String::from_utf8(out.stdout).expect("help is UTF-8");
     let mut lines: Vec<&str> = text.lines().map(str::trim_end).collect();
     while lines.last() == Some(&"") {
@@ -46,7 +51,8 @@ fn subcommands(top_help: &str) -> Vec<String> {
 }
 
 /// The Markdown for one binary: its `--help`, then each subcommand's.
-pub fn render(bin: &str, name: &str) -> String {
+pub fn render(bin: impl AsRef<Path>, name: &str) -> String {
+    let bin = bin.as_ref();
     let top = help(bin, &[]);
     let mut out = format!("## `{name}`\n\n```text\n{top}```\n");
     for sub in subcommands(&top) {

@@ -6,7 +6,7 @@
 //! endpoints. It records each request and can answer with a forced code.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 
@@ -142,30 +142,15 @@ fn store(state: &Mutex<State>, sha: &str, context: &str, forge_state: &str, desc
 }
 
 fn serve(kind: Kind, stream: TcpStream, state: &Mutex<State>) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut line = String::new();
-    if reader.read_line(&mut line).is_err() {
+    let Some(crate::http::Request {
+        method,
+        target,
+        headers,
+        body,
+    }) = crate::http::read_request(&stream)
+    else {
         return;
-    }
-    let mut parts = line.split_whitespace();
-    let method = parts.next().unwrap_or("").to_owned();
-    let target = parts.next().unwrap_or("").to_owned();
-    let mut headers = HashMap::new();
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
-        }
-    }
-    let len: usize = headers
-        .get("content-length")
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(0);
-    let mut body = vec![0; len];
-    let _ = reader.read_exact(&mut body);
+    };
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p.to_owned(), parse_query(q)),
         None => (target.clone(), HashMap::new()),

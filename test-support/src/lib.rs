@@ -1,19 +1,32 @@
-//! Helpers shared by Ferry's tests (ferry-signer's and ferry-agent's) and its
-//! benchmarks, so each exists once: git run in isolation from the user's and
-//! the system's configuration, keys made by `ssh-keygen`, a software stand-in
-//! for a FIDO security key, the check of `docs/cli.md` against the
-//! binaries' `--help`, the loopback forge that speaks each forge's status
-//! API, and nginx serving a binary cache behind credentials.
-//! Not published; the tools it runs (git, ssh-keygen, nginx, openssl) are
-//! what `scripts/install-deps` installs.
+//! Helpers shared by Ferry's tests (ferry-signer's, ferry-agent's and the
+//! end-to-end suites of `tests/`) and its benchmarks, so each exists once:
+//! git run in isolation from the user's and the system's configuration,
+//! keys made by `ssh-keygen`, a software stand-in for a FIDO security key,
+//! the check of `docs/cli.md` against the binaries' `--help`, loopback
+//! ports, and the real parts the agent is tested against: deploy
+//! repositories served by `git daemon` or smart HTTP, Nix toplevels and
+//! signed binary caches, caches served over HTTP, by nginx behind
+//! credentials or by an S3 server, the forges (one that speaks each forge's
+//! status API, one that records what it is sent), and a throwaway systemd.
+//! Not published; the tools it runs (git, ssh-keygen, nginx, openssl, Nix,
+//! systemd, Python, moto) are what `scripts/install-deps` installs.
 
 pub mod cli_reference;
+pub mod deploy_repo;
 pub mod forge;
+pub mod forge_recorder;
+pub mod git_http;
+pub mod http;
 pub mod nginx;
+pub mod nix;
+pub mod s3;
 pub mod sk;
+pub mod systemd;
 
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 /// A `git` command that reads no system configuration, takes
 /// `global_config` as its global one (`/dev/null` for none) and commits as
@@ -80,9 +93,9 @@ pub fn public_key(key: &Path) -> String {
 
 /// The path of binary `bin` of workspace package `package`, built (once
 /// per test process) by the cargo that runs the tests, in its profile. For
-/// tests of one crate that run another crate's binary (the agent's fleet
-/// test runs `ferry-signer`), which cargo builds only for that crate's own
-/// tests.
+/// tests of one crate that run another crate's binary (the end-to-end
+/// suites of `tests/` run `ferry-agent` and `ferry-signer`), which cargo
+/// builds only for that crate's own tests.
 pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
     static BUILT: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
@@ -122,6 +135,41 @@ pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
     path
 }
 
+/// A string unique to this test run (process and time), for store path
+/// names and other names tests must not share.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}{}-{nanos}", std::process::id())
+}
+
+/// A loopback port nothing listens on right now, for a server about to be
+/// started on it (or for an address where nothing answers).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port on 127.0.0.1")
+        .port()
+}
+
+/// Waits until something accepts connections on loopback `port`, for at
+/// most 20 s; an error (`TimedOut`) if nothing did.
+pub fn wait_for_port(port: u16) -> std::io::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("nothing listens on 127.0.0.1:{port} after 20 s"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
 /// The cells of one row of a Markdown table (`| a | b |`), trimmed, for
 /// the tests that check a table in docs/ against the code.
 pub fn table_cells(row: &str) -> Vec<&str> {
@@ -143,6 +191,17 @@ mod tests {
             git(dir.path(), &["log", "-1", "--format=%an <%ae>"]),
             "t <t@example.com>"
         );
+    }
+
+    #[test]
+    fn a_free_port_is_waited_for_until_something_listens() {
+        let port = free_port();
+        let listener = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            TcpListener::bind(("127.0.0.1", port)).unwrap()
+        });
+        wait_for_port(port).unwrap();
+        drop(listener.join().unwrap());
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! nginx (`/etc/nginx`, port 80, its service) is read or touched.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -92,14 +92,6 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NginxError {
     move |source| NginxError::Io { what, source }
 }
 
-fn free_port() -> Result<u16, NginxError> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(io("binding a loopback port"))?;
-    Ok(listener
-        .local_addr()
-        .map_err(io("binding a loopback port"))?
-        .port())
-}
-
 /// An htpasswd line for `user` with an Apache MD5 hash from the `openssl` CLI.
 fn htpasswd(user: &str, password: &str) -> Result<String, NginxError> {
     let out = Command::new("openssl")
@@ -149,7 +141,7 @@ impl Nginx {
         for sub in ["tmp", "logs"] {
             std::fs::create_dir(d.join(sub)).map_err(io(format!("creating {}", d.join(sub).display())))?;
         }
-        let (port, mirror_port) = (free_port()?, free_port()?);
+        let (port, mirror_port) = (crate::free_port(), crate::free_port());
         let guard = match access {
             Access::Anyone => String::new(),
             Access::Basic { user, password } => {

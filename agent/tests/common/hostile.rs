@@ -35,11 +35,11 @@ pub fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'sta
 }
 
 /// A binary cache directory served over HTTP (Python's `http.server`, like
-/// [`super::http::StaticServer`]), except that the body of every file whose
+/// [`ferry_test_support::http::StaticServer`]), except that the body of every file whose
 /// URL path contains `marker` (`.narinfo`, `/nar/`) is dripped one
 /// byte every 100 ms after honest headers.
-pub fn dripping_cache(dir: &std::path::Path, marker: &str) -> super::http::PythonServer {
-    let port = super::git::free_port();
+pub fn dripping_cache(dir: &std::path::Path, marker: &str) -> ferry_test_support::http::PythonServer {
+    let port = ferry_test_support::free_port();
     let script = format!(
         "import http.server, os, sys, time\n\
          root = sys.argv[1]\n\
@@ -57,5 +57,5 @@ pub fn dripping_cache(dir: &std::path::Path, marker: &str) -> super::http::Pytho
          \x20   def log_message(self, *a): pass\n\
          http.server.ThreadingHTTPServer(('127.0.0.1', {port}), H).serve_forever()\n"
     );
-    super::http::PythonServer::spawn(port, ["-c".as_ref(), script.as_ref(), dir.as_os_str()])
+    ferry_test_support::http::PythonServer::spawn(port, ["-c".as_ref(), script.as_ref(), dir.as_os_str()])
 }

@@ -1,24 +1,8 @@
-//! Fixtures shared by the agent's integration tests.
+//! Fixtures of the agent's integration tests alone; what the end-to-end
+//! suites of `tests/` need too is in `ferry_test_support`.
 
-pub mod forge;
-pub mod git;
-pub mod git_http;
 pub mod hostile;
-pub mod http;
-pub mod nix;
-pub mod prometheus;
-pub mod s3;
-pub mod systemd;
 pub mod tls;
-
-/// A string unique to this test run (process and time), for store path names.
-pub fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}{}-{nanos}", std::process::id())
-}
 
 /// A single-threaded runtime, like the agent's.
 pub fn runtime() -> tokio::runtime::Runtime {

@@ -6,8 +6,8 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::git::free_port;
-use super::http::PythonServer;
+use ferry_test_support::free_port;
+use ferry_test_support::http::PythonServer;
 
 /// A CA and a server certificate for 127.0.0.1 signed by it.
 pub struct Ca {

@@ -19,10 +19,11 @@ use std::time::{Duration, Instant};
 
 use ferry_test_support::forge::{Forge, Kind, TOKEN};
 
-use crate::common::git::{git, GitDaemon};
-use crate::common::http::StaticServer;
-use crate::common::nix::{self, Behaviour, Cache};
-use crate::common::systemd::Testbed;
+use ferry_test_support::deploy_repo::GitDaemon;
+use ferry_test_support::git;
+use ferry_test_support::http::StaticServer;
+use ferry_test_support::nix::{self, Behaviour, Cache};
+use ferry_test_support::systemd::Testbed;
 
 const AGENT: &str = "/usr/local/bin/ferry-agent";
 const HOSTS: [&str; 4] = ["canary1", "web1", "web2", "db1"];
@@ -88,7 +89,7 @@ impl Fleet {
     fn start() -> Self {
         let signer = ferry_test_support::workspace_binary("ferry-signer", "ferry-signer");
         let dir = tempfile::tempdir().unwrap();
-        let seed = crate::common::unique("f");
+        let seed = ferry_test_support::unique("f");
         let mut systems = BTreeMap::new();
         for host in HOSTS {
             // Each host's switch-to-configuration records the system in the
@@ -157,7 +158,7 @@ impl Fleet {
         let forge = Forge::start(Kind::Gitea);
 
         let bed = Testbed::boot();
-        bed.install(env!("CARGO_BIN_EXE_ferry-agent"), AGENT);
+        bed.install(crate::common::agent_binary(), AGENT);
         let etc = bed.host_path("/etc/ferry");
         std::fs::create_dir_all(&etc).unwrap();
         std::fs::write(

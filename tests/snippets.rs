@@ -347,6 +347,7 @@ fn every_agent_toml_snippet_in_the_guides_passes_check_config() {
     let signers = dir.path().join("allowed_signers");
     let key = ferry_signer::keys::SigningKey::generate("snippets").unwrap();
     std::fs::write(&signers, key.allowed_signers_line("ci@example.com") + "\n").unwrap();
+    let agent = crate::common::agent_binary();
     let mut checked = 0;
     for guide in guides() {
         for (line, snippet) in blocks(&repo_file(&guide), "toml") {
@@ -361,7 +362,7 @@ fn every_agent_toml_snippet_in_the_guides_passes_check_config() {
                 .insert("allowed_signers".into(), signers.display().to_string().into());
             let file = dir.path().join(format!("snippet-{checked}.toml"));
             std::fs::write(&file, table.to_string()).unwrap();
-            let out = Command::new(env!("CARGO_BIN_EXE_ferry-agent"))
+            let out = Command::new(&agent)
                 .arg("--config")
                 .arg(&file)
                 .arg("check-config")

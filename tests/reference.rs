@@ -178,11 +178,11 @@ fn every_accepted_key_is_documented_and_every_documented_key_accepted() {
     let unknown: Vec<_> = documented.difference(&accepted).collect();
     assert!(
         missing.is_empty() && unknown.is_empty(),
-        "{DOC} is out of step with agent/src/config.rs.\n  \
+        "{DOC} is out of step with agent/src/config/.\n  \
          accepted by the parser but not documented: {missing:?}\n  \
          documented but refused by the parser: {unknown:?}\n\
          Add or remove rows in its `## Keys` table (| `key` | type | default | meaning |) \
-         and keys in its complete example, then run: cargo test -p ferry-agent --test integration reference"
+         and keys in its complete example, then run: cargo test -p ferry-tests reference"
     );
 }
 
@@ -215,7 +215,7 @@ fn documented_defaults_are_the_parsers() {
         assert_eq!(
             explicit, baseline,
             "{DOC}: `{}` = {literal} is not what the parser uses when the key is absent; \
-             fix the default column (or the default in agent/src/config.rs)",
+             fix the default column (or the default in agent/src/config/)",
             row.key
         );
         checked += 1;
@@ -254,11 +254,11 @@ fn the_readme_example_uses_only_real_keys() {
 
 #[test]
 fn cli_reference_matches_the_binary() {
-    let rendered = cli_reference::render(env!("CARGO_BIN_EXE_ferry-agent"), "ferry-agent");
+    let rendered = cli_reference::render(crate::common::agent_binary(), "ferry-agent");
     cli_reference::check_region(
         &cli_reference::cli_md(env!("CARGO_MANIFEST_DIR")),
         "ferry-agent",
         &rendered,
-        "FERRY_UPDATE_REFERENCE=1 cargo test -p ferry-agent --test integration reference",
+        "FERRY_UPDATE_REFERENCE=1 cargo test -p ferry-tests reference",
     );
 }

@@ -7,14 +7,15 @@ use std::collections::BTreeMap;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use crate::common::forge::Recorder;
-use crate::common::git::{git, DeployRepo, GitDaemon};
-use crate::common::git_http::GitHttp;
-use crate::common::http::StaticServer;
-use crate::common::nix::{self, Behaviour, Cache};
-use crate::common::s3::Moto;
-use crate::common::systemd::Testbed;
+use ferry_test_support::deploy_repo::{DeployRepo, GitDaemon};
+use ferry_test_support::forge_recorder::Recorder;
+use ferry_test_support::git;
+use ferry_test_support::git_http::GitHttp;
+use ferry_test_support::http::StaticServer;
 use ferry_test_support::nginx::{Access, Nginx};
+use ferry_test_support::nix::{self, Behaviour, Cache};
+use ferry_test_support::s3::Moto;
+use ferry_test_support::systemd::Testbed;
 
 /// Where the agent binary is installed inside the testbed.
 const AGENT: &str = "/usr/local/bin/ferry-agent";
@@ -49,7 +50,7 @@ impl World {
 
     fn build(systems: &[(&'static str, Behaviour)], http: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let seed = crate::common::unique("w");
+        let seed = ferry_test_support::unique("w");
         let mut built = BTreeMap::new();
         for (name, behaviour) in std::iter::once(&("current", Behaviour::Succeed)).chain(systems) {
             // Systems whose name starts with `newkernel` boot another kernel.
@@ -115,7 +116,7 @@ impl World {
         let forge = Recorder::start();
 
         let bed = Testbed::boot();
-        bed.install(env!("CARGO_BIN_EXE_ferry-agent"), AGENT);
+        bed.install(crate::common::agent_binary(), AGENT);
         let config_text = format!(
             r#"host = "web1"
 [source]
@@ -575,7 +576,7 @@ fn a_killed_agent_resumes_without_a_second_switch() {
         .split_whitespace()
         .next()
         .expect("the agent runs under nsenter");
-    crate::common::systemd::kill9(agent_pid.parse().unwrap()).expect("the agent can be killed");
+    ferry_test_support::systemd::kill9(agent_pid.parse().unwrap()).expect("the agent can be killed");
     let _ = first.wait();
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(w.bed.host_path("/var/lib/ferry-agent/state.json")).unwrap())

@@ -1,18 +1,17 @@
 //! Real git fixtures: a deploy repository with releases made by the
 //! `ferry_signer` library, served by `git daemon` on loopback.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
 
 use ferry_signer::keys::SigningKey;
 use ferry_signer::publish::{self, ReleaseChanges};
 use ferry_signer::{Action, HostEntry};
 
-pub use ferry_test_support::git;
+use crate::{free_port, git, wait_for_port};
 
 /// A bare deploy repository and the key that signs its releases.
+#[derive(Debug)]
 pub struct DeployRepo {
     pub path: PathBuf,
     pub key: SigningKey,
@@ -64,6 +63,7 @@ impl DeployRepo {
 }
 
 /// `git daemon` serving a directory on a loopback port; killed on drop.
+#[derive(Debug)]
 pub struct GitDaemon {
     child: Child,
     pub port: u16,
@@ -82,7 +82,7 @@ impl GitDaemon {
             .env("GIT_CONFIG_NOSYSTEM", "1")
             .spawn()
             .expect("git daemon");
-        wait_for_port(port);
+        wait_for_port(port).expect("git daemon listens");
         Self { child, port }
     }
 
@@ -95,23 +95,5 @@ impl Drop for GitDaemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// A loopback port nothing listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Waits (bounded) until something accepts connections on `port`.
-pub fn wait_for_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on port {port}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }

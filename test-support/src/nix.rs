@@ -52,6 +52,7 @@ pub fn build_toplevel(dir: &Path, host: &str, seed: &str, depth: usize) -> Strin
 }
 
 /// A signed file:// binary cache.
+#[derive(Debug)]
 pub struct Cache {
     pub dir: PathBuf,
     pub secret_key: PathBuf,

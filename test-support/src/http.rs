@@ -6,9 +6,10 @@ use std::ffi::OsStr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use super::git::{free_port, wait_for_port};
+use crate::{free_port, wait_for_port};
 
 /// A Python helper process listening on a loopback port; killed on drop.
+#[derive(Debug)]
 pub struct PythonServer {
     child: Child,
     pub port: u16,
@@ -27,7 +28,7 @@ impl PythonServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("python3 is installed (scripts/install-deps)");
-        wait_for_port(port);
+        wait_for_port(port).expect("the python3 server listens");
         Self { child, port }
     }
 
@@ -44,6 +45,7 @@ impl Drop for PythonServer {
 }
 
 /// Python's `http.server` serving a directory.
+#[derive(Debug)]
 pub struct StaticServer(PythonServer);
 
 impl StaticServer {
@@ -101,8 +103,8 @@ pub fn read_request(stream: &std::net::TcpStream) -> Option<Request> {
         if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
             break;
         }
-        if let Some((k, v)) = h.trim_end().split_once(": ") {
-            headers.insert(k.to_ascii_lowercase(), v.to_owned());
+        if let Some((k, v)) = h.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
         }
     }
     let len = headers

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 
+#[derive(Debug)]
 pub struct GitHttp {
     pub port: u16,
     /// Requests refused for want of the right token.
@@ -67,12 +68,12 @@ fn serve(
     hold: &AtomicBool,
     held: &AtomicUsize,
 ) {
-    let Some(super::http::Request {
+    let Some(crate::http::Request {
         method,
         target,
         headers,
         body,
-    }) = super::http::read_request(&stream)
+    }) = crate::http::read_request(&stream)
     else {
         return;
     };

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::{World, SOURCE};
-use crate::common::nix::{self, Behaviour};
+use ferry_test_support::nix::{self, Behaviour};
 
 const EVENTS: &str = "/run/ferry-test/events.log";
 const AGE_KEY: &str = "/var/lib/sops-nix/key.txt";
@@ -136,8 +136,8 @@ impl Secrets {
     /// `to_other_host`: the database password is encrypted to another host's
     /// key only (this host was left out of the recipients).
     fn new(dir: &Path, keys: &Keys, name: &str, to_other_host: bool) -> Self {
-        let db = crate::common::unique(&format!("db-password-{name}-"));
-        let api = crate::common::unique(&format!("api-token-{name}-"));
+        let db = ferry_test_support::unique(&format!("db-password-{name}-"));
+        let api = ferry_test_support::unique(&format!("api-token-{name}-"));
         let db_file = dir.join(format!("{name}-db-password.age"));
         let api_file = dir.join(format!("{name}-api-token.age"));
         let db_recipient = match to_other_host {

@@ -10,8 +10,8 @@ use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 
 use super::{wait_until, World};
-use crate::common::nix::Behaviour;
 use crate::common::prometheus::{self, sample};
+use ferry_test_support::nix::Behaviour;
 
 const TEXTFILE_DIR: &str = "/var/lib/prometheus-node-exporter/textfile";
 
@@ -61,11 +61,7 @@ fn metrics_follow_deploys_rollbacks_and_refusals() {
         ("fails", Behaviour::Exit(4)),
         ("reboot", Behaviour::RebootRequired),
     ]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = ferry_test_support::free_port();
     w.set_config(
         "[report]\n",
         &format!("[metrics]\ntextfile_dir = \"{TEXTFILE_DIR}\"\nlisten = \"127.0.0.1:{port}\"\n[report]\n"),

@@ -9,7 +9,7 @@ use ferry_signer::keys::SigningKey;
 use ferry_signer::{Action, HostEntry};
 
 use super::{World, AGENT};
-use crate::common::nix::Behaviour;
+use ferry_test_support::nix::Behaviour;
 
 const POLICY: &str =
     "[approvals]\nrequired = 2\napprovers = [\"alice\", \"bob\"]\nreleasers = [\"ci@example.com\"]\n";
@@ -158,7 +158,7 @@ fn a_host_requiring_two_approvals_waits_for_them_while_a_canary_deploys_at_once(
 
     // The branch is rewound to drop bob's approval after the host deployed:
     // the release is still the anchor, so nothing changes and nothing fails.
-    crate::common::git::git(&w.deploy.path, &["update-ref", "refs/heads/deploy", &first]);
+    ferry_test_support::git(&w.deploy.path, &["update-ref", "refs/heads/deploy", &first]);
     let (ok, text) = w.once();
     assert!(ok && text.contains("already running the release"), "{text}");
     assert_eq!(w.running(), w.systems["next"]);

@@ -16,6 +16,7 @@ pub struct Recorded {
     pub body: serde_json::Value,
 }
 
+#[derive(Debug)]
 pub struct Recorder {
     pub port: u16,
     pub answer: Arc<AtomicU16>,
@@ -32,7 +33,7 @@ impl Recorder {
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
-                let Some(request) = super::http::read_request(&stream) else {
+                let Some(request) = crate::http::read_request(&stream) else {
                     continue;
                 };
                 let code = a.load(Ordering::SeqCst);

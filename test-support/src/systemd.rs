@@ -9,8 +9,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// The same boot script the demo uses.
-const BOOT: &str = include_str!("../../../scripts/lib/boot-systemd.sh");
+const BOOT: &str = include_str!("../../scripts/lib/boot-systemd.sh");
 
+#[derive(Debug)]
 pub struct Testbed {
     /// Held for the testbed's life: testbeds share this machine's cgroup
     /// tree (`/sys` is bind-mounted), so two systemds at once would manage
@@ -50,7 +51,7 @@ impl Testbed {
         // copying files up into it) makes the directory opaque in the
         // overlay: files this machine's Nix creates later (a new WAL) must not
         // show through into the testbed's database.
-        let _nix = super::nix::lock();
+        let _nix = crate::nix::lock();
         let out = bed.exec(&[
             "sh",
             "-c",
@@ -137,7 +138,7 @@ impl Testbed {
 
     /// Copies an executable into the testbed at `inside` (the checkout may
     /// not be visible there: its /tmp is a fresh tmpfs).
-    pub fn install(&self, executable: &str, inside: &str) {
+    pub fn install(&self, executable: impl AsRef<std::path::Path>, inside: &str) {
         let target = self.host_path(inside);
         std::fs::create_dir_all(target.parent().unwrap()).unwrap();
         std::fs::copy(executable, &target).unwrap();

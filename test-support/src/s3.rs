@@ -1,0 +1,179 @@
+//! A real S3 server on loopback: moto's server mode (PyPI, installed into the
+//! project's virtualenv by `scripts/install-deps`), with request
+//! authentication on: an IAM user and its access key are made through the
+//! IAM API in the first unauthenticated requests moto allows, and every
+//! request after that (bucket creation, uploads, the agent's reads) must be
+//! signed with that key. The fixture's own requests (IAM, the bucket, the
+//! uploads) are made with boto3, AWS's Python SDK: what the agent reads
+//! was written by a client other than itself.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use crate::{free_port, wait_for_port};
+
+/// Where `scripts/install-deps` puts the virtualenv.
+fn venv() -> PathBuf {
+    std::env::var_os("FERRY_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/var/lib/ferry-test/venv".into())
+}
+
+/// The fixture's own S3 and IAM requests, made with boto3 (AWS's Python
+/// SDK, which moto depends on and so installs into the same virtualenv):
+/// signed as any S3 client signs, by code that is not the agent's.
+/// `python -c CLIENT ENDPOINT KEY_ID SECRET OP ARGS…`; the key is a
+/// placeholder for the first, unauthenticated requests (`setup`).
+const CLIENT: &str = r#"
+import json, os, sys
+import boto3
+from botocore.config import Config
+
+endpoint, key_id, secret, op, *args = sys.argv[1:]
+
+def client(service, region="us-east-1"):
+    return boto3.client(
+        service,
+        endpoint_url=endpoint,
+        region_name=region,
+        aws_access_key_id=key_id,
+        aws_secret_access_key=secret,
+        config=Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1}),
+    )
+
+if op == "setup":
+    iam = client("iam")
+    iam.create_user(UserName="ferry")
+    key = iam.create_access_key(UserName="ferry")["AccessKey"]
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+    iam.put_user_policy(UserName="ferry", PolicyName="all", PolicyDocument=json.dumps(policy))
+    print(key["AccessKeyId"])
+    print(key["SecretAccessKey"])
+elif op == "upload":
+    bucket, region, root = args
+    s3 = client("s3", region)
+    if region == "us-east-1":
+        s3.create_bucket(Bucket=bucket)
+    else:
+        s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region})
+    for d, _, files in os.walk(root):
+        for f in files:
+            path = os.path.join(d, f)
+            with open(path, "rb") as body:
+                s3.put_object(Bucket=bucket, Key=os.path.relpath(path, root), Body=body.read())
+elif op == "delete":
+    bucket, key = args
+    client("s3").delete_object(Bucket=bucket, Key=key)
+else:
+    sys.exit(f"unknown operation {op}")
+"#;
+
+/// An access key moto made for the fixture's IAM user.
+pub struct AccessKey {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for AccessKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessKey")
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// moto's S3 server on a loopback port; killed on drop.
+#[derive(Debug)]
+pub struct Moto {
+    child: Child,
+    pub port: u16,
+    /// The key every request must be signed with (S3 allows it everything).
+    pub key: AccessKey,
+}
+
+impl Moto {
+    pub fn start() -> Self {
+        let server = venv().join("bin/moto_server");
+        assert!(
+            server.exists(),
+            "{} is missing: run scripts/install-deps (it installs moto's S3 server from PyPI)",
+            server.display()
+        );
+        let port = free_port();
+        let child = Command::new(&server)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            // The IAM user, its key and its policy are made unauthenticated;
+            // everything after must be signed.
+            .env("INITIAL_NO_AUTH_ACTION_COUNT", "3")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut moto = Self {
+            child,
+            port,
+            key: AccessKey {
+                access_key_id: "AKIDEXAMPLE".into(),
+                secret_access_key: "unauthenticated".into(),
+            },
+        };
+        wait_for_port(port).expect("moto's S3 server listens");
+        let made = moto.client(&["setup"]);
+        let mut lines = made.lines();
+        let (Some(id), Some(secret)) = (lines.next(), lines.next()) else {
+            panic!("moto made no access key: {made}");
+        };
+        moto.key = AccessKey {
+            access_key_id: id.to_owned(),
+            secret_access_key: secret.to_owned(),
+        };
+        moto
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs one operation of [`CLIENT`] with the current key; its stdout,
+    /// or a panic with what it said.
+    fn client(&self, op: &[&str]) -> String {
+        let out = Command::new(venv().join("bin/python"))
+            .args(["-c", CLIENT])
+            .args([
+                &self.endpoint(),
+                &self.key.access_key_id,
+                &self.key.secret_access_key,
+            ])
+            .args(op)
+            // No AWS configuration of this machine's user.
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .stdin(Stdio::null())
+            .output()
+            .expect("the virtualenv's python runs (scripts/install-deps)");
+        assert!(
+            out.status.success(),
+            "boto3 {op:?} against moto failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Creates `bucket` in `region` and uploads the binary cache in `dir`
+    /// into it, object by object, with signed PUTs.
+    pub fn upload_cache(&self, bucket: &str, region: &str, dir: &Path) {
+        self.client(&["upload", bucket, region, dir.to_str().unwrap()]);
+    }
+
+    /// Deletes one object with a signed request.
+    pub fn delete(&self, bucket: &str, key: &str) {
+        self.client(&["delete", bucket, key]);
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
