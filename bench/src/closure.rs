@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use chrono::Utc;
 use ferry_agent::io::cache::client::BinaryCaches;
-use ferry_agent::policy::judge::{self, Verdict};
 use ferry_agent::io::cache::narinfo::CachePublicKey;
 use ferry_agent::io::git::source::Source;
 use ferry_agent::io::nix::Store;
+use ferry_agent::policy::judge::{self, Verdict};
 use ferry_signer::publish::ReleaseChanges;
 use ferry_signer::{Action, HostEntry, HostName};
 

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use chrono::Utc;
-use ferry_agent::policy::judge::{self, Verdict};
 use ferry_agent::io::git::source::Source;
+use ferry_agent::policy::judge::{self, Verdict};
 use ferry_agent::state::Anchor;
 use ferry_signer::publish::{self, ReleaseChanges};
 use ferry_signer::CommitId;
