@@ -1,7 +1,8 @@
 //! The hosts file (`ferry-signer release --hosts-file`, `rollout`: JSON as
 //! `nix eval --json` prints it): parsing never panics, a refusal stays short
 //! enough to read, the hosts render to a file that parses back to the same
-//! hosts, and a release made of them writes and reads back unchanged.
+//! hosts, and a release made of them (one host or more) writes and reads
+//! back unchanged.
 #![no_main]
 use std::path::Path;
 
@@ -34,6 +35,11 @@ fuzz_target!(|data: &[u8]| {
     let text = format!("{{{}}}", body.join(", "));
     let again = parse(path, text.as_bytes()).expect("rendered hosts parse");
     assert_eq!(again, hosts);
+    if hosts.is_empty() {
+        // `{}` is a hosts file, but a release of no hosts is refused before
+        // it is written.
+        return;
+    }
     let release = Release {
         serial: 1,
         created: Utc.with_ymd_and_hms(2027, 1, 6, 11, 0, 0).unwrap(),
