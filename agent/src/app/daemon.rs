@@ -144,7 +144,7 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
         let interval = agent.config.source.poll_interval;
         let started = std::time::Instant::now();
         let reconciled = agent.reconcile().await;
-        // What one poll costs (bench/ reads this at RUST_LOG=ferry_agent::daemon=debug).
+        // What one poll costs (bench/ reads this at RUST_LOG=ferry_agent::app::daemon=debug).
         debug!(elapsed_us = started.elapsed().as_micros() as u64, "poll finished");
         match reconciled {
             Ok(outcome) => {
