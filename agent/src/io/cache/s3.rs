@@ -121,7 +121,10 @@ impl S3Cache {
                     e.as_str()
                 };
                 let host = host.trim_end_matches('/');
-                if host.is_empty() || host.contains(['/', '@', '?', '#']) {
+                // A host name, IPv4 or [IPv6] address, and port: anything
+                // else (`@`, `?`, `#`, a backslash) moves the host or the path.
+                let host_char = |c: char| c.is_ascii_alphanumeric() || "-._:[]".contains(c);
+                if host.is_empty() || !host.chars().all(host_char) {
                     return Err(bad(format!("endpoint `{e}` is not a host[:port] or URL")));
                 }
                 Some(host.to_owned())
@@ -135,6 +138,17 @@ impl S3Cache {
             (None, true) => Addressing::Path,
             (None, false) => Addressing::VirtualHost,
         });
+        // The region names the default endpoint's host and the signature's
+        // scope: a character outside a host name's would send the request
+        // elsewhere (`@`) or cut the object's key off (`?`, `#`).
+        if !region
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(bad(format!(
+                "region `{region}` is not a region name (letters, digits, `-`, `_` and `.`)"
+            )));
+        }
         let endpoint = endpoint.unwrap_or_else(|| format!("s3.{region}.amazonaws.com"));
         Ok(S3Cache {
             bucket: bucket.to_owned(),
@@ -549,6 +563,10 @@ mod tests {
             ("s3://ok-bucket?colour=red", "unknown parameter `colour`"),
             ("s3://ok-bucket?scheme=ftp", "https or http"),
             ("s3://ok-bucket?endpoint=http://u@h", "not a host"),
+            // Found by the fuzzer: a region or endpoint that moves the URL.
+            ("s3://ok-bucket?region=x@evil.example#", "not a region name"),
+            ("s3://ok-bucket?region=eu-?x", "not a region name"),
+            ("s3://ok-bucket?endpoint=h\\x", "not a host"),
         ] {
             let e = S3Cache::parse(bad).unwrap_err();
             assert!(e.to_string().contains(says), "{bad}: {e}");
