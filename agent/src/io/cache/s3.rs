@@ -294,24 +294,6 @@ pub fn sign(
     sign_with(method, url, (region, service), credentials, now, &payload)
 }
 
-/// [`sign`] for a request with a body whose SHA-256 is `payload_sha256`
-/// (hex); for test fixtures that upload a cache with real S3 requests.
-pub fn sign_upload(
-    method: &str,
-    url: &reqwest::Url,
-    region: &str,
-    credentials: &AwsCredentials,
-    now: DateTime<Utc>,
-    body: &[u8],
-) -> Vec<(&'static str, Zeroizing<String>)> {
-    let hash = hex(&Sha256::digest(body));
-    let payload = Payload {
-        extra: &[],
-        sha256: &hash,
-    };
-    sign_with(method, url, (region, "s3"), credentials, now, &payload)
-}
-
 /// What is signed besides the method and URL: headers the caller sends
 /// (lower-case names) and the body's SHA-256 (hex).
 struct Payload<'a> {
