@@ -15,7 +15,7 @@ use ferry_agent::io::cache::client::{BinaryCaches, CacheError};
 use ferry_agent::io::cache::credentials::CacheCredentials;
 use ferry_agent::io::cache::narinfo::CachePublicKey;
 use ferry_agent::io::cache::relay::realise_via_relay;
-use ferry_agent::io::cache::relay::LoopbackCache;
+use ferry_agent::io::cache::relay::Relay;
 use ferry_agent::io::nix::{Store, StoreError};
 use ferry_test_support::nginx::{Access, Nginx};
 
@@ -281,7 +281,7 @@ fn the_relay_serves_only_the_closure_it_was_started_for() {
     let hash = &f.toplevel[11..43];
     let status = |objects: BTreeSet<String>, path: String| {
         crate::common::runtime().block_on(async {
-            let relay = LoopbackCache::start(caches.clone(), caches.load_credentials().unwrap(), objects)
+            let relay = Relay::start(caches.clone(), caches.load_credentials().unwrap(), objects)
                 .await
                 .unwrap();
             let url = format!("{}/{path}", relay.substituters()[0]);

@@ -1,6 +1,6 @@
 //! The request line of the agent's two small loopback HTTP servers (the
-//! relay that hands a verified closure to Nix, `cache_serve.rs`, and the
-//! metrics endpoint, `metrics.rs`): one reading of `METHOD TARGET HTTP/1.x`
+//! relay that hands a verified closure to Nix (`io::cache::relay`), and the
+//! metrics endpoint, `metrics`): one reading of `METHOD TARGET HTTP/1.x`
 //! for both, so a malformed line is refused the same way by each. Pure, so
 //! it is tested and fuzzed without sockets.
 

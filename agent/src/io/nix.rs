@@ -88,7 +88,7 @@ impl Store {
     }
 
     /// [`Store::realise`] from `substituters` (the loopback relay of the
-    /// configured ones, see `cache_serve.rs`).
+    /// configured ones, see the relay, `io::cache::relay`).
     pub async fn realise_from(
         &self,
         toplevel: &StorePath,

@@ -117,7 +117,7 @@ impl Agent {
     }
 
     /// Checks health (when the switch activated a running system) and asks
-    /// `decide.rs` what it all means: the end, or a rollback.
+    /// `policy::ending` what it all means: the end, or a rollback.
     pub(super) async fn checking(&mut self, flight: &InFlight, switch: SwitchResult) -> Result<Next> {
         let health = if ending::checks_health(flight.action, switch) {
             info!(ferry_phase = flight.phase.name(), "checking health");

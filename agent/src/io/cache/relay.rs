@@ -27,9 +27,9 @@ use crate::io::nix::{Store, StoreError};
 /// A request head longer than this is refused (Nix sends a few hundred bytes).
 const MAX_HEAD_BYTES: usize = 16 << 10;
 
-/// A running loopback endpoint; stops when dropped.
+/// The relay: a running loopback cache serving one closure; stops when dropped.
 #[derive(Debug)]
-pub struct LoopbackCache {
+pub struct Relay {
     substituters: Vec<String>,
     task: tokio::task::JoinHandle<()>,
     failure: Arc<Mutex<Option<String>>>,
@@ -70,7 +70,7 @@ pub fn route(request_line: &str) -> Result<Route, u16> {
     })
 }
 
-impl LoopbackCache {
+impl Relay {
     /// Listens on a random loopback port and serves `caches` with
     /// `credentials` until dropped.
     pub async fn start(
@@ -136,7 +136,7 @@ impl LoopbackCache {
     }
 }
 
-impl Drop for LoopbackCache {
+impl Drop for Relay {
     fn drop(&mut self) {
         self.task.abort();
     }
@@ -248,7 +248,7 @@ pub async fn realise_via_relay(
         }
         invalid.extend(found);
     };
-    let relay = LoopbackCache::start(caches.clone(), credentials, objects)
+    let relay = Relay::start(caches.clone(), credentials, objects)
         .await
         .map_err(StoreError::Relay)?;
     let result = store
