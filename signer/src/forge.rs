@@ -25,6 +25,78 @@ pub const MAX_PAGES: u32 = 1000;
 /// GitHub refuses longer descriptions; every forge is held to it.
 pub const MAX_DESCRIPTION_CHARS: usize = 140;
 
+/// The default of `report.error_after`: how long a transient fault may keep
+/// a release from progressing before the release shows an `error` status.
+/// Long enough that a cache or forge restarting, a deploy of the cache
+/// itself or a short network partition (the backoff retries at 5 s, 10 s, …
+/// up to the poll interval) passes unreported; short enough that whoever
+/// watches a rollout learns within a quarter of an hour that it is stuck,
+/// and why, rather than watching `pending` for ever.
+pub const DEFAULT_ERROR_AFTER: Duration = Duration::from_secs(15 * 60);
+
+/// The `[report]` section of an agent.toml, as written: the one definition
+/// the agent's configuration and `ferry-signer --agent-config` both read, so
+/// a key the agent accepts is never refused by the signer. The agent
+/// validates it (`ferry_agent::io::forge`); the signer takes the forge
+/// settings from it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportSection {
+    /// The forge, or `none` (no statuses are posted).
+    pub forge: ForgeSetting,
+    pub api_url: Option<String>,
+    pub repository: String,
+    pub token_file: Option<PathBuf>,
+    pub context: String,
+    pub error_after: HumanDuration,
+}
+
+impl Default for ReportSection {
+    fn default() -> Self {
+        Self {
+            forge: ForgeSetting(None),
+            api_url: None,
+            repository: String::new(),
+            token_file: None,
+            context: DEFAULT_CONTEXT.into(),
+            error_after: HumanDuration(DEFAULT_ERROR_AFTER),
+        }
+    }
+}
+
+/// `report.forge` as written: a forge, or `none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForgeSetting(pub Option<ForgeKind>);
+
+impl<'de> Deserialize<'de> for ForgeSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.as_str() {
+            "none" => Ok(ForgeSetting(None)),
+            other => other.parse().map(|f| ForgeSetting(Some(f))).map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "`{other}` is not a forge: expected github, gitea, forgejo, gitlab or none"
+                ))
+            }),
+        }
+    }
+}
+
+/// A duration written as `"60s"`, `"15m"`, `"1h 30m"` (humantime's format).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map(HumanDuration).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "`{s}` is not a duration: expected e.g. \"60s\", \"15m\" or \"1h 30m\""
+            ))
+        })
+    }
+}
+
 /// Which forge API the statuses live in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ForgeKind {

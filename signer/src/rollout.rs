@@ -20,12 +20,16 @@ use crate::release::{HostEntry, Release};
 pub enum Step {
     /// Release this wave: give its hosts their new entries.
     Release { wave: usize },
-    /// Released; its hosts (or earlier waves' hosts, reporting on the new
-    /// release) have not all finished.
+    /// Released; the hosts of `wave` (the newest released wave, or an
+    /// earlier one whose hosts report on the new release too) have not all
+    /// finished. `newest` is the newest released wave and `newest_counts`
+    /// its hosts' progress, which the summary shows.
     Wait {
         wave: usize,
         counts: Counts,
         deadline: DateTime<Utc>,
+        newest: usize,
+        newest_counts: Counts,
     },
     /// Healthy; the next wave is released once it has stayed so until then.
     Soak { wave: usize, until: DateTime<Utc> },
@@ -58,9 +62,18 @@ impl Step {
         let label = |w: usize| format!("wave {} of {n} ({})", w + 1, waves[w].name);
         match self {
             Self::Release { wave } => (StatusState::Pending, format!("{}: releasing", label(*wave))),
-            Self::Wait { wave, counts, .. } => (
+            Self::Wait {
+                newest,
+                newest_counts,
+                ..
+            } => (
                 StatusState::Pending,
-                format!("{}: {} of {} hosts", label(*wave), counts.success, counts.total()),
+                format!(
+                    "{}: {} of {} hosts",
+                    label(*newest),
+                    newest_counts.success,
+                    newest_counts.total()
+                ),
             ),
             Self::Soak { wave, until } => (
                 StatusState::Pending,
@@ -129,17 +142,19 @@ pub fn next_step(
         .iter()
         .position(|w| !is_released(w, target, tip))
         .unwrap_or(waves.len());
-    let mut all = Vec::new();
-    for (i, wave) in waves[..released].iter().enumerate() {
-        let views: Vec<HostView> = wave
-            .hosts
+    let views_of = |wave: &Wave| -> Vec<HostView> {
+        wave.hosts
             .iter()
             .map(|h| HostView {
                 host: h.clone(),
                 entry: target[h].clone(),
                 outcome: outcomes.get(h).cloned().unwrap_or(HostOutcome::NotReported),
             })
-            .collect();
+            .collect()
+    };
+    let mut all = Vec::new();
+    for (i, wave) in waves[..released].iter().enumerate() {
+        let views = views_of(wave);
         match judge(&views, wave.max_failures) {
             Progress::TooManyFailures { counts, failed } => {
                 return Step::Failed {
@@ -163,10 +178,18 @@ pub fn next_step(
                         waiting,
                     };
                 }
+                let newest = released - 1;
+                let newest_counts = if newest == i {
+                    counts
+                } else {
+                    Counts::of(&views_of(&waves[newest]))
+                };
                 return Step::Wait {
                     wave: i,
                     counts,
                     deadline,
+                    newest,
+                    newest_counts,
                 };
             }
             Progress::Done(_) => {
@@ -296,6 +319,8 @@ mod tests {
                 wave: 0,
                 counts,
                 deadline,
+                newest: 0,
+                ..
             } => {
                 assert_eq!(counts.not_reported, 1);
                 assert_eq!(deadline, t(610));
@@ -309,12 +334,37 @@ mod tests {
             Step::Release { wave: 1 }
         );
         // Web released: the canary must report on the new release too.
+        // The summary names the newest released wave, not the canary the
+        // step waits on (what the `ferry/rollout` status says after
+        // `rollout --once` released web).
         let r2 = tip('c', &["canary", "web1", "web2"], t(40));
+        let nothing_yet = next_step(&w, &target, Some(&r2), &HashMap::new(), t(41));
+        assert!(
+            matches!(
+                nothing_yet,
+                Step::Wait {
+                    wave: 0,
+                    newest: 1,
+                    ..
+                }
+            ),
+            "{nothing_yet:?}"
+        );
+        assert_eq!(nothing_yet.summary(&w).1, "wave 2 of 3 (web): 0 of 2 hosts");
         let web = report(&[("web1", Success), ("web2", Success)], t(50));
-        assert!(matches!(
-            next_step(&w, &target, Some(&r2), &web, t(51)),
-            Step::Wait { wave: 0, .. }
-        ));
+        let step = next_step(&w, &target, Some(&r2), &web, t(51));
+        assert!(
+            matches!(
+                step,
+                Step::Wait {
+                    wave: 0,
+                    newest: 1,
+                    ..
+                }
+            ),
+            "{step:?}"
+        );
+        assert_eq!(step.summary(&w).1, "wave 2 of 3 (web): 2 of 2 hosts");
         let mut both = web.clone();
         both.extend(report(&[("canary", Success)], t(45)));
         assert_eq!(
@@ -442,6 +492,8 @@ mod tests {
             wave: 1,
             counts,
             deadline: t(0),
+            newest: 1,
+            newest_counts: counts,
         }
         .summary(&w);
         assert_eq!(state, Pending);

@@ -223,12 +223,13 @@ fn status_as_a_table_with_a_custom_context_and_host_patterns() {
         "matches no host",
     );
 
-    // The same settings from an agent's agent.toml.
+    // The same settings from an agent's agent.toml, every key of its
+    // `[report]` section set (the signer reads it with the agent's definition).
     let agent_toml = d.sb.path("agent.toml");
     std::fs::write(
         &agent_toml,
         format!(
-            "host = \"web1\"\n[source]\nurl = \"https://x/d.git\"\n[report]\nforge = \"forgejo\"\napi_url = \"{}\"\nrepository = \"ops/deploy\"\ntoken_file = \"{}\"\ncontext = \"deploy/{{host}}\"\n",
+            "host = \"web1\"\n[source]\nurl = \"https://x/d.git\"\n[report]\nforge = \"forgejo\"\napi_url = \"{}\"\nrepository = \"ops/deploy\"\ntoken_file = \"{}\"\ncontext = \"deploy/{{host}}\"\nerror_after = \"10m\"\n",
             forge.api_url(),
             d.token.display()
         ),
@@ -245,6 +246,95 @@ fn status_as_a_table_with_a_custom_context_and_host_patterns() {
         &[],
     );
     assert!(assert_ok(&out).contains("3 hosts: 1 success, 0 pending, 1 failure, 1 not reported"));
+}
+
+/// Every key path of a JSON value (`hosts[].state`), arrays' elements merged.
+fn key_paths(v: &serde_json::Value, prefix: &str, out: &mut std::collections::BTreeSet<String>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                out.insert(path.clone());
+                key_paths(v, &path, out);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for item in items {
+                key_paths(item, &format!("{prefix}[]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `status --json` is an interface: docs/ci.md's example has exactly the
+/// keys the output has, and the states it lists are the ones that occur.
+#[test]
+fn status_json_is_the_documented_interface() {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/ci.md")).unwrap();
+    let section = doc
+        .split("### `status --json`")
+        .nth(1)
+        .expect("docs/ci.md documents `status --json`");
+    let example = section
+        .split("```json\n")
+        .nth(1)
+        .and_then(|s| s.split("```").next())
+        .expect("a JSON example");
+    let documented: serde_json::Value = serde_json::from_str(example).expect("the example is JSON");
+
+    let hosts: Vec<String> = ["web1", "web2", "web3", "db1"].map(String::from).to_vec();
+    let d = Deploy::new(&hosts, 'a');
+    let forge = Forge::start(Kind::Github);
+    let sha = d.tip();
+    forge.post(&sha, "ferry/web1", "success", "web1 runs release 1");
+    forge.post(&sha, "ferry/web2", "pending", "deploying release 1 to web2");
+    forge.post(
+        &sha,
+        "ferry/web3",
+        "error",
+        "error: the binary cache is unreachable",
+    );
+    let out = d.run(&["status", "--repo", d.repo.to_str().unwrap(), "--json"], &forge);
+    let json: serde_json::Value = serde_json::from_str(&assert_ok(&out)).unwrap();
+
+    let (mut want, mut got) = (Default::default(), Default::default());
+    key_paths(&documented, "", &mut want);
+    key_paths(&json, "", &mut got);
+    assert_eq!(
+        got, want,
+        "docs/ci.md's `status --json` example and the output differ in keys"
+    );
+    let states: Vec<(&str, &str)> = json["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["host"].as_str().unwrap(), h["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("db1", "not_reported"),
+            ("web1", "success"),
+            ("web2", "pending"),
+            ("web3", "failure")
+        ],
+        "sorted by name; an error counts as a failure"
+    );
+    for state in ["success", "pending", "failure", "not_reported"] {
+        assert!(
+            section.contains(&format!("`{state}`")),
+            "docs/ci.md names the state {state}"
+        );
+    }
+    assert!(
+        json["hosts"][0]["description"].is_null(),
+        "not reported: no description"
+    );
 }
 
 #[test]

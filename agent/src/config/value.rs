@@ -6,8 +6,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
-
 /// A value of a section that cannot be used: the full key and why. The
 /// module owning the section says so; `Config::parse` adds the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,20 +35,9 @@ pub(crate) fn absolute(p: PathBuf, what: &str) -> Result<PathBuf, String> {
     }
 }
 
-/// A duration written as `"60s"`, `"15m"`, `"1h 30m"`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct HumanDuration(pub(crate) Duration);
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map(HumanDuration).map_err(|_| {
-            serde::de::Error::custom(format!(
-                "`{s}` is not a duration: expected e.g. \"60s\", \"15m\" or \"1h 30m\""
-            ))
-        })
-    }
-}
+/// A duration written as `"60s"`, `"15m"`, `"1h 30m"`: the signer's, so
+/// both programs read durations alike.
+pub(crate) use ferry_signer::forge::HumanDuration;
 
 pub(crate) fn secs<const N: u64>() -> HumanDuration {
     HumanDuration(Duration::from_secs(N))

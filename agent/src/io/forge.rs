@@ -12,9 +12,8 @@ use std::time::Duration;
 
 use ferry_signer::forge::{status_request, without_url, ForgeError, ForgeSettings, Token};
 use ferry_signer::HostName;
-use serde::Deserialize;
 
-use crate::config::value::{absolute, HumanDuration, Invalid};
+use crate::config::value::{absolute, Invalid};
 
 /// The forge's answer to one status, classified.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,47 +131,6 @@ impl ReportConfig {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub(crate) struct ReportFile {
-    pub(crate) forge: ForgeSetting,
-    pub(crate) api_url: Option<String>,
-    pub(crate) repository: String,
-    pub(crate) token_file: Option<PathBuf>,
-    pub(crate) context: String,
-    pub(crate) error_after: HumanDuration,
-}
-
-impl Default for ReportFile {
-    fn default() -> Self {
-        Self {
-            forge: ForgeSetting(None),
-            api_url: None,
-            repository: String::new(),
-            token_file: None,
-            context: "ferry/{host}".into(),
-            error_after: HumanDuration(DEFAULT_ERROR_AFTER),
-        }
-    }
-}
-
-/// `report.forge` as written: a forge, or `none`.
-pub(crate) struct ForgeSetting(pub(crate) Option<Forge>);
-
-impl<'de> Deserialize<'de> for ForgeSetting {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        match s.as_str() {
-            "none" => Ok(ForgeSetting(None)),
-            other => other.parse().map(|f| ForgeSetting(Some(f))).map_err(|_| {
-                serde::de::Error::custom(format!(
-                    "`{other}` is not a forge: expected github, gitea, forgejo, gitlab or none"
-                ))
-            }),
-        }
-    }
-}
-
 /// One status to post on one commit; `CommitStatus::new` cuts the
 /// description to [`MAX_DESCRIPTION_CHARS`].
 pub use ferry_signer::forge::NewStatus as CommitStatus;
@@ -186,14 +144,11 @@ pub use ferry_signer::forge::StatusState;
 /// GitHub refuses longer descriptions; we hold every forge to it.
 pub use ferry_signer::forge::MAX_DESCRIPTION_CHARS;
 
-/// The default of `report.error_after`: how long a transient fault may keep
-/// a release from progressing before the release shows an `error` status.
-/// Long enough that a cache or forge restarting, a deploy of the cache
-/// itself or a short network partition (the backoff retries at 5 s, 10 s, …
-/// up to the poll interval) passes unreported; short enough that whoever
-/// watches a rollout learns within a quarter of an hour that it is stuck,
-/// and why, rather than watching `pending` for ever.
-pub const DEFAULT_ERROR_AFTER: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+/// The `[report]` section as written: the signer's definition, which
+/// `ferry-signer --agent-config` reads too.
+pub(crate) use ferry_signer::forge::ReportSection as ReportFile;
+/// The default of `report.error_after` (the signer's, with the section).
+pub use ferry_signer::forge::DEFAULT_ERROR_AFTER;
 
 /// The `[report]` section of the configuration, validated: with a forge,
 /// where and how to post (API URL defaulted per forge, repository and token

@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use age::secrecy::SecretString;
 use anyhow::{bail, Context, Result};
-use ferry_signer::forge::{ForgeClient, ForgeKind, ForgeSettings, Token, DEFAULT_CONTEXT};
+use ferry_signer::forge::{ForgeClient, ForgeKind, ForgeSettings, ReportSection, Token, DEFAULT_CONTEXT};
 use ferry_signer::keys::{FixedPassphrase, KeyError, PassphraseSource, SigningKey, Unlock};
 use ferry_signer::ssh_agent::AgentKey;
 use ferry_signer::sshsig::GitSigner;
@@ -233,28 +233,19 @@ pub struct ForgeArgs {
     pub context: Option<String>,
 }
 
-/// The `[report]` section of an agent.toml; the rest of the file is ignored.
+/// An agent.toml, of which only the `[report]` section is read (with the
+/// agent's own definition of it); the rest of the file is the agent's.
 #[derive(serde::Deserialize, Default)]
 struct AgentToml {
     #[serde(default)]
-    report: ReportToml,
-}
-
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct ReportToml {
-    forge: Option<String>,
-    api_url: Option<String>,
-    repository: Option<String>,
-    token_file: Option<PathBuf>,
-    context: Option<String>,
+    report: ReportSection,
 }
 
 impl ForgeArgs {
     /// A forge client from these settings; errors say which setting is missing.
     pub fn client(&self) -> Result<ForgeClient> {
         let file = match &self.agent_config {
-            Some(path) => {
+            Some(path) => Some({
                 let cannot = || format!("cannot read --agent-config {}", path.display());
                 if std::fs::metadata(path).with_context(cannot)?.len() > 1 << 20 {
                     bail!("--agent-config {} is larger than 1 MiB", path.display());
@@ -263,31 +254,40 @@ impl ForgeArgs {
                 toml::from_str::<AgentToml>(&text)
                     .with_context(|| format!("--agent-config {}: not an agent.toml", path.display()))?
                     .report
+            }),
+            None => None,
+        };
+        let none =
+            || bail!("the agents' forge is `none`: they post no statuses, so there is nothing to read");
+        let kind = match (self.forge.as_deref(), &file) {
+            (Some("none"), _) => return none(),
+            (Some(kind), _) => kind.parse::<ForgeKind>()?,
+            (None, Some(file)) => match file.forge.0 {
+                Some(kind) => kind,
+                None => return none(),
+            },
+            (None, None) => {
+                bail!("which forge do hosts report to? Give --forge github|gitea|forgejo|gitlab (or --agent-config)")
             }
-            None => ReportToml::default(),
         };
-        let kind = match self.forge.as_deref().or(file.forge.as_deref()) {
-            None => bail!("which forge do hosts report to? Give --forge github|gitea|forgejo|gitlab (or --agent-config)"),
-            Some("none") => bail!("the agents' forge is `none`: they post no statuses, so there is nothing to read"),
-            Some(kind) => kind.parse::<ForgeKind>()?,
-        };
+        // Flags win over the file; the file's defaults are the agent's.
         let repository = self
             .repository
             .as_deref()
-            .or(file.repository.as_deref())
+            .or(file.as_ref().map(|f| f.repository.as_str()))
             .unwrap_or_default();
         let context = self
             .context
             .as_deref()
-            .or(file.context.as_deref())
+            .or(file.as_ref().map(|f| f.context.as_str()))
             .unwrap_or(DEFAULT_CONTEXT);
-        let settings = ForgeSettings::new(
-            kind,
-            self.api_url.as_deref().or(file.api_url.as_deref()),
-            repository,
-            context,
-        )?;
-        let token = match self.token_file.as_ref().or(file.token_file.as_ref()) {
+        let api_url = self
+            .api_url
+            .as_deref()
+            .or(file.as_ref().and_then(|f| f.api_url.as_deref()));
+        let settings = ForgeSettings::new(kind, api_url, repository, context)?;
+        let file_token = file.as_ref().and_then(|f| f.token_file.as_ref());
+        let token = match self.token_file.as_ref().or(file_token) {
             Some(path) => Token::from_file(path)?,
             None => match std::env::var(TOKEN_ENV) {
                 Ok(t) => Token::new(&t).context(TOKEN_ENV)?,
