@@ -167,3 +167,112 @@ fn an_unreachable_forge_is_retried() {
         "{d:?}"
     );
 }
+
+/// A forge over its rate limit, as each forge says it (a loopback forge
+/// answering with their status codes, headers and bodies): the statuses stay
+/// in the outbox, in order, the answer is a rate limit until the time asked
+/// (never a token problem), and once it lifts everything is delivered.
+#[test]
+fn a_rate_limit_keeps_the_outbox_until_it_lifts() {
+    use ferry_test_support::forge::{Forge as LoopbackForge, Kind, TOKEN};
+    let rt = crate::common::runtime();
+    for (kind, forge) in [
+        (Kind::Github, Forge::Github),
+        (Kind::Gitlab, Forge::Gitlab),
+        (Kind::Gitea, Forge::Gitea),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+        let loopback = LoopbackForge::start(kind);
+        let client = client(forge, loopback.api_url(), "ops/deploy", &token);
+        let outbox = Outbox::open(dir.path()).unwrap();
+        outbox.push(&status(StatusState::Pending, "deploying")).unwrap();
+        outbox.push(&status(StatusState::Success, "runs")).unwrap();
+
+        loopback.limit(1, 2);
+        let before = chrono::Utc::now();
+        let drain = rt.block_on(outbox::drain(&outbox, &client)).unwrap();
+        let Some(Delivery::RateLimited { until }) = drain.stopped else {
+            panic!("{kind:?}: {drain:?}")
+        };
+        let asked = until - before;
+        assert!(
+            asked >= chrono::Duration::seconds(1) && asked <= chrono::Duration::seconds(3),
+            "{kind:?}: until {until}, asked at {before}"
+        );
+        assert_eq!(
+            (drain.delivered, drain.dropped, outbox.len().unwrap()),
+            (0, 0, 2),
+            "{kind:?}"
+        );
+        assert_eq!(
+            loopback.requests().len(),
+            1,
+            "{kind:?}: one request, then it stops"
+        );
+
+        // Remembered for the next start, forgotten when set to none.
+        outbox.set_limited_until(Some(until)).unwrap();
+        assert_eq!(Outbox::open(dir.path()).unwrap().limited_until(), Some(until));
+
+        // Lifted: delivered in order.
+        let drain = rt.block_on(outbox::drain(&outbox, &client)).unwrap();
+        assert_eq!(
+            (drain.delivered, drain.stopped, outbox.len().unwrap()),
+            (2, None, 0),
+            "{kind:?}"
+        );
+        let descriptions: Vec<String> = loopback.statuses().into_iter().map(|s| s.description).collect();
+        assert_eq!(descriptions, ["deploying", "runs"], "{kind:?}");
+        outbox.set_limited_until(None).unwrap();
+        assert_eq!(outbox.limited_until(), None);
+    }
+}
+
+/// The live sink leaves a rate-limiting forge alone until the time it asked
+/// (a restarted agent too), then sends one request: the forge sees no more
+/// requests than the limit allows, and nothing is lost or reordered.
+#[test]
+fn the_sink_leaves_a_rate_limiting_forge_alone_until_the_time_it_asked() {
+    use ferry_agent::app::live::ForgeSink;
+    use ferry_agent::reconcile::ports::StatusSink;
+    use ferry_test_support::forge::{Forge as LoopbackForge, Kind, TOKEN};
+    let rt = crate::common::runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    let loopback = LoopbackForge::start(Kind::Github);
+    let sink = || {
+        ForgeSink::new(
+            Outbox::open(dir.path()).unwrap(),
+            client(Forge::Github, loopback.api_url(), "ops/deploy", &token),
+        )
+    };
+    let mut live = sink();
+    live.queue(1, &status(StatusState::Pending, "deploying")).unwrap();
+    live.queue(2, &status(StatusState::Success, "runs")).unwrap();
+    loopback.limit(1, 2);
+    rt.block_on(live.deliver());
+    assert_eq!(loopback.requests().len(), 1);
+    let until = Outbox::open(dir.path())
+        .unwrap()
+        .limited_until()
+        .expect("remembered");
+    // Polls and a restart before then send nothing.
+    rt.block_on(live.deliver());
+    rt.block_on(sink().deliver());
+    assert_eq!(loopback.requests().len(), 1, "nothing sent before {until}");
+    // After it (the jitter included), everything, in order.
+    let wait = (until - chrono::Utc::now()).to_std().unwrap_or_default();
+    std::thread::sleep(wait + std::time::Duration::from_millis(50));
+    rt.block_on(live.deliver());
+    let descriptions: Vec<String> = loopback.statuses().into_iter().map(|s| s.description).collect();
+    assert_eq!(descriptions, ["deploying", "runs"]);
+    assert_eq!(loopback.requests().len(), 3);
+    assert_eq!(
+        Outbox::open(dir.path()).unwrap().limited_until(),
+        None,
+        "forgotten once it lifted"
+    );
+}

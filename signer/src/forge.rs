@@ -597,6 +597,10 @@ pub enum ForgeError {
     Unreachable { url: String, detail: String },
     #[error("the forge at {url} answered HTTP {code} (busy or failing); trying again later may help")]
     Busy { url: String, code: u16 },
+    /// The forge limits the rate of requests (HTTP 403 or 429 with its rate
+    /// limit's signs): nothing is wrong with the settings; wait until then.
+    #[error("the forge limits the rate of requests until {} (HTTP {code}); waiting", until.format("%H:%M:%S UTC"))]
+    RateLimited { until: DateTime<Utc>, code: u16 },
     #[error("the forge refused the token (HTTP {code}) for repository {repository}: check the token and its permission to read and write commit statuses")]
     Refused { code: u16, repository: String },
     #[error("repository {repository} or commit {commit} not found at {api_url} (HTTP 404): check the repository setting and the token's access to it")]
@@ -616,9 +620,21 @@ pub enum ForgeError {
 }
 
 impl ForgeError {
-    /// Whether trying again later may help (network trouble, 5xx, 429).
+    /// Whether trying again later may help (network trouble, 5xx, a rate
+    /// limit).
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Unreachable { .. } | Self::Busy { .. })
+        matches!(
+            self,
+            Self::Unreachable { .. } | Self::Busy { .. } | Self::RateLimited { .. }
+        )
+    }
+
+    /// Until when the forge asked to be left alone, for a rate limit.
+    pub fn rate_limited_until(&self) -> Option<DateTime<Utc>> {
+        match self {
+            Self::RateLimited { until, .. } => Some(*until),
+            _ => None,
+        }
     }
 }
 
@@ -636,6 +652,97 @@ pub struct ForgeClient {
     http: reqwest::blocking::Client,
     settings: ForgeSettings,
     token: Token,
+}
+
+/// How long a forge that says "rate limited" without saying until when is
+/// left alone: GitHub asks for at least a minute after a secondary limit.
+pub const RATE_LIMIT_DEFAULT_WAIT: Duration = Duration::from_secs(60);
+/// The longest wait taken from a forge's answer: every forge's window resets
+/// within an hour, and a bad header must not silence a host for days.
+pub const RATE_LIMIT_MAX_WAIT: Duration = Duration::from_secs(3600);
+/// How many bytes of an answer's body are read to recognise a rate limit.
+pub const RATE_LIMIT_BODY_BYTES: u64 = 64 << 10;
+
+/// The headers a rate limit is told by (lower-case names, as received).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LimitHeaders {
+    /// `retry-after`: seconds, or an HTTP date (every forge).
+    pub retry_after: Option<String>,
+    /// `x-ratelimit-remaining` (GitHub, Gitea) or `ratelimit-remaining` (GitLab).
+    pub remaining: Option<String>,
+    /// `x-ratelimit-reset` (GitHub: epoch seconds) or `ratelimit-reset`
+    /// (GitLab: epoch seconds).
+    pub reset: Option<String>,
+}
+
+impl LimitHeaders {
+    /// Reads the headers through `get` (a header's value by lower-case name).
+    pub fn read(get: impl Fn(&str) -> Option<String>) -> Self {
+        Self {
+            retry_after: get("retry-after"),
+            remaining: get("x-ratelimit-remaining").or_else(|| get("ratelimit-remaining")),
+            reset: get("x-ratelimit-reset").or_else(|| get("ratelimit-reset")),
+        }
+    }
+}
+
+/// Whether an answer says this token is rate-limited, and until when: the
+/// way each forge says it. A 429 from any forge; a 403 from GitHub that
+/// carries `retry-after`, `x-ratelimit-remaining: 0` or a "rate limit"
+/// message (its primary and secondary limits). Until: `retry-after`
+/// (seconds or a date), else the reset time, else
+/// [`RATE_LIMIT_DEFAULT_WAIT`]; never more than [`RATE_LIMIT_MAX_WAIT`]
+/// from `now`, never less than a second. A 403 without any of these is a
+/// token problem, and `None` here. Pure.
+pub fn rate_limit(
+    code: u16,
+    headers: &LimitHeaders,
+    body: &str,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let says_limited = || {
+        headers.retry_after.is_some()
+            || headers.remaining.as_deref().map(str::trim) == Some("0")
+            || body.to_ascii_lowercase().contains("rate limit")
+    };
+    if !(code == 429 || (code == 403 && says_limited())) {
+        return None;
+    }
+    let after_secs = |s: &str| {
+        s.trim()
+            .parse::<u64>()
+            .ok()
+            .map(|n| now + chrono::Duration::seconds(n.min(1 << 32) as i64))
+    };
+    let at_date = |s: &str| {
+        DateTime::parse_from_rfc2822(s.trim())
+            .ok()
+            .map(|d| d.with_timezone(&Utc))
+    };
+    let at_epoch = |s: &str| {
+        s.trim()
+            .parse::<i64>()
+            .ok()
+            .and_then(|n| DateTime::from_timestamp(n, 0))
+    };
+    let asked = headers
+        .retry_after
+        .as_deref()
+        .and_then(|s| after_secs(s).or_else(|| at_date(s)))
+        .or_else(|| headers.reset.as_deref().and_then(at_epoch));
+    let default = now + chrono::Duration::from_std(RATE_LIMIT_DEFAULT_WAIT).expect("a minute");
+    let max = now + chrono::Duration::from_std(RATE_LIMIT_MAX_WAIT).expect("an hour");
+    let min = now + chrono::Duration::seconds(1);
+    Some(asked.unwrap_or(default).clamp(min, max))
+}
+
+/// `until`, moved later by up to a tenth of the wait (at least a second, at
+/// most a minute) as `random` picks, so a fleet limited at once does not
+/// come back in step.
+pub fn with_jitter(until: DateTime<Utc>, now: DateTime<Utc>, random: u64) -> DateTime<Utc> {
+    let wait = (until - now).num_milliseconds().max(0) as u64;
+    let spread = (wait / 10).clamp(1_000, 60_000);
+    until + chrono::Duration::milliseconds((random % spread) as i64)
 }
 
 impl ForgeClient {
@@ -682,7 +789,7 @@ impl ForgeClient {
             }
             let response = builder.send().map_err(|e| self.unreachable(&e))?;
             requests += 1;
-            self.check(response.status().as_u16(), commit)?;
+            let response = self.answered(response, commit)?;
             let header = |name: &str| {
                 response
                     .headers()
@@ -728,27 +835,60 @@ impl ForgeClient {
             builder = builder.header(*name, value);
         }
         let response = builder.send().map_err(|e| self.unreachable(&e))?;
-        self.check(response.status().as_u16(), &status.commit)
+        self.answered(response, &status.commit).map(drop)
     }
 
-    fn check(&self, code: u16, commit: &CommitId) -> Result<(), ForgeError> {
-        match code {
-            200..=299 => Ok(()),
-            401 | 403 => Err(ForgeError::Refused {
+    /// `response` if it is a success; else what it means, a rate limit
+    /// told apart from a refused token by [`rate_limit`].
+    fn answered(
+        &self,
+        response: reqwest::blocking::Response,
+        commit: &CommitId,
+    ) -> Result<reqwest::blocking::Response, ForgeError> {
+        let code = response.status().as_u16();
+        if code == 403 || code == 429 {
+            let headers = LimitHeaders::read(|name| {
+                response
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            });
+            let mut body = Vec::new();
+            // A body that cannot be read says nothing: the headers decide.
+            let _ = response.take(RATE_LIMIT_BODY_BYTES).read_to_end(&mut body);
+            if let Some(until) = rate_limit(code, &headers, &String::from_utf8_lossy(&body), Utc::now()) {
+                return Err(ForgeError::RateLimited { until, code });
+            }
+            return Err(self
+                .failure(code, commit)
+                .unwrap_or(ForgeError::Rejected { code }));
+        }
+        match self.failure(code, commit) {
+            Some(e) => Err(e),
+            None => Ok(response),
+        }
+    }
+
+    /// What an answer with status `code` means, if not a success.
+    fn failure(&self, code: u16, commit: &CommitId) -> Option<ForgeError> {
+        Some(match code {
+            200..=299 => return None,
+            401 | 403 => ForgeError::Refused {
                 code,
                 repository: self.settings.repository.clone(),
-            }),
-            404 => Err(ForgeError::NotFound {
+            },
+            404 => ForgeError::NotFound {
                 repository: self.settings.repository.clone(),
                 commit: commit.to_string(),
                 api_url: self.settings.api_url.clone(),
-            }),
-            408 | 429 | 500..=599 => Err(ForgeError::Busy {
+            },
+            408 | 429 | 500..=599 => ForgeError::Busy {
                 url: self.settings.api_url.clone(),
                 code,
-            }),
-            _ => Err(ForgeError::Rejected { code }),
-        }
+            },
+            _ => ForgeError::Rejected { code },
+        })
     }
 
     fn unreachable(&self, e: &reqwest::Error) -> ForgeError {
@@ -1006,5 +1146,117 @@ mod tests {
         assert_eq!(next_page(ForgeKind::Gitlab, 2, 100, &gl("")), None);
         // A next page that does not follow is not believed.
         assert_eq!(next_page(ForgeKind::Gitlab, 2, 100, &gl("1")), None);
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn limit_headers(
+        retry_after: Option<&str>,
+        remaining: Option<&str>,
+        reset: Option<&str>,
+    ) -> LimitHeaders {
+        LimitHeaders {
+            retry_after: retry_after.map(str::to_owned),
+            remaining: remaining.map(str::to_owned),
+            reset: reset.map(str::to_owned),
+        }
+    }
+
+    /// Each forge's way of saying "rate limited", from their documentation.
+    #[test]
+    fn rate_limits_are_told_apart_from_refused_tokens() {
+        let now = at("2026-12-06T10:40:00Z");
+        let none = LimitHeaders::default();
+        // GitHub's secondary limit: 403, retry-after, its message.
+        let secondary = "{\"message\":\"You have exceeded a secondary rate limit. Please wait a few minutes before you try again.\",\"documentation_url\":\"https://docs.github.com/rest/overview/rate-limits-for-the-rest-api\"}";
+        assert_eq!(
+            rate_limit(403, &limit_headers(Some("20"), None, None), secondary, now),
+            Some(at("2026-12-06T10:40:20Z"))
+        );
+        // The same message without a header: at least a minute.
+        assert_eq!(
+            rate_limit(403, &none, secondary, now),
+            Some(at("2026-12-06T10:41:00Z"))
+        );
+        // GitHub's primary limit: 403 (or 429), remaining 0, reset in epoch seconds.
+        let reset = at("2026-12-06T10:42:00Z").timestamp().to_string();
+        assert_eq!(
+            rate_limit(403, &limit_headers(None, Some("0"), Some(&reset)), "{}", now),
+            Some(at("2026-12-06T10:42:00Z"))
+        );
+        // GitLab: 429 with Retry-After (and RateLimit-Reset); Gitea: a bare 429.
+        assert_eq!(
+            rate_limit(
+                429,
+                &limit_headers(Some("60"), Some("0"), Some(&reset)),
+                "Retry later",
+                now
+            ),
+            Some(at("2026-12-06T10:41:00Z")),
+            "retry-after wins"
+        );
+        assert_eq!(rate_limit(429, &none, "", now), Some(at("2026-12-06T10:41:00Z")));
+        // retry-after as an HTTP date.
+        assert_eq!(
+            rate_limit(
+                429,
+                &limit_headers(Some("Sun, 06 Dec 2026 10:45:00 GMT"), None, None),
+                "",
+                now
+            ),
+            Some(at("2026-12-06T10:45:00Z"))
+        );
+        // A 403 with none of the signs is the token's problem.
+        let refused = "{\"message\":\"Resource not accessible by integration\"}";
+        assert_eq!(rate_limit(403, &none, refused, now), None);
+        assert_eq!(
+            rate_limit(
+                403,
+                &limit_headers(None, Some("4999"), Some(&reset)),
+                refused,
+                now
+            ),
+            None
+        );
+        assert_eq!(
+            rate_limit(401, &limit_headers(Some("20"), None, None), secondary, now),
+            None
+        );
+        assert_eq!(
+            rate_limit(503, &limit_headers(Some("20"), None, None), "", now),
+            None
+        );
+        // Bounded: never past an hour, never in the past.
+        assert_eq!(
+            rate_limit(429, &limit_headers(Some("999999999"), None, None), "", now),
+            Some(at("2026-12-06T11:40:00Z"))
+        );
+        assert_eq!(
+            rate_limit(429, &limit_headers(None, None, Some("1")), "", now),
+            Some(at("2026-12-06T10:40:01Z"))
+        );
+    }
+
+    #[test]
+    fn jitter_spreads_a_fleet_over_a_tenth_of_the_wait() {
+        let now = at("2026-12-06T10:40:00Z");
+        let until = at("2026-12-06T10:50:00Z");
+        let spread: Vec<_> = (0..1000u64).map(|r| with_jitter(until, now, r * 7919)).collect();
+        assert!(spread
+            .iter()
+            .all(|t| *t >= until && *t < until + chrono::Duration::seconds(60)));
+        assert!(
+            spread.iter().collect::<std::collections::BTreeSet<_>>().len() > 500,
+            "spread, not in step"
+        );
+        // A short wait still gets a second of spread; a long one at most a minute.
+        let soon = at("2026-12-06T10:40:05Z");
+        assert!((0..100).all(|r| with_jitter(soon, now, r) < soon + chrono::Duration::seconds(1)));
+        let later = at("2026-12-06T11:40:00Z");
+        assert!(
+            (0..100).all(|r| with_jitter(later, now, r * 999_983) < later + chrono::Duration::seconds(60))
+        );
     }
 }

@@ -337,6 +337,54 @@ fn status_json_is_the_documented_interface() {
     );
 }
 
+/// A forge over its rate limit, worded as each forge words it: `wait` says
+/// so (never blaming the token), leaves the forge alone for as long as it
+/// asks, then goes on waiting; past its timeout it times out (exit 4), not
+/// "unreachable".
+#[test]
+fn wait_waits_out_a_rate_limit_the_way_each_forge_words_it() {
+    for kind in [Kind::Github, Kind::Gitlab, Kind::Gitea] {
+        let d = Deploy::new(&["web1".to_owned()], 'a');
+        let r = d.repo.to_str().unwrap();
+        let forge = Forge::start(kind);
+        forge.post(&d.tip(), "ferry/web1", "success", "web1 runs release 1");
+        forge.limit(2, 2);
+        let out = d.run(
+            &["wait", "--repo", r, "--interval", "100ms", "--timeout", "60s"],
+            &forge,
+        );
+        let text = assert_ok(&out);
+        assert!(
+            text.contains("limits the rate of requests until"),
+            "{kind:?}: {text}"
+        );
+        assert!(!text.to_lowercase().contains("token"), "{kind:?}: {text}");
+        let requests = forge.requests();
+        assert_eq!(requests.len(), 3, "{kind:?}: two limited, then one through");
+        for pair in requests.windows(2) {
+            let gap = pair[1].at - pair[0].at;
+            assert!(gap >= Duration::from_secs(2), "{kind:?}: came back after {gap:?}");
+        }
+
+        // Limited for longer than the wait may last.
+        forge.limit(1000, 3600);
+        let out = d.run(
+            &["wait", "--repo", r, "--interval", "100ms", "--timeout", "2s"],
+            &forge,
+        );
+        assert_eq!(code(&out), 4, "{kind:?}: {}", stdout(&out));
+        let text = stdout(&out);
+        assert!(
+            text.contains("timed out: the forge limits the rate of requests"),
+            "{kind:?}: {text}"
+        );
+        assert!(
+            !text.contains("unreachable") && !text.contains("token"),
+            "{kind:?}: {text}"
+        );
+    }
+}
+
 #[test]
 fn wait_exit_codes() {
     let hosts: Vec<String> = ["web1", "web2", "db1"].map(String::from).to_vec();

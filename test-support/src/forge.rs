@@ -48,6 +48,8 @@ pub struct Request {
     pub path: String,
     pub query: HashMap<String, String>,
     pub headers: HashMap<String, String>,
+    /// When it arrived.
+    pub at: std::time::Instant,
 }
 
 #[derive(Debug, Default)]
@@ -55,6 +57,9 @@ struct State {
     statuses: Vec<Stored>,
     requests: Vec<Request>,
     forced: Option<u16>,
+    /// How many more requests are answered as rate-limited, and the
+    /// `retry-after` seconds they ask for.
+    limited: Option<(usize, u64)>,
 }
 
 #[derive(Debug, Clone)]
@@ -119,6 +124,16 @@ impl Forge {
         self.state.lock().unwrap().forced = code;
     }
 
+    /// Answers the next `requests` requests the way this forge answers a
+    /// client over its rate limit, asking it to retry after `secs` seconds:
+    /// GitHub a 403 with its secondary-limit message and `retry-after`
+    /// (and `x-ratelimit-*` headers), GitLab a 429 with `Retry-After` and
+    /// `RateLimit-*` headers and its plain-text body, Gitea/Forgejo (behind
+    /// a limiting proxy) a 429 with `Retry-After`.
+    pub fn limit(&self, requests: usize, secs: u64) {
+        self.state.lock().unwrap().limited = Some((requests, secs));
+    }
+
     pub fn requests(&self) -> Vec<Request> {
         self.state.lock().unwrap().requests.clone()
     }
@@ -160,6 +175,7 @@ fn serve(kind: Kind, stream: TcpStream, state: &Mutex<State>) {
         path,
         query,
         headers,
+        at: std::time::Instant::now(),
     };
     state.lock().unwrap().requests.push(request.clone());
     let (code, extra, body) = answer(kind, &request, &body, state);
@@ -188,6 +204,9 @@ type Answer = (u16, Vec<(String, String)>, String);
 fn answer(kind: Kind, r: &Request, body: &[u8], state: &Mutex<State>) -> Answer {
     if let Some(code) = state.lock().unwrap().forced {
         return (code, vec![], r#"{"message":"forced"}"#.into());
+    }
+    if let Some(secs) = take_limit(state) {
+        return limited(kind, secs);
     }
     let authorized = match kind {
         Kind::Github => r.headers.get("authorization") == Some(&format!("Bearer {TOKEN}")),
@@ -228,6 +247,43 @@ fn answer(kind: Kind, r: &Request, body: &[u8], state: &Mutex<State>) -> Answer 
             (201, vec![], "{}".into())
         }
         _ => (404, vec![], r#"{"message":"Not Found"}"#.into()),
+    }
+}
+
+/// The `retry-after` of a request answered as rate-limited, if this one is.
+fn take_limit(state: &Mutex<State>) -> Option<u64> {
+    let mut s = state.lock().unwrap();
+    let (left, secs) = s.limited?;
+    s.limited = (left > 1).then_some((left - 1, secs));
+    Some(secs)
+}
+
+/// A rate-limited answer, as each forge words it.
+fn limited(kind: Kind, secs: u64) -> Answer {
+    let reset = (chrono::Utc::now().timestamp() + secs as i64).to_string();
+    let h = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+    match kind {
+        Kind::Github => (
+            403,
+            vec![
+                h("retry-after", &secs.to_string()),
+                h("x-ratelimit-limit", "5000"),
+                h("x-ratelimit-remaining", "4990"),
+                h("x-ratelimit-reset", &reset),
+            ],
+            r#"{"message":"You have exceeded a secondary rate limit. Please wait a few minutes before you try again. If you reach out to GitHub Support for help, please include the request ID.","documentation_url":"https://docs.github.com/rest/overview/rate-limits-for-the-rest-api"}"#.into(),
+        ),
+        Kind::Gitlab => (
+            429,
+            vec![
+                h("Retry-After", &secs.to_string()),
+                h("RateLimit-Limit", "2000"),
+                h("RateLimit-Remaining", "0"),
+                h("RateLimit-Reset", &reset),
+            ],
+            "Retry later".into(),
+        ),
+        Kind::Gitea => (429, vec![h("Retry-After", &secs.to_string())], "".into()),
     }
 }
 

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use ferry_signer::forge::with_jitter;
 use ferry_signer::{Action, AllowedSigners, CommitId, StorePath, VerifiedTip, VerifyError};
 use git2::Oid;
 use tracing::{error, info, warn};
@@ -71,10 +72,7 @@ pub fn ports(config: &Config) -> anyhow::Result<Ports> {
             agent_exe: std::env::current_exe().context("cannot find this agent's executable")?,
         }),
         statuses: match &config.report.forge {
-            Some(target) => Box::new(ForgeSink {
-                outbox,
-                forge: ForgeClient::new(target),
-            }),
+            Some(target) => Box::new(ForgeSink::new(outbox, ForgeClient::new(target))),
             None => Box::new(NoForge(outbox)),
         },
         reboot: Box::new(SystemdReboot {
@@ -417,10 +415,38 @@ impl StatusSink for NoForge {
     }
 }
 
-/// The durable outbox, drained to the forge.
-struct ForgeSink {
+/// The durable outbox, drained to the forge in order, leaving the forge
+/// alone while it rate-limits the agent.
+#[derive(Debug)]
+pub struct ForgeSink {
     outbox: Outbox,
     forge: ForgeClient,
+    /// Until when the forge asked to be left alone (a rate limit, with
+    /// jitter), as the outbox remembers it across restarts.
+    limited_until: Option<DateTime<Utc>>,
+}
+
+impl ForgeSink {
+    /// The sink for `outbox`, delivering through `forge`; a rate limit the
+    /// outbox remembers (from before a restart) still holds.
+    pub fn new(outbox: Outbox, forge: ForgeClient) -> Self {
+        Self {
+            limited_until: outbox.limited_until(),
+            outbox,
+            forge,
+        }
+    }
+
+    /// Remembers the rate limit (or that there is none any more).
+    fn limit(&mut self, until: Option<DateTime<Utc>>) {
+        if self.limited_until == until {
+            return;
+        }
+        self.limited_until = until;
+        if let Err(e) = self.outbox.set_limited_until(until) {
+            warn!("cannot remember the forge's rate limit: {e}");
+        }
+    }
 }
 
 impl StatusSink for ForgeSink {
@@ -434,6 +460,12 @@ impl StatusSink for ForgeSink {
 
     fn deliver(&mut self) -> Pending<'_, ()> {
         Box::pin(async move {
+            let now = Utc::now();
+            // Left alone until then: one request after it, then as the
+            // forge answers.
+            if self.limited_until.is_some_and(|until| now < until) {
+                return;
+            }
             match outbox::drain(&self.outbox, &self.forge).await {
                 Ok(d) => {
                     if d.delivered > 0 || d.dropped > 0 {
@@ -444,11 +476,25 @@ impl StatusSink for ForgeSink {
                         );
                     }
                     match d.stopped {
-                        Some(Delivery::Retry(why)) => warn!("commit statuses wait in the outbox: {why}"),
+                        Some(Delivery::RateLimited { until }) => {
+                            use rand_core::RngCore;
+                            let until = with_jitter(until, now, rand_core::OsRng.next_u64());
+                            let waiting = self.outbox.len().unwrap_or_default();
+                            warn!(
+                                "the forge limits the rate of requests until {}: {waiting} commit statuses wait in the outbox",
+                                until.format("%H:%M:%S UTC")
+                            );
+                            self.limit(Some(until));
+                        }
+                        Some(Delivery::Retry(why)) => {
+                            self.limit(None);
+                            warn!("commit statuses wait in the outbox: {why}")
+                        }
                         Some(Delivery::Misconfigured(why)) => {
+                            self.limit(None);
                             error!("commit statuses wait in the outbox: {why}")
                         }
-                        _ => {}
+                        Some(Delivery::Delivered | Delivery::Rejected(_)) | None => self.limit(None),
                     }
                 }
                 Err(e) => error!("cannot read the status outbox: {e}"),

@@ -24,6 +24,8 @@ pub struct StatusReport {
     pub profile: Option<StorePath>,
     pub state: State,
     pub outbox_pending: usize,
+    /// Until when the forge rate-limits this agent's statuses, if it does now.
+    pub rate_limited_until: Option<DateTime<Utc>>,
     pub drift: Option<String>,
     pub next_poll: Option<DateTime<Utc>>,
 }
@@ -32,7 +34,9 @@ pub struct StatusReport {
 pub fn gather(config: &Config) -> anyhow::Result<StatusReport> {
     let state = StateDir::open(&config.state_dir)?.load()?;
     // Statuses still recorded in state.json (the disk was full) wait too.
-    let outbox_pending = Outbox::open(&config.state_dir)?.len()? + state.unsent.len();
+    let outbox = Outbox::open(&config.state_dir)?;
+    let outbox_pending = outbox.len()? + state.unsent.len();
+    let rate_limited_until = outbox.limited_until().filter(|until| *until > Utc::now());
     let running = nix::resolve_system(Path::new(nix::CURRENT_SYSTEM));
     let profile = nix::resolve_system(&config.switch.profile);
     let next_poll = std::fs::read_to_string(config.state_dir.join(NEXT_POLL_FILE))
@@ -46,6 +50,7 @@ pub fn gather(config: &Config) -> anyhow::Result<StatusReport> {
         profile,
         state,
         outbox_pending,
+        rate_limited_until,
         drift,
         next_poll,
     })
@@ -91,7 +96,15 @@ impl StatusReport {
                 ),
             );
         }
-        line(&mut out, "statuses queued", self.outbox_pending.to_string());
+        let queued = match self.rate_limited_until {
+            Some(until) if self.outbox_pending > 0 => format!(
+                "{}: the forge limits the rate of requests until {}",
+                self.outbox_pending,
+                until.format("%H:%M UTC")
+            ),
+            _ => self.outbox_pending.to_string(),
+        };
+        line(&mut out, "statuses queued", queued);
         line(
             &mut out,
             "drift",
@@ -124,8 +137,48 @@ impl StatusReport {
                 "toplevel": f.target.toplevel.to_string(), "action": f.action.as_str(), "phase": f.phase.name(),
             })),
             "statuses_queued": self.outbox_pending,
+            "forge_rate_limited_until": self.rate_limited_until.map(|t| t.to_rfc3339()),
             "drift": self.drift,
             "next_poll": self.next_poll.map(|t| t.to_rfc3339()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(queued: usize, limited: Option<&str>) -> StatusReport {
+        StatusReport {
+            host: "web1".into(),
+            running: None,
+            profile: None,
+            state: State::default(),
+            outbox_pending: queued,
+            rate_limited_until: limited.map(|t| DateTime::parse_from_rfc3339(t).unwrap().with_timezone(&Utc)),
+            drift: None,
+            next_poll: None,
+        }
+    }
+
+    #[test]
+    fn queued_statuses_say_until_when_the_forge_rate_limits_them() {
+        let limited = report(4, Some("2026-12-06T10:42:07Z"));
+        assert!(
+            limited
+                .to_text()
+                .contains("statuses queued 4: the forge limits the rate of requests until 10:42 UTC"),
+            "{}",
+            limited.to_text()
+        );
+        assert_eq!(
+            limited.to_json()["forge_rate_limited_until"],
+            "2026-12-06T10:42:07+00:00"
+        );
+        assert!(report(4, None).to_text().contains("statuses queued 4\n"));
+        assert!(report(0, Some("2026-12-06T10:42:07Z"))
+            .to_text()
+            .contains("statuses queued 0\n"));
+        assert!(report(4, None).to_json()["forge_rate_limited_until"].is_null());
     }
 }

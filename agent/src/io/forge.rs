@@ -10,10 +10,15 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ferry_signer::forge::{status_request, without_url, ForgeError, ForgeSettings, Token};
+use chrono::{DateTime, Utc};
+use ferry_signer::forge::{
+    rate_limit, status_request, without_url, ForgeError, ForgeSettings, LimitHeaders, Token,
+    RATE_LIMIT_BODY_BYTES,
+};
 use ferry_signer::HostName;
 
 use crate::config::value::{absolute, Invalid};
+use crate::io::body::read_bounded;
 
 /// The forge's answer to one status, classified.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +28,11 @@ pub enum Delivery {
     Retry(String),
     /// Credentials or repository wrong: keep it, tell the operator.
     Misconfigured(String),
+    /// The forge limits the rate of requests (its own way of saying so, see
+    /// `ferry_signer::forge::rate_limit`): keep it, send nothing until then.
+    RateLimited {
+        until: DateTime<Utc>,
+    },
     /// The forge will never accept this status: drop it.
     Rejected(String),
 }
@@ -81,6 +91,19 @@ impl ForgeClient {
             Err(e) => return Delivery::Retry(format!("cannot reach {}: {}", self.api_url, without_url(&e))),
         };
         let code = response.status().as_u16();
+        if code == 403 || code == 429 {
+            let headers = LimitHeaders::read(|name| {
+                response
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            });
+            let body = read_bounded(response, RATE_LIMIT_BODY_BYTES as usize).await;
+            if let Some(until) = rate_limit(code, &headers, &String::from_utf8_lossy(&body), Utc::now()) {
+                return Delivery::RateLimited { until };
+            }
+        }
         let token_file = self.token_file.display();
         match code {
             200..=299 => Delivery::Delivered,

@@ -12,8 +12,9 @@
 //! - [`systemd`]: D-Bus, the switch unit, and health after a switch.
 //! - [`forge`]: the `[report]` section, status requests and their delivery.
 //! - [`durable`]: atomic file replacement; [`http_line`]: the request line
-//!   of the agent's two loopback servers.
+//!   of the agent's two loopback servers; [`body`]: bounded reads of answers.
 
+pub mod body;
 pub mod cache;
 pub mod durable;
 pub mod forge;

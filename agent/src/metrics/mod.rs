@@ -124,6 +124,8 @@ pub struct Snapshot {
     pub drift: bool,
     /// Commit statuses waiting to be delivered to the forge.
     pub statuses_queued: usize,
+    /// Until when the forge rate-limits the agent's statuses, while it does.
+    pub rate_limited_until: Option<DateTime<Utc>>,
     /// When a poll last completed without a transient failure.
     pub last_poll_success: Option<DateTime<Utc>>,
     /// The newest release this agent verified.
@@ -286,6 +288,7 @@ pub const FAMILIES: &[FamilyInfo] = &[
     gauge("ferry_reboot_required", "1 when the last release deployed needs a reboot to be fully active (new kernel or initrd, or a boot release) and the host has not booted into it."),
     gauge("ferry_drift", "1 when the running system or the system profile differs from what Ferry deployed."),
     gauge("ferry_statuses_queued", "Commit statuses waiting to be delivered to the forge."),
+    gauge("ferry_forge_rate_limited_until_timestamp_seconds", "Until when the forge rate-limits the agent's commit statuses (absent when it does not)."),
     gauge("ferry_last_poll_success_timestamp_seconds", "When a poll of the deploy branch last completed without a transient failure."),
     gauge("ferry_newest_release_serial", "Serial of the newest release this agent verified."),
     gauge("ferry_newest_release_expiry_timestamp_seconds", "When the newest verified release expires (absent when it does not)."),
@@ -342,6 +345,13 @@ pub fn render(s: &Snapshot) -> String {
     family(&mut out, "ferry_reboot_required").sample("ferry_reboot_required", &[], flag(s.reboot_required));
     family(&mut out, "ferry_drift").sample("ferry_drift", &[], flag(s.drift));
     family(&mut out, "ferry_statuses_queued").sample("ferry_statuses_queued", &[], s.statuses_queued as f64);
+    if let Some(t) = s.rate_limited_until {
+        family(&mut out, "ferry_forge_rate_limited_until_timestamp_seconds").sample(
+            "ferry_forge_rate_limited_until_timestamp_seconds",
+            &[],
+            seconds(t),
+        );
+    }
     if let Some(t) = s.last_poll_success {
         family(&mut out, "ferry_last_poll_success_timestamp_seconds").sample(
             "ferry_last_poll_success_timestamp_seconds",
@@ -645,7 +655,9 @@ impl Metrics {
         self.tally = Some(tally.clone());
         saved.map_err(|e| anyhow::anyhow!("cannot write {}: {e}", Tally::path(dir).display()))?;
 
-        let queued = Outbox::open(dir)?.len()? + state.unsent.len();
+        let outbox = Outbox::open(dir)?;
+        let queued = outbox.len()? + state.unsent.len();
+        let rate_limited_until = outbox.limited_until().filter(|until| *until > now);
         let Systems { running, profile } = systems;
         let booted = nix::resolve_system(&self.booted_system);
         let snapshot = Snapshot {
@@ -664,6 +676,7 @@ impl Metrics {
             reboot_required: reboot_required(&state, booted.as_ref()),
             drift: crate::policy::drift::drift(&state, running.as_ref(), profile.as_ref()).is_some(),
             statuses_queued: queued,
+            rate_limited_until,
             last_poll_success: tally.last_poll_success,
             newest_release: tally.newest_release.clone(),
             now,

@@ -46,6 +46,7 @@ fn full() -> Snapshot {
         reboot_required: true,
         drift: false,
         statuses_queued: 2,
+        rate_limited_until: None,
         last_poll_success: Some(at("2026-12-01T10:01:00Z")),
         newest_release: Some(NewestRelease {
             serial: 42,
@@ -145,6 +146,7 @@ fn a_fresh_host_says_only_what_it_knows() {
         deploys: Counts::default(),
         reboot_required: false,
         statuses_queued: 0,
+        rate_limited_until: None,
         last_poll_success: None,
         newest_release: None,
         ..full()

@@ -7,11 +7,15 @@
 
 use std::path::{Path, PathBuf};
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::io::durable::atomic_write;
 use crate::io::forge::{CommitStatus, Delivery, ForgeClient, StatusState};
 use crate::state::StateError;
+
+/// The file, beside the outbox, that remembers a rate limit.
+const RATE_LIMIT_FILE: &str = "forge-rate-limit";
 
 /// Oldest statuses are dropped beyond this many waiting (with a log line).
 pub const MAX_OUTBOX_ENTRIES: usize = 1000;
@@ -52,6 +56,36 @@ impl Outbox {
             source,
         })?;
         Ok(Self { dir })
+    }
+
+    /// Where the forge's rate limit is remembered: `<state_dir>/forge-rate-limit`,
+    /// one RFC 3339 time, so a restarted agent leaves the forge alone too.
+    fn limit_file(&self) -> PathBuf {
+        self.dir.with_file_name(RATE_LIMIT_FILE)
+    }
+
+    /// Until when the forge asked to be left alone (a rate limit), as last
+    /// recorded; `None` when it did not (or the file cannot be read: the
+    /// next delivery finds out again).
+    pub fn limited_until(&self) -> Option<DateTime<Utc>> {
+        let text = std::fs::read_to_string(self.limit_file()).ok()?;
+        DateTime::parse_from_rfc3339(text.trim())
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    }
+
+    /// Records (or, with `None`, forgets) until when the forge asked to be
+    /// left alone.
+    pub fn set_limited_until(&self, until: Option<DateTime<Utc>>) -> Result<(), StateError> {
+        let path = self.limit_file();
+        let result = match until {
+            Some(t) => atomic_write(&path, t.to_rfc3339().as_bytes()),
+            None => match std::fs::remove_file(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            },
+        };
+        result.map_err(|source| StateError::Write { path, source })
     }
 
     fn entries(&self) -> Result<Vec<(u64, PathBuf)>, StateError> {

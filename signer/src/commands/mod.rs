@@ -299,3 +299,12 @@ impl ForgeArgs {
         Ok(ForgeClient::new(settings, token)?)
     }
 }
+
+/// How long to leave a forge alone that rate-limits us until `until`: what
+/// it asked, with jitter so that many runs do not come back in step.
+pub fn rate_limit_pause(until: chrono::DateTime<chrono::Utc>) -> std::time::Duration {
+    use rand_core::RngCore;
+    let now = chrono::Utc::now();
+    let until = ferry_signer::forge::with_jitter(until, now, rand_core::OsRng.next_u64());
+    (until - now).to_std().unwrap_or_default()
+}

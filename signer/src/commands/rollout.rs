@@ -107,6 +107,14 @@ pub fn run(args: Args) -> Result<Outcome> {
             None => HashMap::new(),
             Some(oid) => match rollout.outcomes(&oid.to_string().parse()?, &target) {
                 Ok(o) => o,
+                // Asked to wait: the forge is there, so this is no outage;
+                // the waves' own timeouts still apply once it answers.
+                Err(e) if e.rate_limited_until().is_some() => {
+                    println!("{e}");
+                    let until = e.rate_limited_until().unwrap_or_else(Utc::now);
+                    std::thread::sleep(super::rate_limit_pause(until).max(interval));
+                    continue;
+                }
                 Err(e) if e.is_transient() => {
                     if rollout.unreachable_for() > waves.iter().map(|w| w.timeout).max().unwrap_or_default() {
                         println!("stopped: the forge stayed unreachable: {e}");
@@ -216,7 +224,9 @@ impl Rollout<'_> {
                 s
             }
             Err(e) => {
-                self.unreachable_since.get_or_insert_with(Instant::now);
+                if e.rate_limited_until().is_none() {
+                    self.unreachable_since.get_or_insert_with(Instant::now);
+                }
                 return Err(e);
             }
         };

@@ -73,6 +73,7 @@ pub fn wait_until(
     waiter: &mut Waiter,
 ) -> Result<Outcome> {
     loop {
+        let mut pause = Duration::ZERO;
         match target.read(client) {
             Ok((hosts, _)) => {
                 let progress = judge(&hosts, max_failures);
@@ -113,8 +114,16 @@ pub fn wait_until(
                 waiter.unreachable(&e);
                 if Instant::now() >= deadline {
                     waiter.finish();
+                    if e.rate_limited_until().is_some() {
+                        // Reachable, and asked to wait: a timeout, not an outage.
+                        println!("timed out: {e}");
+                        return Ok(Outcome::TimedOut);
+                    }
                     println!("timed out: the forge is unreachable: {e}");
                     return Ok(Outcome::Unreachable);
+                }
+                if let Some(until) = e.rate_limited_until() {
+                    pause = super::rate_limit_pause(until);
                 }
             }
             Err(e) => {
@@ -123,7 +132,7 @@ pub fn wait_until(
             }
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        std::thread::sleep(interval.min(left).max(Duration::from_millis(50)));
+        std::thread::sleep(interval.max(pause).min(left).max(Duration::from_millis(50)));
     }
 }
 
@@ -235,7 +244,11 @@ impl Waiter {
     pub fn unreachable(&mut self, e: &ForgeError) {
         let text = e.to_string();
         if self.unreachable.as_deref() != Some(&text) {
-            self.line(&format!("{text}; trying again"));
+            match e {
+                // Says itself that it waits, and until when.
+                ForgeError::RateLimited { .. } => self.line(&text),
+                _ => self.line(&format!("{text}; trying again")),
+            }
             self.unreachable = Some(text);
         }
     }

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use std::path::PathBuf;
 
 use crate::config::value::Invalid;
+use crate::io::body::read_bounded;
 use crate::io::cache::credentials::{CacheCredentials, CredentialError, Loaded};
 use crate::io::cache::narinfo::{CachePublicKey, NarInfo, NarInfoError, TrustError, MAX_NARINFO_BYTES};
 use crate::io::cache::s3::{S3Cache, S3ErrorBody};
@@ -644,19 +645,6 @@ impl Inner {
             credentials.map(|c| c.source.as_str()),
         )
     }
-}
-
-/// Reads up to `limit` bytes of a response body (what is there; errors end it).
-async fn read_bounded(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
-    let mut body = Vec::new();
-    while let Ok(Some(chunk)) = response.chunk().await {
-        body.extend_from_slice(&chunk);
-        if body.len() >= limit {
-            body.truncate(limit);
-            break;
-        }
-    }
-    body
 }
 
 /// What an S3 error answer means: `None` for a missing object, else an
