@@ -46,7 +46,7 @@ fn full() -> Snapshot {
         reboot_required: true,
         drift: false,
         statuses_queued: 2,
-        rate_limited_until: None,
+        rate_limited_until: Some(at("2026-12-30T23:10:00Z")),
         last_poll_success: Some(at("2026-12-01T10:01:00Z")),
         newest_release: Some(NewestRelease {
             serial: 42,
@@ -99,6 +99,9 @@ ferry_drift 0
 # HELP ferry_statuses_queued Commit statuses waiting to be delivered to the forge.
 # TYPE ferry_statuses_queued gauge
 ferry_statuses_queued 2
+# HELP ferry_forge_rate_limited_until_timestamp_seconds Until when the forge rate-limits the agent's commit statuses (absent when it does not).
+# TYPE ferry_forge_rate_limited_until_timestamp_seconds gauge
+ferry_forge_rate_limited_until_timestamp_seconds 1798672200
 # HELP ferry_last_poll_success_timestamp_seconds When a poll of the deploy branch last completed without a transient failure.
 # TYPE ferry_last_poll_success_timestamp_seconds gauge
 ferry_last_poll_success_timestamp_seconds 1796119260
