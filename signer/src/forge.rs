@@ -652,6 +652,26 @@ pub struct ForgeClient {
     http: reqwest::blocking::Client,
     settings: ForgeSettings,
     token: Token,
+    /// The pages of the commit last read that came with an `ETag`, asked for
+    /// again with `If-None-Match`: an unchanged page is a 304, which GitHub
+    /// does not count against the rate limit. Only one commit's pages are
+    /// kept.
+    pages: std::sync::Mutex<PageCache>,
+}
+
+/// Pages by number, of one commit.
+#[derive(Debug, Default)]
+struct PageCache {
+    commit: Option<CommitId>,
+    pages: HashMap<u32, CachedPage>,
+}
+
+/// A page as last read: its `ETag`, its statuses and its pagination headers.
+#[derive(Debug, Clone)]
+struct CachedPage {
+    etag: String,
+    statuses: Vec<ReportedStatus>,
+    headers: PageHeaders,
 }
 
 /// How long a forge that says "rate limited" without saying until when is
@@ -766,6 +786,7 @@ impl ForgeClient {
             http,
             settings,
             token,
+            pages: Default::default(),
         })
     }
 
@@ -773,8 +794,17 @@ impl ForgeClient {
         &self.settings
     }
 
-    /// The newest status per context on `commit`, every page read.
+    /// The newest status per context on `commit`, every page read (a page
+    /// read before and unchanged since comes back as a 304, and is taken
+    /// from the last answer).
     pub fn statuses(&self, commit: &CommitId) -> Result<CommitStatuses, ForgeError> {
+        let mut cache = self.pages.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.commit.as_ref() != Some(commit) {
+            *cache = PageCache {
+                commit: Some(commit.clone()),
+                pages: HashMap::new(),
+            };
+        }
         let mut all = Vec::new();
         let mut page = 1;
         let mut requests = 0;
@@ -787,9 +817,27 @@ impl ForgeClient {
             for (name, value) in self.settings.auth_headers(&self.token) {
                 builder = builder.header(name, value);
             }
+            let cached = cache.pages.get(&page).cloned();
+            if let Some(c) = &cached {
+                builder = builder.header("if-none-match", &c.etag);
+            }
             let response = builder.send().map_err(|e| self.unreachable(&e))?;
             requests += 1;
+            if let (304, Some(c)) = (response.status().as_u16(), cached) {
+                let next = next_page(self.settings.kind, page, c.statuses.len(), &c.headers);
+                all.extend(c.statuses);
+                match next {
+                    Some(n) => page = n,
+                    None => break,
+                }
+                continue;
+            }
             let response = self.answered(response, commit)?;
+            let etag = response
+                .headers()
+                .get("etag")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
             let header = |name: &str| {
                 response
                     .headers()
@@ -815,6 +863,19 @@ impl ForgeClient {
             }
             let statuses = parse_page(self.settings.kind, &body)?;
             let next = next_page(self.settings.kind, page, statuses.len(), &headers);
+            match etag {
+                Some(etag) => {
+                    let page_read = CachedPage {
+                        etag,
+                        statuses: statuses.clone(),
+                        headers,
+                    };
+                    cache.pages.insert(page, page_read);
+                }
+                None => {
+                    cache.pages.remove(&page);
+                }
+            }
             all.extend(statuses);
             match next {
                 Some(n) => page = n,

@@ -385,6 +385,43 @@ fn wait_waits_out_a_rate_limit_the_way_each_forge_words_it() {
     }
 }
 
+/// `wait` asks GitHub again with `If-None-Match`: unchanged pages come back
+/// 304 (not counted against the rate limit) and are taken from the last
+/// answer, changed ones are read anew, so the counts stay right across
+/// pages.
+#[test]
+fn wait_reads_unchanged_pages_as_not_modified() {
+    let hosts = names("h", 230);
+    let d = Deploy::new(&hosts, 'a');
+    let r = d.repo.to_str().unwrap();
+    let forge = Forge::start(Kind::Github);
+    let sha = d.tip();
+    for h in &hosts[..229] {
+        forge.post(&sha, &format!("ferry/{h}"), "success", "runs release 1");
+    }
+    let reporter = {
+        let (forge, sha, last) = (forge.clone(), sha.clone(), hosts[229].clone());
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1500));
+            forge.post(&sha, &format!("ferry/{last}"), "success", "runs release 1");
+        })
+    };
+    let out = d.run(
+        &["wait", "--repo", r, "--interval", "100ms", "--timeout", "30s"],
+        &forge,
+    );
+    reporter.join().unwrap();
+    let text = assert_ok(&out);
+    assert!(text.contains("230 hosts: 230 success"), "{text}");
+    let reads = forge.requests().iter().filter(|q| q.method == "GET").count();
+    assert!(reads >= 9, "three pages a poll, several polls: {reads}");
+    assert!(
+        forge.not_modified() >= reads / 2,
+        "{} of {reads} reads not modified",
+        forge.not_modified()
+    );
+}
+
 #[test]
 fn wait_exit_codes() {
     let hosts: Vec<String> = ["web1", "web2", "db1"].map(String::from).to_vec();

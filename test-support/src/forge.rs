@@ -60,6 +60,9 @@ struct State {
     /// How many more requests are answered as rate-limited, and the
     /// `retry-after` seconds they ask for.
     limited: Option<(usize, u64)>,
+    /// GitHub reads answered 304 Not Modified (an `If-None-Match` naming the
+    /// page's `ETag`), which GitHub does not count against the rate limit.
+    not_modified: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -134,6 +137,11 @@ impl Forge {
         self.state.lock().unwrap().limited = Some((requests, secs));
     }
 
+    /// How many reads were answered 304 Not Modified.
+    pub fn not_modified(&self) -> usize {
+        self.state.lock().unwrap().not_modified
+    }
+
     pub fn requests(&self) -> Vec<Request> {
         self.state.lock().unwrap().requests.clone()
     }
@@ -178,7 +186,17 @@ fn serve(kind: Kind, stream: TcpStream, state: &Mutex<State>) {
         at: std::time::Instant::now(),
     };
     state.lock().unwrap().requests.push(request.clone());
-    let (code, extra, body) = answer(kind, &request, &body, state);
+    let (mut code, mut extra, mut body) = answer(kind, &request, &body, state);
+    // GitHub tags every read with an ETag and answers an unchanged one 304.
+    if kind == Kind::Github && request.method == "GET" && code == 200 {
+        use sha2::Digest;
+        let etag = format!("\"{:x}\"", sha2::Sha256::digest(body.as_bytes()));
+        if request.headers.get("if-none-match") == Some(&etag) {
+            state.lock().unwrap().not_modified += 1;
+            (code, body) = (304, String::new());
+        }
+        extra.push(("ETag".to_owned(), etag));
+    }
     let mut out = stream;
     let mut head = format!(
         "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
