@@ -696,14 +696,20 @@ pub struct LimitHeaders {
 }
 
 impl LimitHeaders {
-    /// Reads the headers through `get` (a header's value by lower-case name).
-    pub fn read(get: impl Fn(&str) -> Option<String>) -> Self {
+    /// Reads them from an answer's headers.
+    pub fn from_map(headers: &reqwest::header::HeaderMap) -> Self {
+        let get = |name: &str| header_value(headers, name);
         Self {
             retry_after: get("retry-after"),
             remaining: get("x-ratelimit-remaining").or_else(|| get("ratelimit-remaining")),
             reset: get("x-ratelimit-reset").or_else(|| get("ratelimit-reset")),
         }
     }
+}
+
+/// The value of header `name`, when it is text.
+pub fn header_value(headers: &reqwest::header::HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
 
 /// Whether an answer says this token is rate-limited, and until when: the
@@ -823,59 +829,11 @@ impl ForgeClient {
             }
             let response = builder.send().map_err(|e| self.unreachable(&e))?;
             requests += 1;
-            if let (304, Some(c)) = (response.status().as_u16(), cached) {
-                let next = next_page(self.settings.kind, page, c.statuses.len(), &c.headers);
-                all.extend(c.statuses);
-                match next {
-                    Some(n) => page = n,
-                    None => break,
-                }
-                continue;
-            }
-            let response = self.answered(response, commit)?;
-            let etag = response
-                .headers()
-                .get("etag")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let header = |name: &str| {
-                response
-                    .headers()
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
+            let (statuses, headers) = match (response.status().as_u16(), cached) {
+                (304, Some(c)) => (c.statuses, c.headers),
+                _ => self.read_page(response, commit, page, &mut cache)?,
             };
-            let headers = PageHeaders {
-                link: header("link"),
-                total_count: header("x-total-count"),
-                next_page: header("x-next-page"),
-            };
-            let mut body = Vec::new();
-            response
-                .take(MAX_PAGE_BYTES + 1)
-                .read_to_end(&mut body)
-                .map_err(|e| ForgeError::Unreachable {
-                    url: self.settings.api_url.clone(),
-                    detail: e.to_string(),
-                })?;
-            if body.len() as u64 > MAX_PAGE_BYTES {
-                return Err(ForgeError::TooLarge);
-            }
-            let statuses = parse_page(self.settings.kind, &body)?;
             let next = next_page(self.settings.kind, page, statuses.len(), &headers);
-            match etag {
-                Some(etag) => {
-                    let page_read = CachedPage {
-                        etag,
-                        statuses: statuses.clone(),
-                        headers,
-                    };
-                    cache.pages.insert(page, page_read);
-                }
-                None => {
-                    cache.pages.remove(&page);
-                }
-            }
             all.extend(statuses);
             match next {
                 Some(n) => page = n,
@@ -886,6 +844,51 @@ impl ForgeClient {
             by_context: latest_per_context(all),
             requests,
         })
+    }
+
+    /// Page `page` of `commit`'s statuses from `response`, bounded and
+    /// parsed; kept in `cache` when the forge tagged it with an `ETag`.
+    fn read_page(
+        &self,
+        response: reqwest::blocking::Response,
+        commit: &CommitId,
+        page: u32,
+        cache: &mut PageCache,
+    ) -> Result<(Vec<ReportedStatus>, PageHeaders), ForgeError> {
+        let response = self.answered(response, commit)?;
+        let header = |name: &str| header_value(response.headers(), name);
+        let etag = header("etag");
+        let headers = PageHeaders {
+            link: header("link"),
+            total_count: header("x-total-count"),
+            next_page: header("x-next-page"),
+        };
+        let mut body = Vec::new();
+        response
+            .take(MAX_PAGE_BYTES + 1)
+            .read_to_end(&mut body)
+            .map_err(|e| ForgeError::Unreachable {
+                url: self.settings.api_url.clone(),
+                detail: e.to_string(),
+            })?;
+        if body.len() as u64 > MAX_PAGE_BYTES {
+            return Err(ForgeError::TooLarge);
+        }
+        let statuses = parse_page(self.settings.kind, &body)?;
+        match etag {
+            Some(etag) => {
+                let read = CachedPage {
+                    etag,
+                    statuses: statuses.clone(),
+                    headers: headers.clone(),
+                };
+                cache.pages.insert(page, read);
+            }
+            None => {
+                cache.pages.remove(&page);
+            }
+        }
+        Ok((statuses, headers))
     }
 
     /// Posts one status.
@@ -908,13 +911,7 @@ impl ForgeClient {
     ) -> Result<reqwest::blocking::Response, ForgeError> {
         let code = response.status().as_u16();
         if code == 403 || code == 429 {
-            let headers = LimitHeaders::read(|name| {
-                response
-                    .headers()
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
-            });
+            let headers = LimitHeaders::from_map(response.headers());
             let mut body = Vec::new();
             // A body that cannot be read says nothing: the headers decide.
             let _ = response.take(RATE_LIMIT_BODY_BYTES).read_to_end(&mut body);

@@ -92,13 +92,7 @@ impl ForgeClient {
         };
         let code = response.status().as_u16();
         if code == 403 || code == 429 {
-            let headers = LimitHeaders::read(|name| {
-                response
-                    .headers()
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
-            });
+            let headers = LimitHeaders::from_map(response.headers());
             let body = read_bounded(response, RATE_LIMIT_BODY_BYTES as usize).await;
             if let Some(until) = rate_limit(code, &headers, &String::from_utf8_lossy(&body), Utc::now()) {
                 return Delivery::RateLimited { until };
@@ -170,8 +164,6 @@ pub use ferry_signer::forge::MAX_DESCRIPTION_CHARS;
 /// The `[report]` section as written: the signer's definition, which
 /// `ferry-signer --agent-config` reads too.
 pub(crate) use ferry_signer::forge::ReportSection as ReportFile;
-/// The default of `report.error_after` (the signer's, with the section).
-pub use ferry_signer::forge::DEFAULT_ERROR_AFTER;
 
 /// The `[report]` section of the configuration, validated: with a forge,
 /// where and how to post (API URL defaulted per forge, repository and token

@@ -68,6 +68,17 @@ pub enum Answer {
     WaitFor(Hold),
 }
 
+impl Answer {
+    /// The hold and, for a timed one, until when; `None` for go.
+    pub fn held(self) -> Option<(Hold, Option<DateTime<Utc>>)> {
+        match self {
+            Answer::Go => None,
+            Answer::WaitUntil { until, hold } => Some((hold, Some(until))),
+            Answer::WaitFor(hold) => Some((hold, None)),
+        }
+    }
+}
+
 /// The holds this host keeps, from its configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct Holds<'a> {
@@ -99,13 +110,12 @@ pub struct Facts<'a, Tz: TimeZone> {
 pub struct Row {
     pub name: &'static str,
     pub applies: fn(Step) -> bool,
-    pub rule: for<'a> fn(&Holds<'a>, &FactsInZone<'a>) -> Answer,
+    pub rule: fn(&FactsInZone<'_>) -> Answer,
 }
 
 /// [`Facts`] with the zone resolved, so rows need not be generic.
 #[derive(Debug, Clone, Copy)]
 pub struct FactsInZone<'a> {
-    pub step: Step,
     pub now: DateTime<Utc>,
     pub approvals: Option<&'a Tally>,
     pub reboot_at: Option<DateTime<Utc>>,
@@ -124,7 +134,7 @@ pub const ROWS: &[Row] = &[
     Row {
         name: "approvals",
         applies: |s| matches!(s, Step::Release { .. }),
-        rule: |_, f| match f.approvals {
+        rule: |f| match f.approvals {
             Some(tally) if !tally.is_met() => Answer::WaitFor(Hold::Approvals(tally.clone())),
             _ => Answer::Go,
         },
@@ -132,7 +142,7 @@ pub const ROWS: &[Row] = &[
     Row {
         name: "deploy window",
         applies: |s| matches!(s, Step::Release { .. }),
-        rule: |_, f| match f.deploy_window_opens {
+        rule: |f| match f.deploy_window_opens {
             Some(until) => Answer::WaitUntil {
                 until,
                 hold: Hold::DeployWindow,
@@ -143,7 +153,7 @@ pub const ROWS: &[Row] = &[
     Row {
         name: "reboot moment",
         applies: |s| s == Step::Reboot,
-        rule: |_, f| match f.reboot_at {
+        rule: |f| match f.reboot_at {
             Some(at) if f.now < at => Answer::WaitUntil {
                 until: at,
                 hold: Hold::RebootMoment,
@@ -154,7 +164,7 @@ pub const ROWS: &[Row] = &[
     Row {
         name: "reboot window",
         applies: |s| s == Step::Reboot,
-        rule: |_, f| match (f.maintenance_open, f.next_reboot_moment) {
+        rule: |f| match (f.maintenance_open, f.next_reboot_moment) {
             (Some(false), Some(until)) => Answer::WaitUntil {
                 until,
                 hold: Hold::RebootWindowClosed,
@@ -166,7 +176,7 @@ pub const ROWS: &[Row] = &[
     Row {
         name: "running units",
         applies: |s| s == Step::Reboot,
-        rule: |_, f| match f.running_units {
+        rule: |f| match f.running_units {
             Some(units) if !units.is_empty() => Answer::WaitFor(Hold::UnitsRunning(units.to_vec())),
             _ => Answer::Go,
         },
@@ -180,7 +190,6 @@ pub fn ask<Tz: TimeZone>(holds: &Holds<'_>, facts: &Facts<'_, Tz>) -> Answer {
         Step::RollBack | Step::Reboot => None,
     };
     let resolved = FactsInZone {
-        step: facts.step,
         now: facts.now,
         approvals: facts.approvals,
         reboot_at: facts.reboot_at,
@@ -200,7 +209,7 @@ pub fn ask<Tz: TimeZone>(holds: &Holds<'_>, facts: &Facts<'_, Tz>) -> Answer {
     };
     ROWS.iter()
         .filter(|row| (row.applies)(facts.step))
-        .map(|row| (row.rule)(holds, &resolved))
+        .map(|row| (row.rule)(&resolved))
         .find(|answer| *answer != Answer::Go)
         .unwrap_or(Answer::Go)
 }

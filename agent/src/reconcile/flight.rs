@@ -215,7 +215,11 @@ impl Agent {
                     );
                     return Ok(Next::Wait(Pass::RebootScheduled { serial, at }));
                 }
-                held => return Ok(Next::Wait(held_pass(serial, held))),
+                // The moment has not come (or a hold yet to be): still
+                // scheduled then.
+                Answer::WaitUntil { .. } | Answer::WaitFor(_) => {
+                    return Ok(Next::Wait(Pass::RebootScheduled { serial, at }))
+                }
             }
         }
         let boot = self.ports.reboot.this_boot().await?;
@@ -322,9 +326,8 @@ impl Agent {
             Activation::Rollback => Step::RollBack,
         };
         let serial = flight.target.serial;
-        match self.gate(step, None, None, None) {
-            Answer::Go => {}
-            held => return Ok(Some(held_pass(serial, held))),
+        if let Some((hold, until)) = self.gate(step, None, None, None).held() {
+            return Ok(Some(held_pass(serial, hold, until)));
         }
         let phase = flight.phase.name();
         match &flight.phase {

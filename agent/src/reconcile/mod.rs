@@ -190,20 +190,10 @@ enum Seen {
 }
 
 /// What a reconcile that the gate holds back at an in-flight step returns.
-fn held_pass(serial: u64, answer: Answer) -> Pass {
-    match answer {
-        Answer::WaitUntil {
-            until,
-            hold: Hold::DeployWindow,
-        } => Pass::WaitingForWindow { serial, until },
-        Answer::WaitFor(Hold::Approvals(tally)) => Pass::AwaitingApproval {
-            serial,
-            approved: tally.counted.clone(),
-            required: tally.required,
-        },
-        Answer::WaitUntil { until: at, .. } => Pass::RebootScheduled { serial, at },
-        Answer::WaitFor(hold) => Pass::Held { serial, hold },
-        Answer::Go => Pass::UpToDate,
+fn held_pass(serial: u64, hold: Hold, until: Option<DateTime<Utc>>) -> Pass {
+    match (hold, until) {
+        (Hold::DeployWindow, Some(until)) => Pass::WaitingForWindow { serial, until },
+        (hold, _) => Pass::Held { serial, hold },
     }
 }
 

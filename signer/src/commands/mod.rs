@@ -257,18 +257,16 @@ impl ForgeArgs {
             }),
             None => None,
         };
-        let none =
-            || bail!("the agents' forge is `none`: they post no statuses, so there is nothing to read");
         let kind = match (self.forge.as_deref(), &file) {
-            (Some("none"), _) => return none(),
-            (Some(kind), _) => kind.parse::<ForgeKind>()?,
-            (None, Some(file)) => match file.forge.0 {
-                Some(kind) => kind,
-                None => return none(),
-            },
+            (Some("none"), _) => None,
+            (Some(kind), _) => Some(kind.parse::<ForgeKind>()?),
+            (None, Some(file)) => file.forge.0,
             (None, None) => {
                 bail!("which forge do hosts report to? Give --forge github|gitea|forgejo|gitlab (or --agent-config)")
             }
+        };
+        let Some(kind) = kind else {
+            bail!("the agents' forge is `none`: they post no statuses, so there is nothing to read");
         };
         // Flags win over the file; the file's defaults are the agent's.
         let repository = self

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use chrono::Utc;
 use ferry_signer::fleet::HostOutcome;
-use ferry_signer::forge::{ForgeClient, NewStatus, StatusState};
+use ferry_signer::forge::{ForgeClient, ForgeError, NewStatus, StatusState};
 use ferry_signer::plan::{Plan, Wave, MAX_PLAN_BYTES};
 use ferry_signer::publish::{self, ReleaseChanges};
 use ferry_signer::rollout::{next_step, wave_entries, Step};
@@ -109,9 +109,8 @@ pub fn run(args: Args) -> Result<Outcome> {
                 Ok(o) => o,
                 // Asked to wait: the forge is there, so this is no outage;
                 // the waves' own timeouts still apply once it answers.
-                Err(e) if e.rate_limited_until().is_some() => {
+                Err(e @ ForgeError::RateLimited { until, .. }) => {
                     println!("{e}");
-                    let until = e.rate_limited_until().unwrap_or_else(Utc::now);
                     std::thread::sleep(super::rate_limit_pause(until).max(interval));
                     continue;
                 }
@@ -217,7 +216,7 @@ impl Rollout<'_> {
         &mut self,
         commit: &CommitId,
         target: &std::collections::BTreeMap<HostName, ferry_signer::HostEntry>,
-    ) -> Result<HashMap<HostName, HostOutcome>, ferry_signer::forge::ForgeError> {
+    ) -> Result<HashMap<HostName, HostOutcome>, ForgeError> {
         let statuses = match self.client.statuses(commit) {
             Ok(s) => {
                 self.unreachable_since = None;
