@@ -1162,6 +1162,9 @@ mod reboots;
 // Prometheus metrics after deploys, rollbacks and refusals, on this file's `World`.
 mod metrics;
 
+// A forge that rate-limits the host's token, on this file's `World`.
+mod rate_limits;
+
 /// Full deploys (pending → success) from a private cache (nginx) that
 /// demands a bearer token, then from an S3 bucket (moto, authentication on), each
 /// realised by the agent through its loopback relay inside the testbed.

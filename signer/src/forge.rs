@@ -642,8 +642,20 @@ impl ForgeError {
 #[derive(Debug, Clone, Default)]
 pub struct CommitStatuses {
     pub by_context: HashMap<String, ReportedStatus>,
+    pub cost: ReadCost,
+}
+
+/// What one read of a commit's statuses cost.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadCost {
     /// HTTP requests made (pages read).
     pub requests: u32,
+    /// Those the forge counts against the token: all of them, but for a
+    /// GitHub page answered 304 Not Modified, which GitHub does not count.
+    pub counted: u32,
+    /// The rate-limit headers of the last answer: what the forge says is
+    /// left (see `pace::Budget`).
+    pub limit: LimitHeaders,
 }
 
 /// A blocking client for one repository's commit statuses.
@@ -813,7 +825,7 @@ impl ForgeClient {
         }
         let mut all = Vec::new();
         let mut page = 1;
-        let mut requests = 0;
+        let mut cost = ReadCost::default();
         loop {
             if page > MAX_PAGES {
                 return Err(ForgeError::TooManyPages);
@@ -828,10 +840,20 @@ impl ForgeClient {
                 builder = builder.header("if-none-match", &c.etag);
             }
             let response = builder.send().map_err(|e| self.unreachable(&e))?;
-            requests += 1;
+            cost.requests += 1;
+            cost.limit = LimitHeaders::from_map(response.headers());
             let (statuses, headers) = match (response.status().as_u16(), cached) {
-                (304, Some(c)) => (c.statuses, c.headers),
-                _ => self.read_page(response, commit, page, &mut cache)?,
+                // GitHub does not count a 304 against the token's limit.
+                (304, Some(c)) => {
+                    if self.settings.kind != ForgeKind::Github {
+                        cost.counted += 1;
+                    }
+                    (c.statuses, c.headers)
+                }
+                _ => {
+                    cost.counted += 1;
+                    self.read_page(response, commit, page, &mut cache)?
+                }
             };
             let next = next_page(self.settings.kind, page, statuses.len(), &headers);
             all.extend(statuses);
@@ -842,7 +864,7 @@ impl ForgeClient {
         }
         Ok(CommitStatuses {
             by_context: latest_per_context(all),
-            requests,
+            cost,
         })
     }
 

@@ -26,6 +26,8 @@
 //!   settings, the requests, parsing the answers, a small blocking client.
 //! - [`fleet`]: a release across the fleet: host selection, per-host
 //!   outcomes, counts, and the waiter's decision.
+//! - [`pace`]: how often the fleet commands read the forge, to fit the
+//!   token's budget.
 //! - [`plan`]: the rollout plan (`rollout.toml`): waves of hosts.
 //! - [`rollout`]: the wave decision: what a rollout does next.
 
@@ -37,6 +39,7 @@ pub mod git;
 pub mod hosts_file;
 pub mod keys;
 pub mod names;
+pub mod pace;
 pub mod pattern;
 pub mod plan;
 pub mod publish;

@@ -385,6 +385,58 @@ fn wait_waits_out_a_rate_limit_the_way_each_forge_words_it() {
     }
 }
 
+/// A token with little left of its primary limit: `wait` reads the fleet's
+/// pages only as often as half of what is left allows until the reset, so
+/// the forge never has to refuse it, and says so once.
+#[test]
+fn wait_paces_its_reads_to_fit_the_tokens_budget() {
+    let hosts = names("h", 230);
+    for kind in [Kind::Github, Kind::Gitlab, Kind::Gitea] {
+        let d = Deploy::new(&hosts, 'a');
+        let r = d.repo.to_str().unwrap();
+        let forge = Forge::start(kind);
+        for h in &hosts {
+            forge.post(&d.tip(), &format!("ferry/{h}"), "pending", "deploying release 1");
+        }
+        // Unpaced, 100 ms apart for 3 s, the reads would spend 40 requests
+        // in under half a second.
+        forge.budget(40, 3600);
+        let out = d.run(
+            &["wait", "--repo", r, "--interval", "100ms", "--timeout", "3s"],
+            &forge,
+        );
+        let text = stdout(&out);
+        assert_eq!(
+            code(&out),
+            4,
+            "{kind:?}: timed out waiting
+{text}"
+        );
+        assert_eq!(
+            forge.over_budget(),
+            0,
+            "{kind:?}: never refused
+{text}"
+        );
+        let pages = match kind {
+            Kind::Gitea => 5,
+            Kind::Github | Kind::Gitlab => 3,
+        };
+        assert_eq!(
+            forge.requests().len(),
+            2 * pages,
+            "{kind:?}: one read at the start, one at the timeout\n{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "instead: a read costs {pages} request(s), and the forge allows this token"
+            )),
+            "{kind:?}: {text}"
+        );
+        assert!(!text.contains("unreachable"), "{kind:?}: {text}");
+    }
+}
+
 /// `wait` asks GitHub again with `If-None-Match`: unchanged pages come back
 /// 304 (not counted against the rate limit) and are taken from the last
 /// answer, changed ones are read anew, so the counts stay right across
@@ -766,6 +818,36 @@ fn a_failing_canary_stops_the_rollout_and_a_healthy_one_goes_everywhere() {
         0
     );
     assert_eq!(d.release().serial, 5);
+}
+
+/// A rollout reads as often as the token's budget allows, not as often as
+/// asked: the forge never refuses it, and every wave still goes out.
+#[test]
+fn a_rollout_paces_its_reads_to_fit_the_tokens_budget() {
+    let hosts = fleet_hosts();
+    let d = Deploy::new(&hosts, 'a');
+    let forge = Forge::start(Kind::Github);
+    let plan = d.sb.path("rollout.toml");
+    std::fs::write(&plan, PLAN).unwrap();
+    let (r, k, p) = (
+        d.repo.to_str().unwrap(),
+        d.key.to_str().unwrap(),
+        plan.to_str().unwrap(),
+    );
+    let _fleet = SimulatedFleet::start(&forge, &d.repo, vec![]);
+    // 120 requests until the reset a minute from now: a read (one page)
+    // every second or two, not ten a second.
+    forge.budget(120, 60);
+    let good = d.hosts_file("b.json", &hosts, 'b', &[]);
+    let out = d.run(&rollout_args(r, k, p, good.to_str().unwrap()), &forge);
+    let text = stdout(&out);
+    assert_eq!(code(&out), 0, "{text}\n{}", stderr(&out));
+    assert_eq!(d.release().serial, 4, "three waves released: {text}");
+    assert_eq!(forge.over_budget(), 0, "never refused: {text}");
+    assert!(
+        text.contains("instead: a read costs 1 request(s), and the forge allows this token"),
+        "{text}"
+    );
 }
 
 #[test]

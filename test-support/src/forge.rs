@@ -63,6 +63,10 @@ struct State {
     /// GitHub reads answered 304 Not Modified (an `If-None-Match` naming the
     /// page's `ETag`), which GitHub does not count against the rate limit.
     not_modified: usize,
+    /// A primary rate limit: requests left, and when the window resets.
+    budget: Option<(u64, chrono::DateTime<chrono::Utc>)>,
+    /// Requests answered as over the primary limit.
+    over_budget: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -133,8 +137,26 @@ impl Forge {
     /// (and `x-ratelimit-*` headers), GitLab a 429 with `Retry-After` and
     /// `RateLimit-*` headers and its plain-text body, Gitea/Forgejo (behind
     /// a limiting proxy) a 429 with `Retry-After`.
+    /// `limit(0, _)` lifts the limit.
     pub fn limit(&self, requests: usize, secs: u64) {
-        self.state.lock().unwrap().limited = Some((requests, secs));
+        self.state.lock().unwrap().limited = (requests > 0).then_some((requests, secs));
+    }
+
+    /// Gives the token a primary rate limit, as GitHub (and GitLab, Gitea
+    /// when their administrators set one) do: `requests` more in a window
+    /// ending in `secs` seconds. Every answer then tells what is left
+    /// (`x-ratelimit-*` headers, `RateLimit-*` on GitLab); every request
+    /// counts but a GitHub 304; one past the budget is answered as each
+    /// forge answers it (GitHub 403 "API rate limit exceeded" with
+    /// `x-ratelimit-remaining: 0`, GitLab and Gitea 429).
+    pub fn budget(&self, requests: u64, secs: i64) {
+        let reset = chrono::Utc::now() + chrono::Duration::seconds(secs);
+        self.state.lock().unwrap().budget = Some((requests, reset));
+    }
+
+    /// How many requests were answered as over the primary limit.
+    pub fn over_budget(&self) -> usize {
+        self.state.lock().unwrap().over_budget
     }
 
     /// How many reads were answered 304 Not Modified.
@@ -186,7 +208,10 @@ fn serve(kind: Kind, stream: TcpStream, state: &Mutex<State>) {
         at: std::time::Instant::now(),
     };
     state.lock().unwrap().requests.push(request.clone());
-    let (mut code, mut extra, mut body) = answer(kind, &request, &body, state);
+    let (mut code, mut extra, mut body) = match over_budget(kind, state) {
+        Some(refusal) => refusal,
+        None => answer(kind, &request, &body, state),
+    };
     // GitHub tags every read with an ETag and answers an unchanged one 304.
     if kind == Kind::Github && request.method == "GET" && code == 200 {
         use sha2::Digest;
@@ -197,6 +222,7 @@ fn serve(kind: Kind, stream: TcpStream, state: &Mutex<State>) {
         }
         extra.push(("ETag".to_owned(), etag));
     }
+    extra.extend(spend_budget(kind, state, code));
     let mut out = stream;
     let mut head = format!(
         "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
@@ -266,6 +292,68 @@ fn answer(kind: Kind, r: &Request, body: &[u8], state: &Mutex<State>) -> Answer 
         }
         _ => (404, vec![], r#"{"message":"Not Found"}"#.into()),
     }
+}
+
+/// The answer to a request past the primary limit's budget, if this one is.
+fn over_budget(kind: Kind, state: &Mutex<State>) -> Option<Answer> {
+    let mut s = state.lock().unwrap();
+    let (0, reset) = s.budget? else { return None };
+    s.over_budget += 1;
+    let h = |k: &str, v: String| (k.to_owned(), v);
+    let epoch = reset.timestamp().to_string();
+    Some(match kind {
+        Kind::Github => (
+            403,
+            vec![
+                h("x-ratelimit-limit", "5000".into()),
+                h("x-ratelimit-remaining", "0".into()),
+                h("x-ratelimit-reset", epoch),
+            ],
+            r#"{"message":"API rate limit exceeded for user ID 1. If you reach out to GitHub Support for help, please include the request ID.","documentation_url":"https://docs.github.com/rest/overview/rate-limits-for-the-rest-api"}"#.into(),
+        ),
+        Kind::Gitlab => (
+            429,
+            vec![
+                h("RateLimit-Remaining", "0".into()),
+                h("RateLimit-Reset", epoch),
+            ],
+            "Retry later".into(),
+        ),
+        Kind::Gitea => (
+            429,
+            vec![
+                h("X-RateLimit-Remaining", "0".into()),
+                h("X-RateLimit-Reset", epoch),
+            ],
+            "".into(),
+        ),
+    })
+}
+
+/// Counts an answered request against the budget (all but a GitHub 304 and
+/// a refusal for being over it); the headers telling what is left.
+fn spend_budget(kind: Kind, state: &Mutex<State>, code: u16) -> Vec<(String, String)> {
+    let mut s = state.lock().unwrap();
+    let Some((left, reset)) = s.budget else {
+        return vec![];
+    };
+    if left == 0 {
+        return vec![];
+    }
+    let left = if kind == Kind::Github && code == 304 {
+        left
+    } else {
+        left - 1
+    };
+    s.budget = Some((left, reset));
+    let (remaining, at) = match kind {
+        Kind::Gitlab => ("RateLimit-Remaining", "RateLimit-Reset"),
+        Kind::Github | Kind::Gitea => ("X-RateLimit-Remaining", "X-RateLimit-Reset"),
+    };
+    vec![
+        (remaining.to_owned(), left.to_string()),
+        (at.to_owned(), reset.timestamp().to_string()),
+    ]
 }
 
 /// The `retry-after` of a request answered as rate-limited, if this one is.

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use chrono::Utc;
 use ferry_signer::fleet::HostOutcome;
-use ferry_signer::forge::{ForgeClient, ForgeError, NewStatus, StatusState};
+use ferry_signer::forge::{ForgeClient, ForgeError, NewStatus, ReadCost, StatusState};
+use ferry_signer::pace::{self, Pace};
 use ferry_signer::plan::{Plan, Wave, MAX_PLAN_BYTES};
 use ferry_signer::publish::{self, ReleaseChanges};
 use ferry_signer::rollout::{next_step, wave_entries, Step};
@@ -56,7 +57,7 @@ pub struct Args {
     /// next wave if the previous one is healthy, else report and exit 0.
     #[arg(long)]
     once: bool,
-    /// Time between reads of the forge while a wave deploys.
+    /// Time between reads of the forge while a wave deploys (longer when the token has few requests left).
     #[arg(long, default_value = "10s", value_name = "DURATION")]
     interval: humantime::Duration,
     #[command(flatten)]
@@ -95,6 +96,7 @@ pub fn run(args: Args) -> Result<Outcome> {
         waves: &waves,
         shown: None,
         unreachable_since: None,
+        stretched: false,
     };
     let mut released_this_run = false;
     loop {
@@ -103,10 +105,14 @@ pub fn run(args: Args) -> Result<Outcome> {
             .map(|t| ferry_signer::approvals::chain(&repository, t).map(|c| c.release))
             .transpose()?;
         let tip = tip_oid.map(|o| git::read_release(&repository, o)).transpose()?;
+        let mut every = interval;
         let outcomes = match tip_oid {
             None => HashMap::new(),
             Some(oid) => match rollout.outcomes(&oid.to_string().parse()?, &target) {
-                Ok(o) => o,
+                Ok((o, cost)) => {
+                    every = rollout.pace(interval, &cost);
+                    o
+                }
                 // Asked to wait: the forge is there, so this is no outage;
                 // the waves' own timeouts still apply once it answers.
                 Err(e @ ForgeError::RateLimited { until, .. }) => {
@@ -165,7 +171,7 @@ pub fn run(args: Args) -> Result<Outcome> {
             Step::Wait { deadline: until, .. } | Step::Soak { until, .. } => {
                 // Wake at the deadline or the soak's end, if sooner.
                 let left = (until - Utc::now()).to_std().unwrap_or_default();
-                std::thread::sleep(interval.min(left).max(Duration::from_millis(50)));
+                std::thread::sleep(every.min(left).max(Duration::from_millis(50)));
             }
             Step::Done { .. } => return Ok(Outcome::Done),
             Step::Failed { wave, failed, .. } => {
@@ -208,6 +214,8 @@ struct Rollout<'a> {
     /// The last summary shown and posted.
     shown: Option<(StatusState, String)>,
     unreachable_since: Option<Instant>,
+    /// Whether the last pace told was slower than asked.
+    stretched: bool,
 }
 
 impl Rollout<'_> {
@@ -216,7 +224,7 @@ impl Rollout<'_> {
         &mut self,
         commit: &CommitId,
         target: &std::collections::BTreeMap<HostName, ferry_signer::HostEntry>,
-    ) -> Result<HashMap<HostName, HostOutcome>, ForgeError> {
+    ) -> Result<(HashMap<HostName, HostOutcome>, ReadCost), ForgeError> {
         let statuses = match self.client.statuses(commit) {
             Ok(s) => {
                 self.unreachable_since = None;
@@ -230,13 +238,26 @@ impl Rollout<'_> {
             }
         };
         let settings = self.client.settings();
-        Ok(target
+        let outcomes = target
             .keys()
             .map(|h| {
                 let outcome = HostOutcome::from_status(statuses.by_context.get(&settings.context_for(h)));
                 (h.clone(), outcome)
             })
-            .collect())
+            .collect();
+        Ok((outcomes, statuses.cost))
+    }
+
+    /// The time until the next read after one that cost `cost`: `asked`,
+    /// or slower to fit the token's budget, said when that changes.
+    fn pace(&mut self, asked: Duration, cost: &ReadCost) -> Duration {
+        let pace = pace::pace(asked, cost, Utc::now());
+        let stretched = matches!(pace, Pace::Stretched { .. });
+        if stretched != self.stretched {
+            println!("{pace}");
+            self.stretched = stretched;
+        }
+        pace.interval()
     }
 
     fn unreachable_for(&self) -> Duration {

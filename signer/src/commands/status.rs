@@ -5,7 +5,7 @@
 use anyhow::Result;
 use chrono::{DateTime, Utc};
 use ferry_signer::fleet::{self, Counts, HostView, Selection};
-use ferry_signer::forge::ForgeClient;
+use ferry_signer::forge::{ForgeClient, ReadCost};
 use ferry_signer::{git, CommitId, Release};
 
 use super::{open_repo, ForgeArgs, HostArgs, RevArgs};
@@ -51,7 +51,7 @@ impl Target {
     pub fn read(
         &self,
         client: &ForgeClient,
-    ) -> Result<(Vec<HostView>, u32), ferry_signer::forge::ForgeError> {
+    ) -> Result<(Vec<HostView>, ReadCost), ferry_signer::forge::ForgeError> {
         let statuses = client.statuses(&self.commit)?;
         let settings = client.settings();
         let hosts = fleet::view(
@@ -60,18 +60,18 @@ impl Target {
             |h| settings.context_for(h),
             &statuses.by_context,
         );
-        Ok((hosts, statuses.requests))
+        Ok((hosts, statuses.cost))
     }
 }
 
 pub fn run(args: Args) -> Result<()> {
     let target = Target::load(&args.release, args.hosts)?;
     let client = args.forge.client()?;
-    let (hosts, requests) = target.read(&client)?;
+    let (hosts, cost) = target.read(&client)?;
     let now = Utc::now();
     let counts = Counts::of(&hosts);
     if args.json {
-        let json = StatusJson::new(&target, &hosts, counts, requests, now);
+        let json = StatusJson::new(&target, &hosts, counts, cost.requests, now);
         println!("{}", serde_json::to_string_pretty(&json)?);
         return Ok(());
     }

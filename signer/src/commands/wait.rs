@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use ferry_signer::fleet::{judge, Counts, HostOutcome, HostView, Progress};
 use ferry_signer::forge::{ForgeClient, ForgeError};
+use ferry_signer::pace::{pace, Pace};
 use ferry_signer::HostName;
 
 use super::status::Target;
@@ -28,7 +29,7 @@ pub struct Args {
     /// Give up after this long (exit 4; exit 5 when the forge was unreachable).
     #[arg(long, default_value = "30m", value_name = "DURATION")]
     timeout: humantime::Duration,
-    /// Time between reads of the forge.
+    /// Time between reads of the forge (longer when the token has few requests left).
     #[arg(long, default_value = "10s", value_name = "DURATION")]
     interval: humantime::Duration,
     #[command(flatten)]
@@ -63,7 +64,9 @@ pub fn run(args: Args) -> Result<Outcome> {
     )
 }
 
-/// Polls until the hosts are done, fail, or the deadline passes.
+/// Polls until the hosts are done, fail, or the deadline passes: every
+/// `interval`, or slower when the forge's budget for the token asks it
+/// (see `ferry_signer::pace`).
 pub fn wait_until(
     target: &Target,
     client: &ForgeClient,
@@ -73,9 +76,12 @@ pub fn wait_until(
     waiter: &mut Waiter,
 ) -> Result<Outcome> {
     loop {
-        let mut pause = Duration::ZERO;
+        let mut next = interval;
         match target.read(client) {
-            Ok((hosts, _)) => {
+            Ok((hosts, cost)) => {
+                let pace = pace(interval, &cost, chrono::Utc::now());
+                waiter.pace(&pace);
+                next = pace.interval();
                 let progress = judge(&hosts, max_failures);
                 waiter.show(&hosts, &progress);
                 match progress {
@@ -123,7 +129,7 @@ pub fn wait_until(
                     return Ok(Outcome::Unreachable);
                 }
                 if let Some(until) = e.rate_limited_until() {
-                    pause = super::rate_limit_pause(until);
+                    next = super::rate_limit_pause(until).max(interval);
                 }
             }
             Err(e) => {
@@ -132,7 +138,7 @@ pub fn wait_until(
             }
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        std::thread::sleep(interval.max(pause).min(left).max(Duration::from_millis(50)));
+        std::thread::sleep(next.min(left).max(Duration::from_millis(50)));
     }
 }
 
@@ -158,6 +164,8 @@ pub struct Waiter {
     last: Option<Counts>,
     failed: BTreeSet<HostName>,
     unreachable: Option<String>,
+    /// Whether the last pace told was slower than asked.
+    stretched: bool,
     drawn: bool,
 }
 
@@ -169,6 +177,7 @@ impl Waiter {
             last: None,
             failed: BTreeSet::new(),
             unreachable: None,
+            stretched: false,
             drawn: false,
         }
     }
@@ -250,6 +259,16 @@ impl Waiter {
                 _ => self.line(&format!("{text}; trying again")),
             }
             self.unreachable = Some(text);
+        }
+    }
+
+    /// Says when the reads slow down to fit the token's budget, and when
+    /// they are back to the asked pace.
+    pub fn pace(&mut self, pace: &Pace) {
+        let stretched = matches!(pace, Pace::Stretched { .. });
+        if stretched != self.stretched {
+            self.line(&pace.to_string());
+            self.stretched = stretched;
         }
     }
 
