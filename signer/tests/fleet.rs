@@ -850,6 +850,33 @@ fn a_rollout_paces_its_reads_to_fit_the_tokens_budget() {
     );
 }
 
+/// A forge that rate-limits every read for longer than any wave may take:
+/// the rollout stops as timed out (exit 4), not as unreachable, and not
+/// only at the CI job's own timeout.
+#[test]
+fn a_rollout_limited_for_longer_than_its_waves_times_out() {
+    let hosts = fleet_hosts();
+    let d = Deploy::new(&hosts, 'a');
+    let forge = Forge::start(Kind::Github);
+    let plan = d.sb.path("rollout.toml");
+    std::fs::write(&plan, PLAN.replace("\"30s\"", "\"2s\"")).unwrap();
+    let (r, k, p) = (
+        d.repo.to_str().unwrap(),
+        d.key.to_str().unwrap(),
+        plan.to_str().unwrap(),
+    );
+    forge.limit(usize::MAX, 1);
+    let good = d.hosts_file("b.json", &hosts, 'b', &[]);
+    let out = d.run(&rollout_args(r, k, p, good.to_str().unwrap()), &forge);
+    let text = stdout(&out);
+    assert_eq!(code(&out), 4, "{text}\n{}", stderr(&out));
+    assert!(
+        text.contains("timed out: the forge kept limiting the rate of requests"),
+        "{text}"
+    );
+    assert!(!text.contains("unreachable") && !text.contains("token"), "{text}");
+}
+
 #[test]
 fn a_rollout_resumes_from_the_branch_and_the_forge_alone() {
     let hosts = fleet_hosts();

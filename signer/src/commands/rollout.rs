@@ -96,6 +96,7 @@ pub fn run(args: Args) -> Result<Outcome> {
         waves: &waves,
         shown: None,
         unreachable_since: None,
+        limited_since: None,
         stretched: false,
     };
     let mut released_this_run = false;
@@ -116,12 +117,19 @@ pub fn run(args: Args) -> Result<Outcome> {
                 // Asked to wait: the forge is there, so this is no outage;
                 // the waves' own timeouts still apply once it answers.
                 Err(e @ ForgeError::RateLimited { until, .. }) => {
+                    if rollout.limited_for() > longest_timeout(&waves) {
+                        println!(
+                            "timed out: the forge kept limiting the rate of requests for longer than the \
+                             longest wave's timeout: {e}"
+                        );
+                        return Ok(Outcome::TimedOut);
+                    }
                     println!("{e}");
                     std::thread::sleep(super::rate_limit_pause(until).max(interval));
                     continue;
                 }
                 Err(e) if e.is_transient() => {
-                    if rollout.unreachable_for() > waves.iter().map(|w| w.timeout).max().unwrap_or_default() {
+                    if rollout.unreachable_for() > longest_timeout(&waves) {
                         println!("stopped: the forge stayed unreachable: {e}");
                         return Ok(Outcome::Unreachable);
                     }
@@ -207,6 +215,12 @@ fn join(hosts: &[HostName]) -> String {
 }
 
 /// The effects of a rollout pass: reading statuses, telling people.
+/// How long the forge may stay unusable (unreachable, or rate-limiting
+/// every read) before a rollout gives up: the longest wave's timeout.
+fn longest_timeout(waves: &[Wave]) -> Duration {
+    waves.iter().map(|w| w.timeout).max().unwrap_or_default()
+}
+
 struct Rollout<'a> {
     client: &'a ForgeClient,
     source: Option<&'a CommitId>,
@@ -214,6 +228,8 @@ struct Rollout<'a> {
     /// The last summary shown and posted.
     shown: Option<(StatusState, String)>,
     unreachable_since: Option<Instant>,
+    /// Since when the forge has been rate-limiting every read.
+    limited_since: Option<Instant>,
     /// Whether the last pace told was slower than asked.
     stretched: bool,
 }
@@ -228,12 +244,14 @@ impl Rollout<'_> {
         let statuses = match self.client.statuses(commit) {
             Ok(s) => {
                 self.unreachable_since = None;
+                self.limited_since = None;
                 s
             }
             Err(e) => {
-                if e.rate_limited_until().is_none() {
-                    self.unreachable_since.get_or_insert_with(Instant::now);
-                }
+                match e.rate_limited_until() {
+                    Some(_) => self.limited_since.get_or_insert_with(Instant::now),
+                    None => self.unreachable_since.get_or_insert_with(Instant::now),
+                };
                 return Err(e);
             }
         };
@@ -262,6 +280,10 @@ impl Rollout<'_> {
 
     fn unreachable_for(&self) -> Duration {
         self.unreachable_since.map_or(Duration::ZERO, |t| t.elapsed())
+    }
+
+    fn limited_for(&self) -> Duration {
+        self.limited_since.map_or(Duration::ZERO, |t| t.elapsed())
     }
 
     /// Prints the step and posts it as `ferry/rollout` on the source commit,
