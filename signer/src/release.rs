@@ -117,6 +117,15 @@ pub enum ReleaseError {
         reason: String,
         snippet: String,
     },
+    /// Valid TOML, but a key this format does not have, a value of the
+    /// wrong type, or a key missing: named, with where.
+    #[error("release.toml line {line}: {}{reason}{snippet}", key_prefix(key.as_deref(), reason))]
+    Shape {
+        line: usize,
+        key: Option<String>,
+        reason: String,
+        snippet: String,
+    },
     #[error("release.toml has no `format` key: expected `format = {FORMAT}` at the top")]
     MissingFormat,
     #[error("release.toml has format {0}, but this Ferry understands only format {FORMAT}: upgrade ferry")]
@@ -248,7 +257,7 @@ impl Release {
                 })
             }
         }
-        let file: ReleaseFileV1 = toml::from_str(text).map_err(|e| syntax(text, &e))?;
+        let file: ReleaseFileV1 = toml::from_str(text).map_err(|e| shape(text, &e))?;
         file.validate(text)
     }
 
@@ -315,6 +324,49 @@ fn syntax(text: &str, e: &toml::de::Error) -> ReleaseError {
     let snippet = format!("\n  | {line_text}\n  | {}^", " ".repeat(column));
     ReleaseError::Syntax {
         line,
+        reason,
+        snippet,
+    }
+}
+
+/// "`key`: " before a reason that does not name the key itself.
+fn key_prefix(key: Option<&str>, reason: &str) -> String {
+    match key {
+        Some(k) if !reason.contains(&format!("`{k}`")) => format!("`{k}`: "),
+        _ => String::new(),
+    }
+}
+
+/// A file that is valid TOML but not a release as [`ReleaseError::Shape`]:
+/// the key at the place the parser points to (or the one its message
+/// names, for a missing key), and the reason in plain words.
+fn shape(text: &str, e: &toml::de::Error) -> ReleaseError {
+    let ReleaseError::Syntax {
+        line,
+        reason,
+        snippet,
+    } = syntax(text, e)
+    else {
+        unreachable!("syntax() makes a Syntax error")
+    };
+    let named = |r: &str| {
+        let (_, rest) = r.split_once("missing field `")?;
+        Some(rest.split_once('`')?.0.to_owned())
+    };
+    let at = snippet
+        .lines()
+        .nth(1)
+        .and_then(|l| l.strip_prefix("  | "))
+        .and_then(|l| l.split_once('='))
+        .map(|(k, _)| k.trim().trim_matches('"').to_owned())
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    let reason = reason
+        .replace("expected i64", "expected an integer")
+        .replace("expected u32", "expected an integer")
+        .replace("expected a string", "expected a quoted string");
+    ReleaseError::Shape {
+        line,
+        key: named(&reason).or(at),
         reason,
         snippet,
     }
@@ -668,13 +720,11 @@ action = "boot"
     }
 
     #[test]
-    fn unknown_keys_and_syntax_are_refused() {
+    fn syntax_errors_are_refused_as_not_toml() {
         for text in [
-            example().replace("serial = 42", "serial = 42\nsereal = 43"),
-            example().replace("action = \"boot\"", "action = \"boot\"\nactoin = \"x\""),
-            example().replace("serial = 42", "serial = \"42\""),
             example().replace("[hosts.web1]", "[hosts.web1"),
-            "format = 1\n".to_string(),
+            example().replace("serial = 42", "serial = \"42"),
+            example().replace("serial = 42", "serial 42"),
         ] {
             let err = Release::parse(text.as_bytes()).unwrap_err();
             assert!(matches!(err, ReleaseError::Syntax { .. }), "{err}");
@@ -686,15 +736,78 @@ action = "boot"
         }
     }
 
+    /// Valid TOML that is not a release names the key, never calls the
+    /// file invalid TOML.
+    #[test]
+    fn unknown_missing_and_mistyped_keys_are_named() {
+        for (text, line, key, words) in [
+            (
+                example().replace("serial = 42", "serial = \"42\""),
+                2,
+                "serial",
+                "invalid type: string \"42\", expected an integer",
+            ),
+            (
+                example().replace("serial = 42", "serial = 42\nsereal = 43"),
+                3,
+                "sereal",
+                "unknown field `sereal`",
+            ),
+            (
+                example().replace("action = \"boot\"", "action = \"boot\"\nactoin = \"x\""),
+                0,
+                "actoin",
+                "unknown field `actoin`",
+            ),
+            (
+                example().replace("action = \"boot\"", "action = 1"),
+                0,
+                "action",
+                "expected a quoted string",
+            ),
+            ("format = 1\n".to_string(), 1, "serial", "missing field `serial`"),
+        ] {
+            let err = Release::parse(text.as_bytes()).unwrap_err();
+            let ReleaseError::Shape {
+                line: at,
+                key: Some(k),
+                reason,
+                ..
+            } = &err
+            else {
+                panic!("{err:?}")
+            };
+            assert_eq!(k, key, "{err}");
+            if line > 0 {
+                assert_eq!(*at, line, "{err}");
+            }
+            assert!(reason.contains(words), "{err}");
+            let named = format!("`{key}`");
+            let first = err.to_string();
+            assert!(first.starts_with(&format!("release.toml line {at}: ")), "{err}");
+            assert!(first.contains(&named), "{err}");
+            assert!(!err.to_string().contains("not valid TOML"), "{err}");
+        }
+        let text = example().replace("serial = 42", "serial = \"10\"");
+        let err = Release::parse(text.as_bytes()).unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "release.toml line 2: `serial`: invalid type: string \"10\", expected an integer"
+            ),
+            "{err}"
+        );
+    }
+
     /// The reason comes before the snippet, and the snippet points at the place.
     #[test]
-    fn a_syntax_error_says_why_before_where() {
+    fn an_error_says_why_before_where() {
         let text = example().replace("serial = 42", "serial = 42\nsereal = 43");
         let err = Release::parse(text.as_bytes()).unwrap_err();
-        let ReleaseError::Syntax {
+        let ReleaseError::Shape {
             line,
             reason,
             snippet,
+            ..
         } = &err
         else {
             panic!("{err:?}")
@@ -704,7 +817,7 @@ action = "boot"
         assert_eq!(snippet, "\n  | sereal = 43\n  | ^");
         let first = err.to_string().lines().next().unwrap().to_owned();
         assert!(
-            first.starts_with("release.toml is not valid TOML at line 3: unknown field `sereal`"),
+            first.starts_with("release.toml line 3: unknown field `sereal`"),
             "{first}"
         );
         let broken = example().replace("[hosts.web1]", "[hosts.web1");
