@@ -391,4 +391,55 @@ fn approve_shows_what_it_approves_signs_and_git_verifies_it() {
     assert_eq!(json["serial"], 2);
     assert_eq!(json["approvals"].as_array().unwrap().len(), 2);
     assert_eq!(json["approvals"][0]["commit"], commit.as_str());
+    // Unverified: the signing key, not a name anyone could write.
+    assert_eq!(json["approvals"][0]["principal"], serde_json::Value::Null);
+    assert_eq!(json["approvals"][0]["verified"], false);
+    let alice_key = json["approvals"][0]["key"].as_str().unwrap().to_owned();
+    assert!(alice_key.starts_with("SHA256:"), "{json}");
+    // With the approvers' keys: by principal, as the hosts count them.
+    let show = |extra: &[&str]| {
+        let mut args = vec!["show", "--repo", d.repo.to_str().unwrap(), "--rev", "main"];
+        args.extend(extra);
+        assert_ok(&sb.signer(&args, &[]))
+    };
+    let allowed = d.allowed.to_str().unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&show(&["--json", "--approver-signers", allowed])).unwrap();
+    let principals: Vec<&str> = json["approvals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["principal"].as_str().unwrap_or("-"))
+        .collect();
+    assert_eq!(principals, ["alice", "bob"], "{json}");
+    assert_eq!(json["approvals"][1]["verified"], true);
+    let text = show(&["--approver-signers", allowed]);
+    assert!(
+        text.contains(&format!("# approval {commit} by alice (key {alice_key}) at ")),
+        "{text}"
+    );
+    let text = show(&[]);
+    assert!(
+        text.contains(&format!(
+            "# approval {commit} signed with key {alice_key} (not verified"
+        )),
+        "{text}"
+    );
+    // A file that does not pin alice's key: hers is said not to verify.
+    let only_bob = sb.path("only-bob");
+    let lines = std::fs::read_to_string(&d.allowed).unwrap();
+    let bob_line: String = lines.lines().filter(|l| l.starts_with("bob ")).collect();
+    std::fs::write(&only_bob, bob_line + "\n").unwrap();
+    let json: serde_json::Value = serde_json::from_str(&show(&[
+        "--json",
+        "--approver-signers",
+        only_bob.to_str().unwrap(),
+    ]))
+    .unwrap();
+    assert_eq!(json["approvals"][0]["verified"], false, "{json}");
+    assert!(
+        json["approvals"][0]["problem"].as_str().unwrap().contains("not"),
+        "{json}"
+    );
+    assert_eq!(json["approvals"][1]["principal"], "bob", "{json}");
 }

@@ -1,10 +1,15 @@
 //! `ferry-signer show`: print a release and the approvals on top of it, as
-//! text or JSON, without verifying either (`verify` does).
+//! text or JSON, without verifying the release (`verify` does). Approvals
+//! are listed by who signed them: the principal, when the approvers'
+//! `allowed_signers` is given, else the signing key's fingerprint — never
+//! the committer name, which anyone can write.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
-use anyhow::Result;
-use ferry_signer::{git, Release};
+use anyhow::{Context, Result};
+use ferry_signer::sshsig::SshSignature;
+use ferry_signer::{git, AllowedSigners, Release};
 
 use super::{open_repo, RevArgs};
 
@@ -15,6 +20,10 @@ pub struct Args {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// allowed_signers file of the approvers' keys: name each approval's
+    /// principal (and say which do not verify).
+    #[arg(long, value_name = "FILE")]
+    approver_signers: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -23,10 +32,16 @@ pub fn run(args: Args) -> Result<()> {
     let chain = ferry_signer::approvals::chain(&repository, tip)?;
     let commit = chain.release;
     let release = git::read_release(&repository, commit)?;
+    let signers = args
+        .approver_signers
+        .as_deref()
+        .map(AllowedSigners::load)
+        .transpose()
+        .context("--approver-signers")?;
     let approvals = chain
         .approvals
         .iter()
-        .map(|&oid| ApprovalJson::read(&repository, oid))
+        .map(|&oid| ApprovalJson::read(&repository, oid, signers.as_ref()))
         .collect::<Result<Vec<_>>>()?;
     if args.json {
         let mut json = ReleaseJson::new(&commit.to_string(), &release);
@@ -36,37 +51,71 @@ pub fn run(args: Args) -> Result<()> {
         println!("commit {commit}");
         print!("{}", release.to_toml());
         for a in &approvals {
-            println!(
-                "# approval {} by {} at {} (unverified: ferry-signer verify checks it)",
-                a.commit, a.committer, a.date
-            );
+            println!("# approval {} {} at {}", a.commit, a.signed_by(), a.date);
         }
     }
     Ok(())
 }
 
-/// An approval commit as `show` lists it: not verified, so no principal.
+/// An approval commit as `show` lists it: who signed it, as far as `show`
+/// can tell.
 #[derive(serde::Serialize)]
 struct ApprovalJson {
     commit: String,
-    committer: String,
+    /// The principal its key is pinned for, when verified.
+    principal: Option<String>,
+    /// `SHA256:…` of the key that signed it, when it carries a signature.
+    key: Option<String>,
+    /// Verified against `--approver-signers`.
+    verified: bool,
+    /// Why it does not verify, or why it was not checked.
+    problem: Option<String>,
     date: String,
 }
 
 impl ApprovalJson {
-    fn read(repo: &git2::Repository, oid: git2::Oid) -> Result<Self> {
+    fn read(repo: &git2::Repository, oid: git2::Oid, signers: Option<&AllowedSigners>) -> Result<Self> {
         let c = repo.find_commit(oid)?;
-        let who = c.committer();
-        let at = chrono::DateTime::from_timestamp(who.when().seconds(), 0).unwrap_or_default();
-        Ok(Self {
+        let at = chrono::DateTime::from_timestamp(c.committer().when().seconds(), 0).unwrap_or_default();
+        let mut json = Self {
             commit: oid.to_string(),
-            committer: format!(
-                "{} <{}>",
-                String::from_utf8_lossy(who.name_bytes()),
-                String::from_utf8_lossy(who.email_bytes())
-            ),
+            principal: None,
+            key: None,
+            verified: false,
+            problem: None,
             date: at.to_rfc3339(),
-        })
+        };
+        let signature = git::signed_commit(repo, oid)?
+            .map(|s| SshSignature::from_armor(&s.signature).map(|sig| sig.fingerprint()));
+        match signature {
+            None => json.problem = Some("unsigned".into()),
+            Some(Err(e)) => json.problem = Some(e.to_string()),
+            Some(Ok(fingerprint)) => json.key = Some(fingerprint),
+        }
+        match (signers, &json.problem) {
+            (Some(signers), None) => match ferry_signer::verify_commit_signature(repo, oid, signers) {
+                Ok((signer, _)) => {
+                    json.principal = Some(signer.principal);
+                    json.verified = true;
+                }
+                Err(e) => json.problem = Some(e.to_string()),
+            },
+            (None, None) => {
+                json.problem = Some("not verified: give --approver-signers to name the principal".into())
+            }
+            (_, Some(_)) => {}
+        }
+        Ok(json)
+    }
+
+    /// "by alice (key SHA256:…)" or what is known instead.
+    fn signed_by(&self) -> String {
+        let key = self.key.as_deref().map(|k| format!("key {k}"));
+        match (&self.principal, key, &self.problem) {
+            (Some(p), Some(k), _) => format!("by {p} ({k})"),
+            (_, Some(k), Some(problem)) => format!("signed with {k} ({problem})"),
+            (_, _, problem) => format!("({})", problem.as_deref().unwrap_or("unsigned")),
+        }
     }
 }
 
