@@ -118,11 +118,11 @@ pub enum ReleaseError {
         snippet: String,
     },
     /// Valid TOML, but a key this format does not have, a value of the
-    /// wrong type, or a key missing: named, with where.
-    #[error("release.toml line {line}: {}{reason}{snippet}", key_prefix(key.as_deref(), reason))]
+    /// wrong type, or a key missing: `reason` names the key, `line` and
+    /// `snippet` say where.
+    #[error("release.toml line {line}: {reason}{snippet}")]
     Shape {
         line: usize,
-        key: Option<String>,
         reason: String,
         snippet: String,
     },
@@ -329,14 +329,6 @@ fn syntax(text: &str, e: &toml::de::Error) -> ReleaseError {
     }
 }
 
-/// "`key`: " before a reason that does not name the key itself.
-fn key_prefix(key: Option<&str>, reason: &str) -> String {
-    match key {
-        Some(k) if !reason.contains(&format!("`{k}`")) => format!("`{k}`: "),
-        _ => String::new(),
-    }
-}
-
 /// A file that is valid TOML but not a release as [`ReleaseError::Shape`]:
 /// the key at the place the parser points to (or the one its message
 /// names, for a missing key), and the reason in plain words.
@@ -364,9 +356,13 @@ fn shape(text: &str, e: &toml::de::Error) -> ReleaseError {
         .replace("expected i64", "expected an integer")
         .replace("expected u32", "expected an integer")
         .replace("expected a string", "expected a quoted string");
+    // "`key`: " before a reason that does not name the key itself.
+    let reason = match named(&reason).or(at) {
+        Some(k) if !reason.contains(&format!("`{k}`")) => format!("`{k}`: {reason}"),
+        _ => reason,
+    };
     ReleaseError::Shape {
         line,
-        key: named(&reason).or(at),
         reason,
         snippet,
     }
@@ -768,16 +764,10 @@ action = "boot"
             ("format = 1\n".to_string(), 1, "serial", "missing field `serial`"),
         ] {
             let err = Release::parse(text.as_bytes()).unwrap_err();
-            let ReleaseError::Shape {
-                line: at,
-                key: Some(k),
-                reason,
-                ..
-            } = &err
-            else {
+            let ReleaseError::Shape { line: at, reason, .. } = &err else {
                 panic!("{err:?}")
             };
-            assert_eq!(k, key, "{err}");
+            assert!(reason.contains(&format!("`{key}`")), "{err}");
             if line > 0 {
                 assert_eq!(*at, line, "{err}");
             }
