@@ -72,6 +72,15 @@ fn a_closure_still_uploading_is_waited_for_then_refused_after_the_grace_period()
         );
         assert_eq!(state.anchor, None);
     }
+    // A restart while waiting (a new agent on the same state directory):
+    // the wait goes on from the first sighting, nothing is posted again.
+    drop(agent);
+    let mut agent = self::agent(dir.path(), &deploy, &cache, &forge);
+    let waiting = rt.block_on(agent.reconcile()).unwrap();
+    assert!(
+        matches!(waiting, Pass::WaitingForClosure { serial: 1, .. }),
+        "after a restart: {waiting:?}"
+    );
     // One "deploying" and one "waiting" status, not a pair per attempt.
     let statuses = forge.statuses();
     let waiting: Vec<_> = statuses

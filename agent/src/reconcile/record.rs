@@ -220,10 +220,21 @@ impl Agent {
             &outcome.description,
         );
         // Nothing more is posted for this release: its statuses and first
-        // sightings are forgotten.
-        state.recent_statuses.clear();
-        state.closure_missing = None;
-        state.fault = None;
+        // sightings are forgotten. Those of another release stay: the
+        // branch may be rewound to it (past this refused commit), and the
+        // forge already has what was said about it.
+        let ended = |c: &CommitId| *c == outcome.commit || source.as_ref() == Some(c);
+        state.recent_statuses.retain(|s| !ended(&s.commit));
+        if state
+            .closure_missing
+            .as_ref()
+            .is_some_and(|s| s.commit == outcome.commit)
+        {
+            state.closure_missing = None;
+        }
+        if state.fault.as_ref().is_some_and(|s| s.commit == outcome.commit) {
+            state.fault = None;
+        }
         self.state.save(state)?;
         self.flush(state);
         Ok(result)

@@ -203,3 +203,31 @@ fn a_deploy_resumed_after_a_crash_remembers_the_approval_it_was_accepted_at() {
     assert_eq!(host.state().last_seen_tip, Some(commit(A3)));
     assert_eq!(run(&mut host.agent_with(TWO_APPROVERS)), Pass::UpToDate);
 }
+
+/// An unsigned commit pushed on top of a release awaiting approvals is
+/// refused; when the branch is rewound to the release, the forge already
+/// has its "awaits approval" status, and it is not posted again.
+#[test]
+fn a_rewind_past_a_refused_commit_does_not_repeat_awaits_approval() {
+    const BAD: &str = "bad0000000000000000000000000000000000000";
+    let host = Host::new();
+    let r = run(&mut host.agent_with(TWO_APPROVERS));
+    assert!(matches!(r, Pass::AwaitingApproval { .. }), "{r:?}");
+    let awaiting = posted(&host);
+    assert_eq!(awaiting.len(), 2, "{awaiting:?}");
+    {
+        let mut w = host.w();
+        w.releases.insert(commit(BAD), Verifies::Unsigned);
+        w.tip = commit(BAD);
+    }
+    let r = run(&mut host.agent_with(TWO_APPROVERS));
+    assert!(matches!(r, Pass::Refused(_)), "{r:?}");
+    let refused = posted(&host);
+    assert_eq!(refused.len(), 3, "the refusal, on the bad commit: {refused:?}");
+    assert_eq!(refused[2].0, commit(BAD));
+
+    host.w().tip = commit(R1);
+    let r = run(&mut host.agent_with(TWO_APPROVERS));
+    assert!(matches!(r, Pass::AwaitingApproval { .. }), "{r:?}");
+    assert_eq!(posted(&host), refused, "nothing new to say about release 1");
+}
