@@ -10,7 +10,6 @@ use clap::{Parser, Subcommand};
 use ferry_agent::app::lock::{self, AgentLock, LockError};
 use ferry_agent::app::{daemon, logging, status};
 use ferry_agent::config::{Config, DEFAULT_PATH};
-use ferry_agent::reconcile::Pass;
 
 #[derive(Parser)]
 #[command(
@@ -127,8 +126,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 Duration::from_secs(60),
             )?;
             let mut agent = ferry_agent::app::live::agent(config).context("cannot start")?;
-            let outcome = agent.reconcile().await?;
-            println!("{}", describe(&outcome));
+            let reconciled = agent.reconcile().await;
+            status::note_pass(
+                &agent.config.state_dir,
+                reconciled
+                    .as_ref()
+                    .map_err(|e| ferry_agent::app::logging::error_chain(e)),
+                chrono::Utc::now(),
+            );
+            let outcome = reconciled?;
+            println!("{outcome}");
             Ok(if outcome.is_ok() {
                 ExitCode::SUCCESS
             } else {
@@ -153,46 +160,5 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::RecordSwitchResult { .. } => unreachable!("handled before the runtime starts"),
-    }
-}
-
-fn describe(r: &Pass) -> String {
-    match r {
-        Pass::UpToDate => "up to date".into(),
-        Pass::AlreadyRunning => "already running the release".into(),
-        Pass::Deployed {
-            reboot_required: false,
-        } => "deployed".into(),
-        Pass::Deployed {
-            reboot_required: true,
-        } => "deployed; reboot required".into(),
-        Pass::WaitingForClosure { serial, until } => {
-            format!("waiting: release {serial}: the closure is not in the binary cache yet; retrying until {until}")
-        }
-        Pass::WaitingForWindow { serial, until } => {
-            format!("waiting: release {serial} waits for the deploy window, which opens at {until}")
-        }
-        Pass::RebootScheduled { serial, at } => {
-            format!("release {serial} installed; rebooting into it at {at} (maintenance window)")
-        }
-        Pass::Rebooting { serial } => format!("rebooting into release {serial}"),
-        Pass::AwaitingApproval {
-            serial,
-            approved,
-            required,
-        } => {
-            let mut s = format!(
-                "awaiting approval: release {serial}: {} of {required}",
-                approved.len()
-            );
-            if !approved.is_empty() {
-                s.push_str(&format!(" ({})", approved.join(", ")));
-            }
-            s
-        }
-        Pass::Held { serial, hold } => format!("waiting: release {serial} is held back: {hold}"),
-        Pass::Refused(why) => format!("refused: {why}"),
-        Pass::Failed(why) => format!("failed: {why}"),
-        Pass::Error(why) => format!("error: {why}"),
     }
 }

@@ -112,9 +112,20 @@ fn a_host_requiring_two_approvals_waits_for_them_while_a_canary_deploys_at_once(
         ])
     );
 
-    // Production polls again: still waiting, and says nothing new.
+    // Production polls again: still waiting, and says nothing new; its
+    // status says what it waits for.
     let (ok, text) = w.once();
     assert!(ok && text.contains("up to date"), "{text}");
+    let status = w.agent(&["status"]);
+    let shown = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        shown.contains("waiting         awaiting approval: release 1: 0 of 2 (since "),
+        "{shown}"
+    );
+    assert_eq!(
+        w.status_json()["waiting"]["what"],
+        "awaiting approval: release 1: 0 of 2"
+    );
     assert_eq!(
         posted(&w, &release, "ferry/web1"),
         pairs(&[("pending", "release 1 awaits approval (0 of 2)")])

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 use crate::app::lock::AgentLock;
-use crate::app::status::NEXT_POLL_FILE;
+use crate::app::status::{note_pass, NEXT_POLL_FILE};
 use crate::config::Config;
 use crate::reconcile::{Agent, Pass};
 
@@ -161,6 +161,13 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
         let reconciled = agent.reconcile().await;
         // What one poll costs (bench/ reads this at RUST_LOG=ferry_agent::app::daemon=debug).
         debug!(elapsed_us = started.elapsed().as_micros() as u64, "poll finished");
+        note_pass(
+            &agent.config.state_dir,
+            reconciled
+                .as_ref()
+                .map_err(|e| crate::app::logging::error_chain(e)),
+            Utc::now(),
+        );
         match reconciled {
             Ok(outcome) => {
                 backoff = FIRST_BACKOFF;

@@ -10,11 +10,58 @@ use ferry_signer::StorePath;
 use crate::config::Config;
 use crate::io::nix;
 use crate::policy::drift::drift;
+use crate::reconcile::Pass;
 use crate::state::outbox::Outbox;
 use crate::state::{State, StateDir};
 
 /// Where the daemon records when it polls next.
 pub const NEXT_POLL_FILE: &str = "next-poll";
+
+/// Where a pass that waits (for approvals, an upload, a window, a reboot)
+/// or a reconcile that failed and is retried leaves its words, for
+/// `status`: `<RFC 3339 time>\t<words>`. Informational, like
+/// [`NEXT_POLL_FILE`]; removed by a pass that ends or finds nothing to do.
+pub const WAITING_FILE: &str = "waiting";
+
+/// What the last pass left waiting, and since when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    pub since: DateTime<Utc>,
+    pub what: String,
+}
+
+/// Notes what a pass found, for `status`: a release that waits, or a fault
+/// being retried (`Err` with its words). A pass that found the tip
+/// unchanged (`UpToDate`) keeps what an earlier pass noted, with its time;
+/// any other pass clears it. A plain write, no fsync: losing it to a crash
+/// loses only a line of `status` until the next poll.
+pub fn note_pass(state_dir: &Path, pass: Result<&Pass, String>, now: DateTime<Utc>) {
+    let path = state_dir.join(WAITING_FILE);
+    let what = match pass {
+        Ok(Pass::UpToDate) => return,
+        Ok(p) if p.is_waiting() => p.to_string(),
+        Ok(_) => {
+            let _ = std::fs::remove_file(&path);
+            return;
+        }
+        Err(words) => format!("retrying: {words}"),
+    };
+    // The same words again keep their first time.
+    if read_waiting(state_dir).is_some_and(|w| w.what == what) {
+        return;
+    }
+    let _ = std::fs::write(&path, format!("{}\t{what}\n", now.to_rfc3339()));
+}
+
+/// What [`note_pass`] left, if anything readable.
+pub fn read_waiting(state_dir: &Path) -> Option<Waiting> {
+    let text = std::fs::read_to_string(state_dir.join(WAITING_FILE)).ok()?;
+    let (since, what) = text.trim_end().split_once('\t')?;
+    Some(Waiting {
+        since: DateTime::parse_from_rfc3339(since).ok()?.with_timezone(&Utc),
+        what: what.to_owned(),
+    })
+}
 
 /// A snapshot for `status`.
 #[derive(Debug, Clone)]
@@ -28,6 +75,8 @@ pub struct StatusReport {
     pub rate_limited_until: Option<DateTime<Utc>>,
     pub drift: Option<String>,
     pub next_poll: Option<DateTime<Utc>>,
+    /// What the release waits for, or the fault being retried.
+    pub waiting: Option<Waiting>,
 }
 
 /// Reads everything `status` shows.
@@ -44,6 +93,7 @@ pub fn gather(config: &Config) -> anyhow::Result<StatusReport> {
         .and_then(|s| DateTime::parse_from_rfc3339(s.trim()).ok())
         .map(|t| t.with_timezone(&Utc));
     let drift = drift(&state, running.as_ref(), profile.as_ref());
+    let waiting = read_waiting(&config.state_dir);
     Ok(StatusReport {
         host: config.host.to_string(),
         running,
@@ -53,6 +103,7 @@ pub fn gather(config: &Config) -> anyhow::Result<StatusReport> {
         rate_limited_until,
         drift,
         next_poll,
+        waiting,
     })
 }
 
@@ -94,6 +145,24 @@ impl StatusReport {
                     f.phase.name(),
                     f.started
                 ),
+            );
+        }
+        if let Some(w) = &self.waiting {
+            // A fault being retried is dated from its first sighting, which
+            // survives restarts; anything else from when it was first noted.
+            let since = match &self.state.fault {
+                Some(f) if w.what.starts_with("retrying") => f.since,
+                _ => w.since,
+            };
+            let label = if w.what.starts_with("retrying") {
+                "fault"
+            } else {
+                "waiting"
+            };
+            line(
+                &mut out,
+                label,
+                format!("{} (since {})", w.what, since.format("%Y-%m-%d %H:%M UTC")),
             );
         }
         let queued = match self.rate_limited_until {
@@ -140,6 +209,10 @@ impl StatusReport {
             "forge_rate_limited_until": self.rate_limited_until.map(|t| t.to_rfc3339()),
             "drift": self.drift,
             "next_poll": self.next_poll.map(|t| t.to_rfc3339()),
+            "waiting": self.waiting.as_ref().map(|w| serde_json::json!({
+                "what": w.what, "since": w.since.to_rfc3339(),
+            })),
+            "fault_since": self.state.fault.as_ref().map(|f| f.since.to_rfc3339()),
         })
     }
 }
@@ -158,6 +231,7 @@ mod tests {
             rate_limited_until: limited.map(|t| DateTime::parse_from_rfc3339(t).unwrap().with_timezone(&Utc)),
             drift: None,
             next_poll: None,
+            waiting: None,
         }
     }
 
@@ -180,5 +254,63 @@ mod tests {
             .to_text()
             .contains("statuses queued 0\n"));
         assert!(report(4, None).to_json()["forge_rate_limited_until"].is_null());
+    }
+
+    #[test]
+    fn a_pass_that_waits_or_a_fault_is_shown_until_a_pass_ends_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let awaiting = Pass::AwaitingApproval {
+            serial: 2,
+            approved: vec!["alice".into()],
+            required: 2,
+        };
+        note_pass(dir.path(), Ok(&awaiting), at("2026-12-06T10:00:00Z"));
+        // Polls that find the tip unchanged, or the same words, keep the time.
+        note_pass(dir.path(), Ok(&Pass::UpToDate), at("2026-12-06T10:01:00Z"));
+        note_pass(dir.path(), Ok(&awaiting), at("2026-12-06T10:02:00Z"));
+        let waiting = read_waiting(dir.path()).unwrap();
+        assert_eq!(waiting.what, "awaiting approval: release 2: 1 of 2 (alice)");
+        assert_eq!(waiting.since, at("2026-12-06T10:00:00Z"));
+        let mut r = report(0, None);
+        r.waiting = Some(waiting);
+        assert!(
+            r.to_text().contains(
+                "waiting         awaiting approval: release 2: 1 of 2 (alice) (since 2026-12-06 10:00 UTC)"
+            ),
+            "{}",
+            r.to_text()
+        );
+        assert_eq!(r.to_json()["waiting"]["since"], "2026-12-06T10:00:00+00:00");
+
+        // A fault being retried: dated from its first sighting in the state.
+        note_pass(
+            dir.path(),
+            Err("binary cache cache.example.com: HTTP 401".into()),
+            at("2026-12-06T10:05:00Z"),
+        );
+        let mut r = report(0, None);
+        r.waiting = read_waiting(dir.path());
+        r.state.fault = Some(crate::state::Sighting {
+            commit: "1".repeat(40).parse().unwrap(),
+            since: at("2026-12-06T09:30:00Z"),
+        });
+        assert!(
+            r.to_text().contains(
+                "fault           retrying: binary cache cache.example.com: HTTP 401 (since 2026-12-06 09:30 UTC)"
+            ),
+            "{}",
+            r.to_text()
+        );
+
+        // A pass that ends something clears it.
+        note_pass(
+            dir.path(),
+            Ok(&Pass::Deployed {
+                reboot_required: false,
+            }),
+            at("2026-12-06T10:10:00Z"),
+        );
+        assert_eq!(read_waiting(dir.path()), None);
     }
 }

@@ -90,6 +90,20 @@ pub enum Pass {
 }
 
 impl Pass {
+    /// Whether the release waits for something (an upload, a window, a
+    /// reboot, approvals, a hold): `status` shows what.
+    pub fn is_waiting(&self) -> bool {
+        matches!(
+            self,
+            Pass::WaitingForClosure { .. }
+                | Pass::WaitingForWindow { .. }
+                | Pass::RebootScheduled { .. }
+                | Pass::Rebooting { .. }
+                | Pass::AwaitingApproval { .. }
+                | Pass::Held { .. }
+        )
+    }
+
     /// Whether `ferry-agent once` should exit 0.
     pub fn is_ok(&self) -> bool {
         matches!(
@@ -103,6 +117,51 @@ impl Pass {
                 | Pass::AwaitingApproval { .. }
                 | Pass::Held { .. }
         )
+    }
+}
+
+impl std::fmt::Display for Pass {
+    /// What `ferry-agent once` prints, and `status` shows of a pass that waits.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text: String = match self {
+            Pass::UpToDate => "up to date".into(),
+            Pass::AlreadyRunning => "already running the release".into(),
+            Pass::Deployed {
+                reboot_required: false,
+            } => "deployed".into(),
+            Pass::Deployed {
+                reboot_required: true,
+            } => "deployed; reboot required".into(),
+            Pass::WaitingForClosure { serial, until } => {
+                format!("waiting: release {serial}: the closure is not in the binary cache yet; retrying until {until}")
+            }
+            Pass::WaitingForWindow { serial, until } => {
+                format!("waiting: release {serial} waits for the deploy window, which opens at {until}")
+            }
+            Pass::RebootScheduled { serial, at } => {
+                format!("release {serial} installed; rebooting into it at {at} (maintenance window)")
+            }
+            Pass::Rebooting { serial } => format!("rebooting into release {serial}"),
+            Pass::AwaitingApproval {
+                serial,
+                approved,
+                required,
+            } => {
+                let mut s = format!(
+                    "awaiting approval: release {serial}: {} of {required}",
+                    approved.len()
+                );
+                if !approved.is_empty() {
+                    s.push_str(&format!(" ({})", approved.join(", ")));
+                }
+                s
+            }
+            Pass::Held { serial, hold } => format!("waiting: release {serial} is held back: {hold}"),
+            Pass::Refused(why) => format!("refused: {why}"),
+            Pass::Failed(why) => format!("failed: {why}"),
+            Pass::Error(why) => format!("error: {why}"),
+        };
+        f.write_str(&text)
     }
 }
 
