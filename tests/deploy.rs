@@ -719,9 +719,10 @@ fn attacks_and_faults_leave_the_system_untouched() {
     assert_eq!(said.len(), 2, "{said:?}");
     assert_eq!(said[1].0, "error", "{said:?}");
     assert!(
-        said[1]
-            .1
-            .starts_with("error: binary cache unreachable; retrying since "),
+        said[1].1.starts_with(&format!(
+            "error: binary cache unreachable: 127.0.0.1:{}; retrying since ",
+            w.cache_port
+        )),
         "{said:?}"
     );
     // It comes back: the same release deploys on the next reconcile, saying

@@ -86,6 +86,17 @@ pub fn fault_persists(since: DateTime<Utc>, now: DateTime<Utc>, error_after: std
     since.checked_add_signed(after).is_some_and(|at| now >= at)
 }
 
+/// Whether a transient fault is reported at once rather than after
+/// `report.error_after`: credentials a cache refuses, or that cannot be
+/// used, are fixed only by a person (retries go on, and pick up a fixed
+/// credential file), so waiting a quarter of an hour to say so helps no one.
+pub fn reported_at_once(e: &ReconcileError) -> bool {
+    matches!(
+        e,
+        ReconcileError::Cache(CacheError::Denied { .. } | CacheError::Credentials(_))
+    )
+}
+
 /// How long after a release's `created` time a closure path missing from the
 /// cache is taken for CI still uploading (the release may be pushed before the
 /// upload finishes): until then the agent retries instead of refusing.

@@ -227,8 +227,12 @@ impl Agent {
         let first_seen_missing = state::Sighting::since_for(state.closure_missing.as_ref(), &release);
         // While a persisting fault is reported, the release keeps its
         // `error` status until the fault clears (then "deploying" again).
-        let fault_reported = state::Sighting::since_for(state.fault.as_ref(), &release)
-            .is_some_and(|since| faults::fault_persists(since, now, self.config.report.error_after));
+        let fault_reported = state
+            .recent_statuses
+            .iter()
+            .rev()
+            .find(|s| s.commit == release)
+            .is_some_and(|s| s.state == StatusState::Error);
         let deploying = wording::deploying(&self.config.host, serial);
         if first_seen_missing.is_none() && !fault_reported {
             self.announce(state, &release, source.as_ref(), &deploying)

@@ -107,7 +107,8 @@ impl Agent {
                 now
             }
         };
-        if faults::fault_persists(since, now, self.config.report.error_after) {
+        if faults::reported_at_once(&e) || faults::fault_persists(since, now, self.config.report.error_after)
+        {
             let description = wording::fault_description(&e.summary(), since);
             let source = self.release_source.clone();
             if self.report(

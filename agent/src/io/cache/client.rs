@@ -181,9 +181,17 @@ impl CacheError {
             CacheError::Narinfo { .. } | CacheError::Mismatch { .. } => {
                 "refused: the binary cache served bad metadata".into()
             }
-            CacheError::Unreachable { .. } => "error: binary cache unreachable".into(),
-            CacheError::Denied { .. } => "error: the binary cache refused access (credentials)".into(),
-            CacheError::Credentials(_) => "error: cache credentials cannot be used".into(),
+            CacheError::Unreachable { url, .. } => {
+                format!("error: binary cache unreachable: {}", cache_host(url))
+            }
+            CacheError::Denied { url, status, .. } => format!(
+                "error: binary cache {} refused this host's credentials (HTTP {status})",
+                cache_host(url)
+            ),
+            CacheError::Credentials(CredentialError::S3 { cache, .. }) => {
+                format!("error: no S3 credentials for {}", short(cache))
+            }
+            CacheError::Credentials(_) => "error: cache credentials cannot be used (see the journal)".into(),
             CacheError::TooLarge => "refused: closure too large".into(),
             CacheError::DiskFull { need, available, .. } => {
                 format!(
@@ -194,6 +202,19 @@ impl CacheError {
             }
             CacheError::Disk { .. } => "error: cannot check free disk space".into(),
         }
+    }
+}
+
+/// The host (and port) of a cache URL, for status lines: which cache, in
+/// few words (no path, no credentials).
+fn cache_host(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => match (u.host_str(), u.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_owned(),
+            _ => short(url),
+        },
+        Err(_) => short(url),
     }
 }
 

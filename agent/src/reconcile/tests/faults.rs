@@ -5,6 +5,41 @@
 
 use super::*;
 
+/// Credentials a cache refuses are for a person to fix: the `error`
+/// status, naming the cache, is posted at the first refusal, not after
+/// `report.error_after`; the retries go on.
+#[test]
+fn refused_cache_credentials_are_reported_at_once_naming_the_cache() {
+    let host = Host::new();
+    host.w().cached = Cached::Denied;
+    let mut agent = host.agent();
+    transient(&mut agent);
+    let since = host.state().fault.expect("remembered").since;
+    let error = wording::fault_description(
+        "error: binary cache cache.example.com refused this host's credentials (HTTP 401)",
+        since,
+    );
+    let deploying = wording::deploying(&web1(), 1);
+    assert_eq!(
+        posted(&host),
+        [
+            (commit(R1), StatusState::Pending, deploying.clone()),
+            (commit(SOURCE), StatusState::Pending, deploying),
+            (commit(R1), StatusState::Error, error.clone()),
+            (commit(SOURCE), StatusState::Error, error),
+        ]
+    );
+    transient(&mut agent);
+    assert_eq!(posted(&host).len(), 4, "said once");
+    host.w().cached = Cached::Yes;
+    assert_eq!(
+        run(&mut host.agent()),
+        Pass::Deployed {
+            reboot_required: false
+        }
+    );
+}
+
 /// A cache unreachable for longer than `report.error_after` turns the
 /// release's status to one `error` (across polls and a restart), and back
 /// to the normal statuses once the cache answers again.
@@ -27,8 +62,7 @@ fn a_persisting_transient_fault_posts_one_error_status_then_normal_ones() {
     // 15 minutes (the default `report.error_after`) later, still failing.
     host.w().now = since + chrono::Duration::minutes(15);
     transient(&mut agent);
-    let error = wording::fault_description("error: binary cache unreachable", since);
-    assert!(error.starts_with("error: binary cache unreachable; retrying since "));
+    let error = wording::fault_description("error: binary cache unreachable: cache.example.com", since);
     expected.extend([
         (commit(R1), StatusState::Error, error.clone()),
         (commit(SOURCE), StatusState::Error, error.clone()),

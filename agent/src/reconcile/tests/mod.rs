@@ -91,6 +91,8 @@ enum Cached {
     Missing,
     /// The cache answers 503: a transient fault, retried at the next poll.
     Unavailable,
+    /// The cache answers 401 to this host's credentials.
+    Denied,
     Unsigned,
     Oversized,
     DiskUnknown,
@@ -277,6 +279,11 @@ impl ClosureCache for FakeCache {
             Cached::Unavailable => Err(CacheError::Unreachable {
                 url: "https://cache.example.com/nix-cache-info".into(),
                 detail: "HTTP 503".into(),
+            }),
+            Cached::Denied => Err(CacheError::Denied {
+                url: "https://cache.example.com/nix-cache-info".into(),
+                status: 401,
+                advice: "check cache.netrc_file".into(),
             }),
             Cached::Unsigned => Err(CacheError::Untrusted(
                 crate::io::cache::narinfo::TrustError::Unsigned { path },
