@@ -1166,6 +1166,9 @@ mod metrics;
 // A forge that rate-limits the host's token, on this file's `World`.
 mod rate_limits;
 
+// A host clock years off, on this file's `World`.
+mod clock;
+
 /// Full deploys (pending → success) from a private cache (nginx) that
 /// demands a bearer token, then from an S3 bucket (moto, authentication on), each
 /// realised by the agent through its loopback relay inside the testbed.

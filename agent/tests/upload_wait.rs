@@ -1,11 +1,15 @@
 //! A release pushed before CI finished uploading its closure: the agent waits
-//! (retries, remembers only when it first saw the closure missing, posts one status) for a grace period after the
-//! release's `created` time, then deploys once the closure is there; after the
-//! grace period a missing closure is refused. Real Nix store and signed cache.
+//! (retries, remembers only when it first saw the closure missing, posts one
+//! status) for a grace period after the release's `created` time, then
+//! deploys once the closure is there; a release found missing long after it
+//! was made is waited for an hour from that sighting, then refused. Real Nix
+//! store and signed cache.
 
 use std::path::Path;
 
 use ferry_agent::config::Config;
+use ferry_agent::policy::window::HostZone;
+use ferry_agent::reconcile::ports::Clock;
 use ferry_agent::reconcile::{Agent, Pass};
 
 use ferry_test_support::deploy_repo::DeployRepo;
@@ -108,11 +112,22 @@ fn a_closure_still_uploading_is_waited_for_then_refused_after_the_grace_period()
         "past the preflight: {err:#}"
     );
 
-    // A release created long ago whose closure is missing: refused.
+    // A release created long ago whose closure is missing (the host was
+    // away, or its clock is ahead): waited for an hour from this first
+    // sighting, not refused before the host has waited at all.
     let stale_toplevel = nix::build_toplevel(dir.path(), "web1", &unique("never-uploaded"), 0);
     nix::delete(&nix::closure(&stale_toplevel));
     let two_hours_ago = chrono::Utc::now() - chrono::Duration::hours(2);
     let old = deploy.release_by(&deploy.key, "web1", &stale_toplevel, two_hours_ago);
+    let before = chrono::Utc::now();
+    match rt.block_on(agent.reconcile()).unwrap() {
+        Pass::WaitingForClosure { serial: 2, until } => {
+            assert!(until >= before + chrono::Duration::hours(1), "{until}")
+        }
+        r => panic!("expected a wait, got {r:?}"),
+    }
+    // An hour and a minute later (the clock moved on), still missing: refused.
+    agent.ports.clock = Box::new(Later(chrono::Duration::minutes(61)));
     match rt.block_on(agent.reconcile()).unwrap() {
         Pass::Refused(why) => assert!(why.contains("in none of the binary caches"), "{why}"),
         r => panic!("expected a refusal, got {r:?}"),
@@ -121,4 +136,16 @@ fn a_closure_still_uploading_is_waited_for_then_refused_after_the_grace_period()
         agent.state.load().unwrap().last_seen_tip.map(|t| t.to_string()),
         Some(old)
     );
+}
+
+/// The system clock, moved on by a fixed amount.
+struct Later(chrono::Duration);
+
+impl Clock for Later {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now() + self.0
+    }
+    fn zone(&self) -> HostZone {
+        HostZone::Local
+    }
 }

@@ -102,11 +102,8 @@ pub fn reported_at_once(e: &ReconcileError) -> bool {
 /// upload finishes): until then the agent retries instead of refusing.
 pub const CACHE_UPLOAD_GRACE: chrono::Duration = chrono::Duration::hours(1);
 
-/// Whether a closure missing from the binary cache may still be on its way:
-/// the release was created, and this host first saw it missing, less than
-/// [`CACHE_UPLOAD_GRACE`] before `now`. The host's own first sighting bounds
-/// the wait when `created` is in the future (a signer's clock ahead, or this
-/// host's behind), so a missing closure is never waited for indefinitely.
+/// Whether a closure missing from the binary cache may still be on its way
+/// at `now`: until [`upload_deadline`].
 pub fn may_still_be_uploading(
     created: DateTime<Utc>,
     first_seen_missing: DateTime<Utc>,
@@ -115,9 +112,19 @@ pub fn may_still_be_uploading(
     now < upload_deadline(created, first_seen_missing)
 }
 
-/// When waiting for a missing closure ends (see [`may_still_be_uploading`]).
+/// When waiting for a missing closure ends: [`CACHE_UPLOAD_GRACE`] after
+/// the release was created, when this host first saw the closure missing
+/// within that time; else the grace after that first sighting — a `created`
+/// in this host's future (a clock behind, or CI's ahead) cannot stretch the
+/// wait, and one long past (a host away for a while, or its clock ahead by
+/// years) cannot refuse the closure before the host has waited at all.
 pub fn upload_deadline(created: DateTime<Utc>, first_seen_missing: DateTime<Utc>) -> DateTime<Utc> {
-    created.min(first_seen_missing) + CACHE_UPLOAD_GRACE
+    let elapsed = first_seen_missing - created;
+    if elapsed >= chrono::Duration::zero() && elapsed <= CACHE_UPLOAD_GRACE {
+        created + CACHE_UPLOAD_GRACE
+    } else {
+        first_seen_missing + CACHE_UPLOAD_GRACE
+    }
 }
 
 /// A fault that stops a reconcile before it records anything: the
@@ -237,6 +244,17 @@ mod tests {
         let future: DateTime<Utc> = "2030-01-01T00:00:00Z".parse().unwrap();
         assert!(may_still_be_uploading(future, seen, at("2026-11-22T10:30:00Z")));
         assert!(!may_still_be_uploading(future, seen, at("2026-11-22T11:00:10Z")));
+        // A release made long before this host first saw it (the host was
+        // away, or its clock is years ahead): an hour from that sighting,
+        // not a refusal at once.
+        let ahead = at("2031-11-22T10:00:10Z");
+        assert!(may_still_be_uploading(created, ahead, ahead));
+        assert!(may_still_be_uploading(created, ahead, at("2031-11-22T10:59:00Z")));
+        assert!(!may_still_be_uploading(
+            created,
+            ahead,
+            at("2031-11-22T11:00:10Z")
+        ));
     }
 
     /// The severity agrees with the words the forge shows: `error: …` is an

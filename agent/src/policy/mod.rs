@@ -15,8 +15,11 @@
 //! - [`window`]: maintenance and deploy windows, and the `[reboot]` section.
 //! - [`approvals`]: the `[approvals]` section.
 //! - [`drift`]: whether the running system differs from what was deployed.
+//! - [`clock`]: what the host's clock can be trusted for, and when it
+//!   looks wrong.
 
 pub mod approvals;
+pub mod clock;
 pub mod dedup;
 pub mod drift;
 pub mod ending;

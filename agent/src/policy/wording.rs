@@ -73,3 +73,12 @@ pub fn waits_for_window(serial: u64, until: &str) -> String {
 pub fn fault_description(summary: &str, since: DateTime<Utc>) -> String {
     format!("{summary}; retrying since {}", since.format("%Y-%m-%d %H:%M UTC"))
 }
+
+/// A release expired by this host's clock: the verifier's words and the
+/// clock's time, so a clock years ahead shows in the forge.
+pub fn stale(summary: &str, now: DateTime<Utc>) -> String {
+    format!(
+        "{summary} (this host's clock: {})",
+        now.format("%Y-%m-%d %H:%M UTC")
+    )
+}

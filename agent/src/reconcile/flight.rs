@@ -396,7 +396,7 @@ impl Agent {
         self.record(
             state,
             Record {
-                seen: flight.tip.clone(),
+                seen: Some(flight.tip.clone()),
                 outcome: Outcome {
                     commit: flight.target.commit.clone(),
                     serial: flight.target.serial,

@@ -3,7 +3,7 @@
 //! (approvals, the deploy window, a closure still uploading), or an accepted
 //! release recorded as a deploy in flight, which `flight` drives on.
 
-use ferry_signer::Approval;
+use ferry_signer::{Approval, VerifyError};
 
 use super::*;
 
@@ -59,6 +59,7 @@ impl Agent {
                     severity: Severity::Failure,
                     summary: r.summary(),
                     detail: r.to_string(),
+                    again: false,
                 };
                 self.refuse(state, refused)
             }
@@ -82,6 +83,26 @@ impl Agent {
             .await
         {
             Ok(v) => v,
+            // Expired by this host's clock, which may be wrong: said with
+            // the clock's time, and judged again at every poll, so a clock
+            // set right deploys the release without a new one.
+            Err(e) if matches!(*e, VerifyError::Expired { .. }) => {
+                return Err(Box::new(Refused {
+                    phase: "verify",
+                    seen: tip.clone(),
+                    release: tip.clone(),
+                    serial: None,
+                    source: None,
+                    severity: faults::verify_severity(&e),
+                    summary: wording::stale(&e.summary(), now),
+                    detail: format!(
+                        "{e} (by this host's clock, {}: if the clock is wrong, set it right — \
+                         the release is judged again at every poll)",
+                        now.format("%Y-%m-%d %H:%M:%S UTC")
+                    ),
+                    again: true,
+                }))
+            }
             Err(e) => {
                 return Err(Box::new(Refused {
                     phase: "verify",
@@ -92,9 +113,14 @@ impl Agent {
                     severity: faults::verify_severity(&e),
                     summary: e.summary(),
                     detail: e.to_string(),
+                    again: false,
                 }))
             }
         };
+        if let Some(by) = clock::behind(now, verified_tip.release.release.created) {
+            let r = &verified_tip.release.release;
+            warn!("{}", clock::behind_words(r.serial, r.created, now, by));
+        }
         let VerifiedTip {
             release: verified,
             approvals,
@@ -110,6 +136,7 @@ impl Agent {
                 severity: Severity::Failure,
                 summary: wording::may_not_release(&e.principal.to_string()),
                 detail: e.to_string(),
+                again: false,
             }));
         }
         Ok((verified, approvals))
@@ -155,7 +182,7 @@ impl Agent {
         let serial = verified.release.serial;
         let description = wording::runs_release(&self.config.host, serial);
         let record = Record {
-            seen,
+            seen: Some(seen),
             outcome: Outcome {
                 commit: verified.commit.clone(),
                 serial,
@@ -224,7 +251,9 @@ impl Agent {
             "deploying release {serial} ({})", entry.action
         );
         let now = self.ports.clock.now();
-        let first_seen_missing = state::Sighting::since_for(state.closure_missing.as_ref(), &release);
+        let first_seen_missing = state::Sighting::since_for(state.closure_missing.as_ref(), &release)
+            // A clock moved back since: the wait starts again now.
+            .filter(|first| clock::since(*first, now) == *first);
         // While a persisting fault is reported, the release keeps its
         // `error` status until the fault clears (then "deploying" again).
         let fault_reported = state
@@ -272,6 +301,7 @@ impl Agent {
                     severity: faults::cache_severity(&e),
                     summary: e.summary(),
                     detail: e.to_string(),
+                    again: false,
                 };
                 return self.refuse(state, refused);
             }

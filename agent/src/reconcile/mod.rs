@@ -41,7 +41,7 @@ use crate::policy::faults::{self, ReconcileError, Severity};
 use crate::policy::gate::{self, Answer, Facts, Hold, Holds, Step};
 use crate::policy::judge::{self, Verdict};
 use crate::policy::window::{self, RebootPolicy};
-use crate::policy::{dedup, wording};
+use crate::policy::{clock, dedup, wording};
 use crate::reconcile::ports::{Activation, Ports, PreflightError};
 use crate::state::{
     self, Anchor, BootId, InFlight, Outcome, OutcomeKind, Phase, State, StateDir, Target, Unsent,
@@ -219,13 +219,17 @@ struct Refused {
     summary: String,
     /// The full reason, for the journal and `once`.
     detail: String,
+    /// Judged again at the next poll: the tip is not remembered as seen
+    /// (a release expired by a clock that may be wrong).
+    again: bool,
 }
 
 /// How a reconcile ends, as [`Agent::record`] records, saves and reports it.
 #[derive(Debug)]
 struct Record {
-    /// The branch tip, remembered as seen (the release, or an approval of it).
-    seen: CommitId,
+    /// The branch tip, remembered as seen (the release, or an approval of
+    /// it); `None` when it is to be judged again at the next poll.
+    seen: Option<CommitId>,
     outcome: Outcome,
     /// Where else to report (the release's source commit).
     source: Option<CommitId>,

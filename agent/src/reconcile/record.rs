@@ -96,7 +96,10 @@ impl Agent {
         };
         let now = self.ports.clock.now();
         let mut changed = false;
-        let since = match state::Sighting::since_for(state.fault.as_ref(), release) {
+        let first = state::Sighting::since_for(state.fault.as_ref(), release)
+            // A clock moved back since: the fault is timed from now.
+            .filter(|first| clock::since(*first, now) == *first);
+        let since = match first {
             Some(since) => since,
             None => {
                 state.fault = Some(state::Sighting {
@@ -156,7 +159,7 @@ impl Agent {
         self.record(
             state,
             Record {
-                seen: r.seen,
+                seen: (!r.again).then_some(r.seen),
                 outcome: Outcome {
                     commit: r.release,
                     serial: r.serial.unwrap_or(0),
@@ -202,7 +205,10 @@ impl Agent {
             error!(ferry_phase = phase, ferry_outcome = label, "{message}");
         }
         state.in_flight = None;
-        state.last_seen_tip = Some(seen);
+        let judged_again = seen.is_none();
+        if let Some(seen) = seen {
+            state.last_seen_tip = Some(seen);
+        }
         if anchor {
             state.anchor = Some(Anchor {
                 commit: outcome.commit.clone(),
@@ -224,8 +230,12 @@ impl Agent {
         // sightings are forgotten. Those of another release stay: the
         // branch may be rewound to it (past this refused commit), and the
         // forge already has what was said about it.
+        // A tip judged again at the next poll keeps them: the same words
+        // then are not news.
         let ended = |c: &CommitId| *c == outcome.commit || source.as_ref() == Some(c);
-        state.recent_statuses.retain(|s| !ended(&s.commit));
+        if !judged_again {
+            state.recent_statuses.retain(|s| !ended(&s.commit));
+        }
         if state
             .closure_missing
             .as_ref()

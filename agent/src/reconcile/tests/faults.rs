@@ -182,3 +182,95 @@ fn the_preflight_asks_nix_which_paths_on_disk_are_valid() {
         ]
     );
 }
+
+/// A release expired by a clock years ahead is refused as stale with the
+/// clock's time in the status, judged again at every poll without a new
+/// status, and deployed once the clock is set right — no new release needed.
+#[test]
+fn a_release_expired_by_a_wrong_clock_deploys_once_the_clock_is_right() {
+    let host = Host::new();
+    if let Some(Verifies::As(v)) = host.w().releases.get_mut(&commit(R1)) {
+        v.release.expires = Some(t0() + chrono::Duration::days(30));
+    }
+    host.w().now = t0() + chrono::Duration::days(5 * 365);
+    let r = run(&mut host.agent());
+    assert!(
+        matches!(&r, Pass::Refused(why) if why.contains("expired")),
+        "{r:?}"
+    );
+    assert_eq!(
+        posted(&host),
+        [(
+            commit(R1),
+            StatusState::Failure,
+            "stale: release 1 expired 2027-02-05 12:00 UTC (this host's clock: 2032-01-05 12:00 UTC)".into()
+        )]
+    );
+    assert_eq!(host.state().last_seen_tip, None, "judged again at the next poll");
+    let r = run(&mut host.agent());
+    assert!(matches!(r, Pass::Refused(_)), "{r:?}");
+    assert_eq!(posted(&host).len(), 1, "said once");
+    // NTP sets the clock right: the same release deploys.
+    host.w().now = t0() + chrono::Duration::hours(1);
+    assert_eq!(
+        run(&mut host.agent()),
+        Pass::Deployed {
+            reboot_required: false
+        }
+    );
+    assert_eq!(host.state().last_seen_tip, Some(commit(R1)));
+}
+
+/// A fault first seen while the clock was years ahead, then the clock set
+/// right: timed from the correction, neither reported at once nor never.
+#[test]
+fn a_clock_moved_back_times_a_fault_from_the_correction() {
+    let host = Host::new();
+    host.w().cached = Cached::Unavailable;
+    host.w().now = t0() + chrono::Duration::days(5 * 365);
+    let mut agent = host.agent();
+    transient(&mut agent);
+    host.w().now = t0();
+    transient(&mut agent);
+    assert_eq!(
+        host.state().fault.unwrap().since,
+        t0(),
+        "started again at the correction"
+    );
+    host.w().now = t0() + chrono::Duration::minutes(15);
+    transient(&mut agent);
+    assert_eq!(
+        posted(&host).last().unwrap().1,
+        StatusState::Error,
+        "reported 15 minutes later"
+    );
+}
+
+/// A release made long before this host first finds its closure missing
+/// (the host was away, or its clock is years ahead): waited for an hour from
+/// that first sighting, then refused — never refused before waiting at all.
+#[test]
+fn a_closure_found_missing_long_after_its_release_is_waited_for_an_hour() {
+    let host = Host::new();
+    let old = verified(
+        R1,
+        1,
+        Some((system('b'), Action::Switch)),
+        t0() - chrono::Duration::hours(2),
+    );
+    host.w().releases.insert(commit(R1), Verifies::As(old));
+    host.w().cached = Cached::Missing;
+    assert_eq!(
+        run(&mut host.agent()),
+        Pass::WaitingForClosure {
+            serial: 1,
+            until: t0() + chrono::Duration::hours(1)
+        }
+    );
+    host.w().now += chrono::Duration::minutes(61);
+    let r = run(&mut host.agent());
+    assert!(
+        matches!(&r, Pass::Refused(why) if why.contains("in none of the binary caches")),
+        "{r:?}"
+    );
+}

@@ -219,10 +219,18 @@ impl ReleaseSource for FakeSource {
         tip: &CommitId,
         _: &AllowedSigners,
         _: &AllowedSigners,
-        _: DateTime<Utc>,
+        now: DateTime<Utc>,
     ) -> Pending<'_, Result<VerifiedTip, Box<VerifyError>>> {
         let tip = tip.clone();
         effect(&self.0, "verify", move |w| match w.releases[&tip].clone() {
+            // Expiry by the clock given, as the real verifier judges it.
+            Verifies::As(release) | Verifies::Approved(release, _) if release.release.is_expired(now) => {
+                Err(Box::new(VerifyError::Expired {
+                    commit: git2::Oid::ZERO_SHA1,
+                    serial: release.release.serial,
+                    expires: release.release.expires.expect("expired"),
+                }))
+            }
             Verifies::As(release) => Ok(VerifiedTip {
                 tip,
                 release,

@@ -129,21 +129,6 @@ fn every_refusal_records_reports_and_leaves_the_host_untouched() {
             status: StatusState::Error,
             says: "cannot check free disk space",
         },
-        RefusalCase {
-            name: "missing from the cache long after the release",
-            set: |w| {
-                let old = verified(
-                    R1,
-                    1,
-                    Some((system('b'), Action::Switch)),
-                    t0() - chrono::Duration::hours(2),
-                );
-                w.releases.insert(commit(R1), Verifies::As(old));
-                w.cached = Cached::Missing;
-            },
-            status: StatusState::Failure,
-            says: "missing from the binary cache",
-        },
     ];
     for case in cases {
         let host = Host::new();
