@@ -1169,6 +1169,9 @@ mod rate_limits;
 // A host clock years off, on this file's `World`.
 mod clock;
 
+// The deploy branch from a static mirror, on this file's `World`.
+mod mirror;
+
 /// Full deploys (pending → success) from a private cache (nginx) that
 /// demands a bearer token, then from an S3 bucket (moto, authentication on), each
 /// realised by the agent through its loopback relay inside the testbed.

@@ -10,6 +10,7 @@ mod common;
 mod architecture;
 mod forge;
 mod key_types;
+mod mirror;
 mod nix_cache;
 mod preflight;
 mod private_cache;

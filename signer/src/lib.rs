@@ -26,6 +26,8 @@
 //!   settings, the requests, parsing the answers, a small blocking client.
 //! - [`fleet`]: a release across the fleet: host selection, per-host
 //!   outcomes, counts, and the waiter's decision.
+//! - [`mirror`]: the deploy branch as a static mirror (git's dumb HTTP
+//!   layout) for web servers, buckets and CDNs.
 //! - [`pace`]: how often the fleet commands read the forge, to fit the
 //!   token's budget.
 //! - [`plan`]: the rollout plan (`rollout.toml`): waves of hosts.
@@ -38,6 +40,7 @@ pub mod forge;
 pub mod git;
 pub mod hosts_file;
 pub mod keys;
+pub mod mirror;
 pub mod names;
 pub mod pace;
 pub mod pattern;

@@ -38,6 +38,8 @@ enum Command {
     Wait(commands::wait::Args),
     /// Roll a hosts file out in waves, as a plan says: release, wait, soak, next.
     Rollout(commands::rollout::Args),
+    /// Write the deploy branch as a static mirror for web servers, buckets and CDNs (agents poll it cheaply).
+    Mirror(commands::mirror::Args),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
         Command::Status(args) => done(commands::status::run(args)),
         Command::Wait(args) => commands::wait::run(args),
         Command::Rollout(args) => commands::rollout::run(args),
+        Command::Mirror(args) => done(commands::mirror::run(args)),
     };
     match result {
         Ok(outcome) => outcome.exit_code(),

@@ -4,6 +4,7 @@
 
 pub mod approve;
 pub mod keygen;
+pub mod mirror;
 pub mod release;
 pub mod rollout;
 pub mod show;

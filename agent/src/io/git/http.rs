@@ -69,7 +69,7 @@ pub fn with_token<T>(token: Option<Zeroizing<String>>, f: impl FnOnce() -> T) ->
     f()
 }
 
-fn client() -> io::Result<&'static reqwest::blocking::Client> {
+pub(crate) fn client() -> io::Result<&'static reqwest::blocking::Client> {
     CLIENT
         .get_or_init(|| {
             let connect = connect_timeout();
@@ -287,7 +287,7 @@ fn check(
 /// What is left of the operation's deadline (`git_daemon::with_deadline`,
 /// or `default` from now when none was set) as a request timeout, which
 /// bounds the body too, and the deadline's length; an error once it passed.
-fn time_left(default: Duration) -> io::Result<(Duration, Duration)> {
+pub(crate) fn time_left(default: Duration) -> io::Result<(Duration, Duration)> {
     let Some((deadline, limit)) = current_deadline() else {
         return Ok((default, default));
     };
@@ -302,7 +302,7 @@ fn time_left(default: Duration) -> io::Result<(Duration, Duration)> {
 }
 
 /// A body that stopped: past the deadline, said so.
-fn body_error(e: io::Error, limit: Duration) -> io::Error {
+pub(crate) fn body_error(e: io::Error, limit: Duration) -> io::Error {
     let timed_out = e.kind() == io::ErrorKind::TimedOut
         || std::iter::successors(Some(&e as &dyn std::error::Error), |s| s.source()).any(|s| {
             s.downcast_ref::<reqwest::Error>()
@@ -315,7 +315,7 @@ fn body_error(e: io::Error, limit: Duration) -> io::Error {
     }
 }
 
-fn request_error(e: reqwest::Error, limit: Duration) -> io::Error {
+pub(crate) fn request_error(e: reqwest::Error, limit: Duration) -> io::Error {
     let what = if e.is_timeout() {
         past_deadline("HTTP", limit)
     } else if e.is_connect() {
@@ -347,7 +347,7 @@ fn redirect_allowed(from: &reqwest::Url, to: &reqwest::Url) -> bool {
 
 /// `Authorization: Basic x-access-token:TOKEN`, marked sensitive so the HTTP
 /// stack never shows it.
-fn basic_auth(token: &str) -> Result<HeaderValue, git2::Error> {
+pub(crate) fn basic_auth(token: &str) -> Result<HeaderValue, git2::Error> {
     let userpass = Zeroizing::new(format!("x-access-token:{token}"));
     let encoded = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(userpass.as_bytes()));
     let header = Zeroizing::new(format!("Basic {}", encoded.as_str()));

@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use crate::config::value::{absolute, secs, HumanDuration, Invalid};
 use crate::io::git::limits::{self, MAX_FETCH_BYTES, PACK_TIMEOUT};
+use crate::io::git::mirror::{self, Mirror, MirrorFault};
 use crate::io::git::{daemon as git_daemon, http as git_http};
 
 const REMOTE_REF: &str = "refs/ferry/tip";
@@ -89,6 +90,8 @@ pub enum SourceError {
     Missing { url: String, commit: Oid },
     #[error("cannot read token file {path}: {source}")]
     Token { path: PathBuf, source: std::io::Error },
+    #[error("cannot read the mirror at {url}: {fault}")]
+    Mirror { url: String, fault: MirrorFault },
     #[error("git: {0}")]
     Git(#[from] git2::Error),
 }
@@ -97,7 +100,7 @@ impl SourceError {
     /// Whether retrying later may help (network trouble) rather than a
     /// configuration or content problem.
     pub fn is_transient(&self) -> bool {
-        matches!(self, SourceError::Unreachable { .. })
+        matches!(self, SourceError::Unreachable { .. } | SourceError::Mirror { .. })
     }
 }
 
@@ -109,6 +112,9 @@ pub struct Source {
     token_file: Option<PathBuf>,
     /// Total time for a tip check and for a fetch (git://).
     deadlines: (Duration, Duration),
+    /// For an http(s) URL, whether it serves a static mirror (asked once, at
+    /// the first tip check) and the mirror's reader.
+    mirror: std::sync::OnceLock<Option<Mirror>>,
 }
 
 impl std::fmt::Debug for Source {
@@ -158,6 +164,7 @@ impl Source {
             branch: branch.to_owned(),
             token_file: token_file.map(Path::to_owned),
             deadlines: (limits::LS_TIMEOUT, PACK_TIMEOUT),
+            mirror: std::sync::OnceLock::new(),
         })
     }
 
@@ -187,8 +194,49 @@ impl Source {
         Ok(Some(Zeroizing::new(text.trim().to_owned())))
     }
 
-    /// Asks the remote for the branch tip: one ref advertisement, no objects.
+    /// The mirror reader when `url` serves a static mirror, found out at the
+    /// first call (within `limit`) and kept; `None` for git's own protocols.
+    fn mirror(&self, limit: Duration) -> Result<Option<&Mirror>, SourceError> {
+        if let Some(known) = self.mirror.get() {
+            return Ok(known.as_ref());
+        }
+        let found = if self.url.starts_with("http://") || self.url.starts_with("https://") {
+            let token = self.token()?;
+            let auth = mirror::auth(token.as_deref().map(|t| t.as_str()))?;
+            let is_static = limits::with_deadline(limit, || mirror::is_static(&self.url, auth.as_ref()))
+                .map_err(|fault| self.mirror_fault(fault))?;
+            is_static.then(|| Mirror::new(&self.url))
+        } else {
+            None
+        };
+        Ok(self.mirror.get_or_init(|| found).as_ref())
+    }
+
+    fn mirror_fault(&self, fault: MirrorFault) -> SourceError {
+        match fault {
+            MirrorFault::NoBranch(branch) => SourceError::NoBranch {
+                url: self.url.clone(),
+                branch,
+            },
+            MirrorFault::TooLarge => SourceError::TooLarge {
+                url: self.url.clone(),
+            },
+            fault => SourceError::Mirror {
+                url: self.url.clone(),
+                fault,
+            },
+        }
+    }
+
+    /// Asks the remote for the branch tip: one ref advertisement (or, from a
+    /// static mirror, one conditional GET of `info/refs`), no objects.
     pub fn remote_tip(&self) -> Result<Oid, SourceError> {
+        if let Some(mirror) = self.mirror(self.deadlines.0)? {
+            let token = self.token()?;
+            let auth = mirror::auth(token.as_deref().map(|t| t.as_str()))?;
+            return limits::with_deadline(self.deadlines.0, || mirror.tip(&self.branch, auth.as_ref()))
+                .map_err(|fault| self.mirror_fault(fault));
+        }
         let unreachable = |source| SourceError::Unreachable {
             url: self.url.clone(),
             source,
@@ -217,6 +265,22 @@ impl Source {
     pub fn fetch(&self, expected: Oid) -> Result<(), SourceError> {
         if self.repo.find_commit(expected).is_ok() {
             return Ok(());
+        }
+        if let Some(mirror) = self.mirror(self.deadlines.0)? {
+            let token = self.token()?;
+            let auth = mirror::auth(token.as_deref().map(|t| t.as_str()))?;
+            limits::with_deadline(self.deadlines.1, || mirror.fetch(&self.repo, auth.as_ref()))
+                .map_err(|fault| self.mirror_fault(fault))?;
+            // A mirror's packs are whatever it serves: the commit, its tree
+            // and its whole history must all be here before anything reads
+            // them, or the next poll fetches again.
+            return match mirror::complete(&self.repo, expected) {
+                Ok(()) => Ok(()),
+                Err(_) => Err(SourceError::Missing {
+                    url: self.url.clone(),
+                    commit: expected,
+                }),
+            };
         }
         let token = self.token()?;
         let mut callbacks = RemoteCallbacks::new();

@@ -1,0 +1,240 @@
+//! The deploy branch from a static mirror (`ferry-signer mirror`'s layout)
+//! served by a real nginx: the tip check is one conditional GET answered 304
+//! while nothing changes, a new release downloads only its own pack, real
+//! `git clone` reads the same mirror, and hostile mirrors (a ref to a
+//! missing commit, a cut or mislabelled pack, endless or foreign index
+//! files, a redirect to another host) are refused with a message naming the
+//! file, bounded, nothing half-written.
+
+use std::io::Write;
+use std::path::Path;
+
+use crate::common::hostile::{hostile_server, within};
+use ferry_agent::io::git::source::{Source, SourceError};
+use ferry_signer::mirror::{self, Mirrored};
+use ferry_test_support::deploy_repo::DeployRepo;
+use ferry_test_support::nginx::{Access, Nginx};
+
+const WEB1_A: &str = "/nix/store/0c0mb5j1x3dg5bf3wk3jh4xyz6p4s3ld-nixos-system-web1";
+const WEB1_B: &str = "/nix/store/1c0mb5j1x3dg5bf3wk3jh4xyz6p4s3ld-nixos-system-web1";
+
+/// Writes `deploy`'s branch into the mirror at `root/deploy.git`.
+fn publish(deploy: &DeployRepo, root: &Path) -> Mirrored {
+    let repo = git2::Repository::open(&deploy.path).unwrap();
+    mirror::update(&repo, "deploy", &root.join("deploy.git")).unwrap()
+}
+
+fn source(dir: &Path, url: &str) -> Source {
+    Source::open(
+        &dir.join(format!("clone-{}.git", ferry_test_support::unique("m"))),
+        url,
+        "deploy",
+        None,
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_static_mirror_is_polled_with_one_conditional_get_and_fetched_by_pack() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("www");
+    let deploy = DeployRepo::new(dir.path());
+    let first = deploy.release("web1", WEB1_A);
+    assert!(matches!(publish(&deploy, &root), Mirrored::Added { .. }));
+    let nginx = Nginx::serve(&root, &Access::Anyone, false).unwrap();
+    let url = format!("{}/deploy.git", nginx.url());
+    let source = source(dir.path(), &url);
+
+    let tip = source.remote_tip().unwrap();
+    assert_eq!(tip.to_string(), first);
+    source.fetch(tip).unwrap();
+    assert!(source.repo().find_commit(tip).is_ok());
+    let verified = ferry_signer::git::read_release(source.repo(), tip).unwrap();
+    assert_eq!(verified.serial, 1);
+
+    // Nothing changed: one GET of info/refs, answered 304.
+    let before = nginx.requests().len();
+    for _ in 0..3 {
+        assert_eq!(source.remote_tip().unwrap(), tip);
+    }
+    let polls: Vec<_> = nginx.requests()[before..]
+        .iter()
+        .filter(|r| !r.target.contains("ferry-log-marker"))
+        .cloned()
+        .collect();
+    assert_eq!(polls.len(), 3, "{polls:#?}");
+    assert!(
+        polls
+            .iter()
+            .all(|r| r.target == "/deploy.git/info/refs" && r.status == 304),
+        "{polls:#?}"
+    );
+
+    // A new release: only its own pack is downloaded.
+    let second = deploy.release("web1", WEB1_B);
+    let Mirrored::Added { pack, .. } = publish(&deploy, &root) else {
+        panic!("a new pack")
+    };
+    let before = nginx.requests().len();
+    let tip2 = source.remote_tip().unwrap();
+    assert_eq!(tip2.to_string(), second);
+    source.fetch(tip2).unwrap();
+    assert!(source.descends_from(tip2, tip).unwrap());
+    let packs: Vec<String> = nginx.requests()[before..]
+        .iter()
+        .filter(|r| r.target.ends_with(".pack"))
+        .map(|r| r.target.clone())
+        .collect();
+    assert_eq!(packs, [format!("/deploy.git/objects/pack/{pack}")]);
+
+    // The reference client reads the same mirror over git's dumb protocol.
+    let clone = dir.path().join("git-clone");
+    let out = std::process::Command::new("git")
+        .args(["clone", "-q", "--bare", &url])
+        .arg(&clone)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let head = std::process::Command::new("git")
+        .args(["--git-dir"])
+        .arg(&clone)
+        .args(["rev-parse", "deploy"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&head.stdout).trim(), second);
+
+    // A smart HTTP server is still spoken to as one: the probe tells them
+    // apart (the git-daemon and smart-HTTP tests cover that path).
+}
+
+/// A mirror whose files are damaged: each refused naming the file, and the
+/// next poll after the mirror is written afresh goes through.
+#[test]
+fn damaged_mirrors_are_refused_naming_the_file_and_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("www");
+    let deploy = DeployRepo::new(dir.path());
+    deploy.release("web1", WEB1_A);
+    let Mirrored::Added { pack, tip, .. } = publish(&deploy, &root) else {
+        panic!("a pack")
+    };
+    let m = root.join("deploy.git");
+    let nginx = Nginx::serve(&root, &Access::Anyone, false).unwrap();
+    let url = format!("{}/deploy.git", nginx.url());
+    let pack_path = m.join("objects/pack").join(&pack);
+    let good_pack = std::fs::read(&pack_path).unwrap();
+    let fault = |e: SourceError| e.to_string();
+
+    // A ref to a commit no pack holds.
+    let refs = std::fs::read_to_string(m.join("info/refs")).unwrap();
+    std::fs::write(
+        m.join("info/refs"),
+        refs.replace(&tip.to_string(), "1111111111111111111111111111111111111111"),
+    )
+    .unwrap();
+    let s = source(dir.path(), &url);
+    let wrong = s.remote_tip().unwrap();
+    let e = s.fetch(wrong).unwrap_err();
+    assert!(matches!(e, SourceError::Missing { .. }), "{e}");
+    std::fs::write(m.join("info/refs"), &refs).unwrap();
+
+    // A pack cut short.
+    std::fs::write(&pack_path, &good_pack[..good_pack.len() / 2]).unwrap();
+    let s = source(dir.path(), &url);
+    let tip_now = s.remote_tip().unwrap();
+    let e = fault(s.fetch(tip_now).unwrap_err());
+    assert!(
+        e.contains(&format!("objects/pack/{pack}")) && e.contains("truncated"),
+        "{e}"
+    );
+    assert!(s.repo().find_commit(tip_now).is_err(), "nothing half-written");
+    // Someone else's pack under this pack's name.
+    std::fs::create_dir_all(dir.path().join("other")).unwrap();
+    let other = DeployRepo::new(&dir.path().join("other"));
+    other.release("web1", WEB1_B);
+    let other_root = dir.path().join("other-www");
+    publish(&other, &other_root);
+    let other_pack = std::fs::read_dir(other_root.join("deploy.git/objects/pack"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "pack"))
+        .unwrap();
+    std::fs::copy(&other_pack, &pack_path).unwrap();
+    let e = fault(s.fetch(tip_now).unwrap_err());
+    assert!(e.contains("its checksum differs"), "{e}");
+    // Put right: the same source fetches at its next try.
+    std::fs::write(&pack_path, &good_pack).unwrap();
+    s.fetch(tip_now).unwrap();
+
+    // Index files that are not a mirror's.
+    std::fs::write(m.join("objects/info/packs"), "P ../../../etc/passwd\n").unwrap();
+    let s = source(dir.path(), &url);
+    let t = s.remote_tip().unwrap();
+    let e = fault(s.fetch(t).unwrap_err());
+    assert!(
+        e.contains("objects/info/packs: line 1: `../../../etc/passwd` is not a pack name"),
+        "{e}"
+    );
+    std::fs::write(m.join("info/refs"), "<html>moved</html>\n").unwrap();
+    let s = source(dir.path(), &url);
+    let e = fault(s.remote_tip().unwrap_err());
+    assert!(e.contains("info/refs: line 1: expected"), "{e}");
+}
+
+/// Hostile servers: an endless info/refs is cut at its cap, a redirect to
+/// another host is refused, a missing branch is named.
+#[test]
+fn hostile_mirror_servers_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let endless = hostile_server(|request, s| {
+        if request.contains("service=git-upload-pack") {
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n\r\n")?;
+            return Ok(());
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n")?;
+        let line = [b'0'; 4096];
+        loop {
+            s.write_all(&line)?;
+        }
+    });
+    let path = dir.path().to_owned();
+    let e = within("an endless info/refs", move || {
+        source(&path, &format!("http://127.0.0.1:{endless}/deploy.git"))
+            .remote_tip()
+            .unwrap_err()
+            .to_string()
+    });
+    assert!(e.contains("info/refs: larger than"), "{e}");
+
+    let elsewhere = hostile_server(|request, s| {
+        if request.contains("service=git-upload-pack") {
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n\r\n")?;
+            return Ok(());
+        }
+        s.write_all(b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.2:9/deploy.git/info/refs\r\nContent-Length: 0\r\n\r\n")
+    });
+    let path = dir.path().to_owned();
+    let e = within("a redirect", move || {
+        source(&path, &format!("http://127.0.0.1:{elsewhere}/deploy.git"))
+            .remote_tip()
+            .unwrap_err()
+            .to_string()
+    });
+    assert!(e.contains("another host"), "{e}");
+
+    let root = dir.path().join("www");
+    let deploy = DeployRepo::new(dir.path());
+    deploy.release("web1", WEB1_A);
+    let repo = git2::Repository::open(&deploy.path).unwrap();
+    mirror::update(&repo, "deploy", &root.join("deploy.git")).unwrap();
+    let nginx = Nginx::serve(&root, &Access::Anyone, false).unwrap();
+    let s = Source::open(
+        &dir.path().join("clone-main.git"),
+        &format!("{}/deploy.git", nginx.url()),
+        "main",
+        None,
+    )
+    .unwrap();
+    let e = s.remote_tip().unwrap_err();
+    assert!(matches!(e, SourceError::NoBranch { .. }), "{e}");
+}
