@@ -353,12 +353,12 @@ impl OutcomeFile {
 
 /// The format of the extension this agent writes, and the newest it reads.
 #[cfg(not(feature = "state-format-next"))]
-pub(super) const EXTENSION_FORMAT: u32 = 1;
+pub const EXTENSION_FORMAT: u32 = 1;
 /// A build as a future agent would be (`--features state-format-next`, for
 /// the upgrade and downgrade test alone): a newer extension format, which
 /// agents of format 1 do not read.
 #[cfg(feature = "state-format-next")]
-pub(super) const EXTENSION_FORMAT: u32 = 2;
+pub const EXTENSION_FORMAT: u32 = 2;
 
 /// The extension as written: what the floor leaves out. Fields it does not
 /// know are ignored (a newer agent's additions), and every field may be

@@ -24,7 +24,8 @@ pub mod outbox;
 
 use std::path::{Path, PathBuf};
 
-use self::file::{ExtensionFile, StateFile, VersionFile, EXTENSION_FORMAT};
+pub use self::file::EXTENSION_FORMAT;
+use self::file::{ExtensionFile, StateFile, VersionFile};
 use chrono::{DateTime, Utc};
 use ferry_signer::{Action, CommitId, StorePath};
 
