@@ -1176,6 +1176,9 @@ mod reboots;
 // real builds, on this file's `World`.
 mod upgrades;
 
+// Power loss: every durable write traced and held to the order a cut requires.
+mod power;
+
 // Prometheus metrics after deploys, rollbacks and refusals, on this file's `World`.
 mod metrics;
 

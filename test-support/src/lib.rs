@@ -21,6 +21,7 @@ pub mod nginx;
 pub mod nix;
 pub mod s3;
 pub mod sk;
+pub mod strace;
 pub mod systemd;
 
 use std::net::{TcpListener, TcpStream};

@@ -371,11 +371,12 @@ impl StateDir {
         let path = self.dir.join(STATE_FILE);
         atomic_write(&path, &floor).map_err(write_err(&path))?;
         // Extensions of floors that are no longer there: never read again
-        // (each is bound to its floor), so removed without waiting for the disk.
+        // (each is bound to its floor); a removal that fails is retried at
+        // the next save.
         if let Ok(entries) = std::fs::read_dir(self.dir.join(EXTENSION_DIR)) {
             for entry in entries.flatten() {
                 if entry.path() != ext_path {
-                    let _ = std::fs::remove_file(entry.path());
+                    let _ = remove_file(&entry.path());
                 }
             }
         }

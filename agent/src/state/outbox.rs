@@ -147,7 +147,7 @@ impl Outbox {
         atomic_write(&path, &bytes).map_err(|source| StateError::Write { path, source })?;
         let excess = (entries.len() + 1).saturating_sub(MAX_OUTBOX_ENTRIES);
         for (_, path) in entries.iter().take(excess) {
-            let _ = std::fs::remove_file(path);
+            let _ = remove_file(path);
         }
         Ok(excess)
     }
@@ -173,7 +173,7 @@ impl Outbox {
         match parsed {
             Some(status) => Ok(Some(Queued { seq, status })),
             None => {
-                let _ = std::fs::remove_file(&path);
+                let _ = remove_file(&path);
                 Err(StateError::Corrupt {
                     path,
                     detail: "not a queued status; removed".into(),
