@@ -280,7 +280,7 @@ pub enum StateError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("{path} is corrupt ({detail}); move it aside to start afresh (the anti-rollback anchor is lost then: check the deploy branch by hand)")]
     Corrupt { path: PathBuf, detail: String },
-    #[error("{path} was written by a newer ferry-agent (state format {version}; this one reads formats 1 to {STATE_VERSION_REBOOTS}): run the newer agent again (see docs/operations.md, Downgrading)")]
+    #[error("{path} was written by a newer ferry-agent (state format {version}; this one reads formats 1 to {STATE_VERSION_REBOOTS}): run the newer agent again (see docs/operations.md, Upgrading and downgrading the agent)")]
     Newer { path: PathBuf, version: u32 },
 }
 
@@ -418,7 +418,7 @@ fn note_once(path: &Path, why: &str) {
         tracing::warn!(
             "{} is {why}: acting on state.json alone, as format 1 says it (the statuses already \
              posted, first sightings and a reboot's schedule of the newer agent are not known here; \
-             see docs/operations.md, Downgrading)",
+             see docs/operations.md, Upgrading and downgrading the agent)",
             path.display()
         );
     }
