@@ -337,7 +337,8 @@ in
       wants = [ "network-online.target" ];
       after = [ "network-online.target" "nix-daemon.socket" ];
       # A switch must never stop the agent that is running it; the agent
-      # restarts itself when a deploy changed its own package or unit.
+      # exits for Restart= to start the new one after any poll in which a
+      # switch (a deploy, a rollback) changed its own package or unit.
       restartIfChanged = false;
       # nix-store and nix-env for realising and setting the profile.
       path = [ config.nix.package ];

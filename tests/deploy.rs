@@ -39,20 +39,26 @@ impl World {
     /// Builds the systems, fills and serves the cache, then boots systemd
     /// with `current` as the running system.
     fn new(systems: &[(&'static str, Behaviour)]) -> Self {
-        Self::build(systems, false)
+        Self::build(Behaviour::Succeed, systems, false)
+    }
+
+    /// Like `new`, the running system's switch-to-configuration behaving as
+    /// `current` does (a rollback runs it).
+    fn with_current(current: Behaviour, systems: &[(&'static str, Behaviour)]) -> Self {
+        Self::build(current, systems, false)
     }
 
     /// Like `new`, with the deploy repository served over smart HTTP behind a
     /// token (in /etc/ferry/git-token) instead of git daemon.
     fn over_http(systems: &[(&'static str, Behaviour)]) -> Self {
-        Self::build(systems, true)
+        Self::build(Behaviour::Succeed, systems, true)
     }
 
-    fn build(systems: &[(&'static str, Behaviour)], http: bool) -> Self {
+    fn build(current: Behaviour, systems: &[(&'static str, Behaviour)], http: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let seed = ferry_test_support::unique("w");
         let mut built = BTreeMap::new();
-        for (name, behaviour) in std::iter::once(&("current", Behaviour::Succeed)).chain(systems) {
+        for (name, behaviour) in std::iter::once(&("current", current)).chain(systems) {
             // Systems whose name starts with `newkernel` boot another kernel.
             // Kernels are this world's own: a kernel path shared with a
             // concurrent test run could not be deleted while that run holds it.
@@ -847,20 +853,27 @@ fn the_daemon_follows_the_branch_and_reloads_its_configuration() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "active");
 }
 
+/// The unit of `ferry-agent run` with executable `exe`, with the settings
+/// the NixOS module uses (Restart=always, StateDirectory, Nix on PATH: this
+/// machine's, wherever it is installed).
+fn agent_unit(exe: &str) -> String {
+    let path = std::env::var("PATH").unwrap_or_default();
+    format!(
+        "[Unit]\nDescription=Ferry deploy agent\nAfter=network-online.target\n\
+         [Service]\nExecStart={exe} --config /etc/ferry/agent.toml run\n\
+         Environment=\"PATH={path}\"\n\
+         Restart=always\nRestartSec=1\nStateDirectory=ferry-agent\n"
+    )
+}
+
 impl World {
     /// Installs and starts `ferry-agent run` as a service, with the settings
     /// the NixOS module uses (Restart=always, StateDirectory, Nix on PATH:
     /// this machine's, wherever it is installed).
     fn start_service(&self) {
-        let path = std::env::var("PATH").unwrap_or_default();
         std::fs::write(
             self.bed.host_path("/etc/systemd/system/ferry-agent.service"),
-            format!(
-                "[Unit]\nDescription=Ferry deploy agent\nAfter=network-online.target\n\
-                 [Service]\nExecStart={AGENT} --config /etc/ferry/agent.toml run\n\
-                 Environment=\"PATH={path}\"\n\
-                 Restart=always\nRestartSec=1\nStateDirectory=ferry-agent\n"
-            ),
+            agent_unit(AGENT),
         )
         .unwrap();
         for cmd in [
@@ -1148,7 +1161,7 @@ fn the_service_survives_kill_and_outages_over_smart_http() {
     wait_until(&w, 30, "the agent to restart into its new unit", || {
         journal().matches("ferry-agent started").count() > starts
     });
-    assert!(journal().contains("restarting into the new one"));
+    assert!(journal().contains("restarting into the one installed now"));
     let out = w.bed.exec(&["systemctl", "is-active", "ferry-agent.service"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "active");
 }
@@ -1159,6 +1172,13 @@ mod secrets;
 
 // Reboots in a maintenance window and deploy windows, on this file's `World`.
 mod reboots;
+
+// The agent deploying a newer agent, and a rollback to an older one: two
+// real builds, on this file's `World`.
+mod upgrades;
+
+// Power loss: every durable write traced and held to the order a cut requires.
+mod power;
 
 // Prometheus metrics after deploys, rollbacks and refusals, on this file's `World`.
 mod metrics;

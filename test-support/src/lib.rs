@@ -21,6 +21,7 @@ pub mod nginx;
 pub mod nix;
 pub mod s3;
 pub mod sk;
+pub mod strace;
 pub mod systemd;
 
 use std::net::{TcpListener, TcpStream};
@@ -97,9 +98,25 @@ pub fn public_key(key: &Path) -> String {
 /// suites of `tests/` run `ferry-agent` and `ferry-signer`), which cargo
 /// builds only for that crate's own tests.
 pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
-    static BUILT: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    workspace_binary_with_features(package, bin, &[])
+}
+
+/// Like [`workspace_binary`], built with the package's `features`: another
+/// real build of the same program (the agent as a future version would be,
+/// for the upgrade tests). Each build is copied, under one lock, to a path
+/// of its own (`target/<profile>/ferry-test-bins/<features>/<bin>`), since
+/// cargo puts every build of a binary at the same `target/<profile>/<bin>`.
+pub fn workspace_binary_with_features(package: &str, bin: &str, features: &[&str]) -> PathBuf {
+    type Built = Vec<(String, PathBuf)>;
+    static BUILT: std::sync::Mutex<Built> = std::sync::Mutex::new(Vec::new());
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, path)) = built.iter().find(|(b, _)| b == bin) {
+    let variant = if features.is_empty() {
+        "default".to_owned()
+    } else {
+        features.join(",")
+    };
+    let key = format!("{package}/{bin}/{variant}");
+    if let Some((_, path)) = built.iter().find(|(k, _)| *k == key) {
         return path.clone();
     }
     // The test executable is target/<profile>/deps/<name>; binaries are in
@@ -110,28 +127,47 @@ pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
         .and_then(Path::parent)
         .expect("target/<profile>/deps");
     let release = profile_dir.file_name().is_some_and(|n| n == "release");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "-p", package, "--bin", bin]);
-    if release {
-        cmd.arg("--release");
+    let build = |features: &[&str]| {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", package, "--bin", bin]);
+        if release {
+            cmd.arg("--release");
+        }
+        if !features.is_empty() {
+            cmd.args(["--features", &features.join(",")]);
+        }
+        let out = cmd
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("cargo (the one running these tests) can be run");
+        assert!(
+            out.status.success(),
+            "cargo build -p {package} --bin {bin} --features {features:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = profile_dir.join(bin);
+        assert!(
+            path.exists(),
+            "cargo built {bin}, but it is not at {}",
+            path.display()
+        );
+        path
+    };
+    let built_at = build(features);
+    let dir = profile_dir.join("ferry-test-bins").join(&variant);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(bin);
+    // Renamed into place: a copy another test runs is never rewritten.
+    let tmp = dir.join(format!(".{bin}.{}", std::process::id()));
+    std::fs::copy(&built_at, &tmp).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    if !features.is_empty() {
+        // Cargo's own place holds the default build again, for whatever
+        // runs it from there (another crate's tests).
+        build(&[]);
     }
-    let out = cmd
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("cargo (the one running these tests) can be run");
-    assert!(
-        out.status.success(),
-        "cargo build -p {package} --bin {bin} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let path = profile_dir.join(bin);
-    assert!(
-        path.exists(),
-        "cargo built {bin}, but it is not at {}",
-        path.display()
-    );
-    built.push((bin.to_owned(), path.clone()));
+    built.push((key, path.clone()));
     path
 }
 

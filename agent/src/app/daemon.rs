@@ -3,7 +3,8 @@
 //! transient failures, reloads the configuration and allowed_signers when
 //! they change (keeping the old ones if the new ones are invalid), and
 //! notices the system profile changing outside Ferry. It serves the metrics
-//! endpoint (`metrics.listen`) for as long as it runs.
+//! endpoint (`metrics.listen`) for as long as it runs, and exits for systemd
+//! to start it again when a switch replaced its own unit or executable.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -26,13 +27,29 @@ use crate::reconcile::{Agent, Pass};
 /// changes whenever the unit or the agent's package changes).
 const OWN_UNIT: &str = "/etc/systemd/system/ferry-agent.service";
 
-/// What identifies the running agent: its executable and its unit file.
-fn own_identity() -> (Option<PathBuf>, Option<Vec<u8>>) {
+/// What identifies the agent that runs: the file its executable was
+/// started from, and its unit file. Either changes when a switch (a deploy,
+/// a rollback, a hand-made `nixos-rebuild`) installs another agent: another
+/// store path in the unit, or another file at the executable's path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Identity {
+    exe: Option<(PathBuf, u64, u64)>,
+    unit: Option<Vec<u8>>,
+}
+
+fn own_identity() -> Identity {
+    use std::os::unix::fs::MetadataExt;
     let exe = std::env::current_exe()
         .ok()
-        .and_then(|e| std::fs::canonicalize(e).ok());
-    let unit = std::fs::read(OWN_UNIT).ok();
-    (exe, unit)
+        .and_then(|e| std::fs::canonicalize(e).ok())
+        .and_then(|e| {
+            let meta = std::fs::metadata(&e).ok()?;
+            Some((e, meta.dev(), meta.ino()))
+        });
+    Identity {
+        exe,
+        unit: std::fs::read(OWN_UNIT).ok(),
+    }
 }
 
 /// The first retry after a transient failure; doubles up to the poll interval.
@@ -116,7 +133,15 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
         }
     })?;
     let mut watched = watch_all(&mut watcher, &config_path, &agent.config);
-    info!(host = %agent.config.host, url = %agent.config.source.url, branch = %agent.config.source.branch, "ferry-agent started");
+    let exe = identity
+        .exe
+        .as_ref()
+        .map_or_else(|| "?".into(), |(e, _, _)| e.display().to_string());
+    info!(
+        host = %agent.config.host, url = %agent.config.source.url, branch = %agent.config.source.branch,
+        "ferry-agent started ({exe}, state extension format {})",
+        crate::state::EXTENSION_FORMAT
+    );
 
     tokio::pin!(shutdown);
     let mut delay = Duration::ZERO;
@@ -172,10 +197,6 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
             Ok(outcome) => {
                 backoff = FIRST_BACKOFF;
                 log_pass(&outcome);
-                if matches!(outcome, Pass::Deployed { .. }) && own_identity() != identity {
-                    info!("the deploy changed ferry-agent's own unit or executable: restarting into the new one");
-                    return Ok(());
-                }
                 delay = next_delay(interval, agent.config.source.jitter);
             }
             Err(e) => {
@@ -187,6 +208,17 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
                 delay = backoff;
                 backoff = (backoff * 2).min(interval.max(FIRST_BACKOFF));
             }
+        }
+        // Whatever the pass did (deployed, rolled back, failed half-way, or
+        // nothing while someone switched by hand), the state is on disk: an
+        // agent whose unit or executable was replaced under it hands over
+        // now, rather than run on as the agent of a system that is gone.
+        if own_identity() != identity {
+            info!(
+                "ferry-agent's own unit or executable changed (a switch installed another agent): \
+                 restarting into the one installed now"
+            );
+            return Ok(());
         }
     }
 }

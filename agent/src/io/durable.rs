@@ -1,8 +1,12 @@
 //! Durable file replacement, shared by everything the agent keeps on disk
 //! (`state.json`, the status outbox, a switch unit's recorded result): a
-//! crash or power loss leaves the old content or the new, never a mix. In
-//! unit tests, [`faults`] stops the "process" right before the Nth durable
-//! write, or fails writes as a full disk does.
+//! crash or power loss leaves the old content or the new, never a mix. A
+//! power cut keeps only what reached the disk, so every change is synced in
+//! the order it is relied on: a file's data before the rename that makes it
+//! appear, the rename (the directory) before the write returns; a directory
+//! created or an entry removed, in its parent, before anything inside or
+//! after it is written. In unit tests, [`faults`] stops the "process" right
+//! before the Nth durable write, or fails writes as a full disk does.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -32,7 +36,10 @@ pub fn atomic_write_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Resul
 fn write(path: &Path, bytes: &[u8], mode: Option<u32>) -> std::io::Result<()> {
     #[cfg(test)]
     faults::before_write(path)?;
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     if let Some(mode) = mode {
         use std::os::unix::fs::PermissionsExt;
@@ -42,6 +49,49 @@ fn write(path: &Path, bytes: &[u8], mode: Option<u32>) -> std::io::Result<()> {
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
+    sync_dir(dir)
+}
+
+/// Creates `dir` and any missing parents with permission bits `mode`
+/// (whatever the umask; an existing `dir` gets them too), each new entry
+/// synced in its parent, so the files written inside survive a power cut
+/// with the directory that holds them.
+pub fn create_dir(dir: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
+    for d in missing.into_iter().rev() {
+        match std::fs::DirBuilder::new().mode(mode).create(d) {
+            Ok(()) => {}
+            // Made by someone else meanwhile: theirs to sync, but synced again here.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        sync_dir(d.parent().unwrap_or(Path::new("/")))?;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+}
+
+/// Removes `path` if it is there, the removal synced in its directory: once
+/// this returns, a power cut cannot bring the file back.
+pub fn remove_file(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    match sync_dir(path.parent().unwrap_or(Path::new("."))) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// Syncs a directory's entries to the disk.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     std::fs::File::open(dir)?.sync_all()
 }
 

@@ -95,7 +95,8 @@ impl Store {
         root_name: &str,
         substituters: &[String],
     ) -> Result<(), StoreError> {
-        std::fs::create_dir_all(&self.gc_roots).map_err(|source| StoreError::GcRoots {
+        // Synced in the state directory, like every directory the agent makes.
+        crate::io::durable::create_dir(&self.gc_roots, 0o755).map_err(|source| StoreError::GcRoots {
             path: self.gc_roots.clone(),
             source,
         })?;

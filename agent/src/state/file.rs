@@ -1,8 +1,25 @@
 //! `state.json` as written: the file format, an interface kept apart from
-//! the domain types of [`super`]. Each version adds only what its states
-//! need (1: the plain state; 2: first sightings and an approval tip; 3: the
-//! reboot phases), and the version written is the oldest that holds the
-//! state, so older agents read what they can and refuse the rest.
+//! the domain types of [`super`]. Two files hold one state, so that a host
+//! rolled back to any older agent finds a state it can read:
+//!
+//! - `state.json`, **the floor**: always format 1 exactly as the first agents
+//!   read it (strict readers, which refuse any field they do not know). What
+//!   format 1 cannot say is projected to what an older agent may safely act
+//!   on (a deploy waiting for its reboot is "checked, reboot required"), or
+//!   left out (statuses not yet queued, the statuses already posted, first
+//!   sightings, an approval tip: losing them costs a repeated status or a
+//!   clock started again, never a wrong deploy).
+//! - `state.ext/<sha256 of state.json>.json`, **the extension**: everything
+//!   the floor leaves out, for agents that know it. It is bound to the exact
+//!   bytes of the floor it extends, so a floor rewritten by an older agent
+//!   leaves it unused, and it is written before the floor, so a crash
+//!   between the two leaves the old floor with its own extension. Readers
+//!   ignore fields they do not know; its `format` goes up only for a change
+//!   an older reader would misread, and a reader that meets a newer format
+//!   acts on the floor alone. No agent ever refuses the state another wrote.
+//!
+//! Files of formats 2 and 3 (one file holding everything, which agents
+//! before the extension wrote) are read as before.
 
 use serde::{Deserialize, Serialize};
 
@@ -38,8 +55,8 @@ pub(super) struct StateFile {
     fault: Option<SightingFile>,
 }
 
+/// Read leniently: it is part of the extension too.
 #[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct SightingFile {
     commit: String,
     since: DateTime<Utc>,
@@ -61,8 +78,8 @@ impl SightingFile {
     }
 }
 
+/// Read leniently: it is part of the extension too.
 #[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct StatusFile {
     commit: String,
     state: String,
@@ -91,8 +108,8 @@ impl StatusFile {
     }
 }
 
+/// Read leniently: it is part of the extension too.
 #[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct UnsentFile {
     id: u64,
     commit: String,
@@ -150,55 +167,22 @@ pub(super) struct OutcomeFile {
 }
 
 impl StateFile {
-    pub(super) fn from_state(s: &State) -> Self {
-        // What agents before format 2 cannot read: the first sightings, and
-        // a deploy accepted at an approval above its release.
-        let newer = s.closure_missing.is_some()
-            || s.fault.is_some()
-            || s.in_flight.as_ref().is_some_and(|f| f.tip != f.target.commit);
-        // What agents before format 3 cannot read: the reboot phases.
-        let reboots = s
-            .in_flight
-            .as_ref()
-            .is_some_and(|f| matches!(f.phase, Phase::AwaitingReboot { .. } | Phase::Rebooting { .. }));
+    /// The floor: `state` as format 1 says it, which every agent reads.
+    pub(super) fn floor(s: &State) -> Self {
         StateFile {
-            version: if reboots {
-                STATE_VERSION_REBOOTS
-            } else if newer {
-                STATE_VERSION_SIGHTINGS
-            } else {
-                STATE_VERSION
-            },
+            version: STATE_VERSION,
             last_seen_tip: s.last_seen_tip.as_ref().map(|c| c.to_string()),
             anchor: s.anchor.as_ref().map(|a| AnchorFile {
                 commit: a.commit.to_string(),
                 serial: a.serial,
             }),
-            in_flight: s.in_flight.as_ref().map(InFlightFile::from_in_flight),
+            in_flight: s.in_flight.as_ref().map(InFlightFile::floor),
             last_outcome: s.last_outcome.as_ref().map(OutcomeFile::from_outcome),
             last_success: s.last_success.as_ref().map(OutcomeFile::from_outcome),
-            unsent: s
-                .unsent
-                .iter()
-                .map(|u| {
-                    let StatusFile {
-                        commit,
-                        state,
-                        context,
-                        description,
-                    } = StatusFile::from_status(&u.status);
-                    UnsentFile {
-                        id: u.id,
-                        commit,
-                        state,
-                        context,
-                        description,
-                    }
-                })
-                .collect(),
-            recent_statuses: s.recent_statuses.iter().map(StatusFile::from_status).collect(),
-            closure_missing: s.closure_missing.as_ref().map(SightingFile::from_sighting),
-            fault: s.fault.as_ref().map(SightingFile::from_sighting),
+            unsent: Vec::new(),
+            recent_statuses: Vec::new(),
+            closure_missing: None,
+            fault: None,
         }
     }
 
@@ -227,18 +211,7 @@ impl StateFile {
             unsent: self
                 .unsent
                 .into_iter()
-                .map(|u| {
-                    let status = StatusFile {
-                        commit: u.commit,
-                        state: u.state,
-                        context: u.context,
-                        description: u.description,
-                    };
-                    Ok(Unsent {
-                        id: u.id,
-                        status: status.into_status()?,
-                    })
-                })
+                .map(UnsentFile::into_unsent)
                 .collect::<Result<_, String>>()?,
             recent_statuses: self
                 .recent_statuses
@@ -255,13 +228,23 @@ impl StateFile {
 }
 
 impl InFlightFile {
-    fn from_in_flight(f: &InFlight) -> Self {
+    /// A deploy in flight as format 1 says it: the phases format 1 does not
+    /// know are said as the one an older agent may act on. Waiting for its
+    /// reboot, or going through it, a deploy has been switched and found
+    /// healthy, and needs a reboot: "checked, reboot required", which an
+    /// older agent checks again and ends as `success-reboot-required`.
+    fn floor(f: &InFlight) -> Self {
         let switch_result = match &f.phase {
-            Phase::Realising | Phase::Switching | Phase::AwaitingReboot { .. } | Phase::Rebooting { .. } => {
-                None
-            }
+            Phase::Realising | Phase::Switching => None,
             Phase::Checking { switch } => Some(switch.encode()),
             Phase::RollingBack { problem, .. } => Some(problem.clone()),
+            Phase::AwaitingReboot { .. } | Phase::Rebooting { .. } => {
+                Some(SwitchResult::RebootRequired.encode())
+            }
+        };
+        let phase = match &f.phase {
+            Phase::AwaitingReboot { .. } | Phase::Rebooting { .. } => "checking",
+            other => other.name(),
         };
         let previous = match &f.phase {
             Phase::RollingBack { to, .. } => Some(to),
@@ -269,23 +252,17 @@ impl InFlightFile {
         };
         InFlightFile {
             commit: f.target.commit.to_string(),
-            tip: (f.tip != f.target.commit).then(|| f.tip.to_string()),
+            tip: None,
             serial: f.target.serial,
             source: f.source.as_ref().map(|c| c.to_string()),
             toplevel: f.target.toplevel.to_string(),
             action: f.action.to_string(),
-            phase: f.phase.name().to_owned(),
+            phase: phase.to_owned(),
             previous: previous.map(|p| p.to_string()),
             failed_before: f.failed_before.clone(),
             switch_result,
-            reboot_at: match &f.phase {
-                Phase::AwaitingReboot { at } => Some(*at),
-                _ => None,
-            },
-            boot: match &f.phase {
-                Phase::Rebooting { boot } => Some(boot.to_string()),
-                _ => None,
-            },
+            reboot_at: None,
+            boot: None,
             started: f.started,
         }
     }
@@ -370,6 +347,173 @@ impl OutcomeFile {
                 .ok_or_else(|| format!("unknown result `{}`", self.result))?,
             description: self.description,
             at: self.at,
+        })
+    }
+}
+
+/// The format of the extension this agent writes, and the newest it reads.
+#[cfg(not(feature = "state-format-next"))]
+pub const EXTENSION_FORMAT: u32 = 1;
+/// A build as a future agent would be (`--features state-format-next`, for
+/// the upgrade and downgrade test alone): a newer extension format, which
+/// agents of format 1 do not read.
+#[cfg(feature = "state-format-next")]
+pub const EXTENSION_FORMAT: u32 = 2;
+
+/// The extension as written: what the floor leaves out. Fields it does not
+/// know are ignored (a newer agent's additions), and every field may be
+/// absent.
+#[derive(Serialize, Deserialize, Default)]
+pub(super) struct ExtensionFile {
+    pub(super) format: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    in_flight: Option<InFlightExtension>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    unsent: Vec<UnsentFile>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    recent_statuses: Vec<StatusFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    closure_missing: Option<SightingFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fault: Option<SightingFile>,
+    /// What the future agent of `state-format-next` keeps that this one
+    /// does not know of.
+    #[cfg(feature = "state-format-next")]
+    #[serde(default)]
+    next: Option<String>,
+}
+
+/// What the floor cannot say about the deploy in flight.
+#[derive(Serialize, Deserialize, Default)]
+struct InFlightExtension {
+    /// The approval the release was accepted at, when not the release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tip: Option<String>,
+    /// The phase, when the floor says another one (`awaiting-reboot`,
+    /// `rebooting`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    phase: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reboot_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    boot: Option<String>,
+}
+
+impl ExtensionFile {
+    /// What `state` holds beyond its floor; `None` when nothing.
+    pub(super) fn of(s: &State) -> Option<Self> {
+        let in_flight = s.in_flight.as_ref().and_then(|f| {
+            let tip = (f.tip != f.target.commit).then(|| f.tip.to_string());
+            let (phase, reboot_at, boot) = match &f.phase {
+                Phase::AwaitingReboot { at } => (Some(f.phase.name()), Some(*at), None),
+                Phase::Rebooting { boot } => (Some(f.phase.name()), None, Some(boot.to_string())),
+                _ => (None, None, None),
+            };
+            (tip.is_some() || phase.is_some()).then(|| InFlightExtension {
+                tip,
+                phase: phase.map(str::to_owned),
+                reboot_at,
+                boot,
+            })
+        });
+        let file = ExtensionFile {
+            format: EXTENSION_FORMAT,
+            in_flight,
+            unsent: s.unsent.iter().map(UnsentFile::from_unsent).collect(),
+            recent_statuses: s.recent_statuses.iter().map(StatusFile::from_status).collect(),
+            closure_missing: s.closure_missing.as_ref().map(SightingFile::from_sighting),
+            fault: s.fault.as_ref().map(SightingFile::from_sighting),
+            #[cfg(feature = "state-format-next")]
+            next: Some("kept by a newer agent".into()),
+        };
+        #[cfg(feature = "state-format-next")]
+        return Some(file);
+        #[cfg(not(feature = "state-format-next"))]
+        {
+            let empty = file.in_flight.is_none()
+                && file.unsent.is_empty()
+                && file.recent_statuses.is_empty()
+                && file.closure_missing.is_none()
+                && file.fault.is_none();
+            (!empty).then_some(file)
+        }
+    }
+
+    /// Adds what the extension holds to `state`, read from the floor it
+    /// extends.
+    pub(super) fn apply(self, s: &mut State) -> Result<(), String> {
+        if let (Some(ext), Some(flight)) = (self.in_flight, s.in_flight.as_mut()) {
+            if let Some(tip) = ext.tip {
+                flight.tip = tip.parse::<CommitId>().map_err(|e| e.to_string())?;
+            }
+            match ext.phase.as_deref() {
+                Some("awaiting-reboot") => {
+                    flight.phase = Phase::AwaitingReboot {
+                        at: ext
+                            .reboot_at
+                            .ok_or("phase `awaiting-reboot` without `reboot_at`")?,
+                    }
+                }
+                Some("rebooting") => {
+                    flight.phase = Phase::Rebooting {
+                        boot: ext
+                            .boot
+                            .as_deref()
+                            .ok_or("phase `rebooting` without `boot`")?
+                            .parse()?,
+                    }
+                }
+                // A phase of a newer agent's within this format: the
+                // floor's says what to do.
+                _ => {}
+            }
+        }
+        s.unsent = self
+            .unsent
+            .into_iter()
+            .map(UnsentFile::into_unsent)
+            .collect::<Result<_, String>>()?;
+        s.recent_statuses = self
+            .recent_statuses
+            .into_iter()
+            .map(StatusFile::into_status)
+            .collect::<Result<_, String>>()?;
+        s.closure_missing = self
+            .closure_missing
+            .map(SightingFile::into_sighting)
+            .transpose()?;
+        s.fault = self.fault.map(SightingFile::into_sighting).transpose()?;
+        Ok(())
+    }
+}
+
+impl UnsentFile {
+    fn from_unsent(u: &Unsent) -> Self {
+        let StatusFile {
+            commit,
+            state,
+            context,
+            description,
+        } = StatusFile::from_status(&u.status);
+        UnsentFile {
+            id: u.id,
+            commit,
+            state,
+            context,
+            description,
+        }
+    }
+
+    fn into_unsent(self) -> Result<Unsent, String> {
+        let status = StatusFile {
+            commit: self.commit,
+            state: self.state,
+            context: self.context,
+            description: self.description,
+        };
+        Ok(Unsent {
+            id: self.id,
+            status: status.into_status()?,
         })
     }
 }

@@ -11,37 +11,37 @@
 //! Two first sightings are kept so their clocks survive a restart: when the
 //! closure of the release being worked on was first seen missing from the
 //! cache ([`State::closure_missing`]), and when a transient fault first kept
-//! it from progressing ([`State::fault`]). The format version written is the
-//! oldest that holds the state, so older agents read what they can: 3 while
-//! a deploy waits for or goes through its reboot, 2 while a sighting or an
-//! approval tip is kept, 1 otherwise. Every write goes through
-//! [`crate::io::durable::atomic_write`], so a crash or power loss leaves either the
-//! old or the new state, never a torn one.
+//! it from progressing ([`State::fault`]). The state is written as two files
+//! (see [`file`]): `state.json` in format 1, which every agent ever released
+//! reads, and beside it an extension with what format 1 cannot say, bound to
+//! that exact `state.json`, so a host rolled back to an older agent is never
+//! left with a state its agent refuses. Every write goes through
+//! [`crate::io::durable::atomic_write`], extension first, so a crash or
+//! power loss leaves either the old or the new state, never a torn one.
 
 mod file;
 pub mod outbox;
 
 use std::path::{Path, PathBuf};
 
-use self::file::{StateFile, VersionFile};
+pub use self::file::EXTENSION_FORMAT;
+use self::file::{ExtensionFile, StateFile, VersionFile};
 use chrono::{DateTime, Utc};
 use ferry_signer::{Action, CommitId, StorePath};
 
-use crate::io::durable::atomic_write;
+use crate::io::durable::{atomic_write, create_dir, remove_file};
 use crate::io::forge::{CommitStatus, StatusState};
 use crate::io::systemd::switch::SwitchResult;
 
 const STATE_FILE: &str = "state.json";
-/// The format written when nothing needs more: what agents before the
-/// first sightings read.
+/// The directory of the extension of `state.json`: one file, named by the
+/// SHA-256 of the `state.json` it extends.
+const EXTENSION_DIR: &str = "state.ext";
+/// The format of `state.json` written (the floor): what every agent reads.
 const STATE_VERSION: u32 = 1;
-/// The format of a file carrying [`State::closure_missing`],
-/// [`State::fault`] or a deploy accepted at an approval
-/// ([`InFlight::tip`]).
-const STATE_VERSION_SIGHTINGS: u32 = 2;
-/// The format of a file whose deploy waits for or goes through a reboot
-/// (phases `awaiting-reboot` and `rebooting`): an older agent refuses it by
-/// its version rather than misreading it; the newest this agent reads.
+/// The newest format of `state.json` this agent reads: agents before the
+/// extension wrote 2 (first sightings, an approval tip) and 3 (the reboot
+/// phases) into `state.json` itself.
 const STATE_VERSION_REBOOTS: u32 = 3;
 
 /// The agent's durable memory.
@@ -280,7 +280,7 @@ pub enum StateError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("{path} is corrupt ({detail}); move it aside to start afresh (the anti-rollback anchor is lost then: check the deploy branch by hand)")]
     Corrupt { path: PathBuf, detail: String },
-    #[error("{path} was written by a newer ferry-agent (state format {version}; this one reads formats 1 to {STATE_VERSION_REBOOTS}): run the newer agent again (see docs/operations.md, Downgrading)")]
+    #[error("{path} was written by a newer ferry-agent (state format {version}; this one reads formats 1 to {STATE_VERSION_REBOOTS}): run the newer agent again (see docs/operations.md, Upgrading and downgrading the agent)")]
     Newer { path: PathBuf, version: u32 },
 }
 
@@ -293,17 +293,10 @@ pub struct StateDir {
 impl StateDir {
     /// Opens (creating with mode 0700) the state directory.
     pub fn open(dir: &Path) -> Result<Self, StateError> {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        let write_err = |source| StateError::Write {
+        create_dir(dir, 0o700).map_err(|source| StateError::Write {
             path: dir.to_owned(),
             source,
-        };
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(write_err)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(write_err)?;
+        })?;
         Ok(Self { dir: dir.to_owned() })
     }
 
@@ -331,15 +324,103 @@ impl StateDir {
             path: path.clone(),
             detail: e.to_string(),
         })?;
-        file.into_state()
-            .map_err(|detail| StateError::Corrupt { path, detail })
+        let mut state = file
+            .into_state()
+            .map_err(|detail| StateError::Corrupt { path, detail })?;
+        let ext_path = self.extension_path(&bytes);
+        let ext = match std::fs::read(&ext_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(state),
+            Err(source) => {
+                return Err(StateError::Read {
+                    path: ext_path,
+                    source,
+                })
+            }
+        };
+        // The floor alone is a state any agent may act on: an extension
+        // this agent cannot use is set aside, never a reason to stop.
+        match read_extension(&ext, &state) {
+            Ok(extended) => state = extended,
+            Err(why) => note_once(&ext_path, &why),
+        }
+        Ok(state)
     }
 
-    /// Replaces the state atomically.
+    /// Replaces the state atomically: the extension (when the state has more
+    /// than format 1 says) is written before the `state.json` it extends,
+    /// and the extensions of earlier states are removed after it.
     pub fn save(&self, state: &State) -> Result<(), StateError> {
-        let bytes = serde_json::to_vec_pretty(&StateFile::from_state(state)).expect("state serialises");
+        let floor = serde_json::to_vec_pretty(&StateFile::floor(state)).expect("state serialises");
+        let ext_path = self.extension_path(&floor);
+        let write_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| StateError::Write { path, source }
+        };
+        match ExtensionFile::of(state) {
+            Some(ext) => {
+                let ext_dir = self.dir.join(EXTENSION_DIR);
+                create_dir(&ext_dir, 0o700).map_err(write_err(&ext_dir))?;
+                let bytes = serde_json::to_vec_pretty(&ext).expect("extension serialises");
+                atomic_write(&ext_path, &bytes).map_err(write_err(&ext_path))?;
+            }
+            // The same floor may have had an extension: gone before the
+            // floor is written again, so it cannot come back with it.
+            None => remove_file(&ext_path).map_err(write_err(&ext_path))?,
+        }
         let path = self.dir.join(STATE_FILE);
-        atomic_write(&path, &bytes).map_err(|source| StateError::Write { path, source })
+        atomic_write(&path, &floor).map_err(write_err(&path))?;
+        // Extensions of floors that are no longer there: never read again
+        // (each is bound to its floor); a removal that fails is retried at
+        // the next save.
+        if let Ok(entries) = std::fs::read_dir(self.dir.join(EXTENSION_DIR)) {
+            for entry in entries.flatten() {
+                if entry.path() != ext_path {
+                    let _ = remove_file(&entry.path());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the extension of the `state.json` holding `floor` is.
+    fn extension_path(&self, floor: &[u8]) -> PathBuf {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(floor);
+        let name: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        self.dir.join(EXTENSION_DIR).join(format!("{name}.json"))
+    }
+}
+
+/// `floor` with the extension `bytes` added, or why the extension is set aside.
+fn read_extension(bytes: &[u8], floor: &State) -> Result<State, String> {
+    #[derive(serde::Deserialize)]
+    struct Format {
+        format: u32,
+    }
+    let Format { format } = serde_json::from_slice(bytes).map_err(|e| format!("unreadable ({e})"))?;
+    if format > EXTENSION_FORMAT {
+        return Err(format!(
+            "written by a newer ferry-agent (extension format {format}; this one reads 1 to {EXTENSION_FORMAT})"
+        ));
+    }
+    let ext: ExtensionFile = serde_json::from_slice(bytes).map_err(|e| format!("unreadable ({e})"))?;
+    let mut state = floor.clone();
+    ext.apply(&mut state).map_err(|e| format!("unreadable ({e})"))?;
+    Ok(state)
+}
+
+/// Says once per process that an extension is set aside: the state is read
+/// at every poll, and nothing changes until this agent writes it again.
+fn note_once(path: &Path, why: &str) {
+    static NOTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !NOTED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            "{} is {why}: acting on state.json alone, as format 1 says it (the statuses already \
+             posted, first sightings and a reboot's schedule of the newer agent are not known here; \
+             see docs/operations.md, Upgrading and downgrading the agent)",
+            path.display()
+        );
     }
 }
 
@@ -450,33 +531,294 @@ mod tests {
         assert_eq!(mode, 0o700);
     }
 
-    /// Older agents read version 1 and refuse anything else, so a file is
-    /// version 2 only while it carries a first sighting; a file from an
-    /// agent newer than this one is refused as newer, not as corrupt.
+    /// `state.json` as the first agents read it (format 1, before the state
+    /// kept statuses): strictly, every field they do not know refused. A
+    /// copy of their reader, so the floor cannot drift from it.
+    mod first_agents {
+        #![allow(dead_code)]
+        use chrono::{DateTime, Utc};
+
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct StateFile {
+            pub version: u32,
+            pub last_seen_tip: Option<String>,
+            pub anchor: Option<AnchorFile>,
+            pub in_flight: Option<InFlightFile>,
+            pub last_outcome: Option<OutcomeFile>,
+            #[serde(default)]
+            pub last_success: Option<OutcomeFile>,
+        }
+
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct AnchorFile {
+            commit: String,
+            serial: u64,
+        }
+
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct InFlightFile {
+            pub commit: String,
+            pub serial: u64,
+            pub source: Option<String>,
+            pub toplevel: String,
+            pub action: String,
+            pub phase: String,
+            pub previous: Option<String>,
+            #[serde(default)]
+            pub failed_before: Vec<String>,
+            #[serde(default)]
+            pub switch_result: Option<String>,
+            pub started: DateTime<Utc>,
+        }
+
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct OutcomeFile {
+            commit: String,
+            serial: u64,
+            toplevel: Option<String>,
+            result: String,
+            description: String,
+            at: DateTime<Utc>,
+        }
+    }
+
+    /// Every state this agent can be in, with everything a newer format
+    /// added: sightings, statuses, an approval tip and each phase.
+    fn every_kind_of_state() -> Vec<State> {
+        let to: StorePath = "/nix/store/1c0mb5j1x3dg5bf3wk3jh4xyz6p4s3ld-nixos-system-web1"
+            .parse()
+            .unwrap();
+        let mut states = vec![State::default(), sample()];
+        for phase in [
+            Phase::Realising,
+            Phase::Switching,
+            Phase::Checking {
+                switch: SwitchResult::Failed { code: 4 },
+            },
+            Phase::RollingBack {
+                to: to.clone(),
+                problem: "failed units: nginx.service".into(),
+            },
+            Phase::AwaitingReboot {
+                at: DateTime::from_timestamp(1_800_000_600, 0).unwrap(),
+            },
+            Phase::Rebooting {
+                boot: "4b1c0f6e-8a8e-4c57-a7f3-0d5b1c1d2e3f/1800000000000000"
+                    .parse()
+                    .unwrap(),
+            },
+        ] {
+            let mut state = sample();
+            let flight = state.in_flight.as_mut().unwrap();
+            flight.phase = phase;
+            // Written as the rollback's target while rolling back.
+            flight.previous = Some(to.clone());
+            flight.tip = "a222222222222222222222222222222222222222".parse().unwrap();
+            states.push(state);
+        }
+        let mut plain = sample();
+        plain.unsent.clear();
+        plain.recent_statuses.clear();
+        plain.closure_missing = None;
+        plain.fault = None;
+        states.push(plain);
+        states
+    }
+
+    /// Whatever the state, `state.json` is what the first agents read, and
+    /// says only what they may act on; everything else is in the extension,
+    /// and this agent loads it all back.
     #[test]
-    fn the_format_version_is_the_oldest_that_holds_the_state() {
+    fn state_json_is_always_what_the_first_agents_read() {
         let dir = tempfile::tempdir().unwrap();
         let store = StateDir::open(dir.path()).unwrap();
-        let version = || {
+        for state in every_kind_of_state() {
+            store.save(&state).unwrap();
             let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
-            serde_json::from_str::<serde_json::Value>(&text).unwrap()["version"].clone()
-        };
+            let first: first_agents::StateFile =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+            assert_eq!(first.version, 1, "{text}");
+            if let Some(flight) = first.in_flight {
+                assert!(
+                    ["realising", "switching", "checking", "rolling-back"].contains(&flight.phase.as_str()),
+                    "{text}"
+                );
+                let now = state.in_flight.as_ref().unwrap();
+                if matches!(now.phase, Phase::AwaitingReboot { .. } | Phase::Rebooting { .. }) {
+                    // Switched, healthy, and waiting for its reboot: to an
+                    // older agent, a switch that asked for a reboot.
+                    assert_eq!(flight.phase, "checking");
+                    assert_eq!(flight.switch_result.as_deref(), Some("reboot-required"));
+                }
+            }
+            assert_eq!(store.load().unwrap(), state, "{text}");
+            // The extension is there only when the state holds more.
+            let extensions = std::fs::read_dir(dir.path().join(EXTENSION_DIR))
+                .map(|d| d.count())
+                .unwrap_or(0);
+            let more = StateFile::floor(&state).into_state().unwrap() != state;
+            assert_eq!(extensions, usize::from(more), "{text}");
+        }
+    }
+
+    /// What an older agent acts on is the floor alone: this agent reads it
+    /// the same way when the extension is gone or cannot be used.
+    #[test]
+    fn the_floor_alone_is_a_state_to_act_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateDir::open(dir.path()).unwrap();
         let mut state = sample();
+        state.in_flight.as_mut().unwrap().phase = Phase::AwaitingReboot {
+            at: DateTime::from_timestamp(1_800_000_600, 0).unwrap(),
+        };
         store.save(&state).unwrap();
-        assert_eq!(version(), 2);
+        let ext_dir = dir.path().join(EXTENSION_DIR);
+        let ext = std::fs::read_dir(&ext_dir)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let floor = || {
+            let mut floor = state.clone();
+            floor.unsent.clear();
+            floor.recent_statuses.clear();
+            floor.closure_missing = None;
+            floor.fault = None;
+            floor.in_flight.as_mut().unwrap().phase = Phase::Checking {
+                switch: SwitchResult::RebootRequired,
+            };
+            floor
+        };
+        let text = std::fs::read_to_string(&ext).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(value["format"], 1, "{text}");
+
+        // Fields a newer agent added within the format are ignored.
+        let mut newer = value.clone();
+        newer["later"] = serde_json::json!({"anything": [1, 2]});
+        newer["in_flight"]["later"] = serde_json::json!(true);
+        newer["recent_statuses"][0]["later"] = serde_json::json!("x");
+        std::fs::write(&ext, serde_json::to_vec(&newer).unwrap()).unwrap();
         assert_eq!(store.load().unwrap(), state);
-        state.fault = None;
+        // A phase a newer agent added within the format: the floor's.
+        let mut phase = value.clone();
+        phase["in_flight"]["phase"] = serde_json::json!("some-later-phase");
+        std::fs::write(&ext, serde_json::to_vec(&phase).unwrap()).unwrap();
+        assert_eq!(store.load().unwrap().in_flight, floor().in_flight);
+
+        // A newer format, an unreadable or a missing extension: the floor.
+        let mut next = value.clone();
+        next["format"] = serde_json::json!(2);
+        for bytes in [
+            serde_json::to_vec(&next).unwrap(),
+            b"{\"format\": 1, \"unsent\": 7}".to_vec(),
+            b"{".to_vec(),
+        ] {
+            std::fs::write(&ext, bytes).unwrap();
+            assert_eq!(store.load().unwrap(), floor());
+        }
+        std::fs::remove_file(&ext).unwrap();
+        assert_eq!(store.load().unwrap(), floor());
+
+        // An older agent writes state.json again: the extension of the
+        // floor it replaced no longer belongs to it.
         store.save(&state).unwrap();
-        assert_eq!(version(), 2, "the closure wait alone needs version 2");
-        state.closure_missing = None;
+        let older = std::fs::read_to_string(dir.path().join(STATE_FILE))
+            .unwrap()
+            .replace("\"serial\": 7", "\"serial\": 8");
+        std::fs::write(dir.path().join(STATE_FILE), older).unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.anchor.unwrap().serial, 8);
+        assert!(loaded.recent_statuses.is_empty() && loaded.closure_missing.is_none());
+        assert!(matches!(
+            loaded.in_flight.unwrap().phase,
+            Phase::Checking {
+                switch: SwitchResult::RebootRequired
+            }
+        ));
+    }
+
+    /// Killed before any of the writes of a save, the agent finds the state
+    /// before the save or after it, never the new floor with the old
+    /// extension or the reverse.
+    #[test]
+    fn a_save_interrupted_anywhere_leaves_the_old_state_or_the_new() {
+        use crate::io::durable::faults;
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateDir::open(dir.path()).unwrap();
+        let states = every_kind_of_state();
+        for (i, old) in states.iter().enumerate() {
+            let new = &states[(i + 1) % states.len()];
+            for n in 1..=3 {
+                store.save(old).unwrap();
+                faults::kill_before_write(n);
+                let killed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.save(new)));
+                faults::kill_before_write(usize::MAX);
+                let loaded = store.load().unwrap();
+                match killed {
+                    Ok(saved) => {
+                        saved.unwrap();
+                        assert_eq!(&loaded, new, "save {i}, no kill at write {n}");
+                    }
+                    Err(_) => assert!(&loaded == old || &loaded == new, "save {i}, killed at write {n}"),
+                }
+            }
+        }
+    }
+
+    /// Files of formats 2 and 3, which agents before the extension wrote
+    /// into `state.json` itself, still load; a newer `state.json` is refused
+    /// as newer, not as corrupt.
+    #[test]
+    fn files_of_formats_2_and_3_load_and_a_newer_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateDir::open(dir.path()).unwrap();
+        std::fs::write(
+            dir.path().join(STATE_FILE),
+            r#"{
+  "version": 3,
+  "last_seen_tip": "a222222222222222222222222222222222222222",
+  "anchor": { "commit": "9fceb02d0ae598e95dc970b74767f19372d61af8", "serial": 7 },
+  "in_flight": {
+    "commit": "9fceb02d0ae598e95dc970b74767f19372d61af8",
+    "tip": "a222222222222222222222222222222222222222",
+    "serial": 7,
+    "source": null,
+    "toplevel": "/nix/store/0c0mb5j1x3dg5bf3wk3jh4xyz6p4s3ld-nixos-system-web1",
+    "action": "switch",
+    "phase": "awaiting-reboot",
+    "previous": null,
+    "failed_before": [],
+    "switch_result": null,
+    "reboot_at": "2027-01-15T03:00:00Z",
+    "started": "2027-01-15T02:00:00Z"
+  },
+  "last_outcome": null,
+  "last_success": null,
+  "recent_statuses": [
+    { "commit": "9fceb02d0ae598e95dc970b74767f19372d61af8", "state": "pending", "context": "ferry/web1", "description": "deploying release 7 to web1" }
+  ],
+  "closure_missing": { "commit": "9fceb02d0ae598e95dc970b74767f19372d61af8", "since": "2027-01-15T01:00:00Z" }
+}"#,
+        )
+        .unwrap();
+        let state = store.load().unwrap();
+        let flight = state.in_flight.clone().unwrap();
+        assert_eq!(flight.tip.to_string(), "a222222222222222222222222222222222222222");
+        assert!(matches!(flight.phase, Phase::AwaitingReboot { .. }));
+        assert_eq!(state.recent_statuses.len(), 1);
+        assert!(state.closure_missing.is_some());
+        // Written again, it is the floor and its extension.
         store.save(&state).unwrap();
-        assert_eq!(version(), 1);
+        assert_eq!(store.load().unwrap(), state);
         let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
-        assert!(
-            !text.contains("closure_missing") && !text.contains("fault"),
-            "{text}"
-        );
-        assert_eq!(store.load().unwrap(), state);
+        serde_json::from_str::<first_agents::StateFile>(&text).unwrap();
+
         std::fs::write(
             dir.path().join(STATE_FILE),
             r#"{"version": 4, "last_seen_tip": null, "anchor": null, "in_flight": null, "last_outcome": null, "later": 1}"#,
@@ -486,7 +828,9 @@ mod tests {
         assert!(matches!(err, StateError::Newer { version: 4, .. }), "{err}");
         let err = err.to_string();
         assert!(
-            err.contains("newer ferry-agent") && !err.contains("corrupt"),
+            err.contains("newer ferry-agent")
+                && err.contains("this one reads formats 1 to 3")
+                && !err.contains("corrupt"),
             "{err}"
         );
     }
@@ -583,33 +927,18 @@ mod tests {
             flight.previous = Some(to.clone());
             store.save(&state).unwrap();
             let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
-            assert!(
-                text.contains(&format!("\"phase\": \"{}\"", phase.name())),
-                "{text}"
-            );
-            assert_eq!(store.load().unwrap(), state, "{}", phase.name());
-            // Version 2 only where version 1 cannot say it: an older agent
-            // refuses such a file instead of misreading it.
+            // The phases format 1 knows are written as they are; the others
+            // in the extension.
             let reboots = matches!(phase, Phase::AwaitingReboot { .. } | Phase::Rebooting { .. });
-            let sightings = state.closure_missing.is_some()
-                || state.fault.is_some()
-                || state.in_flight.as_ref().is_some_and(|f| f.tip != f.target.commit);
-            let version = match (reboots, sightings) {
-                (true, _) => 3,
-                (false, true) => 2,
-                (false, false) => 1,
-            };
-            assert!(text.contains(&format!("\"version\": {version},")), "{text}");
+            let written = if reboots { "checking" } else { phase.name() };
+            assert!(text.contains(&format!("\"phase\": \"{written}\"")), "{text}");
+            assert!(text.contains("\"version\": 1,"), "{text}");
+            assert_eq!(store.load().unwrap(), state, "{}", phase.name());
         }
-        std::fs::write(dir.path().join(STATE_FILE), b"{\"version\": 4, \"last_seen_tip\": null, \"anchor\": null, \"in_flight\": null, \"last_outcome\": null}").unwrap();
-        let err = store.load().unwrap_err().to_string();
-        assert!(
-            err.contains("state format 4; this one reads formats 1 to 3"),
-            "{err}"
-        );
     }
 
-    /// A deploy accepted at an approval above its release keeps both.
+    /// A deploy accepted at an approval above its release keeps both: the
+    /// tip in the extension, which agents before approvals never read.
     #[test]
     fn a_deploy_accepted_at_an_approval_remembers_the_tip() {
         let dir = tempfile::tempdir().unwrap();
@@ -617,22 +946,12 @@ mod tests {
         let mut state = sample();
         let approval: CommitId = "a222222222222222222222222222222222222222".parse().unwrap();
         state.in_flight.as_mut().unwrap().tip = approval.clone();
-        // Nothing else that needs format 2.
         state.closure_missing = None;
         state.fault = None;
         store.save(&state).unwrap();
         let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
-        assert!(text.contains(&format!("\"tip\": \"{approval}\"")), "{text}");
-        assert!(
-            text.contains("\"version\": 2"),
-            "older agents cannot read it: {text}"
-        );
+        assert!(!text.contains(&approval.to_string()), "{text}");
         assert_eq!(store.load().unwrap(), state);
-        // A release accepted at its own commit writes no `tip`: the files
-        // earlier agents read stay as they were.
-        store.save(&sample()).unwrap();
-        let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
-        assert!(!text.contains("\"tip\""), "{text}");
     }
 
     /// A state file as agents before the typed phases wrote it, one per
@@ -727,10 +1046,22 @@ mod tests {
         for _ in 0..3 {
             store.save(&sample()).unwrap();
         }
-        let names: Vec<_> = std::fs::read_dir(dir.path())
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from(STATE_FILE)]);
+        names.sort();
+        assert_eq!(
+            names,
+            vec![
+                std::ffi::OsString::from(EXTENSION_DIR),
+                std::ffi::OsString::from(STATE_FILE)
+            ]
+        );
+        // One extension: of the floor that is there.
+        assert_eq!(
+            std::fs::read_dir(dir.path().join(EXTENSION_DIR)).unwrap().count(),
+            1
+        );
     }
 }

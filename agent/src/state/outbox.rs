@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::io::durable::atomic_write;
+use crate::io::durable::{atomic_write, create_dir, remove_file};
 use crate::io::forge::{CommitStatus, Delivery, ForgeClient, StatusState};
 use crate::state::StateError;
 
@@ -51,7 +51,7 @@ impl Outbox {
     /// Opens (creating) the outbox directory.
     pub fn open(state_dir: &Path) -> Result<Self, StateError> {
         let dir = state_dir.join("outbox");
-        std::fs::create_dir_all(&dir).map_err(|source| StateError::Write {
+        create_dir(&dir, 0o700).map_err(|source| StateError::Write {
             path: dir.clone(),
             source,
         })?;
@@ -80,10 +80,7 @@ impl Outbox {
         let path = self.limit_file();
         let result = match until {
             Some(t) => atomic_write(&path, t.to_rfc3339().as_bytes()),
-            None => match std::fs::remove_file(&path) {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                other => other,
-            },
+            None => remove_file(&path),
         };
         result.map_err(|source| StateError::Write { path, source })
     }
@@ -150,7 +147,7 @@ impl Outbox {
         atomic_write(&path, &bytes).map_err(|source| StateError::Write { path, source })?;
         let excess = (entries.len() + 1).saturating_sub(MAX_OUTBOX_ENTRIES);
         for (_, path) in entries.iter().take(excess) {
-            let _ = std::fs::remove_file(path);
+            let _ = remove_file(path);
         }
         Ok(excess)
     }
@@ -176,7 +173,7 @@ impl Outbox {
         match parsed {
             Some(status) => Ok(Some(Queued { seq, status })),
             None => {
-                let _ = std::fs::remove_file(&path);
+                let _ = remove_file(&path);
                 Err(StateError::Corrupt {
                     path,
                     detail: "not a queued status; removed".into(),
@@ -185,14 +182,11 @@ impl Outbox {
         }
     }
 
-    /// Removes a delivered status.
+    /// Removes a delivered status, synced: a power cut cannot bring it back
+    /// to be sent again.
     pub fn remove(&self, seq: u64) -> Result<(), StateError> {
         let path = self.dir.join(format!("{seq:020}.json"));
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(StateError::Write { path, source }),
-        }
+        remove_file(&path).map_err(|source| StateError::Write { path, source })
     }
 
     /// How many statuses wait.

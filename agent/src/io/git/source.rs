@@ -126,7 +126,8 @@ impl std::fmt::Debug for Source {
     }
 }
 
-/// Sets libgit2's connect and read timeouts, process-wide. Call once at start.
+/// Sets libgit2's connect and read timeouts, and its syncing of what it
+/// writes, process-wide. Call once at start.
 pub fn set_network_timeouts(connect: Duration, read: Duration) -> Result<(), git2::Error> {
     let ms = |d: Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
     // SAFETY: these set integers in libgit2's global options. They are called
@@ -135,6 +136,14 @@ pub fn set_network_timeouts(connect: Duration, read: Duration) -> Result<(), git
     unsafe {
         git2::opts::set_server_connect_timeout_in_milliseconds(ms(connect))?;
         git2::opts::set_server_timeout_in_milliseconds(ms(read))?;
+        // Objects, packs and refs synced to the disk as libgit2 writes them
+        // (off by default, as in git): a power cut must not leave the clone
+        // with a ref to an object that never reached the disk.
+        let enable =
+            libgit2_sys::git_libgit2_opts(libgit2_sys::GIT_OPT_ENABLE_FSYNC_GITDIR as std::ffi::c_int, 1);
+        if enable < 0 {
+            return Err(git2::Error::last_error(enable));
+        }
     }
     limits::set_connect_timeout(connect);
     Ok(())

@@ -103,7 +103,10 @@ impl Switcher {
         {
             return Err(SystemdError::Busy { unit: busy.clone() });
         }
-        let _ = std::fs::remove_file(&attempt.result_file);
+        // Synced: a result of an earlier attempt brought back by a power cut
+        // would be taken for this one's.
+        // (A file that cannot be removed is overwritten by the unit's own.)
+        let _ = crate::io::durable::remove_file(&attempt.result_file);
         let program = format!("{toplevel}/bin/switch-to-configuration");
         let record = Command::new(
             self.agent_exe.display().to_string(),
