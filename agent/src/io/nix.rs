@@ -36,6 +36,13 @@ pub enum StoreError {
         program: &'static str,
         timeout: Duration,
     },
+    /// Nix was stopped before it finished (a signal, as `systemctl stop`
+    /// sends the agent's whole cgroup): nothing the release did.
+    #[error("{program} was interrupted ({how}); the step is taken again at the next start")]
+    Interrupted { program: &'static str, how: String },
+    /// The file system holding the store is full.
+    #[error("{program}: the Nix store's file system is full: {line}; free space (e.g. nix-collect-garbage) and the deploy goes on")]
+    NoSpace { program: &'static str, line: String },
 }
 
 impl StoreError {
@@ -47,9 +54,69 @@ impl StoreError {
         match self {
             StoreError::Failed { program, stderr, .. } => format!("{program}: {}", nix_reason(stderr)),
             StoreError::Cache { nix, cache } => format!("{cache} ({})", nix.reason()),
+            StoreError::NoSpace { program, line } => format!("{program}: the store is full: {line}"),
             other => other.to_string(),
         }
     }
+
+    /// The error a Nix command that did not succeed ended with: stopped by
+    /// a signal or told to stop ([`StoreError::Interrupted`]), out of space
+    /// anywhere in its output ([`StoreError::NoSpace`], which Nix often
+    /// follows with a vaguer last line such as "build of … failed"), or
+    /// failed ([`StoreError::Failed`], with its last lines). Pure.
+    pub fn from_exit(program: &'static str, status: std::process::ExitStatus, stderr: &str) -> Self {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(signal) = status.signal() {
+            return StoreError::Interrupted {
+                program,
+                how: format!("killed by signal {}", signal_name(signal)),
+            };
+        }
+        // Nix's own words when SIGINT, SIGTERM or SIGHUP reached it.
+        if stderr.lines().any(|l| l.contains("interrupted by the user")) {
+            return StoreError::Interrupted {
+                program,
+                how: "it was sent a signal to stop".into(),
+            };
+        }
+        if let Some(line) = stderr.lines().find(|l| l.contains("No space left on device")) {
+            let line = line.trim().trim_start_matches("error:").trim();
+            return StoreError::NoSpace {
+                program,
+                line: line.chars().take(200).collect(),
+            };
+        }
+        // The last lines say what went wrong; keep messages bounded.
+        let tail: Vec<&str> = stderr
+            .lines()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        StoreError::Failed {
+            program,
+            status: status.to_string(),
+            stderr: tail.join(" | "),
+        }
+    }
+}
+
+/// A signal's name (`SIGTERM`), or its number.
+pub fn signal_name(signal: i32) -> String {
+    let name = match signal {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        6 => "SIGABRT",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        13 => "SIGPIPE",
+        15 => "SIGTERM",
+        _ => return signal.to_string(),
+    };
+    name.into()
 }
 
 /// The part of Nix's output (its last lines, joined with ` | `) that says
@@ -182,21 +249,11 @@ async fn run(program: &'static str, mut cmd: Command, timeout: Duration) -> Resu
         Err(_) => return Err(StoreError::Timeout { program, timeout }),
     };
     if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        // The last lines say what went wrong; keep messages bounded.
-        let tail: Vec<&str> = stderr
-            .lines()
-            .rev()
-            .take(5)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        return Err(StoreError::Failed {
+        return Err(StoreError::from_exit(
             program,
-            status: out.status.to_string(),
-            stderr: tail.join(" | "),
-        });
+            out.status,
+            &String::from_utf8_lossy(&out.stderr),
+        ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
@@ -235,6 +292,52 @@ mod tests {
             stderr: "something odd | ".into(),
         };
         assert_eq!(quiet.reason(), "nix-env: something odd");
+    }
+
+    /// How a Nix command that did not succeed is told apart: stopped, out of
+    /// space (said anywhere, not only in its last line), or failed.
+    #[test]
+    fn a_stopped_nix_and_a_full_store_are_told_apart_from_a_failure() {
+        use std::os::unix::process::ExitStatusExt;
+        let exited = |code: i32| std::process::ExitStatus::from_raw(code << 8);
+        let killed = |signal: i32| std::process::ExitStatus::from_raw(signal);
+        let e = StoreError::from_exit("nix-store", killed(15), "copying path ... |");
+        assert!(
+            matches!(&e, StoreError::Interrupted { how, .. } if how == "killed by signal SIGTERM"),
+            "{e:?}"
+        );
+        let e = StoreError::from_exit(
+            "nix-store",
+            exited(1),
+            "copying path '/nix/store/x-a' from 'http://127.0.0.1:1/0'...\nerror: interrupted by the user\n",
+        );
+        assert!(matches!(e, StoreError::Interrupted { .. }), "{e:?}");
+        // Nix 2.8 says it once, then two vaguer lines.
+        let full = "copying path '/nix/store/x-a' from 'http://127.0.0.1:1/0'...\n\
+                    error: writing to file: No space left on device\n\
+                    error: some substitutes for the outputs of derivation '/nix/store/y.drv' failed\n\
+                    error: build of '/nix/store/x-a' failed\n";
+        let e = StoreError::from_exit("nix-store", exited(1), full);
+        assert!(
+            matches!(&e, StoreError::NoSpace { line, .. } if line == "writing to file: No space left on device"),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.reason(),
+            "nix-store: the store is full: writing to file: No space left on device"
+        );
+        let e = StoreError::from_exit(
+            "nix-store",
+            exited(1),
+            "a\nb\nc\nd\ne\nf\nerror: path is not valid\n",
+        );
+        match e {
+            StoreError::Failed { stderr, status, .. } => {
+                assert_eq!(stderr, "c | d | e | f | error: path is not valid");
+                assert_eq!(status, "exit status: 1");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -76,8 +76,17 @@ impl Agent {
             "realising the closure from the binary cache"
         );
         // The status says why first (cut to 140 characters); the journal
-        // gets the whole error.
+        // gets the whole error. A fault a retry cures (Nix stopped, the
+        // store full, the cache failing mid-transfer) keeps the phase: the
+        // reconcile fails and the step is taken again.
         if let Err(e) = self.ports.store.realise(toplevel).await {
+            if faults::store_fault(&e) == Fault::Transient {
+                warn!(
+                    ferry_phase = flight.phase.name(),
+                    "cannot realise the closure yet: {e}"
+                );
+                return Err(e.into());
+            }
             error!(
                 ferry_phase = flight.phase.name(),
                 "cannot realise the closure: {e}"
@@ -89,6 +98,13 @@ impl Agent {
         }
         if flight.action.sets_profile() {
             if let Err(e) = self.ports.store.set_profile(toplevel).await {
+                if faults::store_fault(&e) == Fault::Transient {
+                    warn!(
+                        ferry_phase = flight.phase.name(),
+                        "cannot set the system profile yet: {e}"
+                    );
+                    return Err(e.into());
+                }
                 error!(
                     ferry_phase = flight.phase.name(),
                     "cannot set the system profile: {e}"
@@ -130,6 +146,15 @@ impl Agent {
         } else {
             Health::default()
         };
+        // A check stopped from outside (the agent's stop signals its whole
+        // cgroup) says nothing of the release: the phase is kept and the
+        // check runs again.
+        if let Some((command, signal)) = health.killed().find(|(_, s)| faults::stop_signal(*s)) {
+            return Err(ReconcileError::Interrupted {
+                what: format!("the health check `{command}`"),
+                how: format!("killed by {}", crate::io::nix::signal_name(signal)),
+            });
+        }
         let kernel_changed =
             flight.action == Action::Switch && self.ports.store.kernel_changed(&flight.target.toplevel);
         let checked = Checked {

@@ -37,7 +37,7 @@ use crate::io::systemd::health::Health;
 use crate::io::systemd::switch::{Observed, SwitchResult};
 use crate::metrics::{Metrics, Systems};
 use crate::policy::ending::{self, AfterCheck, Checked, Ending};
-use crate::policy::faults::{self, ReconcileError, Severity};
+use crate::policy::faults::{self, Fault, ReconcileError, Severity};
 use crate::policy::gate::{self, Answer, Facts, Hold, Holds, Step};
 use crate::policy::judge::{self, Verdict};
 use crate::policy::window::{self, RebootPolicy};
