@@ -11,7 +11,7 @@ use ferry_test_support::deploy_repo::{DeployRepo, GitDaemon};
 use ferry_test_support::forge_recorder::Recorder;
 use ferry_test_support::git;
 use ferry_test_support::git_http::GitHttp;
-use ferry_test_support::http::StaticServer;
+use ferry_test_support::http::{FaultyCache, NarFault, StaticServer};
 use ferry_test_support::nginx::{Access, Nginx};
 use ferry_test_support::nix::{self, Behaviour, Cache};
 use ferry_test_support::s3::Moto;
@@ -27,6 +27,8 @@ struct World {
     _git: Option<GitDaemon>,
     git_http: Option<GitHttp>,
     cache_server: Option<StaticServer>,
+    /// The cache served on the same port by a [`FaultyCache`] instead.
+    faulty_cache: Option<FaultyCache>,
     cache_dir: std::path::PathBuf,
     cache_port: u16,
     config: String,
@@ -171,6 +173,7 @@ token_file = "/etc/ferry/forge-token"
             _git: git_daemon,
             git_http,
             cache_server: Some(cache_server),
+            faulty_cache: None,
             cache_dir: cache.dir.clone(),
             cache_port,
             config: config_text,
@@ -201,6 +204,15 @@ token_file = "/etc/ferry/forge-token"
 
     fn cache_up(&mut self) {
         self.cache_server = Some(StaticServer::start_on(&self.cache_dir, self.cache_port));
+    }
+
+    /// Serves the cache from now on (same URL) by a [`FaultyCache`] that
+    /// serves NAR bodies as `fault` says.
+    fn faulty_cache(&mut self, fault: NarFault) -> &FaultyCache {
+        self.cache_server = None;
+        self.faulty_cache = None;
+        self.faulty_cache = Some(FaultyCache::start_on(&self.cache_dir, self.cache_port, fault));
+        self.faulty_cache.as_ref().unwrap()
     }
 
     fn status_of(&self, commit: &str) -> Vec<(String, String)> {
@@ -851,6 +863,11 @@ impl World {
     /// the NixOS module uses (Restart=always, StateDirectory, Nix on PATH:
     /// this machine's, wherever it is installed).
     fn start_service(&self) {
+        self.start_service_with("");
+    }
+
+    /// [`World::start_service`] with `extra` lines in the unit's `[Service]`.
+    fn start_service_with(&self, extra: &str) {
         let path = std::env::var("PATH").unwrap_or_default();
         std::fs::write(
             self.bed.host_path("/etc/systemd/system/ferry-agent.service"),
@@ -858,7 +875,7 @@ impl World {
                 "[Unit]\nDescription=Ferry deploy agent\nAfter=network-online.target\n\
                  [Service]\nExecStart={AGENT} --config /etc/ferry/agent.toml run\n\
                  Environment=\"PATH={path}\"\n\
-                 Restart=always\nRestartSec=1\nStateDirectory=ferry-agent\n"
+                 Restart=always\nRestartSec=1\nStateDirectory=ferry-agent\n{extra}"
             ),
         )
         .unwrap();
@@ -1161,6 +1178,9 @@ mod reboots;
 
 // Prometheus metrics after deploys, rollbacks and refusals, on this file's `World`.
 mod metrics;
+
+// `systemctl stop` and `restart` of the agent in every phase, on this file's `World`.
+mod stops;
 
 /// Full deploys (pending → success) from a private cache (nginx) that
 /// demands a bearer token, then from an S3 bucket (moto, authentication on), each

@@ -1,0 +1,145 @@
+//! `systemctl stop` and `restart` of `ferry-agent run` in the middle of a
+//! deploy, in the testbed: systemd sends SIGTERM to the agent's whole
+//! cgroup, so Nix and the health commands it runs are stopped with it.
+//! Whatever phase the deploy is in, the agent ends by itself (systemd never
+//! has to kill it: the unit's stop timeout is far below what the held step
+//! would take), nothing of it is left running, the next start resumes the
+//! phase, and the release switches once and ends once, as success.
+
+use super::*;
+
+/// The phase `state.json` records for the deploy in flight.
+fn phase(w: &World) -> String {
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(w.bed.host_path("/var/lib/ferry-agent/state.json")).unwrap())
+            .unwrap();
+    state["in_flight"]["phase"].as_str().unwrap_or("none").to_owned()
+}
+
+fn systemctl(w: &World, args: &[&str]) -> String {
+    let mut argv = vec!["systemctl"];
+    argv.extend(args);
+    let out = w.bed.exec(&argv);
+    assert!(
+        out.status.success(),
+        "{argv:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Stops the agent and checks the stop was the agent's own: it exited 0 on
+/// SIGTERM (systemd records `Result=timeout` when it has to SIGKILL a unit
+/// past `TimeoutStopSec`), and nothing of the unit runs any more (a unit
+/// whose cgroup still holds a process is not `inactive`).
+fn stop(w: &World) {
+    systemctl(w, &["stop", "ferry-agent.service"]);
+    let show = systemctl(w, &["show", "-p", "ActiveState,Result", "ferry-agent.service"]);
+    let show: BTreeMap<&str, &str> = show.lines().filter_map(|l| l.split_once('=')).collect();
+    assert_eq!(
+        (show["ActiveState"], show["Result"]),
+        ("inactive", "success"),
+        "the agent ended by itself on SIGTERM: {show:?}\n{}",
+        w.journal("_SYSTEMD_UNIT=ferry-agent.service")
+    );
+}
+
+/// The statuses release `r` received: deploying once, success once, nothing
+/// else (no error, no failure, no rollback).
+fn deployed_once(w: &World, r: &str) {
+    let said: Vec<String> = w.status_of(r).into_iter().map(|(s, _)| s).collect();
+    assert_eq!(said, ["pending", "success"], "{:?}", w.status_of(r));
+}
+
+/// A file inside the testbed that holds a step while it exists.
+fn hold(w: &World, name: &str) -> std::path::PathBuf {
+    let path = w.bed.host_path(&format!("/run/ferry-test/{name}"));
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, "").unwrap();
+    path
+}
+
+#[test]
+fn a_stop_in_every_phase_resumes_and_switches_once() {
+    let mut w = World::new(&[
+        ("b", Behaviour::Succeed),
+        (
+            "c",
+            Behaviour::Activation(
+                "touch /run/ferry-test/switching; while [ -e /run/ferry-test/hold-switch ]; do sleep 0.1; done",
+            ),
+        ),
+        ("d", Behaviour::Succeed),
+    ]);
+    // The check passes at once, unless held: then it says so and waits.
+    w.set_health_commands(
+        "['test ! -e /run/ferry-test/hold-check || { touch /run/ferry-test/checking; \
+         while [ -e /run/ferry-test/hold-check ]; do sleep 0.1; done; }']",
+    );
+    w.faulty_cache(NarFault::Hold);
+    // Far below what a held step takes, far above what a stop needs.
+    w.start_service_with("TimeoutStopSec=20s\n");
+
+    // Realising: Nix waits for a NAR the cache holds back. A restart stops
+    // Nix with the agent; the agent started again realises again.
+    let rb = w.release("b");
+    wait_until(&w, 120, "Nix to ask the cache for a NAR", || {
+        w.faulty_cache.as_ref().unwrap().nar_requests() > 0
+    });
+    assert_eq!(phase(&w), "realising");
+    systemctl(&w, &["restart", "ferry-agent.service"]);
+    w.faulty_cache.as_ref().unwrap().set(NarFault::None);
+    wait_until(&w, 120, "b to be deployed after the restart", || {
+        w.status_of(&rb).iter().any(|(s, _)| s != "pending")
+    });
+    deployed_once(&w, &rb);
+    assert_eq!(w.running(), w.systems["b"]);
+    let journal = w.journal("_SYSTEMD_UNIT=ferry-agent.service");
+    assert!(
+        journal.contains("stopping in the middle of a deploy: it resumes in phase realising")
+            || journal.contains("nix-store was interrupted"),
+        "{journal}"
+    );
+
+    // Switching: the switch runs in its own unit and outlives the stop; the
+    // agent does not wait for it to stop.
+    let switch_held = hold(&w, "hold-switch");
+    let rc = w.release("c");
+    wait_until(&w, 120, "the switch to c to start", || {
+        w.bed.host_path("/run/ferry-test/switching").exists()
+    });
+    stop(&w);
+    assert_eq!(phase(&w), "switching");
+    std::fs::remove_file(switch_held).unwrap();
+    systemctl(&w, &["start", "ferry-agent.service"]);
+    wait_until(&w, 120, "c to be deployed after the start", || {
+        w.status_of(&rc).iter().any(|(s, _)| s != "pending")
+    });
+    deployed_once(&w, &rc);
+    assert_eq!(w.running(), w.systems["c"]);
+
+    // Checking: the health command is stopped with the agent; its death is
+    // not the release's fault, and the check runs again after the start.
+    let check_held = hold(&w, "hold-check");
+    let rd = w.release("d");
+    wait_until(&w, 120, "the check of d to start", || {
+        w.bed.host_path("/run/ferry-test/checking").exists()
+    });
+    stop(&w);
+    assert_eq!(phase(&w), "checking");
+    std::fs::remove_file(check_held).unwrap();
+    systemctl(&w, &["start", "ferry-agent.service"]);
+    wait_until(&w, 120, "d to be deployed after the start", || {
+        w.status_of(&rd).iter().any(|(s, _)| s != "pending")
+    });
+    deployed_once(&w, &rd);
+    assert_eq!(w.running(), w.systems["d"]);
+
+    // One switch per release, no rollback.
+    let switches: Vec<String> = w.switch_log().iter().map(|l| name(&l[7..]).to_owned()).collect();
+    let names: Vec<String> = ["b", "c", "d"]
+        .iter()
+        .map(|s| name(&w.systems[s]).to_owned())
+        .collect();
+    assert_eq!(switches, names, "{:?}", w.switch_log());
+}
