@@ -72,6 +72,7 @@ fn world() -> World {
                 "touch /run/ferry-test/switching; while [ -e /run/ferry-test/hold-switch ]; do sleep 0.1; done",
             ),
         ),
+        ("breaks", Behaviour::StartsFailingUnit),
     ]);
     // The check passes at once, unless held: then it says so and waits.
     w.set_health_commands(
@@ -157,4 +158,41 @@ fn a_stop_while_checking_health_checks_again_and_does_not_roll_back() {
     deployed_once(&w, &rb);
     assert_eq!(w.running(), w.systems["b"]);
     switched_once(&w, &["b"]);
+}
+
+/// Rolling back: the rollback runs in its own unit too; a stop ends the
+/// agent at once, and after the start it follows the rollback to its end:
+/// one failure status, the previous system running, one rollback.
+#[test]
+fn a_stop_while_rolling_back_ends_at_once_and_follows_the_rollback() {
+    let w = world();
+    let rc = w.release("c");
+    wait_until(&w, 120, "c to be deployed", || {
+        w.status_of(&rc).iter().any(|(s, _)| s != "pending")
+    });
+    deployed_once(&w, &rc);
+    // The release breaks a unit; putting c back is held.
+    let switch_held = hold(&w, "hold-switch");
+    std::fs::remove_file(w.bed.host_path("/run/ferry-test/switching")).unwrap();
+    let rbad = w.release("breaks");
+    wait_until(&w, 120, "the rollback to c to start", || {
+        w.bed.host_path("/run/ferry-test/switching").exists()
+    });
+    stop(&w);
+    assert_eq!(phase(&w), "rolling-back");
+    std::fs::remove_file(switch_held).unwrap();
+    systemctl(&w, &["start", "ferry-agent.service"]);
+    wait_until(&w, 120, "the rollback to end after the start", || {
+        w.status_of(&rbad).iter().any(|(s, _)| s != "pending")
+    });
+    let said = w.status_of(&rbad);
+    assert_eq!(said.len(), 2, "{said:?}");
+    assert!(
+        said[1].0 == "failure"
+            && said[1].1.contains("failed units: broken-")
+            && said[1].1.contains("rolled back to"),
+        "{said:?}"
+    );
+    assert_eq!(w.running(), w.systems["c"]);
+    switched_once(&w, &["c", "breaks", "c"]);
 }
