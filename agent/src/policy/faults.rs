@@ -50,6 +50,7 @@ pub fn cache_severity(e: &CacheError) -> Severity {
     match e {
         CacheError::Unreachable { .. }
         | CacheError::Disk { .. }
+        | CacheError::DiskFull { .. }
         | CacheError::Denied { .. }
         | CacheError::Credentials(_) => Severity::Error,
         _ => Severity::Failure,
@@ -70,9 +71,13 @@ pub enum Fault {
 pub fn cache_fault(e: &CacheError) -> Fault {
     match e {
         // Fixed on the host or the cache, never by a new release: retried.
-        CacheError::Unreachable { .. } | CacheError::Denied { .. } | CacheError::Credentials(_) => {
-            Fault::Transient
-        }
+        // Not enough disk for the closure too: freeing space (a garbage
+        // collection) cures it, and a newer release is still taken, since
+        // nothing was accepted yet.
+        CacheError::Unreachable { .. }
+        | CacheError::Denied { .. }
+        | CacheError::Credentials(_)
+        | CacheError::DiskFull { .. } => Fault::Transient,
         _ => Fault::Permanent(cache_severity(e)),
     }
 }
@@ -255,6 +260,17 @@ mod tests {
             detail: "d".into(),
         };
         assert_eq!(cache_fault(&disk), Fault::Permanent(Severity::Error));
+        let full = CacheError::DiskFull {
+            store: "/nix/store".into(),
+            need: 3 << 30,
+            available: 1 << 30,
+        };
+        assert_eq!(cache_fault(&full), Fault::Transient);
+        assert_eq!(
+            full.summary(),
+            "error: not enough disk for the closure (3072 MiB needed)",
+            "the same words while free space changes"
+        );
     }
 
     /// Nix stopped, a full store and a cache failing mid-transfer are

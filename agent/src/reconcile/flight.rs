@@ -85,7 +85,7 @@ impl Agent {
                     ferry_phase = flight.phase.name(),
                     "cannot realise the closure yet: {e}"
                 );
-                return Err(e.into());
+                return self.retry_unless_superseded(flight, e).await;
             }
             error!(
                 ferry_phase = flight.phase.name(),
@@ -116,6 +116,30 @@ impl Agent {
             }
         }
         Ok(Next::Phase(Phase::Switching))
+    }
+
+    /// A realise that a retry may cure (`e`) is retried, unless a newer
+    /// release has arrived: nothing has changed on the host yet, so the
+    /// deploy ends (`error`, saying why) and the newer one is taken at the
+    /// next reconcile; a release whose closure cannot be realised never
+    /// holds back the one that replaces it. Nix stopped by a stop of the
+    /// agent is retried without asking the repository.
+    async fn retry_unless_superseded(&mut self, flight: &InFlight, e: StoreError) -> Result<Next> {
+        if !matches!(e, StoreError::Interrupted { .. }) {
+            if let Ok(tip) = self.ports.source.remote_tip().await {
+                if tip != flight.tip && self.supersedes(&tip, flight).await {
+                    warn!(
+                        ferry_phase = flight.phase.name(),
+                        "a newer tip ({tip}) arrived while the closure could not be realised: it is deployed next"
+                    );
+                    return Ok(Next::End(Ending {
+                        kind: OutcomeKind::Error,
+                        description: wording::cannot_realise_superseded(&e.reason()),
+                    }));
+                }
+            }
+        }
+        Err(e.into())
     }
 
     /// Starts the switch unit (when the phase is fresh) and sees it to its

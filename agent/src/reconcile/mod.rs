@@ -32,6 +32,7 @@ use tracing::{error, info, warn, Instrument, Span};
 use crate::config::Config;
 use crate::io::cache::client::CacheError;
 use crate::io::forge::{CommitStatus, StatusState};
+use crate::io::nix::StoreError;
 use crate::io::systemd::bus::SystemdError;
 use crate::io::systemd::health::Health;
 use crate::io::systemd::switch::{Observed, SwitchResult};

@@ -185,12 +185,10 @@ impl CacheError {
             CacheError::Denied { .. } => "error: the binary cache refused access (credentials)".into(),
             CacheError::Credentials(_) => "error: cache credentials cannot be used".into(),
             CacheError::TooLarge => "refused: closure too large".into(),
-            CacheError::DiskFull { need, available, .. } => {
-                format!(
-                    "refused: not enough disk ({} MiB needed, {} MiB free)",
-                    need >> 20,
-                    available >> 20
-                )
+            // Words that do not change while the free space does: the
+            // status is posted once while the fault lasts.
+            CacheError::DiskFull { need, .. } => {
+                format!("error: not enough disk for the closure ({} MiB needed)", need >> 20)
             }
             CacheError::Disk { .. } => "error: cannot check free disk space".into(),
         }

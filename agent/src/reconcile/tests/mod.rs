@@ -95,6 +95,8 @@ enum Cached {
     Unsigned,
     Oversized,
     DiskUnknown,
+    /// Less room in the store than the closure needs.
+    DiskFull,
 }
 
 /// A switch unit as the fake systemd holds it.
@@ -326,6 +328,11 @@ impl ClosureCache for FakeCache {
             Cached::Oversized => Err(CacheError::Narinfo {
                 url: format!("https://cache.example.com/{}.narinfo", &path[11..43]),
                 source: crate::io::cache::narinfo::NarInfoError::TooLarge,
+            }),
+            Cached::DiskFull => Err(CacheError::DiskFull {
+                store: "/nix/store".into(),
+                need: 2 << 30,
+                available: 1 << 30,
             }),
             Cached::DiskUnknown => Err(CacheError::Disk {
                 store: "/nix/store".into(),

@@ -169,3 +169,65 @@ fn a_refusal_by_nix_still_ends_the_deploy() {
     assert!(matches!(run(&mut host.agent()), Pass::Error(_)));
     assert_eq!(host.state().in_flight, None);
 }
+
+/// A closure that cannot be realised yet never holds back the release that
+/// replaces it: once a newer release is on the branch, the deploy in
+/// flight ends (`error`, saying why) and the newer one deploys.
+#[test]
+fn a_newer_release_replaces_one_that_cannot_be_realised_yet() {
+    let host = Host::new();
+    host.w().realise_fails = vec![RealiseFails::CacheStalled, RealiseFails::CacheStalled];
+    let mut agent = host.agent();
+    transient(&mut agent);
+    {
+        let mut w = host.w();
+        w.tip = commit(R2);
+        w.releases.insert(
+            commit(R2),
+            Verifies::As(verified(R2, 2, Some((system('c'), Action::Switch)), t0())),
+        );
+    }
+    let r = run(&mut agent);
+    let reason = "http://cache.example.com stalled (nix-store: path is not valid)";
+    assert_eq!(
+        r,
+        Pass::Error(wording::cannot_realise_superseded(reason)),
+        "{r:?}"
+    );
+    assert_eq!(host.state().in_flight, None);
+    assert_eq!(
+        run(&mut agent),
+        Pass::Deployed {
+            reboot_required: false
+        }
+    );
+    assert_eq!(host.w().running, Some(system('c')));
+}
+
+/// Not enough room in the store for the closure, found by the preflight:
+/// retried (nothing is accepted), said once it persists, and deployed at
+/// the first poll after space is freed (it used to be refused for good).
+#[test]
+fn a_store_too_full_for_the_closure_is_retried_until_space_is_freed() {
+    let host = Host::new();
+    host.w().cached = Cached::DiskFull;
+    let mut agent = host.agent();
+    transient(&mut agent);
+    let since = host.state().fault.expect("remembered").since;
+    host.w().now = since + chrono::Duration::minutes(15);
+    transient(&mut agent);
+    assert_eq!(
+        release_statuses(&host).last(),
+        Some(&(
+            StatusState::Error,
+            wording::fault_description("error: not enough disk for the closure (2048 MiB needed)", since)
+        ))
+    );
+    host.w().cached = Cached::Yes;
+    assert_eq!(
+        run(&mut agent),
+        Pass::Deployed {
+            reboot_required: false
+        }
+    );
+}
