@@ -1182,6 +1182,9 @@ mod metrics;
 // `systemctl stop` and `restart` of the agent in every phase, on this file's `World`.
 mod stops;
 
+// A full store while realising, on this file's `World`.
+mod store;
+
 /// Full deploys (pending → success) from a private cache (nginx) that
 /// demands a bearer token, then from an S3 bucket (moto, authentication on), each
 /// realised by the agent through its loopback relay inside the testbed.

@@ -29,8 +29,10 @@ pub enum StoreError {
     Cache { nix: Box<StoreError>, cache: String },
     #[error("cannot serve the binary caches to Nix on loopback: {0}")]
     Relay(std::io::Error),
+    /// The closure could not be walked again before realising: what the
+    /// caches answered (a fault the preflight would have met too).
     #[error("the closure cannot be read from the binary caches: {0}")]
-    Closure(String),
+    Closure(#[source] crate::io::cache::client::CacheError),
     #[error("{program} did not finish within {}s", .timeout.as_secs())]
     Timeout {
         program: &'static str,
@@ -55,6 +57,7 @@ impl StoreError {
             StoreError::Failed { program, stderr, .. } => format!("{program}: {}", nix_reason(stderr)),
             StoreError::Cache { nix, cache } => format!("{cache} ({})", nix.reason()),
             StoreError::NoSpace { program, line } => format!("{program}: the store is full: {line}"),
+            StoreError::Closure(e) => e.summary(),
             other => other.to_string(),
         }
     }

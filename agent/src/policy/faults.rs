@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use ferry_signer::git::GitError;
 use ferry_signer::VerifyError;
 
-use crate::io::cache::client::CacheError;
+use crate::io::cache::client::{CacheError, STORE_FULL};
 use crate::io::forge::StatusState;
 use crate::io::git::source::SourceError;
 use crate::io::nix::StoreError;
@@ -95,11 +95,12 @@ pub fn store_fault(e: &StoreError) -> Fault {
         StoreError::Interrupted { .. } | StoreError::NoSpace { .. } | StoreError::Cache { .. } => {
             Fault::Transient
         }
+        // Walking the closure again before realising: as in the preflight.
+        StoreError::Closure(e) => cache_fault(e),
         StoreError::GcRoots { .. }
         | StoreError::Spawn { .. }
         | StoreError::Failed { .. }
         | StoreError::Relay(_)
-        | StoreError::Closure(_)
         | StoreError::Timeout { .. } => Fault::Permanent(Severity::Error),
     }
 }
@@ -185,9 +186,8 @@ impl ReconcileError {
             ReconcileError::Store(StoreError::Interrupted { .. }) | ReconcileError::Interrupted { .. } => {
                 "error: the deploy was interrupted and is resumed".into()
             }
-            ReconcileError::Store(StoreError::NoSpace { .. }) => {
-                "error: the Nix store is full (No space left on device); free space on /nix".into()
-            }
+            ReconcileError::Store(StoreError::NoSpace { .. }) => STORE_FULL.into(),
+            ReconcileError::Store(StoreError::Closure(e)) => e.summary(),
             ReconcileError::Store(StoreError::Cache { cache, .. }) => {
                 format!("error: binary cache failed while realising: {cache}")
             }
@@ -268,8 +268,23 @@ mod tests {
         assert_eq!(cache_fault(&full), Fault::Transient);
         assert_eq!(
             full.summary(),
-            "error: not enough disk for the closure (3072 MiB needed)",
+            STORE_FULL,
             "the same words while free space changes"
+        );
+        assert_eq!(
+            ReconcileError::Store(StoreError::NoSpace {
+                program: "nix-store",
+                line: "No space left on device".into()
+            })
+            .summary(),
+            STORE_FULL,
+            "the same words whoever finds the store full"
+        );
+        // The closure walked again before realising: as in the preflight.
+        assert_eq!(store_fault(&StoreError::Closure(full)), Fault::Transient);
+        assert_eq!(
+            store_fault(&StoreError::Closure(CacheError::TooLarge)),
+            Fault::Permanent(Severity::Failure)
         );
     }
 

@@ -53,11 +53,12 @@ impl Agent {
                     );
                     flight.phase = phase;
                     state.in_flight = Some(flight.clone());
+                    let resumed = self.fault_over(state, &flight);
                     let announced = self.announce_phase(state, &flight);
                     self.state.save(state)?;
                     // Delivered before the step: "rebooting" reaches the
                     // forge before the host goes down, if it can.
-                    if announced && self.flush(state) {
+                    if (announced || resumed) && self.flush(state) {
                         self.ports.statuses.deliver().await;
                     }
                     fresh = true;
@@ -325,6 +326,35 @@ impl Agent {
             &flight.target.toplevel,
             booted.as_ref(),
         )))
+    }
+
+    /// A transient fault that held the deploy in its phase is over (the
+    /// phase took its step): it is forgotten (saved by the caller with the
+    /// next phase) and, if it was reported as an `error` status, the
+    /// release says `deploying …` again, as one retried before it was
+    /// accepted does. Returns whether a status was recorded.
+    pub(super) fn fault_over(&mut self, state: &mut State, flight: &InFlight) -> bool {
+        if state.fault.take().is_none() {
+            return false;
+        }
+        let commit = flight.target.commit.clone();
+        let reported = state
+            .recent_statuses
+            .iter()
+            .rev()
+            .find(|s| s.commit == commit)
+            .is_some_and(|s| s.state == StatusState::Error);
+        if !reported {
+            return false;
+        }
+        let deploying = wording::deploying(&self.config.host, flight.target.serial);
+        self.report(
+            state,
+            &commit,
+            flight.source.as_ref(),
+            StatusState::Pending,
+            &deploying,
+        )
     }
 
     /// Records the status a phase is announced with, in `state` (saved by

@@ -185,15 +185,19 @@ impl CacheError {
             CacheError::Denied { .. } => "error: the binary cache refused access (credentials)".into(),
             CacheError::Credentials(_) => "error: cache credentials cannot be used".into(),
             CacheError::TooLarge => "refused: closure too large".into(),
-            // Words that do not change while the free space does: the
-            // status is posted once while the fault lasts.
-            CacheError::DiskFull { need, .. } => {
-                format!("error: not enough disk for the closure ({} MiB needed)", need >> 20)
-            }
+            // Words that do not change while the free space does (the
+            // status is posted once while the fault lasts), and the same as
+            // a store found full while realising.
+            CacheError::DiskFull { .. } => STORE_FULL.into(),
             CacheError::Disk { .. } => "error: cannot check free disk space".into(),
         }
     }
 }
+
+/// The words of a status when the store has no room for the closure,
+/// whether the preflight finds it so or Nix runs out of space realising it.
+pub const STORE_FULL: &str =
+    "error: not enough space in /nix/store for the closure; free some (nix-collect-garbage)";
 
 /// `/nix/store/<hash>-<name>` → `<hash>-<name>`, cut for status lines.
 fn short(path: &str) -> String {

@@ -231,9 +231,7 @@ pub async fn realise_via_relay(
     root_name: &str,
 ) -> Result<(), StoreError> {
     let store_dir = Path::new(ferry_signer::names::STORE_DIR);
-    let credentials = caches
-        .load_credentials()
-        .map_err(|e| StoreError::Closure(e.to_string()))?;
+    let credentials = caches.load_credentials().map_err(StoreError::Closure)?;
     // As in the preflight: what exists in the store but is invalid to Nix
     // is served too.
     let mut invalid = BTreeSet::new();
@@ -241,7 +239,7 @@ pub async fn realise_via_relay(
         let (preflight, objects) = caches
             .walk(toplevel, store_dir, &credentials, &invalid)
             .await
-            .map_err(|e| StoreError::Closure(e.to_string()))?;
+            .map_err(StoreError::Closure)?;
         let found = store.invalid_paths(&preflight.on_disk).await?;
         if found.is_empty() {
             break objects;

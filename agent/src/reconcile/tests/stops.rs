@@ -116,10 +116,7 @@ fn a_full_store_is_said_and_the_release_deploys_once_space_is_freed() {
     let since = host.state().fault.expect("remembered").since;
     host.w().now = since + chrono::Duration::minutes(15);
     transient(&mut agent);
-    let full = wording::fault_description(
-        "error: the Nix store is full (No space left on device); free space on /nix",
-        since,
-    );
+    let full = wording::fault_description(crate::io::cache::client::STORE_FULL, since);
     assert!(
         full.chars().count() <= crate::io::forge::MAX_DESCRIPTION_CHARS,
         "{full}"
@@ -140,6 +137,17 @@ fn a_full_store_is_said_and_the_release_deploys_once_space_is_freed() {
     );
     assert_eq!(host.w().running, Some(system('b')));
     assert_eq!(host.state().fault, None);
+    // Once the store has room, "deploying" again, then the ending.
+    let statuses: Vec<StatusState> = release_statuses(&host).into_iter().map(|(s, _)| s).collect();
+    assert_eq!(
+        statuses,
+        [
+            StatusState::Pending,
+            StatusState::Error,
+            StatusState::Pending,
+            StatusState::Success
+        ]
+    );
 }
 
 /// A cache that fails mid-transfer (the relay says which and how) is a
@@ -220,7 +228,7 @@ fn a_store_too_full_for_the_closure_is_retried_until_space_is_freed() {
         release_statuses(&host).last(),
         Some(&(
             StatusState::Error,
-            wording::fault_description("error: not enough disk for the closure (2048 MiB needed)", since)
+            wording::fault_description(crate::io::cache::client::STORE_FULL, since)
         ))
     );
     host.w().cached = Cached::Yes;
