@@ -25,8 +25,14 @@ pub enum StoreError {
         status: String,
         stderr: String,
     },
+    /// Nix failed, and the relay saw the binary cache fail first: `cache`
+    /// says how, `summary` in a status's words.
     #[error("{nix}; the binary cache behind it: {cache}")]
-    Cache { nix: Box<StoreError>, cache: String },
+    Cache {
+        nix: Box<StoreError>,
+        cache: String,
+        summary: String,
+    },
     #[error("cannot serve the binary caches to Nix on loopback: {0}")]
     Relay(std::io::Error),
     /// The closure could not be walked again before realising: what the
@@ -55,7 +61,7 @@ impl StoreError {
     pub fn reason(&self) -> String {
         match self {
             StoreError::Failed { program, stderr, .. } => format!("{program}: {}", nix_reason(stderr)),
-            StoreError::Cache { nix, cache } => format!("{cache} ({})", nix.reason()),
+            StoreError::Cache { nix, cache, .. } => format!("{cache} ({})", nix.reason()),
             StoreError::NoSpace { program, line } => format!("{program}: the store is full: {line}"),
             StoreError::Closure(e) => e.summary(),
             other => other.to_string(),
@@ -188,6 +194,11 @@ impl Store {
             // (keyed by URL) must not answer for an earlier relay's port.
             .args(["--option", "narinfo-cache-negative-ttl", "0"])
             .args(["--option", "narinfo-cache-positive-ttl", "0"])
+            // One download per object: the relay bounds each (a cache that
+            // stalls is cut off and named), and the agent retries the whole
+            // realise with backoff, rather than Nix asking a stalling cache
+            // four times more.
+            .args(["--option", "download-attempts", "1"])
             // Never build: a closure that cannot be substituted is refused.
             .args(["--option", "max-jobs", "0"]);
         run("nix-store", cmd, self.realise_timeout).await.map(drop)
@@ -285,6 +296,7 @@ mod tests {
         let cached = StoreError::Cache {
             nix: Box::new(e),
             cache: "http://cache.example.com/nar/x.nar.xz: HTTP 500".into(),
+            summary: "error: binary cache unreachable".into(),
         };
         assert!(cached
             .reason()

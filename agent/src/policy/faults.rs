@@ -49,6 +49,7 @@ pub fn verify_severity(e: &VerifyError) -> Severity {
 pub fn cache_severity(e: &CacheError) -> Severity {
     match e {
         CacheError::Unreachable { .. }
+        | CacheError::Stalled { .. }
         | CacheError::Disk { .. }
         | CacheError::DiskFull { .. }
         | CacheError::Denied { .. }
@@ -75,6 +76,7 @@ pub fn cache_fault(e: &CacheError) -> Fault {
         // collection) cures it, and a newer release is still taken, since
         // nothing was accepted yet.
         CacheError::Unreachable { .. }
+        | CacheError::Stalled { .. }
         | CacheError::Denied { .. }
         | CacheError::Credentials(_)
         | CacheError::DiskFull { .. } => Fault::Transient,
@@ -188,9 +190,7 @@ impl ReconcileError {
             }
             ReconcileError::Store(StoreError::NoSpace { .. }) => STORE_FULL.into(),
             ReconcileError::Store(StoreError::Closure(e)) => e.summary(),
-            ReconcileError::Store(StoreError::Cache { cache, .. }) => {
-                format!("error: binary cache failed while realising: {cache}")
-            }
+            ReconcileError::Store(StoreError::Cache { summary, .. }) => summary.clone(),
             ReconcileError::State(_) | ReconcileError::Store(_) | ReconcileError::NoWindowOpening(_) => {
                 "error: the deploy cannot go on (see the journal)".into()
             }
@@ -307,7 +307,9 @@ mod tests {
         };
         let cache = StoreError::Cache {
             nix: Box::new(failed()),
-            cache: "http://c stalled".into(),
+            cache: "binary cache http://c stalled sending nar/x.nar: less than 65536 bytes in 30s; cut off"
+                .into(),
+            summary: "error: binary cache http://c stalled mid-download".into(),
         };
         for e in [&stopped, &full, &cache] {
             assert_eq!(store_fault(e), Fault::Transient, "{e}");

@@ -32,7 +32,15 @@ const MAX_HEAD_BYTES: usize = 16 << 10;
 pub struct Relay {
     substituters: Vec<String>,
     task: tokio::task::JoinHandle<()>,
-    failure: Arc<Mutex<Option<String>>>,
+    failure: Arc<Mutex<Option<Failure>>>,
+}
+
+/// What the relay last saw go wrong upstream: in full, and in a status's
+/// words.
+#[derive(Debug, Clone)]
+struct Failure {
+    detail: String,
+    summary: String,
 }
 
 /// What a request asks for.
@@ -110,7 +118,8 @@ impl Relay {
                         connections.spawn(async move {
                             if let Err(e) = serve(stream, &caches, &credentials, &objects).await {
                                 warn!("binary cache relay: {e}");
-                                *recorded.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                                let failure = Failure { detail: e.to_string(), summary: e.summary() };
+                                *recorded.lock().unwrap_or_else(|p| p.into_inner()) = Some(failure);
                             }
                         });
                     }
@@ -132,6 +141,10 @@ impl Relay {
 
     /// The last upstream problem, if any (why Nix could not substitute).
     pub fn failure(&self) -> Option<String> {
+        self.last_failure().map(|f| f.detail)
+    }
+
+    fn last_failure(&self) -> Option<Failure> {
         self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
@@ -182,20 +195,47 @@ async fn serve(
     if route.head {
         return Ok(());
     }
+    // The body must keep coming: at least `min_bytes` in every window, or
+    // it is cut off (Nix then sees it end short and fails, and the
+    // realise is retried), naming the cache.
+    let progress = caches.nar_progress();
+    let mut window_end = tokio::time::Instant::now() + progress.window;
+    let mut received: u64 = 0;
     loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
+        // Reading a chunk is cancel-safe: a window that ends while one is
+        // awaited loses nothing.
+        match tokio::time::timeout_at(window_end, response.chunk()).await {
+            Ok(Ok(Some(chunk))) => {
+                received = received.saturating_add(chunk.len() as u64);
                 if stream.write_all(&chunk).await.is_err() {
                     return Ok(()); // Nix hung up.
                 }
             }
-            Ok(None) => return Ok(()),
-            Err(e) => {
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Err(e)) => {
                 return Err(CacheError::Unreachable {
                     url: format!("substituter #{} /{}", route.cache, route.rest),
                     detail: e.to_string(),
                 })
             }
+            Err(_) => {}
+        }
+        let now = tokio::time::Instant::now();
+        if now >= window_end {
+            if progress.stalled(received) {
+                return Err(CacheError::Stalled {
+                    cache: caches
+                        .substituters()
+                        .get(route.cache)
+                        .cloned()
+                        .unwrap_or_default(),
+                    object: route.rest,
+                    window: progress.window,
+                    min_bytes: progress.min_bytes,
+                });
+            }
+            window_end = now + progress.window;
+            received = 0;
         }
     }
 }
@@ -252,10 +292,13 @@ pub async fn realise_via_relay(
     let result = store
         .realise_from(toplevel, root_name, relay.substituters())
         .await;
-    match (result, relay.failure()) {
-        (Err(nix), Some(cache)) => Err(StoreError::Cache {
+    match (result, relay.last_failure()) {
+        // Stopped with the agent: that, not the cache, is why.
+        (Err(nix @ StoreError::Interrupted { .. }), _) => Err(nix),
+        (Err(nix), Some(failure)) => Err(StoreError::Cache {
             nix: Box::new(nix),
-            cache,
+            cache: failure.detail,
+            summary: failure.summary,
         }),
         (result, _) => result,
     }

@@ -181,6 +181,7 @@ impl RealiseFails {
             RealiseFails::CacheStalled => StoreError::Cache {
                 nix: Box::new(refused()),
                 cache: "http://cache.example.com stalled".into(),
+                summary: "error: binary cache http://cache.example.com stalled mid-download".into(),
             },
         }
     }
