@@ -278,8 +278,8 @@ fn a_cache_dripping_a_nar_is_cut_off_by_the_realise_deadline() {
     );
 }
 
-/// A cache that sends half a NAR and then nothing, or drips it a byte a
-/// second, is cut off by the relay within one progress window (short
+/// A cache that never answers a NAR request, sends half a NAR and then
+/// nothing, or drips it a byte a second, is cut off by the relay within one progress window (short
 /// here; 30 s by default), long before the realise step's deadline (an
 /// hour here, as by default): the step fails naming the cache and the
 /// stall, a fault the agent retries. Nothing of the closure is left valid
@@ -292,7 +292,7 @@ fn a_cache_stalling_or_dripping_a_nar_is_cut_off_named_and_retried() {
     use ferry_agent::io::cache::relay::realise_via_relay;
     use ferry_agent::io::nix::{Store, StoreError};
     use ferry_test_support::http::{FaultyCache, NarFault};
-    for fault in [NarFault::HalfThenSilence, NarFault::Drip] {
+    for fault in [NarFault::Hold, NarFault::HalfThenSilence, NarFault::Drip] {
         let f = Fixture::new(1);
         let server = FaultyCache::start(&f.cache.dir, fault);
         let keys = vec![f.cache.public_key.parse::<CachePublicKey>().unwrap()];

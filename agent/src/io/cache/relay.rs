@@ -180,9 +180,27 @@ async fn serve(
     if route.rest != "nix-cache-info" && !objects.contains(&route.rest) {
         return respond(&mut stream, 404, None).await;
     }
-    let upstream = caches
-        .relay(route.cache, &route.rest, route.head, credentials)
-        .await;
+    // The answer's head counts as the first window's progress: a cache that
+    // never answers (or whose name never resolves) is cut off as one that
+    // stops mid-body is.
+    let progress = caches.nar_progress();
+    let mut window_end = tokio::time::Instant::now() + progress.window;
+    let stalled = |rest: &str| CacheError::Stalled {
+        cache: caches
+            .substituters()
+            .get(route.cache)
+            .cloned()
+            .unwrap_or_default(),
+        object: rest.to_owned(),
+        window: progress.window,
+        min_bytes: progress.min_bytes,
+    };
+    let upstream = tokio::time::timeout_at(
+        window_end,
+        caches.relay(route.cache, &route.rest, route.head, credentials),
+    )
+    .await
+    .unwrap_or_else(|_| Err(stalled(&route.rest)));
     let mut response = match upstream {
         Ok(Some(r)) => r,
         Ok(None) => return respond(&mut stream, 404, None).await,
@@ -198,8 +216,6 @@ async fn serve(
     // The body must keep coming: at least `min_bytes` in every window, or
     // it is cut off (Nix then sees it end short and fails, and the
     // realise is retried), naming the cache.
-    let progress = caches.nar_progress();
-    let mut window_end = tokio::time::Instant::now() + progress.window;
     let mut received: u64 = 0;
     loop {
         // Reading a chunk is cancel-safe: a window that ends while one is
@@ -223,16 +239,7 @@ async fn serve(
         let now = tokio::time::Instant::now();
         if now >= window_end {
             if progress.stalled(received) {
-                return Err(CacheError::Stalled {
-                    cache: caches
-                        .substituters()
-                        .get(route.cache)
-                        .cloned()
-                        .unwrap_or_default(),
-                    object: route.rest,
-                    window: progress.window,
-                    min_bytes: progress.min_bytes,
-                });
+                return Err(stalled(&route.rest));
             }
             window_end = now + progress.window;
             received = 0;
