@@ -31,7 +31,8 @@ enum Command {
     /// Run as a daemon: poll, deploy, report, forever.
     Run,
     /// Reconcile once; exit 0 when deployed or up to date, 1 when refused or failed,
-    /// 75 when another ferry-agent runs on the same state directory.
+    /// 75 when another ferry-agent runs on the same state directory, 143 when stopped
+    /// (SIGTERM, SIGINT) before it ended (the next run resumes).
     Once,
     /// Show the running system, the last release and outcome, waiting statuses.
     Status {

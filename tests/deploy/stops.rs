@@ -59,10 +59,8 @@ fn hold(w: &World, name: &str) -> std::path::PathBuf {
     path
 }
 
-/// A world whose cache holds NARs back while told to, whose `c` switch and
-/// whose health check wait while a hold file exists, and the agent running
-/// as a service whose stop timeout is far below what a held step takes
-/// and far above what a stop needs.
+/// A world whose cache holds NARs back while told to, and whose `c`
+/// switch and health check wait while a hold file exists.
 fn world() -> World {
     let mut w = World::new(&[
         ("b", Behaviour::Succeed),
@@ -80,6 +78,13 @@ fn world() -> World {
          while [ -e /run/ferry-test/hold-check ]; do sleep 0.1; done; }']",
     );
     w.faulty_cache(NarFault::None);
+    w
+}
+
+/// [`world`] with the agent running as a service whose stop timeout is
+/// far below what a held step takes and far above what a stop needs.
+fn service() -> World {
+    let w = world();
     w.start_service_with("TimeoutStopSec=20s\n");
     w
 }
@@ -97,7 +102,7 @@ fn switched_once(w: &World, systems: &[&str]) {
 /// again and deploys.
 #[test]
 fn a_restart_while_realising_resumes_the_realise() {
-    let w = world();
+    let w = service();
     w.faulty_cache.as_ref().unwrap().set(NarFault::Hold);
     let rb = w.release("b");
     wait_until(&w, 120, "Nix to ask the cache for a NAR", || {
@@ -119,7 +124,7 @@ fn a_restart_while_realising_resumes_the_realise() {
 /// after the start follows it to its end.
 #[test]
 fn a_stop_while_switching_ends_at_once_and_follows_the_switch() {
-    let w = world();
+    let w = service();
     let switch_held = hold(&w, "hold-switch");
     let rc = w.release("c");
     wait_until(&w, 120, "the switch to c to start", || {
@@ -142,7 +147,7 @@ fn a_stop_while_switching_ends_at_once_and_follows_the_switch() {
 /// signal"), and the check runs again after the start.
 #[test]
 fn a_stop_while_checking_health_checks_again_and_does_not_roll_back() {
-    let w = world();
+    let w = service();
     let check_held = hold(&w, "hold-check");
     let rb = w.release("b");
     wait_until(&w, 120, "the check of b to start", || {
@@ -165,7 +170,7 @@ fn a_stop_while_checking_health_checks_again_and_does_not_roll_back() {
 /// one failure status, the previous system running, one rollback.
 #[test]
 fn a_stop_while_rolling_back_ends_at_once_and_follows_the_rollback() {
-    let w = world();
+    let w = service();
     let rc = w.release("c");
     wait_until(&w, 120, "c to be deployed", || {
         w.status_of(&rc).iter().any(|(s, _)| s != "pending")
@@ -195,4 +200,54 @@ fn a_stop_while_rolling_back_ends_at_once_and_follows_the_rollback() {
     );
     assert_eq!(w.running(), w.systems["c"]);
     switched_once(&w, &["c", "breaks", "c"]);
+}
+
+/// `ferry-agent once` stopped (SIGTERM) while Nix waits for a NAR: it ends
+/// at once with 143, the deploy still `realising`, and the next run
+/// resumes it and deploys.
+#[test]
+fn once_stopped_while_realising_exits_143_and_the_next_run_deploys() {
+    let w = world();
+    w.faulty_cache.as_ref().unwrap().set(NarFault::Hold);
+    let rb = w.release("b");
+    let mut first = std::process::Command::new("nsenter")
+        .args(["-t", &w.bed.pid.to_string(), "-a", "-r", "-w"])
+        .args([AGENT, "--config", "/etc/ferry/agent.toml", "once"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(&w, 120, "Nix to ask the cache for a NAR", || {
+        w.faulty_cache.as_ref().unwrap().nar_requests() > 0
+    });
+    // nsenter forks the agent: stop that child, and only it.
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", first.id())).unwrap();
+    let agent = children
+        .split_whitespace()
+        .next()
+        .expect("the agent runs under nsenter");
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", agent])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = first.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{said}");
+    assert!(
+        said.contains("stopped; a deploy in flight resumes at the next run"),
+        "{said}"
+    );
+    assert_eq!(phase(&w), "realising");
+    assert_eq!(
+        w.status_of(&rb).len(),
+        1,
+        "only deploying: {:?}",
+        w.status_of(&rb)
+    );
+    w.faulty_cache.as_ref().unwrap().set(NarFault::None);
+    let (ok, out) = w.once();
+    assert!(ok && out.contains("deployed"), "{out}");
+    deployed_once(&w, &rb);
+    switched_once(&w, &["b"]);
 }
