@@ -11,7 +11,7 @@ use ferry_test_support::deploy_repo::{DeployRepo, GitDaemon};
 use ferry_test_support::forge_recorder::Recorder;
 use ferry_test_support::git;
 use ferry_test_support::git_http::GitHttp;
-use ferry_test_support::http::StaticServer;
+use ferry_test_support::http::{FaultyCache, NarFault, StaticServer};
 use ferry_test_support::nginx::{Access, Nginx};
 use ferry_test_support::nix::{self, Behaviour, Cache};
 use ferry_test_support::s3::Moto;
@@ -27,6 +27,8 @@ struct World {
     _git: Option<GitDaemon>,
     git_http: Option<GitHttp>,
     cache_server: Option<StaticServer>,
+    /// The cache served on the same port by a [`FaultyCache`] instead.
+    faulty_cache: Option<FaultyCache>,
     cache_dir: std::path::PathBuf,
     cache_port: u16,
     config: String,
@@ -177,6 +179,7 @@ token_file = "/etc/ferry/forge-token"
             _git: git_daemon,
             git_http,
             cache_server: Some(cache_server),
+            faulty_cache: None,
             cache_dir: cache.dir.clone(),
             cache_port,
             config: config_text,
@@ -207,6 +210,15 @@ token_file = "/etc/ferry/forge-token"
 
     fn cache_up(&mut self) {
         self.cache_server = Some(StaticServer::start_on(&self.cache_dir, self.cache_port));
+    }
+
+    /// Serves the cache from now on (same URL) by a [`FaultyCache`] that
+    /// serves NAR bodies as `fault` says.
+    fn faulty_cache(&mut self, fault: NarFault) -> &FaultyCache {
+        self.cache_server = None;
+        self.faulty_cache = None;
+        self.faulty_cache = Some(FaultyCache::start_on(&self.cache_dir, self.cache_port, fault));
+        self.faulty_cache.as_ref().unwrap()
     }
 
     fn status_of(&self, commit: &str) -> Vec<(String, String)> {
@@ -871,9 +883,14 @@ impl World {
     /// the NixOS module uses (Restart=always, StateDirectory, Nix on PATH:
     /// this machine's, wherever it is installed).
     fn start_service(&self) {
+        self.start_service_with("");
+    }
+
+    /// [`World::start_service`] with `extra` lines in the unit's `[Service]`.
+    fn start_service_with(&self, extra: &str) {
         std::fs::write(
             self.bed.host_path("/etc/systemd/system/ferry-agent.service"),
-            agent_unit(AGENT),
+            agent_unit(AGENT) + extra,
         )
         .unwrap();
         for cmd in [
@@ -1191,6 +1208,12 @@ mod clock;
 
 // The deploy branch from a static mirror, on this file's `World`.
 mod mirror;
+
+// `systemctl stop` and `restart` of the agent in every phase, on this file's `World`.
+mod stops;
+
+// A full store while realising, on this file's `World`.
+mod store;
 
 /// Full deploys (pending → success) from a private cache (nginx) that
 /// demands a bearer token, then from an S3 bucket (moto, authentication on), each

@@ -30,7 +30,8 @@ enum Command {
     /// Run as a daemon: poll, deploy, report, forever.
     Run,
     /// Reconcile once; exit 0 when deployed or up to date, 1 when refused or failed,
-    /// 75 when another ferry-agent runs on the same state directory.
+    /// 75 when another ferry-agent runs on the same state directory, 143 when stopped
+    /// (SIGTERM, SIGINT) before it ended (the next run resumes).
     Once,
     /// Show the running system, the last release and outcome, waiting statuses.
     Status {
@@ -64,7 +65,11 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // Not waiting for git work still on a blocking thread (bounded by its
+    // own deadline, but a stop must not wait for it): the process ends.
+    runtime.shutdown_background();
+    match result {
         Ok(code) => code,
         Err(err) => {
             tracing::error!("{}", ferry_agent::app::logging::error_chain(err.as_ref()));
@@ -126,7 +131,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 Duration::from_secs(60),
             )?;
             let mut agent = ferry_agent::app::live::agent(config).context("cannot start")?;
-            let reconciled = agent.reconcile().await;
+            // Stopped (SIGTERM, SIGINT) in the middle, it ends at once: the
+            // deploy's phase is on disk and the next run resumes it.
+            let reconciled = tokio::select! {
+                biased;
+                _ = daemon::shutdown_signal() => {
+                    eprintln!("ferry-agent: stopped; a deploy in flight resumes at the next run");
+                    return Ok(ExitCode::from(EXIT_STOPPED));
+                }
+                reconciled = agent.reconcile() => reconciled,
+            };
             status::note_pass(
                 &agent.config.state_dir,
                 reconciled
@@ -162,3 +176,6 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::RecordSwitchResult { .. } => unreachable!("handled before the runtime starts"),
     }
 }
+
+/// `once`'s exit code when stopped by a signal (128 + SIGTERM, as a shell reports it).
+const EXIT_STOPPED: u8 = 143;

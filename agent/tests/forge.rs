@@ -168,6 +168,37 @@ fn an_unreachable_forge_is_retried() {
     );
 }
 
+/// A forge that answers at once, then drips the body of its answer (a rate
+/// limit's explanation, read to tell a limit from a token problem): the
+/// post ends within its 30 s deadline, body included, and the status is
+/// kept to be sent again.
+#[test]
+fn a_forge_dripping_its_answer_is_cut_off_and_retried() {
+    use crate::common::hostile::{hostile_server, within};
+    let port = hostile_server(|_, stream| {
+        use std::io::Write;
+        stream.write_all(b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 4000\r\n\r\n")?;
+        loop {
+            stream.write_all(b"x")?;
+            stream.flush()?;
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("t");
+    std::fs::write(&token, "t").unwrap();
+    let gitea = client(Forge::Gitea, format!("http://127.0.0.1:{port}"), "o/r", &token);
+    let d = within("a status post to a forge dripping its answer", move || {
+        crate::common::runtime().block_on(gitea.send(&status(StatusState::Pending, "x")))
+    });
+    // What could be read says nothing of when the limit lifts: a minute,
+    // the least a limit is waited for; the status stays in the outbox.
+    assert!(
+        matches!(d, Delivery::RateLimited { .. } | Delivery::Retry(_)),
+        "{d:?}"
+    );
+}
+
 /// A forge over its rate limit, as each forge says it (a loopback forge
 /// answering with their status codes, headers and bodies): the statuses stay
 /// in the outbox, in order, the answer is a rate limit until the time asked

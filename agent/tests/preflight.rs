@@ -277,3 +277,81 @@ fn a_cache_dripping_a_nar_is_cut_off_by_the_realise_deadline() {
         "{err}"
     );
 }
+
+/// A cache that never answers a NAR request, sends half a NAR and then
+/// nothing, or drips it a byte a second, is cut off by the relay within one progress window (short
+/// here; 30 s by default), long before the realise step's deadline (an
+/// hour here, as by default): the step fails naming the cache and the
+/// stall, a fault the agent retries. Nothing of the closure is left valid
+/// in the store, and once the cache serves again the same realise
+/// succeeds.
+#[test]
+fn a_cache_stalling_or_dripping_a_nar_is_cut_off_named_and_retried() {
+    use crate::common::hostile::within;
+    use ferry_agent::io::cache::client::NarProgress;
+    use ferry_agent::io::cache::relay::realise_via_relay;
+    use ferry_agent::io::nix::{Store, StoreError};
+    use ferry_test_support::http::{FaultyCache, NarFault};
+    for fault in [NarFault::Hold, NarFault::HalfThenSilence, NarFault::Drip] {
+        let f = Fixture::new(1);
+        let server = FaultyCache::start(&f.cache.dir, fault);
+        let keys = vec![f.cache.public_key.parse::<CachePublicKey>().unwrap()];
+        let caches = BinaryCaches::new(&[server.url()], &keys).with_nar_progress(NarProgress {
+            window: std::time::Duration::from_secs(2),
+            min_bytes: 64 << 10,
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store {
+            profile: dir.path().join("profile"),
+            gc_roots: dir.path().join("gcroots"),
+            substituters: Vec::new(),
+            trusted_public_keys: vec![f.cache.public_key.clone()],
+            realise_timeout: std::time::Duration::from_secs(3600),
+        };
+        let toplevel: ferry_signer::StorePath = f.toplevel.parse().unwrap();
+        let realise = move || {
+            let (store, caches, toplevel) = (store.clone(), caches.clone(), toplevel.clone());
+            within("a realise against a stalling cache", move || {
+                let _nix = nix::lock();
+                crate::common::runtime().block_on(realise_via_relay(&store, &caches, &toplevel, "current"))
+            })
+        };
+        let err = realise().unwrap_err();
+        match &err {
+            StoreError::Cache { cache, summary, .. } => {
+                assert!(
+                    cache.contains(&format!("binary cache {} stalled sending nar/", server.url()))
+                        && cache.contains("less than 65536 bytes in 2s; cut off"),
+                    "{fault:?}: {cache}"
+                );
+                assert_eq!(
+                    summary,
+                    &format!("error: binary cache {} stalled mid-download", server.url())
+                );
+            }
+            other => panic!("{fault:?}: {other}"),
+        }
+        assert!(server.nar_requests() >= 1);
+        // Nothing half realised: no path of the closure is valid.
+        let valid = std::process::Command::new("nix-store")
+            .args(["--check-validity", "--print-invalid"])
+            .args(&f.closure)
+            .output()
+            .unwrap();
+        let invalid = String::from_utf8_lossy(&valid.stdout).lines().count();
+        assert_eq!(
+            invalid,
+            f.closure.len(),
+            "{fault:?}: nothing of the closure is valid"
+        );
+        // The cache recovers: the same realise goes through.
+        server.set(NarFault::None);
+        realise().unwrap_or_else(|e| panic!("{fault:?}: {e}"));
+        let valid = std::process::Command::new("nix-store")
+            .args(["--check-validity"])
+            .arg(&f.toplevel)
+            .status()
+            .unwrap();
+        assert!(valid.success(), "{fault:?}");
+    }
+}

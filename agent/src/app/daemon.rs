@@ -4,7 +4,9 @@
 //! they change (keeping the old ones if the new ones are invalid), and
 //! notices the system profile changing outside Ferry. It serves the metrics
 //! endpoint (`metrics.listen`) for as long as it runs, and exits for systemd
-//! to start it again when a switch replaced its own unit or executable.
+//! to start it again when a switch replaced its own unit or executable. A
+//! stop (SIGTERM, SIGINT) ends it at once, in the middle of a deploy too:
+//! the deploy's phase is on disk, and the next start resumes it.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -183,7 +185,26 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
         }
         let interval = agent.config.source.poll_interval;
         let started = std::time::Instant::now();
-        let reconciled = agent.reconcile().await;
+        // A stop does not wait for the reconcile: it is dropped where it is,
+        // as a kill would end it (every phase is written before its step,
+        // so the next start resumes it), and the Nix command or health
+        // check it runs is killed with it. A switch or rollback goes on in
+        // its own unit and is followed after the restart.
+        let reconciled = tokio::select! {
+            biased;
+            _ = &mut shutdown => {
+                let phase = agent.state.load().ok().and_then(|s| s.in_flight).map(|f| f.phase.name());
+                match phase {
+                    Some(phase) => info!(
+                        ferry_phase = phase,
+                        "ferry-agent stopping in the middle of a deploy: it resumes in phase {phase} at the next start"
+                    ),
+                    None => info!("ferry-agent stopping"),
+                }
+                return Ok(());
+            }
+            reconciled = agent.reconcile() => reconciled,
+        };
         // What one poll costs (bench/ reads this at RUST_LOG=ferry_agent::app::daemon=debug).
         debug!(elapsed_us = started.elapsed().as_micros() as u64, "poll finished");
         note_pass(

@@ -25,17 +25,32 @@ pub enum StoreError {
         status: String,
         stderr: String,
     },
+    /// Nix failed, and the relay saw the binary cache fail first: `cache`
+    /// says how, `summary` in a status's words.
     #[error("{nix}; the binary cache behind it: {cache}")]
-    Cache { nix: Box<StoreError>, cache: String },
+    Cache {
+        nix: Box<StoreError>,
+        cache: String,
+        summary: String,
+    },
     #[error("cannot serve the binary caches to Nix on loopback: {0}")]
     Relay(std::io::Error),
+    /// The closure could not be walked again before realising: what the
+    /// caches answered (a fault the preflight would have met too).
     #[error("the closure cannot be read from the binary caches: {0}")]
-    Closure(String),
+    Closure(#[source] crate::io::cache::client::CacheError),
     #[error("{program} did not finish within {}s", .timeout.as_secs())]
     Timeout {
         program: &'static str,
         timeout: Duration,
     },
+    /// Nix was stopped before it finished (a signal, as `systemctl stop`
+    /// sends the agent's whole cgroup): nothing the release did.
+    #[error("{program} was interrupted ({how}); the step is taken again at the next start")]
+    Interrupted { program: &'static str, how: String },
+    /// The file system holding the store is full.
+    #[error("{program}: the Nix store's file system is full: {line}; free space (e.g. nix-collect-garbage) and the deploy goes on")]
+    NoSpace { program: &'static str, line: String },
 }
 
 impl StoreError {
@@ -46,10 +61,71 @@ impl StoreError {
     pub fn reason(&self) -> String {
         match self {
             StoreError::Failed { program, stderr, .. } => format!("{program}: {}", nix_reason(stderr)),
-            StoreError::Cache { nix, cache } => format!("{cache} ({})", nix.reason()),
+            StoreError::Cache { nix, cache, .. } => format!("{cache} ({})", nix.reason()),
+            StoreError::NoSpace { program, line } => format!("{program}: the store is full: {line}"),
+            StoreError::Closure(e) => e.summary(),
             other => other.to_string(),
         }
     }
+
+    /// The error a Nix command that did not succeed ended with: stopped by
+    /// a signal or told to stop ([`StoreError::Interrupted`]), out of space
+    /// anywhere in its output ([`StoreError::NoSpace`], which Nix often
+    /// follows with a vaguer last line such as "build of … failed"), or
+    /// failed ([`StoreError::Failed`], with its last lines). Pure.
+    pub fn from_exit(program: &'static str, status: std::process::ExitStatus, stderr: &str) -> Self {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(signal) = status.signal() {
+            return StoreError::Interrupted {
+                program,
+                how: format!("killed by signal {}", signal_name(signal)),
+            };
+        }
+        // Nix's own words when SIGINT, SIGTERM or SIGHUP reached it.
+        if stderr.lines().any(|l| l.contains("interrupted by the user")) {
+            return StoreError::Interrupted {
+                program,
+                how: "it was sent a signal to stop".into(),
+            };
+        }
+        if let Some(line) = stderr.lines().find(|l| l.contains("No space left on device")) {
+            let line = line.trim().trim_start_matches("error:").trim();
+            return StoreError::NoSpace {
+                program,
+                line: line.chars().take(200).collect(),
+            };
+        }
+        // The last lines say what went wrong; keep messages bounded.
+        let tail: Vec<&str> = stderr
+            .lines()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        StoreError::Failed {
+            program,
+            status: status.to_string(),
+            stderr: tail.join(" | "),
+        }
+    }
+}
+
+/// A signal's name (`SIGTERM`), or its number.
+pub fn signal_name(signal: i32) -> String {
+    let name = match signal {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        6 => "SIGABRT",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        13 => "SIGPIPE",
+        15 => "SIGTERM",
+        _ => return signal.to_string(),
+    };
+    name.into()
 }
 
 /// The part of Nix's output (its last lines, joined with ` | `) that says
@@ -119,6 +195,11 @@ impl Store {
             // (keyed by URL) must not answer for an earlier relay's port.
             .args(["--option", "narinfo-cache-negative-ttl", "0"])
             .args(["--option", "narinfo-cache-positive-ttl", "0"])
+            // One download per object: the relay bounds each (a cache that
+            // stalls is cut off and named), and the agent retries the whole
+            // realise with backoff, rather than Nix asking a stalling cache
+            // four times more.
+            .args(["--option", "download-attempts", "1"])
             // Never build: a closure that cannot be substituted is refused.
             .args(["--option", "max-jobs", "0"]);
         run("nix-store", cmd, self.realise_timeout).await.map(drop)
@@ -183,21 +264,11 @@ async fn run(program: &'static str, mut cmd: Command, timeout: Duration) -> Resu
         Err(_) => return Err(StoreError::Timeout { program, timeout }),
     };
     if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        // The last lines say what went wrong; keep messages bounded.
-        let tail: Vec<&str> = stderr
-            .lines()
-            .rev()
-            .take(5)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        return Err(StoreError::Failed {
+        return Err(StoreError::from_exit(
             program,
-            status: out.status.to_string(),
-            stderr: tail.join(" | "),
-        });
+            out.status,
+            &String::from_utf8_lossy(&out.stderr),
+        ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
@@ -226,6 +297,7 @@ mod tests {
         let cached = StoreError::Cache {
             nix: Box::new(e),
             cache: "http://cache.example.com/nar/x.nar.xz: HTTP 500".into(),
+            summary: "error: binary cache unreachable".into(),
         };
         assert!(cached
             .reason()
@@ -236,6 +308,52 @@ mod tests {
             stderr: "something odd | ".into(),
         };
         assert_eq!(quiet.reason(), "nix-env: something odd");
+    }
+
+    /// How a Nix command that did not succeed is told apart: stopped, out of
+    /// space (said anywhere, not only in its last line), or failed.
+    #[test]
+    fn a_stopped_nix_and_a_full_store_are_told_apart_from_a_failure() {
+        use std::os::unix::process::ExitStatusExt;
+        let exited = |code: i32| std::process::ExitStatus::from_raw(code << 8);
+        let killed = |signal: i32| std::process::ExitStatus::from_raw(signal);
+        let e = StoreError::from_exit("nix-store", killed(15), "copying path ... |");
+        assert!(
+            matches!(&e, StoreError::Interrupted { how, .. } if how == "killed by signal SIGTERM"),
+            "{e:?}"
+        );
+        let e = StoreError::from_exit(
+            "nix-store",
+            exited(1),
+            "copying path '/nix/store/x-a' from 'http://127.0.0.1:1/0'...\nerror: interrupted by the user\n",
+        );
+        assert!(matches!(e, StoreError::Interrupted { .. }), "{e:?}");
+        // Nix 2.8 says it once, then two vaguer lines.
+        let full = "copying path '/nix/store/x-a' from 'http://127.0.0.1:1/0'...\n\
+                    error: writing to file: No space left on device\n\
+                    error: some substitutes for the outputs of derivation '/nix/store/y.drv' failed\n\
+                    error: build of '/nix/store/x-a' failed\n";
+        let e = StoreError::from_exit("nix-store", exited(1), full);
+        assert!(
+            matches!(&e, StoreError::NoSpace { line, .. } if line == "writing to file: No space left on device"),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.reason(),
+            "nix-store: the store is full: writing to file: No space left on device"
+        );
+        let e = StoreError::from_exit(
+            "nix-store",
+            exited(1),
+            "a\nb\nc\nd\ne\nf\nerror: path is not valid\n",
+        );
+        match e {
+            StoreError::Failed { stderr, status, .. } => {
+                assert_eq!(stderr, "c | d | e | f | error: path is not valid");
+                assert_eq!(status, "exit status: 1");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use ferry_signer::git::GitError;
 use ferry_signer::VerifyError;
 
-use crate::io::cache::client::CacheError;
+use crate::io::cache::client::{CacheError, STORE_FULL};
 use crate::io::forge::StatusState;
 use crate::io::git::source::SourceError;
 use crate::io::nix::StoreError;
@@ -49,7 +49,9 @@ pub fn verify_severity(e: &VerifyError) -> Severity {
 pub fn cache_severity(e: &CacheError) -> Severity {
     match e {
         CacheError::Unreachable { .. }
+        | CacheError::Stalled { .. }
         | CacheError::Disk { .. }
+        | CacheError::DiskFull { .. }
         | CacheError::Denied { .. }
         | CacheError::Credentials(_) => Severity::Error,
         _ => Severity::Failure,
@@ -70,11 +72,48 @@ pub enum Fault {
 pub fn cache_fault(e: &CacheError) -> Fault {
     match e {
         // Fixed on the host or the cache, never by a new release: retried.
-        CacheError::Unreachable { .. } | CacheError::Denied { .. } | CacheError::Credentials(_) => {
-            Fault::Transient
-        }
+        // Not enough disk for the closure too: freeing space (a garbage
+        // collection) cures it, and a newer release is still taken, since
+        // nothing was accepted yet.
+        CacheError::Unreachable { .. }
+        | CacheError::Stalled { .. }
+        | CacheError::Denied { .. }
+        | CacheError::Credentials(_)
+        | CacheError::DiskFull { .. } => Fault::Transient,
         _ => Fault::Permanent(cache_severity(e)),
     }
+}
+
+/// How a Nix command of a deploy in flight that failed is handled (the
+/// realise, setting the profile). Transient, the phase kept and the step
+/// taken again at the next reconcile: Nix stopped by a signal (a stop or
+/// restart of the agent signals its whole cgroup: not the release's
+/// fault), the store's file system full (freeing space cures it, a new
+/// release does not), the binary cache failing or stalling mid-transfer
+/// (the relay names it; the cache recovering cures it). Anything else Nix
+/// refuses (a signature, a hash) ends the deploy in `error`.
+pub fn store_fault(e: &StoreError) -> Fault {
+    match e {
+        StoreError::Interrupted { .. } | StoreError::NoSpace { .. } | StoreError::Cache { .. } => {
+            Fault::Transient
+        }
+        // Walking the closure again before realising: as in the preflight.
+        StoreError::Closure(e) => cache_fault(e),
+        StoreError::GcRoots { .. }
+        | StoreError::Spawn { .. }
+        | StoreError::Failed { .. }
+        | StoreError::Relay(_)
+        | StoreError::Timeout { .. } => Fault::Permanent(Severity::Error),
+    }
+}
+
+/// Whether a health command ended by `signal` was stopped (the signals
+/// `systemctl stop`, a terminal or the kernel's OOM killer send to end a
+/// process: SIGHUP, SIGINT, SIGQUIT, SIGKILL, SIGTERM) rather than crashed
+/// (SIGSEGV, SIGABRT, …). A stopped check is run again at the next
+/// reconcile; a crashed one failed, and the release is rolled back.
+pub fn stop_signal(signal: i32) -> bool {
+    matches!(signal, 1 | 2 | 3 | 9 | 15)
 }
 
 /// Whether a transient fault first met at `since` has persisted long enough
@@ -148,6 +187,10 @@ pub enum ReconcileError {
     SystemdUnreachable(#[source] SystemdError),
     #[error("the maintenance window ({0}) does not open within a week")]
     NoWindowOpening(Windows),
+    /// A step of the deploy in flight was stopped from outside (a stop or
+    /// restart of the agent): its phase is kept, and it is taken again.
+    #[error("{what} was interrupted ({how}); it runs again at the next reconcile")]
+    Interrupted { what: String, how: String },
 }
 
 impl ReconcileError {
@@ -160,6 +203,12 @@ impl ReconcileError {
             ReconcileError::Systemd(_) | ReconcileError::SystemdUnreachable(_) => {
                 "error: systemd cannot be reached".into()
             }
+            ReconcileError::Store(StoreError::Interrupted { .. }) | ReconcileError::Interrupted { .. } => {
+                "error: the deploy was interrupted and is resumed".into()
+            }
+            ReconcileError::Store(StoreError::NoSpace { .. }) => STORE_FULL.into(),
+            ReconcileError::Store(StoreError::Closure(e)) => e.summary(),
+            ReconcileError::Store(StoreError::Cache { summary, .. }) => summary.clone(),
             ReconcileError::State(_) | ReconcileError::Store(_) | ReconcileError::NoWindowOpening(_) => {
                 "error: the deploy cannot go on (see the journal)".into()
             }
@@ -229,6 +278,88 @@ mod tests {
             detail: "d".into(),
         };
         assert_eq!(cache_fault(&disk), Fault::Permanent(Severity::Error));
+        let full = CacheError::DiskFull {
+            store: "/nix/store".into(),
+            need: 3 << 30,
+            available: 1 << 30,
+        };
+        assert_eq!(cache_fault(&full), Fault::Transient);
+        assert_eq!(
+            full.summary(),
+            STORE_FULL,
+            "the same words while free space changes"
+        );
+        assert_eq!(
+            ReconcileError::Store(StoreError::NoSpace {
+                program: "nix-store",
+                line: "No space left on device".into()
+            })
+            .summary(),
+            STORE_FULL,
+            "the same words whoever finds the store full"
+        );
+        // The closure walked again before realising: as in the preflight.
+        assert_eq!(store_fault(&StoreError::Closure(full)), Fault::Transient);
+        assert_eq!(
+            store_fault(&StoreError::Closure(CacheError::TooLarge)),
+            Fault::Permanent(Severity::Failure)
+        );
+    }
+
+    /// Nix stopped, a full store and a cache failing mid-transfer are
+    /// retried; what Nix refuses ends the deploy.
+    #[test]
+    fn store_faults_are_transient_only_when_a_retry_may_help() {
+        let failed = || StoreError::Failed {
+            program: "nix-store",
+            status: "exit status: 1".into(),
+            stderr: "error: hash mismatch".into(),
+        };
+        let stopped = StoreError::Interrupted {
+            program: "nix-store",
+            how: "killed by signal SIGTERM".into(),
+        };
+        let full = StoreError::NoSpace {
+            program: "nix-store",
+            line: "No space left on device".into(),
+        };
+        let cache = StoreError::Cache {
+            nix: Box::new(failed()),
+            cache: "binary cache http://c stalled sending nar/x.nar: less than 65536 bytes in 30s; cut off"
+                .into(),
+            summary: "error: binary cache http://c stalled mid-download".into(),
+        };
+        for e in [&stopped, &full, &cache] {
+            assert_eq!(store_fault(e), Fault::Transient, "{e}");
+        }
+        assert_eq!(store_fault(&failed()), Fault::Permanent(Severity::Error));
+        let timeout = StoreError::Timeout {
+            program: "nix-store",
+            timeout: std::time::Duration::from_secs(3600),
+        };
+        assert_eq!(store_fault(&timeout), Fault::Permanent(Severity::Error));
+        // Each says what it is, within a status description.
+        for e in [stopped, full, cache] {
+            let summary = ReconcileError::Store(e).summary();
+            assert!(summary.starts_with("error: "), "{summary}");
+            let d = fault_description(&summary, Utc::now());
+            assert!(
+                d.chars().count() <= crate::io::forge::MAX_DESCRIPTION_CHARS,
+                "{d}"
+            );
+        }
+    }
+
+    /// The signals that stop a process on request; a crash is not one.
+    #[test]
+    fn only_stop_signals_interrupt_a_health_check() {
+        for signal in [1, 2, 3, 9, 15] {
+            assert!(stop_signal(signal), "{signal}");
+        }
+        // SIGABRT, SIGBUS, SIGFPE, SIGSEGV, SIGPIPE: the command crashed.
+        for signal in [6, 7, 8, 11, 13] {
+            assert!(!stop_signal(signal), "{signal}");
+        }
     }
 
     #[test]

@@ -39,6 +39,12 @@ pub fn cannot_realise(reason: &str) -> String {
     format!("error: cannot realise the closure: {reason}")
 }
 
+/// The error ending of a closure that could not be realised yet (a fault a
+/// retry may cure) when a newer release replaced it.
+pub fn cannot_realise_superseded(reason: &str) -> String {
+    format!("error: superseded by a newer release; cannot realise the closure: {reason}")
+}
+
 /// The error ending of a system profile that could not be set.
 pub fn cannot_set_profile(reason: &str) -> String {
     format!("error: cannot set the system profile: {reason}")

@@ -53,11 +53,12 @@ impl Agent {
                     );
                     flight.phase = phase;
                     state.in_flight = Some(flight.clone());
+                    let resumed = self.fault_over(state, &flight);
                     let announced = self.announce_phase(state, &flight);
                     self.state.save(state)?;
                     // Delivered before the step: "rebooting" reaches the
                     // forge before the host goes down, if it can.
-                    if announced && self.flush(state) {
+                    if (announced || resumed) && self.flush(state) {
                         self.ports.statuses.deliver().await;
                     }
                     fresh = true;
@@ -76,8 +77,17 @@ impl Agent {
             "realising the closure from the binary cache"
         );
         // The status says why first (cut to 140 characters); the journal
-        // gets the whole error.
+        // gets the whole error. A fault a retry cures (Nix stopped, the
+        // store full, the cache failing mid-transfer) keeps the phase: the
+        // reconcile fails and the step is taken again.
         if let Err(e) = self.ports.store.realise(toplevel).await {
+            if faults::store_fault(&e) == Fault::Transient {
+                warn!(
+                    ferry_phase = flight.phase.name(),
+                    "cannot realise the closure yet: {e}"
+                );
+                return self.retry_unless_superseded(flight, e).await;
+            }
             error!(
                 ferry_phase = flight.phase.name(),
                 "cannot realise the closure: {e}"
@@ -89,6 +99,13 @@ impl Agent {
         }
         if flight.action.sets_profile() {
             if let Err(e) = self.ports.store.set_profile(toplevel).await {
+                if faults::store_fault(&e) == Fault::Transient {
+                    warn!(
+                        ferry_phase = flight.phase.name(),
+                        "cannot set the system profile yet: {e}"
+                    );
+                    return Err(e.into());
+                }
                 error!(
                     ferry_phase = flight.phase.name(),
                     "cannot set the system profile: {e}"
@@ -100,6 +117,30 @@ impl Agent {
             }
         }
         Ok(Next::Phase(Phase::Switching))
+    }
+
+    /// A realise that a retry may cure (`e`) is retried, unless a newer
+    /// release has arrived: nothing has changed on the host yet, so the
+    /// deploy ends (`error`, saying why) and the newer one is taken at the
+    /// next reconcile; a release whose closure cannot be realised never
+    /// holds back the one that replaces it. Nix stopped by a stop of the
+    /// agent is retried without asking the repository.
+    async fn retry_unless_superseded(&mut self, flight: &InFlight, e: StoreError) -> Result<Next> {
+        if !matches!(e, StoreError::Interrupted { .. }) {
+            if let Ok(tip) = self.ports.source.remote_tip().await {
+                if tip != flight.tip && self.supersedes(&tip, flight).await {
+                    warn!(
+                        ferry_phase = flight.phase.name(),
+                        "a newer tip ({tip}) arrived while the closure could not be realised: it is deployed next"
+                    );
+                    return Ok(Next::End(Ending {
+                        kind: OutcomeKind::Error,
+                        description: wording::cannot_realise_superseded(&e.reason()),
+                    }));
+                }
+            }
+        }
+        Err(e.into())
     }
 
     /// Starts the switch unit (when the phase is fresh) and sees it to its
@@ -130,6 +171,15 @@ impl Agent {
         } else {
             Health::default()
         };
+        // A check stopped from outside (the agent's stop signals its whole
+        // cgroup) says nothing of the release: the phase is kept and the
+        // check runs again.
+        if let Some((command, signal)) = health.killed().find(|(_, s)| faults::stop_signal(*s)) {
+            return Err(ReconcileError::Interrupted {
+                what: format!("the health check `{command}`"),
+                how: format!("killed by {}", crate::io::nix::signal_name(signal)),
+            });
+        }
         let kernel_changed =
             flight.action == Action::Switch && self.ports.store.kernel_changed(&flight.target.toplevel);
         let checked = Checked {
@@ -276,6 +326,35 @@ impl Agent {
             &flight.target.toplevel,
             booted.as_ref(),
         )))
+    }
+
+    /// A transient fault that held the deploy in its phase is over (the
+    /// phase took its step): it is forgotten (saved by the caller with the
+    /// next phase) and, if it was reported as an `error` status, the
+    /// release says `deploying …` again, as one retried before it was
+    /// accepted does. Returns whether a status was recorded.
+    pub(super) fn fault_over(&mut self, state: &mut State, flight: &InFlight) -> bool {
+        if state.fault.take().is_none() {
+            return false;
+        }
+        let commit = flight.target.commit.clone();
+        let reported = state
+            .recent_statuses
+            .iter()
+            .rev()
+            .find(|s| s.commit == commit)
+            .is_some_and(|s| s.state == StatusState::Error);
+        if !reported {
+            return false;
+        }
+        let deploying = wording::deploying(&self.config.host, flight.target.serial);
+        self.report(
+            state,
+            &commit,
+            flight.source.as_ref(),
+            StatusState::Pending,
+            &deploying,
+        )
     }
 
     /// Records the status a phase is announced with, in `state` (saved by

@@ -142,6 +142,14 @@ pub enum CacheError {
     },
     #[error("binary cache unreachable: {url}: {detail}")]
     Unreachable { url: String, detail: String },
+    /// A NAR body came slower than [`NarProgress`] allows (a stall or a drip).
+    #[error("binary cache {cache} stalled sending {object}: less than {min_bytes} bytes in {}s; cut off", .window.as_secs())]
+    Stalled {
+        cache: String,
+        object: String,
+        window: Duration,
+        min_bytes: u64,
+    },
     #[error("{url}: HTTP {status}: {advice}")]
     Denied {
         url: String,
@@ -184,6 +192,7 @@ impl CacheError {
             CacheError::Unreachable { url, .. } => {
                 format!("error: binary cache unreachable: {}", cache_host(url))
             }
+            CacheError::Stalled { cache, .. } => format!("error: binary cache {cache} stalled mid-download"),
             CacheError::Denied { url, status, .. } => format!(
                 "error: binary cache {} refused this host's credentials (HTTP {status})",
                 cache_host(url)
@@ -193,13 +202,10 @@ impl CacheError {
             }
             CacheError::Credentials(_) => "error: cache credentials cannot be used (see the journal)".into(),
             CacheError::TooLarge => "refused: closure too large".into(),
-            CacheError::DiskFull { need, available, .. } => {
-                format!(
-                    "refused: not enough disk ({} MiB needed, {} MiB free)",
-                    need >> 20,
-                    available >> 20
-                )
-            }
+            // Words that do not change while the free space does (the
+            // status is posted once while the fault lasts), and the same as
+            // a store found full while realising.
+            CacheError::DiskFull { .. } => STORE_FULL.into(),
             CacheError::Disk { .. } => "error: cannot check free disk space".into(),
         }
     }
@@ -217,6 +223,11 @@ fn cache_host(url: &str) -> String {
         Err(_) => short(url),
     }
 }
+
+/// The words of a status when the store has no room for the closure,
+/// whether the preflight finds it so or Nix runs out of space realising it.
+pub const STORE_FULL: &str =
+    "error: not enough space in /nix/store for the closure; free some (nix-collect-garbage)";
 
 /// `/nix/store/<hash>-<name>` → `<hash>-<name>`, cut for status lines.
 fn short(path: &str) -> String {
@@ -240,6 +251,34 @@ struct Inner {
     s3: Vec<Option<S3Cache>>,
     /// [`NARINFO_DEADLINE`], shorter in tests.
     narinfo_deadline: Duration,
+    /// [`NAR_PROGRESS`], shorter in tests.
+    nar_progress: NarProgress,
+}
+
+/// The least a NAR body must bring while the relay passes it to Nix:
+/// `min_bytes` in every `window`. A cache that sends part of a NAR and then
+/// nothing, or drips it, is cut off within one window, named, and the
+/// realise is retried (a cache fault is transient); a whole NAR that comes
+/// before the window ends never counts as slow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NarProgress {
+    pub window: Duration,
+    pub min_bytes: u64,
+}
+
+/// 64 KiB in every 30 seconds (about 2 KiB/s): far below any link a host
+/// deploys over, far above a stall or a drip.
+pub const NAR_PROGRESS: NarProgress = NarProgress {
+    window: Duration::from_secs(30),
+    min_bytes: 64 << 10,
+};
+
+impl NarProgress {
+    /// Whether a window that ended with `received` bytes (and the body not
+    /// yet at its end) was too slow.
+    pub fn stalled(&self, received: u64) -> bool {
+        received < self.min_bytes
+    }
 }
 
 impl BinaryCaches {
@@ -296,6 +335,7 @@ impl BinaryCaches {
                 trusted: trusted.to_vec(),
                 credentials,
                 narinfo_deadline: NARINFO_DEADLINE,
+                nar_progress: NAR_PROGRESS,
             }),
         }
     }
@@ -307,6 +347,20 @@ impl BinaryCaches {
             inner.narinfo_deadline = deadline;
         }
         self
+    }
+
+    /// The same caches with another least progress of a NAR body (tests use
+    /// a short window). Call before cloning.
+    pub fn with_nar_progress(mut self, progress: NarProgress) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.nar_progress = progress;
+        }
+        self
+    }
+
+    /// The least progress of a NAR body the relay accepts.
+    pub fn nar_progress(&self) -> NarProgress {
+        self.inner.nar_progress
     }
 
     /// Fetches and checks the narinfo of `path` from the first cache that has it.

@@ -32,7 +32,15 @@ const MAX_HEAD_BYTES: usize = 16 << 10;
 pub struct Relay {
     substituters: Vec<String>,
     task: tokio::task::JoinHandle<()>,
-    failure: Arc<Mutex<Option<String>>>,
+    failure: Arc<Mutex<Option<Failure>>>,
+}
+
+/// What the relay last saw go wrong upstream: in full, and in a status's
+/// words.
+#[derive(Debug, Clone)]
+struct Failure {
+    detail: String,
+    summary: String,
 }
 
 /// What a request asks for.
@@ -110,7 +118,8 @@ impl Relay {
                         connections.spawn(async move {
                             if let Err(e) = serve(stream, &caches, &credentials, &objects).await {
                                 warn!("binary cache relay: {e}");
-                                *recorded.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                                let failure = Failure { detail: e.to_string(), summary: e.summary() };
+                                *recorded.lock().unwrap_or_else(|p| p.into_inner()) = Some(failure);
                             }
                         });
                     }
@@ -132,6 +141,10 @@ impl Relay {
 
     /// The last upstream problem, if any (why Nix could not substitute).
     pub fn failure(&self) -> Option<String> {
+        self.last_failure().map(|f| f.detail)
+    }
+
+    fn last_failure(&self) -> Option<Failure> {
         self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
@@ -167,9 +180,27 @@ async fn serve(
     if route.rest != "nix-cache-info" && !objects.contains(&route.rest) {
         return respond(&mut stream, 404, None).await;
     }
-    let upstream = caches
-        .relay(route.cache, &route.rest, route.head, credentials)
-        .await;
+    // The answer's head counts as the first window's progress: a cache that
+    // never answers (or whose name never resolves) is cut off as one that
+    // stops mid-body is.
+    let progress = caches.nar_progress();
+    let mut window_end = tokio::time::Instant::now() + progress.window;
+    let stalled = |rest: &str| CacheError::Stalled {
+        cache: caches
+            .substituters()
+            .get(route.cache)
+            .cloned()
+            .unwrap_or_default(),
+        object: rest.to_owned(),
+        window: progress.window,
+        min_bytes: progress.min_bytes,
+    };
+    let upstream = tokio::time::timeout_at(
+        window_end,
+        caches.relay(route.cache, &route.rest, route.head, credentials),
+    )
+    .await
+    .unwrap_or_else(|_| Err(stalled(&route.rest)));
     let mut response = match upstream {
         Ok(Some(r)) => r,
         Ok(None) => return respond(&mut stream, 404, None).await,
@@ -182,20 +213,36 @@ async fn serve(
     if route.head {
         return Ok(());
     }
+    // The body must keep coming: at least `min_bytes` in every window, or
+    // it is cut off (Nix then sees it end short and fails, and the
+    // realise is retried), naming the cache.
+    let mut received: u64 = 0;
     loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
+        // Reading a chunk is cancel-safe: a window that ends while one is
+        // awaited loses nothing.
+        match tokio::time::timeout_at(window_end, response.chunk()).await {
+            Ok(Ok(Some(chunk))) => {
+                received = received.saturating_add(chunk.len() as u64);
                 if stream.write_all(&chunk).await.is_err() {
                     return Ok(()); // Nix hung up.
                 }
             }
-            Ok(None) => return Ok(()),
-            Err(e) => {
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Err(e)) => {
                 return Err(CacheError::Unreachable {
                     url: format!("substituter #{} /{}", route.cache, route.rest),
                     detail: e.to_string(),
                 })
             }
+            Err(_) => {}
+        }
+        let now = tokio::time::Instant::now();
+        if now >= window_end {
+            if progress.stalled(received) {
+                return Err(stalled(&route.rest));
+            }
+            window_end = now + progress.window;
+            received = 0;
         }
     }
 }
@@ -231,9 +278,7 @@ pub async fn realise_via_relay(
     root_name: &str,
 ) -> Result<(), StoreError> {
     let store_dir = Path::new(ferry_signer::names::STORE_DIR);
-    let credentials = caches
-        .load_credentials()
-        .map_err(|e| StoreError::Closure(e.to_string()))?;
+    let credentials = caches.load_credentials().map_err(StoreError::Closure)?;
     // As in the preflight: what exists in the store but is invalid to Nix
     // is served too.
     let mut invalid = BTreeSet::new();
@@ -241,7 +286,7 @@ pub async fn realise_via_relay(
         let (preflight, objects) = caches
             .walk(toplevel, store_dir, &credentials, &invalid)
             .await
-            .map_err(|e| StoreError::Closure(e.to_string()))?;
+            .map_err(StoreError::Closure)?;
         let found = store.invalid_paths(&preflight.on_disk).await?;
         if found.is_empty() {
             break objects;
@@ -254,10 +299,13 @@ pub async fn realise_via_relay(
     let result = store
         .realise_from(toplevel, root_name, relay.substituters())
         .await;
-    match (result, relay.failure()) {
-        (Err(nix), Some(cache)) => Err(StoreError::Cache {
+    match (result, relay.last_failure()) {
+        // Stopped with the agent: that, not the cache, is why.
+        (Err(nix @ StoreError::Interrupted { .. }), _) => Err(nix),
+        (Err(nix), Some(failure)) => Err(StoreError::Cache {
             nix: Box::new(nix),
-            cache,
+            cache: failure.detail,
+            summary: failure.summary,
         }),
         (result, _) => result,
     }

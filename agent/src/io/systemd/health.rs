@@ -35,7 +35,36 @@ pub(crate) fn validate(health: HealthFile) -> HealthConfig {
 pub struct Health {
     pub failed_units: Vec<String>,
     /// (command, why it failed)
-    pub failed_commands: Vec<(String, String)>,
+    pub failed_commands: Vec<(String, CheckFailure)>,
+}
+
+/// How a health command did not pass. A command killed by a signal is kept
+/// apart: whether that is the release's fault (a crash) or an interruption
+/// (someone stopped it, as `systemctl stop` of the agent stops its whole
+/// cgroup) is decided by `policy::faults::stop_signal`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckFailure {
+    /// It exited with this non-zero code.
+    Exited(i32),
+    /// A signal ended it.
+    Killed(i32),
+    /// It ran past its timeout and was killed.
+    TimedOut(Duration),
+    /// It could not be started.
+    CouldNotRun(String),
+}
+
+impl std::fmt::Display for CheckFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CheckFailure::Exited(code) => write!(f, "exited with {code}"),
+            CheckFailure::Killed(signal) => {
+                write!(f, "was killed by {}", crate::io::nix::signal_name(*signal))
+            }
+            CheckFailure::TimedOut(t) => write!(f, "timed out after {}s", t.as_secs()),
+            CheckFailure::CouldNotRun(e) => write!(f, "could not run: {e}"),
+        }
+    }
 }
 
 impl Health {
@@ -52,6 +81,14 @@ impl Health {
         self.failed_units
             .retain(|u| !u.starts_with(&prefix) && !failed_before.contains(u));
         self
+    }
+
+    /// The health commands a signal ended, with the signal.
+    pub fn killed(&self) -> impl Iterator<Item = (&str, i32)> {
+        self.failed_commands.iter().filter_map(|(c, f)| match f {
+            CheckFailure::Killed(signal) => Some((c.as_str(), *signal)),
+            _ => None,
+        })
     }
 
     /// Plain words for a status description.
@@ -87,20 +124,22 @@ pub async fn check(
     })
 }
 
-async fn run_check(c: &HealthCommand) -> Result<(), String> {
+async fn run_check(c: &HealthCommand) -> Result<(), CheckFailure> {
+    use std::os::unix::process::ExitStatusExt;
     let mut cmd = tokio::process::Command::new("/bin/sh");
     cmd.arg("-c")
         .arg(&c.command)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
     match tokio::time::timeout(c.timeout, cmd.output()).await {
-        Err(_) => Err(format!("timed out after {}s", c.timeout.as_secs())),
-        Ok(Err(e)) => Err(format!("could not run: {e}")),
+        Err(_) => Err(CheckFailure::TimedOut(c.timeout)),
+        Ok(Err(e)) => Err(CheckFailure::CouldNotRun(e.to_string())),
         Ok(Ok(out)) if out.status.success() => Ok(()),
-        Ok(Ok(out)) => Err(format!(
-            "exited with {}",
-            out.status.code().map_or("a signal".into(), |c| c.to_string())
-        )),
+        Ok(Ok(out)) => Err(match (out.status.code(), out.status.signal()) {
+            (Some(code), _) => CheckFailure::Exited(code),
+            (None, Some(signal)) => CheckFailure::Killed(signal),
+            (None, None) => CheckFailure::CouldNotRun(out.status.to_string()),
+        }),
     }
 }
 
@@ -155,12 +194,23 @@ mod tests {
     #[tokio::test]
     async fn commands_pass_fail_and_time_out() {
         assert!(run_check(&cmd("true", 5)).await.is_ok());
-        assert_eq!(run_check(&cmd("exit 3", 5)).await.unwrap_err(), "exited with 3");
+        assert_eq!(
+            run_check(&cmd("exit 3", 5)).await.unwrap_err(),
+            CheckFailure::Exited(3)
+        );
         let slow = HealthCommand {
             command: "sleep 5".into(),
             timeout: Duration::from_millis(200),
         };
-        assert!(run_check(&slow).await.unwrap_err().starts_with("timed out"));
+        assert!(matches!(
+            run_check(&slow).await.unwrap_err(),
+            CheckFailure::TimedOut(_)
+        ));
+        // A shell killed by a signal, as `systemctl stop` kills the agent's
+        // whole cgroup: the signal is kept, not "exited with …".
+        let killed = run_check(&cmd("kill -TERM $$", 5)).await.unwrap_err();
+        assert_eq!(killed, CheckFailure::Killed(15));
+        assert_eq!(killed.to_string(), "was killed by SIGTERM");
     }
 
     #[test]
@@ -182,12 +232,16 @@ mod tests {
     fn summary_names_everything() {
         let h = Health {
             failed_units: vec!["nginx.service".into()],
-            failed_commands: vec![("curl x".into(), "exited with 7".into())],
+            failed_commands: vec![
+                ("curl x".into(), CheckFailure::Exited(7)),
+                ("crash".into(), CheckFailure::Killed(11)),
+            ],
         };
         assert!(!h.is_healthy());
         assert_eq!(
             h.summary(),
-            "failed units: nginx.service; check `curl x` exited with 7"
+            "failed units: nginx.service; check `curl x` exited with 7; check `crash` was killed by SIGSEGV"
         );
+        assert_eq!(h.killed().collect::<Vec<_>>(), [("crash", 11)]);
     }
 }

@@ -38,6 +38,7 @@ mod crashes;
 mod faults;
 mod pipeline;
 mod reboots;
+mod stops;
 
 /// Where the tests' clock starts: Wednesday 6 January 2027, 12:00 UTC. Time
 /// moves only when a test moves `World::now`.
@@ -96,6 +97,8 @@ enum Cached {
     Unsigned,
     Oversized,
     DiskUnknown,
+    /// Less room in the store than the closure needs.
+    DiskFull,
 }
 
 /// A switch unit as the fake systemd holds it.
@@ -118,11 +121,14 @@ struct World {
     /// database holds invalid.
     on_disk: Vec<StorePath>,
     invalid: Vec<StorePath>,
-    realise_fails: bool,
+    /// How the next realises fail, one each (then they succeed).
+    realise_fails: Vec<RealiseFails>,
     /// How the unit of each (serial, activation) ends once started.
     ends: BTreeMap<(u64, bool), SwitchResult>,
     units: BTreeMap<(u64, bool), Unit>,
     health: Health,
+    /// What the next health check finds instead of `health` (once).
+    health_interrupted: Option<Health>,
     /// The effect at which the agent is killed (once), after letting
     /// `crash_skip` calls of it through.
     crash_at: Option<&'static str>,
@@ -142,6 +148,45 @@ struct World {
     booted: Option<StorePath>,
     /// Switch units running, which hold a reboot back.
     activations: Vec<String>,
+}
+
+/// How a fake realise fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RealiseFails {
+    /// Nix refuses the closure.
+    Refused,
+    /// Nix stopped by a signal (the agent's stop reached it).
+    Stopped,
+    /// The store's file system is full.
+    StoreFull,
+    /// The binary cache stalled mid-NAR (the relay says so).
+    CacheStalled,
+}
+
+impl RealiseFails {
+    fn error(self) -> StoreError {
+        let refused = || StoreError::Failed {
+            program: "nix-store",
+            status: "exit status: 1".into(),
+            stderr: "copying 1 paths... | error: path is not valid".into(),
+        };
+        match self {
+            RealiseFails::Refused => refused(),
+            RealiseFails::Stopped => StoreError::Interrupted {
+                program: "nix-store",
+                how: "killed by signal SIGTERM".into(),
+            },
+            RealiseFails::StoreFull => StoreError::NoSpace {
+                program: "nix-store",
+                line: "writing to file: No space left on device".into(),
+            },
+            RealiseFails::CacheStalled => StoreError::Cache {
+                nix: Box::new(refused()),
+                cache: "http://cache.example.com stalled".into(),
+                summary: "error: binary cache http://cache.example.com stalled mid-download".into(),
+            },
+        }
+    }
 }
 
 type Shared = Rc<RefCell<World>>;
@@ -300,6 +345,11 @@ impl ClosureCache for FakeCache {
                 url: format!("https://cache.example.com/{}.narinfo", &path[11..43]),
                 source: crate::io::cache::narinfo::NarInfoError::TooLarge,
             }),
+            Cached::DiskFull => Err(CacheError::DiskFull {
+                store: "/nix/store".into(),
+                need: 2 << 30,
+                available: 1 << 30,
+            }),
             Cached::DiskUnknown => Err(CacheError::Disk {
                 store: "/nix/store".into(),
                 detail: "statvfs failed".into(),
@@ -324,13 +374,9 @@ impl NixStore for FakeStore {
         effect(&self.0, "realise", move |w| {
             w.state_at_realise = Some(StateDir::open(&w.state_dir).unwrap().load().unwrap());
             w.effects.push(format!("realise {}", toplevel.name()));
-            match w.realise_fails {
-                true => Err(StoreError::Failed {
-                    program: "nix-store",
-                    status: "exit status: 1".into(),
-                    stderr: "copying 1 paths... | error: path is not valid".into(),
-                }),
-                false => Ok(()),
+            match w.realise_fails.is_empty() {
+                true => Ok(()),
+                false => Err(w.realise_fails.remove(0).error()),
             }
         })
     }
@@ -443,7 +489,10 @@ impl Units for FakeUnits {
     ) -> Pending<'a, Result<Health, SystemdError>> {
         effect(&self.0, "health", |w| {
             w.effects.push("health".into());
-            Ok(w.health.clone())
+            Ok(match w.health_interrupted.take() {
+                Some(killed) => killed,
+                None => w.health.clone(),
+            })
         })
     }
     fn activations_running(&mut self) -> Pending<'_, Result<Vec<String>, SystemdError>> {
@@ -530,10 +579,11 @@ impl Host {
             profile: Some(system('a')),
             on_disk: Vec::new(),
             invalid: Vec::new(),
-            realise_fails: false,
+            realise_fails: Vec::new(),
             ends: BTreeMap::new(),
             units: BTreeMap::new(),
             health: Health::default(),
+            health_interrupted: None,
             crash_at: None,
             crash_skip: 0,
             effects: Vec::new(),

@@ -287,7 +287,7 @@ fn a_transient_cache_fault_posts_one_pending_status_across_polls_and_restarts() 
 #[test]
 fn a_realise_failure_is_an_error_and_nothing_is_switched() {
     let host = Host::new();
-    host.w().realise_fails = true;
+    host.w().realise_fails = vec![RealiseFails::Refused];
     let r = run(&mut host.agent());
     assert!(
         matches!(&r, Pass::Error(why) if why.starts_with("error: cannot realise")),
