@@ -5,6 +5,10 @@
 //! /proc/PID/status. After each poll, while the daemon sleeps, one
 //! `git ls-remote` of the same branch runs as the baseline, so both see the
 //! same machine at the same moments.
+//!
+//! B12: the same daemon following a static mirror of the branch
+//! (`ferry-signer mirror`, served by nginx), against the same `git
+//! ls-remote`; and the bytes each no-change poll moves, from nginx's log.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -30,8 +34,95 @@ pub fn run(work: &Path, key: &ReleaseKey, repos: &Path, port: u16, p: &Params<'_
     fixtures::bare_repo(&repo)?;
     key.publish(&repo, &fixtures::hosts(1, 0))?;
     let url = format!("git://127.0.0.1:{port}/idle.git");
+    let m = follow(&work.join("idle"), key, &url, &url, p)?;
+    let cpu_ms = m.cpu.as_secs_f64() * 1e3 / p.polls as f64;
+    Ok(vec![
+        Row::ratio(
+            "B1",
+            &format!("wall time of one no-change poll, daemon (median of {})", p.polls),
+            median(&m.poll_wall),
+            median(&m.ls_remote),
+            "`git ls-remote`, protocol v0",
+            0.5,
+        ),
+        Row::reference(
+            "B1′",
+            "the same, against the server's answer alone (reference)",
+            median(&m.poll_wall),
+            median(&m.floor),
+            "raw git:// request, advertisement read",
+        ),
+        Row::absolute(
+            "B2",
+            &format!(
+                "CPU time per no-change poll, daemon (over {} polls, {} ms ticks)",
+                p.polls, m.tick_ms
+            ),
+            cpu_ms,
+            "ms",
+            2.0,
+        ),
+        Row::absolute(
+            "B3",
+            &format!(
+                "daemon resident memory after {} polls (peak {:.1} MiB)",
+                p.polls,
+                m.hwm_kib as f64 / 1024.0
+            ),
+            m.rss_kib as f64 / 1024.0,
+            "MiB",
+            12.0,
+        ),
+    ])
+}
 
-    let dir = work.join("idle");
+/// B12: the daemon polling a static mirror of the same kind of branch.
+pub fn run_mirror(work: &Path, key: &ReleaseKey, repos: &Path, port: u16, p: &Params<'_>) -> Result<Vec<Row>> {
+    let repo = repos.join("idle-mirrored.git");
+    fixtures::bare_repo(&repo)?;
+    key.publish(&repo, &fixtures::hosts(1, 0))?;
+    let www = work.join("idle-mirror-www");
+    let git = git2::Repository::open(&repo)?;
+    ferry_signer::mirror::update(&git, BRANCH, &www.join("idle.git"))?;
+    let nginx = ferry_test_support::nginx::Nginx::serve(&www, &ferry_test_support::nginx::Access::Anyone, false)?;
+    let mirror_url = format!("{}/idle.git", nginx.url());
+    let baseline = format!("git://127.0.0.1:{port}/idle-mirrored.git");
+    let before = nginx.requests().len();
+    let m = follow(&work.join("idle-mirror"), key, &mirror_url, &baseline, p)?;
+    let polls: Vec<_> = nginx.requests()[before..]
+        .iter()
+        .filter(|r| r.target == "/idle.git/info/refs" && r.status == 304)
+        .map(|r| r.bytes_sent + r.request_length)
+        .collect();
+    if polls.len() < p.polls {
+        bail!("nginx logged {} polls answered 304, expected at least {}", polls.len(), p.polls);
+    }
+    let bytes = polls.iter().sum::<u64>() as f64 / polls.len() as f64;
+    Ok(vec![
+        Row::ratio(
+            "B12",
+            &format!(
+                "wall time of one no-change poll from a static mirror (nginx, conditional GET), daemon (median of {})",
+                p.polls
+            ),
+            median(&m.poll_wall),
+            median(&m.ls_remote),
+            "`git ls-remote` of the same branch from `git daemon`, protocol v0",
+            0.5,
+        ),
+        Row::absolute(
+            "B12′",
+            "bytes one no-change poll of a static mirror moves (request and 304 answer, headers included)",
+            bytes,
+            "bytes",
+            1024.0,
+        ),
+    ])
+}
+
+/// Runs `ferry-agent run` following `url` and measures its no-change polls,
+/// with `git ls-remote` of `baseline` between them.
+fn follow(dir: &Path, key: &ReleaseKey, url: &str, baseline: &str, p: &Params<'_>) -> Result<Measured> {
     std::fs::create_dir_all(dir.join("profiles"))?;
     let config = dir.join("agent.toml");
     std::fs::write(
@@ -90,52 +181,12 @@ forge = "none"
             }
         }
     });
-    let result = measure(pid, &polls, &url, p.polls);
+    let result = measure(pid, &polls, baseline, p.polls);
     // Measured; the daemon's state is throwaway, so SIGKILL (no `kill` command needed).
     let _ = child.kill();
     let _ = child.wait();
     let _ = reader.join();
-    let m = result.with_context(|| format!("see the daemon's log in {}", dir.join("agent.log").display()))?;
-
-    let cpu_ms = m.cpu.as_secs_f64() * 1e3 / p.polls as f64;
-    Ok(vec![
-        Row::ratio(
-            "B1",
-            &format!("wall time of one no-change poll, daemon (median of {})", p.polls),
-            median(&m.poll_wall),
-            median(&m.ls_remote),
-            "`git ls-remote`, protocol v0",
-            0.5,
-        ),
-        Row::reference(
-            "B1′",
-            "the same, against the server's answer alone (reference)",
-            median(&m.poll_wall),
-            median(&m.floor),
-            "raw git:// request, advertisement read",
-        ),
-        Row::absolute(
-            "B2",
-            &format!(
-                "CPU time per no-change poll, daemon (over {} polls, {} ms ticks)",
-                p.polls, m.tick_ms
-            ),
-            cpu_ms,
-            "ms",
-            2.0,
-        ),
-        Row::absolute(
-            "B3",
-            &format!(
-                "daemon resident memory after {} polls (peak {:.1} MiB)",
-                p.polls,
-                m.hwm_kib as f64 / 1024.0
-            ),
-            m.rss_kib as f64 / 1024.0,
-            "MiB",
-            12.0,
-        ),
-    ])
+    result.with_context(|| format!("see the daemon's log in {}", dir.join("agent.log").display()))
 }
 
 struct Measured {

@@ -5,7 +5,7 @@
 //!
 //! # Layout
 //! - [`fixtures`]: git daemon, HTTP binary cache, Nix closures, release key.
-//! - [`idle`]: B1–B3, the running daemon's no-change polls.
+//! - [`idle`]: B1–B3, the running daemon's no-change polls; B12, the same from a static mirror.
 //! - [`closure`]: B4, new release → closure present vs `nix-store -r`.
 //! - [`history`]: B5, long branch and large fleet vs one commit, one host.
 //! - [`signing`]: B6, `ferry-signer release` vs `git commit -S`.
@@ -114,6 +114,17 @@ fn run() -> Result<()> {
             polls: args.polls,
         };
         rows.extend(idle::run(work, &key, &repos, git.port, &p)?);
+    }
+    if wanted("B12") {
+        eprintln!(
+            "B12: the daemon's no-change polls of a static mirror ({} polls, 1 s apart)",
+            args.polls
+        );
+        let p = idle::Params {
+            agent: &args.agent,
+            polls: args.polls,
+        };
+        rows.extend(idle::run_mirror(work, &key, &repos, git.port, &p)?);
     }
     let closure = if wanted("B4") || wanted("B7") || wanted("B10") {
         eprintln!("B4/B7/B10: building a 2,001-path closure and its signed cache");

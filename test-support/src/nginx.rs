@@ -52,6 +52,10 @@ pub struct Logged {
     pub method: String,
     pub target: String,
     pub status: u16,
+    /// Bytes of the answer, headers included (`$bytes_sent`), and of the
+    /// request (`$request_length`).
+    pub bytes_sent: u64,
+    pub request_length: u64,
     /// The `Authorization` header, if any.
     pub authorization: Option<String>,
 }
@@ -195,7 +199,7 @@ http {{
   default_type application/octet-stream;
   types {{ text/x-nix-narinfo narinfo; }}
   keepalive_requests 100000;
-  log_format seen '$server_port $request_method $status $request_uri "$http_authorization"';
+  log_format seen '$server_port $request_method $status $bytes_sent $request_length $request_uri "$http_authorization"';
   access_log {access_log} seen;
   server {{
     listen 127.0.0.1:{port};
@@ -304,12 +308,15 @@ http {{
     }
 }
 
-/// `PORT METHOD STATUS TARGET "AUTHORIZATION"` (nginx writes `-` for none).
+/// `PORT METHOD STATUS SENT RECEIVED TARGET "AUTHORIZATION"` (nginx writes
+/// `-` for none).
 fn parse_line(line: &str) -> Option<Logged> {
-    let mut words = line.splitn(5, ' ');
+    let mut words = line.splitn(7, ' ');
     let port = words.next()?.parse().ok()?;
     let method = words.next()?.to_owned();
     let status = words.next()?.parse().ok()?;
+    let bytes_sent = words.next()?.parse().ok()?;
+    let request_length = words.next()?.parse().ok()?;
     let target = words.next()?.to_owned();
     let authorization = words.next()?.strip_prefix('"')?.strip_suffix('"')?;
     Some(Logged {
@@ -317,6 +324,8 @@ fn parse_line(line: &str) -> Option<Logged> {
         method,
         target,
         status,
+        bytes_sent,
+        request_length,
         authorization: (authorization != "-").then(|| authorization.to_owned()),
     })
 }
@@ -335,17 +344,19 @@ mod tests {
     #[test]
     fn log_lines_are_read_with_and_without_authorization() {
         assert_eq!(
-            parse_line(r#"8080 GET 401 /abc.narinfo "Bearer x y""#),
+            parse_line(r#"8080 GET 401 345 120 /abc.narinfo "Bearer x y""#),
             Some(Logged {
                 port: 8080,
                 method: "GET".into(),
                 target: "/abc.narinfo".into(),
                 status: 401,
+                bytes_sent: 345,
+                request_length: 120,
                 authorization: Some("Bearer x y".into()),
             })
         );
         assert_eq!(
-            parse_line(r#"1 HEAD 200 /nix-cache-info "-""#)
+            parse_line(r#"1 HEAD 200 10 20 /nix-cache-info "-""#)
                 .unwrap()
                 .authorization,
             None
