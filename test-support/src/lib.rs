@@ -7,9 +7,10 @@
 //! repositories served by `git daemon` or smart HTTP, Nix toplevels and
 //! signed binary caches, caches served over HTTP, by nginx behind
 //! credentials or by an S3 server, the forges (one that speaks each forge's
-//! status API, one that records what it is sent), and a throwaway systemd.
+//! status API, one that records what it is sent), a throwaway systemd, and
+//! the check of a syscall trace against what a power cut keeps.
 //! Not published; the tools it runs (git, ssh-keygen, nginx, openssl, Nix,
-//! systemd, Python, moto) are what `scripts/install-deps` installs.
+//! systemd, Python, moto, strace) are what `scripts/install-deps` installs.
 
 pub mod cli_reference;
 pub mod deploy_repo;

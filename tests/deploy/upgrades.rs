@@ -60,10 +60,19 @@ impl World {
         }
     }
 
-    /// How many times the agent at `exe` started as the service.
+    /// How many times the agent at `exe` started as the service (the
+    /// journal's `_EXE`: which program logged it, in its own words or not).
     fn starts_of(&self, exe: &str) -> usize {
-        self.journal("_SYSTEMD_UNIT=ferry-agent.service")
-            .matches(&format!("ferry-agent started ({exe},"))
+        let out = self.bed.exec(&[
+            "journalctl",
+            "--no-pager",
+            "-o",
+            "cat",
+            "_SYSTEMD_UNIT=ferry-agent.service",
+            &format!("_EXE={exe}"),
+        ]);
+        String::from_utf8_lossy(&out.stdout)
+            .matches("ferry-agent started")
             .count()
     }
 

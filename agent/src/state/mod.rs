@@ -307,10 +307,26 @@ impl StateDir {
 
     /// The current state; the default when none was ever written.
     pub fn load(&self) -> Result<State, StateError> {
+        // A reader beside the agent (`status`) may read `state.json` just
+        // before a save replaces it and removes its extension: read again
+        // then, as the agent saves at most a few times a poll.
+        let mut tries = 0;
+        loop {
+            let (state, extension_gone) = self.load_once()?;
+            tries += 1;
+            if !extension_gone || tries == 3 {
+                return Ok(state);
+            }
+        }
+    }
+
+    /// The state, and whether an extension it may have had was missing
+    /// while `state.json` changed meanwhile.
+    fn load_once(&self) -> Result<(State, bool), StateError> {
         let path = self.dir.join(STATE_FILE);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((State::default(), false)),
             Err(source) => return Err(StateError::Read { path, source }),
         };
         // The version first: a newer file is not corrupt, and its unknown
@@ -324,13 +340,17 @@ impl StateDir {
             path: path.clone(),
             detail: e.to_string(),
         })?;
-        let mut state = file
-            .into_state()
-            .map_err(|detail| StateError::Corrupt { path, detail })?;
+        let mut state = file.into_state().map_err(|detail| StateError::Corrupt {
+            path: path.clone(),
+            detail,
+        })?;
         let ext_path = self.extension_path(&bytes);
         let ext = match std::fs::read(&ext_path) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(state),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let replaced = std::fs::read(&path).is_ok_and(|now| now != bytes);
+                return Ok((state, replaced));
+            }
             Err(source) => {
                 return Err(StateError::Read {
                     path: ext_path,
@@ -344,7 +364,7 @@ impl StateDir {
             Ok(extended) => state = extended,
             Err(why) => note_once(&ext_path, &why),
         }
-        Ok(state)
+        Ok((state, false))
     }
 
     /// Replaces the state atomically: the extension (when the state has more
