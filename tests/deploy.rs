@@ -1215,6 +1215,9 @@ mod stops;
 // A full store while realising, on this file's `World`.
 mod store;
 
+// A binary cache stalling in the middle of a NAR, on this file's `World`.
+mod stalls;
+
 /// Full deploys (pending → success) from a private cache (nginx) that
 /// demands a bearer token, then from an S3 bucket (moto, authentication on), each
 /// realised by the agent through its loopback relay inside the testbed.

@@ -210,7 +210,7 @@ fn once_stopped_while_realising_exits_143_and_the_next_run_deploys() {
     let w = world();
     w.faulty_cache.as_ref().unwrap().set(NarFault::Hold);
     let rb = w.release("b");
-    let mut first = std::process::Command::new("nsenter")
+    let first = std::process::Command::new("nsenter")
         .args(["-t", &w.bed.pid.to_string(), "-a", "-r", "-w"])
         .args([AGENT, "--config", "/etc/ferry/agent.toml", "once"])
         .stdout(std::process::Stdio::piped())

@@ -328,7 +328,7 @@ mod tests {
             "copying path '/nix/store/x-a' from 'http://127.0.0.1:1/0'...\nerror: interrupted by the user\n",
         );
         assert!(matches!(e, StoreError::Interrupted { .. }), "{e:?}");
-        // Nix 2.8 says it once, then two vaguer lines.
+        // Said once, then followed by vaguer lines (what the status used to keep).
         let full = "copying path '/nix/store/x-a' from 'http://127.0.0.1:1/0'...\n\
                     error: writing to file: No space left on device\n\
                     error: some substitutes for the outputs of derivation '/nix/store/y.drv' failed\n\

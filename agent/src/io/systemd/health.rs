@@ -124,14 +124,40 @@ pub async fn check(
     })
 }
 
+/// Kills a health command's whole process group when dropped: the shell
+/// and whatever it started, whether the check timed out or the agent
+/// stops in the middle of it. Nothing of a check outlives it.
+struct ProcessGroup(Option<rustix::process::Pid>);
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        if let Some(group) = self.0 {
+            // Gone already (it ended by itself): nothing to do.
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
+    }
+}
+
 async fn run_check(c: &HealthCommand) -> Result<(), CheckFailure> {
     use std::os::unix::process::ExitStatusExt;
     let mut cmd = tokio::process::Command::new("/bin/sh");
     cmd.arg("-c")
         .arg(&c.command)
         .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        // A group of its own, so that all of it can be killed.
+        .process_group(0)
         .kill_on_drop(true);
-    match tokio::time::timeout(c.timeout, cmd.output()).await {
+    let child = cmd
+        .spawn()
+        .map_err(|e| CheckFailure::CouldNotRun(e.to_string()))?;
+    let _group = ProcessGroup(
+        child
+            .id()
+            .and_then(|id| rustix::process::Pid::from_raw(id as i32)),
+    );
+    match tokio::time::timeout(c.timeout, child.wait_with_output()).await {
         Err(_) => Err(CheckFailure::TimedOut(c.timeout)),
         Ok(Err(e)) => Err(CheckFailure::CouldNotRun(e.to_string())),
         Ok(Ok(out)) if out.status.success() => Ok(()),
@@ -211,6 +237,40 @@ mod tests {
         let killed = run_check(&cmd("kill -TERM $$", 5)).await.unwrap_err();
         assert_eq!(killed, CheckFailure::Killed(15));
         assert_eq!(killed.to_string(), "was killed by SIGTERM");
+    }
+
+    /// A check that times out is killed with everything it started: nothing
+    /// of it is left running.
+    #[tokio::test]
+    async fn a_check_that_times_out_leaves_nothing_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let slow = HealthCommand {
+            command: format!("sleep 600 & echo $! > {}; wait", pid_file.display()),
+            timeout: Duration::from_millis(500),
+        };
+        assert!(matches!(
+            run_check(&slow).await.unwrap_err(),
+            CheckFailure::TimedOut(_)
+        ));
+        let pid = std::fs::read_to_string(&pid_file).unwrap();
+        let pid = rustix::process::Pid::from_raw(pid.trim().parse().unwrap()).unwrap();
+        // Killed, so at most a zombie until it is reaped; waited for
+        // (bounded), never assumed.
+        let gone = || {
+            std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero())).map_or(true, |stat| {
+                stat.rsplit(')')
+                    .next()
+                    .is_some_and(|s| s.trim_start().starts_with('Z'))
+            })
+        };
+        for _ in 0..100 {
+            if gone() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the check's `sleep 600` still runs");
     }
 
     #[test]
