@@ -77,14 +77,21 @@ pub fn run(work: &Path, key: &ReleaseKey, repos: &Path, port: u16, p: &Params<'_
 }
 
 /// B12: the daemon polling a static mirror of the same kind of branch.
-pub fn run_mirror(work: &Path, key: &ReleaseKey, repos: &Path, port: u16, p: &Params<'_>) -> Result<Vec<Row>> {
+pub fn run_mirror(
+    work: &Path,
+    key: &ReleaseKey,
+    repos: &Path,
+    port: u16,
+    p: &Params<'_>,
+) -> Result<Vec<Row>> {
     let repo = repos.join("idle-mirrored.git");
     fixtures::bare_repo(&repo)?;
     key.publish(&repo, &fixtures::hosts(1, 0))?;
     let www = work.join("idle-mirror-www");
     let git = git2::Repository::open(&repo)?;
     ferry_signer::mirror::update(&git, BRANCH, &www.join("idle.git"))?;
-    let nginx = ferry_test_support::nginx::Nginx::serve(&www, &ferry_test_support::nginx::Access::Anyone, false)?;
+    let nginx =
+        ferry_test_support::nginx::Nginx::serve(&www, &ferry_test_support::nginx::Access::Anyone, false)?;
     let mirror_url = format!("{}/idle.git", nginx.url());
     let baseline = format!("git://127.0.0.1:{port}/idle-mirrored.git");
     let before = nginx.requests().len();
@@ -95,7 +102,11 @@ pub fn run_mirror(work: &Path, key: &ReleaseKey, repos: &Path, port: u16, p: &Pa
         .map(|r| r.bytes_sent + r.request_length)
         .collect();
     if polls.len() < p.polls {
-        bail!("nginx logged {} polls answered 304, expected at least {}", polls.len(), p.polls);
+        bail!(
+            "nginx logged {} polls answered 304, expected at least {}",
+            polls.len(),
+            p.polls
+        );
     }
     let bytes = polls.iter().sum::<u64>() as f64 / polls.len() as f64;
     Ok(vec![
