@@ -72,6 +72,20 @@ impl Deploy {
         release_at(&self.repo)
     }
 
+    /// Writes `plan` and runs `ferry-signer rollout` of `hosts_file` with it
+    /// ([`rollout_args`]) against `forge`.
+    fn rollout(&self, plan: &str, hosts_file: &Path, forge: &Forge) -> Output {
+        let path = self.sb.path("rollout.toml");
+        std::fs::write(&path, plan).unwrap();
+        let (r, k, p, h) = (
+            self.repo.to_str().unwrap(),
+            self.key.to_str().unwrap(),
+            path.to_str().unwrap(),
+            hosts_file.to_str().unwrap(),
+        );
+        self.run(&rollout_args(r, k, p, h), forge)
+    }
+
     /// `ferry-signer ARGS… <forge flags>`.
     fn run(&self, args: &[&str], forge: &Forge) -> Output {
         let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
@@ -827,19 +841,12 @@ fn a_rollout_paces_its_reads_to_fit_the_tokens_budget() {
     let hosts = fleet_hosts();
     let d = Deploy::new(&hosts, 'a');
     let forge = Forge::start(Kind::Github);
-    let plan = d.sb.path("rollout.toml");
-    std::fs::write(&plan, PLAN).unwrap();
-    let (r, k, p) = (
-        d.repo.to_str().unwrap(),
-        d.key.to_str().unwrap(),
-        plan.to_str().unwrap(),
-    );
     let _fleet = SimulatedFleet::start(&forge, &d.repo, vec![]);
     // 120 requests until the reset a minute from now: a read (one page)
     // every second or two, not ten a second.
     forge.budget(120, 60);
     let good = d.hosts_file("b.json", &hosts, 'b', &[]);
-    let out = d.run(&rollout_args(r, k, p, good.to_str().unwrap()), &forge);
+    let out = d.rollout(PLAN, &good, &forge);
     let text = stdout(&out);
     assert_eq!(code(&out), 0, "{text}\n{}", stderr(&out));
     assert_eq!(d.release().serial, 4, "three waves released: {text}");
@@ -858,16 +865,9 @@ fn a_rollout_limited_for_longer_than_its_waves_times_out() {
     let hosts = fleet_hosts();
     let d = Deploy::new(&hosts, 'a');
     let forge = Forge::start(Kind::Github);
-    let plan = d.sb.path("rollout.toml");
-    std::fs::write(&plan, PLAN.replace("\"30s\"", "\"2s\"")).unwrap();
-    let (r, k, p) = (
-        d.repo.to_str().unwrap(),
-        d.key.to_str().unwrap(),
-        plan.to_str().unwrap(),
-    );
     forge.limit(usize::MAX, 1);
     let good = d.hosts_file("b.json", &hosts, 'b', &[]);
-    let out = d.run(&rollout_args(r, k, p, good.to_str().unwrap()), &forge);
+    let out = d.rollout(&PLAN.replace("\"30s\"", "\"2s\""), &good, &forge);
     let text = stdout(&out);
     assert_eq!(code(&out), 4, "{text}\n{}", stderr(&out));
     assert!(

@@ -83,27 +83,21 @@ impl Agent {
             .await
         {
             Ok(v) => v,
-            // Expired by this host's clock, which may be wrong: said with
-            // the clock's time, and judged again at every poll, so a clock
-            // set right deploys the release without a new one.
-            Err(e) if matches!(*e, VerifyError::Expired { .. }) => {
-                return Err(Box::new(Refused {
-                    phase: "verify",
-                    seen: tip.clone(),
-                    release: tip.clone(),
-                    serial: None,
-                    source: None,
-                    severity: faults::verify_severity(&e),
-                    summary: wording::stale(&e.summary(), now),
-                    detail: format!(
+            Err(e) => {
+                // Expired by this host's clock, which may be wrong: said
+                // with the clock's time, and judged again at every poll, so
+                // a clock set right deploys the release without a new one.
+                let expired = matches!(*e, VerifyError::Expired { .. });
+                let (summary, detail) = if expired {
+                    let detail = format!(
                         "{e} (by this host's clock, {}: if the clock is wrong, set it right — \
                          the release is judged again at every poll)",
                         now.format("%Y-%m-%d %H:%M:%S UTC")
-                    ),
-                    again: true,
-                }))
-            }
-            Err(e) => {
+                    );
+                    (wording::stale(&e.summary(), now), detail)
+                } else {
+                    (e.summary(), e.to_string())
+                };
                 return Err(Box::new(Refused {
                     phase: "verify",
                     seen: tip.clone(),
@@ -111,10 +105,10 @@ impl Agent {
                     serial: None,
                     source: None,
                     severity: faults::verify_severity(&e),
-                    summary: e.summary(),
-                    detail: e.to_string(),
-                    again: false,
-                }))
+                    summary,
+                    detail,
+                    again: expired,
+                }));
             }
         };
         if let Some(by) = clock::behind(now, verified_tip.release.release.created) {
