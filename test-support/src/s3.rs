@@ -99,35 +99,47 @@ impl Moto {
             "{} is missing: run scripts/install-deps (it installs moto's S3 server from PyPI)",
             server.display()
         );
-        let port = free_port();
-        let child = Command::new(&server)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            // The IAM user, its key and its policy are made unauthenticated;
-            // everything after must be signed.
-            .env("INITIAL_NO_AUTH_ACTION_COUNT", "3")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut moto = Self {
-            child,
-            port,
-            key: AccessKey {
-                access_key_id: "AKIDEXAMPLE".into(),
-                secret_access_key: "unauthenticated".into(),
-            },
-        };
-        wait_for_port(port).expect("moto's S3 server listens");
-        let made = moto.client(&["setup"]);
-        let mut lines = made.lines();
-        let (Some(id), Some(secret)) = (lines.next(), lines.next()) else {
-            panic!("moto made no access key: {made}");
-        };
-        moto.key = AccessKey {
-            access_key_id: id.to_owned(),
-            secret_access_key: secret.to_owned(),
-        };
-        moto
+        // A port picked free can be taken by another test's listener before
+        // moto binds it (moto then exits, and the setup meets a stranger or
+        // nobody): a start whose setup fails with moto gone is tried again
+        // on another port.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let port = free_port();
+            let child = Command::new(&server)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                // The IAM user, its key and its policy are made
+                // unauthenticated; everything after must be signed.
+                .env("INITIAL_NO_AUTH_ACTION_COUNT", "3")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut moto = Self {
+                child,
+                port,
+                key: AccessKey {
+                    access_key_id: "AKIDEXAMPLE".into(),
+                    secret_access_key: "unauthenticated".into(),
+                },
+            };
+            wait_for_port(port).expect("moto's S3 server listens");
+            let made = match moto.try_client(&["setup"]) {
+                Ok(made) => made,
+                Err(_) if attempts < 3 && moto.child.try_wait().ok().flatten().is_some() => continue,
+                Err(e) => panic!("boto3 setup against moto failed: {e}"),
+            };
+            let mut lines = made.lines();
+            let (Some(id), Some(secret)) = (lines.next(), lines.next()) else {
+                panic!("moto made no access key: {made}");
+            };
+            moto.key = AccessKey {
+                access_key_id: id.to_owned(),
+                secret_access_key: secret.to_owned(),
+            };
+            return moto;
+        }
     }
 
     pub fn endpoint(&self) -> String {
@@ -137,6 +149,12 @@ impl Moto {
     /// Runs one operation of [`CLIENT`] with the current key; its stdout,
     /// or a panic with what it said.
     fn client(&self, op: &[&str]) -> String {
+        self.try_client(op)
+            .unwrap_or_else(|e| panic!("boto3 {op:?} against moto failed: {e}"))
+    }
+
+    /// [`Self::client`], with what it said as the error.
+    fn try_client(&self, op: &[&str]) -> Result<String, String> {
         let out = Command::new(venv().join("bin/python"))
             .args(["-c", CLIENT])
             .args([
@@ -151,12 +169,10 @@ impl Moto {
             .stdin(Stdio::null())
             .output()
             .expect("the virtualenv's python runs (scripts/install-deps)");
-        assert!(
-            out.status.success(),
-            "boto3 {op:?} against moto failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(String::from_utf8(out.stdout).unwrap())
     }
 
     /// Creates `bucket` in `region` and uploads the binary cache in `dir`
