@@ -21,7 +21,12 @@ const WEB1_B: &str = "/nix/store/1c0mb5j1x3dg5bf3wk3jh4xyz6p4s3ld-nixos-system-w
 /// Writes `deploy`'s branch into the mirror at `root/deploy.git`.
 fn publish(deploy: &DeployRepo, root: &Path) -> Mirrored {
     let repo = git2::Repository::open(&deploy.path).unwrap();
-    mirror::update(&repo, "deploy", &root.join("deploy.git")).unwrap()
+    mirror::update(
+        &repo,
+        "deploy",
+        &ferry_signer::mirror::DirStore(root.join("deploy.git")),
+    )
+    .unwrap()
 }
 
 fn source(dir: &Path, url: &str) -> Source {
@@ -226,7 +231,12 @@ fn hostile_mirror_servers_are_bounded() {
     let deploy = DeployRepo::new(dir.path());
     deploy.release("web1", WEB1_A);
     let repo = git2::Repository::open(&deploy.path).unwrap();
-    mirror::update(&repo, "deploy", &root.join("deploy.git")).unwrap();
+    mirror::update(
+        &repo,
+        "deploy",
+        &ferry_signer::mirror::DirStore(root.join("deploy.git")),
+    )
+    .unwrap();
     let nginx = Nginx::serve(&root, &Access::Anyone, false).unwrap();
     let s = Source::open(
         &dir.path().join("clone-main.git"),

@@ -89,7 +89,11 @@ pub fn run_mirror(
     key.publish(&repo, &fixtures::hosts(1, 0))?;
     let www = work.join("idle-mirror-www");
     let git = git2::Repository::open(&repo)?;
-    ferry_signer::mirror::update(&git, BRANCH, &www.join("idle.git"))?;
+    ferry_signer::mirror::update(
+        &git,
+        BRANCH,
+        &ferry_signer::mirror::DirStore(www.join("idle.git")),
+    )?;
     let nginx =
         ferry_test_support::nginx::Nginx::serve(&www, &ferry_test_support::nginx::Access::Anyone, false)?;
     let mirror_url = format!("{}/idle.git", nginx.url());

@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use ferry_agent::config::{Config, ConfigError};
-use ferry_agent::io::cache::s3::S3Cache;
+use ferry_signer::s3::S3Cache;
 use ferry_agent::policy::window::RebootPolicy;
 use ferry_signer::forge::token_travels_safely;
 use libfuzzer_sys::fuzz_target;

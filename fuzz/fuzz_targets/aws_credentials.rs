@@ -5,7 +5,7 @@
 #![no_main]
 use std::collections::BTreeMap;
 
-use ferry_agent::io::cache::s3::parse_shared_credentials;
+use ferry_signer::s3::parse_shared_credentials;
 use libfuzzer_sys::fuzz_target;
 
 /// The profiles as a file: each section, then its `key = value` lines.

@@ -2,7 +2,7 @@
 //! them): reading one never panics, and what it yields is bounded and free
 //! of control characters, since it ends up in logs and commit statuses.
 #![no_main]
-use ferry_agent::io::cache::s3::parse_error;
+use ferry_signer::s3::parse_error;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -4,7 +4,7 @@
 //! with the object's key as its whole path: no user part, query or fragment
 //! that would send a signed request elsewhere or cut the key off.
 #![no_main]
-use ferry_agent::io::cache::s3::{uri_encode, Addressing, S3Cache};
+use ferry_signer::s3::{uri_encode, Addressing, S3Cache};
 use libfuzzer_sys::fuzz_target;
 
 /// The cache as an `s3://` URL with every parameter spelled out.

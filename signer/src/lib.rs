@@ -28,6 +28,8 @@
 //!   outcomes, counts, and the waiter's decision.
 //! - [`mirror`]: the deploy branch as a static mirror (git's dumb HTTP
 //!   layout) for web servers, buckets and CDNs.
+//! - [`s3`]: S3 as both programs speak it: `s3://` URLs, AWS Signature
+//!   Version 4, credentials from the standard places, error documents.
 //! - [`pace`]: how often the fleet commands read the forge, to fit the
 //!   token's budget.
 //! - [`plan`]: the rollout plan (`rollout.toml`): waves of hosts.
@@ -48,6 +50,7 @@ pub mod plan;
 pub mod publish;
 pub mod release;
 pub mod rollout;
+pub mod s3;
 pub mod ssh_agent;
 pub mod sshsig;
 pub mod verify;

@@ -13,9 +13,13 @@
 //! cache in front keeps them for ever and an agent downloads only the packs
 //! it lacks. Files are written so that a reader never sees a ref before its
 //! objects: the pack and its index first, then the pack list, then
-//! `info/refs`, each by an atomic rename. The mirror is untrusted: every
-//! agent verifies what it reads from it exactly as from the forge.
+//! `info/refs`, each whole (a rename on disk, one PUT in a bucket). The
+//! mirror lives in a directory a web server serves ([`DirStore`]) or in an
+//! S3 bucket ([`S3Store`], signed as the agent signs its reads). It is
+//! untrusted: every agent verifies what it reads from it exactly as from
+//! the forge.
 
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use git2::{Oid, Repository};
@@ -29,6 +33,10 @@ pub enum MirrorError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("the mirror's `{file}` is not one Ferry or `git update-server-info` wrote: {detail}; write the mirror afresh into an empty directory")]
     Foreign { file: &'static str, detail: String },
+    #[error("`{0}`: {1}")]
+    Target(String, String),
+    #[error("{url}: {detail}")]
+    S3 { url: String, detail: String },
     #[error(transparent)]
     Git(#[from] git2::Error),
 }
@@ -113,18 +121,207 @@ fn short(s: &str) -> String {
     s.chars().take(60).collect()
 }
 
-/// Reads the layout of the mirror at `dir` (empty for a new mirror).
-pub fn read_layout(dir: &Path) -> Result<Layout, MirrorError> {
-    let read = |file: &'static str| -> Result<Option<String>, MirrorError> {
-        let path = dir.join(file);
+/// Where a mirror's files live, named by their path in the layout
+/// (`info/refs`, `objects/pack/pack-….pack`).
+pub trait Store {
+    /// The file, or `None` when there is none.
+    fn read(&self, rel: &str) -> Result<Option<Vec<u8>>, MirrorError>;
+    /// Whether the file is there.
+    fn exists(&self, rel: &str) -> Result<bool, MirrorError>;
+    /// Writes the file whole: a reader sees the old one or the new one.
+    fn write(&self, rel: &str, bytes: &[u8]) -> Result<(), MirrorError>;
+    /// Where it is, for messages.
+    fn describe(&self) -> String;
+}
+
+/// A mirror in a directory.
+#[derive(Debug, Clone)]
+pub struct DirStore(pub PathBuf);
+
+impl Store for DirStore {
+    fn read(&self, rel: &str) -> Result<Option<Vec<u8>>, MirrorError> {
+        let path = self.0.join(rel);
         match std::fs::read(&path) {
-            Ok(bytes) if bytes.len() > MAX_INDEX_BYTES => Err(MirrorError::Foreign {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(MirrorError::Write { path, source }),
+        }
+    }
+
+    fn exists(&self, rel: &str) -> Result<bool, MirrorError> {
+        Ok(self.0.join(rel).exists())
+    }
+
+    fn write(&self, rel: &str, bytes: &[u8]) -> Result<(), MirrorError> {
+        write_atomically(&self.0.join(rel), bytes)
+    }
+
+    fn describe(&self) -> String {
+        self.0.display().to_string()
+    }
+}
+
+/// A mirror in an S3 bucket, under a key prefix:
+/// `s3://bucket/prefix?region=…&endpoint=…&profile=…` (the parameters of
+/// Nix's `s3://` URLs), with credentials from the standard places.
+#[derive(Debug)]
+pub struct S3Store {
+    bucket: crate::s3::S3Cache,
+    prefix: String,
+    credentials: crate::s3::AwsCredentials,
+    http: reqwest::blocking::Client,
+}
+
+impl S3Store {
+    /// The store `url` names, with credentials from `env` (the process's
+    /// environment) or the shared credentials file.
+    pub fn open(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, MirrorError> {
+        let bad = |detail: String| MirrorError::Target(url.to_owned(), detail);
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| bad("not an s3:// URL".into()))?;
+        let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
+        let prefix = prefix.trim_matches('/');
+        if prefix.split('/').any(|part| part == ".." || part == ".") {
+            return Err(bad("the key prefix may not hold `.` or `..`".into()));
+        }
+        let bucket =
+            crate::s3::S3Cache::parse(&format!("s3://{bucket}?{query}")).map_err(|e| bad(e.problem))?;
+        let credentials = crate::s3::find_credentials(None, bucket.profile.as_deref(), env)
+            .map_err(|e| bad(format!("no credentials: {e}")))?;
+        let http = reqwest::blocking::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .timeout(std::time::Duration::from_secs(600))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| bad(e.to_string()))?;
+        Ok(Self {
+            bucket,
+            prefix: prefix.to_owned(),
+            credentials,
+            http,
+        })
+    }
+
+    fn url(&self, rel: &str) -> Result<reqwest::Url, MirrorError> {
+        let key = match self.prefix.as_str() {
+            "" => rel.to_owned(),
+            p => format!("{p}/{rel}"),
+        };
+        let url = self.bucket.object_url(&key);
+        reqwest::Url::parse(&url).map_err(|e| MirrorError::S3 {
+            url,
+            detail: e.to_string(),
+        })
+    }
+
+    /// Sends a signed request; the response of a 2xx or a 404 (`None`).
+    fn send(
+        &self,
+        method: reqwest::Method,
+        rel: &str,
+        body: Option<&[u8]>,
+    ) -> Result<Option<reqwest::blocking::Response>, MirrorError> {
+        let url = self.url(rel)?;
+        let now = chrono::Utc::now();
+        let headers = match body {
+            Some(b) => crate::s3::sign_body(
+                method.as_str(),
+                &url,
+                &self.bucket.region,
+                "s3",
+                &self.credentials,
+                now,
+                b,
+            ),
+            None => crate::s3::sign(
+                method.as_str(),
+                &url,
+                &self.bucket.region,
+                "s3",
+                &self.credentials,
+                now,
+            ),
+        };
+        let mut request = self.http.request(method, url.clone());
+        for (name, value) in headers {
+            let mut value = reqwest::header::HeaderValue::from_str(&value).map_err(|e| MirrorError::S3 {
+                url: url.to_string(),
+                detail: e.to_string(),
+            })?;
+            value.set_sensitive(true);
+            request = request.header(name, value);
+        }
+        if let Some(b) = body {
+            request = request.body(b.to_vec());
+        }
+        let failed = |detail: String| MirrorError::S3 {
+            url: url.to_string(),
+            detail,
+        };
+        let response = request.send().map_err(|e| failed(e.to_string()))?;
+        match response.status().as_u16() {
+            200..=299 => Ok(Some(response)),
+            404 => Ok(None),
+            code => {
+                let mut text = Vec::new();
+                let _ = response
+                    .take(crate::s3::MAX_ERROR_BYTES as u64)
+                    .read_to_end(&mut text);
+                let error = crate::s3::parse_error(&text);
+                Err(failed(format!("HTTP {code}: {error:?}")))
+            }
+        }
+    }
+}
+
+impl Store for S3Store {
+    fn read(&self, rel: &str) -> Result<Option<Vec<u8>>, MirrorError> {
+        let Some(response) = self.send(reqwest::Method::GET, rel, None)? else {
+            return Ok(None);
+        };
+        let url = self.url(rel)?.to_string();
+        let mut bytes = Vec::new();
+        response
+            .take(MAX_INDEX_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| MirrorError::S3 {
+                url,
+                detail: e.to_string(),
+            })?;
+        Ok(Some(bytes))
+    }
+
+    fn exists(&self, rel: &str) -> Result<bool, MirrorError> {
+        Ok(self.send(reqwest::Method::HEAD, rel, None)?.is_some())
+    }
+
+    fn write(&self, rel: &str, bytes: &[u8]) -> Result<(), MirrorError> {
+        match self.send(reqwest::Method::PUT, rel, Some(bytes))? {
+            Some(_) => Ok(()),
+            None => Err(MirrorError::S3 {
+                url: self.url(rel)?.to_string(),
+                detail: "HTTP 404: no such bucket".into(),
+            }),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("s3://{}/{}", self.bucket.bucket, self.prefix)
+    }
+}
+
+/// Reads the layout of the mirror in `store` (empty for a new mirror).
+pub fn read_layout(store: &dyn Store) -> Result<Layout, MirrorError> {
+    let read = |file: &'static str| -> Result<Option<String>, MirrorError> {
+        match store.read(file)? {
+            Some(bytes) if bytes.len() > MAX_INDEX_BYTES => Err(MirrorError::Foreign {
                 file,
                 detail: format!("larger than {MAX_INDEX_BYTES} bytes"),
             }),
-            Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(MirrorError::Write { path, source }),
+            Some(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
+            None => Ok(None),
         }
     };
     let refs = match read("info/refs")? {
@@ -144,12 +341,12 @@ pub fn read_layout(dir: &Path) -> Result<Layout, MirrorError> {
     Ok(Layout { refs, packs })
 }
 
-/// Brings the mirror at `dir` up to `branch` of `repo`: one new pack with
+/// Brings the mirror in `store` up to `branch` of `repo`: one new pack with
 /// what the branch's tip has that the mirrored tips do not (all of it for a
 /// new mirror, or when the mirrored tip is not in `repo`), then the pack
 /// list and the refs. Idempotent; a crash leaves at worst a pack no list
 /// names yet, which the next update names.
-pub fn update(repo: &Repository, branch: &str, dir: &Path) -> Result<Mirrored, MirrorError> {
+pub fn update(repo: &Repository, branch: &str, store: &dyn Store) -> Result<Mirrored, MirrorError> {
     let refname = format!("refs/heads/{branch}");
     let tip = repo
         .find_reference(&refname)
@@ -159,20 +356,19 @@ pub fn update(repo: &Repository, branch: &str, dir: &Path) -> Result<Mirrored, M
             repo: repo.path().to_owned(),
             branch: branch.to_owned(),
         })?;
-    let layout = read_layout(dir)?;
-    let io = |path: &Path| {
-        let path = path.to_owned();
-        move |source| MirrorError::Write { path, source }
-    };
-    let pack_dir = dir.join("objects/pack");
-    std::fs::create_dir_all(&pack_dir).map_err(io(&pack_dir))?;
-    std::fs::create_dir_all(dir.join("info")).map_err(io(&dir.join("info")))?;
+    let layout = read_layout(store)?;
     let already = layout
         .refs
         .iter()
         .any(|(id, name)| *id == tip && *name == refname);
-    if already && layout.packs.iter().all(|p| pack_dir.join(p).exists()) {
-        return Ok(Mirrored::UpToDate { tip });
+    if already {
+        let mut complete = true;
+        for p in &layout.packs {
+            complete &= store.exists(&format!("objects/pack/{p}"))?;
+        }
+        if complete {
+            return Ok(Mirrored::UpToDate { tip });
+        }
     }
 
     let mut walk = repo.revwalk()?;
@@ -190,22 +386,25 @@ pub fn update(repo: &Repository, branch: &str, dir: &Path) -> Result<Mirrored, M
     let mut packs = layout.packs.clone();
     let mut added = None;
     if objects > 0 {
-        // Written beside the final names, then renamed: a reader following
-        // the list never finds half a pack.
         let staging = tempfile::Builder::new()
-            .prefix(".ferry-pack-")
-            .tempdir_in(&pack_dir)
-            .map_err(io(&pack_dir))?;
+            .prefix("ferry-mirror-")
+            .tempdir()
+            .map_err(|source| MirrorError::Write {
+                path: std::env::temp_dir(),
+                source,
+            })?;
         builder.write(staging.path(), 0o644)?;
         let name = builder
             .name()?
             .ok_or_else(|| git2::Error::from_str("the pack builder named no pack"))?
             .to_owned();
         let pack = format!("pack-{name}.pack");
+        // The index first: a reader that finds the pack finds its index.
         for ext in ["idx", "pack"] {
             let file = format!("pack-{name}.{ext}");
-            let to = pack_dir.join(&file);
-            std::fs::rename(staging.path().join(&file), &to).map_err(io(&to))?;
+            let path = staging.path().join(&file);
+            let bytes = std::fs::read(&path).map_err(|source| MirrorError::Write { path, source })?;
+            store.write(&format!("objects/pack/{file}"), &bytes)?;
         }
         if !packs.contains(&pack) {
             packs.push(pack.clone());
@@ -214,9 +413,9 @@ pub fn update(repo: &Repository, branch: &str, dir: &Path) -> Result<Mirrored, M
     }
     let mut list: String = packs.iter().map(|p| format!("P {p}\n")).collect();
     list.push('\n');
-    write_atomically(&dir.join("objects/info/packs"), list.as_bytes())?;
-    write_atomically(&dir.join("info/refs"), format!("{tip}\t{refname}\n").as_bytes())?;
-    write_atomically(&dir.join("HEAD"), format!("ref: {refname}\n").as_bytes())?;
+    store.write("objects/info/packs", list.as_bytes())?;
+    store.write("info/refs", format!("{tip}\t{refname}\n").as_bytes())?;
+    store.write("HEAD", format!("ref: {refname}\n").as_bytes())?;
     Ok(match added {
         Some(pack) => Mirrored::Added { tip, pack, objects },
         None => Mirrored::UpToDate { tip },

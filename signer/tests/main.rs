@@ -10,5 +10,6 @@ mod differential;
 mod fleet;
 mod interop;
 mod key_types;
+mod mirror;
 mod reference;
 mod refusals;

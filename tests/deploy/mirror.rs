@@ -14,7 +14,12 @@ fn deploys_from_a_static_mirror() {
     let www = w.dir.path().join("www");
     let mirror = |w: &World| {
         let repo = git2::Repository::open(&w.deploy.path).unwrap();
-        ferry_signer::mirror::update(&repo, "deploy", &www.join("deploy.git")).unwrap();
+        ferry_signer::mirror::update(
+            &repo,
+            "deploy",
+            &ferry_signer::mirror::DirStore(www.join("deploy.git")),
+        )
+        .unwrap();
     };
     let release = w.release("b");
     mirror(&w);

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use ferry_signer::mirror::{self, Mirrored};
+use ferry_signer::mirror::{self, DirStore, Mirrored, S3Store, Store};
 
 use super::open_repo;
 
@@ -17,22 +17,25 @@ pub struct Args {
     /// The deploy branch.
     #[arg(long, default_value = "deploy")]
     branch: String,
-    /// The mirror: a directory served as https://…/deploy.git (created if missing; earlier packs are kept).
-    #[arg(long, value_name = "DIR")]
-    to: PathBuf,
+    /// The mirror: a directory served as https://…/deploy.git, or a bucket and key prefix, s3://bucket/deploy.git?region=…&endpoint=… (credentials as for Nix: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile). Earlier packs are kept.
+    #[arg(long, value_name = "DIR|s3://BUCKET/PREFIX")]
+    to: String,
 }
 
 pub fn run(args: Args) -> Result<()> {
     let repository = open_repo(&args.repo)?;
-    let done = mirror::update(&repository, &args.branch, &args.to)
-        .with_context(|| format!("mirroring {} to {}", args.branch, args.to.display()))?;
+    let store: Box<dyn Store> = if args.to.starts_with("s3://") {
+        Box::new(S3Store::open(&args.to, &|k| std::env::var(k).ok())?)
+    } else {
+        Box::new(DirStore(PathBuf::from(&args.to)))
+    };
+    let done = mirror::update(&repository, &args.branch, store.as_ref())
+        .with_context(|| format!("mirroring {} to {}", args.branch, store.describe()))?;
     match done {
-        Mirrored::UpToDate { tip } => {
-            println!("{} is up to date at {tip}", args.to.display())
-        }
+        Mirrored::UpToDate { tip } => println!("{} is up to date at {tip}", store.describe()),
         Mirrored::Added { tip, pack, objects } => println!(
             "{}: {} now at {tip}; added {pack} ({objects} objects)",
-            args.to.display(),
+            store.describe(),
             args.branch
         ),
     }

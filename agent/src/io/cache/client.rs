@@ -18,7 +18,7 @@ use crate::config::value::Invalid;
 use crate::io::body::read_bounded;
 use crate::io::cache::credentials::{CacheCredentials, CredentialError, Loaded};
 use crate::io::cache::narinfo::{CachePublicKey, NarInfo, NarInfoError, TrustError, MAX_NARINFO_BYTES};
-use crate::io::cache::s3::{S3Cache, S3ErrorBody};
+use ferry_signer::s3::{S3Cache, S3ErrorBody};
 
 /// narinfo requests in flight at once.
 const PARALLEL_FETCHES: usize = 32;
@@ -381,10 +381,10 @@ impl BinaryCaches {
         for (index, s3) in self.inner.s3.iter().enumerate() {
             let Some(s3) = s3 else { continue };
             let file = self.inner.credentials.s3_credentials_file.as_deref();
-            match crate::io::cache::s3::find_credentials(file, s3.profile.as_deref(), &env) {
+            match ferry_signer::s3::find_credentials(file, s3.profile.as_deref(), &env) {
                 Ok(c) => loaded.set_s3(index, c),
                 // Nothing configured anywhere: read anonymously (a public bucket).
-                Err(crate::io::cache::s3::AwsCredentialsError::Read { .. })
+                Err(ferry_signer::s3::AwsCredentialsError::Read { .. })
                     if file.is_none()
                         && s3.profile.is_none()
                         && env("AWS_SHARED_CREDENTIALS_FILE").is_none() => {}
@@ -665,7 +665,7 @@ impl Inner {
     async fn send_s3(
         &self,
         s3: &S3Cache,
-        credentials: Option<&crate::io::cache::s3::AwsCredentials>,
+        credentials: Option<&ferry_signer::s3::AwsCredentials>,
         method: reqwest::Method,
         url: reqwest::Url,
         timeout: Option<Duration>,
@@ -682,7 +682,7 @@ impl Inner {
                 .into());
             }
             let signed =
-                crate::io::cache::s3::sign(method.as_str(), &url, &s3.region, "s3", c, chrono::Utc::now());
+                ferry_signer::s3::sign(method.as_str(), &url, &s3.region, "s3", c, chrono::Utc::now());
             for (name, value) in signed {
                 let mut value = reqwest::header::HeaderValue::from_str(&value).map_err(|_| {
                     CacheError::Credentials(CredentialError::NotAHeader {
@@ -709,8 +709,8 @@ impl Inner {
             .get("x-amz-bucket-region")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let body = read_bounded(response, crate::io::cache::s3::MAX_ERROR_BYTES).await;
-        let mut error = crate::io::cache::s3::parse_error(&body);
+        let body = read_bounded(response, ferry_signer::s3::MAX_ERROR_BYTES).await;
+        let mut error = ferry_signer::s3::parse_error(&body);
         error.region = error.region.or(header_region);
         s3_answer(
             &cache,
@@ -836,7 +836,7 @@ mod tests {
             "s3://b",
             "https://b.s3.amazonaws.com/x",
             status,
-            &crate::io::cache::s3::parse_error(body.as_bytes()),
+            &ferry_signer::s3::parse_error(body.as_bytes()),
             creds,
         ) {
             Ok(None) => "missing".into(),

@@ -42,7 +42,7 @@ pub enum CredentialError {
     #[error("no credentials for {cache}: {source} (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile in the shared credentials file, or cache.s3_credentials_file)")]
     S3 {
         cache: String,
-        source: crate::io::cache::s3::AwsCredentialsError,
+        source: ferry_signer::s3::AwsCredentialsError,
     },
     #[error("refusing to send the credentials for {host} from {path} over plain HTTP: use https:// for this cache")]
     PlainHttp { host: String, path: PathBuf },
@@ -187,7 +187,7 @@ pub struct Loaded {
     netrc: Option<(PathBuf, Netrc)>,
     bearer: BTreeMap<String, (PathBuf, Zeroizing<String>)>,
     /// Substituter index → its S3 key pair.
-    s3: BTreeMap<usize, crate::io::cache::s3::AwsCredentials>,
+    s3: BTreeMap<usize, ferry_signer::s3::AwsCredentials>,
 }
 
 impl CacheCredentials {
@@ -238,12 +238,12 @@ use ferry_signer::forge::secret_may_travel_to;
 
 impl Loaded {
     /// Adds the key pair of `s3://` substituter `index`.
-    pub fn set_s3(&mut self, index: usize, credentials: crate::io::cache::s3::AwsCredentials) {
+    pub fn set_s3(&mut self, index: usize, credentials: ferry_signer::s3::AwsCredentials) {
         self.s3.insert(index, credentials);
     }
 
     /// The key pair of `s3://` substituter `index`, if any.
-    pub fn s3(&self, index: usize) -> Option<&crate::io::cache::s3::AwsCredentials> {
+    pub fn s3(&self, index: usize) -> Option<&ferry_signer::s3::AwsCredentials> {
         self.s3.get(&index)
     }
 

@@ -1,9 +1,10 @@
-//! `s3://` binary caches as Nix spells them
+//! S3 as both programs speak it. `s3://` URLs as Nix spells them
 //! (`s3://bucket?region=…&endpoint=…&profile=…&scheme=…`): the HTTPS URL of
 //! an object (virtual-host style on AWS, path style on a custom endpoint, or
-//! as `addressing-style` says), AWS Signature Version 4 for GET and HEAD,
-//! credentials from the standard places, and S3's XML error answers read
-//! into plain words.
+//! as `addressing-style` says), AWS Signature Version 4 for GET and HEAD
+//! (the agent reading caches and mirrors) and for PUT with a body (the
+//! signer writing a mirror), credentials from the standard places, and S3's
+//! XML error answers read into plain words.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -290,6 +291,25 @@ pub fn sign(
     let payload = Payload {
         extra: &[],
         sha256: EMPTY_SHA256,
+    };
+    sign_with(method, url, (region, service), credentials, now, &payload)
+}
+
+/// The headers that sign a request of `url` carrying `body` (a PUT) at
+/// `now`, as [`sign`] does for one without. Pure.
+pub fn sign_body(
+    method: &str,
+    url: &reqwest::Url,
+    region: &str,
+    service: &str,
+    credentials: &AwsCredentials,
+    now: DateTime<Utc>,
+    body: &[u8],
+) -> Vec<(&'static str, Zeroizing<String>)> {
+    let sha256 = hex(&Sha256::digest(body));
+    let payload = Payload {
+        extra: &[],
+        sha256: &sha256,
     };
     sign_with(method, url, (region, service), credentials, now, &payload)
 }
