@@ -888,9 +888,14 @@ impl World {
 
     /// [`World::start_service`] with `extra` lines in the unit's `[Service]`.
     fn start_service_with(&self, extra: &str) {
+        self.start_unit(&(agent_unit(AGENT) + extra));
+    }
+
+    /// Installs `unit` as `ferry-agent.service` and starts it.
+    fn start_unit(&self, unit: &str) {
         std::fs::write(
             self.bed.host_path("/etc/systemd/system/ferry-agent.service"),
-            agent_unit(AGENT) + extra,
+            unit,
         )
         .unwrap();
         for cmd in [

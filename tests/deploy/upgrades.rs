@@ -42,22 +42,7 @@ impl World {
             )
             .unwrap();
         }
-        std::fs::write(
-            self.bed.host_path("/etc/systemd/system/ferry-agent.service"),
-            agent_unit(OLDER),
-        )
-        .unwrap();
-        for cmd in [
-            vec!["systemctl", "daemon-reload"],
-            vec!["systemctl", "start", "ferry-agent.service"],
-        ] {
-            let out = self.bed.exec(&cmd);
-            assert!(
-                out.status.success(),
-                "{cmd:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        self.start_unit(&agent_unit(OLDER));
     }
 
     /// How many times the agent at `exe` started as the service (the
