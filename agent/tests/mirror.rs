@@ -248,3 +248,68 @@ fn hostile_mirror_servers_are_bounded() {
     let e = s.remote_tip().unwrap_err();
     assert!(matches!(e, SourceError::NoBranch { .. }), "{e}");
 }
+
+/// Three agents following a mirror through a caching proxy in front of it
+/// (a CDN's part, nginx `proxy_cache`): the edge answers their polls and
+/// fetches, so the origin sees each file about once per cache lifetime and
+/// each pack once, however many hosts poll.
+#[test]
+fn hosts_behind_a_cdn_cost_the_origin_a_request_per_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("www");
+    let deploy = DeployRepo::new(dir.path());
+    deploy.release("web1", WEB1_A);
+    publish(&deploy, &root);
+    let origin = Nginx::serve(&root, &Access::Anyone, false).unwrap();
+    // A lifetime the test can wait out: a CDN would keep info/refs a few
+    // seconds and the packs for ever.
+    let edge = Nginx::cache_in_front(&origin.url(), 2).unwrap();
+    let url = format!("{}/deploy.git", edge.url());
+    let hosts: Vec<Source> = (0..3).map(|_| source(dir.path(), &url)).collect();
+    let poll_all = |rounds: usize| {
+        for _ in 0..rounds {
+            for h in &hosts {
+                let tip = h.remote_tip().unwrap();
+                h.fetch(tip).unwrap();
+            }
+        }
+    };
+    poll_all(5);
+    let second = deploy.release("web1", WEB1_B);
+    let Mirrored::Added { pack, .. } = publish(&deploy, &root) else {
+        panic!("a new pack")
+    };
+    // The edge shows the new release once its copy of info/refs expires.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while hosts[0].remote_tip().unwrap().to_string() != second {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the edge never showed the new release"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    poll_all(5);
+    for h in &hosts {
+        assert_eq!(h.remote_tip().unwrap().to_string(), second);
+    }
+
+    let asked = edge.requests();
+    let reached = origin.requests();
+    let count = |log: &[ferry_test_support::nginx::Logged], target: &str| {
+        log.iter().filter(|r| r.target == target).count()
+    };
+    let refs = "/deploy.git/info/refs";
+    let (polls, at_origin) = (count(&asked, refs), count(&reached, refs));
+    assert!(polls >= 33, "every host polled the edge: {asked:#?}");
+    assert!(
+        at_origin * 5 <= polls,
+        "the origin saw info/refs about once per lifetime ({at_origin} times), not once per poll ({polls}): {reached:#?}"
+    );
+    let new_pack = format!("/deploy.git/objects/pack/{pack}");
+    assert_eq!(count(&asked, &new_pack), 3, "each host fetched the new pack once");
+    assert_eq!(
+        count(&reached, &new_pack),
+        1,
+        "and the origin served it once: {reached:#?}"
+    );
+}

@@ -8,9 +8,9 @@
 use std::path::Path;
 
 use ferry_agent::config::{Config, ConfigError};
-use ferry_signer::s3::S3Cache;
 use ferry_agent::policy::window::RebootPolicy;
 use ferry_signer::forge::token_travels_safely;
+use ferry_signer::s3::S3Cache;
 use libfuzzer_sys::fuzz_target;
 
 fn parse(text: &str, default_host: &str) -> Result<Config, ConfigError> {

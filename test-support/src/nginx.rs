@@ -2,8 +2,10 @@
 //! in production: behind HTTP Basic auth (what a netrc answers) or a bearer
 //! token (Attic, Cachix), optionally redirecting narinfo requests to a
 //! second, open server on another port and host name (as caches send
-//! clients to a CDN). Every request either server receives is logged, with
-//! its `Authorization` header, so a test sees what was sent where.
+//! clients to a CDN); or a caching proxy in front of another server, as a
+//! CDN stands in front of a static mirror ([`Nginx::cache_in_front`]).
+//! Every request a server receives is logged, with its `Authorization`
+//! header and the bytes each way, so a test sees what was sent where.
 //!
 //! The executable is an `nginx` on `PATH`, or the one `scripts/install-deps`
 //! unpacks into `/var/lib/ferry-test/nginx` (`FERRY_TEST_NGINX`). It runs
@@ -182,6 +184,75 @@ impl Nginx {
         } else {
             String::new()
         };
+        let servers = format!(
+            r#"  server {{
+    listen 127.0.0.1:{port};
+    root {root};
+    {redirect}    location / {{
+      {guard}    }}
+  }}
+  server {{
+    listen 127.0.0.2:{mirror_port};
+    root {root};
+  }}
+"#,
+            root = root.display(),
+        );
+        Self::launch(dir, &servers, "", port, mirror_port)
+    }
+
+    /// A caching proxy in front of `origin` (an `http://host:port` URL), as
+    /// a CDN stands in front of a static mirror: answers kept
+    /// `lifetime_secs`, revalidated with the origin after, one request to
+    /// the origin at a time per file, and conditional requests answered
+    /// from the cache. Its log shows what clients asked of the edge; the
+    /// origin's log what reached the origin.
+    pub fn cache_in_front(origin: &str, lifetime_secs: u64) -> Result<Self, NginxError> {
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-nginx-edge")
+            .tempdir()
+            .map_err(io("creating nginx's directory"))?;
+        for sub in ["tmp", "logs", "cache"] {
+            let path = dir.path().join(sub);
+            std::fs::create_dir(&path).map_err(io(format!("creating {}", path.display())))?;
+        }
+        let (port, mirror_port) = (crate::free_port(), crate::free_port());
+        let cache = dir.path().join("cache");
+        let extra = format!(
+            "  proxy_cache_path {} levels=1:2 keys_zone=edge:1m max_size=256m inactive=1h use_temp_path=off;\n",
+            cache.display()
+        );
+        let servers = format!(
+            r#"  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass {origin};
+      proxy_cache edge;
+      proxy_cache_valid 200 {lifetime_secs}s;
+      proxy_cache_revalidate on;
+      proxy_cache_lock on;
+    }}
+  }}
+  server {{
+    listen 127.0.0.2:{mirror_port};
+    return 404;
+  }}
+"#
+        );
+        Self::launch(dir, &servers, &extra, port, mirror_port)
+    }
+
+    /// Writes the configuration (`servers` and `extra` http-level lines
+    /// around the shared settings), starts nginx and waits until both
+    /// ports listen.
+    fn launch(
+        dir: tempfile::TempDir,
+        servers: &str,
+        extra: &str,
+        port: u16,
+        mirror_port: u16,
+    ) -> Result<Self, NginxError> {
+        let d = dir.path();
         let tmp = d.join("tmp");
         let conf = format!(
             r#"daemon off;
@@ -201,23 +272,12 @@ http {{
   keepalive_requests 100000;
   log_format seen '$server_port $request_method $status $bytes_sent $request_length $request_uri "$http_authorization"';
   access_log {access_log} seen;
-  server {{
-    listen 127.0.0.1:{port};
-    root {root};
-    {redirect}    location / {{
-      {guard}    }}
-  }}
-  server {{
-    listen 127.0.0.2:{mirror_port};
-    root {root};
-  }}
-}}
+{extra}{servers}}}
 "#,
             pid = d.join("logs/nginx.pid").display(),
             error_log = d.join("logs/error.log").display(),
             access_log = d.join("logs/access.log").display(),
             tmp = tmp.display(),
-            root = root.display(),
         );
         let conf_file = d.join("nginx.conf");
         std::fs::write(&conf_file, conf).map_err(io("writing nginx.conf"))?;
