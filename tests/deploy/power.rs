@@ -15,9 +15,10 @@ use super::*;
 const STATE: &str = "/var/lib/ferry-agent";
 
 /// Files the agent writes in place, for information only: the lock's
-/// holder (a pid, read only to name it in a refusal) and the daemon's next
-/// poll (read by `status`). Neither is read to decide anything.
-const IN_PLACE: &[&str] = &["agent.lock", "next-poll"];
+/// holder (a pid, read only to name it in a refusal), the daemon's next
+/// poll and what the last poll found waiting (both read by `status`). None
+/// is read to decide anything.
+const IN_PLACE: &[&str] = &["agent.lock", "next-poll", "waiting"];
 
 /// node_exporter's textfile directory, where the agent puts its metrics.
 const METRICS: &str = "/var/lib/ferry-agent-metrics";
