@@ -210,9 +210,16 @@ fn once_stopped_while_realising_exits_143_and_the_next_run_deploys() {
     let w = world();
     w.faulty_cache.as_ref().unwrap().set(NarFault::Hold);
     let rb = w.release("b");
+    // The agent notes its pid in the testbed (the shell execs it), so the
+    // stop reaches it, and only it, from inside the testbed's own view of
+    // its processes.
     let first = std::process::Command::new("nsenter")
         .args(["-t", &w.bed.pid.to_string(), "-a", "-r", "-w"])
-        .args([AGENT, "--config", "/etc/ferry/agent.toml", "once"])
+        .args([
+            "sh",
+            "-c",
+            &format!("echo $$ > /run/ferry-once.pid; exec {AGENT} --config /etc/ferry/agent.toml once"),
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -220,17 +227,10 @@ fn once_stopped_while_realising_exits_143_and_the_next_run_deploys() {
     wait_until(&w, 120, "Nix to ask the cache for a NAR", || {
         w.faulty_cache.as_ref().unwrap().nar_requests() > 0
     });
-    // nsenter forks the agent: stop that child, and only it.
-    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", first.id())).unwrap();
-    let agent = children
-        .split_whitespace()
-        .next()
-        .expect("the agent runs under nsenter");
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", agent])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    let kill = w
+        .bed
+        .exec(&["sh", "-c", "kill -TERM \"$(cat /run/ferry-once.pid)\""]);
+    assert!(kill.status.success(), "{}", String::from_utf8_lossy(&kill.stderr));
     let out = first.wait_with_output().unwrap();
     let said = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(143), "{said}");
