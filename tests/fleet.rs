@@ -11,6 +11,10 @@
 //! `booted-system` links (and the shared D-Bus and journal sockets): the
 //! links point into `/var/lib/ferry-fleet/<host>/`, where that host's
 //! systems' `switch-to-configuration` records what it runs.
+//!
+//! The same fleet can follow a static mirror of the branch instead
+//! (`ferry-signer mirror`, kept up to date by a job standing in for CI's
+//! mirror workflow, served by nginx).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +26,7 @@ use ferry_test_support::forge::{Forge, Kind, TOKEN};
 use ferry_test_support::deploy_repo::GitDaemon;
 use ferry_test_support::git;
 use ferry_test_support::http::StaticServer;
+use ferry_test_support::nginx::{Access, Nginx};
 use ferry_test_support::nix::{self, Behaviour, Cache};
 use ferry_test_support::systemd::Testbed;
 
@@ -78,15 +83,62 @@ struct Fleet {
     systems: BTreeMap<(&'static str, &'static str), String>,
     _git: GitDaemon,
     _cache: StaticServer,
+    /// When the hosts follow a static mirror: its server and the job that
+    /// writes it.
+    mirror: Option<(Nginx, MirrorJob)>,
     bed: Testbed,
+}
+
+/// CI's mirror workflow, in miniature: writes the deploy branch into a
+/// static mirror whenever it moves, until dropped.
+struct MirrorJob {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MirrorJob {
+    fn start(repo: &Path, to: &Path) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, repo, to) = (stop.clone(), repo.to_owned(), to.to_owned());
+        let thread = std::thread::spawn(move || {
+            let store = ferry_signer::mirror::DirStore(to);
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Ok(r) = git2::Repository::open(&repo) {
+                    if r.find_reference("refs/heads/deploy").is_ok() {
+                        ferry_signer::mirror::update(&r, "deploy", &store).expect("the mirror is written");
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for MirrorJob {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Fleet {
     /// Builds every host's systems (`current`, which it runs at boot, and
     /// `a`, `b` in the cache; canary1 also `unhealthy`, which fails the
     /// health check), fills and serves the cache, boots the testbed and
-    /// starts the four agents.
+    /// starts the four agents, following the git server.
     fn start() -> Self {
+        Self::start_following(false)
+    }
+
+    /// [`Fleet::start`], the agents following a static mirror of the branch
+    /// when `mirror`.
+    fn start_following(mirror: bool) -> Self {
         let signer = ferry_test_support::workspace_binary("ferry-signer", "ferry-signer");
         let dir = tempfile::tempdir().unwrap();
         let seed = ferry_test_support::unique("f");
@@ -150,6 +202,16 @@ impl Fleet {
             &["init", "-q", "--bare", "-b", "main", repo.to_str().unwrap()],
         );
         let git_daemon = GitDaemon::start(dir.path());
+        let mirror = mirror.then(|| {
+            let www = dir.path().join("www");
+            std::fs::create_dir_all(&www).unwrap();
+            let job = MirrorJob::start(&repo, &www.join("deploy.git"));
+            (Nginx::serve(&www, &Access::Anyone, false).unwrap(), job)
+        });
+        let source_url = match &mirror {
+            Some((nginx, _)) => format!("{}/deploy.git", nginx.url()),
+            None => git_daemon.url("deploy.git"),
+        };
         let key = ferry_test_support::ssh_keygen(dir.path(), "release-key", "ed25519", "");
         let token = dir.path().join("forge-token");
         std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
@@ -193,7 +255,7 @@ api_url = "{forge}"
 repository = "ops/deploy"
 token_file = "/etc/ferry/forge-token"
 "#,
-                git = git_daemon.url("deploy.git"),
+                git = source_url,
                 cache = cache_server.url(),
                 key = cache.public_key,
                 forge = forge.api_url(),
@@ -241,6 +303,7 @@ token_file = "/etc/ferry/forge-token"
             systems,
             _git: git_daemon,
             _cache: cache_server,
+            mirror,
             bed,
         }
     }
@@ -526,4 +589,47 @@ fn a_fleet_rolls_out_in_waves_stops_at_a_failing_canary_and_resumes() {
         "1s",
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+/// The fleet following a static mirror of the deploy branch (nginx serving
+/// what the mirror job writes after every push): a rollout in waves goes
+/// through as from the git server, each host's polls of the unchanged
+/// mirror are answered 304, and each pack is downloaded once per host.
+#[test]
+fn a_fleet_follows_a_static_mirror_through_a_rollout() {
+    let fleet = Fleet::start_following(true);
+    let all_a = fleet.hosts_file("a.json", "a", &[]);
+    let out = fleet.signer(
+        &fleet
+            .rollout_args(&all_a)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", text(&out), fleet.journal());
+    for host in HOSTS {
+        assert_eq!(fleet.running(host), "a", "{host}");
+    }
+    assert_eq!(fleet.tip().serial, 3, "three waves, three releases");
+    let (nginx, _) = fleet.mirror.as_ref().unwrap();
+    let log = nginx.requests();
+    let polls = log.iter().filter(|r| r.target == "/deploy.git/info/refs").count();
+    let unchanged = log
+        .iter()
+        .filter(|r| r.target == "/deploy.git/info/refs" && r.status == 304)
+        .count();
+    assert!(
+        unchanged * 2 > polls,
+        "most polls found nothing new: {unchanged} of {polls}"
+    );
+    let packs: Vec<&str> = log
+        .iter()
+        .filter(|r| r.target.ends_with(".pack"))
+        .map(|r| r.target.as_str())
+        .collect();
+    let distinct: std::collections::BTreeSet<&str> = packs.iter().copied().collect();
+    assert!(
+        packs.len() <= distinct.len() * HOSTS.len(),
+        "no host downloaded a pack twice: {packs:#?}"
+    );
 }

@@ -313,3 +313,23 @@ fn hosts_behind_a_cdn_cost_the_origin_a_request_per_file() {
         "and the origin served it once: {reached:#?}"
     );
 }
+
+/// An agent started before the mirror is first written (its URL answers
+/// 404) reads it once it appears, without a restart: a server that cannot
+/// tell a mirror from a git server yet is asked again at the next poll.
+#[test]
+fn a_mirror_written_after_the_agent_started_is_read_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("www");
+    std::fs::create_dir_all(&root).unwrap();
+    let nginx = Nginx::serve(&root, &Access::Anyone, false).unwrap();
+    let s = source(dir.path(), &format!("{}/deploy.git", nginx.url()));
+    let e = s.remote_tip().unwrap_err();
+    assert!(e.to_string().contains("404"), "{e}");
+    let deploy = DeployRepo::new(dir.path());
+    let first = deploy.release("web1", WEB1_A);
+    publish(&deploy, &root);
+    let tip = s.remote_tip().unwrap();
+    assert_eq!(tip.to_string(), first);
+    s.fetch(tip).unwrap();
+}

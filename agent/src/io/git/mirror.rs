@@ -53,8 +53,9 @@ pub struct Mirror {
 /// Whether `url` serves a static mirror rather than git's smart protocol:
 /// asked the way git asks (`info/refs?service=git-upload-pack`), a smart
 /// server answers with its advertisement's content type, a static one with
-/// the plain `info/refs` file.
-pub fn is_static(url: &str, auth: Option<&HeaderValue>) -> Result<bool, MirrorFault> {
+/// the plain `info/refs` file. `None` when it cannot tell yet (anything
+/// but a 200: a mirror not written yet, a server down), to ask again later.
+pub fn is_static(url: &str, auth: Option<&HeaderValue>) -> Result<Option<bool>, MirrorFault> {
     let (timeout, limit) = time_left(LS_TIMEOUT)?;
     let mut request = client()?
         .get(format!(
@@ -67,15 +68,14 @@ pub fn is_static(url: &str, auth: Option<&HeaderValue>) -> Result<bool, MirrorFa
     }
     let response = request.send().map_err(|e| request_error(e, limit))?;
     if response.status().as_u16() != 200 {
-        // Not served either way: the smart transport names the problem.
-        return Ok(false);
+        return Ok(None);
     }
     let smart = response
         .headers()
         .get(reqwest::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|t| t.starts_with("application/x-git-upload-pack-advertisement"));
-    Ok(!smart)
+    Ok(Some(!smart))
 }
 
 impl Mirror {

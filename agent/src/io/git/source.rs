@@ -204,21 +204,28 @@ impl Source {
     }
 
     /// The mirror reader when `url` serves a static mirror, found out at the
-    /// first call (within `limit`) and kept; `None` for git's own protocols.
+    /// first call that can tell (within `limit`) and kept; `None` for git's
+    /// own protocols, and while the server cannot tell yet (a mirror not
+    /// written yet answers 404: the smart transport then names the
+    /// problem, and the next call asks again).
     fn mirror(&self, limit: Duration) -> Result<Option<&Mirror>, SourceError> {
         if let Some(known) = self.mirror.get() {
             return Ok(known.as_ref());
         }
-        let found = if self.url.starts_with("http://") || self.url.starts_with("https://") {
-            let token = self.token()?;
-            let auth = mirror::auth(token.as_deref().map(|t| t.as_str()))?;
-            let is_static = limits::with_deadline(limit, || mirror::is_static(&self.url, auth.as_ref()))
-                .map_err(|fault| self.mirror_fault(fault))?;
-            is_static.then(|| Mirror::new(&self.url))
-        } else {
-            None
-        };
-        Ok(self.mirror.get_or_init(|| found).as_ref())
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            return Ok(self.mirror.get_or_init(|| None).as_ref());
+        }
+        let token = self.token()?;
+        let auth = mirror::auth(token.as_deref().map(|t| t.as_str()))?;
+        let is_static = limits::with_deadline(limit, || mirror::is_static(&self.url, auth.as_ref()))
+            .map_err(|fault| self.mirror_fault(fault))?;
+        Ok(match is_static {
+            Some(is_static) => self
+                .mirror
+                .get_or_init(|| is_static.then(|| Mirror::new(&self.url)))
+                .as_ref(),
+            None => None,
+        })
     }
 
     fn mirror_fault(&self, fault: MirrorFault) -> SourceError {
