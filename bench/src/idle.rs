@@ -27,12 +27,7 @@ pub struct Params<'a> {
 }
 
 pub fn run(work: &Path, key: &ReleaseKey, repos: &Path, port: u16, p: &Params<'_>) -> Result<Vec<Row>> {
-    // The remote: one release that does not name this host, so the daemon's
-    // first poll fetches, verifies and refuses it, and every later poll finds
-    // the tip unchanged.
-    let repo = repos.join("idle.git");
-    fixtures::bare_repo(&repo)?;
-    key.publish(&repo, &fixtures::hosts(1, 0))?;
+    one_release(key, repos, "idle.git")?;
     let url = format!("git://127.0.0.1:{port}/idle.git");
     let m = follow(&work.join("idle"), key, &url, &url, p)?;
     let cpu_ms = m.cpu.as_secs_f64() * 1e3 / p.polls as f64;
@@ -84,9 +79,7 @@ pub fn run_mirror(
     port: u16,
     p: &Params<'_>,
 ) -> Result<Vec<Row>> {
-    let repo = repos.join("idle-mirrored.git");
-    fixtures::bare_repo(&repo)?;
-    key.publish(&repo, &fixtures::hosts(1, 0))?;
+    let repo = one_release(key, repos, "idle-mirrored.git")?;
     let www = work.join("idle-mirror-www");
     let git = git2::Repository::open(&repo)?;
     ferry_signer::mirror::update(
@@ -133,6 +126,17 @@ pub fn run_mirror(
             1024.0,
         ),
     ])
+}
+
+/// The remote both figures poll: a bare repository `repos/name` with one
+/// release that does not name the daemon's host, so its first poll
+/// fetches, verifies and refuses it, and every later poll finds the tip
+/// unchanged.
+fn one_release(key: &ReleaseKey, repos: &Path, name: &str) -> Result<std::path::PathBuf> {
+    let repo = repos.join(name);
+    fixtures::bare_repo(&repo)?;
+    key.publish(&repo, &fixtures::hosts(1, 0))?;
+    Ok(repo)
 }
 
 /// Runs `ferry-agent run` following `url` and measures its no-change polls,

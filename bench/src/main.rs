@@ -104,27 +104,23 @@ fn run() -> Result<()> {
     let git = fixtures::git_daemon(&repos)?;
     let mut rows = Vec::new();
 
+    let idle_params = idle::Params {
+        agent: &args.agent,
+        polls: args.polls,
+    };
     if wanted("B1") || wanted("B2") || wanted("B3") {
         eprintln!(
             "B1–B3: the daemon's no-change polls ({} polls, 1 s apart)",
             args.polls
         );
-        let p = idle::Params {
-            agent: &args.agent,
-            polls: args.polls,
-        };
-        rows.extend(idle::run(work, &key, &repos, git.port, &p)?);
+        rows.extend(idle::run(work, &key, &repos, git.port, &idle_params)?);
     }
     if wanted("B12") {
         eprintln!(
             "B12: the daemon's no-change polls of a static mirror ({} polls, 1 s apart)",
             args.polls
         );
-        let p = idle::Params {
-            agent: &args.agent,
-            polls: args.polls,
-        };
-        rows.extend(idle::run_mirror(work, &key, &repos, git.port, &p)?);
+        rows.extend(idle::run_mirror(work, &key, &repos, git.port, &idle_params)?);
     }
     let closure = if wanted("B4") || wanted("B7") || wanted("B10") {
         eprintln!("B4/B7/B10: building a 2,001-path closure and its signed cache");

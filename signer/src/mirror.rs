@@ -41,6 +41,16 @@ pub enum MirrorError {
     Git(#[from] git2::Error),
 }
 
+impl MirrorError {
+    /// A request to `url` in a bucket that failed with `detail`.
+    fn s3(url: &impl std::fmt::Display, detail: impl std::fmt::Display) -> Self {
+        Self::S3 {
+            url: url.to_string(),
+            detail: detail.to_string(),
+        }
+    }
+}
+
 /// What an update did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mirrored {
@@ -210,10 +220,7 @@ impl S3Store {
             p => format!("{p}/{rel}"),
         };
         let url = self.bucket.object_url(&key);
-        reqwest::Url::parse(&url).map_err(|e| MirrorError::S3 {
-            url,
-            detail: e.to_string(),
-        })
+        reqwest::Url::parse(&url).map_err(|e| MirrorError::s3(&url, e))
     }
 
     /// Sends a signed request; the response of a 2xx or a 404 (`None`).
@@ -224,43 +231,26 @@ impl S3Store {
         body: Option<&[u8]>,
     ) -> Result<Option<reqwest::blocking::Response>, MirrorError> {
         let url = self.url(rel)?;
-        let now = chrono::Utc::now();
-        let headers = match body {
-            Some(b) => crate::s3::sign_body(
-                method.as_str(),
-                &url,
-                &self.bucket.region,
-                "s3",
-                &self.credentials,
-                now,
-                b,
-            ),
-            None => crate::s3::sign(
-                method.as_str(),
-                &url,
-                &self.bucket.region,
-                "s3",
-                &self.credentials,
-                now,
-            ),
-        };
+        let headers = crate::s3::sign_body(
+            method.as_str(),
+            &url,
+            &self.bucket.region,
+            "s3",
+            &self.credentials,
+            chrono::Utc::now(),
+            body.unwrap_or_default(),
+        );
         let mut request = self.http.request(method, url.clone());
         for (name, value) in headers {
-            let mut value = reqwest::header::HeaderValue::from_str(&value).map_err(|e| MirrorError::S3 {
-                url: url.to_string(),
-                detail: e.to_string(),
-            })?;
+            let mut value =
+                reqwest::header::HeaderValue::from_str(&value).map_err(|e| MirrorError::s3(&url, e))?;
             value.set_sensitive(true);
             request = request.header(name, value);
         }
         if let Some(b) = body {
             request = request.body(b.to_vec());
         }
-        let failed = |detail: String| MirrorError::S3 {
-            url: url.to_string(),
-            detail,
-        };
-        let response = request.send().map_err(|e| failed(e.to_string()))?;
+        let response = request.send().map_err(|e| MirrorError::s3(&url, e))?;
         match response.status().as_u16() {
             200..=299 => Ok(Some(response)),
             404 => Ok(None),
@@ -270,7 +260,7 @@ impl S3Store {
                     .take(crate::s3::MAX_ERROR_BYTES as u64)
                     .read_to_end(&mut text);
                 let error = crate::s3::parse_error(&text);
-                Err(failed(format!("HTTP {code}: {error:?}")))
+                Err(MirrorError::s3(&url, format!("HTTP {code}: {error:?}")))
             }
         }
     }
@@ -281,15 +271,12 @@ impl Store for S3Store {
         let Some(response) = self.send(reqwest::Method::GET, rel, None)? else {
             return Ok(None);
         };
-        let url = self.url(rel)?.to_string();
+        let url = response.url().clone();
         let mut bytes = Vec::new();
         response
             .take(MAX_INDEX_BYTES as u64 + 1)
             .read_to_end(&mut bytes)
-            .map_err(|e| MirrorError::S3 {
-                url,
-                detail: e.to_string(),
-            })?;
+            .map_err(|e| MirrorError::s3(&url, e))?;
         Ok(Some(bytes))
     }
 
@@ -300,10 +287,7 @@ impl Store for S3Store {
     fn write(&self, rel: &str, bytes: &[u8]) -> Result<(), MirrorError> {
         match self.send(reqwest::Method::PUT, rel, Some(bytes))? {
             Some(_) => Ok(()),
-            None => Err(MirrorError::S3 {
-                url: self.url(rel)?.to_string(),
-                detail: "HTTP 404: no such bucket".into(),
-            }),
+            None => Err(MirrorError::s3(&self.url(rel)?, "HTTP 404: no such bucket")),
         }
     }
 

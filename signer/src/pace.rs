@@ -80,6 +80,24 @@ impl fmt::Display for Pace {
     }
 }
 
+/// What the fleet commands last told of their pace, so that each change
+/// is said once: the first read slower than asked, and the return to the
+/// asked pace.
+#[derive(Debug, Default)]
+pub struct Told {
+    stretched: bool,
+}
+
+impl Told {
+    /// `pace`, when it is news.
+    pub fn news<'p>(&mut self, pace: &'p Pace) -> Option<&'p Pace> {
+        let stretched = matches!(pace, Pace::Stretched { .. });
+        let news = stretched != self.stretched;
+        self.stretched = stretched;
+        news.then_some(pace)
+    }
+}
+
 /// The pace after a read that cost `cost`, at `now`, when `asked` is the
 /// interval asked for: reads spaced so that, repeated until the budget's
 /// reset, they spend at most 1/[`SHARE`] of what remains. A read that cost

@@ -14,8 +14,6 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-/// SHA-256 of the empty payload (GET and HEAD carry none).
-const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 /// An S3 error document longer than this is not read.
 pub const MAX_ERROR_BYTES: usize = 64 << 10;
 
@@ -288,15 +286,11 @@ pub fn sign(
     credentials: &AwsCredentials,
     now: DateTime<Utc>,
 ) -> Vec<(&'static str, Zeroizing<String>)> {
-    let payload = Payload {
-        extra: &[],
-        sha256: EMPTY_SHA256,
-    };
-    sign_with(method, url, (region, service), credentials, now, &payload)
+    sign_body(method, url, region, service, credentials, now, &[])
 }
 
 /// The headers that sign a request of `url` carrying `body` (a PUT) at
-/// `now`, as [`sign`] does for one without. Pure.
+/// `now`, as [`sign`] does for one without (whose body is empty). Pure.
 pub fn sign_body(
     method: &str,
     url: &reqwest::Url,
@@ -461,6 +455,9 @@ pub fn parse_error(body: &[u8]) -> S3ErrorBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// SHA-256 of the empty payload (GET and HEAD carry none).
+    const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
     fn creds(id: &str, secret: &str) -> AwsCredentials {
         AwsCredentials {

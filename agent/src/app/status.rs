@@ -30,6 +30,16 @@ pub struct Waiting {
     pub what: String,
 }
 
+/// How [`note_pass`] words a fault being retried.
+const RETRYING: &str = "retrying: ";
+
+impl Waiting {
+    /// A fault being retried, rather than a release that waits.
+    pub fn is_fault(&self) -> bool {
+        self.what.starts_with(RETRYING)
+    }
+}
+
 /// Notes what a pass found, for `status`: a release that waits, or a fault
 /// being retried (`Err` with its words). A pass that found the tip
 /// unchanged (`UpToDate`) keeps what an earlier pass noted, with its time;
@@ -44,7 +54,7 @@ pub fn note_pass(state_dir: &Path, pass: Result<&Pass, String>, now: DateTime<Ut
             let _ = std::fs::remove_file(&path);
             return;
         }
-        Err(words) => format!("retrying: {words}"),
+        Err(words) => format!("{RETRYING}{words}"),
     };
     // The same words again keep their first time.
     if read_waiting(state_dir).is_some_and(|w| w.what == what) {
@@ -150,14 +160,10 @@ impl StatusReport {
         if let Some(w) = &self.waiting {
             // A fault being retried is dated from its first sighting, which
             // survives restarts; anything else from when it was first noted.
-            let since = match &self.state.fault {
-                Some(f) if w.what.starts_with("retrying") => f.since,
-                _ => w.since,
-            };
-            let label = if w.what.starts_with("retrying") {
-                "fault"
-            } else {
-                "waiting"
+            let (label, since) = match &self.state.fault {
+                _ if !w.is_fault() => ("waiting", w.since),
+                Some(f) => ("fault", f.since),
+                None => ("fault", w.since),
             };
             line(
                 &mut out,

@@ -606,18 +606,16 @@ mod tests {
         }
     }
 
-    /// Every state this agent can be in, with everything a newer format
-    /// added: sightings, statuses, an approval tip and each phase.
-    fn every_kind_of_state() -> Vec<State> {
-        let to: StorePath = "/nix/store/1c0mb5j1x3dg5bf3wk3jh4xyz6p4s3ld-nixos-system-web1"
-            .parse()
-            .unwrap();
-        let mut states = vec![State::default(), sample()];
-        for phase in [
+    /// Every phase, rolling back to `to`.
+    fn every_phase(to: &StorePath) -> Vec<Phase> {
+        vec![
             Phase::Realising,
             Phase::Switching,
             Phase::Checking {
                 switch: SwitchResult::Failed { code: 4 },
+            },
+            Phase::Checking {
+                switch: SwitchResult::RebootRequired,
             },
             Phase::RollingBack {
                 to: to.clone(),
@@ -631,7 +629,17 @@ mod tests {
                     .parse()
                     .unwrap(),
             },
-        ] {
+        ]
+    }
+
+    /// Every state this agent can be in, with everything a newer format
+    /// added: sightings, statuses, an approval tip and each phase.
+    fn every_kind_of_state() -> Vec<State> {
+        let to: StorePath = "/nix/store/1c0mb5j1x3dg5bf3wk3jh4xyz6p4s3ld-nixos-system-web1"
+            .parse()
+            .unwrap();
+        let mut states = vec![State::default(), sample()];
+        for phase in every_phase(&to) {
             let mut state = sample();
             let flight = state.in_flight.as_mut().unwrap();
             flight.phase = phase;
@@ -919,28 +927,7 @@ mod tests {
         let to: StorePath = "/nix/store/1c0mb5j1x3dg5bf3wk3jh4xyz6p4s3ld-nixos-system-web1"
             .parse()
             .unwrap();
-        for phase in [
-            Phase::Realising,
-            Phase::Switching,
-            Phase::Checking {
-                switch: SwitchResult::Failed { code: 4 },
-            },
-            Phase::Checking {
-                switch: SwitchResult::RebootRequired,
-            },
-            Phase::RollingBack {
-                to: to.clone(),
-                problem: "failed units: nginx.service".into(),
-            },
-            Phase::AwaitingReboot {
-                at: DateTime::from_timestamp(1_800_000_600, 0).unwrap(),
-            },
-            Phase::Rebooting {
-                boot: "4b1c0f6e-8a8e-4c57-a7f3-0d5b1c1d2e3f/1800000000000000"
-                    .parse()
-                    .unwrap(),
-            },
-        ] {
+        for phase in every_phase(&to) {
             let mut state = sample();
             let flight = state.in_flight.as_mut().unwrap();
             flight.phase = phase.clone();

@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use chrono::Utc;
 use ferry_signer::fleet::HostOutcome;
 use ferry_signer::forge::{ForgeClient, ForgeError, NewStatus, ReadCost, StatusState};
-use ferry_signer::pace::{self, Pace};
+use ferry_signer::pace::{self, Told};
 use ferry_signer::plan::{Plan, Wave, MAX_PLAN_BYTES};
 use ferry_signer::publish::{self, ReleaseChanges};
 use ferry_signer::rollout::{next_step, wave_entries, Step};
@@ -97,7 +97,7 @@ pub fn run(args: Args) -> Result<Outcome> {
         shown: None,
         unreachable_since: None,
         limited_since: None,
-        stretched: false,
+        told: Told::default(),
     };
     let mut released_this_run = false;
     loop {
@@ -230,8 +230,8 @@ struct Rollout<'a> {
     unreachable_since: Option<Instant>,
     /// Since when the forge has been rate-limiting every read.
     limited_since: Option<Instant>,
-    /// Whether the last pace told was slower than asked.
-    stretched: bool,
+    /// The pace last told.
+    told: Told,
 }
 
 impl Rollout<'_> {
@@ -270,10 +270,8 @@ impl Rollout<'_> {
     /// or slower to fit the token's budget, said when that changes.
     fn pace(&mut self, asked: Duration, cost: &ReadCost) -> Duration {
         let pace = pace::pace(asked, cost, Utc::now());
-        let stretched = matches!(pace, Pace::Stretched { .. });
-        if stretched != self.stretched {
-            println!("{pace}");
-            self.stretched = stretched;
+        if let Some(news) = self.told.news(&pace) {
+            println!("{news}");
         }
         pace.interval()
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use ferry_signer::fleet::{judge, Counts, HostOutcome, HostView, Progress};
 use ferry_signer::forge::{ForgeClient, ForgeError};
-use ferry_signer::pace::{pace, Pace};
+use ferry_signer::pace::{pace, Pace, Told};
 use ferry_signer::HostName;
 
 use super::status::Target;
@@ -164,8 +164,8 @@ pub struct Waiter {
     last: Option<Counts>,
     failed: BTreeSet<HostName>,
     unreachable: Option<String>,
-    /// Whether the last pace told was slower than asked.
-    stretched: bool,
+    /// The pace last told.
+    told: Told,
     drawn: bool,
 }
 
@@ -177,7 +177,7 @@ impl Waiter {
             last: None,
             failed: BTreeSet::new(),
             unreachable: None,
-            stretched: false,
+            told: Told::default(),
             drawn: false,
         }
     }
@@ -265,10 +265,8 @@ impl Waiter {
     /// Says when the reads slow down to fit the token's budget, and when
     /// they are back to the asked pace.
     pub fn pace(&mut self, pace: &Pace) {
-        let stretched = matches!(pace, Pace::Stretched { .. });
-        if stretched != self.stretched {
-            self.line(&pace.to_string());
-            self.stretched = stretched;
+        if let Some(news) = self.told.news(pace) {
+            self.line(&news.to_string());
         }
     }
 

@@ -215,8 +215,7 @@ impl Source {
         if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
             return Ok(self.mirror.get_or_init(|| None).as_ref());
         }
-        let token = self.token()?;
-        let auth = mirror::auth(token.as_deref().map(|t| t.as_str()))?;
+        let auth = self.mirror_auth()?;
         let is_static = limits::with_deadline(limit, || mirror::is_static(&self.url, auth.as_ref()))
             .map_err(|fault| self.mirror_fault(fault))?;
         Ok(match is_static {
@@ -226,6 +225,13 @@ impl Source {
                 .as_ref(),
             None => None,
         })
+    }
+
+    /// The `Authorization` a mirror is asked with: the token, as the smart
+    /// transport sends it, read afresh.
+    fn mirror_auth(&self) -> Result<Option<reqwest::header::HeaderValue>, SourceError> {
+        let token = self.token()?;
+        Ok(mirror::auth(token.as_deref().map(|t| t.as_str()))?)
     }
 
     fn mirror_fault(&self, fault: MirrorFault) -> SourceError {
@@ -248,8 +254,7 @@ impl Source {
     /// static mirror, one conditional GET of `info/refs`), no objects.
     pub fn remote_tip(&self) -> Result<Oid, SourceError> {
         if let Some(mirror) = self.mirror(self.deadlines.0)? {
-            let token = self.token()?;
-            let auth = mirror::auth(token.as_deref().map(|t| t.as_str()))?;
+            let auth = self.mirror_auth()?;
             return limits::with_deadline(self.deadlines.0, || mirror.tip(&self.branch, auth.as_ref()))
                 .map_err(|fault| self.mirror_fault(fault));
         }
@@ -283,8 +288,7 @@ impl Source {
             return Ok(());
         }
         if let Some(mirror) = self.mirror(self.deadlines.0)? {
-            let token = self.token()?;
-            let auth = mirror::auth(token.as_deref().map(|t| t.as_str()))?;
+            let auth = self.mirror_auth()?;
             limits::with_deadline(self.deadlines.1, || mirror.fetch(&self.repo, auth.as_ref()))
                 .map_err(|fault| self.mirror_fault(fault))?;
             // A mirror's packs are whatever it serves: the commit, its tree
