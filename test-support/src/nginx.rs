@@ -344,8 +344,12 @@ http {{
     /// request to each server is answered first, so everything answered
     /// before this call is in the log.
     pub fn requests(&self) -> Vec<Logged> {
-        let marker = format!("/ferry-log-marker-{}", std::process::id());
-        for address in self.addresses() {
+        // One marker per call: an earlier call's markers prove nothing.
+        static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let marker = format!("/ferry-log-marker-{}-{call}", std::process::id());
+        let addresses = self.addresses();
+        for address in &addresses {
             if let Ok(mut s) = TcpStream::connect(address) {
                 let _ = write!(s, "GET {marker} HTTP/1.0\r\n\r\n");
                 let _ = s.read_to_end(&mut Vec::new());
@@ -357,7 +361,7 @@ http {{
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             let lines: Vec<Logged> = text.lines().filter_map(parse_line).collect();
             let markers = lines.iter().filter(|l| l.target == marker).count();
-            if markers >= 2 || Instant::now() > deadline {
+            if markers >= addresses.len() || Instant::now() > deadline {
                 return lines
                     .into_iter()
                     .filter(|l| !l.target.starts_with("/ferry-log-marker-"))
