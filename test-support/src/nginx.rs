@@ -242,6 +242,38 @@ impl Nginx {
         Self::launch(dir, &servers, &extra, port, mirror_port)
     }
 
+    /// A plain proxy in front of `origin` (an `http://host:port` URL) that
+    /// keeps nothing and passes the client's `Host` on, so requests signed
+    /// for the proxy's address (SigV4 signs the host) still verify at the
+    /// origin; its log shows every request that went through.
+    pub fn log_in_front(origin: &str) -> Result<Self, NginxError> {
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-nginx-proxy")
+            .tempdir()
+            .map_err(io("creating nginx's directory"))?;
+        for sub in ["tmp", "logs"] {
+            let path = dir.path().join(sub);
+            std::fs::create_dir(&path).map_err(io(format!("creating {}", path.display())))?;
+        }
+        let (port, mirror_port) = (crate::free_port(), crate::free_port());
+        let servers = format!(
+            r#"  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass {origin};
+      proxy_set_header Host $http_host;
+      proxy_buffering off;
+    }}
+  }}
+  server {{
+    listen 127.0.0.2:{mirror_port};
+    return 404;
+  }}
+"#
+        );
+        Self::launch(dir, &servers, "", port, mirror_port)
+    }
+
     /// Writes the configuration (`servers` and `extra` http-level lines
     /// around the shared settings), starts nginx and waits until both
     /// ports listen.
