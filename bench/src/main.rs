@@ -15,6 +15,8 @@
 //! - [`private_cache`]: B10, B4 from a cache behind HTTP Basic auth (nginx)
 //!   vs `nix-store -r` with a `netrc-file`.
 //! - [`approvals`]: B11, verifying a tip with two approvals vs the release alone.
+//! - [`mirror`]: B13–B14, a rollout of 10,000 hosts from a static mirror
+//!   behind a CDN, as the origin pays it; one host's fetch vs `git fetch`.
 //! - [`report`]: the table, statistics, the machine line.
 
 mod approvals;
@@ -23,6 +25,7 @@ mod fixtures;
 mod fleet;
 mod history;
 mod idle;
+mod mirror;
 mod private_cache;
 mod report;
 mod signing;
@@ -168,6 +171,15 @@ fn run() -> Result<()> {
             runs: runs(9),
         };
         rows.extend(fleet::run(work, &key, &repos, &p)?);
+    }
+    if wanted("B13") || wanted("B14") {
+        eprintln!("B13–B14: a rollout of 10,000 hosts from a static mirror behind a CDN");
+        let p = mirror::Params {
+            hosts: 10_000,
+            runs: runs(9),
+            clients: 8,
+        };
+        rows.extend(mirror::run(work, &key, &repos, git.port, &p)?);
     }
     if wanted("B11") {
         eprintln!("B11: verifying a tip with approvals vs the release alone");

@@ -367,6 +367,11 @@ http {{
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// nginx's process (one: no master, one worker), for its CPU time.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The mirror's URL, as the redirects name it.
     pub fn mirror_url(&self) -> String {
         format!("http://127.0.0.2:{}", self.mirror_port)
