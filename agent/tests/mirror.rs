@@ -186,8 +186,9 @@ fn damaged_mirrors_are_refused_naming_the_file_and_retried() {
     assert!(e.contains("info/refs: line 1: expected"), "{e}");
 }
 
-/// Hostile servers: an endless info/refs is cut at its cap, a redirect to
-/// another host is refused, a missing branch is named.
+/// Hostile servers: an endless info/refs is cut at its cap, a dripping one
+/// at the total deadline, a redirect to another host is refused, a missing
+/// branch is named.
 #[test]
 fn hostile_mirror_servers_are_bounded() {
     let dir = tempfile::tempdir().unwrap();
@@ -226,6 +227,32 @@ fn hostile_mirror_servers_are_bounded() {
             .to_string()
     });
     assert!(e.contains("another host"), "{e}");
+
+    // A byte at a time, each read answered: cut by the tip check's total
+    // deadline (shortened here), not by a timeout per read.
+    let dripping = hostile_server(|request, s| {
+        if request.contains("service=git-upload-pack") {
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n\r\n")?;
+            return Ok(());
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100000\r\n\r\n")?;
+        loop {
+            s.write_all(b"0")?;
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    });
+    let path = dir.path().to_owned();
+    let e = within("a dripping info/refs", move || {
+        source(&path, &format!("http://127.0.0.1:{dripping}/deploy.git"))
+            .with_deadlines(
+                std::time::Duration::from_secs(3),
+                std::time::Duration::from_secs(3),
+            )
+            .remote_tip()
+            .unwrap_err()
+            .to_string()
+    });
+    assert!(e.contains("deploy.git") && e.contains("3s"), "{e}");
 
     let root = dir.path().join("www");
     let deploy = DeployRepo::new(dir.path());
