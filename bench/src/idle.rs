@@ -29,8 +29,18 @@ pub struct Params<'a> {
 pub fn run(work: &Path, key: &ReleaseKey, repos: &Path, port: u16, p: &Params<'_>) -> Result<Vec<Row>> {
     one_release(key, repos, "idle.git")?;
     let url = format!("git://127.0.0.1:{port}/idle.git");
-    let m = follow(&work.join("idle"), key, &url, &url, p)?;
+    let m = follow(&work.join("idle"), key, &url, &url, "", p)?;
     let cpu_ms = m.cpu.as_secs_f64() * 1e3 / p.polls as f64;
+    // The same daemon with metrics on: the textfile written after every
+    // poll, the endpoint listening (scraped by nobody meanwhile).
+    let metrics = work.join("idle-metrics");
+    let with_metrics = format!(
+        "[metrics]\ntextfile_dir = \"{}\"\nlisten = \"127.0.0.1:{}\"\n",
+        metrics.join("textfile").display(),
+        ferry_test_support::free_port()
+    );
+    let mm = follow(&metrics, key, &url, &url, &with_metrics, p)?;
+    let metrics_cpu_ms = mm.cpu.as_secs_f64() * 1e3 / p.polls as f64;
     Ok(vec![
         Row::ratio(
             "B1",
@@ -54,6 +64,16 @@ pub fn run(work: &Path, key: &ReleaseKey, repos: &Path, port: u16, p: &Params<'_
                 p.polls, m.tick_ms
             ),
             cpu_ms,
+            "ms",
+            2.0,
+        ),
+        Row::absolute(
+            "B2′",
+            &format!(
+                "the same with metrics on (textfile written every poll, endpoint listening; {} against {} ticks without)",
+                mm.cpu_ticks, m.cpu_ticks
+            ),
+            metrics_cpu_ms,
             "ms",
             2.0,
         ),
@@ -92,7 +112,7 @@ pub fn run_mirror(
     let mirror_url = format!("{}/idle.git", nginx.url());
     let baseline = format!("git://127.0.0.1:{port}/idle-mirrored.git");
     let before = nginx.requests().len();
-    let m = follow(&work.join("idle-mirror"), key, &mirror_url, &baseline, p)?;
+    let m = follow(&work.join("idle-mirror"), key, &mirror_url, &baseline, "", p)?;
     let polls: Vec<_> = nginx.requests()[before..]
         .iter()
         .filter(|r| r.target == "/idle.git/info/refs" && r.status == 304)
@@ -141,7 +161,16 @@ fn one_release(key: &ReleaseKey, repos: &Path, name: &str) -> Result<std::path::
 
 /// Runs `ferry-agent run` following `url` and measures its no-change polls,
 /// with `git ls-remote` of `baseline` between them.
-fn follow(dir: &Path, key: &ReleaseKey, url: &str, baseline: &str, p: &Params<'_>) -> Result<Measured> {
+/// Runs the daemon on `url` (`extra`: more configuration sections) and
+/// measures its no-change polls against `git ls-remote` of `baseline`.
+fn follow(
+    dir: &Path,
+    key: &ReleaseKey,
+    url: &str,
+    baseline: &str,
+    extra: &str,
+    p: &Params<'_>,
+) -> Result<Measured> {
     std::fs::create_dir_all(dir.join("profiles"))?;
     let config = dir.join("agent.toml");
     std::fs::write(
@@ -162,7 +191,7 @@ trusted_public_keys = ["bench-cache-1:{zero_key}"]
 profile = "{profiles}/system"
 [report]
 forge = "none"
-"#,
+{extra}"#,
             state = dir.join("state").display(),
             signers = key.allowed_signers_file.display(),
             profiles = dir.join("profiles").display(),
@@ -214,6 +243,7 @@ struct Measured {
     /// The least any client can spend: one request, the advertisement read.
     floor: Vec<Duration>,
     cpu: Duration,
+    cpu_ticks: u64,
     tick_ms: u64,
     rss_kib: u64,
     hwm_kib: u64,
@@ -273,6 +303,7 @@ fn measure(pid: u32, polls: &mpsc::Receiver<Duration>, url: &str, n: usize) -> R
         ls_remote,
         floor,
         cpu: Duration::from_millis((cpu1 - cpu0) * tick_ms),
+        cpu_ticks: cpu1 - cpu0,
         tick_ms,
         rss_kib,
         hwm_kib,
