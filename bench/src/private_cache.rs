@@ -3,8 +3,11 @@
 //! Nix's format holds the credentials. The agent's path — fetch → verify →
 //! select → preflight with the netrc → realise through its loopback relay
 //! (`realise_via_relay`, the live code) — against `nix-store -r` reading the
-//! same cache itself with the same netrc (`--option netrc-file`). Every run
-//! starts with the closure deleted and Nix's narinfo disk cache empty.
+//! same cache itself with the same netrc (`--option netrc-file`). B10′: the
+//! same behind a bearer token (Attic's and Cachix's way), which Nix cannot
+//! send: its baseline is `nix-store -r` of the same cache served openly.
+//! Every run starts with the closure deleted and Nix's narinfo disk cache
+//! empty.
 
 use std::path::Path;
 use std::process::Command;
@@ -28,6 +31,15 @@ pub struct Params {
     pub runs: usize,
 }
 
+/// How the cache is guarded.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Guard {
+    /// HTTP Basic from a netrc, which Nix reads too.
+    Basic,
+    /// `Authorization: Bearer`, which Nix cannot send.
+    Bearer,
+}
+
 pub fn run(
     work: &Path,
     key: &ReleaseKey,
@@ -35,16 +47,46 @@ pub fn run(
     git_port: u16,
     fx: &ClosureFixture,
     p: &Params,
+    guard: Guard,
 ) -> Result<Vec<Row>> {
-    let access = Access::Basic {
-        user: "deploy".into(),
-        password: "bench-secret".into(),
+    let access = match guard {
+        Guard::Basic => Access::Basic {
+            user: "deploy".into(),
+            password: "bench-secret".into(),
+        },
+        Guard::Bearer => Access::Bearer {
+            token: "bench-token".into(),
+            forbidden: None,
+        },
     };
     let nginx = Nginx::serve(&fx.cache.dir, &access, false).context("starting nginx")?;
     let netrc = work.join("netrc");
     std::fs::write(&netrc, "machine 127.0.0.1 login deploy password bench-secret\n")?;
+    let token = work.join("bearer-token");
+    std::fs::write(&token, "bench-token\n")?;
+    // What Nix reads for the baseline: the guarded cache with the netrc,
+    // or (bearer) the same cache served openly.
+    let open = match guard {
+        Guard::Basic => None,
+        Guard::Bearer => Some(Nginx::serve(&fx.cache.dir, &Access::Anyone, false).context("starting nginx")?),
+    };
+    let baseline_url = open.as_ref().unwrap_or(&nginx).url();
+    let credentials = match guard {
+        Guard::Basic => CacheCredentials {
+            netrc_file: Some(netrc.clone()),
+            ..Default::default()
+        },
+        Guard::Bearer => CacheCredentials {
+            bearer_token_files: [("127.0.0.1".to_owned(), token.clone())].into(),
+            ..Default::default()
+        },
+    };
+    let name = match guard {
+        Guard::Basic => "private",
+        Guard::Bearer => "private-bearer",
+    };
 
-    let (host, url) = crate::closure::one_host_release(repos, "private", key, git_port, fx)?;
+    let (host, url) = crate::closure::one_host_release(repos, name, key, git_port, fx)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -54,30 +96,37 @@ pub fn run(
         host: &host,
         fx,
         cache: nginx.url(),
-        netrc: &netrc,
+        credentials,
     };
     let (agent, baseline) = crate::closure::paired_runs(
         fx,
         p.runs,
         |i| {
-            let dir = work.join(format!("private/agent-{i}"));
+            let dir = work.join(format!("{name}/agent-{i}"));
             let t = runtime.block_on(agent_side.run(&dir))?;
             std::fs::remove_dir_all(&dir)?;
             Ok(t)
         },
         || {
             let start = Instant::now();
-            fixtures::run(
-                Command::new("nix-store")
-                    .args(["-r", &fx.toplevel])
-                    .args(["--option", "substituters", &nginx.url()])
-                    .args(["--option", "trusted-public-keys", &fx.cache.public_key])
-                    .arg("--option")
-                    .arg("netrc-file")
-                    .arg(&netrc),
-            )?;
+            let mut nix = Command::new("nix-store");
+            nix.args(["-r", &fx.toplevel])
+                .args(["--option", "substituters", &baseline_url])
+                .args(["--option", "trusted-public-keys", &fx.cache.public_key]);
+            if guard == Guard::Basic {
+                nix.arg("--option").arg("netrc-file").arg(&netrc);
+            }
+            fixtures::run(&mut nix)?;
             let t = start.elapsed();
-            eprintln!("  nix-store -r with the netrc: {}", fmt_duration(t));
+            eprintln!(
+                "  nix-store -r ({}): {}",
+                if open.is_some() {
+                    "the open cache"
+                } else {
+                    "with the netrc"
+                },
+                fmt_duration(t)
+            );
             Ok(t)
         },
     )?;
@@ -86,18 +135,32 @@ pub fn run(
     if denied > 0 {
         bail!("nginx refused {denied} requests: the credentials were not sent");
     }
-    Ok(vec![Row::ratio(
-        "B10",
-        &format!(
-            "new release detected → closure present from a private cache (nginx, HTTP Basic from a netrc), {}-path closure (median of {})",
-            fx.paths.len(),
-            p.runs
+    Ok(vec![match guard {
+        Guard::Basic => Row::ratio(
+            "B10",
+            &format!(
+                "new release detected → closure present from a private cache (nginx, HTTP Basic from a netrc), {}-path closure (median of {})",
+                fx.paths.len(),
+                p.runs
+            ),
+            median(&agent),
+            median(&baseline),
+            "`nix-store -r` with `netrc-file`",
+            1.25,
         ),
-        median(&agent),
-        median(&baseline),
-        "`nix-store -r` with `netrc-file`",
-        1.25,
-    )])
+        Guard::Bearer => Row::ratio(
+            "B10′",
+            &format!(
+                "the same behind a bearer token (nginx), {}-path closure (median of {})",
+                fx.paths.len(),
+                p.runs
+            ),
+            median(&agent),
+            median(&baseline),
+            "`nix-store -r` of the same cache served openly: Nix cannot send a bearer token",
+            1.25,
+        ),
+    }])
 }
 
 /// The agent's side of one run.
@@ -107,7 +170,7 @@ struct Agent<'a> {
     host: &'a HostName,
     fx: &'a ClosureFixture,
     cache: String,
-    netrc: &'a Path,
+    credentials: CacheCredentials,
 }
 
 impl Agent<'_> {
@@ -116,14 +179,10 @@ impl Agent<'_> {
     async fn run(&self, dir: &Path) -> Result<Duration> {
         let source = Source::open(&dir.join("deploy.git"), self.url, BRANCH, None)?;
         let trusted: CachePublicKey = self.fx.cache.public_key.parse()?;
-        let credentials = CacheCredentials {
-            netrc_file: Some(self.netrc.to_owned()),
-            ..Default::default()
-        };
         let caches = BinaryCaches::with_credentials(
             std::slice::from_ref(&self.cache),
             std::slice::from_ref(&trusted),
-            credentials,
+            self.credentials.clone(),
         );
         let store = Store {
             profile: dir.join("profile"),
