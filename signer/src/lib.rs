@@ -28,6 +28,9 @@
 //!   outcomes, counts, and the waiter's decision.
 //! - [`mirror`]: the deploy branch as a static mirror (git's dumb HTTP
 //!   layout) for web servers, buckets and CDNs.
+//! - [`receipt`]: host receipts: the signed document, the pinned host keys,
+//!   the verdict on a receipt read back; [`receipt_bucket`]: the bucket
+//!   they are kept in, listed and read.
 //! - [`s3`]: S3 as both programs speak it: `s3://` URLs, AWS Signature
 //!   Version 4, credentials from the standard places, error documents.
 //! - [`pace`]: how often the fleet commands read the forge, to fit the
@@ -50,6 +53,8 @@ pub mod plan;
 pub mod publish;
 pub mod release;
 pub mod rollout;
+pub mod receipt;
+pub mod receipt_bucket;
 pub mod s3;
 pub mod ssh_agent;
 pub mod sshsig;
