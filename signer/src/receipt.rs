@@ -113,7 +113,10 @@ impl Receipt {
             Some((n, other)) => {
                 return Err(bad(
                     n,
-                    format!("`{}` is not `{MAGIC}`: not a Ferry receipt, or a newer format", printable(other)),
+                    format!(
+                        "`{}` is not `{MAGIC}`: not a Ferry receipt, or a newer format",
+                        printable(other)
+                    ),
                 ))
             }
             None => return Err(bad(1, "empty".into())),
@@ -146,7 +149,10 @@ impl Receipt {
         let state = StatusState::parse(state).ok_or_else(|| {
             bad(
                 n,
-                format!("state `{}` is not pending, success, failure or error", printable(state)),
+                format!(
+                    "state `{}` is not pending, success, failure or error",
+                    printable(state)
+                ),
             )
         })?;
         let (n, time) = field("time")?;
@@ -174,7 +180,10 @@ impl Receipt {
             ));
         }
         if let Some((n, extra)) = lines.next() {
-            return Err(bad(n, format!("unexpected `{}` after the description", printable(extra))));
+            return Err(bad(
+                n,
+                format!("unexpected `{}` after the description", printable(extra)),
+            ));
         }
         Ok(Self {
             release,
@@ -197,6 +206,38 @@ impl Receipt {
         object.extend_from_slice(armor.as_bytes());
         Ok(object)
     }
+}
+
+/// Why a host key cannot sign receipts. Never holds the key's contents.
+#[derive(Debug, thiserror::Error)]
+pub enum HostKeyError {
+    #[error("cannot read the host key {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the host key {path} is not an OpenSSH private key ({detail})")]
+    NotAKey { path: String, detail: String },
+    #[error("the host key {path} is encrypted; host keys are not: name the host's own key")]
+    Encrypted { path: String },
+}
+
+/// The host's private SSH key at `path` (unencrypted, as host keys are).
+pub fn load_host_key(path: &Path) -> Result<ssh_key::PrivateKey, HostKeyError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| HostKeyError::Read {
+        path: name.clone(),
+        source,
+    })?;
+    let key = ssh_key::PrivateKey::from_openssh(text.trim()).map_err(|e| HostKeyError::NotAKey {
+        path: name.clone(),
+        detail: e.to_string(),
+    })?;
+    if key.is_encrypted() {
+        return Err(HostKeyError::Encrypted { path: name });
+    }
+    Ok(key)
 }
 
 /// The object key of `host`'s receipt for `release` under `prefix`.
@@ -251,7 +292,11 @@ pub enum HostKeysError {
     #[error("the host-keys file {path} is larger than {MAX_HOST_KEYS_BYTES} bytes")]
     TooLarge { path: String },
     #[error("host-keys file {path}, line {line}: {problem}")]
-    Line { path: String, line: usize, problem: String },
+    Line {
+        path: String,
+        line: usize,
+        problem: String,
+    },
 }
 
 impl HostKeys {
@@ -291,7 +336,8 @@ impl HostKeys {
                 continue;
             }
             let mut fields = line.split_whitespace();
-            let (Some(hosts), Some(kind), Some(base64)) = (fields.next(), fields.next(), fields.next()) else {
+            let (Some(hosts), Some(kind), Some(base64)) = (fields.next(), fields.next(), fields.next())
+            else {
                 return Err((
                     n,
                     "expected `<host> <key type> <base64 key>` (as ssh-keyscan prints it)".into(),
@@ -501,8 +547,16 @@ mod tests {
     fn bad_documents_name_the_line() {
         let good = receipt("web1", StatusState::Pending).render();
         let cases = [
-            (good.replace("ferry-receipt 1", "ferry-receipt 2"), 1, "not a Ferry receipt"),
-            (good.replace("state pending", "state done"), 5, "not pending, success"),
+            (
+                good.replace("ferry-receipt 1", "ferry-receipt 2"),
+                1,
+                "not a Ferry receipt",
+            ),
+            (
+                good.replace("state pending", "state done"),
+                5,
+                "not pending, success",
+            ),
             (good.replace("host web1", "host web 1"), 4, "not a host name"),
             (good.replace("time 2026", "time 1926x"), 6, "RFC 3339"),
             (good.replace("source 1111", "source zzzz"), 3, "not a commit id"),
@@ -521,7 +575,10 @@ mod tests {
         }
         assert!(Receipt::parse(good.trim_end()).is_err());
         assert!(Receipt::parse(&good[..good.len() / 2]).is_err());
-        assert_eq!(Receipt::parse(&"x".repeat(MAX_RECEIPT_BYTES + 1)), Err(DocumentError::TooLong));
+        assert_eq!(
+            Receipt::parse(&"x".repeat(MAX_RECEIPT_BYTES + 1)),
+            Err(DocumentError::TooLong)
+        );
     }
 
     #[test]
@@ -532,7 +589,10 @@ mod tests {
         let release = r.release.clone();
         let host: HostName = "web1".parse().unwrap();
         let object = r.sign(&web1_key).unwrap();
-        assert_eq!(verify(&object, &release, &host, &keys), Verdict::Genuine(r.clone()));
+        assert_eq!(
+            verify(&object, &release, &host, &keys),
+            Verdict::Genuine(r.clone())
+        );
 
         // Signed by another key.
         let other = r.sign(&other_key).unwrap();
@@ -560,7 +620,12 @@ mod tests {
         // Replayed under another release.
         let newer: CommitId = "2222222222222222222222222222222222222222".parse().unwrap();
         let v = verify(&object, &newer, &host, &keys);
-        assert_eq!(v, Verdict::Forged(Forgery::OtherRelease { release: release.clone() }));
+        assert_eq!(
+            v,
+            Verdict::Forged(Forgery::OtherRelease {
+                release: release.clone()
+            })
+        );
         assert!(v.to_string().contains("replayed"), "{v}");
         // Edited after signing: a failure made a success.
         let failed = receipt("web1", StatusState::Failure).sign(&web1_key).unwrap();
@@ -580,7 +645,12 @@ mod tests {
             "{v:?}"
         );
         // Unsigned, empty, binary, huge.
-        for junk in [document.as_bytes(), b"", b"\xff\xfe", &[b'a'; MAX_RECEIPT_BYTES + 1][..]] {
+        for junk in [
+            document.as_bytes(),
+            b"",
+            b"\xff\xfe",
+            &[b'a'; MAX_RECEIPT_BYTES + 1][..],
+        ] {
             assert!(matches!(
                 verify(junk, &release, &host, &keys),
                 Verdict::Forged(Forgery::Unreadable(_))
@@ -610,6 +680,24 @@ mod tests {
             assert_eq!(n, 1);
             assert!(problem.contains(words), "{text}: {problem}");
         }
+    }
+
+    #[test]
+    fn host_keys_are_read_or_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ssh_host_ed25519_key");
+        let missing = load_host_key(&path).unwrap_err().to_string();
+        assert!(missing.contains("ssh_host_ed25519_key"), "{missing}");
+        std::fs::write(&path, "not a key").unwrap();
+        let bad = load_host_key(&path).unwrap_err().to_string();
+        assert!(bad.contains("not an OpenSSH private key"), "{bad}");
+        assert!(
+            !bad.contains("not a key"),
+            "the file's contents are never shown: {bad}"
+        );
+        let k = key();
+        std::fs::write(&path, k.to_openssh(ssh_key::LineEnding::LF).unwrap().as_bytes()).unwrap();
+        assert_eq!(load_host_key(&path).unwrap().public_key(), k.public_key());
     }
 
     #[test]

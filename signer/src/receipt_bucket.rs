@@ -360,7 +360,11 @@ impl Reader {
             }
             _ => {
                 let e = s3::parse_error(&body);
-                let words = [e.code, e.message].into_iter().flatten().collect::<Vec<_>>().join(": ");
+                let words = [e.code, e.message]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join(": ");
                 let advice = match code {
                     401 | 403 => {
                         " — check the credentials (from the AWS_* variables, the shared credentials file or profile=) and that they may list and read the prefix"
@@ -399,7 +403,13 @@ mod tests {
             list_url(&aws.bucket, "x/", None),
             "https://fleet.s3.us-east-1.amazonaws.com/?list-type=2&max-keys=1000&prefix=x%2F"
         );
-        for bad in ["s3://fleet/a/../b", "s3://fleet/a//b", "s3://fleet/a b", "s3://Fleet", "http://x"] {
+        for bad in [
+            "s3://fleet/a/../b",
+            "s3://fleet/a//b",
+            "s3://fleet/a b",
+            "s3://Fleet",
+            "http://x",
+        ] {
             assert!(ReceiptBucket::parse(bad).is_err(), "{bad}");
         }
     }
@@ -416,10 +426,14 @@ mod tests {
         .unwrap();
         assert_eq!(page.keys, ["r/web1", "r/a&b"]);
         assert_eq!(page.next.as_deref(), Some("tok/en="));
-        let last = parse_list(b"<ListBucketResult><IsTruncated>false</IsTruncated></ListBucketResult>").unwrap();
+        let last =
+            parse_list(b"<ListBucketResult><IsTruncated>false</IsTruncated></ListBucketResult>").unwrap();
         assert_eq!(last, ListPage::default());
         for (bad, words) in [
-            (&b"<Error><Code>AccessDenied</Code></Error>"[..], "not a ListObjectsV2"),
+            (
+                &b"<Error><Code>AccessDenied</Code></Error>"[..],
+                "not a ListObjectsV2",
+            ),
             (b"<ListBucketResult><Contents><Key>x</Key>", "not closed"),
             (b"<ListBucketResult><Contents></Contents>", "no <Key>"),
             (

@@ -42,10 +42,10 @@ use crate::policy::faults::{self, Fault, ReconcileError, Severity};
 use crate::policy::gate::{self, Answer, Facts, Hold, Holds, Step};
 use crate::policy::judge::{self, Verdict};
 use crate::policy::window::{self, RebootPolicy};
-use crate::policy::{clock, dedup, wording};
+use crate::policy::{clock, dedup, reporting, wording};
 use crate::reconcile::ports::{Activation, Ports, PreflightError};
 use crate::state::{
-    self, Anchor, BootId, InFlight, Outcome, OutcomeKind, Phase, State, StateDir, Target, Unsent,
+    self, Anchor, BootId, InFlight, Outcome, OutcomeKind, Phase, ReceiptNote, State, StateDir, Target, Unsent,
 };
 
 /// A reconcile's result: `Err` is a transient fault, retried.

@@ -10,7 +10,10 @@ impl Agent {
     /// commit in `state` (not yet saved): the caller saves it with whatever
     /// it reports, then [`Agent::flush`] moves it to the outbox. A status
     /// identical to the last one recorded for its commit and context is not
-    /// recorded again (`dedup::is_news`). Returns whether anything was.
+    /// recorded again (`dedup::is_news`). With receipts on, the release's
+    /// status is also this host's receipt, and only the statuses
+    /// `report.statuses` lets through reach the forge
+    /// (`reporting::to_forge`). Returns whether anything was recorded.
     pub(super) fn report(
         &mut self,
         state: &mut State,
@@ -21,6 +24,7 @@ impl Agent {
     ) -> bool {
         use rand_core::RngCore;
         let context = self.config.report.context_for(&self.config.host);
+        let receipts = self.config.report.receipts.is_some();
         let mut recorded = false;
         for commit in std::iter::once(release).chain(source) {
             let status = CommitStatus::new(commit.clone(), status, &context, description);
@@ -28,11 +32,26 @@ impl Agent {
                 continue;
             }
             dedup::remember_status(&mut state.recent_statuses, status.clone());
+            recorded = true;
+            let red = state.red_on_forge.contains(commit);
+            let to_forge = reporting::to_forge(self.config.report.statuses, red, status.state);
+            if to_forge && !red && reporting::is_red(status.state) {
+                state.red_on_forge.push(commit.clone());
+                let excess = state.red_on_forge.len().saturating_sub(dedup::RECENT_STATUSES);
+                state.red_on_forge.drain(..excess);
+            }
+            let receipt = (receipts && commit == release).then(|| ReceiptNote {
+                source: source.cloned(),
+            });
+            if !to_forge && receipt.is_none() {
+                continue;
+            }
             state.unsent.push(Unsent {
                 id: rand_core::OsRng.next_u64(),
                 status,
+                to_forge,
+                receipt,
             });
-            recorded = true;
         }
         recorded
     }
@@ -47,7 +66,7 @@ impl Agent {
     pub(super) fn flush(&mut self, state: &mut State) -> bool {
         let mut queued = 0;
         for unsent in &state.unsent {
-            if let Err(e) = self.ports.statuses.queue(unsent.id, &unsent.status) {
+            if let Err(e) = self.ports.statuses.queue(unsent) {
                 error!(
                     "cannot queue the commit status for {}: {e}; it stays in state.json and is queued at the next poll",
                     unsent.status.commit
@@ -235,6 +254,7 @@ impl Agent {
         let ended = |c: &CommitId| *c == outcome.commit || source.as_ref() == Some(c);
         if !judged_again {
             state.recent_statuses.retain(|s| !ended(&s.commit));
+            state.red_on_forge.retain(|c| !ended(c));
         }
         if state
             .closure_missing

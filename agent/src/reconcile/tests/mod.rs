@@ -31,13 +31,14 @@ use crate::reconcile::ports::{
     Activation, Clock, ClosureCache, NixStore, Pending, Ports, Reboot, ReleaseSource, StatusSink, Units,
 };
 use crate::state::outbox::Outbox;
-use crate::state::StateError;
+use crate::state::{StateError, Unsent};
 
 mod approvals;
 mod crashes;
 mod faults;
 mod pipeline;
 mod reboots;
+mod receipts;
 mod stops;
 
 /// Where the tests' clock starts: Wednesday 6 January 2027, 12:00 UTC. Time
@@ -136,6 +137,8 @@ struct World {
     /// Effects, in order, as `verb argument`.
     effects: Vec<String>,
     statuses: Vec<(CommitId, StatusState, String)>,
+    /// The receipts queued: release, its source, state and words.
+    receipts: Vec<(CommitId, Option<CommitId>, StatusState, String)>,
     /// The state file as the store's `realise` found it.
     state_at_realise: Option<State>,
     state_dir: std::path::PathBuf,
@@ -509,8 +512,20 @@ struct FakeSink {
 }
 
 impl StatusSink for FakeSink {
-    fn queue(&mut self, id: u64, status: &CommitStatus) -> Result<(), StateError> {
-        self.outbox.push_once(id, status).map(|_| ())
+    fn queue(&mut self, unsent: &Unsent) -> Result<(), StateError> {
+        if let Some(note) = &unsent.receipt {
+            let s = &unsent.status;
+            self.world.borrow_mut().receipts.push((
+                s.commit.clone(),
+                note.source.clone(),
+                s.state,
+                s.description.clone(),
+            ));
+        }
+        if !unsent.to_forge {
+            return Ok(());
+        }
+        self.outbox.push_once(unsent.id, &unsent.status).map(|_| ())
     }
     fn deliver(&mut self) -> Pending<'_, ()> {
         Box::pin(async move {
@@ -588,6 +603,7 @@ impl Host {
             crash_skip: 0,
             effects: Vec::new(),
             statuses: Vec::new(),
+            receipts: Vec::new(),
             state_at_realise: None,
             state_dir: dir.path().join("state"),
             now: t0(),
