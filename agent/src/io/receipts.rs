@@ -86,17 +86,28 @@ pub enum Written {
 pub struct ReceiptWriter {
     client: reqwest::Client,
     target: ReceiptsTarget,
+    timeout: Duration,
 }
 
 impl ReceiptWriter {
+    /// A writer whose PUTs may take [`PUT_TIMEOUT`] each.
     pub fn new(target: ReceiptsTarget) -> Self {
+        Self::with_timeout(target, PUT_TIMEOUT)
+    }
+
+    /// A writer whose PUTs may take `timeout` each, answer included.
+    pub fn with_timeout(target: ReceiptsTarget, timeout: Duration) -> Self {
         let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(PUT_TIMEOUT)
+            .connect_timeout(Duration::from_secs(10).min(timeout))
+            .timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("the TLS backend initialises");
-        Self { client, target }
+        Self {
+            client,
+            target,
+            timeout,
+        }
     }
 
     /// Where receipts go, for messages.
@@ -169,9 +180,9 @@ impl ReceiptWriter {
             Ok(r) => r,
             Err(e) if e.is_timeout() => {
                 return Written::Retry(format!(
-                    "{} did not answer within {}s",
+                    "{} did not take the receipt within {}",
                     self.describe(),
-                    PUT_TIMEOUT.as_secs()
+                    humantime::format_duration(self.timeout)
                 ))
             }
             Err(e) => {
