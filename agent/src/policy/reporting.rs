@@ -23,6 +23,36 @@ pub fn to_forge(statuses: Statuses, red: bool, state: StatusState) -> bool {
     }
 }
 
+/// Where a status may go at most: the forge, the receipt (each still as
+/// [`to_forge`] and the receipt settings say).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub forge: bool,
+    pub receipt: bool,
+}
+
+impl Default for Route {
+    fn default() -> Self {
+        Self {
+            forge: true,
+            receipt: true,
+        }
+    }
+}
+
+/// Where the refusal of a release that does not name this host goes: a
+/// rollout's wave releases name a few hosts, and every other host refuses
+/// each. Without receipts (or with `all`), to the forge as always; with
+/// receipts, never as a receipt (the release is not this host's), and not
+/// to the forge either under `failures` or `none` — 10,000 hosts would
+/// otherwise post a "failure" on every wave.
+pub fn not_named(statuses: Statuses, receipts: bool) -> Route {
+    Route {
+        forge: !receipts || statuses == Statuses::All,
+        receipt: false,
+    }
+}
+
 /// A failure or an error: red on the forge.
 pub fn is_red(state: StatusState) -> bool {
     matches!(state, StatusState::Failure | StatusState::Error)
@@ -58,6 +88,25 @@ mod tests {
         assert!(to_forge(Statuses::Failures, false, Error));
         assert!(to_forge(Statuses::Failures, true, Pending));
         assert!(to_forge(Statuses::Failures, true, Success));
+    }
+
+    #[test]
+    fn a_release_that_does_not_name_the_host_is_not_its_to_report() {
+        let forge_only = Route {
+            forge: true,
+            receipt: false,
+        };
+        assert_eq!(not_named(Statuses::All, false), forge_only);
+        assert_eq!(not_named(Statuses::All, true), forge_only);
+        for quiet in [Statuses::Failures, Statuses::None] {
+            assert_eq!(
+                not_named(quiet, true),
+                Route {
+                    forge: false,
+                    receipt: false
+                }
+            );
+        }
     }
 
     #[test]

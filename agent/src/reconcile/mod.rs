@@ -223,6 +223,9 @@ struct Refused {
     /// Judged again at the next poll: the tip is not remembered as seen
     /// (a release expired by a clock that may be wrong).
     again: bool,
+    /// The release does not name this host: with receipts, not this host's
+    /// to report (`reporting::not_named`).
+    not_named: bool,
 }
 
 /// How a reconcile ends, as [`Agent::record`] records, saves and reports it.
@@ -237,6 +240,8 @@ struct Record {
     status: StatusState,
     /// The anchor moves to the outcome's release (already running).
     anchor: bool,
+    /// The release does not name this host (see [`Refused::not_named`]).
+    not_named: bool,
     /// `FERRY_PHASE` and `FERRY_OUTCOME` of the journal line, and its text.
     phase: &'static str,
     label: &'static str,

@@ -4,6 +4,7 @@
 //! once they persist, reported.
 
 use super::*;
+use crate::policy::reporting::Route;
 
 impl Agent {
     /// Records a status on the release commit and, if given, its source
@@ -22,6 +23,20 @@ impl Agent {
         status: StatusState,
         description: &str,
     ) -> bool {
+        self.report_routed(state, release, source, status, description, Route::default())
+    }
+
+    /// [`Agent::report`], where `route` may keep the status from the forge
+    /// or the receipt (a release that does not name this host).
+    fn report_routed(
+        &mut self,
+        state: &mut State,
+        release: &CommitId,
+        source: Option<&CommitId>,
+        status: StatusState,
+        description: &str,
+        route: Route,
+    ) -> bool {
         use rand_core::RngCore;
         let context = self.config.report.context_for(&self.config.host);
         let receipts = self.config.report.receipts.is_some();
@@ -34,13 +49,13 @@ impl Agent {
             dedup::remember_status(&mut state.recent_statuses, status.clone());
             recorded = true;
             let red = state.red_on_forge.contains(commit);
-            let to_forge = reporting::to_forge(self.config.report.statuses, red, status.state);
+            let to_forge = route.forge && reporting::to_forge(self.config.report.statuses, red, status.state);
             if to_forge && !red && reporting::is_red(status.state) {
                 state.red_on_forge.push(commit.clone());
                 let excess = state.red_on_forge.len().saturating_sub(dedup::RECENT_STATUSES);
                 state.red_on_forge.drain(..excess);
             }
-            let receipt = (receipts && commit == release).then(|| ReceiptNote {
+            let receipt = (route.receipt && receipts && commit == release).then(|| ReceiptNote {
                 source: source.cloned(),
             });
             if !to_forge && receipt.is_none() {
@@ -190,6 +205,7 @@ impl Agent {
                 source: r.source,
                 status: r.severity.status(),
                 anchor: false,
+                not_named: r.not_named,
                 phase: r.phase,
                 label: "refused",
                 message: format!("release refused: {}", r.detail),
@@ -213,6 +229,7 @@ impl Agent {
             source,
             status,
             anchor,
+            not_named,
             phase,
             label,
             message,
@@ -238,12 +255,17 @@ impl Agent {
             state.last_success = Some(outcome.clone());
         }
         state.last_outcome = Some(outcome.clone());
-        self.report(
+        let route = match not_named {
+            false => Route::default(),
+            true => reporting::not_named(self.config.report.statuses, self.config.report.receipts.is_some()),
+        };
+        self.report_routed(
             state,
             &outcome.commit,
             source.as_ref(),
             status,
             &outcome.description,
+            route,
         );
         // Nothing more is posted for this release: its statuses and first
         // sightings are forgotten. Those of another release stay: the

@@ -131,3 +131,24 @@ fn a_host_that_recovers_does_not_stay_red() {
         "forgotten with the release's ending"
     );
 }
+
+/// A wave's release that does not name this host: refused as always, but
+/// with receipts it writes no receipt and posts nothing (every host not in
+/// the wave would post a failure); with `all`, the status as always.
+#[test]
+fn a_release_without_this_host_is_not_its_to_report() {
+    let host = Host::with_release(None);
+    let r = run(&mut host.agent_with(RECEIPTS));
+    assert!(matches!(r, Pass::Refused(_)), "{r:?}");
+    assert_eq!(host.statuses(), []);
+    assert_eq!(host.w().receipts.len(), 0);
+    assert_eq!(
+        host.state().last_outcome.map(|o| o.result),
+        Some(OutcomeKind::Refused)
+    );
+
+    let all = Host::with_release(None);
+    run(&mut all.agent_with(&format!("{RECEIPTS}statuses = \"all\"\n")));
+    assert_eq!(all.statuses().len(), 2, "on the release and its source");
+    assert_eq!(all.w().receipts.len(), 0);
+}
