@@ -205,13 +205,15 @@ pub const RECEIPT_CONTEXT: &str = "receipt";
 /// The selected hosts of `release`, each with what it reported. `context_for`
 /// gives each host's status context; `statuses` is the forge's newest status
 /// per context on the release commit; `receipts` the verdict on each host's
-/// receipt, which wins over its status (a mixed fleet reads both).
+/// receipt, and `on_receipts` whether a host reports by receipts (its key
+/// is pinned): see [`outcome`].
 pub fn view(
     release: &Release,
     selection: &Selection,
     context_for: impl Fn(&HostName) -> String,
     statuses: &HashMap<String, ReportedStatus>,
     receipts: &BTreeMap<HostName, Verdict>,
+    on_receipts: &dyn Fn(&HostName) -> bool,
 ) -> Vec<HostView> {
     release
         .hosts
@@ -220,16 +222,24 @@ pub fn view(
         .map(|(host, entry)| HostView {
             host: host.clone(),
             entry: entry.clone(),
-            outcome: outcome(statuses.get(&context_for(host)), receipts.get(host)),
+            outcome: outcome(
+                statuses.get(&context_for(host)),
+                receipts.get(host),
+                on_receipts(host),
+            ),
         })
         .collect()
 }
 
 /// A host's outcome from its status and its receipt: the receipt's when
-/// there is one (genuine or forged), else the status's.
-pub fn outcome(status: Option<&ReportedStatus>, receipt: Option<&Verdict>) -> HostOutcome {
+/// there is one (genuine or forged). Without one, a host that reports by
+/// receipts (`on_receipts`: its key is pinned) has not reported — its
+/// commit statuses are never counted, so a leaked forge token cannot make
+/// it look healthy — and any other host (a mixed fleet) is its status.
+pub fn outcome(status: Option<&ReportedStatus>, receipt: Option<&Verdict>, on_receipts: bool) -> HostOutcome {
     match receipt {
         Some(verdict) => HostOutcome::from_receipt(verdict),
+        None if on_receipts => HostOutcome::NotReported,
         None => HostOutcome::from_status(status),
     }
 }
@@ -394,7 +404,9 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let v = view(&r, &Selection::all(), ctx, &statuses, &BTreeMap::new());
+        let v = view(&r, &Selection::all(), ctx, &statuses, &BTreeMap::new(), &|_| {
+            false
+        });
         let c = Counts::of(&v);
         assert_eq!(
             c,
@@ -419,7 +431,7 @@ mod tests {
         let r = release(&["web1", "web2", "db1"]);
         let sel = Selection::new(vec!["web*".into()]).unwrap();
         sel.check(&r.hosts).unwrap();
-        let v = view(&r, &sel, ctx, &HashMap::new(), &BTreeMap::new());
+        let v = view(&r, &sel, ctx, &HashMap::new(), &BTreeMap::new(), &|_| false);
         let names: Vec<&str> = v.iter().map(|h| h.host.as_str()).collect();
         assert_eq!(names, ["web1", "web2"]);
         let typo = Selection::new(vec!["wbe*".into()]).unwrap();
@@ -436,7 +448,9 @@ mod tests {
                 .zip(states)
                 .map(|(h, s)| status(&format!("ferry/{h}"), *s))
                 .collect();
-            view(&r, &Selection::all(), ctx, &statuses, &BTreeMap::new())
+            view(&r, &Selection::all(), ctx, &statuses, &BTreeMap::new(), &|_| {
+                false
+            })
         };
         use StatusState::*;
         assert!(matches!(
@@ -506,7 +520,9 @@ mod tests {
         .into_iter()
         .map(|(h, v)| (h.parse().unwrap(), v))
         .collect();
-        let v = view(&r, &Selection::all(), ctx, &statuses, &receipts);
+        let v = view(&r, &Selection::all(), ctx, &statuses, &receipts, &|h| {
+            h.as_str().starts_with("web")
+        });
         let labels: Vec<(&str, &str)> = v.iter().map(|h| (h.host.as_str(), h.outcome.label())).collect();
         assert_eq!(
             labels,
@@ -546,7 +562,14 @@ mod tests {
             .iter()
             .map(|h| status(&format!("ferry/{h}"), StatusState::Success))
             .collect();
-        let v = view(&r, &Selection::all(), ctx, &all_success, &BTreeMap::new());
+        let v = view(
+            &r,
+            &Selection::all(),
+            ctx,
+            &all_success,
+            &BTreeMap::new(),
+            &|_| false,
+        );
         assert_eq!(
             aggregate(&v, 42, 0),
             (
@@ -563,7 +586,7 @@ mod tests {
             "ferry/h00007".into(),
             status("ferry/h00007", StatusState::Error).1,
         );
-        let v = view(&r, &Selection::all(), ctx, &some, &BTreeMap::new());
+        let v = view(&r, &Selection::all(), ctx, &some, &BTreeMap::new(), &|_| false);
         assert_eq!(
             aggregate(&v, 42, 2),
             (
@@ -574,7 +597,7 @@ mod tests {
         assert_eq!(aggregate(&v, 42, 1).0, StatusState::Failure);
         // Waiting hosts: pending, and counted.
         some.remove("ferry/h09999");
-        let v = view(&r, &Selection::all(), ctx, &some, &BTreeMap::new());
+        let v = view(&r, &Selection::all(), ctx, &some, &BTreeMap::new(), &|_| false);
         let (state, text) = aggregate(&v, 42, 5);
         assert_eq!(state, StatusState::Pending);
         assert_eq!(
@@ -586,7 +609,7 @@ mod tests {
             .iter()
             .map(|h| status(&format!("ferry/{h}"), StatusState::Failure))
             .collect();
-        let v = view(&r, &Selection::all(), ctx, &failing, &BTreeMap::new());
+        let v = view(&r, &Selection::all(), ctx, &failing, &BTreeMap::new(), &|_| false);
         let (state, text) = aggregate(&v, 42, 0);
         assert_eq!(state, StatusState::Failure);
         assert!(text.chars().count() <= 140, "{text}");
@@ -596,7 +619,14 @@ mod tests {
         );
         assert!(text.ends_with(" more"), "{text}");
         let one = release(&["web1"]);
-        let v = view(&one, &Selection::all(), ctx, &HashMap::new(), &BTreeMap::new());
+        let v = view(
+            &one,
+            &Selection::all(),
+            ctx,
+            &HashMap::new(),
+            &BTreeMap::new(),
+            &|_| false,
+        );
         assert_eq!(aggregate(&v, 1, 0).1, "0 of 1 host runs release 1; 1 waiting");
     }
 }

@@ -298,9 +298,11 @@ impl Rollout<'_> {
         let outcomes = target
             .keys()
             .map(|h| {
+                let on_receipts = self.receipts.is_some_and(|r| !r.keys.of(h).is_empty());
                 let outcome = ferry_signer::fleet::outcome(
                     statuses.by_context.get(&settings.context_for(h)),
                     verdicts.and_then(|v| v.get(h)),
+                    on_receipts,
                 );
                 (h.clone(), outcome)
             })

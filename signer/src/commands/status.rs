@@ -142,12 +142,14 @@ impl Target {
             }
         };
         let settings = client.settings();
+        let on_receipts = |h: &HostName| receipts.is_some_and(|r| !r.keys.of(h).is_empty());
         let hosts = fleet::view(
             &self.release,
             &self.selection,
             |h| settings.context_for(h),
             &statuses.by_context,
             &verdicts,
+            &on_receipts,
         );
         Ok((hosts, statuses.cost, read))
     }
