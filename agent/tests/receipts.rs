@@ -1,5 +1,7 @@
-//! Receipts as the agent writes them, against real S3 servers: moto and
-//! s3rver, each checking every request's SigV4 signature. A queued receipt
+//! Receipts as the agent writes them, against real S3 servers: moto (which
+//! verifies every request's SigV4 signature) and s3rver (a second
+//! implementation, which checks the SigV4 header's form and key, not the
+//! signature). A queued receipt
 //! is signed with a host key made by `ssh-keygen` and written with one PUT
 //! under `<prefix>/<release>/<host>`; the fleet side lists and verifies it
 //! as genuine (`signer/tests/receipts.rs` checks the signatures against

@@ -15,6 +15,9 @@
 //! - [`private_cache`]: B10, B4 from a cache behind HTTP Basic auth (nginx)
 //!   vs `nix-store -r` with a `netrc-file`.
 //! - [`approvals`]: B11, verifying a tip with two approvals vs the release alone.
+//! - [`receipts`]: B13–B14, reporting from signed host receipts in a bucket
+//!   (s3rver): `status` of the fleet vs `curl --aws-sigv4`, requests per
+//!   host, forge writes per release at each fleet size.
 //! - [`report`]: the table, statistics, the machine line.
 
 mod approvals;
@@ -24,6 +27,7 @@ mod fleet;
 mod history;
 mod idle;
 mod private_cache;
+mod receipts;
 mod report;
 mod signing;
 mod throughput;
@@ -40,10 +44,12 @@ struct Args {
     only: Vec<String>,
     polls: usize,
     runs: usize,
+    /// The fleet sizes of B13–B14.
+    fleet: Vec<usize>,
 }
 
 const USAGE: &str =
-    "usage: ferry-bench --agent PATH --signer PATH --work DIR [--only B1,B4,…] [--polls N] [--runs N]";
+    "usage: ferry-bench --agent PATH --signer PATH --work DIR [--only B1,B4,…] [--polls N] [--runs N] [--fleet 10,1000,10000]";
 
 fn parse_args() -> Result<Args> {
     let mut agent = None;
@@ -52,6 +58,7 @@ fn parse_args() -> Result<Args> {
     let mut only = Vec::new();
     let mut polls = 100;
     let mut runs = 0;
+    let mut fleet = vec![10, 1_000, 10_000];
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().with_context(|| format!("{a} needs a value\n{USAGE}"));
@@ -62,6 +69,13 @@ fn parse_args() -> Result<Args> {
             "--only" => only = value()?.split(',').map(|s| s.trim().to_uppercase()).collect(),
             "--polls" => polls = value()?.parse()?,
             "--runs" => runs = value()?.parse()?,
+            "--fleet" => {
+                fleet = value()?
+                    .split(',')
+                    .map(|n| n.trim().parse())
+                    .collect::<Result<_, _>>()
+                    .context("--fleet takes fleet sizes, e.g. 10,100")?
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -76,6 +90,7 @@ fn parse_args() -> Result<Args> {
         only,
         polls,
         runs,
+        fleet,
     })
 }
 
@@ -176,6 +191,18 @@ fn run() -> Result<()> {
             runs: runs(15),
         };
         rows.extend(approvals::run(work, &key, &p)?);
+    }
+    if wanted("B13") || wanted("B14") {
+        eprintln!(
+            "B13–B14: reporting from signed receipts in a bucket, fleets of {:?}",
+            args.fleet
+        );
+        let p = receipts::Params {
+            signer: &args.signer,
+            sizes: args.fleet.clone(),
+            runs: runs(5),
+        };
+        rows.extend(receipts::run(work, &key, &repos, &p)?);
     }
     if let Some(fx) = &closure {
         // Leave no fixture paths behind in the store.

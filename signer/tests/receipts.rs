@@ -1,8 +1,8 @@
 //! Host receipts against the reference tools and real S3 servers: a
 //! receipt Ferry signs verifies with `ssh-keygen -Y verify`, one
 //! `ssh-keygen -Y sign` makes verifies in Ferry; `status` and `wait` read
-//! receipts from moto and from s3rver (two independent S3 servers, both
-//! checking SigV4), with a receipt signed by the wrong host key, one
+//! receipts from moto and from s3rver (two independent S3 servers; moto
+//! verifies every SigV4 signature), with a receipt signed by the wrong host key, one
 //! replayed from another release and one from a host not in the release
 //! each refused or set aside by name; `wait` posts one `ferry/fleet`
 //! status; a bucket answering 503 is retried and named.

@@ -5,9 +5,13 @@
 //! request after that (bucket creation, uploads, the agent's reads) must be
 //! signed with that key. The fixture's own requests (IAM, the bucket, the
 //! uploads) are made with boto3, AWS's Python SDK: what the agent reads
-//! was written by a client other than itself. Then [`S3rver`], a second
-//! implementation (npm's s3rver) that checks SigV4 too, so what Ferry
-//! writes and lists is not tuned to one server's leniencies.
+//! was written by a client other than itself. Then [`S3rver`], a second,
+//! independent implementation (npm's s3rver), so what Ferry writes and
+//! lists is not tuned to one server's leniencies; it checks that a request
+//! carries a well-formed SigV4 header with a known key and the
+//! `x-amz-content-sha256` S3 requires, but not the signature itself (its
+//! source says SigV4 calculation is unimplemented): moto is the one that
+//! refuses a wrong signature.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -210,9 +214,9 @@ fn s3rver_dir() -> PathBuf {
 }
 
 /// A second, independent S3 server: s3rver (npm, installed by
-/// `scripts/install-deps`), which checks every signed request's SigV4
-/// signature against its one key (`S3RVER`/`S3RVER`) and answers
-/// ListObjectsV2 in pages. Its objects live in a directory of its own; it
+/// `scripts/install-deps`), which takes only requests with a well-formed
+/// SigV4 header for its one key (`S3RVER`/`S3RVER`) — it does not verify
+/// the signature itself — and answers ListObjectsV2 in pages. Its objects live in a directory of its own; it
 /// is killed on drop. The fixture's own requests are boto3's, as for moto.
 #[derive(Debug)]
 pub struct S3rver {
