@@ -20,7 +20,6 @@ use futures_util::FutureExt;
 use super::*;
 use crate::io::cache::client::{CacheError, Preflight};
 use crate::io::durable;
-use crate::io::forge::CommitStatus;
 use crate::io::git::source::SourceError;
 use crate::io::nix::StoreError;
 use crate::io::systemd::bus::SystemdError;
