@@ -288,6 +288,37 @@ fn status_reads_and_verifies_receipts_from_moto() {
     let forge = Forge::start(Kind::Github);
     check_status(&fleet, &forge, &url, &moto.key);
 
+    // The same from the agents' own settings: report.receipts of --agent-config.
+    let agent_toml = fleet.sb.path("agent.toml");
+    std::fs::write(
+        &agent_toml,
+        format!(
+            "host = \"ci\"\n[report]\nforge = \"github\"\napi_url = \"{}\"\nrepository = \"ops/deploy\"\ntoken_file = \"{}\"\nreceipts = \"{url}\"\n",
+            forge.api_url(),
+            fleet.token.display()
+        ),
+    )
+    .unwrap();
+    let out = fleet.sb.signer(
+        &[
+            "status",
+            "--repo",
+            fleet.repo.to_str().unwrap(),
+            "--json",
+            "--agent-config",
+            agent_toml.to_str().unwrap(),
+            "--host-keys",
+            fleet.host_keys.to_str().unwrap(),
+        ],
+        &[
+            ("AWS_ACCESS_KEY_ID", &moto.key.access_key_id),
+            ("AWS_SECRET_ACCESS_KEY", &moto.key.secret_access_key),
+        ],
+    );
+    let json: serde_json::Value = serde_json::from_str(&assert_ok(&out)).unwrap();
+    assert_eq!(json["summary"]["forged"], 2, "{json}");
+    assert_eq!(json["receipts"]["not_in_release"], serde_json::json!(["db9"]));
+
     // Wrong credentials: refused, the bucket named, the secret never shown.
     let wrong = AccessKey {
         access_key_id: moto.key.access_key_id.clone(),
