@@ -30,6 +30,7 @@ use crate::reconcile::ports::{
     Activation, Clock, ClosureCache, NixStore, Pending, Ports, Reboot, ReleaseSource, StatusSink, Units,
 };
 use crate::state::outbox::Outbox;
+use crate::state::receipts::ReceiptQueue;
 use crate::state::{StateError, Unsent};
 
 mod approvals;
@@ -503,7 +504,8 @@ impl Units for FakeUnits {
 }
 
 /// The real durable outbox in the host's state directory, delivered to a
-/// fake forge that records what it was sent (`statuses`). `post` is the
+/// fake forge that records what it was sent (`statuses`), and the real
+/// receipt queue beside it (what was queued also in `receipts`). `post` is the
 /// forge call; `delivered` the instant after it, before the entry is removed.
 struct FakeSink {
     world: Shared,
@@ -514,6 +516,19 @@ impl StatusSink for FakeSink {
     fn queue(&mut self, unsent: &Unsent) -> Result<(), StateError> {
         if let Some(note) = &unsent.receipt {
             let s = &unsent.status;
+            // The live sink's durable queue, so a kill before its write
+            // is a kill the agent must come back from.
+            let queue = ReceiptQueue::open(&self.world.borrow().state_dir)?;
+            queue.put(&ferry_signer::receipt::Receipt {
+                release: s.commit.clone(),
+                source: note.source.clone(),
+                host: "web1".parse().expect("a host name"),
+                state: s.state,
+                time: self.world.borrow().now,
+                toplevel: None,
+                boot: None,
+                description: s.description.clone(),
+            })?;
             self.world.borrow_mut().receipts.push((
                 s.commit.clone(),
                 note.source.clone(),
