@@ -26,6 +26,8 @@ pub const PAGE_KEYS: u32 = 1000;
 pub const MAX_RECEIPTS: usize = 200_000;
 /// Receipts fetched at once.
 pub const PARALLEL_FETCHES: usize = 16;
+/// How long one request to the bucket may take, its body included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where receipts are kept: a bucket and a key prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,14 +201,21 @@ pub struct Reader {
     location: ReceiptBucket,
     credentials: AwsCredentials,
     http: reqwest::blocking::Client,
+    timeout: Duration,
 }
 
 impl Reader {
-    /// A reader of `location` with `credentials`.
+    /// A reader of `location` with `credentials`, each request given
+    /// [`REQUEST_TIMEOUT`].
     pub fn new(location: ReceiptBucket, credentials: AwsCredentials) -> Self {
+        Self::with_timeout(location, credentials, REQUEST_TIMEOUT)
+    }
+
+    /// A reader whose requests may take `timeout` each, the body included.
+    pub fn with_timeout(location: ReceiptBucket, credentials: AwsCredentials, timeout: Duration) -> Self {
         let http = reqwest::blocking::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(10).min(timeout))
+            .timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(PARALLEL_FETCHES)
             .build()
@@ -215,6 +224,7 @@ impl Reader {
             location,
             credentials,
             http,
+            timeout,
         }
     }
 
@@ -339,27 +349,41 @@ impl Reader {
             value.set_sensitive(true);
             request = request.header(name, value);
         }
-        let response = request
-            .send()
-            .map_err(|e| transient(crate::forge::without_url(&e)))?;
+        let slow = || {
+            transient(format!(
+                "no whole answer within {}: tried again at the next poll",
+                humantime::format_duration(self.timeout)
+            ))
+        };
+        let deadline = std::time::Instant::now() + self.timeout;
+        let response = request.send().map_err(|e| match e.is_timeout() {
+            true => slow(),
+            false => transient(crate::forge::without_url(&e)),
+        })?;
         let code = response.status().as_u16();
-        let mut body = Vec::new();
-        let read = response.take(limit as u64).read_to_end(&mut body);
+        // One total deadline for the body too: the client's timeout bounds
+        // each read, and a bucket that drips a byte per read would pass it.
+        let read = read_before(response, limit, deadline);
         match code {
-            200..=299 => {
-                read.map_err(|e| transient(format!("the answer broke off: {e}")))?;
-                Ok(Some(body))
+            200..=299 => match read {
+                Ok(body) => Ok(Some(body)),
+                Err(None) => Err(slow()),
+                Err(Some(e)) if e.kind() == std::io::ErrorKind::TimedOut => Err(slow()),
+                Err(Some(e)) => Err(transient(format!("the answer broke off: {e}"))),
+            },
+            _ if read.is_err() && !(400..500).contains(&code) => Err(slow()),
+            404 if !String::from_utf8_lossy(read.as_deref().unwrap_or_default()).contains("NoSuchBucket") => {
+                Ok(None)
             }
-            404 if !String::from_utf8_lossy(&body).contains("NoSuchBucket") => Ok(None),
             408 | 429 | 500..=599 => {
-                let e = s3::parse_error(&body);
+                let e = s3::parse_error(read.as_deref().unwrap_or_default());
                 Err(transient(format!(
                     "HTTP {code}{}: tried again at the next poll",
                     e.code.map(|c| format!(" ({c})")).unwrap_or_default()
                 )))
             }
             _ => {
-                let e = s3::parse_error(&body);
+                let e = s3::parse_error(read.as_deref().unwrap_or_default());
                 let words = [e.code, e.message]
                     .into_iter()
                     .flatten()
@@ -374,6 +398,34 @@ impl Reader {
                 };
                 Err(self.refused(format!("HTTP {code} {words}{advice}")))
             }
+        }
+    }
+}
+
+/// At most `limit` bytes of `response`'s body, read whole before
+/// `deadline`; `Err(None)` when the deadline passed first.
+fn read_before(
+    mut response: reqwest::blocking::Response,
+    limit: usize,
+    deadline: std::time::Instant,
+) -> Result<Vec<u8>, Option<std::io::Error>> {
+    let mut body = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        if std::time::Instant::now() >= deadline {
+            return Err(None);
+        }
+        match response.read(&mut chunk) {
+            Ok(0) => return Ok(body),
+            Ok(n) => {
+                body.extend_from_slice(&chunk[..n]);
+                if body.len() >= limit {
+                    body.truncate(limit);
+                    return Ok(body);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Some(e)),
         }
     }
 }

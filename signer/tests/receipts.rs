@@ -492,3 +492,54 @@ fn receipts_need_host_keys_and_host_keys_a_bucket() {
     );
     assert_refused(&out, "line 1: `ssh-ed25519` is not an SSH public key");
 }
+
+/// A loopback "bucket" that answers a listing's head at once and then its
+/// body a byte now and then; returns its port.
+fn dripping_bucket() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(20) {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                let _ = stream.read(&mut buf);
+                let body = "<ListBucketResult><IsTruncated>false</IsTruncated></ListBucketResult>";
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+                    body.len()
+                );
+                for byte in body.bytes() {
+                    if stream.write_all(&[byte]).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(300));
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_bucket_that_drips_its_answer_is_cut_off_and_named() {
+    let url = format!("s3://fleet/r?endpoint=http://127.0.0.1:{}", dripping_bucket());
+    let reader = ferry_signer::receipt_bucket::Reader::with_timeout(
+        ferry_signer::receipt_bucket::ReceiptBucket::parse(&url).unwrap(),
+        ferry_signer::s3::AwsCredentials {
+            access_key_id: "AKIDEXAMPLE".into(),
+            secret_access_key: "never-shown".to_owned().into(),
+            session_token: None,
+            source: "the test".into(),
+        },
+        std::time::Duration::from_secs(1),
+    );
+    let release: CommitId = OTHER_RELEASE.parse().unwrap();
+    let e = reader.read(&release, &HostKeys::default()).unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    assert_eq!(
+        e.to_string(),
+        "cannot read receipts from s3://fleet/r: no whole answer within 1s: tried again at the next poll"
+    );
+}
