@@ -224,6 +224,18 @@ fn a_bucket_that_fails_or_drips_keeps_the_receipt_queued_and_is_named() {
     );
     assert_eq!(queue.len().unwrap(), 1);
     assert!(!why.contains("never-shown-secret"), "{why}");
+
+    // The bucket answers again: the receipt that waited through all of it
+    // is written, nothing lost.
+    let moto = Moto::start();
+    let empty = tempfile::tempdir().unwrap();
+    moto.upload_cache("fleet", "us-east-1", empty.path());
+    let good = credentials(dir.path(), &moto.key);
+    let url = format!("s3://fleet/r?endpoint={}", moto.endpoint());
+    let writer = ReceiptWriter::new(target(&url, &host_key, &good));
+    let drain = rt.block_on(receipts::drain(&queue, &writer)).unwrap();
+    assert_eq!((drain.written, drain.stopped), (1, None));
+    assert!(queue.is_empty().unwrap());
 }
 
 #[test]

@@ -5,7 +5,8 @@
 //! verifies every SigV4 signature), with a receipt signed by the wrong host key, one
 //! replayed from another release and one from a host not in the release
 //! each refused or set aside by name; `wait` posts one `ferry/fleet`
-//! status; a bucket answering 503 is retried and named.
+//! status; a bucket answering 503 is retried and named, one dripping its
+//! answer cut off at the reader's total deadline.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
