@@ -47,7 +47,7 @@ in
     repository = mkOption {
       type = types.str;
       example = "https://git.example.com/ops/deploy.git";
-      description = "The deploy repository: https://, http://, git://, file:// or an absolute path.";
+      description = "The deploy repository: https://, http://, git://, file://, s3:// (a static mirror in a bucket) or an absolute path.";
     };
 
     branch = mkOption {
@@ -117,6 +117,18 @@ in
       default = null;
       example = "/run/secrets/ferry-git-token";
       description = "Token for a private https repository, passed as a systemd credential.";
+    };
+
+    sourceS3CredentialsFile = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      example = "/run/secrets/ferry-mirror-s3-credentials";
+      description = ''
+        For a `repository` that is an `s3://` static mirror: the key pair
+        that reads it (AWS shared-credentials format; it needs only
+        `s3:GetObject` on the mirror's prefix), passed as a systemd
+        credential.
+      '';
     };
 
     forge = {
@@ -276,6 +288,10 @@ in
   config = mkIf cfg.enable {
     assertions = [
       { assertion = cfg.repository != ""; message = "services.ferry-agent.repository must name the deploy repository."; }
+      {
+        assertion = cfg.sourceS3CredentialsFile == null || lib.hasPrefix "s3://" cfg.repository;
+        message = "services.ferry-agent.sourceS3CredentialsFile is only for an s3:// repository (use gitTokenFile for a private https one).";
+      }
       { assertion = cfg.substituters != [ ]; message = "services.ferry-agent.substituters must list at least one binary cache."; }
       {
         assertion = cfg.trustedPublicKeys != [ ];
@@ -310,7 +326,8 @@ in
         inherit (cfg) branch;
         allowed_signers = "/etc/ferry/allowed_signers";
         poll_interval = cfg.pollInterval;
-      } // lib.optionalAttrs (cfg.gitTokenFile != null) { token_file = credential "git-token"; };
+      } // lib.optionalAttrs (cfg.gitTokenFile != null) { token_file = credential "git-token"; }
+        // lib.optionalAttrs (cfg.sourceS3CredentialsFile != null) { s3_credentials_file = credential "source-s3"; };
       cache = {
         inherit (cfg) substituters;
         trusted_public_keys = cfg.trustedPublicKeys;
@@ -388,6 +405,7 @@ in
         StateDirectoryMode = "0700";
         LoadCredential =
           optional (cfg.gitTokenFile != null) "git-token:${cfg.gitTokenFile}"
+          ++ optional (cfg.sourceS3CredentialsFile != null) "source-s3:${cfg.sourceS3CredentialsFile}"
           ++ optional (cfg.forge.tokenFile != null) "forge-token:${cfg.forge.tokenFile}"
           ++ optional (cfg.cacheNetrcFile != null) "cache-netrc:${cfg.cacheNetrcFile}"
           ++ lib.mapAttrsToList (host: file: "cache-token-${host}:${file}") cfg.cacheBearerTokenFiles

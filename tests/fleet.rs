@@ -619,15 +619,36 @@ fn a_fleet_follows_a_static_mirror_through_a_rollout() {
     }
     assert_eq!(fleet.tip().serial, 3, "three waves, three releases");
     let (nginx, _) = fleet.mirror.as_ref().unwrap();
+    let is_poll = |r: &&ferry_test_support::nginx::Logged| r.target == "/deploy.git/info/refs";
+    // The mirror's `info/refs` changed once per release: each host read
+    // each version once, whenever it polled during the rollout.
     let log = nginx.requests();
-    let polls = log.iter().filter(|r| r.target == "/deploy.git/info/refs").count();
-    let unchanged = log
-        .iter()
-        .filter(|r| r.target == "/deploy.git/info/refs" && r.status == 304)
-        .count();
+    let read = log.iter().filter(is_poll).filter(|r| r.status == 200).count();
     assert!(
-        unchanged * 2 > polls,
-        "most polls found nothing new: {unchanged} of {polls}"
+        read <= HOSTS.len() * 3,
+        "each host read each of the 3 versions of info/refs once, not {read} times:\n{}",
+        describe(&log)
+    );
+    // Now nothing changes: every host's next polls are answered 304.
+    let before = log.iter().filter(is_poll).count();
+    let started = std::time::Instant::now();
+    let log = loop {
+        let log = nginx.requests();
+        if log.iter().filter(is_poll).count() >= before + 2 * HOSTS.len() {
+            break log;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the hosts stopped polling the mirror:\n{}",
+            describe(&log)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let idle: Vec<_> = log.iter().filter(is_poll).skip(before).collect();
+    assert!(
+        idle.iter().all(|r| r.status == 304),
+        "every poll of the unchanged mirror was answered 304:\n{}",
+        describe(&log)
     );
     let packs: Vec<&str> = log
         .iter()
@@ -639,6 +660,14 @@ fn a_fleet_follows_a_static_mirror_through_a_rollout() {
         packs.len() <= distinct.len() * HOSTS.len(),
         "no host downloaded a pack twice: {packs:#?}"
     );
+}
+
+/// The requests nginx logged, one a line, for an assertion's message.
+fn describe(log: &[ferry_test_support::nginx::Logged]) -> String {
+    log.iter()
+        .map(|r| format!("{} {} {}", r.method, r.status, r.target))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The fleet reporting with signed receipts (`report.receipts`) to a real S3

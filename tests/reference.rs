@@ -226,15 +226,48 @@ fn documented_defaults_are_the_parsers() {
 #[test]
 fn the_complete_example_parses_and_uses_every_key() {
     let doc = repo_file(DOC);
-    let example = toml_block_after(&doc, "## Complete example");
-    parse(example).unwrap_or_else(|e| panic!("{DOC}: the complete example is refused: {e}"));
-    let used = keys_of(example);
+    let mut used = BTreeSet::new();
+    for (name, example) in complete_examples(&doc) {
+        parse(&example).unwrap_or_else(|e| panic!("{DOC}: the complete example{name} is refused: {e}"));
+        used.extend(keys_of(&example));
+    }
     let accepted = accepted_keys();
     let unused: Vec<_> = accepted.difference(&used).collect();
     assert!(
         unused.is_empty(),
         "{DOC}: the complete example leaves out {unused:?}"
     );
+}
+
+/// The complete example, and the same with each later ```toml block of its
+/// section put in place of the sections it names (keys that exclude each
+/// other, such as an s3:// source's key pair and an https source's token).
+fn complete_examples(doc: &str) -> Vec<(String, String)> {
+    let heading = "## Complete example";
+    let section = &doc[doc.find(heading).expect("a complete example")..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |end| end + 3)];
+    let mut blocks = Vec::new();
+    let mut rest = section;
+    while let Some(start) = rest.find("```toml\n") {
+        let body = &rest[start + "```toml\n".len()..];
+        let len = body.find("```").expect("the block ends");
+        blocks.push(&body[..len]);
+        rest = &body[len + 3..];
+    }
+    let (full, variants) = blocks.split_first().expect("a ```toml block");
+    let base: toml::Table = full.parse().expect("the example is TOML");
+    let mut examples = vec![(String::new(), full.to_string())];
+    for variant in variants {
+        let variant: toml::Table = variant.parse().expect("the variant is TOML");
+        let mut whole = base.clone();
+        let names: Vec<String> = variant.keys().cloned().collect();
+        whole.extend(variant);
+        examples.push((
+            format!(" with its [{}] variant", names.join("], [")),
+            toml::to_string(&whole).unwrap(),
+        ));
+    }
+    examples
 }
 
 #[test]

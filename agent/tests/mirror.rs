@@ -186,8 +186,9 @@ fn damaged_mirrors_are_refused_naming_the_file_and_retried() {
     assert!(e.contains("info/refs: line 1: expected"), "{e}");
 }
 
-/// Hostile servers: an endless info/refs is cut at its cap, a redirect to
-/// another host is refused, a missing branch is named.
+/// Hostile servers: an endless info/refs is cut at its cap, a dripping one
+/// at the total deadline, a redirect to another host is refused, a missing
+/// branch is named.
 #[test]
 fn hostile_mirror_servers_are_bounded() {
     let dir = tempfile::tempdir().unwrap();
@@ -226,6 +227,32 @@ fn hostile_mirror_servers_are_bounded() {
             .to_string()
     });
     assert!(e.contains("another host"), "{e}");
+
+    // A byte at a time, each read answered: cut by the tip check's total
+    // deadline (shortened here), not by a timeout per read.
+    let dripping = hostile_server(|request, s| {
+        if request.contains("service=git-upload-pack") {
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n\r\n")?;
+            return Ok(());
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100000\r\n\r\n")?;
+        loop {
+            s.write_all(b"0")?;
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    });
+    let path = dir.path().to_owned();
+    let e = within("a dripping info/refs", move || {
+        source(&path, &format!("http://127.0.0.1:{dripping}/deploy.git"))
+            .with_deadlines(
+                std::time::Duration::from_secs(3),
+                std::time::Duration::from_secs(3),
+            )
+            .remote_tip()
+            .unwrap_err()
+            .to_string()
+    });
+    assert!(e.contains("deploy.git") && e.contains("3s"), "{e}");
 
     let root = dir.path().join("www");
     let deploy = DeployRepo::new(dir.path());
@@ -332,4 +359,115 @@ fn a_mirror_written_after_the_agent_started_is_read_without_a_restart() {
     let tip = s.remote_tip().unwrap();
     assert_eq!(tip.to_string(), first);
     s.fetch(tip).unwrap();
+}
+
+/// A mirror in a private bucket (moto: every request signed and checked),
+/// written by `ferry-signer mirror`'s code and read by the source with the
+/// key pair from `source.s3_credentials_file`: an unchanged mirror's polls
+/// are answered 304 by the bucket itself, a new release reads one new pack,
+/// and a wrong key is refused naming the file it came from, never the
+/// secret.
+#[test]
+fn a_mirror_in_a_private_bucket_is_read_with_signed_requests() {
+    use ferry_signer::mirror::S3Store;
+    use ferry_test_support::s3::Moto;
+
+    let dir = tempfile::tempdir().unwrap();
+    let deploy = DeployRepo::new(dir.path());
+    let first = deploy.release("web1", WEB1_A);
+    let moto = Moto::start();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    moto.upload_cache("deploy-mirror", "eu-central-1", &empty);
+    // What reaches the bucket goes through a logging proxy.
+    let proxy = Nginx::log_in_front(&moto.endpoint()).unwrap();
+    let url = format!(
+        "s3://deploy-mirror/ops/deploy.git?region=eu-central-1&endpoint={}",
+        proxy.url()
+    );
+    let env = |k: &str| match k {
+        "AWS_ACCESS_KEY_ID" => Some(moto.key.access_key_id.clone()),
+        "AWS_SECRET_ACCESS_KEY" => Some(moto.key.secret_access_key.clone()),
+        _ => None,
+    };
+    let publish = || {
+        let repo = git2::Repository::open(&deploy.path).unwrap();
+        mirror::update(&repo, "deploy", &S3Store::open(&url, &env).unwrap()).unwrap()
+    };
+    assert!(matches!(publish(), Mirrored::Added { .. }));
+    let credentials = dir.path().join("s3-credentials");
+    std::fs::write(
+        &credentials,
+        format!(
+            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            moto.key.access_key_id, moto.key.secret_access_key
+        ),
+    )
+    .unwrap();
+    let reader = source(dir.path(), &url).with_s3_credentials(Some(&credentials));
+
+    let tip = reader.remote_tip().unwrap();
+    assert_eq!(tip.to_string(), first);
+    reader.fetch(tip).unwrap();
+    let verified = ferry_signer::git::read_release(reader.repo(), tip).unwrap();
+    assert_eq!(verified.serial, 1);
+
+    let before = proxy.requests().len();
+    for _ in 0..3 {
+        assert_eq!(reader.remote_tip().unwrap(), tip);
+    }
+    let polls = proxy.requests()[before..].to_vec();
+    assert_eq!(polls.len(), 3, "{polls:#?}");
+    assert!(
+        polls
+            .iter()
+            .all(|r| r.target == "/deploy-mirror/ops/deploy.git/info/refs"
+                && r.status == 304
+                && r.authorization
+                    .as_deref()
+                    .is_some_and(|a| a.starts_with("AWS4-HMAC-SHA256 "))),
+        "{polls:#?}"
+    );
+
+    let second = deploy.release("web1", WEB1_B);
+    let Mirrored::Added { pack, .. } = publish() else {
+        panic!("a new pack")
+    };
+    let before = proxy.requests().len();
+    let tip2 = reader.remote_tip().unwrap();
+    assert_eq!(tip2.to_string(), second);
+    reader.fetch(tip2).unwrap();
+    assert!(reader.descends_from(tip2, tip).unwrap());
+    let packs: Vec<String> = proxy.requests()[before..]
+        .iter()
+        .filter(|r| r.target.ends_with(".pack"))
+        .map(|r| r.target.clone())
+        .collect();
+    assert_eq!(
+        packs,
+        [format!("/deploy-mirror/ops/deploy.git/objects/pack/{pack}")]
+    );
+
+    // A wrong secret: the bucket's 403, said as a refusal of that file's key.
+    let wrong = dir.path().join("wrong-credentials");
+    std::fs::write(
+        &wrong,
+        format!(
+            "[default]\naws_access_key_id = {}\naws_secret_access_key = not-the-secret\n",
+            moto.key.access_key_id
+        ),
+    )
+    .unwrap();
+    let refused = source(dir.path(), &url)
+        .with_s3_credentials(Some(&wrong))
+        .remote_tip()
+        .unwrap_err();
+    assert!(matches!(refused, SourceError::Mirror { .. }), "{refused:?}");
+    let said = refused.to_string();
+    assert!(
+        said.contains("HTTP 403")
+            && said.contains(&format!("refused the key from {} [default]", wrong.display())),
+        "{said}"
+    );
+    assert!(!said.contains("not-the-secret"), "{said}");
 }

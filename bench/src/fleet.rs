@@ -212,26 +212,14 @@ fn paginated_server(pages: Vec<Vec<u8>>) -> Result<u16> {
 
 /// B9: the git server's cost of the releases a rollout makes.
 fn rollout(key: &ReleaseKey, repos: &Path, p: &Params) -> Result<Vec<Row>> {
-    let waves = [
-        p.hosts / 100,
-        p.hosts / 10,
-        p.hosts - p.hosts / 100 - p.hosts / 10,
-    ];
+    let waved = repos.join("fleet-waves.git");
+    let (commits, waves) = waved_rollout(key, &waved, p.hosts)?;
     let subset = |from: usize, n: usize| ReleaseChanges {
         hosts: (from..from + n)
             .map(|i| (host_name(i), fixtures::fake_entry(i, 2)))
             .collect(),
         ..Default::default()
     };
-    // The rollout: a fleet on salt 1, then each wave moved to salt 2.
-    let waved = repos.join("fleet-waves.git");
-    fixtures::bare_repo(&waved)?;
-    let mut commits = vec![key.publish(&waved, &fixtures::hosts(p.hosts, 1))?];
-    let mut from = 0;
-    for n in waves {
-        commits.push(key.publish(&waved, &subset(from, n))?);
-        from += n;
-    }
     // One release moving every host, and one moving a single host.
     let single = repos.join("fleet-single.git");
     fixtures::bare_repo(&single)?;
@@ -298,9 +286,30 @@ fn rollout(key: &ReleaseKey, repos: &Path, p: &Params) -> Result<Vec<Row>> {
     ])
 }
 
+/// A new bare repository at `path` holding a 3-wave rollout of `hosts`
+/// hosts (1% / 10% / the rest): the fleet on salt 1, then each wave moved
+/// to salt 2. Its releases, first to last, and the waves' sizes.
+pub fn waved_rollout(key: &ReleaseKey, path: &Path, hosts: usize) -> Result<(Vec<git2::Oid>, [usize; 3])> {
+    let waves = [hosts / 100, hosts / 10, hosts - hosts / 100 - hosts / 10];
+    fixtures::bare_repo(path)?;
+    let mut commits = vec![key.publish(path, &fixtures::hosts(hosts, 1))?];
+    let mut from = 0;
+    for n in waves {
+        let wave = ReleaseChanges {
+            hosts: (from..from + n)
+                .map(|i| (host_name(i), fixtures::fake_entry(i, 2)))
+                .collect(),
+            ..Default::default()
+        };
+        commits.push(key.publish(path, &wave)?);
+        from += n;
+    }
+    Ok((commits, waves))
+}
+
 /// The median time and the size of the pack for a client that has `old` and
 /// wants `new`, as `git upload-pack` has it made for a fetch (thin, one thread).
-fn pack_median(repo: &Path, new: git2::Oid, old: git2::Oid, runs: usize) -> Result<(Duration, usize)> {
+pub fn pack_median(repo: &Path, new: git2::Oid, old: git2::Oid, runs: usize) -> Result<(Duration, usize)> {
     let mut times = Vec::new();
     let mut size = 0;
     for _ in 0..runs.max(1) {

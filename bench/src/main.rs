@@ -15,7 +15,9 @@
 //! - [`private_cache`]: B10, B4 from a cache behind HTTP Basic auth (nginx)
 //!   vs `nix-store -r` with a `netrc-file`.
 //! - [`approvals`]: B11, verifying a tip with two approvals vs the release alone.
-//! - [`receipts`]: B13–B14, reporting from signed host receipts in a bucket
+//! - [`mirror`]: B13–B14, a rollout of 10,000 hosts from a static mirror
+//!   behind a CDN, as the origin pays it; one host's fetch vs `git fetch`.
+//! - [`receipts`]: B15–B16, reporting from signed host receipts in a bucket
 //!   (s3rver): `status` of the fleet vs `curl --aws-sigv4`, requests per
 //!   host, forge writes per release at each fleet size.
 //! - [`report`]: the table, statistics, the machine line.
@@ -26,6 +28,7 @@ mod fixtures;
 mod fleet;
 mod history;
 mod idle;
+mod mirror;
 mod private_cache;
 mod receipts;
 mod report;
@@ -44,7 +47,7 @@ struct Args {
     only: Vec<String>,
     polls: usize,
     runs: usize,
-    /// The fleet sizes of B13–B14.
+    /// The fleet sizes of B15–B16.
     fleet: Vec<usize>,
 }
 
@@ -184,6 +187,15 @@ fn run() -> Result<()> {
         };
         rows.extend(fleet::run(work, &key, &repos, &p)?);
     }
+    if wanted("B13") || wanted("B14") {
+        eprintln!("B13–B14: a rollout of 10,000 hosts from a static mirror behind a CDN");
+        let p = mirror::Params {
+            hosts: 10_000,
+            runs: runs(9),
+            clients: 8,
+        };
+        rows.extend(mirror::run(work, &key, &repos, git.port, &p)?);
+    }
     if wanted("B11") {
         eprintln!("B11: verifying a tip with approvals vs the release alone");
         let p = approvals::Params {
@@ -192,9 +204,9 @@ fn run() -> Result<()> {
         };
         rows.extend(approvals::run(work, &key, &p)?);
     }
-    if wanted("B13") || wanted("B14") {
+    if wanted("B15") || wanted("B16") {
         eprintln!(
-            "B13–B14: reporting from signed receipts in a bucket, fleets of {:?}",
+            "B15–B16: reporting from signed receipts in a bucket, fleets of {:?}",
             args.fleet
         );
         let p = receipts::Params {

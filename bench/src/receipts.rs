@@ -1,16 +1,16 @@
-//! B13–B14: reporting from host receipts at fleet size, on a real S3 server
+//! B15–B16: reporting from host receipts at fleet size, on a real S3 server
 //! (s3rver: requests must carry a SigV4 header; it does not verify the
 //! signature, so the server's own cost is the same for both sides).
 //! - A fast generator stands in for the fleet: one ed25519 host key per
 //!   host (real keys), and for each host what its agent writes during a
 //!   deploy — the "deploying" receipt, then the final one — signed with its
 //!   key and PUT with SigV4, 16 at a time.
-//! - B13: `ferry-signer status --json` reading and verifying every receipt
+//! - B15: `ferry-signer status --json` reading and verifying every receipt
 //!   of the release, against `curl --aws-sigv4` listing the same keys and
 //!   fetching every object (one process, keep-alive).
-//! - B13′: requests to the bucket per host and release: the writes a host
+//! - B15′: requests to the bucket per host and release: the writes a host
 //!   makes, and what one read of the fleet costs per host.
-//! - B14: forge writes per release at each fleet size: today every host
+//! - B16: forge writes per release at each fleet size: today every host
 //!   posts 4 statuses; with receipts (`statuses = "failures"`), a healthy
 //!   host posts none (the agent's own rule, `reporting::to_forge`) and
 //!   `ferry-signer wait` posts `ferry/fleet` when its state changes —
@@ -35,7 +35,7 @@ use crate::report::{fmt_duration, median, Row};
 
 pub struct Params<'a> {
     pub signer: &'a Path,
-    /// The fleet sizes of B14; the largest is B13's.
+    /// The fleet sizes of B16; the largest is B15's.
     pub sizes: Vec<usize>,
     pub runs: usize,
 }
@@ -80,7 +80,7 @@ pub fn run(work: &Path, key: &ReleaseKey, repos: &Path, p: &Params) -> Result<Ve
         let fleet_writes = forge.requests().iter().filter(|r| r.method == "POST").count();
         let host_writes = healthy_host_forge_writes(Statuses::Failures);
         rows.push(Row::report(
-            "B14",
+            "B16",
             &format!("forge writes per release, {hosts} hosts (receipts, `statuses = \"failures\"`, a healthy deploy, `wait` from deploying to done)"),
             format!(
                 "{} ({} `ferry/fleet` + {host_writes} per host) vs {} today (4 per host), target ≤ 10: {}",
@@ -116,7 +116,7 @@ fn healthy_host_forge_writes(statuses: Statuses) -> usize {
         * 2
 }
 
-/// B13 and B13′ over the fleet's receipts.
+/// B15 and B15′ over the fleet's receipts.
 fn status_rows(fleet: &Fleet, p: &Params, forge: &Forge, token: &Path, s3: &S3rver) -> Result<Vec<Row>> {
     let hosts = fleet.hosts.len();
     let mut ours = Vec::new();
@@ -153,7 +153,7 @@ fn status_rows(fleet: &Fleet, p: &Params, forge: &Forge, token: &Path, s3: &S3rv
     );
     Ok(vec![
         Row::ratio(
-            "B13",
+            "B15",
             &format!(
                 "`ferry-signer status --json` of {hosts} hosts from receipts, every one verified (median of {})",
                 p.runs
@@ -164,7 +164,7 @@ fn status_rows(fleet: &Fleet, p: &Params, forge: &Forge, token: &Path, s3: &S3rv
             1.5,
         ),
         Row::report(
-            "B13′",
+            "B15′",
             &format!("requests to the bucket per host per release, {hosts} hosts"),
             format!(
                 "2 writes by the host (deploying, then the ending; a release that waits adds 1) + {:.3} per read of the fleet ({requests} requests: listings of 1,000 and one GET per receipt); target ≤ 3 by the host: met",

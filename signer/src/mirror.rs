@@ -176,8 +176,7 @@ impl Store for DirStore {
 /// Nix's `s3://` URLs), with credentials from the standard places.
 #[derive(Debug)]
 pub struct S3Store {
-    bucket: crate::s3::S3Cache,
-    prefix: String,
+    location: crate::s3::S3Location,
     credentials: crate::s3::AwsCredentials,
     http: reqwest::blocking::Client,
 }
@@ -187,18 +186,8 @@ impl S3Store {
     /// environment) or the shared credentials file.
     pub fn open(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, MirrorError> {
         let bad = |detail: String| MirrorError::Target(url.to_owned(), detail);
-        let rest = url
-            .strip_prefix("s3://")
-            .ok_or_else(|| bad("not an s3:// URL".into()))?;
-        let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
-        let prefix = prefix.trim_matches('/');
-        if prefix.split('/').any(|part| part == ".." || part == ".") {
-            return Err(bad("the key prefix may not hold `.` or `..`".into()));
-        }
-        let bucket =
-            crate::s3::S3Cache::parse(&format!("s3://{bucket}?{query}")).map_err(|e| bad(e.problem))?;
-        let credentials = crate::s3::find_credentials(None, bucket.profile.as_deref(), env)
+        let location = crate::s3::S3Location::parse(url).map_err(|e| bad(e.problem))?;
+        let credentials = crate::s3::find_credentials(None, location.bucket.profile.as_deref(), env)
             .map_err(|e| bad(format!("no credentials: {e}")))?;
         let http = reqwest::blocking::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(10))
@@ -207,19 +196,14 @@ impl S3Store {
             .build()
             .map_err(|e| bad(e.to_string()))?;
         Ok(Self {
-            bucket,
-            prefix: prefix.to_owned(),
+            location,
             credentials,
             http,
         })
     }
 
     fn url(&self, rel: &str) -> Result<reqwest::Url, MirrorError> {
-        let key = match self.prefix.as_str() {
-            "" => rel.to_owned(),
-            p => format!("{p}/{rel}"),
-        };
-        let url = self.bucket.object_url(&key);
+        let url = self.location.object_url(rel);
         reqwest::Url::parse(&url).map_err(|e| MirrorError::s3(&url, e))
     }
 
@@ -234,7 +218,7 @@ impl S3Store {
         let headers = crate::s3::sign_body(
             method.as_str(),
             &url,
-            &self.bucket.region,
+            &self.location.bucket.region,
             "s3",
             &self.credentials,
             chrono::Utc::now(),
@@ -292,7 +276,7 @@ impl Store for S3Store {
     }
 
     fn describe(&self) -> String {
-        format!("s3://{}/{}", self.bucket.bucket, self.prefix)
+        self.location.to_string()
     }
 }
 

@@ -38,33 +38,26 @@ pub struct ReceiptBucket {
 }
 
 impl ReceiptBucket {
-    /// Parses `s3://bucket[/prefix][?region=…&endpoint=…&profile=…&scheme=…]`.
+    /// Parses `s3://bucket[/prefix][?region=…&endpoint=…&profile=…&scheme=…]`
+    /// (`s3::S3Location`), the prefix held to plain key characters.
     pub fn parse(url: &str) -> Result<Self, s3::S3UrlError> {
-        let bad = |problem: String| s3::S3UrlError {
-            url: url.to_owned(),
-            problem,
-        };
-        let rest = url
-            .strip_prefix("s3://")
-            .ok_or_else(|| bad("not an s3:// URL (s3://bucket/prefix?region=…&endpoint=…)".into()))?;
-        let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
-        let prefix = prefix.trim_matches('/');
-        let prefix_ok = prefix
-            .split('/')
-            .all(|part| part != "." && part != ".." && (prefix.is_empty() || !part.is_empty()))
+        let location = s3::S3Location::parse(url)?;
+        let prefix = location.prefix;
+        let prefix_ok = (prefix.is_empty() || prefix.split('/').all(|part| !part.is_empty()))
             && prefix
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-._/".contains(c));
         if !prefix_ok {
-            return Err(bad(format!(
-                "the key prefix `{prefix}` may hold letters, digits, `-`, `_`, `.` and `/` between parts, not `.` or `..` parts"
-            )));
+            return Err(s3::S3UrlError {
+                url: url.to_owned(),
+                problem: format!(
+                    "the key prefix `{prefix}` may hold letters, digits, `-`, `_`, `.` and `/` between parts"
+                ),
+            });
         }
-        let bucket = S3Cache::parse(&format!("s3://{bucket}?{query}")).map_err(|e| bad(e.problem))?;
         Ok(Self {
-            bucket,
-            prefix: prefix.to_owned(),
+            bucket: location.bucket,
+            prefix,
         })
     }
 

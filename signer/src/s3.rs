@@ -171,6 +171,56 @@ impl S3Cache {
     }
 }
 
+/// A place under a key prefix in a bucket, `s3://bucket/prefix?region=…`
+/// (the query as for [`S3Cache`]): where a static mirror is written and
+/// read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Location {
+    pub bucket: S3Cache,
+    /// The key prefix, without leading or trailing `/` (may be empty).
+    pub prefix: String,
+}
+
+impl S3Location {
+    /// Parses `s3://bucket[/prefix][?query]`; a prefix may not hold `.` or
+    /// `..` parts.
+    pub fn parse(url: &str) -> Result<S3Location, S3UrlError> {
+        let bad = |problem: &str| S3UrlError {
+            url: url.to_owned(),
+            problem: problem.to_owned(),
+        };
+        let rest = url.strip_prefix("s3://").ok_or_else(|| bad("not an s3:// URL"))?;
+        let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
+        let prefix = prefix.trim_matches('/');
+        if prefix.split('/').any(|part| part == ".." || part == ".") {
+            return Err(bad("the key prefix may not hold `.` or `..`"));
+        }
+        let bucket = S3Cache::parse(&format!("s3://{bucket}?{query}")).map_err(|e| S3UrlError {
+            url: url.to_owned(),
+            problem: e.problem,
+        })?;
+        Ok(S3Location {
+            bucket,
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    /// The URL of `rel` under the prefix.
+    pub fn object_url(&self, rel: &str) -> String {
+        match self.prefix.as_str() {
+            "" => self.bucket.object_url(rel),
+            p => self.bucket.object_url(&format!("{p}/{rel}")),
+        }
+    }
+}
+
+impl std::fmt::Display for S3Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "s3://{}/{}", self.bucket.bucket, self.prefix)
+    }
+}
+
 /// An access key pair (and session token), redacted in `Debug`.
 #[derive(Clone)]
 pub struct AwsCredentials {

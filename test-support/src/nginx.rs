@@ -242,6 +242,38 @@ impl Nginx {
         Self::launch(dir, &servers, &extra, port, mirror_port)
     }
 
+    /// A plain proxy in front of `origin` (an `http://host:port` URL) that
+    /// keeps nothing and passes the client's `Host` on, so requests signed
+    /// for the proxy's address (SigV4 signs the host) still verify at the
+    /// origin; its log shows every request that went through.
+    pub fn log_in_front(origin: &str) -> Result<Self, NginxError> {
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-nginx-proxy")
+            .tempdir()
+            .map_err(io("creating nginx's directory"))?;
+        for sub in ["tmp", "logs"] {
+            let path = dir.path().join(sub);
+            std::fs::create_dir(&path).map_err(io(format!("creating {}", path.display())))?;
+        }
+        let (port, mirror_port) = (crate::free_port(), crate::free_port());
+        let servers = format!(
+            r#"  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass {origin};
+      proxy_set_header Host $http_host;
+      proxy_buffering off;
+    }}
+  }}
+  server {{
+    listen 127.0.0.2:{mirror_port};
+    return 404;
+  }}
+"#
+        );
+        Self::launch(dir, &servers, "", port, mirror_port)
+    }
+
     /// Writes the configuration (`servers` and `extra` http-level lines
     /// around the shared settings), starts nginx and waits until both
     /// ports listen.
@@ -335,6 +367,11 @@ http {{
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// nginx's process (one: no master, one worker), for its CPU time.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The mirror's URL, as the redirects name it.
     pub fn mirror_url(&self) -> String {
         format!("http://127.0.0.2:{}", self.mirror_port)
@@ -344,8 +381,12 @@ http {{
     /// request to each server is answered first, so everything answered
     /// before this call is in the log.
     pub fn requests(&self) -> Vec<Logged> {
-        let marker = format!("/ferry-log-marker-{}", std::process::id());
-        for address in self.addresses() {
+        // One marker per call: an earlier call's markers prove nothing.
+        static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let marker = format!("/ferry-log-marker-{}-{call}", std::process::id());
+        let addresses = self.addresses();
+        for address in &addresses {
             if let Ok(mut s) = TcpStream::connect(address) {
                 let _ = write!(s, "GET {marker} HTTP/1.0\r\n\r\n");
                 let _ = s.read_to_end(&mut Vec::new());
@@ -357,7 +398,7 @@ http {{
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             let lines: Vec<Logged> = text.lines().filter_map(parse_line).collect();
             let markers = lines.iter().filter(|l| l.target == marker).count();
-            if markers >= 2 || Instant::now() > deadline {
+            if markers >= addresses.len() || Instant::now() > deadline {
                 return lines
                     .into_iter()
                     .filter(|l| !l.target.starts_with("/ferry-log-marker-"))

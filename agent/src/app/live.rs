@@ -60,7 +60,8 @@ pub fn ports(config: &Config) -> anyhow::Result<Ports> {
         &config.source.url,
         &config.source.branch,
         config.source.token_file.as_deref(),
-    )?;
+    )?
+    .with_s3_credentials(config.source.s3_credentials_file.as_deref());
     let outbox = Outbox::open(&config.state_dir)?;
     Ok(Ports {
         source: Box::new(GitSource(Arc::new(Mutex::new(source)))),

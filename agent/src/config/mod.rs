@@ -203,6 +203,46 @@ mod tests {
         );
     }
 
+    #[test]
+    fn an_s3_source_is_a_mirror_in_a_bucket_read_with_its_own_key_pair() {
+        let with = |source: &str| {
+            format!("host = \"web1\"\n[source]\n{source}\n[cache]\nsubstituters = [\"https://c\"]\ntrusted_public_keys = [\"{KEY}\"]\n")
+        };
+        let ok = parse(&with(
+            "url = \"s3://deploy/ops/deploy.git?region=eu-central-1\"\ns3_credentials_file = \"/run/credentials/ferry-agent.service/source-s3\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            ok.source.s3_credentials_file.as_deref(),
+            Some(Path::new("/run/credentials/ferry-agent.service/source-s3"))
+        );
+        for (source, key, says) in [
+            (
+                "url = \"s3://deploy/../x?region=eu-central-1\"",
+                "source.url",
+                "may not hold `.` or `..`",
+            ),
+            (
+                "url = \"s3://deploy/x?region=eu-central-1\"\ntoken_file = \"/run/t\"",
+                "source.token_file",
+                "use source.s3_credentials_file",
+            ),
+            (
+                "url = \"https://git.example.com/d.git\"\ns3_credentials_file = \"/run/k\"",
+                "source.s3_credentials_file",
+                "not an s3:// URL",
+            ),
+            (
+                "url = \"s3://deploy/x\"\ns3_credentials_file = \"run/k\"",
+                "source.s3_credentials_file",
+                "absolute",
+            ),
+        ] {
+            let err = parse(&with(source)).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(says), "{source}: {err}");
+        }
+    }
+
     use super::*;
 
     const KEY: &str = "cache.example.com-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";

@@ -191,10 +191,13 @@ impl Store {
             .args(["--option", "require-sigs", "true"])
             .args(["--option", "extra-substituters", ""])
             .args(["--option", "builders", ""])
-            // The relay listens on a new port each time: Nix's narinfo cache
-            // (keyed by URL) must not answer for an earlier relay's port.
+            // Each relay's URLs are new (a session of its own in the path),
+            // so Nix's narinfo cache, keyed by URL, never answers for an
+            // earlier relay, and within this realise each narinfo is read
+            // once. (A positive TTL of 0 made Nix read every narinfo about
+            // five times.) A negative answer is still never kept: a path
+            // missing at first may be uploaded by the next try.
             .args(["--option", "narinfo-cache-negative-ttl", "0"])
-            .args(["--option", "narinfo-cache-positive-ttl", "0"])
             // One download per object: the relay bounds each (a cache that
             // stalls is cut off and named), and the agent retries the whole
             // realise with backoff, rather than Nix asking a stalling cache

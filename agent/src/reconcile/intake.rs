@@ -18,6 +18,7 @@ impl Agent {
             Err(refused) => return self.refuse(state, *refused),
         };
         let serial = verified.release.serial;
+        self.tip_expiry = Some((tip.clone(), verified.release.expires));
         Span::current().record("ferry_serial", serial);
         self.metrics.saw_release(serial, verified.release.expires);
         self.release_source = verified.release.source.clone();

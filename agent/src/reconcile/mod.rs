@@ -181,6 +181,10 @@ pub struct Agent {
     /// The approvers' keys, when `approvals.allowed_signers` names a file of
     /// their own (else `signers`).
     approver_signers: Option<AllowedSigners>,
+    /// The last tip verified and when its release expires: an unchanged tip
+    /// is judged again once that time has passed (a frozen branch or mirror
+    /// withholding newer releases).
+    tip_expiry: Option<(CommitId, Option<DateTime<Utc>>)>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -295,6 +299,7 @@ impl Agent {
             ports,
             signers,
             release_source: None,
+            tip_expiry: None,
             approver_signers: None,
         })
     }
@@ -365,6 +370,35 @@ impl Agent {
             .update(&self.state, systems, polled, self.ports.clock.now());
     }
 
+    /// Whether `tip`, unchanged since it was accepted, has expired since:
+    /// a branch or mirror frozen at it withholds newer releases, so it is
+    /// judged again (and said to be stale) rather than taken as up to date.
+    /// Its expiry is learnt by verifying it once per start.
+    async fn unchanged_tip_expired(&mut self, tip: &CommitId) -> bool {
+        let now = self.ports.clock.now();
+        let expires = match &self.tip_expiry {
+            Some((known, expires)) if known == tip => *expires,
+            _ => {
+                let approver_signers = self.approver_signers.as_ref().unwrap_or(&self.signers);
+                let verified = self
+                    .ports
+                    .source
+                    .verify(tip, &self.signers, approver_signers, now)
+                    .await;
+                let expires = match verified {
+                    Ok(v) => v.release.release.expires,
+                    Err(e) if matches!(*e, ferry_signer::VerifyError::Expired { .. }) => return true,
+                    // Anything else is the full judgement's to say, at the
+                    // next new tip: this only watches the clock.
+                    Err(_) => None,
+                };
+                self.tip_expiry = Some((tip.clone(), expires));
+                expires
+            }
+        };
+        expires.is_some_and(|e| now >= e)
+    }
+
     async fn reconcile_inner(&mut self) -> Result<Pass> {
         let mut state = self.state.load()?;
         let (release, span, result) = if let Some(flight) = state.in_flight.clone() {
@@ -387,7 +421,7 @@ impl Agent {
             // An unreachable repository names no release to report on: the
             // journal says it, and the poll is retried.
             let tip = self.ports.source.remote_tip().await?;
-            if state.last_seen_tip.as_ref() == Some(&tip) {
+            if state.last_seen_tip.as_ref() == Some(&tip) && !self.unchanged_tip_expired(&tip).await {
                 return Ok(Pass::UpToDate);
             }
             let span = deploy_span(&tip);

@@ -53,11 +53,19 @@ pub struct Route {
     pub rest: String,
 }
 
-/// Reads a request line (`GET /0/nar/x.nar.xz HTTP/1.1`) into a route; the
-/// HTTP status to answer otherwise. Pure, so it is tested without sockets.
-pub fn route(request_line: &str) -> Result<Route, u16> {
+/// Reads a request line (`GET /SESSION/0/nar/x.nar.xz HTTP/1.1`) into a
+/// route; the HTTP status to answer otherwise. Pure, so it is tested
+/// without sockets.
+pub fn route(request_line: &str, session: &str) -> Result<Route, u16> {
     let crate::io::http_line::RequestLine { head, path: target } = crate::io::http_line::parse(request_line)?;
-    let Some((index, rest)) = target.strip_prefix('/').and_then(|t| t.split_once('/')) else {
+    let Some(target) = target
+        .strip_prefix('/')
+        .and_then(|t| t.strip_prefix(session))
+        .and_then(|t| t.strip_prefix('/'))
+    else {
+        return Err(404);
+    };
+    let Some((index, rest)) = target.split_once('/') else {
         return Err(404);
     };
     let cache: usize = index.parse().map_err(|_| 404u16)?;
@@ -89,6 +97,15 @@ impl Relay {
         let objects = Arc::new(objects);
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let port = listener.local_addr()?.port();
+        // Each relay's URLs are its own: Nix keeps what it learns of a
+        // substituter (narinfos found and not found) by URL, so no later
+        // relay, even on the same port, can be answered from an earlier
+        // one's entries, and within a realise Nix may use them freely.
+        let session = {
+            let mut bytes = [0u8; 8];
+            rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
+            bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        };
         let substituters = caches
             .substituters()
             .iter()
@@ -97,12 +114,13 @@ impl Relay {
                 if s.starts_with("file://") {
                     s.clone()
                 } else {
-                    format!("http://127.0.0.1:{port}/{i}")
+                    format!("http://127.0.0.1:{port}/{session}/{i}")
                 }
             })
             .collect();
         let failure = Arc::new(Mutex::new(None));
         let recorded = failure.clone();
+        let session: Arc<str> = session.into();
         let task = tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
             loop {
@@ -114,9 +132,9 @@ impl Relay {
                         // delayed ACK of the head, up to 40 ms per request.
                         let _ = stream.set_nodelay(true);
                         let (caches, credentials, recorded) = (caches.clone(), credentials.clone(), recorded.clone());
-                        let objects = objects.clone();
+                        let (objects, session) = (objects.clone(), session.clone());
                         connections.spawn(async move {
-                            if let Err(e) = serve(stream, &caches, &credentials, &objects).await {
+                            if let Err(e) = serve(stream, &session, &caches, &credentials, &objects).await {
                                 warn!("binary cache relay: {e}");
                                 let failure = Failure { detail: e.to_string(), summary: e.summary() };
                                 *recorded.lock().unwrap_or_else(|p| p.into_inner()) = Some(failure);
@@ -158,6 +176,7 @@ impl Drop for Relay {
 /// Answers one request on `stream`, then closes it.
 async fn serve(
     mut stream: TcpStream,
+    session: &str,
     caches: &BinaryCaches,
     credentials: &Loaded,
     objects: &BTreeSet<String>,
@@ -173,7 +192,7 @@ async fn serve(
     }
     let line = String::from_utf8_lossy(&head);
     let line = line.lines().next().unwrap_or("");
-    let route = match route(line) {
+    let route = match route(line, session) {
         Ok(r) => r,
         Err(code) => return respond(&mut stream, code, None).await,
     };
@@ -318,25 +337,32 @@ mod tests {
     #[test]
     fn routes_name_a_substituter_and_a_safe_path() {
         assert_eq!(
-            route("GET /1/nar/0abc.nar.xz HTTP/1.1"),
+            route("GET /s1/1/nar/0abc.nar.xz HTTP/1.1", "s1"),
             Ok(Route {
                 head: false,
                 cache: 1,
                 rest: "nar/0abc.nar.xz".into()
             })
         );
-        assert_eq!(route("HEAD /0/nix-cache-info HTTP/1.1").map(|r| r.head), Ok(true));
         assert_eq!(
-            route("GET /0/abc.narinfo?x=1 HTTP/1.1").map(|r| r.rest),
+            route("HEAD /s1/0/nix-cache-info HTTP/1.1", "s1").map(|r| r.head),
+            Ok(true)
+        );
+        assert_eq!(
+            route("GET /s1/0/abc.narinfo?x=1 HTTP/1.1", "s1").map(|r| r.rest),
             Ok("abc.narinfo".into())
         );
-        assert_eq!(route("POST /0/x HTTP/1.1"), Err(405));
-        assert_eq!(route("GET /0/../etc/passwd HTTP/1.1"), Err(404));
-        assert_eq!(route("GET /0//x HTTP/1.1"), Err(404));
-        assert_eq!(route("GET /0/a%2f HTTP/1.1"), Err(404));
-        assert_eq!(route("GET /x/a HTTP/1.1"), Err(404));
-        assert_eq!(route("GET /0/ HTTP/1.1"), Err(404));
-        assert_eq!(route("GET / HTTP/1.1"), Err(404));
-        assert_eq!(route("GET /0/a"), Err(400));
+        assert_eq!(route("POST /s1/0/x HTTP/1.1", "s1"), Err(405));
+        assert_eq!(route("GET /s1/0/../etc/passwd HTTP/1.1", "s1"), Err(404));
+        assert_eq!(route("GET /s1/0//x HTTP/1.1", "s1"), Err(404));
+        assert_eq!(route("GET /s1/0/a%2f HTTP/1.1", "s1"), Err(404));
+        assert_eq!(route("GET /s1/x/a HTTP/1.1", "s1"), Err(404));
+        assert_eq!(route("GET /s1/0/ HTTP/1.1", "s1"), Err(404));
+        assert_eq!(route("GET /s1/ HTTP/1.1", "s1"), Err(404));
+        assert_eq!(route("GET /s1/0/a", "s1"), Err(400));
+        // Another relay's session, or none: not this relay's URL.
+        assert_eq!(route("GET /s2/0/abc.narinfo HTTP/1.1", "s1"), Err(404));
+        assert_eq!(route("GET /0/abc.narinfo HTTP/1.1", "s1"), Err(404));
+        assert_eq!(route("GET /s1x/0/abc.narinfo HTTP/1.1", "s1"), Err(404));
     }
 }

@@ -5,10 +5,13 @@
 //! nothing changed: a few hundred bytes, headers included); a fetch reads
 //! `objects/info/packs` and downloads only the packs this host lacks,
 //! indexed by libgit2 as they arrive. Same deadlines and caps as the other
-//! transports; a redirect to another host is refused. Nothing here is
-//! trusted: the source verifies what it fetched exactly as from a forge.
+//! transports; a redirect to another host is refused. A mirror in an S3
+//! bucket (`s3://bucket/prefix`) is read the same way with signed GETs, so
+//! the bucket can stay private. Nothing here is trusted: the source
+//! verifies what it fetched exactly as from a forge.
 
 use std::io::{self, Read};
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -18,6 +21,7 @@ use reqwest::header::HeaderValue;
 use crate::io::git::http::{basic_auth, body_error, client, request_error, time_left};
 use crate::io::git::limits::{LS_TIMEOUT, MAX_FETCH_BYTES, PACK_TIMEOUT};
 use ferry_signer::mirror::{is_pack_name, parse_packs, parse_refs, MAX_INDEX_BYTES};
+use ferry_signer::s3::{AwsCredentials, AwsCredentialsError, S3Location};
 
 /// Why the mirror could not be read. Every one is worth a retry: a mirror
 /// being written, a CDN serving a stale or cut file, a server restarting.
@@ -31,6 +35,11 @@ pub enum MirrorFault {
     NoBranch(String),
     #[error("the packs would exceed {MAX_FETCH_BYTES} bytes")]
     TooLarge,
+    #[error("no credentials for {location}: {source} (set source.s3_credentials_file, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the agent's environment)")]
+    Credentials {
+        location: String,
+        source: AwsCredentialsError,
+    },
     #[error(transparent)]
     Git(#[from] git2::Error),
 }
@@ -43,10 +52,32 @@ struct LastRefs {
     tip: Oid,
 }
 
-/// One mirror's URL and what was last read from it.
+/// Where a mirror's files are read from.
+#[derive(Debug)]
+enum Origin {
+    /// A web server or CDN: plain GETs, with the source's token if any.
+    Web(String),
+    /// A bucket: GETs signed with the key from `credentials_file` or the
+    /// standard places, or anonymous ones when none is configured anywhere
+    /// (a public bucket).
+    S3 {
+        location: S3Location,
+        credentials_file: Option<PathBuf>,
+    },
+}
+
+/// A GET of one file of the mirror, ready to send.
+struct Prepared {
+    url: String,
+    headers: Vec<(&'static str, HeaderValue)>,
+    /// What a 401 or 403 means, when credentials were sent or are needed.
+    refused: Option<String>,
+}
+
+/// One mirror's origin and what was last read from it.
 #[derive(Debug)]
 pub struct Mirror {
-    base: String,
+    origin: Origin,
     last: Mutex<Option<LastRefs>>,
 }
 
@@ -79,10 +110,109 @@ pub fn is_static(url: &str, auth: Option<&HeaderValue>) -> Result<Option<bool>, 
 }
 
 impl Mirror {
+    /// A mirror served over http(s) at `url`.
     pub fn new(url: &str) -> Self {
         Self {
-            base: url.trim_end_matches('/').to_owned(),
+            origin: Origin::Web(url.trim_end_matches('/').to_owned()),
             last: Mutex::new(None),
+        }
+    }
+
+    /// A mirror in a bucket, read with the key pair in `credentials_file`
+    /// (AWS shared-credentials format) or found as for `s3://` caches.
+    pub fn s3(location: S3Location, credentials_file: Option<PathBuf>) -> Self {
+        Self {
+            origin: Origin::S3 {
+                location,
+                credentials_file,
+            },
+            last: Mutex::new(None),
+        }
+    }
+
+    /// The key pair a bucket is read with, read afresh (a rotated key is
+    /// picked up); `None` to read anonymously when nothing is configured.
+    fn s3_credentials(
+        location: &S3Location,
+        file: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<AwsCredentials>, MirrorFault> {
+        match ferry_signer::s3::find_credentials(file, location.bucket.profile.as_deref(), env) {
+            Ok(c) => Ok(Some(c)),
+            Err(AwsCredentialsError::Read { .. })
+                if file.is_none()
+                    && location.bucket.profile.is_none()
+                    && env("AWS_SHARED_CREDENTIALS_FILE").is_none() =>
+            {
+                Ok(None)
+            }
+            Err(source) => Err(MirrorFault::Credentials {
+                location: location.to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// The request for `rel`, with the token or, for a bucket, the
+    /// signature (nothing when reading a public bucket anonymously).
+    fn request(&self, rel: &str, auth: Option<&HeaderValue>) -> Result<Prepared, MirrorFault> {
+        match &self.origin {
+            Origin::Web(base) => {
+                let headers = auth
+                    .map(|a| vec![("authorization", a.clone())])
+                    .unwrap_or_default();
+                let refused = auth.map(|_| "the token in source.token_file was refused".to_owned());
+                Ok(Prepared {
+                    url: format!("{base}/{rel}"),
+                    headers,
+                    refused,
+                })
+            }
+            Origin::S3 {
+                location,
+                credentials_file,
+            } => {
+                let url = location.object_url(rel);
+                let env = |k: &str| std::env::var(k).ok();
+                let Some(credentials) = Self::s3_credentials(location, credentials_file.as_deref(), &env)?
+                else {
+                    let refused = "the bucket does not allow anonymous reads: set source.s3_credentials_file";
+                    return Ok(Prepared {
+                        url,
+                        headers: Vec::new(),
+                        refused: Some(refused.into()),
+                    });
+                };
+                let parsed = reqwest::Url::parse(&url).map_err(|e| MirrorFault::Bad {
+                    file: rel.to_owned(),
+                    detail: e.to_string(),
+                })?;
+                let mut headers = Vec::new();
+                for (name, value) in ferry_signer::s3::sign(
+                    "GET",
+                    &parsed,
+                    &location.bucket.region,
+                    "s3",
+                    &credentials,
+                    chrono::Utc::now(),
+                ) {
+                    let mut value = HeaderValue::from_str(&value).map_err(|e| MirrorFault::Bad {
+                        file: rel.to_owned(),
+                        detail: e.to_string(),
+                    })?;
+                    value.set_sensitive(true);
+                    headers.push((name, value));
+                }
+                let refused = format!(
+                    "the bucket refused the key from {}: check it, and that the bucket's policy lets it read {location}",
+                    credentials.source
+                );
+                Ok(Prepared {
+                    url,
+                    headers,
+                    refused: Some(refused),
+                })
+            }
         }
     }
 
@@ -97,22 +227,25 @@ impl Mirror {
         extra: &[(reqwest::header::HeaderName, HeaderValue)],
     ) -> Result<(reqwest::blocking::Response, Duration), MirrorFault> {
         let (timeout, limit) = time_left(default)?;
-        let mut request = client()?.get(format!("{}/{rel}", self.base)).timeout(timeout);
-        if let Some(auth) = auth {
-            request = request.header(reqwest::header::AUTHORIZATION, auth.clone());
+        let Prepared {
+            url,
+            headers,
+            refused,
+        } = self.request(rel, auth)?;
+        let mut request = client()?.get(url).timeout(timeout);
+        for (name, value) in headers {
+            request = request.header(name, value);
         }
         for (name, value) in extra {
             request = request.header(name, value.clone());
         }
         let response = request.send().map_err(|e| request_error(e, limit))?;
-        match response.status().as_u16() {
-            200 | 304 => Ok((response, limit)),
-            401 | 403 if auth.is_some() => Err(io::Error::other(format!(
-                "{rel}: HTTP {}: the token in source.token_file was refused",
-                response.status().as_u16()
-            ))
-            .into()),
-            code => Err(io::Error::other(format!(
+        match (response.status().as_u16(), refused) {
+            (200 | 304, _) => Ok((response, limit)),
+            (code @ (401 | 403), Some(refused)) => {
+                Err(io::Error::other(format!("{rel}: HTTP {code}: {refused}")).into())
+            }
+            (code, _) => Err(io::Error::other(format!(
                 "{rel}: HTTP {code}: {}",
                 response
                     .status()
@@ -124,18 +257,23 @@ impl Mirror {
     }
 
     /// The branch tip: one GET of `info/refs`, conditional on the last one
-    /// (`If-None-Match`, `If-Modified-Since`), so an unchanged mirror answers
+    /// (`If-None-Match`, else `If-Modified-Since`), so an unchanged mirror answers
     /// 304 and nothing is read.
     pub fn tip(&self, branch: &str, auth: Option<&HeaderValue>) -> Result<Oid, MirrorFault> {
         let last = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut conditions = Vec::new();
-        if let Some(last) = &last {
-            if let Some(etag) = &last.etag {
-                conditions.push((reqwest::header::IF_NONE_MATCH, etag.clone()));
+        // The ETag alone when there is one: a date has a resolution of a
+        // second, and S3 answers 304 to a date condition that holds even
+        // when the ETag differs (a mirror rewritten within the second).
+        match &last {
+            Some(LastRefs { etag: Some(etag), .. }) => {
+                conditions.push((reqwest::header::IF_NONE_MATCH, etag.clone()))
             }
-            if let Some(modified) = &last.last_modified {
-                conditions.push((reqwest::header::IF_MODIFIED_SINCE, modified.clone()));
-            }
+            Some(LastRefs {
+                last_modified: Some(modified),
+                ..
+            }) => conditions.push((reqwest::header::IF_MODIFIED_SINCE, modified.clone())),
+            _ => {}
         }
         let (response, limit) = self.get("info/refs", LS_TIMEOUT, auth, &conditions)?;
         if response.status().as_u16() == 304 {
@@ -285,4 +423,39 @@ fn read_index(
 /// `Authorization` for a token, as the smart transport sends it.
 pub fn auth(token: Option<&str>) -> Result<Option<HeaderValue>, git2::Error> {
     token.map(basic_auth).transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn location() -> S3Location {
+        S3Location::parse("s3://deploy/ops/deploy.git?region=eu-central-1").unwrap()
+    }
+
+    #[test]
+    fn a_bucket_is_read_anonymously_only_when_no_key_is_configured_anywhere() {
+        let nothing = |k: &str| (k == "HOME").then(|| "/nonexistent".to_owned());
+        assert!(Mirror::s3_credentials(&location(), None, &nothing)
+            .unwrap()
+            .is_none());
+
+        let named = Mirror::s3_credentials(&location(), Some(Path::new("/run/missing")), &nothing)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            named.contains("s3://deploy/ops/deploy.git")
+                && named.contains("/run/missing")
+                && named.contains("source.s3_credentials_file"),
+            "{named}"
+        );
+
+        let keys = |k: &str| match k {
+            "AWS_ACCESS_KEY_ID" => Some("AKID".to_owned()),
+            "AWS_SECRET_ACCESS_KEY" => Some("secret".to_owned()),
+            _ => None,
+        };
+        let found = Mirror::s3_credentials(&location(), None, &keys).unwrap().unwrap();
+        assert_eq!(found.access_key_id, "AKID");
+    }
 }

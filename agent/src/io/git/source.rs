@@ -16,6 +16,7 @@ use crate::config::value::{absolute, secs, HumanDuration, Invalid};
 use crate::io::git::limits::{self, MAX_FETCH_BYTES, PACK_TIMEOUT};
 use crate::io::git::mirror::{self, Mirror, MirrorFault};
 use crate::io::git::{daemon as git_daemon, http as git_http};
+use ferry_signer::s3::S3Location;
 
 const REMOTE_REF: &str = "refs/ferry/tip";
 
@@ -38,6 +39,27 @@ pub(crate) fn validate(source: SourceFile) -> Result<SourceConfig, Invalid> {
         .map(|p| absolute(p, "token_file"))
         .transpose()
         .map_err(|p| Invalid::new("source.token_file", p))?;
+    let s3_credentials_file = source
+        .s3_credentials_file
+        .map(|p| absolute(p, "s3_credentials_file"))
+        .transpose()
+        .map_err(|p| Invalid::new("source.s3_credentials_file", p))?;
+    let s3 = source.url.starts_with("s3://");
+    if s3 && token_file.is_some() {
+        return Err(Invalid::new(
+            "source.token_file",
+            "an s3:// source is read with an S3 key pair, not a token: use source.s3_credentials_file",
+        ));
+    }
+    if !s3 && s3_credentials_file.is_some() {
+        return Err(Invalid::new(
+            "source.s3_credentials_file",
+            format!(
+                "`{}` is not an s3:// URL: the file is only for a mirror in a bucket (use source.token_file for a private https repository)",
+                source.url
+            ),
+        ));
+    }
     if token_file.is_some() && source.url.starts_with("http://") && !token_travels_safely(&source.url) {
         return Err(Invalid::new(
             "source.token_file",
@@ -54,6 +76,7 @@ pub(crate) fn validate(source: SourceFile) -> Result<SourceConfig, Invalid> {
         poll_interval: source.poll_interval.0,
         jitter: source.jitter.0,
         token_file,
+        s3_credentials_file,
     })
 }
 
@@ -62,6 +85,11 @@ pub(crate) fn validate(source: SourceFile) -> Result<SourceConfig, Invalid> {
 pub(crate) use ferry_signer::forge::token_travels_safely;
 
 fn check_repo_url(url: &str) -> Result<(), String> {
+    if url.starts_with("s3://") {
+        return S3Location::parse(url)
+            .map(|_| ())
+            .map_err(|e| format!("{e}: a mirror in a bucket is named s3://bucket/prefix?region=…"));
+    }
     let ok = ["https://", "http://", "git://", "file://"]
         .iter()
         .any(|s| url.starts_with(s))
@@ -70,7 +98,7 @@ fn check_repo_url(url: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "`{url}` is not supported: use https://, http://, git://, file:// or an absolute path"
+            "`{url}` is not supported: use https://, http://, git://, file://, s3:// or an absolute path"
         ))
     }
 }
@@ -110,10 +138,11 @@ pub struct Source {
     url: String,
     branch: String,
     token_file: Option<PathBuf>,
+    s3_credentials_file: Option<PathBuf>,
     /// Total time for a tip check and for a fetch (git://).
     deadlines: (Duration, Duration),
     /// For an http(s) URL, whether it serves a static mirror (asked once, at
-    /// the first tip check) and the mirror's reader.
+    /// the first tip check) and the mirror's reader; an s3:// URL is one.
     mirror: std::sync::OnceLock<Option<Mirror>>,
 }
 
@@ -172,9 +201,17 @@ impl Source {
             url: url.to_owned(),
             branch: branch.to_owned(),
             token_file: token_file.map(Path::to_owned),
+            s3_credentials_file: None,
             deadlines: (limits::LS_TIMEOUT, PACK_TIMEOUT),
             mirror: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The key pair an s3:// source is read with (else found as for
+    /// `s3://` caches, or none for a public bucket).
+    pub fn with_s3_credentials(mut self, file: Option<&Path>) -> Self {
+        self.s3_credentials_file = file.map(Path::to_owned);
+        self
     }
 
     /// Other total deadlines for a tip check and a fetch (tests use short ones).
@@ -211,6 +248,20 @@ impl Source {
     fn mirror(&self, limit: Duration) -> Result<Option<&Mirror>, SourceError> {
         if let Some(known) = self.mirror.get() {
             return Ok(known.as_ref());
+        }
+        if self.url.starts_with("s3://") {
+            let location = S3Location::parse(&self.url).map_err(|e| SourceError::Mirror {
+                url: self.url.clone(),
+                fault: MirrorFault::Bad {
+                    file: "source.url".into(),
+                    detail: e.problem,
+                },
+            })?;
+            let credentials = self.s3_credentials_file.clone();
+            return Ok(self
+                .mirror
+                .get_or_init(|| Some(Mirror::s3(location, credentials)))
+                .as_ref());
         }
         if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
             return Ok(self.mirror.get_or_init(|| None).as_ref());
@@ -357,6 +408,9 @@ pub struct SourceConfig {
     pub jitter: Duration,
     /// Token for private https remotes (read at use, never logged).
     pub token_file: Option<PathBuf>,
+    /// Key pair for a mirror in a private bucket (AWS shared-credentials
+    /// format, read at use, never logged).
+    pub s3_credentials_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -372,6 +426,7 @@ pub(crate) struct SourceFile {
     #[serde(default = "secs::<10>")]
     pub(crate) jitter: HumanDuration,
     pub(crate) token_file: Option<PathBuf>,
+    pub(crate) s3_credentials_file: Option<PathBuf>,
 }
 
 fn default_branch() -> String {

@@ -221,6 +221,49 @@ fn a_release_expired_by_a_wrong_clock_deploys_once_the_clock_is_right() {
     assert_eq!(host.state().last_seen_tip, Some(commit(R1)));
 }
 
+/// A release that expires while the host runs it, the branch (or mirror)
+/// frozen at it since: judged again once past its expiry and said to be
+/// stale, once, nothing switched; a new agent (a restart) learns the
+/// expiry by verifying the unchanged tip once, and only once.
+#[test]
+fn a_tip_frozen_past_its_expiry_is_said_stale_without_touching_the_host() {
+    let host = Host::new();
+    if let Some(Verifies::As(v)) = host.w().releases.get_mut(&commit(R1)) {
+        v.release.expires = Some(t0() + chrono::Duration::days(1));
+    }
+    let mut agent = host.agent();
+    assert_eq!(
+        run(&mut agent),
+        Pass::Deployed {
+            reboot_required: false
+        }
+    );
+    let verifications = |host: &Host| host.w().verifications;
+    let changes = host.changes();
+    // Unchanged and not expired: up to date, not verified again, also by
+    // a new agent after its first poll.
+    assert_eq!(run(&mut agent), Pass::UpToDate);
+    assert_eq!(verifications(&host), 1);
+    let mut restarted = host.agent();
+    assert_eq!(run(&mut restarted), Pass::UpToDate);
+    assert_eq!(run(&mut restarted), Pass::UpToDate);
+    assert_eq!(verifications(&host), 2, "once per start");
+
+    host.w().now = t0() + chrono::Duration::days(2);
+    let r = run(&mut restarted);
+    assert!(
+        matches!(&r, Pass::Refused(why) if why.contains("expired")),
+        "{r:?}"
+    );
+    let (_, state, said) = posted(&host).pop().unwrap();
+    assert_eq!(state, StatusState::Failure);
+    assert!(said.starts_with("stale: release 1 expired "), "{said}");
+    let count = posted(&host).len();
+    assert!(matches!(run(&mut restarted), Pass::Refused(_)));
+    assert_eq!(posted(&host).len(), count, "said once");
+    assert_eq!(host.changes(), changes, "nothing switched or rolled back");
+}
+
 /// A fault first seen while the clock was years ahead, then the clock set
 /// right: timed from the correction, neither reported at once nor never.
 #[test]

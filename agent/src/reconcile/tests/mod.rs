@@ -114,6 +114,8 @@ enum Unit {
 struct World {
     tip: CommitId,
     releases: BTreeMap<CommitId, Verifies>,
+    /// How many times a tip was verified.
+    verifications: usize,
     descends: bool,
     cached: Cached,
     running: Option<StorePath>,
@@ -270,31 +272,34 @@ impl ReleaseSource for FakeSource {
         now: DateTime<Utc>,
     ) -> Pending<'_, Result<VerifiedTip, Box<VerifyError>>> {
         let tip = tip.clone();
-        effect(&self.0, "verify", move |w| match w.releases[&tip].clone() {
-            // Expiry by the clock given, as the real verifier judges it.
-            Verifies::As(release) | Verifies::Approved(release, _) if release.release.is_expired(now) => {
-                Err(Box::new(VerifyError::Expired {
+        effect(&self.0, "verify", move |w| {
+            w.verifications += 1;
+            match w.releases[&tip].clone() {
+                // Expiry by the clock given, as the real verifier judges it.
+                Verifies::As(release) | Verifies::Approved(release, _) if release.release.is_expired(now) => {
+                    Err(Box::new(VerifyError::Expired {
+                        commit: git2::Oid::ZERO_SHA1,
+                        serial: release.release.serial,
+                        expires: release.release.expires.expect("expired"),
+                    }))
+                }
+                Verifies::As(release) => Ok(VerifiedTip {
+                    tip,
+                    release,
+                    approvals: Vec::new(),
+                }),
+                Verifies::Approved(release, approvals) => Ok(VerifiedTip {
+                    tip,
+                    release,
+                    approvals,
+                }),
+                Verifies::Unsigned => Err(Box::new(VerifyError::Unsigned {
                     commit: git2::Oid::ZERO_SHA1,
-                    serial: release.release.serial,
-                    expires: release.release.expires.expect("expired"),
-                }))
+                })),
+                Verifies::Unreadable => Err(Box::new(VerifyError::Git(
+                    git2::Error::from_str("object not found").into(),
+                ))),
             }
-            Verifies::As(release) => Ok(VerifiedTip {
-                tip,
-                release,
-                approvals: Vec::new(),
-            }),
-            Verifies::Approved(release, approvals) => Ok(VerifiedTip {
-                tip,
-                release,
-                approvals,
-            }),
-            Verifies::Unsigned => Err(Box::new(VerifyError::Unsigned {
-                commit: git2::Oid::ZERO_SHA1,
-            })),
-            Verifies::Unreadable => Err(Box::new(VerifyError::Git(
-                git2::Error::from_str("object not found").into(),
-            ))),
         })
     }
     fn descends_from(&mut self, _: &CommitId, _: &CommitId) -> Pending<'_, Result<bool, SourceError>> {
@@ -602,6 +607,7 @@ impl Host {
         let world = World {
             tip: commit(R1),
             releases: BTreeMap::from([(commit(R1), Verifies::As(verified(R1, 1, entry, t0())))]),
+            verifications: 0,
             descends: true,
             cached: Cached::Yes,
             running: Some(system('a')),
