@@ -320,6 +320,37 @@ fn status_reads_and_verifies_receipts_from_moto() {
     assert_eq!(json["summary"]["forged"], 2, "{json}");
     assert_eq!(json["receipts"]["not_in_release"], serde_json::json!(["db9"]));
 
+    // A token that may only read: `wait` says once that it cannot post
+    // ferry/fleet, and waits on.
+    forge.read_only(true);
+    let out = fleet.run(
+        &[
+            "wait",
+            "--repo",
+            fleet.repo.to_str().unwrap(),
+            "--host",
+            "web1",
+            "--timeout",
+            "1m",
+            "--interval",
+            "200ms",
+        ],
+        &forge,
+        &url,
+        &moto.key,
+    );
+    let said = assert_ok(&out);
+    assert!(
+        said.contains("cannot post ferry/fleet on ")
+            && said.contains(
+                "not posted again by this run (give the token permission to write commit statuses)"
+            ),
+        "{said}"
+    );
+    assert!(said.contains("done: 1 host"), "{said}");
+    assert!(forge.statuses().is_empty());
+    forge.read_only(false);
+
     // Wrong credentials: refused, the bucket named, the secret never shown.
     let wrong = AccessKey {
         access_key_id: moto.key.access_key_id.clone(),

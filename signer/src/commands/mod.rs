@@ -363,16 +363,18 @@ pub const FLEET_CONTEXT: &str = "ferry/fleet";
 /// The fleet's aggregated status (`ferry/fleet`) on a release and its
 /// source commit, posted when its state changes — pending, then success or
 /// failure — so a release costs the forge a handful of writes whatever the
-/// fleet's size.
+/// fleet's size. Posting never stops a wait or a rollout: a forge that
+/// fails is asked again at the next change or read, and one that refuses
+/// the token is told once and not asked again.
 #[derive(Debug, Default)]
 pub struct FleetStatus {
     posted: Option<(ferry_signer::CommitId, ferry_signer::forge::StatusState)>,
+    refused: bool,
 }
 
 impl FleetStatus {
     /// Posts `(state, text)` on `release` and `source` unless this state
-    /// was posted on `release` already. A forge that fails now is asked
-    /// again at the next change or call; a refused token is an error.
+    /// was posted on `release` already.
     pub fn post(
         &mut self,
         client: &ForgeClient,
@@ -380,7 +382,7 @@ impl FleetStatus {
         source: Option<&ferry_signer::CommitId>,
         (state, text): (ferry_signer::forge::StatusState, String),
     ) -> Result<()> {
-        if self.posted.as_ref() == Some(&(release.clone(), state)) {
+        if self.refused || self.posted.as_ref() == Some(&(release.clone(), state)) {
             return Ok(());
         }
         for commit in std::iter::once(release).chain(source) {
@@ -391,7 +393,14 @@ impl FleetStatus {
                     println!("cannot post {FLEET_CONTEXT} on {commit}: {e}; posted with the next read");
                     return Ok(());
                 }
-                Err(e) => return Err(e).context(format!("posting {FLEET_CONTEXT} on {commit}")),
+                Err(e) => {
+                    println!(
+                        "cannot post {FLEET_CONTEXT} on {commit}: {e}; not posted again by this run \
+                         (give the token permission to write commit statuses)"
+                    );
+                    self.refused = true;
+                    return Ok(());
+                }
             }
         }
         self.posted = Some((release.clone(), state));
