@@ -760,9 +760,33 @@ fn a_fleet_reports_with_receipts_and_a_rollout_is_gated_on_them() {
         );
     }
 
+    // Each receipt says what its host runs, from its own
+    // /run/current-system, and the boot it runs in.
+    let release: ferry_signer::CommitId = git(&fleet.repo, &["rev-parse", "deploy"]).parse().unwrap();
+    let env = |k: &str| match k {
+        "AWS_ACCESS_KEY_ID" => Some(moto.key.access_key_id.clone()),
+        "AWS_SECRET_ACCESS_KEY" => Some(moto.key.secret_access_key.clone()),
+        _ => None,
+    };
+    let reader = ferry_signer::receipt_bucket::Reader::open(&url, &env).unwrap();
+    let keys = ferry_signer::receipt::HostKeys::load(&host_keys).unwrap();
+    let found = reader.read(&release, &keys).unwrap();
+    for host in HOSTS {
+        let Some(ferry_signer::receipt::Verdict::Genuine(r)) = found.by_host.get(&host.parse().unwrap())
+        else {
+            panic!("{host}: {:?}", found.by_host)
+        };
+        assert_eq!(
+            r.toplevel.as_ref().map(|t| t.to_string()),
+            Some(fleet.systems[&(host, "a")].clone()),
+            "{host}"
+        );
+        assert!(r.boot.is_some(), "{host}: {r:?}");
+        assert_eq!(r.source.as_ref().map(|c| c.as_str()), Some(SOURCE), "{host}");
+    }
+
     // 3. db1's receipt replaced by one signed with web1's key (what a leaked
     //    bucket credential can do): shown as forged, and `wait` fails.
-    let release: ferry_signer::CommitId = git(&fleet.repo, &["rev-parse", "deploy"]).parse().unwrap();
     let forged = ferry_signer::receipt::Receipt {
         release: release.clone(),
         source: Some(SOURCE.parse().unwrap()),
