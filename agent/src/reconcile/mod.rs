@@ -294,7 +294,7 @@ impl Agent {
     pub fn with_ports(config: Config, signers: AllowedSigners, ports: Ports) -> Result<Self> {
         Ok(Self {
             state: StateDir::open(&config.state_dir)?,
-            metrics: Metrics::new(config.metrics.clone()),
+            metrics: Metrics::new(config.metrics.clone()).with_receipts(config.report.receipts.is_some()),
             config,
             ports,
             signers,
