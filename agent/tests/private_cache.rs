@@ -307,3 +307,68 @@ fn the_relay_serves_only_the_closure_it_was_started_for() {
         200
     );
 }
+
+/// Nix's requests to the relay share a connection, as to a cache: the
+/// relay answers one request after another on it (each answer framed by
+/// its length), the URL of another relay's session is not its own, and a
+/// request it cannot read ends the connection.
+#[test]
+fn the_relay_answers_many_requests_on_one_connection() {
+    use std::io::{BufRead, BufReader, Read, Write};
+
+    let f = Fixture::new(1);
+    let server = f.serve(&bearer_access("t", None), false);
+    let caches = f.caches(&server.url(), bearer("127.0.0.1", f.file("token", "t")));
+    let hash = f.toplevel[11..43].to_owned();
+    crate::common::runtime().block_on(async {
+        let objects = BTreeSet::from([format!("{hash}.narinfo")]);
+        let relay = Relay::start(caches.clone(), caches.load_credentials().unwrap(), objects)
+            .await
+            .unwrap();
+        let base = relay.substituters()[0].clone();
+        let answers = tokio::task::spawn_blocking(move || {
+            let url = reqwest::Url::parse(&base).unwrap();
+            let mut stream = std::net::TcpStream::connect(("127.0.0.1", url.port().unwrap())).unwrap();
+            let path = url.path().to_owned();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut ask = |target: &str| -> (String, Vec<u8>) {
+                write!(stream, "GET {target} HTTP/1.1\r\nHost: relay\r\n\r\n").unwrap();
+                let mut status = String::new();
+                reader.read_line(&mut status).unwrap();
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    if line == "\r\n" {
+                        break;
+                    }
+                    if let Some(n) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = n.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0u8; length];
+                reader.read_exact(&mut body).unwrap();
+                (status.trim().to_owned(), body)
+            };
+            let info = ask(&format!("{path}/nix-cache-info"));
+            let narinfo = ask(&format!("{path}/{hash}.narinfo"));
+            let other = ask(&format!("/0000000000000000{}/{hash}.narinfo", &path[17..]));
+            let again = ask(&format!("{path}/{hash}.narinfo"));
+            // Something unreadable: answered, then the connection ends.
+            write!(stream, "GET /nothing\r\n\r\n").unwrap();
+            let mut rest = String::new();
+            reader.read_to_string(&mut rest).unwrap();
+            (info, narinfo, other, again, rest)
+        })
+        .await
+        .unwrap();
+        let (info, narinfo, other, again, rest) = answers;
+        assert_eq!(info.0, "HTTP/1.1 200 OK");
+        assert!(String::from_utf8_lossy(&info.1).contains("StoreDir: /nix/store"));
+        assert_eq!(narinfo.0, "HTTP/1.1 200 OK");
+        assert!(String::from_utf8_lossy(&narinfo.1).starts_with("StorePath: "));
+        assert_eq!(other.0, "HTTP/1.1 404 Not Found", "another session's URL");
+        assert_eq!(again, narinfo, "the same answer on the same connection");
+        assert!(rest.starts_with("HTTP/1.1 400 Bad Request"), "{rest}");
+    });
+}

@@ -221,7 +221,11 @@ fn run() -> Result<()> {
         fx.evict()?;
     }
 
-    println!("{}", report::table(&rows));
+    // The published table, beside today's (bench/run runs from the repository).
+    let before = std::fs::read_to_string("docs/performance.md")
+        .map(|doc| report::Previous::parse(&doc))
+        .unwrap_or_default();
+    println!("{}", report::table(&rows, &before));
     println!("Machine: {}", report::machine());
     Ok(())
 }

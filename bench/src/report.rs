@@ -1,6 +1,7 @@
 //! The figures' results and the markdown table they print as, plus the
 //! statistics and the machine description that go with them.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::process::Command;
 use std::time::Duration;
@@ -82,15 +83,23 @@ impl Row {
     }
 }
 
-/// The markdown table.
-pub fn table(rows: &[Row]) -> String {
+/// The markdown table. `before` is the published table (docs/performance.md)
+/// whose figure each row prints beside today's, so a regression shows in
+/// the output itself.
+pub fn table(rows: &[Row], before: &Previous) -> String {
     let mut s = String::new();
-    s.push_str("| # | figure | measured | baseline (same run) | ratio | target | met |\n");
-    s.push_str("|---|---|---|---|---|---|---|\n");
+    s.push_str(
+        "| # | figure | measured | baseline (same run) | ratio | target | met | before (performance.md) |\n",
+    );
+    s.push_str("|---|---|---|---|---|---|---|---|\n");
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
     for r in rows {
+        let nth = seen.entry(r.id).or_default();
+        let earlier = before.get(r.id, *nth).unwrap_or("—");
+        *nth += 1;
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {earlier} |",
             r.id,
             r.figure,
             r.measured,
@@ -105,6 +114,40 @@ pub fn table(rows: &[Row]) -> String {
         );
     }
     s
+}
+
+/// The figures of a published table: for each row id (the nth row with
+/// that id, as some figures take several), its ratio, or its measured
+/// value when it has none.
+#[derive(Debug, Default)]
+pub struct Previous(BTreeMap<String, Vec<String>>);
+
+impl Previous {
+    /// Reads every table row (`| B4 | figure | measured | baseline | ratio
+    /// | …`) of `doc`; anything else is skipped.
+    pub fn parse(doc: &str) -> Self {
+        let mut rows: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for line in doc.lines() {
+            let Some(rest) = line.strip_prefix("| B") else {
+                continue;
+            };
+            let cells: Vec<&str> = rest.split(" | ").map(str::trim).collect();
+            if cells.len() < 5 {
+                continue;
+            }
+            let id = format!("B{}", cells[0]);
+            let figure = match cells[4] {
+                "—" | "" => cells[2],
+                ratio => ratio,
+            };
+            rows.entry(id).or_default().push(figure.to_owned());
+        }
+        Previous(rows)
+    }
+
+    fn get(&self, id: &str, nth: usize) -> Option<&str> {
+        self.0.get(id)?.get(nth).map(String::as_str)
+    }
 }
 
 pub fn fmt_duration(d: Duration) -> String {
@@ -163,4 +206,48 @@ pub fn machine() -> String {
         first_line("git", &["--version"]),
         first_line("nix", &["--version"]),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_row_prints_the_published_figure_beside_todays() {
+        let doc = "text\n| # | figure | measured | baseline | ratio | target | met |\n\
+                   | B4 | closure | 3.69 s | 3.49 s (nix) | 1.79× | ≤ 1.10× | **no** |\n\
+                   | B16 | writes, 10 hosts | 2 | — | — | ≤ 10 | yes |\n\
+                   | B16 | writes, 1000 hosts | 3 | — | — | ≤ 10 | yes |\n";
+        let before = Previous::parse(doc);
+        let rows = [
+            Row::ratio(
+                "B4",
+                "closure",
+                Duration::from_secs(2),
+                Duration::from_secs(2),
+                "nix",
+                1.1,
+            ),
+            Row::report("B16", "writes, 10 hosts", "2".into()),
+            Row::report("B16", "writes, 1000 hosts", "2".into()),
+            Row::report("B99", "new", "1".into()),
+        ];
+        let table = table(&rows, &before);
+        let last = |id: &str, nth: usize| {
+            let line = table
+                .lines()
+                .filter(|l| l.starts_with(&format!("| {id} ")))
+                .nth(nth)
+                .unwrap();
+            line.trim_end_matches(" |")
+                .rsplit(" | ")
+                .next()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(last("B4", 0), "1.79×");
+        assert_eq!(last("B16", 0), "2");
+        assert_eq!(last("B16", 1), "3");
+        assert_eq!(last("B99", 0), "—");
+    }
 }

@@ -320,6 +320,29 @@ pub enum StateError {
 #[derive(Debug, Clone)]
 pub struct StateDir {
     dir: PathBuf,
+    /// The state last read, with the identity of the `state.json` it was
+    /// read from: a poll asks several times, and the file is read again
+    /// only once it has been replaced (every save renames a new file in).
+    last: std::sync::Arc<std::sync::Mutex<Option<LastRead>>>,
+}
+
+/// A state as read, with the stamps of the files it was read from.
+#[derive(Debug)]
+struct LastRead {
+    state_json: FileStamp,
+    /// The extension `state.json` names, and its stamp (`None`: absent).
+    extension: Option<(PathBuf, Option<FileStamp>)>,
+    state: State,
+}
+
+/// What tells one version of a file from another: device, inode, size and
+/// modification time. A save renames a new file in, so a new inode.
+type FileStamp = (u64, u64, u64, i64, i64);
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
 }
 
 impl StateDir {
@@ -329,7 +352,10 @@ impl StateDir {
             path: dir.to_owned(),
             source,
         })?;
-        Ok(Self { dir: dir.to_owned() })
+        Ok(Self {
+            dir: dir.to_owned(),
+            last: Default::default(),
+        })
     }
 
     /// The state directory.
@@ -339,14 +365,38 @@ impl StateDir {
 
     /// The current state; the default when none was ever written.
     pub fn load(&self) -> Result<State, StateError> {
+        // Taken before the read: a file replaced meanwhile only makes the
+        // next load read again.
+        let before = stamp(&self.dir.join(STATE_FILE));
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let (Some(now), Some(read)) = (before, last.as_ref()) {
+            let extension_same = match &read.extension {
+                Some((path, then)) => stamp(path) == *then,
+                None => true,
+            };
+            if now == read.state_json && extension_same {
+                return Ok(read.state.clone());
+            }
+        }
         // A reader beside the agent (`status`) may read `state.json` just
         // before a save replaces it and removes its extension: read again
         // then, as the agent saves at most a few times a poll.
         let mut tries = 0;
         loop {
-            let (state, extension_gone) = self.load_once()?;
+            let (state, extension_gone, extension) = self.load_once()?;
             tries += 1;
-            if !extension_gone || tries == 3 {
+            if !extension_gone {
+                *last = before.map(|state_json| LastRead {
+                    state_json,
+                    extension: extension.map(|path| {
+                        let then = stamp(&path);
+                        (path, then)
+                    }),
+                    state: state.clone(),
+                });
+                return Ok(state);
+            }
+            if tries == 3 {
                 return Ok(state);
             }
         }
@@ -354,11 +404,11 @@ impl StateDir {
 
     /// The state, and whether an extension it may have had was missing
     /// while `state.json` changed meanwhile.
-    fn load_once(&self) -> Result<(State, bool), StateError> {
+    fn load_once(&self) -> Result<(State, bool, Option<PathBuf>), StateError> {
         let path = self.dir.join(STATE_FILE);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((State::default(), false)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((State::default(), false, None)),
             Err(source) => return Err(StateError::Read { path, source }),
         };
         // The version first: a newer file is not corrupt, and its unknown
@@ -381,7 +431,7 @@ impl StateDir {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let replaced = std::fs::read(&path).is_ok_and(|now| now != bytes);
-                return Ok((state, replaced));
+                return Ok((state, replaced, Some(ext_path)));
             }
             Err(source) => {
                 return Err(StateError::Read {
@@ -396,7 +446,7 @@ impl StateDir {
             Ok(extended) => state = extended,
             Err(why) => note_once(&ext_path, &why),
         }
-        Ok((state, false))
+        Ok((state, false, Some(ext_path)))
     }
 
     /// Replaces the state atomically: the extension (when the state has more
@@ -617,6 +667,35 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(store.dir()).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
+    }
+
+    /// A state read is kept until `state.json` is replaced: a save by this
+    /// agent, by another process (another `StateDir` on the same
+    /// directory), or a file written in place by hand are all seen at the
+    /// next load; an unchanged file is not read again.
+    #[test]
+    fn a_load_reads_the_file_again_only_once_it_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = StateDir::open(&dir.path().join("state")).unwrap();
+        let other = StateDir::open(&dir.path().join("state")).unwrap();
+        agent.save(&sample()).unwrap();
+        assert_eq!(agent.load().unwrap(), sample());
+        // Unchanged: answered from what was read (a file made unreadable
+        // in place, keeping its stamp, would otherwise fail the load).
+        let path = agent.dir().join(STATE_FILE);
+        let stamp_before = stamp(&path).unwrap();
+        assert_eq!(agent.load().unwrap(), sample());
+        assert_eq!(stamp(&path).unwrap(), stamp_before);
+
+        other.save(&State::default()).unwrap();
+        assert_eq!(agent.load().unwrap(), State::default(), "another process's save");
+        agent.save(&sample()).unwrap();
+        assert_eq!(other.load().unwrap(), sample());
+        std::fs::write(&path, "{").unwrap();
+        assert!(
+            matches!(agent.load(), Err(StateError::Corrupt { .. })),
+            "a file written in place by hand"
+        );
     }
 
     /// `state.json` as the first agents read it (format 1, before the state

@@ -173,7 +173,9 @@ impl Drop for Relay {
     }
 }
 
-/// Answers one request on `stream`, then closes it.
+/// Answers the requests on `stream`, one after another on the same
+/// connection (Nix's curl keeps it open), until the client closes it or an
+/// answer cannot say its length (then it ends the connection).
 async fn serve(
     mut stream: TcpStream,
     session: &str,
@@ -181,23 +183,65 @@ async fn serve(
     credentials: &Loaded,
     objects: &BTreeSet<String>,
 ) -> Result<(), CacheError> {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 2048];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut buf).await.unwrap_or(0);
-        if n == 0 || head.len() + n > MAX_HEAD_BYTES {
+    let mut pending = Vec::new();
+    loop {
+        let Some(line) = read_head(&mut stream, &mut pending).await else {
             return Ok(());
+        };
+        match answer(&mut stream, &line, session, caches, credentials, objects).await? {
+            Connection::KeepAlive => continue,
+            Connection::Close => return Ok(()),
         }
-        head.extend_from_slice(&buf[..n]);
     }
-    let line = String::from_utf8_lossy(&head);
-    let line = line.lines().next().unwrap_or("");
+}
+
+/// Whether a connection can carry another request after an answer.
+enum Connection {
+    KeepAlive,
+    Close,
+}
+
+/// Reads one request head from `stream` (after what `pending` already
+/// holds) and returns its request line; the bytes after the head stay in
+/// `pending`. `None` when the client closed or sent too much.
+async fn read_head(stream: &mut TcpStream, pending: &mut Vec<u8>) -> Option<String> {
+    let mut buf = [0u8; 2048];
+    loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head: Vec<u8> = pending.drain(..end + 4).collect();
+            let text = String::from_utf8_lossy(&head);
+            return Some(text.lines().next().unwrap_or("").to_owned());
+        }
+        let n = stream.read(&mut buf).await.unwrap_or(0);
+        if n == 0 || pending.len() + n > MAX_HEAD_BYTES {
+            return None;
+        }
+        pending.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Answers one request whose request line is `line`: what the connection
+/// can do after it.
+async fn answer(
+    stream: &mut TcpStream,
+    line: &str,
+    session: &str,
+    caches: &BinaryCaches,
+    credentials: &Loaded,
+    objects: &BTreeSet<String>,
+) -> Result<Connection, CacheError> {
     let route = match route(line, session) {
         Ok(r) => r,
-        Err(code) => return respond(&mut stream, code, None).await,
+        // A request this relay cannot read: answered, and the connection
+        // ended, as nothing after it can be trusted to be framed.
+        Err(code @ (400 | 405)) => {
+            respond(stream, code, None).await?;
+            return Ok(Connection::Close);
+        }
+        Err(code) => return respond(stream, code, None).await,
     };
     if route.rest != "nix-cache-info" && !objects.contains(&route.rest) {
-        return respond(&mut stream, 404, None).await;
+        return respond(stream, 404, None).await;
     }
     // The answer's head counts as the first window's progress: a cache that
     // never answers (or whose name never resolves) is cut off as one that
@@ -222,31 +266,37 @@ async fn serve(
     .unwrap_or_else(|_| Err(stalled(&route.rest)));
     let mut response = match upstream {
         Ok(Some(r)) => r,
-        Ok(None) => return respond(&mut stream, 404, None).await,
+        Ok(None) => return respond(stream, 404, None).await,
         Err(e) => {
-            let _ = respond(&mut stream, 502, None).await;
+            let _ = respond(stream, 502, None).await;
             return Err(e);
         }
     };
-    respond(&mut stream, 200, response.content_length()).await?;
+    let length = response.content_length();
+    let after = respond(stream, 200, length).await?;
     if route.head {
-        return Ok(());
+        return Ok(after);
     }
     // The body must keep coming: at least `min_bytes` in every window, or
     // it is cut off (Nix then sees it end short and fails, and the
     // realise is retried), naming the cache.
     let mut received: u64 = 0;
+    let mut total: u64 = 0;
     loop {
         // Reading a chunk is cancel-safe: a window that ends while one is
         // awaited loses nothing.
         match tokio::time::timeout_at(window_end, response.chunk()).await {
             Ok(Ok(Some(chunk))) => {
                 received = received.saturating_add(chunk.len() as u64);
+                total = total.saturating_add(chunk.len() as u64);
                 if stream.write_all(&chunk).await.is_err() {
-                    return Ok(()); // Nix hung up.
+                    return Ok(Connection::Close); // Nix hung up.
                 }
             }
-            Ok(Ok(None)) => return Ok(()),
+            // The whole body, as long as its head said: the connection
+            // can carry the next request.
+            Ok(Ok(None)) if length == Some(total) => return Ok(after),
+            Ok(Ok(None)) => return Ok(Connection::Close),
             Ok(Err(e)) => {
                 return Err(CacheError::Unreachable {
                     url: format!("substituter #{} /{}", route.cache, route.rest),
@@ -266,7 +316,10 @@ async fn serve(
     }
 }
 
-async fn respond(stream: &mut TcpStream, code: u16, length: Option<u64>) -> Result<(), CacheError> {
+/// Writes an answer's head: with a length (an error's is 0) the connection
+/// stays open for the next request; a 200 whose length is unknown ends it
+/// (its body then runs to the close).
+async fn respond(stream: &mut TcpStream, code: u16, length: Option<u64>) -> Result<Connection, CacheError> {
     let reason = match code {
         200 => "OK",
         400 => "Bad Request",
@@ -274,16 +327,24 @@ async fn respond(stream: &mut TcpStream, code: u16, length: Option<u64>) -> Resu
         405 => "Method Not Allowed",
         _ => "Bad Gateway",
     };
-    let mut head = format!("HTTP/1.1 {code} {reason}\r\nConnection: close\r\n");
-    match length {
-        Some(n) => head.push_str(&format!("Content-Length: {n}\r\n")),
-        None if code != 200 => head.push_str("Content-Length: 0\r\n"),
-        None => {}
-    }
+    let length = length.or((code != 200).then_some(0));
+    let mut head = format!("HTTP/1.1 {code} {reason}\r\n");
+    let after = match length {
+        Some(n) => {
+            head.push_str(&format!("Content-Length: {n}\r\n"));
+            Connection::KeepAlive
+        }
+        None => {
+            head.push_str("Connection: close\r\n");
+            Connection::Close
+        }
+    };
     head.push_str("\r\n");
     // A client that went away is not the cache's problem.
-    let _ = stream.write_all(head.as_bytes()).await;
-    Ok(())
+    if stream.write_all(head.as_bytes()).await.is_err() {
+        return Ok(Connection::Close);
+    }
+    Ok(after)
 }
 
 /// Realises `toplevel` from `caches` through the loopback relay: the closure

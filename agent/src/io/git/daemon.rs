@@ -54,6 +54,14 @@ fn resolve_with(
     limit: Duration,
     lookup: impl FnOnce(String, u16) -> io::Result<Vec<std::net::SocketAddr>> + Send + 'static,
 ) -> io::Result<Vec<std::net::SocketAddr>> {
+    // An address needs no resolver, nor a thread to bound one.
+    if let Ok(ip) = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+    {
+        return Ok(vec![std::net::SocketAddr::new(ip, port)]);
+    }
     let (tx, rx) = std::sync::mpsc::channel();
     let owned = host.to_owned();
     std::thread::Builder::new()
@@ -255,5 +263,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(found, [addr]);
+        // An address is its own answer: the resolver is not asked.
+        for (host, expected) in [("10.1.2.3", "10.1.2.3:9418"), ("[::1]", "[::1]:9418")] {
+            let found = resolve_with(
+                host,
+                DEFAULT_PORT,
+                Duration::from_secs(60),
+                Duration::from_secs(60),
+                |host, _| panic!("{host} was looked up"),
+            )
+            .unwrap();
+            assert_eq!(found, [expected.parse().unwrap()]);
+        }
     }
 }
