@@ -221,6 +221,8 @@ pub enum HostKeyError {
     NotAKey { path: String, detail: String },
     #[error("the host key {path} is encrypted; host keys are not: name the host's own key")]
     Encrypted { path: String },
+    #[error("the host key {path} is {algorithm}: receipts are signed with the host's ed25519 key (/etc/ssh/ssh_host_ed25519_key, which NixOS and OpenSSH make by default)")]
+    NotEd25519 { path: String, algorithm: String },
 }
 
 /// The host's private SSH key at `path` (unencrypted, as host keys are).
@@ -236,6 +238,14 @@ pub fn load_host_key(path: &Path) -> Result<ssh_key::PrivateKey, HostKeyError> {
     })?;
     if key.is_encrypted() {
         return Err(HostKeyError::Encrypted { path: name });
+    }
+    // The signing this crate builds does ed25519 in memory; receipts made
+    // with other key types (by ssh-keygen) still verify.
+    if key.algorithm() != ssh_key::Algorithm::Ed25519 {
+        return Err(HostKeyError::NotEd25519 {
+            path: name,
+            algorithm: key.algorithm().to_string(),
+        });
     }
     Ok(key)
 }

@@ -575,3 +575,35 @@ fn a_bucket_that_drips_its_answer_is_cut_off_and_named() {
         "cannot read receipts from s3://fleet/r: no whole answer within 1s: tried again at the next poll"
     );
 }
+
+/// Receipts are signed with ed25519 host keys (what OpenSSH and NixOS make
+/// by default): an ECDSA or RSA host key is refused by name before anything
+/// is signed, while a receipt `ssh-keygen` signs with one verifies.
+#[test]
+fn other_host_key_types_are_refused_for_signing_and_verified_from_ssh_keygen() {
+    let fleet = Fleet::new(&["web1"]);
+    let release = fleet.release();
+    let web1: HostName = "web1".parse().unwrap();
+    let document = fleet
+        .receipt(&release, "web1", StatusState::Success, "web1 runs release 1")
+        .render();
+    for (kind, name) in [("ecdsa", "ecdsa-sha2-nistp256"), ("rsa", "ssh-rsa")] {
+        let key = fleet.sb.ssh_keygen(&format!("ssh_host_{kind}_key"), kind);
+        let e = load_host_key(&key).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "is {name}: receipts are signed with the host's ed25519 key"
+            )),
+            "{e}"
+        );
+        let out = ssh_keygen(
+            &["-Y", "sign", "-q", "-f", key.to_str().unwrap(), "-n", NAMESPACE],
+            document.as_bytes(),
+        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let object = [document.as_bytes(), &out.stdout].concat();
+        let keys = HostKeys::parse(&format!("web1 {}\n", fleet.sb.public_key(&key))).unwrap();
+        let verdict = receipt::verify(&object, &release, &web1, &keys);
+        assert!(matches!(verdict, Verdict::Genuine(_)), "{kind}: {verdict}");
+    }
+}
