@@ -171,7 +171,7 @@ in
       hostKey = mkOption {
         type = types.str;
         default = "/etc/ssh/ssh_host_ed25519_key";
-        description = "The SSH host key receipts are signed with (services.openssh makes it).";
+        description = "The SSH ed25519 host key receipts are signed with (services.openssh makes it by default).";
       };
       statuses = mkOption {
         type = types.enum [ "all" "failures" "none" ];
