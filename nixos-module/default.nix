@@ -157,6 +157,32 @@ in
       };
     };
 
+    receipts = {
+      url = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "s3://ferry-receipts/fleet?region=eu-central-1";
+        description = ''
+          Where the host writes its signed receipts (`s3://bucket/prefix?…`),
+          read back by `ferry-signer status`, `wait` and `rollout`. The
+          bucket's credentials are `cacheS3CredentialsFile`'s.
+        '';
+      };
+      hostKey = mkOption {
+        type = types.str;
+        default = "/etc/ssh/ssh_host_ed25519_key";
+        description = "The SSH ed25519 host key receipts are signed with (services.openssh makes it by default).";
+      };
+      statuses = mkOption {
+        type = types.enum [ "all" "failures" "none" ];
+        default = "failures";
+        description = ''
+          Which of the host's own commit statuses still reach the forge with
+          receipts on: `failures` (and what follows one), `all` or `none`.
+        '';
+      };
+    };
+
     reboot = {
       policy = mkOption {
         type = types.enum [ "never" "in-window" ];
@@ -320,7 +346,12 @@ in
       } // lib.optionalAttrs (cfg.forge.kind != "none") ({
         inherit (cfg.forge) repository;
         token_file = credential "forge-token";
-      } // lib.optionalAttrs (cfg.forge.apiUrl != null) { api_url = cfg.forge.apiUrl; });
+      } // lib.optionalAttrs (cfg.forge.apiUrl != null) { api_url = cfg.forge.apiUrl; })
+        // lib.optionalAttrs (cfg.receipts.url != null) {
+          receipts = cfg.receipts.url;
+          host_key = cfg.receipts.hostKey;
+          inherit (cfg.receipts) statuses;
+        };
     } // lib.optionalAttrs cfg.metrics.enable {
       metrics = {
         textfile_dir = cfg.metrics.textfileDir;

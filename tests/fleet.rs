@@ -139,6 +139,12 @@ impl Fleet {
     /// [`Fleet::start`], the agents following a static mirror of the branch
     /// when `mirror`.
     fn start_following(mirror: bool) -> Self {
+        Self::start_reporting(mirror, "")
+    }
+
+    /// [`Fleet::start_following`], with `report` appended to each agent's
+    /// `[report]` section (`{host}` replaced by the host's name).
+    fn start_reporting(mirror: bool, report: &str) -> Self {
         let signer = ferry_test_support::workspace_binary("ferry-signer", "ferry-signer");
         let dir = tempfile::tempdir().unwrap();
         let seed = ferry_test_support::unique("f");
@@ -254,7 +260,8 @@ forge = "gitea"
 api_url = "{forge}"
 repository = "ops/deploy"
 token_file = "/etc/ferry/forge-token"
-"#,
+{report}"#,
+                report = report.replace("{host}", host),
                 git = source_url,
                 cache = cache_server.url(),
                 key = cache.public_key,
@@ -661,4 +668,172 @@ fn describe(log: &[ferry_test_support::nginx::Logged]) -> String {
         .map(|r| format!("{} {} {}", r.method, r.status, r.target))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// The fleet reporting with signed receipts (`report.receipts`) to a real S3
+/// server (moto, every request signed and checked), each agent signing with
+/// a host key of its own: a rollout gated on the receipts goes through its
+/// three waves while the forge gets no per-host status, only one
+/// `ferry/fleet` status per state of each wave; `status` verifies all four
+/// receipts; a receipt forged into the bucket is shown as forged and fails
+/// `wait`; a failing canary stops the next rollout, posting its failure
+/// and the fleet's.
+#[test]
+fn a_fleet_reports_with_receipts_and_a_rollout_is_gated_on_them() {
+    use ferry_test_support::s3::Moto;
+    let moto = Moto::start();
+    let empty = tempfile::tempdir().unwrap();
+    moto.upload_cache("fleet-receipts", "us-east-1", empty.path());
+    let url = format!("s3://fleet-receipts/ferry?endpoint={}", moto.endpoint());
+    let fleet = Fleet::start_reporting(
+        false,
+        &format!("receipts = \"{url}\"\nhost_key = \"/etc/ferry/{{host}}_host_key\"\n"),
+    );
+    // Each host's SSH host key, and the pinned host-keys file CI keeps.
+    let mut pinned = String::new();
+    for host in HOSTS {
+        let key =
+            ferry_test_support::ssh_keygen(fleet.dir.path(), &format!("{host}_host_key"), "ed25519", "");
+        std::fs::copy(&key, fleet.bed.host_path(&format!("/etc/ferry/{host}_host_key"))).unwrap();
+        pinned.push_str(&format!("{host} {}\n", ferry_test_support::public_key(&key)));
+    }
+    let host_keys = fleet.dir.path().join("host-keys");
+    std::fs::write(&host_keys, pinned).unwrap();
+    // The agents' bucket credentials, where the AWS tools look as root.
+    let aws = fleet.bed.host_path("/root/.aws");
+    std::fs::create_dir_all(&aws).unwrap();
+    std::fs::write(
+        aws.join("credentials"),
+        format!(
+            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            moto.key.access_key_id, moto.key.secret_access_key
+        ),
+    )
+    .unwrap();
+    let with_receipts = |args: &[&str]| {
+        let mut cmd = fleet.signer_command(args);
+        cmd.args(["--receipts", &url, "--host-keys", host_keys.to_str().unwrap()])
+            .env("AWS_ACCESS_KEY_ID", &moto.key.access_key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &moto.key.secret_access_key);
+        cmd.output().unwrap()
+    };
+    let rollout = |hosts_file: &Path| {
+        let args = fleet.rollout_args(hosts_file);
+        with_receipts(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let repo = fleet.repo.to_str().unwrap();
+
+    // 1. Three waves, each released once the receipts say the last is healthy.
+    let out = rollout(&fleet.hosts_file("a.json", "a", &[]));
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", text(&out), fleet.journal());
+    assert_eq!(fleet.tip().serial, 3);
+    for host in HOSTS {
+        assert_eq!(fleet.running(host), "a", "{host}");
+    }
+    let statuses = fleet.forge.statuses();
+    let per_host: Vec<_> = statuses
+        .iter()
+        .filter(|s| HOSTS.iter().any(|h| s.context == format!("ferry/{h}")))
+        .collect();
+    assert!(per_host.is_empty(), "healthy hosts post nothing: {per_host:?}");
+    let fleet_statuses: Vec<_> = statuses.iter().filter(|s| s.context == "ferry/fleet").collect();
+    let last = fleet_statuses.last().expect("a ferry/fleet status");
+    assert_eq!(
+        (last.state.as_str(), last.description.as_str()),
+        ("success", "4 of 4 hosts run release 3"),
+    );
+    // Per wave at most pending and success, each on the release and the
+    // source: a handful of writes, whatever the fleet's size.
+    assert!(fleet_statuses.len() <= 3 * 2 * 2, "{fleet_statuses:#?}");
+
+    // 2. `status` reads and verifies every host's receipt.
+    let out = with_receipts(&["status", "--repo", repo, "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["summary"]["success"], 4, "{json}");
+    assert_eq!(json["receipts"]["requests"], 5, "one listing, four reads: {json}");
+    for host in json["hosts"].as_array().unwrap() {
+        let expected = format!("{} runs release 3", host["host"].as_str().unwrap());
+        assert!(
+            host["description"].as_str().unwrap().contains(&expected),
+            "{host}"
+        );
+    }
+
+    // Each receipt says what its host runs, from its own
+    // /run/current-system, and the boot it runs in.
+    let release: ferry_signer::CommitId = git(&fleet.repo, &["rev-parse", "deploy"]).parse().unwrap();
+    let env = |k: &str| match k {
+        "AWS_ACCESS_KEY_ID" => Some(moto.key.access_key_id.clone()),
+        "AWS_SECRET_ACCESS_KEY" => Some(moto.key.secret_access_key.clone()),
+        _ => None,
+    };
+    let reader = ferry_signer::receipt_bucket::Reader::open(&url, &env).unwrap();
+    let keys = ferry_signer::receipt::HostKeys::load(&host_keys).unwrap();
+    let found = reader.read(&release, &keys).unwrap();
+    for host in HOSTS {
+        let Some(ferry_signer::receipt::Verdict::Genuine(r)) = found.by_host.get(&host.parse().unwrap())
+        else {
+            panic!("{host}: {:?}", found.by_host)
+        };
+        assert_eq!(
+            r.toplevel.as_ref().map(|t| t.to_string()),
+            Some(fleet.systems[&(host, "a")].clone()),
+            "{host}"
+        );
+        assert!(r.boot.is_some(), "{host}: {r:?}");
+        assert_eq!(r.source.as_ref().map(|c| c.as_str()), Some(SOURCE), "{host}");
+    }
+
+    // 3. db1's receipt replaced by one signed with web1's key (what a leaked
+    //    bucket credential can do): shown as forged, and `wait` fails.
+    let forged = ferry_signer::receipt::Receipt {
+        release: release.clone(),
+        source: Some(SOURCE.parse().unwrap()),
+        host: "db1".parse().unwrap(),
+        state: ferry_signer::forge::StatusState::Success,
+        time: chrono::Utc::now(),
+        toplevel: None,
+        boot: None,
+        description: "db1 runs release 3".into(),
+    };
+    let web1_key = ferry_signer::receipt::load_host_key(&fleet.dir.path().join("web1_host_key")).unwrap();
+    let staged = fleet.dir.path().join("forged");
+    let object = staged.join(format!("ferry/{release}/db1"));
+    std::fs::create_dir_all(object.parent().unwrap()).unwrap();
+    std::fs::write(&object, forged.sign(&web1_key).unwrap()).unwrap();
+    moto.upload_cache("fleet-receipts", "us-east-1", &staged);
+    let out = with_receipts(&["status", "--repo", repo]);
+    let said = text(&out);
+    assert!(
+        said.contains("db1")
+            && said.contains("forged: signed by SHA256:")
+            && said.contains("not a key pinned for db1"),
+        "{said}"
+    );
+    let out = with_receipts(&["wait", "--repo", repo, "--timeout", "60s", "--interval", "1s"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+
+    // 4. A failing canary: its failure reaches the forge (report.statuses
+    //    defaults to failures), the rollout stops, and the fleet's status
+    //    names it.
+    let out = rollout(&fleet.hosts_file("bad.json", "b", &[("canary1", "unhealthy")]));
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{said}\n{}", fleet.journal());
+    assert!(said.contains("wave 1 (canary) failed on canary1"), "{said}");
+    let statuses = fleet.forge.statuses();
+    let canary = statuses
+        .iter()
+        .rfind(|s| s.context == "ferry/canary1")
+        .expect("posted");
+    assert_eq!(canary.state, "failure", "{canary:?}");
+    let fleet_status = statuses.iter().rfind(|s| s.context == "ferry/fleet").unwrap();
+    assert_eq!(fleet_status.state, "failure", "{fleet_status:?}");
+    assert!(
+        fleet_status.description.contains("failed: canary1"),
+        "{fleet_status:?}"
+    );
+    for host in ["web1", "web2", "db1"] {
+        assert_eq!(fleet.running(host), "a", "{host}");
+    }
 }

@@ -41,6 +41,7 @@ fn snapshot() -> Snapshot {
         reboot_required: true,
         drift: true,
         statuses_queued: 2,
+        receipts_queued: Some(1),
         rate_limited_until: Some(at(13)),
         last_poll_success: Some(at(11)),
         newest_release: Some(NewestRelease {

@@ -281,8 +281,11 @@ fn the_sink_leaves_a_rate_limiting_forge_alone_until_the_time_it_asked() {
         )
     };
     let mut live = sink();
-    live.queue(1, &status(StatusState::Pending, "deploying")).unwrap();
-    live.queue(2, &status(StatusState::Success, "runs")).unwrap();
+    use ferry_agent::state::Unsent;
+    live.queue(&Unsent::forge_only(1, status(StatusState::Pending, "deploying")))
+        .unwrap();
+    live.queue(&Unsent::forge_only(2, status(StatusState::Success, "runs")))
+        .unwrap();
     loopback.limit(1, 2);
     rt.block_on(live.deliver());
     assert_eq!(loopback.requests().len(), 1);

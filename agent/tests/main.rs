@@ -14,6 +14,7 @@ mod mirror;
 mod nix_cache;
 mod preflight;
 mod private_cache;
+mod receipts;
 mod s3_cache;
 mod source;
 mod systemd;

@@ -17,6 +17,9 @@
 //! - [`approvals`]: B11, verifying a tip with two approvals vs the release alone.
 //! - [`mirror`]: B13–B14, a rollout of 10,000 hosts from a static mirror
 //!   behind a CDN, as the origin pays it; one host's fetch vs `git fetch`.
+//! - [`receipts`]: B15–B16, reporting from signed host receipts in a bucket
+//!   (s3rver): `status` of the fleet vs `curl --aws-sigv4`, requests per
+//!   host, forge writes per release at each fleet size.
 //! - [`report`]: the table, statistics, the machine line.
 
 mod approvals;
@@ -27,6 +30,7 @@ mod history;
 mod idle;
 mod mirror;
 mod private_cache;
+mod receipts;
 mod report;
 mod signing;
 mod throughput;
@@ -43,10 +47,12 @@ struct Args {
     only: Vec<String>,
     polls: usize,
     runs: usize,
+    /// The fleet sizes of B15–B16.
+    fleet: Vec<usize>,
 }
 
 const USAGE: &str =
-    "usage: ferry-bench --agent PATH --signer PATH --work DIR [--only B1,B4,…] [--polls N] [--runs N]";
+    "usage: ferry-bench --agent PATH --signer PATH --work DIR [--only B1,B4,…] [--polls N] [--runs N] [--fleet 10,1000,10000]";
 
 fn parse_args() -> Result<Args> {
     let mut agent = None;
@@ -55,6 +61,7 @@ fn parse_args() -> Result<Args> {
     let mut only = Vec::new();
     let mut polls = 100;
     let mut runs = 0;
+    let mut fleet = vec![10, 1_000, 10_000];
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().with_context(|| format!("{a} needs a value\n{USAGE}"));
@@ -65,6 +72,13 @@ fn parse_args() -> Result<Args> {
             "--only" => only = value()?.split(',').map(|s| s.trim().to_uppercase()).collect(),
             "--polls" => polls = value()?.parse()?,
             "--runs" => runs = value()?.parse()?,
+            "--fleet" => {
+                fleet = value()?
+                    .split(',')
+                    .map(|n| n.trim().parse())
+                    .collect::<Result<_, _>>()
+                    .context("--fleet takes fleet sizes, e.g. 10,100")?
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -79,6 +93,7 @@ fn parse_args() -> Result<Args> {
         only,
         polls,
         runs,
+        fleet,
     })
 }
 
@@ -206,6 +221,18 @@ fn run() -> Result<()> {
             runs: runs(15),
         };
         rows.extend(approvals::run(work, &key, &p)?);
+    }
+    if wanted("B15") || wanted("B16") {
+        eprintln!(
+            "B15–B16: reporting from signed receipts in a bucket, fleets of {:?}",
+            args.fleet
+        );
+        let p = receipts::Params {
+            signer: &args.signer,
+            sizes: args.fleet.clone(),
+            runs: runs(5),
+        };
+        rows.extend(receipts::run(work, &key, &repos, &p)?);
     }
     if let Some(fx) = &closure {
         // Leave no fixture paths behind in the store.

@@ -49,6 +49,13 @@ pub struct ReportSection {
     pub token_file: Option<PathBuf>,
     pub context: String,
     pub error_after: HumanDuration,
+    /// Where the host writes its signed receipts (`s3://bucket/prefix?…`),
+    /// if anywhere.
+    pub receipts: Option<String>,
+    /// The SSH host key receipts are signed with.
+    pub host_key: Option<PathBuf>,
+    /// Which per-host statuses reach the forge (with receipts on).
+    pub statuses: Option<Statuses>,
 }
 
 impl Default for ReportSection {
@@ -60,6 +67,49 @@ impl Default for ReportSection {
             token_file: None,
             context: DEFAULT_CONTEXT.into(),
             error_after: HumanDuration(DEFAULT_ERROR_AFTER),
+            receipts: None,
+            host_key: None,
+            statuses: None,
+        }
+    }
+}
+
+/// The host key receipts are signed with unless `report.host_key` names another.
+pub const DEFAULT_HOST_KEY: &str = "/etc/ssh/ssh_host_ed25519_key";
+
+/// `report.statuses`: which of a host's own commit statuses reach the forge
+/// when its receipts say everything (`all` without receipts: today's way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Statuses {
+    /// Every status, as without receipts.
+    All,
+    /// Failures and errors, and whatever follows one on the same commit
+    /// (so a host that recovers does not stay red): the default with receipts.
+    Failures,
+    /// None: receipts and the fleet's aggregated statuses say it all.
+    None,
+}
+
+impl Statuses {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::Failures => "failures",
+            Self::None => "none",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Statuses {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.as_str() {
+            "all" => Ok(Self::All),
+            "failures" => Ok(Self::Failures),
+            "none" => Ok(Self::None),
+            other => Err(serde::de::Error::custom(format!(
+                "`{other}` is not a choice of statuses: expected all, failures or none"
+            ))),
         }
     }
 }

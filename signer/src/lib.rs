@@ -28,6 +28,9 @@
 //!   outcomes, counts, and the waiter's decision.
 //! - [`mirror`]: the deploy branch as a static mirror (git's dumb HTTP
 //!   layout) for web servers, buckets and CDNs.
+//! - [`receipt`]: host receipts: the signed document, the pinned host keys,
+//!   the verdict on a receipt read back; [`receipt_bucket`]: the bucket
+//!   they are kept in, listed and read.
 //! - [`s3`]: S3 as both programs speak it: `s3://` URLs, AWS Signature
 //!   Version 4, credentials from the standard places, error documents.
 //! - [`pace`]: how often the fleet commands read the forge, to fit the
@@ -48,6 +51,8 @@ pub mod pace;
 pub mod pattern;
 pub mod plan;
 pub mod publish;
+pub mod receipt;
+pub mod receipt_bucket;
 pub mod release;
 pub mod rollout;
 pub mod s3;

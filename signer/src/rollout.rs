@@ -55,6 +55,18 @@ impl Step {
         matches!(self, Self::Failed { .. } | Self::TimedOut { .. })
     }
 
+    /// The state of the fleet's aggregated status (`ferry/fleet`) on the
+    /// tip release this step was judged on: its released waves are healthy
+    /// (the next wave may go, or all are done), still deploying or soaking,
+    /// or stopped.
+    pub fn fleet_state(&self) -> StatusState {
+        match self {
+            Self::Release { .. } | Self::Done { .. } => StatusState::Success,
+            Self::Wait { .. } | Self::Soak { .. } => StatusState::Pending,
+            Self::Failed { .. } | Self::TimedOut { .. } => StatusState::Failure,
+        }
+    }
+
     /// The state and description of the rollout's own commit status, e.g.
     /// "wave 2 of 3 (web): 8 of 10 hosts".
     pub fn summary(&self, waves: &[Wave]) -> (StatusState, String) {
@@ -487,6 +499,7 @@ mod tests {
             pending: 1,
             failure: 0,
             not_reported: 0,
+            forged: 0,
         };
         let (state, text) = Step::Wait {
             wave: 1,

@@ -107,6 +107,8 @@ pub enum SigError {
     PublicKey(String),
     #[error("signature was made for namespace `{0}`, not `git`: it was not made for a git commit")]
     Namespace(String),
+    #[error("signature was made for namespace `{found}`, not `{expected}`: it was not made for this use")]
+    OtherNamespace { found: String, expected: String },
     #[error("signature uses hash algorithm `{0}`; only sha512 and sha256 are accepted")]
     HashAlgorithm(String),
     #[error("signature body cannot be decoded ({0})")]
@@ -132,8 +134,19 @@ impl SshSignature {
         Self::from_blob(&blob)
     }
 
+    /// Parses an armored signature made for `namespace` (another than
+    /// `git`, e.g. [`crate::receipt::NAMESPACE`]); the rest as [`Self::from_armor`].
+    pub fn from_armor_in(armor: &[u8], namespace: &str) -> Result<Self, SigError> {
+        let blob = dearmor(armor)?;
+        Self::parse_blob(&blob, namespace)
+    }
+
     /// Parses the binary SSHSIG blob (the base64-decoded armor body).
     pub fn from_blob(blob: &[u8]) -> Result<Self, SigError> {
+        Self::parse_blob(blob, GIT_NAMESPACE)
+    }
+
+    fn parse_blob(blob: &[u8], expected_namespace: &str) -> Result<Self, SigError> {
         let mut r = Reader(blob);
         if r.take(MAGIC.len()).ok_or(SigError::Blob("too short"))? != MAGIC {
             return Err(SigError::Blob("missing the SSHSIG preamble"));
@@ -153,8 +166,14 @@ impl SshSignature {
 
         let namespace =
             std::str::from_utf8(namespace).map_err(|_| SigError::Blob("namespace is not UTF-8"))?;
-        if namespace != GIT_NAMESPACE {
-            return Err(SigError::Namespace(printable(namespace)));
+        if namespace != expected_namespace {
+            if expected_namespace == GIT_NAMESPACE {
+                return Err(SigError::Namespace(printable(namespace)));
+            }
+            return Err(SigError::OtherNamespace {
+                found: printable(namespace),
+                expected: expected_namespace.to_owned(),
+            });
         }
         let hash_alg = match hash_alg {
             b"sha512" => HashAlg::Sha512,
@@ -298,6 +317,12 @@ impl SshSignature {
 /// `gpg.format=ssh`, and returns the armored signature (LF line endings).
 pub fn sign_git(key: &ssh_key::PrivateKey, message: &[u8]) -> Result<String, ssh_key::Error> {
     SshSig::sign(key, GIT_NAMESPACE, HashAlg::Sha512, message)?.to_pem(LineEnding::LF)
+}
+
+/// Signs `message` for `namespace` with sha512, as `ssh-keygen -Y sign -n
+/// NAMESPACE` does, and returns the armored signature (LF line endings).
+pub fn sign_in(key: &ssh_key::PrivateKey, namespace: &str, message: &[u8]) -> Result<String, ssh_key::Error> {
+    SshSig::sign(key, namespace, HashAlg::Sha512, message)?.to_pem(LineEnding::LF)
 }
 
 /// Signs `message` for namespace `git` with a signing function that sees only

@@ -11,5 +11,6 @@ mod fleet;
 mod interop;
 mod key_types;
 mod mirror;
+mod receipts;
 mod reference;
 mod refusals;

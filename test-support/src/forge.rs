@@ -57,6 +57,8 @@ struct State {
     statuses: Vec<Stored>,
     requests: Vec<Request>,
     forced: Option<u16>,
+    /// Writes refused as a token without write permission is refused.
+    read_only: bool,
     /// How many more requests are answered as rate-limited, and the
     /// `retry-after` seconds they ask for.
     limited: Option<(usize, u64)>,
@@ -124,6 +126,12 @@ impl Forge {
             (_, s) => s,
         };
         store(&self.state, sha, context, state, description);
+    }
+
+    /// Refuses every write from now on as GitHub refuses a token that may
+    /// only read (403), or takes them again.
+    pub fn read_only(&self, on: bool) {
+        self.state.lock().unwrap().read_only = on;
     }
 
     /// Answers every request with this code from now on (None: normal).
@@ -259,6 +267,13 @@ fn answer(kind: Kind, r: &Request, body: &[u8], state: &Mutex<State>) -> Answer 
     };
     if !authorized {
         return (401, vec![], r#"{"message":"Bad credentials"}"#.into());
+    }
+    if r.method == "POST" && state.lock().unwrap().read_only {
+        return (
+            403,
+            vec![],
+            r#"{"message":"Resource not accessible by integration"}"#.into(),
+        );
     }
     let segments: Vec<&str> = r.path.trim_start_matches('/').split('/').collect();
     match (kind, r.method.as_str(), segments.as_slice()) {

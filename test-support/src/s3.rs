@@ -1,11 +1,17 @@
-//! A real S3 server on loopback: moto's server mode (PyPI, installed into the
+//! Real S3 servers on loopback. First moto's server mode (PyPI, installed into the
 //! project's virtualenv by `scripts/install-deps`), with request
 //! authentication on: an IAM user and its access key are made through the
 //! IAM API in the first unauthenticated requests moto allows, and every
 //! request after that (bucket creation, uploads, the agent's reads) must be
 //! signed with that key. The fixture's own requests (IAM, the bucket, the
 //! uploads) are made with boto3, AWS's Python SDK: what the agent reads
-//! was written by a client other than itself.
+//! was written by a client other than itself. Then [`S3rver`], a second,
+//! independent implementation (npm's s3rver), so what Ferry writes and
+//! lists is not tuned to one server's leniencies; it checks that a request
+//! carries a well-formed SigV4 header with a known key and the
+//! `x-amz-content-sha256` S3 requires, but not the signature itself (its
+//! source says SigV4 calculation is unimplemented): moto is the one that
+//! refuses a wrong signature.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -52,10 +58,14 @@ if op == "setup":
 elif op == "upload":
     bucket, region, root = args
     s3 = client("s3", region)
-    if region == "us-east-1":
-        s3.create_bucket(Bucket=bucket)
-    else:
-        s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region})
+    try:
+        if region == "us-east-1":
+            s3.create_bucket(Bucket=bucket)
+        else:
+            s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region})
+    except s3.exceptions.ClientError as e:
+        if e.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            raise
     for d, _, files in os.walk(root):
         for f in files:
             path = os.path.join(d, f)
@@ -67,6 +77,25 @@ elif op == "delete":
 else:
     sys.exit(f"unknown operation {op}")
 "#;
+
+/// Runs one operation of [`CLIENT`] against `endpoint` signed with `key`:
+/// its stdout, or what it said on stderr.
+fn boto3(endpoint: &str, key: &AccessKey, op: &[&str]) -> Result<String, String> {
+    let out = Command::new(venv().join("bin/python"))
+        .args(["-c", CLIENT])
+        .args([endpoint, &key.access_key_id, &key.secret_access_key])
+        .args(op)
+        // No AWS configuration of this machine's user.
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .stdin(Stdio::null())
+        .output()
+        .expect("the virtualenv's python runs (scripts/install-deps)");
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(String::from_utf8(out.stdout).unwrap())
+}
 
 /// An access key moto made for the fixture's IAM user.
 pub struct AccessKey {
@@ -155,24 +184,7 @@ impl Moto {
 
     /// [`Self::client`], with what it said as the error.
     fn try_client(&self, op: &[&str]) -> Result<String, String> {
-        let out = Command::new(venv().join("bin/python"))
-            .args(["-c", CLIENT])
-            .args([
-                &self.endpoint(),
-                &self.key.access_key_id,
-                &self.key.secret_access_key,
-            ])
-            .args(op)
-            // No AWS configuration of this machine's user.
-            .env("AWS_CONFIG_FILE", "/dev/null")
-            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-            .stdin(Stdio::null())
-            .output()
-            .expect("the virtualenv's python runs (scripts/install-deps)");
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-        }
-        Ok(String::from_utf8(out.stdout).unwrap())
+        boto3(&self.endpoint(), &self.key, op)
     }
 
     /// Creates `bucket` in `region` and uploads the binary cache in `dir`
@@ -188,6 +200,99 @@ impl Moto {
 }
 
 impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Where `scripts/install-deps` puts s3rver.
+fn s3rver_dir() -> PathBuf {
+    std::env::var_os("FERRY_TEST_S3RVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/var/lib/ferry-test/s3rver".into())
+}
+
+/// A second, independent S3 server: s3rver (npm, installed by
+/// `scripts/install-deps`), which takes only requests with a well-formed
+/// SigV4 header for its one key (`S3RVER`/`S3RVER`) — it does not verify
+/// the signature itself — and answers ListObjectsV2 in pages. Its objects live in a directory of its own; it
+/// is killed on drop. The fixture's own requests are boto3's, as for moto.
+#[derive(Debug)]
+pub struct S3rver {
+    child: Child,
+    pub port: u16,
+    pub key: AccessKey,
+    _data: tempfile::TempDir,
+}
+
+impl S3rver {
+    pub fn start() -> Self {
+        let server = s3rver_dir().join("node_modules/.bin/s3rver");
+        assert!(
+            server.exists(),
+            "{} is missing: run scripts/install-deps (it installs s3rver from npm)",
+            server.display()
+        );
+        let data = tempfile::tempdir().unwrap();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let port = free_port();
+            let mut child = Command::new(&server)
+                .args([
+                    "-d",
+                    data.path().to_str().unwrap(),
+                    "-a",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "-s",
+                ])
+                .args(["--no-vhost-buckets"])
+                // s3rver makes ListObjectsV2 continuation tokens with DES,
+                // which OpenSSL 3 keeps in its legacy provider.
+                .env("NODE_OPTIONS", "--openssl-legacy-provider")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            if wait_for_port(port).is_err() || child.try_wait().ok().flatten().is_some() {
+                let _ = child.kill();
+                let _ = child.wait();
+                assert!(attempts < 3, "s3rver does not listen on 127.0.0.1:{port}");
+                continue;
+            }
+            return Self {
+                child,
+                port,
+                key: AccessKey {
+                    access_key_id: "S3RVER".into(),
+                    secret_access_key: "S3RVER".into(),
+                },
+                _data: data,
+            };
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Creates `bucket` and uploads the files under `dir` into it, keyed
+    /// by their paths below `dir`, with boto3's signed PUTs.
+    pub fn upload(&self, bucket: &str, dir: &Path) {
+        boto3(
+            &self.endpoint(),
+            &self.key,
+            &["upload", bucket, "us-east-1", dir.to_str().unwrap()],
+        )
+        .unwrap_or_else(|e| panic!("boto3 upload to s3rver failed: {e}"));
+    }
+}
+
+impl Drop for S3rver {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -20,9 +20,10 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::io::cache::client::{BinaryCaches, CacheError, Preflight};
 use crate::io::cache::relay::realise_via_relay;
-use crate::io::forge::{CommitStatus, Delivery, ForgeClient};
+use crate::io::forge::{Delivery, ForgeClient};
 use crate::io::git::source::{Source, SourceError};
 use crate::io::nix::{self, Store, StoreError};
+use crate::io::receipts::{ReceiptWriter, Written};
 use crate::io::systemd::bus::{Systemd, SystemdError};
 use crate::io::systemd::health::{self, Health, HealthCommand};
 use crate::io::systemd::switch::{Attempt, Observed, SwitchResult, Switcher};
@@ -32,7 +33,8 @@ use crate::reconcile::ports::{
 };
 use crate::reconcile::Agent;
 use crate::state::outbox::{self, Outbox};
-use crate::state::{BootId, StateError};
+use crate::state::receipts::{self as receipt_queue, ReceiptQueue};
+use crate::state::{BootId, StateError, Unsent};
 
 /// The agent for `config`, reaching the real world: its allowed signers
 /// (and the approvers', when a file of their own), state, outbox and
@@ -72,9 +74,23 @@ pub fn ports(config: &Config) -> anyhow::Result<Ports> {
             record_dir: config.state_dir.clone(),
             agent_exe: std::env::current_exe().context("cannot find this agent's executable")?,
         }),
-        statuses: match &config.report.forge {
-            Some(target) => Box::new(ForgeSink::new(outbox, ForgeClient::new(target))),
-            None => Box::new(NoForge(outbox)),
+        statuses: {
+            let forge: Box<dyn StatusSink> = match &config.report.forge {
+                Some(target) => Box::new(ForgeSink::new(outbox, ForgeClient::new(target))),
+                None => Box::new(NoForge(outbox)),
+            };
+            match &config.report.receipts {
+                Some(target) => Box::new(ReceiptSink {
+                    forge,
+                    queue: ReceiptQueue::open(&config.state_dir)?,
+                    writer: ReceiptWriter::new(target.clone()),
+                    host: config.host.clone(),
+                    current_system: PathBuf::from(nix::CURRENT_SYSTEM),
+                    failures: 0,
+                    retry_at: None,
+                }),
+                None => forge,
+            }
         },
         reboot: Box::new(SystemdReboot {
             systemd: LazySystemd::default(),
@@ -389,7 +405,7 @@ impl Clock for SystemClock {
 struct NoForge(Outbox);
 
 impl StatusSink for NoForge {
-    fn queue(&mut self, _: u64, _: &CommitStatus) -> Result<(), StateError> {
+    fn queue(&mut self, _: &Unsent) -> Result<(), StateError> {
         Ok(())
     }
 
@@ -451,8 +467,11 @@ impl ForgeSink {
 }
 
 impl StatusSink for ForgeSink {
-    fn queue(&mut self, id: u64, status: &CommitStatus) -> Result<(), StateError> {
-        let dropped = self.outbox.push_once(id, status)?;
+    fn queue(&mut self, unsent: &Unsent) -> Result<(), StateError> {
+        if !unsent.to_forge {
+            return Ok(());
+        }
+        let dropped = self.outbox.push_once(unsent.id, &unsent.status)?;
         if dropped > 0 {
             warn!(dropped, "status outbox full: dropped the oldest statuses");
         }
@@ -499,6 +518,99 @@ impl StatusSink for ForgeSink {
                     }
                 }
                 Err(e) => error!("cannot read the status outbox: {e}"),
+            }
+        })
+    }
+}
+
+/// Receipts beside the statuses (`report.receipts`): the release's status
+/// becomes this host's receipt — with the system it runs and its boot —
+/// queued durably in `<state_dir>/receipts` and written to the bucket,
+/// signed with the host key, after the statuses are delivered; what the
+/// forge gets is `forge`'s to deliver. A bucket that fails is asked again
+/// after a growing, jittered pause (`reporting::receipt_retry`).
+struct ReceiptSink {
+    forge: Box<dyn StatusSink>,
+    queue: ReceiptQueue,
+    writer: ReceiptWriter,
+    host: ferry_signer::HostName,
+    /// `/run/current-system`.
+    current_system: PathBuf,
+    /// Drains in a row that stopped at a fault.
+    failures: u32,
+    /// No write before then.
+    retry_at: Option<DateTime<Utc>>,
+}
+
+impl StatusSink for ReceiptSink {
+    fn queue(&mut self, unsent: &Unsent) -> Result<(), StateError> {
+        if let Some(note) = &unsent.receipt {
+            let receipt = ferry_signer::receipt::Receipt {
+                release: unsent.status.commit.clone(),
+                source: note.source.clone(),
+                host: self.host.clone(),
+                state: unsent.status.state,
+                time: Utc::now(),
+                toplevel: nix::resolve_system(&self.current_system),
+                boot: std::fs::read_to_string(KERNEL_BOOT_ID)
+                    .ok()
+                    .map(|b| b.trim().to_owned())
+                    .filter(|b| {
+                        !b.is_empty() && b.len() <= 64 && b.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+                    }),
+                description: unsent.status.description.clone(),
+            };
+            let dropped = self.queue.put(&receipt)?;
+            if dropped > 0 {
+                warn!(
+                    dropped,
+                    "receipt queue full: dropped the receipts of the oldest releases"
+                );
+            }
+        }
+        self.forge.queue(unsent)
+    }
+
+    fn deliver(&mut self) -> Pending<'_, ()> {
+        Box::pin(async move {
+            self.forge.deliver().await;
+            let now = Utc::now();
+            if self.retry_at.is_some_and(|at| now < at) {
+                return;
+            }
+            let drain = match receipt_queue::drain(&self.queue, &self.writer).await {
+                Ok(d) => d,
+                Err(e) => {
+                    error!("cannot read the receipt queue: {e}");
+                    return;
+                }
+            };
+            if drain.written > 0 || drain.dropped > 0 {
+                info!(
+                    written = drain.written,
+                    dropped = drain.dropped,
+                    "receipts written to {}",
+                    self.writer.describe()
+                );
+            }
+            let Some(stopped) = drain.stopped else {
+                self.failures = 0;
+                self.retry_at = None;
+                return;
+            };
+            use rand_core::RngCore;
+            let pause = crate::policy::reporting::receipt_retry(self.failures, rand_core::OsRng.next_u64());
+            self.failures = self.failures.saturating_add(1);
+            self.retry_at = Some(now + pause);
+            let waiting = self.queue.len().unwrap_or_default();
+            let again = format!(
+                "{waiting} receipt(s) wait in the queue, written again at the first poll after {}s",
+                pause.as_secs()
+            );
+            match stopped {
+                Written::Retry(why) => warn!("{why}: {again}"),
+                Written::Misconfigured(why) => error!("{why}: {again}"),
+                Written::Written | Written::Rejected(_) => {}
             }
         })
     }

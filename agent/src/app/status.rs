@@ -12,6 +12,7 @@ use crate::io::nix;
 use crate::policy::drift::drift;
 use crate::reconcile::Pass;
 use crate::state::outbox::Outbox;
+use crate::state::receipts::ReceiptQueue;
 use crate::state::{State, StateDir};
 
 /// Where the daemon records when it polls next.
@@ -83,6 +84,8 @@ pub struct StatusReport {
     pub outbox_pending: usize,
     /// Until when the forge rate-limits this agent's statuses, if it does now.
     pub rate_limited_until: Option<DateTime<Utc>>,
+    /// With `report.receipts`: the receipts waiting for the bucket.
+    pub receipts_pending: Option<usize>,
     pub drift: Option<String>,
     pub next_poll: Option<DateTime<Utc>>,
     /// What the release waits for, or the fault being retried.
@@ -96,6 +99,10 @@ pub fn gather(config: &Config) -> anyhow::Result<StatusReport> {
     let outbox = Outbox::open(&config.state_dir)?;
     let outbox_pending = outbox.len()? + state.unsent.len();
     let rate_limited_until = outbox.limited_until().filter(|until| *until > Utc::now());
+    let receipts_pending = match &config.report.receipts {
+        Some(_) => Some(ReceiptQueue::open(&config.state_dir)?.len()?),
+        None => None,
+    };
     let running = nix::resolve_system(Path::new(nix::CURRENT_SYSTEM));
     let profile = nix::resolve_system(&config.switch.profile);
     let next_poll = std::fs::read_to_string(config.state_dir.join(NEXT_POLL_FILE))
@@ -111,6 +118,7 @@ pub fn gather(config: &Config) -> anyhow::Result<StatusReport> {
         state,
         outbox_pending,
         rate_limited_until,
+        receipts_pending,
         drift,
         next_poll,
         waiting,
@@ -180,6 +188,9 @@ impl StatusReport {
             _ => self.outbox_pending.to_string(),
         };
         line(&mut out, "statuses queued", queued);
+        if let Some(n) = self.receipts_pending {
+            line(&mut out, "receipts queued", n.to_string());
+        }
         line(
             &mut out,
             "drift",
@@ -213,6 +224,7 @@ impl StatusReport {
             })),
             "statuses_queued": self.outbox_pending,
             "forge_rate_limited_until": self.rate_limited_until.map(|t| t.to_rfc3339()),
+            "receipts_queued": self.receipts_pending,
             "drift": self.drift,
             "next_poll": self.next_poll.map(|t| t.to_rfc3339()),
             "waiting": self.waiting.as_ref().map(|w| serde_json::json!({
@@ -235,10 +247,24 @@ mod tests {
             state: State::default(),
             outbox_pending: queued,
             rate_limited_until: limited.map(|t| DateTime::parse_from_rfc3339(t).unwrap().with_timezone(&Utc)),
+            receipts_pending: None,
             drift: None,
             next_poll: None,
             waiting: None,
         }
+    }
+
+    #[test]
+    fn receipts_waiting_are_shown_only_with_receipts() {
+        let plain = report(0, None);
+        assert!(!plain.to_text().contains("receipts queued"));
+        assert_eq!(plain.to_json()["receipts_queued"], serde_json::Value::Null);
+        let with = StatusReport {
+            receipts_pending: Some(3),
+            ..report(0, None)
+        };
+        assert!(with.to_text().contains("receipts queued"));
+        assert_eq!(with.to_json()["receipts_queued"], 3);
     }
 
     #[test]

@@ -117,13 +117,14 @@ impl Config {
         let state_dir = absolute(file.state_dir, "state_dir").map_err(|p| invalid("state_dir", p))?;
 
         let in_file = |e: Invalid| invalid(e.key, e.problem);
+        let s3_credentials_file = file.cache.s3_credentials_file.clone();
         let source = source::validate(file.source).map_err(in_file)?;
         let cache = cache::validate(file.cache).map_err(in_file)?;
         let deploy_window = window::validate_deploy_window(&file.switch.window);
         let switch = switch::validate(file.switch).map_err(in_file)?;
         let deploy_window = deploy_window.map_err(in_file)?;
         let health = health::validate(file.health);
-        let report = forge::validate(file.report).map_err(in_file)?;
+        let report = forge::validate(file.report, s3_credentials_file).map_err(in_file)?;
         let reboot = window::validate_reboot(file.reboot).map_err(in_file)?;
         let metrics = metrics::validate(file.metrics).map_err(in_file)?;
         let approvals = approvals::validate(file.approvals).map_err(in_file)?;
@@ -379,6 +380,18 @@ context = "ferry/{{host}}"
             (
                 format!("{}[report]\nforge = \"github\"\n", minimal()),
                 "`report.repository`: required",
+            ),
+            (
+                format!("{}[report]\nstatuses = \"failures\"\n", minimal()),
+                "`report.statuses`: `failures` leaves the forge without this host's successes",
+            ),
+            (
+                format!("{}[report]\nstatuses = \"some\"\n", minimal()),
+                "expected all, failures or none",
+            ),
+            (
+                format!("{}[report]\nreceipts = \"s3://fleet/../x\"\n", minimal()),
+                "`report.receipts`",
             ),
             (
                 format!("{}[switch]\nunit = \"a b\"\n", minimal()),

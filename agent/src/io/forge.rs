@@ -19,6 +19,10 @@ use ferry_signer::HostName;
 
 use crate::config::value::{absolute, Invalid};
 use crate::io::body::read_bounded;
+use crate::io::receipts::{self, ReceiptsTarget};
+
+/// Which of a host's statuses reach the forge (`report.statuses`).
+pub use ferry_signer::forge::Statuses;
 
 /// The forge's answer to one status, classified.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +128,11 @@ pub struct ReportConfig {
     /// How long a transient fault may keep a release from progressing
     /// before it is reported as an `error` status.
     pub error_after: Duration,
+    /// Where this host writes its signed receipts, if anywhere.
+    pub receipts: Option<ReceiptsTarget>,
+    /// Which of this host's statuses reach the forge: `All` without
+    /// receipts, as configured (default `Failures`) with them.
+    pub statuses: Statuses,
 }
 
 /// A forge repository that commit statuses are posted to.
@@ -168,7 +177,23 @@ pub(crate) use ferry_signer::forge::ReportSection as ReportFile;
 /// The `[report]` section of the configuration, validated: with a forge,
 /// where and how to post (API URL defaulted per forge, repository and token
 /// file required); `forge = "none"` is no forge at all.
-pub(crate) fn validate(r: ReportFile) -> Result<ReportConfig, Invalid> {
+pub(crate) fn validate(r: ReportFile, s3_credentials_file: Option<PathBuf>) -> Result<ReportConfig, Invalid> {
+    let receipts = receipts::validate(r.receipts.as_deref(), r.host_key.clone(), s3_credentials_file)?;
+    let statuses = match (r.statuses, &receipts) {
+        (None, None) => Statuses::All,
+        (None, Some(_)) => Statuses::Failures,
+        (Some(Statuses::All), _) => Statuses::All,
+        (Some(s), Some(_)) => s,
+        (Some(s), None) => {
+            return Err(Invalid::new(
+                "report.statuses",
+                format!(
+                    "`{}` leaves the forge without this host's successes, and without report.receipts nothing else says them: set report.receipts, or statuses = \"all\"",
+                    s.as_str()
+                ),
+            ))
+        }
+    };
     let token_file = |file: Option<PathBuf>| {
         file.map(|p| absolute(p, "token_file"))
             .transpose()
@@ -228,6 +253,8 @@ pub(crate) fn validate(r: ReportFile) -> Result<ReportConfig, Invalid> {
         forge,
         context: r.context,
         error_after: r.error_after.0,
+        receipts,
+        statuses,
     })
 }
 

@@ -11,6 +11,8 @@
 //! - [`nix`]: Nix commands: realise, profile, running and booted systems.
 //! - [`systemd`]: D-Bus, the switch unit, and health after a switch.
 //! - [`forge`]: the `[report]` section, status requests and their delivery.
+//! - [`receipts`]: the receipt settings of `[report]`, and signed receipts
+//!   written to a bucket.
 //! - [`durable`]: atomic file replacement; [`http_line`]: the request line
 //!   of the agent's two loopback servers; [`body`]: bounded reads of answers.
 
@@ -21,4 +23,5 @@ pub mod forge;
 pub mod git;
 pub mod http_line;
 pub mod nix;
+pub mod receipts;
 pub mod systemd;

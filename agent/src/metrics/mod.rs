@@ -124,6 +124,8 @@ pub struct Snapshot {
     pub drift: bool,
     /// Commit statuses waiting to be delivered to the forge.
     pub statuses_queued: usize,
+    /// With `report.receipts`: receipts waiting to be written to the bucket.
+    pub receipts_queued: Option<usize>,
     /// Until when the forge rate-limits the agent's statuses, while it does.
     pub rate_limited_until: Option<DateTime<Utc>>,
     /// When a poll last completed without a transient failure.
@@ -288,6 +290,7 @@ pub const FAMILIES: &[FamilyInfo] = &[
     gauge("ferry_reboot_required", "1 when the last release deployed needs a reboot to be fully active (new kernel or initrd, or a boot release) and the host has not booted into it."),
     gauge("ferry_drift", "1 when the running system or the system profile differs from what Ferry deployed."),
     gauge("ferry_statuses_queued", "Commit statuses waiting to be delivered to the forge."),
+    gauge("ferry_receipts_queued", "Signed receipts waiting to be written to the bucket (only with report.receipts)."),
     gauge("ferry_forge_rate_limited_until_timestamp_seconds", "Until when the forge rate-limits the agent's commit statuses (absent when it does not)."),
     gauge("ferry_last_poll_success_timestamp_seconds", "When a poll of the deploy branch last completed without a transient failure."),
     gauge("ferry_newest_release_serial", "Serial of the newest release this agent verified."),
@@ -345,6 +348,9 @@ pub fn render(s: &Snapshot) -> String {
     family(&mut out, "ferry_reboot_required").sample("ferry_reboot_required", &[], flag(s.reboot_required));
     family(&mut out, "ferry_drift").sample("ferry_drift", &[], flag(s.drift));
     family(&mut out, "ferry_statuses_queued").sample("ferry_statuses_queued", &[], s.statuses_queued as f64);
+    if let Some(n) = s.receipts_queued {
+        family(&mut out, "ferry_receipts_queued").sample("ferry_receipts_queued", &[], n as f64);
+    }
     if let Some(t) = s.rate_limited_until {
         family(&mut out, "ferry_forge_rate_limited_until_timestamp_seconds").sample(
             "ferry_forge_rate_limited_until_timestamp_seconds",
@@ -577,6 +583,8 @@ pub struct Metrics {
     /// A release verified since the last update.
     seen: Option<NewestRelease>,
     page: Page,
+    /// Whether the host writes receipts (`report.receipts`).
+    receipts: bool,
 }
 
 impl Metrics {
@@ -587,7 +595,14 @@ impl Metrics {
             tally: None,
             seen: None,
             page: Page::default(),
+            receipts: false,
         }
+    }
+
+    /// Counts the receipts waiting too, when the host writes them.
+    pub fn with_receipts(mut self, on: bool) -> Self {
+        self.receipts = on;
+        self
     }
 
     /// Reads the booted system from `link` instead (tests).
@@ -658,6 +673,10 @@ impl Metrics {
         let outbox = Outbox::open(dir)?;
         let queued = outbox.len()? + state.unsent.len();
         let rate_limited_until = outbox.limited_until().filter(|until| *until > now);
+        let receipts_queued = match self.receipts {
+            true => Some(crate::state::receipts::ReceiptQueue::open(dir)?.len()?),
+            false => None,
+        };
         let Systems { running, profile } = systems;
         let booted = nix::resolve_system(&self.booted_system);
         let snapshot = Snapshot {
@@ -676,6 +695,7 @@ impl Metrics {
             reboot_required: reboot_required(&state, booted.as_ref()),
             drift: crate::policy::drift::drift(&state, running.as_ref(), profile.as_ref()).is_some(),
             statuses_queued: queued,
+            receipts_queued,
             rate_limited_until,
             last_poll_success: tally.last_poll_success,
             newest_release: tally.newest_release.clone(),

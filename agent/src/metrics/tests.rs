@@ -46,6 +46,7 @@ fn full() -> Snapshot {
         reboot_required: true,
         drift: false,
         statuses_queued: 2,
+        receipts_queued: Some(1),
         rate_limited_until: Some(at("2026-12-30T23:10:00Z")),
         last_poll_success: Some(at("2026-12-01T10:01:00Z")),
         newest_release: Some(NewestRelease {
@@ -99,6 +100,9 @@ ferry_drift 0
 # HELP ferry_statuses_queued Commit statuses waiting to be delivered to the forge.
 # TYPE ferry_statuses_queued gauge
 ferry_statuses_queued 2
+# HELP ferry_receipts_queued Signed receipts waiting to be written to the bucket (only with report.receipts).
+# TYPE ferry_receipts_queued gauge
+ferry_receipts_queued 1
 # HELP ferry_forge_rate_limited_until_timestamp_seconds Until when the forge rate-limits the agent's commit statuses (absent when it does not).
 # TYPE ferry_forge_rate_limited_until_timestamp_seconds gauge
 ferry_forge_rate_limited_until_timestamp_seconds 1798672200
@@ -149,6 +153,7 @@ fn a_fresh_host_says_only_what_it_knows() {
         deploys: Counts::default(),
         reboot_required: false,
         statuses_queued: 0,
+        receipts_queued: None,
         rate_limited_until: None,
         last_poll_success: None,
         newest_release: None,

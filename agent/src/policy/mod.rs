@@ -12,6 +12,8 @@
 //!   persisting one is reported, the cache-upload grace.
 //! - [`wording`]: the words of every status description.
 //! - [`dedup`]: which statuses are news.
+//! - [`reporting`]: which statuses reach the forge with receipts on
+//!   (`report.statuses`).
 //! - [`window`]: maintenance and deploy windows, and the `[reboot]` section.
 //! - [`approvals`]: the `[approvals]` section.
 //! - [`drift`]: whether the running system differs from what was deployed.
@@ -27,5 +29,6 @@ pub mod faults;
 pub mod gate;
 
 pub mod judge;
+pub mod reporting;
 pub mod window;
 pub mod wording;

@@ -487,6 +487,7 @@ impl Agent {
                 source: flight.source.clone(),
                 status: ending::outcome_status(kind),
                 anchor: false,
+                not_named: false,
                 phase: "done",
                 label: kind.as_str(),
                 message: description,

@@ -51,6 +51,7 @@ impl Agent {
                     judge::Refusal::NoEntry { .. } => verified.release.source.clone(),
                     _ => None,
                 };
+                let not_named = matches!(r, judge::Refusal::NoEntry { .. });
                 let refused = Refused {
                     phase: "select",
                     seen: tip,
@@ -61,6 +62,7 @@ impl Agent {
                     summary: r.summary(),
                     detail: r.to_string(),
                     again: false,
+                    not_named,
                 };
                 self.refuse(state, refused)
             }
@@ -109,6 +111,7 @@ impl Agent {
                     summary,
                     detail,
                     again: expired,
+                    not_named: false,
                 }));
             }
         };
@@ -132,6 +135,7 @@ impl Agent {
                 summary: wording::may_not_release(&e.principal.to_string()),
                 detail: e.to_string(),
                 again: false,
+                not_named: false,
             }));
         }
         Ok((verified, approvals))
@@ -189,6 +193,7 @@ impl Agent {
             source: verified.release.source.clone(),
             status: StatusState::Success,
             anchor: true,
+            not_named: false,
             phase: "select",
             label: "already-running",
             message: description,
@@ -297,6 +302,7 @@ impl Agent {
                     summary: e.summary(),
                     detail: e.to_string(),
                     again: false,
+                    not_named: false,
                 };
                 return self.refuse(state, refused);
             }

@@ -42,10 +42,10 @@ use crate::policy::faults::{self, Fault, ReconcileError, Severity};
 use crate::policy::gate::{self, Answer, Facts, Hold, Holds, Step};
 use crate::policy::judge::{self, Verdict};
 use crate::policy::window::{self, RebootPolicy};
-use crate::policy::{clock, dedup, wording};
+use crate::policy::{clock, dedup, reporting, wording};
 use crate::reconcile::ports::{Activation, Ports, PreflightError};
 use crate::state::{
-    self, Anchor, BootId, InFlight, Outcome, OutcomeKind, Phase, State, StateDir, Target, Unsent,
+    self, Anchor, BootId, InFlight, Outcome, OutcomeKind, Phase, ReceiptNote, State, StateDir, Target, Unsent,
 };
 
 /// A reconcile's result: `Err` is a transient fault, retried.
@@ -227,6 +227,9 @@ struct Refused {
     /// Judged again at the next poll: the tip is not remembered as seen
     /// (a release expired by a clock that may be wrong).
     again: bool,
+    /// The release does not name this host: with receipts, not this host's
+    /// to report (`reporting::not_named`).
+    not_named: bool,
 }
 
 /// How a reconcile ends, as [`Agent::record`] records, saves and reports it.
@@ -241,6 +244,8 @@ struct Record {
     status: StatusState,
     /// The anchor moves to the outcome's release (already running).
     anchor: bool,
+    /// The release does not name this host (see [`Refused::not_named`]).
+    not_named: bool,
     /// `FERRY_PHASE` and `FERRY_OUTCOME` of the journal line, and its text.
     phase: &'static str,
     label: &'static str,
@@ -289,7 +294,7 @@ impl Agent {
     pub fn with_ports(config: Config, signers: AllowedSigners, ports: Ports) -> Result<Self> {
         Ok(Self {
             state: StateDir::open(&config.state_dir)?,
-            metrics: Metrics::new(config.metrics.clone()),
+            metrics: Metrics::new(config.metrics.clone()).with_receipts(config.report.receipts.is_some()),
             config,
             ports,
             signers,

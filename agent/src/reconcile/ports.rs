@@ -18,14 +18,13 @@ use chrono::{DateTime, Utc};
 use ferry_signer::{Action, AllowedSigners, CommitId, StorePath, VerifiedTip, VerifyError};
 
 use crate::io::cache::client::{CacheError, Preflight};
-use crate::io::forge::CommitStatus;
 use crate::io::git::source::SourceError;
 use crate::io::nix::StoreError;
 use crate::io::systemd::bus::SystemdError;
 use crate::io::systemd::health::{Health, HealthCommand};
 use crate::io::systemd::switch::{Observed, SwitchResult};
 use crate::policy::window::HostZone;
-use crate::state::{BootId, StateError};
+use crate::state::{BootId, StateError, Unsent};
 
 /// A future borrowed from its seam.
 pub type Pending<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
@@ -167,12 +166,13 @@ pub trait Clock {
     fn zone(&self) -> HostZone;
 }
 
-/// Where commit statuses go.
+/// Where commit statuses (and, with receipts on, receipts) go.
 pub trait StatusSink {
-    /// Queues `status`, recorded in the state as `id`, durably; a second
-    /// call with the same `id` (after a crash) queues nothing. An error (a
-    /// full disk) leaves the status recorded in the state, to be queued again.
-    fn queue(&mut self, id: u64, status: &CommitStatus) -> Result<(), StateError>;
+    /// Queues `unsent`'s status (for the forge, if `to_forge`) and its
+    /// receipt (if any) durably; a second call with the same `id` (after a
+    /// crash) queues nothing more. An error (a full disk) leaves the status
+    /// recorded in the state, to be queued again.
+    fn queue(&mut self, unsent: &Unsent) -> Result<(), StateError>;
     /// Delivers what waits (best effort; problems are logged).
     fn deliver(&mut self) -> Pending<'_, ()>;
 }

@@ -4,13 +4,17 @@
 //! once they persist, reported.
 
 use super::*;
+use crate::policy::reporting::Route;
 
 impl Agent {
     /// Records a status on the release commit and, if given, its source
     /// commit in `state` (not yet saved): the caller saves it with whatever
     /// it reports, then [`Agent::flush`] moves it to the outbox. A status
     /// identical to the last one recorded for its commit and context is not
-    /// recorded again (`dedup::is_news`). Returns whether anything was.
+    /// recorded again (`dedup::is_news`). With receipts on, the release's
+    /// status is also this host's receipt, and only the statuses
+    /// `report.statuses` lets through reach the forge
+    /// (`reporting::to_forge`). Returns whether anything was recorded.
     pub(super) fn report(
         &mut self,
         state: &mut State,
@@ -19,8 +23,23 @@ impl Agent {
         status: StatusState,
         description: &str,
     ) -> bool {
+        self.report_routed(state, release, source, status, description, Route::default())
+    }
+
+    /// [`Agent::report`], where `route` may keep the status from the forge
+    /// or the receipt (a release that does not name this host).
+    fn report_routed(
+        &mut self,
+        state: &mut State,
+        release: &CommitId,
+        source: Option<&CommitId>,
+        status: StatusState,
+        description: &str,
+        route: Route,
+    ) -> bool {
         use rand_core::RngCore;
         let context = self.config.report.context_for(&self.config.host);
+        let receipts = self.config.report.receipts.is_some();
         let mut recorded = false;
         for commit in std::iter::once(release).chain(source) {
             let status = CommitStatus::new(commit.clone(), status, &context, description);
@@ -28,11 +47,26 @@ impl Agent {
                 continue;
             }
             dedup::remember_status(&mut state.recent_statuses, status.clone());
+            recorded = true;
+            let red = state.red_on_forge.contains(commit);
+            let to_forge = route.forge && reporting::to_forge(self.config.report.statuses, red, status.state);
+            if to_forge && !red && reporting::is_red(status.state) {
+                state.red_on_forge.push(commit.clone());
+                let excess = state.red_on_forge.len().saturating_sub(dedup::RECENT_STATUSES);
+                state.red_on_forge.drain(..excess);
+            }
+            let receipt = (route.receipt && receipts && commit == release).then(|| ReceiptNote {
+                source: source.cloned(),
+            });
+            if !to_forge && receipt.is_none() {
+                continue;
+            }
             state.unsent.push(Unsent {
                 id: rand_core::OsRng.next_u64(),
                 status,
+                to_forge,
+                receipt,
             });
-            recorded = true;
         }
         recorded
     }
@@ -47,7 +81,7 @@ impl Agent {
     pub(super) fn flush(&mut self, state: &mut State) -> bool {
         let mut queued = 0;
         for unsent in &state.unsent {
-            if let Err(e) = self.ports.statuses.queue(unsent.id, &unsent.status) {
+            if let Err(e) = self.ports.statuses.queue(unsent) {
                 error!(
                     "cannot queue the commit status for {}: {e}; it stays in state.json and is queued at the next poll",
                     unsent.status.commit
@@ -171,6 +205,7 @@ impl Agent {
                 source: r.source,
                 status: r.severity.status(),
                 anchor: false,
+                not_named: r.not_named,
                 phase: r.phase,
                 label: "refused",
                 message: format!("release refused: {}", r.detail),
@@ -194,6 +229,7 @@ impl Agent {
             source,
             status,
             anchor,
+            not_named,
             phase,
             label,
             message,
@@ -219,12 +255,17 @@ impl Agent {
             state.last_success = Some(outcome.clone());
         }
         state.last_outcome = Some(outcome.clone());
-        self.report(
+        let route = match not_named {
+            false => Route::default(),
+            true => reporting::not_named(self.config.report.statuses, self.config.report.receipts.is_some()),
+        };
+        self.report_routed(
             state,
             &outcome.commit,
             source.as_ref(),
             status,
             &outcome.description,
+            route,
         );
         // Nothing more is posted for this release: its statuses and first
         // sightings are forgotten. Those of another release stay: the
@@ -235,6 +276,7 @@ impl Agent {
         let ended = |c: &CommitId| *c == outcome.commit || source.as_ref() == Some(c);
         if !judged_again {
             state.recent_statuses.retain(|s| !ended(&s.commit));
+            state.red_on_forge.retain(|c| !ended(c));
         }
         if state
             .closure_missing

@@ -108,7 +108,9 @@ impl StatusFile {
     }
 }
 
-/// Read leniently: it is part of the extension too.
+/// Read leniently: it is part of the extension too. `to_forge` and
+/// `receipt` are written only with receipts on, so a host without them
+/// writes what it always has.
 #[derive(Serialize, Deserialize)]
 pub(super) struct UnsentFile {
     id: u64,
@@ -116,6 +118,25 @@ pub(super) struct UnsentFile {
     state: String,
     context: String,
     description: String,
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    to_forge: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    receipt: Option<ReceiptNoteFile>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+/// A receipt to write, as recorded with its status.
+#[derive(Serialize, Deserialize)]
+struct ReceiptNoteFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    source: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -223,6 +244,8 @@ impl StateFile {
                 .map(SightingFile::into_sighting)
                 .transpose()?,
             fault: self.fault.map(SightingFile::into_sighting).transpose()?,
+
+            red_on_forge: Vec::new(),
         })
     }
 }
@@ -376,6 +399,8 @@ pub(super) struct ExtensionFile {
     closure_missing: Option<SightingFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     fault: Option<SightingFile>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    red_on_forge: Vec<String>,
     /// What the future agent of `state-format-next` keeps that this one
     /// does not know of.
     #[cfg(feature = "state-format-next")]
@@ -423,6 +448,7 @@ impl ExtensionFile {
             recent_statuses: s.recent_statuses.iter().map(StatusFile::from_status).collect(),
             closure_missing: s.closure_missing.as_ref().map(SightingFile::from_sighting),
             fault: s.fault.as_ref().map(SightingFile::from_sighting),
+            red_on_forge: s.red_on_forge.iter().map(ToString::to_string).collect(),
             #[cfg(feature = "state-format-next")]
             next: Some("kept by a newer agent".into()),
         };
@@ -434,7 +460,8 @@ impl ExtensionFile {
                 && file.unsent.is_empty()
                 && file.recent_statuses.is_empty()
                 && file.closure_missing.is_none()
-                && file.fault.is_none();
+                && file.fault.is_none()
+                && file.red_on_forge.is_empty();
             (!empty).then_some(file)
         }
     }
@@ -483,6 +510,11 @@ impl ExtensionFile {
             .map(SightingFile::into_sighting)
             .transpose()?;
         s.fault = self.fault.map(SightingFile::into_sighting).transpose()?;
+        s.red_on_forge = self
+            .red_on_forge
+            .iter()
+            .map(|c| c.parse::<CommitId>().map_err(|e| e.to_string()))
+            .collect::<Result<_, String>>()?;
         Ok(())
     }
 }
@@ -501,6 +533,10 @@ impl UnsentFile {
             state,
             context,
             description,
+            to_forge: u.to_forge,
+            receipt: u.receipt.as_ref().map(|r| ReceiptNoteFile {
+                source: r.source.as_ref().map(ToString::to_string),
+            }),
         }
     }
 
@@ -511,9 +547,22 @@ impl UnsentFile {
             context: self.context,
             description: self.description,
         };
+        let receipt = self
+            .receipt
+            .map(|r| -> Result<ReceiptNote, String> {
+                Ok(ReceiptNote {
+                    source: r
+                        .source
+                        .map(|c| c.parse::<CommitId>().map_err(|e| e.to_string()))
+                        .transpose()?,
+                })
+            })
+            .transpose()?;
         Ok(Unsent {
             id: self.id,
             status: status.into_status()?,
+            to_forge: self.to_forge,
+            receipt,
         })
     }
 }

@@ -21,6 +21,7 @@
 
 mod file;
 pub mod outbox;
+pub mod receipts;
 
 use std::path::{Path, PathBuf};
 
@@ -77,6 +78,12 @@ pub struct State {
     /// `report.error_after` it is reported as an `error` status
     /// (`faults::fault_persists`). Forgotten once a reconcile gets through.
     pub fault: Option<Sighting>,
+    /// The commits of the release being worked on whose status on the
+    /// forge this host last made a failure or an error, with
+    /// `report.statuses = "failures"`: what follows on them is posted too,
+    /// so a host that recovers does not stay red (`reporting::to_forge`).
+    /// Forgotten with the release's recent statuses.
+    pub red_on_forge: Vec<CommitId>,
 }
 
 /// Something first seen about a release, and when.
@@ -93,12 +100,37 @@ impl Sighting {
     }
 }
 
-/// A commit status recorded in the state, waiting to be moved to the outbox.
-/// `id` makes that move idempotent across a crash.
+/// A commit status recorded in the state, waiting to be moved to the outbox
+/// (and, for the release's own status with receipts on, to the receipt
+/// queue). `id` makes that move idempotent across a crash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unsent {
     pub id: u64,
     pub status: CommitStatus,
+    /// Whether the forge gets it (`report.statuses`); always without receipts.
+    pub to_forge: bool,
+    /// With receipts on, on the release's own status: the receipt to write.
+    pub receipt: Option<ReceiptNote>,
+}
+
+impl Unsent {
+    /// A status for the forge alone, as without receipts.
+    pub fn forge_only(id: u64, status: CommitStatus) -> Self {
+        Self {
+            id,
+            status,
+            to_forge: true,
+            receipt: None,
+        }
+    }
+}
+
+/// What a receipt says beyond its status (the host, its key, its running
+/// system and boot are the sink's to add when it queues it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiptNote {
+    /// The release's source commit, if it names one.
+    pub source: Option<CommitId>,
 }
 
 /// The release the anti-rollback checks compare against.
@@ -561,15 +593,15 @@ mod tests {
                 at: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
             }),
             last_success: None,
-            unsent: vec![Unsent {
-                id: 42,
-                status: CommitStatus::new(
+            unsent: vec![Unsent::forge_only(
+                42,
+                CommitStatus::new(
                     commit.clone(),
                     StatusState::Success,
                     "ferry/web1",
                     "web1 runs release 7",
                 ),
-            }],
+            )],
             recent_statuses: vec![CommitStatus::new(
                 commit.clone(),
                 StatusState::Pending,
@@ -584,9 +616,45 @@ mod tests {
                 commit: commit.clone(),
                 since: DateTime::from_timestamp(1_800_000_200, 0).unwrap(),
             }),
+            red_on_forge: Vec::new(),
         };
         state.last_success = state.last_outcome.clone();
         state
+    }
+
+    #[test]
+    fn receipts_and_red_statuses_round_trip_in_the_extension() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateDir::open(&dir.path().join("state")).unwrap();
+        let mut state = sample();
+        let source: CommitId = "1111111111111111111111111111111111111111".parse().unwrap();
+        let status = state.unsent[0].status.clone();
+        state.unsent = vec![
+            Unsent {
+                id: 1,
+                status: status.clone(),
+                to_forge: false,
+                receipt: Some(ReceiptNote {
+                    source: Some(source.clone()),
+                }),
+            },
+            Unsent {
+                id: 2,
+                status,
+                to_forge: true,
+                receipt: Some(ReceiptNote { source: None }),
+            },
+        ];
+        state.red_on_forge = vec![source];
+        store.save(&state).unwrap();
+        assert_eq!(store.load().unwrap(), state);
+        // Without receipts, nothing new is written: what hosts always had.
+        store.save(&sample()).unwrap();
+        let ext = std::fs::read_dir(dir.path().join("state").join(EXTENSION_DIR))
+            .unwrap()
+            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+            .collect::<String>();
+        assert!(!ext.contains("to_forge") && !ext.contains("receipt") && !ext.contains("red_on_forge"));
     }
 
     #[test]

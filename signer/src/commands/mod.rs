@@ -243,21 +243,26 @@ struct AgentToml {
 }
 
 impl ForgeArgs {
+    /// The `[report]` section of --agent-config, if given.
+    fn agent_report(&self) -> Result<Option<ReportSection>> {
+        let Some(path) = &self.agent_config else {
+            return Ok(None);
+        };
+        let cannot = || format!("cannot read --agent-config {}", path.display());
+        if std::fs::metadata(path).with_context(cannot)?.len() > 1 << 20 {
+            bail!("--agent-config {} is larger than 1 MiB", path.display());
+        }
+        let text = std::fs::read_to_string(path).with_context(cannot)?;
+        Ok(Some(
+            toml::from_str::<AgentToml>(&text)
+                .with_context(|| format!("--agent-config {}: not an agent.toml", path.display()))?
+                .report,
+        ))
+    }
+
     /// A forge client from these settings; errors say which setting is missing.
     pub fn client(&self) -> Result<ForgeClient> {
-        let file = match &self.agent_config {
-            Some(path) => Some({
-                let cannot = || format!("cannot read --agent-config {}", path.display());
-                if std::fs::metadata(path).with_context(cannot)?.len() > 1 << 20 {
-                    bail!("--agent-config {} is larger than 1 MiB", path.display());
-                }
-                let text = std::fs::read_to_string(path).with_context(cannot)?;
-                toml::from_str::<AgentToml>(&text)
-                    .with_context(|| format!("--agent-config {}: not an agent.toml", path.display()))?
-                    .report
-            }),
-            None => None,
-        };
+        let file = self.agent_report()?;
         let kind = match (self.forge.as_deref(), &file) {
             (Some("none"), _) => None,
             (Some(kind), _) => Some(kind.parse::<ForgeKind>()?),
@@ -296,6 +301,110 @@ impl ForgeArgs {
             },
         };
         Ok(ForgeClient::new(settings, token)?)
+    }
+}
+
+/// Where hosts write their signed receipts, and the host keys that verify
+/// them, for `status`, `wait` and `rollout`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ReceiptArgs {
+    /// Read the hosts' signed receipts from this bucket too, as the agents'
+    /// report.receipts names it: s3://bucket/prefix?region=…&endpoint=…&profile=…
+    /// [default: report.receipts of --agent-config]. Credentials from the
+    /// AWS_* variables or the shared credentials file (profile=).
+    #[arg(long, value_name = "S3_URL", env = "FERRY_RECEIPTS", hide_env_values = true)]
+    pub receipts: Option<String>,
+    /// The SSH host keys receipts are verified against: `<host> <key type>
+    /// <base64 key>` lines, as ssh-keyscan prints them, one or more per host
+    /// (required with receipts).
+    #[arg(long, value_name = "FILE")]
+    pub host_keys: Option<std::path::PathBuf>,
+}
+
+/// A bucket of receipts and the keys pinned for each host.
+#[derive(Debug)]
+pub struct ReceiptSource {
+    pub reader: ferry_signer::receipt_bucket::Reader,
+    pub keys: ferry_signer::receipt::HostKeys,
+}
+
+impl ReceiptArgs {
+    /// The receipts to read, if any: from --receipts or the agents'
+    /// report.receipts, with the host keys of --host-keys.
+    pub fn source(&self, forge: &ForgeArgs) -> Result<Option<ReceiptSource>> {
+        let from_file = match &self.receipts {
+            Some(_) => None,
+            None => forge.agent_report()?.and_then(|r| r.receipts),
+        };
+        let Some(url) = self.receipts.clone().or(from_file) else {
+            if self.host_keys.is_some() {
+                bail!("--host-keys verifies receipts, but no bucket is named: give --receipts s3://bucket/prefix?… (or an --agent-config with report.receipts)");
+            }
+            return Ok(None);
+        };
+        let Some(path) = &self.host_keys else {
+            bail!(
+                "receipts are read from {}, but no host keys verify them: give --host-keys FILE \
+                 (`<host> <key type> <base64 key>` lines, e.g. from ssh-keyscan -t ed25519 HOST)",
+                url.split('?').next().unwrap_or(&url)
+            );
+        };
+        let keys = ferry_signer::receipt::HostKeys::load(path)?;
+        let env = |k: &str| std::env::var(k).ok();
+        let reader = ferry_signer::receipt_bucket::Reader::open(&url, &env)?;
+        Ok(Some(ReceiptSource { reader, keys }))
+    }
+}
+
+/// The context of the one status `wait` and `rollout` post for many hosts
+/// with receipts on.
+pub const FLEET_CONTEXT: &str = "ferry/fleet";
+
+/// The fleet's aggregated status (`ferry/fleet`) on a release and its
+/// source commit, posted when its state changes — pending, then success or
+/// failure — so a release costs the forge a handful of writes whatever the
+/// fleet's size. Posting never stops a wait or a rollout: a forge that
+/// fails is asked again at the next change or read, and one that refuses
+/// the token is told once and not asked again.
+#[derive(Debug, Default)]
+pub struct FleetStatus {
+    posted: Option<(ferry_signer::CommitId, ferry_signer::forge::StatusState)>,
+    refused: bool,
+}
+
+impl FleetStatus {
+    /// Posts `(state, text)` on `release` and `source` unless this state
+    /// was posted on `release` already.
+    pub fn post(
+        &mut self,
+        client: &ForgeClient,
+        release: &ferry_signer::CommitId,
+        source: Option<&ferry_signer::CommitId>,
+        (state, text): (ferry_signer::forge::StatusState, String),
+    ) -> Result<()> {
+        if self.refused || self.posted.as_ref() == Some(&(release.clone(), state)) {
+            return Ok(());
+        }
+        for commit in std::iter::once(release).chain(source) {
+            let status = ferry_signer::forge::NewStatus::new(commit.clone(), state, FLEET_CONTEXT, &text);
+            match client.post(&status) {
+                Ok(()) => {}
+                Err(e) if e.is_transient() => {
+                    println!("cannot post {FLEET_CONTEXT} on {commit}: {e}; posted with the next read");
+                    return Ok(());
+                }
+                Err(e) => {
+                    println!(
+                        "cannot post {FLEET_CONTEXT} on {commit}: {e}; not posted again by this run \
+                         (give the token permission to write commit statuses)"
+                    );
+                    self.refused = true;
+                    return Ok(());
+                }
+            }
+        }
+        self.posted = Some((release.clone(), state));
+        Ok(())
     }
 }
 

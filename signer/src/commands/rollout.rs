@@ -19,7 +19,8 @@ use ferry_signer::rollout::{next_step, wave_entries, Step};
 use ferry_signer::{git, hosts_file, CommitId, HostName};
 
 use super::release::{expires_in, parse_source, push_branch};
-use super::{open_repo, ForgeArgs, KeyArgs, Outcome};
+use super::status::ReadError;
+use super::{open_repo, FleetStatus, ForgeArgs, KeyArgs, Outcome, ReceiptArgs, ReceiptSource};
 
 /// The context of the rollout's own status on the source commit.
 pub const ROLLOUT_CONTEXT: &str = "ferry/rollout";
@@ -62,6 +63,8 @@ pub struct Args {
     interval: humantime::Duration,
     #[command(flatten)]
     forge: ForgeArgs,
+    #[command(flatten)]
+    receipts: ReceiptArgs,
 }
 
 fn read_plan(path: &Path) -> Result<Plan> {
@@ -85,6 +88,7 @@ pub fn run(args: Args) -> Result<Outcome> {
     let expires_in = expires_in(args.expires_in)?;
     let interval: Duration = *args.interval;
     let client = args.forge.client()?;
+    let receipts = args.receipts.source(&args.forge)?;
     let signer = args.key.signer()?;
     if let Some(remote) = &args.push {
         fetch_branch(&args.repo, remote, &args.branch)?;
@@ -92,6 +96,8 @@ pub fn run(args: Args) -> Result<Outcome> {
     let repository = open_repo(&args.repo)?;
     let mut rollout = Rollout {
         client: &client,
+        receipts: receipts.as_ref(),
+        fleet_status: FleetStatus::default(),
         source: source.as_ref(),
         waves: &waves,
         shown: None,
@@ -116,7 +122,7 @@ pub fn run(args: Args) -> Result<Outcome> {
                 }
                 // Asked to wait: the forge is there, so this is no outage;
                 // the waves' own timeouts still apply once it answers.
-                Err(e @ ForgeError::RateLimited { until, .. }) => {
+                Err(ReadError::Forge(e @ ForgeError::RateLimited { until, .. })) => {
                     if rollout.limited_for() > longest_timeout(&waves) {
                         println!(
                             "timed out: the forge kept limiting the rate of requests for longer than the \
@@ -142,6 +148,9 @@ pub fn run(args: Args) -> Result<Outcome> {
         };
         let step = next_step(&waves, &target, tip.as_ref(), &outcomes, Utc::now());
         rollout.tell(&step)?;
+        if let (Some(oid), Some(tip)) = (tip_oid, &tip) {
+            rollout.tell_fleet(&oid.to_string().parse()?, tip, &target, &outcomes, &step)?;
+        }
         match step {
             // --once: one wave released this run is enough.
             Step::Release { .. } if released_this_run => return Ok(Outcome::Done),
@@ -223,6 +232,10 @@ fn longest_timeout(waves: &[Wave]) -> Duration {
 
 struct Rollout<'a> {
     client: &'a ForgeClient,
+    /// The hosts' receipts, when they write them.
+    receipts: Option<&'a ReceiptSource>,
+    /// The fleet's aggregated status, with receipts.
+    fleet_status: FleetStatus,
     source: Option<&'a CommitId>,
     waves: &'a [Wave],
     /// The last summary shown and posted.
@@ -240,8 +253,19 @@ impl Rollout<'_> {
         &mut self,
         commit: &CommitId,
         target: &std::collections::BTreeMap<HostName, ferry_signer::HostEntry>,
-    ) -> Result<(HashMap<HostName, HostOutcome>, ReadCost), ForgeError> {
-        let statuses = match self.client.statuses(commit) {
+    ) -> Result<(HashMap<HostName, HostOutcome>, ReadCost), ReadError> {
+        let read = self
+            .client
+            .statuses(commit)
+            .map_err(ReadError::from)
+            .and_then(|statuses| {
+                let found = match self.receipts {
+                    Some(source) => Some(source.reader.read(commit, &source.keys)?),
+                    None => None,
+                };
+                Ok((statuses, found))
+            });
+        let (statuses, found) = match read {
             Ok(s) => {
                 self.unreachable_since = None;
                 self.limited_since = None;
@@ -255,15 +279,68 @@ impl Rollout<'_> {
                 return Err(e);
             }
         };
+        let verdicts = found.as_ref().map(|f| &f.by_host);
+        if let Some(f) = &found {
+            let outside: Vec<&str> = f
+                .by_host
+                .keys()
+                .filter(|h| !target.contains_key(*h))
+                .map(HostName::as_str)
+                .collect();
+            if !outside.is_empty() {
+                println!(
+                    "warning: receipts of host(s) not in the rollout, not counted: {}",
+                    outside.join(" ")
+                );
+            }
+        }
         let settings = self.client.settings();
         let outcomes = target
             .keys()
             .map(|h| {
-                let outcome = HostOutcome::from_status(statuses.by_context.get(&settings.context_for(h)));
+                let on_receipts = self.receipts.is_some_and(|r| !r.keys.of(h).is_empty());
+                let outcome = ferry_signer::fleet::outcome(
+                    statuses.by_context.get(&settings.context_for(h)),
+                    verdicts.and_then(|v| v.get(h)),
+                    on_receipts,
+                );
                 (h.clone(), outcome)
             })
             .collect();
         Ok((outcomes, statuses.cost))
+    }
+
+    /// With receipts, posts the fleet's aggregated status (`ferry/fleet`)
+    /// on the tip release and its source when its state changes: the hosts
+    /// the tip names, judged as `step` judged them.
+    fn tell_fleet(
+        &mut self,
+        commit: &CommitId,
+        tip: &ferry_signer::Release,
+        target: &std::collections::BTreeMap<HostName, ferry_signer::HostEntry>,
+        outcomes: &HashMap<HostName, HostOutcome>,
+        step: &Step,
+    ) -> Result<()> {
+        if self.receipts.is_none() {
+            return Ok(());
+        }
+        let views: Vec<ferry_signer::fleet::HostView> = tip
+            .hosts
+            .iter()
+            .filter(|(h, _)| target.contains_key(*h))
+            .map(|(h, entry)| ferry_signer::fleet::HostView {
+                host: h.clone(),
+                entry: entry.clone(),
+                outcome: outcomes.get(h).cloned().unwrap_or(HostOutcome::NotReported),
+            })
+            .collect();
+        let (_, text) = ferry_signer::fleet::aggregate(&views, tip.serial, usize::MAX);
+        self.fleet_status.post(
+            self.client,
+            commit,
+            tip.source.as_ref(),
+            (step.fleet_state(), text),
+        )
     }
 
     /// The time until the next read after one that cost `cost`: `asked`,

@@ -1,14 +1,17 @@
 //! `ferry-signer status`: one release across the fleet, read back from the
-//! statuses the agents posted on the forge: per host its toplevel, state,
-//! description and age, then a summary line; or all of it as JSON.
+//! statuses the agents posted on the forge and, with receipts, from the
+//! signed receipts they wrote to the bucket (each verified; a forged one
+//! shown as forged): per host its toplevel, state, description and age,
+//! then a summary line; or all of it as JSON.
 
 use anyhow::Result;
 use chrono::{DateTime, Utc};
 use ferry_signer::fleet::{self, Counts, HostView, Selection};
-use ferry_signer::forge::{ForgeClient, ReadCost};
-use ferry_signer::{git, CommitId, Release};
+use ferry_signer::forge::{ForgeClient, ForgeError, ReadCost};
+use ferry_signer::receipt_bucket::BucketError;
+use ferry_signer::{git, CommitId, HostName, Release};
 
-use super::{open_repo, ForgeArgs, HostArgs, RevArgs};
+use super::{open_repo, ForgeArgs, HostArgs, ReceiptArgs, ReceiptSource, RevArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -21,6 +24,71 @@ pub struct Args {
     json: bool,
     #[command(flatten)]
     forge: ForgeArgs,
+    #[command(flatten)]
+    receipts: ReceiptArgs,
+}
+
+/// Why a read of the fleet failed: the forge's or the bucket's fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Forge(#[from] ForgeError),
+    #[error(transparent)]
+    Bucket(#[from] BucketError),
+}
+
+impl ReadError {
+    /// Whether a later read may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Forge(e) => e.is_transient(),
+            Self::Bucket(e) => e.is_transient(),
+        }
+    }
+
+    /// Until when the forge asked to be left alone, if it did.
+    pub fn rate_limited_until(&self) -> Option<DateTime<Utc>> {
+        match self {
+            Self::Forge(e) => e.rate_limited_until(),
+            Self::Bucket(_) => None,
+        }
+    }
+}
+
+/// What one read of the bucket found beside the hosts' outcomes.
+#[derive(Debug, Clone, Default)]
+pub struct ReceiptsRead {
+    /// Requests made to the bucket.
+    pub requests: u32,
+    /// Hosts with a receipt under the release that the release does not
+    /// name: never counted.
+    pub outside: Vec<HostName>,
+    /// Keys under the release that name no host.
+    pub strays: Vec<String>,
+}
+
+impl ReceiptsRead {
+    /// A line for what was found and not counted, if anything was.
+    pub fn warning(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if !self.outside.is_empty() {
+            let names: Vec<&str> = self.outside.iter().take(20).map(HostName::as_str).collect();
+            parts.push(format!(
+                "receipts of {} host(s) not in the release, not counted: {}{}",
+                self.outside.len(),
+                names.join(" "),
+                if self.outside.len() > 20 { " …" } else { "" }
+            ));
+        }
+        if !self.strays.is_empty() {
+            parts.push(format!(
+                "{} key(s) under the release that name no host, ignored (e.g. {})",
+                self.strays.len(),
+                self.strays[0]
+            ));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
 }
 
 /// A release and the hosts a command looks at.
@@ -47,31 +115,55 @@ impl Target {
         })
     }
 
-    /// One read of the forge: every selected host with what it reported.
+    /// One read of the forge (and of the bucket, with receipts): every
+    /// selected host with what it reported.
     pub fn read(
         &self,
         client: &ForgeClient,
-    ) -> Result<(Vec<HostView>, ReadCost), ferry_signer::forge::ForgeError> {
+        receipts: Option<&ReceiptSource>,
+    ) -> Result<(Vec<HostView>, ReadCost, Option<ReceiptsRead>), ReadError> {
         let statuses = client.statuses(&self.commit)?;
+        let (verdicts, read) = match receipts {
+            None => (Default::default(), None),
+            Some(source) => {
+                let found = source.reader.read(&self.commit, &source.keys)?;
+                let outside = found
+                    .by_host
+                    .keys()
+                    .filter(|h| !self.release.hosts.contains_key(*h))
+                    .cloned()
+                    .collect();
+                let read = ReceiptsRead {
+                    requests: found.requests,
+                    outside,
+                    strays: found.strays,
+                };
+                (found.by_host, Some(read))
+            }
+        };
         let settings = client.settings();
+        let on_receipts = |h: &HostName| receipts.is_some_and(|r| !r.keys.of(h).is_empty());
         let hosts = fleet::view(
             &self.release,
             &self.selection,
             |h| settings.context_for(h),
             &statuses.by_context,
+            &verdicts,
+            &on_receipts,
         );
-        Ok((hosts, statuses.cost))
+        Ok((hosts, statuses.cost, read))
     }
 }
 
 pub fn run(args: Args) -> Result<()> {
     let target = Target::load(&args.release, args.hosts)?;
     let client = args.forge.client()?;
-    let (hosts, cost) = target.read(&client)?;
+    let receipts = args.receipts.source(&args.forge)?;
+    let (hosts, cost, read) = target.read(&client, receipts.as_ref())?;
     let now = Utc::now();
     let counts = Counts::of(&hosts);
     if args.json {
-        let json = StatusJson::new(&target, &hosts, counts, cost.requests, now);
+        let json = StatusJson::new(&target, &hosts, counts, cost.requests, read.as_ref(), now);
         println!("{}", serde_json::to_string_pretty(&json)?);
         return Ok(());
     }
@@ -111,8 +203,11 @@ pub fn run(args: Args) -> Result<()> {
             h.outcome.label(),
             status.and_then(|s| s.at).map_or("-".into(), |at| age(at, now)),
             short(h),
-            status.map_or("", |s| s.description.as_str()),
+            h.outcome.description().unwrap_or_default(),
         );
+    }
+    if let Some(warning) = read.as_ref().and_then(ReceiptsRead::warning) {
+        println!("warning: {warning}");
     }
     println!("{counts}");
     Ok(())
@@ -138,6 +233,16 @@ struct StatusJson {
     hosts: Vec<HostJson>,
     /// Forge API requests made to read the statuses.
     requests: u32,
+    /// With receipts: what the bucket read cost and found uncounted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    receipts: Option<ReceiptsJson>,
+}
+
+#[derive(serde::Serialize)]
+struct ReceiptsJson {
+    requests: u32,
+    not_in_release: Vec<String>,
+    strays: Vec<String>,
 }
 
 #[derive(serde::Serialize)]
@@ -147,6 +252,13 @@ struct SummaryJson {
     pending: usize,
     failure: usize,
     not_reported: usize,
+    /// Only with forged receipts: the wire format without them is unchanged.
+    #[serde(skip_serializing_if = "is_zero")]
+    forged: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 #[derive(serde::Serialize)]
@@ -161,7 +273,14 @@ struct HostJson {
 }
 
 impl StatusJson {
-    fn new(target: &Target, hosts: &[HostView], c: Counts, requests: u32, now: DateTime<Utc>) -> Self {
+    fn new(
+        target: &Target,
+        hosts: &[HostView],
+        c: Counts,
+        requests: u32,
+        receipts: Option<&ReceiptsRead>,
+        now: DateTime<Utc>,
+    ) -> Self {
         Self {
             commit: target.commit.to_string(),
             serial: target.release.serial,
@@ -171,6 +290,7 @@ impl StatusJson {
                 pending: c.pending,
                 failure: c.failure,
                 not_reported: c.not_reported,
+                forged: c.forged,
             },
             hosts: hosts
                 .iter()
@@ -184,13 +304,18 @@ impl StatusJson {
                             "not reported" => "not_reported",
                             other => other,
                         },
-                        description: s.map(|s| s.description.clone()),
+                        description: h.outcome.description(),
                         updated_at: s.and_then(|s| s.at).map(|t| t.to_rfc3339()),
                         age_seconds: s.and_then(|s| s.at).map(|t| (now - t).num_seconds().max(0)),
                     }
                 })
                 .collect(),
             requests,
+            receipts: receipts.map(|r| ReceiptsJson {
+                requests: r.requests,
+                not_in_release: r.outside.iter().map(ToString::to_string).collect(),
+                strays: r.strays.clone(),
+            }),
         }
     }
 }

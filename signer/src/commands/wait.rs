@@ -10,10 +10,11 @@ use anyhow::Result;
 use ferry_signer::fleet::{judge, Counts, HostOutcome, HostView, Progress};
 use ferry_signer::forge::{ForgeClient, ForgeError};
 use ferry_signer::pace::{pace, Pace, Told};
+use ferry_signer::receipt_bucket::BucketError;
 use ferry_signer::HostName;
 
-use super::status::Target;
-use super::{ForgeArgs, HostArgs, Outcome, RevArgs};
+use super::status::{ReadError, Target};
+use super::{FleetStatus, ForgeArgs, HostArgs, Outcome, ReceiptArgs, ReceiptSource, RevArgs};
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = super::EXIT_CODES)]
@@ -34,11 +35,14 @@ pub struct Args {
     interval: humantime::Duration,
     #[command(flatten)]
     forge: ForgeArgs,
+    #[command(flatten)]
+    receipts: ReceiptArgs,
 }
 
 pub fn run(args: Args) -> Result<Outcome> {
     let target = Target::load(&args.release, args.hosts)?;
     let client = args.forge.client()?;
+    let receipts = args.receipts.source(&args.forge)?;
     eprintln!(
         "waiting for release {} ({}) on {} host(s), at most {} failure(s), for {}",
         target.release.serial,
@@ -57,6 +61,7 @@ pub fn run(args: Args) -> Result<Outcome> {
     wait_until(
         &target,
         &client,
+        receipts.as_ref(),
         args.max_failures,
         deadline,
         *args.interval,
@@ -66,23 +71,34 @@ pub fn run(args: Args) -> Result<Outcome> {
 
 /// Polls until the hosts are done, fail, or the deadline passes: every
 /// `interval`, or slower when the forge's budget for the token asks it
-/// (see `ferry_signer::pace`).
+/// (see `ferry_signer::pace`). With receipts, each read verifies them, and
+/// the hosts' aggregated status (`ferry/fleet`) is posted when it changes.
 pub fn wait_until(
     target: &Target,
     client: &ForgeClient,
+    receipts: Option<&ReceiptSource>,
     max_failures: usize,
     deadline: Instant,
     interval: Duration,
     waiter: &mut Waiter,
 ) -> Result<Outcome> {
+    let mut fleet_status = FleetStatus::default();
     loop {
         let mut next = interval;
-        match target.read(client) {
-            Ok((hosts, cost)) => {
+        match target.read(client, receipts) {
+            Ok((hosts, cost, read)) => {
                 let pace = pace(interval, &cost, chrono::Utc::now());
                 waiter.pace(&pace);
                 next = pace.interval();
                 let progress = judge(&hosts, max_failures);
+                if let Some(read) = &read {
+                    if let Some(warning) = read.warning() {
+                        waiter.warn(&warning);
+                    }
+                    let aggregate =
+                        ferry_signer::fleet::aggregate(&hosts, target.release.serial, max_failures);
+                    fleet_status.post(client, &target.commit, target.release.source.as_ref(), aggregate)?;
+                }
                 waiter.show(&hosts, &progress);
                 match progress {
                     Progress::Done(counts) => {
@@ -125,7 +141,11 @@ pub fn wait_until(
                         println!("timed out: {e}");
                         return Ok(Outcome::TimedOut);
                     }
-                    println!("timed out: the forge is unreachable: {e}");
+                    let what = match e {
+                        ReadError::Forge(_) => "the forge",
+                        ReadError::Bucket(_) => "the receipts' bucket",
+                    };
+                    println!("timed out: {what} is unreachable: {e}");
                     return Ok(Outcome::Unreachable);
                 }
                 if let Some(until) = e.rate_limited_until() {
@@ -164,6 +184,8 @@ pub struct Waiter {
     last: Option<Counts>,
     failed: BTreeSet<HostName>,
     unreachable: Option<String>,
+    /// The last warning told.
+    warned: Option<String>,
     /// The pace last told.
     told: Told,
     drawn: bool,
@@ -177,6 +199,7 @@ impl Waiter {
             last: None,
             failed: BTreeSet::new(),
             unreachable: None,
+            warned: None,
             told: Told::default(),
             drawn: false,
         }
@@ -206,10 +229,9 @@ impl Waiter {
             self.line("the forge answers again");
         }
         for h in hosts {
-            if let HostOutcome::Failure(s) = &h.outcome {
-                if self.failed.insert(h.host.clone()) {
-                    self.line(&format!("{} failed: {}", h.host, s.description));
-                }
+            if h.outcome.is_failure() && self.failed.insert(h.host.clone()) {
+                let why = h.outcome.description().unwrap_or_default();
+                self.line(&format!("{} failed: {why}", h.host));
             }
         }
         let counts = match progress {
@@ -250,15 +272,25 @@ impl Waiter {
         self.drawn = true;
     }
 
-    pub fn unreachable(&mut self, e: &ForgeError) {
+    pub fn unreachable(&mut self, e: &ReadError) {
         let text = e.to_string();
         if self.unreachable.as_deref() != Some(&text) {
             match e {
                 // Says itself that it waits, and until when.
-                ForgeError::RateLimited { .. } => self.line(&text),
+                ReadError::Forge(ForgeError::RateLimited { .. }) => self.line(&text),
+                // Says itself that it is tried again.
+                ReadError::Bucket(BucketError::Transient { .. }) => self.line(&text),
                 _ => self.line(&format!("{text}; trying again")),
             }
             self.unreachable = Some(text);
+        }
+    }
+
+    /// Tells something found and not counted, once while it stays the same.
+    pub fn warn(&mut self, warning: &str) {
+        if self.warned.as_deref() != Some(warning) {
+            self.line(&format!("warning: {warning}"));
+            self.warned = Some(warning.to_owned());
         }
     }
 

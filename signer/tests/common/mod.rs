@@ -43,7 +43,13 @@ impl Sandbox {
             .env_remove("FERRY_FORGE_REPOSITORY")
             .env_remove("FERRY_FORGE_TOKEN")
             .env_remove("FERRY_FORGE_TOKEN_FILE")
-            .env_remove("FERRY_STATUS_CONTEXT");
+            .env_remove("FERRY_STATUS_CONTEXT")
+            .env_remove("FERRY_RECEIPTS")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_PROFILE")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
     }
 
     /// Runs git in `repo`; panics with its stderr unless it succeeds.

@@ -378,3 +378,50 @@ fn a_kill_before_any_durable_write_counts_each_ending_once() {
         }
     }
 }
+
+/// With receipts on, the final receipt is queued whichever durable write
+/// the agent is killed right before: it is recorded with the ending, and
+/// queueing it again replaces it with itself.
+#[test]
+fn a_kill_before_any_durable_write_loses_no_receipt() {
+    let receipts = "[report]\nreceipts = \"s3://fleet/r?endpoint=http://127.0.0.1:9\"\n";
+    let cases: [(&str, SetUp, StatusState); 2] = [
+        ("deployed", |_| {}, StatusState::Success),
+        (
+            "rolled back",
+            |w| {
+                w.ends.insert((1, false), SwitchResult::Failed { code: 4 });
+            },
+            StatusState::Failure,
+        ),
+    ];
+    let queued = |host: &Host| {
+        crate::state::receipts::ReceiptQueue::open(&host.dir.path().join("state"))
+            .unwrap()
+            .waiting()
+            .unwrap()
+    };
+    for (name, set, last) in cases {
+        let host = Host::new();
+        *host.config.borrow_mut() = receipts.into();
+        set(&mut host.w());
+        durable::faults::kill_before_write(usize::MAX);
+        run(&mut host.agent());
+        let writes = durable::faults::writes();
+        assert_eq!(queued(&host).len(), 1, "{name}");
+        for n in 1..=writes {
+            let what = format!("{name}, killed before durable write {n} of {writes}");
+            let host = Host::new();
+            *host.config.borrow_mut() = receipts.into();
+            set(&mut host.w());
+            durable::faults::kill_before_write(n);
+            assert!(killed_before_write(&mut host.agent()), "{what}: not killed");
+            durable::faults::kill_before_write(usize::MAX);
+            until_up_to_date(&host, &what);
+            let waiting = queued(&host);
+            assert_eq!(waiting.len(), 1, "{what}: one receipt for the release");
+            assert_eq!(waiting[0].receipt.state, last, "{what}");
+            assert_eq!(waiting[0].receipt.release, commit(R1), "{what}");
+        }
+    }
+}

@@ -20,7 +20,6 @@ use futures_util::FutureExt;
 use super::*;
 use crate::io::cache::client::{CacheError, Preflight};
 use crate::io::durable;
-use crate::io::forge::CommitStatus;
 use crate::io::git::source::SourceError;
 use crate::io::nix::StoreError;
 use crate::io::systemd::bus::SystemdError;
@@ -31,13 +30,15 @@ use crate::reconcile::ports::{
     Activation, Clock, ClosureCache, NixStore, Pending, Ports, Reboot, ReleaseSource, StatusSink, Units,
 };
 use crate::state::outbox::Outbox;
-use crate::state::StateError;
+use crate::state::receipts::ReceiptQueue;
+use crate::state::{StateError, Unsent};
 
 mod approvals;
 mod crashes;
 mod faults;
 mod pipeline;
 mod reboots;
+mod receipts;
 mod stops;
 
 /// Where the tests' clock starts: Wednesday 6 January 2027, 12:00 UTC. Time
@@ -138,6 +139,8 @@ struct World {
     /// Effects, in order, as `verb argument`.
     effects: Vec<String>,
     statuses: Vec<(CommitId, StatusState, String)>,
+    /// The receipts queued: release, its source, state and words.
+    receipts: Vec<(CommitId, Option<CommitId>, StatusState, String)>,
     /// The state file as the store's `realise` found it.
     state_at_realise: Option<State>,
     state_dir: std::path::PathBuf,
@@ -506,7 +509,8 @@ impl Units for FakeUnits {
 }
 
 /// The real durable outbox in the host's state directory, delivered to a
-/// fake forge that records what it was sent (`statuses`). `post` is the
+/// fake forge that records what it was sent (`statuses`), and the real
+/// receipt queue beside it (what was queued also in `receipts`). `post` is the
 /// forge call; `delivered` the instant after it, before the entry is removed.
 struct FakeSink {
     world: Shared,
@@ -514,8 +518,33 @@ struct FakeSink {
 }
 
 impl StatusSink for FakeSink {
-    fn queue(&mut self, id: u64, status: &CommitStatus) -> Result<(), StateError> {
-        self.outbox.push_once(id, status).map(|_| ())
+    fn queue(&mut self, unsent: &Unsent) -> Result<(), StateError> {
+        if let Some(note) = &unsent.receipt {
+            let s = &unsent.status;
+            // The live sink's durable queue, so a kill before its write
+            // is a kill the agent must come back from.
+            let queue = ReceiptQueue::open(&self.world.borrow().state_dir)?;
+            queue.put(&ferry_signer::receipt::Receipt {
+                release: s.commit.clone(),
+                source: note.source.clone(),
+                host: "web1".parse().expect("a host name"),
+                state: s.state,
+                time: self.world.borrow().now,
+                toplevel: None,
+                boot: None,
+                description: s.description.clone(),
+            })?;
+            self.world.borrow_mut().receipts.push((
+                s.commit.clone(),
+                note.source.clone(),
+                s.state,
+                s.description.clone(),
+            ));
+        }
+        if !unsent.to_forge {
+            return Ok(());
+        }
+        self.outbox.push_once(unsent.id, &unsent.status).map(|_| ())
     }
     fn deliver(&mut self) -> Pending<'_, ()> {
         Box::pin(async move {
@@ -594,6 +623,7 @@ impl Host {
             crash_skip: 0,
             effects: Vec::new(),
             statuses: Vec::new(),
+            receipts: Vec::new(),
             state_at_realise: None,
             state_dir: dir.path().join("state"),
             now: t0(),
