@@ -273,6 +273,14 @@ fn each_alert_fires_for_a_host_in_trouble_and_not_for_a_healthy_one() {
             "severity: ticket",
         ),
         healthy("ferry_statuses_queued", "0x200", "FerryStatusesStuck", "3h"),
+        sick(
+            "ferry_receipts_queued",
+            "2x200",
+            "FerryReceiptsStuck",
+            "2h",
+            "severity: ticket",
+        ),
+        healthy("ferry_receipts_queued", "0x200", "FerryReceiptsStuck", "2h"),
         sick("ferry_drift", "1x200", "FerryDrift", "3h", "severity: ticket"),
         healthy("ferry_drift", "0x200", "FerryDrift", "3h"),
         sick(
