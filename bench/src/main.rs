@@ -154,25 +154,12 @@ fn run() -> Result<()> {
     if let (true, Some(fx)) = (wanted("B10"), &closure) {
         eprintln!("B10: new release → closure present, from a private cache");
         let p = private_cache::Params { runs: runs(3) };
-        rows.extend(private_cache::run(
-            work,
-            &key,
-            &repos,
-            git.port,
-            fx,
-            &p,
-            private_cache::Guard::Basic,
-        )?);
-        eprintln!("B10′: the same behind a bearer token");
-        rows.extend(private_cache::run(
-            work,
-            &key,
-            &repos,
-            git.port,
-            fx,
-            &p,
-            private_cache::Guard::Bearer,
-        )?);
+        for guard in [private_cache::Guard::Basic, private_cache::Guard::Bearer] {
+            if guard == private_cache::Guard::Bearer {
+                eprintln!("B10′: the same behind a bearer token");
+            }
+            rows.extend(private_cache::run(work, &key, &repos, git.port, fx, &p, guard)?);
+        }
     }
     if wanted("B5") {
         eprintln!("B5: 10,000 commits and 10,000 hosts vs 1 and 1");

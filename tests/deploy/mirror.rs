@@ -10,29 +10,37 @@ use ferry_test_support::nix::Behaviour;
 
 use super::World;
 
-#[test]
-fn deploys_from_a_static_mirror() {
-    let w = World::new(&[("b", Behaviour::Succeed)]);
-    let www = w.dir.path().join("www");
-    let mirror = |w: &World| {
-        let repo = git2::Repository::open(&w.deploy.path).unwrap();
-        ferry_signer::mirror::update(
-            &repo,
-            "deploy",
-            &ferry_signer::mirror::DirStore(www.join("deploy.git")),
-        )
-        .unwrap();
-    };
-    let release = w.release("b");
-    mirror(&w);
-    let nginx = Nginx::serve(&www, &Access::Anyone, false).unwrap();
+/// Writes `w`'s deploy branch into the mirror directory `www/deploy.git`.
+fn publish(w: &World, www: &std::path::Path) {
+    let repo = git2::Repository::open(&w.deploy.path).unwrap();
+    ferry_signer::mirror::update(
+        &repo,
+        "deploy",
+        &ferry_signer::mirror::DirStore(www.join("deploy.git")),
+    )
+    .unwrap();
+}
+
+/// Points the agent at `source` (lines of `[source]`) instead of the git
+/// server.
+fn follow(w: &World, source: &str) {
     let git_url = w
         .config
         .lines()
         .find(|l| l.starts_with("url = "))
         .unwrap()
         .to_owned();
-    w.set_config(&git_url, &format!("url = \"{}/deploy.git\"", nginx.url()));
+    w.set_config(&git_url, source);
+}
+
+#[test]
+fn deploys_from_a_static_mirror() {
+    let w = World::new(&[("b", Behaviour::Succeed)]);
+    let www = w.dir.path().join("www");
+    let release = w.release("b");
+    publish(&w, &www);
+    let nginx = Nginx::serve(&www, &Access::Anyone, false).unwrap();
+    follow(&w, &format!("url = \"{}/deploy.git\"", nginx.url()));
 
     let (ok, text) = w.once();
     assert!(ok && text.contains("deployed"), "{text}");
@@ -99,14 +107,8 @@ fn deploys_from_a_mirror_in_a_private_bucket() {
         )
         .unwrap();
     };
-    let git_url = w
-        .config
-        .lines()
-        .find(|l| l.starts_with("url = "))
-        .unwrap()
-        .to_owned();
-    w.set_config(
-        &git_url,
+    follow(
+        &w,
         &format!("url = \"{url}\"\ns3_credentials_file = \"/etc/ferry/source-s3\""),
     );
 
@@ -138,21 +140,9 @@ fn a_frozen_mirror_is_caught_by_expiry() {
     let w = World::new(&[("b", Behaviour::Succeed), ("c", Behaviour::Succeed)]);
     let www = w.dir.path().join("www");
     let release = w.release_expiring("b", Some(chrono::Duration::days(30)));
-    let repo = git2::Repository::open(&w.deploy.path).unwrap();
-    ferry_signer::mirror::update(
-        &repo,
-        "deploy",
-        &ferry_signer::mirror::DirStore(www.join("deploy.git")),
-    )
-    .unwrap();
+    publish(&w, &www);
     let nginx = Nginx::serve(&www, &Access::Anyone, false).unwrap();
-    let git_url = w
-        .config
-        .lines()
-        .find(|l| l.starts_with("url = "))
-        .unwrap()
-        .to_owned();
-    w.set_config(&git_url, &format!("url = \"{}/deploy.git\"", nginx.url()));
+    follow(&w, &format!("url = \"{}/deploy.git\"", nginx.url()));
     let (ok, text) = w.once();
     assert!(ok && text.contains("deployed"), "{text}");
     assert_eq!(w.running(), w.systems["b"]);
