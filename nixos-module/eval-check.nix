@@ -13,30 +13,11 @@
 { lib, what ? "check" }:
 
 let
-  inherit (lib) mkOption types;
-  stubs = {
-    options = {
-      assertions = mkOption { type = types.listOf types.anything; default = [ ]; };
-      environment = mkOption { type = types.anything; default = { }; };
-      systemd = mkOption { type = types.anything; default = { }; };
-      networking.hostName = mkOption { type = types.str; default = "web1"; };
-      nix.package = mkOption { type = types.anything; default = "/nix/store/00000000000000000000000000000000-nix"; };
-      i18n.glibcLocales = mkOption { type = types.anything; default = null; };
-      services.prometheus.exporters.node = {
-        enable = mkOption { type = types.bool; default = false; };
-        enabledCollectors = mkOption { type = types.listOf types.str; default = [ ]; };
-        extraFlags = mkOption { type = types.listOf types.str; default = [ ]; };
-      };
-    };
-  };
-  pkgs = {
-    formats.toml = { }: {
-      type = types.attrsOf types.anything;
-      generate = name: value: builtins.toFile name (builtins.toJSON value);
-    };
-    writeText = builtins.toFile;
-    ferry-agent = "/nix/store/11111111111111111111111111111111-ferry-agent";
-  };
+  # The NixOS options the module touches and a small pkgs (shared with
+  # tests/unit.nix).
+  shared = import ./stubs.nix { inherit lib; };
+  stubs = shared.module;
+  inherit (shared) pkgs;
   eval = extra: lib.evalModules {
     modules = [ ./default.nix stubs { _module.args.pkgs = pkgs; } extra ];
   };
