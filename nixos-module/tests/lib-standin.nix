@@ -17,8 +17,10 @@
 # - `evalModules { modules; }`: modules as attribute sets or functions of
 #   `{ config, lib, pkgs, options, ... }`, or files holding either (`pkgs` from `_module.args.pkgs`
 #   of an attribute-set module); each option's value is the merge of its
-#   definitions, else its `default`; an option read with neither fails, and
-#   so does a definition of an option nobody declared.
+#   definitions, else its `default`, else its type's empty value (null, [ ]
+#   or { } for nullOr, listOf, attrsOf and submodules, as in nixpkgs); any
+#   other option read with neither fails, and so does a definition of an
+#   option nobody declared.
 # Not here: `imports`, `freeformType`, `mkOrder`/`mkBefore`/`mkAfter`,
 # option documentation. A module that needs more fails with Nix's
 # "attribute '…' missing" naming the function: add it here, from builtins,
@@ -128,8 +130,10 @@ let
       names);
 
   # --- option types ----------------------------------------------------------
-  mkType = { name, description ? name, check, merge ? mergeEqual }:
-    { _type = "option-type"; inherit name description check merge; };
+  # `emptyValue`: what an option of the type is when nothing defines it and
+  # it has no default (nixpkgs': [ ], { }, null; for other types, an error).
+  mkType = { name, description ? name, check, merge ? mergeEqual, emptyValue ? { } }:
+    { _type = "option-type"; inherit name description check merge emptyValue; };
   types = rec {
     str = mkType { name = "str"; description = "string"; check = isString; };
     bool = mkType { name = "bool"; description = "boolean"; check = isBool; };
@@ -160,6 +164,7 @@ let
       name = "nullOr";
       description = "null or ${t.description}";
       check = v: v == null || t.check v;
+      emptyValue.value = null;
       merge = loc: values:
         if all (v: v == null) values then null
         else if any (v: v == null) values then throw "The option `${showOption loc}' is defined both null and not null."
@@ -178,6 +183,7 @@ let
       name = "listOf";
       description = "list of ${t.description}";
       check = isList;
+      emptyValue.value = [ ];
       merge = loc: values: concatMap
         (v: concatMap
           (e: let r = mergeDefs (loc ++ [ "[]" ]) t [ e ]; in optional r.defined r.value)
@@ -188,6 +194,7 @@ let
       name = "attrsOf";
       description = "attribute set of ${t.description}";
       check = isAttrs;
+      emptyValue.value = { };
       merge = mergeAttrs t;
     };
     submodule = spec:
@@ -195,6 +202,7 @@ let
       mkType {
         name = "submodule";
         check = isAttrs;
+        emptyValue.value = { };
         merge = loc: values: evalOptions loc options values;
       };
   };
@@ -222,6 +230,7 @@ let
       r = mergeDefs loc type (defs ++ optional (opt ? default) (mkOverride 1500 opt.default));
     in
     if r.defined then r.value
+    else if type.emptyValue ? value then type.emptyValue.value
     else throw "The option `${showOption loc}' is used but not defined: set it, or give it a default.";
 
   # The names defined below `loc` that no declaration covers.
@@ -262,7 +271,9 @@ let
       defsOf = m:
         if m ? options || m ? config then m.config or { }
         else removeAttrs m [ "_module" ];
-      config = evalOptions [ ] options (map defsOf loaded);
+      # Definitions of later modules first, as nixpkgs orders them (a list
+      # option defined by two modules lists the later one's elements first).
+      config = evalOptions [ ] options (map defsOf (lib.reverseList loaded));
     in
     { inherit config options; };
 
@@ -272,6 +283,7 @@ let
       mkOverride mkDefault mkForce mkIf mkMerge mkOption mkEnableOption literalExpression
       types evalModules showOption;
     inherit (builtins) all any elem filter head tail length attrNames mapAttrs;
+    reverseList = xs: builtins.genList (i: builtins.elemAt xs (length xs - 1 - i)) (length xs);
     # Which lib this is, for the tests' output and the docs.
     standIn = true;
   };
