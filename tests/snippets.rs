@@ -177,7 +177,7 @@ fn bindings(rendered: &str) -> Vec<(Vec<String>, bool)> {
 /// The options `nixos-module/` declares under `services.ferry-agent`, dotted
 /// (`forge.kind`), read from the module evaluated with stand-ins for `lib`'s
 /// option constructors (nothing else of the module is evaluated).
-fn module_options() -> BTreeSet<String> {
+pub(crate) fn module_options() -> BTreeSet<String> {
     let expr = format!(
         r#"let
   option = _: {{ _type = "option"; }};
