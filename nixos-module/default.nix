@@ -420,7 +420,10 @@ in
         ReadWritePaths = [ "/nix/var/nix/profiles" "/nix/var/nix/daemon-socket" ]
           # and the metrics' textfile directory.
           ++ optional cfg.metrics.enable cfg.metrics.textfileDir;
-        ProtectHome = true;
+        # Relaxation: empty home directories rather than none. Nix looks at
+        # ~/.nix-defexpr as it starts; with `true`, /root cannot even be
+        # searched without a capability and every nix-store call aborts.
+        ProtectHome = "tmpfs";
         PrivateTmp = true;
         PrivateDevices = true;
         ProtectKernelTunables = true;
@@ -442,6 +445,26 @@ in
         # metrics endpoint (`metrics.listen`, loopback only) if set.
         RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" ];
         UMask = "0077";
+        # Root without a capability: every file the agent writes (its state,
+        # the system profile, the metrics) and reads (credentials, the host
+        # key) is root's own, D-Bus and nix-daemon trust it by its uid, and the
+        # switch, the reboot and the store writes are done by systemd and
+        # nix-daemon on its behalf. Relaxation: it stays uid 0, because the
+        # profile links are root's and starting units over D-Bus as another
+        # user would need polkit rules.
+        CapabilityBoundingSet = "";
+        NoNewPrivileges = true;
+        # Its own user namespace (root mapped to root): it cannot act on
+        # another user's files or processes, not even with a capability.
+        PrivateUsers = true;
+        # Only its own processes in /proc. (Not ProcSubset=pid: Nix's garbage
+        # collector reads /proc/stat and warns on every call without it.)
+        ProtectProc = "invisible";
+        # The system calls of an ordinary service, without the privileged
+        # ones or resource changes; any other fails with EPERM (Nix asks to
+        # raise its stack limit and carries on without).
+        SystemCallFilter = [ "@system-service" "~@privileged @resources" ];
+        SystemCallErrorNumber = "EPERM";
       };
     };
   };

@@ -16,4 +16,20 @@ mount -t tmpfs tmpfs "$R/run"; mount -t tmpfs tmpfs "$R/tmp"
 mkdir -p "$R/run/systemd/system"
 printf '[Unit]\nRequires=dbus.socket systemd-journald.socket\nAfter=dbus.socket systemd-journald.socket\n' > "$R/run/systemd/system/test.target"
 hostname web1
-exec chroot "$R" /usr/bin/env container=other /lib/systemd/systemd --unit=test.target
+# pivot_root, not chroot: the kernel refuses a new user namespace to a
+# process whose root is not its mount namespace's (a chroot), so a unit's
+# PrivateUsers= would fail with "Failed to set up user namespacing:
+# Operation not permitted". The old root is detached at once.
+cd "$R"
+mkdir run/.oldroot
+pivot_root . run/.oldroot
+umount -l /run/.oldroot
+rmdir /run/.oldroot
+# Then mounts inside the root propagate to each other, as on a booted machine:
+# systemd makes / shared when it boots a machine but not in a container,
+# and without it a mount made in a unit's own mount namespace never reaches
+# PID 1's, so `LoadCredential=` would hand the unit an empty
+# /run/credentials/<unit>. Only this namespace's mounts are peers: nothing
+# propagates to this machine (its mounts were made private above).
+mount --make-rshared /
+exec /usr/bin/env container=other /lib/systemd/systemd --unit=test.target

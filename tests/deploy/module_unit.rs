@@ -558,10 +558,14 @@ fn the_modules_unit_deploys_rolls_back_and_survives_a_restart() {
         .find(|(s, _)| s == "failure")
         .unwrap()
         .1;
-    assert!(failure.contains("rolled back"), "{failure}");
     assert!(
-        failure.contains("curl"),
+        failure.starts_with(&format!("check `{}/bin/curl -fsS", packages["curl"])),
         "the failing check is the curl one: {failure}"
+    );
+    let journal = w.unit_journal();
+    assert!(
+        journal.contains("exited with 22; rolled back to"),
+        "curl said 404 (exit 22) and the agent rolled back:\n{journal}"
     );
 
     // 3. A restart in the middle of a switch: the switch (outside the
