@@ -29,7 +29,7 @@ fn posted(w: &World, commit: &str, context: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn approve(w: &World, key: &SigningKey) -> String {
+pub(super) fn approve(w: &World, key: &SigningKey) -> String {
     let repo = git2::Repository::open(&w.deploy.path).unwrap();
     let tip = ferry_signer::git::branch_tip(&repo, "deploy").unwrap().unwrap();
     ferry_signer::publish::approve(&repo, "deploy", tip, key, "approve")

@@ -184,7 +184,7 @@ enum Setup {
     S3,
     /// One approval from alice required.
     Approvals,
-    /// Reboots in a window open all day.
+    /// Reboots in a window (the one `bindings` is given).
     RebootsInWindow,
 }
 
@@ -199,7 +199,7 @@ impl Setup {
     ];
 
     /// (bindings in `services.ferry-agent`, top-level bindings).
-    fn bindings(self, alice: &str) -> (String, String) {
+    fn bindings(self, alice: &str, window: &str) -> (String, String) {
         match self {
             Setup::PublicWithMetrics => (
                 "metrics = { enable = true; listen = \"127.0.0.1:9101\"; };".into(),
@@ -232,7 +232,10 @@ impl Setup {
                 String::new(),
             ),
             Setup::RebootsInWindow => (
-                "reboot = { policy = \"in-window\"; window = [ \"Mon-Sun 00:00-23:59\" ]; };".into(),
+                format!(
+                    "reboot = {{ policy = \"in-window\"; window = [ {} ]; }};",
+                    nix_str(window)
+                ),
                 String::new(),
             ),
         }
@@ -242,8 +245,8 @@ impl Setup {
 /// The configuration module of `setup`: everything a host sets, the
 /// documented health commands (`systemctl`, and `curl` by store path) and
 /// the test's short intervals through `settings`.
-fn configuration(e: &Endpoints, setup: Setup, cache: &str, alice: &str) -> String {
-    let (inside, top) = setup.bindings(alice);
+fn configuration(e: &Endpoints, setup: Setup, cache: &str, alice: &str, window: &str) -> String {
+    let (inside, top) = setup.bindings(alice, window);
     let signers: Vec<String> = e.signers.iter().map(|s| nix_str(s)).collect();
     format!(
         r#"{{ pkgs, lib, ... }}: {{
@@ -516,7 +519,7 @@ fn the_modules_unit_deploys_rolls_back_and_survives_a_restart() {
     install_packages(&w, &packages);
     let e = Endpoints::of(&w, &health);
     let r = evaluate(
-        &configuration(&e, Setup::PublicWithMetrics, &e.cache, ""),
+        &configuration(&e, Setup::PublicWithMetrics, &e.cache, "", ""),
         &packages,
     );
     eprintln!("module evaluated with lib: {}\n{}", r.lib, r.unit());
@@ -600,6 +603,141 @@ fn the_modules_unit_deploys_rolls_back_and_survives_a_restart() {
     );
 }
 
+/// The module's unit with every kind of cache credential, approvals and
+/// reboots: one testbed, the module evaluated again and the unit restarted
+/// for each configuration, as `nixos-rebuild switch` would. Each deploy
+/// reads its secret through the credential the module names
+/// (`LoadCredential=`), so a name that differs from what the agent is told
+/// to read fails it: a bearer token and a netrc for nginx caches that
+/// demand them, an AWS key pair for moto's S3, then one approval (alice's,
+/// from the approvers' keys the module installs), then a release needing a
+/// reboot, rebooted into inside the window and confirmed after the boot.
+#[test]
+fn the_modules_unit_reads_every_credential_and_reboots_in_its_window() {
+    use chrono::Timelike;
+    let mut w = World::new(&[
+        ("b", Behaviour::Succeed),
+        ("c", Behaviour::Succeed),
+        ("d", Behaviour::Succeed),
+        ("e", Behaviour::Succeed),
+        ("newkernel", Behaviour::Succeed),
+    ]);
+    let healthy: Vec<&String> = w.systems.values().collect();
+    let health = health_server(&w.dir.path().join("health"), &healthy);
+    let packages = package_paths(&ferry_test_support::unique("unit"));
+    install_packages(&w, &packages);
+    let e = Endpoints::of(&w, &health);
+    w.secret("forge-token", "s3cret-token\n");
+    let alice = ferry_signer::keys::SigningKey::generate("alice").unwrap();
+    let alice_line = alice.allowed_signers_line("alice");
+    let run = |w: &World, setup: Setup, cache: &str, window: &str| {
+        let r = evaluate(&configuration(&e, setup, cache, &alice_line, window), &packages);
+        w.install_module_unit(&r);
+    };
+    let deployed = |w: &World, system: &str| {
+        let r = w.release(system);
+        w.wait_for_status(&r, "success", 120);
+        assert_eq!(w.running(), w.systems[system]);
+    };
+
+    // A cache that wants a bearer token.
+    let bearer = Nginx::serve(
+        &w.cache_dir,
+        &Access::Bearer {
+            token: "cache-tok".into(),
+            forbidden: None,
+        },
+        false,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    w.secret("cache-token", "cache-tok\n");
+    run(&w, Setup::Bearer, &bearer.url(), "");
+    deployed(&w, "b");
+    let seen = bearer.requests();
+    assert!(
+        seen.iter()
+            .any(|r| r.target.starts_with("/nar/") && r.status == 200),
+        "{seen:?}"
+    );
+    assert!(seen
+        .iter()
+        .all(|r| r.authorization.as_deref() == Some("Bearer cache-tok")));
+
+    // A cache that wants HTTP Basic, from a netrc.
+    let basic = Nginx::serve(
+        &w.cache_dir,
+        &Access::Basic {
+            user: "nix".into(),
+            password: "netrc-pw".into(),
+        },
+        false,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    w.secret("nix-netrc", "machine 127.0.0.1 login nix password netrc-pw\n");
+    run(&w, Setup::Netrc, &basic.url(), "");
+    deployed(&w, "c");
+    let seen = basic.requests();
+    assert!(
+        seen.iter()
+            .any(|r| r.target.starts_with("/nar/") && r.status == 200),
+        "{seen:?}"
+    );
+    assert!(seen.iter().all(|r| r.status != 401), "{seen:?}");
+
+    // An S3 bucket (moto, requests authenticated).
+    let moto = Moto::start();
+    moto.upload_cache("deploy-cache", "us-east-1", &w.cache_dir);
+    w.secret(
+        "cache-s3",
+        &format!(
+            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            moto.key.access_key_id,
+            moto.key.secret_access_key.as_str()
+        ),
+    );
+    run(
+        &w,
+        Setup::S3,
+        &format!("s3://deploy-cache?endpoint={}", moto.endpoint()),
+        "",
+    );
+    deployed(&w, "d");
+
+    // One approval required: waited for, then deployed.
+    run(&w, Setup::Approvals, &e.cache, "");
+    let r = w.release("e");
+    w.wait_for_status(&r, "pending", 60);
+    assert_eq!(
+        w.status_of(&r),
+        [(
+            "pending".to_owned(),
+            "release 4 awaits approval (0 of 1)".to_owned()
+        )]
+    );
+    assert_eq!(w.running(), w.systems["d"]);
+    super::approvals::approve(&w, &alice);
+    w.wait_for_status(&r, "success", 120);
+    assert_eq!(w.running(), w.systems["e"]);
+
+    // A new kernel, in a window open from this minute: rebooted into. The
+    // testbed boots its own target, so the next boot starts what NixOS's
+    // multi-user.target would: nix-daemon's socket and the agent.
+    let now = chrono::Local::now();
+    let hm = |t: chrono::DateTime<chrono::Local>| format!("{:02}:{:02}", t.hour(), t.minute());
+    let window = format!("{}-{}", hm(now), hm(now + chrono::Duration::minutes(2)));
+    run(&w, Setup::RebootsInWindow, &e.cache, &window);
+    let r = w.release("newkernel");
+    w.bed.next_boot(Duration::from_secs(240), None);
+    let out = w
+        .bed
+        .exec(&["systemctl", "start", "nix-daemon.socket", "ferry-agent.service"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    w.wait_for_status(&r, "success", 120);
+    assert_eq!(w.link("/run/booted-system"), w.systems["newkernel"]);
+    let last = w.status_of(&r).last().cloned().unwrap();
+    assert!(last.1.ends_with("(rebooted)"), "{last:?}");
+}
+
 /// Runs `nixos-module/tests/lib-standin-check.nix` with `lib` (a nixpkgs
 /// `lib/` directory, or `None` for the stand-in): the names of the known
 /// answers it gets wrong.
@@ -646,7 +784,7 @@ fn the_stand_in_lib_evaluates_the_module_as_nixpkgs_does() {
     let e = Endpoints::example();
     let alice = "alice ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEbJ2z2K2kMA6a+umVyITxuefXhgqiTFPHMg5jzyflzf";
     for setup in Setup::ALL {
-        let text = configuration(&e, setup, &e.cache, alice);
+        let text = configuration(&e, setup, &e.cache, alice, "Sat,Sun 02:00-04:00");
         let stand_in = evaluate_with(&text, &packages, None)
             .unwrap_or_else(|err| panic!("{setup:?}: the stand-in cannot evaluate the module:\n{err}"));
         assert_eq!(stand_in.lib, "stand-in");
@@ -697,7 +835,7 @@ fn the_stand_in_lib_evaluates_the_module_as_nixpkgs_does() {
         }
     }
     // A unit setting the renderer does not write fails the evaluation.
-    let text = configuration(&e, Setup::PublicWithMetrics, &e.cache, "").replace(
+    let text = configuration(&e, Setup::PublicWithMetrics, &e.cache, "", "").replace(
         "services.prometheus.exporters.node.enable = true;",
         "systemd.services.ferry-agent.preStart = \"true\";",
     );
