@@ -721,13 +721,17 @@ fn the_modules_unit_reads_every_credential_and_reboots_in_its_window() {
 
     // A new kernel, in a window open from this minute: rebooted into. The
     // testbed boots its own target, so the next boot starts what NixOS's
-    // multi-user.target would: nix-daemon's socket and the agent.
+    // multi-user.target would: nix-daemon's socket and the agent, after
+    // the secrets are back in /run (sops-nix and agenix decrypt them at
+    // every boot; systemd 252 fails a unit whose credential file is
+    // missing: "Failed to set up credentials: Protocol error").
     let now = chrono::Local::now();
     let hm = |t: chrono::DateTime<chrono::Local>| format!("{:02}:{:02}", t.hour(), t.minute());
     let window = format!("{}-{}", hm(now), hm(now + chrono::Duration::minutes(2)));
     run(&w, Setup::RebootsInWindow, &e.cache, &window);
     let r = w.release("newkernel");
     w.bed.next_boot(Duration::from_secs(240), None);
+    w.secret("forge-token", "s3cret-token\n");
     let out = w
         .bed
         .exec(&["systemctl", "start", "nix-daemon.socket", "ferry-agent.service"]);
