@@ -92,7 +92,8 @@ pkg() {{
   done
 }}
 mkdir -p {nix}/bin
-for f in /usr/bin/nix /usr/bin/nix-*; do ln -sfn "$f" {nix}/bin/; done
+nixbin=$(dirname "$(command -v nix-store)")
+for f in "$nixbin"/nix "$nixbin"/nix-*; do ln -sfn "$f" {nix}/bin/; done
 pkg {coreutils} coreutils
 pkg {findutils} findutils
 pkg {gnugrep} grep
@@ -397,6 +398,12 @@ impl World {
             r.unit(),
         )
         .unwrap();
+        let out = self.bed.exec(&["systemctl", "cat", "nix-daemon.socket"]);
+        assert!(
+            out.status.success(),
+            "the module's unit talks to nix-daemon (NIX_REMOTE=daemon), but this machine's Nix \
+             has no nix-daemon.socket: run scripts/install-deps (Debian's nix-setup-systemd has it)"
+        );
         for cmd in [
             vec!["systemd-tmpfiles", "--create", "/etc/tmpfiles.d/ferry-agent.conf"],
             vec!["systemctl", "daemon-reload"],
