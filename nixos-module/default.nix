@@ -457,14 +457,18 @@ in
         # Its own user namespace (root mapped to root): it cannot act on
         # another user's files or processes, not even with a capability.
         PrivateUsers = true;
-        # Only its own processes in /proc. (Not ProcSubset=pid: Nix's garbage
+        # No other user's processes in /proc. (Not ProcSubset=pid: Nix's garbage
         # collector reads /proc/stat and warns on every call without it.)
         ProtectProc = "invisible";
         # The system calls of an ordinary service, without the privileged
-        # ones or resource changes; any other fails with EPERM (Nix asks to
-        # raise its stack limit and carries on without).
+        # ones or resource changes; any other fails with EPERM rather than
+        # killing the caller. The agent, Nix, curl and systemctl run under it.
         SystemCallFilter = [ "@system-service" "~@privileged @resources" ];
         SystemCallErrorNumber = "EPERM";
+        # Left open on purpose: the network (the forge, the git remote and the
+        # caches can be anywhere, so no PrivateNetwork= or IPAddressDeny=),
+        # uid 0 (above) and the host's root directory. tests/deploy/module_unit.rs
+        # runs this unit and holds `systemd-analyze security` to at most 2.0.
       };
     };
   };
