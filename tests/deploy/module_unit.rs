@@ -479,6 +479,59 @@ fn health_server(dir: &Path, healthy: &[&String]) -> StaticServer {
     StaticServer::start(dir)
 }
 
+/// Checks, on the running agent's process, that the sandbox the module
+/// writes is applied in this testbed: no capability, no new privileges, a
+/// seccomp filter, a user namespace mapping root to root alone, its own
+/// /proc hiding other users' processes, empty home directories.
+fn sandbox_in_force(w: &World) {
+    let out = w.bed.exec(&[
+        "systemctl",
+        "show",
+        "-p",
+        "MainPID",
+        "--value",
+        "ferry-agent.service",
+    ]);
+    let pid = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(pid != "0" && !pid.is_empty(), "the agent is not running");
+    let read = |file: &str| {
+        std::fs::read_to_string(w.bed.host_path(&format!("/proc/{pid}/{file}")))
+            .unwrap_or_else(|e| panic!("/proc/{pid}/{file}: {e}"))
+    };
+    let status = read("status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+    };
+    assert_eq!(field("CapBnd"), "0000000000000000", "CapabilityBoundingSet=");
+    assert_eq!(field("CapEff"), "0000000000000000", "no capability in effect");
+    assert_eq!(field("NoNewPrivs"), "1", "NoNewPrivileges=");
+    assert_eq!(field("Seccomp"), "2", "SystemCallFilter= (a seccomp filter)");
+    let uid_map: Vec<String> = read("uid_map").split_whitespace().map(str::to_owned).collect();
+    assert_eq!(
+        uid_map,
+        ["0", "0", "1"],
+        "PrivateUsers=: root mapped to root alone"
+    );
+    let mounts = read("mountinfo");
+    let proc_mount = mounts
+        .lines()
+        .find(|l| l.split_whitespace().nth(4) == Some("/proc"))
+        .unwrap_or_else(|| panic!("no /proc in the agent's mounts:\n{mounts}"));
+    assert!(
+        proc_mount.contains("hidepid=invisible"),
+        "ProtectProc=invisible is not in force: {proc_mount}"
+    );
+    let home = mounts
+        .lines()
+        .find(|l| l.split_whitespace().nth(4) == Some("/root"))
+        .unwrap_or_else(|| panic!("no mount on /root (ProtectHome=tmpfs) in:\n{mounts}"));
+    assert!(home.contains(" - tmpfs "), "ProtectHome=tmpfs: {home}");
+}
+
 /// `systemd-analyze security`'s overall exposure for the running unit.
 fn exposure(w: &World) -> (f64, String) {
     let out = w
@@ -600,7 +653,9 @@ fn the_modules_unit_deploys_rolls_back_and_survives_a_restart() {
         .count();
     assert_eq!(switches, 1, "c switched once: {:?}", w.switch_log());
 
-    // 4. The sandbox, scored on the running unit.
+    // 4. The sandbox: in force on the running agent (not only written), and
+    //    scored.
+    sandbox_in_force(&w);
     let (level, report) = exposure(&w);
     eprintln!("{report}");
     eprintln!("systemd-analyze security: ferry-agent.service exposure {level} (at most {MAX_EXPOSURE})");
