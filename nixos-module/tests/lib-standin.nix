@@ -12,11 +12,13 @@
 #   check; a value of the wrong type fails the evaluation, naming the option;
 # - definitions with `mkIf`, `mkMerge` and priorities (`mkDefault`,
 #   `mkForce`, `mkOverride`), pushed down to the options as the real module
-#   system does: the highest priority wins, lists concatenate, attribute sets
-#   merge key by key, any other conflict fails;
-# - `evalModules { modules; }`: modules as attribute sets or functions of
-#   `{ config, lib, pkgs, options, ... }`, or files holding either (`pkgs` from `_module.args.pkgs`
-#   of an attribute-set module); each option's value is the merge of its
+#   system does: the highest priority wins, lists concatenate (a later
+#   module's elements first, as in nixpkgs), attribute sets merge key by
+#   key, any other conflict fails;
+# - `evalModules { modules; }`: modules as attribute sets, functions of
+#   `{ config, lib, pkgs, options, ... }` or files holding either (`pkgs`
+#   from `_module.args.pkgs` of an attribute-set module); each option's
+#   value is the merge of its
 #   definitions, else its `default`, else its type's empty value (null, [ ]
 #   or { } for nullOr, listOf, attrsOf and submodules, as in nixpkgs); any
 #   other option read with neither fails, and so does a definition of an
@@ -24,7 +26,7 @@
 # Not here: `imports`, `freeformType`, `mkOrder`/`mkBefore`/`mkAfter`,
 # option documentation. A module that needs more fails with Nix's
 # "attribute '…' missing" naming the function: add it here, from builtins,
-# and to the checks in `module_unit.rs`.
+# with a known answer in ./lib-standin-check.nix that nixpkgs' lib gives too.
 let
   inherit (builtins)
     all any attrNames concatMap elem filter foldl' head isAttrs isBool isFunction
