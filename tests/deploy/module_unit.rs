@@ -187,16 +187,19 @@ enum Setup {
     Approvals,
     /// Reboots in a window (the one `bindings` is given).
     RebootsInWindow,
+    /// A deploy repository behind a token (git over HTTP).
+    GitToken,
 }
 
 impl Setup {
-    const ALL: [Setup; 6] = [
+    const ALL: [Setup; 7] = [
         Setup::PublicWithMetrics,
         Setup::Bearer,
         Setup::Netrc,
         Setup::S3,
         Setup::Approvals,
         Setup::RebootsInWindow,
+        Setup::GitToken,
     ];
 
     /// (bindings in `services.ferry-agent`, top-level bindings).
@@ -237,6 +240,10 @@ impl Setup {
                     "reboot = {{ policy = \"in-window\"; window = [ {} ]; }};",
                     nix_str(window)
                 ),
+                String::new(),
+            ),
+            Setup::GitToken => (
+                format!("gitTokenFile = \"{SECRETS}/git-token\";"),
                 String::new(),
             ),
         }
@@ -810,6 +817,28 @@ fn the_modules_unit_reads_every_credential_and_reboots_in_its_window() {
     assert_eq!(w.link("/run/booted-system"), w.systems["newkernel"]);
     let last = w.status_of(&r).last().cloned().unwrap();
     assert!(last.1.ends_with("(rebooted)"), "{last:?}");
+}
+
+/// The deploy repository over smart HTTP behind a token: the module's
+/// unit fetches it with the token its `git-token` credential holds.
+#[test]
+fn the_modules_unit_fetches_with_its_git_token() {
+    let w = World::over_http(&[("b", Behaviour::Succeed)]);
+    let health = health_server(
+        &w.dir.path().join("health"),
+        &[&w.systems["current"], &w.systems["b"]],
+    );
+    let packages = package_paths(&ferry_test_support::unique("unit"));
+    install_packages(&w, &packages);
+    let e = Endpoints::of(&w, &health);
+    assert!(e.git.starts_with("http://127.0.0.1:"), "{}", e.git);
+    w.secret("forge-token", "s3cret-token\n");
+    w.secret("git-token", "git-s3cret\n");
+    let r = evaluate(&configuration(&e, Setup::GitToken, &e.cache, "", ""), &packages);
+    w.install_module_unit(&r);
+    let r1 = w.release("b");
+    w.wait_for_status(&r1, "success", 90);
+    assert_eq!(w.running(), w.systems["b"]);
 }
 
 /// Runs `nixos-module/tests/lib-standin-check.nix` with `lib` (a nixpkgs
