@@ -1223,6 +1223,9 @@ mod store;
 // A binary cache stalling in the middle of a NAR, on this file's `World`.
 mod stalls;
 
+// A name server that never answers, on this file's `World`.
+mod dns;
+
 /// Full deploys (pending → success) from a private cache (nginx) that
 /// demands a bearer token, then from an S3 bucket (moto, authentication on), each
 /// realised by the agent through its loopback relay inside the testbed.
