@@ -7,7 +7,8 @@
 //!   (the names are read from the module itself, evaluated by Nix), with
 //!   `settings.*` keys that the agent's parser accepts;
 //! - the option column of docs/configuration.md's module table names real
-//!   options;
+//!   options, and every agent.toml key a user sets has a typed option there
+//!   (or is one of the few left to `settings` on purpose, with the reason);
 //! - every ```toml block of `docs/guides/` is an agent.toml that
 //!   `ferry-agent check-config` accepts;
 //! - every `ferry-agent …` and `ferry-signer …` command line in a ```sh block
@@ -337,6 +338,73 @@ fn the_configuration_reference_names_real_module_options() {
         undocumented.is_empty(),
         "options missing from docs/configuration.md's module table: {undocumented:?}"
     );
+}
+
+/// agent.toml keys with no typed option on purpose: on NixOS they are left
+/// as the module has them (`settings` still takes them).
+const KEYS_WITHOUT_AN_OPTION: [(&str, &str); 2] = [
+    (
+        "switch.profile",
+        "NixOS's system profile is /nix/var/nix/profiles/system, and the unit may write only under /nix/var/nix/profiles",
+    ),
+    (
+        "switch.unit",
+        "the switch units' name prefix matters only to two agents on one machine, which the module never runs",
+    ),
+];
+
+/// The agent.toml key each row of docs/configuration.md's module table
+/// writes: the first backquoted name of its key column that is a key.
+fn module_table_keys(documented: &BTreeSet<String>) -> BTreeSet<String> {
+    let doc = repo_file("docs/configuration.md");
+    let section = doc
+        .split("\n## ")
+        .find(|s| s.starts_with("The NixOS module\n"))
+        .expect("docs/configuration.md has a `## The NixOS module` section");
+    section
+        .lines()
+        .filter(|l| l.starts_with("| "))
+        .filter_map(|l| ferry_test_support::table_cells(l).get(1).map(|c| c.to_string()))
+        .filter_map(|cell| {
+            cell.split('`')
+                .skip(1)
+                .step_by(2)
+                .find(|name| documented.contains(*name))
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+#[test]
+fn every_documented_key_has_a_typed_option_or_a_reason() {
+    let documented = crate::reference::documented_keys();
+    let mapped = module_table_keys(&documented);
+    assert!(mapped.len() >= 20, "{mapped:?}");
+    let excepted: BTreeSet<String> = KEYS_WITHOUT_AN_OPTION
+        .iter()
+        .map(|(k, _)| k.to_string())
+        .collect();
+    let uncovered: Vec<_> = documented
+        .iter()
+        .filter(|k| !mapped.contains(*k) && !excepted.contains(*k))
+        .collect();
+    assert!(
+        uncovered.is_empty(),
+        "agent.toml keys with no typed option in nixos-module/ (none in docs/configuration.md's \
+         module table): {uncovered:?}. Add an option (and its row in the table), or, if a NixOS \
+         user never sets the key, add it with the reason to KEYS_WITHOUT_AN_OPTION"
+    );
+    for (key, reason) in KEYS_WITHOUT_AN_OPTION {
+        assert!(!reason.is_empty());
+        assert!(
+            documented.contains(key),
+            "KEYS_WITHOUT_AN_OPTION names `{key}`, which docs/configuration.md does not document: remove it"
+        );
+        assert!(
+            !mapped.contains(key),
+            "`{key}` has a typed option now (the module table maps one to it): remove it from KEYS_WITHOUT_AN_OPTION"
+        );
+    }
 }
 
 #[test]
