@@ -22,7 +22,7 @@ use std::process::Command;
 use crate::reference::{accepted_keys, repo_file};
 
 /// The Markdown files whose snippets are checked: README.md and docs/**.md.
-fn documents() -> Vec<String> {
+pub(crate) fn documents() -> Vec<String> {
     fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
         for entry in std::fs::read_dir(dir).unwrap().flatten() {
             let path = entry.path();
@@ -59,7 +59,7 @@ fn guides() -> Vec<String> {
 
 /// The fenced blocks of `text` whose info string is `lang`, with the line
 /// each starts on.
-fn blocks<'t>(text: &'t str, lang: &str) -> Vec<(usize, &'t str)> {
+pub(crate) fn blocks<'t>(text: &'t str, lang: &str) -> Vec<(usize, &'t str)> {
     let mut found = Vec::new();
     let mut lines = text.split_inclusive('\n').enumerate();
     let mut offset = 0;
@@ -485,6 +485,36 @@ fn invocations(snippet: &str, binary: &str) -> Vec<Vec<String>> {
     found
 }
 
+/// What is wrong with the `ferry-agent` and `ferry-signer` command lines of a
+/// shell script (a ```sh block, a workflow's `run:`), and how many there are.
+pub(crate) fn command_line_problems(script: &str, cli_md: &str) -> (Vec<String>, usize) {
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for binary in ["ferry-agent", "ferry-signer"] {
+        for args in invocations(script, binary) {
+            // The global --config comes before the subcommand.
+            let sub = args
+                .iter()
+                .enumerate()
+                .find(|(i, a)| !a.starts_with('-') && (*i == 0 || args[i - 1] != "--config"))
+                .map(|(_, a)| a.as_str())
+                .unwrap_or("");
+            let Some(flags) = documented_flags(cli_md, binary, sub) else {
+                problems.push(format!("`{binary} {sub}` is not a subcommand"));
+                continue;
+            };
+            for flag in args.iter().filter(|a| a.starts_with("--")) {
+                let flag = flag.split('=').next().unwrap();
+                if flag != "--config" && !flags.contains(flag) {
+                    problems.push(format!("`{binary} {sub}` has no flag {flag}"));
+                }
+            }
+            checked += 1;
+        }
+    }
+    (problems, checked)
+}
+
 #[test]
 fn every_command_line_in_the_guides_uses_real_subcommands_and_flags() {
     let cli_md = repo_file("docs/cli.md");
@@ -492,28 +522,9 @@ fn every_command_line_in_the_guides_uses_real_subcommands_and_flags() {
     let mut checked = 0;
     for guide in guides() {
         for (line, snippet) in blocks(&repo_file(&guide), "sh") {
-            for binary in ["ferry-agent", "ferry-signer"] {
-                for args in invocations(snippet, binary) {
-                    // The global --config comes before the subcommand.
-                    let sub = args
-                        .iter()
-                        .enumerate()
-                        .find(|(i, a)| !a.starts_with('-') && (*i == 0 || args[i - 1] != "--config"))
-                        .map(|(_, a)| a.as_str())
-                        .unwrap_or("");
-                    let Some(flags) = documented_flags(&cli_md, binary, sub) else {
-                        problems.push(format!("{guide}:{line}: `{binary} {sub}` is not a subcommand"));
-                        continue;
-                    };
-                    for flag in args.iter().filter(|a| a.starts_with("--")) {
-                        let flag = flag.split('=').next().unwrap();
-                        if flag != "--config" && !flags.contains(flag) {
-                            problems.push(format!("{guide}:{line}: `{binary} {sub}` has no flag {flag}"));
-                        }
-                    }
-                    checked += 1;
-                }
-            }
+            let (found, n) = command_line_problems(snippet, &cli_md);
+            problems.extend(found.into_iter().map(|p| format!("{guide}:{line}: {p}")));
+            checked += n;
         }
     }
     assert!(checked >= 10, "only {checked} command lines found");
