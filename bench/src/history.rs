@@ -20,7 +20,7 @@ use ferry_signer::publish::{self, ReleaseChanges};
 use ferry_signer::CommitId;
 
 use crate::fixtures::{self, git_cmd, host_name, ReleaseKey, BRANCH};
-use crate::report::{fmt_duration, median, Row};
+use crate::report::{fmt_duration, median, spread, Row};
 
 pub struct Params {
     pub commits: usize,
@@ -100,8 +100,8 @@ pub fn run(work: &Path, key: &ReleaseKey, repos: &Path, port: u16, p: &Params) -
             "poll + fetch + verify + select, {}-commit branch, {}-host release (median of {})",
             p.commits, p.hosts, p.runs
         ),
-        median(&big_times),
-        median(&small_times),
+        spread(&big_times),
+        spread(&small_times),
         "1 commit, 1 host",
         1.5,
     )])

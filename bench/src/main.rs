@@ -24,6 +24,7 @@
 
 mod approvals;
 mod closure;
+mod cpu;
 mod fixtures;
 mod fleet;
 mod history;
