@@ -158,7 +158,10 @@ mod tests {
     fn a_busy_child_is_counted() {
         // Spins, then waits for its standard input to close.
         let mut child = std::process::Command::new("sh")
-            .args(["-c", "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; read _ || true"])
+            .args([
+                "-c",
+                "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; read _ || true",
+            ])
             .stdin(std::process::Stdio::piped())
             .spawn()
             .unwrap();

@@ -217,7 +217,10 @@ forge = "none"
     let pid = child.id();
     let stderr = child.stderr.take().expect("piped");
     let (tx, polls) = mpsc::channel::<Duration>();
-    let log = dir.join("agent.log");
+    // Not beside agent.toml: the daemon watches that directory, and each
+    // line logged there would wake it (a host logs to the journal).
+    std::fs::create_dir_all(dir.join("log"))?;
+    let log = dir.join("log/agent.log");
     let reader = std::thread::spawn(move || {
         let mut copy = std::fs::File::create(log).ok();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -237,7 +240,7 @@ forge = "none"
     let _ = child.kill();
     let _ = child.wait();
     let _ = reader.join();
-    result.with_context(|| format!("see the daemon's log in {}", dir.join("agent.log").display()))
+    result.with_context(|| format!("see the daemon's log in {}", dir.join("log/agent.log").display()))
 }
 
 struct Measured {
