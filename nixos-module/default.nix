@@ -112,6 +112,13 @@ in
       description = "How often to ask the forge for the branch tip (random jitter is added).";
     };
 
+    pollJitter = mkOption {
+      type = types.str;
+      default = "10s";
+      example = "30s";
+      description = "Up to this much random delay added to each poll, so a fleet does not poll in step.";
+    };
+
     gitTokenFile = mkOption {
       type = types.nullOr types.path;
       default = null;
@@ -153,8 +160,31 @@ in
         type = types.nullOr types.path;
         default = null;
         example = "/run/secrets/ferry-forge-token";
-        description = "Token allowed to write commit statuses, passed as a systemd credential.";
+        description = ''
+          Token allowed to write commit statuses, passed as a systemd
+          credential: the agent reads its copy at each status, but systemd
+          copies the file only when the unit starts, so after rotating it
+          restart ferry-agent (docs/configuration.md, "Rotating credentials").
+        '';
       };
+      context = mkOption {
+        type = types.str;
+        default = "ferry/{host}";
+        example = "deploy/{host}";
+        description = "The commit status context this host posts; `{host}` becomes the host name (`ferry-signer wait --context` must match).";
+      };
+    };
+
+    errorAfter = mkOption {
+      type = types.str;
+      default = "15m";
+      example = "1h";
+      description = ''
+        How long a fault outside the release that a retry may cure (the
+        binary cache, the deploy repository or systemd unreachable) may hold
+        a release up before it shows one `error` status (or receipt); it is
+        retried throughout.
+      '';
     };
 
     receipts = {
@@ -251,7 +281,42 @@ in
       type = types.listOf healthCommand;
       default = [ ];
       example = literalExpression ''[ "systemctl is-active nginx" { command = "curl -fsS http://localhost/"; timeout = "5s"; } ]'';
-      description = "Extra checks after a switch; a failing one rolls the host back.";
+      description = "Extra checks after a switch; a failing one rolls the host back. Programs other than the unit's basics come from `healthPath`.";
+    };
+
+    # The health commands' programs go to agent.toml's `health.path`, not to
+    # the unit's `path`: the agent's own PATH stays what it needs (Nix and
+    # the unit's basics), only the checks see curl and friends, and a change
+    # is applied by the running agent, which reloads agent.toml, where a
+    # change of the unit would wait for the agent to restart.
+    healthPath = mkOption {
+      type = types.listOf types.package;
+      default = [ ];
+      example = literalExpression "[ pkgs.curl pkgs.jq ]";
+      description = ''
+        Packages whose `bin` directories the health commands find their
+        programs in, ahead of the agent's own PATH (agent.toml's
+        `health.path`). Only the health commands see them.
+      '';
+    };
+
+    healthSettle = mkOption {
+      type = types.str;
+      default = "10s";
+      description = "How long to wait after a switch before looking for failed units.";
+    };
+
+    switchTimeout = mkOption {
+      type = types.str;
+      default = "15m";
+      example = "5m";
+      description = "How long `switch-to-configuration` may run before it is stopped (and the host rolled back).";
+    };
+
+    rollback = mkOption {
+      type = types.bool;
+      default = true;
+      description = "Roll back to the previous system automatically when the switch or a health check fails.";
     };
 
     metrics = {
@@ -326,6 +391,7 @@ in
         inherit (cfg) branch;
         allowed_signers = "/etc/ferry/allowed_signers";
         poll_interval = cfg.pollInterval;
+        jitter = cfg.pollJitter;
       } // lib.optionalAttrs (cfg.gitTokenFile != null) { token_file = credential "git-token"; }
         // lib.optionalAttrs (cfg.sourceS3CredentialsFile != null) { s3_credentials_file = credential "source-s3"; };
       cache = {
@@ -336,13 +402,23 @@ in
           bearer_token_files = lib.mapAttrs (host: _: credential "cache-token-${host}") cfg.cacheBearerTokenFiles;
         }
         // lib.optionalAttrs (cfg.cacheS3CredentialsFile != null) { s3_credentials_file = credential "cache-s3"; };
-      health.commands = cfg.healthCommands;
+      health = {
+        commands = cfg.healthCommands;
+        settle = cfg.healthSettle;
+      } // lib.optionalAttrs (cfg.healthPath != [ ]) {
+        path = map (p: "${lib.getBin p}/bin") cfg.healthPath;
+      };
       reboot = {
         inherit (cfg.reboot) policy;
       } // lib.optionalAttrs (cfg.reboot.window != [ ]) { inherit (cfg.reboot) window; };
-      switch = lib.optionalAttrs (cfg.deployWindow != [ ]) { window = cfg.deployWindow; };
+      switch = {
+        timeout = cfg.switchTimeout;
+        inherit (cfg) rollback;
+      } // lib.optionalAttrs (cfg.deployWindow != [ ]) { window = cfg.deployWindow; };
       report = {
         forge = cfg.forge.kind;
+        inherit (cfg.forge) context;
+        error_after = cfg.errorAfter;
       } // lib.optionalAttrs (cfg.forge.kind != "none") ({
         inherit (cfg.forge) repository;
         token_file = credential "forge-token";

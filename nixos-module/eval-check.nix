@@ -124,6 +124,11 @@ let
   approvalSettings = withApprovals.config.services.ferry-agent.settings;
   unreachable = eval (lib.recursiveUpdate base { services.ferry-agent.approvals.required = 1; });
 
+  # Health commands' programs: agent.toml's health.path, not the unit's PATH.
+  fakeCurl = { type = "derivation"; name = "curl"; outPath = fakePath "curl"; };
+  withHealthPath = eval (lib.recursiveUpdate base { services.ferry-agent.healthPath = [ fakeCurl ]; });
+  healthPathSettings = withHealthPath.config.services.ferry-agent.settings;
+
   noTrust = eval (lib.recursiveUpdate base { services.ferry-agent.trustedPublicKeys = [ ]; });
   noForgeUrl = eval (lib.recursiveUpdate base { services.ferry-agent.forge.apiUrl = null; });
 in
@@ -143,6 +148,13 @@ builtins.all (x: x) [
   (check (lib.elem "cache-netrc:/run/secrets/nix-netrc" unit.serviceConfig.LoadCredential) "netrc loaded as credential")
   (check (settings.switch.timeout == "20m") "freeform settings pass through")
   (check (settings.health.commands == [ "systemctl is-active nginx" ]) "health commands")
+  (check (!(settings.health ? path)) "no health.path unless healthPath is set")
+  (check (healthPathSettings.health.path == [ "${fakePath "curl"}/bin" ]) "healthPath: the packages' bin directories")
+  (check (withHealthPath.config.systemd.services.ferry-agent.path == unit.path) "healthPath leaves the agent's own PATH alone")
+  (check (undocumented healthPathSettings == [ ]) "with healthPath, the module writes only documented keys")
+  (check (settings.health.settle == "10s" && settings.source.jitter == "10s") "healthSettle, pollJitter")
+  (check (settings.switch == { timeout = "20m"; rollback = true; }) "switch: settings win over switchTimeout; rollback")
+  (check (settings.report.context == "ferry/{host}" && settings.report.error_after == "15m") "forge.context, errorAfter")
   (check (unit.restartIfChanged == false) "a switch never restarts the agent")
   (check (unit.serviceConfig.Restart == "always") "Restart=always")
   (check (unit.serviceConfig.StateDirectory == "ferry-agent") "StateDirectory")

@@ -1227,6 +1227,9 @@ mod stalls;
 // file's `World`.
 mod module_unit;
 
+// A name server that never answers, on this file's `World`.
+mod dns;
+
 /// Full deploys (pending → success) from a private cache (nginx) that
 /// demands a bearer token, then from an S3 bucket (moto, authentication on), each
 /// realised by the agent through its loopback relay inside the testbed.

@@ -4,7 +4,8 @@
 //! Nix, binary caches and a forge (deploys with approvals, metrics, reboots
 //! and secrets; a fleet of four agents that the real `ferry-signer` rolls
 //! out to), and the reference pages, guides' snippets and operations guide
-//! are checked against the parser, the binaries and the metrics. One binary
+//! are checked against the parser, the binaries and the metrics, and the
+//! documentation's CI workflows against its security baseline. One binary
 //! to keep link time down; the fixtures are in `ferry_test_support`.
 
 mod common;
@@ -14,3 +15,4 @@ mod fleet;
 mod metrics;
 mod reference;
 mod snippets;
+mod workflows;

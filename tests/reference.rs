@@ -91,6 +91,11 @@ fn documented_rows() -> Vec<Row> {
         .collect()
 }
 
+/// The keys of the `## Keys` table, dotted.
+pub(crate) fn documented_keys() -> BTreeSet<String> {
+    documented_rows().into_iter().map(|r| r.key).collect()
+}
+
 /// The smallest valid file, with `key = value` set (dotted key) and `drop`
 /// left out.
 fn minimal_with(set: Option<(&str, &str)>, drop: Option<&str>) -> String {

@@ -7,7 +7,8 @@
 //!   (the names are read from the module itself, evaluated by Nix), with
 //!   `settings.*` keys that the agent's parser accepts;
 //! - the option column of docs/configuration.md's module table names real
-//!   options;
+//!   options, and every agent.toml key a user sets has a typed option there
+//!   (or is one of the few left to `settings` on purpose, with the reason);
 //! - every ```toml block of `docs/guides/` is an agent.toml that
 //!   `ferry-agent check-config` accepts;
 //! - every `ferry-agent …` and `ferry-signer …` command line in a ```sh block
@@ -21,7 +22,7 @@ use std::process::Command;
 use crate::reference::{accepted_keys, repo_file};
 
 /// The Markdown files whose snippets are checked: README.md and docs/**.md.
-fn documents() -> Vec<String> {
+pub(crate) fn documents() -> Vec<String> {
     fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
         for entry in std::fs::read_dir(dir).unwrap().flatten() {
             let path = entry.path();
@@ -58,7 +59,7 @@ fn guides() -> Vec<String> {
 
 /// The fenced blocks of `text` whose info string is `lang`, with the line
 /// each starts on.
-fn blocks<'t>(text: &'t str, lang: &str) -> Vec<(usize, &'t str)> {
+pub(crate) fn blocks<'t>(text: &'t str, lang: &str) -> Vec<(usize, &'t str)> {
     let mut found = Vec::new();
     let mut lines = text.split_inclusive('\n').enumerate();
     let mut offset = 0;
@@ -339,6 +340,73 @@ fn the_configuration_reference_names_real_module_options() {
     );
 }
 
+/// agent.toml keys with no typed option on purpose: on NixOS they are left
+/// as the module has them (`settings` still takes them).
+const KEYS_WITHOUT_AN_OPTION: [(&str, &str); 2] = [
+    (
+        "switch.profile",
+        "NixOS's system profile is /nix/var/nix/profiles/system, and the unit may write only under /nix/var/nix/profiles",
+    ),
+    (
+        "switch.unit",
+        "the switch units' name prefix matters only to two agents on one machine, which the module never runs",
+    ),
+];
+
+/// The agent.toml key each row of docs/configuration.md's module table
+/// writes: the first backquoted name of its key column that is a key.
+fn module_table_keys(documented: &BTreeSet<String>) -> BTreeSet<String> {
+    let doc = repo_file("docs/configuration.md");
+    let section = doc
+        .split("\n## ")
+        .find(|s| s.starts_with("The NixOS module\n"))
+        .expect("docs/configuration.md has a `## The NixOS module` section");
+    section
+        .lines()
+        .filter(|l| l.starts_with("| "))
+        .filter_map(|l| ferry_test_support::table_cells(l).get(1).map(|c| c.to_string()))
+        .filter_map(|cell| {
+            cell.split('`')
+                .skip(1)
+                .step_by(2)
+                .find(|name| documented.contains(*name))
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+#[test]
+fn every_documented_key_has_a_typed_option_or_a_reason() {
+    let documented = crate::reference::documented_keys();
+    let mapped = module_table_keys(&documented);
+    assert!(mapped.len() >= 20, "{mapped:?}");
+    let excepted: BTreeSet<String> = KEYS_WITHOUT_AN_OPTION
+        .iter()
+        .map(|(k, _)| k.to_string())
+        .collect();
+    let uncovered: Vec<_> = documented
+        .iter()
+        .filter(|k| !mapped.contains(*k) && !excepted.contains(*k))
+        .collect();
+    assert!(
+        uncovered.is_empty(),
+        "agent.toml keys with no typed option in nixos-module/ (none in docs/configuration.md's \
+         module table): {uncovered:?}. Add an option (and its row in the table), or, if a NixOS \
+         user never sets the key, add it with the reason to KEYS_WITHOUT_AN_OPTION"
+    );
+    for (key, reason) in KEYS_WITHOUT_AN_OPTION {
+        assert!(!reason.is_empty());
+        assert!(
+            documented.contains(key),
+            "KEYS_WITHOUT_AN_OPTION names `{key}`, which docs/configuration.md does not document: remove it"
+        );
+        assert!(
+            !mapped.contains(key),
+            "`{key}` has a typed option now (the module table maps one to it): remove it from KEYS_WITHOUT_AN_OPTION"
+        );
+    }
+}
+
 #[test]
 fn every_agent_toml_snippet_in_the_guides_passes_check_config() {
     let dir = tempfile::tempdir().unwrap();
@@ -417,6 +485,36 @@ fn invocations(snippet: &str, binary: &str) -> Vec<Vec<String>> {
     found
 }
 
+/// What is wrong with the `ferry-agent` and `ferry-signer` command lines of a
+/// shell script (a ```sh block, a workflow's `run:`), and how many there are.
+pub(crate) fn command_line_problems(script: &str, cli_md: &str) -> (Vec<String>, usize) {
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for binary in ["ferry-agent", "ferry-signer"] {
+        for args in invocations(script, binary) {
+            // The global --config comes before the subcommand.
+            let sub = args
+                .iter()
+                .enumerate()
+                .find(|(i, a)| !a.starts_with('-') && (*i == 0 || args[i - 1] != "--config"))
+                .map(|(_, a)| a.as_str())
+                .unwrap_or("");
+            let Some(flags) = documented_flags(cli_md, binary, sub) else {
+                problems.push(format!("`{binary} {sub}` is not a subcommand"));
+                continue;
+            };
+            for flag in args.iter().filter(|a| a.starts_with("--")) {
+                let flag = flag.split('=').next().unwrap();
+                if flag != "--config" && !flags.contains(flag) {
+                    problems.push(format!("`{binary} {sub}` has no flag {flag}"));
+                }
+            }
+            checked += 1;
+        }
+    }
+    (problems, checked)
+}
+
 #[test]
 fn every_command_line_in_the_guides_uses_real_subcommands_and_flags() {
     let cli_md = repo_file("docs/cli.md");
@@ -424,28 +522,9 @@ fn every_command_line_in_the_guides_uses_real_subcommands_and_flags() {
     let mut checked = 0;
     for guide in guides() {
         for (line, snippet) in blocks(&repo_file(&guide), "sh") {
-            for binary in ["ferry-agent", "ferry-signer"] {
-                for args in invocations(snippet, binary) {
-                    // The global --config comes before the subcommand.
-                    let sub = args
-                        .iter()
-                        .enumerate()
-                        .find(|(i, a)| !a.starts_with('-') && (*i == 0 || args[i - 1] != "--config"))
-                        .map(|(_, a)| a.as_str())
-                        .unwrap_or("");
-                    let Some(flags) = documented_flags(&cli_md, binary, sub) else {
-                        problems.push(format!("{guide}:{line}: `{binary} {sub}` is not a subcommand"));
-                        continue;
-                    };
-                    for flag in args.iter().filter(|a| a.starts_with("--")) {
-                        let flag = flag.split('=').next().unwrap();
-                        if flag != "--config" && !flags.contains(flag) {
-                            problems.push(format!("{guide}:{line}: `{binary} {sub}` has no flag {flag}"));
-                        }
-                    }
-                    checked += 1;
-                }
-            }
+            let (found, n) = command_line_problems(snippet, &cli_md);
+            problems.extend(found.into_iter().map(|p| format!("{guide}:{line}: {p}")));
+            checked += n;
         }
     }
     assert!(checked >= 10, "only {checked} command lines found");

@@ -12,7 +12,7 @@ use ferry_signer::keys::SigningKey;
 use ferry_signer::AllowedSigners;
 
 use crate::fixtures::{self, ReleaseKey, BRANCH};
-use crate::report::{fmt_duration, median, Row};
+use crate::report::{fmt_duration, median, spread, Row};
 
 pub struct Params {
     pub hosts: usize,
@@ -55,8 +55,8 @@ pub fn run(work: &Path, key: &ReleaseKey, p: &Params) -> Result<Vec<Row>> {
             "verifying a tip with 2 approvals over a {}-host release (median of {})",
             p.hosts, p.runs
         ),
-        median(&approved),
-        median(&alone),
+        spread(&approved),
+        spread(&alone),
         "the release alone",
         1.5,
     )])

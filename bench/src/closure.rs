@@ -19,7 +19,7 @@ use ferry_signer::publish::ReleaseChanges;
 use ferry_signer::{Action, HostEntry, HostName};
 
 use crate::fixtures::{self, nix, HttpServer, ReleaseKey, BRANCH};
-use crate::report::{fmt_duration, median, Row};
+use crate::report::{fmt_duration, spread, Row};
 
 /// The closure, pushed to a signed cache served over HTTP.
 pub struct ClosureFixture {
@@ -196,8 +196,8 @@ pub fn run(
             fx.paths.len(),
             p.runs
         ),
-        median(&agent),
-        median(&baseline),
+        spread(&agent),
+        spread(&baseline),
         "`nix-store -r` alone",
         1.10,
     )])

@@ -19,7 +19,7 @@ use anyhow::{bail, Context, Result};
 use ferry_signer::publish::ReleaseChanges;
 
 use crate::fixtures::{self, git_cmd, host_name, ReleaseKey};
-use crate::report::{fmt_duration, median, Row};
+use crate::report::{fmt_duration, median, spread, Row};
 
 pub struct Params<'a> {
     pub signer: &'a Path,
@@ -162,16 +162,16 @@ fn status(work: &Path, key: &ReleaseKey, repos: &Path, p: &Params) -> Result<Vec
                 "`ferry-signer status --json`, {}-host release, {n_pages} GitHub pages (median of {})",
                 p.hosts, p.runs
             ),
-            median(&ours),
-            median(&theirs),
+            spread(&ours),
+            spread(&theirs),
             &format!("`curl` of the same {n_pages} pages, keep-alive"),
             2.0,
         ),
         Row::reference(
             "B8″",
             "the same, against reading the release alone (reference)",
-            median(&ours),
-            median(&show),
+            spread(&ours),
+            spread(&show),
             "`ferry-signer show --json` of the same release, no forge",
         ),
         Row::report(

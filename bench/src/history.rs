@@ -4,10 +4,14 @@
 //!   - a branch of 10,000 commits whose tip names 10,000 hosts, the agent's
 //!     clone holding everything but the tip and anchored at its parent (a
 //!     fleet's steady state: one new release on top of a long history), and
-//!   - a branch of 1 commit naming 1 host, the agent's clone empty.
+//!   - a branch of 1 commit naming 1 host, the agent's clone empty;
+//!
+//! and, to tell apart what each part costs, the same release with the
+//! server's objects packed (B5′), on a 3-commit branch (B5″), and a release
+//! of five times the hosts (B5‴). A tenth of the hosts get a new system.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -20,7 +24,7 @@ use ferry_signer::publish::{self, ReleaseChanges};
 use ferry_signer::CommitId;
 
 use crate::fixtures::{self, git_cmd, host_name, ReleaseKey, BRANCH};
-use crate::report::{fmt_duration, median, Row};
+use crate::report::{fmt_duration, spread, Row};
 
 pub struct Params {
     pub commits: usize,
@@ -28,42 +32,98 @@ pub struct Params {
     pub runs: usize,
 }
 
-pub fn run(work: &Path, key: &ReleaseKey, repos: &Path, port: u16, p: &Params) -> Result<Vec<Row>> {
-    let dir = work.join("history");
-    std::fs::create_dir_all(&dir)?;
+/// One shape of deploy branch, as the git server holds it.
+struct Case {
+    commits: usize,
+    hosts: usize,
+    /// Whether the server's objects are all in one pack (as a forge keeps
+    /// them after its housekeeping, and as a push larger than
+    /// `receive.unpackLimit` arrives); else the new release's objects are
+    /// loose, as `ferry-signer release` writing straight into a bare
+    /// repository leaves them, and the server deltas them for every fetch.
+    packed: bool,
+}
 
-    // Big: commits 1..n-2 by fast-import (small releases), n-1 and n signed
-    // releases of the whole fleet.
-    let t = Instant::now();
-    let big = repos.join("big.git");
-    fixtures::bare_repo(&big)?;
-    fast_import(&big, p.commits - 2)?;
-    let fleet = fixtures::hosts(p.hosts, 1);
-    let anchor_commit = key.publish(&big, &fleet)?;
-    let big_url = format!("git://127.0.0.1:{port}/big.git");
-    // The agent's clone as of the anchor.
-    let pristine = dir.join("big-clone.git");
+/// A branch of `case.commits` commits on the server whose tip names
+/// `case.hosts` hosts, a tenth of them with a new system; and the agent's
+/// clone of everything but that tip, with its anchor.
+fn make(
+    dir: &Path,
+    repos: &Path,
+    port: u16,
+    key: &ReleaseKey,
+    name: &str,
+    case: &Case,
+) -> Result<(PathBuf, String, Anchor)> {
+    let repo = repos.join(format!("{name}.git"));
+    fixtures::bare_repo(&repo)?;
+    fast_import(&repo, case.commits - 2)?;
+    let anchor_commit = key.publish(&repo, &fixtures::hosts(case.hosts, 1))?;
+    let url = format!("git://127.0.0.1:{port}/{name}.git");
+    let pristine = dir.join(format!("{name}-clone.git"));
     {
-        let source = Source::open(&pristine, &big_url, BRANCH, None)?;
+        let source = Source::open(&pristine, &url, BRANCH, None)?;
         let tip = source.remote_tip()?;
         source.fetch(tip)?;
     }
-    // The new release: a tenth of the fleet gets a new system.
     let mut changes = ReleaseChanges::default();
-    for i in (0..p.hosts).step_by(10) {
+    for i in (0..case.hosts).step_by(10) {
         changes.hosts.insert(host_name(i), fixtures::fake_entry(i, 2));
     }
-    key.publish(&big, &changes)?;
+    key.publish(&repo, &changes)?;
+    if case.packed {
+        fixtures::git(&repo, &["repack", "-adq"])?;
+    }
     let anchor = Anchor {
         commit: CommitId::from(anchor_commit),
-        serial: (p.commits - 1) as u64,
+        serial: (case.commits - 1) as u64,
     };
-    eprintln!(
-        "  made a {}-commit branch with {} hosts in {}",
-        p.commits,
-        p.hosts,
-        fmt_duration(t.elapsed())
-    );
+    Ok((pristine, url, anchor))
+}
+
+pub fn run(work: &Path, key: &ReleaseKey, repos: &Path, port: u16, p: &Params) -> Result<Vec<Row>> {
+    let dir = work.join("history");
+    std::fs::create_dir_all(&dir)?;
+    let cases = [
+        (
+            "big",
+            Case {
+                commits: p.commits,
+                hosts: p.hosts,
+                packed: false,
+            },
+        ),
+        (
+            "big-packed",
+            Case {
+                commits: p.commits,
+                hosts: p.hosts,
+                packed: true,
+            },
+        ),
+        (
+            "short-packed",
+            Case {
+                commits: 3,
+                hosts: p.hosts,
+                packed: true,
+            },
+        ),
+        (
+            "huge-packed",
+            Case {
+                commits: 3,
+                hosts: p.hosts * 5,
+                packed: true,
+            },
+        ),
+    ];
+    let t = Instant::now();
+    let mut made = Vec::new();
+    for (name, case) in &cases {
+        made.push(make(&dir, repos, port, key, name, case)?);
+    }
+    eprintln!("  made {} branches in {}", cases.len(), fmt_duration(t.elapsed()));
 
     // Small: one commit, one host.
     let small = repos.join("small.git");
@@ -71,40 +131,89 @@ pub fn run(work: &Path, key: &ReleaseKey, repos: &Path, port: u16, p: &Params) -
     key.publish(&small, &fixtures::hosts(1, 1))?;
     let small_url = format!("git://127.0.0.1:{port}/small.git");
 
-    let mut big_times = Vec::new();
+    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); cases.len()];
+    let mut fetched_bytes = vec![0u64; cases.len()];
     let mut small_times = Vec::new();
     for i in 0..p.runs {
-        let clone = dir.join(format!("run-{i}-big.git"));
-        fixtures::run(Command::new("cp").arg("-a").arg(&pristine).arg(&clone))?;
-        big_times.push(reconcile(
-            &clone,
-            &big_url,
-            key,
-            Some(&anchor),
-            host_name(p.hosts / 2),
-        )?);
-        std::fs::remove_dir_all(&clone)?;
-
+        // Interleaved, so every case meets the machine in the same moods.
+        for (n, ((name, case), (pristine, url, anchor))) in cases.iter().zip(&made).enumerate() {
+            let clone = dir.join(format!("run-{i}-{name}.git"));
+            fixtures::run(Command::new("cp").arg("-a").arg(pristine).arg(&clone))?;
+            let before = pack_bytes(&clone)?;
+            times[n].push(reconcile(
+                &clone,
+                url,
+                key,
+                Some(anchor),
+                host_name(case.hosts / 2),
+            )?);
+            fetched_bytes[n] = pack_bytes(&clone)? - before;
+            std::fs::remove_dir_all(&clone)?;
+        }
         let clone = dir.join(format!("run-{i}-small.git"));
         small_times.push(reconcile(&clone, &small_url, key, None, host_name(0))?);
         std::fs::remove_dir_all(&clone)?;
     }
-    eprintln!(
-        "  big: median {}, small: median {}",
-        fmt_duration(median(&big_times)),
-        fmt_duration(median(&small_times))
-    );
-    Ok(vec![Row::ratio(
-        "B5",
-        &format!(
-            "poll + fetch + verify + select, {}-commit branch, {}-host release (median of {})",
-            p.commits, p.hosts, p.runs
+    let small = spread(&small_times);
+    let what = "1 commit, 1 host";
+    let kib = |n: usize| fetched_bytes[n] as f64 / 1024.0;
+    Ok(vec![
+        Row::ratio(
+            "B5",
+            &format!(
+                "poll + fetch + verify + select, {}-commit branch, {}-host release, the release's objects loose on the server (median of {}; {:.0} KiB fetched)",
+                p.commits, p.hosts, p.runs, kib(0)
+            ),
+            spread(&times[0]),
+            small,
+            what,
+            2.0,
         ),
-        median(&big_times),
-        median(&small_times),
-        "1 commit, 1 host",
-        1.5,
-    )])
+        Row::ratio(
+            "B5′",
+            &format!(
+                "the same, the server's objects in one pack (as a forge keeps them; {:.0} KiB fetched)",
+                kib(1)
+            ),
+            spread(&times[1]),
+            small,
+            what,
+            2.0,
+        ),
+        Row::reference(
+            "B5″",
+            &format!(
+                "the same release on a 3-commit branch, server packed: the fleet's size alone ({:.0} KiB fetched)",
+                kib(2)
+            ),
+            spread(&times[2]),
+            small,
+            what,
+        ),
+        Row::reference(
+            "B5‴",
+            &format!(
+                "a {}-host release on a 3-commit branch, server packed: what a host pays for a fleet five times larger ({:.0} KiB fetched)",
+                p.hosts * 5,
+                kib(3)
+            ),
+            spread(&times[3]),
+            small,
+            what,
+        ),
+    ])
+}
+
+/// The bytes of every pack in a clone.
+fn pack_bytes(clone: &Path) -> Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(clone.join("objects/pack"))? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().ends_with(".pack") {
+            total += entry.metadata()?.len();
+        }
+    }
+    Ok(total)
 }
 
 /// One reconcile up to the verdict, timed from the poll on.

@@ -1,7 +1,8 @@
 //! B1–B3: what the running daemon costs while nothing changes. `ferry-agent
 //! run` polls a loopback `git daemon` every second; each poll's wall time
 //! comes from its own debug log line (`poll finished elapsed_us=…`), CPU time
-//! from /proc/PID/stat (utime + stime) around the measured polls, memory from
+//! from a cgroup of the daemon's own around the measured polls (`cpu.rs`:
+//! microseconds, ticks where no cgroup can be made), memory from
 //! /proc/PID/status. After each poll, while the daemon sleeps, one
 //! `git ls-remote` of the same branch runs as the baseline, so both see the
 //! same machine at the same moments.
@@ -18,8 +19,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::cpu::CpuClock;
 use crate::fixtures::{self, git_cmd, ReleaseKey, BRANCH};
-use crate::report::{median, Row};
+use crate::report::{fmt_duration, spread, Row};
 
 pub struct Params<'a> {
     pub agent: &'a Path,
@@ -45,23 +47,23 @@ pub fn run(work: &Path, key: &ReleaseKey, repos: &Path, port: u16, p: &Params<'_
         Row::ratio(
             "B1",
             &format!("wall time of one no-change poll, daemon (median of {})", p.polls),
-            median(&m.poll_wall),
-            median(&m.ls_remote),
+            spread(&m.poll_wall),
+            spread(&m.ls_remote),
             "`git ls-remote`, protocol v0",
             0.5,
         ),
         Row::reference(
             "B1′",
             "the same, against the server's answer alone (reference)",
-            median(&m.poll_wall),
-            median(&m.floor),
+            spread(&m.poll_wall),
+            spread(&m.floor),
             "raw git:// request, advertisement read",
         ),
         Row::absolute(
             "B2",
             &format!(
-                "CPU time per no-change poll, daemon (over {} polls, {} ms ticks)",
-                p.polls, m.tick_ms
+                "CPU time per no-change poll, daemon (over {} polls; {})",
+                p.polls, m.cpu_resolution
             ),
             cpu_ms,
             "ms",
@@ -70,8 +72,9 @@ pub fn run(work: &Path, key: &ReleaseKey, repos: &Path, port: u16, p: &Params<'_
         Row::absolute(
             "B2′",
             &format!(
-                "the same with metrics on (textfile written every poll, endpoint listening; {} against {} ticks without)",
-                mm.cpu_ticks, m.cpu_ticks
+                "the same with metrics on (textfile written every poll, endpoint listening; {:.2} ms against {:.2} ms in all without)",
+                mm.cpu.as_secs_f64() * 1e3,
+                m.cpu.as_secs_f64() * 1e3
             ),
             metrics_cpu_ms,
             "ms",
@@ -133,8 +136,8 @@ pub fn run_mirror(
                 "wall time of one no-change poll from a static mirror (nginx, conditional GET), daemon (median of {})",
                 p.polls
             ),
-            median(&m.poll_wall),
-            median(&m.ls_remote),
+            spread(&m.poll_wall),
+            spread(&m.ls_remote),
             "`git ls-remote` of the same branch from `git daemon`, protocol v0",
             0.5,
         ),
@@ -214,7 +217,10 @@ forge = "none"
     let pid = child.id();
     let stderr = child.stderr.take().expect("piped");
     let (tx, polls) = mpsc::channel::<Duration>();
-    let log = dir.join("agent.log");
+    // Not beside agent.toml: the daemon watches that directory, and each
+    // line logged there would wake it (a host logs to the journal).
+    std::fs::create_dir_all(dir.join("log"))?;
+    let log = dir.join("log/agent.log");
     let reader = std::thread::spawn(move || {
         let mut copy = std::fs::File::create(log).ok();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -234,7 +240,7 @@ forge = "none"
     let _ = child.kill();
     let _ = child.wait();
     let _ = reader.join();
-    result.with_context(|| format!("see the daemon's log in {}", dir.join("agent.log").display()))
+    result.with_context(|| format!("see the daemon's log in {}", dir.join("log/agent.log").display()))
 }
 
 struct Measured {
@@ -243,8 +249,7 @@ struct Measured {
     /// The least any client can spend: one request, the advertisement read.
     floor: Vec<Duration>,
     cpu: Duration,
-    cpu_ticks: u64,
-    tick_ms: u64,
+    cpu_resolution: String,
     rss_kib: u64,
     hwm_kib: u64,
 }
@@ -259,8 +264,8 @@ fn measure(pid: u32, polls: &mpsc::Receiver<Duration>, url: &str, n: usize) -> R
     // the first no-change poll, and starts the CPU measurement.
     wait("first")?;
     wait("second")?;
-    let tick_ms = 1000 / clock_ticks()?;
-    let cpu0 = cpu_ticks(pid)?;
+    let clock = CpuClock::of(pid)?;
+    let cpu0 = clock.read()?;
     let mut poll_wall = Vec::with_capacity(n);
     let mut ls_remote = Vec::with_capacity(n);
     let mut floor = Vec::with_capacity(n);
@@ -291,20 +296,19 @@ fn measure(pid: u32, polls: &mpsc::Receiver<Duration>, url: &str, n: usize) -> R
             bail!("git ls-remote {url} failed");
         }
     }
-    let cpu1 = cpu_ticks(pid)?;
+    let cpu = clock.read()? - cpu0;
     let (rss_kib, hwm_kib) = memory_kib(pid)?;
     eprintln!(
-        "  {} no-change polls: {} CPU ticks, VmRSS {rss_kib} KiB",
-        n,
-        cpu1 - cpu0
+        "  {n} no-change polls: {} of CPU ({}), VmRSS {rss_kib} KiB",
+        fmt_duration(cpu),
+        clock.resolution()
     );
     Ok(Measured {
         poll_wall,
         ls_remote,
         floor,
-        cpu: Duration::from_millis((cpu1 - cpu0) * tick_ms),
-        cpu_ticks: cpu1 - cpu0,
-        tick_ms,
+        cpu,
+        cpu_resolution: clock.resolution(),
         rss_kib,
         hwm_kib,
     })
@@ -344,19 +348,6 @@ fn poll_micros(line: &str) -> Option<u64> {
 }
 
 /// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) in parentheses.
-    let rest = &stat[stat.rfind(')').context("malformed /proc stat")? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
-    Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
-}
-
-fn clock_ticks() -> Result<u64> {
-    Ok(fixtures::run(Command::new("getconf").arg("CLK_TCK"))?.parse()?)
-}
-
 /// VmRSS and VmHWM in KiB.
 fn memory_kib(pid: u32) -> Result<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;

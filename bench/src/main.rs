@@ -24,6 +24,7 @@
 
 mod approvals;
 mod closure;
+mod cpu;
 mod fixtures;
 mod fleet;
 mod history;
@@ -162,7 +163,7 @@ fn run() -> Result<()> {
         }
     }
     if wanted("B5") {
-        eprintln!("B5: 10,000 commits and 10,000 hosts vs 1 and 1");
+        eprintln!("B5: 10,000 commits and 10,000 hosts (and 50,000) vs 1 and 1");
         let p = history::Params {
             commits: 10_000,
             hosts: 10_000,

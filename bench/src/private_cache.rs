@@ -25,7 +25,7 @@ use ferry_test_support::nginx::{Access, Nginx};
 
 use crate::closure::ClosureFixture;
 use crate::fixtures::{self, ReleaseKey, BRANCH};
-use crate::report::{fmt_duration, median, Row};
+use crate::report::{fmt_duration, spread, Row};
 
 pub struct Params {
     pub runs: usize,
@@ -154,8 +154,8 @@ pub fn run(
             fx.paths.len(),
             p.runs
         ),
-        median(&agent),
-        median(&baseline),
+        spread(&agent),
+        spread(&baseline),
         baseline_is,
         1.25,
     )])

@@ -31,7 +31,7 @@ use ferry_test_support::forge::{Forge, Kind, TOKEN};
 use ferry_test_support::s3::S3rver;
 
 use crate::fixtures::{self, host_name, ReleaseKey};
-use crate::report::{fmt_duration, median, Row};
+use crate::report::{fmt_duration, median, spread, Row};
 
 pub struct Params<'a> {
     pub signer: &'a Path,
@@ -158,8 +158,8 @@ fn status_rows(fleet: &Fleet, p: &Params, forge: &Forge, token: &Path, s3: &S3rv
                 "`ferry-signer status --json` of {hosts} hosts from receipts, every one verified (median of {})",
                 p.runs
             ),
-            median(&ours),
-            median(&theirs),
+            spread(&ours),
+            spread(&theirs),
             "`curl --aws-sigv4` listing the same keys and fetching every receipt, keep-alive",
             1.5,
         ),

@@ -20,22 +20,64 @@ pub struct Row {
     pub met: Option<bool>,
 }
 
+/// A timing as the table shows it: the median of its runs, with the
+/// fastest and slowest beside it when there were several.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spread {
+    pub median: Duration,
+    pub min: Duration,
+    pub max: Duration,
+}
+
+/// The median, fastest and slowest of `samples` (which must not be empty).
+pub fn spread(samples: &[Duration]) -> Spread {
+    Spread {
+        median: median(samples),
+        min: *samples.iter().min().expect("at least one sample"),
+        max: *samples.iter().max().expect("at least one sample"),
+    }
+}
+
+impl From<Duration> for Spread {
+    /// One figure with no runs to spread over (a sum, or a single run).
+    fn from(d: Duration) -> Self {
+        Spread {
+            median: d,
+            min: d,
+            max: d,
+        }
+    }
+}
+
+impl std::fmt::Display for Spread {
+    /// `4.72 ms (4.10–5.30 ms)`; the median alone when every run took the same.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", fmt_duration(self.median))?;
+        if self.min != self.max {
+            write!(f, " ({}–{})", fmt_duration(self.min), fmt_duration(self.max))?;
+        }
+        Ok(())
+    }
+}
+
 impl Row {
-    /// A figure compared with a baseline: met when measured/baseline ≤ `max_ratio`.
+    /// A figure compared with a baseline: met when the medians'
+    /// measured/baseline ≤ `max_ratio`. Each shows its runs' min–max.
     pub fn ratio(
         id: &'static str,
         figure: &str,
-        measured: Duration,
-        baseline: Duration,
+        measured: impl Into<Spread>,
+        baseline: impl Into<Spread>,
         what: &str,
         max_ratio: f64,
     ) -> Self {
-        let ratio = measured.as_secs_f64() / baseline.as_secs_f64();
+        let (measured, baseline) = (measured.into(), baseline.into());
+        let ratio = measured.median.as_secs_f64() / baseline.median.as_secs_f64();
         Row {
             id,
             figure: figure.into(),
-            measured: fmt_duration(measured),
-            baseline: format!("{} ({what})", fmt_duration(baseline)),
+            measured: measured.to_string(),
+            baseline: format!("{baseline} ({what})"),
             ratio: Some(ratio),
             target: format!("≤ {max_ratio:.2}×"),
             met: Some(ratio <= max_ratio),
@@ -46,8 +88,8 @@ impl Row {
     pub fn reference(
         id: &'static str,
         figure: &str,
-        measured: Duration,
-        baseline: Duration,
+        measured: impl Into<Spread>,
+        baseline: impl Into<Spread>,
         what: &str,
     ) -> Self {
         let mut r = Self::ratio(id, figure, measured, baseline, what, f64::INFINITY);
@@ -211,6 +253,24 @@ pub fn machine() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_timing_shows_its_median_with_the_fastest_and_slowest_run() {
+        let ms = Duration::from_millis;
+        let s = spread(&[ms(5), ms(3), ms(9), ms(4)]);
+        assert_eq!(
+            (s.median, s.min, s.max),
+            (ms(4) + Duration::from_micros(500), ms(3), ms(9))
+        );
+        assert_eq!(s.to_string(), "4.50 ms (3.00 ms–9.00 ms)");
+        assert_eq!(Spread::from(ms(7)).to_string(), "7.00 ms");
+        let row = Row::ratio("B4", "closure", s, ms(3), "nix", 1.1);
+        assert_eq!(row.measured, "4.50 ms (3.00 ms–9.00 ms)");
+        assert_eq!(row.baseline, "3.00 ms (nix)");
+        let ratio = row.ratio.unwrap();
+        assert!((ratio - 1.5).abs() < 1e-9, "the ratio is of the medians: {ratio}");
+        assert_eq!(row.met, Some(false));
+    }
 
     #[test]
     fn each_row_prints_the_published_figure_beside_todays() {

@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::Result;
 
 use crate::fixtures::{self, git, git_cmd, ReleaseKey, BRANCH};
-use crate::report::{fmt_duration, median, Row};
+use crate::report::{fmt_duration, median, spread, Row};
 
 pub struct Params<'a> {
     pub signer: &'a Path,
@@ -70,8 +70,8 @@ pub fn run(work: &Path, key: &ReleaseKey, p: &Params<'_>) -> Result<Vec<Row>> {
             "the same, against git signing the same {}-host file (reference)",
             p.hosts
         ),
-        median(&signer_times),
-        median(&git_all_times),
+        spread(&signer_times),
+        spread(&git_all_times),
         &format!("`git add` + `git commit -S`, {} hosts", p.hosts),
     );
     Ok(vec![
@@ -81,8 +81,8 @@ pub fn run(work: &Path, key: &ReleaseKey, p: &Params<'_>) -> Result<Vec<Row>> {
                 "`ferry-signer release` of {} hosts (median of {})",
                 p.hosts, p.runs
             ),
-            median(&signer_times),
-            median(&git_times),
+            spread(&signer_times),
+            spread(&git_times),
             "`git add` + `git commit -S`, 1 host",
             2.0,
         ),

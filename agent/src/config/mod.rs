@@ -123,7 +123,7 @@ impl Config {
         let deploy_window = window::validate_deploy_window(&file.switch.window);
         let switch = switch::validate(file.switch).map_err(in_file)?;
         let deploy_window = deploy_window.map_err(in_file)?;
-        let health = health::validate(file.health);
+        let health = health::validate(file.health).map_err(in_file)?;
         let report = forge::validate(file.report, s3_credentials_file).map_err(in_file)?;
         let reboot = window::validate_reboot(file.reboot).map_err(in_file)?;
         let metrics = metrics::validate(file.metrics).map_err(in_file)?;

@@ -288,6 +288,42 @@ pub(crate) mod tests {
         )
     }
 
+    /// A token rotated while the client runs (written beside and renamed
+    /// over, as sops-nix and agenix replace a secret) is used from the next
+    /// status on, with no restart.
+    #[tokio::test]
+    async fn a_rotated_token_is_used_from_the_next_status_on() {
+        let forge = ferry_test_support::forge_recorder::Recorder::start();
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("forge-token");
+        std::fs::write(&token_file, "first-token\n").unwrap();
+        let client = ForgeClient::new(&ForgeTarget {
+            forge: Forge::Gitea,
+            api_url: forge.url(),
+            repository: "ops/deploy".into(),
+            token_file: token_file.clone(),
+        });
+        assert!(matches!(
+            client.send(&status(StatusState::Pending)).await,
+            Delivery::Delivered
+        ));
+
+        let rotated = dir.path().join("forge-token.new");
+        std::fs::write(&rotated, "second-token\n").unwrap();
+        std::fs::rename(&rotated, &token_file).unwrap();
+        assert!(matches!(
+            client.send(&status(StatusState::Success)).await,
+            Delivery::Delivered
+        ));
+
+        let sent: Vec<String> = forge
+            .requests()
+            .iter()
+            .map(|r| r.headers["authorization"].clone())
+            .collect();
+        assert_eq!(sent, ["token first-token", "token second-token"]);
+    }
+
     #[test]
     fn github_request() {
         let r = request_for(

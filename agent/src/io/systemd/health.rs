@@ -1,17 +1,36 @@
 //! Health after a switch: units that failed once things settled, and the
-//! operator's own check commands, each bounded by its timeout.
+//! operator's own check commands, each bounded by its timeout and run with
+//! `health.path` before the agent's own `PATH`.
 
+use std::ffi::OsString;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::value::{secs, HumanDuration};
+use crate::config::value::{absolute, secs, HumanDuration, Invalid};
 use crate::io::systemd::bus::{Systemd, SystemdError};
 
 /// The `[health]` section of the configuration: a command without its own
-/// timeout gets 60 seconds.
-pub(crate) fn validate(health: HealthFile) -> HealthConfig {
-    HealthConfig {
+/// timeout gets 60 seconds; `health.path` must hold absolute directories
+/// that can stand in a `PATH` (no `:`).
+pub(crate) fn validate(health: HealthFile) -> Result<HealthConfig, Invalid> {
+    let mut path = Vec::with_capacity(health.path.len());
+    for dir in health.path {
+        let dir =
+            absolute(dir, "each directory of health.path").map_err(|p| Invalid::new("health.path", p))?;
+        if dir.as_os_str().as_encoded_bytes().contains(&b':') {
+            return Err(Invalid::new(
+                "health.path",
+                format!(
+                    "`{}` holds a `:`, which separates PATH entries: name each directory as its own list item",
+                    dir.display()
+                ),
+            ));
+        }
+        path.push(dir);
+    }
+    Ok(HealthConfig {
         settle: health.settle.0,
         commands: health
             .commands
@@ -20,14 +39,29 @@ pub(crate) fn validate(health: HealthFile) -> HealthConfig {
                 HealthCommandFile::Shell(command) => HealthCommand {
                     command,
                     timeout: Duration::from_secs(60),
+                    path: path.clone(),
                 },
                 HealthCommandFile::Table { command, timeout } => HealthCommand {
                     command,
                     timeout: timeout.0,
+                    path: path.clone(),
                 },
             })
             .collect(),
+    })
+}
+
+/// The `PATH` a health command runs with: `extra` (from `health.path`),
+/// then the agent's own `inherited` one. `None`: leave the agent's as it is.
+fn command_path(extra: &[PathBuf], inherited: Option<OsString>) -> Option<OsString> {
+    if extra.is_empty() {
+        return None;
     }
+    let inherited = inherited.unwrap_or_default();
+    let rest = std::env::split_paths(&inherited).filter(|p| !p.as_os_str().is_empty());
+    // Validation refused any `:` in `extra`, and the inherited entries came
+    // out of a PATH: joining cannot fail.
+    std::env::join_paths(extra.iter().cloned().chain(rest)).ok()
 }
 
 /// What the health check found; healthy when both lists are empty.
@@ -149,6 +183,9 @@ async fn run_check(c: &HealthCommand) -> Result<(), CheckFailure> {
         // A group of its own, so that all of it can be killed.
         .process_group(0)
         .kill_on_drop(true);
+    if let Some(path) = command_path(&c.path, std::env::var_os("PATH")) {
+        cmd.env("PATH", path);
+    }
     let child = cmd
         .spawn()
         .map_err(|e| CheckFailure::CouldNotRun(e.to_string()))?;
@@ -181,6 +218,9 @@ pub struct HealthConfig {
 pub struct HealthCommand {
     pub command: String,
     pub timeout: Duration,
+    /// `health.path`: directories searched for programs before the agent's
+    /// own `PATH`, for this command only.
+    pub path: Vec<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -188,6 +228,7 @@ pub struct HealthCommand {
 pub(crate) struct HealthFile {
     pub(crate) settle: HumanDuration,
     pub(crate) commands: Vec<HealthCommandFile>,
+    pub(crate) path: Vec<PathBuf>,
 }
 
 impl Default for HealthFile {
@@ -195,6 +236,7 @@ impl Default for HealthFile {
         Self {
             settle: secs::<10>(),
             commands: Vec::new(),
+            path: Vec::new(),
         }
     }
 }
@@ -214,7 +256,68 @@ mod tests {
         HealthCommand {
             command: c.into(),
             timeout: Duration::from_secs(secs),
+            path: Vec::new(),
         }
+    }
+
+    /// A program that is only in a directory of `health.path` is found by
+    /// a health command given that path, and not without it; the agent's
+    /// own `PATH` still follows (the shell's `true` below needs nothing,
+    /// but `cat` must come from the inherited PATH).
+    #[tokio::test]
+    async fn a_command_finds_a_program_only_through_health_path() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let tools = dir.path().join("bin");
+        std::fs::create_dir(&tools).unwrap();
+        let probe = tools.join("ferry-health-probe");
+        std::fs::write(&probe, "#!/bin/sh\necho ok | cat\n").unwrap();
+        std::fs::set_permissions(&probe, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+        let without = cmd("ferry-health-probe", 5);
+        // 127: the shell's "command not found".
+        assert_eq!(run_check(&without).await.unwrap_err(), CheckFailure::Exited(127));
+
+        let file: HealthFile = toml::from_str(&format!(
+            "commands = [\"ferry-health-probe\"]\npath = [\"{}\"]\n",
+            tools.display()
+        ))
+        .unwrap();
+        let config = validate(file).unwrap();
+        assert_eq!(config.commands[0].path, std::slice::from_ref(&tools));
+        assert_eq!(run_check(&config.commands[0]).await, Ok(()));
+    }
+
+    #[test]
+    fn health_path_comes_before_the_agents_path() {
+        let joined = command_path(
+            &["/nix/store/x-curl/bin".into()],
+            Some("/run/current-system/sw/bin:/bin".into()),
+        );
+        assert_eq!(
+            joined.unwrap(),
+            "/nix/store/x-curl/bin:/run/current-system/sw/bin:/bin"
+        );
+        assert_eq!(command_path(&[], Some("/bin".into())), None);
+        assert_eq!(command_path(&["/opt/bin".into()], None).unwrap(), "/opt/bin");
+    }
+
+    #[test]
+    fn health_path_refuses_relative_directories_and_colons() {
+        let refuse = |path: &str| {
+            let file: HealthFile = toml::from_str(&format!("path = [{path}]\n")).unwrap();
+            validate(file).unwrap_err()
+        };
+        let relative = refuse("\"bin\"");
+        assert_eq!(relative.key, "health.path");
+        assert!(
+            relative.problem.contains("`bin` is not an absolute path"),
+            "{}",
+            relative.problem
+        );
+        let colon = refuse("\"/a/bin:/b/bin\"");
+        assert_eq!(colon.key, "health.path");
+        assert!(colon.problem.contains("its own list item"), "{}", colon.problem);
     }
 
     #[tokio::test]
@@ -227,6 +330,7 @@ mod tests {
         let slow = HealthCommand {
             command: "sleep 5".into(),
             timeout: Duration::from_millis(200),
+            path: Vec::new(),
         };
         assert!(matches!(
             run_check(&slow).await.unwrap_err(),
@@ -248,6 +352,7 @@ mod tests {
         let slow = HealthCommand {
             command: format!("sleep 600 & echo $! > {}; wait", pid_file.display()),
             timeout: Duration::from_millis(500),
+            path: Vec::new(),
         };
         assert!(matches!(
             run_check(&slow).await.unwrap_err(),
