@@ -1042,6 +1042,18 @@ fn every_refusal_leaves_the_host_untouched_and_says_why() {
             "understands only format 1",
         ),
         (
+            // The host reads its own entry as strictly as the whole file.
+            "this host's entry malformed",
+            Box::new(|| {
+                w.custom_release(
+                    &(release_text(2, "web1", "c", "").replace(&w.systems["c"], "/tmp/not-a-store-path")
+                        + &format!("\n[hosts.web2]\ntoplevel = \"{}\"\n", w.systems["c"])),
+                    Some(&w.deploy.key),
+                )
+            }),
+            "is not a Nix store path",
+        ),
+        (
             "unsigned closure path",
             Box::new(|| w.custom_release(&release_text(2, "web1", "unsigned", ""), Some(&w.deploy.key))),
             "is not signed",
@@ -1071,6 +1083,15 @@ fn every_refusal_leaves_the_host_untouched_and_says_why() {
     }
     // Nothing was switched at all after the first deploy.
     assert_eq!(w.switch_log(), vec![format!("switch {b}")]);
+
+    // Another host's malformed entry (a release `ferry-signer` would not
+    // have signed) is that host's refusal: this one reads only its own.
+    let others_broken =
+        release_text(2, "web1", "c", "") + "\n[hosts.web2]\ntoplevel = \"/tmp/not-a-store-path\"\n";
+    w.custom_release(&others_broken, Some(&w.deploy.key));
+    let (ok, out) = w.once();
+    assert!(ok, "{out}");
+    assert_eq!(w.running(), w.systems["c"]);
 }
 
 #[test]

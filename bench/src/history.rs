@@ -230,7 +230,15 @@ fn reconcile(
     let polled = start.elapsed();
     source.fetch(tip)?;
     let fetched = start.elapsed();
-    let verified = ferry_signer::verify::verify_release_commit(source.repo(), tip, &key.signers, Utc::now())?;
+    // As the agent reads it: this host's entry alone.
+    let scope = ferry_signer::Scope::Host(&host);
+    let verified = ferry_signer::verify::verify_release_commit_scoped(
+        source.repo(),
+        tip,
+        &key.signers,
+        Utc::now(),
+        scope,
+    )?;
     let checked = start.elapsed();
     let descends = match anchor {
         Some(a) => source.descends_from(tip, git2::Oid::from_str(a.commit.as_str())?)?,

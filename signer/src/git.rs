@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 use git2::{ErrorCode, ObjectType, Oid, Repository};
 
-use crate::release::{Release, ReleaseError, MAX_RELEASE_BYTES, RELEASE_FILE};
+use crate::release::{Release, ReleaseError, Scope, MAX_RELEASE_BYTES, RELEASE_FILE};
 
 /// Why reading from the repository failed.
 #[derive(Debug, thiserror::Error)]
@@ -52,8 +52,14 @@ pub fn resolve_commit(repo: &Repository, rev: &str) -> Result<Oid, GitError> {
 /// Reads and parses `release.toml` from `commit`. The blob's size is read from
 /// its header first, so an oversize file is refused without being inflated.
 pub fn read_release(repo: &Repository, commit: Oid) -> Result<Release, GitError> {
+    read_release_scoped(repo, commit, Scope::Fleet)
+}
+
+/// [`read_release`] keeping the entries `scope` asks for
+/// ([`Release::parse_scoped`]).
+pub fn read_release_scoped(repo: &Repository, commit: Oid, scope: Scope<'_>) -> Result<Release, GitError> {
     let bytes = read_release_bytes(repo, commit)?;
-    Release::parse(&bytes).map_err(|source| GitError::Release { commit, source })
+    Release::parse_scoped(&bytes, scope).map_err(|source| GitError::Release { commit, source })
 }
 
 /// The raw bytes of `release.toml` in `commit`, size-limited.

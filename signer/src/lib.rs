@@ -63,7 +63,8 @@ pub mod verify;
 pub use allowed_signers::{AllowedSigners, AllowedSignersError, Unauthorized};
 pub use approvals::{Approval, ApprovalPolicy, Principal, Tally};
 pub use names::{CommitId, HostName, StorePath};
-pub use release::{Action, HostEntry, Release, ReleaseError};
+pub use release::{Action, HostEntry, Release, ReleaseError, Scope};
 pub use verify::{
-    verify_commit_signature, verify_release, verify_tip, Signer, VerifiedRelease, VerifiedTip, VerifyError,
+    verify_commit_signature, verify_release, verify_tip, verify_tip_scoped, Signer, VerifiedRelease,
+    VerifiedTip, VerifyError,
 };

@@ -40,6 +40,16 @@ pub struct Release {
     pub hosts: BTreeMap<HostName, HostEntry>,
 }
 
+/// Which hosts' entries a read of a release keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope<'a> {
+    /// Every entry, each one checked: the signer and the fleet commands.
+    Fleet,
+    /// Only this host's entry (none if the release does not name it): an
+    /// agent, which decides nothing from any other host's entry.
+    Host(&'a HostName),
+}
+
 /// What one host should run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostEntry {
@@ -150,6 +160,139 @@ impl Release {
             return Ok(release);
         }
         Self::parse_with_toml(text)
+    }
+
+    /// [`Release::parse`] keeping the entries `scope` asks for. For one
+    /// host, a file in canonical form has its header and that host's entry
+    /// read as strictly as `parse` reads them, and every other entry only
+    /// checked for the canonical shape (sorted, one key per line), not
+    /// parsed: 10,000 other hosts cost a scan, not 10,000 store paths
+    /// validated and rendered back (bench B5). Any other text takes the
+    /// whole strict parse and then keeps the one entry.
+    pub fn parse_scoped(bytes: &[u8], scope: Scope<'_>) -> Result<Self, ReleaseError> {
+        let Scope::Host(host) = scope else {
+            return Self::parse(bytes);
+        };
+        if bytes.len() > MAX_RELEASE_BYTES {
+            return Err(ReleaseError::TooLarge {
+                size: bytes.len() as u64,
+            });
+        }
+        let text = std::str::from_utf8(bytes).map_err(|_| ReleaseError::NotUtf8)?;
+        if let Some(release) = Self::parse_canonical_for(text, host) {
+            return Ok(release);
+        }
+        let mut release = Self::parse(bytes)?;
+        release.hosts.retain(|name, _| name == host);
+        Ok(release)
+    }
+
+    /// The one-host fast path of [`Release::parse_scoped`]: `None` for any
+    /// text whose header or whose entry for `host` is not exactly as
+    /// [`Release::to_toml`] renders it, or whose other entries are not in
+    /// its shape; the strict path then decides. The fuzz target
+    /// `release_toml` checks that whatever it accepts, the strict parse
+    /// accepts with the same header and the same entry for `host`, for a
+    /// file whose other entries are valid.
+    pub fn parse_canonical_for(text: &str, host: &HostName) -> Option<Self> {
+        let (header, rest) = Self::canonical_header(text)?;
+        let mut release = header;
+        if rest == "\n[hosts]\n" {
+            return Some(release);
+        }
+        let wanted = format!("[hosts.{host}]");
+        let mut previous: Option<&str> = None;
+        // The text ends with its last entry's newline, and nothing after.
+        if !rest.ends_with('\n') || rest.ends_with("\n\n") {
+            return None;
+        }
+        // Each entry after a blank line; the last one keeps its newline.
+        for section in rest.strip_prefix('\n')?.split("\n\n") {
+            let section = section.strip_suffix('\n').unwrap_or(section);
+            let mut lines = section.split('\n');
+            let head = lines.next()?;
+            let name = head.strip_prefix("[hosts.")?.strip_suffix(']')?;
+            // Sorted and unique, as rendering a map leaves them; a name's
+            // own characters are checked only where it is parsed.
+            if name.is_empty() || previous.is_some_and(|p| p >= name) {
+                return None;
+            }
+            previous = Some(name);
+            let toplevel = lines.next()?.strip_prefix("toplevel = \"")?.strip_suffix('"')?;
+            let action = match lines.next() {
+                None => None,
+                Some(line) => Some(line.strip_prefix("action = \"")?.strip_suffix('"')?),
+            };
+            if lines.next().is_some() {
+                return None;
+            }
+            if head == wanted {
+                let entry = HostEntry {
+                    toplevel: toplevel.parse().ok()?,
+                    action: action.map_or(Ok(Action::Switch), str::parse).ok()?,
+                };
+                // `action = "switch"` is never written: its absence says it.
+                if action.is_some() && entry.action == Action::Switch
+                    || entry.toplevel.to_string() != toplevel
+                {
+                    return None;
+                }
+                release.hosts.insert(host.clone(), entry);
+            }
+        }
+        Some(release)
+    }
+
+    /// The header of a canonical `release.toml` (everything before the
+    /// hosts), exactly as [`Release::to_toml`] renders it, and the rest of
+    /// the text; `None` if it is not so.
+    fn canonical_header(text: &str) -> Option<(Self, &str)> {
+        fn value<'a>(line: Option<&'a str>, key: &str) -> Option<&'a str> {
+            line?.strip_prefix(key)?.strip_prefix(" = ")
+        }
+        let time = |v: &str| -> Option<DateTime<Utc>> {
+            DateTime::parse_from_rfc3339(v)
+                .ok()
+                .map(|t| t.with_timezone(&Utc))
+        };
+        // The header ends at the first blank line.
+        let end = text.find("\n\n")? + 1;
+        let (head, rest) = text.split_at(end);
+        let mut lines = head.strip_suffix('\n')?.split('\n');
+        if value(lines.next(), "format")? != FORMAT.to_string() {
+            return None;
+        }
+        let serial = value(lines.next(), "serial")?
+            .parse::<u64>()
+            .ok()
+            .filter(|s| (1..=MAX_SERIAL).contains(s))?;
+        let created = time(value(lines.next(), "created")?)?;
+        let mut line = lines.next();
+        let mut expires = None;
+        if let Some(v) = value(line, "expires") {
+            let e = time(v)?;
+            if e <= created {
+                return None;
+            }
+            expires = Some(e);
+            line = lines.next();
+        }
+        let mut source = None;
+        if let Some(v) = value(line, "source") {
+            source = Some(v.strip_prefix('"')?.strip_suffix('"')?.parse::<CommitId>().ok()?);
+            line = lines.next();
+        }
+        if line.is_some() {
+            return None;
+        }
+        let release = Release {
+            serial,
+            created,
+            expires,
+            source,
+            hosts: BTreeMap::new(),
+        };
+        (release.header_toml() == head).then_some((release, rest))
     }
 
     /// The fast path of [`Release::parse`]: a file exactly as
@@ -269,7 +412,24 @@ impl Release {
     /// toml crate's rendering.
     pub fn to_toml(&self) -> String {
         use std::fmt::Write as _;
-        let mut s = String::with_capacity(128 + self.hosts.len() * 100);
+        let mut s = self.header_toml();
+        s.reserve(128 + self.hosts.len() * 100);
+        if self.hosts.is_empty() {
+            s.push_str("\n[hosts]\n");
+        }
+        for (name, entry) in &self.hosts {
+            let _ = write!(s, "\n[hosts.{name}]\ntoplevel = \"{}\"\n", entry.toplevel);
+            if entry.action != Action::Switch {
+                let _ = writeln!(s, "action = \"{}\"", entry.action.as_str());
+            }
+        }
+        s
+    }
+
+    /// The header of [`Release::to_toml`]: every line before the hosts.
+    fn header_toml(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::with_capacity(160);
         let _ = write!(
             s,
             "format = {FORMAT}\nserial = {}\ncreated = {}\n",
@@ -281,15 +441,6 @@ impl Release {
         }
         if let Some(source) = &self.source {
             let _ = writeln!(s, "source = \"{source}\"");
-        }
-        if self.hosts.is_empty() {
-            s.push_str("\n[hosts]\n");
-        }
-        for (name, entry) in &self.hosts {
-            let _ = write!(s, "\n[hosts.{name}]\ntoplevel = \"{}\"\n", entry.toplevel);
-            if entry.action != Action::Switch {
-                let _ = writeln!(s, "action = \"{}\"", entry.action.as_str());
-            }
         }
         s
     }
@@ -627,6 +778,102 @@ toplevel = "{DB1}"
 action = "boot"
 "#
         )
+    }
+
+    /// The canonical text of `example()`'s release with a third host.
+    fn canonical() -> String {
+        let mut release = Release::parse(example().as_bytes()).unwrap();
+        let web2: HostName = "web2".parse().unwrap();
+        let entry = release.hosts[&"web1".parse::<HostName>().unwrap()].clone();
+        release.hosts.insert(web2, entry);
+        release.to_toml()
+    }
+
+    fn host(name: &str) -> HostName {
+        name.parse().unwrap()
+    }
+
+    #[test]
+    fn a_read_for_one_host_keeps_the_header_and_that_hosts_entry() {
+        let text = canonical();
+        let whole = Release::parse(text.as_bytes()).unwrap();
+        for name in ["db1", "web1", "web2", "absent"] {
+            let h = host(name);
+            let mut one = whole.clone();
+            one.hosts.retain(|n, _| *n == h);
+            assert_eq!(
+                Release::parse_canonical_for(&text, &h).as_ref(),
+                Some(&one),
+                "{name}"
+            );
+            assert_eq!(
+                Release::parse_scoped(text.as_bytes(), Scope::Host(&h)),
+                Ok(one),
+                "{name}"
+            );
+        }
+        let empty = Release {
+            hosts: BTreeMap::new(),
+            ..whole.clone()
+        };
+        let empty_text = empty.to_toml();
+        assert_eq!(
+            Release::parse_canonical_for(&empty_text, &host("web1")),
+            Some(empty)
+        );
+        // A text not in canonical form takes the strict parse, then keeps one.
+        let h = host("db1");
+        let mut one = whole;
+        one.hosts.retain(|n, _| *n == h);
+        let loose = format!("# a comment\n{}", example());
+        assert_eq!(Release::parse_canonical_for(&loose, &h), None);
+        assert_eq!(Release::parse_scoped(loose.as_bytes(), Scope::Host(&h)), Ok(one));
+    }
+
+    #[test]
+    fn a_read_for_one_host_checks_only_the_shape_of_the_others() {
+        let text = canonical();
+        // Another host's store path is not this host's business...
+        let broken = text.replacen(
+            &format!("toplevel = \"{DB1}\""),
+            "toplevel = \"/tmp/not-a-store-path\"",
+            1,
+        );
+        assert!(Release::parse(broken.as_bytes()).is_err());
+        let web1 = Release::parse_scoped(broken.as_bytes(), Scope::Host(&host("web1"))).unwrap();
+        assert_eq!(web1.hosts.keys().collect::<Vec<_>>(), [&host("web1")]);
+        // ...but its own is, as strictly as the whole file's parse.
+        let err = Release::parse_scoped(broken.as_bytes(), Scope::Host(&host("db1"))).unwrap_err();
+        assert!(matches!(err, ReleaseError::Invalid { .. }), "{err}");
+        // The shape is checked everywhere: entries out of order or twice, a
+        // key the format does not have, or anything after the last entry
+        // send the text to the strict parse; so does this host's own entry
+        // not rendered as Ferry renders it (`action = "switch"` written out).
+        let swapped = text.replacen("[hosts.db1]", "[hosts.zz1]", 1);
+        let twice = text.replacen("[hosts.web2]", "[hosts.web1]", 1);
+        let unknown = text.replacen("action = \"boot\"", "colour = \"blue\"", 1);
+        let switch = text.replacen("action = \"boot\"", "action = \"switch\"", 1);
+        let trailing = format!("{text}\n");
+        for (odd, name) in [
+            (&swapped, "web1"),
+            (&twice, "web1"),
+            (&unknown, "web1"),
+            (&switch, "db1"),
+            (&trailing, "web1"),
+        ] {
+            assert_ne!(odd, &text);
+            assert_eq!(Release::parse_canonical_for(odd, &host(name)), None, "{odd}");
+        }
+        // The strict parse refuses the duplicate and the unknown key.
+        for refused in [&twice, &unknown] {
+            assert!(Release::parse_scoped(refused.as_bytes(), Scope::Host(&host("web1"))).is_err());
+        }
+        // Too large is refused before anything is read.
+        let big = vec![b'#'; MAX_RELEASE_BYTES + 1];
+        assert!(matches!(
+            Release::parse_scoped(&big, Scope::Host(&host("web1"))),
+            Err(ReleaseError::TooLarge { .. })
+        ));
     }
 
     fn invalid(text: &str) -> (usize, String) {

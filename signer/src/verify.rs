@@ -12,7 +12,7 @@ use crate::allowed_signers::{AllowedSigners, Unauthorized};
 use crate::approvals::{self, Approval, ChainError};
 use crate::git::{self, GitError};
 use crate::names::CommitId;
-use crate::release::Release;
+use crate::release::{Release, Scope};
 use crate::sshsig::{SigError, SshSignature, GIT_NAMESPACE};
 
 /// Who signed a commit, as established by [`verify_commit_signature`].
@@ -202,8 +202,21 @@ pub fn verify_release_commit(
     signers: &AllowedSigners,
     now: DateTime<Utc>,
 ) -> Result<VerifiedRelease, VerifyError> {
+    verify_release_commit_scoped(repo, commit, signers, now, Scope::Fleet)
+}
+
+/// [`verify_release_commit`] keeping the entries `scope` asks for: the
+/// signature is checked before a byte of the release is read, whatever the
+/// scope.
+pub fn verify_release_commit_scoped(
+    repo: &Repository,
+    commit: Oid,
+    signers: &AllowedSigners,
+    now: DateTime<Utc>,
+    scope: Scope<'_>,
+) -> Result<VerifiedRelease, VerifyError> {
     let (signer, committed_at) = verify_commit_signature(repo, commit, signers)?;
-    let release = git::read_release(repo, commit)?;
+    let release = git::read_release_scoped(repo, commit, scope)?;
     if let Some(expires) = release.expires.filter(|_| release.is_expired(now)) {
         return Err(VerifyError::Expired {
             commit,
@@ -242,6 +255,19 @@ pub fn verify_tip(
     approver_signers: &AllowedSigners,
     now: DateTime<Utc>,
 ) -> Result<VerifiedTip, VerifyError> {
+    verify_tip_scoped(repo, tip, release_signers, approver_signers, now, Scope::Fleet)
+}
+
+/// [`verify_tip`] keeping the release entries `scope` asks for (an agent
+/// asks for its own host's alone).
+pub fn verify_tip_scoped(
+    repo: &Repository,
+    tip: Oid,
+    release_signers: &AllowedSigners,
+    approver_signers: &AllowedSigners,
+    now: DateTime<Utc>,
+    scope: Scope<'_>,
+) -> Result<VerifiedTip, VerifyError> {
     let chain = approvals::chain(repo, tip)?;
     let mut verified = Vec::with_capacity(chain.approvals.len());
     // The tip first: an unsigned or foreign tip is refused for what it is.
@@ -262,7 +288,7 @@ pub fn verify_tip(
         });
     }
     verified.reverse();
-    let release = verify_release_commit(repo, chain.release, release_signers, now)?;
+    let release = verify_release_commit_scoped(repo, chain.release, release_signers, now, scope)?;
     Ok(VerifiedTip {
         tip: tip.into(),
         release,

@@ -64,7 +64,10 @@ pub fn ports(config: &Config) -> anyhow::Result<Ports> {
     .with_s3_credentials(config.source.s3_credentials_file.as_deref());
     let outbox = Outbox::open(&config.state_dir)?;
     Ok(Ports {
-        source: Box::new(GitSource(Arc::new(Mutex::new(source)))),
+        source: Box::new(GitSource {
+            source: Arc::new(Mutex::new(source)),
+            host: config.host.clone(),
+        }),
         caches: Box::new(LiveCaches(BinaryCaches::for_config(&config.cache))),
         store: Box::new(LiveStore::for_config(config)),
         units: Box::new(SystemdUnits {
@@ -99,15 +102,19 @@ pub fn ports(config: &Config) -> anyhow::Result<Ports> {
     })
 }
 
-/// The deploy repository through libgit2, off the async thread.
-struct GitSource(Arc<Mutex<Source>>);
+/// The deploy repository through libgit2, off the async thread. A release
+/// is read for `host` alone: no other host's entry decides anything here.
+struct GitSource {
+    source: Arc<Mutex<Source>>,
+    host: ferry_signer::HostName,
+}
 
 impl GitSource {
     fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Source) -> T + Send + 'static,
     ) -> impl Future<Output = T> + 'static {
-        let source = self.0.clone();
+        let source = self.source.clone();
         async move {
             tokio::task::spawn_blocking(move || f(&source.lock().expect("source lock")))
                 .await
@@ -144,9 +151,12 @@ impl ReleaseSource for GitSource {
         let signers = signers.clone();
         let approver_signers = approver_signers.clone();
         let tip = tip.clone();
+        let host = self.host.clone();
         Box::pin(self.run(move |s| {
             let tip = Oid::from_str(tip.as_str()).map_err(|e| Box::new(VerifyError::Git(e.into())))?;
-            ferry_signer::verify_tip(s.repo(), tip, &signers, &approver_signers, now).map_err(Box::new)
+            let scope = ferry_signer::Scope::Host(&host);
+            ferry_signer::verify_tip_scoped(s.repo(), tip, &signers, &approver_signers, now, scope)
+                .map_err(Box::new)
         }))
     }
 
