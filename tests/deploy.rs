@@ -194,6 +194,12 @@ token_file = "/etc/ferry/forge-token"
         self.set_config("[health]\n", &format!("[health]\ncommands = {commands}\n"));
     }
 
+    /// The `url = …` line of the agent's `[source]`.
+    fn source_url_line(&self) -> String {
+        let line = self.config.lines().find(|l| l.starts_with("url = "));
+        line.expect("[source] has a url").to_owned()
+    }
+
     /// Rewrites the agent's configuration with `from` replaced by `to`.
     fn set_config(&self, from: &str, to: &str) {
         assert!(self.config.contains(from), "{from} is not in the configuration");

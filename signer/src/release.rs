@@ -182,7 +182,9 @@ impl Release {
         if let Some(release) = Self::parse_canonical_for(text, host) {
             return Ok(release);
         }
-        let mut release = Self::parse(bytes)?;
+        // Not canonical here, so not canonical as a whole either: the strict
+        // parse alone decides.
+        let mut release = Self::parse_with_toml(text)?;
         release.hosts.retain(|name, _| name == host);
         Ok(release)
     }
@@ -218,10 +220,10 @@ impl Release {
                 return None;
             }
             previous = Some(name);
-            let toplevel = lines.next()?.strip_prefix("toplevel = \"")?.strip_suffix('"')?;
+            let toplevel = quoted(value(lines.next(), "toplevel")?)?;
             let action = match lines.next() {
                 None => None,
-                Some(line) => Some(line.strip_prefix("action = \"")?.strip_suffix('"')?),
+                line => Some(quoted(value(line, "action")?)?),
             };
             if lines.next().is_some() {
                 return None;
@@ -247,9 +249,6 @@ impl Release {
     /// hosts), exactly as [`Release::to_toml`] renders it, and the rest of
     /// the text; `None` if it is not so.
     fn canonical_header(text: &str) -> Option<(Self, &str)> {
-        fn value<'a>(line: Option<&'a str>, key: &str) -> Option<&'a str> {
-            line?.strip_prefix(key)?.strip_prefix(" = ")
-        }
         let time = |v: &str| -> Option<DateTime<Utc>> {
             DateTime::parse_from_rfc3339(v)
                 .ok()
@@ -279,7 +278,7 @@ impl Release {
         }
         let mut source = None;
         if let Some(v) = value(line, "source") {
-            source = Some(v.strip_prefix('"')?.strip_suffix('"')?.parse::<CommitId>().ok()?);
+            source = Some(quoted(v)?.parse::<CommitId>().ok()?);
             line = lines.next();
         }
         if line.is_some() {
@@ -304,44 +303,9 @@ impl Release {
     /// the release) it never disagrees with the strict path; the fuzz target
     /// `release_toml` checks that.
     pub fn parse_canonical(text: &str) -> Option<Self> {
-        fn value<'a>(line: Option<&'a str>, key: &str) -> Option<&'a str> {
-            line?.strip_prefix(key)?.strip_prefix(" = ")
-        }
-        fn quoted(v: &str) -> Option<&str> {
-            v.strip_prefix('"')?.strip_suffix('"')
-        }
-        let time = |v: &str| -> Option<DateTime<Utc>> {
-            DateTime::parse_from_rfc3339(v)
-                .ok()
-                .map(|t| t.with_timezone(&Utc))
-        };
-        let mut lines = text.split('\n').peekable();
-        if value(lines.next(), "format")? != FORMAT.to_string() {
-            return None;
-        }
-        let serial = value(lines.next(), "serial")?
-            .parse::<u64>()
-            .ok()
-            .filter(|s| (1..=MAX_SERIAL).contains(s))?;
-        let created = time(value(lines.next(), "created")?)?;
-        let mut line = lines.next()?;
-        let mut expires = None;
-        if let Some(v) = value(Some(line), "expires") {
-            let e = time(v)?;
-            if e <= created {
-                return None;
-            }
-            expires = Some(e);
-            line = lines.next()?;
-        }
-        let mut source = None;
-        if let Some(v) = value(Some(line), "source") {
-            source = Some(quoted(v)?.parse::<CommitId>().ok()?);
-            line = lines.next()?;
-        }
-        if !line.is_empty() {
-            return None;
-        }
+        let (header, rest) = Self::canonical_header(text)?;
+        // The blank line after the header, then the hosts.
+        let mut lines = rest.strip_prefix('\n')?.split('\n').peekable();
         let mut hosts = BTreeMap::new();
         loop {
             let host: HostName = lines
@@ -365,13 +329,7 @@ impl Release {
                 _ => return None,
             }
         }
-        let release = Release {
-            serial,
-            created,
-            expires,
-            source,
-            hosts,
-        };
+        let release = Release { hosts, ..header };
         (release.to_toml() == text).then_some(release)
     }
 
@@ -449,6 +407,16 @@ impl Release {
     pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
         self.expires.is_some_and(|e| now >= e)
     }
+}
+
+/// The value of `key = VALUE` on a line of a canonical `release.toml`.
+fn value<'a>(line: Option<&'a str>, key: &str) -> Option<&'a str> {
+    line?.strip_prefix(key)?.strip_prefix(" = ")
+}
+
+/// A canonical string value without its quotes.
+fn quoted(v: &str) -> Option<&str> {
+    v.strip_prefix('"')?.strip_suffix('"')
 }
 
 /// A TOML error as [`ReleaseError::Syntax`]: the parser's own words (not

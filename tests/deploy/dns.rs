@@ -93,12 +93,7 @@ fn a_name_server_that_never_answers_is_cut_off_by_each_deadline_and_retried() {
         .collect();
     std::fs::write(w.bed.host_path("/etc/hosts"), &hosts).unwrap();
     let (git, cache, forge) = ("git.ferry.test", "cache.ferry.test", "localhost");
-    let git_url = w
-        .config
-        .lines()
-        .find(|l| l.starts_with("url = "))
-        .unwrap()
-        .to_owned();
+    let git_url = w.source_url_line();
     let cache_url = w.cache_server.as_ref().unwrap().url();
     let named_cache = named(&cache_url, cache);
     std::fs::write(

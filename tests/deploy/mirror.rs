@@ -24,13 +24,7 @@ fn publish(w: &World, www: &std::path::Path) {
 /// Points the agent at `source` (lines of `[source]`) instead of the git
 /// server.
 fn follow(w: &World, source: &str) {
-    let git_url = w
-        .config
-        .lines()
-        .find(|l| l.starts_with("url = "))
-        .unwrap()
-        .to_owned();
-    w.set_config(&git_url, source);
+    w.set_config(&w.source_url_line(), source);
 }
 
 #[test]
