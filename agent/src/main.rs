@@ -126,7 +126,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 Err(e) => return Err(e.into()),
             };
-            ferry_agent::io::git::source::set_network_timeouts(
+            ferry_agent::io::git::source::set_libgit2_options(
                 Duration::from_secs(10),
                 Duration::from_secs(60),
             )?;
@@ -157,7 +157,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Run => {
-            ferry_agent::io::git::source::set_network_timeouts(
+            ferry_agent::io::git::source::set_libgit2_options(
                 Duration::from_secs(10),
                 Duration::from_secs(60),
             )?;

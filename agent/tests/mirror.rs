@@ -52,7 +52,14 @@ fn a_static_mirror_is_polled_with_one_conditional_get_and_fetched_by_pack() {
 
     let tip = source.remote_tip().unwrap();
     assert_eq!(tip.to_string(), first);
-    source.fetch(tip).unwrap();
+    // The bytes received are the mirror's one pack, whole.
+    let pack_bytes: u64 = std::fs::read_dir(root.join("deploy.git/objects/pack"))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".pack"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    assert_eq!(source.fetch_counted(tip).unwrap(), pack_bytes);
     assert!(source.repo().find_commit(tip).is_ok());
     let verified = ferry_signer::git::read_release(source.repo(), tip).unwrap();
     assert_eq!(verified.serial, 1);

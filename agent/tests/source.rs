@@ -33,7 +33,11 @@ fn tip_fetch_and_ancestry_over_git_protocol() {
     let second = deploy.release("web1", WEB1_B);
     let tip2 = source.remote_tip().unwrap();
     assert_eq!(tip2.to_string(), second);
-    source.fetch(tip2).unwrap();
+    // What a fetch received is counted (a pack: its header and the new
+    // commit, tree and release at least); a commit already here costs none.
+    let received = source.fetch_counted(tip2).unwrap();
+    assert!(received > 12 + 3 * 20, "{received} bytes");
+    assert_eq!(source.fetch_counted(tip2).unwrap(), 0);
     assert!(source.descends_from(tip2, tip).unwrap());
     assert!(!source.descends_from(tip, tip2).unwrap());
 

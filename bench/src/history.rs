@@ -7,8 +7,9 @@
 //!   - a branch of 1 commit naming 1 host, the agent's clone empty;
 //!
 //! and, to tell apart what each part costs, the same release with the
-//! server's objects packed (B5′), on a 3-commit branch (B5″), and a release
-//! of five times the hosts (B5‴). A tenth of the hosts get a new system.
+//! server's objects packed (B5′), pushed into a server that keeps pushed
+//! packs (B5⁗), on a 3-commit branch (B5″), and a release of five times the
+//! hosts (B5‴). A tenth of the hosts get a new system.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -36,12 +37,25 @@ pub struct Params {
 struct Case {
     commits: usize,
     hosts: usize,
-    /// Whether the server's objects are all in one pack (as a forge keeps
-    /// them after its housekeeping, and as a push larger than
-    /// `receive.unpackLimit` arrives); else the new release's objects are
-    /// loose, as `ferry-signer release` writing straight into a bare
-    /// repository leaves them, and the server deltas them for every fetch.
-    packed: bool,
+    /// How the new release's objects are kept on the server.
+    arrival: Arrival,
+}
+
+/// How a release's objects reach the server, and so how it keeps them.
+#[derive(Clone, Copy, PartialEq)]
+enum Arrival {
+    /// Loose, as a push of fewer than `receive.unpackLimit` (100) objects
+    /// leaves them and as `ferry-signer release` writing straight into a
+    /// bare repository does: the server deltas the release for every fetch.
+    Loose,
+    /// Everything in one pack, as a forge's housekeeping (`git repack -ad`)
+    /// leaves it: the newest release is stored whole, and sent whole.
+    Repacked,
+    /// `git push`ed (as `ferry-signer release --push` does) into a server
+    /// with `receive.unpackLimit = 1`, which keeps the pushed pack as it
+    /// came: the release a delta against the one before it, which the server
+    /// sends as it is to a host that has that one.
+    PushedPackKept,
 }
 
 /// A branch of `case.commits` commits on the server whose tip names
@@ -59,6 +73,7 @@ fn make(
     fixtures::bare_repo(&repo)?;
     fast_import(&repo, case.commits - 2)?;
     let anchor_commit = key.publish(&repo, &fixtures::hosts(case.hosts, 1))?;
+
     let url = format!("git://127.0.0.1:{port}/{name}.git");
     let pristine = dir.join(format!("{name}-clone.git"));
     {
@@ -70,9 +85,42 @@ fn make(
     for i in (0..case.hosts).step_by(10) {
         changes.hosts.insert(host_name(i), fixtures::fake_entry(i, 2));
     }
-    key.publish(&repo, &changes)?;
-    if case.packed {
-        fixtures::git(&repo, &["repack", "-adq"])?;
+    match case.arrival {
+        Arrival::Loose => {
+            key.publish(&repo, &changes)?;
+        }
+        Arrival::Repacked => {
+            key.publish(&repo, &changes)?;
+            fixtures::git(&repo, &["repack", "-adq"])?;
+        }
+        Arrival::PushedPackKept => {
+            // Signed in CI's clone, pushed (a thin pack: the release a delta
+            // against the one the server has).
+            // The history before it packed, as housekeeping leaves it.
+            fixtures::git(&repo, &["repack", "-adq"])?;
+            fixtures::git(&repo, &["config", "receive.unpackLimit", "1"])?;
+            let staging = dir.join(format!("{name}-staging.git"));
+            // Cloned as a CI runner's clone is, by a fetch: a copy of the
+            // server's files would carry its reachability bitmap, with which
+            // `git push` does not delta against what the server has.
+            fixtures::run(
+                git_cmd()
+                    .args(["clone", "-q", "--bare", "--no-local"])
+                    .arg(&repo)
+                    .arg(&staging),
+            )?;
+            key.publish(&staging, &changes)?;
+            let refspec = format!("{BRANCH}:{BRANCH}");
+            fixtures::run(
+                git_cmd()
+                    .arg("-C")
+                    .arg(&staging)
+                    .args(["push", "-q"])
+                    .arg(&repo)
+                    .arg(&refspec),
+            )?;
+            std::fs::remove_dir_all(&staging)?;
+        }
     }
     let anchor = Anchor {
         commit: CommitId::from(anchor_commit),
@@ -90,7 +138,7 @@ pub fn run(work: &Path, key: &ReleaseKey, repos: &Path, port: u16, p: &Params) -
             Case {
                 commits: p.commits,
                 hosts: p.hosts,
-                packed: false,
+                arrival: Arrival::Loose,
             },
         ),
         (
@@ -98,7 +146,7 @@ pub fn run(work: &Path, key: &ReleaseKey, repos: &Path, port: u16, p: &Params) -
             Case {
                 commits: p.commits,
                 hosts: p.hosts,
-                packed: true,
+                arrival: Arrival::Repacked,
             },
         ),
         (
@@ -106,7 +154,7 @@ pub fn run(work: &Path, key: &ReleaseKey, repos: &Path, port: u16, p: &Params) -
             Case {
                 commits: 3,
                 hosts: p.hosts,
-                packed: true,
+                arrival: Arrival::Repacked,
             },
         ),
         (
@@ -114,7 +162,15 @@ pub fn run(work: &Path, key: &ReleaseKey, repos: &Path, port: u16, p: &Params) -
             Case {
                 commits: 3,
                 hosts: p.hosts * 5,
-                packed: true,
+                arrival: Arrival::Repacked,
+            },
+        ),
+        (
+            "big-pushed",
+            Case {
+                commits: p.commits,
+                hosts: p.hosts,
+                arrival: Arrival::PushedPackKept,
             },
         ),
     ];
@@ -139,19 +195,13 @@ pub fn run(work: &Path, key: &ReleaseKey, repos: &Path, port: u16, p: &Params) -
         for (n, ((name, case), (pristine, url, anchor))) in cases.iter().zip(&made).enumerate() {
             let clone = dir.join(format!("run-{i}-{name}.git"));
             fixtures::run(Command::new("cp").arg("-a").arg(pristine).arg(&clone))?;
-            let before = pack_bytes(&clone)?;
-            times[n].push(reconcile(
-                &clone,
-                url,
-                key,
-                Some(anchor),
-                host_name(case.hosts / 2),
-            )?);
-            fetched_bytes[n] = pack_bytes(&clone)? - before;
+            let (time, received) = reconcile(&clone, url, key, Some(anchor), host_name(case.hosts / 2))?;
+            times[n].push(time);
+            fetched_bytes[n] = received;
             std::fs::remove_dir_all(&clone)?;
         }
         let clone = dir.join(format!("run-{i}-small.git"));
-        small_times.push(reconcile(&clone, &small_url, key, None, host_name(0))?);
+        small_times.push(reconcile(&clone, &small_url, key, None, host_name(0))?.0);
         std::fs::remove_dir_all(&clone)?;
     }
     let small = spread(&small_times);
@@ -161,7 +211,7 @@ pub fn run(work: &Path, key: &ReleaseKey, repos: &Path, port: u16, p: &Params) -
         Row::ratio(
             "B5",
             &format!(
-                "poll + fetch + verify + select, {}-commit branch, {}-host release, the release's objects loose on the server (median of {}; {:.0} KiB fetched)",
+                "poll + fetch + verify + select, {}-commit branch, {}-host release, the release's objects loose on the server (median of {}; {:.0} KiB received)",
                 p.commits, p.hosts, p.runs, kib(0)
             ),
             spread(&times[0]),
@@ -172,7 +222,7 @@ pub fn run(work: &Path, key: &ReleaseKey, repos: &Path, port: u16, p: &Params) -
         Row::ratio(
             "B5′",
             &format!(
-                "the same, the server's objects in one pack (as a forge keeps them; {:.0} KiB fetched)",
+                "the same, the server's objects in one pack (as a forge keeps them; {:.0} KiB received)",
                 kib(1)
             ),
             spread(&times[1]),
@@ -183,7 +233,7 @@ pub fn run(work: &Path, key: &ReleaseKey, repos: &Path, port: u16, p: &Params) -
         Row::reference(
             "B5″",
             &format!(
-                "the same release on a 3-commit branch, server packed: the fleet's size alone ({:.0} KiB fetched)",
+                "the same release on a 3-commit branch, server packed: the fleet's size alone ({:.0} KiB received)",
                 kib(2)
             ),
             spread(&times[2]),
@@ -193,7 +243,7 @@ pub fn run(work: &Path, key: &ReleaseKey, repos: &Path, port: u16, p: &Params) -
         Row::reference(
             "B5‴",
             &format!(
-                "a {}-host release on a 3-commit branch, server packed: what a host pays for a fleet five times larger ({:.0} KiB fetched)",
+                "a {}-host release on a 3-commit branch, server packed: what a host pays for a fleet five times larger ({:.0} KiB received)",
                 p.hosts * 5,
                 kib(3)
             ),
@@ -201,34 +251,34 @@ pub fn run(work: &Path, key: &ReleaseKey, repos: &Path, port: u16, p: &Params) -
             small,
             what,
         ),
+        Row::ratio(
+            "B5⁗",
+            &format!(
+                "the B5 release `git push`ed into a server that keeps pushed packs (`receive.unpackLimit = 1`): sent as the delta it arrived as ({:.0} KiB received)",
+                kib(4)
+            ),
+            spread(&times[4]),
+            small,
+            what,
+            2.0,
+        ),
     ])
 }
 
-/// The bytes of every pack in a clone.
-fn pack_bytes(clone: &Path) -> Result<u64> {
-    let mut total = 0;
-    for entry in std::fs::read_dir(clone.join("objects/pack"))? {
-        let entry = entry?;
-        if entry.file_name().to_string_lossy().ends_with(".pack") {
-            total += entry.metadata()?.len();
-        }
-    }
-    Ok(total)
-}
-
-/// One reconcile up to the verdict, timed from the poll on.
+/// One reconcile up to the verdict, timed from the poll on, and the bytes
+/// its fetch received.
 fn reconcile(
     clone: &Path,
     url: &str,
     key: &ReleaseKey,
     anchor: Option<&Anchor>,
     host: ferry_signer::HostName,
-) -> Result<Duration> {
+) -> Result<(Duration, u64)> {
     let source = Source::open(clone, url, BRANCH, None)?;
     let start = Instant::now();
     let tip = source.remote_tip()?;
     let polled = start.elapsed();
-    source.fetch(tip)?;
+    let received = source.fetch_counted(tip)?;
     let fetched = start.elapsed();
     // As the agent reads it: this host's entry alone.
     let scope = ferry_signer::Scope::Host(&host);
@@ -258,7 +308,7 @@ fn reconcile(
             fmt_duration(elapsed - checked)
         );
     }
-    Ok(elapsed)
+    Ok((elapsed, received))
 }
 
 /// Appends `n` commits, each a small release, to the deploy branch.

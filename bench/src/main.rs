@@ -116,6 +116,12 @@ fn run() -> Result<()> {
     // Nix's narinfo disk cache lives here, so runs start without it and the
     // user's own cache is left alone.
     std::env::set_var("XDG_CACHE_HOME", work.join("xdg-cache"));
+    // The agent's libgit2 settings (its writes synced, no second hash of
+    // what it reads), so the rows that call its library pay what it pays.
+    ferry_agent::io::git::source::set_libgit2_options(
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_secs(60),
+    )?;
 
     let repos = work.join("repos");
     std::fs::create_dir_all(&repos)?;

@@ -199,6 +199,7 @@ impl Read for Connection {
         }
         let left = self.left()?;
         self.stream.set_read_timeout(Some(left))?;
+        quick_ack(&self.stream);
         let want = buf
             .len()
             .min(usize::try_from(budget - self.read).unwrap_or(usize::MAX));
@@ -211,6 +212,21 @@ impl Read for Connection {
         self.read += n as u64;
         Ok(n)
     }
+}
+
+/// Asks the kernel to acknowledge what arrives next at once. git's server
+/// writes its answer to a negotiation round in several small writes; under
+/// Nagle's algorithm it holds back the last of them until the first is
+/// acknowledged, and Linux delays that acknowledgement by up to 40 ms while
+/// this side has nothing to send: every fetch of a long branch paid it once
+/// (50 ms against 8 ms for a 3-commit one). The setting lapses by itself, so
+/// it is renewed before every read. Best effort: a kernel without it only
+/// loses the 40 ms again.
+fn quick_ack(stream: &TcpStream) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let _ = rustix::net::sockopt::set_tcp_quickack(stream, true);
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = stream;
 }
 
 impl Write for Connection {

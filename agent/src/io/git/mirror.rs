@@ -303,8 +303,8 @@ impl Mirror {
     }
 
     /// Downloads the packs `repo` lacks, each indexed as it arrives, all
-    /// within the fetch deadline and cap. Returns how many were new.
-    pub fn fetch(&self, repo: &Repository, auth: Option<&HeaderValue>) -> Result<usize, MirrorFault> {
+    /// within the fetch deadline and cap. Returns the bytes downloaded.
+    pub fn fetch(&self, repo: &Repository, auth: Option<&HeaderValue>) -> Result<u64, MirrorFault> {
         let (response, limit) = self.get("objects/info/packs", PACK_TIMEOUT, auth, &[])?;
         let text = read_index(response, MAX_INDEX_BYTES, limit, "objects/info/packs")?;
         let packs = parse_packs(&text).map_err(|detail| MirrorFault::Bad {
@@ -312,14 +312,19 @@ impl Mirror {
             detail,
         })?;
         let have = repo.path().join("objects/pack");
-        let mut budget = MAX_FETCH_BYTES as u64;
         let mut fetched = 0;
         for name in packs.iter().filter(|p| !have.join(p).exists()) {
             debug_assert!(is_pack_name(name));
             let rel = format!("objects/pack/{name}");
             let (response, limit) = self.get(&rel, PACK_TIMEOUT, auth, &[])?;
-            budget -= self.index_pack(repo, response, name, &rel, budget, limit)?;
-            fetched += 1;
+            fetched += self.index_pack(
+                repo,
+                response,
+                name,
+                &rel,
+                MAX_FETCH_BYTES as u64 - fetched,
+                limit,
+            )?;
         }
         Ok(fetched)
     }
