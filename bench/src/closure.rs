@@ -199,7 +199,7 @@ pub fn run(
         spread(&agent),
         spread(&baseline),
         "`nix-store -r` alone",
-        1.10,
+        1.05,
     )])
 }
 

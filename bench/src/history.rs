@@ -251,7 +251,7 @@ pub fn run(work: &Path, key: &ReleaseKey, repos: &Path, port: u16, p: &Params) -
             small,
             what,
         ),
-        Row::ratio(
+        Row::reference(
             "B5⁗",
             &format!(
                 "the B5 release `git push`ed into a server that keeps pushed packs (`receive.unpackLimit = 1`): sent as the delta it arrived as ({:.0} KiB received)",
@@ -260,7 +260,6 @@ pub fn run(work: &Path, key: &ReleaseKey, repos: &Path, port: u16, p: &Params) -
             spread(&times[4]),
             small,
             what,
-            2.0,
         ),
     ])
 }

@@ -50,7 +50,7 @@ pub fn run(work: &Path, key: &ReleaseKey, repos: &Path, port: u16, p: &Params<'_
             spread(&m.poll_wall),
             spread(&m.ls_remote),
             "`git ls-remote`, protocol v0",
-            0.5,
+            1.0,
         ),
         Row::reference(
             "B1′",
@@ -67,7 +67,7 @@ pub fn run(work: &Path, key: &ReleaseKey, repos: &Path, port: u16, p: &Params<'_
             ),
             cpu_ms,
             "ms",
-            2.0,
+            1.0,
         ),
         Row::absolute(
             "B2′",
@@ -89,7 +89,7 @@ pub fn run(work: &Path, key: &ReleaseKey, repos: &Path, port: u16, p: &Params<'_
             ),
             m.rss_kib as f64 / 1024.0,
             "MiB",
-            12.0,
+            10.0,
         ),
     ])
 }

@@ -157,7 +157,7 @@ pub fn run(
         spread(&agent),
         spread(&baseline),
         baseline_is,
-        1.25,
+        1.10,
     )])
 }
 
