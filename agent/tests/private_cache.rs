@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine as _;
-use ferry_agent::io::cache::client::{BinaryCaches, CacheError};
+use ferry_agent::io::cache::client::{BinaryCaches, CacheError, ClosureObjects};
 use ferry_agent::io::cache::credentials::CacheCredentials;
 use ferry_agent::io::cache::narinfo::CachePublicKey;
 use ferry_agent::io::cache::relay::realise_via_relay;
@@ -160,6 +160,10 @@ fn netrc_credentials_get_the_preflight_and_the_realise_in() {
             .any(|r| r.target.starts_with("/nar/") && r.status == 200),
         "NARs came from the private cache: {seen:?}"
     );
+    // Each narinfo was read by the preflight and by the realise's own walk;
+    // Nix got it from the relay, which answered with the walk's bytes.
+    let narinfos = seen.iter().filter(|r| r.target.ends_with(".narinfo")).count();
+    assert_eq!(narinfos, 2 * 5, "{seen:?}");
     assert!(
         seen.iter().all(
             |r| r.authorization.as_deref() == Some(basic("deploy", "s3cret").as_str()) && r.status == 200
@@ -286,6 +290,7 @@ fn the_relay_serves_only_the_closure_it_was_started_for() {
     let caches = f.caches(&server.url(), bearer("127.0.0.1", f.file("token", "t")));
     let hash = &f.toplevel[11..43];
     let status = |objects: BTreeSet<String>, path: String| {
+        let objects = ClosureObjects::named(objects);
         crate::common::runtime().block_on(async {
             let relay = Relay::start(caches.clone(), caches.load_credentials().unwrap(), objects)
                 .await
@@ -308,6 +313,50 @@ fn the_relay_serves_only_the_closure_it_was_started_for() {
     );
 }
 
+/// The relay answers a narinfo its walk read and checked with those very
+/// bytes, without asking the cache again: with the cache gone, the narinfo
+/// still comes (the NAR, which it never keeps, does not).
+#[test]
+fn the_relay_answers_narinfos_with_the_bytes_its_walk_checked() {
+    let f = Fixture::new(1);
+    let server = f.serve(&bearer_access("t", None), false);
+    let caches = f.caches(&server.url(), bearer("127.0.0.1", f.file("token", "t")));
+    let hash = f.toplevel[11..43].to_owned();
+    let on_disk = std::fs::read(f.cache.dir.join(format!("{hash}.narinfo"))).unwrap();
+    crate::common::runtime().block_on(async {
+        let credentials = caches.load_credentials().unwrap();
+        let (preflight, objects) = caches
+            .walk(
+                &f.toplevel.parse().unwrap(),
+                Path::new("/nix/store"),
+                &credentials,
+                &BTreeSet::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(objects.kept(), preflight.missing);
+        drop(server);
+        let relay = Relay::start(caches.clone(), credentials, objects).await.unwrap();
+        let base = relay.substituters()[0].clone();
+        let nar = std::fs::read_to_string(f.cache.dir.join(format!("{hash}.narinfo")))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("URL: ").map(str::to_owned))
+            .unwrap();
+        let (narinfo, nar) = tokio::task::spawn_blocking(move || {
+            let get = |path: &str| {
+                let answer = reqwest::blocking::get(format!("{base}/{path}")).unwrap();
+                (answer.status().as_u16(), answer.bytes().unwrap().to_vec())
+            };
+            (get(&format!("{hash}.narinfo")), get(&nar))
+        })
+        .await
+        .unwrap();
+        assert_eq!(narinfo, (200, on_disk));
+        assert_eq!(nar.0, 502, "the NAR is asked of the cache, which is gone");
+    });
+}
+
 /// Nix's requests to the relay share a connection, as to a cache: the
 /// relay answers one request after another on it (each answer framed by
 /// its length), the URL of another relay's session is not its own, and a
@@ -321,7 +370,7 @@ fn the_relay_answers_many_requests_on_one_connection() {
     let caches = f.caches(&server.url(), bearer("127.0.0.1", f.file("token", "t")));
     let hash = f.toplevel[11..43].to_owned();
     crate::common::runtime().block_on(async {
-        let objects = BTreeSet::from([format!("{hash}.narinfo")]);
+        let objects = ClosureObjects::named([format!("{hash}.narinfo")]);
         let relay = Relay::start(caches.clone(), caches.load_credentials().unwrap(), objects)
             .await
             .unwrap();

@@ -3,7 +3,7 @@
 //! the pinned keys, and summing what a deploy will download and unpack — the
 //! preflight that must pass before the store is touched.
 
-use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +27,10 @@ const PARALLEL_FETCHES: usize = 32;
 pub const NARINFO_DEADLINE: Duration = Duration::from_secs(30);
 /// Closures larger than this are refused (endless-data defence).
 pub const MAX_CLOSURE_PATHS: usize = 200_000;
+
+/// The most narinfo bytes a walk keeps for the relay to answer with (about
+/// 100,000 paths); past it, the relay asks the cache for the rest.
+const MAX_KEPT_NARINFO_BYTES: usize = 64 << 20;
 /// The `[cache]` section of the configuration, validated.
 pub(crate) fn validate(cache: CacheFile) -> Result<CacheConfig, Invalid> {
     if cache.substituters.is_empty() {
@@ -123,6 +127,61 @@ pub struct Preflight {
     /// only if Nix's database holds them valid, which the caller asks
     /// (`ports::checked_preflight`).
     pub on_disk: Vec<StorePath>,
+}
+
+/// What a relay serves for one closure: the cache objects (narinfos and
+/// NARs, relative to the cache) of its missing paths, and the narinfos as
+/// the walk read and checked them, by substituter, so that Nix is answered
+/// with those very bytes and the cache is not asked for them twice.
+#[derive(Debug, Clone, Default)]
+pub struct ClosureObjects {
+    names: BTreeSet<String>,
+    narinfos: HashMap<(usize, String), Arc<[u8]>>,
+    kept_bytes: usize,
+}
+
+impl ClosureObjects {
+    /// Objects to serve by name alone, every one asked of the cache.
+    pub fn named(names: impl IntoIterator<Item = String>) -> Self {
+        ClosureObjects {
+            names: names.into_iter().collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Whether `name` (`<hash>.narinfo`, `nar/…`) is one of the closure's.
+    pub fn contains(&self, name: &str) -> bool {
+        self.names.contains(name)
+    }
+
+    /// The narinfo `name` as the walk read it from substituter `cache`, if
+    /// it was found there and kept.
+    pub fn narinfo(&self, cache: usize, name: &str) -> Option<&[u8]> {
+        self.narinfos
+            .get(&(cache, name.to_owned()))
+            .map(|body| &body[..])
+    }
+
+    /// How many narinfos are kept.
+    pub fn kept(&self) -> usize {
+        self.narinfos.len()
+    }
+
+    fn keep_narinfo(&mut self, cache: usize, name: String, body: Vec<u8>) {
+        if self.kept_bytes + body.len() <= MAX_KEPT_NARINFO_BYTES {
+            self.kept_bytes += body.len();
+            self.narinfos.insert((cache, name), body.into());
+        }
+    }
+}
+
+/// A narinfo found and checked: what it says, the name of the key that
+/// vouched for it, the substituter that served it, and its bytes.
+struct Found {
+    info: NarInfo,
+    signer: String,
+    cache: usize,
+    body: Vec<u8>,
 }
 
 /// Why a closure cannot be deployed from the caches.
@@ -366,7 +425,7 @@ impl BinaryCaches {
     /// Fetches and checks the narinfo of `path` from the first cache that has it.
     pub async fn narinfo(&self, path: &str) -> Result<NarInfo, CacheError> {
         let auth = Arc::new(self.inner.credentials.load()?);
-        Ok(self.inner.narinfo(path, &auth).await?.0)
+        Ok(self.inner.narinfo(path, &auth).await?.info)
     }
 
     /// The substituter URLs, in order.
@@ -448,20 +507,20 @@ impl BinaryCaches {
         Ok(self.walk(toplevel, store_dir, &auth, invalid).await?.0)
     }
 
-    /// [`BinaryCaches::preflight`] with the given credentials, also naming
-    /// the cache objects (narinfos and NARs, relative to the cache) of the
-    /// missing paths: all that the relay serves for this closure.
+    /// [`BinaryCaches::preflight`] with the given credentials, also giving
+    /// the cache objects of the missing paths: all that the relay serves for
+    /// this closure, with the narinfos as read and checked here.
     pub async fn walk(
         &self,
         toplevel: &StorePath,
         store_dir: &Path,
         auth: &Arc<Loaded>,
         invalid: &BTreeSet<StorePath>,
-    ) -> Result<(Preflight, BTreeSet<String>), CacheError> {
-        let mut objects = BTreeSet::new();
+    ) -> Result<(Preflight, ClosureObjects), CacheError> {
+        let mut objects = ClosureObjects::default();
         let mut seen: HashSet<String> = HashSet::new();
         let mut queue: VecDeque<String> = VecDeque::new();
-        let mut tasks: JoinSet<Result<(NarInfo, String), CacheError>> = JoinSet::new();
+        let mut tasks: JoinSet<Result<Found, CacheError>> = JoinSet::new();
         let mut result = Preflight {
             paths: 0,
             missing: 0,
@@ -502,14 +561,24 @@ impl BinaryCaches {
             let Some(joined) = tasks.join_next().await else {
                 break;
             };
-            let (info, signer) = joined.expect("narinfo tasks do not panic")?;
+            let Found {
+                info,
+                signer,
+                cache,
+                body,
+            } = joined.expect("narinfo tasks do not panic")?;
             result.missing += 1;
             result.download_bytes += info.file_size.unwrap_or(info.nar_size);
             result.unpacked_bytes += info.nar_size;
             result.signers.insert(signer);
             let base = info.store_path.base_name();
-            objects.insert(format!("{}.narinfo", base.get(..32).unwrap_or(base)));
-            objects.insert(info.url.clone());
+            let name = format!("{}.narinfo", base.get(..32).unwrap_or(base));
+            // Nix reads a file:// substituter itself, not through the relay.
+            if !self.inner.substituters[cache].starts_with("file://") {
+                objects.keep_narinfo(cache, name.clone(), body);
+            }
+            objects.names.insert(name);
+            objects.names.insert(info.url.clone());
             for r in info.references {
                 enqueue(r, &mut seen, &mut queue, &mut result);
             }
@@ -523,8 +592,8 @@ impl BinaryCaches {
 }
 
 impl Inner {
-    /// The checked narinfo of `path` and the name of the key that vouched for it.
-    async fn narinfo(&self, path: &str, auth: &Loaded) -> Result<(NarInfo, String), CacheError> {
+    /// The checked narinfo of `path`, from the first substituter that has it.
+    async fn narinfo(&self, path: &str, auth: &Loaded) -> Result<Found, CacheError> {
         let hash = path
             .strip_prefix("/nix/store/")
             .and_then(|b| b.get(..32))
@@ -553,7 +622,12 @@ impl Inner {
                 });
             }
             let signer = info.check_trust(&self.trusted)?.name.clone();
-            return Ok((info, signer));
+            return Ok(Found {
+                info,
+                signer,
+                cache: index,
+                body,
+            });
         }
         Err(unreachable.unwrap_or_else(|| CacheError::NotFound {
             path: path.into(),

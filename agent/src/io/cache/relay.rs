@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::warn;
 
-use crate::io::cache::client::{BinaryCaches, CacheError};
+use crate::io::cache::client::{BinaryCaches, CacheError, ClosureObjects};
 use crate::io::cache::credentials::Loaded;
 use crate::io::nix::{Store, StoreError};
 
@@ -92,7 +92,7 @@ impl Relay {
     pub async fn start(
         caches: BinaryCaches,
         credentials: Arc<Loaded>,
-        objects: BTreeSet<String>,
+        objects: ClosureObjects,
     ) -> std::io::Result<Self> {
         let objects = Arc::new(objects);
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
@@ -181,7 +181,7 @@ async fn serve(
     session: &str,
     caches: &BinaryCaches,
     credentials: &Loaded,
-    objects: &BTreeSet<String>,
+    objects: &ClosureObjects,
 ) -> Result<(), CacheError> {
     let mut pending = Vec::new();
     loop {
@@ -228,7 +228,7 @@ async fn answer(
     session: &str,
     caches: &BinaryCaches,
     credentials: &Loaded,
-    objects: &BTreeSet<String>,
+    objects: &ClosureObjects,
 ) -> Result<Connection, CacheError> {
     let route = match route(line, session) {
         Ok(r) => r,
@@ -242,6 +242,15 @@ async fn answer(
     };
     if route.rest != "nix-cache-info" && !objects.contains(&route.rest) {
         return respond(stream, 404, None).await;
+    }
+    // A narinfo the walk read from this substituter and checked: answered
+    // with those bytes, without asking the cache again.
+    if let Some(body) = objects.narinfo(route.cache, &route.rest) {
+        let after = respond(stream, 200, Some(body.len() as u64)).await?;
+        if !route.head && stream.write_all(body).await.is_err() {
+            return Ok(Connection::Close); // Nix hung up.
+        }
+        return Ok(after);
     }
     // The answer's head counts as the first window's progress: a cache that
     // never answers (or whose name never resolves) is cut off as one that
