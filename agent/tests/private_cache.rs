@@ -160,10 +160,18 @@ fn netrc_credentials_get_the_preflight_and_the_realise_in() {
             .any(|r| r.target.starts_with("/nar/") && r.status == 200),
         "NARs came from the private cache: {seen:?}"
     );
-    // Each narinfo was read by the preflight and by the realise's own walk;
-    // Nix got it from the relay, which answered with the walk's bytes.
+    // Each narinfo was read once, by the preflight: the realise took its
+    // walk, and Nix got every narinfo from the relay, as the walk read it.
     let narinfos = seen.iter().filter(|r| r.target.ends_with(".narinfo")).count();
-    assert_eq!(narinfos, 2 * 5, "{seen:?}");
+    assert_eq!(narinfos, 5, "{seen:?}");
+    // A realise with no preflight before it walks the closure itself.
+    std::fs::remove_dir_all(f.dir.path().join("gcroots")).unwrap();
+    nix::delete(&f.closure);
+    f.realise(&caches).unwrap();
+    assert!(f.all_present());
+    let seen = server.requests();
+    let narinfos = seen.iter().filter(|r| r.target.ends_with(".narinfo")).count();
+    assert_eq!(narinfos, 5 + 5, "{seen:?}");
     assert!(
         seen.iter().all(
             |r| r.authorization.as_deref() == Some(basic("deploy", "s3cret").as_str()) && r.status == 200

@@ -1,7 +1,8 @@
 //! B4: from "a new release is on the branch" to "its closure is in the
 //! store", through the agent's own code (fetch → verify → select → preflight
-//! → realise), against `nix-store -r` of the same closure from the same
-//! signed cache. The closure is deleted from the store before every run, and
+//! → realise through the relay, as `LiveStore` realises from any HTTP
+//! cache), against `nix-store -r` of the same closure from the same signed
+//! cache. The closure is deleted from the store before every run, and
 //! Nix's narinfo disk cache is emptied, so every run substitutes all of it.
 
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use chrono::Utc;
 use ferry_agent::io::cache::client::BinaryCaches;
 use ferry_agent::io::cache::narinfo::CachePublicKey;
+use ferry_agent::io::cache::relay::realise_via_relay;
 use ferry_agent::io::git::source::Source;
 use ferry_agent::io::nix::Store;
 use ferry_agent::policy::judge::{self, Verdict};
@@ -218,7 +220,7 @@ async fn agent_run(
     let store = Store {
         profile: dir.join("profile"),
         gc_roots: dir.join("gcroots"),
-        substituters: vec![fx.url()],
+        substituters: Vec::new(),
         trusted_public_keys: vec![trusted.to_string()],
         realise_timeout: Duration::from_secs(3600),
     };
@@ -232,13 +234,12 @@ async fn agent_run(
         .await
         .context("preflight")?;
     let preflighted = start.elapsed();
-    store
-        .realise(&entry.toplevel, "current")
+    realise_via_relay(&store, &caches, &entry.toplevel, "current")
         .await
-        .context("realise")?;
+        .context("realise through the relay")?;
     let total = start.elapsed();
     eprintln!(
-        "  agent: {} (fetch+verify+select {}, preflight of {} paths {}, realise {})",
+        "  agent: {} (fetch+verify+select {}, preflight of {} paths {}, relay realise {})",
         fmt_duration(total),
         fmt_duration(selected),
         preflight.missing,

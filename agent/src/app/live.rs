@@ -63,13 +63,16 @@ pub fn ports(config: &Config) -> anyhow::Result<Ports> {
     )?
     .with_s3_credentials(config.source.s3_credentials_file.as_deref());
     let outbox = Outbox::open(&config.state_dir)?;
+    let caches = BinaryCaches::for_config(&config.cache);
     Ok(Ports {
         source: Box::new(GitSource {
             source: Arc::new(Mutex::new(source)),
             host: config.host.clone(),
         }),
-        caches: Box::new(LiveCaches(BinaryCaches::for_config(&config.cache))),
-        store: Box::new(LiveStore::for_config(config)),
+        // One set of caches for both: the realise takes the walk its
+        // preflight made instead of walking the closure again.
+        caches: Box::new(LiveCaches(caches.clone())),
+        store: Box::new(LiveStore::sharing(config, caches)),
         units: Box::new(SystemdUnits {
             systemd: LazySystemd::default(),
             unit_prefix: config.switch.unit.clone(),
@@ -204,6 +207,12 @@ pub struct LiveStore {
 impl LiveStore {
     /// The store and profile `config` names, on this host.
     pub fn for_config(config: &Config) -> Self {
+        Self::sharing(config, BinaryCaches::for_config(&config.cache))
+    }
+
+    /// [`LiveStore::for_config`] realising from `caches`, which the
+    /// preflight uses too (a clone shares its last walk).
+    pub fn sharing(config: &Config, caches: BinaryCaches) -> Self {
         LiveStore {
             store: Store {
                 profile: config.switch.profile.clone(),
@@ -217,7 +226,7 @@ impl LiveStore {
                     .collect(),
                 realise_timeout: config.switch.timeout.max(Duration::from_secs(3600)),
             },
-            caches: BinaryCaches::for_config(&config.cache),
+            caches,
             current_system: PathBuf::from(nix::CURRENT_SYSTEM),
             booted_system: PathBuf::from(nix::BOOTED_SYSTEM),
         }

@@ -312,6 +312,23 @@ struct Inner {
     narinfo_deadline: Duration,
     /// [`NAR_PROGRESS`], shorter in tests.
     nar_progress: NarProgress,
+    /// The last preflight's walk, for the realise that follows it.
+    walked: std::sync::Mutex<Option<Walked>>,
+}
+
+/// How long a preflight's walk may stand in for the realise's own: the
+/// realise follows its preflight within the same reconcile, seconds later.
+const WALK_KEPT_FOR: Duration = Duration::from_secs(300);
+
+/// A preflight's walk of a closure, kept for the realise that follows it:
+/// what it found, what the relay serves, and the credentials it read.
+#[derive(Debug)]
+pub struct Walked {
+    pub preflight: Preflight,
+    pub objects: ClosureObjects,
+    pub credentials: Arc<Loaded>,
+    toplevel: StorePath,
+    at: std::time::Instant,
 }
 
 /// The least a NAR body must bring while the relay passes it to Nix:
@@ -395,6 +412,7 @@ impl BinaryCaches {
                 credentials,
                 narinfo_deadline: NARINFO_DEADLINE,
                 nar_progress: NAR_PROGRESS,
+                walked: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -504,7 +522,28 @@ impl BinaryCaches {
         invalid: &BTreeSet<StorePath>,
     ) -> Result<Preflight, CacheError> {
         let auth = self.load_credentials()?;
-        Ok(self.walk(toplevel, store_dir, &auth, invalid).await?.0)
+        let (preflight, objects) = self.walk(toplevel, store_dir, &auth, invalid).await?;
+        *self.walked() = Some(Walked {
+            preflight: preflight.clone(),
+            objects,
+            credentials: auth,
+            toplevel: toplevel.clone(),
+            at: std::time::Instant::now(),
+        });
+        Ok(preflight)
+    }
+
+    /// The walk of `toplevel`'s closure the last preflight made, if it was
+    /// that closure's and recent; taken, so a retried realise walks afresh.
+    /// Shared by every clone of these caches.
+    pub fn take_walk(&self, toplevel: &StorePath) -> Option<Walked> {
+        self.walked()
+            .take()
+            .filter(|w| &w.toplevel == toplevel && w.at.elapsed() < WALK_KEPT_FOR)
+    }
+
+    fn walked(&self) -> std::sync::MutexGuard<'_, Option<Walked>> {
+        self.inner.walked.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// [`BinaryCaches::preflight`] with the given credentials, also giving

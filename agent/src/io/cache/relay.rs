@@ -356,31 +356,24 @@ async fn respond(stream: &mut TcpStream, code: u16, length: Option<u64>) -> Resu
     Ok(after)
 }
 
-/// Realises `toplevel` from `caches` through the loopback relay: the closure
-/// is walked again with freshly read credentials (every narinfo checked, as
-/// in the preflight), the relay serves just those objects, and Nix realises
-/// from it; a failure says what the cache answered.
+/// Realises `toplevel` from `caches` through the loopback relay: the relay
+/// serves just the objects of the closure as the preflight's walk found and
+/// checked them (or, without a recent one for this closure, as a walk made
+/// now with freshly read credentials finds them), and Nix realises from it;
+/// a failure says what the cache answered.
 pub async fn realise_via_relay(
     store: &Store,
     caches: &BinaryCaches,
     toplevel: &StorePath,
     root_name: &str,
 ) -> Result<(), StoreError> {
-    let store_dir = Path::new(ferry_signer::names::STORE_DIR);
-    let credentials = caches.load_credentials().map_err(StoreError::Closure)?;
-    // As in the preflight: what exists in the store but is invalid to Nix
-    // is served too.
-    let mut invalid = BTreeSet::new();
-    let objects = loop {
-        let (preflight, objects) = caches
-            .walk(toplevel, store_dir, &credentials, &invalid)
-            .await
-            .map_err(StoreError::Closure)?;
-        let found = store.invalid_paths(&preflight.on_disk).await?;
-        if found.is_empty() {
-            break objects;
+    let (credentials, objects) = match caches.take_walk(toplevel) {
+        // The preflight's walk holds while every path it found on disk is
+        // still valid to Nix.
+        Some(walked) if store.invalid_paths(&walked.preflight.on_disk).await?.is_empty() => {
+            (walked.credentials, walked.objects)
         }
-        invalid.extend(found);
+        _ => walk(store, caches, toplevel).await?,
     };
     let relay = Relay::start(caches.clone(), credentials, objects)
         .await
@@ -397,6 +390,30 @@ pub async fn realise_via_relay(
             summary: failure.summary,
         }),
         (result, _) => result,
+    }
+}
+
+/// Walks `toplevel`'s closure with freshly read credentials, as the
+/// preflight does: what exists in the store but is invalid to Nix is served
+/// too.
+async fn walk(
+    store: &Store,
+    caches: &BinaryCaches,
+    toplevel: &StorePath,
+) -> Result<(Arc<Loaded>, ClosureObjects), StoreError> {
+    let store_dir = Path::new(ferry_signer::names::STORE_DIR);
+    let credentials = caches.load_credentials().map_err(StoreError::Closure)?;
+    let mut invalid = BTreeSet::new();
+    loop {
+        let (preflight, objects) = caches
+            .walk(toplevel, store_dir, &credentials, &invalid)
+            .await
+            .map_err(StoreError::Closure)?;
+        let found = store.invalid_paths(&preflight.on_disk).await?;
+        if found.is_empty() {
+            return Ok((credentials, objects));
+        }
+        invalid.extend(found);
     }
 }
 
