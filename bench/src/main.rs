@@ -161,9 +161,15 @@ fn run() -> Result<()> {
     if let (true, Some(fx)) = (wanted("B10"), &closure) {
         eprintln!("B10: new release → closure present, from a private cache");
         let p = private_cache::Params { runs: runs(3) };
-        for guard in [private_cache::Guard::Basic, private_cache::Guard::Bearer] {
-            if guard == private_cache::Guard::Bearer {
-                eprintln!("B10′: the same behind a bearer token");
+        for guard in [
+            private_cache::Guard::Basic,
+            private_cache::Guard::Bearer,
+            private_cache::Guard::S3,
+        ] {
+            match guard {
+                private_cache::Guard::Basic => {}
+                private_cache::Guard::Bearer => eprintln!("B10′: the same behind a bearer token"),
+                private_cache::Guard::S3 => eprintln!("B10″: the same from an s3:// bucket"),
             }
             rows.extend(private_cache::run(work, &key, &repos, git.port, fx, &p, guard)?);
         }

@@ -6,6 +6,10 @@
 //! same cache itself with the same netrc (`--option netrc-file`). B10′: the
 //! same behind a bearer token (Attic's and Cachix's way), which Nix cannot
 //! send: its baseline is `nix-store -r` of the same cache served openly.
+//! B10″: the same from an `s3://` bucket (moto's S3 server), read with
+//! SigV4; Nix 2.8 here cannot open an `s3://` store, so its baseline reads
+//! the same bucket of the same server as a plain HTTP cache (moto runs
+//! with authentication off so that both can).
 //! Every run starts with the closure deleted and Nix's narinfo disk cache
 //! empty.
 
@@ -22,6 +26,7 @@ use ferry_agent::io::git::source::Source;
 use ferry_agent::io::nix::Store;
 use ferry_signer::HostName;
 use ferry_test_support::nginx::{Access, Nginx};
+use ferry_test_support::s3::Moto;
 
 use crate::closure::ClosureFixture;
 use crate::fixtures::{self, ReleaseKey, BRANCH};
@@ -38,6 +43,8 @@ pub enum Guard {
     Basic,
     /// `Authorization: Bearer`, which Nix cannot send.
     Bearer,
+    /// An `s3://` bucket read with SigV4, which this Nix cannot read.
+    S3,
 }
 
 pub fn run(
@@ -50,16 +57,30 @@ pub fn run(
     guard: Guard,
 ) -> Result<Vec<Row>> {
     let access = match guard {
-        Guard::Basic => Access::Basic {
+        Guard::Basic => Some(Access::Basic {
             user: "deploy".into(),
             password: "bench-secret".into(),
-        },
-        Guard::Bearer => Access::Bearer {
+        }),
+        Guard::Bearer => Some(Access::Bearer {
             token: "bench-token".into(),
             forbidden: None,
-        },
+        }),
+        Guard::S3 => None,
     };
-    let nginx = Nginx::serve(&fx.cache.dir, &access, false).context("starting nginx")?;
+    let nginx = match &access {
+        Some(access) => Some(Nginx::serve(&fx.cache.dir, access, false).context("starting nginx")?),
+        None => None,
+    };
+    let moto = (guard == Guard::S3).then(|| {
+        let moto = Moto::start_without_auth();
+        moto.upload_public_cache("nix-cache", "us-east-1", &fx.cache.dir);
+        moto
+    });
+    let aws = work.join("aws-credentials");
+    std::fs::write(
+        &aws,
+        "[default]\naws_access_key_id = AKIDEXAMPLE\naws_secret_access_key = bench-secret\n",
+    )?;
     let netrc = work.join("netrc");
     std::fs::write(&netrc, "machine 127.0.0.1 login deploy password bench-secret\n")?;
     let token = work.join("bearer-token");
@@ -67,10 +88,17 @@ pub fn run(
     // What Nix reads for the baseline: the guarded cache with the netrc,
     // or (bearer) the same cache served openly.
     let open = match guard {
-        Guard::Basic => None,
+        Guard::Basic | Guard::S3 => None,
         Guard::Bearer => Some(Nginx::serve(&fx.cache.dir, &Access::Anyone, false).context("starting nginx")?),
     };
-    let baseline_url = open.as_ref().unwrap_or(&nginx).url();
+    let (cache_url, baseline_url) = match (&moto, &nginx) {
+        (Some(moto), _) => (
+            format!("s3://nix-cache?region=us-east-1&endpoint={}", moto.endpoint()),
+            format!("{}/nix-cache", moto.endpoint()),
+        ),
+        (None, Some(nginx)) => (nginx.url(), open.as_ref().unwrap_or(nginx).url()),
+        (None, None) => unreachable!("every guard has a server"),
+    };
     let credentials = match guard {
         Guard::Basic => CacheCredentials {
             netrc_file: Some(netrc.clone()),
@@ -80,10 +108,15 @@ pub fn run(
             bearer_token_files: [("127.0.0.1".to_owned(), token.clone())].into(),
             ..Default::default()
         },
+        Guard::S3 => CacheCredentials {
+            s3_credentials_file: Some(aws.clone()),
+            ..Default::default()
+        },
     };
     let name = match guard {
         Guard::Basic => "private",
         Guard::Bearer => "private-bearer",
+        Guard::S3 => "private-s3",
     };
 
     let (host, url) = crate::closure::one_host_release(repos, name, key, git_port, fx)?;
@@ -95,7 +128,7 @@ pub fn run(
         key,
         host: &host,
         fx,
-        cache: nginx.url(),
+        cache: cache_url,
         credentials,
     };
     let (agent, baseline) = crate::closure::paired_runs(
@@ -120,10 +153,10 @@ pub fn run(
             let t = start.elapsed();
             eprintln!(
                 "  nix-store -r ({}): {}",
-                if open.is_some() {
-                    "the open cache"
-                } else {
-                    "with the netrc"
+                match guard {
+                    Guard::Basic => "with the netrc",
+                    Guard::Bearer => "the open cache",
+                    Guard::S3 => "the same bucket over plain HTTP",
                 },
                 fmt_duration(t)
             );
@@ -131,9 +164,11 @@ pub fn run(
         },
     )?;
     // Both sides really went through the credentials check.
-    let denied = nginx.requests().iter().filter(|r| r.status != 200).count();
-    if denied > 0 {
-        bail!("nginx refused {denied} requests: the credentials were not sent");
+    if let Some(nginx) = &nginx {
+        let denied = nginx.requests().iter().filter(|r| r.status != 200).count();
+        if denied > 0 {
+            bail!("nginx refused {denied} requests: the credentials were not sent");
+        }
     }
     let (id, guarded, baseline_is) = match guard {
         Guard::Basic => (
@@ -145,6 +180,11 @@ pub fn run(
             "B10′",
             "the same behind a bearer token (nginx)",
             "`nix-store -r` of the same cache served openly: Nix cannot send a bearer token",
+        ),
+        Guard::S3 => (
+            "B10″",
+            "the same from an `s3://` bucket read with SigV4 (moto's S3 server)",
+            "`nix-store -r` of the same bucket as a plain HTTP cache: this Nix cannot open `s3://`",
         ),
     };
     Ok(vec![Row::ratio(

@@ -55,8 +55,10 @@ if op == "setup":
     iam.put_user_policy(UserName="ferry", PolicyName="all", PolicyDocument=json.dumps(policy))
     print(key["AccessKeyId"])
     print(key["SecretAccessKey"])
-elif op == "upload":
+elif op in ("upload", "upload-public"):
     bucket, region, root = args
+    # public-read: readable without a signature, as a plain HTTP cache.
+    acl = {"ACL": "public-read"} if op == "upload-public" else {}
     s3 = client("s3", region)
     try:
         if region == "us-east-1":
@@ -70,7 +72,7 @@ elif op == "upload":
         for f in files:
             path = os.path.join(d, f)
             with open(path, "rb") as body:
-                s3.put_object(Bucket=bucket, Key=os.path.relpath(path, root), Body=body.read())
+                s3.put_object(Bucket=bucket, Key=os.path.relpath(path, root), Body=body.read(), **acl)
 elif op == "delete":
     bucket, key = args
     client("s3").delete_object(Bucket=bucket, Key=key)
@@ -121,7 +123,21 @@ pub struct Moto {
 }
 
 impl Moto {
+    /// moto with authentication on: every request after the setup must be
+    /// signed with [`Moto::key`].
     pub fn start() -> Self {
+        Self::launch(true)
+    }
+
+    /// moto with authentication off: it reads signed and unsigned requests
+    /// alike, so one bucket can be read with SigV4 and as a plain HTTP
+    /// binary cache (`<endpoint>/<bucket>`), as Nix without S3 support
+    /// reads it. For the benchmarks' same-server baseline.
+    pub fn start_without_auth() -> Self {
+        Self::launch(false)
+    }
+
+    fn launch(auth: bool) -> Self {
         let server = venv().join("bin/moto_server");
         assert!(
             server.exists(),
@@ -136,11 +152,14 @@ impl Moto {
         loop {
             attempts += 1;
             let port = free_port();
-            let child = Command::new(&server)
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            let mut command = Command::new(&server);
+            command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+            if auth {
                 // The IAM user, its key and its policy are made
                 // unauthenticated; everything after must be signed.
-                .env("INITIAL_NO_AUTH_ACTION_COUNT", "3")
+                command.env("INITIAL_NO_AUTH_ACTION_COUNT", "3");
+            }
+            let child = command
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -154,6 +173,9 @@ impl Moto {
                 },
             };
             wait_for_port(port).expect("moto's S3 server listens");
+            if !auth {
+                return moto;
+            }
             let made = match moto.try_client(&["setup"]) {
                 Ok(made) => made,
                 Err(_) if attempts < 3 && moto.child.try_wait().ok().flatten().is_some() => continue,
@@ -191,6 +213,13 @@ impl Moto {
     /// into it, object by object, with signed PUTs.
     pub fn upload_cache(&self, bucket: &str, region: &str, dir: &Path) {
         self.client(&["upload", bucket, region, dir.to_str().unwrap()]);
+    }
+
+    /// [`Moto::upload_cache`] with every object public-read: readable by
+    /// unsigned GETs too, as a plain HTTP binary cache at
+    /// `<endpoint>/<bucket>` (with [`Moto::start_without_auth`]).
+    pub fn upload_public_cache(&self, bucket: &str, region: &str, dir: &Path) {
+        self.client(&["upload-public", bucket, region, dir.to_str().unwrap()]);
     }
 
     /// Deletes one object with a signed request.

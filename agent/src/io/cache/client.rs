@@ -157,9 +157,7 @@ impl ClosureObjects {
     /// The narinfo `name` as the walk read it from substituter `cache`, if
     /// it was found there and kept.
     pub fn narinfo(&self, cache: usize, name: &str) -> Option<&[u8]> {
-        self.narinfos
-            .get(&(cache, name.to_owned()))
-            .map(|body| &body[..])
+        self.narinfos.get(&(cache, name.to_owned())).map(|body| &body[..])
     }
 
     /// How many narinfos are kept.
