@@ -224,6 +224,54 @@ fn a_path_that_exists_but_nix_holds_invalid_is_not_present() {
     assert!(p.on_disk.is_empty(), "{:?}", p.on_disk);
 }
 
+/// The realise takes the walk its preflight made only while every path
+/// that walk found on disk is still valid to Nix: here the preflight alone
+/// (not `checked_preflight`) counted an invalid path as present, so the
+/// realise walks again, serves that path too, and Nix fetches it (with the
+/// preflight's walk, the relay would not serve it and Nix would fail).
+#[test]
+fn a_preflight_walk_that_counted_an_invalid_path_as_present_is_walked_again() {
+    use ferry_agent::io::cache::relay::realise_via_relay;
+    use ferry_agent::io::nix::Store;
+    let f = Fixture::new(3);
+    let leaf = f
+        .closure
+        .iter()
+        .find(|p| **p != f.toplevel)
+        .expect("a dependency")
+        .clone();
+    let _stray = Stray(leaf.clone().into());
+    std::fs::create_dir(&leaf).unwrap();
+    std::fs::write(Path::new(&leaf).join("half-copied"), "x").unwrap();
+    let caches = f.caches(&[&f.cache.public_key]);
+    let walked = f.preflight(&caches).unwrap();
+    assert_eq!(walked.on_disk.len(), 1, "{:?}", walked.on_disk);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store {
+        profile: dir.path().join("profile"),
+        gc_roots: dir.path().join("gcroots"),
+        substituters: Vec::new(),
+        trusted_public_keys: vec![f.cache.public_key.clone()],
+        realise_timeout: std::time::Duration::from_secs(600),
+    };
+    let toplevel: ferry_signer::StorePath = f.toplevel.parse().unwrap();
+    {
+        let _nix = nix::lock();
+        crate::common::runtime()
+            .block_on(realise_via_relay(&store, &caches, &toplevel, "current"))
+            .unwrap();
+    }
+    let check = nix::run(
+        std::process::Command::new("nix-store")
+            .args(["--check-validity", "--print-invalid"])
+            .args(&f.closure),
+    );
+    assert_eq!(check.trim(), "", "every path of the closure is valid");
+    // Leave the store as it was: no root, no closure (the stray is gone).
+    std::fs::remove_dir_all(dir.path().join("gcroots")).unwrap();
+    nix::delete(&f.closure);
+}
+
 /// A cache dripping the body of a narinfo (honest headers, one byte every
 /// 100 ms) is cut off by the deadline of the request, body included: the
 /// cache counts as unreachable (retried), and the preflight ends.

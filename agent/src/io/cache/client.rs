@@ -942,6 +942,30 @@ pub(crate) struct CacheFile {
 mod tests {
     use super::*;
 
+    /// Kept narinfos are found by substituter and name, and no more than
+    /// `MAX_KEPT_NARINFO_BYTES` of them are kept: past it, names only (the
+    /// relay then asks the cache).
+    #[test]
+    fn closure_objects_keep_narinfos_by_substituter_up_to_a_cap() {
+        let mut objects = ClosureObjects::default();
+        objects.keep_narinfo(1, "a.narinfo".into(), b"StorePath: a".to_vec());
+        assert_eq!(objects.narinfo(1, "a.narinfo"), Some(&b"StorePath: a"[..]));
+        assert_eq!(objects.narinfo(0, "a.narinfo"), None, "another substituter's");
+        assert_eq!(objects.narinfo(1, "b.narinfo"), None);
+
+        let mib = vec![b'x'; 1 << 20];
+        let mut n = 0;
+        while objects.kept_bytes + mib.len() <= MAX_KEPT_NARINFO_BYTES {
+            objects.keep_narinfo(0, format!("{n}.narinfo"), mib.clone());
+            n += 1;
+        }
+        let kept = objects.kept();
+        objects.keep_narinfo(0, "over.narinfo".into(), mib.clone());
+        assert_eq!(objects.kept(), kept, "past the cap, nothing more is kept");
+        assert_eq!(objects.narinfo(0, "over.narinfo"), None);
+        assert!(objects.kept_bytes <= MAX_KEPT_NARINFO_BYTES);
+    }
+
     fn answer(status: u16, body: &str, creds: Option<&str>) -> String {
         match s3_answer(
             "s3://b",
