@@ -365,6 +365,62 @@ fn the_relay_answers_narinfos_with_the_bytes_its_walk_checked() {
     });
 }
 
+/// The relay fetches the closure's small NARs before Nix asks (a Nix
+/// before 2.16 asks for one at a time): with the cache gone, a NAR fetched
+/// ahead is still served, once; asked again, it is asked of the cache.
+#[test]
+fn the_relay_serves_small_nars_it_fetched_ahead_once() {
+    let f = Fixture::new(1);
+    let server = f.serve(&bearer_access("t", None), false);
+    let caches = f.caches(&server.url(), bearer("127.0.0.1", f.file("token", "t")));
+    let hash = f.toplevel[11..43].to_owned();
+    let nar = std::fs::read_to_string(f.cache.dir.join(format!("{hash}.narinfo")))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("URL: ").map(str::to_owned))
+        .unwrap();
+    let on_disk = std::fs::read(f.cache.dir.join(&nar)).unwrap();
+    crate::common::runtime().block_on(async {
+        let credentials = caches.load_credentials().unwrap();
+        let (preflight, objects) = caches
+            .walk(
+                &f.toplevel.parse().unwrap(),
+                Path::new("/nix/store"),
+                &credentials,
+                &BTreeSet::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(objects.small_nars().len(), preflight.missing);
+        let relay = Relay::start(caches.clone(), credentials, objects).await.unwrap();
+        let mut waited = 0;
+        while relay.prefetched() < preflight.missing {
+            assert!(waited < 300, "the NARs were not fetched ahead within 30 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            waited += 1;
+        }
+        let before = server.requests().len();
+        drop(server);
+        let base = relay.substituters()[0].clone();
+        let (first, second) = tokio::task::spawn_blocking(move || {
+            let get = |path: &str| {
+                let answer = reqwest::blocking::get(format!("{base}/{path}")).unwrap();
+                (answer.status().as_u16(), answer.bytes().unwrap().to_vec())
+            };
+            (get(&nar), get(&nar))
+        })
+        .await
+        .unwrap();
+        assert!(before >= preflight.missing * 2, "narinfos and NARs were read");
+        assert_eq!(first, (200, on_disk));
+        assert_eq!(
+            second.0, 502,
+            "served once: asked again, it is asked of the cache, which is gone"
+        );
+        assert_eq!(relay.prefetched(), preflight.missing - 1);
+    });
+}
+
 /// Nix's requests to the relay share a connection, as to a cache: the
 /// relay answers one request after another on it (each answer framed by
 /// its length), the URL of another relay's session is not its own, and a

@@ -31,6 +31,10 @@ pub const MAX_CLOSURE_PATHS: usize = 200_000;
 /// The most narinfo bytes a walk keeps for the relay to answer with (about
 /// 100,000 paths); past it, the relay asks the cache for the rest.
 const MAX_KEPT_NARINFO_BYTES: usize = 64 << 20;
+
+/// A NAR this small (by its narinfo's `FileSize`, else `NarSize`) is one the
+/// relay may fetch before Nix asks for it (see [`ClosureObjects::small_nars`]).
+pub const MAX_PREFETCH_NAR_BYTES: u64 = 256 << 10;
 /// The `[cache]` section of the configuration, validated.
 pub(crate) fn validate(cache: CacheFile) -> Result<CacheConfig, Invalid> {
     if cache.substituters.is_empty() {
@@ -138,6 +142,7 @@ pub struct ClosureObjects {
     names: BTreeSet<String>,
     narinfos: HashMap<(usize, String), Arc<[u8]>>,
     kept_bytes: usize,
+    small_nars: Vec<(usize, String)>,
 }
 
 impl ClosureObjects {
@@ -163,6 +168,14 @@ impl ClosureObjects {
     /// How many narinfos are kept.
     pub fn kept(&self) -> usize {
         self.narinfos.len()
+    }
+
+    /// The NARs of at most [`MAX_PREFETCH_NAR_BYTES`] (by what their
+    /// narinfos say), with the substituter each is read from: those a relay
+    /// fetches ahead of Nix, which (before 2.16, with `max-jobs` at most 1)
+    /// asks for one NAR at a time.
+    pub fn small_nars(&self) -> &[(usize, String)] {
+        &self.small_nars
     }
 
     fn keep_narinfo(&mut self, cache: usize, name: String, body: Vec<u8>) {
@@ -616,6 +629,11 @@ impl BinaryCaches {
             }
             objects.names.insert(name);
             objects.names.insert(info.url.clone());
+            if !self.inner.substituters[cache].starts_with("file://")
+                && info.file_size.unwrap_or(info.nar_size) <= MAX_PREFETCH_NAR_BYTES
+            {
+                objects.small_nars.push((cache, info.url.clone()));
+            }
             for r in info.references {
                 enqueue(r, &mut seen, &mut queue, &mut result);
             }

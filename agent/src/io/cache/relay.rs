@@ -10,7 +10,7 @@
 //! the realised store paths will not show it anyway. `file://` substituters
 //! are handed to Nix as they are (there is nothing to authenticate).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use std::path::Path;
@@ -20,18 +20,30 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::warn;
 
-use crate::io::cache::client::{BinaryCaches, CacheError, ClosureObjects};
+use crate::io::cache::client::{BinaryCaches, CacheError, ClosureObjects, MAX_PREFETCH_NAR_BYTES};
 use crate::io::cache::credentials::Loaded;
 use crate::io::nix::{Store, StoreError};
 
 /// A request head longer than this is refused (Nix sends a few hundred bytes).
 const MAX_HEAD_BYTES: usize = 16 << 10;
 
+/// The most bytes of NARs fetched ahead of Nix held at once.
+const MAX_PREFETCHED_BYTES: usize = 32 << 20;
+
+/// How many NARs are fetched ahead at once.
+const PREFETCH_PARALLEL: usize = 8;
+
+/// NARs fetched ahead of Nix's requests, by substituter and path; each is
+/// taken out as it is served.
+type Prefetched = Mutex<HashMap<(usize, String), Vec<u8>>>;
+
 /// The relay: a running loopback cache serving one closure; stops when dropped.
 #[derive(Debug)]
 pub struct Relay {
     substituters: Vec<String>,
     task: tokio::task::JoinHandle<()>,
+    prefetch: tokio::task::JoinHandle<()>,
+    prefetched: Arc<Prefetched>,
     failure: Arc<Mutex<Option<Failure>>>,
 }
 
@@ -95,6 +107,14 @@ impl Relay {
         objects: ClosureObjects,
     ) -> std::io::Result<Self> {
         let objects = Arc::new(objects);
+        let prefetched: Arc<Prefetched> = Arc::default();
+        let ahead = prefetched.clone();
+        let prefetch = tokio::spawn(prefetch(
+            caches.clone(),
+            credentials.clone(),
+            objects.clone(),
+            prefetched.clone(),
+        ));
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let port = listener.local_addr()?.port();
         // Each relay's URLs are its own: Nix keeps what it learns of a
@@ -132,9 +152,10 @@ impl Relay {
                         // delayed ACK of the head, up to 40 ms per request.
                         let _ = stream.set_nodelay(true);
                         let (caches, credentials, recorded) = (caches.clone(), credentials.clone(), recorded.clone());
-                        let (objects, session) = (objects.clone(), session.clone());
+                        let (objects, session, prefetched) = (objects.clone(), session.clone(), prefetched.clone());
                         connections.spawn(async move {
-                            if let Err(e) = serve(stream, &session, &caches, &credentials, &objects).await {
+                            let served = Served { objects: &objects, prefetched: &prefetched };
+                            if let Err(e) = serve(stream, &session, &caches, &credentials, served).await {
                                 warn!("binary cache relay: {e}");
                                 let failure = Failure { detail: e.to_string(), summary: e.summary() };
                                 *recorded.lock().unwrap_or_else(|p| p.into_inner()) = Some(failure);
@@ -148,6 +169,8 @@ impl Relay {
         Ok(Self {
             substituters,
             task,
+            prefetch,
+            prefetched: ahead,
             failure,
         })
     }
@@ -155,6 +178,11 @@ impl Relay {
     /// The substituters to hand Nix, in the configured order.
     pub fn substituters(&self) -> &[String] {
         &self.substituters
+    }
+
+    /// How many NARs fetched ahead wait to be served.
+    pub fn prefetched(&self) -> usize {
+        self.prefetched.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// The last upstream problem, if any (why Nix could not substitute).
@@ -170,7 +198,76 @@ impl Relay {
 impl Drop for Relay {
     fn drop(&mut self) {
         self.task.abort();
+        self.prefetch.abort();
     }
+}
+
+/// What a relay answers from its own memory: the walk's narinfos, and the
+/// NARs fetched ahead.
+#[derive(Clone, Copy)]
+struct Served<'a> {
+    objects: &'a ClosureObjects,
+    prefetched: &'a Prefetched,
+}
+
+/// Fetches the closure's small NARs ahead of Nix, a few at a time, into
+/// `into` (at most [`MAX_PREFETCHED_BYTES`]). Best effort: a NAR that fails,
+/// stalls past one progress window or is larger than its narinfo promised
+/// is left out, and Nix's own request for it is relayed as any other is
+/// (with the errors and stall checks that path has).
+async fn prefetch(
+    caches: BinaryCaches,
+    credentials: Arc<Loaded>,
+    objects: Arc<ClosureObjects>,
+    into: Arc<Prefetched>,
+) {
+    let window = caches.nar_progress().window;
+    let mut queue = objects.small_nars().iter().cloned();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut held = 0usize;
+    loop {
+        while tasks.len() < PREFETCH_PARALLEL && held < MAX_PREFETCHED_BYTES {
+            let Some((cache, rest)) = queue.next() else { break };
+            let (caches, credentials) = (caches.clone(), credentials.clone());
+            tasks.spawn(async move {
+                let body = tokio::time::timeout(window, fetch_small(&caches, &credentials, cache, &rest))
+                    .await
+                    .ok()
+                    .flatten();
+                body.map(|body| ((cache, rest), body))
+            });
+        }
+        let Some(done) = tasks.join_next().await else {
+            return;
+        };
+        if let Ok(Some((key, body))) = done {
+            if held + body.len() <= MAX_PREFETCHED_BYTES {
+                held += body.len();
+                into.lock().unwrap_or_else(|p| p.into_inner()).insert(key, body);
+            }
+        }
+    }
+}
+
+/// One small NAR, whole; `None` on any failure or past
+/// [`MAX_PREFETCH_NAR_BYTES`].
+async fn fetch_small(
+    caches: &BinaryCaches,
+    credentials: &Loaded,
+    cache: usize,
+    rest: &str,
+) -> Option<Vec<u8>> {
+    let mut response = caches.relay(cache, rest, false, credentials).await.ok()??;
+    let length = response.content_length();
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.ok()? {
+        body.extend_from_slice(&chunk);
+        if body.len() as u64 > MAX_PREFETCH_NAR_BYTES {
+            return None;
+        }
+    }
+    // Cut short: left to the relayed path, which says so.
+    (length.is_none_or(|n| n == body.len() as u64)).then_some(body)
 }
 
 /// Answers the requests on `stream`, one after another on the same
@@ -181,14 +278,14 @@ async fn serve(
     session: &str,
     caches: &BinaryCaches,
     credentials: &Loaded,
-    objects: &ClosureObjects,
+    served: Served<'_>,
 ) -> Result<(), CacheError> {
     let mut pending = Vec::new();
     loop {
         let Some(line) = read_head(&mut stream, &mut pending).await else {
             return Ok(());
         };
-        match answer(&mut stream, &line, session, caches, credentials, objects).await? {
+        match answer(&mut stream, &line, session, caches, credentials, served).await? {
             Connection::KeepAlive => continue,
             Connection::Close => return Ok(()),
         }
@@ -228,8 +325,9 @@ async fn answer(
     session: &str,
     caches: &BinaryCaches,
     credentials: &Loaded,
-    objects: &ClosureObjects,
+    served: Served<'_>,
 ) -> Result<Connection, CacheError> {
+    let objects = served.objects;
     let route = match route(line, session) {
         Ok(r) => r,
         // A request this relay cannot read: answered, and the connection
@@ -246,11 +344,20 @@ async fn answer(
     // A narinfo the walk read from this substituter and checked: answered
     // with those bytes, without asking the cache again.
     if let Some(body) = objects.narinfo(route.cache, &route.rest) {
-        let after = respond(stream, 200, Some(body.len() as u64)).await?;
-        if !route.head && stream.write_all(body).await.is_err() {
-            return Ok(Connection::Close); // Nix hung up.
-        }
-        return Ok(after);
+        return respond_with(stream, body, route.head).await;
+    }
+    // A NAR fetched ahead: served once, then dropped.
+    let ahead = (!route.head)
+        .then(|| {
+            served
+                .prefetched
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&(route.cache, route.rest.clone()))
+        })
+        .flatten();
+    if let Some(body) = ahead {
+        return respond_with(stream, &body, false).await;
     }
     // The answer's head counts as the first window's progress: a cache that
     // never answers (or whose name never resolves) is cut off as one that
@@ -323,6 +430,15 @@ async fn answer(
             received = 0;
         }
     }
+}
+
+/// Answers 200 with `body` from memory (its head alone for a HEAD).
+async fn respond_with(stream: &mut TcpStream, body: &[u8], head: bool) -> Result<Connection, CacheError> {
+    let after = respond(stream, 200, Some(body.len() as u64)).await?;
+    if !head && stream.write_all(body).await.is_err() {
+        return Ok(Connection::Close); // Nix hung up.
+    }
+    Ok(after)
 }
 
 /// Writes an answer's head: with a length (an error's is 0) the connection
