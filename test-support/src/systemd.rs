@@ -50,12 +50,19 @@ impl Testbed {
         // test writes it. A copy that replaces the directory (rather than
         // copying files up into it) makes the directory opaque in the
         // overlay: files this machine's Nix creates later (a new WAL) must not
-        // show through into the testbed's database.
+        // show through into the testbed's database. A reader (which takes no
+        // lock) opening and closing the database can remove its `-wal` and
+        // `-shm` files between `cp` listing and copying them: that copy is
+        // taken again.
         let _nix = crate::nix::lock();
         let out = bed.exec(&[
             "sh",
             "-c",
-            "set -e; cd /nix/var/nix; cp -a db db.private; rm -rf db; mv db.private db; touch gc.lock",
+            "set -e; cd /nix/var/nix; tries=0; \
+             until cp -a db db.private; do \
+               tries=$((tries + 1)); [ $tries -lt 5 ] || exit 1; rm -rf db.private; sleep 0.2; \
+             done; \
+             rm -rf db; mv db.private db; touch gc.lock",
         ]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         bed
