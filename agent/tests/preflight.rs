@@ -169,6 +169,23 @@ fn an_oversized_or_malformed_narinfo_is_refused_not_retried() {
 /// an interrupted copy, or written by hand), removed when dropped.
 struct Stray(std::path::PathBuf);
 
+impl Stray {
+    /// A dependency of `f`'s toplevel (deleted from the store) written back
+    /// by hand, half: there on disk, unknown to Nix. The stray, and the path.
+    fn dependency_of(f: &Fixture) -> (Self, String) {
+        let leaf = f
+            .closure
+            .iter()
+            .find(|p| **p != f.toplevel)
+            .expect("a dependency")
+            .clone();
+        let stray = Stray(leaf.clone().into());
+        std::fs::create_dir(&leaf).unwrap();
+        std::fs::write(Path::new(&leaf).join("half-copied"), "x").unwrap();
+        (stray, leaf)
+    }
+}
+
 impl Drop for Stray {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
@@ -184,15 +201,7 @@ fn a_path_that_exists_but_nix_holds_invalid_is_not_present() {
     use ferry_agent::io::nix::Store;
     use ferry_agent::reconcile::ports::checked_preflight;
     let f = Fixture::new(3);
-    let leaf = f
-        .closure
-        .iter()
-        .find(|p| **p != f.toplevel)
-        .expect("a dependency")
-        .clone();
-    let _stray = Stray(leaf.clone().into());
-    std::fs::create_dir(&leaf).unwrap();
-    std::fs::write(Path::new(&leaf).join("half-copied"), "x").unwrap();
+    let (_stray, leaf) = Stray::dependency_of(&f);
     let check = nix::run(std::process::Command::new("nix-store").args([
         "--check-validity",
         "--print-invalid",
@@ -234,15 +243,7 @@ fn a_preflight_walk_that_counted_an_invalid_path_as_present_is_walked_again() {
     use ferry_agent::io::cache::relay::realise_via_relay;
     use ferry_agent::io::nix::Store;
     let f = Fixture::new(3);
-    let leaf = f
-        .closure
-        .iter()
-        .find(|p| **p != f.toplevel)
-        .expect("a dependency")
-        .clone();
-    let _stray = Stray(leaf.clone().into());
-    std::fs::create_dir(&leaf).unwrap();
-    std::fs::write(Path::new(&leaf).join("half-copied"), "x").unwrap();
+    let (_stray, _) = Stray::dependency_of(&f);
     let caches = f.caches(&[&f.cache.public_key]);
     let walked = f.preflight(&caches).unwrap();
     assert_eq!(walked.on_disk.len(), 1, "{:?}", walked.on_disk);

@@ -8,11 +8,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use ferry_agent::io::cache::client::{BinaryCaches, CacheError, ClosureObjects};
-use ferry_agent::io::cache::credentials::CacheCredentials;
+use ferry_agent::io::cache::client::{BinaryCaches, CacheError, ClosureObjects, Preflight};
+use ferry_agent::io::cache::credentials::{CacheCredentials, Loaded};
 use ferry_agent::io::cache::narinfo::CachePublicKey;
 use ferry_agent::io::cache::relay::realise_via_relay;
 use ferry_agent::io::cache::relay::Relay;
@@ -101,6 +102,32 @@ impl Fixture {
         crate::common::runtime().block_on(realise_via_relay(&store, caches, &toplevel, "current"))
     }
 
+    /// The walk the preflight makes, with the credentials it read: what a
+    /// relay is started with.
+    async fn walk(&self, caches: &BinaryCaches) -> (Arc<Loaded>, Preflight, ClosureObjects) {
+        let credentials = caches.load_credentials().unwrap();
+        let (preflight, objects) = caches
+            .walk(
+                &self.toplevel.parse().unwrap(),
+                Path::new("/nix/store"),
+                &credentials,
+                &BTreeSet::new(),
+            )
+            .await
+            .unwrap();
+        (credentials, preflight, objects)
+    }
+
+    /// The toplevel's NAR, as its narinfo names it (`nar/…`).
+    fn nar_url(&self) -> String {
+        let hash = &self.toplevel[11..43];
+        std::fs::read_to_string(self.cache.dir.join(format!("{hash}.narinfo")))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("URL: ").map(str::to_owned))
+            .unwrap()
+    }
+
     /// nginx serving this cache to those `access` lets in.
     fn serve(&self, access: &Access, redirect_narinfos: bool) -> Nginx {
         Nginx::serve(&self.cache.dir, access, redirect_narinfos).unwrap_or_else(|e| panic!("{e}"))
@@ -109,6 +136,19 @@ impl Fixture {
     fn all_present(&self) -> bool {
         self.closure.iter().all(|p| Path::new(p).exists())
     }
+}
+
+/// GETs each of `paths` under `base` in turn (from a thread of its own: a
+/// relay runs on the caller's runtime): each answer's status and body.
+async fn get_all<const N: usize>(base: String, paths: [String; N]) -> [(u16, Vec<u8>); N] {
+    tokio::task::spawn_blocking(move || {
+        paths.map(|path| {
+            let answer = reqwest::blocking::get(format!("{base}/{path}")).unwrap();
+            (answer.status().as_u16(), answer.bytes().unwrap().to_vec())
+        })
+    })
+    .await
+    .unwrap()
 }
 
 fn bearer(host: &str, file: PathBuf) -> CacheCredentials {
@@ -332,34 +372,13 @@ fn the_relay_answers_narinfos_with_the_bytes_its_walk_checked() {
     let hash = f.toplevel[11..43].to_owned();
     let on_disk = std::fs::read(f.cache.dir.join(format!("{hash}.narinfo"))).unwrap();
     crate::common::runtime().block_on(async {
-        let credentials = caches.load_credentials().unwrap();
-        let (preflight, objects) = caches
-            .walk(
-                &f.toplevel.parse().unwrap(),
-                Path::new("/nix/store"),
-                &credentials,
-                &BTreeSet::new(),
-            )
-            .await
-            .unwrap();
+        let (credentials, preflight, objects) = f.walk(&caches).await;
         assert_eq!(objects.kept(), preflight.missing);
         drop(server);
         let relay = Relay::start(caches.clone(), credentials, objects).await.unwrap();
         let base = relay.substituters()[0].clone();
-        let nar = std::fs::read_to_string(f.cache.dir.join(format!("{hash}.narinfo")))
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("URL: ").map(str::to_owned))
-            .unwrap();
-        let (narinfo, nar) = tokio::task::spawn_blocking(move || {
-            let get = |path: &str| {
-                let answer = reqwest::blocking::get(format!("{base}/{path}")).unwrap();
-                (answer.status().as_u16(), answer.bytes().unwrap().to_vec())
-            };
-            (get(&format!("{hash}.narinfo")), get(&nar))
-        })
-        .await
-        .unwrap();
+        let nar = f.nar_url();
+        let [narinfo, nar] = get_all(base, [format!("{hash}.narinfo"), nar]).await;
         assert_eq!(narinfo, (200, on_disk));
         assert_eq!(nar.0, 502, "the NAR is asked of the cache, which is gone");
     });
@@ -373,24 +392,10 @@ fn the_relay_serves_small_nars_it_fetched_ahead_once() {
     let f = Fixture::new(1);
     let server = f.serve(&bearer_access("t", None), false);
     let caches = f.caches(&server.url(), bearer("127.0.0.1", f.file("token", "t")));
-    let hash = f.toplevel[11..43].to_owned();
-    let nar = std::fs::read_to_string(f.cache.dir.join(format!("{hash}.narinfo")))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("URL: ").map(str::to_owned))
-        .unwrap();
+    let nar = f.nar_url();
     let on_disk = std::fs::read(f.cache.dir.join(&nar)).unwrap();
     crate::common::runtime().block_on(async {
-        let credentials = caches.load_credentials().unwrap();
-        let (preflight, objects) = caches
-            .walk(
-                &f.toplevel.parse().unwrap(),
-                Path::new("/nix/store"),
-                &credentials,
-                &BTreeSet::new(),
-            )
-            .await
-            .unwrap();
+        let (credentials, preflight, objects) = f.walk(&caches).await;
         assert_eq!(objects.small_nars().len(), preflight.missing);
         let relay = Relay::start(caches.clone(), credentials, objects).await.unwrap();
         let mut waited = 0;
@@ -402,15 +407,7 @@ fn the_relay_serves_small_nars_it_fetched_ahead_once() {
         let before = server.requests().len();
         drop(server);
         let base = relay.substituters()[0].clone();
-        let (first, second) = tokio::task::spawn_blocking(move || {
-            let get = |path: &str| {
-                let answer = reqwest::blocking::get(format!("{base}/{path}")).unwrap();
-                (answer.status().as_u16(), answer.bytes().unwrap().to_vec())
-            };
-            (get(&nar), get(&nar))
-        })
-        .await
-        .unwrap();
+        let [first, second] = get_all(base, [nar.clone(), nar]).await;
         assert!(before >= preflight.missing * 2, "narinfos and NARs were read");
         assert_eq!(first, (200, on_disk));
         assert_eq!(

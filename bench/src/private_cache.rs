@@ -56,62 +56,74 @@ pub fn run(
     p: &Params,
     guard: Guard,
 ) -> Result<Vec<Row>> {
-    let access = match guard {
-        Guard::Basic => Some(Access::Basic {
-            user: "deploy".into(),
-            password: "bench-secret".into(),
-        }),
-        Guard::Bearer => Some(Access::Bearer {
-            token: "bench-token".into(),
-            forbidden: None,
-        }),
-        Guard::S3 => None,
-    };
-    let nginx = match &access {
-        Some(access) => Some(Nginx::serve(&fx.cache.dir, access, false).context("starting nginx")?),
-        None => None,
-    };
-    let moto = (guard == Guard::S3).then(|| {
-        let moto = Moto::start_without_auth();
-        moto.upload_public_cache("nix-cache", "us-east-1", &fx.cache.dir);
-        moto
-    });
-    let aws = work.join("aws-credentials");
-    std::fs::write(
-        &aws,
-        "[default]\naws_access_key_id = AKIDEXAMPLE\naws_secret_access_key = bench-secret\n",
-    )?;
     let netrc = work.join("netrc");
-    std::fs::write(&netrc, "machine 127.0.0.1 login deploy password bench-secret\n")?;
-    let token = work.join("bearer-token");
-    std::fs::write(&token, "bench-token\n")?;
-    // What Nix reads for the baseline: the guarded cache with the netrc,
-    // or (bearer) the same cache served openly.
-    let open = match guard {
-        Guard::Basic | Guard::S3 => None,
-        Guard::Bearer => Some(Nginx::serve(&fx.cache.dir, &Access::Anyone, false).context("starting nginx")?),
-    };
-    let (cache_url, baseline_url) = match (&moto, &nginx) {
-        (Some(moto), _) => (
-            format!("s3://nix-cache?region=us-east-1&endpoint={}", moto.endpoint()),
-            format!("{}/nix-cache", moto.endpoint()),
-        ),
-        (None, Some(nginx)) => (nginx.url(), open.as_ref().unwrap_or(nginx).url()),
-        (None, None) => unreachable!("every guard has a server"),
-    };
-    let credentials = match guard {
-        Guard::Basic => CacheCredentials {
-            netrc_file: Some(netrc.clone()),
-            ..Default::default()
-        },
-        Guard::Bearer => CacheCredentials {
-            bearer_token_files: [("127.0.0.1".to_owned(), token.clone())].into(),
-            ..Default::default()
-        },
-        Guard::S3 => CacheCredentials {
-            s3_credentials_file: Some(aws.clone()),
-            ..Default::default()
-        },
+    // The guarded cache the agent reads (kept alive for the run), its URL,
+    // what Nix reads for the baseline, and the agent's credentials. Nix
+    // reads the guarded cache itself where it can (a netrc); else the same
+    // objects served openly (a bearer token, S3).
+    let (server, cache_url, baseline_url, credentials) = match guard {
+        Guard::Basic => {
+            std::fs::write(&netrc, "machine 127.0.0.1 login deploy password bench-secret\n")?;
+            let access = Access::Basic {
+                user: "deploy".into(),
+                password: "bench-secret".into(),
+            };
+            let nginx = Nginx::serve(&fx.cache.dir, &access, false).context("starting nginx")?;
+            let url = nginx.url();
+            let credentials = CacheCredentials {
+                netrc_file: Some(netrc.clone()),
+                ..Default::default()
+            };
+            (
+                Server::Nginx {
+                    guarded: nginx,
+                    _open: None,
+                },
+                url.clone(),
+                url,
+                credentials,
+            )
+        }
+        Guard::Bearer => {
+            let token = work.join("bearer-token");
+            std::fs::write(&token, "bench-token\n")?;
+            let access = Access::Bearer {
+                token: "bench-token".into(),
+                forbidden: None,
+            };
+            let nginx = Nginx::serve(&fx.cache.dir, &access, false).context("starting nginx")?;
+            let open = Nginx::serve(&fx.cache.dir, &Access::Anyone, false).context("starting nginx")?;
+            let (url, open_url) = (nginx.url(), open.url());
+            let credentials = CacheCredentials {
+                bearer_token_files: [("127.0.0.1".to_owned(), token)].into(),
+                ..Default::default()
+            };
+            (
+                Server::Nginx {
+                    guarded: nginx,
+                    _open: Some(open),
+                },
+                url,
+                open_url,
+                credentials,
+            )
+        }
+        Guard::S3 => {
+            let aws = work.join("aws-credentials");
+            std::fs::write(
+                &aws,
+                "[default]\naws_access_key_id = AKIDEXAMPLE\naws_secret_access_key = bench-secret\n",
+            )?;
+            let moto = Moto::start_without_auth();
+            moto.upload_public_cache("nix-cache", "us-east-1", &fx.cache.dir);
+            let url = format!("s3://nix-cache?region=us-east-1&endpoint={}", moto.endpoint());
+            let open_url = format!("{}/nix-cache", moto.endpoint());
+            let credentials = CacheCredentials {
+                s3_credentials_file: Some(aws),
+                ..Default::default()
+            };
+            (Server::Moto { _moto: moto }, url, open_url, credentials)
+        }
     };
     let name = match guard {
         Guard::Basic => "private",
@@ -164,7 +176,7 @@ pub fn run(
         },
     )?;
     // Both sides really went through the credentials check.
-    if let Some(nginx) = &nginx {
+    if let Server::Nginx { guarded: nginx, .. } = &server {
         let denied = nginx.requests().iter().filter(|r| r.status != 200).count();
         if denied > 0 {
             bail!("nginx refused {denied} requests: the credentials were not sent");
@@ -199,6 +211,14 @@ pub fn run(
         baseline_is,
         1.10,
     )])
+}
+
+/// The servers a run reads, kept alive until it ends: nginx guarding the
+/// cache (and serving it openly beside, for a baseline Nix cannot send the
+/// credentials of), or moto serving it as a bucket.
+enum Server {
+    Nginx { guarded: Nginx, _open: Option<Nginx> },
+    Moto { _moto: Moto },
 }
 
 /// The agent's side of one run.

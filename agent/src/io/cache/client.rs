@@ -332,10 +332,11 @@ struct Inner {
 const WALK_KEPT_FOR: Duration = Duration::from_secs(300);
 
 /// A preflight's walk of a closure, kept for the realise that follows it:
-/// what it found, what the relay serves, and the credentials it read.
+/// the paths it found on disk (present only while Nix holds them valid),
+/// what the relay serves, and the credentials it read.
 #[derive(Debug)]
 pub struct Walked {
-    pub preflight: Preflight,
+    pub on_disk: Vec<StorePath>,
     pub objects: ClosureObjects,
     pub credentials: Arc<Loaded>,
     toplevel: StorePath,
@@ -535,7 +536,7 @@ impl BinaryCaches {
         let auth = self.load_credentials()?;
         let (preflight, objects) = self.walk(toplevel, store_dir, &auth, invalid).await?;
         *self.walked() = Some(Walked {
-            preflight: preflight.clone(),
+            on_disk: preflight.on_disk.clone(),
             objects,
             credentials: auth,
             toplevel: toplevel.clone(),
@@ -617,8 +618,9 @@ impl BinaryCaches {
                 cache,
                 body,
             } = joined.expect("narinfo tasks do not panic")?;
+            let download = info.file_size.unwrap_or(info.nar_size);
             result.missing += 1;
-            result.download_bytes += info.file_size.unwrap_or(info.nar_size);
+            result.download_bytes += download;
             result.unpacked_bytes += info.nar_size;
             result.signers.insert(signer);
             let base = info.store_path.base_name();
@@ -626,14 +628,12 @@ impl BinaryCaches {
             // Nix reads a file:// substituter itself, not through the relay.
             if !self.inner.substituters[cache].starts_with("file://") {
                 objects.keep_narinfo(cache, name.clone(), body);
+                if download <= MAX_PREFETCH_NAR_BYTES {
+                    objects.small_nars.push((cache, info.url.clone()));
+                }
             }
             objects.names.insert(name);
             objects.names.insert(info.url.clone());
-            if !self.inner.substituters[cache].starts_with("file://")
-                && info.file_size.unwrap_or(info.nar_size) <= MAX_PREFETCH_NAR_BYTES
-            {
-                objects.small_nars.push((cache, info.url.clone()));
-            }
             for r in info.references {
                 enqueue(r, &mut seen, &mut queue, &mut result);
             }

@@ -347,17 +347,15 @@ async fn answer(
         return respond_with(stream, body, route.head).await;
     }
     // A NAR fetched ahead: served once, then dropped.
-    let ahead = (!route.head)
-        .then(|| {
-            served
-                .prefetched
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&(route.cache, route.rest.clone()))
-        })
-        .flatten();
-    if let Some(body) = ahead {
-        return respond_with(stream, &body, false).await;
+    if !route.head {
+        let ahead = served
+            .prefetched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(route.cache, route.rest.clone()));
+        if let Some(body) = ahead {
+            return respond_with(stream, &body, false).await;
+        }
     }
     // The answer's head counts as the first window's progress: a cache that
     // never answers (or whose name never resolves) is cut off as one that
@@ -486,7 +484,7 @@ pub async fn realise_via_relay(
     let (credentials, objects) = match caches.take_walk(toplevel) {
         // The preflight's walk holds while every path it found on disk is
         // still valid to Nix.
-        Some(walked) if store.invalid_paths(&walked.preflight.on_disk).await?.is_empty() => {
+        Some(walked) if store.invalid_paths(&walked.on_disk).await?.is_empty() => {
             (walked.credentials, walked.objects)
         }
         _ => walk(store, caches, toplevel).await?,
