@@ -86,18 +86,64 @@ fn an_unsigned_path_is_refused() {
     let f = Fixture::new(5);
     let victim = f.closure.iter().find(|p| *p != &f.toplevel).unwrap();
     let file = f.narinfo_path(victim);
-    let text = std::fs::read_to_string(&file).unwrap();
-    let unsigned: String = text
-        .lines()
-        .filter(|l| !l.starts_with("Sig: "))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    std::fs::write(&file, unsigned).unwrap();
+    std::fs::write(&file, unsign(&std::fs::read_to_string(&file).unwrap())).unwrap();
     let err = f.preflight(&f.caches(&[&f.cache.public_key])).unwrap_err();
     assert!(
         matches!(err, CacheError::Untrusted(TrustError::Unsigned { .. })),
         "{err}"
     );
+}
+
+/// Signatures are checked in batches of 128 beside the walk's requests;
+/// every batch counts, the last one (smaller than the others) included.
+#[test]
+fn every_path_of_a_closure_larger_than_a_check_batch_is_checked() {
+    let f = Fixture::new(300);
+    let caches = f.caches(&[&f.cache.public_key]);
+    assert_eq!(f.preflight(&caches).unwrap().paths, 302);
+    // The chain's links, `dep-…-300` (read third) down to `dep-…-1` (last).
+    let link = |n: usize| {
+        f.closure
+            .iter()
+            .find(|p| p.contains("-dep-") && p.ends_with(&format!("-{n}")))
+            .unwrap()
+    };
+    for victim in [link(150), link(1)] {
+        let file = f.narinfo_path(victim);
+        let signed = std::fs::read_to_string(&file).unwrap();
+        std::fs::write(&file, unsign(&signed)).unwrap();
+        let err = f.preflight(&caches).unwrap_err();
+        assert!(
+            matches!(err, CacheError::Untrusted(TrustError::Unsigned { ref path }) if path == victim),
+            "{victim}: {err}"
+        );
+        std::fs::write(&file, signed).unwrap();
+    }
+}
+
+/// A path's referrer is read before it: when an unsigned narinfo names
+/// paths the cache does not have, the unsigned one is what is refused.
+#[test]
+fn an_unsigned_referrer_is_refused_before_the_paths_it_names() {
+    let f = Fixture::new(5);
+    let file = f.narinfo_path(&f.toplevel);
+    std::fs::write(&file, unsign(&std::fs::read_to_string(&file).unwrap())).unwrap();
+    for path in f.closure.iter().filter(|p| *p != &f.toplevel) {
+        std::fs::remove_file(f.narinfo_path(path)).unwrap();
+    }
+    let err = f.preflight(&f.caches(&[&f.cache.public_key])).unwrap_err();
+    assert!(
+        matches!(err, CacheError::Untrusted(TrustError::Unsigned { ref path }) if path == &f.toplevel),
+        "{err}"
+    );
+}
+
+/// `text` without its `Sig:` lines.
+fn unsign(text: &str) -> String {
+    text.lines()
+        .filter(|l| !l.starts_with("Sig: "))
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
 
 #[test]

@@ -186,13 +186,74 @@ impl ClosureObjects {
     }
 }
 
-/// A narinfo found and checked: what it says, the name of the key that
-/// vouched for it, the substituter that served it, and its bytes.
-struct Found {
+/// A narinfo found and read, its signatures not yet checked: what it says,
+/// the substituter that served it, and its bytes.
+struct Fetched {
     info: NarInfo,
-    signer: String,
     cache: usize,
     body: Vec<u8>,
+}
+
+/// How many narinfos a walk hands to one signature check at once: enough
+/// that handing over costs nothing beside the checks (about 30 µs each).
+const CHECK_BATCH: usize = 128;
+
+/// The signature checks of a walk's narinfos, made in batches of
+/// [`CHECK_BATCH`] on tokio's blocking pool while the walk's requests go on.
+struct SignatureChecks {
+    trusted: Arc<[CachePublicKey]>,
+    unchecked: Vec<NarInfo>,
+    running: VecDeque<tokio::task::JoinHandle<Result<BTreeSet<String>, TrustError>>>,
+}
+
+impl SignatureChecks {
+    fn new(trusted: Arc<[CachePublicKey]>) -> Self {
+        Self {
+            trusted,
+            unchecked: Vec::new(),
+            running: VecDeque::new(),
+        }
+    }
+
+    /// Adds `info` to be checked; starts a batch when there are enough.
+    fn push(&mut self, info: NarInfo) {
+        self.unchecked.push(info);
+        if self.unchecked.len() >= CHECK_BATCH {
+            self.start();
+        }
+    }
+
+    fn start(&mut self) {
+        let (infos, trusted) = (std::mem::take(&mut self.unchecked), self.trusted.clone());
+        self.running.push_back(tokio::task::spawn_blocking(move || {
+            infos
+                .iter()
+                .map(|info| Ok(info.check_trust(&trusted)?.name.clone()))
+                .collect()
+        }));
+    }
+
+    /// The names of the keys that vouched for the batches finished so far
+    /// (without waiting for the others); the first untrusted narinfo.
+    async fn finished(&mut self) -> Result<BTreeSet<String>, CacheError> {
+        let mut signers = BTreeSet::new();
+        while self.running.front().is_some_and(|c| c.is_finished()) {
+            let done = self.running.pop_front().expect("a finished check");
+            signers.extend(done.await.expect("signature checks do not panic")?);
+        }
+        Ok(signers)
+    }
+
+    /// Checks the rest and waits for every batch: the names of the keys
+    /// that vouched for them; the first untrusted narinfo.
+    async fn all(&mut self) -> Result<BTreeSet<String>, CacheError> {
+        self.start();
+        let mut signers = BTreeSet::new();
+        while let Some(check) = self.running.pop_front() {
+            signers.extend(check.await.expect("signature checks do not panic")?);
+        }
+        Ok(signers)
+    }
 }
 
 /// Why a closure cannot be deployed from the caches.
@@ -315,7 +376,7 @@ pub struct BinaryCaches {
 struct Inner {
     client: reqwest::Client,
     substituters: Vec<String>,
-    trusted: Vec<CachePublicKey>,
+    trusted: Arc<[CachePublicKey]>,
     credentials: CacheCredentials,
     /// For each substituter, its S3 form if it is an `s3://` one.
     s3: Vec<Option<S3Cache>>,
@@ -420,7 +481,7 @@ impl BinaryCaches {
                 // Validated with the configuration; an unparsable one (only
                 // from a caller that skipped validation) is read as HTTP.
                 s3: substituters.iter().map(|s| S3Cache::parse(s).ok()).collect(),
-                trusted: trusted.to_vec(),
+                trusted: trusted.into(),
                 credentials,
                 narinfo_deadline: NARINFO_DEADLINE,
                 nar_progress: NAR_PROGRESS,
@@ -455,7 +516,9 @@ impl BinaryCaches {
     /// Fetches and checks the narinfo of `path` from the first cache that has it.
     pub async fn narinfo(&self, path: &str) -> Result<NarInfo, CacheError> {
         let auth = Arc::new(self.inner.credentials.load()?);
-        Ok(self.inner.narinfo(path, &auth).await?.info)
+        let info = self.inner.fetch_narinfo(path, &auth).await?.info;
+        info.check_trust(&self.inner.trusted)?;
+        Ok(info)
     }
 
     /// The substituter URLs, in order.
@@ -571,7 +634,7 @@ impl BinaryCaches {
         let mut objects = ClosureObjects::default();
         let mut seen: HashSet<String> = HashSet::new();
         let mut queue: VecDeque<String> = VecDeque::new();
-        let mut tasks: JoinSet<Result<Found, CacheError>> = JoinSet::new();
+        let mut tasks: JoinSet<Result<Fetched, CacheError>> = JoinSet::new();
         let mut result = Preflight {
             paths: 0,
             missing: 0,
@@ -602,27 +665,34 @@ impl BinaryCaches {
             &mut queue,
             &mut result,
         );
+        // Signatures are checked in batches beside the requests (they are
+        // most of the walk's CPU time). A batch that fails ends the walk as
+        // soon as it is seen, and before any error of a later request: a
+        // path's referrers are always read before it, so an untrusted
+        // referrer is what is reported, not the paths it made up.
+        let mut signatures = SignatureChecks::new(self.inner.trusted.clone());
         loop {
             while tasks.len() < PARALLEL_FETCHES {
                 let Some(base) = queue.pop_front() else { break };
                 let inner = self.inner.clone();
                 let auth = auth.clone();
-                tasks.spawn(async move { inner.narinfo(&format!("/nix/store/{base}"), &auth).await });
+                tasks.spawn(async move { inner.fetch_narinfo(&format!("/nix/store/{base}"), &auth).await });
             }
+            result.signers.extend(signatures.finished().await?);
             let Some(joined) = tasks.join_next().await else {
                 break;
             };
-            let Found {
-                info,
-                signer,
-                cache,
-                body,
-            } = joined.expect("narinfo tasks do not panic")?;
+            let Fetched { info, cache, body } = match joined.expect("narinfo tasks do not panic") {
+                Ok(fetched) => fetched,
+                Err(e) => {
+                    signatures.all().await?;
+                    return Err(e);
+                }
+            };
             let download = info.file_size.unwrap_or(info.nar_size);
             result.missing += 1;
             result.download_bytes += download;
             result.unpacked_bytes += info.nar_size;
-            result.signers.insert(signer);
             let base = info.store_path.base_name();
             let name = format!("{}.narinfo", base.get(..32).unwrap_or(base));
             // Nix reads a file:// substituter itself, not through the relay.
@@ -634,21 +704,24 @@ impl BinaryCaches {
             }
             objects.names.insert(name);
             objects.names.insert(info.url.clone());
-            for r in info.references {
-                enqueue(r, &mut seen, &mut queue, &mut result);
+            for r in &info.references {
+                enqueue(r.clone(), &mut seen, &mut queue, &mut result);
             }
             if seen.len() > MAX_CLOSURE_PATHS {
                 return Err(CacheError::TooLarge);
             }
+            signatures.push(info);
         }
+        result.signers.extend(signatures.all().await?);
         check_disk(store_dir, result.unpacked_bytes)?;
         Ok((result, objects))
     }
 }
 
 impl Inner {
-    /// The checked narinfo of `path`, from the first substituter that has it.
-    async fn narinfo(&self, path: &str, auth: &Loaded) -> Result<Found, CacheError> {
+    /// The narinfo of `path`, from the first substituter that has it, read
+    /// and matched to `path`; its signatures are for the caller to check.
+    async fn fetch_narinfo(&self, path: &str, auth: &Loaded) -> Result<Fetched, CacheError> {
         let hash = path
             .strip_prefix("/nix/store/")
             .and_then(|b| b.get(..32))
@@ -676,10 +749,8 @@ impl Inner {
                     got: info.store_path.to_string(),
                 });
             }
-            let signer = info.check_trust(&self.trusted)?.name.clone();
-            return Ok(Found {
+            return Ok(Fetched {
                 info,
-                signer,
                 cache: index,
                 body,
             });
