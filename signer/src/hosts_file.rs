@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::names::HostName;
+use crate::names::{HostName, StorePath};
 use crate::release::HostEntry;
 
 /// Larger hosts files are refused unread (about 50,000 hosts fit).
@@ -61,8 +61,14 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<BTreeMap<HostName, HostEntry>,
                 HostJson::Toplevel(t) => (t, None),
                 HostJson::Entry { toplevel, action } => (toplevel, action),
             };
+            let toplevel: StorePath = toplevel.parse().map_err(|e| err(format!("{e}")))?;
+            if toplevel.is_derivation() {
+                return Err(err(format!(
+                    "{toplevel} is a derivation, not a built system (hosts never build): give the toplevel's output path, as `nix build --print-out-paths` prints it"
+                )));
+            }
             let entry = HostEntry {
-                toplevel: toplevel.parse().map_err(|e| err(format!("{e}")))?,
+                toplevel,
                 action: action
                     .map(|a| a.parse())
                     .transpose()
@@ -117,5 +123,13 @@ mod tests {
         ));
         let bad_action = format!(r#"{{"web1": {{"toplevel": "{T}", "action": "reboot"}}}}"#);
         assert!(parse(p, bad_action.as_bytes()).is_err());
+        let drv = r#"{"web1": "/nix/store/0c0mb5j1x3dg5bf3wk3jh4xyz6p4s3ld-nixos-system-web1-25.11.drv"}"#;
+        let drv = parse(p, drv.as_bytes()).unwrap_err().to_string();
+        assert!(
+            drv.contains("host `web1`")
+                && drv.contains("is a derivation")
+                && drv.contains("--print-out-paths"),
+            "{drv}"
+        );
     }
 }

@@ -46,6 +46,12 @@ impl StorePath {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Whether this is a derivation (`….drv`): a build recipe, which
+    /// `nix-store --realise` would build, not a built system.
+    pub fn is_derivation(&self) -> bool {
+        self.0.ends_with(".drv")
+    }
 }
 
 impl FromStr for StorePath {

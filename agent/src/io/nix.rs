@@ -35,6 +35,10 @@ pub enum StoreError {
     },
     #[error("cannot serve the binary caches to Nix on loopback: {0}")]
     Relay(std::io::Error),
+    /// Asked to realise a `.drv`, which Nix would build: never done (the
+    /// judge refuses such an entry first).
+    #[error("{0} is a derivation, not a built system; hosts never build")]
+    Derivation(StorePath),
     /// The closure could not be walked again before realising: what the
     /// caches answered (a fault the preflight would have met too).
     #[error("the closure cannot be read from the binary caches: {0}")]
@@ -171,6 +175,11 @@ impl Store {
         root_name: &str,
         substituters: &[String],
     ) -> Result<(), StoreError> {
+        // Realising an output path only ever substitutes it; a derivation
+        // would be built.
+        if toplevel.is_derivation() {
+            return Err(StoreError::Derivation(toplevel.clone()));
+        }
         // Synced in the state directory, like every directory the agent makes.
         crate::io::durable::create_dir(&self.gc_roots, 0o755).map_err(|source| StoreError::GcRoots {
             path: self.gc_roots.clone(),
@@ -202,9 +211,13 @@ impl Store {
             // stalls is cut off and named), and the agent retries the whole
             // realise with backoff, rather than Nix asking a stalling cache
             // four times more.
-            .args(["--option", "download-attempts", "1"])
-            // Never build: a closure that cannot be substituted is refused.
-            .args(["--option", "max-jobs", "0"]);
+            .args(["--option", "download-attempts", "1"]);
+        // `max-jobs` is left as the host sets it. Nothing here can build: an
+        // output path (never a `.drv`, checked above) is only substituted,
+        // and there are no remote builders. Before Nix 2.16 it is also how
+        // many paths Nix substitutes at once, so `max-jobs 0` (it was here
+        // once) made every deploy fetch one path at a time even on hosts that
+        // allow more, where `nix-store -r` does not.
         run("nix-store", cmd, self.realise_timeout).await.map(drop)
     }
 
@@ -279,6 +292,30 @@ async fn run(program: &'static str, mut cmd: Command, timeout: Duration) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `.drv` is refused before Nix runs (`nix-store --realise` would
+    /// build it) and before anything is written.
+    #[test]
+    fn a_derivation_is_never_realised() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store {
+            profile: dir.path().join("profile"),
+            gc_roots: dir.path().join("gcroots"),
+            substituters: vec!["http://127.0.0.1:1".into()],
+            trusted_public_keys: Vec::new(),
+            realise_timeout: Duration::from_secs(1),
+        };
+        let drv: StorePath = "/nix/store/0c0mb5j1x3dg5bf3wk3jh4xyz6p4s3ld-nixos-system-web1.drv"
+            .parse()
+            .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let err = runtime.block_on(store.realise(&drv, "current")).unwrap_err();
+        assert!(matches!(err, StoreError::Derivation(ref p) if p == &drv), "{err}");
+        assert!(!store.gc_roots.exists(), "nothing is written for a refused path");
+    }
 
     /// Nix's stderr of a realise that could not substitute, as the agent
     /// keeps it (the last five lines).

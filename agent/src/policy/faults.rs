@@ -103,6 +103,7 @@ pub fn store_fault(e: &StoreError) -> Fault {
         | StoreError::Spawn { .. }
         | StoreError::Failed { .. }
         | StoreError::Relay(_)
+        | StoreError::Derivation(_)
         | StoreError::Timeout { .. } => Fault::Permanent(Severity::Error),
     }
 }

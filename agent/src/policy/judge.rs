@@ -35,6 +35,14 @@ pub enum Refusal {
         serial: u64,
         host: HostName,
     },
+    /// The entry names a `.drv`: realising it would build on the host.
+    #[error("release {tip} (serial {serial}) gives host {host} the derivation {toplevel}, not a built system; hosts never build: release the toplevel's output path (as `nix build --print-out-paths` prints it)")]
+    Derivation {
+        tip: CommitId,
+        serial: u64,
+        host: HostName,
+        toplevel: StorePath,
+    },
 }
 
 impl Refusal {
@@ -52,6 +60,9 @@ impl Refusal {
                 format!("refused: serial {serial} is not greater than {anchor_serial}")
             }
             Refusal::NoEntry { host, .. } => format!("refused: release has no entry for {host}"),
+            Refusal::Derivation { host, .. } => {
+                format!("refused: the entry for {host} is a .drv, not a built system")
+            }
         }
     }
 }
@@ -92,6 +103,14 @@ pub fn judge(
             host: host.clone(),
         });
     };
+    if entry.toplevel.is_derivation() {
+        return Verdict::Refuse(Refusal::Derivation {
+            tip,
+            serial,
+            host: host.clone(),
+            toplevel: entry.toplevel.clone(),
+        });
+    }
     // `boot` only changes the next boot: it is done when the profile points at
     // the toplevel, which the caller reflects in `running` for that action.
     if running == Some(&entry.toplevel) {
@@ -173,6 +192,27 @@ mod tests {
         let r = release(B, 2, &[("web1", path('b'))]);
         let v = judge(&r, &host(), Some(&anchor(A, 1)), true, Some(&path('b')));
         assert!(matches!(v, Verdict::AlreadyRunning(_)));
+    }
+
+    #[test]
+    fn a_derivation_is_refused_not_built() {
+        let drv: StorePath = format!("{}.drv", path('b')).parse().unwrap();
+        let r = release(B, 2, &[("web1", drv.clone())]);
+        let v = judge(&r, &host(), Some(&anchor(A, 1)), true, Some(&path('a')));
+        let Verdict::Refuse(refusal) = v else {
+            panic!("{v:?}")
+        };
+        assert_eq!(
+            refusal,
+            Refusal::Derivation {
+                tip: B.parse().unwrap(),
+                serial: 2,
+                host: host(),
+                toplevel: drv
+            }
+        );
+        assert!(refusal.summary().len() <= 140, "{}", refusal.summary());
+        assert!(refusal.to_string().contains("--print-out-paths"), "{refusal}");
     }
 
     #[test]

@@ -48,7 +48,9 @@ impl Agent {
                 // Only a release that descends from the anchor may name where
                 // to report: a rewound branch could point anywhere.
                 let source = match r {
-                    judge::Refusal::NoEntry { .. } => verified.release.source.clone(),
+                    judge::Refusal::NoEntry { .. } | judge::Refusal::Derivation { .. } => {
+                        verified.release.source.clone()
+                    }
                     _ => None,
                 };
                 let not_named = matches!(r, judge::Refusal::NoEntry { .. });
