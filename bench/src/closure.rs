@@ -168,7 +168,7 @@ pub fn run(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut timed = || {
+    let timed = || {
         paired_runs(
             fx,
             p.runs,
