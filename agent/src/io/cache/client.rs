@@ -224,6 +224,9 @@ impl SignatureChecks {
     }
 
     fn start(&mut self) {
+        if self.unchecked.is_empty() {
+            return;
+        }
         let (infos, trusted) = (std::mem::take(&mut self.unchecked), self.trusted.clone());
         self.running.push_back(tokio::task::spawn_blocking(move || {
             infos
