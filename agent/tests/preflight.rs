@@ -287,20 +287,17 @@ fn a_path_that_exists_but_nix_holds_invalid_is_not_present() {
 #[test]
 fn a_preflight_walk_that_counted_an_invalid_path_as_present_is_walked_again() {
     use ferry_agent::io::cache::relay::realise_via_relay;
-    use ferry_agent::io::nix::Store;
     let f = Fixture::new(3);
     let (_stray, _) = Stray::dependency_of(&f);
     let caches = f.caches(&[&f.cache.public_key]);
     let walked = f.preflight(&caches).unwrap();
     assert_eq!(walked.on_disk.len(), 1, "{:?}", walked.on_disk);
     let dir = tempfile::tempdir().unwrap();
-    let store = Store {
-        profile: dir.path().join("profile"),
-        gc_roots: dir.path().join("gcroots"),
-        substituters: Vec::new(),
-        trusted_public_keys: vec![f.cache.public_key.clone()],
-        realise_timeout: std::time::Duration::from_secs(600),
-    };
+    let store = crate::common::store(
+        dir.path(),
+        &f.cache.public_key,
+        std::time::Duration::from_secs(600),
+    );
     let toplevel: ferry_signer::StorePath = f.toplevel.parse().unwrap();
     {
         let _nix = nix::lock();
@@ -347,19 +344,13 @@ fn a_cache_dripping_a_narinfo_is_cut_off_by_the_deadline() {
 fn a_cache_dripping_a_nar_is_cut_off_by_the_realise_deadline() {
     use crate::common::hostile::{dripping_cache, within};
     use ferry_agent::io::cache::relay::realise_via_relay;
-    use ferry_agent::io::nix::{Store, StoreError};
+    use ferry_agent::io::nix::StoreError;
     let f = Fixture::new(1);
     let server = dripping_cache(&f.cache.dir, "/nar/");
     let keys = vec![f.cache.public_key.parse::<CachePublicKey>().unwrap()];
     let caches = BinaryCaches::new(&[server.url()], &keys);
     let dir = tempfile::tempdir().unwrap();
-    let store = Store {
-        profile: dir.path().join("profile"),
-        gc_roots: dir.path().join("gcroots"),
-        substituters: Vec::new(),
-        trusted_public_keys: vec![f.cache.public_key.clone()],
-        realise_timeout: std::time::Duration::from_secs(3),
-    };
+    let store = crate::common::store(dir.path(), &f.cache.public_key, std::time::Duration::from_secs(3));
     let toplevel: ferry_signer::StorePath = f.toplevel.parse().unwrap();
     let err = within("a realise against a dripping NAR", move || {
         let _nix = nix::lock();
@@ -385,7 +376,7 @@ fn a_cache_stalling_or_dripping_a_nar_is_cut_off_named_and_retried() {
     use crate::common::hostile::within;
     use ferry_agent::io::cache::client::NarProgress;
     use ferry_agent::io::cache::relay::realise_via_relay;
-    use ferry_agent::io::nix::{Store, StoreError};
+    use ferry_agent::io::nix::StoreError;
     use ferry_test_support::http::{FaultyCache, NarFault};
     for fault in [NarFault::Hold, NarFault::HalfThenSilence, NarFault::Drip] {
         let f = Fixture::new(1);
@@ -396,13 +387,11 @@ fn a_cache_stalling_or_dripping_a_nar_is_cut_off_named_and_retried() {
             min_bytes: 64 << 10,
         });
         let dir = tempfile::tempdir().unwrap();
-        let store = Store {
-            profile: dir.path().join("profile"),
-            gc_roots: dir.path().join("gcroots"),
-            substituters: Vec::new(),
-            trusted_public_keys: vec![f.cache.public_key.clone()],
-            realise_timeout: std::time::Duration::from_secs(3600),
-        };
+        let store = crate::common::store(
+            dir.path(),
+            &f.cache.public_key,
+            std::time::Duration::from_secs(3600),
+        );
         let toplevel: ferry_signer::StorePath = f.toplevel.parse().unwrap();
         let realise = move || {
             let (store, caches, toplevel) = (store.clone(), caches.clone(), toplevel.clone());

@@ -17,7 +17,7 @@ use ferry_agent::io::cache::credentials::{CacheCredentials, Loaded};
 use ferry_agent::io::cache::narinfo::CachePublicKey;
 use ferry_agent::io::cache::relay::realise_via_relay;
 use ferry_agent::io::cache::relay::Relay;
-use ferry_agent::io::nix::{Store, StoreError};
+use ferry_agent::io::nix::StoreError;
 use ferry_test_support::nginx::{Access, Nginx};
 
 use ferry_test_support::nix::{self, Cache};
@@ -90,13 +90,7 @@ impl Fixture {
 
     /// Realises the toplevel with real Nix through the loopback relay.
     fn realise(&self, caches: &BinaryCaches) -> Result<(), StoreError> {
-        let store = Store {
-            profile: self.dir.path().join("profile"),
-            gc_roots: self.dir.path().join("gcroots"),
-            substituters: Vec::new(),
-            trusted_public_keys: vec![self.cache.public_key.clone()],
-            realise_timeout: Duration::from_secs(300),
-        };
+        let store = crate::common::store(self.dir.path(), &self.cache.public_key, Duration::from_secs(300));
         let toplevel = self.toplevel.parse().unwrap();
         let _nix = nix::lock();
         crate::common::runtime().block_on(realise_via_relay(&store, caches, &toplevel, "current"))

@@ -11,7 +11,6 @@ use ferry_agent::io::cache::client::{BinaryCaches, CacheError};
 use ferry_agent::io::cache::credentials::CacheCredentials;
 use ferry_agent::io::cache::narinfo::CachePublicKey;
 use ferry_agent::io::cache::relay::realise_via_relay;
-use ferry_agent::io::nix::Store;
 use ferry_test_support::nix::{self, Cache};
 use ferry_test_support::s3::Moto;
 
@@ -91,13 +90,7 @@ fn a_signed_cache_in_s3_passes_the_preflight_and_is_realised() {
     assert_eq!(p.missing, 4);
     assert_eq!(p.signers.iter().collect::<Vec<_>>(), vec!["s3-cache-1"]);
 
-    let store = Store {
-        profile: f.dir.path().join("profile"),
-        gc_roots: f.dir.path().join("gcroots"),
-        substituters: Vec::new(),
-        trusted_public_keys: vec![f.cache.public_key.clone()],
-        realise_timeout: Duration::from_secs(300),
-    };
+    let store = crate::common::store(f.dir.path(), &f.cache.public_key, Duration::from_secs(300));
     let toplevel = f.toplevel.parse().unwrap();
     let _nix = nix::lock();
     crate::common::runtime()

@@ -12,6 +12,22 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// A Nix store for a realise under test: the profile and GC roots in `dir`,
+/// Nix trusting `public_key` only.
+pub fn store(
+    dir: &std::path::Path,
+    public_key: &str,
+    realise_timeout: std::time::Duration,
+) -> ferry_agent::io::nix::Store {
+    ferry_agent::io::nix::Store {
+        profile: dir.join("profile"),
+        gc_roots: dir.join("gcroots"),
+        substituters: Vec::new(),
+        trusted_public_keys: vec![public_key.to_owned()],
+        realise_timeout,
+    }
+}
+
 /// A `[cache]` section for agents whose test never reaches the cache.
 pub const UNUSED_CACHE: &str = "[cache]\nsubstituters = [\"http://127.0.0.1:9\"]\ntrusted_public_keys = [\"c-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"]\n";
 
